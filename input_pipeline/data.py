@@ -1,0 +1,64 @@
+"""What every data source yields: in-memory uint8 images, int labels, metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping
+
+import numpy as np
+
+
+class DataError(ValueError):
+  """Bad data or a bad data spec; the message names the file or value and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split: images (N, H, W, C) uint8 and labels (N,) int64, or None if unlabeled."""
+  images: np.ndarray
+  labels: np.ndarray | None
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  name: str
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  split_sizes: Mapping[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+  info: DatasetInfo
+  splits: Mapping[str, Split]
+
+
+def check_labels(labels: np.ndarray, num_classes: int,
+                 where: Callable[[int], str]) -> np.ndarray:
+  """Returns labels as int64, or raises naming the first label outside [0, num_classes)."""
+  labels = np.asarray(labels).astype(np.int64, copy=False)
+  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if bad.size:
+    i = int(bad[0])
+    raise DataError(
+        f"label {labels[i]} at {where(i)} is outside [0, {num_classes}); "
+        f"fix the data or pass --num_classes with the real number of classes")
+  return labels
+
+
+def make_data(name: str, splits: Mapping[str, Split], num_classes: int) -> Data:
+  """Builds the Data record, checking that all splits share one image shape."""
+  if not splits:
+    raise DataError(f"{name}: no splits")
+  shapes = {tuple(s.images.shape[1:]) for s in splits.values()}
+  if len(shapes) != 1:
+    raise DataError(f"{name}: splits have different image shapes {sorted(shapes)}")
+  for split_name, split in splits.items():
+    if len(split) == 0:
+      raise DataError(f"{name}: split {split_name!r} has no examples")
+  info = DatasetInfo(name=name, image_shape=shapes.pop(), num_classes=num_classes,
+                     split_sizes={k: len(v) for k, v in splits.items()})
+  return Data(info=info, splits=dict(splits))

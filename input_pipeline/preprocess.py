@@ -1,0 +1,112 @@
+"""Normalization and augmentation: pure functions of (images, seed).
+
+They work on a batch [B, H, W, C] with an independent random draw per example. They are
+vectorized because a per-example `map` costs more host time than a small model's step.
+Randomness is stateless, so an augmented batch is a function of (seed, step): a resumed
+run sees the same augmented data as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from input_pipeline.data import DataError
+
+# Datasets of characters: a mirrored 2, 7 or 'b' is another class or no class at all.
+NO_FLIP_DATASETS = ("mnist", "emnist", "kmnist", "binarized_mnist", "svhn_cropped", "csv")
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """translate: max shift in pixels; flip: random horizontal flip; erase: probability of
+  blanking a random rectangle (random erasing)."""
+  translate: int = 0
+  flip: bool = False
+  erase: float = 0.0
+
+  @property
+  def enabled(self) -> bool:
+    return bool(self.translate or self.flip or self.erase)
+
+  @classmethod
+  def parse(cls, text: str, dataset: str = "") -> Augment:
+    """Parses e.g. 'translate=2,erase=0.25' or 'none'; refuses flip on character datasets."""
+    kwargs = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+      if item == "none":
+        continue
+      key, sep, value = item.partition("=")
+      try:
+        if key == "translate":
+          kwargs[key] = int(value) if sep else 2
+        elif key == "flip" and not sep:
+          kwargs[key] = True
+        elif key == "erase":
+          kwargs[key] = float(value) if sep else 0.5
+        else:
+          raise ValueError
+      except ValueError:
+        raise DataError(f"--augment: cannot read {item!r}; use none or a comma list of "
+                        "translate[=PIXELS], flip, erase[=PROBABILITY]") from None
+    augment = cls(**kwargs)
+    if augment.translate < 0 or not 0.0 <= augment.erase <= 1.0:
+      raise DataError(f"--augment={text}: translate must be >= 0 and erase in [0, 1]")
+    base = dataset.removeprefix("tfds:").split(":")[0].split("/")[0]
+    if augment.flip and base in NO_FLIP_DATASETS:
+      raise DataError(f"--augment=flip on {dataset}: mirrored characters change meaning; "
+                      "drop flip")
+    return augment
+
+
+def normalize(images: tf.Tensor) -> tf.Tensor:
+  """uint8 [0, 255] -> float32 [0, 1] (the export signature accepts either)."""
+  return tf.cast(images, tf.float32) / 255.0
+
+
+def translate(images: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
+  """Shifts each image by up to max_shift pixels in each direction, filling with zeros."""
+  b, h, w = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+  padded = tf.pad(images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift], [0, 0]])
+  offsets = tf.random.stateless_uniform([2, b], seed, 0, 2 * max_shift + 1, dtype=tf.int32)
+  rows = offsets[0][:, None] + tf.range(h)[None, :]  # [B, H]
+  cols = offsets[1][:, None] + tf.range(w)[None, :]  # [B, W]
+  out = tf.gather(padded, rows, axis=1, batch_dims=1)  # [B, H, W + 2s, C]
+  return tf.gather(out, cols, axis=2, batch_dims=1)  # [B, H, W, C]
+
+
+def flip(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  mask = tf.random.stateless_uniform([tf.shape(images)[0]], seed) < 0.5
+  return tf.where(mask[:, None, None, None], tf.reverse(images, axis=[2]), images)
+
+
+def erase(images: tf.Tensor, probability: float, seed: tf.Tensor) -> tf.Tensor:
+  """Zeroes one random rectangle (2%-25% of the area, aspect 1/3-3) per chosen image."""
+  shape = tf.shape(images)
+  b, h, w = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+  u = tf.random.stateless_uniform([6, b], seed)
+  area = h * w * (0.02 + 0.23 * u[0])
+  aspect = tf.exp(tf.math.log(1 / 3) + u[1] * tf.math.log(9.0))
+  eh = tf.minimum(tf.sqrt(area * aspect), h)
+  ew = tf.minimum(tf.sqrt(area / aspect), w)
+  y0 = u[2] * (h - eh)
+  x0 = u[3] * (w - ew)
+  ys = tf.range(h)[None, :]
+  xs = tf.range(w)[None, :]
+  in_rows = (ys >= y0[:, None]) & (ys < (y0 + eh)[:, None])  # [B, H]
+  in_cols = (xs >= x0[:, None]) & (xs < (x0 + ew)[:, None])  # [B, W]
+  box = in_rows[:, :, None] & in_cols[:, None, :] & (u[4] < probability)[:, None, None]
+  return tf.where(box[..., None], tf.zeros_like(images), images)
+
+
+def augment_batch(images: tf.Tensor, augment: Augment, seed: tf.Tensor) -> tf.Tensor:
+  """Applies the enabled augmentations; seed is a stateless seed of shape [2]."""
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  if augment.translate:
+    images = translate(images, augment.translate, seeds[0])
+  if augment.flip:
+    images = flip(images, seeds[1])
+  if augment.erase:
+    images = erase(images, augment.erase, seeds[2])
+  return images

@@ -1,0 +1,105 @@
+"""TFDS image-classification datasets, read whole into memory (MNIST-scale data)."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+import urllib.parse
+
+import numpy as np
+
+from input_pipeline.data import DataError, Split, check_labels
+
+_SPLITS = ("train", "validation", "test")
+
+
+def _tfds():
+  # Imported lazily: tensorflow_datasets takes seconds to import and most runs never need it.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  return tfds
+
+
+def _host_resolves(url: str) -> bool:
+  try:
+    socket.getaddrinfo(urllib.parse.urlparse(url).hostname, 443)
+    return True
+  except (OSError, UnicodeError):
+    return False
+
+
+def _builder(name: str, data_dir: str | None):
+  tfds = _tfds()
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    close = difflib.get_close_matches(name, tfds.list_builders(), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise DataError(f"unknown TFDS dataset {name!r}{hint}; or use idx:DIR, csv:PATH "
+                    "or synthetic") from None
+
+
+def _prepare(builder, name: str, manual_dir: str | None) -> None:
+  """Builds the dataset once; files in manual_dir are used without network."""
+  if builder.is_prepared():
+    return
+  tfds = _tfds()
+  manual_dir = manual_dir or os.path.join(builder.data_dir_root, "downloads", "manual")
+  urls = builder.url_infos or {}
+  missing = [u for u, info in urls.items()
+             if not os.path.exists(os.path.join(manual_dir, info.filename or ""))]
+  # Without network TFDS retries each download for minutes before failing: fail fast
+  # when the files are not in manual_dir and the host does not even resolve.
+  if missing and not _host_resolves(missing[0]):
+    files = ", ".join(sorted(urls[u].filename for u in missing))
+    raise DataError(
+        f"TFDS dataset {name!r} is not prepared and there is no network: put {files} in "
+        f"{manual_dir} (for fashion_mnist: python -m input_pipeline.prepare "
+        "--dataset=fashion_mnist), or use idx:DIR")
+  config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
+  try:
+    builder.download_and_prepare(download_config=config)
+  except tfds.core.download.download_manager.NonMatchingChecksumError as e:
+    raise DataError(f"TFDS dataset {name!r}: a file's checksum differs from the registered "
+                    f"one ({str(e).splitlines()[0][:200]}); remove it and get it again") from None
+  except Exception as e:  # pylint: disable=broad-except
+    # Download failures surface as many unrelated types (requests, OSError, AssertionError).
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    raise DataError(f"cannot prepare TFDS dataset {name!r}: {first}") from None
+
+
+def _to_numpy(builder, split: str):
+  tfds = _tfds()
+  # Not batch_size=-1: under tfds.testing.mock_data that requests a batch of 2**63 and
+  # aborts the process.
+  ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False).batch(8192)
+  parts = list(tfds.as_numpy(ds))
+  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def load(name: str, data_dir: str | None, manual_dir: str | None,
+         num_classes: int | None) -> tuple[dict[str, Split], int]:
+  """Returns the splits and the number of classes the dataset registers."""
+  builder = _builder(name, data_dir)
+  features = builder.info.features
+  image, label = builder.info.supervised_keys or (None, None)
+  if not (image and label and getattr(features[label], "num_classes", None)
+          and len(getattr(features[image], "shape", ())) == 3):
+    raise DataError(f"TFDS dataset {name!r} is not an image-classification dataset "
+                    "(needs supervised (image, class label) pairs)")
+  if None in features[image].shape:
+    raise DataError(f"TFDS dataset {name!r} has images of varying size {features[image].shape}; "
+                    "tapeloop needs fixed-shape images")
+  registered = features[label].num_classes
+  if num_classes is not None and num_classes != registered:
+    raise DataError(f"--num_classes={num_classes} but TFDS dataset {name!r} has "
+                    f"{registered} classes; drop --num_classes")
+  _prepare(builder, name, manual_dir)
+  # Under mock_data info.splits is empty; the standard names are tried then.
+  names = [s for s in _SPLITS if s in builder.info.splits] or ["train", "test"]
+  splits = {}
+  for split in names:
+    images, labels = _to_numpy(builder, split)
+    labels = check_labels(labels, registered, lambda i, s=split: f"example {i} of {name}/{s}")
+    splits[split] = Split(images=images.astype(np.uint8, copy=False), labels=labels)
+  return splits, registered

@@ -1,0 +1,88 @@
+import gzip
+import hashlib
+import io
+import os
+import types
+
+import pytest
+
+from input_pipeline import DataError, prepare
+
+
+def _upstream_gz(name, payload, mtime):
+  """A gzip file as upstream made it: the original name and mtime in the header."""
+  buf = io.BytesIO()
+  with gzip.GzipFile(filename=name, mode="wb", fileobj=buf, mtime=mtime) as f:
+    f.write(payload)
+  return buf.getvalue()
+
+
+def _debian_strip(data):
+  """What Debian's build did: drop FNAME and its name from the header."""
+  end = data.index(b"\0", 10) + 1
+  return data[:3] + bytes([data[3] & ~0x08]) + data[4:10] + data[end:]
+
+
+def _fake_registry(tmp_path, names):
+  """Upstream-style files, their Debian-stripped copies, and TFDS-style url_infos."""
+  src = tmp_path / "debian"
+  src.mkdir()
+  infos = {}
+  for name in names:
+    mtime = prepare._MTIMES[name.split("-")[0]]
+    upstream = _upstream_gz(name, os.urandom(300), mtime)
+    (src / f"{name}.gz").write_bytes(_debian_strip(upstream))
+    infos[f"http://example/{name}.gz"] = types.SimpleNamespace(
+        filename=f"{name}.gz", checksum=hashlib.sha256(upstream).hexdigest())
+  return src, infos
+
+
+NAMES = ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+def test_restores_upstream_bytes_and_places_them(tmp_path):
+  src, infos = _fake_registry(tmp_path, NAMES)
+  manual = tmp_path / "manual"
+  placed = prepare.place_manual_files(str(src), str(manual), infos)
+  assert sorted(os.listdir(manual)) == sorted(f"{n}.gz" for n in NAMES) and len(placed) == 2
+  for info in infos.values():
+    data = (manual / info.filename).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == info.checksum
+    gzip.decompress(data)  # still a valid gzip
+
+
+def test_refuses_a_checksum_mismatch_and_leaves_nothing(tmp_path):
+  src, infos = _fake_registry(tmp_path, NAMES)
+  (src / "t10k-labels-idx1-ubyte.gz").write_bytes(
+      _debian_strip(_upstream_gz("t10k-labels-idx1-ubyte", b"other", 1)))
+  manual = tmp_path / "manual"
+  with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz: after restoring .* sha256"):
+    prepare.place_manual_files(str(src), str(manual), infos)
+  assert "t10k-labels-idx1-ubyte.gz" not in os.listdir(manual)
+  assert not [n for n in os.listdir(manual) if n.startswith(".tmp")]
+
+
+def test_missing_files_say_how_to_get_them(tmp_path):
+  _, infos = _fake_registry(tmp_path, NAMES)
+  with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+    prepare.place_manual_files(str(tmp_path / "nowhere"), str(tmp_path / "m"), infos)
+
+
+def test_not_a_debian_gzip(tmp_path):
+  with pytest.raises(DataError, match="not a gzip"):
+    prepare.restore_gzip_header(b"plain", "x", 0)
+  with pytest.raises(DataError, match="already has optional"):
+    prepare.restore_gzip_header(_upstream_gz("x", b"a", 0), "x", 0)
+
+
+def test_registered_fashion_mnist_files_are_the_four_idx_files():
+  import tensorflow_datasets as tfds
+  names = sorted(i.filename for i in tfds.builder_cls("fashion_mnist").url_infos.values())
+  assert names == sorted(f"{p}-{k}.gz" for p, k in [
+      ("t10k", "images-idx3-ubyte"), ("t10k", "labels-idx1-ubyte"),
+      ("train", "images-idx3-ubyte"), ("train", "labels-idx1-ubyte")])
+
+
+def test_only_fashion_mnist(tmp_path):
+  with pytest.raises(DataError, match="only fashion_mnist"):
+    prepare.prepare("mnist", str(tmp_path), str(tmp_path))

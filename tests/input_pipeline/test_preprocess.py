@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from input_pipeline import Augment, DataError
+from input_pipeline import preprocess
+
+SEED = tf.constant([1, 2], tf.int64)
+
+
+def _batch(b=16, h=10, w=10):
+  return tf.random.stateless_uniform([b, h, w, 1], [0, 0]) + 0.01  # no exact zeros
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("none", Augment()),
+    ("", Augment()),
+    ("translate=3", Augment(translate=3)),
+    ("translate,erase", Augment(translate=2, erase=0.5)),
+    ("flip,erase=0.25", Augment(flip=True, erase=0.25)),
+])
+def test_parse(text, expected):
+  assert Augment.parse(text, "fashion_mnist") == expected
+
+
+@pytest.mark.parametrize("text,dataset,message", [
+    ("flip", "mnist", "mirrored characters"),
+    ("flip", "tfds:emnist/letters", "mirrored characters"),
+    ("flip", "csv:/x/train.csv", "mirrored characters"),
+    ("rotate=10", "mnist", "cannot read 'rotate=10'"),
+    ("erase=2", "mnist", "erase in"),
+    ("translate=-1", "mnist", "translate must be"),
+    ("flip=yes", "cifar10", "cannot read"),
+])
+def test_parse_refuses(text, dataset, message):
+  with pytest.raises(DataError, match=message):
+    Augment.parse(text, dataset)
+
+
+def test_normalize():
+  x = preprocess.normalize(tf.constant([[0, 255, 51]], tf.uint8))
+  assert x.dtype == tf.float32
+  np.testing.assert_allclose(x.numpy(), [[0.0, 1.0, 0.2]])
+
+
+def test_translate_shifts_each_image_by_at_most_max_shift():
+  x = _batch()
+  y = preprocess.translate(x, 2, SEED).numpy()
+  shifts = set()
+  for a, b in zip(x.numpy()[..., 0], y[..., 0]):
+    found = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+             if np.allclose(np.roll(np.pad(a, 2), (dy, dx), (0, 1))[2:-2, 2:-2], b)]
+    assert found, "output is not a shift of the input"
+    shifts.add(found[0])
+  assert len(shifts) > 1  # independent per example
+
+
+def test_flip_mirrors_some_images_only():
+  x = _batch()
+  y = preprocess.flip(x, SEED).numpy()
+  flipped = [np.allclose(b, a[:, ::-1]) for a, b in zip(x.numpy(), y)]
+  same = [np.allclose(b, a) for a, b in zip(x.numpy(), y)]
+  assert all(f or s for f, s in zip(flipped, same)) and any(flipped) and any(same)
+
+
+def test_erase_zeroes_one_rectangle_in_chosen_images():
+  x = _batch(b=64, h=20, w=20)
+  y = preprocess.erase(x, 0.5, SEED).numpy()
+  erased = 0
+  for img in y[..., 0]:
+    zero = img == 0
+    if zero.any():
+      erased += 1
+      rows, cols = np.flatnonzero(zero.any(1)), np.flatnonzero(zero.any(0))
+      assert zero[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all()  # a solid rectangle
+      assert zero.sum() <= 0.25 * 400 + 2 * 20
+  assert 16 < erased < 48  # about half of 64
+
+
+def test_augment_batch_is_deterministic_per_seed():
+  aug = Augment(translate=2, flip=True, erase=0.5)
+  x = _batch()
+  a = preprocess.augment_batch(x, aug, SEED)
+  b = preprocess.augment_batch(x, aug, SEED)
+  c = preprocess.augment_batch(x, aug, tf.constant([1, 3], tf.int64))
+  np.testing.assert_array_equal(a.numpy(), b.numpy())
+  assert not np.array_equal(a.numpy(), c.numpy())

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+
+import models
+
+POLICIES = ["float32", "mixed_float16", "mixed_bfloat16"]
+COMPUTE = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+
+# Exact parameter counts, worked out by hand (weights + biases; BN counts 4 per channel).
+MLP_CONFIGS = [
+    # name: 784*50+50 + 50*10+10
+    ("1x50", dict(hidden_units=(50,)), 39_760),
+    # 784*500+500 + 500*10+10
+    ("1x500", dict(hidden_units=(500,)), 397_510),
+    # 39250 + 4*(50*50+50) + 510
+    ("5x50", dict(hidden_units=(50,) * 5), 49_960),
+    ("5x50 dropout", dict(hidden_units=(50,) * 5, dropout=0.2), 49_960),
+    # 392500 + 4*(500*500+500) + 5010
+    ("5x500 dropout", dict(hidden_units=(500,) * 5, dropout=0.2), 1_399_510),
+]
+
+
+@pytest.mark.parametrize("name,hparams,count", MLP_CONFIGS, ids=[c[0] for c in MLP_CONFIGS])
+def test_tutorial_mlps_parameter_counts(name, hparams, count):
+  model = models.create("mlp", num_classes=10, image_shape=(28, 28, 1), **hparams)
+  assert model.count_params() == count
+
+
+def test_mlp_dropout_is_active_only_in_training():
+  model = models.create("mlp", num_classes=10, image_shape=(28, 28, 1), hidden_units=(50,),
+                        dropout=0.5)
+  x = np.random.default_rng(0).random((4, 28, 28, 1), np.float32)
+  np.testing.assert_array_equal(model(x, training=False), model(x, training=False))
+  assert not np.allclose(model(x, training=True), model(x, training=False))
+
+
+def test_cnn_default_is_the_tutorial_cnn():
+  model = models.create("cnn", num_classes=10, image_shape=(28, 28, 1))
+  # conv 5*5*1*25+25, conv 5*5*25*25+25, conv 4*4*25*25+25, dense 25*50+50, logits 50*10+10
+  assert model.count_params() == 650 + 15_650 + 10_025 + 1_300 + 510 == 28_135
+  convs = [l for l in model.features if type(l).__name__ == "Conv2D"]
+  assert [(c.filters, c.kernel_size) for c in convs] == [(25, (5, 5)), (25, (5, 5)), (25, (4, 4))]
+
+
+def test_cnn_configurable():
+  model = models.create("cnn", num_classes=10, image_shape=(28, 28, 1), filters=(8, 16),
+                        kernel_sizes=(3, 3), dense_units=(32,), dropout=0.25)
+  # conv 3*3*1*8+8, conv 3*3*8*16+16 -> 11x11x16 flatten 1936, dense 1936*32+32, logits 330
+  assert model.count_params() == 80 + 1_168 + 61_984 + 330
+  with pytest.raises(ValueError, match="same length"):
+    models.create("cnn", num_classes=10, image_shape=(28, 28, 1), filters=(8,), kernel_sizes=(3, 3))
+
+
+def test_resnet_parameter_count():
+  model = models.create("resnet", num_classes=10, image_shape=(28, 28, 1))
+  stem = 9 * 32 + 4 * 32
+  stage1 = 2 * (2 * 9 * 32 * 32 + 2 * 4 * 32)
+  stage2 = (9 * 32 * 64 + 9 * 64 * 64 + 32 * 64 + 3 * 4 * 64) + (2 * 9 * 64 * 64 + 2 * 4 * 64)
+  stage3 = (9 * 64 * 128 + 9 * 128 * 128 + 64 * 128 + 3 * 4 * 128) + (2 * 9 * 128 * 128 + 2 * 4 * 128)
+  assert model.count_params() == stem + stage1 + stage2 + stage3 + 128 * 10 + 10 == 698_282
+
+
+@pytest.mark.parametrize("precision", POLICIES)
+@pytest.mark.parametrize("name,hparams", [
+    ("mlp", dict(hidden_units=(50, 50), dropout=0.2)),
+    ("cnn", {}),
+    ("resnet", dict(widths=(8, 16), blocks_per_stage=1)),
+])
+def test_float32_logits_under_every_policy(name, hparams, precision):
+  model = models.create(name, num_classes=7, image_shape=(28, 28, 1), precision=precision,
+                        **hparams)
+  assert model.image_shape == (28, 28, 1)
+  logits = model(np.zeros((3, 28, 28, 1), np.float32), training=True)
+  assert tuple(logits.shape) == (3, 7) and logits.dtype == "float32"
+  # Hidden layers compute in the policy's dtype; every variable stays float32.
+  hidden = [l for l in model._flatten_layers() if hasattr(l, "kernel") and l.name != "logits"]
+  assert hidden and all(l.compute_dtype == COMPUTE[precision] for l in hidden)
+  assert {v.dtype for v in model.trainable_variables} == {"float32"}
+
+
+def test_other_input_shapes():
+  for name in models.MODELS:
+    model = models.create(name, num_classes=100, image_shape=(32, 32, 3))
+    assert tuple(model(np.zeros((2, 32, 32, 3), np.float32)).shape) == (2, 100)
+
+
+def test_l2_adds_regularization_losses():
+  model = models.create("mlp", num_classes=10, image_shape=(4, 4, 1), hidden_units=(8,), l2=1e-3)
+  model(np.ones((1, 4, 4, 1), np.float32))
+  assert len(model.losses) == 2  # one per kernel
+
+
+def test_registry_errors_list_what_is_known():
+  with pytest.raises(ValueError, match="unknown model 'vgg'; known models: cnn, mlp, resnet"):
+    models.create("vgg", num_classes=10, image_shape=(28, 28, 1))
+  with pytest.raises(ValueError, match="takes no filters; it takes .*hidden_units"):
+    models.create("mlp", num_classes=10, image_shape=(28, 28, 1), filters=(3,))
+  with pytest.raises(ValueError, match="precision 'fp8'"):
+    models.create("mlp", num_classes=10, image_shape=(28, 28, 1), precision="fp8")
+  assert models.hyperparameters("mlp")["hidden_units"] == (500,)
