@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -23,7 +24,27 @@ def logits_head(num_classes: int, l2: float) -> keras.layers.Dense:
                             name="logits")
 
 
-class ImageClassifier(keras.Model):
+class CheckpointLists:
+  """Makes layers held in lists or tuples children in tf.train.Checkpoint's object graph.
+
+  Keras 3 tracks such layers for its own weights, but hands them to TensorFlow only for
+  SavedModel, not for checkpoints: their weights would then be saved only where the
+  optimizer happens to reference them, and BatchNorm statistics not at all.
+  """
+
+  def _trackable_children(self, save_type="checkpoint", **kwargs):
+    children = super()._trackable_children(save_type, **kwargs)
+    if save_type == "checkpoint":
+      for attr in getattr(self, "_tracked", ()):
+        value = getattr(self, attr, None)
+        if isinstance(value, (list, tuple)):
+          for i, item in enumerate(value):
+            if isinstance(item, tf.__internal__.tracking.Trackable):
+              children.setdefault(f"{attr}_{i}", item)
+    return children
+
+
+class ImageClassifier(CheckpointLists, keras.Model):
   """Base: knows its input shape and class count; `build_for_input` creates the weights."""
 
   def __init__(self, *, num_classes: int, image_shape, precision: str = "float32", **kwargs):

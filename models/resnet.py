@@ -6,10 +6,10 @@ from typing import Sequence
 
 import keras
 
-from models.common import ImageClassifier, logits_head, regularizer
+from models.common import CheckpointLists, ImageClassifier, logits_head, regularizer
 
 
-class _Block(keras.layers.Layer):
+class _Block(CheckpointLists, keras.layers.Layer):
   """conv3x3-BN-relu-conv3x3-BN plus shortcut (1x1 conv + BN when the shape changes)."""
 
   def __init__(self, width: int, stride: int, project: bool, l2: float, **kwargs):

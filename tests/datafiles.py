@@ -15,6 +15,7 @@ def idx_bytes(array: np.ndarray) -> bytes:
 def write_mnist_dir(directory, n_train=12, n_test=5, shape=(28, 28), classes=10, gz=True,
                     seed=0):
   """Writes the four MNIST-format files; returns the arrays written."""
+  os.makedirs(directory, exist_ok=True)
   rng = np.random.default_rng(seed)
   arrays = {}
   for prefix, n in (("train", n_train), ("t10k", n_test)):

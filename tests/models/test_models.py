@@ -1,5 +1,7 @@
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import models
 
@@ -98,3 +100,26 @@ def test_registry_errors_list_what_is_known():
   with pytest.raises(ValueError, match="precision 'fp8'"):
     models.create("mlp", num_classes=10, image_shape=(28, 28, 1), precision="fp8")
   assert models.hyperparameters("mlp")["hidden_units"] == (500,)
+
+
+@pytest.mark.parametrize("name,hparams", [
+    ("mlp", dict(hidden_units=(8, 8), dropout=0.1)),
+    ("cnn", dict(filters=(4, 4), kernel_sizes=(3, 3), dense_units=(8,))),
+    ("resnet", dict(widths=(4, 8), blocks_per_stage=2)),
+])
+def test_a_model_only_checkpoint_holds_every_weight(tmp_path, name, hparams):
+  # Layers kept in lists must be checkpoint children too, BN moving statistics included.
+  def make(seed):
+    keras.utils.set_random_seed(seed)
+    return models.create(name, num_classes=3, image_shape=(12, 12, 1), **hparams)
+  a = make(1)
+  for w in a.non_trainable_weights:  # give BN statistics non-initial values
+    w.assign(np.full(w.shape, 0.5, np.float32))
+  path = tf.train.Checkpoint(model=a).save(str(tmp_path / "ckpt"))
+  b = make(2)
+  tf.train.Checkpoint(model=b).restore(path).assert_existing_objects_matched()
+  assert len(a.weights) == len(b.weights)
+  for wa, wb in zip(a.weights, b.weights):
+    np.testing.assert_array_equal(wa.numpy(), wb.numpy(), err_msg=wa.path)
+  saved = {n for n, _ in tf.train.list_variables(path) if n.startswith("model/")}
+  assert len(saved) == len(a.weights)

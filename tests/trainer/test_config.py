@@ -1,0 +1,57 @@
+import pytest
+
+from trainer.config import ConfigError
+from flag_helpers import parse
+
+
+def test_defaults_and_model_hparams():
+  cfg = parse("--model=mlp", "--hidden_units=500,500", "--dropout=0.2")
+  assert cfg.model_hparams == {"hidden_units": (500, 500), "dropout": 0.2}
+  assert cfg.batch_size == 128 and cfg.optimizer == "adam" and cfg.mixed_precision == "float32"
+  assert cfg.model_dir == "runs/mlp-mnist"
+  assert cfg.flag_values["hidden_units"] == ["500", "500"]
+  assert "verbosity" not in cfg.flag_values  # only tapeloop's own flags
+
+
+def test_steps_from_epochs_or_train_steps():
+  assert parse("--epochs=3", "--batch_size=10").steps_for(95) == (9, 27)
+  assert parse("--train_steps=5", "--batch_size=10").steps_for(95) == (9, 5)
+  assert parse("--batch_size=10").steps_for(95) == (9, 9)  # one epoch by default
+
+
+def test_flagfile_and_command_line_override(tmp_path):
+  (tmp_path / "x.cfg").write_text("# comment\n--model=mlp\n--hidden_units=50\n--epochs=5\n")
+  cfg = parse(f"--flagfile={tmp_path / 'x.cfg'}", "--epochs=2")
+  assert cfg.model == "mlp" and cfg.model_hparams == {"hidden_units": (50,)} and cfg.epochs == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model=vgg"], "--model=vgg is unknown; known models: cnn, mlp, resnet"),
+    (["--dataset=ftp:x"], "--dataset: unknown data source prefix"),
+    (["--batch_size=0"], "--batch_size=0 must be positive"),
+    (["--batch_size=-8"], "--batch_size=-8 must be positive"),
+    (["--steps_per_loop=0"], "--steps_per_loop=0 must be positive"),
+    (["--train_steps=0"], "--train_steps=0 must be positive"),
+    (["--epochs=-1"], "--epochs=-1 must be positive"),
+    (["--epochs=2", "--train_steps=5"], "--epochs and --train_steps both given"),
+    (["--optimizer=adagrad"], "--optimizer=adagrad is unknown; use sgd, momentum"),
+    (["--lr_schedule=step"], "--lr_schedule=step is unknown"),
+    (["--learning_rate=0"], "--learning_rate=0.0 must be positive"),
+    (["--learning_rate=-0.1"], "--learning_rate=-0.1 must be positive"),
+    (["--strategy=tpu"], "--strategy=tpu is unknown"),
+    (["--mixed_precision=fp8"], "--mixed_precision=fp8 is unknown"),
+    (["--validation_split=1.5"], "--validation_split=1.5 must be in"),
+    (["--weight_decay=-1"], "--weight_decay=-1.0 must be"),
+    (["--clip_norm=0"], "--clip_norm=0.0 must be positive"),
+    (["--model=mlp", "--filters=3"], "--filters does not apply to --model=mlp"),
+    (["--model=mlp", "--hidden_units=a,b"], "--hidden_units=a,b: expected comma-separated"),
+    (["--model=mlp", "--hidden_units=0"], "--hidden_units=0: values must be positive"),
+    (["--model=mlp", "--dropout=1"], "--dropout=1.0 must be in"),
+    (["--model=cnn", "--filters=8,8"], "--filters has 2 values but --kernel_sizes has 3"),
+    (["--augment=flip"], "mirrored characters"),
+    (["--augment=rotate"], "--augment: cannot read 'rotate'"),
+    (["--devices=/cpu:0"], "--devices applies to --strategy=mirrored"),
+])
+def test_bad_values_name_the_flag(args, message):
+  with pytest.raises(ConfigError, match=message):
+    parse(*args)

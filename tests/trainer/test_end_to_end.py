@@ -1,0 +1,159 @@
+"""trainer.main end to end, as a user runs it: tiny synthetic data, a few seconds a run."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import input_pipeline
+import models
+from datafiles import write_kaggle_csv
+
+DATASET = "synthetic:shape=12x12x1,classes=4,train=320,test=70"
+ARGS = ["--model=mlp", "--hidden_units=16", f"--dataset={DATASET}", "--batch_size=32",
+        "--steps_per_loop=3", "--validation_split=0.2", "--eval_every=4"]
+
+
+def run(module, *args, check=True):
+  proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                        timeout=300)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
+  return proc
+
+
+def read_scalars(run_dir):
+  """{tag: {step: value}} from all event files of a TensorBoard run directory."""
+  out = {}
+  for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.metadata.plugin_data.plugin_name == "scalars":
+          out.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+  return out
+
+
+def read_tags(run_dir):
+  tags = set()
+  for path in glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(v.tag for v in event.summary.value)
+  return tags
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp("run") / "model")
+  # 256 train examples / 32 = 8 steps per epoch; 2 epochs = 16 steps.
+  first = run("trainer.main", *ARGS, "--epochs=2", f"--model_dir={model_dir}")
+  return model_dir, first
+
+
+def test_results_json(trained):
+  model_dir, proc = trained
+  with open(os.path.join(model_dir, "results.json")) as f:
+    results = json.load(f)
+  assert results["global_step"] == 16 and results["parameters"] == 12 * 12 * 16 + 16 + 16 * 4 + 4
+  assert 0.0 <= results["test_accuracy"] <= 1.0 and results["test_loss"] > 0
+  assert results["test_accuracy"] > 0.5  # 4 learnable classes: well above chance (0.25)
+  assert results["examples_per_sec"] > 0 and results["wall_seconds"] > 0
+  assert results["flags"]["hidden_units"] == ["16"] and results["flags"]["epochs"] == 2
+  assert f"test accuracy {results['test_accuracy']:.4f}" in proc.stdout
+
+
+def test_console_progress_lines(trained):
+  _, proc = trained
+  assert "step 3/16  epoch 0.38  loss" in proc.stderr
+  assert "examples/s  ETA" in proc.stderr
+  assert "eval on validation at step 4" in proc.stderr
+  assert "strategy: _DefaultDistributionStrategy" in proc.stderr
+  assert "precision policy: float32" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_tensorboard_events(trained):
+  model_dir, _ = trained
+  train = read_scalars(os.path.join(model_dir, "train"))
+  evals = read_scalars(os.path.join(model_dir, "eval"))
+  assert {"loss", "accuracy", "learning_rate", "examples_per_sec"} <= set(train)
+  # Loop boundaries: every 3 steps, cut at eval (4, 8, ...) and epoch (8, 16) boundaries.
+  assert sorted(train["loss"]) == [3, 4, 7, 8, 11, 12, 15, 16]
+  assert all(0 <= v <= 1 for v in train["accuracy"].values())
+  np.testing.assert_allclose(list(train["learning_rate"].values()), 1e-3, rtol=1e-6)
+  assert sorted(evals["loss"]) == [4, 8, 12, 16] and sorted(evals["accuracy"]) == [4, 8, 12, 16]
+  assert {"test_loss", "test_accuracy"} <= set(evals)
+  with open(os.path.join(model_dir, "results.json")) as f:
+    assert evals["test_accuracy"][16] == pytest.approx(json.load(f)["test_accuracy"], abs=1e-6)
+  tags = read_tags(os.path.join(model_dir, "train"))
+  assert "flags/text_summary" in tags or "flags" in tags
+  assert "_hparams_/session_start_info" in tags
+
+
+def _trained_model(model_dir):
+  data = input_pipeline.load(DATASET)
+  model = models.create("mlp", num_classes=4, image_shape=(12, 12, 1), hidden_units=(16,))
+  latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+  tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+  return data, model
+
+
+def test_export_in_a_fresh_process_predicts_like_the_trained_model(trained, tmp_path):
+  model_dir, _ = trained
+  data, model = _trained_model(model_dir)
+  images = data.splits["test"].images
+  expected = np.argmax(model(images.astype(np.float32) / 255.0), axis=-1)
+  np.save(tmp_path / "images.npy", images)
+  code = ("import sys, numpy as np, tensorflow as tf\n"
+          "m = tf.saved_model.load(sys.argv[1])\n"
+          "x = np.load(sys.argv[2])\n"
+          "a = m.signatures['serving_default'](images=tf.constant(x))\n"
+          "b = m.signatures['serving_float'](images=tf.constant(x.astype('float32') / 255))\n"
+          "np.save(sys.argv[3], np.stack([a['classes'].numpy(), b['classes'].numpy()]))\n"
+          "assert np.allclose(a['probabilities'].numpy().sum(1), 1, atol=1e-5)\n")
+  subprocess.run([sys.executable, "-c", code, os.path.join(model_dir, "export"),
+                  str(tmp_path / "images.npy"), str(tmp_path / "out.npy")], check=True,
+                 timeout=120)
+  uint8_classes, float_classes = np.load(tmp_path / "out.npy")
+  np.testing.assert_array_equal(uint8_classes, expected)
+  np.testing.assert_array_equal(float_classes, expected)
+
+
+def test_predict_writes_the_kaggle_submission(trained, tmp_path):
+  model_dir, _ = trained
+  data, model = _trained_model(model_dir)
+  images = data.splits["test"].images[:9]
+  write_kaggle_csv(tmp_path / "test.csv", images)
+  out = tmp_path / "submission.csv"
+  run("trainer.predict", f"--model_dir={model_dir}", f"--dataset=csv:{tmp_path / 'test.csv'}",
+      f"--output={out}")
+  lines = out.read_text().splitlines()
+  assert lines[0] == "ImageId,Label" and len(lines) == 10
+  ids, labels = zip(*(map(int, l.split(",")) for l in lines[1:]))
+  assert list(ids) == list(range(1, 10))
+  np.testing.assert_array_equal(labels, np.argmax(model(images / 255.0), axis=-1))
+
+
+def test_resume_continues_from_the_saved_step_and_a_finished_run_only_evaluates(trained):
+  model_dir, _ = trained
+  with open(os.path.join(model_dir, "results.json")) as f:
+    before = json.load(f)
+  second = run("trainer.main", *ARGS, "--epochs=3", f"--model_dir={model_dir}")
+  assert "resumed from" in second.stderr and "ckpt-16" in second.stderr
+  assert "from step 16 to 24" in second.stderr
+  train = read_scalars(os.path.join(model_dir, "train"))
+  assert max(train["loss"]) == 24 and 19 in train["loss"]  # 16 + 3: steps continued, not 0
+  with open(os.path.join(model_dir, "results.json")) as f:
+    after = json.load(f)
+  assert after["global_step"] == 24
+  third = run("trainer.main", *ARGS, "--epochs=3", f"--model_dir={model_dir}")
+  assert "already at step 24 of 24: evaluating only" in third.stderr
+  with open(os.path.join(model_dir, "results.json")) as f:
+    final = json.load(f)
+  assert final["test_accuracy"] == after["test_accuracy"]
+  assert final["examples_per_sec"] == after["examples_per_sec"]  # training figures kept
+  assert before["global_step"] == 16

@@ -1,0 +1,65 @@
+"""How a run ends: bad input exits 2 with one line naming the problem and the fix; a
+traceback only with --verbosity=1 or more."""
+
+import logging as py_logging
+import os
+import sys
+
+from absl import app, flags, logging
+
+from input_pipeline import DataError
+
+EXIT_USAGE = 2      # bad flag, file, data or model_dir
+EXIT_DIVERGED = 3   # non-finite loss
+
+
+class UsageError(ValueError):
+  pass
+
+
+def usage(message: str) -> UsageError:
+  return UsageError(message)
+
+
+def _fail(message: str, status: int) -> None:
+  if flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1:
+    raise  # pylint: disable=misplaced-bare-raise
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def _parse(argv):
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+class _OwnInfoOnly(py_logging.Filter):
+  """On the console, INFO lines come from tapeloop only; TensorFlow's own INFO chatter
+  (saver sharding, SavedModel assets) is dropped. Warnings and errors always pass."""
+
+  _OURS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), p)
+                for p in ("trainer", "input_pipeline", "models", "scripts"))
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or record.pathname.startswith(self._OURS)
+
+
+def run_app(main) -> None:
+  from trainer.config import ConfigError  # pylint: disable=g-import-not-at-top
+
+  def guarded(argv):
+    if flags.FLAGS.verbosity < 1:
+      logging.get_absl_handler().addFilter(_OwnInfoOnly())
+      py_logging.getLogger("tensorflow").addFilter(_OwnInfoOnly())
+    try:
+      main(argv)
+    except (UsageError, ConfigError, DataError) as e:
+      _fail(str(e), EXIT_USAGE)
+    except FloatingPointError as e:
+      _fail(f"{e}: training diverged; lower --learning_rate or use --clip_norm; the last "
+            "good checkpoint is kept", EXIT_DIVERGED)
+
+  app.run(guarded, flags_parser=_parse)

@@ -1,0 +1,154 @@
+"""One frozen config built from the flags and validated up front: a bad value is a
+ConfigError whose message names the flag."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import models
+from input_pipeline import Augment
+from input_pipeline.sources import parse_spec
+from trainer import flags as tl_flags
+
+
+class ConfigError(ValueError):
+  """A bad flag value or combination; the message names the flag and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  model: str
+  model_hparams: dict[str, Any]
+  dataset: str
+  data_dir: str | None
+  manual_dir: str | None
+  num_classes: int | None
+  validation_split: float
+  augment: Augment
+  model_dir: str
+  batch_size: int
+  epochs: int | None
+  train_steps: int | None
+  steps_per_loop: int
+  eval_every: int | None
+  checkpoint_every: int | None
+  keep_checkpoints: int
+  seed: int
+  deterministic: bool
+  optimizer: str
+  learning_rate: float
+  lr_schedule: str
+  warmup_steps: int
+  lr_decay_rate: float
+  momentum: float
+  weight_decay: float
+  clip_norm: float | None
+  strategy: str
+  devices: tuple[str, ...] | None
+  mixed_precision: str
+  jit_compile: bool
+  flag_values: dict[str, Any]  # every flag as given, for results.json and TensorBoard
+
+  def steps_for(self, train_size: int) -> tuple[int, int]:
+    """(steps per epoch, total steps) for a training split of train_size examples."""
+    per_epoch = max(1, train_size // self.batch_size)
+    return per_epoch, self.train_steps or per_epoch * (self.epochs or 1)
+
+
+def _ints(name: str, values) -> tuple[int, ...]:
+  try:
+    out = tuple(int(v) for v in values)
+  except ValueError:
+    raise ConfigError(f"--{name}={','.join(values)}: expected comma-separated integers") from None
+  if not out or min(out) < 1:
+    raise ConfigError(f"--{name}={','.join(values)}: values must be positive")
+  return out
+
+
+def _check(condition: bool, message: str) -> None:
+  if not condition:
+    raise ConfigError(message)
+
+
+def _model_hparams(fv) -> dict[str, Any]:
+  accepted = models.hyperparameters(fv.model)
+  hparams = {}
+  for name in tl_flags.MODEL_FLAGS:
+    value = fv[name].value
+    if value is None:
+      continue
+    _check(name in accepted, f"--{name} does not apply to --model={fv.model}; it takes "
+           f"{', '.join('--' + k for k in sorted(accepted))}")
+    if isinstance(value, list):
+      value = _ints(name, value)
+    hparams[name] = value
+  if "dropout" in hparams:
+    _check(0.0 <= hparams["dropout"] < 1.0, f"--dropout={hparams['dropout']} must be in [0, 1)")
+  if "l2" in hparams:
+    _check(hparams["l2"] >= 0.0, f"--l2={hparams['l2']} must be >= 0")
+  if "blocks_per_stage" in hparams:
+    _check(hparams["blocks_per_stage"] >= 1, "--blocks_per_stage must be >= 1")
+  if fv.model == "cnn":
+    n_filters = len(hparams.get("filters", accepted["filters"]))
+    n_kernels = len(hparams.get("kernel_sizes", accepted["kernel_sizes"]))
+    _check(n_filters == n_kernels, f"--filters has {n_filters} values but --kernel_sizes has "
+           f"{n_kernels}: give one kernel size per conv layer")
+  return hparams
+
+
+def from_flags(fv) -> Config:
+  """Validates every flag; raises ConfigError naming the first bad one."""
+  _check(fv.model in models.MODELS, f"--model={fv.model} is unknown; known models: "
+         f"{', '.join(sorted(models.MODELS))}")
+  try:
+    parse_spec(fv.dataset)
+  except ValueError as e:
+    raise ConfigError(f"--dataset: {e}") from None
+  for name in ("batch_size", "steps_per_loop", "keep_checkpoints"):
+    _check(fv[name].value >= 1, f"--{name}={fv[name].value} must be positive")
+  for name in ("epochs", "train_steps", "eval_every", "checkpoint_every", "num_classes"):
+    value = fv[name].value
+    _check(value is None or value >= 1, f"--{name}={value} must be positive")
+  _check(fv.epochs is None or fv.train_steps is None,
+         "--epochs and --train_steps both given: use one")
+  _check(fv.optimizer in tl_flags.OPTIMIZERS,
+         f"--optimizer={fv.optimizer} is unknown; use {', '.join(tl_flags.OPTIMIZERS)}")
+  _check(fv.lr_schedule in tl_flags.SCHEDULES,
+         f"--lr_schedule={fv.lr_schedule} is unknown; use {', '.join(tl_flags.SCHEDULES)}")
+  _check(fv.strategy in tl_flags.STRATEGIES,
+         f"--strategy={fv.strategy} is unknown; use {', '.join(tl_flags.STRATEGIES)}")
+  _check(fv.mixed_precision in tl_flags.PRECISIONS, f"--mixed_precision={fv.mixed_precision} "
+         f"is unknown; use {', '.join(tl_flags.PRECISIONS)}")
+  _check(fv.learning_rate > 0, f"--learning_rate={fv.learning_rate} must be positive")
+  _check(fv.warmup_steps >= 0, f"--warmup_steps={fv.warmup_steps} must be >= 0")
+  _check(0 < fv.lr_decay_rate <= 1, f"--lr_decay_rate={fv.lr_decay_rate} must be in (0, 1]")
+  _check(0 <= fv.momentum < 1, f"--momentum={fv.momentum} must be in [0, 1)")
+  _check(fv.weight_decay >= 0, f"--weight_decay={fv.weight_decay} must be >= 0")
+  _check(fv.clip_norm is None or fv.clip_norm > 0, f"--clip_norm={fv.clip_norm} must be positive")
+  _check(0 <= fv.validation_split < 1,
+         f"--validation_split={fv.validation_split} must be in [0, 1)")
+  _check(fv.devices is None or fv.strategy == "mirrored",
+         "--devices applies to --strategy=mirrored only")
+  try:
+    augment = Augment.parse(fv.augment, fv.dataset)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  model_dir = fv.model_dir or os.path.join(
+      "runs", f"{fv.model}-{fv.dataset.replace(':', '_').replace('/', '_').strip('_.')}")
+  return Config(
+      model=fv.model, model_hparams=_model_hparams(fv), dataset=fv.dataset,
+      data_dir=fv.data_dir, manual_dir=fv.manual_dir, num_classes=fv.num_classes,
+      validation_split=fv.validation_split, augment=augment, model_dir=model_dir,
+      batch_size=fv.batch_size, epochs=fv.epochs, train_steps=fv.train_steps,
+      steps_per_loop=fv.steps_per_loop, eval_every=fv.eval_every,
+      checkpoint_every=fv.checkpoint_every, keep_checkpoints=fv.keep_checkpoints,
+      seed=fv.seed, deterministic=fv.deterministic, optimizer=fv.optimizer,
+      learning_rate=fv.learning_rate, lr_schedule=fv.lr_schedule,
+      warmup_steps=fv.warmup_steps, lr_decay_rate=fv.lr_decay_rate, momentum=fv.momentum,
+      weight_decay=fv.weight_decay, clip_norm=fv.clip_norm, strategy=fv.strategy,
+      devices=tuple(fv.devices) if fv.devices else None,
+      mixed_precision=fv.mixed_precision, jit_compile=fv.jit_compile,
+      flag_values={name: fv[name].value for name in tl_flags.OWN_FLAGS})
+

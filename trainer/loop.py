@@ -1,0 +1,220 @@
+"""The Trainer: train and eval tf.functions under a strategy, and the outer Python loop.
+
+One tf.function call runs `steps_per_loop` steps (a tf.range over strategy.run); logging,
+summaries, eval and checkpoints happen in Python between calls, at loop boundaries.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+import input_pipeline
+import models
+from input_pipeline import Data
+from trainer import checkpoints, export, optimization, summaries
+from trainer.config import Config
+
+
+def _distribute(strategy, dataset):
+  options = tf.data.Options()
+  # In-memory data has no files to shard by; shard by batch across workers.
+  options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+  return strategy.experimental_distribute_dataset(dataset.with_options(options))
+
+
+class Trainer:
+  """Builds model, optimizer, metrics and checkpoint under the strategy's scope."""
+
+  def __init__(self, config: Config, strategy: tf.distribute.Strategy, data: Data,
+               chief: bool = True):
+    self.config, self.strategy, self.data, self.chief = config, strategy, data, chief
+    self.steps_per_epoch, self.total_steps = config.steps_for(len(data.splits["train"]))
+    self.replicas = strategy.num_replicas_in_sync
+    with strategy.scope():
+      self.model = models.create(config.model, num_classes=data.info.num_classes,
+                                 image_shape=data.info.image_shape,
+                                 precision=config.mixed_precision, **config.model_hparams)
+      # Kept apart from optimizer.iterations, which does not advance on a skipped fp16 step.
+      self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      self.learning_rate = optimization.learning_rate_fn(config, self.total_steps,
+                                                         self.global_step)
+      self.optimizer = optimization.create_optimizer(config, self.learning_rate)
+      # Built eagerly: a lazily built Adam fails inside strategy.run (keras issue 23085).
+      self.optimizer.build(self.model.trainable_variables)
+      self.train_loss = keras.metrics.Mean("loss")
+      self.train_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
+      self.eval_loss = keras.metrics.Mean("loss")
+      self.eval_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
+      self.checkpoints = checkpoints.Checkpoints(
+          config.model_dir if chief else _scratch_dir(config.model_dir),
+          config.keep_checkpoints, model=self.model, optimizer=self.optimizer,
+          global_step=self.global_step)
+      self.checkpoints.restore_latest()
+    self._fp16 = config.mixed_precision == "mixed_float16"
+    self._eval_datasets = {}  # split -> distributed dataset, built once: no retracing
+    self._train_loop = tf.function(self._train_loop_fn)
+    self._eval_pass = tf.function(self._eval_pass_fn)
+
+  # --- inside tf.function -------------------------------------------------------------
+
+  def _forward_backward(self, images, labels):
+    with tf.GradientTape() as tape:
+      logits = self.model(images, training=True)
+      per_example = keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                                 from_logits=True)
+      # Average over the GLOBAL batch: summed over replicas this is the batch mean.
+      loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.config.batch_size)
+      regularization = tf.constant(0.0)
+      if self.model.losses:
+        regularization = tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses])
+        # Added once per replica, so scaled by 1/replicas.
+        loss += tf.nn.scale_regularization_loss(regularization)
+      scaled = self.optimizer.scale_loss(loss) if self._fp16 else loss
+    grads = tape.gradient(scaled, self.model.trainable_variables)
+    return logits, per_example, regularization, grads
+
+  def _train_step(self, images, labels):
+    if self.config.jit_compile:
+      logits, per_example, reg, grads = tf.function(self._forward_backward, jit_compile=True)(
+          images, labels)
+    else:
+      logits, per_example, reg, grads = self._forward_backward(images, labels)
+    ctx = tf.distribute.get_replica_context()
+    if self.config.clip_norm:
+      # Keras's clipnorm clips each replica's gradient before its all-reduce: wrong under N
+      # replicas. Reduce here, clip the global gradient, then hand Keras 1/N of it because
+      # apply_gradients sums across replicas again.
+      grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+      norm = self.config.clip_norm
+      if self._fp16:
+        norm = norm * self.optimizer.dynamic_scale  # clip the scaled gradient equivalently
+      grads, _ = tf.clip_by_global_norm(grads, norm)
+      grads = [g / self.replicas for g in grads]
+    elif self._fp16 and self.replicas > 1:
+      # LossScaleOptimizer checks finiteness on local gradients only: if one replica
+      # overflows, the others would apply. Agree: any replica non-finite -> all skip.
+      local_bad = 1.0 - tf.cast(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
+                                               for g in grads]), tf.float32)
+      any_bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_bad) > 0
+      poison = tf.where(any_bad, float("nan"), 1.0)
+      grads = [g * tf.cast(poison, g.dtype) for g in grads]
+    self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
+    # Per-example losses: the Mean metric over all replicas is the global mean.
+    self.train_loss.update_state(per_example + reg)
+    self.train_accuracy.update_state(labels, logits)
+
+  def _train_loop_fn(self, iterator, steps):
+    for _ in tf.range(steps):
+      self.strategy.run(self._train_step, args=next(iterator))
+      self.global_step.assign_add(1)
+
+  def _eval_step(self, images, labels, weights):
+    logits = self.model(images, training=False)
+    per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    self.eval_loss.update_state(per_example, sample_weight=weights)
+    self.eval_accuracy.update_state(labels, logits, sample_weight=weights)
+
+  def _eval_pass_fn(self, dataset):
+    for batch in dataset:
+      self.strategy.run(self._eval_step, args=batch)
+
+  # --- Python, between loops ----------------------------------------------------------
+
+  def evaluate(self, split: str) -> dict[str, float]:
+    """Loss and accuracy over the whole split, each example exactly once."""
+    for metric in (self.eval_loss, self.eval_accuracy):
+      metric.reset_state()
+    if split not in self._eval_datasets:
+      dataset = input_pipeline.eval_dataset(self.data.splits[split],
+                                            global_batch_size=self.config.batch_size)
+      self._eval_datasets[split] = _distribute(self.strategy, dataset)
+    self._eval_pass(self._eval_datasets[split])
+    return {"loss": float(self.eval_loss.result()),
+            "accuracy": float(self.eval_accuracy.result())}
+
+  def _next_stop(self, step: int) -> int:
+    """The next step at which the inner loop must return: loop size, eval, checkpoint, end."""
+    stops = [step + self.config.steps_per_loop, self.total_steps]
+    for every in (self.eval_interval, self.checkpoint_interval):
+      stops.append((step // every + 1) * every)
+    return min(stops)
+
+  @property
+  def eval_interval(self) -> int:
+    return self.config.eval_every or self.steps_per_epoch
+
+  @property
+  def checkpoint_interval(self) -> int:
+    return self.config.checkpoint_every or self.steps_per_epoch
+
+  def train(self, writer: summaries.Summaries) -> dict:
+    """Trains from the current global step to total_steps; returns timing figures."""
+    cfg = self.config
+    step = int(self.global_step.numpy())
+    has_validation = "validation" in self.data.splits
+    if step >= self.total_steps:
+      logging.info("already at step %d of %d: evaluating only", step, self.total_steps)
+      return {"examples_per_sec": None, "train_seconds": 0.0, "compile_seconds": 0.0}
+    dataset = input_pipeline.train_dataset(
+        self.data.splits["train"], global_batch_size=cfg.batch_size, seed=cfg.seed,
+        augment=cfg.augment, start_step=step)
+    iterator = iter(_distribute(self.strategy, dataset))
+    logging.info("training %s on %s from step %d to %d (%d steps/epoch, global batch %d)",
+                 cfg.model, cfg.dataset, step, self.total_steps, self.steps_per_epoch,
+                 cfg.batch_size)
+    train_seconds = compile_seconds = 0.0
+    steady_steps, first = 0, True
+    while step < self.total_steps:
+      n = self._next_stop(step) - step
+      start = time.perf_counter()
+      self._train_loop(iterator, tf.constant(n, tf.int64))
+      loss, accuracy = float(self.train_loss.result()), float(self.train_accuracy.result())
+      elapsed = time.perf_counter() - start
+      step += n
+      if first:  # includes tracing and graph optimization
+        compile_seconds, first = elapsed, False
+      else:
+        train_seconds += elapsed
+        steady_steps += n
+      rate = n * cfg.batch_size / elapsed
+      steady_rate = (steady_steps * cfg.batch_size / train_seconds) if train_seconds else rate
+      eta = (self.total_steps - step) * cfg.batch_size / steady_rate
+      logging.info("step %d/%d  epoch %.2f  loss %.4f  accuracy %.4f  %.0f examples/s  ETA %s",
+                   step, self.total_steps, step / self.steps_per_epoch, loss, accuracy, rate,
+                   _duration(eta))
+      if not np.isfinite(loss):
+        raise FloatingPointError(f"training loss is {loss} at step {step}")
+      writer.scalars("train", step, {"loss": loss, "accuracy": accuracy,
+                                     "learning_rate": float(self.learning_rate()),
+                                     "examples_per_sec": rate})
+      for metric in (self.train_loss, self.train_accuracy):
+        metric.reset_state()
+      if has_validation and (step % self.eval_interval == 0 or step == self.total_steps):
+        result = self.evaluate("validation")
+        logging.info("eval on validation at step %d: loss %.4f  accuracy %.4f", step,
+                     result["loss"], result["accuracy"])
+        writer.scalars("eval", step, result)
+      if step % self.checkpoint_interval == 0 or step == self.total_steps:
+        self.checkpoints.save(step)
+    return {"examples_per_sec": (steady_steps * cfg.batch_size / train_seconds
+                                 if train_seconds else rate),
+            "train_seconds": train_seconds + compile_seconds,
+            "compile_seconds": compile_seconds}
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _scratch_dir(model_dir: str) -> str:
+  """Non-chief workers write to a temporary directory that the run removes."""
+  import tempfile  # pylint: disable=g-import-not-at-top
+  return tempfile.mkdtemp(prefix="tapeloop-worker-")

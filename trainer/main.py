@@ -1,0 +1,37 @@
+"""python -m trainer.main --model=cnn --flagfile=configs/mnist_cnn.cfg"""
+
+import os
+import sys
+
+# TensorFlow's C++ start-up chatter (CPU features, CUDA probing) is noise on the console.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+
+from trainer import flags as tl_flags  # pylint: disable=g-import-not-at-top
+from trainer import cli  # pylint: disable=g-import-not-at-top
+
+tl_flags.define_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise cli.usage(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
+  from trainer import config, train  # pylint: disable=g-import-not-at-top
+  cfg = config.from_flags(FLAGS)
+  results = train.train_and_evaluate(cfg)
+  split = "test" if "test_accuracy" in results else "validation"
+  if f"{split}_accuracy" in results:
+    print(f"{split} accuracy {results[split + '_accuracy']:.4f} "
+          f"(loss {results[split + '_loss']:.4f}) at step {results['global_step']}")
+  print(f"results, checkpoints, TensorBoard events and export in {cfg.model_dir}")
+
+
+def run():
+  """Console script entry point (tapeloop-train)."""
+  cli.run_app(main)
+
+
+if __name__ == "__main__":
+  run()

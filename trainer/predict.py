@@ -1,0 +1,53 @@
+"""Class predictions from an exported model, as a Kaggle Digit Recognizer submission.
+
+    python -m trainer.predict --model_dir=DIR --dataset=csv:test.csv --output=submission.csv
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import flags, logging  # pylint: disable=g-import-not-at-top
+
+from trainer import cli  # pylint: disable=g-import-not-at-top
+
+flags.DEFINE_string("model_dir", None, "The trained run (its export/ is used).")
+flags.DEFINE_string("dataset", None, "Images to classify: csv:test.csv, idx:DIR, ... "
+                    "(the test split).")
+flags.DEFINE_string("output", "submission.csv", "Where to write ImageId,Label.")
+flags.DEFINE_integer("batch_size", 1024, "Images per prediction call.")
+FLAGS = flags.FLAGS
+
+
+def predict_classes(export_dir: str, images, batch_size: int):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+  parts = [serve(images=tf.constant(images[i:i + batch_size]))["classes"].numpy()
+           for i in range(0, len(images), batch_size)]
+  return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+
+def main(argv):
+  del argv
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  from trainer import export  # pylint: disable=g-import-not-at-top
+  if not FLAGS.model_dir or not FLAGS.dataset:
+    raise cli.usage("--model_dir and --dataset are required")
+  export_dir = os.path.join(FLAGS.model_dir, "export")
+  if not os.path.exists(os.path.join(export_dir, "saved_model.pb")):
+    raise cli.usage(f"no exported model in {export_dir}: train first with "
+                       f"python -m trainer.main --model_dir={FLAGS.model_dir}")
+  data = input_pipeline.load(FLAGS.dataset)
+  split = data.splits.get("test")
+  if split is None:
+    raise cli.usage(f"--dataset={FLAGS.dataset} has no test split to predict")
+  classes = predict_classes(export_dir, split.images, FLAGS.batch_size)
+  export.write_submission(FLAGS.output, classes)
+  logging.info("wrote %d predictions to %s", len(classes), FLAGS.output)
+  print(f"wrote {len(classes)} predictions to {FLAGS.output}")
+
+
+if __name__ == "__main__":
+  cli.run_app(main)

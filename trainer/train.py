@@ -1,0 +1,85 @@
+"""train_and_evaluate(config): data, strategy, Trainer, then test eval, export, results."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+import input_pipeline
+from trainer import distribute, export, summaries
+from trainer.config import Config, ConfigError
+from trainer.loop import Trainer
+
+
+def _check_writable(model_dir: str) -> None:
+  """Refuses an unwritable model_dir before any work (and before creating anything)."""
+  path = os.path.abspath(model_dir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    raise ConfigError(f"--model_dir={model_dir}: {path} is a file, not a directory")
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise ConfigError(f"--model_dir={model_dir}: {path} is not writable; choose another "
+                      "--model_dir")
+
+
+def train_and_evaluate(config: Config) -> dict:
+  """Trains to the target step (resuming from model_dir), evaluates, exports; returns the
+  results that also go to model_dir/results.json."""
+  start = time.time()
+  _check_writable(config.model_dir)
+  keras.utils.set_random_seed(config.seed)
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  strategy = distribute.create_strategy(config)
+  logging.info("precision policy: %s%s", config.mixed_precision,
+               " with dynamic loss scaling" if config.mixed_precision == "mixed_float16" else "")
+  data = input_pipeline.load(config.dataset, data_dir=config.data_dir,
+                             manual_dir=config.manual_dir, num_classes=config.num_classes,
+                             validation_split=config.validation_split, seed=config.seed)
+  train_split = data.splits.get("train")
+  if train_split is None or train_split.labels is None:
+    raise ConfigError(f"--dataset={config.dataset} has no labeled train split")
+  if len(train_split) < config.batch_size:
+    raise ConfigError(f"--batch_size={config.batch_size} is larger than the "
+                      f"{len(train_split)} training examples")
+  logging.info("data %s: %s, image shape %s, %d classes", data.info.name,
+               dict(data.info.split_sizes), data.info.image_shape, data.info.num_classes)
+  chief = distribute.is_chief(strategy)
+  if chief:
+    os.makedirs(config.model_dir, exist_ok=True)
+  trainer = Trainer(config, strategy, data, chief=chief)
+  logging.info("model %s: %d parameters", config.model, trainer.model.count_params())
+  writer = summaries.Summaries(config.model_dir, enabled=chief)
+  writer.flags(config.flag_values)
+  timing = trainer.train(writer)
+  results_path = os.path.join(config.model_dir, "results.json")
+  if timing["examples_per_sec"] is None and os.path.exists(results_path):
+    # A rerun of a finished run only evaluates: keep the training figures it measured.
+    with open(results_path) as f:
+      previous = json.load(f)
+    timing = {k: previous.get(k, v) for k, v in timing.items()}
+
+  results = {"global_step": int(trainer.global_step.numpy()), "dataset": data.info.name,
+             "model": config.model, "parameters": trainer.model.count_params(),
+             "replicas": strategy.num_replicas_in_sync, **timing}
+  for split in ("validation", "test"):
+    if split in data.splits and data.splits[split].labels is not None:
+      result = trainer.evaluate(split)
+      logging.info("%s: loss %.4f  accuracy %.4f", split, result["loss"], result["accuracy"])
+      results[f"{split}_loss"], results[f"{split}_accuracy"] = result["loss"], result["accuracy"]
+      if split == "test":
+        writer.scalars("eval", results["global_step"], {f"test_{k}": v for k, v in result.items()})
+  writer.close()
+  results["wall_seconds"] = time.time() - start
+  results["flags"] = config.flag_values
+  if chief:
+    export.save_model(trainer.model, data.info.image_shape,
+                      os.path.join(config.model_dir, "export"))
+    export.write_json(results_path, results)
+  return results
