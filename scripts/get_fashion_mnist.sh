@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Makes TFDS's fashion_mnist ready in DATA_DIR without network where possible:
+# Debian's dataset-fashion-mnist (installed here if missing) -> input_pipeline.prepare.
+# Without apt-get (macOS, other distributions) TFDS downloads it at the first run instead.
+set -euo pipefail
+data_dir=${1:?usage: get_fashion_mnist.sh DATA_DIR PYTHON}
+python=${2:?usage: get_fashion_mnist.sh DATA_DIR PYTHON}
+debian_dir=/usr/share/datasets/fashion-mnist
+
+if ls "$data_dir"/fashion_mnist/*/dataset_info.json >/dev/null 2>&1; then
+  echo "fashion_mnist is already prepared in $data_dir"
+  exit 0
+fi
+if [ ! -d "$debian_dir" ]; then
+  if ! command -v apt-get >/dev/null; then
+    echo "no apt-get: TFDS will download fashion_mnist at the first run (needs internet)"
+    exit 0
+  fi
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "installing Debian's dataset-fashion-mnist (the original Fashion-MNIST files)"
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq dataset-fashion-mnist
+fi
+"$python" -m input_pipeline.prepare --dataset=fashion_mnist --data_dir="$data_dir"
