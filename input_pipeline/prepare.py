@@ -99,23 +99,27 @@ def prepare(dataset: str, data_dir: str | None, source_dir: str) -> str:
   return builder.data_dir_root
 
 
-_DATASET = flags.DEFINE_string("dataset", "fashion_mnist", "TFDS dataset to prepare.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: TFDS's, "
-                                "~/tensorflow_datasets).")
-_SOURCE_DIR = flags.DEFINE_string("source_dir", DEBIAN_DIR,
-                                  "Where Debian's dataset-fashion-mnist put the gz files.")
+def _define_flags() -> None:
+  # Defined only when run as a program: importing this module must not claim --dataset.
+  flags.DEFINE_string("dataset", "fashion_mnist", "TFDS dataset to prepare.")
+  flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: TFDS's, "
+                      "~/tensorflow_datasets).")
+  flags.DEFINE_string("source_dir", DEBIAN_DIR,
+                      "Where Debian's dataset-fashion-mnist put the gz files.")
 
 
 def main(argv):
   del argv
+  fv = flags.FLAGS
   try:
-    root = prepare(_DATASET.value, _DATA_DIR.value, _SOURCE_DIR.value)
+    root = prepare(fv.dataset, fv.data_dir, fv.source_dir)
   except DataError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(f"{_DATASET.value} is ready in {root}; train with --dataset={_DATASET.value}"
-        + (f" --data_dir={root}" if _DATA_DIR.value else ""))
+  print(f"{fv.dataset} is ready in {root}; train with --dataset={fv.dataset}"
+        + (f" --data_dir={root}" if fv.data_dir else ""))
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -12,12 +12,16 @@ from absl import flags, logging  # pylint: disable=g-import-not-at-top
 
 from trainer import cli  # pylint: disable=g-import-not-at-top
 
-flags.DEFINE_string("model_dir", None, "The trained run (its export/ is used).")
-flags.DEFINE_string("dataset", None, "Images to classify: csv:test.csv, idx:DIR, ... "
-                    "(the test split).")
-flags.DEFINE_string("output", "submission.csv", "Where to write ImageId,Label.")
-flags.DEFINE_integer("batch_size", 1024, "Images per prediction call.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  # Defined only when run as a program: importing must not clash with trainer's flags.
+  flags.DEFINE_string("model_dir", None, "The trained run (its export/ is used).")
+  flags.DEFINE_string("dataset", None, "Images to classify: csv:test.csv, idx:DIR, ... "
+                      "(the test split).")
+  flags.DEFINE_string("output", "submission.csv", "Where to write ImageId,Label.")
+  flags.DEFINE_integer("batch_size", 1024, "Images per prediction call.")
 
 
 def predict_classes(export_dir: str, images, batch_size: int):
@@ -50,4 +54,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run_app(main)
