@@ -14,18 +14,11 @@ EXIT_DIVERGED = 3   # non-finite loss
 
 
 class UsageError(ValueError):
-  pass
+  """A bad invocation the flags cannot express (stray arguments, a missing export)."""
 
 
-def usage(message: str) -> UsageError:
-  return UsageError(message)
-
-
-def _fail(message: str, status: int) -> None:
-  if flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1:
-    raise  # pylint: disable=misplaced-bare-raise
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(status)
+def _verbose() -> bool:
+  return flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1
 
 
 def _parse(argv):
@@ -51,15 +44,20 @@ def run_app(main) -> None:
   from trainer.config import ConfigError  # pylint: disable=g-import-not-at-top
 
   def guarded(argv):
-    if flags.FLAGS.verbosity < 1:
+    if not _verbose():
       logging.get_absl_handler().addFilter(_OwnInfoOnly())
       py_logging.getLogger("tensorflow").addFilter(_OwnInfoOnly())
     try:
       main(argv)
-    except (UsageError, ConfigError, DataError) as e:
-      _fail(str(e), EXIT_USAGE)
-    except FloatingPointError as e:
-      _fail(f"{e}: training diverged; lower --learning_rate or use --clip_norm; the last "
-            "good checkpoint is kept", EXIT_DIVERGED)
+    except (UsageError, ConfigError, DataError, FloatingPointError) as e:
+      if _verbose():
+        raise
+      if isinstance(e, FloatingPointError):
+        message, status = (f"{e}: training diverged; lower --learning_rate or use "
+                           "--clip_norm; the last good checkpoint is kept", EXIT_DIVERGED)
+      else:
+        message, status = str(e), EXIT_USAGE
+      print(f"error: {message}", file=sys.stderr)
+      sys.exit(status)
 
   app.run(guarded, flags_parser=_parse)

@@ -17,7 +17,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   if len(argv) > 1:
-    raise cli.usage(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
+    raise cli.UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
   from trainer import config, train  # pylint: disable=g-import-not-at-top
   cfg = config.from_flags(FLAGS)
   results = train.train_and_evaluate(cfg)

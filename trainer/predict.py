@@ -38,15 +38,15 @@ def main(argv):
   import input_pipeline  # pylint: disable=g-import-not-at-top
   from trainer import export  # pylint: disable=g-import-not-at-top
   if not FLAGS.model_dir or not FLAGS.dataset:
-    raise cli.usage("--model_dir and --dataset are required")
+    raise cli.UsageError("--model_dir and --dataset are required")
   export_dir = os.path.join(FLAGS.model_dir, "export")
   if not os.path.exists(os.path.join(export_dir, "saved_model.pb")):
-    raise cli.usage(f"no exported model in {export_dir}: train first with "
+    raise cli.UsageError(f"no exported model in {export_dir}: train first with "
                        f"python -m trainer.main --model_dir={FLAGS.model_dir}")
   data = input_pipeline.load(FLAGS.dataset)
   split = data.splits.get("test")
   if split is None:
-    raise cli.usage(f"--dataset={FLAGS.dataset} has no test split to predict")
+    raise cli.UsageError(f"--dataset={FLAGS.dataset} has no test split to predict")
   classes = predict_classes(export_dir, split.images, FLAGS.batch_size)
   export.write_submission(FLAGS.output, classes)
   logging.info("wrote %d predictions to %s", len(classes), FLAGS.output)
