@@ -11,17 +11,21 @@ from trainer.config import ConfigError
 
 
 class Checkpoints:
-  """Saves model, optimizer and global step; restores the latest on start."""
+  """Saves model, optimizer and global step; restores the latest on start.
 
-  def __init__(self, model_dir: str, keep: int, **objects):
+  Restores from model_dir/checkpoints; saves there too, or, for a non-chief worker, to
+  save_dir (every worker must call save under MultiWorkerMirroredStrategy)."""
+
+  def __init__(self, model_dir: str, keep: int, save_dir: str | None = None, **objects):
     self.checkpoint = tf.train.Checkpoint(**objects)
     self.directory = os.path.join(model_dir, "checkpoints")
-    self.manager = tf.train.CheckpointManager(self.checkpoint, self.directory, max_to_keep=keep,
-                                              checkpoint_name="ckpt")
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, os.path.join(save_dir, "checkpoints") if save_dir else self.directory,
+        max_to_keep=keep, checkpoint_name="ckpt")
 
   def restore_latest(self) -> str | None:
     """Restores the latest checkpoint (call under strategy.scope()); None if there is none."""
-    path = self.manager.latest_checkpoint
+    path = tf.train.latest_checkpoint(self.directory)
     if path is None:
       return None
     try:

@@ -11,26 +11,27 @@ from absl import logging
 from trainer.config import Config, ConfigError
 
 
+# One strategy per kind and device set per process, as TensorFlow expects: a second
+# MirroredStrategy over the same devices restarts collective instance keys and can collide
+# with the first one's collectives ("Shape mismatch in the collective instance").
+_STRATEGIES: dict[tuple, tf.distribute.Strategy] = {}
+
+
+def resolve(requested: str, num_gpus: int) -> str:
+  """What --strategy=auto means on this machine: several GPUs -> mirrored, one GPU ->
+  one_device, CPU only -> default."""
+  if requested != "auto":
+    return requested
+  return "mirrored" if num_gpus > 1 else "one_device" if num_gpus else "default"
+
+
 def create_strategy(config: Config) -> tf.distribute.Strategy:
   gpus = tf.config.list_logical_devices("GPU")
-  name = config.strategy
-  if name == "auto":
-    name = "mirrored" if len(gpus) > 1 else "one_device" if gpus else "default"
-  if name == "default":
-    strategy = tf.distribute.get_strategy()
-  elif name == "one_device":
-    strategy = tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
-  elif name == "mirrored":
-    strategy = tf.distribute.MirroredStrategy(devices=config.devices)
-  else:
-    if "TF_CONFIG" not in os.environ:
-      raise ConfigError("--strategy=multi_worker needs TF_CONFIG (the cluster and this "
-                        "worker's task); see README, 'Several machines'")
-    try:
-      json.loads(os.environ["TF_CONFIG"])
-    except ValueError:
-      raise ConfigError("TF_CONFIG is not valid JSON") from None
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+  name = resolve(config.strategy, len(gpus))
+  key = (name, config.devices)
+  if key not in _STRATEGIES:
+    _STRATEGIES[key] = _make(name, config, gpus)
+  strategy = _STRATEGIES[key]
   replicas = strategy.num_replicas_in_sync
   if config.batch_size % replicas:
     raise ConfigError(f"--batch_size={config.batch_size} is not divisible by the "
@@ -39,6 +40,23 @@ def create_strategy(config: Config) -> tf.distribute.Strategy:
                type(strategy).__name__, config.strategy, replicas,
                config.batch_size // replicas)
   return strategy
+
+
+def _make(name: str, config: Config, gpus) -> tf.distribute.Strategy:
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "one_device":
+    return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy(devices=config.devices)
+  if "TF_CONFIG" not in os.environ:
+    raise ConfigError("--strategy=multi_worker needs TF_CONFIG (the cluster and this "
+                      "worker's task); see README, 'Several machines'")
+  try:
+    json.loads(os.environ["TF_CONFIG"])
+  except ValueError:
+    raise ConfigError("TF_CONFIG is not valid JSON") from None
+  return tf.distribute.MultiWorkerMirroredStrategy()
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -6,7 +6,7 @@ summaries, eval and checkpoints happen in Python between calls, at loop boundari
 
 from __future__ import annotations
 
-import os
+import hashlib
 import time
 
 import keras
@@ -32,8 +32,10 @@ class Trainer:
   """Builds model, optimizer, metrics and checkpoint under the strategy's scope."""
 
   def __init__(self, config: Config, strategy: tf.distribute.Strategy, data: Data,
-               chief: bool = True):
-    self.config, self.strategy, self.data, self.chief = config, strategy, data, chief
+               output_dir: str | None = None):
+    """output_dir: where this worker saves checkpoints (default model_dir; a non-chief
+    worker of a cluster passes a scratch directory). It restores from model_dir."""
+    self.config, self.strategy, self.data = config, strategy, data
     self.steps_per_epoch, self.total_steps = config.steps_for(len(data.splits["train"]))
     self.replicas = strategy.num_replicas_in_sync
     with strategy.scope():
@@ -53,9 +55,8 @@ class Trainer:
       self.eval_loss = keras.metrics.Mean("loss")
       self.eval_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
       self.checkpoints = checkpoints.Checkpoints(
-          config.model_dir if chief else _scratch_dir(config.model_dir),
-          config.keep_checkpoints, model=self.model, optimizer=self.optimizer,
-          global_step=self.global_step)
+          config.model_dir, config.keep_checkpoints, save_dir=output_dir,
+          model=self.model, optimizer=self.optimizer, global_step=self.global_step)
       self.checkpoints.restore_latest()
     self._fp16 = config.mixed_precision == "mixed_float16"
     self._eval_datasets = {}  # split -> distributed dataset, built once: no retracing
@@ -139,6 +140,31 @@ class Trainer:
     return {"loss": float(self.eval_loss.result()),
             "accuracy": float(self.eval_accuracy.result())}
 
+  def train_iterator(self):
+    """The distributed train stream from the current global step (resumes the data order)."""
+    dataset = input_pipeline.train_dataset(
+        self.data.splits["train"], global_batch_size=self.config.batch_size,
+        seed=self.config.seed, augment=self.config.augment,
+        start_step=int(self.global_step.numpy()))
+    return iter(_distribute(self.strategy, dataset))
+
+  def run_steps(self, iterator, steps: int) -> dict[str, float]:
+    """Runs `steps` training steps in one tf.function call; returns their global loss and
+    accuracy (read once, at the loop boundary)."""
+    self._train_loop(iterator, tf.constant(steps, tf.int64))
+    result = {"loss": float(self.train_loss.result()),
+              "accuracy": float(self.train_accuracy.result())}
+    for metric in (self.train_loss, self.train_accuracy):
+      metric.reset_state()
+    return result
+
+  def weights_digest(self) -> str:
+    """A short hash of all model weights: equal digests, bitwise equal models."""
+    digest = hashlib.sha256()
+    for weight in self.model.weights:
+      digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()[:16]
+
   def _next_stop(self, step: int) -> int:
     """The next step at which the inner loop must return: loop size, eval, checkpoint, end."""
     stops = [step + self.config.steps_per_loop, self.total_steps]
@@ -162,10 +188,7 @@ class Trainer:
     if step >= self.total_steps:
       logging.info("already at step %d of %d: evaluating only", step, self.total_steps)
       return {"examples_per_sec": None, "train_seconds": 0.0, "compile_seconds": 0.0}
-    dataset = input_pipeline.train_dataset(
-        self.data.splits["train"], global_batch_size=cfg.batch_size, seed=cfg.seed,
-        augment=cfg.augment, start_step=step)
-    iterator = iter(_distribute(self.strategy, dataset))
+    iterator = self.train_iterator()
     logging.info("training %s on %s from step %d to %d (%d steps/epoch, global batch %d)",
                  cfg.model, cfg.dataset, step, self.total_steps, self.steps_per_epoch,
                  cfg.batch_size)
@@ -174,8 +197,8 @@ class Trainer:
     while step < self.total_steps:
       n = self._next_stop(step) - step
       start = time.perf_counter()
-      self._train_loop(iterator, tf.constant(n, tf.int64))
-      loss, accuracy = float(self.train_loss.result()), float(self.train_accuracy.result())
+      metrics = self.run_steps(iterator, n)
+      loss, accuracy = metrics["loss"], metrics["accuracy"]
       elapsed = time.perf_counter() - start
       step += n
       if first:  # includes tracing and graph optimization
@@ -194,8 +217,6 @@ class Trainer:
       writer.scalars("train", step, {"loss": loss, "accuracy": accuracy,
                                      "learning_rate": float(self.learning_rate()),
                                      "examples_per_sec": rate})
-      for metric in (self.train_loss, self.train_accuracy):
-        metric.reset_state()
       if has_validation and (step % self.eval_interval == 0 or step == self.total_steps):
         result = self.evaluate("validation")
         logging.info("eval on validation at step %d: loss %.4f  accuracy %.4f", step,
@@ -213,8 +234,3 @@ def _duration(seconds: float) -> str:
   seconds = int(round(seconds))
   return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
-
-def _scratch_dir(model_dir: str) -> str:
-  """Non-chief workers write to a temporary directory that the run removes."""
-  import tempfile  # pylint: disable=g-import-not-at-top
-  return tempfile.mkdtemp(prefix="tapeloop-worker-")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 
 import keras
@@ -51,9 +53,21 @@ def train_and_evaluate(config: Config) -> dict:
   logging.info("data %s: %s, image shape %s, %d classes", data.info.name,
                dict(data.info.split_sizes), data.info.image_shape, data.info.num_classes)
   chief = distribute.is_chief(strategy)
+  # Under MultiWorkerMirroredStrategy every worker saves (checkpoints, export); a non-chief
+  # worker does so into a scratch directory removed at the end.
+  scratch = None if chief else tempfile.mkdtemp(prefix="tapeloop-worker-")
+  try:
+    return _run(config, strategy, data, start, scratch)
+  finally:
+    if scratch:
+      shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(config: Config, strategy, data, start: float, scratch: str | None) -> dict:
+  chief = scratch is None
   if chief:
     os.makedirs(config.model_dir, exist_ok=True)
-  trainer = Trainer(config, strategy, data, chief=chief)
+  trainer = Trainer(config, strategy, data, output_dir=scratch)
   logging.info("model %s: %d parameters", config.model, trainer.model.count_params())
   writer = summaries.Summaries(config.model_dir, enabled=chief)
   writer.flags(config.flag_values)
@@ -67,7 +81,10 @@ def train_and_evaluate(config: Config) -> dict:
 
   results = {"global_step": int(trainer.global_step.numpy()), "dataset": data.info.name,
              "model": config.model, "parameters": trainer.model.count_params(),
-             "replicas": strategy.num_replicas_in_sync, **timing}
+             "replicas": strategy.num_replicas_in_sync, **timing,
+             "weights_digest": trainer.weights_digest()}
+  logging.info("model weights digest at step %d: %s", results["global_step"],
+               results["weights_digest"])
   for split in ("validation", "test"):
     if split in data.splits and data.splits[split].labels is not None:
       result = trainer.evaluate(split)
@@ -78,8 +95,8 @@ def train_and_evaluate(config: Config) -> dict:
   writer.close()
   results["wall_seconds"] = time.time() - start
   results["flags"] = config.flag_values
+  export.save_model(trainer.model, data.info.image_shape,
+                    os.path.join(config.model_dir if chief else scratch, "export"))
   if chief:
-    export.save_model(trainer.model, data.info.image_shape,
-                      os.path.join(config.model_dir, "export"))
     export.write_json(results_path, results)
   return results
