@@ -17,3 +17,17 @@ def no_network(monkeypatch):
     raise OSError("network access in a test")
   monkeypatch.setattr(socket, "getaddrinfo", refuse)
   monkeypatch.setattr(socket.socket, "connect", refuse)
+
+# Tests build MirroredStrategies over 2 and 4 devices in one process. Each would start its
+# collective group and instance keys at 1 and collide with the others' collectives ("is
+# joining a group with size 4, but that group has size 2"). TensorFlow's test hook
+# `_collective_key_base` gives every strategy its own key range.
+_mirrored_init = tf.distribute.MirroredStrategy.__init__
+
+
+def _mirrored_with_own_keys(self, *args, **kwargs):
+  type(self)._collective_key_base += 10_000
+  _mirrored_init(self, *args, **kwargs)
+
+
+tf.distribute.MirroredStrategy.__init__ = _mirrored_with_own_keys

@@ -1,0 +1,190 @@
+"""Correctness under tf.distribute on logical CPU devices (DESIGN.md, "Correctness facts").
+
+N replicas must train exactly like one device on the same global batch.
+"""
+
+import ast
+import glob
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import input_pipeline
+from trainer import distribute
+from trainer.loop import Trainer
+from flag_helpers import parse
+
+DATA = "synthetic:shape=12x12x1,classes=5,train=512,test=50"  # 50: not a multiple of 32
+MODELS = {
+    "mlp": ["--model=mlp", "--hidden_units=16,16"],
+    "cnn": ["--model=cnn", "--filters=4,4", "--kernel_sizes=3,3", "--dense_units=8"],
+}
+VARIANTS = {
+    "plain": [],
+    "l2": ["--l2=0.01"],
+    "weight_decay": ["--optimizer=adamw", "--weight_decay=0.5"],
+    "clip": ["--clip_norm=0.05"],
+}
+DEVICES = {1: ["--strategy=default"],
+           2: ["--strategy=mirrored", "--devices=/cpu:0,/cpu:1"],
+           4: ["--strategy=mirrored", "--devices=/cpu:0,/cpu:1,/cpu:2,/cpu:3"]}
+
+
+def build(replicas, model_dir, *args):
+  cfg = parse(f"--dataset={DATA}", "--batch_size=32", f"--model_dir={model_dir}",
+              *DEVICES[replicas], *args)
+  strategy = distribute.create_strategy(cfg)
+  assert strategy.num_replicas_in_sync == replicas
+  keras.utils.set_random_seed(cfg.seed)  # the same initial weights for every build
+  data = input_pipeline.load(cfg.dataset, seed=cfg.seed)
+  return Trainer(cfg, strategy, data)
+
+
+def weights(trainer):
+  return [w.numpy() for w in trainer.model.weights]
+
+
+def trajectory(trainer):
+  """Metrics and weights after 1 step, then after 2 more (one tf.function call each)."""
+  it = trainer.train_iterator()
+  out = []
+  for steps in (1, 2):
+    out.append((trainer.run_steps(it, steps), weights(trainer)))
+  return out
+
+
+_reference = {}
+
+
+def reference(tmp_path_factory, model, variant):
+  if (model, variant) not in _reference:
+    trainer = build(1, tmp_path_factory.mktemp("ref"), *MODELS[model], *VARIANTS[variant])
+    _reference[(model, variant)] = trajectory(trainer)
+  return _reference[(model, variant)]
+
+
+def assert_same(a, b):
+  for (metrics_a, weights_a), (metrics_b, weights_b) in zip(a, b):
+    assert metrics_a["loss"] == pytest.approx(metrics_b["loss"], rel=1e-5, abs=1e-6)
+    assert metrics_a["accuracy"] == pytest.approx(metrics_b["accuracy"], abs=1e-6)
+    for wa, wb in zip(weights_a, weights_b):
+      np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("model", list(MODELS))
+def test_replicas_train_like_one_device(tmp_path, tmp_path_factory, model, variant, replicas):
+  trainer = build(replicas, tmp_path, *MODELS[model], *VARIANTS[variant])
+  assert_same(trajectory(trainer), reference(tmp_path_factory, model, variant))
+
+
+@pytest.mark.parametrize("variant", ["l2", "weight_decay", "clip"])
+def test_each_variant_changes_training(tmp_path_factory, variant):
+  # Otherwise the equivalence above would not show that the variant is handled correctly.
+  plain = reference(tmp_path_factory, "mlp", "plain")[-1][1]
+  other = reference(tmp_path_factory, "mlp", variant)[-1][1]
+  assert max(np.abs(a - b).max() for a, b in zip(plain, other)) > 1e-4
+
+
+def test_eval_accuracy_under_replicas_matches_numpy(tmp_path):
+  trainer = build(2, tmp_path, *MODELS["cnn"])
+  trainer.run_steps(trainer.train_iterator(), 5)
+  test = trainer.data.splits["test"]
+  logits = trainer.model(test.images.astype(np.float32) / 255.0).numpy()
+  expected_accuracy = np.mean(np.argmax(logits, -1) == test.labels)
+  log_probs = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1,
+                              keepdims=True)) - logits.max(1, keepdims=True)
+  expected_loss = -np.mean(log_probs[np.arange(len(test)), test.labels])
+  result = trainer.evaluate("test")
+  assert result["accuracy"] == pytest.approx(expected_accuracy, abs=1e-6)
+  assert result["loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+
+def test_fp16_overflow_on_one_replica_skips_the_step_on_every_replica(tmp_path):
+  trainer = build(2, tmp_path, *MODELS["mlp"], "--mixed_precision=mixed_float16")
+  strategy, opt = trainer.strategy, trainer.optimizer
+  trainer.run_steps(trainer.train_iterator(), 2)  # a normal start
+  local = lambda v: [x.numpy() for x in strategy.experimental_local_results(v._value)]
+  before = [local(w) for w in trainer.model.trainable_weights]
+  scale, iterations = float(local(opt.dynamic_scale)[0]), int(opt.iterations.numpy())
+  step = int(trainer.global_step.numpy())
+  # One global batch whose last example, which goes to replica 1 only, holds an inf pixel.
+  images = np.random.default_rng(0).random((32, 12, 12, 1), np.float32)
+  images[-1, 0, 0, 0] = np.inf
+  batch = tf.data.Dataset.from_tensors((images, np.zeros(32, np.int32))).repeat()
+  trainer.run_steps(iter(strategy.experimental_distribute_dataset(batch)), 1)
+  for weight, old in zip(trainer.model.trainable_weights, before):
+    for replica_now, replica_before in zip(local(weight), old):
+      np.testing.assert_array_equal(replica_now, replica_before)  # skipped everywhere
+      assert np.isfinite(replica_now).all()
+  assert [float(s) for s in local(opt.dynamic_scale)] == [scale / 2] * 2
+  assert int(opt.iterations.numpy()) == iterations  # Keras does not count a skipped step...
+  assert int(trainer.global_step.numpy()) == step + 1  # ...tapeloop's global step does
+
+
+def test_bf16_under_replicas_trains_with_float32_variables(tmp_path):
+  trainer = build(2, tmp_path, *MODELS["cnn"], "--mixed_precision=mixed_bfloat16",
+                  "--learning_rate=0.01")
+  it = trainer.train_iterator()
+  losses = [trainer.run_steps(it, 8)["loss"] for _ in range(4)]
+  assert losses[-1] < losses[0] * 0.9, losses
+  assert {w.dtype for w in trainer.model.weights} == {"float32"}
+  assert trainer.model.features[0].compute_dtype == "bfloat16"
+
+
+def test_checkpoint_from_2_replicas_resumes_identically_under_1_and_4(tmp_path):
+  two = build(2, tmp_path / "a", *MODELS["mlp"], "--l2=0.001")
+  it = two.train_iterator()
+  two.run_steps(it, 3)
+  two.checkpoints.save(3)
+  for name in ("b", "c"):
+    shutil.copytree(tmp_path / "a", tmp_path / name)
+  two.run_steps(it, 3)
+  one = build(1, tmp_path / "b", *MODELS["mlp"], "--l2=0.001")
+  four = build(4, tmp_path / "c", *MODELS["mlp"], "--l2=0.001")
+  for trainer in (one, four):
+    assert int(trainer.global_step.numpy()) == 3  # restored, not from scratch
+    trainer.run_steps(trainer.train_iterator(), 3)
+    assert int(trainer.global_step.numpy()) == 6
+    for wa, wb in zip(weights(two), weights(trainer)):
+      np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("gpus,expected", [(0, "default"), (1, "one_device"), (8, "mirrored")])
+def test_auto_strategy(gpus, expected):
+  assert distribute.resolve("auto", gpus) == expected
+  assert distribute.resolve("mirrored", 0) == "mirrored"
+
+
+def test_auto_on_cpu_logs_the_default_strategy(tmp_path, caplog):
+  from absl import logging
+  cfg = parse(f"--dataset={DATA}", f"--model_dir={tmp_path}")  # resets absl's verbosity
+  old = logging.get_verbosity()
+  logging.set_verbosity(logging.INFO)  # absl drops INFO below its own verbosity
+  caplog.set_level("INFO", logger="absl")
+  try:
+    assert distribute.create_strategy(cfg) is tf.distribute.get_strategy()
+  finally:
+    logging.set_verbosity(old)
+  assert "strategy: _DefaultDistributionStrategy (--strategy=auto), 1 replica(s)" in caplog.text
+
+
+def test_models_and_input_pipeline_know_nothing_of_strategies():
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  for package in ("models", "input_pipeline"):
+    for path in glob.glob(os.path.join(root, package, "*.py")):
+      tree = ast.parse(open(path).read())
+      for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+          names = [a.name for a in node.names] + [getattr(node, "module", "") or ""]
+          assert not any(n.split(".")[0] == "trainer" for n in names), path
+        if isinstance(node, ast.Attribute):
+          assert node.attr not in ("distribute", "get_replica_context"), (path, node.attr)
+        if isinstance(node, ast.Name):
+          assert "strategy" not in node.id.lower(), (path, node.id)
