@@ -4,6 +4,7 @@ traceback only with --verbosity=1 or more."""
 import logging as py_logging
 import os
 import sys
+import warnings
 
 from absl import app, flags, logging
 
@@ -45,6 +46,8 @@ def run_app(main) -> None:
 
   def guarded(argv):
     if not _verbose():
+      # TensorFlow warns on every traced iteration over a distributed dataset.
+      warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data")
       logging.get_absl_handler().addFilter(_OwnInfoOnly())
       py_logging.getLogger("tensorflow").addFilter(_OwnInfoOnly())
     try:

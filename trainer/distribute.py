@@ -26,8 +26,13 @@ def resolve(requested: str, num_gpus: int) -> str:
 
 
 def create_strategy(config: Config) -> tf.distribute.Strategy:
-  gpus = tf.config.list_logical_devices("GPU")
-  name = resolve(config.strategy, len(gpus))
+  """Call before any other TensorFlow work: MultiWorkerMirroredStrategy must configure
+  collective ops before the runtime starts (listing devices starts it)."""
+  if config.strategy == "multi_worker":
+    name, gpus = "multi_worker", None
+  else:
+    gpus = tf.config.list_logical_devices("GPU")
+    name = resolve(config.strategy, len(gpus))
   key = (name, config.devices)
   if key not in _STRATEGIES:
     _STRATEGIES[key] = _make(name, config, gpus)

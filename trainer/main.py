@@ -25,7 +25,10 @@ def main(argv):
   if f"{split}_accuracy" in results:
     print(f"{split} accuracy {results[split + '_accuracy']:.4f} "
           f"(loss {results[split + '_loss']:.4f}) at step {results['global_step']}")
-  print(f"results, checkpoints, TensorBoard events and export in {cfg.model_dir}")
+  if results["chief"]:
+    print(f"results, checkpoints, TensorBoard events and export in {cfg.model_dir}")
+  else:
+    print(f"worker done; the chief writes the outputs to {cfg.model_dir}")
 
 
 def run():

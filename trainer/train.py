@@ -35,10 +35,10 @@ def train_and_evaluate(config: Config) -> dict:
   results that also go to model_dir/results.json."""
   start = time.time()
   _check_writable(config.model_dir)
+  strategy = distribute.create_strategy(config)  # first: it may configure the runtime
   keras.utils.set_random_seed(config.seed)
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
-  strategy = distribute.create_strategy(config)
   logging.info("precision policy: %s%s", config.mixed_precision,
                " with dynamic loss scaling" if config.mixed_precision == "mixed_float16" else "")
   data = input_pipeline.load(config.dataset, data_dir=config.data_dir,
@@ -81,7 +81,7 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None) -> d
 
   results = {"global_step": int(trainer.global_step.numpy()), "dataset": data.info.name,
              "model": config.model, "parameters": trainer.model.count_params(),
-             "replicas": strategy.num_replicas_in_sync, **timing,
+             "replicas": strategy.num_replicas_in_sync, "chief": chief, **timing,
              "weights_digest": trainer.weights_digest()}
   logging.info("model weights digest at step %d: %s", results["global_step"],
                results["weights_digest"])
