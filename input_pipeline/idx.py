@@ -28,6 +28,11 @@ def read_bytes(path: str) -> bytes:
       raw = f.read()
   except OSError as e:
     raise DataError(f"cannot read {path}: {e.strerror}") from None
+  return gunzip(raw, path)
+
+
+def gunzip(raw: bytes, path: str) -> bytes:
+  """raw itself, or its gunzipped content when it starts with the gzip magic."""
   if raw[:2] != b"\x1f\x8b":
     return raw
   try:

@@ -36,9 +36,16 @@ def read(path: str, num_classes: int) -> Split:
   """Reads one CSV file; labels are None when the header has no `label` column."""
   try:
     with open(path, "rb") as f:
-      text = f.read().decode("utf-8")
+      raw = f.read()
   except OSError as e:
     raise DataError(f"cannot read {path}: {e.strerror}") from None
+  return parse(raw, path, num_classes)
+
+
+def parse(raw: bytes, path: str, num_classes: int) -> Split:
+  """Parses the bytes of one CSV file; `path` only names it in errors."""
+  try:
+    text = raw.decode("utf-8")
   except UnicodeDecodeError:
     raise DataError(f"{path} is not a text CSV file") from None
   lines = text.splitlines()

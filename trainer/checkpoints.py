@@ -1,17 +1,29 @@
-"""tf.train.CheckpointManager under model_dir/checkpoints: save, resume, refuse mismatches."""
+"""tf.train.CheckpointManager under model_dir/checkpoints: save, resume, refuse mismatches.
+
+A corrupt latest checkpoint (a crash mid-write, a truncated file) falls back, logged, to
+the previous one; checkpoint files of which none can be read, or a checkpoint of another
+model, are errors: never a silent fresh start over an existing model_dir.
+"""
 
 from __future__ import annotations
 
+import glob
 import os
+import re
+import signal
 
 import tensorflow as tf
 from absl import logging
 
 from trainer.config import ConfigError
 
+# Fault injection for the crash tests: "kill_in_checkpoint_write:STEP" makes the process
+# SIGKILL itself halfway through writing the checkpoint of that step.
+FAULT_ENV = "TAPELOOP_FAULT"
+
 
 class Checkpoints:
-  """Saves model, optimizer and global step; restores the latest on start.
+  """Saves model, optimizer and global step; restores the latest readable one on start.
 
   Restores from model_dir/checkpoints; saves there too, or, for a non-chief worker, to
   save_dir (every worker must call save under MultiWorkerMirroredStrategy)."""
@@ -23,23 +35,70 @@ class Checkpoints:
         self.checkpoint, os.path.join(save_dir, "checkpoints") if save_dir else self.directory,
         max_to_keep=keep, checkpoint_name="ckpt")
 
+  def _candidates(self) -> list[str]:
+    """Every checkpoint prefix in the directory, newest (highest step) first. The state
+    file is not trusted alone: a crash can leave it behind the files, or remove nothing."""
+    prefixes = set()
+    for path in glob.glob(os.path.join(self.directory, "ckpt-*")):
+      match = re.match(r"(.*ckpt-\d+)\.(index|data-\d+-of-\d+)$", path)
+      if match:
+        prefixes.add(match.group(1))
+    return sorted(prefixes, key=lambda p: int(p.rsplit("-", 1)[1]), reverse=True)
+
   def restore_latest(self) -> str | None:
-    """Restores the latest checkpoint (call under strategy.scope()); None if there is none."""
-    path = tf.train.latest_checkpoint(self.directory)
-    if path is None:
-      return None
-    try:
-      # Every saved value must find its variable and match its shape: a checkpoint of
-      # another model in this model_dir is an error, never a silent fresh start.
-      self.checkpoint.restore(path).assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as e:
-      first = str(e).strip().splitlines()[0][:160]
-      raise ConfigError(f"cannot resume from {path}: it does not match this model ({first}); "
-                        "use another --model_dir or the flags that made it") from None
-    logging.info("resumed from %s", path)
-    return path
+    """Restores the newest readable checkpoint (call under strategy.scope()); None when
+    the directory holds no checkpoint at all."""
+    candidates = self._candidates()
+    failures = []
+    for path in candidates:
+      try:
+        status = self.checkpoint.restore(path)
+        # Every saved value must find its variable and match its shape: a checkpoint of
+        # another model in this model_dir is an error, never a silent fresh start.
+        status.assert_existing_objects_matched()
+        # Values this program does not use (another optimizer's slots) are fine; without
+        # this TensorFlow warns about each of them at interpreter exit.
+        status.expect_partial()
+      except (AssertionError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise ConfigError(f"cannot resume from {path}: it does not match this model ({first}); "
+                          "use another --model_dir or the flags that made it") from None
+      except (tf.errors.OpError, IndexError, EOFError, OSError) as e:
+        # A truncated data file raises IndexError ("Read less bytes than requested").
+        message = getattr(e, "message", None) or str(e) or type(e).__name__
+        reason = f"{type(e).__name__}: {message.strip().splitlines()[0][:120]}"
+        failures.append(f"{os.path.basename(path)} ({reason})")
+        logging.warning("checkpoint %s is unreadable (%s)%s", path, reason,
+                        "; falling back to the previous one" if path != candidates[-1] else "")
+        continue
+      if failures:
+        logging.warning("resumed from %s after skipping the unreadable %s", path,
+                        ", ".join(failures))
+      else:
+        logging.info("resumed from %s", path)
+      return path
+    if failures:
+      raise ConfigError(f"no readable checkpoint in {self.directory}: {'; '.join(failures)}; "
+                        "delete that directory to start over, or use another --model_dir")
+    if glob.glob(os.path.join(self.directory, "*")) and os.path.exists(
+        os.path.join(self.directory, "checkpoint")):
+      raise ConfigError(f"{self.directory} has a checkpoint state file but no checkpoint "
+                        "files; delete that directory to start over, or use another --model_dir")
+    return None
 
   def save(self, step: int) -> str:
+    if os.environ.get(FAULT_ENV) == f"kill_in_checkpoint_write:{step}":
+      self._die_mid_write(step)
     path = self.manager.save(checkpoint_number=step)
     logging.info("saved checkpoint %s", path)
     return path
+
+  def _die_mid_write(self, step: int) -> None:
+    """The crash test's worst case: index written, data file half written, state file not
+    updated, then SIGKILL."""
+    prefix = os.path.join(self.manager.directory, f"ckpt-{step}")
+    self.checkpoint.write(prefix)
+    for data in glob.glob(prefix + ".data-*"):
+      with open(data, "r+b") as f:
+        f.truncate(os.path.getsize(data) // 2)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -11,7 +11,9 @@ from absl import app, flags, logging
 from input_pipeline import DataError
 
 EXIT_USAGE = 2      # bad flag, file, data or model_dir
-EXIT_DIVERGED = 3   # non-finite loss
+EXIT_DIVERGED = 3   # non-finite loss or collapsed fp16 loss scale
+# Stopped by a signal after a checkpoint: 128 + the signal's number, as shells report it
+# (130 for SIGINT, 143 for SIGTERM).
 
 
 class UsageError(ValueError):
@@ -43,6 +45,7 @@ class _OwnInfoOnly(py_logging.Filter):
 
 def run_app(main) -> None:
   from trainer.config import ConfigError  # pylint: disable=g-import-not-at-top
+  from trainer.loop import Interrupted  # pylint: disable=g-import-not-at-top
 
   def guarded(argv):
     if not _verbose():
@@ -62,5 +65,14 @@ def run_app(main) -> None:
         message, status = str(e), EXIT_USAGE
       print(f"error: {message}", file=sys.stderr)
       sys.exit(status)
+    except Interrupted as e:
+      print(str(e), file=sys.stderr)
+      sys.exit(128 + e.signum)
+    except KeyboardInterrupt:
+      if _verbose():
+        raise
+      print("interrupted: nothing more was saved; run the same command again to resume from "
+            "the last checkpoint", file=sys.stderr)
+      sys.exit(130)
 
   app.run(guarded, flags_parser=_parse)

@@ -47,6 +47,7 @@ class Config:
   clip_norm: float | None
   strategy: str
   devices: tuple[str, ...] | None
+  cpu_devices: int | None
   mixed_precision: str
   jit_compile: bool
   flag_values: dict[str, Any]  # every flag as given, for results.json and TensorBoard
@@ -108,7 +109,8 @@ def from_flags(fv) -> Config:
     raise ConfigError(f"--dataset: {e}") from None
   for name in ("batch_size", "steps_per_loop", "keep_checkpoints"):
     _check(fv[name].value >= 1, f"--{name}={fv[name].value} must be positive")
-  for name in ("epochs", "train_steps", "eval_every", "checkpoint_every", "num_classes"):
+  for name in ("epochs", "train_steps", "eval_every", "checkpoint_every", "num_classes",
+               "cpu_devices"):
     value = fv[name].value
     _check(value is None or value >= 1, f"--{name}={value} must be positive")
   _check(fv.epochs is None or fv.train_steps is None,
@@ -148,7 +150,7 @@ def from_flags(fv) -> Config:
       learning_rate=fv.learning_rate, lr_schedule=fv.lr_schedule,
       warmup_steps=fv.warmup_steps, lr_decay_rate=fv.lr_decay_rate, momentum=fv.momentum,
       weight_decay=fv.weight_decay, clip_norm=fv.clip_norm, strategy=fv.strategy,
-      devices=tuple(fv.devices) if fv.devices else None,
+      devices=tuple(fv.devices) if fv.devices else None, cpu_devices=fv.cpu_devices,
       mixed_precision=fv.mixed_precision, jit_compile=fv.jit_compile,
       flag_values={name: fv[name].value for name in tl_flags.OWN_FLAGS})
 

@@ -28,6 +28,8 @@ def resolve(requested: str, num_gpus: int) -> str:
 def create_strategy(config: Config) -> tf.distribute.Strategy:
   """Call before any other TensorFlow work: MultiWorkerMirroredStrategy must configure
   collective ops before the runtime starts (listing devices starts it)."""
+  if config.cpu_devices:
+    _split_cpu(config.cpu_devices)
   if config.strategy == "multi_worker":
     name, gpus = "multi_worker", None
   else:
@@ -47,13 +49,29 @@ def create_strategy(config: Config) -> tf.distribute.Strategy:
   return strategy
 
 
+def _split_cpu(n: int) -> None:
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  wanted = [tf.config.LogicalDeviceConfiguration()] * n
+  current = tf.config.get_logical_device_configuration(cpu)
+  if current is not None and len(current) == n:
+    return
+  try:
+    tf.config.set_logical_device_configuration(cpu, wanted)
+  except RuntimeError:
+    raise ConfigError(f"--cpu_devices={n}: TensorFlow has already started with "
+                      f"{len(tf.config.list_logical_devices('CPU'))} CPU device(s)") from None
+
+
 def _make(name: str, config: Config, gpus) -> tf.distribute.Strategy:
   if name == "default":
     return tf.distribute.get_strategy()
   if name == "one_device":
     return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
   if name == "mirrored":
-    return tf.distribute.MirroredStrategy(devices=config.devices)
+    devices = config.devices
+    if devices is None and config.cpu_devices and not gpus:
+      devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices=devices)
   if "TF_CONFIG" not in os.environ:
     raise ConfigError("--strategy=multi_worker needs TF_CONFIG (the cluster and this "
                       "worker's task); see README, 'Several machines'")

@@ -69,6 +69,8 @@ def _define() -> None:
                       "multi_worker (reads TF_CONFIG).")
   flags.DEFINE_list("devices", None, "mirrored: devices to use (default all GPUs), e.g. "
                     "/cpu:0,/cpu:1.")
+  flags.DEFINE_integer("cpu_devices", None, "Split the CPU into N logical devices, so that "
+                       "--strategy=mirrored can be tried without GPUs.")
   flags.DEFINE_string("mixed_precision", "float32", "float32, mixed_float16 (with loss "
                       "scaling) or mixed_bfloat16.")
   flags.DEFINE_boolean("jit_compile", False, "XLA-compile the forward and backward pass.")

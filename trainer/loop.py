@@ -7,6 +7,8 @@ summaries, eval and checkpoints happen in Python between calls, at loop boundari
 from __future__ import annotations
 
 import hashlib
+import signal
+import threading
 import time
 
 import keras
@@ -181,13 +183,23 @@ class Trainer:
     return self.config.checkpoint_every or self.steps_per_epoch
 
   def train(self, writer: summaries.Summaries) -> dict:
-    """Trains from the current global step to total_steps; returns timing figures."""
-    cfg = self.config
+    """Trains from the current global step to total_steps; returns timing figures.
+
+    SIGTERM or SIGINT (a preempted VM, Ctrl-C) stops at the next loop boundary with a
+    checkpoint (raises Interrupted); a non-finite loss or a collapsed fp16 loss scale
+    stops before anything is saved (raises FloatingPointError).
+    """
     step = int(self.global_step.numpy())
-    has_validation = "validation" in self.data.splits
     if step >= self.total_steps:
       logging.info("already at step %d of %d: evaluating only", step, self.total_steps)
       return {"examples_per_sec": None, "train_seconds": 0.0, "compile_seconds": 0.0}
+    with _StopOnSignals() as stop:
+      return self._train_loops(writer, stop)
+
+  def _train_loops(self, writer: summaries.Summaries, stop: _StopOnSignals) -> dict:
+    cfg = self.config
+    step = int(self.global_step.numpy())
+    has_validation = "validation" in self.data.splits
     iterator = self.train_iterator()
     logging.info("training %s on %s from step %d to %d (%d steps/epoch, global batch %d)",
                  cfg.model, cfg.dataset, step, self.total_steps, self.steps_per_epoch,
@@ -212,8 +224,7 @@ class Trainer:
       logging.info("step %d/%d  epoch %.2f  loss %.4f  accuracy %.4f  %.0f examples/s  ETA %s",
                    step, self.total_steps, step / self.steps_per_epoch, loss, accuracy, rate,
                    _duration(eta))
-      if not np.isfinite(loss):
-        raise FloatingPointError(f"training loss is {loss} at step {step}")
+      self._check_diverged(step, loss)
       writer.scalars("train", step, {"loss": loss, "accuracy": accuracy,
                                      "learning_rate": float(self.learning_rate()),
                                      "examples_per_sec": rate})
@@ -222,12 +233,60 @@ class Trainer:
         logging.info("eval on validation at step %d: loss %.4f  accuracy %.4f", step,
                      result["loss"], result["accuracy"])
         writer.scalars("eval", step, result)
-      if step % self.checkpoint_interval == 0 or step == self.total_steps:
-        self.checkpoints.save(step)
+      saved = None
+      if step % self.checkpoint_interval == 0 or step == self.total_steps or stop.signal:
+        saved = self.checkpoints.save(step)
+      if stop.signal and step < self.total_steps:
+        raise Interrupted(stop.signal, step, saved)
     return {"examples_per_sec": (steady_steps * cfg.batch_size / train_seconds
                                  if train_seconds else rate),
             "train_seconds": train_seconds + compile_seconds,
             "compile_seconds": compile_seconds}
+
+  def _check_diverged(self, step: int, loss: float) -> None:
+    """Raises before anything is saved, so the last good checkpoint stays the latest."""
+    if self._fp16:
+      scale = float(self.optimizer.dynamic_scale.numpy())
+      if scale < 1.0:  # halved on every skipped step: gradients overflow even unscaled
+        raise FloatingPointError(f"the fp16 loss scale collapsed to {scale:g} at step {step}")
+    if not np.isfinite(loss):
+      raise FloatingPointError(f"the training loss is {loss} at step {step}")
+
+
+class Interrupted(Exception):
+  """Training stopped on a signal after saving a checkpoint at `step`."""
+
+  def __init__(self, signum: int, step: int, checkpoint: str | None):
+    self.signum, self.step, self.checkpoint = signum, step, checkpoint
+    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint "
+                     f"{checkpoint} saved: run the same command again to resume")
+
+
+class _StopOnSignals:
+  """SIGTERM/SIGINT set a flag that the loop reads at its next boundary. A Python signal
+  handler cannot run while a tf.function executes anyway; this makes the stop clean."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now
+    self.signal = signum
+    logging.warning("received %s: saving a checkpoint and stopping at the end of this loop",
+                    signal.Signals(signum).name)
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
 
 
 def _duration(seconds: float) -> str:

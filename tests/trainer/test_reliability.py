@@ -1,0 +1,185 @@
+"""Crash safety: kill -9, preemption signals, divergence, corrupt checkpoints, atomic writes."""
+
+import glob
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from trainer import export, train
+from trainer.config import ConfigError
+from trainer.loop import Trainer
+from flag_helpers import parse
+
+# ~2 s of training when uninterrupted: long enough to be killed part-way.
+RUN = ["--model=mlp", "--hidden_units=64", "--dataset=synthetic:shape=16x16x1,classes=4,"
+       "train=512,test=64", "--batch_size=32", "--train_steps=300", "--steps_per_loop=2",
+       "--checkpoint_every=20", "--deterministic", "--augment=translate=1"]
+
+
+def start(model_dir, *extra, env=None):
+  return subprocess.Popen([sys.executable, "-m", "trainer.main", *RUN, f"--model_dir={model_dir}",
+                           *extra], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                          env=dict(os.environ, **(env or {})))
+
+
+def wait_for(proc, text):
+  """Reads the run's log until a line contains text; returns the lines read."""
+  lines = []
+  for line in proc.stderr:
+    lines.append(line)
+    if text in line:
+      return lines
+  raise AssertionError(f"never saw {text!r}:\n{''.join(lines[-20:])}")
+
+
+def finish(proc):
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  return err
+
+
+def digest(model_dir):
+  with open(os.path.join(model_dir, "results.json")) as f:
+    results = json.load(f)
+  assert results["global_step"] == 300 and 0 <= results["test_accuracy"] <= 1
+  return results["weights_digest"]
+
+
+def tree(path):
+  """{relative path: sha256} of every file under path."""
+  out = {}
+  for f in glob.glob(os.path.join(path, "**"), recursive=True):
+    if os.path.isfile(f):
+      out[os.path.relpath(f, path)] = hashlib.sha256(open(f, "rb").read()).hexdigest()
+  return out
+
+
+def test_kill_9_at_three_points_then_finish_with_the_uninterrupted_weights(tmp_path):
+  finish(start(tmp_path / "straight"))
+  expected = digest(tmp_path / "straight")
+
+  crashed = tmp_path / "crashed"
+  first = start(crashed)  # 1: killed mid-training, after the first checkpoint (step 20)
+  wait_for(first, "step 30/300")
+  first.kill()
+  first.wait()
+  second = start(crashed)  # 2: killed just after saving a checkpoint
+  wait_for(second, "resumed from")
+  wait_for(second, "saved checkpoint")
+  second.kill()
+  second.wait()
+  # 3: killed in the middle of writing the checkpoint of step 260 (data file half written).
+  third = start(crashed, env={"TAPELOOP_FAULT": "kill_in_checkpoint_write:260"})
+  third.communicate(timeout=300)
+  assert third.returncode == -signal.SIGKILL
+  assert os.path.exists(crashed / "checkpoints" / "ckpt-260.index")
+  err = finish(start(crashed))
+  assert "ckpt-260 is unreadable" in err and "falling back to the previous one" in err
+  assert "resumed from" in err and "ckpt-240" in err
+  assert digest(crashed) == expected  # --deterministic: the same weights, bit for bit
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, signum, status):
+  proc = start(tmp_path)
+  wait_for(proc, "step 6/300")
+  proc.send_signal(signum)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == status, err[-2000:]
+  last = err.strip().splitlines()[-1]
+  assert last.startswith(f"stopped by {signal.Signals(signum).name} at step ")
+  assert "run the same command again to resume" in last and "Traceback" not in err
+  step = int(last.split(" at step ")[1].split(";")[0])
+  assert 6 <= step < 300 and os.path.exists(tmp_path / "checkpoints" / f"ckpt-{step}.index")
+  assert not os.path.exists(tmp_path / "results.json")
+  err = finish(start(tmp_path))
+  assert f"ckpt-{step}" in err and f"from step {step} to 300" in err
+  digest(tmp_path)
+
+
+def test_fp32_divergence_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path):
+  short = [a for a in RUN if not a.startswith("--train_steps")]
+  ok = subprocess.run([sys.executable, "-m", "trainer.main", *short, "--train_steps=20",
+                       f"--model_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  before = tree(tmp_path / "checkpoints")
+  results = (tmp_path / "results.json").read_bytes()
+  bad = subprocess.run([sys.executable, "-m", "trainer.main", *short, "--train_steps=60",
+                        "--learning_rate=1e30", f"--model_dir={tmp_path}"],
+                       capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 3, bad.stderr[-2000:]
+  last = bad.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: the training loss is ") and " at step 22" in last
+  assert "the last good checkpoint is kept" in last
+  assert tree(tmp_path / "checkpoints") == before
+  assert (tmp_path / "results.json").read_bytes() == results
+
+
+def test_a_collapsed_fp16_loss_scale_stops_training(tmp_path):
+  import input_pipeline
+  from trainer import distribute, summaries
+  cfg = parse(*RUN[:5], "--train_steps=8", "--steps_per_loop=2",
+              "--mixed_precision=mixed_float16", f"--model_dir={tmp_path}")
+  trainer = Trainer(cfg, distribute.create_strategy(cfg), input_pipeline.load(cfg.dataset))
+  trainer.optimizer.dynamic_scale.assign(0.5)  # what 16 straight overflowing steps leave
+  with pytest.raises(FloatingPointError, match="fp16 loss scale collapsed to 0.5 at step 2"):
+    trainer.train(summaries.Summaries(str(tmp_path), enabled=False))
+  assert not glob.glob(str(tmp_path / "checkpoints" / "ckpt-*"))
+
+
+TINY = ["--model=mlp", "--hidden_units=16", "--dataset=synthetic:shape=8x8x1,classes=3,"
+        "train=256,test=50", "--batch_size=32", "--steps_per_loop=4", "--checkpoint_every=4",
+        "--keep_checkpoints=5"]
+
+
+def _train(model_dir, steps):
+  return train.train_and_evaluate(parse(*TINY, f"--train_steps={steps}",
+                                        f"--model_dir={model_dir}"))
+
+
+def test_corrupt_checkpoints_fall_back_to_the_previous_one(tmp_path, caplog):
+  _train(tmp_path, 8)
+  data = glob.glob(str(tmp_path / "checkpoints" / "ckpt-8.data-*"))[0]
+  with open(data, "r+b") as f:
+    f.truncate(os.path.getsize(data) // 2)
+  assert _train(tmp_path, 12)["global_step"] == 12  # from ckpt-4, not from 0
+  os.remove(tmp_path / "checkpoints" / "ckpt-12.index")
+  assert _train(tmp_path, 16)["global_step"] == 16  # from ckpt-8 (rewritten above)
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+  _train(tmp_path, 8)
+  for data in glob.glob(str(tmp_path / "checkpoints" / "ckpt-*.data-*")):
+    with open(data, "wb") as f:
+      f.write(b"garbage")
+  before = tree(tmp_path)
+  with pytest.raises(ConfigError, match="no readable checkpoint in .*ckpt-8 .*ckpt-4"):
+    _train(tmp_path, 12)
+  assert tree(tmp_path) == before
+  for path in glob.glob(str(tmp_path / "checkpoints" / "ckpt-*")):
+    os.remove(path)
+  with pytest.raises(ConfigError, match="has a checkpoint state file but no checkpoint files"):
+    _train(tmp_path, 12)
+
+
+def test_atomic_writes_keep_the_old_file_on_failure(tmp_path, monkeypatch):
+  path = tmp_path / "results.json"
+  export.write_json(str(path), {"a": 1})
+  assert oct(os.stat(path).st_mode & 0o777) != "0o600"  # normal permissions, not mkstemp's
+
+  def broken_dumps(*args, **kwargs):
+    raise RuntimeError("disk full")
+  monkeypatch.setattr(json, "dumps", broken_dumps)
+  with pytest.raises(RuntimeError):
+    export.write_json(str(path), {"a": 2})
+  monkeypatch.undo()
+  assert json.loads(path.read_text()) == {"a": 1}
+  assert os.listdir(tmp_path) == ["results.json"]  # no temporary file left
+  export.write_submission(str(tmp_path / "s.csv"), np.array([3, 1]))
+  assert (tmp_path / "s.csv").read_text() == "ImageId,Label\n1,3\n2,1\n"
