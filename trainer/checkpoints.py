@@ -8,6 +8,7 @@ model, are errors: never a silent fresh start over an existing model_dir.
 from __future__ import annotations
 
 import glob
+import logging as py_logging
 import os
 import re
 import signal
@@ -20,6 +21,19 @@ from trainer.config import ConfigError
 # Fault injection for the crash tests: "kill_in_checkpoint_write:STEP" makes the process
 # SIGKILL itself halfway through writing the checkpoint of that step.
 FAULT_ENV = "TAPELOOP_FAULT"
+
+
+class _UnrestoredValues(py_logging.Filter):
+  def filter(self, record):
+    message = str(record.msg)
+    return not message.startswith(("Value in checkpoint could not be found",
+                                   "Detecting that an object or model"))
+
+
+def _drop_unrestored_value_warnings() -> None:
+  """After a rejected checkpoint, TensorFlow's pending restore logs every unmatched value
+  when it is garbage collected (at exit, after our error line): noise once reported."""
+  py_logging.getLogger("tensorflow").addFilter(_UnrestoredValues())
 
 
 class Checkpoints:
@@ -51,15 +65,14 @@ class Checkpoints:
     candidates = self._candidates()
     failures = []
     for path in candidates:
+      status = None
       try:
         status = self.checkpoint.restore(path)
         # Every saved value must find its variable and match its shape: a checkpoint of
         # another model in this model_dir is an error, never a silent fresh start.
         status.assert_existing_objects_matched()
-        # Values this program does not use (another optimizer's slots) are fine; without
-        # this TensorFlow warns about each of them at interpreter exit.
-        status.expect_partial()
       except (AssertionError, ValueError) as e:
+        _drop_unrestored_value_warnings()
         first = str(e).strip().splitlines()[0][:160]
         raise ConfigError(f"cannot resume from {path}: it does not match this model ({first}); "
                           "use another --model_dir or the flags that made it") from None
@@ -71,6 +84,11 @@ class Checkpoints:
         logging.warning("checkpoint %s is unreadable (%s)%s", path, reason,
                         "; falling back to the previous one" if path != candidates[-1] else "")
         continue
+      finally:
+        # Unused values (another optimizer's slots, a rejected checkpoint) are expected;
+        # without this TensorFlow warns about each of them at interpreter exit.
+        if status is not None:
+          status.expect_partial()
       if failures:
         logging.warning("resumed from %s after skipping the unreadable %s", path,
                         ", ".join(failures))

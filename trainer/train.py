@@ -19,15 +19,19 @@ from trainer.loop import Trainer
 
 
 def _check_writable(model_dir: str) -> None:
-  """Refuses an unwritable model_dir before any work (and before creating anything)."""
+  """Refuses an unwritable model_dir before any work, and without creating anything: it
+  probes the nearest existing ancestor (os.access says yes to root on read-only mounts)."""
   path = os.path.abspath(model_dir)
   while not os.path.exists(path):
     path = os.path.dirname(path)
   if not os.path.isdir(path):
     raise ConfigError(f"--model_dir={model_dir}: {path} is a file, not a directory")
-  if not os.access(path, os.W_OK | os.X_OK):
-    raise ConfigError(f"--model_dir={model_dir}: {path} is not writable; choose another "
-                      "--model_dir")
+  try:
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise ConfigError(f"--model_dir={model_dir}: {path} is not writable ({e.strerror}); "
+                      "choose another --model_dir") from None
 
 
 def train_and_evaluate(config: Config) -> dict:

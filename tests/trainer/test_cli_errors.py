@@ -1,56 +1,163 @@
-"""Bad invocations: exit 2, one line naming the problem, no traceback, model_dir untouched."""
+"""Bad invocations, table-driven: each exits 2 with one line that names the problem (no
+traceback) and leaves model_dir as it was."""
 
+import concurrent.futures
+import glob
+import gzip
+import hashlib
 import os
 import subprocess
 import sys
 
-from datafiles import write_mnist_dir
+import numpy as np
+import pytest
+
+from trainer import train
+from datafiles import idx_bytes, write_kaggle_csv, write_mnist_dir
+from flag_helpers import parse
 
 GOOD = ["--model=mlp", "--hidden_units=8", "--dataset=synthetic:train=64,test=8",
         "--batch_size=16", "--train_steps=2"]
 
 
-def _cases(tmp):
-  write_mnist_dir(os.path.join(tmp, "bad_idx"))
-  with open(os.path.join(tmp, "bad_idx", "train-labels-idx1-ubyte.gz"), "wb") as f:
+def _files(tmp):
+  """Bad data files of every kind; returns tmp for f-strings."""
+  for name in ("bad_gzip", "bad_magic", "truncated", "labels_out_of_range", "count_mismatch"):
+    write_mnist_dir(os.path.join(tmp, name))
+  d = lambda *p: os.path.join(tmp, *p)
+  with open(d("bad_gzip", "train-labels-idx1-ubyte.gz"), "wb") as f:
     f.write(b"\x1f\x8b\x08\0broken")
-  with open(os.path.join(tmp, "unknown.cfg"), "w") as f:
+  with open(d("bad_magic", "train-images-idx3-ubyte.gz"), "wb") as f:
+    f.write(gzip.compress(idx_bytes(np.zeros(12, np.uint8))))
+  with open(d("truncated", "t10k-images-idx3-ubyte.gz"), "wb") as f:
+    f.write(gzip.compress(idx_bytes(np.zeros((5, 28, 28), np.uint8))[:-100]))
+  with open(d("labels_out_of_range", "train-labels-idx1-ubyte.gz"), "wb") as f:
+    f.write(gzip.compress(idx_bytes(np.full(12, 11, np.uint8))))
+  with open(d("count_mismatch", "train-labels-idx1-ubyte.gz"), "wb") as f:
+    f.write(gzip.compress(idx_bytes(np.zeros(7, np.uint8))))
+  rng = np.random.default_rng(0)
+  images, labels = rng.integers(0, 256, (20, 28, 28, 1)), rng.integers(0, 10, 20)
+  write_kaggle_csv(d("test.csv"), images)
+  write_kaggle_csv(d("pixel.csv"), images, labels)
+  write_kaggle_csv(d("label.csv"), images, labels)
+  write_kaggle_csv(d("columns.csv"), images, labels)
+  _edit_line(d("pixel.csv"), 3, lambda l: l.replace(",", ",300,", 1).rsplit(",", 1)[0])
+  _edit_line(d("label.csv"), 4, lambda l: "12" + l[l.index(","):])
+  _edit_line(d("columns.csv"), 5, lambda l: l.rsplit(",", 1)[0])
+  os.makedirs(d("dir_csv", "train.csv"))
+  with open(d("unknown.cfg"), "w") as f:
     f.write("--model=mlp\n--colour=blue\n")
-  with open(os.path.join(tmp, "file"), "w") as f:
+  with open(d("a_file"), "w") as f:
     f.write("x")
+  return tmp
+
+
+def _edit_line(path, lineno, change):
+  lines = open(path).read().splitlines()
+  lines[lineno - 1] = change(lines[lineno - 1])
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def _cases(t):
   return [
-      (["--model=vgg"], "--model=vgg is unknown"),
+      (["--model=vgg"], "--model=vgg is unknown; known models: cnn, mlp, resnet"),
+      (["--dataset=ftp:x"], "unknown data source prefix 'ftp:'"),
+      (["--dataset=no_such_dataset"], "unknown TFDS dataset 'no_such_dataset'"),
       (["--optimizer=adagrad"], "--optimizer=adagrad is unknown"),
+      (["--lr_schedule=step"], "--lr_schedule=step is unknown"),
+      (["--mixed_precision=fp8"], "--mixed_precision=fp8 is unknown"),
       (["--batch_size=0"], "--batch_size=0 must be positive"),
-      (["--epochs=2", "--train_steps=5"], "--epochs and --train_steps both given"),
-      (["--dataset=ftp:x"], "unknown data source prefix"),
-      ([f"--dataset=idx:{tmp}/nowhere"], "no such directory"),
-      ([f"--dataset=idx:{tmp}/bad_idx"], "train-labels-idx1-ubyte.gz is not a valid gzip"),
-      (["--flagfile=/nonexistent.cfg"], "nonexistent.cfg"),
-      ([f"--flagfile={tmp}/unknown.cfg"], "colour"),
+      (["--batch_size=-16"], "--batch_size=-16 must be positive"),
+      (["--train_steps=0"], "--train_steps=0 must be positive"),
+      (["--steps_per_loop=0"], "--steps_per_loop=0 must be positive"),
+      (["--learning_rate=0"], "--learning_rate=0.0 must be positive"),
+      (["--learning_rate=-0.1"], "--learning_rate=-0.1 must be positive"),
       (["--learning_rate=abc"], "learning_rate"),
-      (["--batch_size=1000"], "--batch_size=1000 is larger than the 64 training examples"),
-      ([f"--model_dir={tmp}/file/run"], "is a file, not a directory"),
+      (["--epochs=2"], "--epochs and --train_steps both given"),
+      (["--validation_split=1.5"], "--validation_split=1.5 must be in [0, 1)"),
+      (["--filters=3"], "--filters does not apply to --model=mlp"),
+      (["--dataset=mnist", "--augment=flip"], "mirrored characters"),
+      (["--strategy=mirrored", "--cpu_devices=2", "--batch_size=15"],
+       "--batch_size=15 is not divisible by the 2 replicas"),
+      (["--strategy=multi_worker"], "--strategy=multi_worker needs TF_CONFIG"),
+      (["--batch_size=128"], "--batch_size=128 is larger than the 64 training examples"),
+      ([f"--dataset=idx:{t}/nowhere"], "no such directory"),
+      ([f"--dataset=idx:{t}/bad_gzip"], "train-labels-idx1-ubyte.gz is not a valid gzip"),
+      ([f"--dataset=idx:{t}/bad_magic"], "magic number 0x00000801, expected 0x00000803"),
+      ([f"--dataset=idx:{t}/truncated"], "t10k-images-idx3-ubyte.gz is truncated"),
+      ([f"--dataset=idx:{t}/labels_out_of_range"], "label 11 at item 0"),
+      ([f"--dataset=idx:{t}/count_mismatch"], "has 12 images but"),
+      ([f"--dataset=csv:{t}/missing.csv"], "no such file"),
+      ([f"--dataset=csv:{t}/dir_csv"], "cannot read"),
+      ([f"--dataset=csv:{t}/pixel.csv"], "line 3 pixel0: pixel value 300"),
+      ([f"--dataset=csv:{t}/label.csv"], "label 12 at line 4"),
+      ([f"--dataset=csv:{t}/columns.csv"], "line 5 has 784 columns, the header has 785"),
+      ([f"--dataset=csv:{t}/test.csv"], "has no labeled train split"),
+      (["--flagfile=/nonexistent.cfg"], "nonexistent.cfg"),
+      ([f"--flagfile={t}/unknown.cfg"], "colour"),
+      ([f"--model_dir={t}/a_file/run"], "is a file, not a directory"),
+      (["--model_dir=/proc/tapeloop-run"], "/proc is not writable"),
       (["positional"], "unexpected arguments positional"),
   ]
 
 
+def _tree(path):
+  return {os.path.relpath(f, path): hashlib.sha256(open(f, "rb").read()).hexdigest()
+          for f in glob.glob(os.path.join(path, "**"), recursive=True) if os.path.isfile(f)}
+
+
+def _run(args, env=None):
+  return subprocess.run([sys.executable, "-m", "trainer.main", *args], capture_output=True,
+                        text=True, timeout=180, env=env)
+
+
+def _problems(proc, message, model_dir_ok):
+  last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+  problems = []
+  if proc.returncode != 2:
+    problems.append(f"exit {proc.returncode}")
+  if not last.startswith("error: ") or message not in last:
+    problems.append(f"last line {last!r}")
+  if "Traceback" in proc.stderr:
+    problems.append("traceback")
+  if not model_dir_ok():
+    problems.append("model_dir changed")
+  return problems
+
+
 def test_bad_invocations_exit_2_with_one_line(tmp_path):
-  failures = []
-  for extra, message in _cases(str(tmp_path)):
-    model_dir = tmp_path / "model_dir"
+  t = _files(str(tmp_path))
+  cases = _cases(t)
+  assert len(cases) >= 25
+  env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+
+  def check(i, extra, message):
+    model_dir = tmp_path / f"model_dir_{i}"
     args = GOOD + [f"--model_dir={model_dir}"] + extra
-    proc = subprocess.run([sys.executable, "-m", "trainer.main", *args], capture_output=True,
-                          text=True, timeout=120)
-    last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
-    if (proc.returncode != 2 or message not in last or not last.startswith("error: ")
-        or "Traceback" in proc.stderr or model_dir.exists()):
-      failures.append((extra, proc.returncode, last, proc.stderr[-500:]))
+    proc = _run(args, env)
+    return extra, _problems(proc, message, lambda: not model_dir.exists())
+
+  # Three at a time: each case is a fresh Python with TensorFlow, mostly start-up time.
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    results = list(pool.map(lambda c: check(*c), [(i, *c) for i, c in enumerate(cases)]))
+  failures = [(extra, problems) for extra, problems in results if problems]
   assert not failures, failures
 
 
+@pytest.mark.parametrize("change,message", [
+    (["--hidden_units=16"], "does not match this model"),
+    (["--model=cnn", "--hidden_units=8"], "--hidden_units does not apply to --model=cnn"),
+])
+def test_an_existing_model_dir_is_left_as_it_was(tmp_path, change, message):
+  model_dir = str(tmp_path / "run")
+  train.train_and_evaluate(parse(*GOOD, f"--model_dir={model_dir}"))
+  before = _tree(model_dir)
+  args = [a for a in GOOD if not any(a.startswith(c.split("=")[0] + "=") for c in change)]
+  proc = _run(args + change + [f"--model_dir={model_dir}"])
+  assert not _problems(proc, message, lambda: _tree(model_dir) == before)
+
+
 def test_verbosity_shows_the_traceback(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "trainer.main", *GOOD, "--batch_size=1000",
-                         f"--model_dir={tmp_path}/m", "--verbosity=1"],
-                        capture_output=True, text=True, timeout=120)
+  proc = _run([*GOOD, "--batch_size=1000", f"--model_dir={tmp_path}/m", "--verbosity=1"])
   assert proc.returncode != 0 and "Traceback" in proc.stderr

@@ -53,10 +53,15 @@ def test_mixed_precision_trains(tmp_path, precision):
 
 
 def test_unwritable_model_dir_is_refused_before_any_work(tmp_path, monkeypatch):
-  real_access = os.access
-  monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path)
-                      else real_access(p, mode))
-  with pytest.raises(ConfigError, match=f"{tmp_path} is not writable"):
+  import tempfile
+  real = tempfile.TemporaryFile
+
+  def refuse(*args, dir=None, **kwargs):
+    if dir == str(tmp_path):
+      raise PermissionError(13, "Permission denied")
+    return real(*args, dir=dir, **kwargs)
+  monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+  with pytest.raises(ConfigError, match=f"{tmp_path} is not writable .Permission denied"):
     train.train_and_evaluate(parse(*TINY, f"--model_dir={tmp_path}/run"))
   assert not (tmp_path / "run").exists()
 
