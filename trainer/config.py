@@ -26,6 +26,7 @@ class Config:
   manual_dir: str | None
   num_classes: int | None
   validation_split: float
+  pipeline: str
   augment: Augment
   model_dir: str
   batch_size: int
@@ -48,6 +49,7 @@ class Config:
   strategy: str
   devices: tuple[str, ...] | None
   cpu_devices: int | None
+  profile_steps: tuple[int, int] | None
   mixed_precision: str
   jit_compile: bool
   flag_values: dict[str, Any]  # every flag as given, for results.json and TensorBoard
@@ -123,6 +125,8 @@ def from_flags(fv) -> Config:
          f"--strategy={fv.strategy} is unknown; use {', '.join(tl_flags.STRATEGIES)}")
   _check(fv.mixed_precision in tl_flags.PRECISIONS, f"--mixed_precision={fv.mixed_precision} "
          f"is unknown; use {', '.join(tl_flags.PRECISIONS)}")
+  _check(fv.pipeline in tl_flags.PIPELINES,
+         f"--pipeline={fv.pipeline} is unknown; use {', '.join(tl_flags.PIPELINES)}")
   _check(fv.learning_rate > 0, f"--learning_rate={fv.learning_rate} must be positive")
   _check(fv.warmup_steps >= 0, f"--warmup_steps={fv.warmup_steps} must be >= 0")
   _check(0 < fv.lr_decay_rate <= 1, f"--lr_decay_rate={fv.lr_decay_rate} must be in (0, 1]")
@@ -133,6 +137,11 @@ def from_flags(fv) -> Config:
          f"--validation_split={fv.validation_split} must be in [0, 1)")
   _check(fv.devices is None or fv.strategy == "mirrored",
          "--devices applies to --strategy=mirrored only")
+  profile = None
+  if fv.profile_steps:
+    profile = _ints("profile_steps", fv.profile_steps)
+    _check(len(profile) == 2 and profile[0] < profile[1],
+           f"--profile_steps={','.join(fv.profile_steps)}: give A,B with A < B")
   try:
     augment = Augment.parse(fv.augment, fv.dataset)
   except ValueError as e:
@@ -142,7 +151,7 @@ def from_flags(fv) -> Config:
   return Config(
       model=fv.model, model_hparams=_model_hparams(fv), dataset=fv.dataset,
       data_dir=fv.data_dir, manual_dir=fv.manual_dir, num_classes=fv.num_classes,
-      validation_split=fv.validation_split, augment=augment, model_dir=model_dir,
+      validation_split=fv.validation_split, pipeline=fv.pipeline, augment=augment, model_dir=model_dir,
       batch_size=fv.batch_size, epochs=fv.epochs, train_steps=fv.train_steps,
       steps_per_loop=fv.steps_per_loop, eval_every=fv.eval_every,
       checkpoint_every=fv.checkpoint_every, keep_checkpoints=fv.keep_checkpoints,
@@ -151,6 +160,20 @@ def from_flags(fv) -> Config:
       warmup_steps=fv.warmup_steps, lr_decay_rate=fv.lr_decay_rate, momentum=fv.momentum,
       weight_decay=fv.weight_decay, clip_norm=fv.clip_norm, strategy=fv.strategy,
       devices=tuple(fv.devices) if fv.devices else None, cpu_devices=fv.cpu_devices,
+      profile_steps=profile,
       mixed_precision=fv.mixed_precision, jit_compile=fv.jit_compile,
       flag_values={name: fv[name].value for name in tl_flags.OWN_FLAGS})
 
+
+def from_args(args) -> Config:
+  """A Config from command-line style flags, e.g. ["--model=mlp", "--epochs=2"], as
+  trainer.main would build it (for scripts and tests)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  tl_flags.define_flags()
+  fv = flags.FLAGS
+  fv.unparse_flags()
+  fv(["tapeloop", *args])
+  try:
+    return from_flags(fv)
+  finally:
+    fv.unparse_flags()

@@ -7,6 +7,7 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "exponential")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PIPELINES = ("in_memory", "tf_data")
 # Model hyperparameter flags: each is passed to the model only when given.
 MODEL_FLAGS = ("hidden_units", "activation", "dropout", "l2", "filters", "kernel_sizes",
                "dense_units", "widths", "blocks_per_stage")
@@ -36,6 +37,8 @@ def _define() -> None:
   flags.DEFINE_integer("num_classes", None, "Classes of an idx:/csv: dataset (default 10).")
   flags.DEFINE_float("validation_split", 0.0, "Fraction of train held out (seeded) for eval "
                      "during training.")
+  flags.DEFINE_string("pipeline", "in_memory", "in_memory: batches gathered inside the "
+                      "training graph (fastest); tf_data: a tf.data pipeline.")
   flags.DEFINE_string("augment", "none", "none, or a comma list of translate[=PIXELS], flip, "
                       "erase[=PROBABILITY].")
   # Run.
@@ -51,6 +54,8 @@ def _define() -> None:
   flags.DEFINE_integer("checkpoint_every", None, "Checkpoint every N steps (default once per "
                        "epoch); always at the end.")
   flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in model_dir/checkpoints.")
+  flags.DEFINE_list("profile_steps", None, "A,B: write a TensorBoard profile of steps A "
+                    "to B to model_dir/profile (at loop boundaries).")
   flags.DEFINE_integer("seed", 0, "Seed for initialization, data order and augmentation.")
   flags.DEFINE_boolean("deterministic", False, "Deterministic ops (slower): same flags, same "
                        "weights.")

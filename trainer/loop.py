@@ -7,6 +7,7 @@ summaries, eval and checkpoints happen in Python between calls, at loop boundari
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import threading
 import time
@@ -19,6 +20,7 @@ from absl import logging
 import input_pipeline
 import models
 from input_pipeline import Data
+from input_pipeline.in_memory import IndexStream, InMemoryData
 from trainer import checkpoints, export, optimization, summaries
 from trainer.config import Config
 
@@ -63,6 +65,11 @@ class Trainer:
     self._fp16 = config.mixed_precision == "mixed_float16"
     self._eval_datasets = {}  # split -> distributed dataset, built once: no retracing
     self._train_loop = tf.function(self._train_loop_fn)
+    if config.pipeline == "in_memory":
+      self._in_memory = InMemoryData(data.splits["train"], config.augment)
+      # The index window's length varies at eval/checkpoint boundaries: one trace for all.
+      self._in_memory_loop = tf.function(self._in_memory_loop_fn, input_signature=[
+          tf.TensorSpec([None, config.batch_size], tf.int32)])
     self._eval_pass = tf.function(self._eval_pass_fn)
 
   # --- inside tf.function -------------------------------------------------------------
@@ -118,6 +125,21 @@ class Trainer:
       self.strategy.run(self._train_step, args=next(iterator))
       self.global_step.assign_add(1)
 
+  def _in_memory_loop_fn(self, indices):
+    for i in tf.range(tf.shape(indices)[0]):
+      self.strategy.run(self._in_memory_step, args=(indices[i], self.global_step.read_value()))
+      self.global_step.assign_add(1)
+
+  def _in_memory_step(self, indices, step):
+    # Each replica gathers its own slice of the global batch inside the graph.
+    ctx = tf.distribute.get_replica_context()
+    per_replica = self.config.batch_size // ctx.num_replicas_in_sync
+    mine = indices[ctx.replica_id_in_sync_group * per_replica:
+                   (ctx.replica_id_in_sync_group + 1) * per_replica]
+    seed = tf.stack([tf.cast(self.config.seed, tf.int64) * 1_000_003
+                     + tf.cast(ctx.replica_id_in_sync_group, tf.int64), step])
+    self._train_step(*self._in_memory.batch(mine, seed))
+
   def _eval_step(self, images, labels, weights):
     logits = self.model(images, training=False)
     per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
@@ -143,7 +165,11 @@ class Trainer:
             "accuracy": float(self.eval_accuracy.result())}
 
   def train_iterator(self):
-    """The distributed train stream from the current global step (resumes the data order)."""
+    """The train stream from the current global step (resumes the data order): example
+    indices for the in-memory pipeline, else a distributed tf.data iterator."""
+    if self.config.pipeline == "in_memory":
+      return IndexStream(len(self.data.splits["train"]), self.config.batch_size,
+                         self.config.seed, start_step=int(self.global_step.numpy()))
     dataset = input_pipeline.train_dataset(
         self.data.splits["train"], global_batch_size=self.config.batch_size,
         seed=self.config.seed, augment=self.config.augment,
@@ -153,7 +179,10 @@ class Trainer:
   def run_steps(self, iterator, steps: int) -> dict[str, float]:
     """Runs `steps` training steps in one tf.function call; returns their global loss and
     accuracy (read once, at the loop boundary)."""
-    self._train_loop(iterator, tf.constant(steps, tf.int64))
+    if isinstance(iterator, IndexStream):
+      self._in_memory_loop(tf.constant(iterator.take(steps)))
+    else:
+      self._train_loop(iterator, tf.constant(steps, tf.int64))
     result = {"loss": float(self.train_loss.result()),
               "accuracy": float(self.train_accuracy.result())}
     for metric in (self.train_loss, self.train_accuracy):
@@ -168,8 +197,10 @@ class Trainer:
     return digest.hexdigest()[:16]
 
   def _next_stop(self, step: int) -> int:
-    """The next step at which the inner loop must return: loop size, eval, checkpoint, end."""
+    """The next step at which the inner loop must return: loop size, eval, checkpoint,
+    profile start and end, end of training."""
     stops = [step + self.config.steps_per_loop, self.total_steps]
+    stops += [s for s in (self.config.profile_steps or ()) if s > step]
     for every in (self.eval_interval, self.checkpoint_interval):
       stops.append((step // every + 1) * every)
     return min(stops)
@@ -206,8 +237,10 @@ class Trainer:
                  cfg.batch_size)
     train_seconds = compile_seconds = 0.0
     steady_steps, first = 0, True
+    profiler = _Profiler(cfg.profile_steps, os.path.join(cfg.model_dir, "profile"))
     while step < self.total_steps:
       n = self._next_stop(step) - step
+      profiler.at(step)
       start = time.perf_counter()
       metrics = self.run_steps(iterator, n)
       loss, accuracy = metrics["loss"], metrics["accuracy"]
@@ -238,6 +271,7 @@ class Trainer:
         saved = self.checkpoints.save(step)
       if stop.signal and step < self.total_steps:
         raise Interrupted(stop.signal, step, saved)
+    profiler.at(step)
     return {"examples_per_sec": (steady_steps * cfg.batch_size / train_seconds
                                  if train_seconds else rate),
             "train_seconds": train_seconds + compile_seconds,
@@ -251,6 +285,24 @@ class Trainer:
         raise FloatingPointError(f"the fp16 loss scale collapsed to {scale:g} at step {step}")
     if not np.isfinite(loss):
       raise FloatingPointError(f"the training loss is {loss} at step {step}")
+
+
+class _Profiler:
+  """Traces steps [A, B) into a TensorBoard profile (the Profile tab of model_dir)."""
+
+  def __init__(self, steps, logdir: str):
+    self.steps, self.logdir, self.running = steps, logdir, False
+
+  def at(self, step: int) -> None:
+    if not self.steps:
+      return
+    if not self.running and self.steps[0] <= step < self.steps[1]:
+      tf.profiler.experimental.start(self.logdir)
+      self.running = True
+      logging.info("profiling steps %d to %d into %s", step, self.steps[1], self.logdir)
+    elif self.running and step >= self.steps[1]:
+      tf.profiler.experimental.stop()
+      self.running = False
 
 
 class Interrupted(Exception):

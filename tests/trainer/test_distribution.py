@@ -83,6 +83,13 @@ def test_replicas_train_like_one_device(tmp_path, tmp_path_factory, model, varia
   assert_same(trajectory(trainer), reference(tmp_path_factory, model, variant))
 
 
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_tf_data_pipeline_replicas_train_like_one_device(tmp_path, replicas):
+  one = trajectory(build(1, tmp_path / "one", *MODELS["mlp"], "--pipeline=tf_data"))
+  many = trajectory(build(replicas, tmp_path / "many", *MODELS["mlp"], "--pipeline=tf_data"))
+  assert_same(many, one)
+
+
 @pytest.mark.parametrize("variant", ["l2", "weight_decay", "clip"])
 def test_each_variant_changes_training(tmp_path_factory, variant):
   # Otherwise the equivalence above would not show that the variant is handled correctly.

@@ -1,0 +1,363 @@
+"""tapeloop against Keras fit, side by side in one run, on MNIST-shaped synthetic data.
+
+    python scripts/benchmark.py                       # make bench: the table
+    python scripts/benchmark.py --time_to_accuracy    # Fashion-MNIST, configs/fashion_tta.cfg
+
+For each model, interleaved and repeated (--repeats): tapeloop's steady-state training
+throughput (trace and compile time apart), Keras `fit` on the same model class with
+default settings and with steps_per_execution = steps_per_loop, the input pipeline alone,
+and the machine's fp32 matmul peak measured in the same run; each model's training
+FLOP/s is reported as a fraction of that peak. Writes benchmarks/results.json and
+benchmarks/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
+import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer import distribute  # pylint: disable=g-import-not-at-top,wrong-import-position
+from input_pipeline.in_memory import IndexStream, InMemoryData  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer.loop import Trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+BATCH = 128
+DATASET = "synthetic:shape=28x28x1,classes=10,train=60000,test=1000"
+# name -> (registry model, flags): the seven tutorial models, then the rest of the registry.
+MODELS = {
+    "mlp_1x50": ("mlp", ["--hidden_units=50"]),
+    "mlp_1x500": ("mlp", ["--hidden_units=500"]),
+    "mlp_5x50": ("mlp", ["--hidden_units=50,50,50,50,50"]),
+    "mlp_5x50_dropout": ("mlp", ["--hidden_units=50,50,50,50,50", "--dropout=0.2"]),
+    "mlp_5x50_dropout_50ep": ("mlp", ["--hidden_units=50,50,50,50,50", "--dropout=0.2"]),
+    "mlp_5x500_dropout_25ep": ("mlp", ["--hidden_units=500,500,500,500,500", "--dropout=0.2"]),
+    "cnn": ("cnn", []),
+    "resnet": ("resnet", []),
+}
+OVERHEAD_BOUND = ("mlp_1x50", "mlp_5x50")
+
+
+def machine() -> dict:
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+          "tensorflow": tf.__version__, "keras": keras.__version__,
+          "date": datetime.date.today().isoformat()}
+
+
+def matmul_gflops(seconds: float) -> float:
+  """fp32 1024x1024 matmul throughput, the machine's practical peak."""
+  n = 1024
+  a = tf.random.uniform((n, n))
+  b = tf.random.uniform((n, n))
+
+  @tf.function
+  def chain(k):
+    acc = tf.zeros((n, n))
+    for _ in tf.range(k):
+      acc += tf.matmul(a, b)
+    return acc
+
+  chain(tf.constant(2)).numpy()
+  k = 8
+  while True:
+    start = time.perf_counter()
+    chain(tf.constant(k)).numpy()
+    elapsed = time.perf_counter() - start
+    if elapsed > seconds / 2:
+      return 2 * n ** 3 * k / elapsed / 1e9
+    k *= 2
+
+
+def train_flops_per_example(name: str) -> float:
+  """Forward FLOPs of one example from TensorFlow's graph profiler, times 3 for training
+  (forward, and a backward pass of about twice the forward)."""
+  model = _model(name)
+  fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(
+      tf.TensorSpec((1, 28, 28, 1), tf.float32))
+  opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+  opts["output"] = "none"
+  tf.get_logger().setLevel("ERROR")  # the v1 profiler's deprecation warnings
+  info = tf.compat.v1.profiler.profile(graph=fn.graph, options=opts)
+  return 3.0 * info.total_float_ops
+
+
+def _model(name: str):
+  kind, flags = MODELS[name]
+  hparams = config_lib.from_args([f"--model={kind}", *flags]).model_hparams
+  return models.create(kind, num_classes=10, image_shape=(28, 28, 1), **hparams)
+
+
+def tapeloop_throughput(name, data, steps_per_loop, seconds) -> dict:
+  kind, flags = MODELS[name]
+  with tempfile.TemporaryDirectory() as model_dir:
+    cfg = config_lib.from_args([f"--model={kind}", *flags, f"--dataset={DATASET}",
+                                f"--batch_size={BATCH}", f"--steps_per_loop={steps_per_loop}",
+                                "--strategy=default", f"--model_dir={model_dir}"])
+    trainer = Trainer(cfg, distribute.create_strategy(cfg), data)
+    iterator = trainer.train_iterator()
+    start = time.perf_counter()
+    trainer.run_steps(iterator, steps_per_loop)  # trace, compile, first loop
+    compile_seconds = time.perf_counter() - start
+    steps, start = 0, time.perf_counter()
+    while steps < 2 * steps_per_loop or time.perf_counter() - start < seconds:
+      trainer.run_steps(iterator, steps_per_loop)
+      steps += steps_per_loop
+    return {"examples_per_sec": steps * BATCH / (time.perf_counter() - start),
+            "compile_seconds": compile_seconds}
+
+
+class _EpochTimes(keras.callbacks.Callback):
+  def __init__(self):
+    super().__init__()
+    self.times = []
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.times.append(time.perf_counter() - self._start)
+
+
+def keras_fit_throughput(name, x, y, steps_per_execution, expected_rate, seconds) -> dict:
+  """Keras fit on numpy arrays, as its users call it; the first epoch (tracing) apart."""
+  model = _model(name)
+  model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=["accuracy"], steps_per_execution=steps_per_execution)
+  # An epoch of about `seconds` at the rate tapeloop measured, in whole executions.
+  steps = max(2 * steps_per_execution, int(expected_rate * seconds / BATCH))
+  steps -= steps % steps_per_execution
+  n = min(len(x), steps * BATCH)
+  timer = _EpochTimes()
+  model.fit(x[:n], y[:n], batch_size=BATCH, epochs=3, verbose=0, callbacks=[timer])
+  return {"examples_per_sec": n / statistics.median(timer.times[1:]),
+          # The first epoch's extra time: tracing and compilation.
+          "compile_seconds": max(0.0, timer.times[0] - statistics.median(timer.times[1:]))}
+
+
+def in_memory_pipeline_throughput(split, seconds, augment) -> float:
+  """The pipeline training uses (--pipeline=in_memory): index windows from the host,
+  gather, normalize and augment in the graph; every pixel is consumed (summed)."""
+  data = InMemoryData(split, input_pipeline.Augment.parse(augment))
+  stream = IndexStream(len(split), BATCH, seed=0)
+  steps = 100
+
+  @tf.function(input_signature=[tf.TensorSpec([None, BATCH], tf.int32)])
+  def loop(indices):
+    total = tf.constant(0.0)
+    for i in tf.range(tf.shape(indices)[0]):
+      images, labels = data.batch(indices[i], tf.stack([tf.constant(0, tf.int64),
+                                                       tf.cast(i, tf.int64)]))
+      total += tf.reduce_sum(images) + tf.cast(tf.reduce_sum(labels), tf.float32)
+    return total
+
+  loop(tf.constant(stream.take(steps))).numpy()
+  batches, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    loop(tf.constant(stream.take(steps))).numpy()
+    batches += steps
+  return batches * BATCH / (time.perf_counter() - start)
+
+
+def pipeline_throughput(split, seconds, augment) -> float:
+  """The tf.data pipeline (--pipeline=tf_data), batches fetched from Python."""
+  ds = input_pipeline.train_dataset(split, global_batch_size=BATCH, seed=0,
+                                    augment=input_pipeline.Augment.parse(augment))
+  it = iter(ds)
+  for _ in range(20):
+    next(it)
+  batches, start = 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    next(it)
+    batches += 1
+  return batches * BATCH / (time.perf_counter() - start)
+
+
+def summarize(samples: list[float]) -> dict:
+  return {"median": statistics.median(samples), "min": min(samples), "max": max(samples),
+          "samples": samples}
+
+
+def run_benchmark(args) -> dict:
+  names = args.models.split(",") if args.models else list(MODELS)
+  data = input_pipeline.load(DATASET)
+  x = (data.splits["train"].images.astype(np.float32) / 255.0)
+  y = data.splits["train"].labels.astype(np.int32)
+  raw = {"matmul_gflops": [], "pipeline": [], "pipeline_augmented": [], "tf_data": []}
+  for name in names:
+    for variant in ("tapeloop", "keras_fit", "keras_fit_spe"):
+      raw[f"{name}/{variant}"] = []
+      raw[f"{name}/{variant}/compile"] = []
+  for repeat in range(args.repeats):
+    print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
+    raw["matmul_gflops"].append(matmul_gflops(args.seconds))
+    train = data.splits["train"]
+    raw["pipeline"].append(in_memory_pipeline_throughput(train, args.seconds, "none"))
+    raw["pipeline_augmented"].append(
+        in_memory_pipeline_throughput(train, args.seconds, "translate=2,erase=0.25"))
+    raw["tf_data"].append(pipeline_throughput(train, args.seconds, "none"))
+    for name in names:
+      t = tapeloop_throughput(name, data, args.steps_per_loop, args.seconds)
+      k = keras_fit_throughput(name, x, y, 1, t["examples_per_sec"], args.seconds)
+      s = keras_fit_throughput(name, x, y, args.steps_per_loop, t["examples_per_sec"],
+                               args.seconds)
+      for variant, result in (("tapeloop", t), ("keras_fit", k), ("keras_fit_spe", s)):
+        raw[f"{name}/{variant}"].append(result["examples_per_sec"])
+        raw[f"{name}/{variant}/compile"].append(result["compile_seconds"])
+      print(f"  {name:24s} tapeloop {t['examples_per_sec']:9.0f}  keras fit "
+            f"{k['examples_per_sec']:9.0f}  spe={args.steps_per_loop} "
+            f"{s['examples_per_sec']:9.0f} examples/s", flush=True)
+  peak = statistics.median(raw["matmul_gflops"])
+  rows = {}
+  for name in names:
+    med = {v: statistics.median(raw[f"{name}/{v}"])
+           for v in ("tapeloop", "keras_fit", "keras_fit_spe")}
+    flops = train_flops_per_example(name)
+    rows[name] = {
+        **{v: summarize(raw[f"{name}/{v}"]) for v in ("tapeloop", "keras_fit", "keras_fit_spe")},
+        "compile_seconds": {v: statistics.median(raw[f"{name}/{v}/compile"])
+                            for v in ("tapeloop", "keras_fit", "keras_fit_spe")},
+        "vs_keras_default": med["tapeloop"] / med["keras_fit"],
+        "vs_keras_best": med["tapeloop"] / max(med["keras_fit"], med["keras_fit_spe"]),
+        "train_flops_per_example": flops,
+        "train_gflops": med["tapeloop"] * flops / 1e9,
+        "fraction_of_matmul_peak": med["tapeloop"] * flops / 1e9 / peak,
+    }
+  fastest = max(r["tapeloop"]["median"] for r in rows.values())
+  return {"machine": machine(), "global_batch_size": BATCH, "dataset": DATASET,
+          "steps_per_loop": args.steps_per_loop, "repeats": args.repeats,
+          "seconds_per_measurement": args.seconds,
+          "matmul_gflops": summarize(raw["matmul_gflops"]),
+          "pipeline": summarize(raw["pipeline"]),
+          "pipeline_augmented": summarize(raw["pipeline_augmented"]),
+          "tf_data_pipeline": summarize(raw["tf_data"]),
+          "pipeline_vs_fastest_model": statistics.median(raw["pipeline"]) / fastest,
+          "models": rows, "targets": targets(rows, raw)}
+
+
+def targets(rows, raw) -> dict:
+  out = {}
+  for name in OVERHEAD_BOUND:
+    if name in rows:
+      out[f"{name} >= 1.5x keras fit (default)"] = rows[name]["vs_keras_default"] >= 1.5
+  for name, row in rows.items():
+    out[f"{name} >= 1.05x keras fit (best)"] = row["vs_keras_best"] >= 1.05
+  if "cnn" in rows:
+    out["cnn >= 35% of matmul peak"] = rows["cnn"]["fraction_of_matmul_peak"] >= 0.35
+  fastest = max(r["tapeloop"]["median"] for r in rows.values())
+  out["input pipeline >= 10x the fastest model"] = statistics.median(raw["pipeline"]) >= 10 * fastest
+  return out
+
+
+def _spread(s: dict) -> str:
+  return f"{s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f})"
+
+
+def markdown(result: dict) -> str:
+  m = result["machine"]
+  lines = [
+      f"Measured {m['date']} on {m['cpu']}, {m['cores']} cores, TensorFlow {m['tensorflow']}, "
+      f"Keras {m['keras']}; global batch {result['global_batch_size']}, Adam, "
+      f"MNIST-shaped synthetic data, {result['repeats']} interleaved repeats: median "
+      f"(min-max) examples/s. Keras fit: numpy arrays, default settings, and "
+      f"steps_per_execution={result['steps_per_loop']} (= tapeloop's steps_per_loop).",
+      "",
+      "| model | tapeloop | Keras fit | Keras fit, spe | vs fit | vs best fit | "
+      "train GFLOP/s | of matmul peak | compile s (tapeloop / fit) |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  for name, r in result["models"].items():
+    lines.append(
+        f"| {name} | {_spread(r['tapeloop'])} | {_spread(r['keras_fit'])} | "
+        f"{_spread(r['keras_fit_spe'])} | {r['vs_keras_default']:.2f}x | "
+        f"{r['vs_keras_best']:.2f}x | {r['train_gflops']:.1f} | "
+        f"{100 * r['fraction_of_matmul_peak']:.0f}% | "
+        f"{r['compile_seconds']['tapeloop']:.1f} / {r['compile_seconds']['keras_fit']:.1f} |")
+  lines += [
+      "",
+      f"fp32 matmul peak (1024x1024): {_spread(result['matmul_gflops'])} GFLOP/s. Input "
+      f"pipeline alone (in-memory, in-graph, as training uses it): "
+      f"{_spread(result['pipeline'])} examples/s "
+      f"({result['pipeline_vs_fastest_model']:.1f}x the fastest model); with "
+      f"translate+erase augmentation {_spread(result['pipeline_augmented'])}; the tf.data "
+      f"pipeline (--pipeline=tf_data) {_spread(result['tf_data_pipeline'])}.",
+      "",
+      "| target | met |",
+      "|---|---|",
+  ]
+  lines += [f"| {k} | {'yes' if v else '**no**'} |" for k, v in result["targets"].items()]
+  return "\n".join(lines) + "\n"
+
+
+def time_to_accuracy(args) -> dict:
+  """The fixed recipe of configs/fashion_tta.cfg, trained once; reports training seconds and
+  the test accuracy (the recipe was chosen on a validation split, not the test set)."""
+  from trainer import train  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as model_dir:
+    cfg = config_lib.from_args([f"--flagfile={os.path.join(ROOT, 'configs', 'fashion_tta.cfg')}",
+                                f"--data_dir={args.data_dir}", f"--model_dir={model_dir}"])
+    results = train.train_and_evaluate(cfg)
+  return {"machine": machine(), "recipe": "configs/fashion_tta.cfg",
+          "train_seconds": results["train_seconds"],
+          "compile_seconds": results["compile_seconds"],
+          "examples_per_sec": results["examples_per_sec"],
+          "test_accuracy": results["test_accuracy"], "global_step": results["global_step"],
+          "targets": {"test accuracy >= 91%": results["test_accuracy"] >= 0.91,
+                      "training <= 60 s": results["train_seconds"] <= 60}}
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+  parser.add_argument("--steps_per_loop", type=int, default=100)
+  parser.add_argument("--models", default="", help="comma list (default all)")
+  parser.add_argument("--output_dir", default=os.path.join(ROOT, "benchmarks"))
+  parser.add_argument("--time_to_accuracy", action="store_true")
+  parser.add_argument("--data_dir", default=os.path.join(ROOT, "data", "tfds"))
+  args = parser.parse_args()
+  os.makedirs(args.output_dir, exist_ok=True)
+  if args.time_to_accuracy:
+    result = time_to_accuracy(args)
+    path = os.path.join(args.output_dir, "time_to_accuracy.json")
+    text = (f"Time to accuracy ({result['machine']['date']}, {result['machine']['cpu']}): "
+            f"{result['train_seconds']:.1f} s of training (compile "
+            f"{result['compile_seconds']:.1f} s included), test accuracy "
+            f"{100 * result['test_accuracy']:.2f}% ({result['recipe']})\n")
+  else:
+    result = run_benchmark(args)
+    path = os.path.join(args.output_dir, "results.json")
+    text = markdown(result)
+    with open(os.path.join(args.output_dir, "results.md"), "w") as f:
+      f.write(text)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
+  print(text)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
