@@ -7,7 +7,7 @@ DATA_DIR ?= data/tfds
 # Flags for `make train`, e.g. make train FLAGS="--epochs=1"
 FLAGS ?=
 
-.PHONY: install test train data clean
+.PHONY: install test train data bench bench-tta clean
 
 install: $(STAMP)
 
@@ -28,6 +28,14 @@ data: install
 # 2 CPU cores); prints the test accuracy. Output in runs/quickstart.
 train: data
 	$(PY) -m trainer.main --flagfile=configs/quickstart.cfg --data_dir=$(DATA_DIR) $(FLAGS)
+
+# tapeloop against Keras fit, interleaved in one run: benchmarks/results.{json,md}.
+bench: install
+	$(PY) scripts/benchmark.py
+
+# Time to accuracy on Fashion-MNIST with configs/fashion_tta.cfg.
+bench-tta: data
+	$(PY) scripts/benchmark.py --time_to_accuracy --data_dir=$(DATA_DIR)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

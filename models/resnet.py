@@ -9,7 +9,7 @@ import keras
 from models.common import CheckpointLists, ImageClassifier, logits_head, regularizer
 
 
-class _Block(CheckpointLists, keras.layers.Layer):
+class ResidualBlock(CheckpointLists, keras.layers.Layer):
   """conv3x3-BN-relu-conv3x3-BN plus shortcut (1x1 conv + BN when the shape changes)."""
 
   def __init__(self, width: int, stride: int, project: bool, l2: float, **kwargs):
@@ -44,7 +44,7 @@ class ResNet(ImageClassifier):
     for s, width in enumerate(widths):
       for b in range(blocks_per_stage):
         stride = 2 if s > 0 and b == 0 else 1
-        self.blocks.append(_Block(width, stride, project=(stride != 1 or width != in_width),
+        self.blocks.append(ResidualBlock(width, stride, project=(stride != 1 or width != in_width),
                                   l2=l2, dtype=p))
         in_width = width
     self.pool = keras.layers.GlobalAveragePooling2D(dtype=p)

@@ -38,3 +38,15 @@ def write_kaggle_csv(path, images, labels=None):
     f.write(",".join(header) + "\n")
     for row in rows:
       f.write(",".join(str(v) for v in row) + "\n")
+
+
+def tree_digest(path):
+  """{relative path: sha256} of every file under path: compares a directory before/after."""
+  import glob
+  import hashlib
+  out = {}
+  for f in glob.glob(os.path.join(str(path), "**"), recursive=True):
+    if os.path.isfile(f):
+      with open(f, "rb") as fh:
+        out[os.path.relpath(f, path)] = hashlib.sha256(fh.read()).hexdigest()
+  return out

@@ -123,3 +123,18 @@ def test_a_model_only_checkpoint_holds_every_weight(tmp_path, name, hparams):
     np.testing.assert_array_equal(wa.numpy(), wb.numpy(), err_msg=wa.path)
   saved = {n for n, _ in tf.train.list_variables(path) if n.startswith("model/")}
   assert len(saved) == len(a.weights)
+
+
+@pytest.mark.parametrize("name,hparams", [
+    ("mlp", dict(hidden_units=(8,))),
+    ("cnn", dict(filters=(4, 4), kernel_sizes=(3, 3), dense_units=(8,))),
+    ("resnet", dict(widths=(4, 8), blocks_per_stage=1)),
+])
+def test_models_also_train_under_keras_fit(name, hparams):
+  # Keras fit opens root name scopes named after layers: a name like "_block_6" fails there.
+  model = models.create(name, num_classes=3, image_shape=(12, 12, 1), **hparams)
+  model.compile(optimizer="adam",
+                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  history = model.fit(np.zeros((16, 12, 12, 1), np.float32), np.zeros(16, np.int32),
+                      batch_size=8, epochs=1, verbose=0)
+  assert np.isfinite(history.history["loss"][0])

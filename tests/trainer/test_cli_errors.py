@@ -2,9 +2,7 @@
 traceback) and leaves model_dir as it was."""
 
 import concurrent.futures
-import glob
 import gzip
-import hashlib
 import os
 import subprocess
 import sys
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 
 from trainer import train
-from datafiles import idx_bytes, write_kaggle_csv, write_mnist_dir
+from datafiles import idx_bytes, tree_digest, write_kaggle_csv, write_mnist_dir
 from flag_helpers import parse
 
 GOOD = ["--model=mlp", "--hidden_units=8", "--dataset=synthetic:train=64,test=8",
@@ -102,11 +100,6 @@ def _cases(t):
   ]
 
 
-def _tree(path):
-  return {os.path.relpath(f, path): hashlib.sha256(open(f, "rb").read()).hexdigest()
-          for f in glob.glob(os.path.join(path, "**"), recursive=True) if os.path.isfile(f)}
-
-
 def _run(args, env=None):
   return subprocess.run([sys.executable, "-m", "trainer.main", *args], capture_output=True,
                         text=True, timeout=180, env=env)
@@ -152,10 +145,10 @@ def test_bad_invocations_exit_2_with_one_line(tmp_path):
 def test_an_existing_model_dir_is_left_as_it_was(tmp_path, change, message):
   model_dir = str(tmp_path / "run")
   train.train_and_evaluate(parse(*GOOD, f"--model_dir={model_dir}"))
-  before = _tree(model_dir)
+  before = tree_digest(model_dir)
   args = [a for a in GOOD if not any(a.startswith(c.split("=")[0] + "=") for c in change)]
   proc = _run(args + change + [f"--model_dir={model_dir}"])
-  assert not _problems(proc, message, lambda: _tree(model_dir) == before)
+  assert not _problems(proc, message, lambda: tree_digest(model_dir) == before)
 
 
 def test_verbosity_shows_the_traceback(tmp_path):

@@ -1,7 +1,6 @@
 """Crash safety: kill -9, preemption signals, divergence, corrupt checkpoints, atomic writes."""
 
 import glob
-import hashlib
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ import pytest
 from trainer import export, train
 from trainer.config import ConfigError
 from trainer.loop import Trainer
+from datafiles import tree_digest
 from flag_helpers import parse
 
 # ~2 s of training when uninterrupted: long enough to be killed part-way.
@@ -49,15 +49,6 @@ def digest(model_dir):
     results = json.load(f)
   assert results["global_step"] == 300 and 0 <= results["test_accuracy"] <= 1
   return results["weights_digest"]
-
-
-def tree(path):
-  """{relative path: sha256} of every file under path."""
-  out = {}
-  for f in glob.glob(os.path.join(path, "**"), recursive=True):
-    if os.path.isfile(f):
-      out[os.path.relpath(f, path)] = hashlib.sha256(open(f, "rb").read()).hexdigest()
-  return out
 
 
 def test_kill_9_at_three_points_then_finish_with_the_uninterrupted_weights(tmp_path):
@@ -108,7 +99,7 @@ def test_fp32_divergence_stops_naming_the_step_and_keeps_the_last_good_state(tmp
   ok = subprocess.run([sys.executable, "-m", "trainer.main", *short, "--train_steps=20",
                        f"--model_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
   assert ok.returncode == 0, ok.stderr[-2000:]
-  before = tree(tmp_path / "checkpoints")
+  before = tree_digest(tmp_path / "checkpoints")
   results = (tmp_path / "results.json").read_bytes()
   bad = subprocess.run([sys.executable, "-m", "trainer.main", *short, "--train_steps=60",
                         "--learning_rate=1e30", f"--model_dir={tmp_path}"],
@@ -117,7 +108,7 @@ def test_fp32_divergence_stops_naming_the_step_and_keeps_the_last_good_state(tmp
   last = bad.stderr.strip().splitlines()[-1]
   assert last.startswith("error: the training loss is ") and " at step 22" in last
   assert "the last good checkpoint is kept" in last
-  assert tree(tmp_path / "checkpoints") == before
+  assert tree_digest(tmp_path / "checkpoints") == before
   assert (tmp_path / "results.json").read_bytes() == results
 
 
@@ -158,10 +149,10 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
   for data in glob.glob(str(tmp_path / "checkpoints" / "ckpt-*.data-*")):
     with open(data, "wb") as f:
       f.write(b"garbage")
-  before = tree(tmp_path)
+  before = tree_digest(tmp_path)
   with pytest.raises(ConfigError, match="no readable checkpoint in .*ckpt-8 .*ckpt-4"):
     _train(tmp_path, 12)
-  assert tree(tmp_path) == before
+  assert tree_digest(tmp_path) == before
   for path in glob.glob(str(tmp_path / "checkpoints" / "ckpt-*")):
     os.remove(path)
   with pytest.raises(ConfigError, match="has a checkpoint state file but no checkpoint files"):
