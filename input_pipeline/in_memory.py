@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline.data import DataError, Split
-from input_pipeline.pipeline import _check_batch
+from input_pipeline.pipeline import check_batch
 from input_pipeline.preprocess import Augment, augment_batch, normalize
 
 
@@ -21,7 +21,7 @@ class IndexStream:
   """The example indices of consecutive global batches, from `start_step` on."""
 
   def __init__(self, n: int, global_batch_size: int, seed: int, start_step: int = 0):
-    _check_batch(global_batch_size, n, "training", need_full=True)
+    check_batch(global_batch_size, n, "training", need_full=True)
     self.n, self.batch, self.seed = n, global_batch_size, seed
     self.position = start_step * global_batch_size  # in the endless stream of epochs
     self._perms: dict[int, np.ndarray] = {}

@@ -13,7 +13,8 @@ from input_pipeline.data import DataError, Split
 from input_pipeline.preprocess import Augment, augment_batch, normalize
 
 
-def _check_batch(global_batch_size: int, n: int, what: str, need_full: bool) -> None:
+def check_batch(global_batch_size: int, n: int, what: str, need_full: bool) -> None:
+  """Refuses a non-positive batch, or one larger than a split that must fill it."""
   if global_batch_size < 1:
     raise DataError(f"--batch_size={global_batch_size} must be positive")
   if need_full and global_batch_size > n:
@@ -38,7 +39,7 @@ def train_dataset(split: Split, *, global_batch_size: int, seed: int,
   if split.labels is None:
     raise DataError("the training split has no labels")
   n = len(split)
-  _check_batch(global_batch_size, n, "training", need_full=True)
+  check_batch(global_batch_size, n, "training", need_full=True)
   images = tf.constant(split.images)
   labels = tf.constant(split.labels, tf.int32)
   first = start_step * global_batch_size
@@ -67,7 +68,7 @@ def eval_dataset(split: Split, *, global_batch_size: int) -> tf.data.Dataset:
   Unlabeled splits get label 0; use the weights to drop padding from predictions.
   """
   n = len(split)
-  _check_batch(global_batch_size, n, "eval", need_full=False)
+  check_batch(global_batch_size, n, "eval", need_full=False)
   pad = -n % global_batch_size
   images = np.concatenate([split.images, np.zeros((pad,) + split.images.shape[1:], np.uint8)])
   labels = np.zeros(n + pad, np.int32)
