@@ -21,7 +21,7 @@ import input_pipeline
 import models
 from input_pipeline import Data
 from input_pipeline.in_memory import IndexStream, InMemoryData
-from trainer import checkpoints, export, optimization, summaries
+from trainer import checkpoints, optimization, summaries
 from trainer.config import Config
 
 
@@ -261,7 +261,8 @@ class Trainer:
       writer.scalars("train", step, {"loss": loss, "accuracy": accuracy,
                                      "learning_rate": float(self.learning_rate()),
                                      "examples_per_sec": rate})
-      if has_validation and (step % self.eval_interval == 0 or step == self.total_steps):
+      # The final step's validation eval is train_and_evaluate's, together with test.
+      if has_validation and step % self.eval_interval == 0 and step < self.total_steps:
         result = self.evaluate("validation")
         logging.info("eval on validation at step %d: loss %.4f  accuracy %.4f", step,
                      result["loss"], result["accuracy"])

@@ -1,12 +1,11 @@
 """python -m trainer.main --model=cnn --flagfile=configs/mnist_cnn.cfg"""
 
 import os
-import sys
 
 # TensorFlow's C++ start-up chatter (CPU features, CUDA probing) is noise on the console.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
 
 from trainer import flags as tl_flags  # pylint: disable=g-import-not-at-top
 from trainer import cli  # pylint: disable=g-import-not-at-top

@@ -13,6 +13,7 @@ import tensorflow as tf
 from absl import logging
 
 import input_pipeline
+from input_pipeline.pipeline import check_batch
 from trainer import distribute, export, summaries
 from trainer.config import Config, ConfigError
 from trainer.loop import Trainer
@@ -51,9 +52,8 @@ def train_and_evaluate(config: Config) -> dict:
   train_split = data.splits.get("train")
   if train_split is None or train_split.labels is None:
     raise ConfigError(f"--dataset={config.dataset} has no labeled train split")
-  if len(train_split) < config.batch_size:
-    raise ConfigError(f"--batch_size={config.batch_size} is larger than the "
-                      f"{len(train_split)} training examples")
+  # Before model_dir exists: a batch the split cannot fill must leave nothing behind.
+  check_batch(config.batch_size, len(train_split), "training", need_full=True)
   logging.info("data %s: %s, image shape %s, %d classes", data.info.name,
                dict(data.info.split_sizes), data.info.image_shape, data.info.num_classes)
   chief = distribute.is_chief(strategy)
@@ -94,8 +94,9 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None) -> d
       result = trainer.evaluate(split)
       logging.info("%s: loss %.4f  accuracy %.4f", split, result["loss"], result["accuracy"])
       results[f"{split}_loss"], results[f"{split}_accuracy"] = result["loss"], result["accuracy"]
-      if split == "test":
-        writer.scalars("eval", results["global_step"], {f"test_{k}": v for k, v in result.items()})
+      # The loop evaluates validation up to the last step; the last step's is this one.
+      writer.scalars("eval", results["global_step"],
+                     {f"test_{k}": v for k, v in result.items()} if split == "test" else result)
   writer.close()
   results["wall_seconds"] = time.time() - start
   results["flags"] = config.flag_values
