@@ -7,8 +7,9 @@ For each model, interleaved and repeated (--repeats): tapeloop's steady-state tr
 throughput (trace and compile time apart), Keras `fit` on the same model class with
 default settings and with steps_per_execution = steps_per_loop, the input pipeline alone,
 and the machine's fp32 matmul peak measured in the same run; each model's training
-FLOP/s is reported as a fraction of that peak. Writes benchmarks/results.json and
-benchmarks/results.md.
+FLOP/s is reported as a fraction of that peak. Every repeat of every model (and of the
+machine figures) runs in a fresh process, its three variants in a rotating order. Writes
+benchmarks/results.json and benchmarks/results.md.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -204,56 +206,120 @@ def summarize(samples: list[float]) -> dict:
           "samples": samples}
 
 
+VARIANTS = ("tapeloop", "keras_fit", "keras_fit_spe")
+
+
+def measure_machine(seconds: float) -> dict:
+  """One repeat of the machine-level figures: matmul peak and the input pipelines."""
+  train = input_pipeline.load(DATASET).splits["train"]
+  return {"machine": machine(), "matmul_gflops": matmul_gflops(seconds),
+          "pipeline": in_memory_pipeline_throughput(train, seconds, "none"),
+          "pipeline_augmented": in_memory_pipeline_throughput(train, seconds,
+                                                              "translate=2,erase=0.25"),
+          "tf_data": pipeline_throughput(train, seconds, "none")}
+
+
+def measure_model(name: str, order: list[str], expected_rate: float | None,
+                  steps_per_loop: int, seconds: float) -> dict:
+  """One repeat of one model: the three variants in `order`. Keras's epoch is sized from
+  tapeloop's rate (this repeat's, or the previous repeat's when Keras goes first)."""
+  data = input_pipeline.load(DATASET)
+  x = data.splits["train"].images.astype(np.float32) / 255.0
+  y = data.splits["train"].labels.astype(np.int32)
+  out = {}
+  for variant in order:
+    if variant == "tapeloop":
+      out[variant] = tapeloop_throughput(name, data, steps_per_loop, seconds)
+      expected_rate = out[variant]["examples_per_sec"]
+    else:
+      spe = steps_per_loop if variant == "keras_fit_spe" else 1
+      out[variant] = keras_fit_throughput(name, x, y, spe, expected_rate, seconds)
+  out["train_flops_per_example"] = train_flops_per_example(name)
+  return out
+
+
+def _isolated(args, job: dict) -> dict:
+  """Runs one measurement job in a fresh Python process, so that no model's graphs,
+  threads or allocator state from an earlier measurement slow down a later one."""
+  cmd = [sys.executable, os.path.abspath(__file__), f"--seconds={args.seconds}",
+         "--job", json.dumps(job)]
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith(_RESULT)]
+  if proc.returncode or not lines:
+    sys.stderr.write(proc.stderr[-4000:])
+    raise SystemExit(f"benchmark job {job} failed (exit {proc.returncode}); its stderr is above")
+  return json.loads(lines[-1][len(_RESULT):])
+
+
+_RESULT = "BENCHMARK_RESULT "
+
+
+def run_job(args) -> int:
+  job = json.loads(args.job)
+  if job["kind"] == "machine":
+    result = measure_machine(args.seconds)
+  else:
+    result = measure_model(job["model"], job["order"], job.get("expected_rate"),
+                           job["steps_per_loop"], args.seconds)
+  print(_RESULT + json.dumps(result), flush=True)
+  return 0
+
+
 def run_benchmark(args) -> dict:
   names = args.models.split(",") if args.models else list(MODELS)
-  data = input_pipeline.load(DATASET)
-  x = (data.splits["train"].images.astype(np.float32) / 255.0)
-  y = data.splits["train"].labels.astype(np.int32)
-  raw = {"matmul_gflops": [], "pipeline": [], "pipeline_augmented": [], "tf_data": []}
+  unknown = sorted(set(names) - set(MODELS))
+  if unknown:
+    raise SystemExit(f"unknown --models {','.join(unknown)}: choose from {','.join(MODELS)}")
+  raw = {k: [] for k in ("matmul_gflops", "pipeline", "pipeline_augmented", "tf_data")}
   for name in names:
-    for variant in ("tapeloop", "keras_fit", "keras_fit_spe"):
+    for variant in VARIANTS:
       raw[f"{name}/{variant}"] = []
       raw[f"{name}/{variant}/compile"] = []
+  flops, machine_info = {}, None
   for repeat in range(args.repeats):
     print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
-    raw["matmul_gflops"].append(matmul_gflops(args.seconds))
-    train = data.splits["train"]
-    raw["pipeline"].append(in_memory_pipeline_throughput(train, args.seconds, "none"))
-    raw["pipeline_augmented"].append(
-        in_memory_pipeline_throughput(train, args.seconds, "translate=2,erase=0.25"))
-    raw["tf_data"].append(pipeline_throughput(train, args.seconds, "none"))
+    m = _isolated(args, {"kind": "machine"})
+    machine_info = m["machine"]
+    for key in ("matmul_gflops", "pipeline", "pipeline_augmented", "tf_data"):
+      raw[key].append(m[key])
+    print(f"  matmul {m['matmul_gflops']:.0f} GFLOP/s  input pipeline "
+          f"{m['pipeline']:,.0f} examples/s", flush=True)
+    # Each repeat starts with a different variant: no one is always first or last.
+    order = list(VARIANTS[repeat % 3:] + VARIANTS[:repeat % 3])
     for name in names:
       spl = STEPS_PER_LOOP.get(name, args.steps_per_loop)
-      t = tapeloop_throughput(name, data, spl, args.seconds)
-      k = keras_fit_throughput(name, x, y, 1, t["examples_per_sec"], args.seconds)
-      s = keras_fit_throughput(name, x, y, spl, t["examples_per_sec"], args.seconds)
-      for variant, result in (("tapeloop", t), ("keras_fit", k), ("keras_fit_spe", s)):
-        raw[f"{name}/{variant}"].append(result["examples_per_sec"])
-        raw[f"{name}/{variant}/compile"].append(result["compile_seconds"])
-      print(f"  {name:24s} tapeloop {t['examples_per_sec']:9.0f}  keras fit "
-            f"{k['examples_per_sec']:9.0f}  spe={spl} "
-            f"{s['examples_per_sec']:9.0f} examples/s", flush=True)
+      previous = raw[f"{name}/tapeloop"]
+      r = _isolated(args, {"kind": "model", "model": name, "order": order,
+                           "steps_per_loop": spl,
+                           "expected_rate": previous[-1] if previous else None})
+      if order[0] != "tapeloop" and not previous:
+        raise SystemExit("internal: the first repeat must measure tapeloop first")
+      flops[name] = r["train_flops_per_example"]
+      for variant in VARIANTS:
+        raw[f"{name}/{variant}"].append(r[variant]["examples_per_sec"])
+        raw[f"{name}/{variant}/compile"].append(r[variant]["compile_seconds"])
+      print(f"  {name:24s} tapeloop {r['tapeloop']['examples_per_sec']:9.0f}  keras fit "
+            f"{r['keras_fit']['examples_per_sec']:9.0f}  spe={spl} "
+            f"{r['keras_fit_spe']['examples_per_sec']:9.0f} examples/s", flush=True)
   peak = statistics.median(raw["matmul_gflops"])
   rows = {}
   for name in names:
-    med = {v: statistics.median(raw[f"{name}/{v}"])
-           for v in ("tapeloop", "keras_fit", "keras_fit_spe")}
-    flops = train_flops_per_example(name)
+    med = {v: statistics.median(raw[f"{name}/{v}"]) for v in VARIANTS}
     rows[name] = {
         "steps_per_loop": STEPS_PER_LOOP.get(name, args.steps_per_loop),
-        **{v: summarize(raw[f"{name}/{v}"]) for v in ("tapeloop", "keras_fit", "keras_fit_spe")},
-        "compile_seconds": {v: statistics.median(raw[f"{name}/{v}/compile"])
-                            for v in ("tapeloop", "keras_fit", "keras_fit_spe")},
+        **{v: summarize(raw[f"{name}/{v}"]) for v in VARIANTS},
+        "compile_seconds": {v: statistics.median(raw[f"{name}/{v}/compile"]) for v in VARIANTS},
         "vs_keras_default": med["tapeloop"] / med["keras_fit"],
         "vs_keras_best": med["tapeloop"] / max(med["keras_fit"], med["keras_fit_spe"]),
-        "train_flops_per_example": flops,
-        "train_gflops": med["tapeloop"] * flops / 1e9,
-        "fraction_of_matmul_peak": med["tapeloop"] * flops / 1e9 / peak,
+        "train_flops_per_example": flops[name],
+        "train_gflops": med["tapeloop"] * flops[name] / 1e9,
+        "fraction_of_matmul_peak": med["tapeloop"] * flops[name] / 1e9 / peak,
     }
   fastest = max(r["tapeloop"]["median"] for r in rows.values())
-  return {"machine": machine(), "global_batch_size": BATCH, "dataset": DATASET,
+  return {"machine": machine_info, "global_batch_size": BATCH, "dataset": DATASET,
           "steps_per_loop": args.steps_per_loop, "repeats": args.repeats,
           "seconds_per_measurement": args.seconds,
+          "isolation": "each model's repeat, and the machine figures, in a fresh process",
           "matmul_gflops": summarize(raw["matmul_gflops"]),
           "pipeline": summarize(raw["pipeline"]),
           "pipeline_augmented": summarize(raw["pipeline_augmented"]),
@@ -285,8 +351,8 @@ def markdown(result: dict) -> str:
   lines = [
       f"Measured {m['date']} on {m['cpu']}, {m['cores']} cores, TensorFlow {m['tensorflow']}, "
       f"Keras {m['keras']}; global batch {result['global_batch_size']}, Adam, "
-      f"MNIST-shaped synthetic data, {result['repeats']} interleaved repeats: median "
-      f"(min-max) examples/s. Keras fit: numpy arrays, default settings, and "
+      f"MNIST-shaped synthetic data, {result['repeats']} interleaved repeats, each model's "
+      f"repeat in a fresh process: median (min-max) examples/s. Keras fit: numpy arrays, default settings, and "
       f"steps_per_execution equal to tapeloop's steps_per_loop (column spl).",
       "",
       "| model | spl | tapeloop | Keras fit | Keras fit, spe | vs fit | vs best fit | "
@@ -342,7 +408,10 @@ def main() -> int:
   parser.add_argument("--output_dir", default=os.path.join(ROOT, "benchmarks"))
   parser.add_argument("--time_to_accuracy", action="store_true")
   parser.add_argument("--data_dir", default=os.path.join(ROOT, "data", "tfds"))
+  parser.add_argument("--job", help=argparse.SUPPRESS)  # one isolated measurement (internal)
   args = parser.parse_args()
+  if args.job:
+    return run_job(args)
   os.makedirs(args.output_dir, exist_ok=True)
   if args.time_to_accuracy:
     result = time_to_accuracy(args)

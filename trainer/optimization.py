@@ -7,6 +7,7 @@ import math
 import keras
 import tensorflow as tf
 
+from trainer import fused_optimizers
 from trainer.config import Config
 
 # Decoupled weight decay applies to kernels only, as is usual: not to biases or norms.
@@ -39,15 +40,17 @@ def create_optimizer(config: Config, learning_rate) -> keras.optimizers.Optimize
   kwargs = dict(learning_rate=learning_rate)
   if config.weight_decay:
     kwargs["weight_decay"] = config.weight_decay
+  # Keras's optimizers with fused update kernels (fused_optimizers.py); RMSprop stays
+  # Keras's: TensorFlow's fused RMSProp puts epsilon inside the square root.
   if config.optimizer == "sgd":
-    opt = keras.optimizers.SGD(**kwargs)
+    opt = fused_optimizers.SGD(**kwargs)
   elif config.optimizer == "momentum":
-    opt = keras.optimizers.SGD(momentum=config.momentum, **kwargs)
+    opt = fused_optimizers.SGD(momentum=config.momentum, **kwargs)
   elif config.optimizer == "adam":
-    opt = keras.optimizers.Adam(**kwargs)
+    opt = fused_optimizers.Adam(**kwargs)
   elif config.optimizer == "adamw":
     # Without --weight_decay, AdamW keeps Keras's default decay (0.004).
-    opt = keras.optimizers.AdamW(**kwargs)
+    opt = fused_optimizers.AdamW(**kwargs)
   else:
     opt = keras.optimizers.RMSprop(**kwargs)
   if config.weight_decay:
