@@ -7,8 +7,9 @@ For each model, interleaved and repeated (--repeats): tapeloop's steady-state tr
 throughput (trace and compile time apart), Keras `fit` on the same model class with
 default settings and with steps_per_execution = steps_per_loop, the input pipeline alone,
 and the machine's fp32 matmul peak measured in the same run; each model's training
-FLOP/s is reported as a fraction of that peak. Every repeat of every model (and of the
-machine figures) runs in a fresh process, its three variants in a rotating order. Writes
+FLOP/s is reported as a fraction of that peak. Every measurement job runs in a fresh
+process: tapeloop's (and the machine figures) with the settings tapeloop's entry points
+apply (trainer/tf_env.py), Keras fit's with TensorFlow's defaults. Writes
 benchmarks/results.json and benchmarks/results.md.
 """
 
@@ -37,7 +38,7 @@ sys.path.insert(0, ROOT)
 import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 from trainer import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from trainer import distribute  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer import distribute, tf_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 from input_pipeline.in_memory import IndexStream, InMemoryData  # pylint: disable=g-import-not-at-top,wrong-import-position
 from trainer.loop import Trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -219,31 +220,35 @@ def measure_machine(seconds: float) -> dict:
           "tf_data": pipeline_throughput(train, seconds, "none")}
 
 
-def measure_model(name: str, order: list[str], expected_rate: float | None,
-                  steps_per_loop: int, seconds: float) -> dict:
-  """One repeat of one model: the three variants in `order`. Keras's epoch is sized from
-  tapeloop's rate (this repeat's, or the previous repeat's when Keras goes first)."""
+def measure_tapeloop(name: str, steps_per_loop: int, seconds: float) -> dict:
   data = input_pipeline.load(DATASET)
-  x = data.splits["train"].images.astype(np.float32) / 255.0
-  y = data.splits["train"].labels.astype(np.int32)
-  out = {}
-  for variant in order:
-    if variant == "tapeloop":
-      out[variant] = tapeloop_throughput(name, data, steps_per_loop, seconds)
-      expected_rate = out[variant]["examples_per_sec"]
-    else:
-      spe = steps_per_loop if variant == "keras_fit_spe" else 1
-      out[variant] = keras_fit_throughput(name, x, y, spe, expected_rate, seconds)
-  out["train_flops_per_example"] = train_flops_per_example(name)
-  return out
+  return {"tapeloop": tapeloop_throughput(name, data, steps_per_loop, seconds),
+          "train_flops_per_example": train_flops_per_example(name)}
+
+
+def measure_keras(name: str, order: list[str], expected_rate: float, steps_per_loop: int,
+                  seconds: float) -> dict:
+  """Keras fit's two settings in `order`; epochs sized from tapeloop's measured rate."""
+  train = input_pipeline.load(DATASET).splits["train"]
+  x = train.images.astype(np.float32) / 255.0
+  y = train.labels.astype(np.int32)
+  return {variant: keras_fit_throughput(
+              name, x, y, steps_per_loop if variant == "keras_fit_spe" else 1, expected_rate,
+              seconds) for variant in order}
 
 
 def _isolated(args, job: dict) -> dict:
   """Runs one measurement job in a fresh Python process, so that no model's graphs,
-  threads or allocator state from an earlier measurement slow down a later one."""
+  threads or allocator state from an earlier measurement slow down a later one.
+  tapeloop's jobs (and the machine figures) run with the process settings tapeloop's
+  entry points apply (trainer/tf_env.py); Keras's with TensorFlow's defaults, as a fit
+  user gets them."""
+  env = dict(os.environ)
+  if job["kind"] != "keras":
+    env.update({k: v for k, v in tf_env.SETTINGS.items() if k not in os.environ})
   cmd = [sys.executable, os.path.abspath(__file__), f"--seconds={args.seconds}",
          "--job", json.dumps(job)]
-  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
   lines = [l for l in proc.stdout.splitlines() if l.startswith(_RESULT)]
   if proc.returncode or not lines:
     sys.stderr.write(proc.stderr[-4000:])
@@ -258,9 +263,12 @@ def run_job(args) -> int:
   job = json.loads(args.job)
   if job["kind"] == "machine":
     result = measure_machine(args.seconds)
+  elif job["kind"] == "tapeloop":
+    result = measure_tapeloop(job["model"], job["steps_per_loop"], args.seconds)
   else:
-    result = measure_model(job["model"], job["order"], job.get("expected_rate"),
+    result = measure_keras(job["model"], job["order"], job["expected_rate"],
                            job["steps_per_loop"], args.seconds)
+  result["env"] = {k: os.environ.get(k) for k in tf_env.SETTINGS}
   print(_RESULT + json.dumps(result), flush=True)
   return 0
 
@@ -275,25 +283,32 @@ def run_benchmark(args) -> dict:
     for variant in VARIANTS:
       raw[f"{name}/{variant}"] = []
       raw[f"{name}/{variant}/compile"] = []
-  flops, machine_info = {}, None
+  flops, machine_info, envs = {}, None, {}
   for repeat in range(args.repeats):
     print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
     m = _isolated(args, {"kind": "machine"})
     machine_info = m["machine"]
+    envs["machine"] = m.pop("env")
     for key in ("matmul_gflops", "pipeline", "pipeline_augmented", "tf_data"):
       raw[key].append(m[key])
     print(f"  matmul {m['matmul_gflops']:.0f} GFLOP/s  input pipeline "
           f"{m['pipeline']:,.0f} examples/s", flush=True)
-    # Each repeat starts with a different variant: no one is always first or last.
-    order = list(VARIANTS[repeat % 3:] + VARIANTS[:repeat % 3])
     for name in names:
       spl = STEPS_PER_LOOP.get(name, args.steps_per_loop)
-      previous = raw[f"{name}/tapeloop"]
-      r = _isolated(args, {"kind": "model", "model": name, "order": order,
-                           "steps_per_loop": spl,
-                           "expected_rate": previous[-1] if previous else None})
-      if order[0] != "tapeloop" and not previous:
-        raise SystemExit("internal: the first repeat must measure tapeloop first")
+      jobs = [{"kind": "tapeloop", "model": name, "steps_per_loop": spl},
+              {"kind": "keras", "model": name, "steps_per_loop": spl,
+               "order": ["keras_fit", "keras_fit_spe"]}]
+      if repeat % 2:  # alternate which side goes first, and Keras's order
+        jobs.reverse()
+        jobs[0]["order"].reverse()
+      r = {}
+      for job in jobs:
+        if job["kind"] == "keras":  # sized from tapeloop's rate: this repeat's or the last
+          job["expected_rate"] = r["tapeloop"]["examples_per_sec"] if "tapeloop" in r else \
+              raw[f"{name}/tapeloop"][-1]
+        result = _isolated(args, job)
+        envs[job["kind"]] = result.pop("env")
+        r.update(result)
       flops[name] = r["train_flops_per_example"]
       for variant in VARIANTS:
         raw[f"{name}/{variant}"].append(r[variant]["examples_per_sec"])
@@ -319,7 +334,9 @@ def run_benchmark(args) -> dict:
   return {"machine": machine_info, "global_batch_size": BATCH, "dataset": DATASET,
           "steps_per_loop": args.steps_per_loop, "repeats": args.repeats,
           "seconds_per_measurement": args.seconds,
-          "isolation": "each model's repeat, and the machine figures, in a fresh process",
+          "isolation": "every measurement job in a fresh process; tapeloop first in odd "
+                       "repeats, Keras fit first in even ones",
+          "environment": envs,
           "matmul_gflops": summarize(raw["matmul_gflops"]),
           "pipeline": summarize(raw["pipeline"]),
           "pipeline_augmented": summarize(raw["pipeline_augmented"]),
@@ -342,6 +359,12 @@ def targets(rows, raw) -> dict:
   return out
 
 
+def _env(env: dict) -> str:
+  onednn = env.get("TF_ENABLE_ONEDNN_OPTS")
+  return ("TensorFlow's default oneDNN setting" if onednn is None
+          else f"TF_ENABLE_ONEDNN_OPTS={onednn}")
+
+
 def _spread(s: dict) -> str:
   return f"{s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f})"
 
@@ -351,8 +374,10 @@ def markdown(result: dict) -> str:
   lines = [
       f"Measured {m['date']} on {m['cpu']}, {m['cores']} cores, TensorFlow {m['tensorflow']}, "
       f"Keras {m['keras']}; global batch {result['global_batch_size']}, Adam, "
-      f"MNIST-shaped synthetic data, {result['repeats']} interleaved repeats, each model's "
-      f"repeat in a fresh process: median (min-max) examples/s. Keras fit: numpy arrays, default settings, and "
+      f"MNIST-shaped synthetic data, {result['repeats']} interleaved repeats, each "
+      f"measurement in a fresh process: median (min-max) examples/s. tapeloop runs with "
+      f"{_env(result['environment'].get('tapeloop', {}))}, Keras fit with "
+      f"{_env(result['environment'].get('keras', {}))}. Keras fit: numpy arrays, default settings, and "
       f"steps_per_execution equal to tapeloop's steps_per_loop (column spl).",
       "",
       "| model | spl | tapeloop | Keras fit | Keras fit, spe | vs fit | vs best fit | "

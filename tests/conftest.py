@@ -2,8 +2,12 @@
 
 import socket
 
-import pytest
-import tensorflow as tf
+from trainer import tf_env
+
+tf_env.apply()  # the process settings of tapeloop's entry points, before TensorFlow loads
+
+import pytest  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 # Must run before TensorFlow initializes its devices, i.e. before any test touches TF.
 _cpu = tf.config.list_physical_devices("CPU")[0]

@@ -1,9 +1,8 @@
 """python -m trainer.main --model=cnn --flagfile=configs/mnist_cnn.cfg"""
 
-import os
+from trainer import tf_env
 
-# TensorFlow's C++ start-up chatter (CPU features, CUDA probing) is noise on the console.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tf_env.apply()  # before anything imports TensorFlow
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 

@@ -5,7 +5,9 @@
 
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from trainer import tf_env
+
+tf_env.apply()  # before anything imports TensorFlow
 
 from absl import flags, logging  # pylint: disable=g-import-not-at-top
 
