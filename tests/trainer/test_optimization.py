@@ -97,8 +97,23 @@ def _train(opt, grads):
   return [v.numpy() for v in [kernel, bias, *opt.variables]]
 
 
+@pytest.fixture
+def fuse_all(monkeypatch):
+  """Fused kernels for the tests' small variables too (normally Keras's ops below the
+  size where fusing pays, FUSE_MIN_ELEMENTS)."""
+  monkeypatch.setattr(fused_optimizers, "FUSE_MIN_ELEMENTS", 1)
+
+
+def _fused_ops(opt, shape, op):
+  variable = keras.Variable(np.ones(shape, np.float32))
+  opt.build([variable])
+  graph = tf.function(lambda g: opt.apply([g], [variable])).get_concrete_function(
+      tf.TensorSpec(shape)).graph
+  return [o.type for o in graph.get_operations()].count(op)
+
+
 @pytest.mark.parametrize("name", list(FUSED))
-def test_fused_kernels_match_keras_updates(name):
+def test_fused_kernels_match_keras_updates(name, fuse_all):
   flags, op = FUSED[name]
   fused = optimization.create_optimizer(parse(*flags), 0.05)
   grads = _grads(6)
@@ -107,15 +122,17 @@ def test_fused_kernels_match_keras_updates(name):
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
   # The fused kernel really runs: one op per variable in the traced update.
-  kernel = keras.Variable(np.ones((3, 4), np.float32))
-  fused = optimization.create_optimizer(parse(*flags), 0.05)
-  fused.build([kernel])
-  graph = tf.function(lambda g: fused.apply([g], [kernel])).get_concrete_function(
-      tf.TensorSpec((3, 4))).graph
-  assert [o.type for o in graph.get_operations()].count(op) == 1
+  assert _fused_ops(optimization.create_optimizer(parse(*flags), 0.05), (3, 4), op) == 1
 
 
-def test_fused_adam_updates_every_replica_of_mirrored_variables():
+def test_only_variables_large_enough_to_gain_are_fused():
+  opt = lambda: optimization.create_optimizer(parse("--optimizer=adam"), 0.05)
+  small, large = (10, 10), (fused_optimizers.FUSE_MIN_ELEMENTS // 64, 64)
+  assert _fused_ops(opt(), small, "ResourceApplyAdam") == 0
+  assert _fused_ops(opt(), large, "ResourceApplyAdam") == 1
+
+
+def test_fused_adam_updates_every_replica_of_mirrored_variables(fuse_all):
   """Under MirroredStrategy the kernel must get each device's own component of the
   variable and of its slots: every component ends equal to a one-device run on the
   summed gradients."""
