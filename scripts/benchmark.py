@@ -208,6 +208,8 @@ def summarize(samples: list[float]) -> dict:
 
 
 VARIANTS = ("tapeloop", "keras_fit", "keras_fit_spe")
+MACHINE_FIGURES = ("matmul_gflops", "pipeline", "pipeline_augmented", "tf_data")
+_RESULT = "BENCHMARK_RESULT "  # marks a job's JSON line on its stdout
 
 
 def measure_machine(seconds: float) -> dict:
@@ -256,9 +258,6 @@ def _isolated(args, job: dict) -> dict:
   return json.loads(lines[-1][len(_RESULT):])
 
 
-_RESULT = "BENCHMARK_RESULT "
-
-
 def run_job(args) -> int:
   job = json.loads(args.job)
   if job["kind"] == "machine":
@@ -275,10 +274,7 @@ def run_job(args) -> int:
 
 def run_benchmark(args) -> dict:
   names = args.models.split(",") if args.models else list(MODELS)
-  unknown = sorted(set(names) - set(MODELS))
-  if unknown:
-    raise SystemExit(f"unknown --models {','.join(unknown)}: choose from {','.join(MODELS)}")
-  raw = {k: [] for k in ("matmul_gflops", "pipeline", "pipeline_augmented", "tf_data")}
+  raw = {k: [] for k in MACHINE_FIGURES}
   for name in names:
     for variant in VARIANTS:
       raw[f"{name}/{variant}"] = []
@@ -289,7 +285,7 @@ def run_benchmark(args) -> dict:
     m = _isolated(args, {"kind": "machine"})
     machine_info = m["machine"]
     envs["machine"] = m.pop("env")
-    for key in ("matmul_gflops", "pipeline", "pipeline_augmented", "tf_data"):
+    for key in MACHINE_FIGURES:
       raw[key].append(m[key])
     print(f"  matmul {m['matmul_gflops']:.0f} GFLOP/s  input pipeline "
           f"{m['pipeline']:,.0f} examples/s", flush=True)
@@ -437,6 +433,9 @@ def main() -> int:
   args = parser.parse_args()
   if args.job:
     return run_job(args)
+  unknown = sorted(set(args.models.split(",")) - set(MODELS)) if args.models else []
+  if unknown:
+    parser.error(f"unknown --models {','.join(unknown)}: choose from {','.join(MODELS)}")
   os.makedirs(args.output_dir, exist_ok=True)
   if args.time_to_accuracy:
     result = time_to_accuracy(args)
