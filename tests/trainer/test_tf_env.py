@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from trainer import tf_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROBE = ("from trainer import tf_env; tf_env.apply(); "
          "from tensorflow.python.util import _pywrap_util_port; "
@@ -11,15 +13,10 @@ PROBE = ("from trainer import tf_env; tf_env.apply(); "
 
 
 def _onednn_enabled(**env) -> bool:
-  clean = {k: v for k, v in os.environ.items() if k not in tf_env_names()}
+  clean = {k: v for k, v in os.environ.items() if k not in tf_env.SETTINGS}
   out = subprocess.run([sys.executable, "-c", PROBE], env={**clean, **env}, cwd=ROOT,
                        capture_output=True, text=True, check=True, timeout=120).stdout
   return out.strip().splitlines()[-1] == "True"
-
-
-def tf_env_names():
-  from trainer import tf_env  # pylint: disable=import-outside-toplevel
-  return set(tf_env.SETTINGS)
 
 
 def test_entry_points_turn_on_onednn_kernels():
