@@ -6,7 +6,7 @@ from typing import Sequence
 
 import keras
 
-from models.common import ImageClassifier, logits_head, regularizer
+from models.common import Dropout, ImageClassifier, logits_head, regularizer
 
 
 class CNN(ImageClassifier):
@@ -31,12 +31,12 @@ class CNN(ImageClassifier):
     self.features.append(keras.layers.Flatten(dtype=p))
     for i, units in enumerate(dense_units):
       if dropout:
-        self.features.append(keras.layers.Dropout(dropout, dtype=p))
+        self.features.append(Dropout(dropout, dtype=p))
       self.features.append(keras.layers.Dense(units, activation="relu",
                                               kernel_regularizer=regularizer(l2), dtype=p,
                                               name=f"dense_{i}"))
     if dropout:
-      self.features.append(keras.layers.Dropout(dropout, dtype=p))
+      self.features.append(Dropout(dropout, dtype=p))
     self.logits = logits_head(self.num_classes, l2)
 
   def call(self, images, training=False):

@@ -24,6 +24,31 @@ def logits_head(num_classes: int, l2: float) -> keras.layers.Dense:
                             name="logits")
 
 
+class Dropout(keras.layers.Dropout):
+  """Keras's Dropout, with the keep mask drawn from 16 random bits per element instead of
+  a float32 uniform: half the Philox work. In the CNN, Keras's mask generation alone was
+  a sixth of the training step (TensorBoard profile on a 2-core CPU).
+
+  The rate is rounded to a multiple of 1/65536, and kept values are scaled by the exact
+  keep probability, so the layer's expected output still equals its input. Same weights
+  and checkpoint entries as Keras's layer (its seed generator's state).
+  """
+
+  def call(self, inputs, training=False):
+    if not training or self.rate == 0 or self.noise_shape is not None:
+      return super().call(inputs, training=training)
+    drop_below = min(65535, round(self.rate * 65536))  # P(bits < drop_below) = rate
+    keep_probability = (65536 - drop_below) / 65536
+    size = tf.size(inputs)
+    seed = tf.cast(tf.math.floormod(self.seed_generator.next(), tf.int32.max - 1), tf.int32)
+    words = tf.random.stateless_uniform([(size + 1) // 2], seed, minval=None, maxval=None,
+                                        dtype=tf.uint32)
+    bits = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:size]
+    keep = tf.reshape(bits >= tf.constant(drop_below, tf.uint16), tf.shape(inputs))
+    scale = tf.constant(1 / keep_probability, inputs.dtype)
+    return tf.where(keep, inputs * scale, tf.zeros_like(inputs))
+
+
 class CheckpointLists:
   """Makes layers held in lists or tuples children in tf.train.Checkpoint's object graph.
 

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import keras
 
-from models.common import ImageClassifier, logits_head, regularizer
+from models.common import Dropout, ImageClassifier, logits_head, regularizer
 
 
 class MLP(ImageClassifier):
@@ -22,7 +22,7 @@ class MLP(ImageClassifier):
                                             kernel_regularizer=regularizer(l2),
                                             dtype=self.dtype_policy, name=f"dense_{i}"))
       if dropout:
-        self.hidden.append(keras.layers.Dropout(dropout, dtype=self.dtype_policy))
+        self.hidden.append(Dropout(dropout, dtype=self.dtype_policy))
     self.logits = logits_head(self.num_classes, l2)
 
   def call(self, images, training=False):

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import keras
 
-from models.common import CheckpointLists, ImageClassifier, logits_head, regularizer
+from models.common import CheckpointLists, Dropout, ImageClassifier, logits_head, regularizer
 
 
 class ResidualBlock(CheckpointLists, keras.layers.Layer):
@@ -48,7 +48,7 @@ class ResNet(ImageClassifier):
                                   l2=l2, dtype=p))
         in_width = width
     self.pool = keras.layers.GlobalAveragePooling2D(dtype=p)
-    self.dropout = keras.layers.Dropout(dropout, dtype=p) if dropout else None
+    self.dropout = Dropout(dropout, dtype=p) if dropout else None
     self.logits = logits_head(self.num_classes, l2)
 
   def call(self, images, training=False):

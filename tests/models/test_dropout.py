@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models.common import Dropout
+
+N = 1_000_001  # odd: the last element comes from half of a random word
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.25, 0.5, 0.9])
+def test_drops_at_the_rate_and_keeps_the_expected_value(rate):
+  y = Dropout(rate, seed=1)(tf.ones([N]), training=True).numpy()
+  dropped = y == 0
+  # 6 standard deviations of a binomial fraction over N draws.
+  assert abs(dropped.mean() - rate) < 6 * np.sqrt(rate * (1 - rate) / N)
+  np.testing.assert_allclose(y[~dropped], 1 / (1 - rate), rtol=1e-4)
+  assert abs(y.mean() - 1.0) < 6 * np.sqrt(rate / (1 - rate) / N)
+
+
+def test_neighbours_are_independent():
+  # Two elements share one random word: each must use its own half.
+  dropped = Dropout(0.5, seed=2)(tf.ones([N - 1]), training=True).numpy() == 0
+  pairs = dropped.reshape(-1, 2)
+  both = (pairs[:, 0] & pairs[:, 1]).mean()
+  assert abs(both - 0.25) < 6 * np.sqrt(0.25 * 0.75 / len(pairs))
+
+
+def test_masks_differ_per_call_and_repeat_per_seed():
+  x = tf.ones([64, 33])
+  a, b = Dropout(0.3, seed=5), Dropout(0.3, seed=5)
+  first = a(x, training=True).numpy()
+  np.testing.assert_array_equal(first, b(x, training=True).numpy())
+  assert not np.array_equal(first, a(x, training=True).numpy())
+
+
+def test_identity_at_inference_and_at_rate_zero():
+  x = tf.random.normal([8, 5, 3])
+  np.testing.assert_array_equal(Dropout(0.5)(x, training=False), x)
+  np.testing.assert_array_equal(Dropout(0.0)(x, training=True), x)
+
+
+def test_gradient_is_the_mask_times_the_scale():
+  x = tf.ones([7, 9])
+  layer = Dropout(0.25, seed=3)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = layer(x, training=True)
+    total = tf.reduce_sum(y)
+  grad = tape.gradient(total, x).numpy()
+  np.testing.assert_allclose(grad, y.numpy(), rtol=1e-6)  # x is all ones
+  assert set(np.unique(grad)) <= {0.0, np.float32(1 / 0.75)}
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_keeps_the_compute_dtype(dtype):
+  y = Dropout(0.5, seed=4, dtype=f"mixed_{dtype.name}")(tf.ones([4, 6], dtype), training=True)
+  assert y.dtype == dtype
+  assert set(np.unique(tf.cast(y, tf.float32).numpy())) <= {0.0, 2.0}
