@@ -1,0 +1,72 @@
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from trainer import tf_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+  spec = importlib.util.spec_from_file_location(
+      "benchmark", os.path.join(ROOT, "scripts", "benchmark.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+class _Args:
+  seconds = 0.1
+
+
+@pytest.mark.parametrize("kind,settings", [
+    ("tapeloop", True), ("machine", True), ("time_to_accuracy", True), ("keras", False)])
+def test_jobs_run_with_tapeloops_settings_and_fit_with_tensorflows(benchmark, monkeypatch,
+                                                                   kind, settings):
+  for name in tf_env.SETTINGS:
+    monkeypatch.delenv(name, raising=False)
+  seen = {}
+
+  def run(cmd, env, **kwargs):
+    seen.update(env)
+    return subprocess.CompletedProcess(cmd, 0, benchmark._RESULT + json.dumps({"ok": 1}), "")
+
+  monkeypatch.setattr(subprocess, "run", run)
+  assert benchmark._isolated(_Args(), {"kind": kind}) == {"ok": 1}
+  for name, value in tf_env.SETTINGS.items():
+    assert seen.get(name) == (value if settings else None)
+
+
+def test_a_failed_job_stops_the_run_with_its_stderr(benchmark, monkeypatch, capsys):
+  monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
+      cmd, 1, "", "Traceback ...\nValueError: bad model"))
+  with pytest.raises(SystemExit, match="failed \\(exit 1\\)"):
+    benchmark._isolated(_Args(), {"kind": "tapeloop"})
+  assert "ValueError: bad model" in capsys.readouterr().err
+
+
+def test_unknown_model_exits_2_with_usage():
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+                         "--models=mlp_1x50,nope"], capture_output=True, text=True,
+                        check=False, timeout=120)
+  assert proc.returncode == 2
+  assert "unknown --models nope" in proc.stderr.splitlines()[-1]
+
+
+def test_time_to_accuracy_runs_as_an_isolated_job(benchmark, monkeypatch, tmp_path):
+  # In the parent process it would train without tapeloop's settings (oneDNN off on AVX2).
+  jobs = []
+  result = {"machine": {"date": "2026-11-23", "cpu": "test cpu"}, "train_seconds": 50.0,
+            "compile_seconds": 3.0, "test_accuracy": 0.92, "recipe": "configs/x.cfg"}
+  monkeypatch.setattr(benchmark, "_isolated", lambda args, job: jobs.append(job) or result)
+  monkeypatch.setattr(sys, "argv", ["benchmark.py", "--time_to_accuracy",
+                                    f"--output_dir={tmp_path}", "--data_dir=/data"])
+  assert benchmark.main() == 0
+  assert jobs == [{"kind": "time_to_accuracy", "data_dir": "/data"}]
+  with open(tmp_path / "time_to_accuracy.json") as f:
+    assert json.load(f) == result
