@@ -46,9 +46,9 @@ BATCH = 128
 DATASET = "synthetic:shape=28x28x1,classes=10,train=60000,test=1000"
 # name -> (registry model, flags): the seven tutorial models, then the rest of the registry.
 MODELS = {
-    "mlp_1x50": ("mlp", ["--hidden_units=50"]),
+    "mlp_1x50": ("mlp", ["--hidden_units=50", "--intra_op_threads=1"]),
     "mlp_1x500": ("mlp", ["--hidden_units=500"]),
-    "mlp_5x50": ("mlp", ["--hidden_units=50,50,50,50,50"]),
+    "mlp_5x50": ("mlp", ["--hidden_units=50,50,50,50,50", "--intra_op_threads=1"]),
     "mlp_5x50_dropout": ("mlp", ["--hidden_units=50,50,50,50,50", "--dropout=0.2"]),
     "mlp_5x50_dropout_50ep": ("mlp", ["--hidden_units=50,50,50,50,50", "--dropout=0.2"]),
     "mlp_5x500_dropout_25ep": ("mlp", ["--hidden_units=500,500,500,500,500", "--dropout=0.2"]),

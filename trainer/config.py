@@ -49,6 +49,7 @@ class Config:
   strategy: str
   devices: tuple[str, ...] | None
   cpu_devices: int | None
+  intra_op_threads: int | None
   profile_steps: tuple[int, int] | None
   mixed_precision: str
   jit_compile: bool
@@ -112,7 +113,7 @@ def from_flags(fv) -> Config:
   for name in ("batch_size", "steps_per_loop", "keep_checkpoints"):
     _check(fv[name].value >= 1, f"--{name}={fv[name].value} must be positive")
   for name in ("epochs", "train_steps", "eval_every", "checkpoint_every", "num_classes",
-               "cpu_devices"):
+               "cpu_devices", "intra_op_threads"):
     value = fv[name].value
     _check(value is None or value >= 1, f"--{name}={value} must be positive")
   _check(fv.epochs is None or fv.train_steps is None,
@@ -160,7 +161,7 @@ def from_flags(fv) -> Config:
       warmup_steps=fv.warmup_steps, lr_decay_rate=fv.lr_decay_rate, momentum=fv.momentum,
       weight_decay=fv.weight_decay, clip_norm=fv.clip_norm, strategy=fv.strategy,
       devices=tuple(fv.devices) if fv.devices else None, cpu_devices=fv.cpu_devices,
-      profile_steps=profile,
+      intra_op_threads=fv.intra_op_threads, profile_steps=profile,
       mixed_precision=fv.mixed_precision, jit_compile=fv.jit_compile,
       flag_values={name: fv[name].value for name in tl_flags.OWN_FLAGS})
 

@@ -30,6 +30,8 @@ def create_strategy(config: Config) -> tf.distribute.Strategy:
   collective ops before the runtime starts (listing devices starts it)."""
   if config.cpu_devices:
     _split_cpu(config.cpu_devices)
+  if config.intra_op_threads:
+    _set_intra_op_threads(config.intra_op_threads)
   if config.strategy == "multi_worker":
     name, gpus = "multi_worker", None
   else:
@@ -60,6 +62,17 @@ def _split_cpu(n: int) -> None:
   except RuntimeError:
     raise ConfigError(f"--cpu_devices={n}: TensorFlow has already started with "
                       f"{len(tf.config.list_logical_devices('CPU'))} CPU device(s)") from None
+
+
+def _set_intra_op_threads(n: int) -> None:
+  # TensorFlow fixes its thread pools when the runtime starts.
+  if tf.config.threading.get_intra_op_parallelism_threads() == n:
+    return
+  try:
+    tf.config.threading.set_intra_op_parallelism_threads(n)
+  except RuntimeError:
+    raise ConfigError(f"--intra_op_threads={n}: TensorFlow has already started its thread "
+                      "pools; set it before any TensorFlow work") from None
 
 
 def _make(name: str, config: Config, gpus) -> tf.distribute.Strategy:

@@ -78,6 +78,7 @@ def _cases(t):
       (["--dataset=mnist", "--augment=flip"], "mirrored characters"),
       (["--strategy=mirrored", "--cpu_devices=2", "--batch_size=15"],
        "--batch_size=15 is not divisible by the 2 replicas"),
+      (["--intra_op_threads=0"], "--intra_op_threads=0 must be positive"),
       (["--strategy=multi_worker"], "--strategy=multi_worker needs TF_CONFIG"),
       (["--batch_size=128"], "--batch_size=128 is larger than the 64 training examples"),
       ([f"--dataset=idx:{t}/nowhere"], "no such directory"),

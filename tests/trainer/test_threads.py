@@ -1,0 +1,38 @@
+"""--intra_op_threads: set when the strategy is created, before TensorFlow starts."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from trainer import config as config_lib
+from trainer import distribute
+from trainer.config import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROBE = """
+import tensorflow as tf
+from trainer import config, distribute
+cfg = config.from_args(["--intra_op_threads=1", "--model_dir=/tmp/x"])
+distribute.create_strategy(cfg)
+print(float(tf.reduce_sum(tf.ones([3]))), tf.config.threading.get_intra_op_parallelism_threads())
+distribute.create_strategy(cfg)  # started, but with the value asked for: fine
+print("again")
+"""
+
+
+def test_the_flag_sets_tensorflows_intra_op_pool():
+  out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True,
+                       text=True, check=True, timeout=120).stdout
+  assert out.split() == ["3.0", "1", "again"]
+
+
+def test_too_late_is_a_clear_error():
+  tf.constant(1.0) + 1  # the runtime (and its thread pools) has started
+  current = tf.config.threading.get_intra_op_parallelism_threads()
+  late = config_lib.from_args([f"--intra_op_threads={current + 3}", "--model_dir=/tmp/x"])
+  with pytest.raises(ConfigError, match=f"--intra_op_threads={current + 3}: TensorFlow has "
+                     "already started"):
+    distribute.create_strategy(late)
