@@ -6,9 +6,8 @@ import sys
 
 import pytest
 
+from paths import ROOT
 from trainer import tf_env
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from paths import ROOT
 
 
 def test_two_local_workers_train_together_and_only_the_chief_writes(tmp_path):

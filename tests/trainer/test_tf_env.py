@@ -4,9 +4,9 @@ import os
 import subprocess
 import sys
 
+from paths import ROOT
 from trainer import tf_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROBE = ("from trainer import tf_env; tf_env.apply(); "
          "from tensorflow.python.util import _pywrap_util_port; "
          "print(_pywrap_util_port.IsMklEnabled())")

@@ -1,17 +1,16 @@
 """--intra_op_threads: set when the strategy is created, before TensorFlow starts."""
 
-import os
 import subprocess
 import sys
 
 import pytest
 import tensorflow as tf
 
+from paths import ROOT
 from trainer import config as config_lib
 from trainer import distribute
 from trainer.config import ConfigError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROBE = """
 import tensorflow as tf
 from trainer import config, distribute
