@@ -28,6 +28,12 @@ class DatasetInfo:
   image_shape: tuple[int, int, int]
   num_classes: int
   split_sizes: Mapping[str, int]
+  # Names of the classes where the dataset has them (TFDS's ClassLabel), else "0", "1", ...
+  class_names: tuple[str, ...] = ()
+
+  def __post_init__(self):
+    if not self.class_names:
+      object.__setattr__(self, "class_names", tuple(str(i) for i in range(self.num_classes)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +55,8 @@ def check_labels(labels: np.ndarray, num_classes: int,
   return labels
 
 
-def make_data(name: str, splits: Mapping[str, Split], num_classes: int) -> Data:
+def make_data(name: str, splits: Mapping[str, Split], num_classes: int,
+              class_names: tuple[str, ...] = ()) -> Data:
   """Builds the Data record, checking that all splits share one image shape."""
   if not splits:
     raise DataError(f"{name}: no splits")
@@ -60,5 +67,6 @@ def make_data(name: str, splits: Mapping[str, Split], num_classes: int) -> Data:
     if len(split) == 0:
       raise DataError(f"{name}: split {split_name!r} has no examples")
   info = DatasetInfo(name=name, image_shape=shapes.pop(), num_classes=num_classes,
-                     split_sizes={k: len(v) for k, v in splits.items()})
+                     split_sizes={k: len(v) for k, v in splits.items()},
+                     class_names=tuple(class_names))
   return Data(info=info, splits=dict(splits))

@@ -61,11 +61,13 @@ def train_dataset(split: Split, *, global_batch_size: int, seed: int,
 
 
 def eval_dataset(split: Split, *, global_batch_size: int) -> tf.data.Dataset:
-  """One pass of (images, labels, weights) batches: every example exactly once.
+  """One pass of (images, labels, weights, index) batches: every example exactly once.
 
   The last batch is padded to the full global batch with weight 0, so every replica gets
   a same-shaped batch (no retracing, no empty replica) and the padding never counts.
-  Unlabeled splits get label 0; use the weights to drop padding from predictions.
+  Unlabeled splits get label 0; use the weights to drop padding from predictions. `index`
+  is each example's position in the split (-1 for padding), so that per-example results
+  gathered from replicas and workers in any order can be put back in place.
   """
   n = len(split)
   check_batch(global_batch_size, n, "eval", need_full=False)
@@ -75,7 +77,8 @@ def eval_dataset(split: Split, *, global_batch_size: int) -> tf.data.Dataset:
   if split.labels is not None:
     labels[:n] = split.labels
   weights = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
-  return (tf.data.Dataset.from_tensor_slices((images, labels, weights))
+  index = np.concatenate([np.arange(n, dtype=np.int32), np.full(pad, -1, np.int32)])
+  return (tf.data.Dataset.from_tensor_slices((images, labels, weights, index))
           .batch(global_batch_size, drop_remainder=True)
-          .map(lambda x, y, w: (normalize(x), y, w), num_parallel_calls=tf.data.AUTOTUNE)
+          .map(lambda x, y, w, i: (normalize(x), y, w, i), num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(tf.data.AUTOTUNE))

@@ -93,8 +93,10 @@ def load(spec: str, *, data_dir: str | None = None, manual_dir: str | None = Non
   if num_classes is not None and num_classes < 2:
     raise DataError(f"--num_classes={num_classes} must be at least 2")
   kind, arg = parse_spec(spec)
+  class_names = ()
   if kind == "tfds":
     splits, num_classes = tfds_source.load(arg, data_dir, manual_dir, num_classes)
+    class_names = tfds_source.class_names(arg, data_dir)
   elif kind == "synthetic":
     splits, num_classes = _synthetic(arg, num_classes)
   else:
@@ -106,4 +108,4 @@ def load(spec: str, *, data_dir: str | None = None, manual_dir: str | None = Non
       raise DataError(f"{spec}: --validation_split needs a train split")
     splits["train"], splits["validation"] = carve_validation(
         splits["train"], validation_split, seed)
-  return make_data(spec if kind != "tfds" else arg, splits, num_classes)
+  return make_data(spec if kind != "tfds" else arg, splits, num_classes, class_names)

@@ -77,6 +77,15 @@ def _to_numpy(builder, split: str):
   return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def class_names(name: str, data_dir: str | None) -> tuple[str, ...]:
+  """The label feature's class names (e.g. Fashion-MNIST's "T-shirt/top"); () if none."""
+  builder = _builder(name, data_dir)
+  _, label = builder.info.supervised_keys
+  names = tuple(getattr(builder.info.features[label], "names", None) or ())
+  # TFDS names classes without their own names "0", "1", ...: the default anyway.
+  return () if names == tuple(str(i) for i in range(len(names))) else names
+
+
 def load(name: str, data_dir: str | None, manual_dir: str | None,
          num_classes: int | None) -> tuple[dict[str, Split], int]:
   """Returns the splits and the number of classes the dataset registers."""

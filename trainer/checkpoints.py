@@ -42,12 +42,28 @@ class Checkpoints:
   Restores from model_dir/checkpoints; saves there too, or, for a non-chief worker, to
   save_dir (every worker must call save under MultiWorkerMirroredStrategy)."""
 
-  def __init__(self, model_dir: str, keep: int, save_dir: str | None = None, **objects):
-    self.checkpoint = tf.train.Checkpoint(**objects)
+  def __init__(self, model_dir: str, keep: int, save_dir: str | None = None,
+               optional: dict | None = None, **objects):
+    """objects must all be in a checkpoint to resume from it; `optional` ones are saved
+    too but restored only where present (state added after older checkpoints were made)."""
+    optional = optional or {}
+    self.checkpoint = tf.train.Checkpoint(**objects, **optional)
+    self._required = tf.train.Checkpoint(**objects)
+    self._optional = tf.train.Checkpoint(**optional) if optional else None
     self.directory = os.path.join(model_dir, "checkpoints")
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, os.path.join(save_dir, "checkpoints") if save_dir else self.directory,
         max_to_keep=keep, checkpoint_name="ckpt")
+    self._save_root = save_dir or model_dir
+    self._best = None
+
+  def save_best(self, step: int) -> str:
+    """Saves to model_dir/best/, which holds one checkpoint: the best eval so far."""
+    if self._best is None:
+      self._best = tf.train.CheckpointManager(
+          self.checkpoint, os.path.join(self._save_root, "best"), max_to_keep=1,
+          checkpoint_name="ckpt")
+    return self._best.save(checkpoint_number=step)
 
   def _candidates(self) -> list[str]:
     """Every checkpoint prefix in the directory, newest (highest step) first. The state
@@ -59,15 +75,19 @@ class Checkpoints:
         prefixes.add(match.group(1))
     return sorted(prefixes, key=lambda p: int(p.rsplit("-", 1)[1]), reverse=True)
 
-  def restore_latest(self) -> str | None:
-    """Restores the newest readable checkpoint (call under strategy.scope()); None when
-    the directory holds no checkpoint at all."""
-    candidates = self._candidates()
+  def restore(self, path: str | None = None) -> str | None:
+    """Restores `path`, or else the newest readable checkpoint (call under
+    strategy.scope()); None when the directory holds no checkpoint at all."""
+    explicit = path is not None
+    if explicit and not tf.io.gfile.exists(path + ".index"):
+      raise ConfigError(f"no checkpoint {path} ({path}.index does not exist); give a prefix "
+                        f"such as {os.path.join(self.directory, 'ckpt-100')}")
+    candidates = [path] if explicit else self._candidates()
     failures = []
     for path in candidates:
       status = None
       try:
-        status = self.checkpoint.restore(path)
+        status = self._required.restore(path)
         # Every saved value must find its variable and match its shape: a checkpoint of
         # another model in this model_dir is an error, never a silent fresh start.
         status.assert_existing_objects_matched()
@@ -89,12 +109,17 @@ class Checkpoints:
         # without this TensorFlow warns about each of them at interpreter exit.
         if status is not None:
           status.expect_partial()
+      if self._optional is not None:
+        self._optional.restore(path).expect_partial()
       if failures:
         logging.warning("resumed from %s after skipping the unreadable %s", path,
                         ", ".join(failures))
       else:
         logging.info("resumed from %s", path)
       return path
+    if failures and explicit:
+      raise ConfigError(f"cannot read checkpoint {failures[0]}; give a checkpoint prefix "
+                        "such as model_dir/checkpoints/ckpt-100")
     if failures:
       raise ConfigError(f"no readable checkpoint in {self.directory}: {'; '.join(failures)}; "
                         "delete that directory to start over, or use another --model_dir")

@@ -4,6 +4,7 @@ traceback only with --verbosity=1 or more."""
 import logging as py_logging
 import os
 import sys
+import textwrap
 import warnings
 
 from absl import app, flags, logging
@@ -22,6 +23,36 @@ class UsageError(ValueError):
 
 def _verbose() -> bool:
   return flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1
+
+
+_HELP = ("--help", "-h", "--helpshort", "-?")
+
+
+def help_text(usage: str, groups: dict[str, list[str]]) -> str:
+  """The program's own flags by group, each with its default and its help."""
+  lines = [f"usage: {usage}", ""]
+  for title, names in groups.items():
+    lines.append(f"{title}:")
+    for name in names:
+      flag = flags.FLAGS[name]
+      default = flag.default_as_str.strip("'") if flag.default is not None else ""
+      lines.append(f"  --{name}" + (f"={default}" if default else ""))
+      lines += textwrap.wrap(flag.help, width=88, initial_indent="      ",
+                             subsequent_indent="      ")
+    lines.append("")
+  lines.append("Flags may also come from --flagfile=FILE (one --name=value per line); "
+               "--helpfull lists absl's and TensorFlow's flags too.")
+  return "\n".join(lines)
+
+
+def _parser(usage: str, groups: dict[str, list[str]]):
+  def parse(argv):
+    # absl's --help lists only flags defined in the main module, and exits 1.
+    if any(arg in _HELP for arg in argv[1:]):
+      print(help_text(usage, groups))
+      sys.exit(0)
+    return _parse(argv)
+  return parse
 
 
 def _parse(argv):
@@ -43,9 +74,10 @@ class _OwnInfoOnly(py_logging.Filter):
     return record.levelno >= py_logging.WARNING or record.pathname.startswith(self._OURS)
 
 
-def run_app(main) -> None:
+def run_app(main, usage: str, groups: dict[str, list[str]]) -> None:
+  """Runs main(argv) with tapeloop's exit statuses and console; --help lists `groups`."""
   from trainer.config import ConfigError  # pylint: disable=g-import-not-at-top
-  from trainer.loop import Interrupted  # pylint: disable=g-import-not-at-top
+  from trainer.actions import Interrupted  # pylint: disable=g-import-not-at-top
 
   def guarded(argv):
     if not _verbose():
@@ -75,4 +107,4 @@ def run_app(main) -> None:
             "the last checkpoint", file=sys.stderr)
       sys.exit(130)
 
-  app.run(guarded, flags_parser=_parse)
+  app.run(guarded, flags_parser=_parser(usage, groups))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import types
 from typing import Any
 
 import models
@@ -34,6 +35,9 @@ class Config:
   train_steps: int | None
   steps_per_loop: int
   eval_every: int | None
+  eval_images: bool
+  keep_best: str | None
+  early_stopping: int | None
   checkpoint_every: int | None
   keep_checkpoints: int
   seed: int
@@ -54,6 +58,16 @@ class Config:
   mixed_precision: str
   jit_compile: bool
   flag_values: dict[str, Any]  # every flag as given, for results.json and TensorBoard
+
+  def hparams(self) -> dict[str, Any]:
+    """The flags with each model hyperparameter at the value the model uses (its default
+    where not given), for the HParams tab."""
+    values = dict(self.flag_values)
+    defaults = models.hyperparameters(self.model)
+    for name in tl_flags.MODEL_FLAGS:
+      if name in defaults:
+        values[name] = self.model_hparams.get(name, defaults[name])
+    return values
 
   def steps_for(self, train_size: int) -> tuple[int, int]:
     """(steps per epoch, total steps) for a training split of train_size examples."""
@@ -113,7 +127,7 @@ def from_flags(fv) -> Config:
   for name in ("batch_size", "steps_per_loop", "keep_checkpoints"):
     _check(fv[name].value >= 1, f"--{name}={fv[name].value} must be positive")
   for name in ("epochs", "train_steps", "eval_every", "checkpoint_every", "num_classes",
-               "cpu_devices", "intra_op_threads"):
+               "cpu_devices", "intra_op_threads", "early_stopping"):
     value = fv[name].value
     _check(value is None or value >= 1, f"--{name}={value} must be positive")
   _check(fv.epochs is None or fv.train_steps is None,
@@ -128,6 +142,8 @@ def from_flags(fv) -> Config:
          f"is unknown; use {', '.join(tl_flags.PRECISIONS)}")
   _check(fv.pipeline in tl_flags.PIPELINES,
          f"--pipeline={fv.pipeline} is unknown; use {', '.join(tl_flags.PIPELINES)}")
+  _check(fv.keep_best is None or fv.keep_best in tl_flags.BEST_METRICS,
+         f"--keep_best={fv.keep_best} is unknown; use {' or '.join(tl_flags.BEST_METRICS)}")
   _check(fv.learning_rate > 0, f"--learning_rate={fv.learning_rate} must be positive")
   _check(fv.warmup_steps >= 0, f"--warmup_steps={fv.warmup_steps} must be >= 0")
   _check(0 < fv.lr_decay_rate <= 1, f"--lr_decay_rate={fv.lr_decay_rate} must be in (0, 1]")
@@ -154,7 +170,8 @@ def from_flags(fv) -> Config:
       data_dir=fv.data_dir, manual_dir=fv.manual_dir, num_classes=fv.num_classes,
       validation_split=fv.validation_split, pipeline=fv.pipeline, augment=augment, model_dir=model_dir,
       batch_size=fv.batch_size, epochs=fv.epochs, train_steps=fv.train_steps,
-      steps_per_loop=fv.steps_per_loop, eval_every=fv.eval_every,
+      steps_per_loop=fv.steps_per_loop, eval_every=fv.eval_every, eval_images=fv.eval_images,
+      keep_best=fv.keep_best, early_stopping=fv.early_stopping,
       checkpoint_every=fv.checkpoint_every, keep_checkpoints=fv.keep_checkpoints,
       seed=fv.seed, deterministic=fv.deterministic, optimizer=fv.optimizer,
       learning_rate=fv.learning_rate, lr_schedule=fv.lr_schedule,
@@ -178,3 +195,26 @@ def from_args(args) -> Config:
     return from_flags(fv)
   finally:
     fv.unparse_flags()
+
+
+class _Values:
+  """Flag values by name, read the way from_flags reads absl's FLAGS."""
+
+  def __init__(self, values: dict[str, Any]):
+    self._values = values
+
+  def __getattr__(self, name):
+    return self._values[name]
+
+  def __getitem__(self, name):
+    return types.SimpleNamespace(value=self._values[name])
+
+
+def from_values(values: dict[str, Any]) -> Config:
+  """A Config from flag values by name, the others at their defaults (e.g. a run's
+  flags.json with some flags replaced), without touching the parsed command line."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  tl_flags.define_flags()
+  merged = {name: flags.FLAGS[name].default for name in tl_flags.OWN_FLAGS}
+  merged.update((k, v) for k, v in values.items() if k in merged)
+  return from_flags(_Values(merged))

@@ -13,22 +13,32 @@ MODEL_FLAGS = ("hidden_units", "activation", "dropout", "l2", "filters", "kernel
                "dense_units", "widths", "blocks_per_stage")
 
 
+BEST_METRICS = ("accuracy", "loss")
+
 # Names of the flags defined here (not absl's or TF's): they go into results.json and
 # the TensorBoard hparams.
 OWN_FLAGS: list[str] = []
+# The same flags by topic, in definition order, for --help.
+GROUPS: dict[str, list[str]] = {}
 
 
 def define_flags() -> None:
   """Defines tapeloop's flags once per process (tests call it repeatedly)."""
   if OWN_FLAGS:
     return
-  before = set(flags.FLAGS)
   _define()
-  OWN_FLAGS.extend(sorted(set(flags.FLAGS) - before))
+  OWN_FLAGS.extend(sorted(name for names in GROUPS.values() for name in names))
+
+
+def _group(title: str):
+  """Everything defined until the next _group() call belongs to `title` in --help."""
+  before = list(flags.FLAGS)
+  return lambda: GROUPS.setdefault(title, []).extend(
+      name for name in flags.FLAGS if name not in before and len(name) > 1)
 
 
 def _define() -> None:
-  # Data.
+  close = _group("Data")
   flags.DEFINE_string("model", "cnn", "Model name: mlp, cnn or resnet.")
   flags.DEFINE_string("dataset", "mnist", "tfds:NAME (or a TFDS name), idx:DIR, csv:PATH or "
                       "synthetic[:shape=28x28x1,classes=10,train=N,test=N].")
@@ -41,7 +51,8 @@ def _define() -> None:
                       "training graph (fastest); tf_data: a tf.data pipeline.")
   flags.DEFINE_string("augment", "none", "none, or a comma list of translate[=PIXELS], flip, "
                       "erase[=PROBABILITY].")
-  # Run.
+  close()
+  close = _group("Run")
   flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard events, results.json "
                       "and the export go (default runs/<model>-<dataset>).")
   flags.DEFINE_integer("batch_size", 128, "GLOBAL batch size, split over all replicas.")
@@ -49,8 +60,6 @@ def _define() -> None:
   flags.DEFINE_integer("train_steps", None, "Steps to train; not with --epochs.")
   flags.DEFINE_integer("steps_per_loop", 100, "Steps inside one tf.function call; logs and "
                        "summaries are written between loops.")
-  flags.DEFINE_integer("eval_every", None, "Evaluate on the validation split every N steps "
-                       "(default once per epoch).")
   flags.DEFINE_integer("checkpoint_every", None, "Checkpoint every N steps (default once per "
                        "epoch); always at the end.")
   flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in model_dir/checkpoints.")
@@ -59,7 +68,18 @@ def _define() -> None:
   flags.DEFINE_integer("seed", 0, "Seed for initialization, data order and augmentation.")
   flags.DEFINE_boolean("deterministic", False, "Deterministic ops (slower): same flags, same "
                        "weights.")
-  # Optimization.
+  close()
+  close = _group("Evaluation")
+  flags.DEFINE_integer("eval_every", None, "Evaluate every N steps (default once per "
+                       "epoch), on the validation split, or on test without one.")
+  flags.DEFINE_boolean("eval_images", True, "At each eval, write a confusion matrix, the "
+                       "worst mistakes and per-class accuracy to TensorBoard.")
+  flags.DEFINE_string("keep_best", None, "accuracy or loss: keep the checkpoint with the "
+                      "best eval value in model_dir/best/ and export it to export_best/.")
+  flags.DEFINE_integer("early_stopping", None, "Stop when the eval metric (--keep_best's, "
+                       "else loss) has not improved for this many evals.")
+  close()
+  close = _group("Optimization")
   flags.DEFINE_string("optimizer", "adam", "sgd, momentum, adam, adamw or rmsprop.")
   flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
   flags.DEFINE_string("lr_schedule", "constant", "constant, cosine or exponential.")
@@ -69,7 +89,8 @@ def _define() -> None:
   flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (not on biases, norms).")
   flags.DEFINE_float("clip_norm", None, "Clip gradients to this global norm, after the "
                      "all-reduce.")
-  # Hardware.
+  close()
+  close = _group("Hardware")
   flags.DEFINE_string("strategy", "auto", "auto, default, one_device, mirrored or "
                       "multi_worker (reads TF_CONFIG).")
   flags.DEFINE_list("devices", None, "mirrored: devices to use (default all GPUs), e.g. "
@@ -82,7 +103,8 @@ def _define() -> None:
   flags.DEFINE_string("mixed_precision", "float32", "float32, mixed_float16 (with loss "
                       "scaling) or mixed_bfloat16.")
   flags.DEFINE_boolean("jit_compile", False, "XLA-compile the forward and backward pass.")
-  # Model hyperparameters (each model takes some; see README).
+  close()
+  close = _group("Model hyperparameters (each model takes some; see README)")
   flags.DEFINE_list("hidden_units", None, "mlp: hidden layer sizes, e.g. 500,500.")
   flags.DEFINE_string("activation", None, "mlp: hidden activation (default relu).")
   flags.DEFINE_float("dropout", None, "Dropout rate (default 0).")
@@ -93,3 +115,4 @@ def _define() -> None:
   flags.DEFINE_list("widths", None, "resnet: width per stage (default 32,64,128).")
   flags.DEFINE_integer("blocks_per_stage", None, "resnet: residual blocks per stage "
                        "(default 2).")
+  close()

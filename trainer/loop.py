@@ -1,14 +1,13 @@
-"""The Trainer: train and eval tf.functions under a strategy, and the outer Python loop.
+"""The Trainer: model, optimizer and the train and eval tf.functions under a strategy.
 
-One tf.function call runs `steps_per_loop` steps (a tf.range over strategy.run); logging,
-summaries, eval and checkpoints happen in Python between calls, at loop boundaries.
+One tf.function call runs N steps (a tf.range over strategy.run); the outer Python loop
+that decides N and acts between calls is trainer/controller.py with trainer/actions.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import os
-import signal
 import threading
 import time
 
@@ -21,8 +20,12 @@ import input_pipeline
 import models
 from input_pipeline import Data
 from input_pipeline.in_memory import IndexStream, InMemoryData
-from trainer import checkpoints, optimization, summaries
+from trainer import checkpoints, optimization
 from trainer.config import Config
+
+
+# An eval still running after this many seconds logs that it has started.
+_EVAL_NOTICE_SECONDS = 3.0
 
 
 def _distribute(strategy, dataset):
@@ -36,9 +39,10 @@ class Trainer:
   """Builds model, optimizer, metrics and checkpoint under the strategy's scope."""
 
   def __init__(self, config: Config, strategy: tf.distribute.Strategy, data: Data,
-               output_dir: str | None = None):
+               output_dir: str | None = None, restore: bool | str = True):
     """output_dir: where this worker saves checkpoints (default model_dir; a non-chief
-    worker of a cluster passes a scratch directory). It restores from model_dir."""
+    worker of a cluster passes a scratch directory). restore: True restores the latest
+    checkpoint of model_dir, a path that checkpoint, False nothing."""
     self.config, self.strategy, self.data = config, strategy, data
     self.steps_per_epoch, self.total_steps = config.steps_for(len(data.splits["train"]))
     self.replicas = strategy.num_replicas_in_sync
@@ -58,12 +62,16 @@ class Trainer:
       self.train_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
       self.eval_loss = keras.metrics.Mean("loss")
       self.eval_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
+      self.progress = Progress()
       self.checkpoints = checkpoints.Checkpoints(
           config.model_dir, config.keep_checkpoints, save_dir=output_dir,
+          optional={"progress": self.progress},
           model=self.model, optimizer=self.optimizer, global_step=self.global_step)
-      self.checkpoints.restore_latest()
+      if restore:
+        self.checkpoints.restore(restore if isinstance(restore, str) else None)
     self._fp16 = config.mixed_precision == "mixed_float16"
     self._eval_datasets = {}  # split -> distributed dataset, built once: no retracing
+    self._evaluations: dict[str, Evaluation] = {}  # split -> the latest
     self._train_loop = tf.function(self._train_loop_fn)
     if config.pipeline == "in_memory":
       self._in_memory = InMemoryData(data.splits["train"], config.augment)
@@ -140,29 +148,65 @@ class Trainer:
                      + tf.cast(ctx.replica_id_in_sync_group, tf.int64), step])
     self._train_step(*self._in_memory.batch(mine, seed))
 
-  def _eval_step(self, images, labels, weights):
+  def _eval_step(self, images, labels, weights, index):
     logits = self.model(images, training=False)
     per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
     self.eval_loss.update_state(per_example, sample_weight=weights)
     self.eval_accuracy.update_state(labels, logits, sample_weight=weights)
+    return (tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(per_example, tf.float32),
+            index)
 
   def _eval_pass_fn(self, dataset):
+    # Per-example predictions and losses for the confusion matrix and the worst mistakes,
+    # gathered from every replica (and worker) with the example index that orders them.
+    def array(dtype):
+      return tf.TensorArray(dtype, size=0, dynamic_size=True, infer_shape=False)
+    # Separate loop variables: autograph cannot carry a list of TensorArrays.
+    predictions, losses, index = array(tf.int32), array(tf.float32), array(tf.int32)
+    i = 0
     for batch in dataset:
-      self.strategy.run(self._eval_step, args=batch)
+      p, l, x = self.strategy.run(self._eval_step, args=batch)
+      predictions = predictions.write(i, self.strategy.gather(p, axis=0))
+      losses = losses.write(i, self.strategy.gather(l, axis=0))
+      index = index.write(i, self.strategy.gather(x, axis=0))
+      i += 1
+    return predictions.concat(), losses.concat(), index.concat()
 
   # --- Python, between loops ----------------------------------------------------------
 
-  def evaluate(self, split: str) -> dict[str, float]:
-    """Loss and accuracy over the whole split, each example exactly once."""
+  def evaluate(self, split: str) -> Evaluation:
+    """Loss and accuracy over the whole split, each example exactly once, and each
+    example's prediction. Cached per (split, global step): the weights only change with it."""
+    step = int(self.global_step.numpy())
+    cached = self._evaluations.get(split)
+    if cached is not None and cached.step == step:
+      return cached
     for metric in (self.eval_loss, self.eval_accuracy):
       metric.reset_state()
     if split not in self._eval_datasets:
       dataset = input_pipeline.eval_dataset(self.data.splits[split],
                                             global_batch_size=self.config.batch_size)
       self._eval_datasets[split] = _distribute(self.strategy, dataset)
-    self._eval_pass(self._eval_datasets[split])
-    return {"loss": float(self.eval_loss.result()),
-            "accuracy": float(self.eval_accuracy.result())}
+    n = len(self.data.splits[split])
+    # Minutes of silence look like a hang: say so when an eval runs longer than a few seconds.
+    notice = threading.Timer(_EVAL_NOTICE_SECONDS, logging.info, args=(
+        "evaluating %d %s examples at step %d ...", n, split, step))
+    notice.daemon = True
+    notice.start()
+    try:
+      start = time.perf_counter()
+      predictions, losses, index = (t.numpy() for t in self._eval_pass(self._eval_datasets[split]))
+    finally:
+      notice.cancel()
+    # Back into example order (replicas and workers return their slices in any order).
+    keep = index >= 0
+    order = np.argsort(index[keep], kind="stable")
+    result = Evaluation(split=split, step=step, loss=float(self.eval_loss.result()),
+                        accuracy=float(self.eval_accuracy.result()),
+                        predictions=predictions[keep][order], losses=losses[keep][order],
+                        seconds=time.perf_counter() - start)
+    self._evaluations[split] = result
+    return result
 
   def train_iterator(self):
     """The train stream from the current global step (resumes the data order): example
@@ -189,21 +233,21 @@ class Trainer:
       metric.reset_state()
     return result
 
+  @property
+  def step(self) -> int:
+    return int(self.global_step.numpy())
+
+  @property
+  def loss_scale(self) -> float | None:
+    """The fp16 dynamic loss scale, None without loss scaling."""
+    return float(self.optimizer.dynamic_scale.numpy()) if self._fp16 else None
+
   def weights_digest(self) -> str:
     """A short hash of all model weights: equal digests, bitwise equal models."""
     digest = hashlib.sha256()
     for weight in self.model.weights:
       digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
     return digest.hexdigest()[:16]
-
-  def _next_stop(self, step: int) -> int:
-    """The next step at which the inner loop must return: loop size, eval, checkpoint,
-    profile start and end, end of training."""
-    stops = [step + self.config.steps_per_loop, self.total_steps]
-    stops += [s for s in (self.config.profile_steps or ()) if s > step]
-    for every in (self.eval_interval, self.checkpoint_interval):
-      stops.append((step // every + 1) * every)
-    return min(stops)
 
   @property
   def eval_interval(self) -> int:
@@ -213,136 +257,32 @@ class Trainer:
   def checkpoint_interval(self) -> int:
     return self.config.checkpoint_every or self.steps_per_epoch
 
-  def train(self, writer: summaries.Summaries) -> dict:
-    """Trains from the current global step to total_steps; returns timing figures.
 
-    SIGTERM or SIGINT (a preempted VM, Ctrl-C) stops at the next loop boundary with a
-    checkpoint (raises Interrupted); a non-finite loss or a collapsed fp16 loss scale
-    stops before anything is saved (raises FloatingPointError).
-    """
-    step = int(self.global_step.numpy())
-    if step >= self.total_steps:
-      logging.info("already at step %d of %d: evaluating only", step, self.total_steps)
-      return {"examples_per_sec": None, "train_seconds": 0.0, "compile_seconds": 0.0}
-    with _StopOnSignals() as stop:
-      return self._train_loops(writer, stop)
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """One eval pass: global loss and accuracy, and per example (in split order) the
+  predicted class and the loss."""
+  split: str
+  step: int
+  loss: float
+  accuracy: float
+  predictions: np.ndarray
+  losses: np.ndarray
+  seconds: float
 
-  def _train_loops(self, writer: summaries.Summaries, stop: _StopOnSignals) -> dict:
-    cfg = self.config
-    step = int(self.global_step.numpy())
-    has_validation = "validation" in self.data.splits
-    iterator = self.train_iterator()
-    logging.info("training %s on %s from step %d to %d (%d steps/epoch, global batch %d)",
-                 cfg.model, cfg.dataset, step, self.total_steps, self.steps_per_epoch,
-                 cfg.batch_size)
-    train_seconds = compile_seconds = 0.0
-    steady_steps, first = 0, True
-    profiler = _Profiler(cfg.profile_steps, os.path.join(cfg.model_dir, "profile"))
-    while step < self.total_steps:
-      n = self._next_stop(step) - step
-      profiler.at(step)
-      start = time.perf_counter()
-      metrics = self.run_steps(iterator, n)
-      loss, accuracy = metrics["loss"], metrics["accuracy"]
-      elapsed = time.perf_counter() - start
-      step += n
-      if first:  # includes tracing and graph optimization
-        compile_seconds, first = elapsed, False
-      else:
-        train_seconds += elapsed
-        steady_steps += n
-      rate = n * cfg.batch_size / elapsed
-      steady_rate = (steady_steps * cfg.batch_size / train_seconds) if train_seconds else rate
-      eta = (self.total_steps - step) * cfg.batch_size / steady_rate
-      logging.info("step %d/%d  epoch %.2f  loss %.4f  accuracy %.4f  %.0f examples/s  ETA %s",
-                   step, self.total_steps, step / self.steps_per_epoch, loss, accuracy, rate,
-                   _duration(eta))
-      self._check_diverged(step, loss)
-      writer.scalars("train", step, {"loss": loss, "accuracy": accuracy,
-                                     "learning_rate": float(self.learning_rate()),
-                                     "examples_per_sec": rate})
-      # The final step's validation eval is train_and_evaluate's, together with test.
-      if has_validation and step % self.eval_interval == 0 and step < self.total_steps:
-        result = self.evaluate("validation")
-        logging.info("eval on validation at step %d: loss %.4f  accuracy %.4f", step,
-                     result["loss"], result["accuracy"])
-        writer.scalars("eval", step, result)
-      saved = None
-      if step % self.checkpoint_interval == 0 or step == self.total_steps or stop.signal:
-        saved = self.checkpoints.save(step)
-      if stop.signal and step < self.total_steps:
-        raise Interrupted(stop.signal, step, saved)
-    profiler.at(step)
-    return {"examples_per_sec": (steady_steps * cfg.batch_size / train_seconds
-                                 if train_seconds else rate),
-            "train_seconds": train_seconds + compile_seconds,
-            "compile_seconds": compile_seconds}
-
-  def _check_diverged(self, step: int, loss: float) -> None:
-    """Raises before anything is saved, so the last good checkpoint stays the latest."""
-    if self._fp16:
-      scale = float(self.optimizer.dynamic_scale.numpy())
-      if scale < 1.0:  # halved on every skipped step: gradients overflow even unscaled
-        raise FloatingPointError(f"the fp16 loss scale collapsed to {scale:g} at step {step}")
-    if not np.isfinite(loss):
-      raise FloatingPointError(f"the training loss is {loss} at step {step}")
+  def metrics(self, prefix: str = "") -> dict[str, float]:
+    return {f"{prefix}loss": self.loss, f"{prefix}accuracy": self.accuracy}
 
 
-class _Profiler:
-  """Traces steps [A, B) into a TensorBoard profile (the Profile tab of model_dir)."""
-
-  def __init__(self, steps, logdir: str):
-    self.steps, self.logdir, self.running = steps, logdir, False
-
-  def at(self, step: int) -> None:
-    if not self.steps:
-      return
-    if not self.running and self.steps[0] <= step < self.steps[1]:
-      tf.profiler.experimental.start(self.logdir)
-      self.running = True
-      logging.info("profiling steps %d to %d into %s", step, self.steps[1], self.logdir)
-    elif self.running and step >= self.steps[1]:
-      tf.profiler.experimental.stop()
-      self.running = False
-
-
-class Interrupted(Exception):
-  """Training stopped on a signal after saving a checkpoint at `step`."""
-
-  def __init__(self, signum: int, step: int, checkpoint: str | None):
-    self.signum, self.step, self.checkpoint = signum, step, checkpoint
-    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint "
-                     f"{checkpoint} saved: run the same command again to resume")
-
-
-class _StopOnSignals:
-  """SIGTERM/SIGINT set a flag that the loop reads at its next boundary. A Python signal
-  handler cannot run while a tf.function executes anyway; this makes the stop clean."""
+class Progress(tf.Module):
+  """Outer-loop state that a resume must keep (checkpointed beside the model): the best
+  eval metric so far, its step, evals since it improved, and an early stop."""
 
   def __init__(self):
-    self.signal = None
-    self._previous = {}
-
-  def _handle(self, signum, frame):
-    del frame
-    if self.signal is not None and signum == signal.SIGINT:
-      raise KeyboardInterrupt  # a second Ctrl-C: stop now
-    self.signal = signum
-    logging.warning("received %s: saving a checkpoint and stopping at the end of this loop",
-                    signal.Signals(signum).name)
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for signum in (signal.SIGTERM, signal.SIGINT):
-        self._previous[signum] = signal.signal(signum, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(round(seconds))
-  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
+    super().__init__(name="progress")
+    self.best_value = tf.Variable(np.nan, dtype=tf.float64, trainable=False, name="best_value")
+    self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
+    self.evals_since_best = tf.Variable(0, dtype=tf.int64, trainable=False,
+                                        name="evals_since_best")
+    self.stopped_early_at = tf.Variable(-1, dtype=tf.int64, trainable=False,
+                                        name="stopped_early_at")

@@ -31,7 +31,8 @@ def main(argv):
 
 def run():
   """Console script entry point (tapeloop-train)."""
-  cli.run_app(main)
+  cli.run_app(main, "python -m trainer.main --flagfile=configs/X.cfg [--flag=value ...]",
+              tl_flags.GROUPS)
 
 
 if __name__ == "__main__":

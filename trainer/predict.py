@@ -16,6 +16,9 @@ from trainer import cli  # pylint: disable=g-import-not-at-top
 FLAGS = flags.FLAGS
 
 
+HELP_GROUPS = {"Prediction": ["model_dir", "dataset", "output", "batch_size"]}
+
+
 def define_flags() -> None:
   # Defined only when run as a program: importing must not clash with trainer's flags.
   flags.DEFINE_string("model_dir", None, "The trained run (its export/ is used).")
@@ -54,6 +57,12 @@ def main(argv):
   print(f"wrote {len(classes)} predictions to {FLAGS.output}")
 
 
-if __name__ == "__main__":
+def run():
+  """Console script entry point (tapeloop-predict)."""
   define_flags()
-  cli.run_app(main)
+  cli.run_app(main, "python -m trainer.predict --model_dir=DIR --dataset=csv:test.csv "
+              "[--output=submission.csv]", HELP_GROUPS)
+
+
+if __name__ == "__main__":
+  run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,8 +15,11 @@ from absl import logging
 
 import input_pipeline
 from input_pipeline.pipeline import check_batch
+from models import summary as model_summary
+from trainer import actions as tl_actions
 from trainer import distribute, export, summaries
 from trainer.config import Config, ConfigError
+from trainer.controller import Controller, Timing
 from trainer.loop import Trainer
 
 
@@ -67,41 +71,136 @@ def train_and_evaluate(config: Config) -> dict:
       shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _eval_split(data) -> str | None:
+  """What training evaluates: the validation split when one is held out, else test."""
+  for split in ("validation", "test"):
+    if split in data.splits and data.splits[split].labels is not None:
+      return split
+  return None
+
+
+def _actions(config: Config, trainer: Trainer, writer, data, eval_split, output_dir: str):
+  """The outer loop's actions, in the order they run at each boundary."""
+  steps = dict(total_steps=trainer.total_steps)
+  actions = [
+      tl_actions.ProgressLine(steps_per_epoch=trainer.steps_per_epoch,
+                              batch_size=config.batch_size, **steps),
+      tl_actions.DivergenceCheck(lambda: trainer.loss_scale),
+      tl_actions.TrainSummaries(writer, learning_rate=trainer.learning_rate,
+                                loss_scale=lambda: trainer.loss_scale),
+  ]
+  pictures = None
+  if eval_split:
+    if config.eval_images:
+      pictures = tl_actions.EvalPictures(writer, data.splits[eval_split], data.info.class_names)
+    actions.append(tl_actions.Evaluate(evaluate=trainer.evaluate, split=eval_split,
+                                       interval=trainer.eval_interval, writer=writer,
+                                       pictures=pictures, **steps))
+    metric = config.keep_best or "loss"
+    if config.keep_best or config.early_stopping:
+      actions.append(tl_actions.BestMetric(metric, trainer.progress))
+    if config.keep_best:
+      actions.append(tl_actions.KeepBest(
+          metric=metric, save=trainer.checkpoints.save_best,
+          export=lambda: export.save_model(trainer.model, data.info.image_shape,
+                                           os.path.join(output_dir, "export_best"))))
+    if config.early_stopping:
+      actions.append(tl_actions.EarlyStopping(patience=config.early_stopping, metric=metric,
+                                              progress=trainer.progress))
+  if config.profile_steps:
+    actions.append(tl_actions.Profiler(config.profile_steps,
+                                       os.path.join(config.model_dir, "profile")))
+  actions += [tl_actions.PreemptionStop(),
+              tl_actions.Checkpoint(save=trainer.checkpoints.save,
+                                    interval=trainer.checkpoint_interval, **steps)]
+  return actions, pictures
+
+
+def _describe_eval(config: Config, trainer: Trainer, eval_split: str | None) -> None:
+  if eval_split is None:
+    if config.keep_best or config.early_stopping:
+      raise ConfigError("--keep_best and --early_stopping need labeled data to evaluate: "
+                        "add --validation_split=0.1")
+    logging.info("no labeled validation or test split: nothing is evaluated during training")
+    return
+  every = (f"every {trainer.eval_interval} steps" if config.eval_every
+           else f"every epoch ({trainer.eval_interval} steps)")
+  logging.info("evaluating on the %s split %s%s", eval_split, every,
+               "" if eval_split == "validation" else
+               " (no --validation_split: the test split stands in for validation)")
+  if eval_split == "test" and (config.keep_best or config.early_stopping):
+    logging.warning("--keep_best/--early_stopping select on the test split: its final "
+                    "figure is then optimistic; hold out --validation_split=0.1 instead")
+
+
 def _run(config: Config, strategy, data, start: float, scratch: str | None) -> dict:
   chief = scratch is None
+  output_dir = config.model_dir if chief else scratch
   if chief:
     os.makedirs(config.model_dir, exist_ok=True)
+    flags_path = os.path.join(config.model_dir, "flags.json")
+    if not os.path.exists(flags_path):  # what the run was started as: trainer.evaluate reads it
+      export.write_json(flags_path, config.flag_values)
   trainer = Trainer(config, strategy, data, output_dir=scratch)
-  logging.info("model %s: %d parameters", config.model, trainer.model.count_params())
   writer = summaries.Summaries(config.model_dir, enabled=chief)
-  writer.flags(config.flag_values)
-  timing = trainer.train(writer)
+  table = model_summary.table(trainer.model)
+  logging.info("model %s: %d parameters\n%s", config.model, trainer.model.count_params(),
+               model_summary.console(table))
+  writer.text("train", 0, "model", model_summary.markdown(table))
+  writer.flags(config.hparams())
+  eval_split = _eval_split(data)
+  _describe_eval(config, trainer, eval_split)
+  actions, pictures = _actions(config, trainer, writer, data, eval_split, output_dir)
+  step = trainer.step
+  stopped_at = int(trainer.progress.stopped_early_at.numpy())
+  if stopped_at >= 0:
+    logging.info("this run stopped early at step %d (--early_stopping): evaluating only",
+                 stopped_at)
+    timing = Timing()
+  else:
+    if step >= trainer.total_steps:
+      logging.info("already at step %d of %d: evaluating only", step, trainer.total_steps)
+    else:
+      logging.info("training %s on %s from step %d to %d (%d steps/epoch, global batch %d)",
+                   config.model, config.dataset, step, trainer.total_steps,
+                   trainer.steps_per_epoch, config.batch_size)
+    timing = Controller(trainer=trainer, actions=actions, total_steps=trainer.total_steps,
+                        steps_per_loop=config.steps_per_loop,
+                        batch_size=config.batch_size).run()
   results_path = os.path.join(config.model_dir, "results.json")
+  timing = dataclasses.asdict(timing)
+  stop = timing.pop("stop")
   if timing["examples_per_sec"] is None and os.path.exists(results_path):
     # A rerun of a finished run only evaluates: keep the training figures it measured.
     with open(results_path) as f:
       previous = json.load(f)
     timing = {k: previous.get(k, v) for k, v in timing.items()}
 
-  results = {"global_step": int(trainer.global_step.numpy()), "dataset": data.info.name,
+  results = {"global_step": trainer.step, "dataset": data.info.name,
              "model": config.model, "parameters": trainer.model.count_params(),
              "replicas": strategy.num_replicas_in_sync, "chief": chief, **timing,
-             "weights_digest": trainer.weights_digest()}
+             "weights_digest": trainer.weights_digest(), "eval_split": eval_split}
+  if stop is not None or stopped_at >= 0:
+    results["stopped_early_at"] = trainer.step if stop is not None else stopped_at
+  if config.keep_best or config.early_stopping:
+    results["best_eval"] = {"metric": config.keep_best or "loss",
+                            "value": float(trainer.progress.best_value.numpy()),
+                            "step": int(trainer.progress.best_step.numpy())}
   logging.info("model weights digest at step %d: %s", results["global_step"],
                results["weights_digest"])
   for split in ("validation", "test"):
     if split in data.splits and data.splits[split].labels is not None:
-      result = trainer.evaluate(split)
-      logging.info("%s: loss %.4f  accuracy %.4f", split, result["loss"], result["accuracy"])
-      results[f"{split}_loss"], results[f"{split}_accuracy"] = result["loss"], result["accuracy"]
-      # The loop evaluates validation up to the last step; the last step's is this one.
-      writer.scalars("eval", results["global_step"],
-                     {f"test_{k}": v for k, v in result.items()} if split == "test" else result)
+      result = trainer.evaluate(split)  # the loop's own final eval is reused, not redone
+      logging.info("%s: loss %.4f  accuracy %.4f", split, result.loss, result.accuracy)
+      results.update(result.metrics(f"{split}_"))
+      if split == "test":
+        writer.scalars("eval", results["global_step"], result.metrics("test_"))
+  if pictures is not None:
+    results["eval_pictures_seconds"] = pictures.seconds
   writer.close()
   results["wall_seconds"] = time.time() - start
   results["flags"] = config.flag_values
-  export.save_model(trainer.model, data.info.image_shape,
-                    os.path.join(config.model_dir if chief else scratch, "export"))
+  export.save_model(trainer.model, data.info.image_shape, os.path.join(output_dir, "export"))
   if chief:
     export.write_json(results_path, results)
   return results

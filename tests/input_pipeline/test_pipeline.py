@@ -74,13 +74,16 @@ def test_batch_larger_than_train_split_and_bad_batch():
 @pytest.mark.parametrize("n,batch", [(23, 8), (24, 8), (3, 8), (1, 1)])
 def test_eval_pass_counts_every_example_exactly_once(n, batch):
   split = _split(n)
-  ids, labels, weights = [], [], []
-  for x, y, w in eval_dataset(split, global_batch_size=batch):
+  ids, labels, weights, index = [], [], [], []
+  for x, y, w, i in eval_dataset(split, global_batch_size=batch):
     assert x.shape[0] == batch  # the padded last batch keeps the full shape
     ids.append(_ids(x)), labels.append(y.numpy()), weights.append(w.numpy())
-  ids, labels, weights = map(np.concatenate, (ids, labels, weights))
+    index.append(i.numpy())
+  ids, labels, weights, index = map(np.concatenate, (ids, labels, weights, index))
   real = weights == 1
   assert sorted(ids[real]) == list(range(n)) and weights.sum() == n
+  np.testing.assert_array_equal(index[real], ids[real])  # index: the example's position
+  assert (index[~real] == -1).all()
   np.testing.assert_array_equal(labels[real], split.labels)
   assert set(weights) <= {0.0, 1.0}
 
@@ -106,7 +109,7 @@ def test_eval_dataset_under_2_replicas_counts_each_example_once():
   split = _split(21)
   dist = strategy.experimental_distribute_dataset(eval_dataset(split, global_batch_size=8))
   seen = []
-  for x, _, w in dist:
+  for x, _, w, _ in dist:
     for xp, wp in zip(strategy.experimental_local_results(x),
                       strategy.experimental_local_results(w)):
       assert xp.shape[0] == 4

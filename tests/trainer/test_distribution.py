@@ -98,8 +98,9 @@ def test_each_variant_changes_training(tmp_path_factory, variant):
   assert max(np.abs(a - b).max() for a, b in zip(plain, other)) > 1e-4
 
 
-def test_eval_accuracy_under_replicas_matches_numpy(tmp_path):
-  trainer = build(2, tmp_path, *MODELS["cnn"])
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_eval_accuracy_under_replicas_matches_numpy(tmp_path, replicas):
+  trainer = build(replicas, tmp_path, *MODELS["cnn"])
   trainer.run_steps(trainer.train_iterator(), 5)
   test = trainer.data.splits["test"]
   logits = trainer.model(test.images.astype(np.float32) / 255.0).numpy()
@@ -108,8 +109,15 @@ def test_eval_accuracy_under_replicas_matches_numpy(tmp_path):
                               keepdims=True)) - logits.max(1, keepdims=True)
   expected_loss = -np.mean(log_probs[np.arange(len(test)), test.labels])
   result = trainer.evaluate("test")
-  assert result["accuracy"] == pytest.approx(expected_accuracy, abs=1e-6)
-  assert result["loss"] == pytest.approx(expected_loss, rel=1e-5)
+  assert result.accuracy == pytest.approx(expected_accuracy, abs=1e-6)
+  assert result.loss == pytest.approx(expected_loss, rel=1e-5)
+  # Per example, gathered from every replica and put back in the split's order.
+  np.testing.assert_array_equal(result.predictions, np.argmax(logits, -1))
+  np.testing.assert_allclose(result.losses, -log_probs[np.arange(len(test)), test.labels],
+                             rtol=1e-4, atol=1e-6)
+  assert trainer.evaluate("test") is result  # cached until the weights change
+  trainer.run_steps(trainer.train_iterator(), 1)
+  assert trainer.evaluate("test") is not result
 
 
 

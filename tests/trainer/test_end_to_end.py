@@ -9,6 +9,9 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from google.protobuf import json_format
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 import input_pipeline
 import models
@@ -27,23 +30,51 @@ def run(module, *args, check=True):
   return proc
 
 
+def _accumulator(run_dir):
+  """TensorBoard's own reader of a run directory's event files."""
+  acc = event_accumulator.EventAccumulator(
+      str(run_dir), size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  return acc
+
+
 def read_scalars(run_dir):
-  """{tag: {step: value}} from all event files of a TensorBoard run directory."""
+  """{tag: {step: value}} of a TensorBoard run directory, as the Scalars tab sees it."""
+  acc = _accumulator(run_dir)
+  return {tag: {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+          for tag in acc.PluginTagToContent("scalars")}
+
+
+def read_images(run_dir):
+  """{tag: {step: decoded uint8 image}} as the Images tab sees it."""
+  acc = _accumulator(run_dir)
   out = {}
-  for path in sorted(glob.glob(os.path.join(run_dir, "events.out.tfevents.*"))):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        if value.metadata.plugin_data.plugin_name == "scalars":
-          out.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+  for tag in acc.PluginTagToContent("images"):
+    for e in acc.Tensors(tag):
+      width, height, png = tf.make_ndarray(e.tensor_proto)[:3]
+      image = tf.io.decode_png(png).numpy()
+      assert image.shape[:2] == (int(height), int(width))
+      out.setdefault(tag, {})[e.step] = image
   return out
 
 
-def read_tags(run_dir):
-  tags = set()
-  for path in glob.glob(os.path.join(run_dir, "events.out.tfevents.*")):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      tags.update(v.tag for v in event.summary.value)
-  return tags
+def read_text(run_dir, tag):
+  acc = _accumulator(run_dir)
+  return [tf.make_ndarray(e.tensor_proto).item().decode() for e in acc.Tensors(tag)]
+
+
+def read_hparams(model_dir):
+  """(hparams of the session, metric names of the experiment) from the HParams plugin's
+  data in model_dir itself."""
+  acc = _accumulator(model_dir)
+  content = acc.PluginTagToContent("hparams")
+  session = hparams_metadata.parse_session_start_info_plugin_data(
+      content[hparams_metadata.SESSION_START_INFO_TAG])
+  experiment = hparams_metadata.parse_experiment_plugin_data(
+      content[hparams_metadata.EXPERIMENT_TAG])
+  values = {k: json_format.MessageToDict(v) for k, v in session.hparams.items()}
+  metrics = {(m.name.group, m.name.tag) for m in experiment.metric_infos}
+  return values, metrics, {h.name for h in experiment.hparam_infos}
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +99,9 @@ def test_results_json(trained):
 
 def test_console_progress_lines(trained):
   _, proc = trained
-  assert "step 3/16  epoch 0.38  loss" in proc.stderr
-  assert "examples/s  ETA" in proc.stderr
+  # The first inner loop is one step, so its line comes right after compilation.
+  assert "step 1/16  epoch 0.12  loss" in proc.stderr and "with tracing and compilation" in proc.stderr
+  assert "step 4/16  epoch 0.50  loss" in proc.stderr and "examples/s  ETA" in proc.stderr
   assert "eval on validation at step 4" in proc.stderr
   assert "strategy: _DefaultDistributionStrategy" in proc.stderr
   assert "precision policy: float32" in proc.stderr
@@ -81,17 +113,49 @@ def test_tensorboard_events(trained):
   train = read_scalars(os.path.join(model_dir, "train"))
   evals = read_scalars(os.path.join(model_dir, "eval"))
   assert {"loss", "accuracy", "learning_rate", "examples_per_sec"} <= set(train)
-  # Loop boundaries: every 3 steps, cut at eval (4, 8, ...) and epoch (8, 16) boundaries.
-  assert sorted(train["loss"]) == [3, 4, 7, 8, 11, 12, 15, 16]
+  # Loop boundaries: a first loop of one step, then every 3 steps, cut at eval (4, 8, ...)
+  # and epoch (8, 16) boundaries.
+  assert sorted(train["loss"]) == [1, 4, 7, 8, 11, 12, 15, 16]
   assert all(0 <= v <= 1 for v in train["accuracy"].values())
   np.testing.assert_allclose(list(train["learning_rate"].values()), 1e-3, rtol=1e-6)
   assert sorted(evals["loss"]) == [4, 8, 12, 16] and sorted(evals["accuracy"]) == [4, 8, 12, 16]
   assert {"test_loss", "test_accuracy"} <= set(evals)
   with open(os.path.join(model_dir, "results.json")) as f:
-    assert evals["test_accuracy"][16] == pytest.approx(json.load(f)["test_accuracy"], abs=1e-6)
-  tags = read_tags(os.path.join(model_dir, "train"))
-  assert "flags/text_summary" in tags or "flags" in tags
-  assert "_hparams_/session_start_info" in tags
+    results = json.load(f)
+  assert evals["test_accuracy"][16] == pytest.approx(results["test_accuracy"], abs=1e-6)
+  assert evals["accuracy"][16] == pytest.approx(results["validation_accuracy"], abs=1e-6)
+  flags_table = read_text(os.path.join(model_dir, "train"), "flags")[0]
+  assert "| hidden_units | 16 |" in flags_table and "| model | mlp |" in flags_table
+  summary = read_text(os.path.join(model_dir, "train"), "model")[0]
+  assert "| dense_0 | Dense | (16) | 2,320 |" in summary and "**2,388**" in summary
+
+
+def test_eval_images_each_eval(trained):
+  model_dir, _ = trained
+  pictures = read_images(os.path.join(model_dir, "eval"))
+  assert sorted(pictures["confusion_matrix"]) == [4, 8, 12, 16]
+  assert sorted(pictures["worst_mistakes"]) == [4, 8, 12, 16]
+  matrix = pictures["confusion_matrix"][16]
+  assert matrix.shape[2] == 3 and matrix.shape[0] > 4 * 40 and matrix.shape[1] > 4 * 40
+  # 84-pixel tiles (12x12 images upscaled 7x) with two caption lines, up to 4x4 of them.
+  mistakes = pictures["worst_mistakes"][16]
+  assert mistakes.shape[0] >= 84 and mistakes.shape[1] >= 96
+  table = read_text(os.path.join(model_dir, "eval"), "per_class_accuracy")[-1]
+  assert table.startswith("| class | accuracy | examples |") and table.count("\n") == 2 + 4 - 1
+
+
+def test_hparams_session_ranks_by_eval_and_test_metrics(trained):
+  model_dir, _ = trained
+  values, metrics, names = read_hparams(model_dir)
+  assert values["hidden_units"] == "16"  # readable, not "['16']"
+  assert values["batch_size"] == 32 and values["model"] == "mlp"
+  assert values["dropout"] == 0.0  # the model's default, not absent
+  assert {("eval", "accuracy"), ("eval", "loss"), ("eval", "test_accuracy"),
+          ("eval", "test_loss"), ("train", "examples_per_sec")} == metrics
+  assert {"hidden_units", "learning_rate", "dropout"} <= names
+  # The metrics exist as scalars in those runs, so the HParams table has values.
+  evals = read_scalars(os.path.join(model_dir, "eval"))
+  assert {"accuracy", "loss", "test_accuracy", "test_loss"} <= set(evals)
 
 
 def _trained_model(model_dir):
@@ -146,7 +210,7 @@ def test_resume_continues_from_the_saved_step_and_a_finished_run_only_evaluates(
   assert "resumed from" in second.stderr and "ckpt-16" in second.stderr
   assert "from step 16 to 24" in second.stderr
   train = read_scalars(os.path.join(model_dir, "train"))
-  assert max(train["loss"]) == 24 and 19 in train["loss"]  # 16 + 3: steps continued, not 0
+  assert max(train["loss"]) == 24 and 17 in train["loss"]  # 16 + 1: steps continued, not 0
   with open(os.path.join(model_dir, "results.json")) as f:
     after = json.load(f)
   assert after["global_step"] == 24

@@ -79,7 +79,7 @@ def test_kill_9_at_three_points_then_finish_with_the_uninterrupted_weights(tmp_p
 @pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, signum, status):
   proc = start(tmp_path)
-  wait_for(proc, "step 6/300")
+  wait_for(proc, "step 7/300")
   proc.send_signal(signum)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == status, err[-2000:]
@@ -106,7 +106,9 @@ def test_fp32_divergence_stops_naming_the_step_and_keeps_the_last_good_state(tmp
                        capture_output=True, text=True, timeout=120)
   assert bad.returncode == 3, bad.stderr[-2000:]
   last = bad.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: the training loss is ") and " at step 22" in last
+  # Step 21 (the first loop, one step) still reports the loss of the good weights; the
+  # loop that ends at step 23 is the first to see the effect of a learning rate of 1e30.
+  assert last.startswith("error: the training loss is ") and " at step 23" in last
   assert "the last good checkpoint is kept" in last
   assert tree_digest(tmp_path / "checkpoints") == before
   assert (tmp_path / "results.json").read_bytes() == results
@@ -114,13 +116,18 @@ def test_fp32_divergence_stops_naming_the_step_and_keeps_the_last_good_state(tmp
 
 def test_a_collapsed_fp16_loss_scale_stops_training(tmp_path):
   import input_pipeline
-  from trainer import distribute, summaries
+  from trainer import actions, distribute
+  from trainer.controller import Controller
   cfg = parse(*RUN[:5], "--train_steps=8", "--steps_per_loop=2",
               "--mixed_precision=mixed_float16", f"--model_dir={tmp_path}")
   trainer = Trainer(cfg, distribute.create_strategy(cfg), input_pipeline.load(cfg.dataset))
   trainer.optimizer.dynamic_scale.assign(0.5)  # what 16 straight overflowing steps leave
-  with pytest.raises(FloatingPointError, match="fp16 loss scale collapsed to 0.5 at step 2"):
-    trainer.train(summaries.Summaries(str(tmp_path), enabled=False))
+  controller = Controller(trainer=trainer, total_steps=8, steps_per_loop=2, batch_size=32,
+                          actions=[actions.DivergenceCheck(lambda: trainer.loss_scale),
+                                   actions.Checkpoint(save=trainer.checkpoints.save,
+                                                      interval=1, total_steps=8)])
+  with pytest.raises(FloatingPointError, match="fp16 loss scale collapsed to 0.5 at step 1"):
+    controller.run()
   assert not glob.glob(str(tmp_path / "checkpoints" / "ckpt-*"))
 
 

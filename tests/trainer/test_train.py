@@ -73,3 +73,37 @@ def test_a_model_dir_of_another_model_is_refused_and_kept(tmp_path):
     train.train_and_evaluate(parse(*TINY, "--hidden_units=8", "--train_steps=8",
                                    f"--model_dir={tmp_path}"))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+def test_early_stopping_keeps_the_best_and_a_rerun_only_evaluates(tmp_path):
+  # A learning rate this small leaves the accuracy where it is: no eval improves on the
+  # first, so the second eval stops the run (patience 1).
+  args = [*TINY, "--train_steps=64", "--eval_every=8", "--learning_rate=1e-12",
+          "--keep_best=accuracy", "--early_stopping=1", "--validation_split=0.25",
+          f"--model_dir={tmp_path}"]
+  results = train.train_and_evaluate(parse(*args))
+  assert results["global_step"] == 16 and results["stopped_early_at"] == 16
+  assert results["best_eval"]["step"] == 8 and results["best_eval"]["metric"] == "accuracy"
+  assert results["best_eval"]["value"] == pytest.approx(results["validation_accuracy"])
+  assert os.path.exists(tmp_path / "best" / "ckpt-8.index")
+  assert os.path.exists(tmp_path / "export_best" / "saved_model.pb")
+  assert os.path.exists(tmp_path / "checkpoints" / "ckpt-16.index")  # saved at the stop
+  again = train.train_and_evaluate(parse(*args))  # the stop is checkpointed: no more steps
+  assert again["global_step"] == 16 and again["stopped_early_at"] == 16
+  assert again["best_eval"] == results["best_eval"]
+
+
+def test_keep_best_without_anything_to_evaluate_is_refused(tmp_path):
+  with pytest.raises(ConfigError, match="need labeled data to evaluate: add --validation_split"):
+    train.train_and_evaluate(parse("--model=mlp", "--hidden_units=4", "--batch_size=8",
+                                   "--dataset=csv:" + str(_unlabeled_csv(tmp_path)),
+                                   "--keep_best=loss", f"--model_dir={tmp_path / 'm'}"))
+
+
+def _unlabeled_csv(tmp_path):
+  """A Kaggle train.csv alone: a labeled train split and nothing to evaluate on."""
+  from datafiles import write_kaggle_csv
+  rng = np.random.default_rng(0)
+  path = tmp_path / "train.csv"
+  write_kaggle_csv(path, rng.integers(0, 256, (40, 28, 28, 1)), rng.integers(0, 10, 40))
+  return path

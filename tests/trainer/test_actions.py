@@ -1,0 +1,190 @@
+"""Each outer-loop action alone, with fakes for the trainer's and the writer's side."""
+
+import logging
+import os
+import signal
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from input_pipeline import Split
+from trainer import actions
+from trainer.loop import Evaluation, Progress
+
+
+class FakeWriter:
+  def __init__(self, enabled=True):
+    self.enabled, self.written = enabled, []
+
+  def scalars(self, run, step, values):
+    self.written.append(("scalars", run, step, dict(values)))
+
+  def image(self, run, step, name, image, description=""):
+    self.written.append(("image", run, step, name, image))
+
+  def text(self, run, step, name, markdown):
+    self.written.append(("text", run, step, name, markdown))
+
+
+def evaluation(step, accuracy, loss, n=4):
+  return Evaluation(split="validation", step=step, loss=loss, accuracy=accuracy,
+                    predictions=np.zeros(n, np.int32), losses=np.ones(n, np.float32),
+                    seconds=0.01)
+
+
+def test_progress_line_first_without_eta_then_with(caplog):
+  line = actions.ProgressLine(total_steps=100, steps_per_epoch=10, batch_size=8)
+  logs = {"loss": 0.5, "accuracy": 0.75, "seconds": 3.2, "examples_per_sec": 2.5,
+          "steady_examples_per_sec": 2.5}
+  with caplog.at_level(logging.INFO):
+    line(1, logs)
+    line(20, dict(logs, examples_per_sec=800.0, steady_examples_per_sec=400.0))
+  first, second = [r.getMessage() for r in caplog.records]
+  assert first == ("step 1/100  epoch 0.10  loss 0.5000  accuracy 0.7500  first loop 3.2 s "
+                   "with tracing and compilation")
+  # 80 steps of 8 examples left at 400 examples/s: 1.6 s.
+  assert second.endswith("epoch 2.00  loss 0.5000  accuracy 0.7500  800 examples/s  ETA 0:00:02")
+
+
+def test_divergence_check():
+  check = actions.DivergenceCheck(lambda: None)
+  check(3, {"loss": 1.0})
+  with pytest.raises(FloatingPointError, match="the training loss is nan at step 4"):
+    check(4, {"loss": float("nan")})
+  with pytest.raises(FloatingPointError, match="loss scale collapsed to 0.5 at step 5"):
+    actions.DivergenceCheck(lambda: 0.5)(5, {"loss": 1.0})
+  actions.DivergenceCheck(lambda: 1.0)(5, {"loss": 1.0})
+
+
+def test_train_summaries_with_and_without_a_loss_scale():
+  writer = FakeWriter()
+  logs = {"loss": 1.0, "accuracy": 0.5, "examples_per_sec": 10.0}
+  actions.TrainSummaries(writer, learning_rate=lambda: 0.1, loss_scale=lambda: None)(3, logs)
+  actions.TrainSummaries(writer, learning_rate=lambda: 0.1, loss_scale=lambda: 128.0)(4, logs)
+  (_, run, step, first), (_, _, _, second) = writer.written
+  assert run == "train" and step == 3
+  assert first == {"loss": 1.0, "accuracy": 0.5, "learning_rate": 0.1, "examples_per_sec": 10.0}
+  assert second["loss_scale"] == 128.0
+
+
+def test_evaluate_at_its_interval_and_at_the_last_step():
+  writer, calls = FakeWriter(), []
+
+  def evaluate(split):
+    calls.append(split)
+    return evaluation(0, 0.5, 1.0)
+  action = actions.Evaluate(evaluate=evaluate, split="test", interval=10, total_steps=25,
+                            writer=writer)
+  assert [action.next_step(s) for s in (0, 9, 10, 24)] == [10, 10, 20, 30]
+  seen = []
+  for step in (1, 5, 10, 15, 20, 25):
+    logs = {}
+    action(step, logs)
+    seen += [step] if "eval" in logs else []
+  assert seen == [10, 20, 25] and calls == ["test"] * 3
+  assert [w[2] for w in writer.written] == [10, 20, 25]
+  assert writer.written[0][1:] == ("eval", 10, {"loss": 1.0, "accuracy": 0.5})
+
+
+def test_eval_pictures_written_by_the_chief_only():
+  rng = np.random.default_rng(0)
+  split = Split(images=rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8),
+                labels=np.array([0, 1, 2, 0, 1, 2]))
+  result = Evaluation(split="test", step=4, loss=1.0, accuracy=0.5,
+                      predictions=np.array([0, 1, 2, 1, 1, 0], np.int32),
+                      losses=np.array([.1, .2, .3, 2.0, .4, 3.0], np.float32), seconds=0.1)
+  writer = FakeWriter()
+  pictures = actions.EvalPictures(writer, split, ("cat", "dog", "bird"))
+  pictures(4, result)
+  written = {w[3]: w[4] for w in writer.written}
+  assert set(written) == {"confusion_matrix", "worst_mistakes", "per_class_accuracy"}
+  assert written["confusion_matrix"].dtype == np.uint8 and written["confusion_matrix"].shape[2] == 3
+  # Two mistakes: a grid of 2 tiles of 8x8 images upscaled 11x to 88 pixels.
+  assert written["worst_mistakes"].shape[0] >= 88 and written["worst_mistakes"].shape[1] >= 2 * 88
+  assert "| bird | 0.5000 | 2 | cat (1) |" in written["per_class_accuracy"]
+  assert pictures.seconds > 0
+  silent = FakeWriter(enabled=False)
+  actions.EvalPictures(silent, split, ("cat", "dog", "bird"))(4, result)
+  assert silent.written == []
+
+
+def _progress():
+  return Progress()
+
+
+def test_best_metric_keep_best_and_early_stopping_with_checkpointed_state(tmp_path):
+  progress = _progress()
+  saved, exported = [], []
+  best = actions.BestMetric("accuracy", progress)
+  keep = actions.KeepBest(metric="accuracy", save=lambda s: saved.append(s) or f"best-{s}",
+                          export=lambda: exported.append(True))
+  stop = actions.EarlyStopping(patience=2, metric="accuracy", progress=progress)
+  stops = []
+  for step, accuracy in [(10, 0.5), (20, 0.7), (30, 0.6), (40, 0.7), (50, 0.65)]:
+    logs = {"eval": evaluation(step, accuracy, 1.0)}
+    for action in (best, keep, stop):
+      action(step, logs)
+    stops.append(logs.get("stop"))
+  assert saved == [10, 20] and len(exported) == 2  # 0.7 again at 40 is no improvement
+  assert float(progress.best_value.numpy()) == pytest.approx(0.7)
+  assert int(progress.best_step.numpy()) == 20
+  assert stops[:3] == [None, None, None] and stops[3] is not None
+  assert "has not improved on 0.7000 (step 20) for 2 evals" in stops[3].reason
+  assert int(progress.stopped_early_at.numpy()) == 50
+  # The state survives a checkpoint, as a resumed run needs it.
+  path = tf.train.Checkpoint(progress=progress).write(str(tmp_path / "ckpt"))
+  fresh = _progress()
+  tf.train.Checkpoint(progress=fresh).read(path).assert_consumed()
+  assert int(fresh.evals_since_best.numpy()) == 3 and int(fresh.best_step.numpy()) == 20
+
+
+def test_best_loss_is_the_lowest_and_steps_without_eval_count_nothing():
+  progress = _progress()
+  best = actions.BestMetric("loss", progress)
+  logs = {"eval": evaluation(1, 0.1, 2.0)}
+  best(1, logs)
+  assert logs["new_best"]
+  best(2, {})  # no eval at this boundary
+  logs = {"eval": evaluation(3, 0.9, 2.5)}
+  best(3, logs)
+  assert "new_best" not in logs and int(progress.evals_since_best.numpy()) == 1
+
+
+def test_checkpoint_at_its_interval_the_end_and_before_a_stop():
+  saved = []
+  action = actions.Checkpoint(save=lambda s: saved.append(s) or f"ckpt-{s}", interval=10,
+                              total_steps=25)
+  assert action.next_step(3) == 10
+  for step in (5, 10, 13, 20, 25):
+    action(step, {})
+  logs = {"stop": actions.Stop("x")}
+  action(7, logs)
+  assert saved == [10, 20, 25, 7] and logs["checkpoint"] == "ckpt-7"
+
+
+def test_profiler_traces_its_steps(monkeypatch, tmp_path):
+  calls = []
+  monkeypatch.setattr(tf.profiler.experimental, "start", lambda d: calls.append(("start", d)))
+  monkeypatch.setattr(tf.profiler.experimental, "stop", lambda: calls.append(("stop",)))
+  profiler = actions.Profiler((5, 9), str(tmp_path))
+  assert [profiler.next_step(s) for s in (0, 5, 9)] == [5, 9, None]
+  profiler.start(0)
+  for step in (5, 7, 9, 12):
+    profiler(step, {})
+  profiler.end(12)
+  assert calls == [("start", str(tmp_path)), ("stop",)]
+
+
+def test_preemption_stop_on_sigterm_then_handlers_restored():
+  previous = signal.getsignal(signal.SIGTERM)
+  action = actions.PreemptionStop()
+  action.start(0)
+  logs = {}
+  action(1, logs)
+  assert "stop" not in logs
+  os.kill(os.getpid(), signal.SIGTERM)
+  action(2, logs)
+  assert logs["stop"].signum == signal.SIGTERM and "SIGTERM" in logs["stop"].reason
+  action.end(2)
+  assert signal.getsignal(signal.SIGTERM) is previous

@@ -1,0 +1,146 @@
+"""The outer loop alone: boundary arithmetic, action order, stops, on a fake trainer."""
+
+import signal
+
+import pytest
+
+from trainer import actions
+from trainer.controller import Controller
+
+
+class FakeTrainer:
+  """Counts steps; its loss is the step at which the loop ended."""
+
+  def __init__(self, step=0):
+    self.step, self.loops = step, []
+
+  def train_iterator(self):
+    return iter(())
+
+  def run_steps(self, iterator, steps):
+    self.loops.append(steps)
+    self.step += steps
+    return {"loss": float(self.step), "accuracy": 0.5}
+
+
+class Every(actions.Action):
+  """Asks for a boundary every `n` steps and records where it was called."""
+
+  def __init__(self, n, log):
+    self.n, self.log = n, log
+
+  def next_step(self, step):
+    return actions.next_multiple(step, self.n)
+
+  def __call__(self, step, logs):
+    self.log.append((self.n, step))
+
+
+def boundaries(trainer):
+  steps, out = trainer.step - sum(trainer.loops), []
+  for n in trainer.loops:
+    steps += n
+    out.append(steps)
+  return out
+
+
+def test_inner_loops_end_at_the_nearest_step_any_action_needs():
+  trainer, log = FakeTrainer(), []
+  Controller(trainer=trainer, actions=[Every(5, log), Every(8, log)], total_steps=20,
+             steps_per_loop=6, batch_size=4).run()
+  # A first loop of one step; then loops of up to 6 cut at multiples of 5 and 8 and at 20.
+  assert boundaries(trainer) == [1, 5, 8, 10, 15, 16, 20]
+  assert [s for n, s in log if n == 5] == [1, 5, 8, 10, 15, 16, 20]  # every action, every loop
+
+
+def test_resume_from_a_middle_step_and_an_already_finished_run():
+  trainer = FakeTrainer(step=7)
+  timing = Controller(trainer=trainer, actions=[Every(10, [])], total_steps=25,
+                      steps_per_loop=100, batch_size=4, first_loop_steps=2).run()
+  assert boundaries(trainer) == [9, 10, 20, 25]
+  assert timing.examples_per_sec > 0 and timing.train_seconds >= timing.compile_seconds > 0
+  done = FakeTrainer(step=25)
+  timing = Controller(trainer=done, actions=[], total_steps=25, steps_per_loop=5,
+                      batch_size=4).run()
+  assert done.loops == [] and timing.examples_per_sec is None
+
+
+def test_next_stop_ignores_actions_with_nothing_ahead():
+  class Never(actions.Action):
+    pass
+  controller = Controller(trainer=FakeTrainer(), actions=[Never(), Every(4, [])],
+                          total_steps=100, steps_per_loop=10, batch_size=1)
+  assert controller.next_stop(0, first=True) == 1
+  assert controller.next_stop(1) == 4 and controller.next_stop(4) == 8
+  assert controller.next_stop(97) == 100
+
+
+class StopAt(actions.Action):
+  def __init__(self, step, signum=None):
+    self.step, self.signum = step, signum
+
+  def __call__(self, step, logs):
+    if step >= self.step:
+      logs["stop"] = actions.Stop("enough", self.signum)
+
+
+class Recorder(actions.Action):
+  def __init__(self):
+    self.calls, self.started, self.ended = [], None, None
+
+  def start(self, step):
+    self.started = step
+
+  def __call__(self, step, logs):
+    self.calls.append((step, dict(logs)))
+    logs["checkpoint"] = f"ckpt-{step}"
+
+  def end(self, step):
+    self.ended = step
+
+
+def test_a_stop_runs_the_remaining_actions_of_that_boundary_then_ends():
+  trainer, recorder = FakeTrainer(), Recorder()
+  timing = Controller(trainer=trainer, actions=[StopAt(5), recorder], total_steps=50,
+                      steps_per_loop=2, batch_size=4).run()
+  assert trainer.step == 5 and timing.stop.reason == "enough"
+  step, logs = recorder.calls[-1]
+  assert step == 5 and logs["stop"].reason == "enough"  # later actions see the request
+  assert logs["loss"] == 5.0 and logs["steps"] == 2 and logs["examples_per_sec"] > 0
+  assert (recorder.started, recorder.ended) == (0, 5)
+
+
+def test_a_signal_stop_raises_interrupted_with_the_checkpoint_and_ends_every_action():
+  trainer, recorder = FakeTrainer(), Recorder()
+  controller = Controller(trainer=trainer, actions=[StopAt(3, signal.SIGTERM), recorder],
+                          total_steps=50, steps_per_loop=2, batch_size=4)
+  with pytest.raises(actions.Interrupted, match="stopped by SIGTERM at step 3; checkpoint "
+                     "ckpt-3 saved") as info:
+    controller.run()
+  assert info.value.signum == signal.SIGTERM and recorder.ended == 3
+
+
+def test_a_stop_at_the_last_step_is_a_normal_end():
+  trainer = FakeTrainer()
+  timing = Controller(trainer=trainer, actions=[StopAt(4, signal.SIGTERM)], total_steps=4,
+                      steps_per_loop=3, batch_size=4).run()
+  assert trainer.step == 4 and timing.stop is None
+
+
+def test_an_action_that_raises_still_ends_every_action():
+  class Boom(actions.Action):
+    def __call__(self, step, logs):
+      raise FloatingPointError("diverged")
+  recorder = Recorder()
+  with pytest.raises(FloatingPointError):
+    Controller(trainer=FakeTrainer(), actions=[recorder, Boom()], total_steps=9,
+               steps_per_loop=3, batch_size=1).run()
+  assert recorder.ended == 1
+
+
+def test_arguments_are_checked_up_front():
+  with pytest.raises(ValueError, match="steps_per_loop"):
+    Controller(trainer=FakeTrainer(), actions=[], total_steps=9, steps_per_loop=0, batch_size=1)
+  with pytest.raises(TypeError, match="Action"):
+    Controller(trainer=FakeTrainer(), actions=[print], total_steps=9, steps_per_loop=1,
+               batch_size=1)

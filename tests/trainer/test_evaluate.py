@@ -1,0 +1,91 @@
+"""python -m trainer.evaluate as a user runs it: after training, on another split, on a
+chosen checkpoint, continuously beside a training run, and with bad input."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_end_to_end import read_images, read_scalars, run
+
+DATASET = "synthetic:shape=12x12x1,classes=4,train=320,test=70"
+ARGS = ["--model=mlp", "--hidden_units=16", f"--dataset={DATASET}", "--batch_size=32",
+        "--steps_per_loop=4", "--noeval_images"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp("eval") / "model")
+  run("trainer.main", *ARGS, "--train_steps=20", "--checkpoint_every=8",
+      f"--model_dir={model_dir}")
+  return model_dir
+
+
+def _results(model_dir):
+  with open(os.path.join(model_dir, "results.json")) as f:
+    return json.load(f)
+
+
+def test_evaluates_the_latest_checkpoint_like_training_did(trained):
+  proc = run("trainer.evaluate", f"--model_dir={trained}")
+  results = _results(trained)
+  assert f"test accuracy {results['test_accuracy']:.4f} (loss {results['test_loss']:.4f}) " \
+         "at step 20" in proc.stdout
+  with open(os.path.join(trained, "eval_test.json")) as f:
+    figures = json.load(f)
+  assert figures["global_step"] == 20 and figures["examples"] == 70
+  assert figures["accuracy"] == pytest.approx(results["test_accuracy"], abs=1e-6)
+  scalars = read_scalars(os.path.join(trained, "eval_test"))
+  assert scalars["accuracy"][20] == pytest.approx(results["test_accuracy"], abs=1e-6)
+  # Pictures are on by default here, although the training run had them off.
+  pictures = read_images(os.path.join(trained, "eval_test"))
+  assert set(pictures) >= {"confusion_matrix"} and 20 in pictures["confusion_matrix"]
+
+
+def test_another_split_and_an_older_checkpoint(trained):
+  proc = run("trainer.evaluate", f"--model_dir={trained}", "--split=train",
+             f"--checkpoint={os.path.join(trained, 'checkpoints', 'ckpt-16')}", "--noeval_images")
+  assert "train accuracy" in proc.stdout and "at step 16" in proc.stdout
+  with open(os.path.join(trained, "eval_train.json")) as f:
+    assert json.load(f)["examples"] == 320
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--split=validation"], "--split=validation: the run's data has no labeled validation "
+                             "split (it has train, test)"),
+    (["--checkpoint=/nonexistent/ckpt-3"], "no checkpoint /nonexistent/ckpt-3"),
+    (["--continuous", "--checkpoint=x"], "--continuous evaluates each new checkpoint"),
+])
+def test_bad_input_is_one_line_and_exit_2(trained, args, message):
+  proc = run("trainer.evaluate", f"--model_dir={trained}", *args, check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and message in last and "Traceback" not in proc.stderr
+
+
+def test_not_a_run_directory(tmp_path):
+  proc = run("trainer.evaluate", f"--model_dir={tmp_path}", check=False)
+  assert proc.returncode == 2
+  assert "no flags.json in" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_continuous_evaluation_beside_a_training_run(tmp_path):
+  model_dir = str(tmp_path / "model")
+  trainer = subprocess.Popen(
+      [sys.executable, "-m", "trainer.main", *ARGS, "--train_steps=120", "--checkpoint_every=8",
+       "--keep_checkpoints=20", "--steps_per_loop=2", f"--model_dir={model_dir}"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 120
+  while not os.path.exists(os.path.join(model_dir, "flags.json")) and time.time() < deadline:
+    time.sleep(0.2)
+  evaluator = run("trainer.evaluate", f"--model_dir={model_dir}", "--continuous",
+                  "--poll_seconds=1", "--noeval_images")
+  trainer.communicate(timeout=300)
+  assert trainer.returncode == 0
+  steps = [int(line.split(" at step ")[1].split(",")[0])
+           for line in evaluator.stdout.splitlines() if " at step " in line]
+  assert steps and steps == sorted(set(steps)) and steps[-1] == 120  # ends at the last step
+  assert "evaluated the run's last checkpoint (step 120): done" in evaluator.stderr

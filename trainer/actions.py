@@ -1,0 +1,301 @@
+"""What the outer loop does between inner loops: small periodic actions (orbit's and clu's
+style), each handed the step and the loop's logs by trainer/controller.py.
+
+An action may ask for an inner loop to end at a step (`next_step`), acts after each inner
+loop (`__call__`), and may set up and tear down around the whole run (`start`, `end`).
+Actions run in list order on one `logs` dict, so a later action sees what an earlier one
+added: the evaluation ("eval"), a new best ("new_best"), a stop request ("stop"), the
+checkpoint written ("checkpoint").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from trainer import images
+
+
+def next_multiple(step: int, every: int) -> int:
+  """The first multiple of `every` after `step`."""
+  return (step // every + 1) * every
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+  """A request to end training after this inner loop: a reason for the log, and the
+  signal number when a signal asked for it."""
+  reason: str
+  signum: int | None = None
+
+
+class Action:
+  """The interface; every method is optional."""
+
+  def next_step(self, step: int) -> int | None:
+    """The next step after `step` at which this action needs the inner loop to return."""
+    del step
+    return None
+
+  def start(self, step: int) -> None:
+    """Once, before the first inner loop."""
+
+  def __call__(self, step: int, logs: dict) -> None:
+    """After each inner loop, which ended at `step`."""
+
+  def end(self, step: int) -> None:
+    """Once, after the last inner loop, also when training raised."""
+
+
+class ProgressLine(Action):
+  """One console line per inner loop: step, epoch, loss, accuracy, speed, ETA."""
+
+  def __init__(self, *, total_steps: int, steps_per_epoch: int, batch_size: int):
+    self.total, self.per_epoch, self.batch = total_steps, steps_per_epoch, batch_size
+    self.first = True
+
+  def __call__(self, step, logs):
+    if self.first:  # its speed is mostly tracing and compiling: no ETA from it
+      self.first = False
+      speed = f"first loop {logs['seconds']:.1f} s with tracing and compilation"
+    else:
+      eta = (self.total - step) * self.batch / logs["steady_examples_per_sec"]
+      speed = f"{logs['examples_per_sec']:.0f} examples/s  ETA {duration(eta)}"
+    logging.info("step %d/%d  epoch %.2f  loss %.4f  accuracy %.4f  %s", step, self.total,
+                 step / self.per_epoch, logs["loss"], logs["accuracy"], speed)
+
+
+class DivergenceCheck(Action):
+  """Raises FloatingPointError on a non-finite loss or a collapsed fp16 loss scale. It
+  runs before the checkpoint action, so the last good checkpoint stays the latest."""
+
+  def __init__(self, loss_scale: Callable[[], float | None]):
+    self.loss_scale = loss_scale
+
+  def __call__(self, step, logs):
+    scale = self.loss_scale()
+    if scale is not None and scale < 1.0:  # halved on every skipped step
+      raise FloatingPointError(f"the fp16 loss scale collapsed to {scale:g} at step {step}")
+    if not np.isfinite(logs["loss"]):
+      raise FloatingPointError(f"the training loss is {logs['loss']} at step {step}")
+
+
+class TrainSummaries(Action):
+  """The train run's scalars after every inner loop."""
+
+  def __init__(self, writer, *, learning_rate: Callable[[], float],
+               loss_scale: Callable[[], float | None]):
+    self.writer, self.learning_rate, self.loss_scale = writer, learning_rate, loss_scale
+
+  def __call__(self, step, logs):
+    values = {"loss": logs["loss"], "accuracy": logs["accuracy"],
+              "learning_rate": float(self.learning_rate()),
+              "examples_per_sec": logs["examples_per_sec"]}
+    scale = self.loss_scale()
+    if scale is not None:
+      values["loss_scale"] = scale
+    self.writer.scalars("train", step, values)
+
+
+class Evaluate(Action):
+  """Every `interval` steps and at the last step: loss and accuracy of one split into the
+  eval run, the log and logs["eval"]; with `pictures`, the confusion matrix, the worst
+  mistakes and the per-class table too."""
+
+  def __init__(self, *, evaluate, split: str, interval: int, total_steps: int, writer,
+               pictures: "EvalPictures | None" = None):
+    self.evaluate, self.split, self.interval = evaluate, split, interval
+    self.total, self.writer, self.pictures = total_steps, writer, pictures
+
+  def next_step(self, step):
+    return next_multiple(step, self.interval)
+
+  def __call__(self, step, logs):
+    if step % self.interval and step < self.total:
+      return
+    result = self.evaluate(self.split)
+    logging.info("eval on %s at step %d: loss %.4f  accuracy %.4f  (%.1f s)", self.split, step,
+                 result.loss, result.accuracy, result.seconds)
+    self.writer.scalars("eval", step, result.metrics())
+    if self.pictures:
+      self.pictures(step, result)
+    logs["eval"] = result
+
+
+class EvalPictures:
+  """The Images and Text tabs of an evaluation: a confusion matrix, the worst mistakes,
+  per-class accuracy. Only where the writer writes (the chief); timed, for its cost."""
+
+  def __init__(self, writer, split, class_names, run: str = "eval"):
+    self.writer, self.split, self.names, self.run = writer, split, class_names, run
+    self.seconds = 0.0
+
+  def __call__(self, step: int, result) -> None:
+    if not self.writer.enabled or self.split.labels is None:
+      return
+    start = time.perf_counter()
+    labels = self.split.labels
+    counts = images.confusion_counts(labels, result.predictions, len(self.names))
+    title = f"{result.split} at step {step}: rows true, columns predicted, % of each row"
+    self.writer.image(self.run, step, "confusion_matrix",
+                      images.confusion_matrix(counts, self.names, title),
+                      description=f"Row-normalised confusion matrix on {result.split}.")
+    worst = images.worst_mistakes(self.split.images, labels, result.predictions,
+                                  result.losses, self.names)
+    if worst is not None:
+      self.writer.image(self.run, step, "worst_mistakes", worst,
+                        description=f"The misclassified {result.split} examples with the "
+                        "highest loss.")
+    self.writer.text(self.run, step, "per_class_accuracy",
+                     images.per_class_table(counts, self.names))
+    self.seconds += time.perf_counter() - start
+
+
+class BestMetric(Action):
+  """Tracks the best eval `metric` (orbit's NewBestMetric) in checkpointed variables, so
+  that a resumed run knows it; sets logs["new_best"] on an improvement."""
+
+  def __init__(self, metric: str, progress):
+    self.metric, self.progress = metric, progress
+    self.higher_is_better = metric == "accuracy"
+
+  def improved(self, value: float) -> bool:
+    best = float(self.progress.best_value.numpy())
+    if np.isnan(best):
+      return True
+    return value > best if self.higher_is_better else value < best
+
+  def __call__(self, step, logs):
+    if "eval" not in logs:
+      return
+    value = getattr(logs["eval"], self.metric)
+    if self.improved(value):
+      self.progress.best_value.assign(value)
+      self.progress.best_step.assign(step)
+      self.progress.evals_since_best.assign(0)
+      logs["new_best"] = True
+    else:
+      self.progress.evals_since_best.assign_add(1)
+
+
+class KeepBest(Action):
+  """On a new best: a checkpoint in model_dir/best/ and an export in model_dir/export_best/."""
+
+  def __init__(self, *, metric: str, save: Callable[[int], str], export: Callable[[], None]):
+    self.metric, self.save, self.export = metric, save, export
+
+  def __call__(self, step, logs):
+    if logs.get("new_best"):
+      path = self.save(step)
+      self.export()
+      logging.info("new best eval %s %.4f at step %d: saved %s and export_best/", self.metric,
+                   getattr(logs["eval"], self.metric), step, path)
+
+
+class EarlyStopping(Action):
+  """Stops when the eval metric has not improved for `patience` evals in a row."""
+
+  def __init__(self, *, patience: int, metric: str, progress):
+    self.patience, self.metric, self.progress = patience, metric, progress
+
+  def __call__(self, step, logs):
+    if "eval" not in logs or int(self.progress.evals_since_best.numpy()) < self.patience:
+      return
+    best, at = float(self.progress.best_value.numpy()), int(self.progress.best_step.numpy())
+    self.progress.stopped_early_at.assign(step)
+    logs["stop"] = Stop(f"early stopping: eval {self.metric} has not improved on {best:.4f} "
+                        f"(step {at}) for {self.patience} evals")
+
+
+class Checkpoint(Action):
+  """Every `interval` steps, at the last step, and before any stop."""
+
+  def __init__(self, *, save: Callable[[int], str], interval: int, total_steps: int):
+    self.save, self.interval, self.total = save, interval, total_steps
+
+  def next_step(self, step):
+    return next_multiple(step, self.interval)
+
+  def __call__(self, step, logs):
+    if step % self.interval == 0 or step == self.total or "stop" in logs:
+      logs["checkpoint"] = self.save(step)
+
+
+class Profiler(Action):
+  """Traces steps [A, B) into a TensorBoard profile (the Profile tab of model_dir)."""
+
+  def __init__(self, steps: tuple[int, int], logdir: str):
+    self.first, self.last = steps
+    self.logdir, self.running = logdir, False
+
+  def next_step(self, step):
+    return next((s for s in (self.first, self.last) if s > step), None)
+
+  def start(self, step):
+    self(step, {})
+
+  def __call__(self, step, logs):
+    if not self.running and self.first <= step < self.last:
+      tf.profiler.experimental.start(self.logdir)
+      self.running = True
+      logging.info("profiling steps %d to %d into %s", step, self.last, self.logdir)
+    elif self.running and step >= self.last:
+      self.end(step)
+
+  def end(self, step):
+    if self.running:
+      tf.profiler.experimental.stop()
+      self.running = False
+
+
+class PreemptionStop(Action):
+  """SIGTERM (a preempted VM) or SIGINT (Ctrl-C) asks for a stop at the next boundary,
+  after a checkpoint; a second Ctrl-C stops at once. A Python signal handler cannot run
+  while a tf.function executes anyway: this makes the stop clean."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signal is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal = signum
+    logging.warning("received %s: saving a checkpoint and stopping at the end of this loop",
+                    signal.Signals(signum).name)
+
+  def start(self, step):
+    if threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
+
+  def __call__(self, step, logs):
+    if self.signal is not None:
+      logs["stop"] = Stop(f"stopped by {signal.Signals(self.signal).name}", self.signal)
+
+  def end(self, step):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous.clear()
+
+
+class Interrupted(Exception):
+  """Training stopped on a signal after saving a checkpoint at `step`."""
+
+  def __init__(self, signum: int, step: int, checkpoint: str | None):
+    self.signum, self.step, self.checkpoint = signum, step, checkpoint
+    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint "
+                     f"{checkpoint} saved: run the same command again to resume")
+
+
+def duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,162 @@
+"""Evaluate a run's checkpoint without training, or each new one as training writes them.
+
+    python -m trainer.evaluate --model_dir=runs/cnn [--split=test] [--checkpoint=PATH]
+    python -m trainer.evaluate --model_dir=runs/cnn --continuous   # an eval VM beside training
+
+The model, dataset and validation split are the run's own (model_dir/flags.json); a flag
+given here overrides the run's (e.g. --dataset, --data_dir, --batch_size). Figures go to
+the console, model_dir/eval_<split>.json and TensorBoard's eval_<split> run: loss,
+accuracy, the confusion matrix, the worst mistakes and per-class accuracy.
+"""
+
+from trainer import tf_env
+
+tf_env.apply()  # before anything imports TensorFlow
+
+import json  # pylint: disable=g-import-not-at-top,wrong-import-order
+import os  # pylint: disable=g-import-not-at-top,wrong-import-order
+import time  # pylint: disable=g-import-not-at-top,wrong-import-order
+
+from absl import flags, logging  # pylint: disable=g-import-not-at-top
+
+from trainer import cli  # pylint: disable=g-import-not-at-top
+from trainer import flags as tl_flags  # pylint: disable=g-import-not-at-top
+
+FLAGS = flags.FLAGS
+# Flags that say how the training run ran, not what it trained: here they are this
+# process's own (a single-machine evaluator), never copied from the run.
+_HOW_IT_RAN = ("strategy", "devices", "cpu_devices", "profile_steps", "keep_best",
+               "early_stopping", "eval_every", "checkpoint_every")
+HELP_GROUPS = {"Evaluation": ["model_dir", "split", "checkpoint", "continuous",
+                              "poll_seconds", "timeout"],
+               "Overrides of the run's flags": ["dataset", "data_dir", "manual_dir",
+                                                "batch_size", "strategy", "eval_images"]}
+
+
+def define_flags() -> None:
+  tl_flags.define_flags()
+  flags.DEFINE_string("split", "test", "The split to evaluate: test, validation (when the "
+                      "run held one out) or train.")
+  flags.DEFINE_string("checkpoint", None, "A checkpoint prefix, e.g. "
+                      "model_dir/checkpoints/ckpt-100 or model_dir/best/ckpt-80 "
+                      "(default: the latest).")
+  flags.DEFINE_boolean("continuous", False, "Evaluate each new checkpoint as it appears, "
+                       "until the run's last step (or --timeout without a new one).")
+  flags.DEFINE_integer("poll_seconds", 10, "--continuous: seconds between looks at "
+                       "model_dir.")
+  flags.DEFINE_integer("timeout", 3600, "--continuous: stop after this many seconds "
+                       "without a new checkpoint.")
+
+
+def _run_config(model_dir: str):
+  """The run's Config from model_dir/flags.json, with the flags given here on top."""
+  from trainer import config  # pylint: disable=g-import-not-at-top
+  path = os.path.join(model_dir, "flags.json")
+  if not os.path.exists(path):
+    raise cli.UsageError(f"no flags.json in --model_dir={model_dir}: not a tapeloop run "
+                         "(train one there first with python -m trainer.main)")
+  with open(path) as f:
+    values = {k: v for k, v in json.load(f).items()
+              if k in tl_flags.OWN_FLAGS and k not in _HOW_IT_RAN}
+  values.update({name: FLAGS[name].value for name in tl_flags.OWN_FLAGS
+                 if FLAGS[name].present})
+  values["model_dir"] = model_dir
+  return config.from_values(values)
+
+
+class Evaluator:
+  """The run's model on one split; evaluates checkpoints and writes what it finds."""
+
+  def __init__(self, cfg, split: str):
+    import keras  # pylint: disable=g-import-not-at-top
+    import input_pipeline  # pylint: disable=g-import-not-at-top
+    from trainer import actions, distribute, summaries  # pylint: disable=g-import-not-at-top
+    from trainer.loop import Trainer  # pylint: disable=g-import-not-at-top
+    strategy = distribute.create_strategy(cfg)
+    keras.utils.set_random_seed(cfg.seed)
+    data = input_pipeline.load(cfg.dataset, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir,
+                               num_classes=cfg.num_classes,
+                               validation_split=cfg.validation_split, seed=cfg.seed)
+    if split not in data.splits or data.splits[split].labels is None:
+      held = ", ".join(s for s, v in data.splits.items() if v.labels is not None)
+      raise cli.UsageError(f"--split={split}: the run's data has no labeled {split} split "
+                           f"(it has {held})")
+    self.cfg, self.split = cfg, split
+    self.trainer = Trainer(cfg, strategy, data, restore=False)
+    self.run = f"eval_{split}"
+    self.writer = summaries.Summaries(cfg.model_dir, runs=(self.run,))
+    self.pictures = (actions.EvalPictures(self.writer, data.splits[split],
+                                          data.info.class_names, run=self.run)
+                     if cfg.eval_images else None)
+
+  def checkpoints(self) -> list[str]:
+    """The run's checkpoints, oldest first."""
+    return list(reversed(self.trainer.checkpoints._candidates()))  # pylint: disable=protected-access
+
+  def __call__(self, checkpoint: str | None) -> dict:
+    from trainer import export  # pylint: disable=g-import-not-at-top
+    with self.trainer.strategy.scope():
+      path = self.trainer.checkpoints.restore(checkpoint)
+    if path is None:
+      raise cli.UsageError(f"no checkpoint in {self.trainer.checkpoints.directory}: train "
+                           "first, or give --checkpoint")
+    result = self.trainer.evaluate(self.split)
+    step = result.step
+    self.writer.scalars(self.run, step, result.metrics())
+    if self.pictures:
+      self.pictures(step, result)
+    figures = {"split": self.split, "checkpoint": path, "global_step": step,
+               **result.metrics(), "examples": len(result.predictions)}
+    export.write_json(os.path.join(self.cfg.model_dir, f"{self.run}.json"), figures)
+    print(f"{self.split} accuracy {result.accuracy:.4f} (loss {result.loss:.4f}) at step "
+          f"{step}, {path}", flush=True)
+    return figures
+
+
+def _continuously(evaluator: Evaluator) -> None:
+  """orbit's evaluate_continuously: each new checkpoint once, newest first when several
+  arrived, until the run's last step or --timeout seconds without a new one."""
+  total = evaluator.trainer.total_steps
+  done, last_new = -1, time.monotonic()
+  logging.info("watching %s for checkpoints up to step %d", evaluator.cfg.model_dir, total)
+  while True:
+    newest = next(iter(reversed(evaluator.checkpoints())), None)
+    step = int(newest.rsplit("-", 1)[1]) if newest else -1
+    if step > done:
+      done, last_new = evaluator(newest)["global_step"], time.monotonic()
+      finished = os.path.exists(os.path.join(evaluator.cfg.model_dir, "results.json"))
+      if done >= total or (finished and step == done):
+        logging.info("evaluated the run's last checkpoint (step %d): done", done)
+        return
+    elif time.monotonic() - last_new > FLAGS.timeout:
+      logging.warning("no new checkpoint for %d s (--timeout): stopping", FLAGS.timeout)
+      return
+    time.sleep(FLAGS.poll_seconds)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise cli.UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
+  if not FLAGS.model_dir:
+    raise cli.UsageError("--model_dir is required: the run to evaluate")
+  split, checkpoint, continuous = FLAGS.split, FLAGS.checkpoint, FLAGS.continuous
+  if continuous and checkpoint:
+    raise cli.UsageError("--continuous evaluates each new checkpoint: drop --checkpoint")
+  cfg = _run_config(FLAGS.model_dir)
+  evaluator = Evaluator(cfg, split)
+  if continuous:
+    _continuously(evaluator)
+  else:
+    evaluator(checkpoint)
+  evaluator.writer.close()
+
+
+def run():
+  """Console script entry point (tapeloop-evaluate)."""
+  define_flags()
+  cli.run_app(main, "python -m trainer.evaluate --model_dir=DIR [--split=test] "
+              "[--checkpoint=PATH | --continuous]", HELP_GROUPS)
+
+
+if __name__ == "__main__":
+  run()
