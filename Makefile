@@ -7,7 +7,7 @@ DATA_DIR ?= data/tfds
 # Flags for `make train`, e.g. make train FLAGS="--epochs=1"
 FLAGS ?=
 
-.PHONY: install test train data bench bench-tta clean
+.PHONY: install test train data bench bench-tta tutorial clean
 
 install: $(STAMP)
 
@@ -36,6 +36,12 @@ bench: install
 # Time to accuracy on Fashion-MNIST with configs/fashion_tta.cfg.
 bench-tta: data
 	$(PY) scripts/benchmark.py --time_to_accuracy --data_dir=$(DATA_DIR)
+
+# The tutorial's seven models on Fashion-MNIST (offline), compared: benchmarks/tutorial.{md,json},
+# TensorBoard runs in runs/tutorial. For MNIST: make tutorial TUTORIAL_FLAGS=--dataset=idx:DIR
+TUTORIAL_FLAGS ?=
+tutorial: data
+	$(PY) scripts/tutorial.py --data_dir=$(DATA_DIR) $(TUTORIAL_FLAGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -88,7 +88,7 @@ def train(model_dir: str, args: list[str], label: str) -> dict:
                           cwd=ROOT, check=False)
   if proc.returncode != 0:
     with open(os.path.join(model_dir, "train.log")) as f:
-      last = (f.read().strip().splitlines() or ["(no output)"])[-1]
+      last = (f.read().strip().splitlines() or ["(no output)"])[-1].removeprefix("error: ")
     print(f"failed {label}: exit {proc.returncode}: {last}", flush=True)
     return {"status": f"exit {proc.returncode}", "error": last, "returncode": proc.returncode}
   with open(results_path) as f:

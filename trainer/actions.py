@@ -155,6 +155,7 @@ class EvalPictures:
                         "highest loss.")
     self.writer.text(self.run, step, "per_class_accuracy",
                      images.per_class_table(counts, self.names))
+    self.writer.flush(self.run)
     self.seconds += time.perf_counter() - start
 
 

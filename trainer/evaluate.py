@@ -26,7 +26,7 @@ FLAGS = flags.FLAGS
 # Flags that say how the training run ran, not what it trained: here they are this
 # process's own (a single-machine evaluator), never copied from the run.
 _HOW_IT_RAN = ("strategy", "devices", "cpu_devices", "profile_steps", "keep_best",
-               "early_stopping", "eval_every", "checkpoint_every")
+               "early_stopping", "eval_every", "checkpoint_every", "eval_images")
 HELP_GROUPS = {"Evaluation": ["model_dir", "split", "checkpoint", "continuous",
                               "poll_seconds", "timeout"],
                "Overrides of the run's flags": ["dataset", "data_dir", "manual_dir",
@@ -89,14 +89,16 @@ class Evaluator:
                                           data.info.class_names, run=self.run)
                      if cfg.eval_images else None)
 
+  def close(self) -> None:
+    self.writer.close()
+
   def checkpoints(self) -> list[str]:
     """The run's checkpoints, oldest first."""
     return list(reversed(self.trainer.checkpoints._candidates()))  # pylint: disable=protected-access
 
   def __call__(self, checkpoint: str | None) -> dict:
     from trainer import export  # pylint: disable=g-import-not-at-top
-    with self.trainer.strategy.scope():
-      path = self.trainer.checkpoints.restore(checkpoint)
+    path = self.trainer.restore(checkpoint)
     if path is None:
       raise cli.UsageError(f"no checkpoint in {self.trainer.checkpoints.directory}: train "
                            "first, or give --checkpoint")
@@ -117,18 +119,29 @@ def _continuously(evaluator: Evaluator) -> None:
   """orbit's evaluate_continuously: each new checkpoint once, newest first when several
   arrived, until the run's last step or --timeout seconds without a new one."""
   total = evaluator.trainer.total_steps
-  done, last_new = -1, time.monotonic()
+  from trainer.config import ConfigError  # pylint: disable=g-import-not-at-top
+  done, last_new, unreadable = -1, time.monotonic(), None
   logging.info("watching %s for checkpoints up to step %d", evaluator.cfg.model_dir, total)
   while True:
+    # Looked at before the checkpoints: the run writes results.json after its last one.
+    finished = os.path.exists(os.path.join(evaluator.cfg.model_dir, "results.json"))
     newest = next(iter(reversed(evaluator.checkpoints())), None)
     step = int(newest.rsplit("-", 1)[1]) if newest else -1
     if step > done:
-      done, last_new = evaluator(newest)["global_step"], time.monotonic()
-      finished = os.path.exists(os.path.join(evaluator.cfg.model_dir, "results.json"))
-      if done >= total or (finished and step == done):
-        logging.info("evaluated the run's last checkpoint (step %d): done", done)
-        return
-    elif time.monotonic() - last_new > FLAGS.timeout:
+      try:
+        done, last_new = evaluator(newest)["global_step"], time.monotonic()
+      except ConfigError:
+        if newest == unreadable:
+          raise
+        # Possibly still being written: one more look after a pause before giving up.
+        unreadable = newest
+        logging.info("%s is not readable yet; trying again", newest)
+        time.sleep(FLAGS.poll_seconds)
+      continue
+    if done >= total or (finished and done >= 0):
+      logging.info("evaluated the run's last checkpoint (step %d): done", done)
+      return
+    if time.monotonic() - last_new > FLAGS.timeout:
       logging.warning("no new checkpoint for %d s (--timeout): stopping", FLAGS.timeout)
       return
     time.sleep(FLAGS.poll_seconds)
@@ -148,7 +161,7 @@ def main(argv):
     _continuously(evaluator)
   else:
     evaluator(checkpoint)
-  evaluator.writer.close()
+  evaluator.close()
 
 
 def run():

@@ -4,6 +4,8 @@ itself depends on it); numpy does the rest."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -11,6 +13,7 @@ _FONT_SIZE = 12
 _WHITE, _BLACK, _GREY = (255, 255, 255), (0, 0, 0), (110, 110, 110)
 
 
+@functools.lru_cache(maxsize=None)
 def _font():
   return ImageFont.load_default(size=_FONT_SIZE)
 
@@ -30,30 +33,21 @@ def confusion_counts(labels: np.ndarray, predictions: np.ndarray, num_classes: i
   return np.bincount(flat, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
-def confusion_matrix(counts: np.ndarray, class_names, title: str = "") -> np.ndarray:
-  """A heat map of row-normalised counts (each true class sums to 100%), each cell
-  showing its percentage; rows are true classes, columns predicted ones."""
-  n = len(counts)
-  totals = counts.sum(axis=1, keepdims=True)
-  share = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+@functools.lru_cache(maxsize=4)
+def _matrix_frame(class_names: tuple[str, ...]):
+  """What stays the same from one eval to the next: the white canvas with the class names
+  and axis captions, and the layout (cell size, left and top of the cells)."""
+  n = len(class_names)
   cell = int(np.clip(600 // max(n, 1), 6, 40))
   font = _font()
   probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-  label_w = int(min(140, max(probe.textlength(str(c), font=font) for c in class_names) + 8))
+  label_w = int(min(140, max(probe.textlength(c, font=font) for c in class_names) + 8))
   top = 2 * _FONT_SIZE + 10 + label_w  # title, axis caption and the column names
   left = label_w + _FONT_SIZE + 8
-  width, height = left + n * cell + 8, top + n * cell + 8
-  # Blue heat map: white at 0, dark blue at 100%.
-  shade = (1.0 - share)[..., None] * np.array([225, 215, 150]) + np.array([20, 40, 105])
-  canvas = np.full((height, width, 3), 255, np.uint8)
-  cells = np.repeat(np.repeat(shade.astype(np.uint8), cell, axis=0), cell, axis=1)
-  canvas[top:top + n * cell, left:left + n * cell] = cells
-  image = Image.fromarray(canvas)
+  image = Image.new("RGB", (left + n * cell + 8, top + n * cell + 8), _WHITE)
   draw = ImageDraw.Draw(image)
-  draw.text((4, 2), title or "confusion matrix (rows: true, columns: predicted)", fill=_BLACK,
-            font=font)
   draw.text((left, _FONT_SIZE + 6), "predicted", fill=_GREY, font=font)
-  names = [_short(str(c), label_w - 6, draw, font) for c in class_names]
+  names = [_short(c, label_w - 6, draw, font) for c in class_names]
   for i, name in enumerate(names):
     y = top + i * cell + (cell - _FONT_SIZE) // 2
     draw.text((_FONT_SIZE + 6, y), name, fill=_BLACK, font=font)
@@ -65,15 +59,32 @@ def confusion_matrix(counts: np.ndarray, class_names, title: str = "") -> np.nda
   vertical = Image.new("RGB", (80, _FONT_SIZE + 4), _WHITE)
   ImageDraw.Draw(vertical).text((0, 0), "true", fill=_GREY, font=font)
   image.paste(vertical.rotate(90, expand=True), (2, top))
+  return np.asarray(image), cell, left, top
+
+
+def confusion_matrix(counts: np.ndarray, class_names, title: str = "") -> np.ndarray:
+  """A heat map of row-normalised counts (each true class sums to 100%), each cell
+  showing its percentage; rows are true classes, columns predicted ones."""
+  n = len(counts)
+  totals = counts.sum(axis=1, keepdims=True)
+  share = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+  frame, cell, left, top = _matrix_frame(tuple(str(c) for c in class_names))
+  # Blue heat map: white at 0, dark blue at 100%.
+  shade = (1.0 - share)[..., None] * np.array([225, 215, 150]) + np.array([20, 40, 105])
+  canvas = frame.copy()
+  canvas[top:top + n * cell, left:left + n * cell] = np.repeat(
+      np.repeat(shade.astype(np.uint8), cell, axis=0), cell, axis=1)
+  image = Image.fromarray(canvas)
+  draw = ImageDraw.Draw(image)
+  draw.text((4, 2), title or "confusion matrix (rows: true, columns: predicted)", fill=_BLACK,
+            font=_font())
   if cell >= 26:  # the percentage in each cell, where it fits
     small = ImageFont.load_default(size=max(8, min(11, cell // 3)))
-    for t in range(n):
-      for p in range(n):
-        if counts[t, p]:
-          text = f"{100 * share[t, p]:.0f}"
-          color = _WHITE if share[t, p] > 0.5 else _BLACK
-          x = left + p * cell + (cell - draw.textlength(text, font=small)) / 2
-          draw.text((x, top + t * cell + cell / 2 - 6), text, fill=color, font=small)
+    for t, p in zip(*np.nonzero(counts)):
+      text = f"{100 * share[t, p]:.0f}"
+      color = _WHITE if share[t, p] > 0.5 else _BLACK
+      x = left + p * cell + (cell - draw.textlength(text, font=small)) / 2
+      draw.text((x, top + t * cell + cell / 2 - 6), text, fill=color, font=small)
   return np.asarray(image)
 
 

@@ -67,11 +67,11 @@ class Trainer:
           config.model_dir, config.keep_checkpoints, save_dir=output_dir,
           optional={"progress": self.progress},
           model=self.model, optimizer=self.optimizer, global_step=self.global_step)
-      if restore:
-        self.checkpoints.restore(restore if isinstance(restore, str) else None)
     self._fp16 = config.mixed_precision == "mixed_float16"
     self._eval_datasets = {}  # split -> distributed dataset, built once: no retracing
     self._evaluations: dict[str, Evaluation] = {}  # split -> the latest
+    if restore:
+      self.restore(restore if isinstance(restore, str) else None)
     self._train_loop = tf.function(self._train_loop_fn)
     if config.pipeline == "in_memory":
       self._in_memory = InMemoryData(data.splits["train"], config.augment)
@@ -207,6 +207,13 @@ class Trainer:
                         seconds=time.perf_counter() - start)
     self._evaluations[split] = result
     return result
+
+  def restore(self, checkpoint: str | None = None) -> str | None:
+    """Restores `checkpoint`, or else model_dir's latest readable one; None if there is none."""
+    with self.strategy.scope():
+      path = self.checkpoints.restore(checkpoint)
+    self._evaluations.clear()
+    return path
 
   def train_iterator(self):
     """The train stream from the current global step (resumes the data order): example

@@ -58,6 +58,9 @@ def train_and_evaluate(config: Config) -> dict:
     raise ConfigError(f"--dataset={config.dataset} has no labeled train split")
   # Before model_dir exists: a batch the split cannot fill must leave nothing behind.
   check_batch(config.batch_size, len(train_split), "training", need_full=True)
+  if _eval_split(data) is None and (config.keep_best or config.early_stopping):
+    raise ConfigError("--keep_best and --early_stopping need labeled data to evaluate: "
+                      "add --validation_split=0.1")
   logging.info("data %s: %s, image shape %s, %d classes", data.info.name,
                dict(data.info.split_sizes), data.info.image_shape, data.info.num_classes)
   chief = distribute.is_chief(strategy)
@@ -118,9 +121,6 @@ def _actions(config: Config, trainer: Trainer, writer, data, eval_split, output_
 
 def _describe_eval(config: Config, trainer: Trainer, eval_split: str | None) -> None:
   if eval_split is None:
-    if config.keep_best or config.early_stopping:
-      raise ConfigError("--keep_best and --early_stopping need labeled data to evaluate: "
-                        "add --validation_split=0.1")
     logging.info("no labeled validation or test split: nothing is evaluated during training")
     return
   every = (f"every {trainer.eval_interval} steps" if config.eval_every
@@ -146,7 +146,7 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None) -> d
   table = model_summary.table(trainer.model)
   logging.info("model %s: %d parameters\n%s", config.model, trainer.model.count_params(),
                model_summary.console(table))
-  writer.text("train", 0, "model", model_summary.markdown(table))
+  writer.text("train", 0, "model", model_summary.markdown(table))  # flushed with the flags
   writer.flags(config.hparams())
   eval_split = _eval_split(data)
   _describe_eval(config, trainer, eval_split)

@@ -26,6 +26,9 @@ class FakeWriter:
   def text(self, run, step, name, markdown):
     self.written.append(("text", run, step, name, markdown))
 
+  def flush(self, run):
+    self.written.append(("flush", run))
+
 
 def evaluation(step, accuracy, loss, n=4):
   return Evaluation(split="validation", step=step, loss=loss, accuracy=accuracy,
@@ -97,7 +100,8 @@ def test_eval_pictures_written_by_the_chief_only():
   writer = FakeWriter()
   pictures = actions.EvalPictures(writer, split, ("cat", "dog", "bird"))
   pictures(4, result)
-  written = {w[3]: w[4] for w in writer.written}
+  assert writer.written[-1] == ("flush", "eval")  # once, after all of them
+  written = {w[3]: w[4] for w in writer.written[:-1]}
   assert set(written) == {"confusion_matrix", "worst_mistakes", "per_class_accuracy"}
   assert written["confusion_matrix"].dtype == np.uint8 and written["confusion_matrix"].shape[2] == 3
   # Two mistakes: a grid of 2 tiles of 8x8 images upscaled 11x to 88 pixels.

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from test_end_to_end import read_images, read_scalars, run
+from runs import read_images, read_scalars, run
 
 DATASET = "synthetic:shape=12x12x1,classes=4,train=320,test=70"
 ARGS = ["--model=mlp", "--hidden_units=16", f"--dataset={DATASET}", "--batch_size=32",

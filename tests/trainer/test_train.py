@@ -98,6 +98,7 @@ def test_keep_best_without_anything_to_evaluate_is_refused(tmp_path):
     train.train_and_evaluate(parse("--model=mlp", "--hidden_units=4", "--batch_size=8",
                                    "--dataset=csv:" + str(_unlabeled_csv(tmp_path)),
                                    "--keep_best=loss", f"--model_dir={tmp_path / 'm'}"))
+  assert not (tmp_path / "m").exists()  # refused before anything is written
 
 
 def _unlabeled_csv(tmp_path):

@@ -1,0 +1,64 @@
+"""Running tapeloop's programs as a user does, and reading back what TensorBoard shows."""
+
+import subprocess
+import sys
+
+import tensorflow as tf
+from google.protobuf import json_format
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+
+def run(module, *args, check=True):
+  proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                        timeout=300)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
+  return proc
+
+
+def _accumulator(run_dir):
+  """TensorBoard's own reader of a run directory's event files."""
+  acc = event_accumulator.EventAccumulator(
+      str(run_dir), size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  return acc
+
+
+def read_scalars(run_dir):
+  """{tag: {step: value}} of a TensorBoard run directory, as the Scalars tab sees it."""
+  acc = _accumulator(run_dir)
+  return {tag: {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+          for tag in acc.PluginTagToContent("scalars")}
+
+
+def read_images(run_dir):
+  """{tag: {step: decoded uint8 image}} as the Images tab sees it."""
+  acc = _accumulator(run_dir)
+  out = {}
+  for tag in acc.PluginTagToContent("images"):
+    for e in acc.Tensors(tag):
+      width, height, png = tf.make_ndarray(e.tensor_proto)[:3]
+      image = tf.io.decode_png(png).numpy()
+      assert image.shape[:2] == (int(height), int(width))
+      out.setdefault(tag, {})[e.step] = image
+  return out
+
+
+def read_text(run_dir, tag):
+  acc = _accumulator(run_dir)
+  return [tf.make_ndarray(e.tensor_proto).item().decode() for e in acc.Tensors(tag)]
+
+
+def read_hparams(model_dir):
+  """(hparams of the session, metric names of the experiment) from the HParams plugin's
+  data in model_dir itself."""
+  acc = _accumulator(model_dir)
+  content = acc.PluginTagToContent("hparams")
+  session = hparams_metadata.parse_session_start_info_plugin_data(
+      content[hparams_metadata.SESSION_START_INFO_TAG])
+  experiment = hparams_metadata.parse_experiment_plugin_data(
+      content[hparams_metadata.EXPERIMENT_TAG])
+  values = {k: json_format.MessageToDict(v) for k, v in session.hparams.items()}
+  metrics = {(m.name.group, m.name.tag) for m in experiment.metric_infos}
+  return values, metrics, {h.name for h in experiment.hparam_infos}
