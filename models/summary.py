@@ -7,7 +7,7 @@ import keras
 
 
 def _leaves(layer):
-  children = [l for l in layer._flatten_layers(include_self=False, recursive=False)]  # pylint: disable=protected-access
+  children = list(layer._flatten_layers(include_self=False, recursive=False))  # pylint: disable=protected-access
   if not children:
     return [layer]
   return [leaf for child in children for leaf in _leaves(child)]

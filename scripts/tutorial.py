@@ -38,6 +38,14 @@ MODELS = (
 )
 
 
+def _cpu() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
+
+
 def train_accuracy(model_dir: str) -> float | None:
   """The train split's accuracy with the final weights (python -m trainer.evaluate)."""
   path = os.path.join(model_dir, "eval_train.json")
@@ -61,6 +69,8 @@ def row(config: str, title: str, published: float, results: dict, train_acc) -> 
           "validation_accuracy": val, "test_accuracy": test,
           "gap": (train_acc - val) if train_acc is not None and val is not None else None,
           "train_seconds": results.get("train_seconds"),
+          "wall_seconds": results.get("wall_seconds"),
+          "eval_pictures_seconds": results.get("eval_pictures_seconds"),
           "examples_per_sec": results.get("examples_per_sec"),
           "published_mnist_validation_accuracy": published / 100,
           "status": results.get("status"), "error": results.get("error")}
@@ -70,14 +80,18 @@ def markdown(rows: list[dict], header: str) -> str:
   pct = lambda v: "-" if v is None else f"{100 * v:.2f}"
   lines = [header, "",
            "| # | model | parameters | epochs | train acc % | validation acc % | gap (points) | "
-           "test acc % | training s | tutorial's validation acc % (MNIST) |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "test acc % | training s | run s | eval pictures % of run | "
+           "tutorial's validation acc % (MNIST) |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for i, r in enumerate(rows, start=1):
     seconds = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
+    wall = "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.0f}"
+    pictures = ("-" if not r["eval_pictures_seconds"] or not r["wall_seconds"] else
+                f"{100 * r['eval_pictures_seconds'] / r['wall_seconds']:.1f}")
     params = "-" if r["parameters"] is None else f"{r['parameters']:,}"
     lines.append(f"| {i} | {r['model']} | {params} | {r['epochs'] or '-'} | "
                  f"{pct(r['train_accuracy'])} | {pct(r['validation_accuracy'])} | "
-                 f"{pct(r['gap'])} | {pct(r['test_accuracy'])} | {seconds} | "
+                 f"{pct(r['gap'])} | {pct(r['test_accuracy'])} | {seconds} | {wall} | {pictures} | "
                  f"{pct(r['published_mnist_validation_accuracy'])} |")
   return "\n".join(lines) + "\n"
 
@@ -105,9 +119,9 @@ def main(argv=None) -> int:
     if config not in chosen:
       continue
     model_dir = os.path.join(root, config)
-    results = sweep.train(model_dir, [f"--flagfile={os.path.join(ROOT, 'configs', config + '.cfg')}",
-                                      f"--dataset={args.dataset}", f"--data_dir={args.data_dir}",
-                                      *args.trainer_flags], config)
+    flagfile = os.path.join(ROOT, "configs", config + ".cfg")
+    results = sweep.train(model_dir, [f"--flagfile={flagfile}", f"--dataset={args.dataset}",
+                                      f"--data_dir={args.data_dir}", *args.trainer_flags], config)
     if results.get("returncode") == 2:  # bad input: every model would fail alike
       print(f"error: {results['error']}", file=sys.stderr)
       return 2
@@ -115,11 +129,13 @@ def main(argv=None) -> int:
     rows.append(row(config, title, published, results, accuracy))
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   header = (f"The tutorial's seven models on `{args.dataset}`, measured "
-            f"{datetime.date.today().isoformat()} on {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} cores, TensorFlow {tf.__version__}: Adam, batch 128, a seeded "
-            "10% of train held out for validation. Train accuracy: the final weights on the "
-            "training split with dropout off; gap = train - validation. The last column is "
-            "the tutorial's own figure on MNIST, for reference.")
+            f"{datetime.date.today().isoformat()} on {_cpu()}, {os.cpu_count()} cores, "
+            f"TensorFlow {tf.__version__}: Adam, batch 128, a seeded 10% of train held out "
+            "for validation. Train accuracy: the final weights on the training split with "
+            "dropout off; gap = train - validation. Training s: the inner loops (compilation "
+            "included); run s: the whole command (start-up, data, evals, export). Eval "
+            "pictures: the confusion matrix, worst mistakes and per-class table of every "
+            "eval. The last column is the tutorial's own figure on MNIST, for reference.")
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
   with open(args.output + ".md", "w") as f:
     f.write(markdown(rows, header))

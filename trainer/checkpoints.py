@@ -65,7 +65,7 @@ class Checkpoints:
           checkpoint_name="ckpt")
     return self._best.save(checkpoint_number=step)
 
-  def _candidates(self) -> list[str]:
+  def candidates(self) -> list[str]:
     """Every checkpoint prefix in the directory, newest (highest step) first. The state
     file is not trusted alone: a crash can leave it behind the files, or remove nothing."""
     prefixes = set()
@@ -82,7 +82,7 @@ class Checkpoints:
     if explicit and not tf.io.gfile.exists(path + ".index"):
       raise ConfigError(f"no checkpoint {path} ({path}.index does not exist); give a prefix "
                         f"such as {os.path.join(self.directory, 'ckpt-100')}")
-    candidates = [path] if explicit else self._candidates()
+    candidates = [path] if explicit else self.candidates()
     failures = []
     for path in candidates:
       status = None

@@ -94,7 +94,7 @@ class Evaluator:
 
   def checkpoints(self) -> list[str]:
     """The run's checkpoints, oldest first."""
-    return list(reversed(self.trainer.checkpoints._candidates()))  # pylint: disable=protected-access
+    return list(reversed(self.trainer.checkpoints.candidates()))
 
   def __call__(self, checkpoint: str | None) -> dict:
     from trainer import export  # pylint: disable=g-import-not-at-top

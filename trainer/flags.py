@@ -1,6 +1,8 @@
 """The command-line flags. Values are checked in config.py, not here, so that every bad
 value gets the same one-line error naming the flag."""
 
+import contextlib
+
 from absl import flags
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
@@ -30,89 +32,84 @@ def define_flags() -> None:
   OWN_FLAGS.extend(sorted(name for names in GROUPS.values() for name in names))
 
 
+@contextlib.contextmanager
 def _group(title: str):
-  """Everything defined until the next _group() call belongs to `title` in --help."""
-  before = list(flags.FLAGS)
-  return lambda: GROUPS.setdefault(title, []).extend(
-      name for name in flags.FLAGS if name not in before and len(name) > 1)
+  """The flags defined inside the block belong to `title` in --help."""
+  before = set(flags.FLAGS)
+  yield
+  GROUPS[title] = [name for name in flags.FLAGS if name not in before and len(name) > 1]
 
 
 def _define() -> None:
-  close = _group("Data")
-  flags.DEFINE_string("model", "cnn", "Model name: mlp, cnn or resnet.")
-  flags.DEFINE_string("dataset", "mnist", "tfds:NAME (or a TFDS name), idx:DIR, csv:PATH or "
-                      "synthetic[:shape=28x28x1,classes=10,train=N,test=N].")
-  flags.DEFINE_string("data_dir", None, "TFDS data_dir (default ~/tensorflow_datasets).")
-  flags.DEFINE_string("manual_dir", None, "TFDS manual_dir: files here are used offline.")
-  flags.DEFINE_integer("num_classes", None, "Classes of an idx:/csv: dataset (default 10).")
-  flags.DEFINE_float("validation_split", 0.0, "Fraction of train held out (seeded) for eval "
-                     "during training.")
-  flags.DEFINE_string("pipeline", "in_memory", "in_memory: batches gathered inside the "
-                      "training graph (fastest); tf_data: a tf.data pipeline.")
-  flags.DEFINE_string("augment", "none", "none, or a comma list of translate[=PIXELS], flip, "
-                      "erase[=PROBABILITY].")
-  close()
-  close = _group("Run")
-  flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard events, results.json "
-                      "and the export go (default runs/<model>-<dataset>).")
-  flags.DEFINE_integer("batch_size", 128, "GLOBAL batch size, split over all replicas.")
-  flags.DEFINE_integer("epochs", None, "Epochs to train (default 1); not with --train_steps.")
-  flags.DEFINE_integer("train_steps", None, "Steps to train; not with --epochs.")
-  flags.DEFINE_integer("steps_per_loop", 100, "Steps inside one tf.function call; logs and "
-                       "summaries are written between loops.")
-  flags.DEFINE_integer("checkpoint_every", None, "Checkpoint every N steps (default once per "
-                       "epoch); always at the end.")
-  flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in model_dir/checkpoints.")
-  flags.DEFINE_list("profile_steps", None, "A,B: write a TensorBoard profile of steps A "
-                    "to B to model_dir/profile (at loop boundaries).")
-  flags.DEFINE_integer("seed", 0, "Seed for initialization, data order and augmentation.")
-  flags.DEFINE_boolean("deterministic", False, "Deterministic ops (slower): same flags, same "
-                       "weights.")
-  close()
-  close = _group("Evaluation")
-  flags.DEFINE_integer("eval_every", None, "Evaluate every N steps (default once per "
-                       "epoch), on the validation split, or on test without one.")
-  flags.DEFINE_boolean("eval_images", True, "At each eval, write a confusion matrix, the "
-                       "worst mistakes and per-class accuracy to TensorBoard.")
-  flags.DEFINE_string("keep_best", None, "accuracy or loss: keep the checkpoint with the "
-                      "best eval value in model_dir/best/ and export it to export_best/.")
-  flags.DEFINE_integer("early_stopping", None, "Stop when the eval metric (--keep_best's, "
-                       "else loss) has not improved for this many evals.")
-  close()
-  close = _group("Optimization")
-  flags.DEFINE_string("optimizer", "adam", "sgd, momentum, adam, adamw or rmsprop.")
-  flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
-  flags.DEFINE_string("lr_schedule", "constant", "constant, cosine or exponential.")
-  flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps before the schedule.")
-  flags.DEFINE_float("lr_decay_rate", 0.1, "exponential: factor over the whole run.")
-  flags.DEFINE_float("momentum", 0.9, "Momentum of the momentum optimizer.")
-  flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (not on biases, norms).")
-  flags.DEFINE_float("clip_norm", None, "Clip gradients to this global norm, after the "
-                     "all-reduce.")
-  close()
-  close = _group("Hardware")
-  flags.DEFINE_string("strategy", "auto", "auto, default, one_device, mirrored or "
-                      "multi_worker (reads TF_CONFIG).")
-  flags.DEFINE_list("devices", None, "mirrored: devices to use (default all GPUs), e.g. "
-                    "/cpu:0,/cpu:1.")
-  flags.DEFINE_integer("cpu_devices", None, "Split the CPU into N logical devices, so that "
-                       "--strategy=mirrored can be tried without GPUs.")
-  flags.DEFINE_integer("intra_op_threads", None, "Threads one TensorFlow op may use "
-                       "(default TensorFlow's: all cores). 1 speeds up the smallest models "
-                       "(MLP 1x50, 5x50), whose ops are too small to split.")
-  flags.DEFINE_string("mixed_precision", "float32", "float32, mixed_float16 (with loss "
-                      "scaling) or mixed_bfloat16.")
-  flags.DEFINE_boolean("jit_compile", False, "XLA-compile the forward and backward pass.")
-  close()
-  close = _group("Model hyperparameters (each model takes some; see README)")
-  flags.DEFINE_list("hidden_units", None, "mlp: hidden layer sizes, e.g. 500,500.")
-  flags.DEFINE_string("activation", None, "mlp: hidden activation (default relu).")
-  flags.DEFINE_float("dropout", None, "Dropout rate (default 0).")
-  flags.DEFINE_float("l2", None, "L2 regularization factor on kernels (default 0).")
-  flags.DEFINE_list("filters", None, "cnn: filters per conv layer (default 25,25,25).")
-  flags.DEFINE_list("kernel_sizes", None, "cnn: kernel size per conv layer (default 5,5,4).")
-  flags.DEFINE_list("dense_units", None, "cnn: dense layer sizes (default 50).")
-  flags.DEFINE_list("widths", None, "resnet: width per stage (default 32,64,128).")
-  flags.DEFINE_integer("blocks_per_stage", None, "resnet: residual blocks per stage "
-                       "(default 2).")
-  close()
+  with _group("Data"):
+    flags.DEFINE_string("model", "cnn", "Model name: mlp, cnn or resnet.")
+    flags.DEFINE_string("dataset", "mnist", "tfds:NAME (or a TFDS name), idx:DIR, csv:PATH or "
+                        "synthetic[:shape=28x28x1,classes=10,train=N,test=N].")
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir (default ~/tensorflow_datasets).")
+    flags.DEFINE_string("manual_dir", None, "TFDS manual_dir: files here are used offline.")
+    flags.DEFINE_integer("num_classes", None, "Classes of an idx:/csv: dataset (default 10).")
+    flags.DEFINE_float("validation_split", 0.0, "Fraction of train held out (seeded) for eval "
+                       "during training.")
+    flags.DEFINE_string("pipeline", "in_memory", "in_memory: batches gathered inside the "
+                        "training graph (fastest); tf_data: a tf.data pipeline.")
+    flags.DEFINE_string("augment", "none", "none, or a comma list of translate[=PIXELS], flip, "
+                        "erase[=PROBABILITY].")
+  with _group("Run"):
+    flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard events, results.json "
+                        "and the export go (default runs/<model>-<dataset>).")
+    flags.DEFINE_integer("batch_size", 128, "GLOBAL batch size, split over all replicas.")
+    flags.DEFINE_integer("epochs", None, "Epochs to train (default 1); not with --train_steps.")
+    flags.DEFINE_integer("train_steps", None, "Steps to train; not with --epochs.")
+    flags.DEFINE_integer("steps_per_loop", 100, "Steps inside one tf.function call; logs and "
+                         "summaries are written between loops.")
+    flags.DEFINE_integer("checkpoint_every", None, "Checkpoint every N steps (default once per "
+                         "epoch); always at the end.")
+    flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept in model_dir/checkpoints.")
+    flags.DEFINE_list("profile_steps", None, "A,B: write a TensorBoard profile of steps A "
+                      "to B to model_dir/profile (at loop boundaries).")
+    flags.DEFINE_integer("seed", 0, "Seed for initialization, data order and augmentation.")
+    flags.DEFINE_boolean("deterministic", False, "Deterministic ops (slower): same flags, same "
+                         "weights.")
+  with _group("Evaluation"):
+    flags.DEFINE_integer("eval_every", None, "Evaluate every N steps (default once per "
+                         "epoch), on the validation split, or on test without one.")
+    flags.DEFINE_boolean("eval_images", True, "At each eval, write a confusion matrix, the "
+                         "worst mistakes and per-class accuracy to TensorBoard.")
+    flags.DEFINE_string("keep_best", None, "accuracy or loss: keep the checkpoint with the "
+                        "best eval value in model_dir/best/ and export it to export_best/.")
+    flags.DEFINE_integer("early_stopping", None, "Stop when the eval metric (--keep_best's, "
+                         "else loss) has not improved for this many evals.")
+  with _group("Optimization"):
+    flags.DEFINE_string("optimizer", "adam", "sgd, momentum, adam, adamw or rmsprop.")
+    flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
+    flags.DEFINE_string("lr_schedule", "constant", "constant, cosine or exponential.")
+    flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps before the schedule.")
+    flags.DEFINE_float("lr_decay_rate", 0.1, "exponential: factor over the whole run.")
+    flags.DEFINE_float("momentum", 0.9, "Momentum of the momentum optimizer.")
+    flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (not on biases, norms).")
+    flags.DEFINE_float("clip_norm", None, "Clip gradients to this global norm, after the "
+                       "all-reduce.")
+  with _group("Hardware"):
+    flags.DEFINE_string("strategy", "auto", "auto, default, one_device, mirrored or "
+                        "multi_worker (reads TF_CONFIG).")
+    flags.DEFINE_list("devices", None, "mirrored: devices to use (default all GPUs), e.g. "
+                      "/cpu:0,/cpu:1.")
+    flags.DEFINE_integer("cpu_devices", None, "Split the CPU into N logical devices, so that "
+                         "--strategy=mirrored can be tried without GPUs.")
+    flags.DEFINE_integer("intra_op_threads", None, "Threads one TensorFlow op may use "
+                         "(default TensorFlow's: all cores). 1 speeds up the smallest models "
+                         "(MLP 1x50, 5x50), whose ops are too small to split.")
+    flags.DEFINE_string("mixed_precision", "float32", "float32, mixed_float16 (with loss "
+                        "scaling) or mixed_bfloat16.")
+    flags.DEFINE_boolean("jit_compile", False, "XLA-compile the forward and backward pass.")
+  with _group("Model hyperparameters (each model takes some; see README)"):
+    flags.DEFINE_list("hidden_units", None, "mlp: hidden layer sizes, e.g. 500,500.")
+    flags.DEFINE_string("activation", None, "mlp: hidden activation (default relu).")
+    flags.DEFINE_float("dropout", None, "Dropout rate (default 0).")
+    flags.DEFINE_float("l2", None, "L2 regularization factor on kernels (default 0).")
+    flags.DEFINE_list("filters", None, "cnn: filters per conv layer (default 25,25,25).")
+    flags.DEFINE_list("kernel_sizes", None, "cnn: kernel size per conv layer (default 5,5,4).")
+    flags.DEFINE_list("dense_units", None, "cnn: dense layer sizes (default 50).")
+    flags.DEFINE_list("widths", None, "resnet: width per stage (default 32,64,128).")
+    flags.DEFINE_integer("blocks_per_stage", None, "resnet: residual blocks per stage "
+                         "(default 2).")

@@ -74,6 +74,8 @@ def _cases(t):
       (["--learning_rate=abc"], "learning_rate"),
       (["--epochs=2"], "--epochs and --train_steps both given"),
       (["--validation_split=1.5"], "--validation_split=1.5 must be in [0, 1)"),
+      (["--keep_best=f1"], "--keep_best=f1 is unknown; use accuracy or loss"),
+      (["--early_stopping=0"], "--early_stopping=0 must be positive"),
       (["--filters=3"], "--filters does not apply to --model=mlp"),
       (["--dataset=mnist", "--augment=flip"], "mirrored characters"),
       (["--strategy=mirrored", "--cpu_devices=2", "--batch_size=15"],
@@ -155,3 +157,23 @@ def test_an_existing_model_dir_is_left_as_it_was(tmp_path, change, message):
 def test_verbosity_shows_the_traceback(tmp_path):
   proc = _run([*GOOD, "--batch_size=1000", f"--model_dir={tmp_path}/m", "--verbosity=1"])
   assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+@pytest.mark.parametrize("module,groups", [
+    ("trainer.main", ["Data:", "Run:", "Evaluation:", "Optimization:", "Hardware:",
+                      "Model hyperparameters"]),
+    ("trainer.predict", ["Prediction:"]),
+    ("trainer.evaluate", ["Evaluation:", "Overrides of the run's flags:"]),
+])
+def test_help_lists_the_programs_own_flags_by_group_and_exits_0(module, groups):
+  proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = proc.stdout
+  assert out.startswith(f"usage: python -m {module} ")
+  positions = [out.index(g) for g in groups]
+  assert positions == sorted(positions)  # grouped, in this order
+  assert "  --model_dir" in out and "--helpfull" in out
+  assert "--alsologtostderr" not in out  # absl's own flags stay behind --helpfull
+  if module == "trainer.main":
+    assert "  --batch_size=128\n      GLOBAL batch size" in out
