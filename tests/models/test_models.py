@@ -138,3 +138,18 @@ def test_models_also_train_under_keras_fit(name, hparams):
   history = model.fit(np.zeros((16, 12, 12, 1), np.float32), np.zeros(16, np.int32),
                       batch_size=8, epochs=1, verbose=0)
   assert np.isfinite(history.history["loss"][0])
+
+
+def test_summary_lists_each_layer_with_its_output_shape_and_parameters():
+  from models import summary
+  model = models.create("cnn", num_classes=10, image_shape=(28, 28, 1), dropout=0.5)
+  rows = summary.table(model)
+  assert [(name, shape, params) for name, _, shape, params in rows if params] == [
+      ("conv_0", "(24, 24, 25)", 650), ("conv_1", "(8, 8, 25)", 15650),
+      ("conv_2", "(1, 1, 25)", 10025), ("dense_0", "(50)", 1300), ("logits", "(10)", 510)]
+  assert [kind for _, kind, _, _ in rows].count("Dropout") == 2
+  assert sum(r[3] for r in rows) == model.count_params() == 28135
+  assert "total: 28,135 parameters" in summary.console(rows)
+  assert summary.markdown(rows).splitlines()[-1] == "| **total** | | | **28,135** |"
+  # The recording is undone: the model still calls its layers' own methods.
+  assert all("call" not in vars(layer) for layer in model._flatten_layers())
