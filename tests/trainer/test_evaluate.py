@@ -3,6 +3,7 @@ chosen checkpoint, continuously beside a training run, and with bad input."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -70,6 +71,19 @@ def test_not_a_run_directory(tmp_path):
   proc = run("trainer.evaluate", f"--model_dir={tmp_path}", check=False)
   assert proc.returncode == 2
   assert "no flags.json in" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_a_run_without_flags_json_uses_its_results_and_a_corrupt_one_is_refused(trained,
+                                                                                 tmp_path):
+  copy = tmp_path / "copy"
+  shutil.copytree(trained, copy)
+  os.remove(copy / "flags.json")  # as runs made before flags.json existed
+  proc = run("trainer.evaluate", f"--model_dir={copy}", "--noeval_images")
+  assert f"test accuracy {_results(trained)['test_accuracy']:.4f}" in proc.stdout
+  (copy / "flags.json").write_text("{not json")
+  proc = run("trainer.evaluate", f"--model_dir={copy}", check=False)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "flags.json is not valid JSON" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_continuous_evaluation_beside_a_training_run(tmp_path):
