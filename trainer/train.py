@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -168,8 +167,9 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None) -> d
                         steps_per_loop=config.steps_per_loop,
                         batch_size=config.batch_size).run()
   results_path = os.path.join(config.model_dir, "results.json")
-  timing = dataclasses.asdict(timing)
-  stop = timing.pop("stop")
+  stop, timing = timing.stop, {"examples_per_sec": timing.examples_per_sec,
+                               "train_seconds": timing.train_seconds,
+                               "compile_seconds": timing.compile_seconds}
   if timing["examples_per_sec"] is None and os.path.exists(results_path):
     # A rerun of a finished run only evaluates: keep the training figures it measured.
     with open(results_path) as f:
