@@ -12,10 +12,8 @@ OUTPUT.md and OUTPUT.json; `tensorboard --logdir ROOT` shows all seven as one ex
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -36,14 +34,6 @@ MODELS = (
     ("mlp_5x500_dropout_25ep", "MLP 5x500, dropout 0.2, 25 epochs", 97.74),
     ("mnist_cnn", "CNN", 97.97),
 )
-
-
-def _cpu() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    return platform.processor() or platform.machine()
 
 
 def train_accuracy(model_dir: str) -> float | None:
@@ -127,12 +117,13 @@ def main(argv=None) -> int:
       return 2
     accuracy = train_accuracy(model_dir) if "returncode" not in results else None
     rows.append(row(config, title, published, results, accuracy))
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  header = (f"The tutorial's seven models on `{args.dataset}`, measured "
-            f"{datetime.date.today().isoformat()} on {_cpu()}, {os.cpu_count()} cores, "
-            f"TensorFlow {tf.__version__}: Adam, batch 128, a seeded 10% of train held out "
-            "for validation. Train accuracy: the final weights on the training split with "
-            "dropout off; gap = train - validation. Training s: the inner loops (compilation "
+  import benchmark  # pylint: disable=g-import-not-at-top  (it imports TensorFlow: only now)
+  machine = benchmark.machine()
+  header = (f"The tutorial's seven models on `{args.dataset}`, measured {machine['date']} on "
+            f"{machine['cpu']}, {machine['cores']} cores, TensorFlow {machine['tensorflow']}: "
+            "Adam, batch 128, a seeded 10% of train held out for validation. Train accuracy: "
+            "the final weights on the training split with dropout off; gap = train - "
+            "validation. Training s: the inner loops (compilation "
             "included); run s: the whole command (start-up, data, evals, export). Eval "
             "pictures: the confusion matrix, worst mistakes and per-class table of every "
             "eval. The last column is the tutorial's own figure on MNIST, for reference.")
@@ -140,8 +131,7 @@ def main(argv=None) -> int:
   with open(args.output + ".md", "w") as f:
     f.write(markdown(rows, header))
   with open(args.output + ".json", "w") as f:
-    json.dump({"dataset": args.dataset, "date": datetime.date.today().isoformat(),
-               "rows": rows}, f, indent=2)
+    json.dump({"dataset": args.dataset, "machine": machine, "rows": rows}, f, indent=2)
   print(markdown(rows, header))
   print(f"written: {args.output}.md, {args.output}.json; TensorBoard: tensorboard --logdir {root}")
   return 1 if any(r["error"] for r in rows) else 0

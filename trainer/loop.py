@@ -177,7 +177,7 @@ class Trainer:
   def evaluate(self, split: str) -> Evaluation:
     """Loss and accuracy over the whole split, each example exactly once, and each
     example's prediction. Cached per (split, global step): the weights only change with it."""
-    step = int(self.global_step.numpy())
+    step = self.step
     cached = self._evaluations.get(split)
     if cached is not None and cached.step == step:
       return cached
@@ -220,11 +220,11 @@ class Trainer:
     indices for the in-memory pipeline, else a distributed tf.data iterator."""
     if self.config.pipeline == "in_memory":
       return IndexStream(len(self.data.splits["train"]), self.config.batch_size,
-                         self.config.seed, start_step=int(self.global_step.numpy()))
+                         self.config.seed, start_step=self.step)
     dataset = input_pipeline.train_dataset(
         self.data.splits["train"], global_batch_size=self.config.batch_size,
         seed=self.config.seed, augment=self.config.augment,
-        start_step=int(self.global_step.numpy()))
+        start_step=self.step)
     return iter(_distribute(self.strategy, dataset))
 
   def run_steps(self, iterator, steps: int) -> dict[str, float]:

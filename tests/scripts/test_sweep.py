@@ -69,7 +69,7 @@ def test_a_sweep_trains_every_trial_writes_one_experiment_and_resumes(tmp_path):
   values, metrics, _ = read_hparams(tmp_path / "learning_rate=1e-2")
   assert values["learning_rate"] == pytest.approx(1e-2) and ("eval", "accuracy") in metrics
   again = _sweep(tmp_path)
-  assert again.returncode == 0 and "start" not in again.stdout  # finished trials are skipped
+  assert again.returncode == 0 and "start  learning_rate" not in again.stdout  # skipped
   assert again.stdout.count("done before") == 2
 
 
