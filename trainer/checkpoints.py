@@ -7,7 +7,6 @@ model, are errors: never a silent fresh start over an existing model_dir.
 
 from __future__ import annotations
 
-import glob
 import logging as py_logging
 import os
 import re
@@ -69,7 +68,9 @@ class Checkpoints:
     """Every checkpoint prefix in the directory, newest (highest step) first. The state
     file is not trusted alone: a crash can leave it behind the files, or remove nothing."""
     prefixes = set()
-    for path in glob.glob(os.path.join(self.directory, "ckpt-*")):
+    # tf.io.gfile, not glob: a gs:// model_dir would show no checkpoints, and the run would
+    # start over while CheckpointManager deleted the old ones.
+    for path in tf.io.gfile.glob(os.path.join(self.directory, "ckpt-*")):
       match = re.match(r"(.*ckpt-\d+)\.(index|data-\d+-of-\d+)$", path)
       if match:
         prefixes.add(match.group(1))
@@ -123,8 +124,7 @@ class Checkpoints:
     if failures:
       raise ConfigError(f"no readable checkpoint in {self.directory}: {'; '.join(failures)}; "
                         "delete that directory to start over, or use another --model_dir")
-    if glob.glob(os.path.join(self.directory, "*")) and os.path.exists(
-        os.path.join(self.directory, "checkpoint")):
+    if tf.io.gfile.exists(os.path.join(self.directory, "checkpoint")):
       raise ConfigError(f"{self.directory} has a checkpoint state file but no checkpoint "
                         "files; delete that directory to start over, or use another --model_dir")
     return None
@@ -141,7 +141,9 @@ class Checkpoints:
     updated, then SIGKILL."""
     prefix = os.path.join(self.manager.directory, f"ckpt-{step}")
     self.checkpoint.write(prefix)
-    for data in glob.glob(prefix + ".data-*"):
-      with open(data, "r+b") as f:
-        f.truncate(os.path.getsize(data) // 2)
+    for data in tf.io.gfile.glob(prefix + ".data-*"):
+      with tf.io.gfile.GFile(data, "rb") as f:
+        content = f.read()
+      with tf.io.gfile.GFile(data, "wb") as f:
+        f.write(content[:len(content) // 2])
     os.kill(os.getpid(), signal.SIGKILL)

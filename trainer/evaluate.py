@@ -13,7 +13,6 @@ from trainer import tf_env
 
 tf_env.apply()  # before anything imports TensorFlow
 
-import json  # pylint: disable=g-import-not-at-top,wrong-import-order
 import os  # pylint: disable=g-import-not-at-top,wrong-import-order
 import time  # pylint: disable=g-import-not-at-top,wrong-import-order
 
@@ -50,16 +49,16 @@ def define_flags() -> None:
 
 def _run_config(model_dir: str):
   """The run's Config from model_dir/flags.json, with the flags given here on top."""
-  from trainer import config  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer import config, files  # pylint: disable=g-import-not-at-top
   flags_path = os.path.join(model_dir, "flags.json")
   results_path = os.path.join(model_dir, "results.json")  # runs from before flags.json
-  path = next((p for p in (flags_path, results_path) if os.path.exists(p)), None)
+  path = next((p for p in (flags_path, results_path) if tf.io.gfile.exists(p)), None)
   if path is None:
     raise cli.UsageError(f"no flags.json in --model_dir={model_dir}: not a tapeloop run "
                          "(train one there first with python -m trainer.main)")
   try:
-    with open(path) as f:
-      recorded = json.load(f)
+    recorded = files.read_json(path)
   except ValueError as e:
     raise cli.UsageError(f"{path} is not valid JSON ({e}); give the run's flags on the "
                          "command line after restoring or deleting it") from None
@@ -106,7 +105,7 @@ class Evaluator:
     return list(reversed(self.trainer.checkpoints.candidates()))
 
   def __call__(self, checkpoint: str | None) -> dict:
-    from trainer import export  # pylint: disable=g-import-not-at-top
+    from trainer import files  # pylint: disable=g-import-not-at-top
     path = self.trainer.restore(checkpoint)
     if path is None:
       raise cli.UsageError(f"no checkpoint in {self.trainer.checkpoints.directory}: train "
@@ -118,7 +117,7 @@ class Evaluator:
       self.pictures(step, result)
     figures = {"split": self.split, "checkpoint": path, "global_step": step,
                **result.metrics(), "examples": len(result.predictions)}
-    export.write_json(os.path.join(self.cfg.model_dir, f"{self.run}.json"), figures)
+    files.write_json(os.path.join(self.cfg.model_dir, f"{self.run}.json"), figures)
     print(f"{self.split} accuracy {result.accuracy:.4f} (loss {result.loss:.4f}) at step "
           f"{step}, {path}", flush=True)
     return figures
@@ -128,12 +127,13 @@ def _continuously(evaluator: Evaluator) -> None:
   """orbit's evaluate_continuously: each new checkpoint once, newest first when several
   arrived, until the run's last step or --timeout seconds without a new one."""
   total = evaluator.trainer.total_steps
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer.config import ConfigError  # pylint: disable=g-import-not-at-top
   done, last_new, unreadable = -1, time.monotonic(), None
   logging.info("watching %s for checkpoints up to step %d", evaluator.cfg.model_dir, total)
   while True:
     # Looked at before the checkpoints: the run writes results.json after its last one.
-    finished = os.path.exists(os.path.join(evaluator.cfg.model_dir, "results.json"))
+    finished = tf.io.gfile.exists(os.path.join(evaluator.cfg.model_dir, "results.json"))
     newest = next(iter(reversed(evaluator.checkpoints())), None)
     step = int(newest.rsplit("-", 1)[1]) if newest else -1
     if step > done:

@@ -1,15 +1,15 @@
-"""Outputs: a SavedModel with serving signatures, results.json, prediction CSVs. Each is
-written to a temporary name first and renamed, so a crash never leaves a half file."""
+"""Outputs: a SavedModel with serving signatures, results.json, prediction CSVs, written
+through trainer/files.py so that a crash never leaves a half file, on any filesystem."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import tempfile
 
 import numpy as np
 import tensorflow as tf
+
+from trainer import files
 
 
 class _Serving(tf.Module):
@@ -35,24 +35,19 @@ class _Serving(tf.Module):
 
 
 def save_model(model, image_shape, path: str) -> None:
-  """SavedModel: 'serving_default' takes uint8 pixels, 'serving_float' floats in [0, 1]."""
+  """SavedModel: 'serving_default' takes uint8 pixels, 'serving_float' floats in [0, 1].
+  Written to a local temporary directory, then published whole (trainer/files.py)."""
   module = _Serving(model, image_shape)
-  parent = os.path.dirname(os.path.abspath(path))
+  # Beside the target when local (a rename within one filesystem), else the system's.
+  parent = os.path.dirname(os.path.abspath(path)) if files.is_local(path) else None
   tmp = tempfile.mkdtemp(dir=parent, prefix=".export-")
   os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
   try:
     tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve_uint8,
                                                  "serving_float": module.serve_float})
-    old = None
-    if os.path.exists(path):
-      old = tempfile.mkdtemp(dir=parent, prefix=".export-old-")
-      os.rename(path, os.path.join(old, "export"))
-    os.rename(tmp, path)
-    if old:
-      shutil.rmtree(old, ignore_errors=True)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
+    files.publish_dir(tmp, path)
+  finally:
+    files.rmtree(tmp)
 
 
 def _umask() -> int:
@@ -61,26 +56,7 @@ def _umask() -> int:
   return mask
 
 
-def write_atomic(path: str, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-  try:
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-
-
-def write_json(path: str, value: dict) -> None:
-  write_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
-
-
 def write_submission(path: str, classes: np.ndarray) -> None:
   """The Kaggle Digit Recognizer submission: ImageId (from 1),Label."""
   lines = ["ImageId,Label"] + [f"{i},{c}" for i, c in enumerate(classes, start=1)]
-  write_atomic(path, "\n".join(lines) + "\n")
+  files.write_text(path, "\n".join(lines) + "\n")

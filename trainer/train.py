@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import tempfile
 import time
 
@@ -16,33 +14,17 @@ import input_pipeline
 from input_pipeline.pipeline import check_batch
 from models import summary as model_summary
 from trainer import actions as tl_actions
-from trainer import distribute, export, summaries
+from trainer import distribute, export, files, summaries
 from trainer.config import Config, ConfigError
 from trainer.controller import Controller, Timing
 from trainer.loop import Trainer
-
-
-def _check_writable(model_dir: str) -> None:
-  """Refuses an unwritable model_dir before any work, and without creating anything: it
-  probes the nearest existing ancestor (os.access says yes to root on read-only mounts)."""
-  path = os.path.abspath(model_dir)
-  while not os.path.exists(path):
-    path = os.path.dirname(path)
-  if not os.path.isdir(path):
-    raise ConfigError(f"--model_dir={model_dir}: {path} is a file, not a directory")
-  try:
-    with tempfile.TemporaryFile(dir=path):
-      pass
-  except OSError as e:
-    raise ConfigError(f"--model_dir={model_dir}: {path} is not writable ({e.strerror}); "
-                      "choose another --model_dir") from None
 
 
 def train_and_evaluate(config: Config) -> dict:
   """Trains to the target step (resuming from model_dir), evaluates, exports; returns the
   results that also go to model_dir/results.json."""
   start = time.time()
-  _check_writable(config.model_dir)
+  files.check_model_dir(config.model_dir)
   strategy = distribute.create_strategy(config)  # first: it may configure the runtime
   keras.utils.set_random_seed(config.seed)
   if config.deterministic:
@@ -70,7 +52,7 @@ def train_and_evaluate(config: Config) -> dict:
     return _run(config, strategy, data, start, scratch)
   finally:
     if scratch:
-      shutil.rmtree(scratch, ignore_errors=True)
+      files.rmtree(scratch)
 
 
 def _eval_split(data) -> str | None:
@@ -136,10 +118,10 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None) -> d
   chief = scratch is None
   output_dir = config.model_dir if chief else scratch
   if chief:
-    os.makedirs(config.model_dir, exist_ok=True)
+    tf.io.gfile.makedirs(config.model_dir)
     flags_path = os.path.join(config.model_dir, "flags.json")
-    if not os.path.exists(flags_path):  # what the run was started as: trainer.evaluate reads it
-      export.write_json(flags_path, config.flag_values)
+    if not tf.io.gfile.exists(flags_path):  # what the run was started as: trainer.evaluate reads it
+      files.write_json(flags_path, config.flag_values)
   trainer = Trainer(config, strategy, data, output_dir=scratch)
   writer = summaries.Summaries(config.model_dir, enabled=chief)
   table = model_summary.table(trainer.model)
@@ -170,10 +152,9 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None) -> d
   stop, timing = timing.stop, {"examples_per_sec": timing.examples_per_sec,
                                "train_seconds": timing.train_seconds,
                                "compile_seconds": timing.compile_seconds}
-  if timing["examples_per_sec"] is None and os.path.exists(results_path):
+  previous = files.read_json(results_path) if timing["examples_per_sec"] is None else None
+  if previous:
     # A rerun of a finished run only evaluates: keep the training figures it measured.
-    with open(results_path) as f:
-      previous = json.load(f)
     timing = {k: previous.get(k, v) for k, v in timing.items()}
 
   results = {"global_step": trainer.step, "dataset": data.info.name,
@@ -202,5 +183,5 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None) -> d
   results["flags"] = config.flag_values
   export.save_model(trainer.model, data.info.image_shape, os.path.join(output_dir, "export"))
   if chief:
-    export.write_json(results_path, results)
+    files.write_json(results_path, results)
   return results

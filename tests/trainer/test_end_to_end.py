@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -142,6 +143,21 @@ def test_predict_writes_the_kaggle_submission(trained, tmp_path):
   ids, labels = zip(*(map(int, l.split(",")) for l in lines[1:]))
   assert list(ids) == list(range(1, 10))
   np.testing.assert_array_equal(labels, np.argmax(model(images / 255.0), axis=-1))
+
+
+@pytest.mark.parametrize("dataset, problem", [
+    ("synthetic:shape=8x8x1,classes=4,train=64,test=9", "has images of shape 8x8x1 but the "
+     "model in .* takes 12x12x1"),
+    ("synthetic:shape=12x12x1,classes=6,train=64,test=60", "has labels up to 5 but the model "
+     "in .* predicts 4 classes")])
+def test_predict_refuses_data_the_model_was_not_trained_for(trained, tmp_path, dataset, problem):
+  model_dir, _ = trained
+  out = tmp_path / "submission.csv"
+  proc = run("trainer.predict", f"--model_dir={model_dir}", f"--dataset={dataset}",
+             f"--output={out}", check=False)
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert proc.returncode == 2 and len(errors) == 1 and re.search(problem, errors[0]), proc.stderr
+  assert "Traceback" not in proc.stderr and not out.exists()
 
 
 def test_resume_continues_from_the_saved_step_and_a_finished_run_only_evaluates(trained):

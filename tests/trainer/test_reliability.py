@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from trainer import export, train
+from trainer import export, files, train
 from trainer.config import ConfigError
 from trainer.loop import Trainer
 from datafiles import tree_digest
@@ -168,14 +168,14 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
 
 def test_atomic_writes_keep_the_old_file_on_failure(tmp_path, monkeypatch):
   path = tmp_path / "results.json"
-  export.write_json(str(path), {"a": 1})
+  files.write_json(str(path), {"a": 1})
   assert oct(os.stat(path).st_mode & 0o777) != "0o600"  # normal permissions, not mkstemp's
 
   def broken_dumps(*args, **kwargs):
     raise RuntimeError("disk full")
   monkeypatch.setattr(json, "dumps", broken_dumps)
   with pytest.raises(RuntimeError):
-    export.write_json(str(path), {"a": 2})
+    files.write_json(str(path), {"a": 2})
   monkeypatch.undo()
   assert json.loads(path.read_text()) == {"a": 1}
   assert os.listdir(tmp_path) == ["results.json"]  # no temporary file left
