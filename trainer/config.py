@@ -42,10 +42,12 @@ class Config:
   keep_checkpoints: int
   seed: int
   deterministic: bool
+  allow_changed_flags: tuple[str, ...]
   optimizer: str
   learning_rate: float
   lr_schedule: str
   warmup_steps: int
+  schedule_steps: int | None
   lr_decay_rate: float
   momentum: float
   weight_decay: float
@@ -73,6 +75,10 @@ class Config:
     """(steps per epoch, total steps) for a training split of train_size examples."""
     per_epoch = max(1, train_size // self.batch_size)
     return per_epoch, self.train_steps or per_epoch * (self.epochs or 1)
+
+  def with_flags(self, **values) -> Config:
+    """This config with some flags replaced (e.g. from the run's record)."""
+    return dataclasses.replace(self, **values, flag_values={**self.flag_values, **values})
 
 
 def _ints(name: str, values) -> tuple[int, ...]:
@@ -127,7 +133,7 @@ def from_flags(fv) -> Config:
   for name in ("batch_size", "steps_per_loop", "keep_checkpoints"):
     _check(fv[name].value >= 1, f"--{name}={fv[name].value} must be positive")
   for name in ("epochs", "train_steps", "eval_every", "checkpoint_every", "num_classes",
-               "cpu_devices", "intra_op_threads", "early_stopping"):
+               "cpu_devices", "intra_op_threads", "early_stopping", "schedule_steps"):
     value = fv[name].value
     _check(value is None or value >= 1, f"--{name}={value} must be positive")
   _check(fv.epochs is None or fv.train_steps is None,
@@ -149,6 +155,11 @@ def from_flags(fv) -> Config:
   _check(0 < fv.lr_decay_rate <= 1, f"--lr_decay_rate={fv.lr_decay_rate} must be in (0, 1]")
   _check(0 <= fv.momentum < 1, f"--momentum={fv.momentum} must be in [0, 1)")
   _check(fv.weight_decay >= 0, f"--weight_decay={fv.weight_decay} must be >= 0")
+  # Keras's AdamW would otherwise decay by its own 0.004 while results.json records 0.
+  _check(fv.optimizer != "adamw" or fv.weight_decay > 0, "--optimizer=adamw needs "
+         "--weight_decay (e.g. 0.004, Keras's default); without decay use --optimizer=adam")
+  unknown = sorted(set(fv.allow_changed_flags or ()) - set(tl_flags.OWN_FLAGS))
+  _check(not unknown, f"--allow_changed_flags: {', '.join(unknown)} is not a tapeloop flag")
   _check(fv.clip_norm is None or fv.clip_norm > 0, f"--clip_norm={fv.clip_norm} must be positive")
   _check(0 <= fv.validation_split < 1,
          f"--validation_split={fv.validation_split} must be in [0, 1)")
@@ -173,9 +184,10 @@ def from_flags(fv) -> Config:
       steps_per_loop=fv.steps_per_loop, eval_every=fv.eval_every, eval_images=fv.eval_images,
       keep_best=fv.keep_best, early_stopping=fv.early_stopping,
       checkpoint_every=fv.checkpoint_every, keep_checkpoints=fv.keep_checkpoints,
-      seed=fv.seed, deterministic=fv.deterministic, optimizer=fv.optimizer,
+      seed=fv.seed, deterministic=fv.deterministic,
+      allow_changed_flags=tuple(fv.allow_changed_flags or ()), optimizer=fv.optimizer,
       learning_rate=fv.learning_rate, lr_schedule=fv.lr_schedule,
-      warmup_steps=fv.warmup_steps, lr_decay_rate=fv.lr_decay_rate, momentum=fv.momentum,
+      warmup_steps=fv.warmup_steps, schedule_steps=fv.schedule_steps, lr_decay_rate=fv.lr_decay_rate, momentum=fv.momentum,
       weight_decay=fv.weight_decay, clip_norm=fv.clip_norm, strategy=fv.strategy,
       devices=tuple(fv.devices) if fv.devices else None, cpu_devices=fv.cpu_devices,
       intra_op_threads=fv.intra_op_threads, profile_steps=profile,

@@ -17,6 +17,16 @@ MODEL_FLAGS = ("hidden_units", "activation", "dropout", "l2", "filters", "kernel
 
 BEST_METRICS = ("accuracy", "loss")
 
+# Flags that change how a run runs, not what it trains: a rerun into the same model_dir
+# may change them (logged). Any other flag changed on a rerun is refused unless named in
+# --allow_changed_flags; --epochs/--train_steps may extend a run (trainer/run_record.py).
+HOW_IT_RUNS = ("model_dir", "data_dir", "manual_dir", "steps_per_loop", "checkpoint_every",
+               "keep_checkpoints", "profile_steps", "deterministic", "eval_every",
+               "eval_images", "keep_best", "early_stopping", "strategy", "devices",
+               "cpu_devices", "intra_op_threads", "jit_compile", "allow_changed_flags",
+               "divergence_retries")
+RUN_LENGTH = ("epochs", "train_steps")
+
 # Names of the flags defined here (not absl's or TF's): they go into results.json and
 # the TensorBoard hparams.
 OWN_FLAGS: list[str] = []
@@ -70,6 +80,9 @@ def _define() -> None:
     flags.DEFINE_integer("seed", 0, "Seed for initialization, data order and augmentation.")
     flags.DEFINE_boolean("deterministic", False, "Deterministic ops (slower): same flags, same "
                          "weights.")
+    flags.DEFINE_list("allow_changed_flags", None, "A rerun into an existing model_dir "
+                      "refuses flags that change what is trained; these may change "
+                      "(logged and recorded in model_dir/flag_changes.json).")
   with _group("Evaluation"):
     flags.DEFINE_integer("eval_every", None, "Evaluate every N steps (default once per "
                          "epoch), on the validation split, or on test without one.")
@@ -84,9 +97,12 @@ def _define() -> None:
     flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
     flags.DEFINE_string("lr_schedule", "constant", "constant, cosine or exponential.")
     flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps before the schedule.")
+    flags.DEFINE_integer("schedule_steps", None, "The schedule's horizon in steps (default: "
+                         "the run's length at its first start, kept when a rerun extends it).")
     flags.DEFINE_float("lr_decay_rate", 0.1, "exponential: factor over the whole run.")
     flags.DEFINE_float("momentum", 0.9, "Momentum of the momentum optimizer.")
-    flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (not on biases, norms).")
+    flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (not on biases, norms); "
+                       "adamw needs it.")
     flags.DEFINE_float("clip_norm", None, "Clip gradients to this global norm, after the "
                        "all-reduce.")
   with _group("Hardware"):

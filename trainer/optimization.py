@@ -18,7 +18,9 @@ def learning_rate_fn(config: Config, total_steps: int, global_step: tf.Variable)
   """A callable for Keras: the rate at the current global step (not optimizer.iterations,
   which does not advance on skipped fp16 steps)."""
   peak, warmup = config.learning_rate, config.warmup_steps
-  decay_steps = max(1, total_steps - warmup)
+  # The horizon is fixed when the run starts (run_record.py): extending a run to more
+  # steps must not make the rate jump back up.
+  decay_steps = max(1, (config.schedule_steps or total_steps) - warmup)
 
   def rate():
     step = tf.cast(global_step, tf.float32)
@@ -48,8 +50,7 @@ def create_optimizer(config: Config, learning_rate) -> keras.optimizers.Optimize
     opt = fused_optimizers.SGD(momentum=config.momentum, **kwargs)
   elif config.optimizer == "adam":
     opt = fused_optimizers.Adam(**kwargs)
-  elif config.optimizer == "adamw":
-    # Without --weight_decay, AdamW keeps Keras's default decay (0.004).
+  elif config.optimizer == "adamw":  # config.py requires --weight_decay: never Keras's 0.004
     opt = fused_optimizers.AdamW(**kwargs)
   else:
     opt = keras.optimizers.RMSprop(**kwargs)

@@ -14,7 +14,7 @@ import input_pipeline
 from input_pipeline.pipeline import check_batch
 from models import summary as model_summary
 from trainer import actions as tl_actions
-from trainer import distribute, export, files, summaries
+from trainer import distribute, export, files, run_record, summaries
 from trainer.config import Config, ConfigError
 from trainer.controller import Controller, Timing
 from trainer.loop import Trainer
@@ -25,6 +25,9 @@ def train_and_evaluate(config: Config) -> dict:
   results that also go to model_dir/results.json."""
   start = time.time()
   files.check_model_dir(config.model_dir)
+  # Before any work: a rerun that changes what is trained is refused here.
+  recorded = run_record.load(config.model_dir)
+  config, changed = run_record.check(config, recorded)
   strategy = distribute.create_strategy(config)  # first: it may configure the runtime
   keras.utils.set_random_seed(config.seed)
   if config.deterministic:
@@ -39,6 +42,8 @@ def train_and_evaluate(config: Config) -> dict:
     raise ConfigError(f"--dataset={config.dataset} has no labeled train split")
   # Before model_dir exists: a batch the split cannot fill must leave nothing behind.
   check_batch(config.batch_size, len(train_split), "training", need_full=True)
+  config = run_record.resolve_horizon(config, recorded,
+                                      *config.steps_for(len(train_split)))
   if _eval_split(data) is None and (config.keep_best or config.early_stopping):
     raise ConfigError("--keep_best and --early_stopping need labeled data to evaluate: "
                       "add --validation_split=0.1")
@@ -49,7 +54,7 @@ def train_and_evaluate(config: Config) -> dict:
   # worker does so into a scratch directory removed at the end.
   scratch = None if chief else tempfile.mkdtemp(prefix="tapeloop-worker-")
   try:
-    return _run(config, strategy, data, start, scratch)
+    return _run(config, strategy, data, start, scratch, recorded, changed)
   finally:
     if scratch:
       files.rmtree(scratch)
@@ -114,15 +119,16 @@ def _describe_eval(config: Config, trainer: Trainer, eval_split: str | None) -> 
                     "figure is then optimistic; hold out --validation_split=0.1 instead")
 
 
-def _run(config: Config, strategy, data, start: float, scratch: str | None) -> dict:
+def _run(config: Config, strategy, data, start: float, scratch: str | None,
+         recorded: dict | None, changed: dict) -> dict:
   chief = scratch is None
   output_dir = config.model_dir if chief else scratch
-  if chief:
-    tf.io.gfile.makedirs(config.model_dir)
-    flags_path = os.path.join(config.model_dir, "flags.json")
-    if not tf.io.gfile.exists(flags_path):  # what the run was started as: trainer.evaluate reads it
-      files.write_json(flags_path, config.flag_values)
   trainer = Trainer(config, strategy, data, output_dir=scratch)
+  run_record.check_length(config, trainer.step, trainer.total_steps)
+  flag_changes = []
+  if chief:  # what the run was started as, and changes since: trainer.evaluate reads it
+    tf.io.gfile.makedirs(config.model_dir)
+    flag_changes = run_record.write(config, recorded, changed, trainer.step, trainer.total_steps)
   writer = summaries.Summaries(config.model_dir, enabled=chief)
   table = model_summary.table(trainer.model)
   logging.info("model %s: %d parameters\n%s", config.model, trainer.model.count_params(),
@@ -163,6 +169,8 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None) -> d
              "weights_digest": trainer.weights_digest(), "eval_split": eval_split}
   if stop is not None or stopped_at >= 0:
     results["stopped_early_at"] = trainer.step if stop is not None else stopped_at
+  if flag_changes:
+    results["flag_changes"] = flag_changes
   if config.keep_best or config.early_stopping:
     results["best_eval"] = {"metric": config.keep_best or "loss",
                             "value": float(trainer.progress.best_value.numpy()),

@@ -36,6 +36,10 @@ def test_flagfile_and_command_line_override(tmp_path):
     (["--epochs=2", "--train_steps=5"], "--epochs and --train_steps both given"),
     (["--optimizer=adagrad"], "--optimizer=adagrad is unknown; use sgd, momentum"),
     (["--lr_schedule=step"], "--lr_schedule=step is unknown"),
+    (["--optimizer=adamw"], "--optimizer=adamw needs --weight_decay"),
+    (["--allow_changed_flags=optimizer,colour"], "--allow_changed_flags: colour is not a "
+     "tapeloop flag"),
+    (["--schedule_steps=0"], "--schedule_steps=0 must be positive"),
     (["--learning_rate=0"], "--learning_rate=0.0 must be positive"),
     (["--learning_rate=-0.1"], "--learning_rate=-0.1 must be positive"),
     (["--strategy=tpu"], "--strategy=tpu is unknown"),

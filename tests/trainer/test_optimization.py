@@ -40,7 +40,8 @@ def test_exponential_decays_by_the_rate_over_the_run():
                                       ("adamw", fused_optimizers.AdamW),
                                       ("rmsprop", keras.optimizers.RMSprop)])
 def test_optimizers(name, cls):
-  opt = optimization.create_optimizer(parse(f"--optimizer={name}"), 0.1)
+  decay = ["--weight_decay=0.01"] if name == "adamw" else []
+  opt = optimization.create_optimizer(parse(f"--optimizer={name}", *decay), 0.1)
   assert type(opt) is cls
   if name == "momentum":
     assert opt.momentum == 0.9

@@ -69,6 +69,12 @@ def test_unwritable_model_dir_is_refused_before_any_work(tmp_path, monkeypatch):
 def test_a_model_dir_of_another_model_is_refused_and_kept(tmp_path):
   train.train_and_evaluate(parse(*TINY, "--train_steps=4", f"--model_dir={tmp_path}"))
   before = sorted(os.listdir(tmp_path / "checkpoints"))
+  with pytest.raises(ConfigError, match="started with other flags: --hidden_units=16 -> 8"):
+    train.train_and_evaluate(parse(*TINY, "--hidden_units=8", "--train_steps=8",
+                                   f"--model_dir={tmp_path}"))
+  # Without the run's record (a run of an older version), the checkpoint itself refuses.
+  os.remove(tmp_path / "flags.json")
+  os.remove(tmp_path / "results.json")
   with pytest.raises(ConfigError, match="does not match this model"):
     train.train_and_evaluate(parse(*TINY, "--hidden_units=8", "--train_steps=8",
                                    f"--model_dir={tmp_path}"))

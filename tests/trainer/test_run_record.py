@@ -1,0 +1,89 @@
+"""A rerun into an existing model_dir: what may change, what is refused, and how the
+learning-rate schedule continues when a run is extended."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from trainer import train
+from trainer.config import ConfigError
+from datafiles import tree_digest
+from flag_helpers import parse
+from runs import read_scalars, run
+
+RUN = ["--model=mlp", "--hidden_units=16", "--dataset=synthetic:shape=8x8x1,classes=3,"
+       "train=256,test=64", "--batch_size=32", "--steps_per_loop=4", "--eval_images=false"]
+
+
+def _json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def test_changing_what_is_trained_is_refused_naming_each_flag_and_leaves_the_run(tmp_path):
+  model_dir = tmp_path / "run"
+  run("trainer.main", *RUN, "--epochs=1", f"--model_dir={model_dir}")
+  before = tree_digest(model_dir)
+  proc = run("trainer.main", *RUN, "--epochs=1", "--optimizer=sgd", "--learning_rate=0.1",
+             f"--model_dir={model_dir}", check=False)
+  last = proc.stderr.strip().splitlines()[-1]
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "--learning_rate=0.001 -> 0.1, --optimizer=adam -> sgd;" in last, last
+  assert "use a new --model_dir" in last and "--allow_changed_flags=learning_rate,optimizer" in last
+  assert tree_digest(model_dir) == before
+
+
+def test_a_shorter_run_than_trained_is_refused_and_an_equal_one_only_evaluates(tmp_path):
+  model_dir = f"--model_dir={tmp_path}"
+  train.train_and_evaluate(parse(*RUN, "--epochs=2", model_dir))
+  before = tree_digest(tmp_path)
+  with pytest.raises(ConfigError, match=r"already trained to step 16; --epochs=1 ends at step 8"):
+    train.train_and_evaluate(parse(*RUN, "--epochs=1", model_dir))
+  assert tree_digest(tmp_path) == before
+  again = train.train_and_evaluate(parse(*RUN, "--epochs=2", model_dir))
+  assert again["global_step"] == 16 and "flag_changes" not in again
+
+
+def test_how_it_runs_may_change_and_allowed_changes_are_recorded(tmp_path):
+  model_dir = f"--model_dir={tmp_path}"
+  train.train_and_evaluate(parse(*RUN, "--train_steps=8", model_dir))
+  # Cadence, loop length and devices change how it runs, not what it trains.
+  second = train.train_and_evaluate(parse(*RUN, "--train_steps=8", "--steps_per_loop=2",
+                                          "--eval_every=2", "--strategy=mirrored",
+                                          "--devices=/cpu:0,/cpu:1", model_dir))
+  assert second["global_step"] == 8 and "flag_changes" not in second
+  third = train.train_and_evaluate(parse(*RUN, "--train_steps=12", "--optimizer=sgd",
+                                         "--allow_changed_flags=optimizer", model_dir))
+  assert third["global_step"] == 12 and third["flags"]["optimizer"] == "sgd"
+  [change] = third["flag_changes"]
+  assert change["step"] == 8 and change["total_steps"] == 12
+  assert change["changed"] == {"optimizer": {"old": "adam", "new": "sgd"},
+                               "train_steps": {"old": 8, "new": 12}}
+  assert _json(tmp_path / "flag_changes.json")["changes"] == [change]
+  recorded = _json(tmp_path / "flags.json")
+  assert recorded["optimizer"] == "sgd" and recorded["train_steps"] == 12
+  # The accepted change is now the run's: the next rerun needs no permission for it.
+  fourth = train.train_and_evaluate(parse(*RUN, "--train_steps=12", "--optimizer=sgd",
+                                          model_dir))
+  assert fourth["global_step"] == 12
+
+
+def test_extending_a_run_keeps_the_schedule_horizon(tmp_path):
+  schedule = ["--lr_schedule=cosine", "--learning_rate=0.1", "--steps_per_loop=1"]
+  straight = tmp_path / "straight"
+  train.train_and_evaluate(parse(*RUN, *schedule, "--train_steps=24",
+                                 f"--model_dir={straight}"))
+  extended = tmp_path / "extended"
+  train.train_and_evaluate(parse(*RUN, *schedule, "--train_steps=16",
+                                 f"--model_dir={extended}"))
+  assert _json(extended / "flags.json")["schedule_steps"] == 16
+  train.train_and_evaluate(parse(*RUN, *schedule, "--train_steps=24",
+                                 f"--model_dir={extended}"))
+  rates = read_scalars(extended / "train")["learning_rate"]
+  # Up to step 16 the first start's cosine; past its horizon the rate stays at its end
+  # (0) instead of jumping back up to a cosine over 24 steps.
+  assert rates[8] == pytest.approx(0.05, abs=1e-6) and max(rates[s] for s in range(16, 25)) < 1e-6
+  assert read_scalars(straight / "train")["learning_rate"][17] > 0.01
+  assert np.all(np.diff([rates[s] for s in sorted(rates)]) <= 1e-7)  # never rises

@@ -1,0 +1,145 @@
+"""A run is what it was started as: model_dir/flags.json holds its flags from the first
+start, and a rerun into the same model_dir may only change how it runs.
+
+A rerun that changes what is trained (model, data, optimizer, schedule, batch, precision,
+seed, ...) is refused, naming each flag with its old and new value, unless the flag is
+named in --allow_changed_flags; then the change is logged, recorded in
+model_dir/flag_changes.json and results.json, and flags.json takes the new value. A longer
+--epochs/--train_steps extends the run; a shorter one than already trained is refused.
+The learning-rate schedule's horizon (--schedule_steps) is fixed at the first start, so an
+extended run continues the schedule where it was instead of jumping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import tensorflow as tf
+from absl import flags, logging
+
+from trainer import files
+from trainer import flags as tl_flags
+from trainer.config import Config, ConfigError
+
+RECORD = "flags.json"
+CHANGES = "flag_changes.json"
+
+
+def _text(value) -> str:
+  if isinstance(value, (list, tuple)):
+    return ",".join(map(str, value))
+  return str(value)
+
+
+def _same(a, b) -> bool:
+  return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def load(model_dir: str) -> dict | None:
+  """The flags the run in model_dir was started with; None for a new model_dir. Runs made
+  before flags.json existed have them in results.json."""
+  for name in (RECORD, "results.json"):
+    path = os.path.join(model_dir, name)
+    try:
+      recorded = files.read_json(path)
+    except ValueError as e:
+      raise ConfigError(f"{path} is corrupt ({str(e)[:80]}): restore it, or use a new "
+                        "--model_dir") from None
+    if recorded is not None:
+      return recorded if name == RECORD else recorded.get("flags")
+  return None
+
+
+def _default(name: str):
+  return flags.FLAGS[name].default
+
+
+def check(config: Config, recorded: dict | None) -> tuple[Config, dict]:
+  """Refuses a rerun that changes what is trained (ConfigError naming every such flag);
+  returns the config with the recorded schedule horizon, and the allowed changes of what
+  is trained as {flag: (old, new)}. Changes of how it runs are logged."""
+  if recorded is None:
+    return config, {}
+  current = config.flag_values
+  changed = {}
+  for name in tl_flags.OWN_FLAGS:
+    old, new = recorded.get(name, _default(name)), current[name]
+    if name == "schedule_steps" and new is None:
+      continue  # inherited below
+    if not _same(old, new):
+      changed[name] = (old, new)
+  how = {k: v for k, v in changed.items() if k in tl_flags.HOW_IT_RUNS}
+  length = {k: v for k, v in changed.items() if k in tl_flags.RUN_LENGTH}
+  what = {k: v for k, v in changed.items() if k not in how and k not in length}
+  refused = {k: v for k, v in what.items() if k not in config.allow_changed_flags}
+  if refused:
+    listed = ", ".join(f"--{k}={_text(old)} -> {_text(new)}" for k, (old, new) in refused.items())
+    raise ConfigError(
+        f"--model_dir={config.model_dir} holds a run started with other flags: {listed}; "
+        f"these change what is trained: use a new --model_dir, or continue this run with "
+        f"--allow_changed_flags={','.join(refused)}")
+  for name, (old, new) in how.items():
+    logging.info("rerun with --%s=%s (was %s): changes how the run runs, not what it trains",
+                 name, _text(new), _text(old))
+  for name, (old, new) in what.items():
+    logging.warning("--%s changed from %s to %s (--allow_changed_flags): continuing the run "
+                    "with it; recorded in %s", name, _text(old), _text(new), CHANGES)
+  if config.schedule_steps is None and recorded.get("schedule_steps") is not None:
+    config = config.with_flags(schedule_steps=recorded["schedule_steps"])
+  return config, what
+
+
+def resolve_horizon(config: Config, recorded: dict | None, steps_per_epoch: int,
+                    total_steps: int) -> Config:
+  """The config with --schedule_steps set: the recorded horizon, else (a run made before
+  it was recorded) the length it was started with, else this run's length."""
+  if config.schedule_steps is not None:
+    return config
+  horizon = total_steps
+  if recorded is not None:
+    horizon = recorded.get("train_steps") or steps_per_epoch * (recorded.get("epochs") or 1)
+  return config.with_flags(schedule_steps=horizon)
+
+
+def check_length(config: Config, step: int, total_steps: int) -> None:
+  """A run already trained past the requested length cannot be shortened: its weights
+  would be reported under flags that did not make them."""
+  if step > total_steps:
+    asked = (f"--train_steps={config.train_steps}" if config.train_steps
+             else f"--epochs={config.epochs or 1}")
+    raise ConfigError(
+        f"--model_dir={config.model_dir} is already trained to step {step}; {asked} ends at "
+        f"step {total_steps}: use a new --model_dir for a shorter run, or evaluate this one "
+        f"with python -m trainer.evaluate --model_dir={config.model_dir}")
+
+
+def write(config: Config, recorded: dict | None, what: dict, step: int,
+          total_steps: int) -> list[dict]:
+  """Records the run's flags at its first start, and any allowed change or extension
+  after it; returns the recorded changes (for results.json)."""
+  path = os.path.join(config.model_dir, RECORD)
+  changes_path = os.path.join(config.model_dir, CHANGES)
+  history = (files.read_json(changes_path) or {}).get("changes", [])
+  if recorded is None or not tf.io.gfile.exists(path):
+    files.write_json(path, config.flag_values)
+  if recorded is None:
+    return history
+  lengths = {k: (recorded.get(k, _default(k)), config.flag_values[k])
+             for k in tl_flags.RUN_LENGTH
+             if not _same(recorded.get(k, _default(k)), config.flag_values[k])}
+  if not what and not lengths:
+    return history
+  entry = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "total_steps": total_steps,
+           "changed": {k: {"old": old, "new": new} for k, (old, new) in {**what, **lengths}.items()}}
+  if lengths:
+    logging.info("the run continues to step %d (%s); the learning-rate schedule keeps its "
+                 "horizon of %d steps", total_steps,
+                 ", ".join(f"--{k}={_text(new)}, was {_text(old)}" for k, (old, new)
+                           in lengths.items()), config.schedule_steps)
+  history.append(entry)
+  files.write_json(changes_path, {"changes": history})
+  files.write_json(path, {**recorded, **{k: config.flag_values[k]
+                                         for k in list(what) + list(lengths)}})
+  return history
