@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import keras
 import tensorflow as tf
 
@@ -24,10 +27,33 @@ def logits_head(num_classes: int, l2: float) -> keras.layers.Dense:
                             name="logits")
 
 
+_shard = threading.local()
+
+
+@contextlib.contextmanager
+def batch_shard(index):
+  """Random layers called inside draw the randomness of shard `index` of the global batch
+  (shards of equal size, in order), e.g. a replica's part of it.
+
+  Keras's seed generators hold one state for all replicas (aggregation "none"): without
+  this every replica would draw the same dropout masks. Within it, N shards together draw
+  exactly the masks one device draws for the whole batch."""
+  previous = getattr(_shard, "index", None)
+  _shard.index = index
+  try:
+    yield
+  finally:
+    _shard.index = previous
+
+
+_PHILOX = 1  # TensorFlow's RNG_PHILOX: 4 random words per counter increment
+
+
 class Dropout(keras.layers.Dropout):
   """Keras's Dropout, with the keep mask drawn from 16 random bits per element instead of
   a float32 uniform: half the Philox work. In the CNN, Keras's mask generation alone was
-  a sixth of the training step (TensorBoard profile on a 2-core CPU).
+  a sixth of the training step (TensorBoard profile on a 2-core CPU). Inside batch_shard,
+  the mask is that shard's part of the global batch's mask.
 
   The rate is rounded to a multiple of 1/65536, and kept values are scaled by the exact
   keep probability, so the layer's expected output still equals its input. Same weights
@@ -39,11 +65,19 @@ class Dropout(keras.layers.Dropout):
       return super().call(inputs, training=training)
     drop_below = min(65535, round(self.rate * 65536))  # P(bits < drop_below) = rate
     keep_probability = (65536 - drop_below) / 65536
-    size = tf.size(inputs)
+    size = tf.size(inputs, out_type=tf.int64)
     seed = tf.cast(tf.math.floormod(self.seed_generator.next(), tf.int32.max - 1), tf.int32)
-    words = tf.random.stateless_uniform([(size + 1) // 2], seed, minval=None, maxval=None,
-                                        dtype=tf.uint32)
-    bits = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[:size]
+    key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=seed)
+    # This shard's 16-bit values start at shard * size in the global batch's stream; Philox
+    # is counter based, so skip whole blocks of 8 values and slice off the rest.
+    index = getattr(_shard, "index", None)
+    start = tf.cast(0 if index is None else index, tf.int64) * size
+    counter += tf.stack([tf.cast(start // 8, tf.uint64), tf.constant(0, tf.uint64)])
+    skip = start % 8
+    words = tf.raw_ops.StatelessRandomUniformFullIntV2(
+        shape=tf.reshape((skip + size + 1) // 2, [1]), key=key, counter=counter,
+        alg=_PHILOX, dtype=tf.uint32)
+    bits = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[skip:skip + size]
     keep = tf.reshape(bits >= tf.constant(drop_below, tf.uint16), tf.shape(inputs))
     scale = tf.constant(1 / keep_probability, inputs.dtype)
     return tf.where(keep, inputs * scale, tf.zeros_like(inputs))

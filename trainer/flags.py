@@ -12,7 +12,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 PIPELINES = ("in_memory", "tf_data")
 # Model hyperparameter flags: each is passed to the model only when given.
 MODEL_FLAGS = ("hidden_units", "activation", "dropout", "l2", "filters", "kernel_sizes",
-               "dense_units", "widths", "blocks_per_stage")
+               "dense_units", "widths", "blocks_per_stage", "sync_batch_norm")
 
 
 BEST_METRICS = ("accuracy", "loss")
@@ -129,3 +129,5 @@ def _define() -> None:
     flags.DEFINE_list("widths", None, "resnet: width per stage (default 32,64,128).")
     flags.DEFINE_integer("blocks_per_stage", None, "resnet: residual blocks per stage "
                          "(default 2).")
+    flags.DEFINE_boolean("sync_batch_norm", None, "resnet: batch norm statistics over the "
+                         "global batch (default: when there are several replicas).")

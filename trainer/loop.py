@@ -20,6 +20,7 @@ import input_pipeline
 import models
 from input_pipeline import Data
 from input_pipeline.in_memory import IndexStream, InMemoryData
+from models.common import batch_shard
 from trainer import checkpoints, optimization
 from trainer.config import Config
 
@@ -47,9 +48,16 @@ class Trainer:
     self.steps_per_epoch, self.total_steps = config.steps_for(len(data.splits["train"]))
     self.replicas = strategy.num_replicas_in_sync
     with strategy.scope():
+      hparams = dict(config.model_hparams)
+      if "sync_batch_norm" in models.hyperparameters(config.model):
+        # Per-replica statistics would differ per replica and from one device's: global
+        # batch statistics by default whenever there are several replicas.
+        hparams.setdefault("sync_batch_norm", self.replicas > 1)
+        logging.info("batch norm statistics: %s", "synchronized over the global batch"
+                     if hparams["sync_batch_norm"] else "per replica")
       self.model = models.create(config.model, num_classes=data.info.num_classes,
                                  image_shape=data.info.image_shape,
-                                 precision=config.mixed_precision, **config.model_hparams)
+                                 precision=config.mixed_precision, **hparams)
       # Kept apart from optimizer.iterations, which does not advance on a skipped fp16 step.
       self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -83,7 +91,10 @@ class Trainer:
   # --- inside tf.function -------------------------------------------------------------
 
   def _forward_backward(self, images, labels):
-    with tf.GradientTape() as tape:
+    # Each replica draws its own part of the global batch's dropout masks (Keras's seed
+    # state is the same on every replica, which would repeat one mask on all of them).
+    shard = tf.distribute.get_replica_context().replica_id_in_sync_group
+    with tf.GradientTape() as tape, batch_shard(shard):
       logits = self.model(images, training=True)
       per_example = keras.losses.sparse_categorical_crossentropy(labels, logits,
                                                                  from_logits=True)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.common import Dropout
+from models.common import Dropout, batch_shard
 
 N = 1_000_001  # odd: the last element comes from half of a random word
 
@@ -56,3 +56,32 @@ def test_keeps_the_compute_dtype(dtype):
   y = Dropout(0.5, seed=4, dtype=f"mixed_{dtype.name}")(tf.ones([4, 6], dtype), training=True)
   assert y.dtype == dtype
   assert set(np.unique(tf.cast(y, tf.float32).numpy())) <= {0.0, 2.0}
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_each_replica_draws_its_part_of_the_global_mask(replicas):
+  strategy = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(replicas)])
+  global_batch, width, rate = 64, 33, 0.3  # 33: shards that do not start on a Philox block
+
+  def masks():
+    with strategy.scope():
+      layer = Dropout(rate, seed=7)
+
+    @tf.function
+    def step():
+      def replica_fn():
+        ctx = tf.distribute.get_replica_context()
+        with batch_shard(ctx.replica_id_in_sync_group):
+          return layer(tf.ones([global_batch // replicas, width]), training=True)
+      return strategy.run(replica_fn)
+    return [v.numpy() != 0 for v in strategy.experimental_local_results(step())]
+
+  kept = masks()
+  for a, b in zip(kept, kept[1:]):
+    assert (a != b).mean() > 0.2  # independent masks disagree on 2 * 0.3 * 0.7 = 42%
+  joined = np.concatenate(kept)
+  assert abs(1 - joined.mean() - rate) < 6 * np.sqrt(rate * (1 - rate) / joined.size)
+  np.testing.assert_array_equal(masks(), kept)  # reproducible from the seed
+  # Together: exactly the mask one device draws for the whole batch.
+  whole = Dropout(rate, seed=7)(tf.ones([global_batch, width]), training=True).numpy() != 0
+  np.testing.assert_array_equal(joined, whole)

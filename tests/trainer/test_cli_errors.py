@@ -142,7 +142,7 @@ def test_bad_invocations_exit_2_with_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("change,message", [
-    (["--hidden_units=16"], "does not match this model"),
+    (["--hidden_units=16"], "holds a run started with other flags: --hidden_units=8 -> 16; "),
     (["--model=cnn", "--hidden_units=8"], "--hidden_units does not apply to --model=cnn"),
 ])
 def test_an_existing_model_dir_is_left_as_it_was(tmp_path, change, message):

@@ -28,6 +28,9 @@ VARIANTS = {
     "l2": ["--l2=0.01"],
     "weight_decay": ["--optimizer=adamw", "--weight_decay=0.5"],
     "clip": ["--clip_norm=0.05"],
+    # Each replica draws its part of the global batch's masks: N replicas drop what one
+    # device drops (the same mask on every replica would not).
+    "dropout": ["--dropout=0.3"],
 }
 DEVICES = {1: ["--strategy=default"],
            2: ["--strategy=mirrored", "--devices=/cpu:0,/cpu:1"],
@@ -67,12 +70,12 @@ def reference(tmp_path_factory, model, variant):
   return _reference[(model, variant)]
 
 
-def assert_same(a, b):
+def assert_same(a, b, rtol=1e-5, atol=1e-5):
   for (metrics_a, weights_a), (metrics_b, weights_b) in zip(a, b):
-    assert metrics_a["loss"] == pytest.approx(metrics_b["loss"], rel=1e-5, abs=1e-6)
+    assert metrics_a["loss"] == pytest.approx(metrics_b["loss"], rel=rtol, abs=1e-6)
     assert metrics_a["accuracy"] == pytest.approx(metrics_b["accuracy"], abs=1e-6)
     for wa, wb in zip(weights_a, weights_b):
-      np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(wa, wb, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("replicas", [2, 4])
@@ -83,6 +86,35 @@ def test_replicas_train_like_one_device(tmp_path, tmp_path_factory, model, varia
   assert_same(trajectory(trainer), reference(tmp_path_factory, model, variant))
 
 
+RESNET = ["--model=resnet", "--widths=4,8", "--blocks_per_stage=1"]
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_resnet_with_synchronized_batch_norm_trains_like_one_device(tmp_path, replicas):
+  one = trajectory(build(1, tmp_path / "one", *RESNET))
+  trainer = build(replicas, tmp_path / "many", *RESNET)
+  many = trajectory(trainer)
+  # Global statistics are all-reduced sums: equal to one device's up to rounding.
+  assert_same(many, one, rtol=1e-4, atol=1e-5)
+  moving = [w for w in trainer.model.weights if "moving" in w.path]
+  assert len(moving) == 2 * 6  # mean and variance of: stem, 2 + 3 in the two blocks
+  for weight in moving:
+    replicas_values = [v.numpy() for v in
+                       trainer.strategy.experimental_local_results(weight.value)]
+    for value in replicas_values[1:]:
+      np.testing.assert_array_equal(value, replicas_values[0])
+
+
+def test_per_replica_batch_norm_is_what_differs(tmp_path):
+  # Without synchronization the moving statistics differ per replica: the test above
+  # would see it.
+  trainer = build(2, tmp_path, *RESNET, "--nosync_batch_norm")
+  trajectory(trainer)
+  weight = next(w for w in trainer.model.weights if "moving_mean" in w.path)
+  first, second = (v.numpy() for v in trainer.strategy.experimental_local_results(weight.value))
+  assert np.abs(first - second).max() > 1e-6
+
+
 @pytest.mark.parametrize("replicas", [2, 4])
 def test_tf_data_pipeline_replicas_train_like_one_device(tmp_path, replicas):
   one = trajectory(build(1, tmp_path / "one", *MODELS["mlp"], "--pipeline=tf_data"))
@@ -90,7 +122,7 @@ def test_tf_data_pipeline_replicas_train_like_one_device(tmp_path, replicas):
   assert_same(many, one)
 
 
-@pytest.mark.parametrize("variant", ["l2", "weight_decay", "clip"])
+@pytest.mark.parametrize("variant", ["l2", "weight_decay", "clip", "dropout"])
 def test_each_variant_changes_training(tmp_path_factory, variant):
   # Otherwise the equivalence above would not show that the variant is handled correctly.
   plain = reference(tmp_path_factory, "mlp", "plain")[-1][1]
