@@ -58,9 +58,9 @@ class Controller:
       return timing
     iterator = self.trainer.train_iterator()
     steady_steps, first = 0, True
-    for action in self.actions:
-      action.start(step)
-    try:
+    try:  # every action's end runs, whatever fails: a profiler left running keeps its trace
+      for action in self.actions:
+        action.start(step)
       while step < self.total:
         target = self.next_stop(step, first)
         begin = time.perf_counter()

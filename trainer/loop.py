@@ -118,14 +118,13 @@ class Trainer:
     ctx = tf.distribute.get_replica_context()
     if self.config.clip_norm:
       # Keras's clipnorm clips each replica's gradient before its all-reduce: wrong under N
-      # replicas. Reduce here, clip the global gradient, then hand Keras 1/N of it because
-      # apply_gradients sums across replicas again.
+      # replicas. Reduce here (once: the optimizer does not reduce again, optimization.py)
+      # and clip the global gradient.
       grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
       norm = self.config.clip_norm
       if self._fp16:
         norm = norm * self.optimizer.dynamic_scale  # clip the scaled gradient equivalently
       grads, _ = tf.clip_by_global_norm(grads, norm)
-      grads = [g / self.replicas for g in grads]
     elif self._fp16 and self.replicas > 1:
       # LossScaleOptimizer checks finiteness on local gradients only: if one replica
       # overflows, the others would apply. Agree: any replica non-finite -> all skip.

@@ -56,6 +56,10 @@ def create_optimizer(config: Config, learning_rate) -> keras.optimizers.Optimize
     opt = keras.optimizers.RMSprop(**kwargs)
   if config.weight_decay:
     opt.exclude_from_weight_decay(var_names=_NO_DECAY)
+  if config.clip_norm:
+    # The train step all-reduces and clips the gradients itself (Keras's clipnorm clips
+    # per replica); Keras's apply would all-reduce them a second time: twice the traffic.
+    opt._all_reduce_sum_gradients = list  # pylint: disable=protected-access
   if config.mixed_precision == "mixed_float16":
     opt = keras.optimizers.LossScaleOptimizer(opt)
   return opt

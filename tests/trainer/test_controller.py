@@ -138,6 +138,23 @@ def test_an_action_that_raises_still_ends_every_action():
   assert recorder.ended == 1
 
 
+def test_a_failing_run_stops_the_profiler(tmp_path):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  class Failing(FakeTrainer):
+    def run_steps(self, iterator, steps):
+      if self.step >= 2:
+        raise tf.errors.ResourceExhaustedError(None, None, "out of memory")
+      return super().run_steps(iterator, steps)
+  profiler = actions.Profiler((1, 100), str(tmp_path / "profile"))
+  with pytest.raises(tf.errors.ResourceExhaustedError):
+    Controller(trainer=Failing(), actions=[profiler], total_steps=9, steps_per_loop=1,
+               batch_size=1).run()
+  assert not profiler.running
+  tf.profiler.experimental.start(str(tmp_path / "again"))  # fails while one is running
+  tf.profiler.experimental.stop()
+
+
 def test_arguments_are_checked_up_front():
   with pytest.raises(ValueError, match="steps_per_loop"):
     Controller(trainer=FakeTrainer(), actions=[], total_steps=9, steps_per_loop=0, batch_size=1)

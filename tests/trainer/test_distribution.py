@@ -250,3 +250,19 @@ def test_an_eval_that_takes_a_while_says_it_started(tmp_path, monkeypatch):
   trainer.run_steps(trainer.train_iterator(), 1)
   trainer.evaluate("test")  # done long before its notice: nothing said
   assert not [s for s in said if s.startswith("evaluating")]
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])
+def test_clipping_all_reduces_the_gradients_once(tmp_path, monkeypatch, precision):
+  calls = []
+  real = tf.distribute.ReplicaContext.all_reduce
+
+  def counting(self, reduce_op, value, options=None):
+    if isinstance(value, (list, tuple)) and len(value) == len(trainer.model.trainable_weights):
+      calls.append(len(value))
+    return real(self, reduce_op, value, options)
+  monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counting)
+  trainer = build(2, tmp_path, *MODELS["mlp"], "--clip_norm=0.05",
+                  f"--mixed_precision={precision}")
+  trainer.run_steps(trainer.train_iterator(), 1)  # traces the step once per replica
+  assert len(calls) == 2  # one gradient all-reduce per replica, not two
