@@ -39,6 +39,10 @@ class Stop:
 class Action:
   """The interface; every method is optional."""
 
+  # After a preemption signal only these run at the boundary: a preempted VM has ~30 s,
+  # so the checkpoint is saved before anything else (no eval, no pictures).
+  on_preemption = False
+
   def next_step(self, step: int) -> int | None:
     """The next step after `step` at which this action needs the inner loop to return."""
     del step
@@ -218,6 +222,8 @@ class EarlyStopping(Action):
 class Checkpoint(Action):
   """Every `interval` steps, at the last step, and before any stop."""
 
+  on_preemption = True
+
   def __init__(self, *, save: Callable[[int], str], interval: int, total_steps: int):
     self.save, self.interval, self.total = save, interval, total_steps
 
@@ -258,11 +264,18 @@ class Profiler(Action):
 
 class PreemptionStop(Action):
   """SIGTERM (a preempted VM) or SIGINT (Ctrl-C) asks for a stop at the next boundary,
-  after a checkpoint; a second Ctrl-C stops at once. A Python signal handler cannot run
-  while a tf.function executes anyway: this makes the stop clean."""
+  where only the checkpoint is saved; a second Ctrl-C stops at once. A Python signal
+  handler cannot run while a tf.function executes anyway: this makes the stop clean.
 
-  def __init__(self):
+  `agree(signalled) -> bool` tells whether any worker was signalled (an all-reduce under
+  MultiWorkerMirroredStrategy): every worker stops at the same step, with one consistent
+  checkpoint, instead of the others blocking in the next collective. Run it first."""
+
+  on_preemption = True
+
+  def __init__(self, agree: Callable[[bool], bool] = bool):
     self.signal = None
+    self.agree = agree
     self._previous = {}
 
   def _handle(self, signum, frame):
@@ -279,8 +292,13 @@ class PreemptionStop(Action):
         self._previous[signum] = signal.signal(signum, self._handle)
 
   def __call__(self, step, logs):
-    if self.signal is not None:
-      logs["stop"] = Stop(f"stopped by {signal.Signals(self.signal).name}", self.signal)
+    if not self.agree(self.signal is not None):
+      return
+    if self.signal is None:
+      logging.warning("another worker was signalled: saving a checkpoint and stopping at "
+                      "step %d with it", step)
+    signum = self.signal or signal.SIGTERM
+    logs["stop"] = Stop(f"stopped by {signal.Signals(signum).name}", signum)
 
   def end(self, step):
     for signum, handler in self._previous.items():

@@ -78,7 +78,9 @@ class Controller:
         logs.update(steps=n, seconds=elapsed, examples_per_sec=rate,
                     steady_examples_per_sec=timing.examples_per_sec)
         for action in self.actions:
-          action(step, logs)
+          stop = logs.get("stop")
+          if stop is None or stop.signum is None or action.on_preemption:
+            action(step, logs)
         stop = logs.get("stop")
         if stop is not None and step < self.total:
           if stop.signum is not None:

@@ -103,3 +103,17 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
   return resolver.task_type == "chief" or (
       resolver.task_type == "worker" and resolver.task_id == 0
       and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def any_worker(strategy: tf.distribute.Strategy):
+  """A function of this worker's flag that is True when any worker's flag is: an all-reduce
+  under MultiWorkerMirroredStrategy (every worker must call it at the same boundary),
+  the flag itself otherwise."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return bool
+
+  def agree(flag: bool) -> bool:
+    value = strategy.experimental_distribute_values_from_function(
+        lambda _: tf.constant(1.0 if flag else 0.0))
+    return bool(strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None).numpy() > 0)
+  return agree

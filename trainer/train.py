@@ -72,6 +72,8 @@ def _actions(config: Config, trainer: Trainer, writer, data, eval_split, output_
   """The outer loop's actions, in the order they run at each boundary."""
   steps = dict(total_steps=trainer.total_steps)
   actions = [
+      # First: on a signal, the boundary saves the checkpoint and stops, nothing else.
+      tl_actions.PreemptionStop(agree=distribute.any_worker(trainer.strategy)),
       tl_actions.ProgressLine(steps_per_epoch=trainer.steps_per_epoch,
                               batch_size=config.batch_size, **steps),
       tl_actions.DivergenceCheck(lambda: trainer.loss_scale),
@@ -99,8 +101,7 @@ def _actions(config: Config, trainer: Trainer, writer, data, eval_split, output_
   if config.profile_steps:
     actions.append(tl_actions.Profiler(config.profile_steps,
                                        os.path.join(config.model_dir, "profile")))
-  actions += [tl_actions.PreemptionStop(),
-              tl_actions.Checkpoint(save=trainer.checkpoints.save,
+  actions += [tl_actions.Checkpoint(save=trainer.checkpoints.save,
                                     interval=trainer.checkpoint_interval, **steps)]
   return actions, pictures
 

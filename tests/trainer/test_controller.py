@@ -110,14 +110,16 @@ def test_a_stop_runs_the_remaining_actions_of_that_boundary_then_ends():
   assert (recorder.started, recorder.ended) == (0, 5)
 
 
-def test_a_signal_stop_raises_interrupted_with_the_checkpoint_and_ends_every_action():
-  trainer, recorder = FakeTrainer(), Recorder()
-  controller = Controller(trainer=trainer, actions=[StopAt(3, signal.SIGTERM), recorder],
+def test_a_signal_stop_saves_first_skips_the_rest_and_raises_interrupted():
+  trainer, saver, evaluator = FakeTrainer(), Recorder(), Recorder()
+  saver.on_preemption = True  # as the Checkpoint action; the evaluator is not
+  controller = Controller(trainer=trainer, actions=[StopAt(3, signal.SIGTERM), evaluator, saver],
                           total_steps=50, steps_per_loop=2, batch_size=4)
   with pytest.raises(actions.Interrupted, match="stopped by SIGTERM at step 3; checkpoint "
                      "ckpt-3 saved") as info:
     controller.run()
-  assert info.value.signum == signal.SIGTERM and recorder.ended == 3
+  assert info.value.signum == signal.SIGTERM and saver.ended == evaluator.ended == 3
+  assert [s for s, _ in saver.calls] == [1, 3] and [s for s, _ in evaluator.calls] == [1]
 
 
 def test_a_stop_at_the_last_step_is_a_normal_end():

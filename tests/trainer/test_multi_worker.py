@@ -4,8 +4,10 @@ import glob
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 from paths import ROOT
 
@@ -48,3 +50,57 @@ def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "error: --strategy=multi_worker needs TF_CONFIG")
+
+
+CLUSTER_RUN = ["--strategy=multi_worker", "--model=mlp", "--hidden_units=32",
+               "--dataset=synthetic:shape=12x12x1,classes=4,train=640,test=70",
+               "--batch_size=32", "--train_steps=200", "--steps_per_loop=2",
+               "--checkpoint_every=50", "--deterministic", "--eval_images=false"]
+
+
+def _start_cluster(model_dir):
+  sys.path.insert(0, os.path.join(ROOT, "scripts"))
+  import local_cluster  # pylint: disable=g-import-not-at-top
+  ports = local_cluster.free_ports(2)
+  procs = [subprocess.Popen([sys.executable, "-m", "trainer.main", *CLUSTER_RUN,
+                             f"--model_dir={model_dir}"],
+                            env=dict(os.environ, TF_CONFIG=local_cluster.tf_config(ports, i)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  return procs
+
+
+def _digest(proc):
+  out, _ = proc.communicate(timeout=240)
+  assert proc.returncode == 0, out[-3000:]
+  return re.findall(r"model weights digest at step 200: (\w+)", out)[-1]
+
+
+def test_sigterm_to_one_worker_stops_both_at_one_step_and_the_rerun_is_bit_exact(tmp_path):
+  straight = _start_cluster(tmp_path / "straight")
+  expected = {_digest(p) for p in straight}
+  assert len(expected) == 1
+
+  chief, other = _start_cluster(tmp_path / "preempted")
+  lines = []
+  for line in other.stdout:  # the non-chief reaches step 20: both are training
+    lines.append(line)
+    if "step 20/200" in line or "step 22/200" in line:
+      break
+  other.send_signal(signal.SIGTERM)
+  start = time.monotonic()
+  outs = [p.communicate(timeout=60)[0] for p in (chief, other)]
+  assert time.monotonic() - start < 30
+  assert [p.returncode for p in (chief, other)] == [128 + signal.SIGTERM] * 2, outs[0][-2000:]
+  stopped = [re.search(r"stopped by SIGTERM at step (\d+)", out) for out in outs]
+  assert all(stopped), outs
+  step = int(stopped[0].group(1))
+  assert int(stopped[1].group(1)) == step < 200
+  assert "another worker was signalled" in outs[0]
+  assert os.path.exists(tmp_path / "preempted" / "checkpoints" / f"ckpt-{step}.index")
+  # Saved first, nothing else: no eval between the signal and the exit.
+  assert "evaluat" not in outs[0].split("another worker was signalled")[1].lower()
+  assert "evaluat" not in outs[1].split("received SIGTERM")[1].lower()
+
+  resumed = _start_cluster(tmp_path / "preempted")
+  assert {_digest(p) for p in resumed} == expected
