@@ -19,6 +19,7 @@ import tempfile
 
 from absl import app, flags, logging
 
+from input_pipeline import tfds_source
 from input_pipeline.data import DataError
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -88,7 +89,7 @@ def prepare(dataset: str, data_dir: str | None, source_dir: str) -> str:
                     "--dataset=idx:DIR when training")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(dataset, data_dir=data_dir)
-  manual_dir = os.path.join(builder.data_dir_root, "downloads", "manual")
+  manual_dir = tfds_source.manual_dir_for(builder, dataset)
   if builder.is_prepared():
     logging.info("%s is already prepared in %s", dataset, builder.data_dir_root)
     return builder.data_dir_root

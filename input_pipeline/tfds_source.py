@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import socket
 import urllib.parse
@@ -39,15 +40,29 @@ def _builder(name: str, data_dir: str | None):
                     "or synthetic") from None
 
 
+def manual_dir_for(builder, name: str) -> str:
+  """Each dataset's own manual_dir: mnist and fashion_mnist register the same four file
+  names, so one shared directory would hand one dataset the other's files."""
+  return os.path.join(builder.data_dir_root, "downloads", "manual", name)
+
+
 def _prepare(builder, name: str, manual_dir: str | None) -> None:
   """Builds the dataset once; files in manual_dir are used without network."""
   if builder.is_prepared():
     return
   tfds = _tfds()
-  manual_dir = manual_dir or os.path.join(builder.data_dir_root, "downloads", "manual")
+  manual_dir = manual_dir or manual_dir_for(builder, name)
   urls = builder.url_infos or {}
-  missing = [u for u, info in urls.items()
-             if not os.path.exists(os.path.join(manual_dir, info.filename or ""))]
+  missing = []
+  for url, info in urls.items():
+    path = os.path.join(manual_dir, info.filename or "")
+    if not os.path.exists(path):
+      missing.append(url)
+    elif info.checksum and _sha256(path) != info.checksum:
+      # Named before TFDS sees it: this file, shown not to be the registered one.
+      raise DataError(f"{path} is not {name}'s {info.filename} (its sha256 differs from the "
+                      f"one TFDS registers): it is another dataset's file or damaged; put "
+                      f"{name}'s original file there")
   # Without network TFDS retries each download for minutes before failing: fail fast
   # when the files are not in manual_dir and the host does not even resolve.
   if missing and not _host_resolves(missing[0]):
@@ -60,12 +75,20 @@ def _prepare(builder, name: str, manual_dir: str | None) -> None:
   try:
     builder.download_and_prepare(download_config=config)
   except tfds.core.download.download_manager.NonMatchingChecksumError as e:
-    raise DataError(f"TFDS dataset {name!r}: a file's checksum differs from the registered "
-                    f"one ({str(e).splitlines()[0][:200]}); remove it and get it again") from None
+    raise DataError(f"TFDS dataset {name!r}: a downloaded file's checksum differs from the "
+                    f"registered one ({str(e).splitlines()[0][:200]}); try again") from None
   except Exception as e:  # pylint: disable=broad-except
     # Download failures surface as many unrelated types (requests, OSError, AssertionError).
     first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
     raise DataError(f"cannot prepare TFDS dataset {name!r}: {first}") from None
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def _to_numpy(builder, split: str):

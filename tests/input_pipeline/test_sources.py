@@ -103,3 +103,23 @@ def test_tfds_without_network_fails_fast_naming_the_files(tmp_path):
   with pytest.raises(DataError, match="no network: put .*train-images-idx3-ubyte.gz") as e:
     input_pipeline.load("fashion_mnist", data_dir=str(tmp_path))
   assert "input_pipeline.prepare" in str(e.value)
+
+
+def test_each_dataset_has_its_own_manual_files(tmp_path):
+  # Fashion-MNIST's files, under the names MNIST registers too, as input_pipeline.prepare
+  # places them: MNIST must not take them for its own.
+  fashion = tmp_path / "downloads" / "manual" / "fashion_mnist"
+  fashion.mkdir(parents=True)
+  for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+               "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+    (fashion / name).write_bytes(b"fashion")
+  with pytest.raises(DataError, match=r"no network: put .* in .*downloads/manual/mnist \(") as e:
+    input_pipeline.load("mnist", data_dir=str(tmp_path))
+  assert "remove" not in str(e.value) and "delete" not in str(e.value)
+  # A file shown to be wrong is named, with what it is not.
+  mnist = tmp_path / "downloads" / "manual" / "mnist"
+  mnist.mkdir()
+  (mnist / "train-images-idx3-ubyte.gz").write_bytes(b"fashion")
+  with pytest.raises(DataError, match=r"mnist/train-images-idx3-ubyte.gz is not mnist's "
+                     r"train-images-idx3-ubyte.gz \(its sha256 differs"):
+    input_pipeline.load("mnist", data_dir=str(tmp_path))
