@@ -5,7 +5,9 @@ An explicitly set variable is never overridden."""
 from __future__ import annotations
 
 import os
+import re
 import sys
+import tempfile
 
 SETTINGS = {
     # TensorFlow's C++ start-up chatter (CPU features, CUDA probing) is console noise.
@@ -18,9 +20,47 @@ SETTINGS = {
 }
 
 
+# TensorFlow 2.21's start-up lines, printed by C++ before its logging is set up (so
+# TF_CPP_MIN_LOG_LEVEL does not hide them), on every import: CPU features, oneDNN, and the
+# CUDA probe, which on a machine without a GPU says "failed call to cuInit: ... CUDA error".
+_START_UP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|\] oneDNN custom operations are on"
+    r"|cudart_stub\.cc.*Could not find cuda drivers|cpu_feature_guard\.cc"
+    r"|To enable the following instructions|This TensorFlow binary is optimized"
+    r"|cuda_platform\.cc.*failed call to cuInit")
+
+
+def is_start_up_noise(line: str) -> bool:
+  """A start-up line that says nothing on this machine. cuInit's failure matters where an
+  NVIDIA driver is installed (a GPU VM whose GPU TensorFlow cannot use): kept there."""
+  if "cuInit" in line and os.path.exists("/dev/nvidiactl"):
+    return False
+  return bool(_START_UP_NOISE.search(line))
+
+
 def apply() -> None:
-  """Call before the first `import tensorflow` of the process."""
+  """Call before the first `import tensorflow` of the process: sets the variables, then
+  imports TensorFlow and probes its devices with the C++ start-up noise filtered out of
+  stderr (every other line is passed on)."""
   if "tensorflow" in sys.modules:
     return  # too late to matter; a library user who imported TensorFlow first keeps theirs
   for name, value in SETTINGS.items():
     os.environ.setdefault(name, value)
+  if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    return  # the user asked for everything
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile(mode="w+b") as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      tf.config.list_physical_devices("GPU")  # the CUDA probe logs here, once per process
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      kept = [line for line in captured.read().decode(errors="replace").splitlines(True)
+              if not is_start_up_noise(line)]
+      sys.stderr.write("".join(kept))
+      sys.stderr.flush()

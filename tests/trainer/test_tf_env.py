@@ -32,3 +32,21 @@ def test_entry_points_apply_it_before_importing_tensorflow():
   for module in ("trainer/main.py", "trainer/predict.py"):
     source = open(os.path.join(ROOT, module)).read()
     assert source.index("tf_env.apply()") < source.index("from absl import")
+
+
+def _start_up_stderr(**env) -> str:
+  clean = {k: v for k, v in os.environ.items() if k not in tf_env.SETTINGS}
+  code = ("from trainer import tf_env; tf_env.apply(); import sys; "
+          "print('still here', file=sys.stderr)")
+  return subprocess.run([sys.executable, "-c", code], env={**clean, **env}, cwd=ROOT,
+                        capture_output=True, text=True, check=True, timeout=120).stderr
+
+
+def test_tensorflow_start_up_chatter_is_filtered_and_other_lines_pass():
+  everything = _start_up_stderr(TF_CPP_MIN_LOG_LEVEL="0")  # the user asked for all of it
+  assert "oneDNN custom operations are on" in everything  # what there is to filter
+  assert _start_up_stderr() == "still here\n"
+  assert tf_env.is_start_up_noise("E0000 00:00:1 12 cuda_platform.cc:52] failed call to cuInit:"
+                                   " INTERNAL: CUDA error") != os.path.exists("/dev/nvidiactl")
+  assert not tf_env.is_start_up_noise("W0000 00:00:1 12 gpu_device.cc:2] Cannot dlopen some "
+                                      "GPU libraries")
