@@ -77,18 +77,38 @@ class ProgressLine(Action):
 
 
 class DivergenceCheck(Action):
-  """Raises FloatingPointError on a non-finite loss or a collapsed fp16 loss scale. It
-  runs before the checkpoint action, so the last good checkpoint stays the latest."""
+  """A non-finite loss or a collapsed fp16 loss scale: with retries left, `recover(step)`
+  goes back to the last good checkpoint past the offending data (orbit's recovery action)
+  and the controller continues from there; else FloatingPointError. It runs before the
+  checkpoint action, so the last good checkpoint stays the latest."""
 
-  def __init__(self, loss_scale: Callable[[], float | None]):
-    self.loss_scale = loss_scale
+  def __init__(self, loss_scale: Callable[[], float | None], *, retries: int = 0,
+               recover: Callable[[int], int | None] | None = None,
+               recoveries: Callable[[], int] = lambda: 0):
+    self.loss_scale, self.retries, self.recover = loss_scale, retries, recover
+    self.recoveries = recoveries
 
   def __call__(self, step, logs):
     scale = self.loss_scale()
     if scale is not None and scale < 1.0:  # halved on every skipped step
-      raise FloatingPointError(f"the fp16 loss scale collapsed to {scale:g} at step {step}")
-    if not np.isfinite(logs["loss"]):
-      raise FloatingPointError(f"the training loss is {logs['loss']} at step {step}")
+      problem = f"the fp16 loss scale collapsed to {scale:g} at step {step}"
+    elif not np.isfinite(logs["loss"]):
+      problem = f"the training loss is {logs['loss']} at step {step}"
+    else:
+      return
+    used = self.recoveries()
+    if used >= self.retries:
+      if self.retries:
+        problem += f" (after {used} recoveries, --divergence_retries={self.retries})"
+      raise FloatingPointError(problem)
+    good = self.recover(step)
+    if good is None:
+      raise FloatingPointError(f"{problem}, before the first checkpoint: nothing to recover "
+                               "from")
+    logging.warning("%s: recovery %d of %d, back to the checkpoint of step %d, skipping the "
+                    "data of steps %d to %d", problem, used + 1, self.retries, good, good + 1,
+                    step)
+    logs["restarted"] = good
 
 
 class TrainSummaries(Action):

@@ -43,6 +43,7 @@ class Config:
   seed: int
   deterministic: bool
   allow_changed_flags: tuple[str, ...]
+  divergence_retries: int
   optimizer: str
   learning_rate: float
   lr_schedule: str
@@ -151,6 +152,8 @@ def from_flags(fv) -> Config:
   _check(fv.keep_best is None or fv.keep_best in tl_flags.BEST_METRICS,
          f"--keep_best={fv.keep_best} is unknown; use {' or '.join(tl_flags.BEST_METRICS)}")
   _check(fv.learning_rate > 0, f"--learning_rate={fv.learning_rate} must be positive")
+  _check(fv.divergence_retries >= 0,
+         f"--divergence_retries={fv.divergence_retries} must be >= 0")
   _check(fv.warmup_steps >= 0, f"--warmup_steps={fv.warmup_steps} must be >= 0")
   _check(0 < fv.lr_decay_rate <= 1, f"--lr_decay_rate={fv.lr_decay_rate} must be in (0, 1]")
   _check(0 <= fv.momentum < 1, f"--momentum={fv.momentum} must be in [0, 1)")
@@ -185,7 +188,8 @@ def from_flags(fv) -> Config:
       keep_best=fv.keep_best, early_stopping=fv.early_stopping,
       checkpoint_every=fv.checkpoint_every, keep_checkpoints=fv.keep_checkpoints,
       seed=fv.seed, deterministic=fv.deterministic,
-      allow_changed_flags=tuple(fv.allow_changed_flags or ()), optimizer=fv.optimizer,
+      allow_changed_flags=tuple(fv.allow_changed_flags or ()),
+      divergence_retries=fv.divergence_retries, optimizer=fv.optimizer,
       learning_rate=fv.learning_rate, lr_schedule=fv.lr_schedule,
       warmup_steps=fv.warmup_steps, schedule_steps=fv.schedule_steps, lr_decay_rate=fv.lr_decay_rate, momentum=fv.momentum,
       weight_decay=fv.weight_decay, clip_norm=fv.clip_norm, strategy=fv.strategy,

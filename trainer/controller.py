@@ -81,6 +81,11 @@ class Controller:
           stop = logs.get("stop")
           if stop is None or stop.signum is None or action.on_preemption:
             action(step, logs)
+          if "restarted" in logs:  # went back to a checkpoint: nothing else for this state
+            break
+        if "restarted" in logs:
+          step, iterator = self.trainer.step, self.trainer.train_iterator()
+          continue
         stop = logs.get("stop")
         if stop is not None and step < self.total:
           if stop.signum is not None:

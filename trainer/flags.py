@@ -80,6 +80,9 @@ def _define() -> None:
     flags.DEFINE_integer("seed", 0, "Seed for initialization, data order and augmentation.")
     flags.DEFINE_boolean("deterministic", False, "Deterministic ops (slower): same flags, same "
                          "weights.")
+    flags.DEFINE_integer("divergence_retries", 0, "On a non-finite loss or a collapsed fp16 "
+                         "loss scale, go back to the last checkpoint, skip the data since, "
+                         "and continue, at most this many times (0: stop).")
     flags.DEFINE_list("allow_changed_flags", None, "A rerun into an existing model_dir "
                       "refuses flags that change what is trained; these may change "
                       "(logged and recorded in model_dir/flag_changes.json).")

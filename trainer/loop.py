@@ -225,16 +225,31 @@ class Trainer:
     self._evaluations.clear()
     return path
 
+  def recover(self, bad_step: int) -> int | None:
+    """After a blow-up seen at `bad_step`: restores the last good checkpoint and moves the
+    data stream past the batches since it (the window that held the trouble). Returns the
+    restored step, None without a checkpoint to go back to."""
+    recoveries = int(self.progress.recoveries.numpy())
+    skipped = int(self.progress.skipped_steps.numpy())
+    if not self.checkpoints.candidates():
+      return None
+    self.restore()  # also restores progress as it was then: the counts are set again below
+    good = self.step
+    self.progress.recoveries.assign(recoveries + 1)
+    self.progress.skipped_steps.assign(skipped + bad_step - good)
+    return good
+
   def train_iterator(self):
     """The train stream from the current global step (resumes the data order): example
     indices for the in-memory pipeline, else a distributed tf.data iterator."""
+    position = self.step + int(self.progress.skipped_steps.numpy())
     if self.config.pipeline == "in_memory":
       return IndexStream(len(self.data.splits["train"]), self.config.batch_size,
-                         self.config.seed, start_step=self.step)
+                         self.config.seed, start_step=position)
     dataset = input_pipeline.train_dataset(
         self.data.splits["train"], global_batch_size=self.config.batch_size,
         seed=self.config.seed, augment=self.config.augment,
-        start_step=self.step)
+        start_step=position)
     return iter(_distribute(self.strategy, dataset))
 
   def run_steps(self, iterator, steps: int) -> dict[str, float]:
@@ -293,7 +308,8 @@ class Evaluation:
 
 class Progress(tf.Module):
   """Outer-loop state that a resume must keep (checkpointed beside the model): the best
-  eval metric so far, its step, evals since it improved, and an early stop."""
+  eval metric so far, its step, evals since it improved, an early stop, and divergence
+  recoveries."""
 
   def __init__(self):
     super().__init__(name="progress")
@@ -303,3 +319,7 @@ class Progress(tf.Module):
                                         name="evals_since_best")
     self.stopped_early_at = tf.Variable(-1, dtype=tf.int64, trainable=False,
                                         name="stopped_early_at")
+    # Divergence recovery (--divergence_retries): how many, and the training steps of data
+    # skipped past, so that a resume reads the data where the recovered run did.
+    self.recoveries = tf.Variable(0, dtype=tf.int64, trainable=False, name="recoveries")
+    self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")

@@ -76,7 +76,9 @@ def _actions(config: Config, trainer: Trainer, writer, data, eval_split, output_
       tl_actions.PreemptionStop(agree=distribute.any_worker(trainer.strategy)),
       tl_actions.ProgressLine(steps_per_epoch=trainer.steps_per_epoch,
                               batch_size=config.batch_size, **steps),
-      tl_actions.DivergenceCheck(lambda: trainer.loss_scale),
+      tl_actions.DivergenceCheck(
+          lambda: trainer.loss_scale, retries=config.divergence_retries, recover=trainer.recover,
+          recoveries=lambda: int(trainer.progress.recoveries.numpy())),
       tl_actions.TrainSummaries(writer, learning_rate=trainer.learning_rate,
                                 loss_scale=lambda: trainer.loss_scale),
   ]
@@ -172,6 +174,10 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None,
     results["stopped_early_at"] = trainer.step if stop is not None else stopped_at
   if flag_changes:
     results["flag_changes"] = flag_changes
+  recoveries = int(trainer.progress.recoveries.numpy())
+  if recoveries or config.divergence_retries:
+    results["divergence_recoveries"] = recoveries
+    results["skipped_steps"] = int(trainer.progress.skipped_steps.numpy())
   if config.keep_best or config.early_stopping:
     results["best_eval"] = {"metric": config.keep_best or "loss",
                             "value": float(trainer.progress.best_value.numpy()),

@@ -60,6 +60,28 @@ def test_divergence_check():
   actions.DivergenceCheck(lambda: 1.0)(5, {"loss": 1.0})
 
 
+def test_divergence_recovery_goes_back_at_most_retries_times():
+  used, recovered = [0], []
+
+  def recover(step):
+    recovered.append(step)
+    used[0] += 1
+    return 8
+  check = actions.DivergenceCheck(lambda: None, retries=2, recover=recover,
+                                  recoveries=lambda: used[0])
+  for bad in (11, 13):
+    logs = {"loss": float("inf")}
+    check(bad, logs)
+    assert logs["restarted"] == 8
+  assert recovered == [11, 13]
+  with pytest.raises(FloatingPointError, match=r"loss is inf at step 15 \(after 2 recoveries, "
+                     r"--divergence_retries=2\)"):
+    check(15, {"loss": float("inf")})
+  with pytest.raises(FloatingPointError, match="before the first checkpoint: nothing to recover"):
+    actions.DivergenceCheck(lambda: None, retries=1, recover=lambda step: None)(
+        3, {"loss": float("nan")})
+
+
 def test_train_summaries_with_and_without_a_loss_scale():
   writer = FakeWriter()
   logs = {"loss": 1.0, "accuracy": 0.5, "examples_per_sec": 10.0}

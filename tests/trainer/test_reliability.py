@@ -102,7 +102,8 @@ def test_fp32_divergence_stops_naming_the_step_and_keeps_the_last_good_state(tmp
   before = tree_digest(tmp_path / "checkpoints")
   results = (tmp_path / "results.json").read_bytes()
   bad = subprocess.run([sys.executable, "-m", "trainer.main", *short, "--train_steps=60",
-                        "--learning_rate=1e30", f"--model_dir={tmp_path}"],
+                        "--learning_rate=1e30", "--allow_changed_flags=learning_rate",
+                        f"--model_dir={tmp_path}"],
                        capture_output=True, text=True, timeout=120)
   assert bad.returncode == 3, bad.stderr[-2000:]
   last = bad.stderr.strip().splitlines()[-1]
@@ -139,6 +140,40 @@ TINY = ["--model=mlp", "--hidden_units=16", "--dataset=synthetic:shape=8x8x1,cla
 def _train(model_dir, steps):
   return train.train_and_evaluate(parse(*TINY, f"--train_steps={steps}",
                                         f"--model_dir={model_dir}"))
+
+
+def test_a_blow_up_recovers_from_the_last_checkpoint_past_the_bad_data(tmp_path, monkeypatch):
+  real = Trainer.run_steps
+  poisoned, positions = [], []
+
+  def run_steps(self, iterator, steps):
+    positions.append((self.step, iterator.position // 32))  # (global step, batches read)
+    if self.step == 8 and not poisoned:  # a blow-up in the loop after the checkpoint of step 8
+      poisoned.append(self.step)
+      weight = self.model.trainable_weights[-1]  # the logits bias: relu would hide a NaN
+      weight.assign(weight * np.nan)
+    return real(self, iterator, steps)
+  monkeypatch.setattr(Trainer, "run_steps", run_steps)
+  results = train.train_and_evaluate(parse(*TINY, "--train_steps=20", "--divergence_retries=1",
+                                           f"--model_dir={tmp_path}"))
+  assert poisoned == [8] and results["global_step"] == 20
+  # Back to step 8; the data of steps 9 to 12 (the loop that blew up) is skipped.
+  assert results["divergence_recoveries"] == 1 and results["skipped_steps"] == 4
+  assert positions[3:6] == [(8, 8), (8, 12), (12, 16)]
+  assert np.isfinite(results["test_loss"])
+  # The recovery is in the checkpoint: a rerun reads the data where the recovered run did.
+  monkeypatch.setattr(Trainer, "run_steps", real)
+  extended = train.train_and_evaluate(parse(*TINY, "--train_steps=24", "--divergence_retries=1",
+                                            f"--model_dir={tmp_path}"))
+  assert extended["skipped_steps"] == 4 and extended["divergence_recoveries"] == 1
+
+
+def test_divergence_retries_run_out(tmp_path):
+  _train(tmp_path, 8)
+  with pytest.raises(FloatingPointError, match=r"after 2 recoveries, --divergence_retries=2"):
+    train.train_and_evaluate(parse(*TINY, "--train_steps=40", "--learning_rate=1e30",
+                                   "--allow_changed_flags=learning_rate",
+                                   "--divergence_retries=2", f"--model_dir={tmp_path}"))
 
 
 def test_corrupt_checkpoints_fall_back_to_the_previous_one(tmp_path, caplog):
