@@ -9,6 +9,8 @@ index batches to one tf.function call, and the graph gathers, normalizes and aug
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tensorflow as tf
 
@@ -46,19 +48,58 @@ class IndexStream:
     return np.concatenate(parts).reshape(steps, self.batch)
 
 
+def pack(images: np.ndarray) -> np.ndarray:
+  """uint8 images [N, H, W, C] as float32 words [N, ceil(HWC / 4)], byte for byte: GPUs
+  have no uint8 gather kernel, but gather float32 rows; the bytes stay uint8-sized."""
+  flat = images.reshape(len(images), -1)
+  pad = -flat.shape[1] % 4
+  if pad:
+    flat = np.pad(flat, [(0, 0), (0, pad)])
+  return np.ascontiguousarray(flat).view(np.float32)
+
+
+def unpack(words: tf.Tensor, image_shape) -> tf.Tensor:
+  """The inverse of pack, inside the graph: float32 words [B, K] -> uint8 [B, H, W, C]."""
+  size = int(np.prod(image_shape))
+  pixels = tf.reshape(tf.bitcast(words, tf.uint8), [tf.shape(words)[0], -1])
+  if pixels.shape[1] != size:
+    pixels = pixels[:, :size]
+  return tf.reshape(pixels, [-1, *image_shape])
+
+
 class InMemoryData:
-  """The decoded split as tensors; `batch` runs inside tf.function."""
+  """The decoded split as packed tensors (images as uint8 bytes in float32 words, labels
+  as int32 bits in float32); `batch` runs inside tf.function.
+
+  `tables` are on the host; a trainer places a copy on every replica's device, so each
+  replica gathers its batch where it trains: no per-step copy of the data or of a batch.
+  """
 
   def __init__(self, split: Split, augment: Augment | None = None):
     if split.labels is None:
       raise DataError("the training split has no labels")
-    self.images = tf.constant(split.images)
-    self.labels = tf.constant(split.labels, tf.int32)
+    self.image_shape = tuple(split.images.shape[1:])
+    self.tables = (pack(split.images), split.labels.astype(np.int32).view(np.float32))
     self.augment = augment or Augment()
 
-  def batch(self, indices: tf.Tensor, seed: tf.Tensor):
-    """(float32 images, int32 labels) of the given examples; seed: stateless, shape [2]."""
-    images = normalize(tf.gather(self.images, indices))
+  @property
+  def nbytes(self) -> int:
+    return sum(t.nbytes for t in self.tables)
+
+  def batch(self, indices: tf.Tensor, seed: tf.Tensor, tables=None):
+    """(float32 images, int32 labels) of the given examples; seed: stateless, shape [2].
+    tables: this replica's (images, labels) copy; default the host's, gathered there."""
+    where = contextlib.nullcontext()  # this replica's device
+    if tables is None:
+      if not hasattr(self, "_host"):
+        with tf.device("/cpu:0"):
+          self._host = tuple(tf.constant(t) for t in self.tables)
+      # On the host, where the tables are: a gather placed on a GPU would copy the whole
+      # table there at every step; only the batch crosses.
+      tables, where = self._host, tf.device("/cpu:0")
+    with where:
+      words, label_words = tf.gather(tables[0], indices), tf.gather(tables[1], indices)
+    images = normalize(unpack(words, self.image_shape))  # on the replica's device
     if self.augment.enabled:
       images = augment_batch(images, self.augment, seed)
-    return images, tf.gather(self.labels, indices)
+    return images, tf.bitcast(label_words, tf.int32)

@@ -25,6 +25,10 @@ from trainer import checkpoints, optimization
 from trainer.config import Config
 
 
+# In-memory training data up to this size (per copy) is placed on every replica's device;
+# larger data is gathered on the host and only batches cross to the devices.
+DEVICE_COPY_LIMIT = 2 * 1024**3
+
 # An eval still running after this many seconds logs that it has started.
 _EVAL_NOTICE_SECONDS = 3.0
 
@@ -83,10 +87,32 @@ class Trainer:
     self._train_loop = tf.function(self._train_loop_fn)
     if config.pipeline == "in_memory":
       self._in_memory = InMemoryData(data.splits["train"], config.augment)
+      self._tables = self._place_tables()
       # The index window's length varies at eval/checkpoint boundaries: one trace for all.
       self._in_memory_loop = tf.function(self._in_memory_loop_fn, input_signature=[
           tf.TensorSpec([None, config.batch_size], tf.int32)])
     self._eval_pass = tf.function(self._eval_pass_fn)
+
+  def _place_tables(self):
+    """A copy of the in-memory training data on every replica's device, where each replica
+    gathers its batches (None: too large for that; then gathered on the host)."""
+    if self._in_memory.nbytes > DEVICE_COPY_LIMIT:
+      logging.info("in-memory data: %.1f GB, gathered on the host (a copy per device above "
+                   "%.1f GB each)", self._in_memory.nbytes / 1e9, DEVICE_COPY_LIMIT / 1e9)
+      return None
+    try:
+      devices = self.strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: TensorFlow's default device
+      devices = (None,)
+
+    def on_device(table):
+      def place(ctx):
+        with tf.device(devices[ctx.replica_id_in_sync_group % len(devices)]):
+          return tf.identity(tf.constant(table))
+      return self.strategy.experimental_distribute_values_from_function(place)
+    logging.info("in-memory data: a %.0f MB copy on each of %d device(s)",
+                 self._in_memory.nbytes / 1e6, len(devices))
+    return tuple(on_device(t) for t in self._in_memory.tables)
 
   # --- inside tf.function -------------------------------------------------------------
 
@@ -145,10 +171,12 @@ class Trainer:
 
   def _in_memory_loop_fn(self, indices):
     for i in tf.range(tf.shape(indices)[0]):
-      self.strategy.run(self._in_memory_step, args=(indices[i], self.global_step.read_value()))
+      # Each replica receives its own device's copy of the tables (_place_tables).
+      self.strategy.run(self._in_memory_step,
+                        args=(indices[i], self.global_step.read_value(), self._tables))
       self.global_step.assign_add(1)
 
-  def _in_memory_step(self, indices, step):
+  def _in_memory_step(self, indices, step, tables):
     # Each replica gathers its own slice of the global batch inside the graph.
     ctx = tf.distribute.get_replica_context()
     per_replica = self.config.batch_size // ctx.num_replicas_in_sync
@@ -156,7 +184,7 @@ class Trainer:
                    (ctx.replica_id_in_sync_group + 1) * per_replica]
     seed = tf.stack([tf.cast(self.config.seed, tf.int64) * 1_000_003
                      + tf.cast(ctx.replica_id_in_sync_group, tf.int64), step])
-    self._train_step(*self._in_memory.batch(mine, seed))
+    self._train_step(*self._in_memory.batch(mine, seed, tables))
 
   def _eval_step(self, images, labels, weights, index):
     logits = self.model(images, training=False)

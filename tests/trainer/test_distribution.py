@@ -266,3 +266,25 @@ def test_clipping_all_reduces_the_gradients_once(tmp_path, monkeypatch, precisio
                   f"--mixed_precision={precision}")
   trainer.run_steps(trainer.train_iterator(), 1)  # traces the step once per replica
   assert len(calls) == 2  # one gradient all-reduce per replica, not two
+
+
+def _gathers(trainer):
+  """(params dtype, device) of every GatherV2 in the traced in-memory training loop."""
+  concrete = trainer._in_memory_loop.get_concrete_function()
+  graph_def = concrete.graph.as_graph_def()
+  nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
+  return [(tf.dtypes.as_dtype(n.attr["Tparams"].type).name, n.device)
+          for n in nodes if n.op == "GatherV2"]
+
+
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_every_replica_gathers_its_batch_from_a_copy_on_its_own_device(tmp_path, replicas):
+  trainer = build(replicas, tmp_path, *MODELS["mlp"])
+  devices = list(trainer.strategy.extended.worker_devices)
+  for table in trainer._tables:  # resident on each device: no per-step copy of the data
+    assert [t.device for t in trainer.strategy.experimental_local_results(table)] == devices
+  assert trainer._in_memory.nbytes == 512 * (12 * 12 + 4)  # uint8 pixels, int32 labels
+  gathers = _gathers(trainer)
+  # Two gathers (images, labels) per replica, each on its replica's device, of float32
+  # words (GPUs have no uint8 gather kernel: it would run on the host, then copy).
+  assert sorted(gathers) == sorted(("float32", d) for d in devices for _ in range(2))
