@@ -16,10 +16,12 @@ benchmarks/results.json and benchmarks/results.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -42,7 +44,7 @@ from trainer import distribute, tf_env  # pylint: disable=g-import-not-at-top,wr
 from input_pipeline.in_memory import IndexStream, InMemoryData  # pylint: disable=g-import-not-at-top,wrong-import-position
 from trainer.loop import Trainer  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-BATCH = 128
+BATCH = 128  # per replica: the global batch is BATCH x the number of devices
 DATASET = "synthetic:shape=28x28x1,classes=10,train=60000,test=1000"
 # name -> (registry model, flags): the seven tutorial models, then the rest of the registry.
 MODELS = {
@@ -61,6 +63,29 @@ OVERHEAD_BOUND = ("mlp_1x50", "mlp_5x50")
 STEPS_PER_LOOP = {"resnet": 5}
 
 
+def replica_devices(device: str) -> list[str]:
+  """The devices one measurement trains on (call before any TensorFlow work): "cpu" is one
+  device (no list); "gpu" every GPU, mirrored; "cpu:N" N logical CPU devices, mirrored:
+  the multi-GPU code path, runnable without a GPU."""
+  if device == "gpu":
+    return [d.name for d in tf.config.list_logical_devices("GPU")]
+  if device.startswith("cpu:"):
+    n = int(device.split(":", 1)[1])
+    distribute._split_cpu(n)  # pylint: disable=protected-access
+    return [f"/cpu:{i}" for i in range(n)]
+  return []
+
+
+def strategy_flags(devices: list[str]) -> list[str]:
+  if not devices:
+    return ["--strategy=default"]
+  return ["--strategy=mirrored", f"--devices={','.join(devices)}"]
+
+
+def global_batch(devices: list[str]) -> int:
+  return BATCH * max(1, len(devices))
+
+
 def machine() -> dict:
   cpu = platform.processor() or platform.machine()
   try:
@@ -68,23 +93,28 @@ def machine() -> dict:
       cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
   except (OSError, StopIteration):
     pass
-  return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+  gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
+          for g in tf.config.list_physical_devices("GPU")]
+  return {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus,
+          "python": platform.python_version(),
           "tensorflow": tf.__version__, "keras": keras.__version__,
           "date": datetime.date.today().isoformat()}
 
 
-def matmul_gflops(seconds: float) -> float:
-  """fp32 1024x1024 matmul throughput, the machine's practical peak."""
+def matmul_gflops(seconds: float, device: str | None = None) -> float:
+  """fp32 1024x1024 matmul throughput of one device, the machine's practical peak."""
   n = 1024
-  a = tf.random.uniform((n, n))
-  b = tf.random.uniform((n, n))
+  with tf.device(device):
+    a = tf.random.uniform((n, n))
+    b = tf.random.uniform((n, n))
 
   @tf.function
   def chain(k):
-    acc = tf.zeros((n, n))
-    for _ in tf.range(k):
-      acc += tf.matmul(a, b)
-    return acc
+    with tf.device(device):
+      acc = tf.zeros((n, n))
+      for _ in tf.range(k):
+        acc += tf.matmul(a, b)
+      return acc
 
   chain(tf.constant(2)).numpy()
   k = 8
@@ -116,12 +146,13 @@ def _model(name: str):
   return models.create(kind, num_classes=10, image_shape=(28, 28, 1), **hparams)
 
 
-def tapeloop_throughput(name, data, steps_per_loop, seconds) -> dict:
+def tapeloop_throughput(name, data, steps_per_loop, seconds, devices=()) -> dict:
   kind, flags = MODELS[name]
+  batch = global_batch(devices)
   with tempfile.TemporaryDirectory() as model_dir:
     cfg = config_lib.from_args([f"--model={kind}", *flags, f"--dataset={DATASET}",
-                                f"--batch_size={BATCH}", f"--steps_per_loop={steps_per_loop}",
-                                "--strategy=default", f"--model_dir={model_dir}"])
+                                f"--batch_size={batch}", f"--steps_per_loop={steps_per_loop}",
+                                *strategy_flags(devices), f"--model_dir={model_dir}"])
     trainer = Trainer(cfg, distribute.create_strategy(cfg), data)
     iterator = trainer.train_iterator()
     start = time.perf_counter()
@@ -131,7 +162,7 @@ def tapeloop_throughput(name, data, steps_per_loop, seconds) -> dict:
     while steps < 2 * steps_per_loop or time.perf_counter() - start < seconds:
       trainer.run_steps(iterator, steps_per_loop)
       steps += steps_per_loop
-    return {"examples_per_sec": steps * BATCH / (time.perf_counter() - start),
+    return {"examples_per_sec": steps * batch / (time.perf_counter() - start),
             "compile_seconds": compile_seconds}
 
 
@@ -147,18 +178,25 @@ class _EpochTimes(keras.callbacks.Callback):
     self.times.append(time.perf_counter() - self._start)
 
 
-def keras_fit_throughput(name, x, y, steps_per_execution, expected_rate, seconds) -> dict:
-  """Keras fit on numpy arrays, as its users call it; the first epoch (tracing) apart."""
-  model = _model(name)
-  model.compile(optimizer=keras.optimizers.Adam(1e-3),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"], steps_per_execution=steps_per_execution)
+def keras_fit_throughput(name, x, y, steps_per_execution, expected_rate, seconds,
+                         devices=()) -> dict:
+  """Keras fit on numpy arrays, as its users call it (under MirroredStrategy's scope on
+  several devices); the first epoch (tracing) apart."""
+  batch = global_batch(devices)
+  scope = tf.distribute.MirroredStrategy(list(devices)).scope() if devices else None
+  with scope or contextlib.nullcontext():
+    model = _model(name)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"], steps_per_execution=steps_per_execution)
+    if devices:  # under MirroredStrategy, fit with a lazily built Adam fails (keras 23085)
+      model.optimizer.build(model.trainable_variables)
   # An epoch of about `seconds` at the rate tapeloop measured, in whole executions.
-  steps = max(2 * steps_per_execution, int(expected_rate * seconds / BATCH))
+  steps = max(2 * steps_per_execution, int(expected_rate * seconds / batch))
   steps -= steps % steps_per_execution
-  n = min(len(x), steps * BATCH)
+  n = min(len(x) - len(x) % batch, steps * batch)
   timer = _EpochTimes()
-  model.fit(x[:n], y[:n], batch_size=BATCH, epochs=3, verbose=0, callbacks=[timer])
+  model.fit(x[:n], y[:n], batch_size=batch, epochs=3, verbose=0, callbacks=[timer])
   return {"examples_per_sec": n / statistics.median(timer.times[1:]),
           # The first epoch's extra time: tracing and compilation.
           "compile_seconds": max(0.0, timer.times[0] - statistics.median(timer.times[1:]))}
@@ -208,14 +246,23 @@ def summarize(samples: list[float]) -> dict:
 
 
 VARIANTS = ("tapeloop", "keras_fit", "keras_fit_spe")
+# Keras 3 fit with steps_per_execution > 1 fails under MirroredStrategy ("You must feed a
+# value for placeholder tensor ...", keras issue 19246): not measured on several devices.
+SPE_UNAVAILABLE = "keras issue 19246: fit with steps_per_execution fails under MirroredStrategy"
+
+
+def variants(devices) -> tuple[str, ...]:
+  return VARIANTS[:2] if devices else VARIANTS
 MACHINE_FIGURES = ("matmul_gflops", "pipeline", "pipeline_augmented", "tf_data")
 _RESULT = "BENCHMARK_RESULT "  # marks a job's JSON line on its stdout
 
 
-def measure_machine(seconds: float) -> dict:
-  """One repeat of the machine-level figures: matmul peak and the input pipelines."""
+def measure_machine(seconds: float, devices=()) -> dict:
+  """One repeat of the machine-level figures: matmul peak (of one training device) and the
+  input pipelines."""
   train = input_pipeline.load(DATASET).splits["train"]
-  return {"machine": machine(), "matmul_gflops": matmul_gflops(seconds),
+  return {"machine": machine(),
+          "matmul_gflops": matmul_gflops(seconds, devices[0] if devices else None),
           "pipeline": in_memory_pipeline_throughput(train, seconds, "none"),
           "pipeline_augmented": in_memory_pipeline_throughput(train, seconds,
                                                               "translate=2,erase=0.25"),
@@ -223,23 +270,23 @@ def measure_machine(seconds: float) -> dict:
 
 
 def measure_tapeloop(name: str, steps_per_loop: int, seconds: float,
-                     count_flops: bool) -> dict:
+                     count_flops: bool, devices=()) -> dict:
   data = input_pipeline.load(DATASET)
-  out = {"tapeloop": tapeloop_throughput(name, data, steps_per_loop, seconds)}
+  out = {"tapeloop": tapeloop_throughput(name, data, steps_per_loop, seconds, devices)}
   if count_flops:  # a property of the model: counted once per run
     out["train_flops_per_example"] = train_flops_per_example(name)
   return out
 
 
 def measure_keras(name: str, order: list[str], expected_rate: float, steps_per_loop: int,
-                  seconds: float) -> dict:
+                  seconds: float, devices=()) -> dict:
   """Keras fit's two settings in `order`; epochs sized from tapeloop's measured rate."""
   train = input_pipeline.load(DATASET).splits["train"]
   x = train.images.astype(np.float32) / 255.0
   y = train.labels.astype(np.int32)
   return {variant: keras_fit_throughput(
               name, x, y, steps_per_loop if variant == "keras_fit_spe" else 1, expected_rate,
-              seconds) for variant in order}
+              seconds, devices) for variant in order}
 
 
 def _isolated(args, job: dict) -> dict:
@@ -252,7 +299,7 @@ def _isolated(args, job: dict) -> dict:
   if job["kind"] != "keras":
     env.update({k: v for k, v in tf_env.SETTINGS.items() if k not in os.environ})
   cmd = [sys.executable, os.path.abspath(__file__), f"--seconds={args.seconds}",
-         "--job", json.dumps(job)]
+         f"--device={args.device}", "--job", json.dumps(job)]
   proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
   lines = [l for l in proc.stdout.splitlines() if l.startswith(_RESULT)]
   if proc.returncode or not lines:
@@ -263,16 +310,17 @@ def _isolated(args, job: dict) -> dict:
 
 def run_job(args) -> int:
   job = json.loads(args.job)
+  devices = replica_devices(args.device)
   if job["kind"] == "machine":
-    result = measure_machine(args.seconds)
+    result = measure_machine(args.seconds, devices)
   elif job["kind"] == "time_to_accuracy":
     result = time_to_accuracy(job["data_dir"])
   elif job["kind"] == "tapeloop":
     result = measure_tapeloop(job["model"], job["steps_per_loop"], args.seconds,
-                              job["count_flops"])
+                              job["count_flops"], devices)
   else:
     result = measure_keras(job["model"], job["order"], job["expected_rate"],
-                           job["steps_per_loop"], args.seconds)
+                           job["steps_per_loop"], args.seconds, devices)
   result["env"] = {k: os.environ.get(k) for k in tf_env.SETTINGS}
   print(_RESULT + json.dumps(result), flush=True)
   return 0
@@ -282,7 +330,7 @@ def run_benchmark(args) -> dict:
   names = args.models.split(",") if args.models else list(MODELS)
   raw = {k: [] for k in MACHINE_FIGURES}
   for name in names:
-    for variant in VARIANTS:
+    for variant in variants(args.devices):
       raw[f"{name}/{variant}"] = []
       raw[f"{name}/{variant}/compile"] = []
   flops, machine_info, envs = {}, None, {}
@@ -300,7 +348,7 @@ def run_benchmark(args) -> dict:
       jobs = [{"kind": "tapeloop", "model": name, "steps_per_loop": spl,
                "count_flops": name not in flops},
               {"kind": "keras", "model": name, "steps_per_loop": spl,
-               "order": ["keras_fit", "keras_fit_spe"]}]
+               "order": list(variants(args.devices)[1:])}]
       if repeat % 2:  # alternate which side goes first, and Keras's order
         jobs.reverse()
         jobs[0]["order"].reverse()
@@ -313,28 +361,35 @@ def run_benchmark(args) -> dict:
         envs[job["kind"]] = result.pop("env")
         r.update(result)
       flops.setdefault(name, r.get("train_flops_per_example"))
-      for variant in VARIANTS:
+      for variant in variants(args.devices):
         raw[f"{name}/{variant}"].append(r[variant]["examples_per_sec"])
         raw[f"{name}/{variant}/compile"].append(r[variant]["compile_seconds"])
       print(f"  {name:24s} tapeloop {r['tapeloop']['examples_per_sec']:9.0f}  keras fit "
             f"{r['keras_fit']['examples_per_sec']:9.0f}  spe={spl} "
-            f"{r['keras_fit_spe']['examples_per_sec']:9.0f} examples/s", flush=True)
+            f"{r.get('keras_fit_spe', {}).get('examples_per_sec', float('nan')):9.0f} "
+            "examples/s", flush=True)
   peak = statistics.median(raw["matmul_gflops"])
   rows = {}
   for name in names:
-    med = {v: statistics.median(raw[f"{name}/{v}"]) for v in VARIANTS}
+    measured = variants(args.devices)
+    med = {v: statistics.median(raw[f"{name}/{v}"]) for v in measured}
     rows[name] = {
         "steps_per_loop": STEPS_PER_LOOP.get(name, args.steps_per_loop),
-        **{v: summarize(raw[f"{name}/{v}"]) for v in VARIANTS},
-        "compile_seconds": {v: statistics.median(raw[f"{name}/{v}/compile"]) for v in VARIANTS},
+        **{v: summarize(raw[f"{name}/{v}"]) for v in measured},
+        "compile_seconds": {v: statistics.median(raw[f"{name}/{v}/compile"]) for v in measured},
         "vs_keras_default": med["tapeloop"] / med["keras_fit"],
-        "vs_keras_best": med["tapeloop"] / max(med["keras_fit"], med["keras_fit_spe"]),
+        "vs_keras_best": med["tapeloop"] / max(med[v] for v in measured[1:]),
         "train_flops_per_example": flops[name],
         "train_gflops": med["tapeloop"] * flops[name] / 1e9,
-        "fraction_of_matmul_peak": med["tapeloop"] * flops[name] / 1e9 / peak,
+        # Of the peak of all the devices trained on (the matmul runs on one of them).
+        "fraction_of_matmul_peak": (med["tapeloop"] * flops[name] / 1e9 / peak
+                                    / max(1, len(args.devices))),
     }
   fastest = max(r["tapeloop"]["median"] for r in rows.values())
-  return {"machine": machine_info, "global_batch_size": BATCH, "dataset": DATASET,
+  replicas = max(1, len(args.devices))
+  return {"machine": machine_info, "device": args.device, "replicas": replicas,
+          "devices": args.devices, "global_batch_size": BATCH * replicas,
+          "per_replica_batch_size": BATCH, "dataset": DATASET,
           "steps_per_loop": args.steps_per_loop, "repeats": args.repeats,
           "seconds_per_measurement": args.seconds,
           "isolation": "every measurement job in a fresh process; tapeloop first in odd "
@@ -368,6 +423,16 @@ def _env(env: dict) -> str:
           else f"TF_ENABLE_ONEDNN_OPTS={onednn}")
 
 
+def _where(result: dict) -> str:
+  replicas = result.get("replicas", 1)
+  if replicas == 1:
+    return f"one device ({result.get('device', 'cpu')})"
+  kind = "GPUs" if result.get("device") == "gpu" else "logical CPU devices"
+  gpus = result["machine"].get("gpus") or []
+  return (f"{replicas} {kind} (MirroredStrategy{', ' + gpus[0] if gpus else ''}), "
+          f"per-replica batch {result.get('per_replica_batch_size', BATCH)}")
+
+
 def _spread(s: dict) -> str:
   return f"{s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f})"
 
@@ -376,7 +441,7 @@ def markdown(result: dict) -> str:
   m = result["machine"]
   lines = [
       f"Measured {m['date']} on {m['cpu']}, {m['cores']} cores, TensorFlow {m['tensorflow']}, "
-      f"Keras {m['keras']}; global batch {result['global_batch_size']}, Adam, "
+      f"Keras {m['keras']}; {_where(result)}; global batch {result['global_batch_size']}, Adam, "
       f"MNIST-shaped synthetic data, {result['repeats']} interleaved repeats, each "
       f"measurement in a fresh process: median (min-max) examples/s. tapeloop runs with "
       f"{_env(result['environment'].get('tapeloop', {}))}, Keras fit with "
@@ -390,10 +455,13 @@ def markdown(result: dict) -> str:
   for name, r in result["models"].items():
     lines.append(
         f"| {name} | {r['steps_per_loop']} | {_spread(r['tapeloop'])} | {_spread(r['keras_fit'])} | "
-        f"{_spread(r['keras_fit_spe'])} | {r['vs_keras_default']:.2f}x | "
+        f"{_spread(r['keras_fit_spe']) if 'keras_fit_spe' in r else 'n/a'} | "
+        f"{r['vs_keras_default']:.2f}x | "
         f"{r['vs_keras_best']:.2f}x | {r['train_gflops']:.1f} | "
         f"{100 * r['fraction_of_matmul_peak']:.0f}% | "
         f"{r['compile_seconds']['tapeloop']:.1f} / {r['compile_seconds']['keras_fit']:.1f} |")
+  if result.get("replicas", 1) > 1:
+    lines += ["", f"Keras fit, spe: n/a, {SPE_UNAVAILABLE}."]
   lines += [
       "",
       f"fp32 matmul peak (1024x1024): {_spread(result['matmul_gflops'])} GFLOP/s. Input "
@@ -436,10 +504,24 @@ def main() -> int:
   parser.add_argument("--output_dir", default=os.path.join(ROOT, "benchmarks"))
   parser.add_argument("--time_to_accuracy", action="store_true")
   parser.add_argument("--data_dir", default=os.path.join(ROOT, "data", "tfds"))
+  parser.add_argument("--device", default="cpu",
+                      help="cpu: one device; gpu: every GPU (MirroredStrategy, per-replica "
+                      "batch 128); cpu:N: N logical CPU devices, mirrored (the multi-GPU "
+                      "code path without a GPU)")
   parser.add_argument("--job", help=argparse.SUPPRESS)  # one isolated measurement (internal)
   args = parser.parse_args()
   if args.job:
     return run_job(args)
+  if not re.fullmatch(r"cpu|gpu|cpu:[1-9][0-9]*", args.device):
+    parser.error(f"--device={args.device}: use cpu, gpu or cpu:N")
+  args.devices = []
+  if args.device == "gpu":
+    args.devices = [d.name for d in tf.config.list_physical_devices("GPU")]
+    if not args.devices:
+      parser.error("--device=gpu: TensorFlow sees no GPU on this machine (check nvidia-smi "
+                   "and that the CUDA build of TensorFlow is installed), or use --device=cpu")
+  elif args.device.startswith("cpu:"):
+    args.devices = [f"/cpu:{i}" for i in range(int(args.device[4:]))]
   unknown = sorted(set(args.models.split(",")) - set(MODELS)) if args.models else []
   if unknown:
     parser.error(f"unknown --models {','.join(unknown)}: choose from {','.join(MODELS)}")

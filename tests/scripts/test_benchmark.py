@@ -21,6 +21,7 @@ def benchmark():
 
 class _Args:
   seconds = 0.1
+  device = "cpu"
 
 
 @pytest.mark.parametrize("kind,settings", [
@@ -69,3 +70,28 @@ def test_time_to_accuracy_runs_as_an_isolated_job(benchmark, monkeypatch, tmp_pa
   assert jobs == [{"kind": "time_to_accuracy", "data_dir": "/data"}]
   with open(tmp_path / "time_to_accuracy.json") as f:
     assert json.load(f) == result
+
+
+def test_multi_device_mode_prints_the_same_table_for_n_replicas(tmp_path):
+  # --device=gpu on a GPU VM; cpu:2 runs the same mirrored code path on logical CPUs.
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+                         "--device=cpu:2", "--models=mlp_1x50", "--repeats=1", "--seconds=0.2",
+                         "--steps_per_loop=10", f"--output_dir={tmp_path}"],
+                        capture_output=True, text=True, check=False, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / "results.json") as f:
+    result = json.load(f)
+  assert result["replicas"] == 2 and result["global_batch_size"] == 256
+  row = result["models"]["mlp_1x50"]
+  assert row["tapeloop"]["median"] > 0 and row["keras_fit"]["median"] > 0
+  table = (tmp_path / "results.md").read_text()
+  assert "2 logical CPU devices (MirroredStrategy), per-replica batch 128; global batch 256" in table
+  assert "| mlp_1x50 | 10 |" in table
+
+
+def test_gpu_mode_without_a_gpu_is_one_line():
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+                         "--device=gpu"], capture_output=True, text=True, check=False,
+                        timeout=120)
+  assert proc.returncode == 2
+  assert "--device=gpu: TensorFlow sees no GPU" in proc.stderr.strip().splitlines()[-1]
