@@ -1,5 +1,5 @@
 """model_dir's files through tf.io.gfile, so that gs://, s3:// or ram:// work like a local
-path (Python's open/glob/os.rename see only local disks: a gs:// path would become a
+path (Python's file functions see only local disks: a gs:// path would become a
 local ./gs:/ directory, and a checkpoint glob would find nothing and start over).
 
 Local paths are written atomically (a temporary name, then rename). Object stores cannot

@@ -72,21 +72,36 @@ def test_time_to_accuracy_runs_as_an_isolated_job(benchmark, monkeypatch, tmp_pa
     assert json.load(f) == result
 
 
-def test_multi_device_mode_prints_the_same_table_for_n_replicas(tmp_path):
-  # --device=gpu on a GPU VM; cpu:2 runs the same mirrored code path on logical CPUs.
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
-                         "--device=cpu:2", "--models=mlp_1x50", "--repeats=1", "--seconds=0.2",
-                         "--steps_per_loop=10", f"--output_dir={tmp_path}"],
-                        capture_output=True, text=True, check=False, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(tmp_path / "results.json") as f:
-    result = json.load(f)
-  assert result["replicas"] == 2 and result["global_batch_size"] == 256
-  row = result["models"]["mlp_1x50"]
-  assert row["tapeloop"]["median"] > 0 and row["keras_fit"]["median"] > 0
-  table = (tmp_path / "results.md").read_text()
-  assert "2 logical CPU devices (MirroredStrategy), per-replica batch 128; global batch 256" in table
-  assert "| mlp_1x50 | 10 |" in table
+def test_multi_device_mode_measures_both_sides_on_n_replicas(benchmark):
+  # --device=gpu on a GPU VM; the same mirrored path on 2 of conftest's logical CPUs.
+  devices = ["/cpu:0", "/cpu:1"]
+  assert benchmark.strategy_flags(devices) == ["--strategy=mirrored", "--devices=/cpu:0,/cpu:1"]
+  assert benchmark.global_batch(devices) == 256 and benchmark.global_batch([]) == 128
+  data = benchmark.input_pipeline.load(benchmark.DATASET)
+  ours = benchmark.tapeloop_throughput("mlp_1x50", data, 5, 0.1, devices)
+  train = data.splits["train"]
+  x, y = train.images[:2560].astype("float32") / 255.0, train.labels[:2560].astype("int32")
+  fit = benchmark.keras_fit_throughput("mlp_1x50", x, y, 1, 20000, 0.1, devices)
+  assert ours["examples_per_sec"] > 0 and fit["examples_per_sec"] > 0
+  assert benchmark.variants(devices) == ("tapeloop", "keras_fit")
+
+
+def test_multi_device_table_says_where_it_ran(benchmark):
+  row = {v: {"median": 2.0, "min": 1.0, "max": 3.0} for v in ("tapeloop", "keras_fit")}
+  row.update(steps_per_loop=10, vs_keras_default=2.0, vs_keras_best=2.0, train_gflops=1.0,
+             fraction_of_matmul_peak=0.1, compile_seconds={"tapeloop": 1.0, "keras_fit": 1.0})
+  spread = {"median": 1.0, "min": 1.0, "max": 1.0}
+  result = {"machine": {"date": "d", "cpu": "c", "cores": 2, "tensorflow": "t", "keras": "k",
+                        "gpus": ["NVIDIA L4"]},
+            "device": "gpu", "replicas": 4, "per_replica_batch_size": 128,
+            "global_batch_size": 512, "repeats": 1, "environment": {},
+            "models": {"cnn": row}, "matmul_gflops": spread, "pipeline": spread,
+            "pipeline_augmented": spread, "tf_data_pipeline": spread,
+            "pipeline_vs_fastest_model": 1.0, "targets": {}}
+  table = benchmark.markdown(result)
+  assert "4 GPUs (MirroredStrategy, NVIDIA L4), per-replica batch 128; global batch 512" in table
+  assert "| cnn | 10 | 2 (1-3) | 2 (1-3) | n/a | 2.00x |" in table
+  assert "keras issue 19246" in table
 
 
 def test_gpu_mode_without_a_gpu_is_one_line():

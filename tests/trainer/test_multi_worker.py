@@ -54,8 +54,8 @@ def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path):
 
 CLUSTER_RUN = ["--strategy=multi_worker", "--model=mlp", "--hidden_units=32",
                "--dataset=synthetic:shape=12x12x1,classes=4,train=640,test=70",
-               "--batch_size=32", "--train_steps=200", "--steps_per_loop=2",
-               "--checkpoint_every=50", "--deterministic", "--eval_images=false"]
+               "--batch_size=32", "--train_steps=100", "--steps_per_loop=2",
+               "--checkpoint_every=25", "--deterministic", "--eval_images=false"]
 
 
 def _start_cluster(model_dir):
@@ -73,7 +73,7 @@ def _start_cluster(model_dir):
 def _digest(proc):
   out, _ = proc.communicate(timeout=240)
   assert proc.returncode == 0, out[-3000:]
-  return re.findall(r"model weights digest at step 200: (\w+)", out)[-1]
+  return re.findall(r"model weights digest at step 100: (\w+)", out)[-1]
 
 
 def test_sigterm_to_one_worker_stops_both_at_one_step_and_the_rerun_is_bit_exact(tmp_path):
@@ -85,7 +85,7 @@ def test_sigterm_to_one_worker_stops_both_at_one_step_and_the_rerun_is_bit_exact
   lines = []
   for line in other.stdout:  # the non-chief reaches step 20: both are training
     lines.append(line)
-    if "step 20/200" in line or "step 22/200" in line:
+    if "step 20/100" in line or "step 22/100" in line:
       break
   other.send_signal(signal.SIGTERM)
   start = time.monotonic()
@@ -95,7 +95,7 @@ def test_sigterm_to_one_worker_stops_both_at_one_step_and_the_rerun_is_bit_exact
   stopped = [re.search(r"stopped by SIGTERM at step (\d+)", out) for out in outs]
   assert all(stopped), outs
   step = int(stopped[0].group(1))
-  assert int(stopped[1].group(1)) == step < 200
+  assert int(stopped[1].group(1)) == step < 100
   assert "another worker was signalled" in outs[0]
   assert os.path.exists(tmp_path / "preempted" / "checkpoints" / f"ckpt-{step}.index")
   # Saved first, nothing else: no eval between the signal and the exit.

@@ -2,7 +2,6 @@
 learning-rate schedule continues when a run is extended."""
 
 import json
-import os
 
 import numpy as np
 import pytest
