@@ -39,7 +39,10 @@ def save_model(model, image_shape, path: str) -> None:
   Written to a local temporary directory, then published whole (trainer/files.py)."""
   module = _Serving(model, image_shape)
   # Beside the target when local (a rename within one filesystem), else the system's.
-  parent = os.path.dirname(os.path.abspath(path)) if files.is_local(path) else None
+  parent = None
+  if files.is_local(path):
+    path = path.removeprefix("file://")
+    parent = os.path.dirname(os.path.abspath(path))
   tmp = tempfile.mkdtemp(dir=parent, prefix=".export-")
   os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
   try:

@@ -40,7 +40,8 @@ def test_progress_line_first_without_eta_then_with(caplog):
   line = actions.ProgressLine(total_steps=100, steps_per_epoch=10, batch_size=8)
   logs = {"loss": 0.5, "accuracy": 0.75, "seconds": 3.2, "examples_per_sec": 2.5,
           "steady_examples_per_sec": 2.5}
-  with caplog.at_level(logging.INFO):
+  # The absl logger's own level too: parsing absl flags (another test) sets it to WARNING.
+  with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO, logger="absl"):
     line(1, logs)
     line(20, dict(logs, examples_per_sec=800.0, steady_examples_per_sec=400.0))
   first, second = [r.getMessage() for r in caplog.records]

@@ -23,7 +23,7 @@ def _json(path):
 
 def test_changing_what_is_trained_is_refused_naming_each_flag_and_leaves_the_run(tmp_path):
   model_dir = tmp_path / "run"
-  run("trainer.main", *RUN, "--epochs=1", f"--model_dir={model_dir}")
+  train.train_and_evaluate(parse(*RUN, "--epochs=1", f"--model_dir={model_dir}"))
   before = tree_digest(model_dir)
   proc = run("trainer.main", *RUN, "--epochs=1", "--optimizer=sgd", "--learning_rate=0.1",
              f"--model_dir={model_dir}", check=False)
