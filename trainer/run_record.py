@@ -138,6 +138,15 @@ def write(config: Config, recorded: dict | None, what: dict, step: int,
                  "horizon of %d steps", total_steps,
                  ", ".join(f"--{k}={_text(new)}, was {_text(old)}" for k, (old, new)
                            in lengths.items()), config.schedule_steps)
+    if total_steps > config.schedule_steps and config.lr_schedule != "constant":
+      final = (0.0 if config.lr_schedule == "cosine"
+               else config.learning_rate * config.lr_decay_rate)
+      logging.warning(
+          "steps %d to %d are past the %s schedule's horizon (step %d): they train at its "
+          "final rate, %g%s; to decay over the longer run instead, give "
+          "--schedule_steps=%d --allow_changed_flags=schedule_steps", config.schedule_steps + 1,
+          total_steps, config.lr_schedule, config.schedule_steps, final,
+          " (the weights will not change)" if final == 0 else "", total_steps)
   history.append(entry)
   files.write_json(changes_path, {"changes": history})
   files.write_json(path, {**recorded, **{k: config.flag_values[k]

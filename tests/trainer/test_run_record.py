@@ -2,6 +2,7 @@
 learning-rate schedule continues when a run is extended."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -69,7 +70,7 @@ def test_how_it_runs_may_change_and_allowed_changes_are_recorded(tmp_path):
   assert fourth["global_step"] == 12
 
 
-def test_extending_a_run_keeps_the_schedule_horizon(tmp_path):
+def test_extending_a_run_keeps_the_schedule_horizon(tmp_path, caplog):
   schedule = ["--lr_schedule=cosine", "--learning_rate=0.1", "--steps_per_loop=1"]
   straight = tmp_path / "straight"
   train.train_and_evaluate(parse(*RUN, *schedule, "--train_steps=24",
@@ -78,8 +79,13 @@ def test_extending_a_run_keeps_the_schedule_horizon(tmp_path):
   train.train_and_evaluate(parse(*RUN, *schedule, "--train_steps=16",
                                  f"--model_dir={extended}"))
   assert _json(extended / "flags.json")["schedule_steps"] == 16
-  train.train_and_evaluate(parse(*RUN, *schedule, "--train_steps=24",
-                                 f"--model_dir={extended}"))
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    train.train_and_evaluate(parse(*RUN, *schedule, "--train_steps=24",
+                                   f"--model_dir={extended}"))
+  # Said, not silent: a cosine run extended past its horizon trains at a rate of 0.
+  assert any("steps 17 to 24 are past the cosine schedule's horizon (step 16): they train "
+             "at its final rate, 0 (the weights will not change)" in r.getMessage()
+             for r in caplog.records)
   rates = read_scalars(extended / "train")["learning_rate"]
   # Up to step 16 the first start's cosine; past its horizon the rate stays at its end
   # (0) instead of jumping back up to a cosine over 24 steps.
