@@ -49,21 +49,11 @@ def define_flags() -> None:
 
 def _run_config(model_dir: str):
   """The run's Config from model_dir/flags.json, with the flags given here on top."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import config, files  # pylint: disable=g-import-not-at-top
-  flags_path = os.path.join(model_dir, "flags.json")
-  results_path = os.path.join(model_dir, "results.json")  # runs from before flags.json
-  path = next((p for p in (flags_path, results_path) if tf.io.gfile.exists(p)), None)
-  if path is None:
+  from trainer import config, run_record  # pylint: disable=g-import-not-at-top
+  recorded = run_record.load(model_dir)  # flags.json, or results.json of an older run
+  if recorded is None:
     raise cli.UsageError(f"no flags.json in --model_dir={model_dir}: not a tapeloop run "
                          "(train one there first with python -m trainer.main)")
-  try:
-    recorded = files.read_json(path)
-  except ValueError as e:
-    raise cli.UsageError(f"{path} is not valid JSON ({e}); give the run's flags on the "
-                         "command line after restoring or deleting it") from None
-  if path == results_path:
-    recorded = recorded.get("flags", {})
   values = {k: v for k, v in recorded.items()
             if k in tl_flags.OWN_FLAGS and k not in _HOW_IT_RAN}
   values.update({name: FLAGS[name].value for name in tl_flags.OWN_FLAGS

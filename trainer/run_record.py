@@ -45,8 +45,8 @@ def load(model_dir: str) -> dict | None:
     try:
       recorded = files.read_json(path)
     except ValueError as e:
-      raise ConfigError(f"{path} is corrupt ({str(e)[:80]}): restore it, or use a new "
-                        "--model_dir") from None
+      raise ConfigError(f"{path} is not valid JSON ({str(e)[:80]}); restore it, or use a "
+                        "new --model_dir") from None
     if recorded is not None:
       return recorded if name == RECORD else recorded.get("flags")
   return None
@@ -58,8 +58,9 @@ def _default(name: str):
 
 def check(config: Config, recorded: dict | None) -> tuple[Config, dict]:
   """Refuses a rerun that changes what is trained (ConfigError naming every such flag);
-  returns the config with the recorded schedule horizon, and the allowed changes of what
-  is trained as {flag: (old, new)}. Changes of how it runs are logged."""
+  returns the config with the recorded schedule horizon, and the changes to record (those
+  allowed by --allow_changed_flags, and of the run's length) as {flag: (old, new)}.
+  Changes of how it runs are logged."""
   if recorded is None:
     return config, {}
   current = config.flag_values
@@ -88,7 +89,7 @@ def check(config: Config, recorded: dict | None) -> tuple[Config, dict]:
                     "with it; recorded in %s", name, _text(old), _text(new), CHANGES)
   if config.schedule_steps is None and recorded.get("schedule_steps") is not None:
     config = config.with_flags(schedule_steps=recorded["schedule_steps"])
-  return config, what
+  return config, {**what, **length}
 
 
 def resolve_horizon(config: Config, recorded: dict | None, steps_per_epoch: int,
@@ -115,7 +116,7 @@ def check_length(config: Config, step: int, total_steps: int) -> None:
         f"with python -m trainer.evaluate --model_dir={config.model_dir}")
 
 
-def write(config: Config, recorded: dict | None, what: dict, step: int,
+def write(config: Config, recorded: dict | None, changes: dict, step: int,
           total_steps: int) -> list[dict]:
   """Records the run's flags at its first start, and any allowed change or extension
   after it; returns the recorded changes (for results.json)."""
@@ -126,13 +127,11 @@ def write(config: Config, recorded: dict | None, what: dict, step: int,
     files.write_json(path, config.flag_values)
   if recorded is None:
     return history
-  lengths = {k: (recorded.get(k, _default(k)), config.flag_values[k])
-             for k in tl_flags.RUN_LENGTH
-             if not _same(recorded.get(k, _default(k)), config.flag_values[k])}
-  if not what and not lengths:
+  if not changes:
     return history
+  lengths = {k: v for k, v in changes.items() if k in tl_flags.RUN_LENGTH}
   entry = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "total_steps": total_steps,
-           "changed": {k: {"old": old, "new": new} for k, (old, new) in {**what, **lengths}.items()}}
+           "changed": {k: {"old": old, "new": new} for k, (old, new) in changes.items()}}
   if lengths:
     logging.info("the run continues to step %d (%s); the learning-rate schedule keeps its "
                  "horizon of %d steps", total_steps,
@@ -149,6 +148,5 @@ def write(config: Config, recorded: dict | None, what: dict, step: int,
           " (the weights will not change)" if final == 0 else "", total_steps)
   history.append(entry)
   files.write_json(changes_path, {"changes": history})
-  files.write_json(path, {**recorded, **{k: config.flag_values[k]
-                                         for k in list(what) + list(lengths)}})
+  files.write_json(path, {**recorded, **{k: config.flag_values[k] for k in changes}})
   return history
