@@ -21,6 +21,14 @@ class Split:
   def __len__(self) -> int:
     return len(self.images)
 
+  @property
+  def labeled(self) -> bool:
+    return self.labels is not None
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[1:])
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
@@ -38,8 +46,12 @@ class DatasetInfo:
 
 @dataclasses.dataclass(frozen=True)
 class Data:
+  """splits: in-memory `Split`s, or `stream.StreamSplit`s left in their files.
+  pipeline: how training reads them (in_memory, tf_data or stream), and why."""
   info: DatasetInfo
   splits: Mapping[str, Split]
+  pipeline: str = "in_memory"
+  reason: str = ""
 
 
 def check_labels(labels: np.ndarray, num_classes: int,
@@ -56,11 +68,12 @@ def check_labels(labels: np.ndarray, num_classes: int,
 
 
 def make_data(name: str, splits: Mapping[str, Split], num_classes: int,
-              class_names: tuple[str, ...] = ()) -> Data:
+              class_names: tuple[str, ...] = (), pipeline: str = "in_memory",
+              reason: str = "") -> Data:
   """Builds the Data record, checking that all splits share one image shape."""
   if not splits:
     raise DataError(f"{name}: no splits")
-  shapes = {tuple(s.images.shape[1:]) for s in splits.values()}
+  shapes = {tuple(s.image_shape) for s in splits.values()}
   if len(shapes) != 1:
     raise DataError(f"{name}: splits have different image shapes {sorted(shapes)}")
   for split_name, split in splits.items():
@@ -69,4 +82,4 @@ def make_data(name: str, splits: Mapping[str, Split], num_classes: int,
   info = DatasetInfo(name=name, image_shape=shapes.pop(), num_classes=num_classes,
                      split_sizes={k: len(v) for k, v in splits.items()},
                      class_names=tuple(class_names))
-  return Data(info=info, splits=dict(splits))
+  return Data(info=info, splits=dict(splits), pipeline=pipeline, reason=reason)

@@ -17,6 +17,7 @@ import tensorflow as tf
 from input_pipeline.data import DataError, Split
 from input_pipeline.pipeline import check_batch
 from input_pipeline.preprocess import Augment, augment_batch, normalize
+from input_pipeline.records import epoch_permutation
 
 
 class IndexStream:
@@ -31,8 +32,7 @@ class IndexStream:
   def _permutation(self, epoch: int) -> np.ndarray:
     if epoch not in self._perms:
       self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-      rng = np.random.default_rng([self.seed, epoch])
-      self._perms[epoch] = rng.permutation(self.n).astype(np.int32)
+      self._perms[epoch] = epoch_permutation(self.n, self.seed, epoch).astype(np.int32)
     return self._perms[epoch]
 
   def take(self, steps: int) -> np.ndarray:

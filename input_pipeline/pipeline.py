@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from input_pipeline.data import DataError, Split
 from input_pipeline.preprocess import Augment, augment_batch, normalize
+from input_pipeline.records import epoch_permutation
 
 
 def check_batch(global_batch_size: int, n: int, what: str, need_full: bool) -> None:
@@ -23,9 +24,12 @@ def check_batch(global_batch_size: int, n: int, what: str, need_full: bool) -> N
 
 
 def epoch_order(n: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
-  """The example order of one epoch: a permutation that depends only on (seed, epoch)."""
-  key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
-  return tf.argsort(tf.random.stateless_uniform([n], key))
+  """The example order of one epoch: records.epoch_permutation, the one order every
+  pipeline uses, as a tensor."""
+  order = tf.numpy_function(lambda e: epoch_permutation(n, seed, int(e)), [epoch], tf.int64,
+                            stateful=False)
+  order.set_shape([n])
+  return order
 
 
 def train_dataset(split: Split, *, global_batch_size: int, seed: int,

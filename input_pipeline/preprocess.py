@@ -14,6 +14,8 @@ import tensorflow as tf
 
 from input_pipeline.data import DataError
 
+# Random-resized crops keep at least this fraction of the image's area by default.
+DEFAULT_CROP = 0.25
 # Datasets of characters: a mirrored 2, 7 or 'b' is another class or no class at all.
 NO_FLIP_DATASETS = ("mnist", "emnist", "kmnist", "binarized_mnist", "svhn_cropped", "csv")
 
@@ -21,14 +23,20 @@ NO_FLIP_DATASETS = ("mnist", "emnist", "kmnist", "binarized_mnist", "svhn_croppe
 @dataclasses.dataclass(frozen=True)
 class Augment:
   """translate: max shift in pixels; flip: random horizontal flip; erase: probability of
-  blanking a random rectangle (random erasing)."""
+  blanking a random rectangle (random erasing); crop: random-resized crop, its smallest
+  area fraction (None: not given; with --image_size it defaults to DEFAULT_CROP)."""
   translate: int = 0
   flip: bool = False
   erase: float = 0.0
+  crop: float | None = None
 
   @property
   def enabled(self) -> bool:
-    return bool(self.translate or self.flip or self.erase)
+    return bool(self.translate or self.flip or self.erase or self.crop)
+
+  def with_default_crop(self) -> Augment:
+    """Random-resized crops unless --augment set crop (crop=0 turns them off)."""
+    return self if self.crop is not None else dataclasses.replace(self, crop=DEFAULT_CROP)
 
   @classmethod
   def parse(cls, text: str, dataset: str = "") -> Augment:
@@ -45,14 +53,19 @@ class Augment:
           kwargs[key] = True
         elif key == "erase":
           kwargs[key] = float(value) if sep else 0.5
+        elif key == "crop":
+          kwargs[key] = float(value) if sep else DEFAULT_CROP
         else:
           raise ValueError
       except ValueError:
         raise DataError(f"--augment: cannot read {item!r}; use none or a comma list of "
-                        "translate[=PIXELS], flip, erase[=PROBABILITY]") from None
+                        "translate[=PIXELS], flip, erase[=PROBABILITY], "
+                        "crop[=MIN_AREA]") from None
     augment = cls(**kwargs)
-    if augment.translate < 0 or not 0.0 <= augment.erase <= 1.0:
-      raise DataError(f"--augment={text}: translate must be >= 0 and erase in [0, 1]")
+    if (augment.translate < 0 or not 0.0 <= augment.erase <= 1.0
+        or not 0.0 <= (augment.crop or 0.0) < 1.0):
+      raise DataError(f"--augment={text}: translate must be >= 0, erase in [0, 1] and "
+                      "crop in [0, 1) (0: no crops)")
     base = dataset.removeprefix("tfds:").split(":")[0].split("/")[0]
     if augment.flip and base in NO_FLIP_DATASETS:
       raise DataError(f"--augment=flip on {dataset}: mirrored characters change meaning; "
@@ -100,9 +113,27 @@ def erase(images: tf.Tensor, probability: float, seed: tf.Tensor) -> tf.Tensor:
   return tf.where(box[..., None], tf.zeros_like(images), images)
 
 
+def random_resized_crop(images: tf.Tensor, min_area: float, seed: tf.Tensor) -> tf.Tensor:
+  """Per image, a random box (min_area to all of the area, aspect 3/4 to 4/3) resized back
+  to the full size (bilinear): the crop Inception-style training uses, on the device."""
+  shape = tf.shape(images)
+  b = shape[0]
+  u = tf.random.stateless_uniform([4, b], seed)
+  area = min_area + (1.0 - min_area) * u[0]
+  aspect = tf.exp(tf.math.log(3 / 4) + u[1] * tf.math.log(16 / 9))
+  height = tf.minimum(tf.sqrt(area / aspect), 1.0)  # fractions of the image
+  width = tf.minimum(tf.sqrt(area * aspect), 1.0)
+  top, left = u[2] * (1.0 - height), u[3] * (1.0 - width)
+  boxes = tf.stack([top, left, top + height, left + width], axis=1)
+  return tf.image.crop_and_resize(images, boxes, tf.range(b), shape[1:3])
+
+
 def augment_batch(images: tf.Tensor, augment: Augment, seed: tf.Tensor) -> tf.Tensor:
   """Applies the enabled augmentations; seed is a stateless seed of shape [2]."""
   seeds = tf.random.experimental.stateless_split(seed, 3)
+  if augment.crop:
+    crop_seed = tf.random.experimental.stateless_fold_in(seed, 3)  # the others' draws kept
+    images = random_resized_crop(images, augment.crop, crop_seed)
   if augment.translate:
     images = translate(images, augment.translate, seeds[0])
   if augment.flip:

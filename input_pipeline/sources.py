@@ -1,23 +1,34 @@
-"""One string names a data source: tfds:NAME (or a bare TFDS name), idx:DIR, csv:PATH, synthetic.
+"""One string names a data source: tfds:NAME (or a bare TFDS name), folder:DIR, idx:DIR,
+csv:PATH, synthetic.
 
-    load("mnist") / load("idx:/data/mnist") / load("csv:train.csv")
+    load("mnist") / load("folder:/data/photos", image_size=(64, 64)) / load("csv:train.csv")
     load("synthetic:shape=28x28x1,classes=10,train=1024,test=256")
+
+TFDS and folder data are decoded into memory when the decoded splits fit the memory
+budget (--pipeline=auto), else streamed from their files while training (stream.py).
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
+import tensorflow as tf
+from absl import logging
 
-from input_pipeline import idx, kaggle_csv, tfds_source
+from input_pipeline import folder, idx, kaggle_csv, tfds_source
 from input_pipeline.data import Data, DataError, Split, make_data
+from input_pipeline.records import fit
+from input_pipeline.stream import StreamSplit, materialize
 
 # IDX and CSV files carry no class count; the formats' datasets are 10-class.
 _DEFAULT_NUM_CLASSES = 10
 _SYNTHETIC_DEFAULTS = {"shape": "28x28x1", "classes": "10", "train": "60000",
                        "test": "10000", "seed": "0"}
-_PREFIXES = ("tfds", "idx", "csv", "synthetic")
+_PREFIXES = ("tfds", "folder", "idx", "csv", "synthetic")
+# --pipeline values: auto chooses in_memory or stream by the decoded size.
+PIPELINES = ("auto", "in_memory", "tf_data", "stream")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -30,9 +41,10 @@ def parse_spec(spec: str) -> tuple[str, str]:
     kind, arg = "tfds", spec
   if kind not in _PREFIXES:
     raise DataError(f"unknown data source prefix {kind + ':'!r} in {spec!r}; use tfds:NAME "
-                    "(or a TFDS name), idx:DIR, csv:PATH or synthetic")
+                    "(or a TFDS name), folder:DIR, idx:DIR, csv:PATH or synthetic")
   if kind != "synthetic" and not arg:
-    raise DataError(f"{spec!r} names no {'directory' if kind == 'idx' else 'path' if kind == 'csv' else 'dataset'}")
+    what = {"idx": "directory", "folder": "directory", "csv": "path"}.get(kind, "dataset")
+    raise DataError(f"{spec!r} names no {what}")
   if kind == "tfds" and not re.fullmatch(r"[a-z0-9_]+(/[\w.-]+)?(:[\d.*]+)?", arg):
     raise DataError(f"{arg!r} is not a TFDS dataset name (lower-case, like mnist or "
                     "fashion_mnist)")
@@ -68,14 +80,60 @@ def _synthetic(arg: str, num_classes: int | None) -> tuple[dict[str, Split], int
   return {"train": make(n_train), "test": make(n_test)}, classes
 
 
-def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-  """Splits off a seeded, deterministic validation set; both keep the original order."""
+def parse_image_size(text: str | None) -> tuple[int, int] | None:
+  """'64' or '64x48' (height x width) -> (64, 64) or (64, 48); None/'' -> None."""
+  if not text:
+    return None
+  try:
+    size = tuple(int(v) for v in text.lower().split("x"))
+  except ValueError:
+    size = ()
+  if len(size) == 1:
+    size = size * 2
+  if len(size) != 2 or min(size) < 1:
+    raise DataError(f"--image_size={text}: give H or HxW in pixels, e.g. 64 or 64x48")
+  return size
+
+
+def memory_budget(gigabytes: float | None) -> int:
+  """Bytes that decoded data may take in memory: the given GB, else a quarter of RAM."""
+  if gigabytes:
+    return int(gigabytes * 1e9)
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+def choose_pipeline(requested: str, nbytes: int | None, budget: int) -> tuple[str, str]:
+  """(in_memory | tf_data | stream, why) for data whose decoded splits take nbytes."""
+  size = "unknown size" if nbytes is None else f"{nbytes / 1e9:.2f} GB decoded"
+  if requested != "auto":
+    return requested, f"--pipeline={requested} ({size})"
+  if nbytes is not None and nbytes > budget:
+    return "stream", (f"{size} is more than the memory budget of {budget / 1e9:.1f} GB "
+                      "(--memory_budget_gb): streamed from its files")
+  return "in_memory", (f"{size} fits the memory budget of {budget / 1e9:.1f} GB "
+                       "(--memory_budget_gb): decoded into memory")
+
+
+def _resized(split: Split, size) -> Split:
+  """An in-memory split with every image fitted to size (--image_size)."""
+  if split.image_shape[:2] == tuple(size):
+    return split
+  ds = tf.data.Dataset.from_tensor_slices(split.images).map(lambda x: fit(x, size)).batch(4096)
+  images = np.concatenate(list(ds.as_numpy_iterator()))
+  return Split(images=images, labels=split.labels)
+
+
+def carve_validation(train, fraction: float, seed: int):
+  """Splits off a seeded, deterministic validation set; both keep the original order.
+  The same examples are held out whether the split is in memory or streamed."""
   n_val = int(round(len(train) * fraction))
   if not 0 < n_val < len(train):
     raise DataError(f"--validation_split={fraction} leaves no validation or no training "
                     f"examples out of {len(train)}")
   perm = np.random.default_rng(seed).permutation(len(train))
   val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+  if isinstance(train, StreamSplit):
+    return train.subset(train_idx), train.subset(val_idx)
 
   def take(ix):
     return Split(images=train.images[ix],
@@ -86,26 +144,56 @@ def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
 
 def load(spec: str, *, data_dir: str | None = None, manual_dir: str | None = None,
          num_classes: int | None = None, validation_split: float = 0.0,
-         seed: int = 0) -> Data:
-  """Loads a data source into memory. Raises DataError with a one-line fix on bad input."""
+         seed: int = 0, image_size: tuple[int, int] | None = None,
+         pipeline: str = "in_memory", memory_budget_gb: float | None = None,
+         skip_bad_images: bool = False) -> Data:
+  """Loads a data source: into memory, or as streams when `pipeline` (auto: by the
+  decoded size) says so. Raises DataError with a one-line fix on bad input."""
   if not 0.0 <= validation_split < 1.0:
     raise DataError(f"--validation_split={validation_split} must be in [0, 1)")
   if num_classes is not None and num_classes < 2:
     raise DataError(f"--num_classes={num_classes} must be at least 2")
+  if pipeline not in PIPELINES:
+    raise DataError(f"--pipeline={pipeline} is unknown; use {', '.join(PIPELINES)}")
   kind, arg = parse_spec(spec)
+  budget = memory_budget(memory_budget_gb)
   class_names = ()
   if kind == "tfds":
-    splits, num_classes = tfds_source.load(arg, data_dir, manual_dir, num_classes)
+    nbytes = tfds_source.decoded_bytes(arg, data_dir, image_size)
+    pipeline, reason = choose_pipeline(pipeline, nbytes, budget)
+    read = tfds_source.streams if pipeline == "stream" else tfds_source.load
+    splits, num_classes = read(arg, data_dir, manual_dir, num_classes, image_size)
     class_names = tfds_source.class_names(arg, data_dir)
-  elif kind == "synthetic":
-    splits, num_classes = _synthetic(arg, num_classes)
+  elif kind == "folder":
+    if num_classes is not None:
+      raise DataError("--num_classes does not apply to folder: data: its classes are the "
+                      "train folder's subfolders")
+    splits, class_names = folder.load(arg, image_size, skip_bad_images)
+    num_classes = len(class_names)
+    pipeline, reason = choose_pipeline(pipeline, sum(s.nbytes for s in splits.values()),
+                                       budget)
   else:
-    num_classes = num_classes or _DEFAULT_NUM_CLASSES
-    reader = idx.load if kind == "idx" else kaggle_csv.load
-    splits = reader(arg, num_classes)
+    if pipeline == "stream":
+      raise DataError(f"--pipeline=stream reads TFDS or folder: data; {kind} data is read "
+                      "whole into memory: use --pipeline=auto")
+    pipeline = "tf_data" if pipeline == "tf_data" else "in_memory"
+    reason = f"{kind} data is read whole into memory"
+    if kind == "synthetic":
+      splits, num_classes = _synthetic(arg, num_classes)
+    else:
+      num_classes = num_classes or _DEFAULT_NUM_CLASSES
+      reader = idx.load if kind == "idx" else kaggle_csv.load
+      splits = reader(arg, num_classes)
+    if image_size:
+      splits = {k: _resized(v, image_size) for k, v in splits.items()}
   if validation_split:
     if "train" not in splits:
       raise DataError(f"{spec}: --validation_split needs a train split")
     splits["train"], splits["validation"] = carve_validation(
         splits["train"], validation_split, seed)
-  return make_data(spec if kind != "tfds" else arg, splits, num_classes, class_names)
+  if pipeline != "stream":
+    splits = {k: materialize(v, k) if isinstance(v, StreamSplit) else v
+              for k, v in splits.items()}
+  logging.info("input pipeline: %s, %s", pipeline, reason)
+  return make_data(spec if kind != "tfds" else arg, splits, num_classes, class_names,
+                   pipeline, reason)

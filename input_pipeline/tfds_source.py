@@ -1,4 +1,5 @@
-"""TFDS image-classification datasets, read whole into memory (MNIST-scale data)."""
+"""TFDS image-classification datasets: decoded whole into memory (small data), or
+streamed from their prepared record shards (stream.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import socket
 import urllib.parse
 
 import numpy as np
+import tensorflow as tf
 
 from input_pipeline.data import DataError, Split, check_labels
+from input_pipeline.records import ShardRecords, fit
+from input_pipeline.stream import StreamSplit
 
 _SPLITS = ("train", "validation", "test")
 
@@ -91,13 +95,27 @@ def _sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def _to_numpy(builder, split: str):
+def _to_numpy(builder, split: str, image_size):
+  """The split decoded into arrays allocated once (memory peaks at the decoded size, not
+  twice it); images fitted to image_size when given."""
   tfds = _tfds()
   # Not batch_size=-1: under tfds.testing.mock_data that requests a batch of 2**63 and
   # aborts the process.
-  ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False).batch(8192)
-  parts = list(tfds.as_numpy(ds))
-  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+  ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
+  if image_size:
+    ds = ds.map(lambda x, y: (fit(x, image_size), y), num_parallel_calls=tf.data.AUTOTUNE)
+  parts = tfds.as_numpy(ds.batch(8192))
+  n = builder.info.splits[split].num_examples if split in builder.info.splits else None
+  if not n:  # unknown under mock_data
+    parts = list(parts)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+  images, labels, at = None, np.empty(n, np.int64), 0
+  for x, y in parts:
+    if images is None:
+      images = np.empty((n, *x.shape[1:]), np.uint8)
+    images[at:at + len(x)], labels[at:at + len(x)] = x, y
+    at += len(x)
+  return images[:at], labels[:at]
 
 
 def class_names(name: str, data_dir: str | None) -> tuple[str, ...]:
@@ -109,9 +127,9 @@ def class_names(name: str, data_dir: str | None) -> tuple[str, ...]:
   return () if names == tuple(str(i) for i in range(len(names))) else names
 
 
-def load(name: str, data_dir: str | None, manual_dir: str | None,
-         num_classes: int | None) -> tuple[dict[str, Split], int]:
-  """Returns the splits and the number of classes the dataset registers."""
+def _checked_builder(name: str, data_dir: str | None, num_classes: int | None,
+                     image_size):
+  """The builder of an image-classification dataset, its (image, label) keys and classes."""
   builder = _builder(name, data_dir)
   features = builder.info.features
   image, label = builder.info.supervised_keys or (None, None)
@@ -119,19 +137,63 @@ def load(name: str, data_dir: str | None, manual_dir: str | None,
           and len(getattr(features[image], "shape", ())) == 3):
     raise DataError(f"TFDS dataset {name!r} is not an image-classification dataset "
                     "(needs supervised (image, class label) pairs)")
-  if None in features[image].shape:
-    raise DataError(f"TFDS dataset {name!r} has images of varying size {features[image].shape}; "
-                    "tapeloop needs fixed-shape images")
+  if None in features[image].shape[:2] and not image_size:
+    raise DataError(f"TFDS dataset {name!r} has images of varying size "
+                    f"{features[image].shape}: pass --image_size=HxW to resize them")
   registered = features[label].num_classes
   if num_classes is not None and num_classes != registered:
     raise DataError(f"--num_classes={num_classes} but TFDS dataset {name!r} has "
                     f"{registered} classes; drop --num_classes")
-  _prepare(builder, name, manual_dir)
+  return builder, image, label, registered
+
+
+def _split_names(builder) -> list[str]:
   # Under mock_data info.splits is empty; the standard names are tried then.
-  names = [s for s in _SPLITS if s in builder.info.splits] or ["train", "test"]
+  return [s for s in _SPLITS if s in builder.info.splits] or ["train", "test"]
+
+
+def decoded_bytes(name: str, data_dir: str | None, image_size) -> int | None:
+  """What holding every split decoded in memory takes; None when unknown (not prepared)."""
+  builder, image, _, _ = _checked_builder(name, data_dir, None, image_size)
+  if not builder.is_prepared():
+    return None
+  h, w, c = builder.info.features[image].shape
+  if image_size:
+    h, w = image_size
+  n = sum(builder.info.splits[s].num_examples for s in _split_names(builder)
+          if s in builder.info.splits)
+  return n * h * w * (c or 3)
+
+
+def load(name: str, data_dir: str | None, manual_dir: str | None,
+         num_classes: int | None, image_size=None) -> tuple[dict[str, Split], int]:
+  """Returns the splits decoded into memory and the number of classes."""
+  builder, _, _, registered = _checked_builder(name, data_dir, num_classes, image_size)
+  _prepare(builder, name, manual_dir)
   splits = {}
-  for split in names:
-    images, labels = _to_numpy(builder, split)
+  for split in _split_names(builder):
+    images, labels = _to_numpy(builder, split, image_size)
     labels = check_labels(labels, registered, lambda i, s=split: f"example {i} of {name}/{s}")
     splits[split] = Split(images=images.astype(np.uint8, copy=False), labels=labels)
+  return splits, registered
+
+
+def streams(name: str, data_dir: str | None, manual_dir: str | None,
+            num_classes: int | None, image_size=None) -> tuple[dict[str, StreamSplit], int]:
+  """Returns the splits as streams over the prepared record shards, and the classes."""
+  builder, image, label, registered = _checked_builder(name, data_dir, num_classes,
+                                                       image_size)
+  _prepare(builder, name, manual_dir)
+  if builder.info.file_format.value != "tfrecord":
+    raise DataError(f"TFDS dataset {name!r} is stored as {builder.info.file_format.value}; "
+                    "streaming reads tfrecord shards: prepare it with the default format")
+  h, w, c = builder.info.features[image].shape
+  c = c or 3
+  shape = (*(image_size or (h, w)), c)
+  splits = {}
+  for split in _split_names(builder):
+    info = builder.info.splits[split]
+    records = ShardRecords(info.filepaths, info.shard_lengths, builder.info.features,
+                           image, label, c)
+    splits[split] = StreamSplit(records, shape, labeled=True, resize=bool(image_size))
   return splits, registered

@@ -113,5 +113,15 @@ class ImageClassifier(CheckpointLists, keras.Model):
     self.precision = precision
 
   def build_for_input(self) -> ImageClassifier:
-    self(keras.ops.zeros((1,) + self.image_shape), training=False)
+    try:
+      self(keras.ops.zeros((1,) + self.image_shape), training=False)
+    except ValueError as e:
+      if "would be zero or negative" not in str(e):
+        raise
+      raise InputTooSmall(f"{'x'.join(map(str, self.image_shape[:2]))} images are too small "
+                          f"for {type(self).__name__}'s convolutions and pooling") from None
     return self
+
+
+class InputTooSmall(ValueError):
+  """The image size leaves nothing for a later convolution (a conv output would be empty)."""

@@ -50,3 +50,68 @@ def tree_digest(path):
       with open(f, "rb") as fh:
         out[os.path.relpath(f, path)] = hashlib.sha256(fh.read()).hexdigest()
   return out
+
+
+def write_image_folder(root, per_split=(("train", 8), ("test", 3)), classes=("cat", "dog", "fox"),
+                       sizes=((20, 24), (32, 32), (40, 28)), channels=3, seed=0):
+  """DIR/<split>/<class>/<i>.png|jpg: images of mixed sizes and formats whose brightness
+  depends on the class (learnable); returns {split: [(path, label)]} in class, file order."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  written = {}
+  for split, n in per_split:
+    for label, name in enumerate(classes):
+      directory = os.path.join(str(root), split, name)
+      os.makedirs(directory, exist_ok=True)
+      for i in range(n):
+        h, w = sizes[i % len(sizes)]
+        image = (rng.integers(0, 60, (h, w, channels)) + 90 * label).astype(np.uint8)
+        # PNG is lossless: tests compare its pixels; JPEG tests the other decoder.
+        png = i % 2 == 0
+        data = (tf.io.encode_png(image) if png else tf.io.encode_jpeg(image, quality=95)).numpy()
+        path = os.path.join(directory, f"{i:03d}.{'png' if png else 'jpg'}")
+        with open(path, "wb") as f:
+          f.write(data)
+        written.setdefault(split, []).append((path, label))
+  return written
+
+
+_TINY_TFDS = {}
+
+
+def tiny_tfds_builder():
+  """A TFDS image-classification dataset of varying image sizes and 3 channels, built
+  from generated data (no network): the class, defined once (TFDS registers its name)."""
+  if "builder" not in _TINY_TFDS:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    class TapeloopTinyImages(tfds.core.GeneratorBasedBuilder):
+      VERSION = tfds.core.Version("1.0.0")
+
+      def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "label": tfds.features.ClassLabel(names=["red", "green", "blue"])}),
+            supervised_keys=("image", "label"))
+
+      def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(48, 0), "test": self._generate_examples(13, 1)}
+
+      def _generate_examples(self, n, seed):
+        rng = np.random.default_rng(seed)
+        for i in range(n):
+          label = int(rng.integers(0, 3))
+          h, w = (int(v) for v in rng.integers(12, 30, 2))
+          image = rng.integers(0, 80, (h, w, 3)).astype(np.uint8)
+          image[..., label] += 150  # the class is the dominant colour
+          yield i, {"image": image, "label": label}
+
+    _TINY_TFDS["builder"] = TapeloopTinyImages
+  return _TINY_TFDS["builder"]
+
+
+def write_tiny_tfds(data_dir):
+  """Prepares the tiny TFDS dataset in data_dir; returns its name."""
+  builder = tiny_tfds_builder()(data_dir=str(data_dir))
+  builder.download_and_prepare()
+  return builder.name

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from input_pipeline.stream import StreamSplit, examples_at
 from trainer import images
 
 
@@ -161,17 +162,22 @@ class EvalPictures:
     self.writer, self.split, self.names, self.run = writer, split, class_names, run
     self.seconds = 0.0
 
+  def _images_at(self, positions: np.ndarray) -> np.ndarray:
+    if isinstance(self.split, StreamSplit):  # read back from its files: a few images
+      return examples_at(self.split, positions)
+    return self.split.images[positions]
+
   def __call__(self, step: int, result) -> None:
-    if not self.writer.enabled or self.split.labels is None:
+    if not self.writer.enabled or not self.split.labeled:
       return
     start = time.perf_counter()
-    labels = self.split.labels
+    labels = self.split.labels if result.labels is None else result.labels
     counts = images.confusion_counts(labels, result.predictions, len(self.names))
     title = f"{result.split} at step {step}: rows true, columns predicted, % of each row"
     self.writer.image(self.run, step, "confusion_matrix",
                       images.confusion_matrix(counts, self.names, title),
                       description=f"Row-normalised confusion matrix on {result.split}.")
-    worst = images.worst_mistakes(self.split.images, labels, result.predictions,
+    worst = images.worst_mistakes(self._images_at, labels, result.predictions,
                                   result.losses, self.names)
     if worst is not None:
       self.writer.image(self.run, step, "worst_mistakes", worst,

@@ -8,9 +8,10 @@ import os
 import types
 from typing import Any
 
+import input_pipeline
 import models
 from input_pipeline import Augment
-from input_pipeline.sources import parse_spec
+from input_pipeline.sources import parse_image_size, parse_spec
 from trainer import flags as tl_flags
 
 
@@ -28,6 +29,9 @@ class Config:
   num_classes: int | None
   validation_split: float
   pipeline: str
+  memory_budget_gb: float | None
+  image_size: tuple[int, int] | None
+  skip_bad_images: bool
   augment: Augment
   model_dir: str
   batch_size: int
@@ -76,6 +80,14 @@ class Config:
     """(steps per epoch, total steps) for a training split of train_size examples."""
     per_epoch = max(1, train_size // self.batch_size)
     return per_epoch, self.train_steps or per_epoch * (self.epochs or 1)
+
+  def load_data(self):
+    """The dataset as these flags describe it (input_pipeline.load)."""
+    return input_pipeline.load(
+        self.dataset, data_dir=self.data_dir, manual_dir=self.manual_dir,
+        num_classes=self.num_classes, validation_split=self.validation_split, seed=self.seed,
+        image_size=self.image_size, pipeline=self.pipeline,
+        memory_budget_gb=self.memory_budget_gb, skip_bad_images=self.skip_bad_images)
 
   def with_flags(self, **values) -> Config:
     """This config with some flags replaced (e.g. from the run's record)."""
@@ -173,16 +185,23 @@ def from_flags(fv) -> Config:
     profile = _ints("profile_steps", fv.profile_steps)
     _check(len(profile) == 2 and profile[0] < profile[1],
            f"--profile_steps={','.join(fv.profile_steps)}: give A,B with A < B")
+  _check(fv.memory_budget_gb is None or fv.memory_budget_gb > 0,
+         f"--memory_budget_gb={fv.memory_budget_gb} must be positive")
   try:
     augment = Augment.parse(fv.augment, fv.dataset)
+    image_size = parse_image_size(fv.image_size)
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  if image_size:
+    augment = augment.with_default_crop()
   model_dir = fv.model_dir or os.path.join(
       "runs", f"{fv.model}-{fv.dataset.replace(':', '_').replace('/', '_').strip('_.')}")
   return Config(
       model=fv.model, model_hparams=_model_hparams(fv), dataset=fv.dataset,
       data_dir=fv.data_dir, manual_dir=fv.manual_dir, num_classes=fv.num_classes,
-      validation_split=fv.validation_split, pipeline=fv.pipeline, augment=augment, model_dir=model_dir,
+      validation_split=fv.validation_split, pipeline=fv.pipeline,
+      memory_budget_gb=fv.memory_budget_gb, image_size=image_size,
+      skip_bad_images=fv.skip_bad_images, augment=augment, model_dir=model_dir,
       batch_size=fv.batch_size, epochs=fv.epochs, train_steps=fv.train_steps,
       steps_per_loop=fv.steps_per_loop, eval_every=fv.eval_every, eval_images=fv.eval_images,
       keep_best=fv.keep_best, early_stopping=fv.early_stopping,

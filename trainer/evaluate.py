@@ -67,16 +67,13 @@ class Evaluator:
 
   def __init__(self, cfg, split: str):
     import keras  # pylint: disable=g-import-not-at-top
-    import input_pipeline  # pylint: disable=g-import-not-at-top
     from trainer import actions, distribute, summaries  # pylint: disable=g-import-not-at-top
     from trainer.loop import Trainer  # pylint: disable=g-import-not-at-top
     strategy = distribute.create_strategy(cfg)
     keras.utils.set_random_seed(cfg.seed)
-    data = input_pipeline.load(cfg.dataset, data_dir=cfg.data_dir, manual_dir=cfg.manual_dir,
-                               num_classes=cfg.num_classes,
-                               validation_split=cfg.validation_split, seed=cfg.seed)
-    if split not in data.splits or data.splits[split].labels is None:
-      held = ", ".join(s for s, v in data.splits.items() if v.labels is not None)
+    data = cfg.load_data()
+    if split not in data.splits or not data.splits[split].labeled:
+      held = ", ".join(s for s, v in data.splits.items() if v.labeled)
       raise cli.UsageError(f"--split={split}: the run's data has no labeled {split} split "
                            f"(it has {held})")
     self.cfg, self.split = cfg, split

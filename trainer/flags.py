@@ -9,7 +9,7 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "exponential")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-PIPELINES = ("in_memory", "tf_data")
+PIPELINES = ("auto", "in_memory", "tf_data", "stream")
 # Model hyperparameter flags: each is passed to the model only when given.
 MODEL_FLAGS = ("hidden_units", "activation", "dropout", "l2", "filters", "kernel_sizes",
                "dense_units", "widths", "blocks_per_stage", "sync_batch_norm")
@@ -24,7 +24,7 @@ HOW_IT_RUNS = ("model_dir", "data_dir", "manual_dir", "steps_per_loop", "checkpo
                "keep_checkpoints", "profile_steps", "deterministic", "eval_every",
                "eval_images", "keep_best", "early_stopping", "strategy", "devices",
                "cpu_devices", "intra_op_threads", "jit_compile", "allow_changed_flags",
-               "divergence_retries")
+               "divergence_retries", "memory_budget_gb")
 RUN_LENGTH = ("epochs", "train_steps")
 
 # Names of the flags defined here (not absl's or TF's): they go into results.json and
@@ -53,17 +53,28 @@ def _group(title: str):
 def _define() -> None:
   with _group("Data"):
     flags.DEFINE_string("model", "cnn", "Model name: mlp, cnn or resnet.")
-    flags.DEFINE_string("dataset", "mnist", "tfds:NAME (or a TFDS name), idx:DIR, csv:PATH or "
+    flags.DEFINE_string("dataset", "mnist", "tfds:NAME (or a TFDS name), folder:DIR "
+                        "(DIR/train/<class>/*.jpg|png), idx:DIR, csv:PATH or "
                         "synthetic[:shape=28x28x1,classes=10,train=N,test=N].")
     flags.DEFINE_string("data_dir", None, "TFDS data_dir (default ~/tensorflow_datasets).")
     flags.DEFINE_string("manual_dir", None, "TFDS manual_dir: files here are used offline.")
     flags.DEFINE_integer("num_classes", None, "Classes of an idx:/csv: dataset (default 10).")
     flags.DEFINE_float("validation_split", 0.0, "Fraction of train held out (seeded) for eval "
                        "during training.")
-    flags.DEFINE_string("pipeline", "in_memory", "in_memory: batches gathered inside the "
-                        "training graph (fastest); tf_data: a tf.data pipeline.")
+    flags.DEFINE_string("pipeline", "auto", "auto: in_memory when the decoded data fits "
+                        "--memory_budget_gb, else stream; in_memory: batches gathered inside "
+                        "the training graph (fastest); tf_data: tf.data over the in-memory "
+                        "arrays; stream: tf.data reading TFDS shards or image files.")
+    flags.DEFINE_float("memory_budget_gb", None, "Decoded data up to this size is held in "
+                       "memory by --pipeline=auto (default: a quarter of the RAM).")
+    flags.DEFINE_string("image_size", None, "H or HxW: resize images to this size (eval: "
+                        "resize and centre crop; train: random-resized crops). Needed for "
+                        "images of varying size.")
+    flags.DEFINE_boolean("skip_bad_images", False, "folder: skip (and count) unreadable "
+                         "image files instead of stopping.")
     flags.DEFINE_string("augment", "none", "none, or a comma list of translate[=PIXELS], flip, "
-                        "erase[=PROBABILITY].")
+                        "erase[=PROBABILITY], crop[=MIN_AREA] (on with --image_size; crop=0: "
+                        "off).")
   with _group("Run"):
     flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard events, results.json "
                         "and the export go (default runs/<model>-<dataset>).")

@@ -105,14 +105,16 @@ def confusion_matrix(counts: np.ndarray, class_names, title: str = "") -> np.nda
   return np.asarray(image)
 
 
-def worst_mistakes(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+def worst_mistakes(images_at, labels: np.ndarray, predictions: np.ndarray,
                    losses: np.ndarray, class_names, count: int = 16) -> np.ndarray | None:
   """A grid of the `count` misclassified examples with the highest loss, each captioned
-  with its true and predicted class; None when there is no mistake."""
+  with its true and predicted class; None when there is no mistake. images_at(positions)
+  returns those examples' uint8 images (a streamed split reads only them)."""
   wrong = np.flatnonzero(labels != predictions)
   if not wrong.size:
     return None
   worst = wrong[np.argsort(-losses[wrong], kind="stable")[:count]]
+  images = images_at(worst)
   tile = max(1, int(np.ceil(84 / images.shape[1])))  # upscale small images to ~84 px
   h, w = images.shape[1] * tile, images.shape[2] * tile
   caption = 2 * (_FONT_SIZE + 2) + 4
@@ -123,7 +125,7 @@ def worst_mistakes(images: np.ndarray, labels: np.ndarray, predictions: np.ndarr
   draw = ImageDraw.Draw(canvas)
   font = _font()
   for k, i in enumerate(worst):
-    picture = images[i]
+    picture = images[k]
     if picture.shape[-1] == 1:
       picture = np.repeat(picture, 3, axis=-1)
     picture = np.repeat(np.repeat(picture, tile, axis=0), tile, axis=1)

@@ -20,9 +20,11 @@ import input_pipeline
 import models
 from input_pipeline import Data
 from input_pipeline.in_memory import IndexStream, InMemoryData
-from models.common import batch_shard
+from input_pipeline.preprocess import augment_batch, normalize
+from input_pipeline.stream import StreamSplit, eval_stream, train_stream
+from models.common import InputTooSmall, batch_shard
 from trainer import checkpoints, optimization
-from trainer.config import Config
+from trainer.config import Config, ConfigError
 
 
 # In-memory training data up to this size (per copy) is placed on every replica's device;
@@ -50,6 +52,8 @@ class Trainer:
     checkpoint of model_dir, a path that checkpoint, False nothing."""
     self.config, self.strategy, self.data = config, strategy, data
     self.steps_per_epoch, self.total_steps = config.steps_for(len(data.splits["train"]))
+    # How training reads its data: in_memory, tf_data or stream (chosen by input_pipeline).
+    self.pipeline = data.pipeline
     self.replicas = strategy.num_replicas_in_sync
     with strategy.scope():
       hparams = dict(config.model_hparams)
@@ -59,9 +63,12 @@ class Trainer:
         hparams.setdefault("sync_batch_norm", self.replicas > 1)
         logging.info("batch norm statistics: %s", "synchronized over the global batch"
                      if hparams["sync_batch_norm"] else "per replica")
-      self.model = models.create(config.model, num_classes=data.info.num_classes,
-                                 image_shape=data.info.image_shape,
-                                 precision=config.mixed_precision, **hparams)
+      try:
+        self.model = models.create(config.model, num_classes=data.info.num_classes,
+                                   image_shape=data.info.image_shape,
+                                   precision=config.mixed_precision, **hparams)
+      except InputTooSmall as e:
+        raise ConfigError(f"{e}: use a larger --image_size, or smaller --kernel_sizes") from None
       # Kept apart from optimizer.iterations, which does not advance on a skipped fp16 step.
       self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -85,7 +92,7 @@ class Trainer:
     if restore:
       self.restore(restore if isinstance(restore, str) else None)
     self._train_loop = tf.function(self._train_loop_fn)
-    if config.pipeline == "in_memory":
+    if self.pipeline == "in_memory":
       self._in_memory = InMemoryData(data.splits["train"], config.augment)
       self._tables = self._place_tables()
       # The index window's length varies at eval/checkpoint boundaries: one trace for all.
@@ -165,9 +172,25 @@ class Trainer:
     self.train_accuracy.update_state(labels, logits)
 
   def _train_loop_fn(self, iterator, steps):
+    step = self._stream_step if self.pipeline == "stream" else self._train_step
     for _ in tf.range(steps):
-      self.strategy.run(self._train_step, args=next(iterator))
+      self.strategy.run(step, args=next(iterator))
       self.global_step.assign_add(1)
+
+  def _augment_seed(self, step):
+    """The stateless augmentation seed of (seed, replica, step), the same for every
+    pipeline."""
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    return tf.stack([tf.cast(self.config.seed, tf.int64) * 1_000_003
+                     + tf.cast(replica, tf.int64), tf.cast(step, tf.int64)])
+
+  def _stream_step(self, images, labels):
+    # uint8 crosses to the device (a quarter of float32's bytes); normalized and augmented here.
+    images = normalize(images)
+    if self.config.augment.enabled:
+      images = augment_batch(images, self.config.augment,
+                             self._augment_seed(self.global_step.read_value()))
+    self._train_step(images, labels)
 
   def _in_memory_loop_fn(self, indices):
     for i in tf.range(tf.shape(indices)[0]):
@@ -182,17 +205,17 @@ class Trainer:
     per_replica = self.config.batch_size // ctx.num_replicas_in_sync
     mine = indices[ctx.replica_id_in_sync_group * per_replica:
                    (ctx.replica_id_in_sync_group + 1) * per_replica]
-    seed = tf.stack([tf.cast(self.config.seed, tf.int64) * 1_000_003
-                     + tf.cast(ctx.replica_id_in_sync_group, tf.int64), step])
-    self._train_step(*self._in_memory.batch(mine, seed, tables))
+    self._train_step(*self._in_memory.batch(mine, self._augment_seed(step), tables))
 
   def _eval_step(self, images, labels, weights, index):
+    if images.dtype == tf.uint8:  # a stream's batch: normalized on the device
+      images = normalize(images)
     logits = self.model(images, training=False)
     per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
     self.eval_loss.update_state(per_example, sample_weight=weights)
     self.eval_accuracy.update_state(labels, logits, sample_weight=weights)
     return (tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(per_example, tf.float32),
-            index)
+            index, labels)
 
   def _eval_pass_fn(self, dataset):
     # Per-example predictions and losses for the confusion matrix and the worst mistakes,
@@ -201,14 +224,16 @@ class Trainer:
       return tf.TensorArray(dtype, size=0, dynamic_size=True, infer_shape=False)
     # Separate loop variables: autograph cannot carry a list of TensorArrays.
     predictions, losses, index = array(tf.int32), array(tf.float32), array(tf.int32)
+    labels = array(tf.int32)
     i = 0
     for batch in dataset:
-      p, l, x = self.strategy.run(self._eval_step, args=batch)
+      p, l, x, y = self.strategy.run(self._eval_step, args=batch)
       predictions = predictions.write(i, self.strategy.gather(p, axis=0))
       losses = losses.write(i, self.strategy.gather(l, axis=0))
       index = index.write(i, self.strategy.gather(x, axis=0))
+      labels = labels.write(i, self.strategy.gather(y, axis=0))
       i += 1
-    return predictions.concat(), losses.concat(), index.concat()
+    return predictions.concat(), losses.concat(), index.concat(), labels.concat()
 
   # --- Python, between loops ----------------------------------------------------------
 
@@ -222,8 +247,9 @@ class Trainer:
     for metric in (self.eval_loss, self.eval_accuracy):
       metric.reset_state()
     if split not in self._eval_datasets:
-      dataset = input_pipeline.eval_dataset(self.data.splits[split],
-                                            global_batch_size=self.config.batch_size)
+      data = self.data.splits[split]
+      make = eval_stream if isinstance(data, StreamSplit) else input_pipeline.eval_dataset
+      dataset = make(data, global_batch_size=self.config.batch_size)
       self._eval_datasets[split] = _distribute(self.strategy, dataset)
     n = len(self.data.splits[split])
     # Minutes of silence look like a hang: say so when an eval runs longer than a few seconds.
@@ -233,7 +259,8 @@ class Trainer:
     notice.start()
     try:
       start = time.perf_counter()
-      predictions, losses, index = (t.numpy() for t in self._eval_pass(self._eval_datasets[split]))
+      predictions, losses, index, labels = (
+          t.numpy() for t in self._eval_pass(self._eval_datasets[split]))
     finally:
       notice.cancel()
     # Back into example order (replicas and workers return their slices in any order).
@@ -242,7 +269,7 @@ class Trainer:
     result = Evaluation(split=split, step=step, loss=float(self.eval_loss.result()),
                         accuracy=float(self.eval_accuracy.result()),
                         predictions=predictions[keep][order], losses=losses[keep][order],
-                        seconds=time.perf_counter() - start)
+                        seconds=time.perf_counter() - start, labels=labels[keep][order])
     self._evaluations[split] = result
     return result
 
@@ -271,7 +298,15 @@ class Trainer:
     """The train stream from the current global step (resumes the data order): example
     indices for the in-memory pipeline, else a distributed tf.data iterator."""
     position = self.step + int(self.progress.skipped_steps.numpy())
-    if self.config.pipeline == "in_memory":
+    if self.pipeline == "stream":
+      def worker_stream(ctx: tf.distribute.InputContext):
+        # Each worker (input pipeline) reads and decodes only its replicas' examples.
+        return train_stream(self.data.splits["train"], global_batch_size=self.config.batch_size,
+                            seed=self.config.seed, start_step=position,
+                            pipeline=ctx.input_pipeline_id, pipelines=ctx.num_input_pipelines,
+                            batch_size=ctx.get_per_replica_batch_size(self.config.batch_size))
+      return iter(self.strategy.distribute_datasets_from_function(worker_stream))
+    if self.pipeline == "in_memory":
       return IndexStream(len(self.data.splits["train"]), self.config.batch_size,
                          self.config.seed, start_step=position)
     dataset = input_pipeline.train_dataset(
@@ -329,6 +364,7 @@ class Evaluation:
   predictions: np.ndarray
   losses: np.ndarray
   seconds: float
+  labels: np.ndarray | None = None
 
   def metrics(self, prefix: str = "") -> dict[str, float]:
     return {f"{prefix}loss": self.loss, f"{prefix}accuracy": self.accuracy}

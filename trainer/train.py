@@ -10,7 +10,6 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-import input_pipeline
 from input_pipeline.pipeline import check_batch
 from models import summary as model_summary
 from trainer import actions as tl_actions
@@ -34,11 +33,9 @@ def train_and_evaluate(config: Config) -> dict:
     tf.config.experimental.enable_op_determinism()
   logging.info("precision policy: %s%s", config.mixed_precision,
                " with dynamic loss scaling" if config.mixed_precision == "mixed_float16" else "")
-  data = input_pipeline.load(config.dataset, data_dir=config.data_dir,
-                             manual_dir=config.manual_dir, num_classes=config.num_classes,
-                             validation_split=config.validation_split, seed=config.seed)
+  data = config.load_data()
   train_split = data.splits.get("train")
-  if train_split is None or train_split.labels is None:
+  if train_split is None or not train_split.labeled:
     raise ConfigError(f"--dataset={config.dataset} has no labeled train split")
   # Before model_dir exists: a batch the split cannot fill must leave nothing behind.
   check_batch(config.batch_size, len(train_split), "training", need_full=True)
@@ -63,7 +60,7 @@ def train_and_evaluate(config: Config) -> dict:
 def _eval_split(data) -> str | None:
   """What training evaluates: the validation split when one is held out, else test."""
   for split in ("validation", "test"):
-    if split in data.splits and data.splits[split].labels is not None:
+    if split in data.splits and data.splits[split].labeled:
       return split
   return None
 
@@ -168,7 +165,8 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None,
 
   results = {"global_step": trainer.step, "dataset": data.info.name,
              "model": config.model, "parameters": trainer.model.count_params(),
-             "replicas": strategy.num_replicas_in_sync, "chief": chief, **timing,
+             "replicas": strategy.num_replicas_in_sync, "chief": chief,
+             "pipeline": data.pipeline, **timing,
              "weights_digest": trainer.weights_digest(), "eval_split": eval_split}
   if stop is not None or stopped_at >= 0:
     results["stopped_early_at"] = trainer.step if stop is not None else stopped_at
@@ -185,7 +183,7 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None,
   logging.info("model weights digest at step %d: %s", results["global_step"],
                results["weights_digest"])
   for split in ("validation", "test"):
-    if split in data.splits and data.splits[split].labels is not None:
+    if split in data.splits and data.splits[split].labeled:
       result = trainer.evaluate(split)  # the loop's own final eval is reused, not redone
       logging.info("%s: loss %.4f  accuracy %.4f", split, result.loss, result.accuracy)
       results.update(result.metrics(f"{split}_"))

@@ -1,0 +1,167 @@
+"""Examples as they are stored (image files, TFDS record shards), read as a stream.
+
+A `Records` knows how many examples a split holds, the examples of one epoch in a seeded
+order, all of them in stored order, and how to decode one. Every element carries the
+example's index in the split, so a subset (a held-out validation split) is a sorted index
+array and an example's results can be put back in place.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+  """The example order of one epoch, a function of (seed, epoch) only: the in-memory
+  pipeline and the streams draw it from here, so they see examples in the same order."""
+  return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int64)
+
+
+def decode_image(contents: tf.Tensor, channels: int) -> tf.Tensor:
+  """PNG, JPEG, GIF or BMP bytes -> uint8 [H, W, channels] (a GIF's first frame)."""
+  image = tf.io.decode_image(contents, channels=channels, expand_animations=False)
+  image.set_shape([None, None, channels])
+  return image
+
+
+def fit(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+  """Resizes (keeping the aspect) until the image covers size, then crops the centre:
+  uint8 [H, W, C] -> uint8 [size[0], size[1], C]. Eval images, and stored images that
+  random-resized crops are drawn from on the device."""
+  shape = tf.cast(tf.shape(image)[:2], tf.float32)
+  target = tf.constant(size, tf.float32)
+  scale = tf.reduce_max(target / shape)
+  covered = tf.cast(tf.math.ceil(shape * scale), tf.int32)
+  covered = tf.maximum(covered, tf.constant(size, tf.int32))
+  resized = tf.image.resize(image, covered, method="area", antialias=True)
+  top = (covered[0] - size[0]) // 2
+  left = (covered[1] - size[1]) // 2
+  cropped = resized[top:top + size[0], left:left + size[1]]
+  return tf.cast(tf.clip_by_value(tf.round(cropped), 0, 255), tf.uint8)
+
+
+class Records:
+  """Base: `indices` (sorted, int64) are the examples of the split this object reads."""
+
+  def __init__(self, indices: np.ndarray, channels: int):
+    self.indices = np.asarray(indices, np.int64)
+    self.channels = channels
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def subset(self, positions: np.ndarray) -> Records:
+    """The records at these positions of this split (e.g. a held-out validation part)."""
+    raise NotImplementedError
+
+  def epoch(self, seed: tf.Tensor, epoch: tf.Tensor) -> tf.data.Dataset:
+    """(index, record) of one epoch, in an order that depends only on (seed, epoch)."""
+    raise NotImplementedError
+
+  def in_order(self) -> tf.data.Dataset:
+    """(index, record) of every example once, in stored order."""
+    raise NotImplementedError
+
+  def decode(self, index: tf.Tensor, record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(uint8 image [H, W, C] at its stored size, int32 label; -1 when unlabeled)."""
+    raise NotImplementedError
+
+
+class FileRecords(Records):
+  """One image file per example (a folder of images): random access by index."""
+
+  def __init__(self, paths, labels, channels: int, indices=None):
+    super().__init__(np.arange(len(paths)) if indices is None else indices, channels)
+    self.paths = np.asarray(paths, dtype=object)
+    self.labels = None if labels is None else np.asarray(labels, np.int32)
+
+  def subset(self, positions):
+    return FileRecords(self.paths, self.labels, self.channels, self.indices[positions])
+
+  def _table(self):
+    if not hasattr(self, "_tables"):
+      # Eager tensors (init_scope), kept for every tf.data function that captures them: a
+      # tensor made while one function traces belongs to that graph only.
+      with tf.init_scope(), tf.device("/cpu:0"):
+        labels = self.labels if self.labels is not None else np.full(len(self.paths), -1)
+        self._tables = (tf.constant(self.paths.astype(str)), tf.constant(labels, tf.int32))
+    return self._tables
+
+  def epoch(self, seed, epoch):
+    n = len(self.indices)
+    order = tf.numpy_function(lambda s, e: epoch_permutation(n, int(s), int(e)),
+                              [seed, epoch], tf.int64, stateful=False)
+    order.set_shape([n])
+    picked = tf.gather(tf.constant(self.indices), order)
+    return tf.data.Dataset.from_tensor_slices((picked, tf.zeros_like(picked, tf.string)))
+
+  def in_order(self):
+    return tf.data.Dataset.from_tensor_slices(
+        (self.indices, np.zeros(len(self.indices), dtype=object).astype(bytes)))
+
+  def decode(self, index, record):
+    paths, labels = self._table()
+    image = decode_image(tf.io.read_file(tf.gather(paths, index)), self.channels)
+    return image, tf.gather(labels, index)
+
+  def path(self, index: int) -> str:
+    return str(self.paths[index])
+
+
+class ShardRecords(Records):
+  """TFDS record shards (TFRecord files of serialized tf.train.Examples): read in a seeded
+  shard order, interleaved, through a seeded shuffle buffer; never held whole."""
+
+  def __init__(self, files, shard_lengths, features, image_key, label_key, channels,
+               shuffle_buffer=10_000, indices=None, cycle_length=16):
+    total = int(sum(shard_lengths))
+    super().__init__(np.arange(total) if indices is None else indices, channels)
+    self.files = [str(f) for f in files]
+    self.shard_lengths = [int(n) for n in shard_lengths]
+    self.features, self.image_key, self.label_key = features, image_key, label_key
+    self.shuffle_buffer, self.cycle_length = shuffle_buffer, cycle_length
+    self._total = total
+
+  def subset(self, positions):
+    return ShardRecords(self.files, self.shard_lengths, self.features, self.image_key,
+                        self.label_key, self.channels, self.shuffle_buffer,
+                        self.indices[positions], self.cycle_length)
+
+  def _shard(self, shard: tf.Tensor) -> tf.data.Dataset:
+    """(index, record) of one shard; its first index is the sum of the earlier shards'."""
+    offsets = tf.constant(np.cumsum([0] + self.shard_lengths[:-1]), tf.int64)
+    files = tf.constant(self.files)
+    ds = tf.data.TFRecordDataset(tf.gather(files, shard)).enumerate(tf.gather(offsets, shard))
+    if len(self.indices) < self._total:  # a subset: drop the others before any decoding
+      keep = np.zeros(self._total, bool)
+      keep[self.indices] = True
+      keep = tf.constant(keep)
+      ds = ds.filter(lambda i, _: tf.gather(keep, i))
+    return ds
+
+  def epoch(self, seed, epoch):
+    n_files = len(self.files)
+    key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    shards = tf.argsort(tf.random.stateless_uniform([n_files], key))
+    ds = tf.data.Dataset.from_tensor_slices(tf.cast(shards, tf.int64)).interleave(
+        self._shard, cycle_length=min(self.cycle_length, n_files), block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Shuffled a window at a time, each window by a stateless permutation of (seed, epoch,
+    # window): the same (seed, epoch) gives the same order, so a position in the stream is
+    # enough to resume it (tf.data's shuffle takes no seed computed in the graph).
+    def shuffle(window, examples):
+      window_key = tf.random.experimental.stateless_fold_in(key, window)
+      order = tf.argsort(tf.random.stateless_uniform(tf.shape(examples[0]), window_key))
+      return tf.gather(examples[0], order), tf.gather(examples[1], order)
+    return ds.batch(self.shuffle_buffer).enumerate().map(shuffle).unbatch()
+
+  def in_order(self):
+    return tf.data.Dataset.range(len(self.files)).flat_map(self._shard)
+
+  def decode(self, index, record):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    example = self.features.deserialize_example(
+        record, decoders={self.image_key: tfds.decode.SkipDecoding()})
+    image = decode_image(example[self.image_key], self.channels)
+    return image, tf.cast(example[self.label_key], tf.int32)
