@@ -13,19 +13,23 @@ from trainer import files
 
 
 class _Serving(tf.Module):
-  """Images of the dataset's shape in, class probabilities and the class out."""
+  """Images of the training size (HxWxC: --image_size where given) in; class
+  probabilities, the class and its name out."""
 
-  def __init__(self, model, image_shape):
+  def __init__(self, model, image_shape, class_names=()):
     super().__init__()
     self.model = model
+    self.class_names = tf.constant(
+        list(class_names) or [str(i) for i in range(model.num_classes)])
     spec = lambda dtype: tf.TensorSpec((None,) + tuple(image_shape), dtype, name="images")
     self.serve_uint8 = tf.function(self._uint8, input_signature=[spec(tf.uint8)])
     self.serve_float = tf.function(self._float, input_signature=[spec(tf.float32)])
 
   def _predict(self, images):
     probabilities = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32))
-    return {"probabilities": probabilities,
-            "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
+    classes = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+    return {"probabilities": probabilities, "classes": classes,
+            "class_names": tf.gather(self.class_names, classes)}
 
   def _uint8(self, images):
     return self._predict(tf.cast(images, tf.float32) / 255.0)
@@ -34,10 +38,10 @@ class _Serving(tf.Module):
     return self._predict(images)
 
 
-def save_model(model, image_shape, path: str) -> None:
+def save_model(model, image_shape, path: str, class_names=()) -> None:
   """SavedModel: 'serving_default' takes uint8 pixels, 'serving_float' floats in [0, 1].
   Written to a local temporary directory, then published whole (trainer/files.py)."""
-  module = _Serving(model, image_shape)
+  module = _Serving(model, image_shape, class_names)
   # Beside the target when local (a rename within one filesystem), else the system's.
   parent = None
   if files.is_local(path):

@@ -301,6 +301,10 @@ class Trainer:
     if self.pipeline == "stream":
       def worker_stream(ctx: tf.distribute.InputContext):
         # Each worker (input pipeline) reads and decodes only its replicas' examples.
+        if ctx.num_input_pipelines > 1:
+          logging.info("input pipeline %d of %d: reads its %d examples of each global batch",
+                       ctx.input_pipeline_id + 1, ctx.num_input_pipelines,
+                       self.config.batch_size // ctx.num_input_pipelines)
         return train_stream(self.data.splits["train"], global_batch_size=self.config.batch_size,
                             seed=self.config.seed, start_step=position,
                             pipeline=ctx.input_pipeline_id, pipelines=ctx.num_input_pipelines,

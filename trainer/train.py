@@ -93,7 +93,8 @@ def _actions(config: Config, trainer: Trainer, writer, data, eval_split, output_
       actions.append(tl_actions.KeepBest(
           metric=metric, save=trainer.checkpoints.save_best,
           export=lambda: export.save_model(trainer.model, data.info.image_shape,
-                                           os.path.join(output_dir, "export_best"))))
+                                           os.path.join(output_dir, "export_best"),
+                                           data.info.class_names)))
     if config.early_stopping:
       actions.append(tl_actions.EarlyStopping(patience=config.early_stopping, metric=metric,
                                               progress=trainer.progress))
@@ -194,7 +195,8 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None,
   writer.close()
   results["wall_seconds"] = time.time() - start
   results["flags"] = config.flag_values
-  export.save_model(trainer.model, data.info.image_shape, os.path.join(output_dir, "export"))
+  export.save_model(trainer.model, data.info.image_shape, os.path.join(output_dir, "export"),
+                    data.info.class_names)
   if chief:
     files.write_json(results_path, results)
   return results

@@ -9,6 +9,9 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from datafiles import write_image_folder
 from paths import ROOT
 
 
@@ -104,3 +107,30 @@ def test_sigterm_to_one_worker_stops_both_at_one_step_and_the_rerun_is_bit_exact
 
   resumed = _start_cluster(tmp_path / "preempted")
   assert {_digest(p) for p in resumed} == expected
+
+
+def test_two_workers_stream_their_own_parts_and_train_like_one_process(tmp_path):
+  """Each worker reads and decodes only its half of every global batch from the folder;
+  together they train what one process trains."""
+  write_image_folder(tmp_path / "photos", per_split=(("train", 12), ("test", 5)),
+                     sizes=((12, 12),))
+  args = ["--model=mlp", "--hidden_units=16", f"--dataset=folder:{tmp_path / 'photos'}",
+          "--pipeline=stream", "--batch_size=8", "--train_steps=6", "--steps_per_loop=3",
+          "--deterministic", "--eval_images=false"]
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", "local_cluster.py"), "--workers=2",
+       "--timeout=240", "--", *args, f"--model_dir={tmp_path / 'two'}"],
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-3000:]
+  for worker in (1, 2):
+    assert f"input pipeline {worker} of 2: reads its 4 examples of each global batch" in proc.stdout
+  one = subprocess.run([sys.executable, "-m", "trainer.main", *args,
+                        f"--model_dir={tmp_path / 'one'}"], capture_output=True, text=True,
+                       timeout=300)
+  assert one.returncode == 0, one.stderr[-3000:]
+  with open(tmp_path / "two" / "results.json") as f:
+    two = json.load(f)
+  with open(tmp_path / "one" / "results.json") as f:
+    single = json.load(f)
+  assert two["pipeline"] == "stream" and two["global_step"] == 6
+  assert two["test_loss"] == pytest.approx(single["test_loss"], rel=1e-5)

@@ -1,0 +1,133 @@
+"""Training from streams (folders of images, TFDS record shards): the same training as in
+memory, on several replicas, resumed exactly, and as a user runs it from the command line."""
+
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from datafiles import write_image_folder, write_tiny_tfds
+from flag_helpers import parse
+from runs import read_images, run
+from trainer import train
+
+CNN = ["--model=cnn", "--filters=4,4", "--kernel_sizes=3,3", "--dense_units=8"]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+  root = tmp_path_factory.mktemp("photos")
+  write_image_folder(root, per_split=(("train", 12), ("test", 5)))
+  return str(root)
+
+
+def folder_run(photos, model_dir, *args):
+  return train.train_and_evaluate(parse(
+      *CNN, f"--dataset=folder:{photos}", "--image_size=16", "--batch_size=8",
+      "--steps_per_loop=2", "--deterministic", "--eval_images=false",
+      f"--model_dir={model_dir}", *args))
+
+
+@pytest.mark.parametrize("augment", ["crop=0", "crop,flip"])
+def test_a_stream_trains_exactly_like_memory(photos, tmp_path, augment):
+  """The same examples in the same order, augmented on the device with the same seeds:
+  bit-equal weights, whether the folder is decoded into memory or read while training."""
+  results = {p: folder_run(photos, tmp_path / p, f"--pipeline={p}", "--train_steps=9",
+                           f"--augment={augment}")
+             for p in ("in_memory", "stream")}
+  assert results["stream"]["pipeline"] == "stream"
+  assert results["in_memory"]["pipeline"] == "in_memory"
+  assert results["stream"]["weights_digest"] == results["in_memory"]["weights_digest"]
+  assert results["stream"]["test_accuracy"] == results["in_memory"]["test_accuracy"]
+
+
+def test_a_stream_on_two_replicas_trains_like_one_device(photos, tmp_path):
+  one = folder_run(photos, tmp_path / "one", "--pipeline=stream", "--train_steps=6",
+                   "--strategy=default", "--augment=crop=0")
+  two = folder_run(photos, tmp_path / "two", "--pipeline=stream", "--train_steps=6",
+                   "--strategy=mirrored", "--devices=/cpu:0,/cpu:1", "--augment=crop=0")
+  assert two["replicas"] == 2
+  assert two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-5)
+  assert two["test_accuracy"] == one["test_accuracy"]
+
+
+def test_a_resumed_stream_continues_where_it_stopped(photos, tmp_path):
+  straight = folder_run(photos, tmp_path / "straight", "--pipeline=stream",
+                        "--train_steps=14")
+  folder_run(photos, tmp_path / "resumed", "--pipeline=stream", "--train_steps=5")
+  resumed = folder_run(photos, tmp_path / "resumed", "--pipeline=stream", "--train_steps=14")
+  assert resumed["global_step"] == 14
+  assert resumed["weights_digest"] == straight["weights_digest"]
+
+
+def test_tfds_shards_stream_end_to_end(tmp_path):
+  """A TFDS dataset of varying image sizes, 3 channels, read from its record shards."""
+  name = write_tiny_tfds(tmp_path / "tfds")
+  args = ["--model=mlp", "--hidden_units=16", f"--dataset={name}",
+          f"--data_dir={tmp_path / 'tfds'}", "--image_size=12x10", "--batch_size=8",
+          "--learning_rate=0.01", "--epochs=8", "--pipeline=stream", "--eval_images=false"]
+  results = train.train_and_evaluate(parse(*args, f"--model_dir={tmp_path / 'run'}"))
+  assert results["pipeline"] == "stream" and results["global_step"] == 48
+  # The class is the dominant colour: well above chance (1/3) on the 13 test images.
+  assert results["test_accuracy"] > 0.6
+
+
+@pytest.fixture(scope="module")
+def cli_run(photos, tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp("cli") / "run")
+  proc = run("trainer.main", "--model=resnet", "--widths=4,8", "--blocks_per_stage=1",
+             f"--dataset=folder:{photos}", "--image_size=20x16", "--batch_size=6",
+             "--epochs=2", "--memory_budget_gb=0.00001", f"--model_dir={model_dir}")
+  return model_dir, proc
+
+
+def test_cli_chooses_streaming_and_says_why(cli_run):
+  model_dir, proc = cli_run
+  assert ("input pipeline: stream, 0.00 GB decoded is more than the memory budget of 0.0 GB "
+          "(--memory_budget_gb): streamed from its files") in proc.stderr
+  assert "checked 51 images under" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  with open(os.path.join(model_dir, "results.json")) as f:
+    results = json.load(f)
+  assert results["pipeline"] == "stream" and results["global_step"] == 12
+  # The worst mistakes of a streamed eval split are read back from their files: 20x16
+  # images upscaled 5 times in the grid.
+  pictures = read_images(os.path.join(model_dir, "eval"))
+  assert sorted(pictures["confusion_matrix"]) == [6, 12]
+  assert pictures["worst_mistakes"] and all(
+      grid.shape[0] >= 100 for grid in pictures["worst_mistakes"].values())
+
+
+def test_export_takes_the_training_size_and_names_classes(cli_run, photos):
+  model_dir, _ = cli_run
+  code = f"""
+import numpy as np, tensorflow as tf
+serve = tf.saved_model.load({os.path.join(model_dir, 'export')!r}).signatures["serving_default"]
+print(serve.structured_input_signature[1]["images"].shape)
+image = tf.io.decode_image(tf.io.read_file({os.path.join(photos, 'test', 'fox', '000.png')!r}))
+out = serve(images=tf.image.resize(image, (20, 16))[None].numpy().astype(np.uint8)[None][0])
+print(out["class_names"].numpy()[0].decode() in ("cat", "dog", "fox"), out["probabilities"].shape)
+"""
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split("\n")[:2] == ["(None, 20, 16, 3)", "True (1, 3)"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--image_size=20x"], "error: --image_size=20x: give H or HxW in pixels, e.g. 64 or 64x48"),
+    ([], "error: the images under * vary in size (20x24 to 40x28): pass --image_size=HxW to resize them"),
+    (["--image_size=8"], "error: 8x8 images are too small for CNN's convolutions and pooling: "
+                         "use a larger --image_size, or smaller --kernel_sizes"),
+])
+def test_bad_image_size_is_one_line(photos, tmp_path, args, message):
+  proc = run("trainer.main", "--model=cnn", f"--dataset=folder:{photos}", "--epochs=1", "--batch_size=8",
+             f"--model_dir={tmp_path / 'run'}", *args, check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert fnmatch.fnmatchcase(last, message), last
+  assert not os.path.exists(tmp_path / "run")
