@@ -28,7 +28,13 @@ def decode_image(contents: tf.Tensor, channels: int) -> tf.Tensor:
 def fit(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
   """Resizes (keeping the aspect) until the image covers size, then crops the centre:
   uint8 [H, W, C] -> uint8 [size[0], size[1], C]. Eval images, and stored images that
-  random-resized crops are drawn from on the device."""
+  random-resized crops are drawn from on the device. An image of that size stays as is."""
+  same = tf.reduce_all(tf.shape(image)[:2] == tf.constant(size, tf.int32))
+  return tf.cond(same, lambda: tf.ensure_shape(image, [*size, None]),
+                 lambda: _cover_and_crop(image, size))
+
+
+def _cover_and_crop(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
   shape = tf.cast(tf.shape(image)[:2], tf.float32)
   target = tf.constant(size, tf.float32)
   scale = tf.reduce_max(target / shape)
@@ -145,7 +151,7 @@ class ShardRecords(Records):
     key = tf.stack([tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)])
     shards = tf.argsort(tf.random.stateless_uniform([n_files], key))
     ds = tf.data.Dataset.from_tensor_slices(tf.cast(shards, tf.int64)).interleave(
-        self._shard, cycle_length=min(self.cycle_length, n_files), block_length=1,
+        lambda shard: self._shard(shard), cycle_length=min(self.cycle_length, n_files), block_length=1,
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # Shuffled a window at a time, each window by a stateless permutation of (seed, epoch,
     # window): the same (seed, epoch) gives the same order, so a position in the stream is
@@ -157,7 +163,7 @@ class ShardRecords(Records):
     return ds.batch(self.shuffle_buffer).enumerate().map(shuffle).unbatch()
 
   def in_order(self):
-    return tf.data.Dataset.range(len(self.files)).flat_map(self._shard)
+    return tf.data.Dataset.range(len(self.files)).flat_map(lambda shard: self._shard(shard))
 
   def decode(self, index, record):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

@@ -17,6 +17,28 @@ def run(module, *args, check=True):
   return proc
 
 
+def run_main_many(arg_lists, scratch):
+  """`python -m trainer.main ARGS` for each ARGS, as CompletedProcess-like records, run in
+  children forked from one process (tests/forked_cli.py): TensorFlow is imported once."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  cases = [{"args": list(args), "out": os.path.join(str(scratch), f"case_{i}")}
+           for i, args in enumerate(arg_lists)]
+  spec = os.path.join(str(scratch), "cases.json")
+  with open(spec, "w") as f:
+    json.dump(cases, f)
+  runner = os.path.join(os.path.dirname(os.path.abspath(__file__)), "forked_cli.py")
+  proc = subprocess.run([sys.executable, runner, spec], capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = []
+  for case in cases:
+    read = lambda suffix, c=case: open(f"{c['out']}.{suffix}").read()
+    results.append(subprocess.CompletedProcess(case["args"], int(read("status")),
+                                               read("stdout"), read("stderr")))
+  return results
+
+
 def _accumulator(run_dir):
   """TensorBoard's own reader of a run directory's event files."""
   acc = event_accumulator.EventAccumulator(

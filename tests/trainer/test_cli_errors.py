@@ -1,7 +1,6 @@
 """Bad invocations, table-driven: each exits 2 with one line that names the problem (no
 traceback) and leaves model_dir as it was."""
 
-import concurrent.futures
 import gzip
 import os
 import subprocess
@@ -11,8 +10,10 @@ import numpy as np
 import pytest
 
 from trainer import train
-from datafiles import idx_bytes, tree_digest, write_kaggle_csv, write_mnist_dir
+from datafiles import (idx_bytes, tree_digest, write_image_folder, write_kaggle_csv,
+                       write_mnist_dir)
 from flag_helpers import parse
+from runs import run_main_many
 
 GOOD = ["--model=mlp", "--hidden_units=8", "--dataset=synthetic:train=64,test=8",
         "--batch_size=16", "--train_steps=2"]
@@ -47,6 +48,10 @@ def _files(tmp):
     f.write("--model=mlp\n--colour=blue\n")
   with open(d("a_file"), "w") as f:
     f.write("x")
+  write_image_folder(d("photos"), per_split=(("train", 6),))  # sizes 20x24 to 40x28
+  write_image_folder(d("broken"), per_split=(("train", 6),), sizes=((12, 12),))
+  with open(d("broken", "train", "dog", "zz_broken.png"), "wb") as f:
+    f.write(b"\x89PNG\r\n\x1a\n" + b"truncated")
   return tmp
 
 
@@ -100,6 +105,15 @@ def _cases(t):
       ([f"--model_dir={t}/a_file/run"], "is a file, not a directory"),
       (["--model_dir=/proc/tapeloop-run"], "/proc is not writable"),
       (["positional"], "unexpected arguments positional"),
+      ([f"--dataset=folder:{t}/photos"], "vary in size (20x24 to 40x28): pass --image_size=HxW"),
+      ([f"--dataset=folder:{t}/photos", "--image_size=20x"],
+       "--image_size=20x: give H or HxW in pixels"),
+      ([f"--dataset=folder:{t}/broken"], "zz_broken.png is not a readable image (1 such file"),
+      ([f"--dataset=folder:{t}/nowhere"], "needs " + f"{t}/nowhere/train/<class>/"),
+      (["--memory_budget_gb=0"], "--memory_budget_gb=0.0 must be positive"),
+      (["--pipeline=stream"], "--pipeline=stream reads TFDS or folder: data"),
+      (["--pipeline=disk"], "--pipeline=disk is unknown"),
+      (["--augment=crop=1.5"], "crop in [0, 1) (0: no crops)"),
   ]
 
 
@@ -122,22 +136,18 @@ def _problems(proc, message, model_dir_ok):
   return problems
 
 
-def test_bad_invocations_exit_2_with_one_line(tmp_path):
+def test_bad_invocations_exit_2_with_one_line(tmp_path, monkeypatch):
   t = _files(str(tmp_path))
   cases = _cases(t)
   assert len(cases) >= 25
-  env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-
-  def check(i, extra, message):
-    model_dir = tmp_path / f"model_dir_{i}"
-    args = GOOD + [f"--model_dir={model_dir}"] + extra
-    proc = _run(args, env)
-    return extra, _problems(proc, message, lambda: not model_dir.exists())
-
-  # Three at a time: each case is a fresh Python with TensorFlow, mostly start-up time.
-  with concurrent.futures.ThreadPoolExecutor(3) as pool:
-    results = list(pool.map(lambda c: check(*c), [(i, *c) for i, c in enumerate(cases)]))
-  failures = [(extra, problems) for extra, problems in results if problems]
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+  model_dirs = [tmp_path / f"model_dir_{i}" for i in range(len(cases))]
+  # Each case is the command line in its own process, forked after the imports (which
+  # are most of a failing run's time).
+  procs = run_main_many([GOOD + [f"--model_dir={d}"] + extra
+                         for d, (extra, _) in zip(model_dirs, cases)], tmp_path)
+  failures = [(extra, problems) for d, (extra, message), proc in zip(model_dirs, cases, procs)
+              if (problems := _problems(proc, message, lambda d=d: not d.exists()))]
   assert not failures, failures
 
 

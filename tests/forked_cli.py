@@ -1,0 +1,63 @@
+"""Runs `python -m trainer.main ARGS` for many ARGS, each in a child forked from one process
+that has imported trainer.main, TensorFlow and Keras but run nothing: the command-line path
+exactly (flags, exit status, console), without paying the imports once per invocation.
+
+    python tests/forked_cli.py CASES.json   # [{"args": [...], "out": PREFIX}, ...]
+
+Each child writes PREFIX.stdout, PREFIX.stderr and PREFIX.status. Forking is safe here
+because TensorFlow starts its runtime (threads, devices) at the first op, not at import.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from trainer import main as tl_main  # pylint: disable=wrong-import-position
+from trainer import config, train  # noqa: F401  pylint: disable=wrong-import-position,unused-import
+
+PARALLEL = 2
+
+
+def _child(args, out) -> None:
+  for fd, suffix in ((1, "stdout"), (2, "stderr")):
+    os.dup2(os.open(f"{out}.{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+  sys.argv = ["trainer.main", *args]
+  status = 0
+  try:
+    tl_main.run()
+  except SystemExit as e:
+    status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+  except BaseException:  # pylint: disable=broad-except
+    import traceback  # pylint: disable=g-import-not-at-top
+    traceback.print_exc()
+    status = 1
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)  # no atexit handlers of the parent's copy
+
+
+def _reap(running) -> None:
+  pid, status = os.wait()
+  with open(f"{running.pop(pid)}.status", "w") as f:
+    f.write(str(os.waitstatus_to_exitcode(status)))
+
+
+def main() -> None:
+  with open(sys.argv[1]) as f:
+    cases = json.load(f)
+  running = {}  # pid -> output prefix
+  for case in cases:
+    if len(running) >= PARALLEL:
+      _reap(running)
+    pid = os.fork()
+    if pid == 0:
+      _child(case["args"], case["out"])
+    running[pid] = case["out"]
+  while running:
+    _reap(running)
+
+
+if __name__ == "__main__":
+  main()
