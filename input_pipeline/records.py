@@ -120,18 +120,18 @@ class ShardRecords(Records):
   shard order, interleaved, through a seeded shuffle buffer; never held whole."""
 
   def __init__(self, files, shard_lengths, features, image_key, label_key, channels,
-               shuffle_buffer=10_000, indices=None, cycle_length=16):
+               shuffle_window=10_000, indices=None, cycle_length=16):
     total = int(sum(shard_lengths))
     super().__init__(np.arange(total) if indices is None else indices, channels)
     self.files = [str(f) for f in files]
     self.shard_lengths = [int(n) for n in shard_lengths]
     self.features, self.image_key, self.label_key = features, image_key, label_key
-    self.shuffle_buffer, self.cycle_length = shuffle_buffer, cycle_length
+    self.shuffle_window, self.cycle_length = shuffle_window, cycle_length
     self._total = total
 
   def subset(self, positions):
     return ShardRecords(self.files, self.shard_lengths, self.features, self.image_key,
-                        self.label_key, self.channels, self.shuffle_buffer,
+                        self.label_key, self.channels, self.shuffle_window,
                         self.indices[positions], self.cycle_length)
 
   def _shard(self, shard: tf.Tensor) -> tf.data.Dataset:
@@ -160,7 +160,7 @@ class ShardRecords(Records):
       window_key = tf.random.experimental.stateless_fold_in(key, window)
       order = tf.argsort(tf.random.stateless_uniform(tf.shape(examples[0]), window_key))
       return tf.gather(examples[0], order), tf.gather(examples[1], order)
-    return ds.batch(self.shuffle_buffer).enumerate().map(shuffle).unbatch()
+    return ds.batch(self.shuffle_window).enumerate().map(shuffle).unbatch()
 
   def in_order(self):
     return tf.data.Dataset.range(len(self.files)).flat_map(lambda shard: self._shard(shard))

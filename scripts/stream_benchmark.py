@@ -27,28 +27,28 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 64
 CLASSES = 10
 BUDGET_GB = 1.0
-RESNET = ["--model=resnet", "--batch_size=128", "--steps_per_loop=10", "--eval_images=false"]
+RESNET = ["--model=resnet", "--steps_per_loop=10", "--eval_images=false"]
 
 
-def generate(root: str, n_train: int, n_test: int) -> None:
+def generate(root: str, n_train: int, n_test: int, size: int) -> None:
   """root/{train,test}/<class>/<i>.png: a smooth per-class pattern plus noise (compresses
   like photos do, learnable). Skipped when a previous run completed it."""
   done = os.path.join(root, ".complete")
-  if os.path.exists(done) and open(done).read() == f"{n_train},{n_test}":
+  if os.path.exists(done) and open(done).read() == f"{n_train},{n_test},{size}":
     return
   import numpy as np  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   start = time.time()
   rng = np.random.default_rng(0)
   templates = tf.image.resize(rng.integers(0, 200, (CLASSES, 8, 8, 3)).astype(np.float32),
-                              (SIZE, SIZE)).numpy()
+                              (size, size)).numpy()
   for split, n in (("train", n_train), ("test", n_test)):
     for c in range(CLASSES):
       os.makedirs(os.path.join(root, split, f"class_{c}"), exist_ok=True)
 
     def write(i):
       label = i % CLASSES
-      noise = tf.random.stateless_uniform((SIZE, SIZE, 3), tf.stack([i, 7]), 0, 56)
+      noise = tf.random.stateless_uniform((size, size, 3), tf.stack([i, 7]), 0, 56)
       image = tf.cast(tf.gather(templates, label) + noise, tf.uint8)
       path = tf.strings.format(os.path.join(root, split, "class_{}", "{}.png"), (label, i))
       tf.io.write_file(path, tf.io.encode_png(image))
@@ -57,21 +57,22 @@ def generate(root: str, n_train: int, n_test: int) -> None:
     for _ in ds.batch(4096):
       pass
   with open(done, "w") as f:
-    f.write(f"{n_train},{n_test}")
+    f.write(f"{n_train},{n_test},{size}")
   print(f"generated {n_train} + {n_test} images in {time.time() - start:.0f} s", flush=True)
 
 
-def pipeline_job(root: str, seconds: float, budget_gb: float) -> None:
+def pipeline_job(root: str, seconds: float, budget_gb: float, size: int,
+                 batch_size: int) -> None:
   """Child process: the train stream alone, as trainer.main builds it; prints a JSON line."""
   sys.path.insert(0, ROOT)
   from trainer import tf_env  # pylint: disable=g-import-not-at-top
   tf_env.apply()
   import input_pipeline  # pylint: disable=g-import-not-at-top
   from input_pipeline.stream import train_stream  # pylint: disable=g-import-not-at-top
-  data = input_pipeline.load(f"folder:{root}", image_size=(SIZE, SIZE), pipeline="auto",
+  data = input_pipeline.load(f"folder:{root}", image_size=(size, size), pipeline="auto",
                              memory_budget_gb=budget_gb)
   assert data.pipeline == "stream", data.reason
-  it = iter(train_stream(data.splits["train"], global_batch_size=128, seed=0))
+  it = iter(train_stream(data.splits["train"], global_batch_size=batch_size, seed=0))
   for _ in range(20):  # warm up: the first batches wait for the first decodes
     next(it)
   count, start = 0, time.perf_counter()
@@ -93,18 +94,20 @@ def run_child(args: list[str]) -> tuple[str, float]:
   return text, usage.ru_maxrss * 1024 / 1e9  # ru_maxrss is in KiB on Linux
 
 
-def measure_pipeline(root: str, seconds: float, budget_gb: float) -> dict:
-  text, rss = run_child([sys.executable, os.path.abspath(__file__), f"--dir={root}",
-                         f"--budget_gb={budget_gb}", f"--_pipeline_job={seconds}"])
+def measure_pipeline(args) -> dict:
+  text, rss = run_child([sys.executable, os.path.abspath(__file__), f"--dir={args.dir}",
+                         f"--budget_gb={args.budget_gb}", f"--size={args.size}",
+                         f"--batch_size={args.batch_size}", f"--_pipeline_job={args.seconds}"])
   result = json.loads(text.strip().splitlines()[-1])
   return {"examples_per_sec": result["examples_per_sec"], "peak_rss_gb": rss}
 
 
-def measure_training(root: str, steps: int, model_dir: str, budget_gb: float) -> dict:
+def measure_training(args, model_dir: str) -> dict:
   text, rss = run_child([sys.executable, "-m", "trainer.main", *RESNET,
-                         f"--dataset=folder:{root}", f"--image_size={SIZE}",
-                         "--pipeline=auto", f"--memory_budget_gb={budget_gb}",
-                         f"--train_steps={steps}", f"--model_dir={model_dir}"])
+                         f"--dataset=folder:{args.dir}", f"--image_size={args.size}",
+                         f"--batch_size={args.batch_size}", "--pipeline=auto",
+                         f"--memory_budget_gb={args.budget_gb}", f"--train_steps={args.steps}",
+                         f"--model_dir={model_dir}"])
   if "input pipeline: stream," not in text:
     raise SystemExit("training did not choose to stream:\n" + text[-2000:])
   with open(os.path.join(model_dir, "results.json")) as f:
@@ -119,7 +122,9 @@ def main() -> None:
   parser.add_argument("--dir", default=os.path.join(ROOT, "data", "stream_benchmark"))
   parser.add_argument("--train", type=int, default=250_000)
   parser.add_argument("--test", type=int, default=2_000)
-  parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--size", type=int, default=SIZE, help="images are SIZExSIZEx3")
+  parser.add_argument("--batch_size", type=int, default=128)
+  parser.add_argument("--repeats", type=int, default=2, help="0: only generate the folder")
   parser.add_argument("--seconds", type=float, default=30.0, help="pipeline job duration")
   parser.add_argument("--steps", type=int, default=40, help="training steps per job")
   parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "streaming"))
@@ -128,24 +133,27 @@ def main() -> None:
   parser.add_argument("--_pipeline_job", type=float, default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args._pipeline_job is not None:  # pylint: disable=protected-access
-    pipeline_job(args.dir, args._pipeline_job, args.budget_gb)  # pylint: disable=protected-access
+    pipeline_job(args.dir, args._pipeline_job, args.budget_gb, args.size,  # pylint: disable=protected-access
+                 args.batch_size)
     return
   sys.path.insert(0, ROOT)
   from trainer import tf_env  # pylint: disable=g-import-not-at-top
   tf_env.apply()  # TensorFlow's start-up chatter filtered, as in tapeloop's programs
-  generate(args.dir, args.train, args.test)
-  decoded_gb = (args.train + args.test) * SIZE * SIZE * 3 / 1e9
+  generate(args.dir, args.train, args.test, args.size)
+  if not args.repeats:
+    return
+  decoded_gb = (args.train + args.test) * args.size * args.size * 3 / 1e9
   pipeline, training = [], []
   with tempfile.TemporaryDirectory() as scratch:
     for r in range(args.repeats):  # interleaved: the VM's speed drifts
-      pipeline.append(measure_pipeline(args.dir, args.seconds, args.budget_gb))
-      training.append(measure_training(args.dir, args.steps, os.path.join(scratch, str(r)),
-                                       args.budget_gb))
+      pipeline.append(measure_pipeline(args))
+      training.append(measure_training(args, os.path.join(scratch, str(r))))
       print(f"round {r + 1}: pipeline {pipeline[-1]}, training {training[-1]}", flush=True)
   median = lambda rows, key: statistics.median(row[key] for row in rows)
   summary = {
       "date": datetime.date.today().isoformat(),
-      "images": {"train": args.train, "test": args.test, "shape": [SIZE, SIZE, 3]},
+      "images": {"train": args.train, "test": args.test, "shape": [args.size, args.size, 3]},
+      "batch_size": args.batch_size,
       "decoded_gb": decoded_gb, "memory_budget_gb": args.budget_gb,
       "pipeline": pipeline, "training": training,
       "pipeline_examples_per_sec": median(pipeline, "examples_per_sec"),
@@ -162,7 +170,7 @@ def main() -> None:
   rows = [("input pipeline alone (read, decode, batch)", pipeline),
           ("ResNet training, --pipeline=auto (streams)", training)]
   lines = [f"Streaming benchmark ({summary['date']}): {args.train} + {args.test} PNGs of "
-           f"{SIZE}x{SIZE}x3, {decoded_gb:.2f} GB decoded, memory budget {args.budget_gb} GB; "
+           f"{args.size}x{args.size}x3, {decoded_gb:.2f} GB decoded, memory budget {args.budget_gb} GB; "
            f"medians of {args.repeats} interleaved rounds.", "",
            "| job | examples/s | peak RSS (GB) |", "|---|---:|---:|"]
   for name, jobs in rows:

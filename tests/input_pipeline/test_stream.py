@@ -191,7 +191,7 @@ def test_tfds_shards_stream_seeded_and_complete(tiny_tfds, tmp_path):
       for r in serialized[16 * i:16 * (i + 1)]:
         w.write(r)
   sharded = ShardRecords(shard_files, [16] * 3, records.features, records.image_key,
-                         records.label_key, 3, shuffle_buffer=10)
+                         records.label_key, 3, shuffle_window=10)
 
   def order(r, seed, epoch):
     return [int(i) for i, _ in r.epoch(tf.constant(seed, tf.int64), tf.constant(epoch, tf.int64))]
@@ -199,6 +199,13 @@ def test_tfds_shards_stream_seeded_and_complete(tiny_tfds, tmp_path):
   assert sorted(first) == list(range(48)) and first != list(range(48))
   assert order(sharded, 1, 0) == first and order(sharded, 1, 1) != first
   assert order(sharded, 2, 0) != first
+  # The stream over shards resumes at a step: the batches from there on, without change.
+  stream = StreamSplit(sharded, (10, 10, 3), labeled=True, resize=True)
+  whole = batches(train_stream(stream, global_batch_size=7, seed=1), 16)  # 2.3 epochs
+  resumed = batches(train_stream(stream, global_batch_size=7, seed=1, start_step=9), 7)
+  for a, b in zip(resumed, whole[9:]):
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
   held = sharded.subset(np.array([3, 20, 40]))
   assert sorted(order(held, 1, 0)) == [3, 20, 40]
   assert [int(i) for i, _ in held.in_order()] == [3, 20, 40]

@@ -118,6 +118,15 @@ print(out["class_names"].numpy()[0].decode() in ("cat", "dog", "fox"), out["prob
   assert proc.stdout.split("\n")[:2] == ["(None, 20, 16, 3)", "True (1, 3)"]
 
 
+def test_evaluate_reads_a_streamed_run_back(cli_run):
+  model_dir, _ = cli_run
+  proc = run("trainer.evaluate", f"--model_dir={model_dir}", "--split=test")
+  with open(os.path.join(model_dir, "results.json")) as f:
+    results = json.load(f)
+  assert "input pipeline: stream" in proc.stderr
+  assert f"accuracy {results['test_accuracy']:.4f}" in proc.stderr + proc.stdout
+
+
 def test_images_too_small_for_the_model_are_refused(photos, tmp_path):
   with pytest.raises(ConfigError, match="^8x8 images are too small for CNN's convolutions and "
                      "pooling: use a larger --image_size, or smaller --kernel_sizes$"):
