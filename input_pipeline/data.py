@@ -52,6 +52,8 @@ class Data:
   splits: Mapping[str, Split]
   pipeline: str = "in_memory"
   reason: str = ""
+  # folder: data: what the check of its files found (input_pipeline/folder.py).
+  folder_check: dict | None = None
 
 
 def check_labels(labels: np.ndarray, num_classes: int,

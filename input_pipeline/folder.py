@@ -3,11 +3,14 @@ DIR/validation when present); classes are the train folder's subfolders, sorted.
 
 Every file is decoded once up front (in parallel): a broken file is named before
 training starts, or skipped and counted with --skip_bad_images, never met mid-epoch.
-The paths may be on any TensorFlow filesystem (a bucket).
+What the check found is returned, and a rerun that passes it back with the same files
+listed skips the decoding (a resumed run: trainer keeps it in model_dir). The paths may
+be on any TensorFlow filesystem (a bucket).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import numpy as np
@@ -67,9 +70,32 @@ def _scan(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
   return ok, shapes
 
 
-def load(root: str, image_size: tuple[int, int] | None, skip_bad_images: bool
-         ) -> tuple[dict[str, StreamSplit], tuple[str, ...]]:
-  """The splits as streams (image files decoded as read), and the class names."""
+def check(root: str, paths: list[str], previous: dict | None = None) -> dict:
+  """Decodes every file once: the unreadable ones, the channels and the range of sizes
+  (JSON-ready). `previous`: an earlier check, reused when it listed the same files."""
+  listing = hashlib.sha256("\n".join(paths).encode()).hexdigest()
+  if previous and previous.get("listing") == listing:
+    logging.info("the %d images under %s were checked before (same files): not decoded "
+                 "again", len(paths), root)
+    return previous
+  start = time.perf_counter()
+  ok, shapes = _scan(paths)
+  good = shapes[ok]
+  sizes = sorted({tuple(s) for s in good[:, :2].tolist()}) or [(0, 0)]
+  result = {"root": root, "files": len(paths), "listing": listing,
+            "bad": [p for p, fine in zip(paths, ok) if not fine],
+            "channels": 1 if (good[:, 2] == 1).all() else 3,
+            "sizes": [list(sizes[0]), list(sizes[-1])],
+            "seconds": round(time.perf_counter() - start, 1)}
+  logging.info("checked %d images under %s in %.1f s", len(paths), root, result["seconds"])
+  return result
+
+
+def load(root: str, image_size: tuple[int, int] | None, skip_bad_images: bool,
+         previous_check: dict | None = None
+         ) -> tuple[dict[str, StreamSplit], tuple[str, ...], dict]:
+  """The splits as streams (image files decoded as read), the class names, and the
+  check of the files (see `check`)."""
   root = root.rstrip("/")
   train_dir = tf.io.gfile.join(root, "train")
   if not tf.io.gfile.isdir(train_dir):
@@ -86,24 +112,21 @@ def load(root: str, image_size: tuple[int, int] | None, skip_bad_images: bool
   if not listed["train"][0]:
     raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders "
                     f"of {train_dir}")
-  start = time.perf_counter()
-  ok, shapes = _scan(paths)
-  bad = [p for p, good in zip(paths, ok) if not good]
+  found = check(root, paths, previous_check)
+  bad = found["bad"]
   if bad and not skip_bad_images:
     raise DataError(f"{bad[0]} is not a readable image ({len(bad)} such file(s) under "
                     f"{root}): remove it, or pass --skip_bad_images")
-  logging.info("checked %d images under %s in %.1f s%s", len(paths), root,
-               time.perf_counter() - start,
-               f": skipping {len(bad)} unreadable (--skip_bad_images), e.g. {bad[0]}"
-               if bad else "")
-  good_shapes = shapes[ok]
-  channels = 1 if (good_shapes[:, 2] == 1).all() else 3
-  sizes = {tuple(s) for s in good_shapes[:, :2].tolist()}
-  if image_size is None and len(sizes) > 1:
-    small, large = min(sizes), max(sizes)
+  if bad:
+    logging.info("skipping %d unreadable image(s) (--skip_bad_images), e.g. %s", len(bad),
+                 bad[0])
+  small, large = found["sizes"]
+  if image_size is None and small != large:
     raise DataError(f"the images under {root} vary in size ({small[0]}x{small[1]} to "
                     f"{large[0]}x{large[1]}): pass --image_size=HxW to resize them")
-  size = image_size or next(iter(sizes))
+  size, channels = image_size or tuple(small), found["channels"]
+  ok = ~np.isin(np.asarray(paths, object), np.asarray(bad, object)) if bad else np.ones(
+      len(paths), bool)
   splits, at = {}, 0
   for split, (split_paths, labels) in listed.items():
     keep = ok[at:at + len(split_paths)]
@@ -114,4 +137,4 @@ def load(root: str, image_size: tuple[int, int] | None, skip_bad_images: bool
                           channels)
     splits[split] = StreamSplit(records, (*size, channels), labeled=True,
                                 resize=image_size is not None)
-  return splits, tuple(class_names)
+  return splits, tuple(class_names), found

@@ -10,6 +10,7 @@ budget (--pipeline=auto), else streamed from their files while training (stream.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
@@ -146,9 +147,10 @@ def load(spec: str, *, data_dir: str | None = None, manual_dir: str | None = Non
          num_classes: int | None = None, validation_split: float = 0.0,
          seed: int = 0, image_size: tuple[int, int] | None = None,
          pipeline: str = "in_memory", memory_budget_gb: float | None = None,
-         skip_bad_images: bool = False) -> Data:
+         skip_bad_images: bool = False, folder_check: dict | None = None) -> Data:
   """Loads a data source: into memory, or as streams when `pipeline` (auto: by the
-  decoded size) says so. Raises DataError with a one-line fix on bad input."""
+  decoded size) says so. folder_check: a folder's earlier check (Data.folder_check),
+  reused when the files are the same. Raises DataError with a one-line fix on bad input."""
   if not 0.0 <= validation_split < 1.0:
     raise DataError(f"--validation_split={validation_split} must be in [0, 1)")
   if num_classes is not None and num_classes < 2:
@@ -157,7 +159,7 @@ def load(spec: str, *, data_dir: str | None = None, manual_dir: str | None = Non
     raise DataError(f"--pipeline={pipeline} is unknown; use {', '.join(PIPELINES)}")
   kind, arg = parse_spec(spec)
   budget = memory_budget(memory_budget_gb)
-  class_names = ()
+  class_names, checked = (), None
   if kind == "tfds":
     nbytes = tfds_source.decoded_bytes(arg, data_dir, image_size)
     pipeline, reason = choose_pipeline(pipeline, nbytes, budget)
@@ -168,7 +170,8 @@ def load(spec: str, *, data_dir: str | None = None, manual_dir: str | None = Non
     if num_classes is not None:
       raise DataError("--num_classes does not apply to folder: data: its classes are the "
                       "train folder's subfolders")
-    splits, class_names = folder.load(arg, image_size, skip_bad_images)
+    splits, class_names, checked = folder.load(arg, image_size, skip_bad_images,
+                                               folder_check)
     num_classes = len(class_names)
     pipeline, reason = choose_pipeline(pipeline, sum(s.nbytes for s in splits.values()),
                                        budget)
@@ -195,5 +198,6 @@ def load(spec: str, *, data_dir: str | None = None, manual_dir: str | None = Non
     splits = {k: materialize(v, k) if isinstance(v, StreamSplit) else v
               for k, v in splits.items()}
   logging.info("input pipeline: %s, %s", pipeline, reason)
-  return make_data(spec if kind != "tfds" else arg, splits, num_classes, class_names,
+  data = make_data(spec if kind != "tfds" else arg, splits, num_classes, class_names,
                    pipeline, reason)
+  return dataclasses.replace(data, folder_check=checked)

@@ -15,6 +15,10 @@ from input_pipeline.sources import parse_image_size, parse_spec
 from trainer import flags as tl_flags
 
 
+# Where a run keeps the check of a folder:'s files, so that a resume does not decode them all.
+FOLDER_CHECK = "folder_check.json"
+
+
 class ConfigError(ValueError):
   """A bad flag value or combination; the message names the flag and the fix."""
 
@@ -82,12 +86,21 @@ class Config:
     return per_epoch, self.train_steps or per_epoch * (self.epochs or 1)
 
   def load_data(self):
-    """The dataset as these flags describe it (input_pipeline.load)."""
+    """The dataset as these flags describe it (input_pipeline.load); a folder's check
+    from an earlier start in model_dir is reused when its files are the same."""
+    from trainer import files  # pylint: disable=g-import-not-at-top  (files imports config)
+    previous = None
+    if self.dataset.startswith("folder:"):
+      try:
+        previous = files.read_json(files.join(self.model_dir, FOLDER_CHECK))
+      except ValueError:  # damaged: check the files again
+        previous = None
     return input_pipeline.load(
         self.dataset, data_dir=self.data_dir, manual_dir=self.manual_dir,
         num_classes=self.num_classes, validation_split=self.validation_split, seed=self.seed,
         image_size=self.image_size, pipeline=self.pipeline,
-        memory_budget_gb=self.memory_budget_gb, skip_bad_images=self.skip_bad_images)
+        memory_budget_gb=self.memory_budget_gb, skip_bad_images=self.skip_bad_images,
+        folder_check=previous)
 
   def with_flags(self, **values) -> Config:
     """This config with some flags replaced (e.g. from the run's record)."""

@@ -69,11 +69,13 @@ def main(argv):
   if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
     raise cli.UsageError(f"no exported model in {export_dir}: train first with "
                        f"python -m trainer.main --model_dir={FLAGS.model_dir}")
-  data = input_pipeline.load(FLAGS.dataset)
+  serve, image_shape, num_classes = load_serving(export_dir)
+  # A folder's photos come in any size: fitted to the export's, as training fitted them.
+  size = image_shape[:2] if FLAGS.dataset.startswith("folder:") else None
+  data = input_pipeline.load(FLAGS.dataset, image_size=size)
   split = data.splits.get("test")
   if split is None:
     raise cli.UsageError(f"--dataset={FLAGS.dataset} has no test split to predict")
-  serve, image_shape, num_classes = load_serving(export_dir)
   check_data(split, image_shape, num_classes)
   classes = predict_classes(serve, split.images, FLAGS.batch_size)
   export.write_submission(FLAGS.output, classes)

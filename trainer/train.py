@@ -14,7 +14,7 @@ from input_pipeline.pipeline import check_batch
 from models import summary as model_summary
 from trainer import actions as tl_actions
 from trainer import distribute, export, files, run_record, summaries
-from trainer.config import Config, ConfigError
+from trainer.config import FOLDER_CHECK, Config, ConfigError
 from trainer.controller import Controller, Timing
 from trainer.loop import Trainer
 
@@ -130,6 +130,8 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None,
   if chief:  # what the run was started as, and changes since: trainer.evaluate reads it
     tf.io.gfile.makedirs(config.model_dir)
     flag_changes = run_record.write(config, recorded, changed, trainer.step, trainer.total_steps)
+    if data.folder_check:
+      files.write_json(os.path.join(config.model_dir, FOLDER_CHECK), data.folder_check)
   writer = summaries.Summaries(config.model_dir, enabled=chief)
   table = model_summary.table(trainer.model)
   logging.info("model %s: %d parameters\n%s", config.model, trainer.model.count_params(),

@@ -127,7 +127,7 @@ def test_broken_file_is_named_or_skipped_and_counted(tmp_path, caplog):
   with caplog.at_level(logging.INFO, logger="absl"):
     data = input_pipeline.load(f"folder:{tmp_path}", skip_bad_images=True, pipeline="stream")
   assert data.info.split_sizes["train"] == 24
-  assert "skipping 1 unreadable (--skip_bad_images)" in caplog.text and bad in caplog.text
+  assert "skipping 1 unreadable image(s) (--skip_bad_images)" in caplog.text and bad in caplog.text
   assert bad not in set(data.splits["train"].records.paths)
 
 

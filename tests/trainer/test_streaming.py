@@ -2,6 +2,7 @@
 memory, on several replicas, resumed exactly, and as a user runs it from the command line."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from datafiles import write_image_folder, write_tiny_tfds
 from flag_helpers import parse
 from runs import read_images, run
+from input_pipeline import folder
 from trainer import train
 from trainer.config import ConfigError
 
@@ -127,6 +129,16 @@ def test_evaluate_reads_a_streamed_run_back(cli_run):
   assert f"accuracy {results['test_accuracy']:.4f}" in proc.stderr + proc.stdout
 
 
+def test_predict_fits_a_folders_images_to_the_export(cli_run, photos, tmp_path):
+  model_dir, _ = cli_run
+  out = tmp_path / "predictions.csv"
+  run("trainer.predict", f"--model_dir={model_dir}", f"--dataset=folder:{photos}",
+      f"--output={out}")
+  lines = out.read_text().splitlines()
+  assert lines[0] == "ImageId,Label" and len(lines) == 1 + 15  # the 15 test images
+  assert {int(line.split(",")[1]) for line in lines[1:]} <= {0, 1, 2}
+
+
 def test_images_too_small_for_the_model_are_refused(photos, tmp_path):
   with pytest.raises(ConfigError, match="^8x8 images are too small for CNN's convolutions and "
                      "pooling: use a larger --image_size, or smaller --kernel_sizes$"):
@@ -134,3 +146,28 @@ def test_images_too_small_for_the_model_are_refused(photos, tmp_path):
                                    "--image_size=8", "--batch_size=8",
                                    f"--model_dir={tmp_path / 'run'}"))
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_rerun_reuses_the_folder_check_until_the_files_change(tmp_path, monkeypatch,
+                                                                 caplog):
+  """A resumed run does not decode every file again: the check is kept in model_dir and
+  reused while the folder lists the same files."""
+  root = tmp_path / "photos"
+  write_image_folder(root, per_split=(("train", 4),), sizes=((12, 12),))
+  model_dir = tmp_path / "run"
+  args = ["--model=mlp", "--hidden_units=4", f"--dataset=folder:{root}", "--batch_size=4",
+          "--eval_images=false", f"--model_dir={model_dir}"]
+  train.train_and_evaluate(parse(*args, "--train_steps=2"))
+  with open(model_dir / "folder_check.json") as f:
+    saved = json.load(f)
+  assert saved["files"] == 12 and saved["bad"] == [] and saved["sizes"] == [[12, 12]] * 2
+  scans = []
+  real = folder._scan
+  monkeypatch.setattr(folder, "_scan", lambda paths: scans.append(len(paths)) or real(paths))
+  cfg = parse(*args, "--train_steps=4")  # (parsing flags sets absl's level: first)
+  with caplog.at_level(logging.INFO, logger="absl"):
+    train.train_and_evaluate(cfg)
+  assert scans == [] and "were checked before (same files): not decoded again" in caplog.text
+  (root / "train" / "cat" / "000.png").rename(root / "train" / "cat" / "new.png")
+  train.train_and_evaluate(parse(*args, "--train_steps=6"))
+  assert scans == [12]  # another listing: checked again
