@@ -171,3 +171,23 @@ def test_a_rerun_reuses_the_folder_check_until_the_files_change(tmp_path, monkey
   (root / "train" / "cat" / "000.png").rename(root / "train" / "cat" / "new.png")
   train.train_and_evaluate(parse(*args, "--train_steps=6"))
   assert scans == [12]  # another listing: checked again
+
+
+def test_a_folder_in_a_bucket(photos, tmp_path):
+  """folder: on a non-local filesystem (TensorFlow's ram://, as gs:// would be), streamed
+  into a run whose model_dir is there too; the rerun reuses the check kept there."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for directory, _, names in os.walk(photos):
+    for name in names:
+      source = os.path.join(directory, name)
+      target = "ram://bucket/photos" + source[len(photos):]
+      tf.io.gfile.makedirs(os.path.dirname(target))
+      tf.io.gfile.copy(source, target, overwrite=True)
+  args = [*CNN, "--dataset=folder:ram://bucket/photos", "--image_size=16", "--batch_size=8",
+          "--pipeline=stream", "--eval_images=false", "--model_dir=ram://bucket/run"]
+  first = train.train_and_evaluate(parse(*args, "--train_steps=3"))
+  assert first["pipeline"] == "stream" and first["test_accuracy"] >= 0
+  check = json.loads(tf.io.gfile.GFile("ram://bucket/run/folder_check.json").read())
+  assert check["files"] == 51 and check["root"] == "ram://bucket/photos"
+  again = train.train_and_evaluate(parse(*args, "--train_steps=6"))
+  assert again["global_step"] == 6
