@@ -56,6 +56,21 @@ class Data:
   folder_check: dict | None = None
 
 
+def fill(batches, n: int | None) -> tuple[np.ndarray, np.ndarray]:
+  """(images, labels) arrays from (images, labels) batches, allocated once at their final
+  size when n is known: memory peaks at the decoded size, not twice it."""
+  if not n:
+    parts = list(batches)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+  images, labels, at = None, np.empty(n, np.int64), 0
+  for x, y in batches:
+    if images is None:
+      images = np.empty((n, *x.shape[1:]), x.dtype)
+    images[at:at + len(x)], labels[at:at + len(x)] = x, y
+    at += len(x)
+  return images[:at], labels[:at]
+
+
 def check_labels(labels: np.ndarray, num_classes: int,
                  where: Callable[[int], str]) -> np.ndarray:
   """Returns labels as int64, or raises naming the first label outside [0, num_classes)."""

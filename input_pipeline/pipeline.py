@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from input_pipeline.data import DataError, Split
 from input_pipeline.preprocess import Augment, augment_batch, normalize
-from input_pipeline.records import epoch_permutation
+from input_pipeline.records import epoch_order
 
 
 def check_batch(global_batch_size: int, n: int, what: str, need_full: bool) -> None:
@@ -21,15 +21,6 @@ def check_batch(global_batch_size: int, n: int, what: str, need_full: bool) -> N
   if need_full and global_batch_size > n:
     raise DataError(f"--batch_size={global_batch_size} is larger than the {n} {what} "
                     "examples; use a smaller batch")
-
-
-def epoch_order(n: int, seed: int, epoch: tf.Tensor) -> tf.Tensor:
-  """The example order of one epoch: records.epoch_permutation, the one order every
-  pipeline uses, as a tensor."""
-  order = tf.numpy_function(lambda e: epoch_permutation(n, seed, int(e)), [epoch], tf.int64,
-                            stateful=False)
-  order.set_shape([n])
-  return order
 
 
 def train_dataset(split: Split, *, global_batch_size: int, seed: int,

@@ -18,6 +18,15 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int64)
 
 
+def epoch_order(n: int, seed, epoch) -> tf.Tensor:
+  """epoch_permutation as a tensor, for tf.data pipelines (seed and epoch may be tensors)."""
+  order = tf.numpy_function(lambda s, e: epoch_permutation(n, int(s), int(e)),
+                            [tf.cast(seed, tf.int64), tf.cast(epoch, tf.int64)], tf.int64,
+                            stateful=False)
+  order.set_shape([n])
+  return order
+
+
 def decode_image(contents: tf.Tensor, channels: int) -> tf.Tensor:
   """PNG, JPEG, GIF or BMP bytes -> uint8 [H, W, channels] (a GIF's first frame)."""
   image = tf.io.decode_image(contents, channels=channels, expand_animations=False)
@@ -95,11 +104,7 @@ class FileRecords(Records):
     return self._tables
 
   def epoch(self, seed, epoch):
-    n = len(self.indices)
-    order = tf.numpy_function(lambda s, e: epoch_permutation(n, int(s), int(e)),
-                              [seed, epoch], tf.int64, stateful=False)
-    order.set_shape([n])
-    picked = tf.gather(tf.constant(self.indices), order)
+    picked = tf.gather(tf.constant(self.indices), epoch_order(len(self.indices), seed, epoch))
     return tf.data.Dataset.from_tensor_slices((picked, tf.zeros_like(picked, tf.string)))
 
   def in_order(self):

@@ -16,7 +16,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from input_pipeline.data import DataError, Split
+from input_pipeline.data import DataError, Split, fill
+from input_pipeline.pipeline import check_batch
 from input_pipeline.records import Records, fit
 
 
@@ -61,9 +62,7 @@ def train_stream(split: StreamSplit, *, global_batch_size: int, seed: int,
   if not split.labeled:
     raise DataError("the training split has no labels")
   n = len(split)
-  if global_batch_size > n:
-    raise DataError(f"--batch_size={global_batch_size} is larger than the {n} training "
-                    "examples; use a smaller batch")
+  check_batch(global_batch_size, n, "training", need_full=True)
   first = start_step * global_batch_size  # position in the endless stream of epochs
   stream = (tf.data.Dataset.counter(first // n)
             .flat_map(lambda e: split.records.epoch(tf.constant(seed, tf.int64), e))
@@ -116,17 +115,12 @@ def materialize(split: StreamSplit, what: str) -> Split:
   """Decodes a whole split into memory (the in-memory pipeline's input). The arrays are
   allocated once: memory peaks at the decoded size, not twice it."""
   start = time.perf_counter()
-  n = len(split)
-  images = np.empty((n, *split.image_shape), np.uint8)
-  labels = np.empty(n, np.int64)
   ds = (split.records.in_order()
         .map(lambda i, r: split.example(i, r), num_parallel_calls=tf.data.AUTOTUNE,
              deterministic=True)
         .batch(512).prefetch(2))
-  at = 0
-  for x, y in ds.as_numpy_iterator():
-    images[at:at + len(x)], labels[at:at + len(x)] = x, y
-    at += len(x)
+  images, labels = fill(ds.as_numpy_iterator(), len(split))
+  n = len(images)
   logging.info("decoded %d %s images into memory in %.1f s", n, what,
                time.perf_counter() - start)
   return Split(images=images, labels=labels if split.labeled else None)

@@ -12,7 +12,7 @@ import urllib.parse
 import numpy as np
 import tensorflow as tf
 
-from input_pipeline.data import DataError, Split, check_labels
+from input_pipeline.data import DataError, Split, check_labels, fill
 from input_pipeline.records import ShardRecords, fit
 from input_pipeline.stream import StreamSplit
 
@@ -104,18 +104,9 @@ def _to_numpy(builder, split: str, image_size):
   ds = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
   if image_size:
     ds = ds.map(lambda x, y: (fit(x, image_size), y), num_parallel_calls=tf.data.AUTOTUNE)
-  parts = tfds.as_numpy(ds.batch(8192))
+  # The split's size is unknown under mock_data.
   n = builder.info.splits[split].num_examples if split in builder.info.splits else None
-  if not n:  # unknown under mock_data
-    parts = list(parts)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-  images, labels, at = None, np.empty(n, np.int64), 0
-  for x, y in parts:
-    if images is None:
-      images = np.empty((n, *x.shape[1:]), np.uint8)
-    images[at:at + len(x)], labels[at:at + len(x)] = x, y
-    at += len(x)
-  return images[:at], labels[:at]
+  return fill(tfds.as_numpy(ds.batch(8192)), n)
 
 
 def class_names(name: str, data_dir: str | None) -> tuple[str, ...]:

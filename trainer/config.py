@@ -172,8 +172,8 @@ def from_flags(fv) -> Config:
          f"--strategy={fv.strategy} is unknown; use {', '.join(tl_flags.STRATEGIES)}")
   _check(fv.mixed_precision in tl_flags.PRECISIONS, f"--mixed_precision={fv.mixed_precision} "
          f"is unknown; use {', '.join(tl_flags.PRECISIONS)}")
-  _check(fv.pipeline in tl_flags.PIPELINES,
-         f"--pipeline={fv.pipeline} is unknown; use {', '.join(tl_flags.PIPELINES)}")
+  _check(fv.pipeline in input_pipeline.PIPELINES,
+         f"--pipeline={fv.pipeline} is unknown; use {', '.join(input_pipeline.PIPELINES)}")
   _check(fv.keep_best is None or fv.keep_best in tl_flags.BEST_METRICS,
          f"--keep_best={fv.keep_best} is unknown; use {' or '.join(tl_flags.BEST_METRICS)}")
   _check(fv.learning_rate > 0, f"--learning_rate={fv.learning_rate} must be positive")

@@ -9,7 +9,6 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "exponential")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-PIPELINES = ("auto", "in_memory", "tf_data", "stream")
 # Model hyperparameter flags: each is passed to the model only when given.
 MODEL_FLAGS = ("hidden_units", "activation", "dropout", "l2", "filters", "kernel_sizes",
                "dense_units", "widths", "blocks_per_stage", "sync_batch_norm")
