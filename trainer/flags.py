@@ -23,7 +23,7 @@ HOW_IT_RUNS = ("model_dir", "data_dir", "manual_dir", "steps_per_loop", "checkpo
                "keep_checkpoints", "profile_steps", "deterministic", "eval_every",
                "eval_images", "keep_best", "early_stopping", "strategy", "devices",
                "cpu_devices", "intra_op_threads", "jit_compile", "allow_changed_flags",
-               "divergence_retries", "memory_budget_gb")
+               "divergence_retries", "memory_budget_gb", "pipeline")
 RUN_LENGTH = ("epochs", "train_steps")
 
 # Names of the flags defined here (not absl's or TF's): they go into results.json and

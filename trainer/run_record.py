@@ -25,6 +25,12 @@ from trainer.config import Config, ConfigError
 
 RECORD = "flags.json"
 CHANGES = "flag_changes.json"
+# Beside the flags in flags.json: the input pipeline --pipeline resolved to at the first
+# start (auto decides by size and memory, which a rerun on another VM may see otherwise).
+PIPELINE = "input_pipeline"
+# Pipelines that give the same batches: in_memory and tf_data always (one permutation
+# function); a folder's stream too. A TFDS stream reads its shards in another order.
+_SAME_ORDER = ("in_memory", "tf_data")
 
 
 def _text(value) -> str:
@@ -104,6 +110,22 @@ def resolve_horizon(config: Config, recorded: dict | None, steps_per_epoch: int,
   return config.with_flags(schedule_steps=horizon)
 
 
+def check_pipeline(config: Config, recorded: dict | None, data) -> None:
+  """Refuses a rerun whose input pipeline would feed the examples in another order than
+  the run was trained with (a TFDS dataset streamed, then in memory, or back)."""
+  old = (recorded or {}).get(PIPELINE)
+  new = data.pipeline
+  if old is None or old == new:
+    return
+  if ({old, new} <= set(_SAME_ORDER)) or config.dataset.startswith("folder:"):
+    logging.info("input pipeline %s, was %s: the same batches in the same order", new, old)
+    return
+  raise ConfigError(
+      f"--model_dir={config.model_dir} was trained reading its data {old}; this rerun "
+      f"would read it {new} ({data.reason}), in another order: rerun with --pipeline={old}, "
+      "or use a new --model_dir")
+
+
 def check_length(config: Config, step: int, total_steps: int) -> None:
   """A run already trained past the requested length cannot be shortened: its weights
   would be reported under flags that did not make them."""
@@ -117,14 +139,14 @@ def check_length(config: Config, step: int, total_steps: int) -> None:
 
 
 def write(config: Config, recorded: dict | None, changes: dict, step: int,
-          total_steps: int) -> list[dict]:
-  """Records the run's flags at its first start, and any allowed change or extension
-  after it; returns the recorded changes (for results.json)."""
+          total_steps: int, pipeline: str) -> list[dict]:
+  """Records the run's flags and input pipeline at its first start, and any allowed
+  change or extension after it; returns the recorded changes (for results.json)."""
   path = os.path.join(config.model_dir, RECORD)
   changes_path = os.path.join(config.model_dir, CHANGES)
   history = (files.read_json(changes_path) or {}).get("changes", [])
   if recorded is None or not tf.io.gfile.exists(path):
-    files.write_json(path, config.flag_values)
+    files.write_json(path, {**config.flag_values, PIPELINE: pipeline})
   if recorded is None:
     return history
   if not changes:

@@ -34,6 +34,7 @@ def train_and_evaluate(config: Config) -> dict:
   logging.info("precision policy: %s%s", config.mixed_precision,
                " with dynamic loss scaling" if config.mixed_precision == "mixed_float16" else "")
   data = config.load_data()
+  run_record.check_pipeline(config, recorded, data)
   train_split = data.splits.get("train")
   if train_split is None or not train_split.labeled:
     raise ConfigError(f"--dataset={config.dataset} has no labeled train split")
@@ -129,7 +130,8 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None,
   flag_changes = []
   if chief:  # what the run was started as, and changes since: trainer.evaluate reads it
     tf.io.gfile.makedirs(config.model_dir)
-    flag_changes = run_record.write(config, recorded, changed, trainer.step, trainer.total_steps)
+    flag_changes = run_record.write(config, recorded, changed, trainer.step, trainer.total_steps,
+                                    data.pipeline)
     if data.folder_check:
       files.write_json(os.path.join(config.model_dir, FOLDER_CHECK), data.folder_check)
   writer = summaries.Summaries(config.model_dir, enabled=chief)

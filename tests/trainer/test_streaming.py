@@ -191,3 +191,31 @@ def test_a_folder_in_a_bucket(photos, tmp_path):
   assert check["files"] == 51 and check["root"] == "ram://bucket/photos"
   again = train.train_and_evaluate(parse(*args, "--train_steps=6"))
   assert again["global_step"] == 6
+
+
+def test_a_rerun_keeps_the_order_its_pipeline_gave(tmp_path, photos):
+  """--pipeline may change on a rerun while the batches stay the same (a folder, or
+  in_memory/tf_data); a TFDS run may not switch between its shards' order and memory's,
+  which --pipeline=auto would do on a VM with less memory."""
+  name = write_tiny_tfds(tmp_path / "tfds")
+  args = ["--model=mlp", "--hidden_units=4", f"--dataset={name}", "--image_size=8",
+          f"--data_dir={tmp_path / 'tfds'}", "--batch_size=8", "--eval_images=false",
+          f"--model_dir={tmp_path / 'run'}"]
+  train.train_and_evaluate(parse(*args, "--train_steps=2"))  # auto: in memory
+  with open(tmp_path / "run" / "flags.json") as f:
+    assert json.load(f)["input_pipeline"] == "in_memory"
+  before = sorted(os.listdir(tmp_path / "run"))
+  with pytest.raises(ConfigError, match=(
+      r"^--model_dir=.* was trained reading its data in_memory; this rerun would read it "
+      r"stream \(0.00 GB decoded is more than the memory budget of 0.0 GB "
+      r"\(--memory_budget_gb\): streamed from its files\), in another order: rerun with "
+      r"--pipeline=in_memory, or use a new --model_dir$")):
+    train.train_and_evaluate(parse(*args, "--train_steps=4", "--memory_budget_gb=0.000001"))
+  assert sorted(os.listdir(tmp_path / "run")) == before
+  resumed = train.train_and_evaluate(parse(*args, "--train_steps=4", "--pipeline=tf_data"))
+  assert resumed["global_step"] == 4 and resumed["pipeline"] == "tf_data"
+  folder_args = [*CNN, f"--dataset=folder:{photos}", "--image_size=16", "--batch_size=8",
+                 "--eval_images=false", f"--model_dir={tmp_path / 'photos_run'}"]
+  train.train_and_evaluate(parse(*folder_args, "--train_steps=2"))
+  again = train.train_and_evaluate(parse(*folder_args, "--train_steps=4", "--pipeline=stream"))
+  assert again["global_step"] == 4 and again["pipeline"] == "stream"
