@@ -18,7 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from input_pipeline.data import DataError
-from input_pipeline.records import FileRecords, decode_image
+from input_pipeline.records import FileRecords
 from input_pipeline.stream import StreamSplit
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")

@@ -109,20 +109,17 @@ class FileRecords(Records):
 
   def in_order(self):
     return tf.data.Dataset.from_tensor_slices(
-        (self.indices, np.zeros(len(self.indices), dtype=object).astype(bytes)))
+        (self.indices, np.full(len(self.indices), b"", dtype=object)))
 
   def decode(self, index, record):
     paths, labels = self._table()
     image = decode_image(tf.io.read_file(tf.gather(paths, index)), self.channels)
     return image, tf.gather(labels, index)
 
-  def path(self, index: int) -> str:
-    return str(self.paths[index])
-
 
 class ShardRecords(Records):
   """TFDS record shards (TFRecord files of serialized tf.train.Examples): read in a seeded
-  shard order, interleaved, through a seeded shuffle buffer; never held whole."""
+  shard order, interleaved, shuffled a seeded window at a time; never held whole."""
 
   def __init__(self, files, shard_lengths, features, image_key, label_key, channels,
                shuffle_window=10_000, indices=None, cycle_length=16):

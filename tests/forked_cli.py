@@ -8,6 +8,7 @@ Each child writes PREFIX.stdout, PREFIX.stderr and PREFIX.status. Forking is saf
 because TensorFlow starts its runtime (threads, devices) at the first op, not at import.
 """
 
+import importlib
 import json
 import os
 import sys
@@ -15,7 +16,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trainer import main as tl_main  # pylint: disable=wrong-import-position
-from trainer import config, train  # noqa: F401  pylint: disable=wrong-import-position,unused-import
+# What a run imports after parsing its flags (TensorFlow, Keras, the packages): once, here.
+importlib.import_module("trainer.train")
 
 PARALLEL = 2
 
