@@ -23,20 +23,21 @@ NO_FLIP_DATASETS = ("mnist", "emnist", "kmnist", "binarized_mnist", "svhn_croppe
 @dataclasses.dataclass(frozen=True)
 class Augment:
   """translate: max shift in pixels; flip: random horizontal flip; erase: probability of
-  blanking a random rectangle (random erasing); crop: random-resized crop, its smallest
-  area fraction (None: not given; with --image_size it defaults to DEFAULT_CROP)."""
+  blanking a random rectangle (random erasing); resized_crop: random-resized crop, its
+  smallest area fraction (None: not given; with --image_size it defaults to DEFAULT_CROP)."""
   translate: int = 0
   flip: bool = False
   erase: float = 0.0
-  crop: float | None = None
+  resized_crop: float | None = None
 
   @property
   def enabled(self) -> bool:
-    return bool(self.translate or self.flip or self.erase or self.crop)
+    return bool(self.translate or self.flip or self.erase or self.resized_crop)
 
   def with_default_crop(self) -> Augment:
-    """Random-resized crops unless --augment set crop (crop=0 turns them off)."""
-    return self if self.crop is not None else dataclasses.replace(self, crop=DEFAULT_CROP)
+    """Random-resized crops unless --augment set resized_crop (resized_crop=0: none)."""
+    return (self if self.resized_crop is not None
+            else dataclasses.replace(self, resized_crop=DEFAULT_CROP))
 
   @classmethod
   def parse(cls, text: str, dataset: str = "") -> Augment:
@@ -53,19 +54,19 @@ class Augment:
           kwargs[key] = True
         elif key == "erase":
           kwargs[key] = float(value) if sep else 0.5
-        elif key == "crop":
+        elif key == "resized_crop":
           kwargs[key] = float(value) if sep else DEFAULT_CROP
         else:
           raise ValueError
       except ValueError:
         raise DataError(f"--augment: cannot read {item!r}; use none or a comma list of "
                         "translate[=PIXELS], flip, erase[=PROBABILITY], "
-                        "crop[=MIN_AREA]") from None
+                        "resized_crop[=MIN_AREA]") from None
     augment = cls(**kwargs)
     if (augment.translate < 0 or not 0.0 <= augment.erase <= 1.0
-        or not 0.0 <= (augment.crop or 0.0) < 1.0):
+        or not 0.0 <= (augment.resized_crop or 0.0) < 1.0):
       raise DataError(f"--augment={text}: translate must be >= 0, erase in [0, 1] and "
-                      "crop in [0, 1) (0: no crops)")
+                      "resized_crop in [0, 1) (0: none)")
     base = dataset.removeprefix("tfds:").split(":")[0].split("/")[0]
     if augment.flip and base in NO_FLIP_DATASETS:
       raise DataError(f"--augment=flip on {dataset}: mirrored characters change meaning; "
@@ -131,9 +132,9 @@ def random_resized_crop(images: tf.Tensor, min_area: float, seed: tf.Tensor) -> 
 def augment_batch(images: tf.Tensor, augment: Augment, seed: tf.Tensor) -> tf.Tensor:
   """Applies the enabled augmentations; seed is a stateless seed of shape [2]."""
   seeds = tf.random.experimental.stateless_split(seed, 3)
-  if augment.crop:
+  if augment.resized_crop:
     crop_seed = tf.random.experimental.stateless_fold_in(seed, 3)  # the others' draws kept
-    images = random_resized_crop(images, augment.crop, crop_seed)
+    images = random_resized_crop(images, augment.resized_crop, crop_seed)
   if augment.translate:
     images = translate(images, augment.translate, seeds[0])
   if augment.flip:

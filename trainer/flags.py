@@ -72,8 +72,8 @@ def _define() -> None:
     flags.DEFINE_boolean("skip_bad_images", False, "folder: skip (and count) unreadable "
                          "image files instead of stopping.")
     flags.DEFINE_string("augment", "none", "none, or a comma list of translate[=PIXELS], flip, "
-                        "erase[=PROBABILITY], crop[=MIN_AREA] (on with --image_size; crop=0: "
-                        "off).")
+                        "erase[=PROBABILITY], resized_crop[=MIN_AREA] (on with --image_size; "
+                        "resized_crop=0: off).")
   with _group("Run"):
     flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard events, results.json "
                         "and the export go (default runs/<model>-<dataset>).")

@@ -113,7 +113,7 @@ def _cases(t):
       (["--memory_budget_gb=0"], "--memory_budget_gb=0.0 must be positive"),
       (["--pipeline=stream"], "--pipeline=stream reads TFDS or folder: data"),
       (["--pipeline=disk"], "--pipeline=disk is unknown"),
-      (["--augment=crop=1.5"], "crop in [0, 1) (0: no crops)"),
+      (["--augment=resized_crop=1.5"], "resized_crop in [0, 1) (0: none)"),
   ]
 
 

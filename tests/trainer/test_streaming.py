@@ -33,7 +33,7 @@ def folder_run(photos, model_dir, *args):
       f"--model_dir={model_dir}", *args))
 
 
-@pytest.mark.parametrize("augment", ["crop=0", "crop,flip"])
+@pytest.mark.parametrize("augment", ["resized_crop=0", "resized_crop,flip"])
 def test_a_stream_trains_exactly_like_memory(photos, tmp_path, augment):
   """The same examples in the same order, augmented on the device with the same seeds:
   bit-equal weights, whether the folder is decoded into memory or read while training."""
@@ -48,9 +48,9 @@ def test_a_stream_trains_exactly_like_memory(photos, tmp_path, augment):
 
 def test_a_stream_on_two_replicas_trains_like_one_device(photos, tmp_path):
   one = folder_run(photos, tmp_path / "one", "--pipeline=stream", "--train_steps=6",
-                   "--strategy=default", "--augment=crop=0")
+                   "--strategy=default", "--augment=resized_crop=0")
   two = folder_run(photos, tmp_path / "two", "--pipeline=stream", "--train_steps=6",
-                   "--strategy=mirrored", "--devices=/cpu:0,/cpu:1", "--augment=crop=0")
+                   "--strategy=mirrored", "--devices=/cpu:0,/cpu:1", "--augment=resized_crop=0")
   assert two["replicas"] == 2
   assert two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-5)
   assert two["test_accuracy"] == one["test_accuracy"]
