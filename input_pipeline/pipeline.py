@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline.data import DataError, Split
-from input_pipeline.preprocess import Augment, augment_batch, normalize
+from input_pipeline.preprocess import Augment, augment_batch, augment_seed, normalize
 from input_pipeline.records import epoch_order
 
 
@@ -47,7 +47,7 @@ def train_dataset(split: Split, *, global_batch_size: int, seed: int,
   def make_batch(step, idx):
     x = normalize(tf.gather(images, idx))
     if augment.enabled:
-      x = augment_batch(x, augment, tf.stack([tf.constant(seed, tf.int64), step]))
+      x = augment_batch(x, augment, augment_seed(seed, 0, step))
     return x, tf.gather(labels, idx)
 
   return (indices.enumerate(start_step)

@@ -75,8 +75,12 @@ class Augment:
 
 
 def normalize(images: tf.Tensor) -> tf.Tensor:
-  """uint8 [0, 255] -> float32 [0, 1] (the export signature accepts either)."""
-  return tf.cast(images, tf.float32) / 255.0
+  """uint8 [0, 255] -> float32 [0, 1] (the export signature accepts either).
+
+  A multiplication by the reciprocal, written out: Grappler rewrites `x / 255` so inside a
+  tf.function, not inside tf.data functions or eagerly, and the pixels then differ by an
+  ulp between the pipelines, the eval and the export."""
+  return tf.cast(images, tf.float32) * (1.0 / 255.0)
 
 
 def translate(images: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
@@ -127,6 +131,13 @@ def random_resized_crop(images: tf.Tensor, min_area: float, seed: tf.Tensor) -> 
   top, left = u[2] * (1.0 - height), u[3] * (1.0 - width)
   boxes = tf.stack([top, left, top + height, left + width], axis=1)
   return tf.image.crop_and_resize(images, boxes, tf.range(b), shape[1:3])
+
+
+def augment_seed(seed: int, replica, step) -> tf.Tensor:
+  """The stateless seed of one replica's augmentation at a step, the same in every
+  pipeline (a host pipeline that augments the whole global batch is replica 0)."""
+  return tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(replica, tf.int64),
+                   tf.cast(step, tf.int64)])
 
 
 def augment_batch(images: tf.Tensor, augment: Augment, seed: tf.Tensor) -> tf.Tensor:

@@ -9,6 +9,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from input_pipeline.preprocess import normalize
 from trainer import files
 
 
@@ -32,7 +33,7 @@ class _Serving(tf.Module):
             "class_names": tf.gather(self.class_names, classes)}
 
   def _uint8(self, images):
-    return self._predict(tf.cast(images, tf.float32) / 255.0)
+    return self._predict(normalize(images))  # as training normalized them, to the bit
 
   def _float(self, images):
     return self._predict(images)

@@ -20,7 +20,7 @@ import input_pipeline
 import models
 from input_pipeline import Data
 from input_pipeline.in_memory import IndexStream, InMemoryData
-from input_pipeline.preprocess import augment_batch, normalize
+from input_pipeline.preprocess import augment_batch, augment_seed, normalize
 from input_pipeline.stream import StreamSplit, eval_stream, train_stream
 from models.common import InputTooSmall, batch_shard
 from trainer import checkpoints, optimization
@@ -178,11 +178,9 @@ class Trainer:
       self.global_step.assign_add(1)
 
   def _augment_seed(self, step):
-    """The stateless augmentation seed of (seed, replica, step), the same for every
-    pipeline."""
+    """This replica's augmentation seed at a step (preprocess.augment_seed)."""
     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
-    return tf.stack([tf.cast(self.config.seed, tf.int64) * 1_000_003
-                     + tf.cast(replica, tf.int64), tf.cast(step, tf.int64)])
+    return augment_seed(self.config.seed, replica, step)
 
   def _stream_step(self, images, labels):
     # uint8 crosses to the device (a quarter of float32's bytes); normalized and augmented here.

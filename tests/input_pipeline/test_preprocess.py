@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from input_pipeline import Augment, DataError
 from input_pipeline import preprocess
+from input_pipeline.preprocess import normalize
 
 SEED = tf.constant([1, 2], tf.int64)
 
@@ -85,3 +86,15 @@ def test_augment_batch_is_deterministic_per_seed():
   c = preprocess.augment_batch(x, aug, tf.constant([1, 3], tf.int64))
   np.testing.assert_array_equal(a.numpy(), b.numpy())
   assert not np.array_equal(a.numpy(), c.numpy())
+
+
+def test_normalize_gives_the_same_bits_eagerly_in_tf_function_and_in_tf_data():
+  """Grappler rewrites a division by a constant inside tf.function only: the in-graph
+  pipelines, tf.data's map and the export must not see pixels an ulp apart."""
+  pixels = tf.constant(np.arange(256, dtype=np.uint8))
+  eager = normalize(pixels).numpy()
+  graph = tf.function(normalize)(pixels).numpy()
+  mapped = next(iter(tf.data.Dataset.from_tensors(pixels).map(normalize))).numpy()
+  np.testing.assert_array_equal(graph, eager)
+  np.testing.assert_array_equal(mapped, eager)
+  assert eager[0] == 0.0 and eager[255] == 1.0
