@@ -26,8 +26,10 @@ _SPLITS = ("train", "validation", "test")
 
 
 def _list(directory: str) -> list[str]:
+  """The entries of a directory, sorted, without hidden ones (.DS_Store,
+  .ipynb_checkpoints: not images, and not classes)."""
   try:
-    return sorted(tf.io.gfile.listdir(directory))
+    return sorted(e for e in tf.io.gfile.listdir(directory) if not e.startswith("."))
   except tf.errors.OpError as e:
     raise DataError(f"cannot list {directory}: {e.message}") from None
 
@@ -108,6 +110,10 @@ def load(root: str, image_size: tuple[int, int] | None, skip_bad_images: bool,
                     "needs at least 2 (one folder of images per class)")
   listed = {s: _files(root, s, class_names) for s in _SPLITS
             if tf.io.gfile.isdir(tf.io.gfile.join(root, s))}
+  empty = sorted(set(class_names) - {class_names[l] for l in listed["train"][1]})
+  if empty and listed["train"][0]:
+    raise DataError(f"{train_dir}/{empty[0]} has no image files ({', '.join(IMAGE_EXTENSIONS)}): "
+                    "a class needs training images; add some or remove the folder")
   paths = [p for s in listed.values() for p in s[0]]
   if not listed["train"][0]:
     raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders "

@@ -192,6 +192,9 @@ def load(spec: str, *, data_dir: str | None = None, manual_dir: str | None = Non
   if validation_split:
     if "train" not in splits:
       raise DataError(f"{spec}: --validation_split needs a train split")
+    if "validation" in splits:  # carving would silently replace it
+      raise DataError(f"{spec} has its own validation split ({len(splits['validation'])} "
+                      "examples): drop --validation_split")
     splits["train"], splits["validation"] = carve_validation(
         splits["train"], validation_split, seed)
   if pipeline != "stream":

@@ -135,6 +135,8 @@ def test_broken_file_is_named_or_skipped_and_counted(tmp_path, caplog):
     ("no_train", "needs .*/train/<class>/"),
     ("one_class", "has 1 class folder"),
     ("stray_test_class", "has classes owl that .*/train has not"),
+    ("empty_class", r"train/owl has no image files \(.jpg"),
+    ("own_validation", r"has its own validation split \(9 examples\): drop --validation_split"),
 ])
 def test_folder_layout_errors(tmp_path, layout, message):
   write_image_folder(tmp_path, sizes=((12, 12),))
@@ -143,10 +145,23 @@ def test_folder_layout_errors(tmp_path, layout, message):
   elif layout == "one_class":
     for name in ("dog", "fox"):
       os.rename(tmp_path / "train" / name, tmp_path / name)
-  else:
+  elif layout == "stray_test_class":
     os.rename(tmp_path / "test" / "fox", tmp_path / "test" / "owl")
+  elif layout == "empty_class":
+    os.makedirs(tmp_path / "train" / "owl")
+  else:
+    os.rename(tmp_path / "test", tmp_path / "validation")
   with pytest.raises(DataError, match=message):
-    input_pipeline.load(f"folder:{tmp_path}")
+    input_pipeline.load(f"folder:{tmp_path}", validation_split=0.25)
+
+
+def test_hidden_entries_are_neither_classes_nor_images(tmp_path):
+  write_image_folder(tmp_path, per_split=(("train", 2),), sizes=((12, 12),))
+  os.makedirs(tmp_path / "train" / ".ipynb_checkpoints")
+  (tmp_path / "train" / "cat" / "._000.png").write_bytes(b"macOS resource fork, not a PNG")
+  data = input_pipeline.load(f"folder:{tmp_path}")
+  assert data.info.class_names == ("cat", "dog", "fox") and data.info.split_sizes == {
+      "train": 6}
 
 
 def test_auto_streams_what_exceeds_the_memory_budget(photos, caplog):
