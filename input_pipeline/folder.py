@@ -110,14 +110,14 @@ def load(root: str, image_size: tuple[int, int] | None, skip_bad_images: bool,
                     "needs at least 2 (one folder of images per class)")
   listed = {s: _files(root, s, class_names) for s in _SPLITS
             if tf.io.gfile.isdir(tf.io.gfile.join(root, s))}
-  empty = sorted(set(class_names) - {class_names[l] for l in listed["train"][1]})
-  if empty and listed["train"][0]:
-    raise DataError(f"{train_dir}/{empty[0]} has no image files ({', '.join(IMAGE_EXTENSIONS)}): "
-                    "a class needs training images; add some or remove the folder")
-  paths = [p for s in listed.values() for p in s[0]]
   if not listed["train"][0]:
     raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders "
                     f"of {train_dir}")
+  empty = sorted(set(class_names) - {class_names[l] for l in listed["train"][1]})
+  if empty:
+    raise DataError(f"{train_dir}/{empty[0]} has no image files ({', '.join(IMAGE_EXTENSIONS)}): "
+                    "a class needs training images; add some or remove the folder")
+  paths = [p for s in listed.values() for p in s[0]]
   found = check(root, paths, previous_check)
   bad = found["bad"]
   if bad and not skip_bad_images:
@@ -131,12 +131,10 @@ def load(root: str, image_size: tuple[int, int] | None, skip_bad_images: bool,
     raise DataError(f"the images under {root} vary in size ({small[0]}x{small[1]} to "
                     f"{large[0]}x{large[1]}): pass --image_size=HxW to resize them")
   size, channels = image_size or tuple(small), found["channels"]
-  ok = ~np.isin(np.asarray(paths, object), np.asarray(bad, object)) if bad else np.ones(
-      len(paths), bool)
-  splits, at = {}, 0
+  unreadable = set(bad)
+  splits = {}
   for split, (split_paths, labels) in listed.items():
-    keep = ok[at:at + len(split_paths)]
-    at += len(split_paths)
+    keep = np.array([p not in unreadable for p in split_paths])
     if not keep.any():
       raise DataError(f"{tf.io.gfile.join(root, split)} has no readable images")
     records = FileRecords(np.asarray(split_paths, object)[keep], np.asarray(labels)[keep],
