@@ -83,11 +83,25 @@ def normalize(images: tf.Tensor) -> tf.Tensor:
   return tf.cast(images, tf.float32) * (1.0 / 255.0)
 
 
+# Named, not "auto_select": that means Philox in TensorFlow's kernels but another generator
+# inside XLA (--jit_compile), which would give other augmentations under XLA.
+_ALG = "philox"
+
+
+def _uniform(shape, seed: tf.Tensor) -> tf.Tensor:
+  """Floats in [0, 1) from 24 random bits each. Converted here: TensorFlow's kernels and
+  XLA turn the same random bits into different floats (tf.random.stateless_uniform)."""
+  bits = tf.random.stateless_uniform(shape, seed, minval=None, maxval=None, dtype=tf.uint32,
+                                     alg=_ALG)
+  return tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) * (1.0 / (1 << 24))
+
+
 def translate(images: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
   """Shifts each image by up to max_shift pixels in each direction, filling with zeros."""
   b, h, w = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
   padded = tf.pad(images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift], [0, 0]])
-  offsets = tf.random.stateless_uniform([2, b], seed, 0, 2 * max_shift + 1, dtype=tf.int32)
+  offsets = tf.random.stateless_uniform([2, b], seed, 0, 2 * max_shift + 1, dtype=tf.int32,
+                                        alg=_ALG)
   rows = offsets[0][:, None] + tf.range(h)[None, :]  # [B, H]
   cols = offsets[1][:, None] + tf.range(w)[None, :]  # [B, W]
   out = tf.gather(padded, rows, axis=1, batch_dims=1)  # [B, H, W + 2s, C]
@@ -95,7 +109,7 @@ def translate(images: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
 
 
 def flip(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-  mask = tf.random.stateless_uniform([tf.shape(images)[0]], seed) < 0.5
+  mask = _uniform([tf.shape(images)[0]], seed) < 0.5
   return tf.where(mask[:, None, None, None], tf.reverse(images, axis=[2]), images)
 
 
@@ -103,7 +117,7 @@ def erase(images: tf.Tensor, probability: float, seed: tf.Tensor) -> tf.Tensor:
   """Zeroes one random rectangle (2%-25% of the area, aspect 1/3-3) per chosen image."""
   shape = tf.shape(images)
   b, h, w = shape[0], tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-  u = tf.random.stateless_uniform([6, b], seed)
+  u = _uniform([6, b], seed)
   area = h * w * (0.02 + 0.23 * u[0])
   aspect = tf.exp(tf.math.log(1 / 3) + u[1] * tf.math.log(9.0))
   eh = tf.minimum(tf.sqrt(area * aspect), h)
@@ -123,7 +137,7 @@ def random_resized_crop(images: tf.Tensor, min_area: float, seed: tf.Tensor) -> 
   to the full size (bilinear): the crop Inception-style training uses, on the device."""
   shape = tf.shape(images)
   b = shape[0]
-  u = tf.random.stateless_uniform([4, b], seed)
+  u = _uniform([4, b], seed)
   area = min_area + (1.0 - min_area) * u[0]
   aspect = tf.exp(tf.math.log(3 / 4) + u[1] * tf.math.log(16 / 9))
   height = tf.minimum(tf.sqrt(area / aspect), 1.0)  # fractions of the image
@@ -142,9 +156,10 @@ def augment_seed(seed: int, replica, step) -> tf.Tensor:
 
 def augment_batch(images: tf.Tensor, augment: Augment, seed: tf.Tensor) -> tf.Tensor:
   """Applies the enabled augmentations; seed is a stateless seed of shape [2]."""
-  seeds = tf.random.experimental.stateless_split(seed, 3)
+  seeds = tf.random.experimental.stateless_split(seed, 3, alg=_ALG)
   if augment.resized_crop:
-    crop_seed = tf.random.experimental.stateless_fold_in(seed, 3)  # the others' draws kept
+    # A seed of its own: the others' draws stay what they were before it existed.
+    crop_seed = tf.random.experimental.stateless_fold_in(seed, 3, alg=_ALG)
     images = random_resized_crop(images, augment.resized_crop, crop_seed)
   if augment.translate:
     images = translate(images, augment.translate, seeds[0])

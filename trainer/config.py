@@ -67,7 +67,7 @@ class Config:
   intra_op_threads: int | None
   profile_steps: tuple[int, int] | None
   mixed_precision: str
-  jit_compile: bool
+  jit_compile: str
   flag_values: dict[str, Any]  # every flag as given, for results.json and TensorBoard
 
   def hparams(self) -> dict[str, Any]:
@@ -172,6 +172,8 @@ def from_flags(fv) -> Config:
          f"--strategy={fv.strategy} is unknown; use {', '.join(tl_flags.STRATEGIES)}")
   _check(fv.mixed_precision in tl_flags.PRECISIONS, f"--mixed_precision={fv.mixed_precision} "
          f"is unknown; use {', '.join(tl_flags.PRECISIONS)}")
+  _check(fv.jit_compile in tl_flags.JIT_MODES, f"--jit_compile={fv.jit_compile} is unknown; "
+         f"use {', '.join(tl_flags.JIT_MODES)}")
   _check(fv.pipeline in input_pipeline.PIPELINES,
          f"--pipeline={fv.pipeline} is unknown; use {', '.join(input_pipeline.PIPELINES)}")
   _check(fv.keep_best is None or fv.keep_best in tl_flags.BEST_METRICS,

@@ -9,6 +9,7 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "exponential")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+JIT_MODES = ("auto", "loop", "step", "off")
 # Model hyperparameter flags: each is passed to the model only when given.
 MODEL_FLAGS = ("hidden_units", "activation", "dropout", "l2", "filters", "kernel_sizes",
                "dense_units", "widths", "blocks_per_stage", "sync_batch_norm")
@@ -130,7 +131,10 @@ def _define() -> None:
                          "(MLP 1x50, 5x50), whose ops are too small to split.")
     flags.DEFINE_string("mixed_precision", "float32", "float32, mixed_float16 (with loss "
                         "scaling) or mixed_bfloat16.")
-    flags.DEFINE_boolean("jit_compile", False, "XLA-compile the forward and backward pass.")
+    flags.DEFINE_string("jit_compile", "auto", "XLA: loop compiles the whole inner loop (one "
+                        "replica, in-memory data); step each training step (on several "
+                        "replicas its forward and backward pass); off; auto: loop where it "
+                        "was measured faster (models without convolutions), else off.")
   with _group("Model hyperparameters (each model takes some; see README)"):
     flags.DEFINE_list("hidden_units", None, "mlp: hidden layer sizes, e.g. 500,500.")
     flags.DEFINE_string("activation", None, "mlp: hidden activation (default relu).")

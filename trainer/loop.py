@@ -34,6 +34,42 @@ DEVICE_COPY_LIMIT = 2 * 1024**3
 # An eval still running after this many seconds logs that it has started.
 _EVAL_NOTICE_SECONDS = 3.0
 
+# --jit_compile=auto: model families whose whole inner loop ran faster under XLA on this
+# CPU (make bench, steady examples/s, XLA loop vs graph): MLP 1x50 1.2x, 1x500 1.3x, 5x500
+# with dropout 1.15x. Convolutions are slower under XLA's CPU backend than under oneDNN's
+# kernels (tutorial CNN 0.06x as a loop, 0.4x as a step; README "XLA"): not compiled.
+XLA_FASTER = ("mlp",)
+
+
+def jit_mode(config: Config, replicas: int, pipeline: str) -> tuple[str, str]:
+  """What --jit_compile means for this run: (loop, step, forward_backward or off, why).
+  Raises ConfigError where the mode asked for cannot be compiled."""
+  asked = config.jit_compile
+  # Under N replicas, Keras's optimizer update reads every replica's variables on its own
+  # device inside one merge (XLA cannot place a computation on several devices), and
+  # tf.data iterators cannot be read inside an XLA computation.
+  if asked == "loop" and (replicas > 1 or pipeline != "in_memory"):
+    raise ConfigError(f"--jit_compile=loop needs one replica and --pipeline=in_memory (this "
+                      f"run: {replicas} replica(s), {pipeline}): use --jit_compile=step")
+  if asked == "loop" and config.augment.resized_crop:
+    raise ConfigError("--jit_compile=loop cannot compile --augment's resized_crop (XLA has no "
+                      "CropAndResize): use --jit_compile=step")
+  if asked == "step":
+    if replicas > 1:
+      return "forward_backward", ("--jit_compile=step: the forward and backward pass of each "
+                                  "replica (the cross-replica optimizer update stays outside)")
+    return "step", "--jit_compile=step: each training step"
+  if asked != "auto":
+    return asked, f"--jit_compile={asked}"
+  if config.model not in XLA_FASTER:
+    return "off", f"auto: {config.model} ran slower under XLA on CPU"
+  if replicas > 1 or pipeline != "in_memory":
+    return "off", (f"auto: XLA over the whole loop needs one replica and in-memory data "
+                   f"({replicas} replica(s), {pipeline})")
+  if config.augment.resized_crop:
+    return "off", "auto: XLA has no CropAndResize (--augment's resized_crop)"
+  return "loop", f"auto: the whole inner loop ({config.model} ran faster under XLA)"
+
 
 def _distribute(strategy, dataset):
   options = tf.data.Options()
@@ -88,16 +124,26 @@ class Trainer:
           model=self.model, optimizer=self.optimizer, global_step=self.global_step)
     self._fp16 = config.mixed_precision == "mixed_float16"
     self._eval_datasets = {}  # split -> distributed dataset, built once: no retracing
+    self.eval_seconds = 0.0  # all eval passes of this process (results.json's phases)
     self._evaluations: dict[str, Evaluation] = {}  # split -> the latest
     if restore:
       self.restore(restore if isinstance(restore, str) else None)
+    self.jit, reason = jit_mode(config, self.replicas, self.pipeline)
+    logging.info("XLA: %s (%s)", {"off": "off", "loop": "the whole inner loop",
+                                  "step": "each training step",
+                                  "forward_backward": "the forward and backward pass"}[self.jit],
+                 reason)
+    if self.jit == "step":
+      self._train_step = tf.function(self._train_step, jit_compile=True)
     self._train_loop = tf.function(self._train_loop_fn)
     if self.pipeline == "in_memory":
       self._in_memory = InMemoryData(data.splits["train"], config.augment)
       self._tables = self._place_tables()
-      # The index window's length varies at eval/checkpoint boundaries: one trace for all.
+      # One trace (and one XLA compilation) for every loop length: windows are padded to
+      # steps_per_loop rows and `steps` says how many run (a loop never runs more).
       self._in_memory_loop = tf.function(self._in_memory_loop_fn, input_signature=[
-          tf.TensorSpec([None, config.batch_size], tf.int32)])
+          tf.TensorSpec([config.steps_per_loop, config.batch_size], tf.int32),
+          tf.TensorSpec([], tf.int32)], jit_compile=self.jit == "loop")
     self._eval_pass = tf.function(self._eval_pass_fn)
 
   def _place_tables(self):
@@ -143,7 +189,7 @@ class Trainer:
     return logits, per_example, regularization, grads
 
   def _train_step(self, images, labels):
-    if self.config.jit_compile:
+    if self.jit == "forward_backward":
       logits, per_example, reg, grads = tf.function(self._forward_backward, jit_compile=True)(
           images, labels)
     else:
@@ -190,8 +236,8 @@ class Trainer:
                              self._augment_seed(self.global_step.read_value()))
     self._train_step(images, labels)
 
-  def _in_memory_loop_fn(self, indices):
-    for i in tf.range(tf.shape(indices)[0]):
+  def _in_memory_loop_fn(self, indices, steps):
+    for i in tf.range(steps):
       # Each replica receives its own device's copy of the tables (_place_tables).
       self.strategy.run(self._in_memory_step,
                         args=(indices[i], self.global_step.read_value(), self._tables))
@@ -244,6 +290,7 @@ class Trainer:
       return cached
     for metric in (self.eval_loss, self.eval_accuracy):
       metric.reset_state()
+    eval_start = time.perf_counter()  # with the first eval's dataset building and tracing
     if split not in self._eval_datasets:
       data = self.data.splits[split]
       make = eval_stream if isinstance(data, StreamSplit) else input_pipeline.eval_dataset
@@ -268,6 +315,7 @@ class Trainer:
                         accuracy=float(self.eval_accuracy.result()),
                         predictions=predictions[keep][order], losses=losses[keep][order],
                         seconds=time.perf_counter() - start, labels=labels[keep][order])
+    self.eval_seconds += time.perf_counter() - eval_start
     self._evaluations[split] = result
     return result
 
@@ -321,7 +369,11 @@ class Trainer:
     """Runs `steps` training steps in one tf.function call; returns their global loss and
     accuracy (read once, at the loop boundary)."""
     if isinstance(iterator, IndexStream):
-      self._in_memory_loop(tf.constant(iterator.take(steps)))
+      for start in range(0, steps, self.config.steps_per_loop):
+        n = min(self.config.steps_per_loop, steps - start)
+        window = np.zeros((self.config.steps_per_loop, self.config.batch_size), np.int32)
+        window[:n] = iterator.take(n)
+        self._in_memory_loop(tf.constant(window), tf.constant(n, tf.int32))
     else:
       self._train_loop(iterator, tf.constant(steps, tf.int64))
     result = {"loss": float(self.train_loss.result()),

@@ -16,9 +16,9 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise cli.UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
-  from trainer import config, train  # pylint: disable=g-import-not-at-top
+  from trainer import config, phases, train  # pylint: disable=g-import-not-at-top
   cfg = config.from_flags(FLAGS)
-  results = train.train_and_evaluate(cfg)
+  results = train.train_and_evaluate(cfg, phases.process_start())
   split = "test" if "test_accuracy" in results else "validation"
   if f"{split}_accuracy" in results:
     print(f"{split} accuracy {results[split + '_accuracy']:.4f} "

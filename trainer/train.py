@@ -14,15 +14,20 @@ from input_pipeline.pipeline import check_batch
 from models import summary as model_summary
 from trainer import actions as tl_actions
 from trainer import distribute, export, files, run_record, summaries
+from trainer.phases import Phases
 from trainer.config import FOLDER_CHECK, Config, ConfigError
 from trainer.controller import Controller, Timing
 from trainer.loop import Trainer
 
 
-def train_and_evaluate(config: Config) -> dict:
+def train_and_evaluate(config: Config, process_start: float | None = None) -> dict:
   """Trains to the target step (resuming from model_dir), evaluates, exports; returns the
-  results that also go to model_dir/results.json."""
+  results that also go to model_dir/results.json. process_start: when the command started
+  (trainer.phases.process_start), so that the phases include the start-up before this."""
   start = time.time()
+  phases = Phases(process_start or start)
+  if process_start:
+    phases.add("start_up", start - process_start)  # Python, TensorFlow's import, flags
   files.check_model_dir(config.model_dir)
   # Before any work: a rerun that changes what is trained is refused here.
   recorded = run_record.load(config.model_dir)
@@ -33,7 +38,9 @@ def train_and_evaluate(config: Config) -> dict:
     tf.config.experimental.enable_op_determinism()
   logging.info("precision policy: %s%s", config.mixed_precision,
                " with dynamic loss scaling" if config.mixed_precision == "mixed_float16" else "")
-  data = config.load_data()
+  phases.add("setup", time.time() - start)
+  with phases.time("data"):
+    data = config.load_data()
   run_record.check_pipeline(config, recorded, data)
   train_split = data.splits.get("train")
   if train_split is None or not train_split.labeled:
@@ -52,7 +59,7 @@ def train_and_evaluate(config: Config) -> dict:
   # worker does so into a scratch directory removed at the end.
   scratch = None if chief else tempfile.mkdtemp(prefix="tapeloop-worker-")
   try:
-    return _run(config, strategy, data, start, scratch, recorded, changed)
+    return _run(config, strategy, data, phases, scratch, recorded, changed)
   finally:
     if scratch:
       files.rmtree(scratch)
@@ -66,7 +73,8 @@ def _eval_split(data) -> str | None:
   return None
 
 
-def _actions(config: Config, trainer: Trainer, writer, data, eval_split, output_dir: str):
+def _actions(config: Config, trainer: Trainer, writer, data, eval_split, output_dir: str,
+             phases: Phases):
   """The outer loop's actions, in the order they run at each boundary."""
   steps = dict(total_steps=trainer.total_steps)
   actions = [
@@ -102,7 +110,7 @@ def _actions(config: Config, trainer: Trainer, writer, data, eval_split, output_
   if config.profile_steps:
     actions.append(tl_actions.Profiler(config.profile_steps,
                                        os.path.join(config.model_dir, "profile")))
-  actions += [tl_actions.Checkpoint(save=trainer.checkpoints.save,
+  actions += [tl_actions.Checkpoint(save=phases.timed("checkpoints", trainer.checkpoints.save),
                                     interval=trainer.checkpoint_interval, **steps)]
   return actions, pictures
 
@@ -121,11 +129,12 @@ def _describe_eval(config: Config, trainer: Trainer, eval_split: str | None) -> 
                     "figure is then optimistic; hold out --validation_split=0.1 instead")
 
 
-def _run(config: Config, strategy, data, start: float, scratch: str | None,
+def _run(config: Config, strategy, data, phases: Phases, scratch: str | None,
          recorded: dict | None, changed: dict) -> dict:
   chief = scratch is None
   output_dir = config.model_dir if chief else scratch
-  trainer = Trainer(config, strategy, data, output_dir=scratch)
+  with phases.time("build"):  # model, optimizer, restore
+    trainer = Trainer(config, strategy, data, output_dir=scratch)
   run_record.check_length(config, trainer.step, trainer.total_steps)
   flag_changes = []
   if chief:  # what the run was started as, and changes since: trainer.evaluate reads it
@@ -142,7 +151,7 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None,
   writer.flags(config.hparams())
   eval_split = _eval_split(data)
   _describe_eval(config, trainer, eval_split)
-  actions, pictures = _actions(config, trainer, writer, data, eval_split, output_dir)
+  actions, pictures = _actions(config, trainer, writer, data, eval_split, output_dir, phases)
   step = trainer.step
   stopped_at = int(trainer.progress.stopped_early_at.numpy())
   if stopped_at >= 0:
@@ -163,7 +172,8 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None,
   stop, timing = timing.stop, {"examples_per_sec": timing.examples_per_sec,
                                "train_seconds": timing.train_seconds,
                                "compile_seconds": timing.compile_seconds}
-  previous = files.read_json(results_path) if timing["examples_per_sec"] is None else None
+  trained_here = timing["examples_per_sec"] is not None  # this process trained
+  previous = files.read_json(results_path) if not trained_here else None
   if previous:
     # A rerun of a finished run only evaluates: keep the training figures it measured.
     timing = {k: previous.get(k, v) for k, v in timing.items()}
@@ -197,10 +207,21 @@ def _run(config: Config, strategy, data, start: float, scratch: str | None,
   if pictures is not None:
     results["eval_pictures_seconds"] = pictures.seconds
   writer.close()
-  results["wall_seconds"] = time.time() - start
+  results["wall_seconds"] = time.time() - phases.start
   results["flags"] = config.flag_values
-  export.save_model(trainer.model, data.info.image_shape, os.path.join(output_dir, "export"),
-                    data.info.class_names)
+  with phases.time("export"):
+    export.save_model(trainer.model, data.info.image_shape, os.path.join(output_dir, "export"),
+                      data.info.class_names)
+  # Training loops: the first (tracing and compilation) apart; evals, their pictures and
+  # checkpoints ran between loops.
+  phases.add("compile", timing["compile_seconds"] if trained_here else 0.0)
+  phases.add("train", (timing["train_seconds"] - timing["compile_seconds"])
+             if trained_here else 0.0)
+  phases.add("eval", trainer.eval_seconds)
+  phases.add("eval_pictures", pictures.seconds if pictures is not None else 0.0)
+  results["phases"] = phases.summary()
+  logging.info("%.1f s in all: %s", results["phases"]["total"], ", ".join(
+      f"{k.replace('_', ' ')} {v:.1f} s" for k, v in results["phases"].items() if k != "total"))
   if chief:
     files.write_json(results_path, results)
   return results

@@ -98,3 +98,16 @@ def test_normalize_gives_the_same_bits_eagerly_in_tf_function_and_in_tf_data():
   np.testing.assert_array_equal(graph, eager)
   np.testing.assert_array_equal(mapped, eager)
   assert eager[0] == 0.0 and eager[255] == 1.0
+
+
+def test_augmentation_is_the_same_bits_under_xla():
+  # --jit_compile=loop compiles the augmentation with the step: the same draws as the graph
+  # (tf.random.stateless_uniform's own floats differ between the two).
+  images = tf.random.stateless_uniform([64, 12, 12, 1], [1, 2])
+  augment = Augment.parse("translate=2,flip,erase=0.5")
+  run = lambda x, seed: preprocess.augment_batch(x, augment, seed)
+  for step in range(3):
+    seed = preprocess.augment_seed(0, 0, step)
+    graph = tf.function(run)(images, seed).numpy()
+    np.testing.assert_array_equal(tf.function(run, jit_compile=True)(images, seed).numpy(), graph)
+    assert (graph != images.numpy()).any()

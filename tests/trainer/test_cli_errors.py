@@ -113,6 +113,8 @@ def _cases(t):
       (["--memory_budget_gb=0"], "--memory_budget_gb=0.0 must be positive"),
       (["--pipeline=stream"], "--pipeline=stream reads TFDS or folder: data"),
       (["--pipeline=disk"], "--pipeline=disk is unknown"),
+      (["--jit_compile=loop", "--pipeline=tf_data"], "--jit_compile=loop needs one replica "
+       "and --pipeline=in_memory (this run: 1 replica(s), tf_data): use --jit_compile=step"),
       (["--augment=resized_crop=1.5"], "resized_crop in [0, 1) (0: none)"),
   ]
 

@@ -44,6 +44,7 @@ def test_flagfile_and_command_line_override(tmp_path):
     (["--learning_rate=-0.1"], "--learning_rate=-0.1 must be positive"),
     (["--strategy=tpu"], "--strategy=tpu is unknown"),
     (["--mixed_precision=fp8"], "--mixed_precision=fp8 is unknown"),
+    (["--jit_compile=true"], "--jit_compile=true is unknown; use auto, loop, step, off"),
     (["--validation_split=1.5"], "--validation_split=1.5 must be in"),
     (["--weight_decay=-1"], "--weight_decay=-1.0 must be"),
     (["--clip_norm=0"], "--clip_norm=0.0 must be positive"),

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -24,7 +25,9 @@ ARGS = ["--model=mlp", "--hidden_units=16", f"--dataset={DATASET}", "--batch_siz
 def trained(tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp("run") / "model")
   # 256 train examples / 32 = 8 steps per epoch; 2 epochs = 16 steps.
+  start = time.time()
   first = run("trainer.main", *ARGS, "--epochs=2", f"--model_dir={model_dir}")
+  first.wall_seconds = time.time() - start  # the whole command, as its user waits for it
   return model_dir, first
 
 
@@ -38,6 +41,22 @@ def test_results_json(trained):
   assert results["examples_per_sec"] > 0 and results["wall_seconds"] > 0
   assert results["flags"]["hidden_units"] == ["16"] and results["flags"]["epochs"] == 2
   assert f"test accuracy {results['test_accuracy']:.4f}" in proc.stdout
+
+
+def test_phases_account_for_the_whole_command(trained):
+  model_dir, proc = trained
+  with open(os.path.join(model_dir, "results.json")) as f:
+    phases = json.load(f)["phases"]
+  assert set(phases) == {"start_up", "setup", "data", "build", "checkpoints", "export",
+                         "compile", "train", "eval", "eval_pictures", "other", "total"}
+  for name in ("start_up", "build", "checkpoints", "export", "compile", "train", "eval"):
+    assert phases[name] > 0, name
+  assert phases["start_up"] > 0.5  # Python and TensorFlow's import, before tapeloop's code
+  parts = sum(v for k, v in phases.items() if k != "total")
+  assert parts == pytest.approx(phases["total"], abs=0.01)
+  # From the process's start to results.json: all of the command but its exit.
+  assert proc.wall_seconds - 5 < phases["total"] <= proc.wall_seconds
+  assert f"{phases['total']:.1f} s in all: start up {phases['start_up']:.1f} s" in proc.stderr
 
 
 def test_console_progress_lines(trained):

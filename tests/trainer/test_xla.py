@@ -1,0 +1,99 @@
+"""--jit_compile: what each mode compiles, and XLA training like the graph it replaces."""
+
+import keras
+import numpy as np
+import pytest
+
+import input_pipeline
+from trainer import distribute
+from trainer.config import ConfigError
+from trainer.loop import Trainer, jit_mode
+from flag_helpers import parse
+
+DATA = "synthetic:shape=12x12x1,classes=5,train=512,test=50"
+MLP = ["--model=mlp", "--hidden_units=16,16"]
+
+
+@pytest.mark.parametrize("args,replicas,pipeline,expected", [
+    (MLP, 1, "in_memory", "loop"),                     # measured faster: the whole loop
+    (["--model=cnn"], 1, "in_memory", "off"),          # convolutions: slower under XLA
+    (["--model=resnet"], 1, "in_memory", "off"),
+    (MLP, 2, "in_memory", "off"),                      # a loop over replicas: not compilable
+    (MLP, 1, "stream", "off"),                         # an iterator inside: not compilable
+    (MLP + ["--jit_compile=off"], 1, "in_memory", "off"),
+    (["--model=cnn", "--jit_compile=loop"], 1, "in_memory", "loop"),
+    (MLP + ["--jit_compile=step"], 1, "tf_data", "step"),
+    (MLP + ["--jit_compile=step"], 4, "in_memory", "forward_backward"),
+    (MLP + ["--image_size=16"], 1, "in_memory", "off"),  # resized_crop: no XLA kernel
+    (MLP + ["--image_size=16", "--jit_compile=step"], 1, "in_memory", "step"),  # outside
+])
+def test_what_each_mode_compiles(args, replicas, pipeline, expected):
+  assert jit_mode(parse(*args), replicas, pipeline)[0] == expected
+
+
+@pytest.mark.parametrize("replicas,pipeline", [(2, "in_memory"), (1, "tf_data"), (1, "stream")])
+def test_a_loop_that_cannot_be_compiled_is_refused(replicas, pipeline):
+  with pytest.raises(ConfigError, match="--jit_compile=loop needs one replica"):
+    jit_mode(parse(*MLP, "--jit_compile=loop"), replicas, pipeline)
+  with pytest.raises(ConfigError, match="cannot compile --augment's resized_crop"):
+    jit_mode(parse(*MLP, "--jit_compile=loop", "--image_size=16"), 1, "in_memory")
+
+
+def build(model_dir, *args):
+  cfg = parse(f"--dataset={DATA}", "--batch_size=32", f"--model_dir={model_dir}",
+              "--steps_per_loop=4", *args)
+  keras.utils.set_random_seed(cfg.seed)
+  return Trainer(cfg, distribute.create_strategy(cfg), input_pipeline.load(cfg.dataset))
+
+
+def train(trainer, loops=(1, 6, 3)):
+  """Loops of 1, 6 (more than --steps_per_loop: two calls) and 3 steps: the padded window
+  and its step count."""
+  it = trainer.train_iterator()
+  logs = [trainer.run_steps(it, n) for n in loops]
+  return logs, [w.numpy() for w in trainer.model.weights]
+
+
+@pytest.mark.parametrize("extra", [
+    [],
+    # Keras's and tapeloop's random ops inside the XLA loop: dropout masks and augmentation.
+    ["--dropout=0.3", "--augment=translate=2,flip,erase=0.5"],
+    ["--optimizer=adamw", "--weight_decay=0.1", "--clip_norm=0.5", "--lr_schedule=cosine"],
+])
+def test_the_xla_loop_trains_like_the_graph(tmp_path, extra):
+  graph = build(tmp_path / "graph", *MLP, *extra, "--jit_compile=off")
+  xla = build(tmp_path / "xla", *MLP, *extra, "--jit_compile=loop")
+  assert (graph.jit, xla.jit) == ("off", "loop")
+  (graph_logs, graph_weights), (xla_logs, xla_weights) = train(graph), train(xla)
+  assert graph.step == xla.step == 10
+  for a, b in zip(graph_logs, xla_logs):
+    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
+  for a, b in zip(graph_weights, xla_weights):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert not np.allclose(graph_weights[0], build(tmp_path / "fresh", *MLP).model.weights[0])
+
+
+def test_the_xla_step_trains_like_the_graph_on_two_replicas(tmp_path):
+  two = ["--strategy=mirrored", "--devices=/cpu:0,/cpu:1"]
+  graph = build(tmp_path / "graph", *MLP, *two, "--jit_compile=off")
+  xla = build(tmp_path / "xla", *MLP, *two, "--jit_compile=step")
+  assert xla.jit == "forward_backward"
+  for a, b in zip(train(graph)[1], train(xla)[1]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_an_fp16_overflow_inside_the_xla_loop_skips_the_update(tmp_path):
+  trainer = build(tmp_path, *MLP, "--mixed_precision=mixed_float16", "--jit_compile=loop")
+  it = trainer.train_iterator()
+  trainer.run_steps(it, 2)
+  before = [w.numpy() for w in trainer.model.trainable_weights]
+  iterations = int(trainer.optimizer.iterations.numpy())
+  # A loss scale so large that every float16 gradient overflows: the step must be skipped.
+  trainer.optimizer.dynamic_scale.assign(2.0 ** 100)
+  trainer.run_steps(it, 1)
+  for now, old in zip(trainer.model.trainable_weights, before):
+    np.testing.assert_array_equal(now.numpy(), old)
+  assert trainer.loss_scale == 2.0 ** 99
+  assert int(trainer.optimizer.iterations.numpy()) == iterations
+  assert trainer.step == 3
