@@ -7,7 +7,7 @@ DATA_DIR ?= data/tfds
 # Flags for `make train`, e.g. make train FLAGS="--epochs=1"
 FLAGS ?=
 
-.PHONY: install test train data bench bench-tta bench-stream tutorial clean
+.PHONY: install test train data bench bench-peers bench-tta bench-stream tutorial clean
 
 install: $(STAMP)
 
@@ -33,6 +33,22 @@ train: data
 bench: install
 	$(PY) scripts/benchmark.py
 
+# tapeloop, Keras fit, JAX/Flax and PyTorch on the same models, interleaved:
+# benchmarks/peers.{json,md}. The peers get a virtualenv of their own (.venv-peers): JAX
+# and PyTorch pin numpy and ml_dtypes releases other than TensorFlow's. Never needed by
+# `make test`. torch 2.13.0 is pinned: on this machine it is a local CPU-only wheel (an
+# unpinned torch from PyPI is a CUDA build of several GB).
+PEERS_VENV ?= .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
+$(PEERS_STAMP):
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet -r scripts/peers-requirements.txt
+	touch $@
+
+bench-peers: install $(PEERS_STAMP)
+	$(PY) scripts/benchmark.py --peers --peers_python=$(PEERS_VENV)/bin/python $(BENCH_FLAGS)
+
 # Time to accuracy on Fashion-MNIST with configs/fashion_tta.cfg.
 bench-tta: data
 	$(PY) scripts/benchmark.py --time_to_accuracy --data_dir=$(DATA_DIR)
@@ -49,4 +65,4 @@ tutorial: data
 	$(PY) scripts/tutorial.py --data_dir=$(DATA_DIR) $(TUTORIAL_FLAGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(PEERS_VENV) *.egg-info .pytest_cache

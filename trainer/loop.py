@@ -366,8 +366,8 @@ class Trainer:
     return iter(_distribute(self.strategy, dataset))
 
   def run_steps(self, iterator, steps: int) -> dict[str, float]:
-    """Runs `steps` training steps in one tf.function call; returns their global loss and
-    accuracy (read once, at the loop boundary)."""
+    """Runs `steps` training steps in one tf.function call (in-memory data: one per
+    steps_per_loop); returns their global loss and accuracy (read once, at the end)."""
     if isinstance(iterator, IndexStream):
       for start in range(0, steps, self.config.steps_per_loop):
         n = min(self.config.steps_per_loop, steps - start)

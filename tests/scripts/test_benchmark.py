@@ -25,7 +25,7 @@ class _Args:
 
 
 @pytest.mark.parametrize("kind,settings", [
-    ("tapeloop", True), ("machine", True), ("time_to_accuracy", True), ("keras", False)])
+    ("tapeloop", True), ("machine", True), ("keras", False)])
 def test_jobs_run_with_tapeloops_settings_and_fit_with_tensorflows(benchmark, monkeypatch,
                                                                    kind, settings):
   for name in tf_env.SETTINGS:
@@ -58,18 +58,38 @@ def test_unknown_model_exits_2_with_usage():
   assert "unknown --models nope" in proc.stderr.splitlines()[-1]
 
 
-def test_time_to_accuracy_runs_as_an_isolated_job(benchmark, monkeypatch, tmp_path):
-  # In the parent process it would train without tapeloop's settings (oneDNN off on AVX2).
-  jobs = []
-  result = {"machine": {"date": "2026-11-23", "cpu": "test cpu"}, "train_seconds": 50.0,
-            "compile_seconds": 3.0, "test_accuracy": 0.92, "recipe": "configs/x.cfg"}
-  monkeypatch.setattr(benchmark, "_isolated", lambda args, job: jobs.append(job) or result)
+def test_time_to_accuracy_times_the_whole_command_first_uncached_then_cached(
+    benchmark, monkeypatch, tmp_path):
+  data_dir = tmp_path / "tfds"
+  cache = data_dir / "fashion_mnist" / "3.0.1" / "tapeloop_decoded"
+  cache.mkdir(parents=True)
+  (cache / "train.npz").write_text("decoded")
+  calls = []
+
+  def cli(cmd, cwd, **kwargs):  # the CLI as a user runs it; writes results.json
+    calls.append((cmd, cache.exists()))
+    model_dir = next(a.split("=", 1)[1] for a in cmd if a.startswith("--model_dir="))
+    phases = {"start_up": 3.0, "data": 6.0 if len(calls) == 1 else 0.5, "train": 30.0,
+              "total": 44.0 if len(calls) == 1 else 38.5}
+    with open(os.path.join(model_dir, "results.json"), "w") as f:
+      json.dump({"phases": phases, "test_accuracy": 0.9234, "examples_per_sec": 7000.0,
+                 "global_step": 2340}, f)
+    return subprocess.CompletedProcess(cmd, 0, "", "")
+
+  monkeypatch.setattr(subprocess, "run", cli)
   monkeypatch.setattr(sys, "argv", ["benchmark.py", "--time_to_accuracy",
-                                    f"--output_dir={tmp_path}", "--data_dir=/data"])
+                                    f"--output_dir={tmp_path}", f"--data_dir={data_dir}"])
   assert benchmark.main() == 0
-  assert jobs == [{"kind": "time_to_accuracy", "data_dir": "/data"}]
+  assert [c[0][1:3] for c in calls] == [["-m", "trainer.main"]] * 2
+  assert f"--data_dir={data_dir}" in calls[0][0]
+  assert "--flagfile=configs/fashion_tta.cfg" in calls[0][0]
+  assert calls[0][1] is False  # the first run found no decoded cache
   with open(tmp_path / "time_to_accuracy.json") as f:
-    assert json.load(f) == result
+    result = json.load(f)
+  assert result["runs"]["first"]["phases"]["total"] == 44.0
+  assert all(result["targets"].values())
+  table = (tmp_path / "time_to_accuracy.md").read_text()
+  assert "| first (decodes, writes the cache) | 92.34% | **44.0** | 3.0 | 6.0 |" in table
 
 
 def test_multi_device_mode_measures_both_sides_on_n_replicas(benchmark):
@@ -83,7 +103,8 @@ def test_multi_device_mode_measures_both_sides_on_n_replicas(benchmark):
   train = data.splits["train"]
   x, y = train.images[:2560].astype("float32") / 255.0, train.labels[:2560].astype("int32")
   fit = benchmark.keras_fit_throughput("mlp_5x50_dropout", x, y, 1, 20000, 0.1, devices)
-  assert ours["examples_per_sec"] > 0 and fit["examples_per_sec"] > 0
+  assert ours["tapeloop"]["examples_per_sec"] > 0 and fit["examples_per_sec"] > 0
+  assert ours["jit"] == "off"  # XLA cannot compile a loop over two replicas
   assert benchmark.variants(devices) == ("tapeloop", "keras_fit")
 
 
@@ -111,3 +132,59 @@ def test_gpu_mode_without_a_gpu_is_one_line():
                         timeout=120)
   assert proc.returncode == 2
   assert "--device=gpu: TensorFlow sees no GPU" in proc.stderr.strip().splitlines()[-1]
+
+
+def _fake_jobs(benchmark, monkeypatch, jax_params=39760):
+  """Measurement jobs that return fixed figures: tapeloop 300k, fit 100k/150k, JAX jit
+  200k with 1 thread and 250k with all, its scan 380k/400k, PyTorch 150k/140k,
+  torch.compile fails."""
+  def isolated(args, job):
+    if job["kind"] == "machine":
+      return {"machine": {"date": "d", "cpu": "c", "cores": 2, "tensorflow": "t",
+                          "keras": "k"}, "matmul_gflops": 100.0, "env": {}}
+    if job["kind"] == "tapeloop":
+      return {"tapeloop": {"examples_per_sec": 300_000.0}, "parameters": 39760, "jit": "loop",
+              "train_flops_per_example": 1e5, "env": {}}
+    return {"keras_fit": {"examples_per_sec": 100_000.0},
+            "keras_fit_spe": {"examples_per_sec": 150_000.0}, "env": {}}
+
+  def peer(args, framework, model, threads):
+    if framework == "jax":
+      return {"parameters": jax_params, "version": "0.1",
+              "jax_jit": {"examples_per_sec": 200_000.0 if threads == 1 else 250_000.0},
+              "jax_scan": {"examples_per_sec": 380_000.0 if threads == 1 else 400_000.0}}
+    if framework == "torch_compile":
+      return {"torch_compile": {"error": "InductorError: no compiler"}}
+    return {"parameters": 39760, "version": "2.0",
+            "torch_eager": {"examples_per_sec": 150_000.0 if threads == 1 else 140_000.0}}
+
+  monkeypatch.setattr(benchmark, "_isolated", isolated)
+  monkeypatch.setattr(benchmark, "_peer", peer)
+
+
+class _PeerArgs:
+  models, repeats, steps_per_loop, seconds = "mlp_1x50", 2, 100, 0.1
+
+
+def test_peers_table_takes_each_peer_at_its_best_threads_and_the_best_peer(benchmark,
+                                                                          monkeypatch):
+  _fake_jobs(benchmark, monkeypatch)
+  result = benchmark.run_peers(_PeerArgs())
+  row = result["models"]["mlp_1x50"]
+  assert row["peers"]["jax_jit"]["examples_per_sec"] == 250_000.0
+  assert row["peers"]["jax_jit"]["threads"] == 0
+  assert row["best_peer"] == "jax_scan" and row["vs_best_peer"] == pytest.approx(0.75)
+  assert row["vs_keras_best"] == pytest.approx(2.0)
+  assert row["fraction_of_matmul_peak"] == pytest.approx(0.3)
+  assert result["targets"] == {"mlp_1x50 >= 1.0x the best peer": False,
+                               "mlp_1x50 >= 1.5x keras fit (best)": True}
+  table = benchmark.peers_markdown(result)
+  assert ("| mlp_1x50 | 39,760 | 300,000 | loop | 150,000 | 250,000 t0 | **400,000 t0** | "
+          "150,000 t1 | failed | 0.75x | 2.00x | 30% |") in table
+  assert "mlp_1x50 torch.compile: InductorError: no compiler" in table
+
+
+def test_peers_with_another_parameter_count_stop_the_run(benchmark, monkeypatch):
+  _fake_jobs(benchmark, monkeypatch, jax_params=39761)
+  with pytest.raises(SystemExit, match="mlp_1x50: parameter counts differ"):
+    benchmark.run_peers(_PeerArgs())
