@@ -34,10 +34,11 @@ DEVICE_COPY_LIMIT = 2 * 1024**3
 # An eval still running after this many seconds logs that it has started.
 _EVAL_NOTICE_SECONDS = 3.0
 
-# --jit_compile=auto: model families whose whole inner loop ran faster under XLA on this
-# CPU (make bench, steady examples/s, XLA loop vs graph): MLP 1x50 1.2x, 1x500 1.3x, 5x500
-# with dropout 1.15x. Convolutions are slower under XLA's CPU backend than under oneDNN's
-# kernels (tutorial CNN 0.06x as a loop, 0.4x as a step; README "XLA"): not compiled.
+# --jit_compile=auto: model families whose whole inner loop ran faster under XLA on a CPU
+# (steady examples/s, XLA loop vs graph): MLP 1x50 1.2x, 1x500 1.3x, 5x500 with dropout
+# 1.15x. Convolutions ran slower (tutorial CNN 0.06x as a loop, 0.4x as a step): XLA:CPU's
+# convolution gradients are far slower than oneDNN's, 20-30x inside a loop (README,
+# Performance, "XLA where it measured faster"). Not compiled.
 XLA_FASTER = ("mlp",)
 
 

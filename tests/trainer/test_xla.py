@@ -5,10 +5,15 @@ import numpy as np
 import pytest
 
 import input_pipeline
+from trainer import config as config_lib
 from trainer import distribute
 from trainer.config import ConfigError
 from trainer.loop import Trainer, jit_mode
-from flag_helpers import parse
+
+
+def parse(*args):  # not flag_helpers.parse, which turns XLA off: the default is tested here
+  return config_lib.from_args(args)
+
 
 DATA = "synthetic:shape=12x12x1,classes=5,train=512,test=50"
 MLP = ["--model=mlp", "--hidden_units=16,16"]
