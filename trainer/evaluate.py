@@ -23,9 +23,10 @@ from trainer import flags as tl_flags  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 # Flags that say how the training run ran, not what it trained: here they are this
-# process's own (a single-machine evaluator), never copied from the run.
+# process's own (a single-machine evaluator), never copied from the run. jit_compile among
+# them: runs before --jit_compile=auto recorded it as true/false.
 _HOW_IT_RAN = ("strategy", "devices", "cpu_devices", "profile_steps", "keep_best",
-               "early_stopping", "eval_every", "checkpoint_every", "eval_images")
+               "early_stopping", "eval_every", "checkpoint_every", "eval_images", "jit_compile")
 HELP_GROUPS = {"Evaluation": ["model_dir", "split", "checkpoint", "continuous",
                               "poll_seconds", "timeout"],
                "Overrides of the run's flags": ["dataset", "data_dir", "manual_dir",

@@ -69,7 +69,7 @@ def jit_mode(config: Config, replicas: int, pipeline: str) -> tuple[str, str]:
                    f"({replicas} replica(s), {pipeline})")
   if config.augment.resized_crop:
     return "off", "auto: XLA has no CropAndResize (--augment's resized_crop)"
-  return "loop", f"auto: the whole inner loop ({config.model} ran faster under XLA)"
+  return "loop", f"auto: {config.model} ran faster under XLA"
 
 
 def _distribute(strategy, dataset):

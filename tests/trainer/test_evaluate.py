@@ -73,6 +73,16 @@ def test_not_a_run_directory(tmp_path):
   assert "no flags.json in" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_a_run_that_recorded_jit_compile_as_a_boolean_evaluates(trained, tmp_path):
+  copy = tmp_path / "copy"
+  shutil.copytree(trained, copy)
+  recorded = json.loads((copy / "flags.json").read_text())
+  recorded["jit_compile"] = False  # as runs before --jit_compile=auto recorded it
+  (copy / "flags.json").write_text(json.dumps(recorded))
+  proc = run("trainer.evaluate", f"--model_dir={copy}", "--noeval_images")
+  assert f"test accuracy {_results(trained)['test_accuracy']:.4f}" in proc.stdout
+
+
 def test_a_run_without_flags_json_uses_its_results_and_a_corrupt_one_is_refused(trained,
                                                                                  tmp_path):
   copy = tmp_path / "copy"
