@@ -22,7 +22,8 @@ NO_FLIP_DATASETS = ("mnist", "emnist", "kmnist", "binarized_mnist", "svhn_croppe
 
 @dataclasses.dataclass(frozen=True)
 class Augment:
-  """translate: max shift in pixels; flip: random horizontal flip; erase: probability of
+  """translate: max shift in pixels (--augment's crop=PIXELS too: padding by PIXELS and a
+  random crop of the original size is the same draw); flip: random horizontal flip; erase: probability of
   blanking a random rectangle (random erasing); resized_crop: random-resized crop, its
   smallest area fraction (None: not given; with --image_size it defaults to DEFAULT_CROP)."""
   translate: int = 0
@@ -47,9 +48,12 @@ class Augment:
       if item == "none":
         continue
       key, sep, value = item.partition("=")
+      if key in ("translate", "crop") and "translate" in kwargs:
+        raise DataError(f"--augment={text}: crop and translate are the same augmentation "
+                        "(pad, then crop at a random offset); give one")
       try:
-        if key == "translate":
-          kwargs[key] = int(value) if sep else 2
+        if key in ("translate", "crop"):
+          kwargs["translate"] = int(value) if sep else (4 if key == "crop" else 2)
         elif key == "flip" and not sep:
           kwargs[key] = True
         elif key == "erase":
@@ -60,7 +64,7 @@ class Augment:
           raise ValueError
       except ValueError:
         raise DataError(f"--augment: cannot read {item!r}; use none or a comma list of "
-                        "translate[=PIXELS], flip, erase[=PROBABILITY], "
+                        "crop[=PIXELS], translate[=PIXELS], flip, erase[=PROBABILITY], "
                         "resized_crop[=MIN_AREA]") from None
     augment = cls(**kwargs)
     if (augment.translate < 0 or not 0.0 <= augment.erase <= 1.0
@@ -97,7 +101,8 @@ def _uniform(shape, seed: tf.Tensor) -> tf.Tensor:
 
 
 def translate(images: tf.Tensor, max_shift: int, seed: tf.Tensor) -> tf.Tensor:
-  """Shifts each image by up to max_shift pixels in each direction, filling with zeros."""
+  """Shifts each image by up to max_shift pixels in each direction, filling with zeros:
+  the standard pad-and-random-crop (pad by max_shift, crop back to the size)."""
   b, h, w = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
   padded = tf.pad(images, [[0, 0], [max_shift, max_shift], [max_shift, max_shift], [0, 0]])
   offsets = tf.random.stateless_uniform([2, b], seed, 0, 2 * max_shift + 1, dtype=tf.int32,

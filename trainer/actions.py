@@ -135,9 +135,10 @@ class Evaluate(Action):
   mistakes and the per-class table too."""
 
   def __init__(self, *, evaluate, split: str, interval: int, total_steps: int, writer,
-               pictures: "EvalPictures | None" = None):
+               pictures: "EvalPictures | None" = None, raw: Callable | None = None):
+    """raw: with an EMA, evaluates the raw weights, logged beside (the eval_raw run)."""
     self.evaluate, self.split, self.interval = evaluate, split, interval
-    self.total, self.writer, self.pictures = total_steps, writer, pictures
+    self.total, self.writer, self.pictures, self.raw = total_steps, writer, pictures, raw
 
   def next_step(self, step):
     return next_multiple(step, self.interval)
@@ -146,8 +147,14 @@ class Evaluate(Action):
     if step % self.interval and step < self.total:
       return
     result = self.evaluate(self.split)
-    logging.info("eval on %s at step %d: loss %.4f  accuracy %.4f  (%.1f s)", self.split, step,
-                 result.loss, result.accuracy, result.seconds)
+    raw = ""
+    if self.raw:
+      raw_result = self.raw(self.split)
+      self.writer.scalars("eval_raw", step, raw_result.metrics())
+      raw = (f"; raw weights: loss {raw_result.loss:.4f}  accuracy {raw_result.accuracy:.4f}")
+    logging.info("eval on %s at step %d: loss %.4f  accuracy %.4f  (%.1f s)%s", self.split,
+                 step, result.loss, result.accuracy, result.seconds,
+                 raw and f" with the EMA weights{raw}")
     self.writer.scalars("eval", step, result.metrics())
     if self.pictures:
       self.pictures(step, result)
@@ -243,6 +250,32 @@ class EarlyStopping(Action):
     self.progress.stopped_early_at.assign(step)
     logs["stop"] = Stop(f"early stopping: eval {self.metric} has not improved on {best:.4f} "
                         f"(step {at}) for {self.patience} evals")
+
+
+class ReduceOnPlateau(Action):
+  """--lr_schedule=plateau (Keras's ReduceLROnPlateau on the eval metric): after `patience`
+  evals without a new best (BestMetric, run before), the rate's factor is multiplied by
+  `factor`; the count starts again after each cut. The state is checkpointed (Progress)."""
+
+  def __init__(self, *, patience: int, factor: float, metric: str, progress,
+               learning_rate: Callable[[], float]):
+    self.patience, self.factor, self.metric = patience, factor, metric
+    self.progress, self.learning_rate = progress, learning_rate
+
+  def __call__(self, step, logs):
+    if "eval" not in logs:
+      return
+    if logs.get("new_best"):
+      self.progress.plateau_evals.assign(0)
+      return
+    self.progress.plateau_evals.assign_add(1)
+    if int(self.progress.plateau_evals.numpy()) >= self.patience:
+      before = float(self.learning_rate())
+      self.progress.lr_factor.assign(self.progress.lr_factor * self.factor)
+      self.progress.plateau_evals.assign(0)
+      logging.info("eval %s has not improved for %d evals: learning rate %.3g -> %.3g at "
+                   "step %d", self.metric, self.patience, before, float(self.learning_rate()),
+                   step)
 
 
 class Checkpoint(Action):

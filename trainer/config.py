@@ -37,8 +37,12 @@ class Config:
   image_size: tuple[int, int] | None
   skip_bad_images: bool
   augment: Augment
+  mixup: float
+  cutmix: float
+  mix_probability: float
   model_dir: str
   batch_size: int
+  accumulation_steps: int
   epochs: int | None
   train_steps: int | None
   steps_per_loop: int
@@ -57,8 +61,14 @@ class Config:
   lr_schedule: str
   warmup_steps: int
   schedule_steps: int | None
+  final_learning_rate: float
+  lr_boundaries: tuple[int, ...]
+  plateau_patience: int
   lr_decay_rate: float
   momentum: float
+  nesterov: bool
+  label_smoothing: float
+  ema_decay: float | None
   weight_decay: float
   clip_norm: float | None
   strategy: str
@@ -80,9 +90,18 @@ class Config:
         values[name] = self.model_hparams.get(name, defaults[name])
     return values
 
+  @property
+  def step_batch(self) -> int:
+    """Examples per training step: the batch times --accumulation_steps."""
+    return self.batch_size * self.accumulation_steps
+
+  @property
+  def mixing(self) -> bool:
+    return bool(self.mixup or self.cutmix)
+
   def steps_for(self, train_size: int) -> tuple[int, int]:
     """(steps per epoch, total steps) for a training split of train_size examples."""
-    per_epoch = max(1, train_size // self.batch_size)
+    per_epoch = max(1, train_size // self.step_batch)
     return per_epoch, self.train_steps or per_epoch * (self.epochs or 1)
 
   def load_data(self):
@@ -148,6 +167,36 @@ def _model_hparams(fv) -> dict[str, Any]:
   return hparams
 
 
+def _schedule(fv) -> tuple[int, ...]:
+  """Checks the schedule's own flags; returns --lr_boundaries as steps."""
+  _check(0 <= fv.final_learning_rate < fv.learning_rate,
+         f"--final_learning_rate={fv.final_learning_rate} must be >= 0 and below "
+         f"--learning_rate={fv.learning_rate}")
+  boundaries = ()
+  if fv.lr_boundaries:
+    _check(fv.lr_schedule == "step", "--lr_boundaries applies to --lr_schedule=step")
+    boundaries = _ints("lr_boundaries", fv.lr_boundaries)
+    _check(list(boundaries) == sorted(set(boundaries)),
+           f"--lr_boundaries={','.join(fv.lr_boundaries)}: steps must increase")
+  _check(fv.lr_schedule != "step" or boundaries,
+         "--lr_schedule=step needs --lr_boundaries, e.g. 6000,9000 (steps)")
+  _check(fv.lr_schedule != "one_cycle" or fv.warmup_steps == 0 or fv.schedule_steps is None
+         or fv.warmup_steps < fv.schedule_steps,
+         "--warmup_steps must be below --schedule_steps for one_cycle")
+  return boundaries
+
+
+def _mixing(fv) -> tuple[float, float]:
+  """Checks --mixup, --cutmix and --mix_probability; returns the two alphas."""
+  for name in ("mixup", "cutmix"):
+    _check(fv[name].value >= 0, f"--{name}={fv[name].value} must be >= 0 (0: off)")
+  _check(0 < fv.mix_probability <= 1,
+         f"--mix_probability={fv.mix_probability} must be in (0, 1]")
+  _check(fv.mix_probability == 1 or fv.mixup or fv.cutmix,
+         "--mix_probability applies with --mixup or --cutmix")
+  return fv.mixup, fv.cutmix
+
+
 def from_flags(fv) -> Config:
   """Validates every flag; raises ConfigError naming the first bad one."""
   _check(fv.model in models.MODELS, f"--model={fv.model} is unknown; known models: "
@@ -156,7 +205,8 @@ def from_flags(fv) -> Config:
     parse_spec(fv.dataset)
   except ValueError as e:
     raise ConfigError(f"--dataset: {e}") from None
-  for name in ("batch_size", "steps_per_loop", "keep_checkpoints"):
+  for name in ("batch_size", "steps_per_loop", "keep_checkpoints", "accumulation_steps",
+               "plateau_patience"):
     _check(fv[name].value >= 1, f"--{name}={fv[name].value} must be positive")
   for name in ("epochs", "train_steps", "eval_every", "checkpoint_every", "num_classes",
                "cpu_devices", "intra_op_threads", "early_stopping", "schedule_steps"):
@@ -185,6 +235,14 @@ def from_flags(fv) -> Config:
   _check(0 < fv.lr_decay_rate <= 1, f"--lr_decay_rate={fv.lr_decay_rate} must be in (0, 1]")
   _check(0 <= fv.momentum < 1, f"--momentum={fv.momentum} must be in [0, 1)")
   _check(fv.weight_decay >= 0, f"--weight_decay={fv.weight_decay} must be >= 0")
+  _check(not fv.nesterov or fv.optimizer == "momentum",
+         f"--nesterov applies to --optimizer=momentum (not {fv.optimizer})")
+  _check(0 <= fv.label_smoothing < 1,
+         f"--label_smoothing={fv.label_smoothing} must be in [0, 1)")
+  _check(fv.ema_decay is None or 0 < fv.ema_decay < 1,
+         f"--ema_decay={fv.ema_decay} must be in (0, 1), e.g. 0.999")
+  lr_boundaries = _schedule(fv)
+  mixup, cutmix = _mixing(fv)
   # Keras's AdamW would otherwise decay by its own 0.004 while results.json records 0.
   _check(fv.optimizer != "adamw" or fv.weight_decay > 0, "--optimizer=adamw needs "
          "--weight_decay (e.g. 0.004, Keras's default); without decay use --optimizer=adam")
@@ -216,8 +274,9 @@ def from_flags(fv) -> Config:
       data_dir=fv.data_dir, manual_dir=fv.manual_dir, num_classes=fv.num_classes,
       validation_split=fv.validation_split, pipeline=fv.pipeline,
       memory_budget_gb=fv.memory_budget_gb, image_size=image_size,
-      skip_bad_images=fv.skip_bad_images, augment=augment, model_dir=model_dir,
-      batch_size=fv.batch_size, epochs=fv.epochs, train_steps=fv.train_steps,
+      skip_bad_images=fv.skip_bad_images, augment=augment, mixup=mixup, cutmix=cutmix,
+      mix_probability=fv.mix_probability, model_dir=model_dir, batch_size=fv.batch_size,
+      accumulation_steps=fv.accumulation_steps, epochs=fv.epochs, train_steps=fv.train_steps,
       steps_per_loop=fv.steps_per_loop, eval_every=fv.eval_every, eval_images=fv.eval_images,
       keep_best=fv.keep_best, early_stopping=fv.early_stopping,
       checkpoint_every=fv.checkpoint_every, keep_checkpoints=fv.keep_checkpoints,
@@ -226,7 +285,10 @@ def from_flags(fv) -> Config:
       divergence_retries=fv.divergence_retries, optimizer=fv.optimizer,
       learning_rate=fv.learning_rate, lr_schedule=fv.lr_schedule,
       warmup_steps=fv.warmup_steps, schedule_steps=fv.schedule_steps,
-      lr_decay_rate=fv.lr_decay_rate, momentum=fv.momentum,
+      final_learning_rate=fv.final_learning_rate, lr_boundaries=lr_boundaries,
+      plateau_patience=fv.plateau_patience, lr_decay_rate=fv.lr_decay_rate,
+      momentum=fv.momentum, nesterov=fv.nesterov, label_smoothing=fv.label_smoothing,
+      ema_decay=fv.ema_decay,
       weight_decay=fv.weight_decay, clip_norm=fv.clip_norm, strategy=fv.strategy,
       devices=tuple(fv.devices) if fv.devices else None, cpu_devices=fv.cpu_devices,
       intra_op_threads=fv.intra_op_threads, profile_steps=profile,

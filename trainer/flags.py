@@ -6,7 +6,7 @@ import contextlib
 from absl import flags
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
-SCHEDULES = ("constant", "cosine", "exponential")
+SCHEDULES = ("constant", "cosine", "exponential", "step", "one_cycle", "plateau")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 JIT_MODES = ("auto", "loop", "step", "off")
@@ -72,13 +72,23 @@ def _define() -> None:
                         "images of varying size.")
     flags.DEFINE_boolean("skip_bad_images", False, "folder: skip (and count) unreadable "
                          "image files instead of stopping.")
-    flags.DEFINE_string("augment", "none", "none, or a comma list of translate[=PIXELS], flip, "
-                        "erase[=PROBABILITY], resized_crop[=MIN_AREA] (on with --image_size; "
-                        "resized_crop=0: off).")
+    flags.DEFINE_string("augment", "none", "none, or a comma list of crop[=PIXELS] (pad "
+                        "with zeros, crop at a random offset; translate[=PIXELS] is the same), "
+                        "flip, erase[=PROBABILITY], resized_crop[=MIN_AREA] (on with "
+                        "--image_size; resized_crop=0: off).")
+    flags.DEFINE_float("mixup", 0.0, "Mixup: mix each batch with a shuffled copy, "
+                       "images and targets, by a Beta(ALPHA, ALPHA) weight (0: off; e.g. 0.2).")
+    flags.DEFINE_float("cutmix", 0.0, "CutMix: paste a box of a shuffled copy of the batch, "
+                       "targets by area; box area from Beta(ALPHA, ALPHA) (0: off; e.g. 1.0). "
+                       "With --mixup, each batch takes one of the two at random.")
+    flags.DEFINE_float("mix_probability", 1.0, "Fraction of batches --mixup/--cutmix mix.")
   with _group("Run"):
     flags.DEFINE_string("model_dir", None, "Where checkpoints, TensorBoard events, results.json "
                         "and the export go (default runs/<model>-<dataset>).")
     flags.DEFINE_integer("batch_size", 128, "GLOBAL batch size, split over all replicas.")
+    flags.DEFINE_integer("accumulation_steps", 1, "Gradient accumulation: each step sums "
+                         "the gradients of this many batches of --batch_size and updates "
+                         "once (a step on accumulation_steps x batch_size examples).")
     flags.DEFINE_integer("epochs", None, "Epochs to train (default 1); not with --train_steps.")
     flags.DEFINE_integer("train_steps", None, "Steps to train; not with --epochs.")
     flags.DEFINE_integer("steps_per_loop", 100, "Steps inside one tf.function call; logs and "
@@ -109,12 +119,31 @@ def _define() -> None:
   with _group("Optimization"):
     flags.DEFINE_string("optimizer", "adam", "sgd, momentum, adam, adamw or rmsprop.")
     flags.DEFINE_float("learning_rate", 1e-3, "Peak learning rate.")
-    flags.DEFINE_string("lr_schedule", "constant", "constant, cosine or exponential.")
-    flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps before the schedule.")
+    flags.DEFINE_string("lr_schedule", "constant", "constant; cosine (to --final_learning_rate); "
+                        "exponential; step (x lr_decay_rate at each of --lr_boundaries); "
+                        "one_cycle (linear from learning_rate/25 up over the warm-up, default "
+                        "30% of the run, then cosine to --final_learning_rate); plateau (x "
+                        "lr_decay_rate after --plateau_patience evals without a new best eval "
+                        "metric, --keep_best's or loss).")
+    flags.DEFINE_integer("warmup_steps", 0, "Linear warm-up steps before the schedule "
+                         "(one_cycle: 0 means 30% of the schedule).")
+    flags.DEFINE_float("final_learning_rate", 0.0, "cosine, one_cycle: the rate at the end; "
+                       "plateau: the lowest rate.")
+    flags.DEFINE_list("lr_boundaries", None, "step: the steps at which the rate is multiplied "
+                      "by --lr_decay_rate, e.g. 6000,9000.")
+    flags.DEFINE_integer("plateau_patience", 3, "plateau: evals without a new best before "
+                         "the rate is cut.")
     flags.DEFINE_integer("schedule_steps", None, "The schedule's horizon in steps (default: "
                          "the run's length at its first start, kept when a rerun extends it).")
-    flags.DEFINE_float("lr_decay_rate", 0.1, "exponential: factor over the whole run.")
+    flags.DEFINE_float("lr_decay_rate", 0.1, "exponential: factor over the whole run; step "
+                       "and plateau: factor at each cut.")
     flags.DEFINE_float("momentum", 0.9, "Momentum of the momentum optimizer.")
+    flags.DEFINE_boolean("nesterov", False, "momentum: Nesterov momentum.")
+    flags.DEFINE_float("label_smoothing", 0.0, "Training loss only: targets (1 - E) on the "
+                       "label plus E / classes on every class.")
+    flags.DEFINE_float("ema_decay", None, "Keep an exponential moving average of the weights "
+                       "(e.g. 0.999), updated at every applied step; evals and the export "
+                       "use it, and the raw weights' evals are logged beside (eval_raw).")
     flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (not on biases, norms); "
                        "adamw needs it.")
     flags.DEFINE_float("clip_norm", None, "Clip gradients to this global norm, after the "

@@ -20,10 +20,11 @@ import input_pipeline
 import models
 from input_pipeline import Data
 from input_pipeline.in_memory import IndexStream, InMemoryData
+from input_pipeline.mixing import Mix, mix_batch, smooth
 from input_pipeline.preprocess import augment_batch, augment_seed, normalize
 from input_pipeline.stream import StreamSplit, eval_stream, train_stream
 from models.common import InputTooSmall, batch_shard
-from trainer import checkpoints, optimization
+from trainer import checkpoints, ema, optimization
 from trainer.config import Config, ConfigError
 
 
@@ -89,6 +90,8 @@ class Trainer:
     checkpoint of model_dir, a path that checkpoint, False nothing."""
     self.config, self.strategy, self.data = config, strategy, data
     self.steps_per_epoch, self.total_steps = config.steps_for(len(data.splits["train"]))
+    # Examples per step: the global batch times --accumulation_steps (micro-batches).
+    self.step_batch = config.step_batch
     # How training reads its data: in_memory, tf_data or stream (chosen by input_pipeline).
     self.pipeline = data.pipeline
     self.replicas = strategy.num_replicas_in_sync
@@ -100,17 +103,21 @@ class Trainer:
         hparams.setdefault("sync_batch_norm", self.replicas > 1)
         logging.info("batch norm statistics: %s", "synchronized over the global batch"
                      if hparams["sync_batch_norm"] else "per replica")
+      def create_model():
+        return models.create(config.model, num_classes=data.info.num_classes,
+                             image_shape=data.info.image_shape,
+                             precision=config.mixed_precision, **hparams)
       try:
-        self.model = models.create(config.model, num_classes=data.info.num_classes,
-                                   image_shape=data.info.image_shape,
-                                   precision=config.mixed_precision, **hparams)
+        self.model = create_model()
       except InputTooSmall as e:
         raise ConfigError(f"{e}: use a larger --image_size, or smaller --kernel_sizes") from None
       # Kept apart from optimizer.iterations, which does not advance on a skipped fp16 step.
       self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      self.progress = Progress()
       self.learning_rate = optimization.learning_rate_fn(config, self.total_steps,
-                                                         self.global_step)
+                                                         self.global_step,
+                                                         self.progress.lr_factor)
       self.optimizer = optimization.create_optimizer(config, self.learning_rate)
       # Built eagerly: a lazily built Adam fails inside strategy.run (keras issue 23085).
       self.optimizer.build(self.model.trainable_variables)
@@ -118,15 +125,20 @@ class Trainer:
       self.train_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
       self.eval_loss = keras.metrics.Mean("loss")
       self.eval_accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
-      self.progress = Progress()
+      # --ema_decay: the average lives in a second model's weights, which evals and the
+      # export use; it is checkpointed beside the model (made after it: the model's own
+      # initialization does not change with the flag).
+      self.ema = (ema.EMA(self.model, create_model(), config.ema_decay, strategy)
+                  if config.ema_decay else None)
+      objects = {"ema": self.ema.model} if self.ema else {}
       self.checkpoints = checkpoints.Checkpoints(
           config.model_dir, config.keep_checkpoints, save_dir=output_dir,
           optional={"progress": self.progress},
-          model=self.model, optimizer=self.optimizer, global_step=self.global_step)
+          model=self.model, optimizer=self.optimizer, global_step=self.global_step, **objects)
     self._fp16 = config.mixed_precision == "mixed_float16"
     self._eval_datasets = {}  # split -> distributed dataset, built once: no retracing
     self.eval_seconds = 0.0  # all eval passes of this process (results.json's phases)
-    self._evaluations: dict[str, Evaluation] = {}  # split -> the latest
+    self._evaluations: dict[tuple[str, bool], Evaluation] = {}  # (split, raw) -> the latest
     if restore:
       self.restore(restore if isinstance(restore, str) else None)
     self.jit, reason = jit_mode(config, self.replicas, self.pipeline)
@@ -143,9 +155,15 @@ class Trainer:
       # One trace (and one XLA compilation) for every loop length: windows are padded to
       # steps_per_loop rows and `steps` says how many run (a loop never runs more).
       self._in_memory_loop = tf.function(self._in_memory_loop_fn, input_signature=[
-          tf.TensorSpec([config.steps_per_loop, config.batch_size], tf.int32),
+          tf.TensorSpec([config.steps_per_loop, self.step_batch], tf.int32),
           tf.TensorSpec([], tf.int32)], jit_compile=self.jit == "loop")
     self._eval_pass = tf.function(self._eval_pass_fn)
+    self._mix = Mix(config.mixup, config.cutmix, config.mix_probability)
+
+  @property
+  def eval_model(self) -> keras.Model:
+    """The weights evals and the export use: the EMA's with --ema_decay, else the model's."""
+    return self.ema.model if self.ema else self.model
 
   def _place_tables(self):
     """A copy of the in-memory training data on every replica's device, where each replica
@@ -170,31 +188,75 @@ class Trainer:
 
   # --- inside tf.function -------------------------------------------------------------
 
-  def _forward_backward(self, images, labels):
+  def _forward_backward(self, images, labels, targets):
     # Each replica draws its own part of the global batch's dropout masks (Keras's seed
     # state is the same on every replica, which would repeat one mask on all of them).
     shard = tf.distribute.get_replica_context().replica_id_in_sync_group
     with tf.GradientTape() as tape, batch_shard(shard):
       logits = self.model(images, training=True)
-      per_example = keras.losses.sparse_categorical_crossentropy(labels, logits,
-                                                                 from_logits=True)
-      # Average over the GLOBAL batch: summed over replicas this is the batch mean.
-      loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.config.batch_size)
+      if targets is None:
+        per_example = keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                                   from_logits=True)
+      else:  # smoothed or mixed
+        per_example = keras.losses.categorical_crossentropy(targets, logits, from_logits=True)
+      # Average over the GLOBAL batch of the step (all micro-batches): summed over replicas
+      # and micro-batches this is the step's batch mean.
+      loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.step_batch)
       regularization = tf.constant(0.0)
       if self.model.losses:
         regularization = tf.add_n([tf.cast(l, tf.float32) for l in self.model.losses])
-        # Added once per replica, so scaled by 1/replicas.
-        loss += tf.nn.scale_regularization_loss(regularization)
+        # Added once per replica and micro-batch: scaled by 1/(replicas x micro-batches).
+        loss += tf.nn.scale_regularization_loss(regularization) / self.config.accumulation_steps
       scaled = self.optimizer.scale_loss(loss) if self._fp16 else loss
     grads = tape.gradient(scaled, self.model.trainable_variables)
     return logits, per_example, regularization, grads
 
-  def _train_step(self, images, labels):
+  def _targets(self, images, labels):
+    """Label smoothing and Mixup/CutMix: the (mixed) images and soft targets, or the
+    images and None (the sparse loss) when neither is on."""
+    if not (self.config.label_smoothing or self.config.mixing):
+      return images, None
+    targets = smooth(tf.one_hot(labels, self.data.info.num_classes),
+                     self.config.label_smoothing)
+    if self.config.mixing:
+      # On this replica's whole batch (before any micro-batching): with accumulation the
+      # step mixes as one step on the whole batch would.
+      seed = tf.random.experimental.stateless_fold_in(
+          self._augment_seed(self.global_step.read_value()), 4)
+      images, targets = mix_batch(images, targets, self._mix, seed)
+    return images, targets
+
+  def _gradients(self, images, labels):
+    """The step's gradients, summed over --accumulation_steps micro-batches of this
+    replica's batch; the train metrics are updated for each micro-batch."""
+    images, targets = self._targets(images, labels)
+    forward_backward = self._forward_backward
     if self.jit == "forward_backward":
-      logits, per_example, reg, grads = tf.function(self._forward_backward, jit_compile=True)(
-          images, labels)
-    else:
-      logits, per_example, reg, grads = self._forward_backward(images, labels)
+      forward_backward = tf.function(self._forward_backward, jit_compile=True)
+
+    def micro_batch(images, labels, targets):
+      logits, per_example, reg, grads = forward_backward(images, labels, targets)
+      # Per-example losses: the Mean metric over all replicas is the global mean. Accuracy
+      # counts each example's own label (also when mixed).
+      self.train_loss.update_state(per_example + reg)
+      self.train_accuracy.update_state(labels, logits)
+      return [tf.convert_to_tensor(g) for g in grads]
+
+    k = self.config.accumulation_steps
+    if k == 1:
+      return micro_batch(images, labels, targets)
+    size = images.shape[0] // k  # static: the replica's batch is k micro-batches
+    grads = [tf.zeros(v.shape, v.dtype) for v in self.model.trainable_variables]
+    for i in tf.range(k):
+      part = slice(i * size, (i + 1) * size)
+      more = micro_batch(images[part], labels[part],
+                         None if targets is None else targets[part])
+      # An overflow in any micro-batch makes the sum non-finite: the whole step is skipped.
+      grads = [a + b for a, b in zip(grads, more)]
+    return grads
+
+  def _train_step(self, images, labels):
+    grads = self._gradients(images, labels)
     ctx = tf.distribute.get_replica_context()
     if self.config.clip_norm:
       # Keras's clipnorm clips each replica's gradient before its all-reduce: wrong under N
@@ -214,15 +276,24 @@ class Trainer:
       poison = tf.where(any_bad, float("nan"), 1.0)
       grads = [g * tf.cast(poison, g.dtype) for g in grads]
     self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
-    # Per-example losses: the Mean metric over all replicas is the global mean.
-    self.train_loss.update_state(per_example + reg)
-    self.train_accuracy.update_state(labels, logits)
+
+  def _run_step(self, step_fn, args):
+    """One training step on every replica (cross-replica context), then the EMA's update
+    if the optimizer applied the step (a skipped fp16 step does not move it)."""
+    applied_before = self._applied_steps() if self.ema else None
+    self.strategy.run(step_fn, args=args)
+    self.global_step.assign_add(1)
+    if self.ema:
+      self.ema.update(self._applied_steps() > applied_before)
+
+  def _applied_steps(self):
+    # The optimizer's own count: it does not advance on a skipped fp16 step.
+    return self.optimizer.iterations.value.read_value()
 
   def _train_loop_fn(self, iterator, steps):
     step = self._stream_step if self.pipeline == "stream" else self._train_step
     for _ in tf.range(steps):
-      self.strategy.run(step, args=next(iterator))
-      self.global_step.assign_add(1)
+      self._run_step(step, next(iterator))
 
   def _augment_seed(self, step):
     """This replica's augmentation seed at a step (preprocess.augment_seed)."""
@@ -240,29 +311,28 @@ class Trainer:
   def _in_memory_loop_fn(self, indices, steps):
     for i in tf.range(steps):
       # Each replica receives its own device's copy of the tables (_place_tables).
-      self.strategy.run(self._in_memory_step,
-                        args=(indices[i], self.global_step.read_value(), self._tables))
-      self.global_step.assign_add(1)
+      self._run_step(self._in_memory_step,
+                     (indices[i], self.global_step.read_value(), self._tables))
 
   def _in_memory_step(self, indices, step, tables):
     # Each replica gathers its own slice of the global batch inside the graph.
     ctx = tf.distribute.get_replica_context()
-    per_replica = self.config.batch_size // ctx.num_replicas_in_sync
+    per_replica = self.step_batch // ctx.num_replicas_in_sync
     mine = indices[ctx.replica_id_in_sync_group * per_replica:
                    (ctx.replica_id_in_sync_group + 1) * per_replica]
     self._train_step(*self._in_memory.batch(mine, self._augment_seed(step), tables))
 
-  def _eval_step(self, images, labels, weights, index):
+  def _eval_step(self, model, images, labels, weights, index):
     if images.dtype == tf.uint8:  # a stream's batch: normalized on the device
       images = normalize(images)
-    logits = self.model(images, training=False)
+    logits = model(images, training=False)
     per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
     self.eval_loss.update_state(per_example, sample_weight=weights)
     self.eval_accuracy.update_state(labels, logits, sample_weight=weights)
     return (tf.argmax(logits, axis=-1, output_type=tf.int32), tf.cast(per_example, tf.float32),
             index, labels)
 
-  def _eval_pass_fn(self, dataset):
+  def _eval_pass_fn(self, dataset, model):
     # Per-example predictions and losses for the confusion matrix and the worst mistakes,
     # gathered from every replica (and worker) with the example index that orders them.
     def array(dtype):
@@ -272,7 +342,7 @@ class Trainer:
     labels = array(tf.int32)
     i = 0
     for batch in dataset:
-      p, l, x, y = self.strategy.run(self._eval_step, args=batch)
+      p, l, x, y = self.strategy.run(self._eval_step, args=(model, *batch))
       predictions = predictions.write(i, self.strategy.gather(p, axis=0))
       losses = losses.write(i, self.strategy.gather(l, axis=0))
       index = index.write(i, self.strategy.gather(x, axis=0))
@@ -282,11 +352,13 @@ class Trainer:
 
   # --- Python, between loops ----------------------------------------------------------
 
-  def evaluate(self, split: str) -> Evaluation:
+  def evaluate(self, split: str, raw: bool = False) -> Evaluation:
     """Loss and accuracy over the whole split, each example exactly once, and each
-    example's prediction. Cached per (split, global step): the weights only change with it."""
+    example's prediction, with the eval weights (raw: the model's own, not the EMA's).
+    Cached per (split, global step): the weights only change with it."""
     step = self.step
-    cached = self._evaluations.get(split)
+    raw = raw or not self.ema
+    cached = self._evaluations.get((split, raw))
     if cached is not None and cached.step == step:
       return cached
     for metric in (self.eval_loss, self.eval_accuracy):
@@ -306,7 +378,8 @@ class Trainer:
     try:
       start = time.perf_counter()
       predictions, losses, index, labels = (
-          t.numpy() for t in self._eval_pass(self._eval_datasets[split]))
+          t.numpy() for t in self._eval_pass(self._eval_datasets[split],
+                                             self.model if raw else self.ema.model))
     finally:
       notice.cancel()
     # Back into example order (replicas and workers return their slices in any order).
@@ -317,7 +390,7 @@ class Trainer:
                         predictions=predictions[keep][order], losses=losses[keep][order],
                         seconds=time.perf_counter() - start, labels=labels[keep][order])
     self.eval_seconds += time.perf_counter() - eval_start
-    self._evaluations[split] = result
+    self._evaluations[(split, raw)] = result
     return result
 
   def restore(self, checkpoint: str | None = None) -> str | None:
@@ -351,17 +424,17 @@ class Trainer:
         if ctx.num_input_pipelines > 1:
           logging.info("input pipeline %d of %d: reads its %d examples of each global batch",
                        ctx.input_pipeline_id + 1, ctx.num_input_pipelines,
-                       self.config.batch_size // ctx.num_input_pipelines)
-        return train_stream(self.data.splits["train"], global_batch_size=self.config.batch_size,
+                       self.step_batch // ctx.num_input_pipelines)
+        return train_stream(self.data.splits["train"], global_batch_size=self.step_batch,
                             seed=self.config.seed, start_step=position,
                             pipeline=ctx.input_pipeline_id, pipelines=ctx.num_input_pipelines,
-                            batch_size=ctx.get_per_replica_batch_size(self.config.batch_size))
+                            batch_size=ctx.get_per_replica_batch_size(self.step_batch))
       return iter(self.strategy.distribute_datasets_from_function(worker_stream))
     if self.pipeline == "in_memory":
-      return IndexStream(len(self.data.splits["train"]), self.config.batch_size,
+      return IndexStream(len(self.data.splits["train"]), self.step_batch,
                          self.config.seed, start_step=position)
     dataset = input_pipeline.train_dataset(
-        self.data.splits["train"], global_batch_size=self.config.batch_size,
+        self.data.splits["train"], global_batch_size=self.step_batch,
         seed=self.config.seed, augment=self.config.augment,
         start_step=position)
     return iter(_distribute(self.strategy, dataset))
@@ -372,7 +445,7 @@ class Trainer:
     if isinstance(iterator, IndexStream):
       for start in range(0, steps, self.config.steps_per_loop):
         n = min(self.config.steps_per_loop, steps - start)
-        window = np.zeros((self.config.steps_per_loop, self.config.batch_size), np.int32)
+        window = np.zeros((self.config.steps_per_loop, self.step_batch), np.int32)
         window[:n] = iterator.take(n)
         self._in_memory_loop(tf.constant(window), tf.constant(n, tf.int32))
     else:
@@ -395,7 +468,7 @@ class Trainer:
   def weights_digest(self) -> str:
     """A short hash of all model weights: equal digests, bitwise equal models."""
     digest = hashlib.sha256()
-    for weight in self.model.weights:
+    for weight in self.model.weights + (self.ema.model.weights if self.ema else []):
       digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
     return digest.hexdigest()[:16]
 
@@ -427,11 +500,15 @@ class Evaluation:
 
 class Progress(tf.Module):
   """Outer-loop state that a resume must keep (checkpointed beside the model): the best
-  eval metric so far, its step, evals since it improved, an early stop, and divergence
-  recoveries."""
+  eval metric so far, its step, evals since it improved, an early stop, divergence
+  recoveries, and the plateau schedule's cuts."""
 
   def __init__(self):
     super().__init__(name="progress")
+    # --lr_schedule=plateau: the factor on the learning rate so far, and evals since the
+    # best eval metric improved or the rate was last cut.
+    self.lr_factor = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_factor")
+    self.plateau_evals = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_evals")
     self.best_value = tf.Variable(np.nan, dtype=tf.float64, trainable=False, name="best_value")
     self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
     self.evals_since_best = tf.Variable(0, dtype=tf.int64, trainable=False,

@@ -14,24 +14,45 @@ from trainer.config import Config
 _NO_DECAY = ["bias", "gamma", "beta", "moving_mean", "moving_variance"]
 
 
-def learning_rate_fn(config: Config, total_steps: int, global_step: tf.Variable):
+# one_cycle without --warmup_steps warms up over this fraction of the schedule, from
+# learning_rate / ONE_CYCLE_START_DIVISOR (torch's OneCycleLR defaults: 0.3 and 25).
+ONE_CYCLE_WARMUP = 0.3
+ONE_CYCLE_START_DIVISOR = 25.0
+
+
+def learning_rate_fn(config: Config, total_steps: int, global_step: tf.Variable,
+                     plateau_factor: tf.Variable | None = None):
   """A callable for Keras: the rate at the current global step (not optimizer.iterations,
-  which does not advance on skipped fp16 steps)."""
-  peak, warmup = config.learning_rate, config.warmup_steps
+  which does not advance on skipped fp16 steps). plateau_factor: the cuts so far of
+  --lr_schedule=plateau (trainer/actions.py, ReduceOnPlateau)."""
+  peak, floor, schedule = config.learning_rate, config.final_learning_rate, config.lr_schedule
   # The horizon is fixed when the run starts (run_record.py): extending a run to more
   # steps must not make the rate jump back up.
-  decay_steps = max(1, (config.schedule_steps or total_steps) - warmup)
+  horizon = config.schedule_steps or total_steps
+  warmup = config.warmup_steps
+  if schedule == "one_cycle" and not warmup:
+    warmup = max(1, round(ONE_CYCLE_WARMUP * horizon))
+  decay_steps = max(1, horizon - warmup)
+  boundaries = tf.constant(config.lr_boundaries or (0,), tf.float32)
 
   def rate():
     step = tf.cast(global_step, tf.float32)
     progress = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
-    if config.lr_schedule == "cosine":
-      value = peak * 0.5 * (1.0 + tf.cos(math.pi * progress))
-    elif config.lr_schedule == "exponential":
+    if schedule in ("cosine", "one_cycle"):
+      value = floor + (peak - floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+    elif schedule == "exponential":
       value = peak * tf.pow(config.lr_decay_rate, progress)
+    elif schedule == "step":
+      cuts = tf.reduce_sum(tf.cast(step >= boundaries, tf.float32))
+      value = peak * tf.pow(config.lr_decay_rate, cuts)
+    elif schedule == "plateau":
+      value = tf.maximum(peak * plateau_factor, floor)
     else:
       value = tf.constant(peak, tf.float32)
-    if warmup:
+    if schedule == "one_cycle":  # linear from peak / 25 to the peak
+      start = peak / ONE_CYCLE_START_DIVISOR
+      value = tf.where(step < warmup, start + (peak - start) * step / warmup, value)
+    elif warmup:
       value = tf.where(step < warmup, peak * (step + 1) / warmup, value)
     return value
 
@@ -47,7 +68,7 @@ def create_optimizer(config: Config, learning_rate) -> keras.optimizers.Optimize
   if config.optimizer == "sgd":
     opt = fused_optimizers.SGD(**kwargs)
   elif config.optimizer == "momentum":
-    opt = fused_optimizers.SGD(momentum=config.momentum, **kwargs)
+    opt = fused_optimizers.SGD(momentum=config.momentum, nesterov=config.nesterov, **kwargs)
   elif config.optimizer == "adam":
     opt = fused_optimizers.Adam(**kwargs)
   elif config.optimizer == "adamw":  # config.py requires --weight_decay: never Keras's 0.004

@@ -56,13 +56,19 @@ class Summaries:
       for run in runs:
         self._writers[run] = tf.summary.create_file_writer(os.path.join(model_dir, run))
 
+  def writer(self, run: str):
+    """The run's writer; a run other than train and eval (e.g. eval_raw) on first use."""
+    if run not in self._writers:
+      self._writers[run] = tf.summary.create_file_writer(os.path.join(self.model_dir, run))
+    return self._writers[run]
+
   def scalars(self, run: str, step: int, values: dict[str, float]) -> None:
     if not self.enabled:
       return
-    with self._writers[run].as_default(step=step):
+    with self.writer(run).as_default(step=step):
       for name, value in values.items():
         tf.summary.scalar(name, value)
-    self._writers[run].flush()
+    self.writer(run).flush()
 
   def image(self, run: str, step: int, name: str, image: np.ndarray, description: str = ""):
     """One uint8 RGB image [H, W, 3], written unflushed (see flush). Encoded by Pillow at
@@ -73,7 +79,7 @@ class Summaries:
     Image.fromarray(image).save(png, format="PNG", compress_level=1)
     # The image plugin's format, as tf.summary.image writes it: width, height, PNGs.
     data = tf.constant([str(image.shape[1]), str(image.shape[0]), png.getvalue()])
-    with self._writers[run].as_default(step=step):
+    with self.writer(run).as_default(step=step):
       tf.summary.write(name, data, step=step, metadata=image_metadata.create_summary_metadata(
           display_name=name, description=description))
 
@@ -81,12 +87,12 @@ class Summaries:
     """Markdown for the Text tab, written unflushed (see flush)."""
     if not self.enabled:
       return
-    with self._writers[run].as_default(step=step):
+    with self.writer(run).as_default(step=step):
       tf.summary.text(name, markdown)
 
   def flush(self, run: str) -> None:
     if self.enabled:
-      self._writers[run].flush()
+      self.writer(run).flush()
 
   def flags(self, flag_values: dict) -> None:
     """The flags as a Markdown table (Text tab) and as this run's HParams session."""

@@ -47,11 +47,16 @@ def train_and_evaluate(config: Config, process_start: float | None = None) -> di
     raise ConfigError(f"--dataset={config.dataset} has no labeled train split")
   # Before model_dir exists: a batch the split cannot fill must leave nothing behind.
   check_batch(config.batch_size, len(train_split), "training", need_full=True)
+  if config.step_batch > len(train_split):
+    raise ConfigError(f"--batch_size={config.batch_size} x --accumulation_steps="
+                      f"{config.accumulation_steps} is more than the {len(train_split)} "
+                      "training examples: lower either")
   config = run_record.resolve_horizon(config, recorded,
                                       *config.steps_for(len(train_split)))
-  if _eval_split(data) is None and (config.keep_best or config.early_stopping):
-    raise ConfigError("--keep_best and --early_stopping need labeled data to evaluate: "
-                      "add --validation_split=0.1")
+  if _eval_split(data) is None and (config.keep_best or config.early_stopping
+                                    or config.lr_schedule == "plateau"):
+    raise ConfigError("--keep_best, --early_stopping and --lr_schedule=plateau need labeled "
+                      "data to evaluate: add --validation_split=0.1")
   logging.info("data %s: %s, image shape %s, %d classes", data.info.name,
                dict(data.info.split_sizes), data.info.image_shape, data.info.num_classes)
   chief = distribute.is_chief(strategy)
@@ -81,7 +86,7 @@ def _actions(config: Config, trainer: Trainer, writer, data, eval_split, output_
       # First: on a signal, the boundary saves the checkpoint and stops, nothing else.
       tl_actions.PreemptionStop(agree=distribute.any_worker(trainer.strategy)),
       tl_actions.ProgressLine(steps_per_epoch=trainer.steps_per_epoch,
-                              batch_size=config.batch_size, **steps),
+                              batch_size=config.step_batch, **steps),
       tl_actions.DivergenceCheck(
           lambda: trainer.loss_scale, retries=config.divergence_retries, recover=trainer.recover,
           recoveries=lambda: int(trainer.progress.recoveries.numpy())),
@@ -92,16 +97,22 @@ def _actions(config: Config, trainer: Trainer, writer, data, eval_split, output_
   if eval_split:
     if config.eval_images:
       pictures = tl_actions.EvalPictures(writer, data.splits[eval_split], data.info.class_names)
+    raw = (lambda split: trainer.evaluate(split, raw=True)) if trainer.ema else None
     actions.append(tl_actions.Evaluate(evaluate=trainer.evaluate, split=eval_split,
                                        interval=trainer.eval_interval, writer=writer,
-                                       pictures=pictures, **steps))
+                                       pictures=pictures, raw=raw, **steps))
     metric = config.keep_best or "loss"
-    if config.keep_best or config.early_stopping:
+    plateau = config.lr_schedule == "plateau"
+    if config.keep_best or config.early_stopping or plateau:
       actions.append(tl_actions.BestMetric(metric, trainer.progress))
+    if plateau:
+      actions.append(tl_actions.ReduceOnPlateau(
+          patience=config.plateau_patience, factor=config.lr_decay_rate, metric=metric,
+          progress=trainer.progress, learning_rate=trainer.learning_rate))
     if config.keep_best:
       actions.append(tl_actions.KeepBest(
           metric=metric, save=trainer.checkpoints.save_best,
-          export=lambda: export.save_model(trainer.model, data.info.image_shape,
+          export=lambda: export.save_model(trainer.eval_model, data.info.image_shape,
                                            os.path.join(output_dir, "export_best"),
                                            data.info.class_names)))
     if config.early_stopping:
@@ -162,12 +173,14 @@ def _run(config: Config, strategy, data, phases: Phases, scratch: str | None,
     if step >= trainer.total_steps:
       logging.info("already at step %d of %d: evaluating only", step, trainer.total_steps)
     else:
-      logging.info("training %s on %s from step %d to %d (%d steps/epoch, global batch %d)",
+      batch = str(config.batch_size) + (f" x {config.accumulation_steps} accumulated"
+                                        if config.accumulation_steps > 1 else "")
+      logging.info("training %s on %s from step %d to %d (%d steps/epoch, global batch %s)",
                    config.model, config.dataset, step, trainer.total_steps,
-                   trainer.steps_per_epoch, config.batch_size)
+                   trainer.steps_per_epoch, batch)
     timing = Controller(trainer=trainer, actions=actions, total_steps=trainer.total_steps,
                         steps_per_loop=config.steps_per_loop,
-                        batch_size=config.batch_size).run()
+                        batch_size=config.step_batch).run()
   results_path = os.path.join(config.model_dir, "results.json")
   stop, timing = timing.stop, {"examples_per_sec": timing.examples_per_sec,
                                "train_seconds": timing.train_seconds,
@@ -202,6 +215,11 @@ def _run(config: Config, strategy, data, phases: Phases, scratch: str | None,
       result = trainer.evaluate(split)  # the loop's own final eval is reused, not redone
       logging.info("%s: loss %.4f  accuracy %.4f", split, result.loss, result.accuracy)
       results.update(result.metrics(f"{split}_"))
+      if trainer.ema:  # what the average buys: the raw weights' figures beside
+        raw = trainer.evaluate(split, raw=True)
+        logging.info("%s with the raw weights (not the EMA): loss %.4f  accuracy %.4f", split,
+                     raw.loss, raw.accuracy)
+        results.update(raw.metrics(f"{split}_raw_"))
       if split == "test":
         writer.scalars("eval", results["global_step"], result.metrics("test_"))
   if pictures is not None:
@@ -210,8 +228,8 @@ def _run(config: Config, strategy, data, phases: Phases, scratch: str | None,
   results["wall_seconds"] = time.time() - phases.start
   results["flags"] = config.flag_values
   with phases.time("export"):
-    export.save_model(trainer.model, data.info.image_shape, os.path.join(output_dir, "export"),
-                      data.info.class_names)
+    export.save_model(trainer.eval_model, data.info.image_shape,
+                      os.path.join(output_dir, "export"), data.info.class_names)
   # Training loops: the first (tracing and compilation) apart; evals, their pictures and
   # checkpoints ran between loops.
   phases.add("compile", timing["compile_seconds"] if trained_here else 0.0)

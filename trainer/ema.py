@@ -1,0 +1,45 @@
+"""An exponential moving average of the model's weights (--ema_decay), kept in a second
+model of the same architecture, so that evals, checkpoints and the export use it as they
+use any model."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def _tf_variable(variable):
+  """The tf.Variable under a Keras variable (a MirroredVariable under a strategy)."""
+  return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+class EMA:
+  """average <- decay * average + (1 - decay) * weights, after every applied step.
+
+  Every float weight is averaged, BatchNorm's moving statistics too (the average's
+  weights then come with statistics of their own time). It starts at the model's weights.
+  """
+
+  def __init__(self, model: keras.Model, average: keras.Model, decay: float,
+               strategy: tf.distribute.Strategy):
+    self.model, self.decay, self.strategy = average, decay, strategy
+    self._pairs = [(_tf_variable(a), _tf_variable(w))
+                   for a, w in zip(average.weights, model.weights)
+                   if tf.as_dtype(w.dtype).is_floating]
+    if len(average.weights) != len(model.weights) or any(
+        a.shape != w.shape for a, w in self._pairs):
+      raise ValueError("the EMA model's weights do not match the model's")
+    for a, w in self._pairs:
+      a.assign(w)
+
+  def update(self, applied: tf.Tensor) -> None:
+    """In the cross-replica context: each device's copy of the average moves towards its
+    own copy of the weights (identical on every replica), with no communication. `applied`
+    false (a skipped fp16 step, or no optimizer update) leaves it as it is."""
+    rate = (1.0 - self.decay) * tf.cast(applied, tf.float32)
+
+    def step(average, weights):
+      return average.assign_sub(tf.cast(rate, average.dtype) * (average - weights))
+
+    for average, weights in self._pairs:
+      self.strategy.extended.update(average, step, args=(weights,), group=False)
