@@ -45,6 +45,10 @@ def create_strategy(config: Config) -> tf.distribute.Strategy:
   if config.batch_size % replicas:
     raise ConfigError(f"--batch_size={config.batch_size} is not divisible by the "
                       f"{replicas} replicas; use a multiple of {replicas}")
+  if config.mixing and config.step_batch // replicas < 2:
+    raise ConfigError(f"--mixup/--cutmix mix each replica's batch within itself, and a "
+                      f"replica's batch here is {config.step_batch // replicas} example: use "
+                      f"a --batch_size of at least {2 * replicas}")
   logging.info("strategy: %s (--strategy=%s), %d replica(s), per-replica batch %d",
                type(strategy).__name__, config.strategy, replicas,
                config.batch_size // replicas)

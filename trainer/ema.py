@@ -14,7 +14,8 @@ def _tf_variable(variable):
 
 
 class EMA:
-  """average <- decay * average + (1 - decay) * weights, after every applied step.
+  """average <- d * average + (1 - d) * weights after every applied step, d the decay
+  with a warm-up (decay_at).
 
   Every float weight is averaged, BatchNorm's moving statistics too (the average's
   weights then come with statistics of their own time). It starts at the model's weights.
@@ -32,11 +33,19 @@ class EMA:
     for a, w in self._pairs:
       a.assign(w)
 
-  def update(self, applied: tf.Tensor) -> None:
+  def decay_at(self, updates: tf.Tensor) -> tf.Tensor:
+    """The decay of the average's n-th update: min(decay, (1 + n) / (10 + n)), as
+    tf.train.ExponentialMovingAverage with num_updates. Without this warm-up the first
+    weights, random, weigh decay^n: 12% of a decay-0.999 average after 2,000 steps, and
+    such an average evaluated at 22% where the model stood at 89% (ResNet, Fashion-MNIST)."""
+    n = tf.cast(updates, tf.float32)
+    return tf.minimum(self.decay, (1.0 + n) / (10.0 + n))
+
+  def update(self, applied: tf.Tensor, updates: tf.Tensor) -> None:
     """In the cross-replica context: each device's copy of the average moves towards its
     own copy of the weights (identical on every replica), with no communication. `applied`
-    false (a skipped fp16 step, or no optimizer update) leaves it as it is."""
-    rate = (1.0 - self.decay) * tf.cast(applied, tf.float32)
+    false (a skipped fp16 step) leaves it as it is; `updates` counts the applied steps."""
+    rate = (1.0 - self.decay_at(updates)) * tf.cast(applied, tf.float32)
 
     def step(average, weights):
       return average.assign_sub(tf.cast(rate, average.dtype) * (average - weights))

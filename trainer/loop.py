@@ -284,7 +284,8 @@ class Trainer:
     self.strategy.run(step_fn, args=args)
     self.global_step.assign_add(1)
     if self.ema:
-      self.ema.update(self._applied_steps() > applied_before)
+      applied = self._applied_steps()
+      self.ema.update(applied > applied_before, applied)
 
   def _applied_steps(self):
     # The optimizer's own count: it does not advance on a skipped fp16 step.

@@ -166,6 +166,29 @@ def test_best_metric_keep_best_and_early_stopping_with_checkpointed_state(tmp_pa
   assert int(fresh.evals_since_best.numpy()) == 3 and int(fresh.best_step.numpy()) == 20
 
 
+def test_reduce_on_plateau_cuts_after_patience_evals_without_a_best(tmp_path):
+  progress = _progress()
+  best = actions.BestMetric("loss", progress)
+  rate = lambda: 0.1 * float(progress.lr_factor.numpy())
+  plateau = actions.ReduceOnPlateau(patience=2, factor=0.5, metric="loss", progress=progress,
+                                    learning_rate=rate)
+  factors = []
+  for step, loss in [(1, 1.0), (2, 0.9), (3, 0.95), (4, 0.91), (5, 0.92), (6, 0.93),
+                     (7, 0.8), (8, 0.85)]:
+    logs = {"eval": evaluation(step, 0.5, loss)}
+    best(step, logs)
+    plateau(step, logs)
+    plateau(step, {})  # a boundary without an eval counts nothing
+    factors.append(float(progress.lr_factor.numpy()))
+  # Cut after the 2nd eval without a new best (step 4), the count restarts (cut again at 6),
+  # and a new best (step 7) resets it.
+  assert factors == [1, 1, 1, 0.5, 0.5, 0.25, 0.25, 0.25]
+  path = tf.train.Checkpoint(progress=progress).write(str(tmp_path / "ckpt"))
+  fresh = _progress()
+  tf.train.Checkpoint(progress=fresh).read(path).assert_consumed()
+  assert float(fresh.lr_factor.numpy()) == 0.25 and int(fresh.plateau_evals.numpy()) == 1
+
+
 def test_best_loss_is_the_lowest_and_steps_without_eval_count_nothing():
   progress = _progress()
   best = actions.BestMetric("loss", progress)

@@ -68,7 +68,12 @@ def _cases(t):
       (["--dataset=ftp:x"], "unknown data source prefix 'ftp:'"),
       (["--dataset=no_such_dataset"], "unknown TFDS dataset 'no_such_dataset'"),
       (["--optimizer=adagrad"], "--optimizer=adagrad is unknown"),
-      (["--lr_schedule=step"], "--lr_schedule=step is unknown"),
+      (["--lr_schedule=linear"], "--lr_schedule=linear is unknown"),
+      (["--lr_schedule=step"], "--lr_schedule=step needs --lr_boundaries, e.g. 6000,9000"),
+      (["--accumulation_steps=50"], "--batch_size=16 x --accumulation_steps=50 is more than "
+                                    "the 64 training examples"),
+      (["--mixup=0.2", "--strategy=mirrored", "--cpu_devices=2", "--batch_size=2"],
+       "--mixup/--cutmix mix each replica's batch within itself"),
       (["--mixed_precision=fp8"], "--mixed_precision=fp8 is unknown"),
       (["--batch_size=0"], "--batch_size=0 must be positive"),
       (["--batch_size=-16"], "--batch_size=-16 must be positive"),

@@ -7,9 +7,9 @@ from trainer import fused_optimizers, optimization
 from flag_helpers import parse
 
 
-def _rates(cfg, total, steps):
+def _rates(cfg, total, steps, factor=None):
   step = tf.Variable(0, dtype=tf.int64)
-  fn = optimization.learning_rate_fn(cfg, total, step)
+  fn = optimization.learning_rate_fn(cfg, total, step, factor)
   out = []
   for s in steps:
     step.assign(s)
@@ -32,6 +32,81 @@ def test_cosine_goes_from_peak_to_zero_after_warmup():
 def test_exponential_decays_by_the_rate_over_the_run():
   cfg = parse("--learning_rate=1.0", "--lr_schedule=exponential", "--lr_decay_rate=0.01")
   np.testing.assert_allclose(_rates(cfg, 100, [0, 50, 100]), [1.0, 0.1, 0.01], rtol=1e-5)
+
+
+def test_cosine_ends_at_its_floor():
+  cfg = parse("--learning_rate=0.2", "--lr_schedule=cosine", "--final_learning_rate=0.02")
+  steps = np.array([0, 25, 50, 100, 150])
+  expected = 0.02 + 0.18 * 0.5 * (1 + np.cos(np.pi * np.minimum(steps, 100) / 100))
+  np.testing.assert_allclose(_rates(cfg, 100, steps), expected, rtol=1e-5)
+  assert _rates(cfg, 100, [100])[0] == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("warmup", [0, 10])
+def test_one_cycle_rises_linearly_from_a_25th_then_anneals_to_its_floor(warmup):
+  cfg = parse("--learning_rate=0.5", "--lr_schedule=one_cycle", "--final_learning_rate=0.001",
+              f"--warmup_steps={warmup}")
+  up = warmup or 30  # 30% of a 100-step run by default
+  steps = np.array([0, up // 2, up, (up + 100) // 2, 100])
+  start = 0.5 / 25
+  expected = np.where(steps < up, start + (0.5 - start) * steps / up,
+                      0.001 + 0.499 * 0.5 * (1 + np.cos(np.pi * (steps - up) / (100 - up))))
+  np.testing.assert_allclose(_rates(cfg, 100, steps), expected, rtol=1e-5)
+
+
+def test_step_schedule_cuts_at_each_boundary():
+  cfg = parse("--learning_rate=0.4", "--lr_schedule=step", "--lr_boundaries=30,60",
+              "--lr_decay_rate=0.5")
+  np.testing.assert_allclose(_rates(cfg, 100, [0, 29, 30, 59, 60, 99]),
+                             [0.4, 0.4, 0.2, 0.2, 0.1, 0.1], rtol=1e-6)
+
+
+def test_plateau_is_the_peak_times_its_factor_above_the_floor():
+  cfg = parse("--learning_rate=0.4", "--lr_schedule=plateau", "--final_learning_rate=0.01")
+  factor = tf.Variable(0.5)
+  assert _rates(cfg, 100, [50], factor)[0] == pytest.approx(0.2)
+  factor.assign(0.001)
+  assert _rates(cfg, 100, [50], factor)[0] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lr_schedule=step"], "--lr_schedule=step needs --lr_boundaries"),
+    (["--lr_boundaries=10"], "--lr_boundaries applies to --lr_schedule=step"),
+    (["--lr_schedule=step", "--lr_boundaries=20,10"], "steps must increase"),
+    (["--final_learning_rate=0.01", "--learning_rate=0.001"], "must be >= 0 and below"),
+    (["--nesterov"], "--nesterov applies to --optimizer=momentum (not adam)"),
+    (["--ema_decay=1"], "--ema_decay=1.0 must be in (0, 1)"),
+    (["--label_smoothing=1"], "--label_smoothing=1.0 must be in [0, 1)"),
+    (["--mixup=-1"], "--mixup=-1.0 must be >= 0"),
+    (["--mix_probability=0.5"], "--mix_probability applies with --mixup or --cutmix"),
+    (["--cutmix=1", "--mix_probability=0"], "--mix_probability=0.0 must be in (0, 1]"),
+    (["--accumulation_steps=0"], "--accumulation_steps=0 must be positive"),
+    (["--lr_schedule=plateau", "--plateau_patience=0"], "--plateau_patience=0 must be positive"),
+])
+def test_bad_technique_flags_are_refused(args, message):
+  from trainer.config import ConfigError
+  with pytest.raises(ConfigError) as e:
+    parse(*args)
+  assert message in str(e.value)
+
+
+def test_nesterov_momentum_matches_its_formula():
+  # accum = m * accum - lr * g; w += m * accum - lr * g (Keras's and TensorFlow's form),
+  # on a variable large enough for the fused kernel and on a small one (Keras's ops).
+  for shape in ((4,), (fused_optimizers.FUSE_MIN_ELEMENTS,)):
+    opt = optimization.create_optimizer(parse("--optimizer=momentum", "--nesterov",
+                                              "--momentum=0.8"), 0.1)
+    assert opt.nesterov
+    variable = keras.Variable(np.ones(shape, np.float32))
+    opt.build([variable])
+    w, accum = np.ones(shape), np.zeros(shape)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+      g = rng.normal(size=shape).astype(np.float32)
+      opt.apply([tf.constant(g)], [variable])
+      accum = 0.8 * accum - 0.1 * g
+      w = w + 0.8 * accum - 0.1 * g
+    np.testing.assert_allclose(variable.numpy(), w, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name,cls", [("sgd", fused_optimizers.SGD),
