@@ -68,7 +68,7 @@ class Config:
   momentum: float
   nesterov: bool
   label_smoothing: float
-  ema_decay: float | None
+  ema_decay: float
   weight_decay: float
   clip_norm: float | None
   strategy: str
@@ -239,8 +239,8 @@ def from_flags(fv) -> Config:
          f"--nesterov applies to --optimizer=momentum (not {fv.optimizer})")
   _check(0 <= fv.label_smoothing < 1,
          f"--label_smoothing={fv.label_smoothing} must be in [0, 1)")
-  _check(fv.ema_decay is None or 0 < fv.ema_decay < 1,
-         f"--ema_decay={fv.ema_decay} must be in (0, 1), e.g. 0.999")
+  _check(0 <= fv.ema_decay < 1,
+         f"--ema_decay={fv.ema_decay} must be in [0, 1) (0: none), e.g. 0.999")
   lr_boundaries = _schedule(fv)
   mixup, cutmix = _mixing(fv)
   # Keras's AdamW would otherwise decay by its own 0.004 while results.json records 0.

@@ -141,9 +141,10 @@ def _define() -> None:
     flags.DEFINE_boolean("nesterov", False, "momentum: Nesterov momentum.")
     flags.DEFINE_float("label_smoothing", 0.0, "Training loss only: targets (1 - E) on the "
                        "label plus E / classes on every class.")
-    flags.DEFINE_float("ema_decay", None, "Keep an exponential moving average of the weights "
-                       "(e.g. 0.999), updated at every applied step; evals and the export "
-                       "use it, and the raw weights' evals are logged beside (eval_raw).")
+    flags.DEFINE_float("ema_decay", 0.0, "Keep an exponential moving average of the weights "
+                       "(e.g. 0.999; 0: none), updated at every applied step; evals and the "
+                       "export use it, and the raw weights' evals are logged beside "
+                       "(eval_raw).")
     flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (not on biases, norms); "
                        "adamw needs it.")
     flags.DEFINE_float("clip_norm", None, "Clip gradients to this global norm, after the "

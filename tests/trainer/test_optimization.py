@@ -75,7 +75,7 @@ def test_plateau_is_the_peak_times_its_factor_above_the_floor():
     (["--lr_schedule=step", "--lr_boundaries=20,10"], "steps must increase"),
     (["--final_learning_rate=0.01", "--learning_rate=0.001"], "must be >= 0 and below"),
     (["--nesterov"], "--nesterov applies to --optimizer=momentum (not adam)"),
-    (["--ema_decay=1"], "--ema_decay=1.0 must be in (0, 1)"),
+    (["--ema_decay=1"], "--ema_decay=1.0 must be in [0, 1) (0: none)"),
     (["--label_smoothing=1"], "--label_smoothing=1.0 must be in [0, 1)"),
     (["--mixup=-1"], "--mixup=-1.0 must be >= 0"),
     (["--mix_probability=0.5"], "--mix_probability applies with --mixup or --cutmix"),

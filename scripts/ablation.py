@@ -1,0 +1,125 @@
+"""What each technique adds to a recipe: the recipe, then the recipe with one technique
+taken out at a time, each an ordinary run (resumable; finished runs are skipped).
+
+    python scripts/ablation.py --flagfile=configs/fashion_best.cfg --root=runs/ablation \
+        [--data_dir=data/tfds] [-- --epochs=10 ...]
+
+Selection and the figures are on the recipe's validation split; the test accuracy is
+shown too (each run's test set is evaluated once, at its end). EMA needs no run of its own:
+it does not change training, so the recipe's raw weights are the recipe without it.
+Writes benchmarks/ablation.{json,md} (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def read_flagfile(path: str) -> dict[str, str]:
+  """--name=value lines of an absl flagfile (comments and blanks skipped)."""
+  values = {}
+  with open(path) as f:
+    for line in f:
+      line = line.strip()
+      if line.startswith("--"):
+        name, _, value = line[2:].partition("=")
+        values[name] = value
+  return values
+
+
+def variants(recipe: dict[str, str]) -> dict[str, list[str]]:
+  """Name -> the flags that take one technique out of the recipe (those it uses)."""
+  out = {}
+  if float(recipe.get("label_smoothing", 0)):
+    out["no label smoothing"] = ["--label_smoothing=0"]
+  if float(recipe.get("mixup", 0)) or float(recipe.get("cutmix", 0)):
+    out["no mixup/cutmix"] = ["--mixup=0", "--cutmix=0", "--mix_probability=1"]
+  augment = [a for a in recipe.get("augment", "none").split(",") if a and a != "none"]
+  for item in augment:
+    key = item.partition("=")[0]
+    rest = ",".join(a for a in augment if a != item) or "none"
+    out[f"no {key}"] = [f"--augment={rest}"]
+  if recipe.get("lr_schedule", "constant") != "constant":
+    out[f"constant rate, not {recipe['lr_schedule']}"] = [
+        "--lr_schedule=constant", "--final_learning_rate=0", "--warmup_steps=0"]
+  if recipe.get("nesterov") == "true" or "nesterov" in recipe:
+    out["no Nesterov"] = ["--nonesterov"]
+  if float(recipe.get("weight_decay", 0)):
+    out["no weight decay"] = ["--weight_decay=0"]
+  return out
+
+
+def rows(outcomes: dict[str, dict]) -> list[dict]:
+  """Recipe first, then each variant; the EMA row is the recipe's raw weights."""
+  recipe = outcomes["recipe"]
+  base = recipe.get("validation_accuracy")
+  out = []
+
+  def row(name, r, prefix=""):
+    validation = r.get(f"validation_{prefix}accuracy")
+    return {"variant": name, "validation_accuracy": validation,
+            "test_accuracy": r.get(f"test_{prefix}accuracy"),
+            "train_seconds": r.get("train_seconds"),
+            "validation_change": (None if validation is None or base is None
+                                  else validation - base)}
+  out.append(row("recipe", recipe))
+  if "validation_raw_accuracy" in recipe:
+    out.append(row("no EMA (the recipe's raw weights)", recipe, "raw_"))
+  out += [row(name, r) for name, r in outcomes.items() if name != "recipe"]
+  return out
+
+
+def markdown(table: list[dict]) -> str:
+  lines = ["| variant | validation acc % | change (points) | test acc % | training s |",
+           "|---|---:|---:|---:|---:|"]
+  pct = lambda v: "-" if v is None else f"{100 * v:.2f}"
+  for r in table:
+    change = "" if r["variant"] == "recipe" or r["validation_change"] is None else (
+        f"{100 * r['validation_change']:+.2f}")
+    seconds = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}"
+    lines.append(f"| {r['variant']} | {pct(r['validation_accuracy'])} | {change} | "
+                 f"{pct(r['test_accuracy'])} | {seconds} |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--flagfile", required=True)
+  parser.add_argument("--root", default="runs/ablation")
+  parser.add_argument("--data_dir", default=None)
+  parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "ablation"))
+  parser.add_argument("rest", nargs="*", help="flags for every run, after --")
+  args = parser.parse_args(argv)
+  recipe = read_flagfile(args.flagfile)
+  if "validation_split" not in recipe:
+    print("error: the recipe has no --validation_split: an ablation compares on validation",
+          file=sys.stderr)
+    return 2
+  base = [f"--flagfile={os.path.abspath(args.flagfile)}", *args.rest]
+  if args.data_dir:
+    base.append(f"--data_dir={args.data_dir}")
+  outcomes = {}
+  for name, extra in {"recipe": [], **variants(recipe)}.items():
+    slug = name.replace(" ", "_").replace("/", "_").replace(",", "")
+    outcomes[name] = sweep.train(os.path.join(args.root, slug), [*base, *extra], name)
+  table = rows(outcomes)
+  with open(args.out + ".json", "w") as f:
+    json.dump({"flagfile": args.flagfile, "extra_flags": args.rest, "rows": table}, f,
+              indent=1)
+  with open(args.out + ".md", "w") as f:
+    f.write(markdown(table) + "\n")
+  print(markdown(table))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
