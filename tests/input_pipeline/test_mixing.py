@@ -82,7 +82,7 @@ def test_mix_probability_leaves_the_other_batches_as_they_were():
   mix = Mix(mixup=1.0, cutmix=1.0, probability=0.5)
   kinds = []
   parameters = tf.function(lambda seed: mix_parameters(mix, 16, 8, 6, seed))
-  for s in range(200):
+  for s in range(120):
     seed = tf.constant([s, 1], tf.int64)
     weight, _, use_cutmix, _ = (t.numpy() for t in parameters(seed))
     if weight == 1.0:
@@ -94,7 +94,7 @@ def test_mix_probability_leaves_the_other_batches_as_they_were():
       kinds.append("cutmix" if use_cutmix else "mixup")
   counts = {k: kinds.count(k) for k in ("none", "mixup", "cutmix")}
   # Half unmixed; the mixed half split evenly between Mixup and CutMix.
-  assert 70 <= counts["none"] <= 130 and 25 <= counts["mixup"] and 25 <= counts["cutmix"], counts
+  assert 40 <= counts["none"] <= 80 and 15 <= counts["mixup"] and 15 <= counts["cutmix"], counts
 
 
 def test_mixing_is_a_function_of_the_seed_and_the_same_under_xla():

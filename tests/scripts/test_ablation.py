@@ -52,17 +52,33 @@ def test_the_table_puts_the_recipe_first_and_ema_from_its_raw_weights(ablation):
   assert "| recipe | 95.00 |  | 94.80 | 1000 |" in text
 
 
-def test_a_tiny_ablation_runs_end_to_end(ablation, tmp_path):
+def test_main_runs_the_recipe_and_each_variant_and_writes_the_table(ablation, tmp_path,
+                                                                    monkeypatch):
+  # The runs themselves are sweep.train's (tests/scripts/test_sweep.py runs real ones).
   cfg = tmp_path / "recipe.cfg"
-  cfg.write_text("--model=mlp\n--hidden_units=8\n--dataset=synthetic:train=256,test=32\n"
-                 "--validation_split=0.25\n--batch_size=32\n--epochs=1\n"
-                 "--label_smoothing=0.1\n--ema_decay=0.5\n--eval_images=false\n")
+  cfg.write_text("--model=mlp\n# a comment\n--validation_split=0.25\n--label_smoothing=0.1\n"
+                 "--augment=crop=2\n")
+  calls = []
+
+  def train(model_dir, args, label):
+    calls.append((os.path.basename(model_dir), args))
+    return {"validation_accuracy": 0.9 if label == "recipe" else 0.85, "test_accuracy": 0.8,
+            "train_seconds": 10.0}
+  monkeypatch.setattr(ablation.sweep, "train", train)
   out = tmp_path / "ablation"
-  assert ablation.main([f"--flagfile={cfg}", f"--root={tmp_path / 'runs'}",
-                        f"--out={out}"]) == 0
+  assert ablation.main([f"--flagfile={cfg}", f"--root={tmp_path}", f"--out={out}",
+                        "--data_dir=d", "--", "--epochs=1"]) == 0
+  base = [f"--flagfile={cfg}", "--epochs=1", "--data_dir=d"]
+  assert calls == [("recipe", base), ("no_label_smoothing", [*base, "--label_smoothing=0"]),
+                   ("no_crop", [*base, "--augment=none"])]
   table = json.loads((tmp_path / "ablation.json").read_text())["rows"]
-  assert [r["variant"] for r in table] == ["recipe", "no EMA (the recipe's raw weights)",
-                                           "no label smoothing"]
-  assert all(0 <= r["validation_accuracy"] <= 1 for r in table)
-  flags = json.loads((tmp_path / "runs" / "no_label_smoothing" / "flags.json").read_text())
-  assert flags["label_smoothing"] == 0 and flags["ema_decay"] == 0.5
+  assert [r["validation_change"] for r in table] == [0.0, pytest.approx(-0.05),
+                                                     pytest.approx(-0.05)]
+  assert "| no crop | 85.00 | -5.00 | 80.00 | 10 |" in (tmp_path / "ablation.md").read_text()
+
+
+def test_a_recipe_without_a_validation_split_is_refused(ablation, tmp_path, capsys):
+  cfg = tmp_path / "recipe.cfg"
+  cfg.write_text("--model=mlp\n")
+  assert ablation.main([f"--flagfile={cfg}", f"--out={tmp_path / 'x'}"]) == 2
+  assert "no --validation_split" in capsys.readouterr().err
