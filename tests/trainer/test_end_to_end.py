@@ -149,6 +149,38 @@ def test_export_in_a_fresh_process_predicts_like_the_trained_model(trained, tmp_
   np.testing.assert_array_equal(float_classes, expected)
 
 
+def test_an_ema_run_logs_both_evals_and_exports_the_average(tmp_path):
+  model_dir = str(tmp_path / "ema")
+  run("trainer.main", *ARGS, "--epochs=1", "--ema_decay=0.8", "--label_smoothing=0.1",
+      "--mixup=0.2", "--accumulation_steps=2", "--batch_size=16", f"--model_dir={model_dir}")
+  with open(os.path.join(model_dir, "results.json")) as f:
+    results = json.load(f)
+  assert results["global_step"] == 8  # 256 examples, 16 x 2 a step
+  assert {"test_raw_accuracy", "validation_raw_loss"} <= set(results)
+  raw, average = (read_scalars(os.path.join(model_dir, r)) for r in ("eval_raw", "eval"))
+  assert sorted(raw["accuracy"]) == sorted(average["accuracy"]) == [4, 8]  # both, each eval
+  data = input_pipeline.load(DATASET)
+  images = data.splits["test"].images
+  probabilities = {}
+  for name in ("model", "ema"):
+    model = models.create("mlp", num_classes=4, image_shape=(12, 12, 1), hidden_units=(16,))
+    latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+    tf.train.Checkpoint(**{name: model}).restore(latest).expect_partial()
+    probabilities[name] = tf.nn.softmax(model(images.astype(np.float32) / 255.0)).numpy()
+  assert np.abs(probabilities["model"] - probabilities["ema"]).max() > 1e-3
+  accuracy = np.mean(np.argmax(probabilities["ema"], -1) == data.splits["test"].labels)
+  assert results["test_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+  np.save(tmp_path / "images.npy", images)
+  code = ("import sys, numpy as np, tensorflow as tf\n"
+          "m = tf.saved_model.load(sys.argv[1])\n"
+          "out = m.signatures['serving_default'](images=tf.constant(np.load(sys.argv[2])))\n"
+          "np.save(sys.argv[3], out['probabilities'].numpy())\n")
+  subprocess.run([sys.executable, "-c", code, os.path.join(model_dir, "export"),
+                  str(tmp_path / "images.npy"), str(tmp_path / "out.npy")], check=True,
+                 timeout=120)
+  np.testing.assert_allclose(np.load(tmp_path / "out.npy"), probabilities["ema"], atol=1e-5)
+
+
 def test_predict_writes_the_kaggle_submission(trained, tmp_path):
   model_dir, _ = trained
   data, model = _trained_model(model_dir)

@@ -69,27 +69,6 @@ def test_plateau_is_the_peak_times_its_factor_above_the_floor():
   assert _rates(cfg, 100, [50], factor)[0] == pytest.approx(0.01)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--lr_schedule=step"], "--lr_schedule=step needs --lr_boundaries"),
-    (["--lr_boundaries=10"], "--lr_boundaries applies to --lr_schedule=step"),
-    (["--lr_schedule=step", "--lr_boundaries=20,10"], "steps must increase"),
-    (["--final_learning_rate=0.01", "--learning_rate=0.001"], "must be >= 0 and below"),
-    (["--nesterov"], "--nesterov applies to --optimizer=momentum (not adam)"),
-    (["--ema_decay=1"], "--ema_decay=1.0 must be in [0, 1) (0: none)"),
-    (["--label_smoothing=1"], "--label_smoothing=1.0 must be in [0, 1)"),
-    (["--mixup=-1"], "--mixup=-1.0 must be >= 0"),
-    (["--mix_probability=0.5"], "--mix_probability applies with --mixup or --cutmix"),
-    (["--cutmix=1", "--mix_probability=0"], "--mix_probability=0.0 must be in (0, 1]"),
-    (["--accumulation_steps=0"], "--accumulation_steps=0 must be positive"),
-    (["--lr_schedule=plateau", "--plateau_patience=0"], "--plateau_patience=0 must be positive"),
-])
-def test_bad_technique_flags_are_refused(args, message):
-  from trainer.config import ConfigError
-  with pytest.raises(ConfigError) as e:
-    parse(*args)
-  assert message in str(e.value)
-
-
 def test_nesterov_momentum_matches_its_formula():
   # accum = m * accum - lr * g; w += m * accum - lr * g (Keras's and TensorFlow's form),
   # on a variable large enough for the fused kernel and on a small one (Keras's ops).
