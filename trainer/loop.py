@@ -245,12 +245,14 @@ class Trainer:
     k = self.config.accumulation_steps
     if k == 1:
       return micro_batch(images, labels, targets)
-    size = images.shape[0] // k  # static: the replica's batch is k micro-batches
+    # [k, micro-batch, ...]: indexed by the loop counter each keeps a static shape (XLA
+    # needs one for dropout's random draws; a slice at i * size would not have it).
+    split = lambda t: tf.reshape(t, [k, -1, *t.shape[1:]])
+    images, labels = split(images), split(labels)
+    targets = None if targets is None else split(targets)
     grads = [tf.zeros(v.shape, v.dtype) for v in self.model.trainable_variables]
     for i in tf.range(k):
-      part = slice(i * size, (i + 1) * size)
-      more = micro_batch(images[part], labels[part],
-                         None if targets is None else targets[part])
+      more = micro_batch(images[i], labels[i], None if targets is None else targets[i])
       # An overflow in any micro-batch makes the sum non-finite: the whole step is skipped.
       grads = [a + b for a, b in zip(grads, more)]
     return grads
