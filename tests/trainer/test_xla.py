@@ -31,6 +31,8 @@ MLP = ["--model=mlp", "--hidden_units=16,16"]
     (MLP + ["--jit_compile=step"], 4, "in_memory", "forward_backward"),
     (MLP + ["--image_size=16"], 1, "in_memory", "off"),  # resized_crop: no XLA kernel
     (MLP + ["--image_size=16", "--jit_compile=step"], 1, "in_memory", "step"),  # outside
+    (MLP + ["--deterministic", "--cutmix=1"], 1, "in_memory", "off"),  # measured 1000x slower
+    (MLP + ["--deterministic"], 1, "in_memory", "loop"),
 ])
 def test_what_each_mode_compiles(args, replicas, pipeline, expected):
   assert jit_mode(parse(*args), replicas, pipeline)[0] == expected
