@@ -114,3 +114,23 @@ def _unlabeled_csv(tmp_path):
   path = tmp_path / "train.csv"
   write_kaggle_csv(path, rng.integers(0, 256, (40, 28, 28, 1)), rng.integers(0, 10, 40))
   return path
+
+
+def test_plateau_cuts_the_rate_in_a_real_run_and_a_resume_keeps_the_cuts(tmp_path):
+  from runs import read_scalars
+  import tensorflow as tf
+  args = [*TINY, "--lr_schedule=plateau", "--plateau_patience=1", "--lr_decay_rate=0.5",
+          "--learning_rate=0.5", "--eval_every=4", "--validation_split=0.25",
+          f"--model_dir={tmp_path}"]
+  train.train_and_evaluate(parse(*args, "--train_steps=24"))
+  rates = read_scalars(os.path.join(tmp_path, "train"))["learning_rate"]
+  values = [rates[s] for s in sorted(rates)]
+  assert values[0] == pytest.approx(0.5) and values[-1] < 0.5  # cut at least once
+  assert all(b <= a for a, b in zip(values, values[1:]))  # never back up
+  assert {round(np.log2(0.5 / v), 6) % 1 for v in values} == {0.0}  # halvings only
+  path = tf.train.latest_checkpoint(os.path.join(tmp_path, "checkpoints"))
+  factor = tf.train.load_variable(path, "progress/lr_factor/.ATTRIBUTES/VARIABLE_VALUE")
+  assert factor == pytest.approx(values[-1] / 0.5)
+  train.train_and_evaluate(parse(*args, "--train_steps=28"))  # extended: starts where it was
+  rates = read_scalars(os.path.join(tmp_path, "train"))["learning_rate"]
+  assert rates[28] <= values[-1]
