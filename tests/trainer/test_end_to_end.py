@@ -150,11 +150,12 @@ def test_export_in_a_fresh_process_predicts_like_the_trained_model(trained, tmp_
 
 
 def test_an_ema_run_logs_both_evals_and_exports_the_average(tmp_path):
+  from flag_helpers import parse  # in-process (the CLI is run by the tests above)
+  from trainer import train
   model_dir = str(tmp_path / "ema")
-  run("trainer.main", *ARGS, "--epochs=1", "--ema_decay=0.8", "--label_smoothing=0.1",
-      "--mixup=0.2", "--accumulation_steps=2", "--batch_size=16", f"--model_dir={model_dir}")
-  with open(os.path.join(model_dir, "results.json")) as f:
-    results = json.load(f)
+  results = train.train_and_evaluate(parse(
+      *ARGS, "--epochs=1", "--ema_decay=0.8", "--label_smoothing=0.1", "--mixup=0.2",
+      "--accumulation_steps=2", "--batch_size=16", f"--model_dir={model_dir}"))
   assert results["global_step"] == 8  # 256 examples, 16 x 2 a step
   assert {"test_raw_accuracy", "validation_raw_loss"} <= set(results)
   raw, average = (read_scalars(os.path.join(model_dir, r)) for r in ("eval_raw", "eval"))
