@@ -1,7 +1,6 @@
 """EMA, label smoothing, Mixup/CutMix and gradient accumulation inside the trainer,
 against references computed apart from it, on 1 and 2 logical devices."""
 
-
 import keras
 import numpy as np
 import pytest
