@@ -51,7 +51,9 @@ def _gamma(alpha: float, seed: tf.Tensor) -> tf.Tensor:
   accept = (v > 0) & (tf.math.log(1.0 - u[2]) < 0.5 * x * x + d - d * safe_v
                       + d * tf.math.log(safe_v))
   first = tf.argmax(tf.cast(accept, tf.int32))
-  draw = tf.where(tf.reduce_any(accept), d * safe_v[first], a)
+  # tf.gather, not safe_v[first]: XLA's strided slice needs its bounds at compile time,
+  # which made it recompile the whole loop for every value of the step (the seed).
+  draw = tf.where(tf.reduce_any(accept), d * tf.gather(safe_v, first), a)
   if boost:
     draw *= tf.pow(1.0 - u[3][0], 1.0 / alpha)
   return draw

@@ -111,6 +111,16 @@ def test_mixing_is_a_function_of_the_seed_and_the_same_under_xla():
   assert not np.array_equal(a[1].numpy(), other[1].numpy())
 
 
+def test_one_xla_program_for_every_seed():
+  # An index XLA needed at compile time (the accepted Gamma candidate) made a training loop
+  # compile again at every step, whose seed it is: ~3 s a loop.
+  mixed = tf.function(lambda seed: mix_parameters(Mix(0.2, 1.0), 8, 12, 12, seed),
+                      jit_compile=True)
+  programs = {mixed.experimental_get_compiler_ir(tf.constant(seed, tf.int64))(stage="hlo")
+              for seed in ([1, 2], [3, 4])}
+  assert len(programs) == 1
+
+
 def test_crop_pads_and_crops_within_its_bounds():
   augment = Augment.parse("crop=3")
   assert augment == Augment(translate=3) and Augment.parse("crop") == Augment(translate=4)

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import input_pipeline
 from trainer import config as config_lib
@@ -31,7 +32,7 @@ MLP = ["--model=mlp", "--hidden_units=16,16"]
     (MLP + ["--jit_compile=step"], 4, "in_memory", "forward_backward"),
     (MLP + ["--image_size=16"], 1, "in_memory", "off"),  # resized_crop: no XLA kernel
     (MLP + ["--image_size=16", "--jit_compile=step"], 1, "in_memory", "step"),  # outside
-    (MLP + ["--deterministic", "--cutmix=1"], 1, "in_memory", "off"),  # measured 1000x slower
+    (MLP + ["--deterministic", "--cutmix=1"], 1, "in_memory", "loop"),
     (MLP + ["--deterministic"], 1, "in_memory", "loop"),
 ])
 def test_what_each_mode_compiles(args, replicas, pipeline, expected):
@@ -83,6 +84,15 @@ def test_the_xla_loop_trains_like_the_graph(tmp_path, extra):
   for a, b in zip(graph_weights, xla_weights):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   assert not np.allclose(graph_weights[0], build(tmp_path / "fresh", *MLP).model.weights[0])
+
+
+def test_one_xla_program_for_every_loop_length(tmp_path):
+  # A loop length XLA needed at compile time made the last, shorter loop compile again.
+  trainer = build(tmp_path, *MLP, "--cutmix=1", "--jit_compile=loop")
+  window = tf.zeros([4, 32], tf.int32)
+  programs = {trainer._in_memory_loop.experimental_get_compiler_ir(window, tf.constant(n))(
+      stage="hlo") for n in (4, 1)}
+  assert len(programs) == 1
 
 
 def test_the_xla_step_trains_like_the_graph_on_two_replicas(tmp_path):
