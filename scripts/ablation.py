@@ -2,7 +2,7 @@
 taken out at a time, each an ordinary run (resumable; finished runs are skipped).
 
     python scripts/ablation.py --flagfile=configs/fashion_best.cfg --root=runs/ablation \
-        [--data_dir=data/tfds] [-- --epochs=10 ...]
+        [--data_dir=data/tfds] [--also="crop added:--augment=crop=2,flip"] [-- --epochs=10]
 
 Selection and the figures are on the recipe's validation split; the test accuracy is
 shown too (each run's test set is evaluated once, at its end). EMA needs no run of its own:
@@ -97,6 +97,9 @@ def main(argv=None) -> int:
   parser.add_argument("--root", default="runs/ablation")
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "ablation"))
+  parser.add_argument("--also", action="append", default=[], metavar="NAME:FLAGS",
+                      help="one more variant, e.g. a technique the recipe does not use: "
+                           "its name, a colon, then its flags separated by spaces")
   parser.add_argument("rest", nargs="*", help="flags for every run, after --")
   args = parser.parse_args(argv)
   recipe = read_flagfile(args.flagfile)
@@ -104,11 +107,19 @@ def main(argv=None) -> int:
     print("error: the recipe has no --validation_split: an ablation compares on validation",
           file=sys.stderr)
     return 2
+  also = {}
+  for spec in args.also:
+    name, _, flags = spec.partition(":")
+    if not name.strip() or not flags.strip():
+      print(f"error: --also={spec!r} is not NAME:FLAGS, e.g. \"crop added:--augment=crop=2\"",
+            file=sys.stderr)
+      return 2
+    also[name.strip()] = flags.split()
   base = [f"--flagfile={os.path.abspath(args.flagfile)}", *args.rest]
   if args.data_dir:
     base.append(f"--data_dir={args.data_dir}")
   outcomes = {}
-  for name, extra in {"recipe": [], **variants(recipe)}.items():
+  for name, extra in {"recipe": [], **variants(recipe), **also}.items():
     slug = name.replace(" ", "_").replace("/", "_").replace(",", "")
     outcomes[name] = sweep.train(os.path.join(args.root, slug), [*base, *extra], name)
   table = rows(outcomes)
