@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,10 +52,27 @@ def digest(model_dir):
   return results["weights_digest"]
 
 
-def test_kill_9_at_three_points_then_finish_with_the_uninterrupted_weights(tmp_path):
-  finish(start(tmp_path / "straight"))
-  expected = digest(tmp_path / "straight")
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The digest of RUN trained without interruption. Its process starts at once and runs
+  beside the test that first asks (the interrupted runs are compared with it at the end)."""
+  model_dir = tmp_path_factory.mktemp("straight")
+  proc = start(model_dir)
+  done = []
 
+  def result():
+    if not done:
+      finish(proc)
+      done.append(digest(model_dir))
+    return done[0]
+  yield result
+  if proc.poll() is None:
+    proc.kill()
+    proc.wait()
+
+
+def test_kill_9_at_three_points_then_finish_with_the_uninterrupted_weights(tmp_path,
+                                                                          uninterrupted):
   crashed = tmp_path / "crashed"
   first = start(crashed)  # 1: killed mid-training, after the first checkpoint (step 20)
   wait_for(first, "step 30/300")
@@ -73,13 +91,19 @@ def test_kill_9_at_three_points_then_finish_with_the_uninterrupted_weights(tmp_p
   err = finish(start(crashed))
   assert "ckpt-260 is unreadable" in err and "falling back to the previous one" in err
   assert "resumed from" in err and "ckpt-240" in err
-  assert digest(crashed) == expected  # --deterministic: the same weights, bit for bit
+  assert digest(crashed) == uninterrupted()  # --deterministic: the same weights, bit for bit
 
 
-@pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, signum, status):
-  proc = start(tmp_path)
-  wait_for(proc, "step 7/300")
+def _stop(model_dir, signum, status, after=0):
+  """Starts RUN in model_dir and signals it once it is past step `after` + 4; checks its
+  exit and last line and that the checkpoint of that step is there. Returns (the step, the
+  run's log)."""
+  proc, lines = start(model_dir), []
+  for line in proc.stderr:
+    lines.append(line)
+    reached = re.search(r"step (\d+)/300", line)
+    if reached and int(reached.group(1)) >= after + 4:
+      break
   proc.send_signal(signum)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == status, err[-2000:]
@@ -87,11 +111,20 @@ def test_a_signal_saves_a_checkpoint_and_the_rerun_resumes(tmp_path, signum, sta
   assert last.startswith(f"stopped by {signal.Signals(signum).name} at step ")
   assert "run the same command again to resume" in last and "Traceback" not in err
   step = int(last.split(" at step ")[1].split(";")[0])
-  assert 6 <= step < 300 and os.path.exists(tmp_path / "checkpoints" / f"ckpt-{step}.index")
-  assert not os.path.exists(tmp_path / "results.json")
+  assert after + 4 <= step < 300
+  assert os.path.exists(model_dir / "checkpoints" / f"ckpt-{step}.index")
+  assert not os.path.exists(model_dir / "results.json")
+  return step, "".join(lines) + err
+
+
+def test_sigterm_then_sigint_save_a_checkpoint_and_the_reruns_resume_bit_exact(tmp_path,
+                                                                              uninterrupted):
+  first, _ = _stop(tmp_path, signal.SIGTERM, 143)
+  second, log = _stop(tmp_path, signal.SIGINT, 130, after=first)
+  assert f"ckpt-{first}" in log and f"from step {first} to 300" in log
   err = finish(start(tmp_path))
-  assert f"ckpt-{step}" in err and f"from step {step} to 300" in err
-  digest(tmp_path)
+  assert f"ckpt-{second}" in err and f"from step {second} to 300" in err
+  assert digest(tmp_path) == uninterrupted()  # two signals later: the same weights
 
 
 def test_fp32_divergence_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path):
