@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     base.append(f"--data_dir={args.data_dir}")
   outcomes = {}
   for name, extra in {"recipe": [], **variants(recipe), **also}.items():
-    slug = name.replace(" ", "_").replace("/", "_").replace(",", "")
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")  # a plain directory name
     outcomes[name] = sweep.train(os.path.join(args.root, slug), [*base, *extra], name)
   table = rows(outcomes)
   with open(args.out + ".json", "w") as f:

@@ -67,15 +67,16 @@ def test_main_runs_the_recipe_and_each_variant_and_writes_the_table(ablation, tm
   monkeypatch.setattr(ablation.sweep, "train", train)
   out = tmp_path / "ablation"
   assert ablation.main([f"--flagfile={cfg}", f"--root={tmp_path}", f"--out={out}",
-                        "--data_dir=d", "--also=flip added:--augment=crop=2,flip --nesterov",
+                        "--data_dir=d",
+                        "--also=flip added (again):--augment=crop=2,flip --nesterov",
                         "--", "--epochs=1"]) == 0
   base = [f"--flagfile={cfg}", "--epochs=1", "--data_dir=d"]
   assert calls == [("recipe", base), ("no_label_smoothing", [*base, "--label_smoothing=0"]),
                    ("no_crop", [*base, "--augment=none"]),
-                   ("flip_added", [*base, "--augment=crop=2,flip", "--nesterov"])]
+                   ("flip_added_again", [*base, "--augment=crop=2,flip", "--nesterov"])]
   table = json.loads((tmp_path / "ablation.json").read_text())["rows"]
   assert [r["validation_change"] for r in table] == [0.0, *[pytest.approx(-0.05)] * 3]
-  assert table[-1]["variant"] == "flip added"
+  assert table[-1]["variant"] == "flip added (again)"
   assert "| no crop | 85.00 | -5.00 | 80.00 | 10 |" in (tmp_path / "ablation.md").read_text()
 
 
