@@ -1,9 +1,20 @@
+import glob
+import os
 import re
 
 import pytest
 
 from trainer.config import ConfigError
 from flag_helpers import parse
+from paths import ROOT
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.cfg"))),
+                         ids=os.path.basename)
+def test_every_shipped_config_is_valid(path):
+  # A config a README line tells users to run: a typo in it would only show when run.
+  cfg = parse(f"--flagfile={path}")
+  assert cfg.model and cfg.dataset
 
 
 def test_defaults_and_model_hparams():
