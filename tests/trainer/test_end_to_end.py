@@ -14,7 +14,9 @@ import tensorflow as tf
 import input_pipeline
 import models
 from datafiles import write_kaggle_csv
+from flag_helpers import parse
 from runs import read_hparams, read_images, read_scalars, read_text, run
+from trainer.train import train_and_evaluate
 
 DATASET = "synthetic:shape=12x12x1,classes=4,train=320,test=70"
 ARGS = ["--model=mlp", "--hidden_units=16", f"--dataset={DATASET}", "--batch_size=32",
@@ -150,10 +152,8 @@ def test_export_in_a_fresh_process_predicts_like_the_trained_model(trained, tmp_
 
 
 def test_an_ema_run_logs_both_evals_and_exports_the_average(tmp_path):
-  from flag_helpers import parse  # in-process (the CLI is run by the tests above)
-  from trainer import train
   model_dir = str(tmp_path / "ema")
-  results = train.train_and_evaluate(parse(
+  results = train_and_evaluate(parse(
       *ARGS, "--epochs=1", "--ema_decay=0.8", "--label_smoothing=0.1", "--mixup=0.2",
       "--accumulation_steps=2", "--batch_size=16", f"--model_dir={model_dir}"))
   assert results["global_step"] == 8  # 256 examples, 16 x 2 a step

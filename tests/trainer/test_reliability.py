@@ -30,11 +30,13 @@ def start(model_dir, *extra, env=None):
 
 
 def wait_for(proc, text):
-  """Reads the run's log until a line contains text; returns the lines read."""
+  """Reads the run's log until a line contains text (or, if text is a function, until it
+  returns true for a line); returns the lines read."""
+  seen = text if callable(text) else lambda line: text in line
   lines = []
   for line in proc.stderr:
     lines.append(line)
-    if text in line:
+    if seen(line):
       return lines
   raise AssertionError(f"never saw {text!r}:\n{''.join(lines[-20:])}")
 
@@ -98,12 +100,11 @@ def _stop(model_dir, signum, status, after=0):
   """Starts RUN in model_dir and signals it once it is past step `after` + 4; checks its
   exit and last line and that the checkpoint of that step is there. Returns (the step, the
   run's log)."""
-  proc, lines = start(model_dir), []
-  for line in proc.stderr:
-    lines.append(line)
+  def past(line):
     reached = re.search(r"step (\d+)/300", line)
-    if reached and int(reached.group(1)) >= after + 4:
-      break
+    return reached and int(reached.group(1)) >= after + 4
+  proc = start(model_dir)
+  lines = wait_for(proc, past)
   proc.send_signal(signum)
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == status, err[-2000:]

@@ -4,17 +4,18 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from trainer import train
 from trainer.config import ConfigError
 from flag_helpers import parse
+from runs import read_scalars
 
 TINY = ["--model=mlp", "--hidden_units=16", "--dataset=synthetic:shape=8x8x1,classes=3,"
         "train=256,test=50", "--batch_size=32", "--steps_per_loop=4"]
 
 
 def _weights(model_dir):
-  import tensorflow as tf
   path = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
   return {n: tf.train.load_variable(path, n) for n, _ in tf.train.list_variables(path)
           if n.startswith("model/")}
@@ -117,8 +118,6 @@ def _unlabeled_csv(tmp_path):
 
 
 def test_plateau_cuts_the_rate_in_a_real_run_and_a_resume_keeps_the_cuts(tmp_path):
-  from runs import read_scalars
-  import tensorflow as tf
   args = [*TINY, "--lr_schedule=plateau", "--plateau_patience=1", "--lr_decay_rate=0.5",
           "--learning_rate=0.5", "--eval_every=4", "--validation_split=0.25",
           f"--model_dir={tmp_path}"]
