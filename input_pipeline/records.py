@@ -38,6 +38,11 @@ def fit(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
   """Resizes (keeping the aspect) until the image covers size, then crops the centre:
   uint8 [H, W, C] -> uint8 [size[0], size[1], C]. Eval images, and stored images that
   random-resized crops are drawn from on the device. An image of that size stays as is."""
+  static = tuple(image.shape[:2])
+  if None not in static:
+    # Decided in Python: tf.cond traces both branches, and ensure_shape in the branch that
+    # does not run fails at graph construction when the shape is static (DESIGN.md, 16).
+    return image if static == tuple(size) else _cover_and_crop(image, size)
   same = tf.reduce_all(tf.shape(image)[:2] == tf.constant(size, tf.int32))
   return tf.cond(same, lambda: tf.ensure_shape(image, [*size, None]),
                  lambda: _cover_and_crop(image, size))

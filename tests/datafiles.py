@@ -79,18 +79,21 @@ def write_image_folder(root, per_split=(("train", 8), ("test", 3)), classes=("ca
 _TINY_TFDS = {}
 
 
-def tiny_tfds_builder():
-  """A TFDS image-classification dataset of varying image sizes and 3 channels, built
-  from generated data (no network): the class, defined once (TFDS registers its name)."""
-  if "builder" not in _TINY_TFDS:
+def tiny_tfds_builder(fixed_size: bool = False):
+  """A TFDS image-classification dataset built from generated data (no network): images
+  of varying size and 3 channels, or (fixed_size) all 14x14x1 like MNIST's. Each class is
+  defined once (TFDS registers its name)."""
+  key = "fixed" if fixed_size else "varying"
+  if key not in _TINY_TFDS:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    shape = (14, 14, 1) if fixed_size else (None, None, 3)
 
-    class TapeloopTinyImages(tfds.core.GeneratorBasedBuilder):
+    class Base(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       VERSION = tfds.core.Version("1.0.0")
 
       def _info(self):
         return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3)),
+            "image": tfds.features.Image(shape=shape),
             "label": tfds.features.ClassLabel(names=["red", "green", "blue"])}),
             supervised_keys=("image", "label"))
 
@@ -101,17 +104,27 @@ def tiny_tfds_builder():
         rng = np.random.default_rng(seed)
         for i in range(n):
           label = int(rng.integers(0, 3))
-          h, w = (int(v) for v in rng.integers(12, 30, 2))
-          image = rng.integers(0, 80, (h, w, 3)).astype(np.uint8)
-          image[..., label] += 150  # the class is the dominant colour
+          h, w = shape[:2] if fixed_size else (int(v) for v in rng.integers(12, 30, 2))
+          image = rng.integers(0, 80, (h, w, shape[2])).astype(np.uint8)
+          if fixed_size:
+            image += np.uint8(60 * label)  # the class sets the brightness
+          else:
+            image[..., label] += 150  # the class is the dominant colour
           yield i, {"image": image, "label": label}
 
-    _TINY_TFDS["builder"] = TapeloopTinyImages
-  return _TINY_TFDS["builder"]
+    if fixed_size:
+      class TapeloopTinyFixed(Base):
+        pass
+      _TINY_TFDS[key] = TapeloopTinyFixed
+    else:
+      class TapeloopTinyImages(Base):
+        pass
+      _TINY_TFDS[key] = TapeloopTinyImages
+  return _TINY_TFDS[key]
 
 
-def write_tiny_tfds(data_dir):
-  """Prepares the tiny TFDS dataset in data_dir; returns its name."""
-  builder = tiny_tfds_builder()(data_dir=str(data_dir))
+def write_tiny_tfds(data_dir, fixed_size: bool = False):
+  """Prepares a tiny TFDS dataset in data_dir (tiny_tfds_builder); returns its name."""
+  builder = tiny_tfds_builder(fixed_size)(data_dir=str(data_dir))
   builder.download_and_prepare()
   return builder.name
