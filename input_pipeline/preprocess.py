@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 import tensorflow as tf
+from absl import logging
 
 from input_pipeline.data import DataError
 
@@ -75,6 +76,12 @@ class Augment:
     if augment.flip and base in NO_FLIP_DATASETS:
       raise DataError(f"--augment=flip on {dataset}: mirrored characters change meaning; "
                       "drop flip")
+    if augment.flip and base == "idx":
+      # IDX files hold digits and letters (MNIST, EMNIST, KMNIST) but also Fashion-MNIST:
+      # the format cannot tell, so the user is told instead of refused.
+      logging.warning("--augment=flip on %s: if these images are digits or letters "
+                      "(MNIST, EMNIST, KMNIST), mirrored characters change meaning: drop "
+                      "flip; for clothes (Fashion-MNIST) flips are fine", dataset)
     return augment
 
 

@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -36,6 +38,17 @@ def test_parse(text, expected):
 def test_parse_refuses(text, dataset, message):
   with pytest.raises(DataError, match=message):
     Augment.parse(text, dataset)
+
+
+def test_flip_on_idx_files_warns_that_digits_must_not_be_flipped(caplog):
+  # IDX holds MNIST's digits and Fashion-MNIST's clothes alike: warned, not refused.
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    assert Augment.parse("flip", "idx:/data/mnist") == Augment(flip=True)
+  assert "if these images are digits or letters" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    Augment.parse("flip", "folder:/photos")
+  assert "digits" not in caplog.text
 
 
 def test_normalize():
