@@ -22,6 +22,18 @@ from trainer.config import ConfigError
 FAULT_ENV = "TAPELOOP_FAULT"
 
 
+# A checkpoint's files: ckpt-STEP.index and ckpt-STEP.data-K-of-N.
+_CHECKPOINT_FILE = re.compile(r"ckpt-(\d+)\.(?:index|data-\d+-of-\d+)")
+
+
+def _listdir(directory: str) -> list[str]:
+  """The names in a directory (any filesystem); [] when it does not exist."""
+  try:
+    return tf.io.gfile.listdir(directory)
+  except tf.errors.NotFoundError:
+    return []
+
+
 class _UnrestoredValues(py_logging.Filter):
   def filter(self, record):
     message = str(record.msg)
@@ -67,14 +79,11 @@ class Checkpoints:
   def candidates(self) -> list[str]:
     """Every checkpoint prefix in the directory, newest (highest step) first. The state
     file is not trusted alone: a crash can leave it behind the files, or remove nothing."""
-    prefixes = set()
-    # tf.io.gfile, not glob: a gs:// model_dir would show no checkpoints, and the run would
-    # start over while CheckpointManager deleted the old ones.
-    for path in tf.io.gfile.glob(os.path.join(self.directory, "ckpt-*")):
-      match = re.match(r"(.*ckpt-\d+)\.(index|data-\d+-of-\d+)$", path)
-      if match:
-        prefixes.add(match.group(1))
-    return sorted(prefixes, key=lambda p: int(p.rsplit("-", 1)[1]), reverse=True)
+    # tf.io.gfile, not Python's glob: a gs:// model_dir would show no checkpoints. Listed,
+    # not globbed: a glob pattern built on a model_dir named like runs/exp[1] matches nothing.
+    steps = {int(match.group(1)) for match in map(_CHECKPOINT_FILE.fullmatch,
+                                                  _listdir(self.directory)) if match}
+    return [os.path.join(self.directory, f"ckpt-{step}") for step in sorted(steps, reverse=True)]
 
   def restore(self, path: str | None = None) -> str | None:
     """Restores `path`, or else the newest readable checkpoint (call under
@@ -121,12 +130,15 @@ class Checkpoints:
     if failures and explicit:
       raise ConfigError(f"cannot read checkpoint {failures[0]}; give a checkpoint prefix "
                         "such as model_dir/checkpoints/ckpt-100")
+    # Never advise deleting: the files may be fine and only this process unable to read
+    # them (a path TensorFlow takes for a pattern, a filesystem not mounted, a permission).
     if failures:
       raise ConfigError(f"no readable checkpoint in {self.directory}: {'; '.join(failures)}; "
-                        "delete that directory to start over, or use another --model_dir")
+                        "nothing was changed there: start this run in another --model_dir")
     if tf.io.gfile.exists(os.path.join(self.directory, "checkpoint")):
       raise ConfigError(f"{self.directory} has a checkpoint state file but no checkpoint "
-                        "files; delete that directory to start over, or use another --model_dir")
+                        "files; nothing was changed there: start this run in another "
+                        "--model_dir")
     return None
 
   def save(self, step: int) -> str:
@@ -141,7 +153,10 @@ class Checkpoints:
     updated, then SIGKILL."""
     prefix = os.path.join(self.manager.directory, f"ckpt-{step}")
     self.checkpoint.write(prefix)
-    for data in tf.io.gfile.glob(prefix + ".data-*"):
+    for name in _listdir(self.manager.directory):
+      if not name.startswith(f"ckpt-{step}.data-"):
+        continue
+      data = os.path.join(self.manager.directory, name)
       with tf.io.gfile.GFile(data, "rb") as f:
         content = f.read()
       with tf.io.gfile.GFile(data, "wb") as f:

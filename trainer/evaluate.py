@@ -50,7 +50,8 @@ def define_flags() -> None:
 
 def _run_config(model_dir: str):
   """The run's Config from model_dir/flags.json, with the flags given here on top."""
-  from trainer import config, run_record  # pylint: disable=g-import-not-at-top
+  from trainer import config, files, run_record  # pylint: disable=g-import-not-at-top
+  files.check_checkpoint_path(model_dir)
   recorded = run_record.load(model_dir)  # flags.json, or results.json of an older run
   if recorded is None:
     raise cli.UsageError(f"no flags.json in --model_dir={model_dir}: not a tapeloop run "

@@ -109,6 +109,9 @@ def _cases(t):
       ([f"--flagfile={t}/unknown.cfg"], "colour"),
       ([f"--model_dir={t}/a_file/run"], "is a file, not a directory"),
       (["--model_dir=/proc/tapeloop-run"], "/proc is not writable"),
+      # TensorFlow's checkpoint reader globs: exp[1] would save, then never resume.
+      ([f"--model_dir={t}/exp[1]"], "in which [ ] are special: a run there would save but "
+       "never resume"),
       (["positional"], "unexpected arguments positional"),
       ([f"--dataset=folder:{t}/photos"], "vary in size (20x24 to 40x28): pass --image_size=HxW"),
       ([f"--dataset=folder:{t}/photos", "--image_size=20x"],
