@@ -203,6 +203,13 @@ class BestMetric(Action):
   def __init__(self, metric: str, progress):
     self.metric, self.progress = metric, progress
     self.higher_is_better = metric == "accuracy"
+    # Before the first eval (also of an evaluate-only rerun): a best of another metric,
+    # kept from a run with another --keep_best, is never compared with this one's values.
+    was = progress.track(metric)
+    if was:
+      logging.info("the best eval so far was of eval %s; this run tracks eval %s: its best, "
+                   "early stopping and plateau counts start again at the next eval", was,
+                   metric)
 
   def improved(self, value: float) -> bool:
     best = float(self.progress.best_value.numpy())

@@ -26,6 +26,7 @@ from input_pipeline.stream import StreamSplit, eval_stream, train_stream
 from models.common import InputTooSmall, batch_shard
 from trainer import checkpoints, ema, optimization
 from trainer.config import Config, ConfigError
+from trainer.flags import BEST_METRICS
 
 
 # In-memory training data up to this size (per copy) is placed on every replica's device;
@@ -517,6 +518,10 @@ class Progress(tf.Module):
     # best eval metric improved or the rate was last cut.
     self.lr_factor = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_factor")
     self.plateau_evals = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_evals")
+    # What best_value measures: an index into BEST_METRICS, -1 before the first best (or
+    # in checkpoints older than it). --keep_best may change on a rerun, and a best loss
+    # is no best accuracy: see `track`.
+    self.best_metric = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_metric")
     self.best_value = tf.Variable(np.nan, dtype=tf.float64, trainable=False, name="best_value")
     self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
     self.evals_since_best = tf.Variable(0, dtype=tf.int64, trainable=False,
@@ -527,3 +532,27 @@ class Progress(tf.Module):
     # skipped past, so that a resume reads the data where the recovered run did.
     self.recoveries = tf.Variable(0, dtype=tf.int64, trainable=False, name="recoveries")
     self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
+
+  def best(self) -> tuple[str, float, int] | None:
+    """(metric, value, step) of the best eval so far; None before the first."""
+    index = int(self.best_metric.numpy())
+    if index < 0 or np.isnan(self.best_value.numpy()):
+      return None
+    return BEST_METRICS[index], float(self.best_value.numpy()), int(self.best_step.numpy())
+
+  def track(self, metric: str) -> str | None:
+    """Makes `metric` the one the best, the evals since it and the plateau count are of.
+    When they were of another (or of an unknown) metric, they start again; returns what
+    they were of then ("unknown" for a checkpoint that did not record it), else None."""
+    index = BEST_METRICS.index(metric)
+    before = int(self.best_metric.numpy())
+    if before == index:
+      return None
+    self.best_metric.assign(index)
+    if before < 0 and np.isnan(self.best_value.numpy()):
+      return None  # nothing tracked yet
+    self.best_value.assign(np.nan)
+    self.best_step.assign(-1)
+    self.evals_since_best.assign(0)
+    self.plateau_evals.assign(0)
+    return BEST_METRICS[before] if before >= 0 else "unknown"

@@ -204,10 +204,9 @@ def _run(config: Config, strategy, data, phases: Phases, scratch: str | None,
   if recoveries or config.divergence_retries:
     results["divergence_recoveries"] = recoveries
     results["skipped_steps"] = int(trainer.progress.skipped_steps.numpy())
-  if config.keep_best or config.early_stopping:
-    results["best_eval"] = {"metric": config.keep_best or "loss",
-                            "value": float(trainer.progress.best_value.numpy()),
-                            "step": int(trainer.progress.best_step.numpy())}
+  best = trainer.progress.best()
+  if best is not None and (config.keep_best or config.early_stopping):
+    results["best_eval"] = dict(zip(("metric", "value", "step"), best))
   logging.info("model weights digest at step %d: %s", results["global_step"],
                results["weights_digest"])
   for split in ("validation", "test"):

@@ -100,6 +100,21 @@ def test_early_stopping_keeps_the_best_and_a_rerun_only_evaluates(tmp_path):
   assert again["best_eval"] == results["best_eval"]
 
 
+def test_a_best_of_another_metric_is_not_compared_with_the_new_one(tmp_path):
+  # --early_stopping tracks the eval loss; the rerun asks for the best accuracy: the
+  # recorded best (a loss, ~1.1) must not be taken for an accuracy no eval can beat.
+  args = [*TINY, "--eval_every=4", "--early_stopping=50", "--validation_split=0.25",
+          "--noeval_images", f"--model_dir={tmp_path}"]
+  first = train.train_and_evaluate(parse(*args, "--train_steps=8"))
+  assert first["best_eval"]["metric"] == "loss" and first["best_eval"]["value"] > 1.0
+  again = train.train_and_evaluate(parse(*args, "--train_steps=16", "--keep_best=accuracy"))
+  accuracy = read_scalars(os.path.join(tmp_path, "eval"))["accuracy"]
+  best_step = max((s for s in accuracy if s > 8), key=lambda s: (accuracy[s], -s))
+  assert again["best_eval"] == {"metric": "accuracy", "value": pytest.approx(
+      accuracy[best_step]), "step": best_step}
+  assert os.path.exists(tmp_path / "best" / f"ckpt-{best_step}.index")
+
+
 def test_keep_best_without_anything_to_evaluate_is_refused(tmp_path):
   with pytest.raises(ConfigError, match="need labeled data to evaluate: add --validation_split"):
     train.train_and_evaluate(parse("--model=mlp", "--hidden_units=4", "--batch_size=8",
