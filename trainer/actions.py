@@ -43,6 +43,9 @@ class Action:
   # After a preemption signal only these run at the boundary: a preempted VM has ~30 s,
   # so the checkpoint is saved before anything else (no eval, no pictures).
   on_preemption = False
+  # After a signal, these run when the run resumes, at the step the signal cut short, with
+  # logs {"completing": True} (the training figures of that loop are gone).
+  completes_interrupted = False
 
   def next_step(self, step: int) -> int | None:
     """The next step after `step` at which this action needs the inner loop to return."""
@@ -134,6 +137,8 @@ class Evaluate(Action):
   eval run, the log and logs["eval"]; with `pictures`, the confusion matrix, the worst
   mistakes and the per-class table too."""
 
+  completes_interrupted = True
+
   def __init__(self, *, evaluate, split: str, interval: int, total_steps: int, writer,
                pictures: "EvalPictures | None" = None, raw: Callable | None = None):
     """raw: with an EMA, evaluates the raw weights, logged beside (the eval_raw run)."""
@@ -200,6 +205,8 @@ class BestMetric(Action):
   """Tracks the best eval `metric` (orbit's NewBestMetric) in checkpointed variables, so
   that a resumed run knows it; sets logs["new_best"] on an improvement."""
 
+  completes_interrupted = True
+
   def __init__(self, metric: str, progress):
     self.metric, self.progress = metric, progress
     self.higher_is_better = metric == "accuracy"
@@ -233,6 +240,8 @@ class BestMetric(Action):
 class KeepBest(Action):
   """On a new best: a checkpoint in model_dir/best/ and an export in model_dir/export_best/."""
 
+  completes_interrupted = True
+
   def __init__(self, *, metric: str, save: Callable[[int], str], export: Callable[[], None]):
     self.metric, self.save, self.export = metric, save, export
 
@@ -246,6 +255,8 @@ class KeepBest(Action):
 
 class EarlyStopping(Action):
   """Stops when the eval metric has not improved for `patience` evals in a row."""
+
+  completes_interrupted = True
 
   def __init__(self, *, patience: int, metric: str, progress):
     self.patience, self.metric, self.progress = patience, metric, progress
@@ -263,6 +274,8 @@ class ReduceOnPlateau(Action):
   """--lr_schedule=plateau (Keras's ReduceLROnPlateau on the eval metric): after `patience`
   evals without a new best (BestMetric, run before), the rate's factor is multiplied by
   `factor`; the count starts again after each cut. The state is checkpointed (Progress)."""
+
+  completes_interrupted = True
 
   def __init__(self, *, patience: int, factor: float, metric: str, progress,
                learning_rate: Callable[[], float]):
@@ -288,6 +301,8 @@ class ReduceOnPlateau(Action):
 class Checkpoint(Action):
   """Every `interval` steps, at the last step, and before any stop."""
 
+  completes_interrupted = True
+
   on_preemption = True
 
   def __init__(self, *, save: Callable[[int], str], interval: int, total_steps: int):
@@ -297,7 +312,8 @@ class Checkpoint(Action):
     return next_multiple(step, self.interval)
 
   def __call__(self, step, logs):
-    if step % self.interval == 0 or step == self.total or "stop" in logs:
+    if (step % self.interval == 0 or step == self.total or "stop" in logs
+        or "completing" in logs):
       logs["checkpoint"] = self.save(step)
 
 

@@ -28,11 +28,16 @@ class Controller:
   The inner loops end at multiples of `steps_per_loop` (or sooner, where an action asks);
   the first one runs `first_loop_steps` steps, so that the first progress line follows
   compilation, whatever `steps_per_loop` is. An action's Stop ends training after the
-  actions of that boundary; one caused by a signal raises Interrupted.
+  actions of that boundary; one caused by a signal raises Interrupted, also at the last
+  step. A signal lets only the `on_preemption` actions run (the checkpoint); the others
+  run when the run resumes, before any training (`completes_interrupted`).
   """
 
   def __init__(self, *, trainer, actions: Sequence[Action], total_steps: int,
-               steps_per_loop: int, batch_size: int, first_loop_steps: int = 1):
+               steps_per_loop: int, batch_size: int, first_loop_steps: int = 1,
+               interrupted_at=None):
+    """interrupted_at: a checkpointed int64 variable, the step whose boundary a signal
+    cut short (-1: none); without it a cut boundary is not completed on resume."""
     if steps_per_loop < 1 or first_loop_steps < 1:
       raise ValueError("steps_per_loop and first_loop_steps must be positive")
     if not all(isinstance(a, Action) for a in actions):
@@ -40,6 +45,7 @@ class Controller:
     self.trainer, self.actions = trainer, list(actions)
     self.total, self.per_loop, self.batch = total_steps, steps_per_loop, batch_size
     self.first_loop_steps = first_loop_steps
+    self.interrupted_at = interrupted_at
 
   def next_stop(self, step: int, first: bool = False) -> int:
     """The step at which the inner loop from `step` returns: the loop size (or the first
@@ -51,16 +57,37 @@ class Controller:
         stops.append(wanted)
     return min(stops)
 
+  def _interrupted(self, step: int) -> bool:
+    return self.interrupted_at is not None and int(self.interrupted_at.numpy()) == step
+
+  def _complete_interrupted(self, step: int) -> Stop | None:
+    """The actions a signal kept from the boundary at `step` (its eval, best, pictures),
+    run now; their checkpoint records that they ran. Returns a stop they asked for."""
+    logging.info("completing the actions of step %d, cut short by a signal", step)
+    self.interrupted_at.assign(-1)
+    logs = {"completing": True}
+    for action in self.actions:
+      if action.completes_interrupted:
+        action(step, logs)
+    return logs.get("stop")
+
   def run(self) -> Timing:
     step = self.trainer.step
     timing = Timing()
-    if step >= self.total:
+    interrupted = self._interrupted(step)
+    if step >= self.total and not interrupted:
       return timing
-    iterator = self.trainer.train_iterator()
     steady_steps, first = 0, True
     try:  # every action's end runs, whatever fails: a profiler left running keeps its trace
       for action in self.actions:
         action.start(step)
+      if interrupted:
+        timing.stop = self._complete_interrupted(step)
+        if timing.stop is not None or step >= self.total:
+          if timing.stop is not None:
+            logging.info("%s: stopping at step %d of %d", timing.stop.reason, step, self.total)
+          return timing
+      iterator = self.trainer.train_iterator()
       while step < self.total:
         target = self.next_stop(step, first)
         begin = time.perf_counter()
@@ -79,7 +106,10 @@ class Controller:
                     steady_examples_per_sec=timing.examples_per_sec)
         for action in self.actions:
           stop = logs.get("stop")
-          if stop is None or stop.signum is None or action.on_preemption:
+          signalled = stop is not None and stop.signum is not None
+          if signalled and self.interrupted_at is not None:
+            self.interrupted_at.assign(step)  # before the checkpoint, which records it
+          if not signalled or action.on_preemption:
             action(step, logs)
           if "restarted" in logs:  # went back to a checkpoint: nothing else for this state
             break
@@ -87,9 +117,9 @@ class Controller:
           step, iterator = self.trainer.step, self.trainer.train_iterator()
           continue
         stop = logs.get("stop")
+        if stop is not None and stop.signum is not None:  # also at the last step
+          raise Interrupted(stop.signum, step, logs.get("checkpoint"))
         if stop is not None and step < self.total:
-          if stop.signum is not None:
-            raise Interrupted(stop.signum, step, logs.get("checkpoint"))
           logging.info("%s: stopping at step %d of %d", stop.reason, step, self.total)
           timing.stop = stop
           break

@@ -528,6 +528,10 @@ class Progress(tf.Module):
                                         name="evals_since_best")
     self.stopped_early_at = tf.Variable(-1, dtype=tf.int64, trainable=False,
                                         name="stopped_early_at")
+    # The step whose boundary a signal cut short (only its checkpoint ran): its eval, best
+    # and pictures run on resume (trainer/controller.py). -1: none.
+    self.interrupted_at = tf.Variable(-1, dtype=tf.int64, trainable=False,
+                                      name="interrupted_at")
     # Divergence recovery (--divergence_retries): how many, and the training steps of data
     # skipped past, so that a resume reads the data where the recovered run did.
     self.recoveries = tf.Variable(0, dtype=tf.int64, trainable=False, name="recoveries")

@@ -180,7 +180,8 @@ def _run(config: Config, strategy, data, phases: Phases, scratch: str | None,
                    trainer.steps_per_epoch, batch)
     timing = Controller(trainer=trainer, actions=actions, total_steps=trainer.total_steps,
                         steps_per_loop=config.steps_per_loop,
-                        batch_size=config.step_batch).run()
+                        batch_size=config.step_batch,
+                        interrupted_at=trainer.progress.interrupted_at).run()
   results_path = os.path.join(config.model_dir, "results.json")
   stop, timing = timing.stop, {"examples_per_sec": timing.examples_per_sec,
                                "train_seconds": timing.train_seconds,

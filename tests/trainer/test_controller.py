@@ -122,11 +122,51 @@ def test_a_signal_stop_saves_first_skips_the_rest_and_raises_interrupted():
   assert [s for s, _ in saver.calls] == [1, 3] and [s for s, _ in evaluator.calls] == [1]
 
 
-def test_a_stop_at_the_last_step_is_a_normal_end():
+def test_a_stop_at_the_last_step_is_a_normal_end_but_a_signal_there_is_not():
   trainer = FakeTrainer()
-  timing = Controller(trainer=trainer, actions=[StopAt(4, signal.SIGTERM)], total_steps=4,
+  timing = Controller(trainer=trainer, actions=[StopAt(4)], total_steps=4,
                       steps_per_loop=3, batch_size=4).run()
   assert trainer.step == 4 and timing.stop is None
+  # A preempted VM's last loop: the checkpoint, then exit 143, nothing after the save.
+  with pytest.raises(actions.Interrupted) as e:
+    Controller(trainer=FakeTrainer(), actions=[StopAt(4, signal.SIGTERM)], total_steps=4,
+               steps_per_loop=3, batch_size=4).run()
+  assert e.value.step == 4
+
+
+class Completing(Recorder):
+  completes_interrupted = True
+
+
+def test_a_boundary_cut_short_by_a_signal_is_completed_on_resume():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  interrupted_at = tf.Variable(-1, dtype=tf.int64)
+  skipped, saved = Completing(), Recorder()
+  saved.on_preemption = saved.completes_interrupted = True
+  plain = Recorder()
+  run = lambda trainer, total: Controller(
+      trainer=trainer, actions=[StopAt(6, signal.SIGTERM), skipped, saved, plain],
+      total_steps=total, steps_per_loop=3, batch_size=1, first_loop_steps=3,
+      interrupted_at=interrupted_at).run()
+  with pytest.raises(actions.Interrupted):
+    run(FakeTrainer(), 9)
+  assert int(interrupted_at.numpy()) == 6  # set before the checkpoint (saved) ran
+  assert [s for s, _ in skipped.calls] == [3] and [s for s, _ in saved.calls] == [3, 6]
+  # Resumed at 6: the skipped actions run first, with no training figures, then training.
+  trainer = FakeTrainer(step=6)
+  skipped.calls, saved.calls, plain.calls = [], [], []
+  Controller(
+      trainer=trainer, actions=[skipped, saved, plain], total_steps=9, steps_per_loop=3,
+      batch_size=1, interrupted_at=interrupted_at).run()
+  assert skipped.calls[0] == (6, {"completing": True}) and saved.calls[0][0] == 6
+  assert [s for s, _ in plain.calls] == [7, 9] and int(interrupted_at.numpy()) == -1
+  # Cut short at the last step: the rerun completes it, and trains nothing.
+  interrupted_at.assign(9)
+  skipped.calls = []
+  finished = FakeTrainer(step=9)
+  Controller(trainer=finished, actions=[skipped], total_steps=9, steps_per_loop=3,
+             batch_size=1, interrupted_at=interrupted_at).run()
+  assert skipped.calls == [(9, {"completing": True})] and finished.loops == []
 
 
 def test_an_action_that_raises_still_ends_every_action():

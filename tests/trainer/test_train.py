@@ -2,14 +2,17 @@
 
 import os
 
+import signal
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import train
+from trainer import actions, train
+from trainer.loop import Trainer
 from trainer.config import ConfigError
 from flag_helpers import parse
-from runs import read_scalars
+from runs import _accumulator, read_images, read_scalars
 
 TINY = ["--model=mlp", "--hidden_units=16", "--dataset=synthetic:shape=8x8x1,classes=3,"
         "train=256,test=50", "--batch_size=32", "--steps_per_loop=4"]
@@ -113,6 +116,39 @@ def test_a_best_of_another_metric_is_not_compared_with_the_new_one(tmp_path):
   assert again["best_eval"] == {"metric": "accuracy", "value": pytest.approx(
       accuracy[best_step]), "step": best_step}
   assert os.path.exists(tmp_path / "best" / f"ckpt-{best_step}.index")
+
+
+def test_a_signal_in_the_last_loop_stops_there_and_the_rerun_completes_that_boundary(
+    tmp_path, monkeypatch):
+  args = parse(*TINY, "--train_steps=8", "--eval_every=4", "--keep_best=loss",
+               "--validation_split=0.25", "--learning_rate=0.01", f"--model_dir={tmp_path}")
+  run_steps = Trainer.run_steps
+
+  def signalled_in_the_last_loop(self, iterator, steps):
+    logs = run_steps(self, iterator, steps)
+    if self.step == 8:
+      os.kill(os.getpid(), signal.SIGTERM)  # PreemptionStop's handler takes it
+    return logs
+  monkeypatch.setattr(Trainer, "run_steps", signalled_in_the_last_loop)
+  with pytest.raises(actions.Interrupted) as e:
+    train.train_and_evaluate(args)
+  assert e.value.step == 8 and e.value.signum == signal.SIGTERM
+  # Only the checkpoint ran after the signal: no eval of step 8, no test eval, no export.
+  assert os.path.exists(tmp_path / "checkpoints" / "ckpt-8.index")
+  assert not any(os.path.exists(tmp_path / f) for f in ("results.json", "export", "best/ckpt-8.index"))
+  assert 8 not in read_scalars(tmp_path / "eval")["loss"]
+  monkeypatch.undo()
+  results = train.train_and_evaluate(args)  # the rerun: the boundary of step 8 completed
+  assert results["global_step"] == 8
+  eval_loss = read_scalars(tmp_path / "eval")["loss"]
+  assert sorted(s for s in eval_loss if s in (4, 8)) == [4, 8]
+  assert 8 in read_images(tmp_path / "eval")["confusion_matrix"]
+  assert results["best_eval"]["step"] == min((4, 8), key=eval_loss.get)
+  assert os.path.exists(tmp_path / "best" / f"ckpt-{results['best_eval']['step']}.index")
+  again = train.train_and_evaluate(args)  # completed once: not again
+  pictures = _accumulator(tmp_path / "eval").Tensors("confusion_matrix")
+  assert [e.step for e in pictures] == [4, 8]
+  assert again["weights_digest"] == results["weights_digest"]
 
 
 def test_keep_best_without_anything_to_evaluate_is_refused(tmp_path):
