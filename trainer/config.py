@@ -180,9 +180,6 @@ def _schedule(fv) -> tuple[int, ...]:
            f"--lr_boundaries={','.join(fv.lr_boundaries)}: steps must increase")
   _check(fv.lr_schedule != "step" or boundaries,
          "--lr_schedule=step needs --lr_boundaries, e.g. 6000,9000 (steps)")
-  _check(fv.lr_schedule != "one_cycle" or fv.warmup_steps == 0 or fv.schedule_steps is None
-         or fv.warmup_steps < fv.schedule_steps,
-         "--warmup_steps must be below --schedule_steps for one_cycle")
   return boundaries
 
 

@@ -116,9 +116,8 @@ class Trainer:
       self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self.progress = Progress()
-      self.learning_rate = optimization.learning_rate_fn(config, self.total_steps,
-                                                         self.global_step,
-                                                         self.progress.lr_factor)
+      self.schedule = optimization.Schedule.of(config, self.total_steps)
+      self.learning_rate = self.schedule.rate_fn(self.global_step, self.progress.lr_factor)
       self.optimizer = optimization.create_optimizer(config, self.learning_rate)
       # Built eagerly: a lazily built Adam fails inside strategy.run (keras issue 23085).
       self.optimizer.build(self.model.trainable_variables)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import keras
 import tensorflow as tf
 
 from trainer import fused_optimizers
-from trainer.config import Config
+from trainer.config import Config, ConfigError
 
 # Decoupled weight decay applies to kernels only, as is usual: not to biases or norms.
 _NO_DECAY = ["bias", "gamma", "beta", "moving_mean", "moving_variance"]
@@ -20,43 +21,71 @@ ONE_CYCLE_WARMUP = 0.3
 ONE_CYCLE_START_DIVISOR = 25.0
 
 
-def learning_rate_fn(config: Config, total_steps: int, global_step: tf.Variable,
-                     plateau_factor: tf.Variable | None = None):
-  """A callable for Keras: the rate at the current global step (not optimizer.iterations,
-  which does not advance on skipped fp16 steps). plateau_factor: the cuts so far of
-  --lr_schedule=plateau (trainer/actions.py, ReduceOnPlateau)."""
-  peak, floor, schedule = config.learning_rate, config.final_learning_rate, config.lr_schedule
-  # The horizon is fixed when the run starts (run_record.py): extending a run to more
-  # steps must not make the rate jump back up.
-  horizon = config.schedule_steps or total_steps
-  warmup = config.warmup_steps
-  if schedule == "one_cycle" and not warmup:
-    warmup = max(1, round(ONE_CYCLE_WARMUP * horizon))
-  decay_steps = max(1, horizon - warmup)
-  boundaries = tf.constant(config.lr_boundaries or (0,), tf.float32)
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """The learning rate at each global step, and where it ends: one home for the schedule's
+  shape, so that what the run trains with and what a warning says of it cannot differ."""
+  name: str
+  peak: float
+  floor: float  # cosine and one_cycle end here; plateau never goes below it
+  decay_rate: float
+  warmup: int
+  horizon: int  # steps; fixed at the run's first start (run_record.py)
+  boundaries: tuple[int, ...]
 
-  def rate():
-    step = tf.cast(global_step, tf.float32)
-    progress = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
-    if schedule in ("cosine", "one_cycle"):
-      value = floor + (peak - floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
-    elif schedule == "exponential":
-      value = peak * tf.pow(config.lr_decay_rate, progress)
-    elif schedule == "step":
-      cuts = tf.reduce_sum(tf.cast(step >= boundaries, tf.float32))
-      value = peak * tf.pow(config.lr_decay_rate, cuts)
-    elif schedule == "plateau":
-      value = tf.maximum(peak * plateau_factor, floor)
-    else:
-      value = tf.constant(peak, tf.float32)
-    if schedule == "one_cycle":  # linear from peak / 25 to the peak
-      start = peak / ONE_CYCLE_START_DIVISOR
-      value = tf.where(step < warmup, start + (peak - start) * step / warmup, value)
-    elif warmup:
-      value = tf.where(step < warmup, peak * (step + 1) / warmup, value)
-    return value
+  @classmethod
+  def of(cls, config: Config, total_steps: int) -> Schedule:
+    """The schedule the flags ask for; ConfigError when its warm-up never ends."""
+    # The horizon is fixed when the run starts (run_record.py): extending a run to more
+    # steps must not make the rate jump back up.
+    horizon = config.schedule_steps or total_steps
+    warmup = config.warmup_steps
+    if config.lr_schedule == "one_cycle" and not warmup:
+      warmup = max(1, round(ONE_CYCLE_WARMUP * horizon))
+    elif warmup >= horizon:
+      raise ConfigError(
+          f"--warmup_steps={warmup} is not below the schedule's {horizon} steps (the run's "
+          "length, or --schedule_steps): the rate would never finish warming up; lower "
+          "--warmup_steps")
+    return cls(config.lr_schedule, config.learning_rate, config.final_learning_rate,
+               config.lr_decay_rate, warmup, horizon, tuple(config.lr_boundaries or ()))
 
-  return rate
+  def final_rate(self) -> float | None:
+    """The rate from the horizon on; None for plateau, whose cuts depend on the evals."""
+    return {"constant": self.peak, "cosine": self.floor, "one_cycle": self.floor,
+            "exponential": self.peak * self.decay_rate,
+            "step": self.peak * self.decay_rate ** len(self.boundaries)}.get(self.name)
+
+  def rate_fn(self, global_step: tf.Variable, plateau_factor: tf.Variable | None = None):
+    """A callable for Keras: the rate at the current global step (not optimizer.iterations,
+    which does not advance on skipped fp16 steps). plateau_factor: the cuts so far of
+    --lr_schedule=plateau (trainer/actions.py, ReduceOnPlateau)."""
+    peak, floor, schedule, warmup = self.peak, self.floor, self.name, self.warmup
+    decay_steps = max(1, self.horizon - warmup)
+    boundaries = tf.constant(self.boundaries or (0,), tf.float32)
+
+    def rate():
+      step = tf.cast(global_step, tf.float32)
+      progress = tf.clip_by_value((step - warmup) / decay_steps, 0.0, 1.0)
+      if schedule in ("cosine", "one_cycle"):
+        value = floor + (peak - floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+      elif schedule == "exponential":
+        value = peak * tf.pow(self.decay_rate, progress)
+      elif schedule == "step":
+        cuts = tf.reduce_sum(tf.cast(step >= boundaries, tf.float32))
+        value = peak * tf.pow(self.decay_rate, cuts)
+      elif schedule == "plateau":
+        value = tf.maximum(peak * plateau_factor, floor)
+      else:
+        value = tf.constant(peak, tf.float32)
+      if schedule == "one_cycle":  # linear from peak / 25 to the peak
+        start = peak / ONE_CYCLE_START_DIVISOR
+        value = tf.where(step < warmup, start + (peak - start) * step / warmup, value)
+      elif warmup:
+        value = tf.where(step < warmup, peak * (step + 1) / warmup, value)
+      return value
+
+    return rate
 
 
 def create_optimizer(config: Config, learning_rate) -> keras.optimizers.Optimizer:

@@ -19,7 +19,7 @@ import time
 import tensorflow as tf
 from absl import flags, logging
 
-from trainer import files
+from trainer import files, optimization
 from trainer import flags as tl_flags
 from trainer.config import Config, ConfigError
 
@@ -159,9 +159,9 @@ def write(config: Config, recorded: dict | None, changes: dict, step: int,
                  "horizon of %d steps", total_steps,
                  ", ".join(f"--{k}={_text(new)}, was {_text(old)}" for k, (old, new)
                            in lengths.items()), config.schedule_steps)
-    if total_steps > config.schedule_steps and config.lr_schedule != "constant":
-      final = (0.0 if config.lr_schedule == "cosine"
-               else config.learning_rate * config.lr_decay_rate)
+    final = optimization.Schedule.of(config, total_steps).final_rate()
+    if total_steps > config.schedule_steps and final is not None and (
+        config.lr_schedule != "constant"):
       logging.warning(
           "steps %d to %d are past the %s schedule's horizon (step %d): they train at its "
           "final rate, %g%s; to decay over the longer run instead, give "

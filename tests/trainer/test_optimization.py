@@ -4,17 +4,45 @@ import pytest
 import tensorflow as tf
 
 from trainer import fused_optimizers, optimization
+from trainer.config import ConfigError
 from flag_helpers import parse
 
 
 def _rates(cfg, total, steps, factor=None):
   step = tf.Variable(0, dtype=tf.int64)
-  fn = optimization.learning_rate_fn(cfg, total, step, factor)
+  fn = optimization.Schedule.of(cfg, total).rate_fn(step, factor)
   out = []
   for s in steps:
     step.assign(s)
     out.append(float(fn()))
   return np.array(out)
+
+
+@pytest.mark.parametrize("flags", [
+    [], ["--lr_schedule=cosine"], ["--lr_schedule=cosine", "--final_learning_rate=0.01"],
+    ["--lr_schedule=one_cycle", "--final_learning_rate=0.001"],
+    ["--lr_schedule=exponential", "--lr_decay_rate=0.5"],
+    ["--lr_schedule=step", "--lr_boundaries=20,40", "--lr_decay_rate=0.3"],
+    ["--lr_schedule=cosine", "--warmup_steps=10"]])
+def test_the_final_rate_is_the_rate_past_the_horizon(flags):
+  # What the extension warning states (run_record.py) is what the run trains with.
+  cfg = parse("--learning_rate=0.1", *flags)
+  final = optimization.Schedule.of(cfg, 100).final_rate()
+  np.testing.assert_allclose(_rates(cfg, 100, [100, 130]), [final, final], rtol=1e-5,
+                             atol=1e-9)
+
+
+def test_plateau_has_no_final_rate():
+  assert optimization.Schedule.of(parse("--lr_schedule=plateau"), 100).final_rate() is None
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "one_cycle", "plateau"])
+def test_a_warmup_as_long_as_the_run_is_refused(schedule):
+  cfg = parse(f"--lr_schedule={schedule}", "--warmup_steps=100")
+  with pytest.raises(ConfigError, match="--warmup_steps=100 is not below the schedule's 100 "
+                     "steps .*: the rate would never finish warming up"):
+    optimization.Schedule.of(cfg, 100)
+  assert optimization.Schedule.of(cfg, 101).warmup == 100
 
 
 def test_constant_with_warmup():

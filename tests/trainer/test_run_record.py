@@ -71,7 +71,8 @@ def test_how_it_runs_may_change_and_allowed_changes_are_recorded(tmp_path):
 
 
 def test_extending_a_run_keeps_the_schedule_horizon(tmp_path, caplog):
-  schedule = ["--lr_schedule=cosine", "--learning_rate=0.1", "--steps_per_loop=1"]
+  schedule = ["--lr_schedule=cosine", "--learning_rate=0.1", "--final_learning_rate=0.01",
+              "--steps_per_loop=1"]
   straight = tmp_path / "straight"
   train.train_and_evaluate(parse(*RUN, *schedule, "--train_steps=24",
                                  f"--model_dir={straight}"))
@@ -82,13 +83,14 @@ def test_extending_a_run_keeps_the_schedule_horizon(tmp_path, caplog):
   with caplog.at_level(logging.WARNING, logger="absl"):
     train.train_and_evaluate(parse(*RUN, *schedule, "--train_steps=24",
                                    f"--model_dir={extended}"))
-  # Said, not silent: a cosine run extended past its horizon trains at a rate of 0.
+  # Said, not silent: a cosine run extended past its horizon trains at its floor, the rate
+  # the schedule itself ends at (once stated as 0 whatever --final_learning_rate said).
   assert any("steps 17 to 24 are past the cosine schedule's horizon (step 16): they train "
-             "at its final rate, 0 (the weights will not change)" in r.getMessage()
-             for r in caplog.records)
+             "at its final rate, 0.01; to decay" in r.getMessage() for r in caplog.records)
   rates = read_scalars(extended / "train")["learning_rate"]
   # Up to step 16 the first start's cosine; past its horizon the rate stays at its end
-  # (0) instead of jumping back up to a cosine over 24 steps.
-  assert rates[8] == pytest.approx(0.05, abs=1e-6) and max(rates[s] for s in range(16, 25)) < 1e-6
+  # instead of jumping back up to a cosine over 24 steps.
+  assert rates[8] == pytest.approx(0.055, abs=1e-6)
+  assert all(rates[s] == pytest.approx(0.01, abs=1e-7) for s in range(16, 25))
   assert read_scalars(straight / "train")["learning_rate"][17] > 0.01
   assert np.all(np.diff([rates[s] for s in sorted(rates)]) <= 1e-7)  # never rises
