@@ -126,6 +126,29 @@ class Config:
     return dataclasses.replace(self, **values, flag_values={**self.flag_values, **values})
 
 
+def normalized(name: str, value):
+  """A flag's value in a form where values of one meaning are equal, for comparing a rerun
+  with the run's record: --augment=crop,flip and flip,crop; --image_size=28 and 28x28;
+  --dataset=mnist and tfds:mnist; --hidden_units=050 and 50. Unreadable values stay as
+  they are (they then differ, and the rerun's own validation names them)."""
+  if value is None:
+    return None
+  try:
+    if name == "augment":
+      return Augment.parse(value)
+    if name == "image_size":
+      return parse_image_size(value)
+    if name == "dataset":
+      kind, arg = parse_spec(value)
+      return kind, (os.path.normpath(arg) if kind in ("idx", "csv", "folder") else arg)
+    if isinstance(value, (list, tuple)):
+      return tuple(int(v) if str(v).strip().lstrip("-").isdigit() else str(v).strip()
+                   for v in value)
+  except ValueError:
+    pass
+  return value
+
+
 def _ints(name: str, values) -> tuple[int, ...]:
   try:
     out = tuple(int(v) for v in values)

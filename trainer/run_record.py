@@ -21,7 +21,7 @@ from absl import flags, logging
 
 from trainer import files, optimization
 from trainer import flags as tl_flags
-from trainer.config import Config, ConfigError
+from trainer.config import Config, ConfigError, normalized
 
 RECORD = "flags.json"
 CHANGES = "flag_changes.json"
@@ -39,8 +39,23 @@ def _text(value) -> str:
   return str(value)
 
 
-def _same(a, b) -> bool:
-  return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+def _same(name: str, a, b) -> bool:
+  """Equal values, or values of one meaning (config.normalized)."""
+  as_json = lambda v: json.dumps(v, sort_keys=True, default=str)
+  return as_json(a) == as_json(b) or normalized(name, a) == normalized(name, b)
+
+
+def differences(recorded: dict, current: dict) -> dict[str, tuple]:
+  """{flag: (recorded, current)} of tapeloop's flags whose meaning differs; a flag absent
+  from an older record has its default. --schedule_steps not given is inherited, no change."""
+  changed = {}
+  for name in tl_flags.OWN_FLAGS:
+    old, new = recorded.get(name, _default(name)), current[name]
+    if name == "schedule_steps" and new is None:
+      continue  # inherited (check)
+    if not _same(name, old, new):
+      changed[name] = (old, new)
+  return changed
 
 
 def load(model_dir: str) -> dict | None:
@@ -69,14 +84,7 @@ def check(config: Config, recorded: dict | None) -> tuple[Config, dict]:
   Changes of how it runs are logged."""
   if recorded is None:
     return config, {}
-  current = config.flag_values
-  changed = {}
-  for name in tl_flags.OWN_FLAGS:
-    old, new = recorded.get(name, _default(name)), current[name]
-    if name == "schedule_steps" and new is None:
-      continue  # inherited below
-    if not _same(old, new):
-      changed[name] = (old, new)
+  changed = differences(recorded, config.flag_values)
   how = {k: v for k, v in changed.items() if k in tl_flags.HOW_IT_RUNS}
   length = {k: v for k, v in changed.items() if k in tl_flags.RUN_LENGTH}
   what = {k: v for k, v in changed.items() if k not in how and k not in length}

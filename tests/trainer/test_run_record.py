@@ -94,3 +94,20 @@ def test_extending_a_run_keeps_the_schedule_horizon(tmp_path, caplog):
   assert all(rates[s] == pytest.approx(0.01, abs=1e-7) for s in range(16, 25))
   assert read_scalars(straight / "train")["learning_rate"][17] > 0.01
   assert np.all(np.diff([rates[s] for s in sorted(rates)]) <= 1e-7)  # never rises
+
+
+def test_a_rerun_compares_meanings_not_spellings(tmp_path):
+  model_dir = f"--model_dir={tmp_path}"
+  data = "--dataset=synthetic:shape=8x8x1,classes=3,train=64,test=16"
+  train.train_and_evaluate(parse(*RUN, data, "--augment=crop,flip", "--image_size=8",
+                                 "--hidden_units=16", "--train_steps=2", model_dir))
+  # The same run, spelled otherwise: extended, not refused as changed.
+  again = train.train_and_evaluate(parse(*RUN, data, "--augment=flip,crop=4",
+                                         "--image_size=8x8", "--hidden_units=016",
+                                         "--train_steps=4", model_dir))
+  assert again["global_step"] == 4
+  assert [c["changed"] for c in again["flag_changes"]] == [
+      {"train_steps": {"old": 2, "new": 4}}]
+  with pytest.raises(ConfigError, match=r"--augment=crop,flip -> flip,crop=2"):
+    train.train_and_evaluate(parse(*RUN, data, "--augment=flip,crop=2", "--image_size=8",
+                                   "--train_steps=4", model_dir))
