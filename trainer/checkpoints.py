@@ -141,6 +141,12 @@ class Checkpoints:
                         "--model_dir")
     return None
 
+  @staticmethod
+  def holds(path: str, name: str) -> bool:
+    """Whether the checkpoint at `path` holds values of the object saved as `name`."""
+    keys = tf.train.load_checkpoint(path).get_variable_to_shape_map()
+    return any(key.startswith(name + "/") for key in keys)
+
   def save(self, step: int) -> str:
     if os.environ.get(FAULT_ENV) == f"kill_in_checkpoint_write:{step}":
       self._die_mid_write(step)

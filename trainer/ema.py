@@ -30,6 +30,11 @@ class EMA:
     if len(average.weights) != len(model.weights) or any(
         a.shape != w.shape for a, w in self._pairs):
       raise ValueError("the EMA model's weights do not match the model's")
+    self.restart()
+
+  def restart(self) -> None:
+    """The average := the model's weights (at the start, or resumed from a checkpoint
+    without an average)."""
     for a, w in self._pairs:
       a.assign(w)
 

@@ -130,11 +130,13 @@ class Trainer:
       # initialization does not change with the flag).
       self.ema = (ema.EMA(self.model, create_model(), config.ema_decay, strategy)
                   if config.ema_decay else None)
-      objects = {"ema": self.ema.model} if self.ema else {}
+      # The average is optional: a run that had none may turn it on (--ema_decay with
+      # --allow_changed_flags); it then starts from the restored weights (restore).
+      optional = {"progress": self.progress, **({"ema": self.ema.model} if self.ema else {})}
       self.checkpoints = checkpoints.Checkpoints(
           config.model_dir, config.keep_checkpoints, save_dir=output_dir,
-          optional={"progress": self.progress},
-          model=self.model, optimizer=self.optimizer, global_step=self.global_step, **objects)
+          optional=optional, model=self.model, optimizer=self.optimizer,
+          global_step=self.global_step)
     self._fp16 = config.mixed_precision == "mixed_float16"
     self._eval_datasets = {}  # split -> distributed dataset, built once: no retracing
     self.eval_seconds = 0.0  # all eval passes of this process (results.json's phases)
@@ -405,6 +407,10 @@ class Trainer:
     """Restores `checkpoint`, or else model_dir's latest readable one; None if there is none."""
     with self.strategy.scope():
       path = self.checkpoints.restore(checkpoint)
+      if path and self.ema and not self.checkpoints.holds(path, "ema"):
+        self.ema.restart()
+        logging.info("%s holds no weight average (the run had no --ema_decay): the average "
+                     "starts from its weights", path)
     self._evaluations.clear()
     return path
 

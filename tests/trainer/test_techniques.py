@@ -109,6 +109,25 @@ def test_a_run_with_ema_resumes_to_the_same_weights_and_average(tmp_path):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
+def test_ema_turned_on_for_a_run_without_it_starts_from_the_restored_weights(tmp_path):
+  # What a rerun with --ema_decay --allow_changed_flags=ema_decay restores: no average in
+  # the checkpoint (it was refused as "does not match this model").
+  first = build(2, tmp_path, *SGD)
+  first.run_steps(first.train_iterator(), 3)
+  first.checkpoints.save(3)
+  resumed = build(2, tmp_path, *SGD, "--ema_decay=0.9")
+  assert resumed.step == 3
+  for average, weights in zip(replica_values(resumed, resumed.ema.model.weights),
+                              replica_values(resumed, resumed.model.weights)):
+    for a, w in zip(average, weights):
+      np.testing.assert_array_equal(a, w)
+  np.testing.assert_array_equal(resumed.model.weights[0].numpy(),
+                                first.model.weights[0].numpy())
+  resumed.run_steps(resumed.train_iterator(), 2)
+  assert np.abs(resumed.ema.model.weights[0].numpy()
+                - resumed.model.weights[0].numpy()).max() > 0
+
+
 # --- label smoothing and mixing -------------------------------------------------------
 
 
