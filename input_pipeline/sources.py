@@ -161,6 +161,9 @@ def load(spec: str, *, data_dir: str | None = None, manual_dir: str | None = Non
   budget = memory_budget(memory_budget_gb)
   class_names, checked = (), None
   if kind == "tfds":
+    # Prepared first: before that its decoded size is unknown, and auto would hold a
+    # dataset of any size in memory on its first run, then stream it on the next.
+    tfds_source.prepare(arg, data_dir, manual_dir, num_classes, image_size)
     nbytes = tfds_source.decoded_bytes(arg, data_dir, image_size)
     pipeline, reason = choose_pipeline(pipeline, nbytes, budget)
     read = tfds_source.streams if pipeline == "stream" else tfds_source.load

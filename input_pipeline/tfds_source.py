@@ -151,8 +151,16 @@ def _split_names(builder) -> list[str]:
   return [s for s in _SPLITS if s in builder.info.splits] or ["train", "test"]
 
 
+def prepare(name: str, data_dir: str | None, manual_dir: str | None,
+            num_classes: int | None, image_size) -> None:
+  """Checks the dataset and prepares it (once): its size is known only then."""
+  builder, _, _, _ = _checked_builder(name, data_dir, num_classes, image_size)
+  _prepare(builder, name, manual_dir)
+
+
 def decoded_bytes(name: str, data_dir: str | None, image_size) -> int | None:
-  """What holding every split decoded in memory takes; None when unknown (not prepared)."""
+  """What holding every split decoded in memory takes; None when unknown (not prepared,
+  or mock data)."""
   builder, image, _, _ = _checked_builder(name, data_dir, None, image_size)
   if not builder.is_prepared():
     return None

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import input_pipeline
-from datafiles import write_image_folder, write_tiny_tfds
+from datafiles import tiny_tfds_builder, write_image_folder, write_tiny_tfds
 from input_pipeline import sources
 from input_pipeline.data import DataError
 from input_pipeline.in_memory import IndexStream
@@ -176,6 +176,14 @@ def test_auto_streams_what_exceeds_the_memory_budget(photos, caplog):
   assert f"input pipeline: stream, {large.reason}" in caplog.text
   with pytest.raises(DataError, match="--pipeline=stream reads TFDS or folder"):
     input_pipeline.load("synthetic:train=8,test=4", pipeline="stream")
+
+
+def test_auto_decides_on_the_size_of_a_tfds_dataset_prepared_by_this_load(tmp_path):
+  # Not prepared yet: its size was unknown, and unknown was taken for "fits in memory".
+  name = tiny_tfds_builder(fixed_size=True).name
+  data = input_pipeline.load(name, data_dir=str(tmp_path), pipeline="auto",
+                             memory_budget_gb=1e-6)  # 1 kB < 61 x 196 bytes
+  assert data.pipeline == "stream" and "more than the memory budget" in data.reason
 
 
 def test_fit_resizes_to_cover_and_crops_the_centre():
