@@ -96,6 +96,20 @@ def test_a_run_without_flags_json_uses_its_results_and_a_corrupt_one_is_refused(
   assert "flags.json is not valid JSON" in proc.stderr.strip().splitlines()[-1]
 
 
+def test_continuous_evaluation_waits_for_the_steps_of_an_extended_run(trained, tmp_path):
+  # A rerun extending the run to 40 steps has started (flags.json holds its new length);
+  # results.json is still the first start's: that run is not finished at step 20.
+  copy = tmp_path / "copy"
+  shutil.copytree(trained, copy)
+  recorded = json.loads((copy / "flags.json").read_text())
+  (copy / "flags.json").write_text(json.dumps({**recorded, "train_steps": 40}))
+  proc = run("trainer.evaluate", f"--model_dir={copy}", "--continuous", "--poll_seconds=1",
+             "--timeout=2", "--noeval_images")
+  assert "at step 20" in proc.stdout and "checkpoints up to step 40" in proc.stderr
+  assert "no new checkpoint for 2 s (--timeout): stopping" in proc.stderr
+  assert "done" not in proc.stderr
+
+
 def test_continuous_evaluation_beside_a_training_run(tmp_path):
   model_dir = str(tmp_path / "model")
   trainer = subprocess.Popen(
