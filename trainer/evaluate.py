@@ -112,17 +112,31 @@ class Evaluator:
     return figures
 
 
+def _last_step(evaluator: Evaluator) -> tuple[int, int | None]:
+  """(the run's last step as it now stands, the step it finished at or None). Read anew at
+  each look: a rerun may extend the run (flags.json then holds its new length) while an
+  older results.json still says it finished."""
+  from trainer import files  # pylint: disable=g-import-not-at-top
+  model_dir = evaluator.cfg.model_dir
+  cfg = _run_config(model_dir)
+  total = cfg.steps_for(len(evaluator.trainer.data.splits["train"]))[1]
+  results = files.read_json(os.path.join(model_dir, "results.json")) or {}
+  step = results.get("global_step")
+  if step is None or (step < total and "stopped_early_at" not in results):
+    return total, None
+  return total, step
+
+
 def _continuously(evaluator: Evaluator) -> None:
   """orbit's evaluate_continuously: each new checkpoint once, newest first when several
   arrived, until the run's last step or --timeout seconds without a new one."""
-  total = evaluator.trainer.total_steps
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer.config import ConfigError  # pylint: disable=g-import-not-at-top
   done, last_new, unreadable = -1, time.monotonic(), None
-  logging.info("watching %s for checkpoints up to step %d", evaluator.cfg.model_dir, total)
+  logging.info("watching %s for checkpoints up to step %d", evaluator.cfg.model_dir,
+               _last_step(evaluator)[0])
   while True:
     # Looked at before the checkpoints: the run writes results.json after its last one.
-    finished = tf.io.gfile.exists(os.path.join(evaluator.cfg.model_dir, "results.json"))
+    total, finished_at = _last_step(evaluator)
     newest = next(iter(reversed(evaluator.checkpoints())), None)
     step = int(newest.rsplit("-", 1)[1]) if newest else -1
     if step > done:
@@ -136,7 +150,7 @@ def _continuously(evaluator: Evaluator) -> None:
         logging.info("%s is not readable yet; trying again", newest)
         time.sleep(FLAGS.poll_seconds)
       continue
-    if done >= total or (finished and done >= 0):
+    if done >= total or (finished_at is not None and done >= 0):
       logging.info("evaluated the run's last checkpoint (step %d): done", done)
       return
     if time.monotonic() - last_new > FLAGS.timeout:
