@@ -142,3 +142,109 @@ def load(root: str, image_size: tuple[int, int] | None, skip_bad_images: bool,
     splits[split] = StreamSplit(records, (*size, channels), labeled=True,
                                 resize=image_size is not None)
   return splits, tuple(class_names), found
+
+
+# --- New images to classify (trainer.predict --images): no splits, no labels. -----------
+
+_GLOB_CHARACTERS = ("*", "?", "[")
+
+
+def _expand(entry: str) -> list[str]:
+  """One --images entry: a directory's image files (sorted, not recursive), a file as
+  named, or a pattern's matches (directories among them listed like a directory)."""
+  if tf.io.gfile.isdir(entry):
+    # By name only: a look at each file would cost a request per image on a bucket.
+    return [tf.io.gfile.join(entry, name) for name in _list(entry)
+            if name.lower().endswith(IMAGE_EXTENSIONS)]
+  if tf.io.gfile.exists(entry):
+    return [entry]  # named by the user: decoded whatever its extension
+  if not any(c in entry for c in _GLOB_CHARACTERS):
+    return []
+  found = []
+  # 'DIR/*/' means folders, as in a shell; tf.io.gfile.glob ignores the trailing '/'.
+  folders_only = entry.endswith("/")
+  for path in sorted(_glob(entry)):
+    if path.lower().endswith(IMAGE_EXTENSIONS) and not folders_only:
+      found.append(path)
+    elif tf.io.gfile.isdir(path):  # asked of the others only: a request each on a bucket
+      found += _expand(path)
+  return found
+
+
+def _glob(pattern: str) -> list[str]:
+  """tf.io.gfile.glob, with the longest leading part that exists as a directory taken
+  literally: a directory named 'photos [1]' holds brackets, not a character class
+  (DESIGN.md, 17). Only what follows it is a pattern."""
+  import glob as py_glob  # pylint: disable=g-import-not-at-top  (glob.escape only)
+  head, rest = pattern.rstrip("/"), []
+  while head and not tf.io.gfile.isdir(head):
+    parent, name = head.rsplit("/", 1) if "/" in head else ("", head)
+    if parent.endswith(":/"):  # gs://bucket: the bucket is not listed as a directory
+      parent = ""
+    head, rest = parent, [name] + rest
+  if head:
+    pattern = "/".join([py_glob.escape(head)] + rest)
+  try:
+    return tf.io.gfile.glob(pattern)
+  except tf.errors.OpError as e:
+    raise DataError(f"cannot list {pattern}: {e.message}") from None
+
+
+def list_images(spec: str) -> list[str]:
+  """The image files --images names: a directory, a glob pattern, a file, or a comma list
+  of them, in the order given (a directory's and a pattern's files sorted), each once.
+  Paths may be on any TensorFlow filesystem (gs://)."""
+  # The whole value first: a path may itself hold a comma.
+  entries = [spec] if tf.io.gfile.exists(spec) else [e for e in spec.split(",") if e.strip()]
+  paths = []
+  for entry in entries:
+    if not tf.io.gfile.exists(entry) and tf.io.gfile.exists(entry.strip()):
+      entry = entry.strip()  # 'a.png, b.png': the space after a comma is not a name
+    found = _expand(entry)
+    if not found:
+      if tf.io.gfile.isdir(entry):
+        problem = (f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {entry} (its "
+                   "subfolders are not searched: give DIR/*/ for them)")
+      elif any(c in entry for c in _GLOB_CHARACTERS):
+        problem = f"{entry} matches no image file ({', '.join(IMAGE_EXTENSIONS)})"
+      else:
+        problem = f"{entry}: no such file or directory"
+      raise DataError(f"--images: {problem}; give a folder, a pattern ('DIR/*.png') or "
+                      "image files")
+    paths += found
+  return list(dict.fromkeys(paths))  # each file once, first place kept
+
+
+def _to_channels(image: tf.Tensor, channels: int) -> tf.Tensor:
+  """uint8 [H, W, any C] -> [H, W, channels]: grey (and grey+alpha) or colour (and
+  RGBA), converted to what the model takes. Decoded as stored first: TensorFlow refuses
+  channels=1 for GIF and BMP files."""
+  stored = tf.shape(image)[-1]
+  grey = lambda: image[..., :1]
+  colour = lambda: image[..., :3]
+  if channels == 1:
+    converted = tf.cond(stored < 3, grey, lambda: tf.image.rgb_to_grayscale(colour()))
+  else:
+    converted = tf.cond(stored < 3, lambda: tf.image.grayscale_to_rgb(grey()), colour)
+  converted.set_shape([None, None, channels])
+  return converted
+
+
+def read_images(paths: list[str], size: tuple[int, int], channels: int) -> tf.data.Dataset:
+  """(position in paths, uint8 image [size, channels]) for each readable file, in order;
+  an unreadable file's position is missing (its error is dropped, not raised). Each image
+  is fitted to size as eval images are (records.fit: resized to cover, centre cropped)."""
+  from input_pipeline.records import fit  # pylint: disable=g-import-not-at-top
+  with tf.device("/cpu:0"):
+    table = tf.constant(paths)
+
+  def load_one(i):
+    contents = tf.io.read_file(tf.gather(table, i))
+    image = tf.io.decode_image(contents, expand_animations=False)  # uint8, as stored
+    # Shapes are dynamic here, so fit's tf.cond on the size is fine (DESIGN.md, 16).
+    image = fit(_to_channels(image, channels), size)
+    return i, tf.ensure_shape(image, (*size, channels))
+
+  return (tf.data.Dataset.range(len(paths))
+          .map(load_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .ignore_errors())

@@ -3,6 +3,8 @@ through trainer/files.py so that a crash never leaves a half file, on any filesy
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import tempfile
 
@@ -68,3 +70,14 @@ def write_submission(path: str, classes: np.ndarray) -> None:
   """The Kaggle Digit Recognizer submission: ImageId (from 1),Label."""
   lines = ["ImageId,Label"] + [f"{i},{c}" for i, c in enumerate(classes, start=1)]
   files.write_text(path, "\n".join(lines) + "\n")
+
+
+def write_predictions(path: str, image_paths, class_names, probabilities) -> None:
+  """One row per image file: path, the predicted class's name, its probability. Quoted
+  as CSV needs (paths may hold commas or quotes); whole or absent (trainer/files.py)."""
+  out = io.StringIO()
+  writer = csv.writer(out, lineterminator="\n")
+  writer.writerow(["path", "class", "probability"])
+  for image_path, name, probability in zip(image_paths, class_names, probabilities):
+    writer.writerow([image_path, name, f"{probability:.6f}"])
+  files.write_text(path, out.getvalue())

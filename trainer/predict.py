@@ -1,6 +1,18 @@
-"""Class predictions from an exported model, as a Kaggle Digit Recognizer submission.
+"""Class predictions from a run's export: for new image files, or a dataset's test split.
 
-    python -m trainer.predict --model_dir=DIR --dataset=csv:test.csv --output=submission.csv
+    python -m trainer.predict --model_dir=runs/quickstart --images=new_images/
+    python -m trainer.predict --model_dir=runs/kaggle --dataset=csv:test.csv --output=submission.csv
+    python -m trainer.predict --model_dir=runs/quickstart          # the run's own test split
+
+--images: a folder, a pattern or a comma list of files; each image is fitted to the
+export's size (resized to cover, centre cropped, as evaluation fits them) and converted to
+its channels (grey or colour). The CSV holds path,class,probability per file.
+--dataset: any source trainer.main reads; its test split, as a Kaggle Digit Recognizer
+submission (ImageId,Label). Without either: the run's own dataset (model_dir/flags.json).
+
+The data flags are trainer.main's (trainer/flags.py defines them once) and mean the same
+here. --data_dir defaults to the run's (where its TFDS data was); --manual_dir,
+--num_classes and --skip_bad_images to the run's when predicting on the run's own dataset.
 """
 
 import os
@@ -12,20 +24,42 @@ tf_env.apply()  # before anything imports TensorFlow
 from absl import flags, logging  # pylint: disable=g-import-not-at-top
 
 from trainer import cli  # pylint: disable=g-import-not-at-top
+from trainer import flags as tl_flags  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 
+_DATA_FLAGS = ("dataset", "data_dir", "manual_dir", "num_classes", "skip_bad_images")
+# tapeloop's flags that mean something here; any other one given is refused, not ignored.
+_USED = ("model_dir", "batch_size", *_DATA_FLAGS)
+# The run's recorded values of these describe its own data: inherited only for it.
+_OWN_DATA = ("manual_dir", "num_classes", "skip_bad_images")
+# Flags that locate a --dataset: meaningless beside --images.
+_LOCATES = ("dataset", "data_dir", "manual_dir", "num_classes")
 
-HELP_GROUPS = {"Prediction": ["model_dir", "dataset", "output", "batch_size"]}
+HELP_GROUPS = {"Prediction": ["model_dir", "images", "dataset", "output", "batch_size",
+                              "skip_bad_images"],
+               "Where --dataset's data is (as in trainer.main; default: the run's)":
+                   ["data_dir", "manual_dir", "num_classes"]}
+USAGE = ("python -m trainer.predict --model_dir=DIR [--images=DIR|'DIR/*.png'|A.png,B.jpg | "
+         "--dataset=SPEC] [--output=FILE]\n\n"
+         "--images: new image files, fitted to the export's size and channels; writes "
+         "path,class,probability per file.\n--dataset: a source as in trainer.main; its test "
+         "split as ImageId,Label. Neither: the run's own dataset (model_dir/flags.json), "
+         "its test split.")
 
 
 def define_flags() -> None:
-  # Defined only when run as a program: importing must not clash with trainer's flags.
-  flags.DEFINE_string("model_dir", None, "The trained run (its export/ is used).")
-  flags.DEFINE_string("dataset", None, "Images to classify: csv:test.csv, idx:DIR, ... "
-                      "(the test split).")
-  flags.DEFINE_string("output", "submission.csv", "Where to write ImageId,Label.")
-  flags.DEFINE_integer("batch_size", 1024, "Images per prediction call.")
+  """tapeloop's flags (trainer/flags.py) and predict's own; repeatable (tests)."""
+  tl_flags.define_flags()
+  if "images" in FLAGS:
+    return
+  flags.DEFINE_string("images", None, "Image files to classify: a folder (its .jpg, .jpeg, "
+                      ".png, .gif, .bmp files; not its subfolders), a pattern in quotes "
+                      "('photos/*.jpg', 'photos/*/') or a comma list of files; any "
+                      "TensorFlow filesystem (gs://).")
+  flags.DEFINE_string("output", None, "The CSV to write, whole or not at all (default "
+                      "predictions.csv for --images: path,class,probability; "
+                      "submission.csv for a dataset: ImageId,Label).")
 
 
 def load_serving(export_dir: str):
@@ -36,16 +70,16 @@ def load_serving(export_dir: str):
   return serve, shape, serve.structured_outputs["probabilities"].shape[-1]
 
 
-def check_data(split, image_shape, num_classes) -> None:
+def check_data(split, image_shape, num_classes, what: str) -> None:
   """An export labels only images of its own shape: refuse others, and labeled data with
   classes the model does not know (an unlabeled CSV's class count is unknown)."""
   if tuple(split.images.shape[1:]) != tuple(image_shape):
-    raise cli.UsageError(f"--dataset={FLAGS.dataset} has images of shape "
+    raise cli.UsageError(f"{what} has images of shape "
                          f"{'x'.join(map(str, split.images.shape[1:]))} but the model in "
                          f"{FLAGS.model_dir} takes {'x'.join(map(str, image_shape))}: "
                          "predict with a model trained on this kind of data")
   if split.labels is not None and len(split.labels) and split.labels.max() >= num_classes:
-    raise cli.UsageError(f"--dataset={FLAGS.dataset} has labels up to {split.labels.max()} "
+    raise cli.UsageError(f"{what} has labels up to {split.labels.max()} "
                          f"but the model in {FLAGS.model_dir} predicts {num_classes} classes: "
                          "predict with a model trained on these classes")
 
@@ -58,36 +92,171 @@ def predict_classes(serve, images, batch_size: int):
   return np.concatenate(parts) if parts else np.zeros(0, np.int32)
 
 
-def main(argv):
-  del argv
+def _check_flags() -> None:
+  if not FLAGS.model_dir:
+    raise cli.UsageError("--model_dir is required: the trained run whose export classifies "
+                         "(e.g. --model_dir=runs/quickstart)")
+  unused = [n for n in tl_flags.OWN_FLAGS if FLAGS[n].present and n not in _USED]
+  if unused:
+    raise cli.UsageError(f"--{unused[0]} does not apply to trainer.predict (the export fixes "
+                         "the model and its image size): drop it; python -m trainer.predict "
+                         "--help lists the flags")
+  if FLAGS.images is not None:
+    given = [n for n in _LOCATES if FLAGS[n].present]
+    if "dataset" in given:
+      raise cli.UsageError("--images and --dataset both given: give one (image files, or "
+                           "a dataset's test split)")
+    if given:
+      raise cli.UsageError(f"--images classifies image files; --{given[0]} is for a "
+                           "--dataset: give one of the two")
+    if not FLAGS.images.strip():
+      raise cli.UsageError("--images is empty: give a folder, a pattern ('DIR/*.png') or "
+                           "image files")
+  if FLAGS.batch_size < 1:
+    raise cli.UsageError(f"--batch_size={FLAGS.batch_size} must be positive")
+
+
+def data_flags(model_dir: str) -> dict:
+  """--dataset and the flags that locate and read it: as given, else as the run recorded
+  them (data_dir always; the others for the run's own dataset only), else the defaults.
+  Also the run's image_size: whether its export takes images fitted to a size."""
+  from trainer import run_record  # pylint: disable=g-import-not-at-top
+  recorded = run_record.load(model_dir) or {}
+  values = {n: FLAGS[n].value for n in _DATA_FLAGS if FLAGS[n].present}
+  if "dataset" not in values:
+    if "dataset" not in recorded:
+      raise cli.UsageError(f"{model_dir} has no flags.json naming the run's dataset: give "
+                           "--images=DIR (new image files) or --dataset=SPEC")
+    values["dataset"] = recorded["dataset"]
+  own = values["dataset"] == recorded.get("dataset")
+  for name in _DATA_FLAGS:
+    if name not in values:
+      inherit = name in recorded and (name == "data_dir" or (own and name in _OWN_DATA))
+      values[name] = recorded[name] if inherit else FLAGS[name].default
+  values["image_size"] = recorded.get("image_size")
+  return values
+
+
+def _predict_dataset(serve, image_shape, num_classes, output: str) -> int:
+  """The test split's classes as a Kaggle submission; returns how many."""
   import input_pipeline  # pylint: disable=g-import-not-at-top
+  from input_pipeline.sources import parse_spec  # pylint: disable=g-import-not-at-top
+  values = data_flags(FLAGS.model_dir)
+  spec = values["dataset"]
+  what = f"--dataset={spec}" if FLAGS["dataset"].present else f"the run's dataset {spec}"
+  kind, _ = parse_spec(spec)
+  # Images of any size (a folder's; a run trained with --image_size) are fitted to the
+  # export's, as training fitted them; others must have its shape already.
+  size = image_shape[:2] if kind == "folder" or values["image_size"] else None
+  data = input_pipeline.load(spec, data_dir=values["data_dir"],
+                             manual_dir=values["manual_dir"],
+                             num_classes=values["num_classes"], image_size=size,
+                             skip_bad_images=values["skip_bad_images"],
+                             folder_check=_folder_check(FLAGS.model_dir, kind))
+  split = data.splits.get("test")
+  if split is None:
+    raise cli.UsageError(f"{what} has no test split to predict: give --images=DIR for "
+                         "image files, or a --dataset with test data (csv:test.csv, "
+                         "folder:DIR with DIR/test/)")
+  check_data(split, image_shape, num_classes, what)
+  classes = predict_classes(serve, split.images, FLAGS.batch_size)
+  _write(output, lambda export: export.write_submission(output, classes))
+  return len(classes)
+
+
+def _folder_check(model_dir: str, kind: str) -> dict | None:
+  """The run's check of its folder's files (model_dir/folder_check.json): reused by
+  input_pipeline when the folder lists the same files, instead of decoding all again."""
+  if kind != "folder":
+    return None
+  from trainer import config, files  # pylint: disable=g-import-not-at-top
+  try:
+    return files.read_json(files.join(model_dir, config.FOLDER_CHECK))
+  except ValueError:  # damaged: the files are checked again
+    return None
+
+
+def _predict_files(serve, image_shape, output: str) -> tuple[int, int]:
+  """Each --images file's class name and probability as CSV; returns (written, skipped)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from input_pipeline import DataError, folder  # pylint: disable=g-import-not-at-top
+  paths = folder.list_images(FLAGS.images)
+  skip = FLAGS.skip_bad_images
+  height, width, channels = image_shape
+  batches = folder.read_images(paths, (height, width), channels).batch(FLAGS.batch_size)
+  seen, names, probabilities = [], [], []
+
+  def refuse(position):
+    raise DataError(f"{paths[position]} is not a readable image: remove it from --images, "
+                    "or pass --skip_bad_images to skip such files")
+
+  for positions, images in batches.prefetch(1).as_numpy_iterator():
+    # An unreadable file leaves a gap in the positions: named at once, before the rest.
+    expected = np.arange(len(seen), len(seen) + len(positions))
+    if not skip and (positions != expected).any():
+      refuse(int(expected[np.argmax(positions != expected)]))
+    out = serve(images=tf.constant(images))
+    classes = out["classes"].numpy()
+    seen += positions.tolist()
+    names += [n.decode() for n in out["class_names"].numpy()]
+    probabilities += out["probabilities"].numpy()[np.arange(len(classes)), classes].tolist()
+  if not skip and len(seen) < len(paths):
+    refuse(len(seen))
+  if not seen:
+    raise DataError(f"none of the {len(paths)} files --images names is a readable image "
+                    f"(e.g. {paths[0]})")
+  skipped = len(paths) - len(seen)
+  if skipped:
+    first = paths[min(set(range(len(paths))) - set(seen))]
+    logging.warning("skipped %d unreadable image file(s) (--skip_bad_images), e.g. %s",
+                    skipped, first)
+  _write(output, lambda export: export.write_predictions(
+      output, [paths[i] for i in seen], names, probabilities))
+  return len(seen), skipped
+
+
+def _write(output: str, write) -> None:
+  """write(export module); a path that cannot be written ends in one line, not a trace."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer import export  # pylint: disable=g-import-not-at-top
-  if not FLAGS.model_dir or not FLAGS.dataset:
-    raise cli.UsageError("--model_dir and --dataset are required")
+  try:
+    write(export)
+  except (OSError, tf.errors.OpError) as e:
+    reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+    raise cli.UsageError(f"cannot write --output={output} ({reason}): choose another "
+                         "--output") from None
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise cli.UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like "
+                         "--name=value (quote a pattern: --images='DIR/*.png')")
+  _check_flags()
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   export_dir = os.path.join(FLAGS.model_dir, "export")
   if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
     raise cli.UsageError(f"no exported model in {export_dir}: train first with "
-                       f"python -m trainer.main --model_dir={FLAGS.model_dir}")
+                         f"python -m trainer.main --model_dir={FLAGS.model_dir}")
   serve, image_shape, num_classes = load_serving(export_dir)
-  # A folder's photos come in any size: fitted to the export's, as training fitted them.
-  size = image_shape[:2] if FLAGS.dataset.startswith("folder:") else None
-  data = input_pipeline.load(FLAGS.dataset, image_size=size)
-  split = data.splits.get("test")
-  if split is None:
-    raise cli.UsageError(f"--dataset={FLAGS.dataset} has no test split to predict")
-  check_data(split, image_shape, num_classes)
-  classes = predict_classes(serve, split.images, FLAGS.batch_size)
-  export.write_submission(FLAGS.output, classes)
-  logging.info("wrote %d predictions to %s", len(classes), FLAGS.output)
-  print(f"wrote {len(classes)} predictions to {FLAGS.output}")
+  if FLAGS.images is not None:
+    output = FLAGS.output or "predictions.csv"
+    written, skipped = _predict_files(serve, image_shape, output)
+    note = f" ({skipped} unreadable file(s) skipped)" if skipped else ""
+  else:
+    output = FLAGS.output or "submission.csv"
+    written, note = _predict_dataset(serve, image_shape, num_classes, output), ""
+  logging.info("wrote %d predictions to %s%s", written, output, note)
+  print(f"wrote {written} predictions to {output}{note}")
 
 
 def run():
   """Console script entry point (tapeloop-predict)."""
   define_flags()
-  cli.run_app(main, "python -m trainer.predict --model_dir=DIR --dataset=csv:test.csv "
-              "[--output=submission.csv]", HELP_GROUPS)
+  # --help shows no default dataset: here it is the run's own, not trainer.main's mnist.
+  # (Only in the program: importing predict must not change trainer.main's defaults.)
+  FLAGS.set_default("dataset", None)
+  cli.run_app(main, USAGE, HELP_GROUPS)
 
 
 if __name__ == "__main__":
