@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from input_pipeline.data import DataError, Split
-from input_pipeline.preprocess import Augment, augment_batch, augment_seed, normalize
+from input_pipeline.preprocess import normalize
 from input_pipeline.records import epoch_order
 
 
@@ -24,12 +24,14 @@ def check_batch(global_batch_size: int, n: int, what: str, need_full: bool) -> N
 
 
 def train_dataset(split: Split, *, global_batch_size: int, seed: int,
-                  augment: Augment | None = None, start_step: int = 0) -> tf.data.Dataset:
-  """Endless (images float32 [B,H,W,C], labels int32 [B]) batches, drop_remainder.
+                  start_step: int = 0) -> tf.data.Dataset:
+  """Endless (images uint8 [B,H,W,C], labels int32 [B]) batches, drop_remainder.
 
   The data is decoded once and held in memory (the cache). Each epoch is a fresh seeded
   shuffle of all examples, batches run across epoch boundaries, and batch k is a pure
-  function of (seed, k): starting at `start_step` resumes the exact stream.
+  function of (seed, k): starting at `start_step` resumes the exact stream. Normalized and
+  augmented on each replica's device, as the in-memory pipeline and the streams are: each
+  replica's part of a batch with its own seed, so the pipelines give the same batches.
   """
   if split.labels is None:
     raise DataError("the training split has no labels")
@@ -42,16 +44,8 @@ def train_dataset(split: Split, *, global_batch_size: int, seed: int,
              .flat_map(lambda e: tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, e)))
              .skip(first % n)
              .batch(global_batch_size, drop_remainder=True))
-  augment = augment or Augment()
-
-  def make_batch(step, idx):
-    x = normalize(tf.gather(images, idx))
-    if augment.enabled:
-      x = augment_batch(x, augment, augment_seed(seed, 0, step))
-    return x, tf.gather(labels, idx)
-
-  return (indices.enumerate(start_step)
-          .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return (indices.map(lambda idx: (tf.gather(images, idx), tf.gather(labels, idx)),
+                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .prefetch(tf.data.AUTOTUNE))
 
 

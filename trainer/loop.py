@@ -296,17 +296,18 @@ class Trainer:
     return self.optimizer.iterations.value.read_value()
 
   def _train_loop_fn(self, iterator, steps):
-    step = self._stream_step if self.pipeline == "stream" else self._train_step
     for _ in tf.range(steps):
-      self._run_step(step, next(iterator))
+      self._run_step(self._uint8_step, next(iterator))
 
   def _augment_seed(self, step):
     """This replica's augmentation seed at a step (preprocess.augment_seed)."""
     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
     return augment_seed(self.config.seed, replica, step)
 
-  def _stream_step(self, images, labels):
-    # uint8 crosses to the device (a quarter of float32's bytes); normalized and augmented here.
+  def _uint8_step(self, images, labels):
+    """A step on a tf.data batch (tf_data, stream): uint8 crosses to the device (a quarter
+    of float32's bytes), normalized and augmented here, each replica's part with its own
+    seed, as the in-memory pipeline does (the same batches, whichever pipeline)."""
     images = normalize(images)
     if self.config.augment.enabled:
       images = augment_batch(images, self.config.augment,
@@ -449,8 +450,7 @@ class Trainer:
                          self.config.seed, start_step=position)
     dataset = input_pipeline.train_dataset(
         self.data.splits["train"], global_batch_size=self.step_batch,
-        seed=self.config.seed, augment=self.config.augment,
-        start_step=position)
+        seed=self.config.seed, start_step=position)
     return iter(_distribute(self.strategy, dataset))
 
   def run_steps(self, iterator, steps: int) -> dict[str, float]:

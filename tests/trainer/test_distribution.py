@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import input_pipeline
 from trainer import distribute
 from trainer.loop import Trainer
 from flag_helpers import parse
@@ -43,7 +42,7 @@ def build(replicas, model_dir, *args):
   strategy = distribute.create_strategy(cfg)
   assert strategy.num_replicas_in_sync == replicas
   keras.utils.set_random_seed(cfg.seed)  # the same initial weights for every build
-  data = input_pipeline.load(cfg.dataset, seed=cfg.seed)
+  data = cfg.load_data()  # as train.py loads it: --pipeline and the others count
   return Trainer(cfg, strategy, data)
 
 
@@ -120,6 +119,15 @@ def test_tf_data_pipeline_replicas_train_like_one_device(tmp_path, replicas):
   one = trajectory(build(1, tmp_path / "one", *MODELS["mlp"], "--pipeline=tf_data"))
   many = trajectory(build(replicas, tmp_path / "many", *MODELS["mlp"], "--pipeline=tf_data"))
   assert_same(many, one)
+
+
+def test_tf_data_and_in_memory_augment_alike_on_2_replicas(tmp_path):
+  # A rerun may switch between the two (run_record.py): the same batches, augmented per
+  # replica with the same seeds (tf_data once augmented the global batch with replica 0's).
+  augment = ("--augment=crop=2,flip,erase", *MODELS["mlp"])
+  tf_data = trajectory(build(2, tmp_path / "a", *augment, "--pipeline=tf_data"))
+  in_memory = trajectory(build(2, tmp_path / "b", *augment, "--pipeline=in_memory"))
+  assert_same(tf_data, in_memory)
 
 
 @pytest.mark.parametrize("variant", ["l2", "weight_decay", "clip", "dropout"])

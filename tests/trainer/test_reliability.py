@@ -150,12 +150,11 @@ def test_fp32_divergence_stops_naming_the_step_and_keeps_the_last_good_state(tmp
 
 
 def test_a_collapsed_fp16_loss_scale_stops_training(tmp_path):
-  import input_pipeline
   from trainer import actions, distribute
   from trainer.controller import Controller
   cfg = parse(*RUN[:5], "--train_steps=8", "--steps_per_loop=2",
               "--mixed_precision=mixed_float16", f"--model_dir={tmp_path}")
-  trainer = Trainer(cfg, distribute.create_strategy(cfg), input_pipeline.load(cfg.dataset))
+  trainer = Trainer(cfg, distribute.create_strategy(cfg), cfg.load_data())
   trainer.optimizer.dynamic_scale.assign(0.5)  # what 16 straight overflowing steps leave
   controller = Controller(trainer=trainer, total_steps=8, steps_per_loop=2, batch_size=32,
                           actions=[actions.DivergenceCheck(lambda: trainer.loss_scale),

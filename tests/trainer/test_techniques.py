@@ -26,7 +26,7 @@ def build(replicas, model_dir, *args):
               *DEVICES[replicas], *model, *args)
   strategy = distribute.create_strategy(cfg)
   keras.utils.set_random_seed(cfg.seed)  # the same initial weights for every build
-  return Trainer(cfg, strategy, input_pipeline.load(cfg.dataset, seed=cfg.seed))
+  return Trainer(cfg, strategy, cfg.load_data())
 
 
 def replica_values(trainer, variables):

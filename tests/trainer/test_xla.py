@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import input_pipeline
 from trainer import config as config_lib
 from trainer import distribute
 from trainer.config import ConfigError
@@ -51,7 +50,7 @@ def build(model_dir, *args):
   cfg = parse(f"--dataset={DATA}", "--batch_size=32", f"--model_dir={model_dir}",
               "--steps_per_loop=4", *args)
   keras.utils.set_random_seed(cfg.seed)
-  return Trainer(cfg, distribute.create_strategy(cfg), input_pipeline.load(cfg.dataset))
+  return Trainer(cfg, distribute.create_strategy(cfg), cfg.load_data())
 
 
 def train(trainer, loops=(1, 6, 3)):
