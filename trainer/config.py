@@ -11,7 +11,9 @@ from typing import Any
 import input_pipeline
 import models
 from input_pipeline import Augment
+from input_pipeline.sources import check_options as check_data_options
 from input_pipeline.sources import parse_image_size, parse_spec
+from models.common import POLICIES
 from trainer import flags as tl_flags
 
 
@@ -225,10 +227,15 @@ def from_flags(fv) -> Config:
     parse_spec(fv.dataset)
   except ValueError as e:
     raise ConfigError(f"--dataset: {e}") from None
+  try:
+    check_data_options(validation_split=fv.validation_split, num_classes=fv.num_classes,
+                       pipeline=fv.pipeline, memory_budget_gb=fv.memory_budget_gb)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   for name in ("batch_size", "steps_per_loop", "keep_checkpoints", "accumulation_steps",
                "plateau_patience"):
     _check(fv[name].value >= 1, f"--{name}={fv[name].value} must be positive")
-  for name in ("epochs", "train_steps", "eval_every", "checkpoint_every", "num_classes",
+  for name in ("epochs", "train_steps", "eval_every", "checkpoint_every",
                "cpu_devices", "intra_op_threads", "early_stopping", "schedule_steps"):
     value = fv[name].value
     _check(value is None or value >= 1, f"--{name}={value} must be positive")
@@ -240,12 +247,10 @@ def from_flags(fv) -> Config:
          f"--lr_schedule={fv.lr_schedule} is unknown; use {', '.join(tl_flags.SCHEDULES)}")
   _check(fv.strategy in tl_flags.STRATEGIES,
          f"--strategy={fv.strategy} is unknown; use {', '.join(tl_flags.STRATEGIES)}")
-  _check(fv.mixed_precision in tl_flags.PRECISIONS, f"--mixed_precision={fv.mixed_precision} "
-         f"is unknown; use {', '.join(tl_flags.PRECISIONS)}")
+  _check(fv.mixed_precision in POLICIES, f"--mixed_precision={fv.mixed_precision} "
+         f"is unknown; use {', '.join(POLICIES)}")
   _check(fv.jit_compile in tl_flags.JIT_MODES, f"--jit_compile={fv.jit_compile} is unknown; "
          f"use {', '.join(tl_flags.JIT_MODES)}")
-  _check(fv.pipeline in input_pipeline.PIPELINES,
-         f"--pipeline={fv.pipeline} is unknown; use {', '.join(input_pipeline.PIPELINES)}")
   _check(fv.keep_best is None or fv.keep_best in tl_flags.BEST_METRICS,
          f"--keep_best={fv.keep_best} is unknown; use {' or '.join(tl_flags.BEST_METRICS)}")
   _check(fv.learning_rate > 0, f"--learning_rate={fv.learning_rate} must be positive")
@@ -269,8 +274,6 @@ def from_flags(fv) -> Config:
   unknown = sorted(set(fv.allow_changed_flags or ()) - set(tl_flags.OWN_FLAGS))
   _check(not unknown, f"--allow_changed_flags: {', '.join(unknown)} is not a tapeloop flag")
   _check(fv.clip_norm is None or fv.clip_norm > 0, f"--clip_norm={fv.clip_norm} must be positive")
-  _check(0 <= fv.validation_split < 1,
-         f"--validation_split={fv.validation_split} must be in [0, 1)")
   _check(fv.devices is None or fv.strategy == "mirrored",
          "--devices applies to --strategy=mirrored only")
   profile = None
@@ -278,8 +281,6 @@ def from_flags(fv) -> Config:
     profile = _ints("profile_steps", fv.profile_steps)
     _check(len(profile) == 2 and profile[0] < profile[1],
            f"--profile_steps={','.join(fv.profile_steps)}: give A,B with A < B")
-  _check(fv.memory_budget_gb is None or fv.memory_budget_gb > 0,
-         f"--memory_budget_gb={fv.memory_budget_gb} must be positive")
   try:
     augment = Augment.parse(fv.augment, fv.dataset)
     image_size = parse_image_size(fv.image_size)

@@ -22,11 +22,10 @@ from trainer import cli  # pylint: disable=g-import-not-at-top
 from trainer import flags as tl_flags  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
-# Flags that say how the training run ran, not what it trained: here they are this
-# process's own (a single-machine evaluator), never copied from the run. jit_compile among
-# them: runs before --jit_compile=auto recorded it as true/false.
-_HOW_IT_RAN = ("strategy", "devices", "cpu_devices", "profile_steps", "keep_best",
-               "early_stopping", "eval_every", "checkpoint_every", "eval_images", "jit_compile")
+# How the training run ran (trainer/flags.py), but where its data is: this process's own
+# (a single-machine evaluator), never copied from the run. jit_compile among them: runs
+# before --jit_compile=auto recorded it as true/false.
+_HOW_IT_RAN = tuple(n for n in tl_flags.HOW_IT_RUNS if n not in tl_flags.LOCATES_DATA)
 HELP_GROUPS = {"Evaluation": ["model_dir", "split", "checkpoint", "continuous",
                               "poll_seconds", "timeout"],
                "Overrides of the run's flags": ["dataset", "data_dir", "manual_dir",

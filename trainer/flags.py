@@ -8,7 +8,6 @@ from absl import flags
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "exponential", "step", "one_cycle", "plateau")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 JIT_MODES = ("auto", "loop", "step", "off")
 # Model hyperparameter flags: each is passed to the model only when given.
 MODEL_FLAGS = ("hidden_units", "activation", "dropout", "l2", "filters", "kernel_sizes",
@@ -26,6 +25,9 @@ HOW_IT_RUNS = ("model_dir", "data_dir", "manual_dir", "steps_per_loop", "checkpo
                "cpu_devices", "intra_op_threads", "jit_compile", "allow_changed_flags",
                "divergence_retries", "memory_budget_gb", "pipeline")
 RUN_LENGTH = ("epochs", "train_steps")
+# How it runs, but where the run's data is: a process that reads the run's data later
+# (trainer.evaluate, trainer.predict) takes these from the run's record unless given.
+LOCATES_DATA = ("data_dir", "manual_dir")
 
 # Names of the flags defined here (not absl's or TF's): they go into results.json and
 # the TensorBoard hparams.
