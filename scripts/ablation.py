@@ -7,7 +7,11 @@ taken out at a time, each an ordinary run (resumable; finished runs are skipped)
 Selection and the figures are on the recipe's validation split; the test accuracy is
 shown too (each run's test set is evaluated once, at its end). EMA needs no run of its own:
 it does not change training, so the recipe's raw weights are the recipe without it.
-Writes benchmarks/ablation.{json,md} (or --out).
+Writes benchmarks/ablation.{json,md} (or --out) and one HParams experiment over the runs
+in ROOT (`tensorboard --logdir ROOT`). When a run fails, the table is printed but not
+written (a table with empty cells never replaces a measured one) and the exit status is
+not 0. Local paths, also those in the flags after --, are relative to the current
+directory.
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ def markdown(table: list[dict]) -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--flagfile", required=True)
-  parser.add_argument("--root", default="runs/ablation")
+  parser.add_argument("--root", default=os.path.join(ROOT, "runs", "ablation"))
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "ablation"))
   parser.add_argument("--also", action="append", default=[], metavar="NAME:FLAGS",
@@ -103,7 +107,12 @@ def main(argv=None) -> int:
                            "its name, a colon, then its flags separated by spaces")
   parser.add_argument("rest", nargs="*", help="flags for every run, after --")
   args = parser.parse_args(argv)
-  recipe = read_flagfile(args.flagfile)
+  flagfile, root = sweep.resolve(args.flagfile), sweep.resolve(args.root)
+  out, data_dir = sweep.resolve(args.out), sweep.resolve(args.data_dir)
+  if not sweep.is_local(flagfile) or not os.path.isfile(flagfile):
+    print(f"error: --flagfile={args.flagfile}: no such local file", file=sys.stderr)
+    return 2
+  recipe = read_flagfile(flagfile)
   if "validation_split" not in recipe:
     print("error: the recipe has no --validation_split: an ablation compares on validation",
           file=sys.stderr)
@@ -116,20 +125,29 @@ def main(argv=None) -> int:
             file=sys.stderr)
       return 2
     also[name.strip()] = flags.split()
-  base = [f"--flagfile={os.path.abspath(args.flagfile)}", *args.rest]
-  if args.data_dir:
-    base.append(f"--data_dir={args.data_dir}")
+  base = [f"--flagfile={flagfile}", *args.rest]
+  if data_dir:
+    base.append(f"--data_dir={data_dir}")
   outcomes = {}
   for name, extra in {"recipe": [], **variants(recipe), **also}.items():
     slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")  # a plain directory name
-    outcomes[name] = sweep.train(os.path.join(args.root, slug), [*base, *extra], name)
+    outcomes[name] = sweep.train(os.path.join(root, slug), [*base, *extra], name)
+  sweep.write_experiment(root, [r.get("flags") for r in outcomes.values()])
   table = rows(outcomes)
-  with open(args.out + ".json", "w") as f:
-    json.dump({"flagfile": args.flagfile, "extra_flags": args.rest, "rows": table}, f,
-              indent=1)
-  with open(args.out + ".md", "w") as f:
-    f.write(markdown(table) + "\n")
   print(markdown(table))
+  failed = {name: r for name, r in outcomes.items() if "returncode" in r}
+  if failed:
+    print(f"error: {len(failed)} of {len(outcomes)} runs failed ({', '.join(failed)}): "
+          f"{out}.json and .md are left as they were", file=sys.stderr)
+    usage = [r for r in failed.values() if r["returncode"] == 2]
+    if usage:  # bad flags or a run of other flags: what to change, as the trainer says it
+      print(f"error: {usage[0]['error']}", file=sys.stderr)
+      return 2
+    return 1
+  from trainer import files  # pylint: disable=g-import-not-at-top
+  files.write_text(out + ".json", json.dumps(
+      {"flagfile": args.flagfile, "extra_flags": args.rest, "rows": table}, indent=1))
+  files.write_text(out + ".md", markdown(table) + "\n")
   return 0
 
 

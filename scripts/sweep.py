@@ -4,10 +4,15 @@
         --grid=dropout=0,0.2 --root=runs/sweep [--parallel=2] [-- --epochs=2 ...]
 
 Each trial is an ordinary run in ROOT/<name=value,...> (its log in train.log there), so a
-rerun of the sweep resumes unfinished trials and skips finished ones. ROOT gets one HParams
-experiment over all trials (`tensorboard --logdir ROOT`) and sweep.json, and the console a
-table ranked by eval accuracy. Values of a list-valued flag are separated by ';':
---grid='hidden_units=50;50,50'.
+rerun of the sweep resumes unfinished trials and skips finished ones: those whose
+results.json records the flags the trial runs with now (how it runs aside: model_dir,
+data_dir, ...; a longer --epochs or --train_steps extends a trial). A trial directory
+holding a run of other flags (the flagfile or the flags after -- changed since) is not
+reused nor retrained: the sweep names it and exits 2; use a new --root. ROOT gets one HParams experiment over all trials (`tensorboard --logdir ROOT`),
+the flags that differ between them its first columns, and sweep.json; the console a table
+ranked by eval accuracy. ROOT may be a bucket (gs://...). Local paths, also those in the
+flags after --, are relative to the current directory. Values of a list-valued flag are
+separated by ';': --grid='hidden_units=50;50,50'.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -72,29 +79,136 @@ def trial_name(trial: dict[str, str]) -> str:
   return ",".join(f"{k}={v.replace(',', '_').replace('/', '_')}" for k, v in trial.items())
 
 
+def resolve(path: str | None) -> str | None:
+  """A path as the user means it: a local one against the current directory (the
+  trainer's own relative paths would otherwise be resolved wherever it runs), ~ expanded;
+  a URL (gs://, ram://) as it is; file:// as the local path."""
+  if path is None:
+    return None
+  path = path.removeprefix("file://")
+  return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def is_local(path: str) -> bool:
+  return "://" not in path
+
+
+def trainer_command(module: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
+  """(command, environment) that run `python -m MODULE ARGS` in the current directory, as
+  the user would: every relative path in ARGS (--data_dir, --dataset=idx:DIR, a flagfile
+  and the paths in it) means the same to the trainer as to the user. The repository goes
+  on PYTHONPATH, and -P keeps the current directory off sys.path, so that a models.py or a
+  trainer/ there cannot stand in for tapeloop's."""
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+  safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+  return [sys.executable, *safe_path, "-m", module, *args], env
+
+
+_FLAGS_LOCK = threading.Lock()
+
+
+def flags_for(args: list[str]) -> dict | None:
+  """The flag values `python -m trainer.main ARGS` would run with (trainer.config's
+  from_args), or None when they do not parse: the trainer then says why, in its words."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from trainer import config  # pylint: disable=g-import-not-at-top  (imports the models)
+  with _FLAGS_LOCK:  # absl's FLAGS is one per process, and trials start from threads
+    try:
+      return dict(config.from_args(args).flag_values)
+    except (config.ConfigError, flags.Error, ValueError):
+      return None
+
+
+def changed_flags(recorded: dict, current: dict) -> dict[str, tuple]:
+  """{flag: (recorded value, current value)} for the flags of what is trained and of the
+  run's length (not how it runs), by trainer/run_record.py's own comparison."""
+  from trainer import run_record  # pylint: disable=g-import-not-at-top
+  return {name: values for name, values in run_record.differences(recorded, current).items()
+          if name not in tl_flags.HOW_IT_RUNS}
+
+
+def _read_json(path: str) -> dict | None:
+  """The file's JSON object; None when missing or unreadable (the trainer reports it)."""
+  from trainer import files  # pylint: disable=g-import-not-at-top
+  try:
+    return files.read_json(path)
+  except ValueError:
+    return None
+
+
+def _text(value) -> str:
+  return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
 def train(model_dir: str, args: list[str], label: str) -> dict:
-  """Runs python -m trainer.main with args into model_dir, its output in model_dir/train.log;
-  a finished run (results.json) is not run again. Returns its results, or "error" and
-  "returncode"; "status" says which."""
-  results_path = os.path.join(model_dir, "results.json")
-  if os.path.exists(results_path):
-    with open(results_path) as f:
-      return {"status": "done before", **json.load(f)}
-  os.makedirs(model_dir, exist_ok=True)
+  """Runs python -m trainer.main ARGS --model_dir=MODEL_DIR, its output appended to
+  model_dir/train.log, unless model_dir holds the finished run of these flags. Returns its
+  results, or "error" and "returncode"; "status" says which; "flags": the flags it ran, or
+  would run, with.
+
+  model_dir holding a run of other flags (what it trains, beyond --allow_changed_flags) is
+  refused here, exit status 2, without starting the trainer: it would refuse too, advising
+  a new --model_dir, where a sweep's user picks a new --root."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  model_dir = resolve(model_dir)
+  current = flags_for([*args, f"--model_dir={model_dir}"])
+  results = _read_json(os.path.join(model_dir, "results.json"))
+  recorded = _read_json(os.path.join(model_dir, "flags.json")) or (results or {}).get("flags")
+  if current is not None and recorded is not None:
+    allowed = set(current.get("allow_changed_flags") or ())
+    other = {k: v for k, v in changed_flags(recorded, current).items()
+             if k not in tl_flags.RUN_LENGTH and k not in allowed}
+    if other:
+      listed = ", ".join(f"--{k}={_text(old)} -> {_text(new)}" for k, (old, new) in other.items())
+      error = (f"{model_dir} holds a run of other flags ({listed}): use a new --root "
+               "(nothing was changed in that directory)")
+      print(f"failed {label}: {error}", flush=True)
+      return {"status": "other flags", "error": error, "returncode": 2, "flags": current}
+    if results and "flags" in results and not changed_flags(results["flags"], current):
+      return {"status": "done before", **results}
+  tf.io.gfile.makedirs(model_dir)
   print(f"start  {label}", flush=True)
-  with open(os.path.join(model_dir, "train.log"), "a") as log:
-    proc = subprocess.run([sys.executable, "-m", "trainer.main", *args,
-                           f"--model_dir={model_dir}"], stdout=log, stderr=subprocess.STDOUT,
-                          cwd=ROOT, check=False)
-  if proc.returncode != 0:
-    with open(os.path.join(model_dir, "train.log")) as f:
-      last = (f.read().strip().splitlines() or ["(no output)"])[-1].removeprefix("error: ")
-    print(f"failed {label}: exit {proc.returncode}: {last}", flush=True)
-    return {"status": f"exit {proc.returncode}", "error": last, "returncode": proc.returncode}
-  with open(results_path) as f:
-    results = json.load(f)
+  returncode, last = _run_trainer(model_dir, [*args, f"--model_dir={model_dir}"])
+  results = _read_json(os.path.join(model_dir, "results.json")) if returncode == 0 else None
+  if results is None:
+    returncode = returncode or 1
+    print(f"failed {label}: exit {returncode}: {last}", flush=True)
+    return {"status": f"exit {returncode}", "error": last, "returncode": returncode,
+            **({"flags": current} if current is not None else {})}
   print(f"done   {label}: {_figures(results)}", flush=True)
   return {"status": "trained", **results}
+
+
+def _run_trainer(model_dir: str, args: list[str]) -> tuple[int, str]:
+  """python -m trainer.main ARGS, its output appended to model_dir/train.log; returns its
+  exit status and last line. The trainer writes to a file handle, which only a local file
+  gives: a bucket's log is written locally first, then appended to its train.log."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  command, env = trainer_command("trainer.main", args)
+  log_path = os.path.join(model_dir, "train.log")
+  if is_local(model_dir):
+    with open(log_path, "ab") as log:
+      start = log.tell()
+      returncode = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  check=False).returncode
+    with open(log_path, "rb") as log:
+      log.seek(start)
+      output = log.read()
+  else:
+    with tempfile.TemporaryFile() as log:
+      returncode = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  check=False).returncode
+      log.seek(0)
+      output = log.read()
+    before = b""
+    if tf.io.gfile.exists(log_path):  # object stores cannot append: rewrite it whole
+      with tf.io.gfile.GFile(log_path, "rb") as f:
+        before = f.read()
+    with tf.io.gfile.GFile(log_path, "wb") as f:
+      f.write(before + output)
+  lines = output.decode(errors="replace").strip().splitlines() or ["(no output)"]
+  return returncode, lines[-1].removeprefix("error: ")
 
 
 def run_trial(trial, *, root, base_args) -> dict:
@@ -129,53 +243,66 @@ def table(outcomes: list[dict]) -> str:
   return "\n".join(rows)
 
 
-def write_experiment(root: str, grid: dict[str, list[str]]) -> None:
-  """One HParams experiment over all trials: every flag a column, the grid's with their
-  values as a domain."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import summaries  # pylint: disable=g-import-not-at-top
-  domains = {name: sorted({summaries.readable(flags.FLAGS[name].parser.parse(v))
-                           for v in values}) for name, values in grid.items()}
-  writer = tf.summary.create_file_writer(root)
-  summaries.write_experiment(writer, tl_flags.OWN_FLAGS, domains)
-  writer.close()
+def write_experiment(root: str, runs: list[dict | None]) -> list[str]:
+  """One HParams experiment in root over the runs below it, each given by its flag values
+  (None: unknown, left out); model hyperparameters at the values the model used, as each
+  run's session has them. Returns the hparams that differ between the runs (its first
+  columns)."""
+  from trainer import config, summaries  # pylint: disable=g-import-not-at-top
+  hparams = []
+  for flag_values in runs:
+    if flag_values is None:
+      continue
+    try:
+      hparams.append(config.from_values(flag_values).hparams())
+    except ValueError:  # flags an older tapeloop recorded: as they are
+      hparams.append(dict(flag_values))
+  return summaries.write_experiment_over(root, hparams)
 
 
 def main(argv=None) -> int:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer import files  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--flagfile", help="the base configuration of every trial")
   parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
                       help="a flag and its values; repeat for more flags")
-  parser.add_argument("--root", required=True, help="one model_dir per trial below it")
+  parser.add_argument("--root", required=True, help="one model_dir per trial below it "
+                      "(a local directory or a bucket, gs://...)")
   parser.add_argument("--parallel", type=int, default=1, help="trials run at once")
   parser.add_argument("trainer_flags", nargs="*", help="after --: flags for every trial")
   args = parser.parse_args(argv)
+  root, flagfile = resolve(args.root), resolve(args.flagfile)
   try:
     grid = parse_grid(args.grid)
     if args.parallel < 1:
       raise SweepError(f"--parallel={args.parallel} must be positive")
-    if args.flagfile and not os.path.exists(args.flagfile):
+    if flagfile and not is_local(flagfile):  # absl reads flagfiles with open()
+      raise SweepError(f"--flagfile={args.flagfile}: give a local file")
+    if flagfile and not os.path.isfile(flagfile):
       raise SweepError(f"--flagfile={args.flagfile} does not exist")
+    try:
+      tf.io.gfile.makedirs(root)
+    except tf.errors.OpError as e:
+      first = (e.message or type(e).__name__).strip().splitlines()[0][:160]
+      raise SweepError(f"--root={args.root}: {first}") from None
   except SweepError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  base = ([f"--flagfile={os.path.abspath(args.flagfile)}"] if args.flagfile else []) + \
-      args.trainer_flags
-  root = os.path.abspath(args.root)
-  os.makedirs(root, exist_ok=True)
+  base = ([f"--flagfile={flagfile}"] if flagfile else []) + args.trainer_flags
   todo = trials(grid)
   print(f"{len(todo)} trials in {root}, {args.parallel} at a time", flush=True)
   with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
     outcomes = list(pool.map(lambda t: run_trial(t, root=root, base_args=base), todo))
-  write_experiment(root, grid)
-  with open(os.path.join(root, "sweep.json"), "w") as f:
-    json.dump({"grid": grid, "base": base, "trials": outcomes}, f, indent=2, default=str)
+  write_experiment(root, [o.get("flags") for o in outcomes])
+  files.write_text(os.path.join(root, "sweep.json"), json.dumps(
+      {"grid": grid, "base": base, "trials": outcomes}, indent=2, default=str) + "\n")
   print(table(outcomes))
   print(f"compare them: tensorboard --logdir {root} (HParams tab)")
   usage = [o for o in outcomes if o.get("returncode") == 2]
   if usage:
-    print(f"error: {usage[0]['error']}", file=sys.stderr)
+    more = f" (and {len(usage) - 1} more: see above)" if len(usage) > 1 else ""
+    print(f"error: {usage[0]['error']}{more}", file=sys.stderr)
     return 2
   return 1 if any("returncode" in o for o in outcomes) else 0
 

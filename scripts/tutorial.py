@@ -6,7 +6,10 @@
 Each model is its configs/ flagfile (Adam, batch 128, a seeded 10% validation split) run
 into ROOT/<config> like any run: rerunning resumes or skips. After training, the train
 split is evaluated with the final weights (dropout off) to measure overfitting. Writes
-OUTPUT.md and OUTPUT.json; `tensorboard --logdir ROOT` shows all seven as one experiment.
+OUTPUT.md and OUTPUT.json (only when every model trained: a failed one is printed, never
+written over a measured table); `tensorboard --logdir ROOT/<dataset>` shows them as one
+HParams experiment, the flags that differ between them its first columns. Local paths,
+also those in the flags after --, are relative to the current directory.
 """
 
 from __future__ import annotations
@@ -38,16 +41,17 @@ MODELS = (
 
 def train_accuracy(model_dir: str) -> float | None:
   """The train split's accuracy with the final weights (python -m trainer.evaluate)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   path = os.path.join(model_dir, "eval_train.json")
-  if not os.path.exists(path):
-    proc = subprocess.run([sys.executable, "-m", "trainer.evaluate", f"--model_dir={model_dir}",
-                           "--split=train", "--noeval_images"], cwd=ROOT, capture_output=True,
-                          text=True, check=False)
+  if not tf.io.gfile.exists(path):
+    command, env = sweep.trainer_command("trainer.evaluate", [
+        f"--model_dir={model_dir}", "--split=train", "--noeval_images"])
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
       print(f"failed to evaluate the train split of {model_dir}: "
             f"{proc.stderr.strip().splitlines()[-1:]}", flush=True)
       return None
-  with open(path) as f:
+  with tf.io.gfile.GFile(path) as f:
     return json.load(f)["accuracy"]
 
 
@@ -103,20 +107,24 @@ def main(argv=None) -> int:
     print(f"error: --models: unknown {', '.join(unknown)}; known: "
           f"{', '.join(m[0] for m in MODELS)}", file=sys.stderr)
     return 2
-  root = os.path.abspath(os.path.join(args.root, args.dataset.replace(":", "_").replace("/", "_")))
-  rows = []
+  root = os.path.join(sweep.resolve(args.root),
+                      args.dataset.replace(":", "_").replace("/", "_"))
+  data_dir, output = sweep.resolve(args.data_dir), sweep.resolve(args.output)
+  rows, flags = [], []
   for config, title, published in MODELS:
     if config not in chosen:
       continue
     model_dir = os.path.join(root, config)
     flagfile = os.path.join(ROOT, "configs", config + ".cfg")
     results = sweep.train(model_dir, [f"--flagfile={flagfile}", f"--dataset={args.dataset}",
-                                      f"--data_dir={args.data_dir}", *args.trainer_flags], config)
+                                      f"--data_dir={data_dir}", *args.trainer_flags], config)
     if results.get("returncode") == 2:  # bad input: every model would fail alike
       print(f"error: {results['error']}", file=sys.stderr)
       return 2
     accuracy = train_accuracy(model_dir) if "returncode" not in results else None
     rows.append(row(config, title, published, results, accuracy))
+    flags.append(results.get("flags"))
+  sweep.write_experiment(root, flags)
   import benchmark  # pylint: disable=g-import-not-at-top  (it imports TensorFlow: only now)
   machine = benchmark.machine()
   header = (f"The tutorial's seven models on `{args.dataset}`, measured {machine['date']} on "
@@ -127,14 +135,18 @@ def main(argv=None) -> int:
             "included); run s: the whole command (start-up, data, evals, export). Eval "
             "pictures: the confusion matrix, worst mistakes and per-class table of every "
             "eval. The last column is the tutorial's own figure on MNIST, for reference.")
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output + ".md", "w") as f:
-    f.write(markdown(rows, header))
-  with open(args.output + ".json", "w") as f:
-    json.dump({"dataset": args.dataset, "machine": machine, "rows": rows}, f, indent=2)
   print(markdown(rows, header))
-  print(f"written: {args.output}.md, {args.output}.json; TensorBoard: tensorboard --logdir {root}")
-  return 1 if any(r["error"] for r in rows) else 0
+  failed = [r["config"] for r in rows if r["error"]]
+  if failed:
+    print(f"error: {', '.join(failed)} failed (see above): {output}.md and .json are left "
+          "as they were", file=sys.stderr)
+    return 1
+  from trainer import files  # pylint: disable=g-import-not-at-top
+  files.write_text(output + ".md", markdown(rows, header))
+  files.write_text(output + ".json", json.dumps(
+      {"dataset": args.dataset, "machine": machine, "rows": rows}, indent=2))
+  print(f"written: {output}.md, {output}.json; TensorBoard: tensorboard --logdir {root}")
+  return 0
 
 
 if __name__ == "__main__":

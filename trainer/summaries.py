@@ -1,16 +1,27 @@
 """TensorBoard writers: model_dir/train and model_dir/eval runs, and the run's HParams
-session in model_dir itself (so that its metrics can come from both runs)."""
+session in model_dir itself (so that its metrics can come from both runs).
+
+A session's trial is named after its run: its group name is left empty, which TensorBoard
+fills with the run's path below --logdir (`mlp_1x50`, or `fashion_mnist/mlp_1x50` one level
+up). The basename of model_dir would repeat across experiments viewed together (the
+tutorial on two datasets), and TensorBoard merges sessions of one group name into one row
+(one run's hparams, the metrics averaged)."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 from tensorboard.plugins.hparams import api as hp
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.plugins.image import metadata as image_metadata
+
+from trainer import flags as tl_flags
 
 # The HParams tab's metric columns: how well the run generalises and how fast it trained,
 # not the training accuracy (which ranks the most overfitted run first).
@@ -33,16 +44,74 @@ def readable(value):
   return str(value)
 
 
-def write_experiment(writer, hparam_names, domains: dict | None = None) -> None:
+def trained(flag_values: dict) -> dict:
+  """The flags of what a run trains, readable: not those of how it runs
+  (trainer.flags.HOW_IT_RUNS: model_dir, data_dir, checkpointing, ... give the same model),
+  which are no hparams. Unset flags stay None: columns, without a value in the session."""
+  return {k: readable(v) for k, v in flag_values.items() if k not in tl_flags.HOW_IT_RUNS}
+
+
+def _domain(values: list):
+  """A Discrete domain of the values when TensorBoard can type it (one of number, bool,
+  str; none unset), else None."""
+  if any(v is None for v in values):
+    return None
+  kinds = {bool if isinstance(v, bool) else float if isinstance(v, (int, float)) else str
+           for v in values}
+  if len(kinds) != 1:
+    return None
+  kind = kinds.pop()
+  return hp.Discrete(sorted({kind(v) for v in values}), dtype=kind)
+
+
+def write_experiment(writer, hparam_names, domains: dict | None = None,
+                     differing=()) -> None:
   """The HParams experiment: which hparams are columns (`domains`: name -> list of values,
-  for a sweep) and which metrics."""
+  for a sweep) and which metrics. The `differing` ones are marked so (HParamInfo.differs)
+  and come first: TensorBoard orders the columns by that mark, then by name, whatever
+  the order written."""
   domains = domains or {}
+  differing = set(differing)
+  names = sorted(hparam_names, key=lambda name: (name not in differing, name))
+  pb = hp.hparams_config_pb(
+      hparams=[hp.HParam(name, hp.Discrete(domains[name]) if name in domains else None)
+               for name in names],
+      metrics=list(METRICS))
+  # hp.HParam cannot say `differs`: set it in the experiment's plugin data.
+  value = pb.value[0]
+  experiment = hparams_metadata.parse_experiment_plugin_data(value.metadata.plugin_data.content)
+  for info in experiment.hparam_infos:
+    info.differs = info.name in differing
+  value.metadata.CopyFrom(hparams_metadata.create_summary_metadata(
+      plugin_data_pb2.HParamsPluginData(experiment=experiment)))
   with writer.as_default(step=0):
-    hp.hparams_config(
-        hparams=[hp.HParam(name, hp.Discrete(domains[name]) if name in domains else None)
-                 for name in sorted(hparam_names)],
-        metrics=list(METRICS))
+    tf.summary.experimental.write_raw_pb(pb.SerializeToString(), step=0)
   writer.flush()
+
+
+def write_experiment_over(logdir: str, runs: list[dict]) -> list[str]:
+  """One HParams experiment in logdir over the runs below it (a sweep's trials, the
+  tutorial's models; each given by its flag values): what they train, the hparams that
+  differ between them first, with their values as domains. Returns those names.
+
+  TensorBoard shows one experiment per --logdir, the first it finds walking down from it:
+  with --logdir=LOGDIR this one (run "."), not a run's own."""
+  hparams = [trained(flag_values) for flag_values in runs]
+  if not hparams:
+    return []
+  names = sorted(set().union(*hparams))
+  # 0 and 0.0 are one value (a model's default against a flag's float).
+  text = lambda v: json.dumps(float(v) if isinstance(v, int) and not isinstance(v, bool) else v)
+  differing = [name for name in names if len({text(h.get(name)) for h in hparams}) > 1]
+  domains = {}
+  for name in differing:
+    domain = _domain([h.get(name) for h in hparams])
+    if domain is not None:
+      domains[name] = domain.values
+  writer = tf.summary.create_file_writer(logdir)
+  write_experiment(writer, names, domains, differing)
+  writer.close()
+  return differing
 
 
 class Summaries:
@@ -94,18 +163,20 @@ class Summaries:
     if self.enabled:
       self.writer(run).flush()
 
-  def flags(self, flag_values: dict) -> None:
-    """The flags as a Markdown table (Text tab) and as this run's HParams session."""
+  def flags(self, flag_values: dict, *, trial_id: str = "") -> None:
+    """Every flag as a Markdown table (Text tab), and what the run trains as its HParams
+    session. trial_id "": TensorBoard names the trial after its run (module docstring)."""
     if not self.enabled:
       return
     values = {k: readable(v) for k, v in flag_values.items()}
     rows = "\n".join(f"| {k} | {'' if v is None else v} |" for k, v in sorted(values.items()))
     self.text("train", 0, "flags", "| flag | value |\n|---|---|\n" + rows)
     self.flush("train")
+    hparams = trained(flag_values)
     session = tf.summary.create_file_writer(self.model_dir)
-    write_experiment(session, flag_values)
+    write_experiment(session, hparams)
     with session.as_default(step=0):
-      hp.hparams({k: v for k, v in values.items() if v is not None})
+      hp.hparams({k: v for k, v in hparams.items() if v is not None}, trial_id=trial_id)
     session.close()
 
   def close(self) -> None:

@@ -3,10 +3,14 @@
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import metadata
 
+from datafiles import write_mnist_dir
 from paths import ROOT
 
 
@@ -55,29 +59,82 @@ def test_the_table_puts_the_recipe_first_and_ema_from_its_raw_weights(ablation):
 def test_main_runs_the_recipe_and_each_variant_and_writes_the_table(ablation, tmp_path,
                                                                     monkeypatch):
   # The runs themselves are sweep.train's (tests/scripts/test_sweep.py runs real ones).
+  # Every path is relative to the caller's directory, not to the repository.
+  monkeypatch.chdir(tmp_path)
   cfg = tmp_path / "recipe.cfg"
-  cfg.write_text("--model=mlp\n# a comment\n--validation_split=0.25\n--label_smoothing=0.1\n"
-                 "--augment=crop=2\n")
+  cfg.write_text("--model=mlp\n--dataset=fashion_mnist\n# a comment\n--validation_split=0.25\n"
+                 "--label_smoothing=0.1\n--augment=crop=2\n")
   calls = []
 
   def train(model_dir, args, label):
-    calls.append((os.path.basename(model_dir), args))
+    calls.append((model_dir, args))
     return {"validation_accuracy": 0.9 if label == "recipe" else 0.85, "test_accuracy": 0.8,
-            "train_seconds": 10.0}
+            "train_seconds": 10.0,
+            "flags": ablation.sweep.flags_for([*args, f"--model_dir={model_dir}"])}
   monkeypatch.setattr(ablation.sweep, "train", train)
-  out = tmp_path / "ablation"
-  assert ablation.main([f"--flagfile={cfg}", f"--root={tmp_path}", f"--out={out}",
-                        "--data_dir=d",
-                        "--also=flip added (again):--augment=crop=2,flip --nesterov",
+  assert ablation.main(["--flagfile=recipe.cfg", "--root=runs", "--out=tables/ablation",
+                        "--data_dir=d", "--also=flip added (again):--augment=crop=2,flip --seed=1",
                         "--", "--epochs=1"]) == 0
-  base = [f"--flagfile={cfg}", "--epochs=1", "--data_dir=d"]
-  assert calls == [("recipe", base), ("no_label_smoothing", [*base, "--label_smoothing=0"]),
-                   ("no_crop", [*base, "--augment=none"]),
-                   ("flip_added_again", [*base, "--augment=crop=2,flip", "--nesterov"])]
-  table = json.loads((tmp_path / "ablation.json").read_text())["rows"]
+  base = [f"--flagfile={cfg}", "--epochs=1", f"--data_dir={tmp_path / 'd'}"]
+  runs = tmp_path / "runs"
+  assert calls == [(str(runs / "recipe"), base),
+                   (str(runs / "no_label_smoothing"), [*base, "--label_smoothing=0"]),
+                   (str(runs / "no_crop"), [*base, "--augment=none"]),
+                   (str(runs / "flip_added_again"), [*base, "--augment=crop=2,flip", "--seed=1"])]
+  table = json.loads((tmp_path / "tables" / "ablation.json").read_text())["rows"]
   assert [r["validation_change"] for r in table] == [0.0, *[pytest.approx(-0.05)] * 3]
   assert table[-1]["variant"] == "flip added (again)"
-  assert "| no crop | 85.00 | -5.00 | 80.00 | 10 |" in (tmp_path / "ablation.md").read_text()
+  assert "| no crop | 85.00 | -5.00 | 80.00 | 10 |" in (
+      tmp_path / "tables" / "ablation.md").read_text()
+  # One HParams experiment over the runs: what the variants change, first.
+  acc = event_accumulator.EventAccumulator(str(runs))
+  acc.Reload()
+  experiment = metadata.parse_experiment_plugin_data(
+      acc.PluginTagToContent("hparams")[metadata.EXPERIMENT_TAG])
+  columns = [(h.name, h.differs) for h in experiment.hparam_infos]
+  assert columns[:3] == [("augment", True), ("label_smoothing", True), ("seed", True)]
+  assert not any(differs for _, differs in columns[3:])
+  assert "data_dir" not in dict(columns) and "model_dir" not in dict(columns)
+
+
+def test_a_failed_run_exits_non_zero_and_leaves_the_tables_as_they_were(ablation, tmp_path,
+                                                                         monkeypatch, capsys):
+  cfg = tmp_path / "recipe.cfg"
+  cfg.write_text("--model=mlp\n--validation_split=0.25\n--label_smoothing=0.1\n")
+  out = tmp_path / "ablation"
+  for suffix in (".json", ".md"):
+    (tmp_path / f"ablation{suffix}").write_text("measured before")
+
+  def train(model_dir, args, label):  # pylint: disable=unused-argument
+    if label == "recipe":
+      return {"validation_accuracy": 0.9, "test_accuracy": 0.8, "train_seconds": 10.0}
+    return {"status": "exit 1", "error": "killed", "returncode": 1}
+  monkeypatch.setattr(ablation.sweep, "train", train)
+  assert ablation.main([f"--flagfile={cfg}", f"--root={tmp_path / 'runs'}", f"--out={out}"]) == 1
+  assert (tmp_path / "ablation.json").read_text() == "measured before"
+  assert (tmp_path / "ablation.md").read_text() == "measured before"
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      f"error: 1 of 2 runs failed (no label smoothing): {out}.json and .md are left as they "
+      "were")
+
+
+def test_a_real_run_from_another_directory_finds_every_relative_path(tmp_path):
+  # The recipe, the root (a space in its name), the tables and the data named relative to
+  # the caller's directory; the data only in a flag after --, which the trainer reads.
+  write_mnist_dir(tmp_path / "digits", n_train=40, n_test=10, shape=(8, 8), classes=3)
+  (tmp_path / "recipe.cfg").write_text(
+      "--model=mlp\n--hidden_units=8\n--batch_size=8\n--num_classes=3\n"
+      "--validation_split=0.25\n--train_steps=4\n--noeval_images\n")
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "scripts", "ablation.py"), "--flagfile=recipe.cfg",
+       "--root=my runs", "--out=tables/ablation", "--data_dir=tfds", "--",
+       "--dataset=idx:digits"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  recorded = json.loads((tmp_path / "my runs" / "recipe" / "flags.json").read_text())
+  assert recorded["data_dir"] == str(tmp_path / "tfds")
+  assert recorded["dataset"] == "idx:digits"  # read from the caller's directory
+  (row,) = json.loads((tmp_path / "tables" / "ablation.json").read_text())["rows"]
+  assert row["variant"] == "recipe" and 0 <= row["validation_accuracy"] <= 1
 
 
 def test_a_recipe_without_a_validation_split_is_refused(ablation, tmp_path, capsys):

@@ -5,11 +5,17 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import metadata
 
 from paths import ROOT
 from runs import read_hparams
+from trainer import files
+from trainer import flags as tl_flags
 
 _spec = importlib.util.spec_from_file_location("sweep", os.path.join(ROOT, "scripts", "sweep.py"))
 sweep = importlib.util.module_from_spec(_spec)
@@ -36,17 +42,18 @@ def test_bad_grids_are_refused(spec, message):
     sweep.parse_grid([spec])
 
 
-def _sweep(root, *extra):
+def _sweep(root, *extra, trainer_flags=()):
   return subprocess.run(
       [sys.executable, os.path.join(ROOT, "scripts", "sweep.py"), "--grid=learning_rate=1e-3,1e-2",
        f"--root={root}", *extra, "--", "--model=mlp", "--hidden_units=8", "--batch_size=32",
        "--dataset=synthetic:shape=8x8x1,classes=3,train=200,test=40", "--validation_split=0.2",
-       "--train_steps=10", "--noeval_images"], capture_output=True, text=True, timeout=300)
+       "--train_steps=10", "--noeval_images", *trainer_flags], capture_output=True, text=True,
+      timeout=300)
 
 
-def test_a_sweep_trains_every_trial_writes_one_experiment_and_resumes(tmp_path):
+def test_a_sweep_trains_every_trial_writes_one_experiment_resumes_and_refuses_changes(tmp_path):
   proc = _sweep(tmp_path, "--parallel=2")
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
   trials = sorted(d for d in os.listdir(tmp_path) if d.startswith("learning_rate="))
   assert trials == ["learning_rate=1e-2", "learning_rate=1e-3"]
   with open(tmp_path / "sweep.json") as f:
@@ -55,22 +62,107 @@ def test_a_sweep_trains_every_trial_writes_one_experiment_and_resumes(tmp_path):
   ranked = [line for line in proc.stdout.splitlines() if line.startswith("| learning_rate=")]
   accuracies = [float(line.split("|")[2]) for line in ranked]
   assert len(ranked) == 2 and accuracies == sorted(accuracies, reverse=True)
-  # The root's experiment: every flag a column, the swept one with its values as domain.
-  from tensorboard.backend.event_processing import event_accumulator
-  from tensorboard.plugins.hparams import metadata
-  acc = event_accumulator.EventAccumulator(str(tmp_path))
-  acc.Reload()
-  experiment = metadata.parse_experiment_plugin_data(
-      acc.PluginTagToContent("hparams")[metadata.EXPERIMENT_TAG])
+  # The root's experiment: what is trained a column, the swept flag first (it differs),
+  # with its values as domain; how the trials ran (model_dir, data_dir, ...) no column.
+  experiment = _experiment(tmp_path)
   infos = {h.name: h for h in experiment.hparam_infos}
+  assert [h.name for h in experiment.hparam_infos if h.differs] == ["learning_rate"]
+  assert experiment.hparam_infos[0].name == "learning_rate"
+  assert not set(tl_flags.HOW_IT_RUNS) & set(infos)
   assert [v.number_value for v in infos["learning_rate"].domain_discrete.values] == [1e-3, 1e-2]
   assert {m.name.tag for m in experiment.metric_infos} >= {"accuracy", "test_accuracy"}
-  # Each trial is a run with its own session: its learning rate, its eval metrics.
+  # Each trial is a run with its own session: its learning rate, its eval metrics, and no
+  # group name: TensorBoard names the trial after its run (tests/trainer/test_hparams.py).
   values, metrics, _ = read_hparams(tmp_path / "learning_rate=1e-2")
   assert values["learning_rate"] == pytest.approx(1e-2) and ("eval", "accuracy") in metrics
+  assert _session(tmp_path / "learning_rate=1e-2").group_name == ""
   again = _sweep(tmp_path)
   assert again.returncode == 0 and "start  learning_rate" not in again.stdout  # skipped
   assert again.stdout.count("done before") == 2
+  # Other flags than the trials ran with: no stale results, no trainer started, one line.
+  other = _sweep(tmp_path, trainer_flags=["--seed=1"])
+  assert other.returncode == 2 and "start" not in other.stdout and "done before" not in other.stdout
+  assert other.stderr.strip().splitlines()[-1] == (
+      f"error: {tmp_path}/learning_rate=1e-3 holds a run of other flags (--seed=0 -> 1): use "
+      "a new --root (nothing was changed in that directory) (and 1 more: see above)")
+
+
+def _hparams_content(logdir):
+  acc = event_accumulator.EventAccumulator(str(logdir))
+  acc.Reload()
+  return acc.PluginTagToContent("hparams")
+
+
+def _experiment(logdir):
+  return metadata.parse_experiment_plugin_data(_hparams_content(logdir)[metadata.EXPERIMENT_TAG])
+
+
+def _session(model_dir):
+  return metadata.parse_session_start_info_plugin_data(
+      _hparams_content(model_dir)[metadata.SESSION_START_INFO_TAG])
+
+
+@pytest.fixture
+def fake_trainer(monkeypatch):
+  """sweep's trainer subprocess replaced by one that records a run as the trainer does
+  (flags.json, results.json with its flags, the schedule's horizon resolved) through
+  tf.io.gfile, so that ram:// works in this process. Returns the args of each start."""
+  starts = []
+
+  def run(command, env=None, stdout=None, stderr=None, check=False):
+    del env, stderr, check  # the output goes to stdout, as sweep asks
+    assert command[command.index("-m") + 1] == "trainer.main"
+    args = command[command.index("-m") + 2:]
+    flags = sweep.flags_for(args)
+    flags["schedule_steps"] = flags["schedule_steps"] or flags["train_steps"]
+    files.write_json(os.path.join(flags["model_dir"], "flags.json"), flags)
+    files.write_json(os.path.join(flags["model_dir"], "results.json"),
+                     {"flags": flags, "validation_accuracy": 0.5, "train_seconds": 1.0})
+    stdout.write(b"training\nvalidation accuracy 0.5000\n")
+    starts.append(args)
+    return subprocess.CompletedProcess(command, 0)
+  monkeypatch.setattr(sweep, "subprocess", types.SimpleNamespace(
+      run=run, STDOUT=subprocess.STDOUT, CompletedProcess=subprocess.CompletedProcess))
+  return starts
+
+
+def test_a_finished_trial_is_reused_only_for_the_flags_it_ran_with(tmp_path, fake_trainer):
+  cfg = tmp_path / "base.cfg"
+  cfg.write_text("--model=mlp\n--dataset=synthetic\n--learning_rate=0.001\n")
+  trial = str(tmp_path / "trial")
+  train = lambda *flags: sweep.train(trial, [f"--flagfile={cfg}", *flags], "trial")
+  assert train("--train_steps=10")["status"] == "trained"
+  # How it runs may change; the flags it trained with may not.
+  assert train("--train_steps=10", "--steps_per_loop=5", "--data_dir=x")["status"] == "done before"
+  assert len(fake_trainer) == 1
+  longer = train("--train_steps=20")  # the trainer extends the run
+  assert longer["status"] == "trained" and len(fake_trainer) == 2
+  cfg.write_text("--model=mlp\n--dataset=synthetic\n--learning_rate=0.003\n")  # edited
+  other = train("--train_steps=20", "--dropout=0.1")
+  assert other["status"] == "other flags" and other["returncode"] == 2 and len(fake_trainer) == 2
+  assert other["error"] == (
+      f"{trial} holds a run of other flags (--dropout=None -> 0.1, --learning_rate=0.001 -> "
+      "0.003): use a new --root (nothing was changed in that directory)")
+  # Changes the user allows are the trainer's to make (it continues the run with them).
+  allowed = train("--train_steps=20", "--dropout=0.1",
+                  "--allow_changed_flags=dropout,learning_rate")
+  assert allowed["status"] == "trained" and len(fake_trainer) == 3
+
+
+def test_a_bucket_root_is_written_through_tf_io_gfile(tmp_path, fake_trainer, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  root = f"ram://sweep_{tmp_path.name}/root"
+  argv = ["--grid=learning_rate=1e-3,1e-2", f"--root={root}", "--", "--model=mlp",
+          "--dataset=synthetic", "--train_steps=10"]
+  assert sweep.main(argv) == 0
+  assert os.listdir(tmp_path) == []  # no local ./ram:/ directory
+  trial = f"{root}/learning_rate=1e-2"
+  with tf.io.gfile.GFile(f"{trial}/train.log") as f:
+    assert f.read() == "training\nvalidation accuracy 0.5000\n"  # the trainer's output, copied
+  assert {o["status"] for o in files.read_json(f"{root}/sweep.json")["trials"]} == {"trained"}
+  assert _experiment(root).hparam_infos[0].name == "learning_rate"
+  assert sweep.main(argv) == 0 and len(fake_trainer) == 2  # both done before
+  assert {o["status"] for o in files.read_json(f"{root}/sweep.json")["trials"]} == {"done before"}
 
 
 def test_a_trial_with_a_bad_flag_ends_the_sweep_with_its_error(tmp_path):

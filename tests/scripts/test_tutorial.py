@@ -5,15 +5,23 @@ import os
 import subprocess
 import sys
 
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import metadata
+
 from paths import ROOT
+from runs import read_hparams
+
+
+DATASET = "synthetic:shape=28x28x1,classes=10,train=640,test=100"
 
 
 def _tutorial(tmp_path):
+  # Run from tmp_path, every path relative to it (the trainer runs in another process).
   return subprocess.run(
       [sys.executable, os.path.join(ROOT, "scripts", "tutorial.py"), "--models=mlp_1x50",
-       "--dataset=synthetic:shape=28x28x1,classes=10,train=640,test=100",
-       f"--root={tmp_path / 'runs'}", f"--output={tmp_path / 'tutorial'}", "--",
-       "--epochs=2", "--noeval_images"], capture_output=True, text=True, timeout=300)
+       f"--dataset={DATASET}", "--root=runs", "--output=tutorial", "--data_dir=tfds", "--",
+       "--epochs=2", "--noeval_images"], cwd=tmp_path, capture_output=True, text=True,
+      timeout=300)
 
 
 def test_the_tutorial_table_from_a_real_run_and_a_rerun_that_trains_nothing(tmp_path):
@@ -29,11 +37,27 @@ def test_the_tutorial_table_from_a_real_run_and_a_rerun_that_trains_nothing(tmp_
   assert report["machine"]["cores"] == os.cpu_count()
   table = (tmp_path / "tutorial.md").read_text()
   assert "| 1 | MLP 1x50 | 39,760 | 2 |" in table and table.rstrip().endswith("| 94.70 |")
+  root = tmp_path / "runs" / DATASET.replace(":", "_")
+  with open(root / "mlp_1x50" / "flags.json") as f:
+    assert json.load(f)["data_dir"] == str(tmp_path / "tfds")  # the caller's, not the repo's
+  # The runs' experiment, in the dataset's directory: what is trained, not how it runs.
+  values, _, _ = read_hparams(root / "mlp_1x50")
+  assert values["hidden_units"] == "50" and "model_dir" not in values
+  experiment = _experiment(root)
+  names = [h.name for h in experiment.hparam_infos]
+  assert {"model", "hidden_units", "epochs"} <= set(names) and "data_dir" not in names
   again = _tutorial(tmp_path)
   assert again.returncode == 0 and "start  mlp_1x50" not in again.stdout
   assert "start  mlp_1x50" in proc.stdout
   with open(tmp_path / "tutorial.json") as f:
     assert json.load(f)["rows"][0]["test_accuracy"] == row["test_accuracy"]
+
+
+def _experiment(logdir):
+  acc = event_accumulator.EventAccumulator(str(logdir))
+  acc.Reload()
+  return metadata.parse_experiment_plugin_data(
+      acc.PluginTagToContent("hparams")[metadata.EXPERIMENT_TAG])
 
 
 def test_an_unknown_model_exits_2(tmp_path):
