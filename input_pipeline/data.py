@@ -12,6 +12,18 @@ class DataError(ValueError):
   """Bad data or a bad data spec; the message names the file or value and the fix."""
 
 
+def read_file(path: str) -> bytes:
+  """A file's bytes from any TensorFlow filesystem (local, gs://, ram://): Python's open()
+  sees local disks only. DataError naming the file when it cannot be read."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return f.read()
+  except tf.errors.OpError as e:
+    reason = (e.message or type(e).__name__).rsplit("; ", 1)[-1].strip().splitlines()[0]
+    raise DataError(f"cannot read {path}: {reason}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class Split:
   """One split: images (N, H, W, C) uint8 and labels (N,) int64, or None if unlabeled."""

@@ -7,8 +7,9 @@ import os
 import zlib
 
 import numpy as np
+import tensorflow as tf
 
-from input_pipeline.data import DataError, Split, check_labels
+from input_pipeline.data import DataError, Split, check_labels, read_file
 
 _IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 _LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
@@ -23,12 +24,7 @@ _STEMS = {
 
 def read_bytes(path: str) -> bytes:
   """Reads a file, transparently gunzipping it (detected by magic, not by name)."""
-  try:
-    with open(path, "rb") as f:
-      raw = f.read()
-  except OSError as e:
-    raise DataError(f"cannot read {path}: {e.strerror}") from None
-  return gunzip(raw, path)
+  return gunzip(read_file(path), path)
 
 
 def gunzip(raw: bytes, path: str) -> bytes:
@@ -71,7 +67,7 @@ def _find(directory: str, stem: str) -> str:
   """Finds the file for stem, raw or .gz, also as 'train-images.idx3-ubyte' or prefixed
   ('emnist-digits-train-images-idx3-ubyte')."""
   alt = stem.replace("-idx", ".idx")
-  names = sorted(n for n in os.listdir(directory)
+  names = sorted(n for n in tf.io.gfile.listdir(directory)
                  if n.removesuffix(".gz").endswith((stem, alt)))
   if not names:
     raise DataError(f"no {stem}[.gz] in {directory}: idx:DIR needs the four MNIST-format "
@@ -95,6 +91,6 @@ def read_split(directory: str, split: str, num_classes: int) -> Split:
 
 
 def load(directory: str, num_classes: int) -> dict[str, Split]:
-  if not os.path.isdir(directory):
+  if not tf.io.gfile.isdir(directory):
     raise DataError(f"idx:{directory}: no such directory")
   return {split: read_split(directory, split, num_classes) for split in ("train", "test")}

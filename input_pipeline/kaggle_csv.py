@@ -7,8 +7,9 @@ import math
 import os
 
 import numpy as np
+import tensorflow as tf
 
-from input_pipeline.data import DataError, Split, check_labels
+from input_pipeline.data import DataError, Split, check_labels, read_file
 
 
 def _first_bad_row(path: str, lines: list[str], ncols: int) -> DataError:
@@ -34,12 +35,7 @@ def _first_bad_row(path: str, lines: list[str], ncols: int) -> DataError:
 
 def read(path: str, num_classes: int) -> Split:
   """Reads one CSV file; labels are None when the header has no `label` column."""
-  try:
-    with open(path, "rb") as f:
-      raw = f.read()
-  except OSError as e:
-    raise DataError(f"cannot read {path}: {e.strerror}") from None
-  return parse(raw, path, num_classes)
+  return parse(read_file(path), path, num_classes)
 
 
 def parse(raw: bytes, path: str, num_classes: int) -> Split:
@@ -86,16 +82,17 @@ def parse(raw: bytes, path: str, num_classes: int) -> Split:
 def load(path: str, num_classes: int) -> dict[str, Split]:
   """A directory gives train.csv (and test.csv, unlabeled, when present); a labeled file
   gives the train split, an unlabeled one the test split (for prediction)."""
-  if os.path.isdir(path):
+  # tf.io.gfile: the files may be in a bucket (Python's os.path sees local disks only).
+  if tf.io.gfile.isdir(path):
     train = os.path.join(path, "train.csv")
-    if not os.path.exists(train):
+    if not tf.io.gfile.exists(train):
       raise DataError(f"csv:{path}: no train.csv in this directory")
     splits = {"train": read(train, num_classes)}
     test = os.path.join(path, "test.csv")
-    if os.path.exists(test):
+    if tf.io.gfile.exists(test):
       splits["test"] = read(test, num_classes)
     return splits
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     raise DataError(f"csv:{path}: no such file")
   split = read(path, num_classes)
   return {"train" if split.labels is not None else "test": split}

@@ -5,6 +5,7 @@ held in memory)."""
 import os
 
 import numpy as np
+import tensorflow as tf
 import pytest
 
 import input_pipeline
@@ -70,3 +71,23 @@ def test_training_with_every_data_flag_on_every_source(sources, tmp_path, source
   results = train.train_and_evaluate(parse(*args))
   assert results["global_step"] == 2 and results["pipeline"] == pipeline
   assert np.isfinite(results["validation_loss"])
+
+
+@pytest.mark.parametrize("source", ["idx", "csv", "folder"])
+def test_files_in_a_bucket_read_as_local_ones(sources, source):
+  """Paths go through tf.io.gfile: ram:// stands in for gs:// (os.path and open() would
+  see no such directory)."""
+  local = sources[source][0].split(":", 1)[1]
+  bucket = f"ram://data_{source}"
+  for top, _, names in tf.io.gfile.walk(local):
+    for name in names:
+      target = os.path.join(bucket, os.path.relpath(os.path.join(top, name), local))
+      tf.io.gfile.makedirs(os.path.dirname(target))
+      tf.io.gfile.copy(os.path.join(top, name), target, overwrite=True)
+  num_classes = 3 if source != "folder" else None
+  kwargs = dict(num_classes=num_classes, image_size=(10, 10) if source == "folder" else None)
+  remote = input_pipeline.load(f"{source}:{bucket}", **kwargs)
+  expected = input_pipeline.load(sources[source][0], **kwargs)
+  for name, split in expected.splits.items():
+    np.testing.assert_array_equal(remote.splits[name].images, split.images)
+    np.testing.assert_array_equal(remote.splits[name].labels, split.labels)
