@@ -8,8 +8,9 @@ rerun of the sweep resumes unfinished trials and skips finished ones: those whos
 results.json records the flags the trial runs with now (how it runs aside: model_dir,
 data_dir, ...; a longer --epochs or --train_steps extends a trial). A trial directory
 holding a run of other flags (the flagfile or the flags after -- changed since) is not
-reused nor retrained: the sweep names it and exits 2; use a new --root. ROOT gets one HParams experiment over all trials (`tensorboard --logdir ROOT`),
-the flags that differ between them its first columns, and sweep.json; the console a table
+reused nor retrained: the sweep names it and exits 2; use a new --root. ROOT gets one
+HParams experiment over all trials (`tensorboard --logdir ROOT`), the flags that differ
+between them its first columns, and sweep.json; the console a table
 ranked by eval accuracy. ROOT may be a bucket (gs://...). Local paths, also those in the
 flags after --, are relative to the current directory. Values of a list-valued flag are
 separated by ';': --grid='hidden_units=50;50,50'.

@@ -351,27 +351,55 @@ class PreemptionStop(Action):
 
   `agree(signalled) -> bool` tells whether any worker was signalled (an all-reduce under
   MultiWorkerMirroredStrategy): every worker stops at the same step, with one consistent
-  checkpoint, instead of the others blocking in the next collective. Run it first."""
+  checkpoint, instead of the others blocking in the next collective. Run it first.
+
+  Installed for the whole run (`install`, `uninstall`: train.py), it also covers what comes
+  before and after the loop, where the default handler would kill one worker while the
+  others wait for it in a collective. Before training (data, model), a worker `alone`
+  stops at once: nothing is trained, nothing to save; one of several goes on to the first
+  boundary, where all stop together. After training (the final evals and the export,
+  collectives too) the signal is noted (`signal`) and the run finishes."""
 
   on_preemption = True
 
-  def __init__(self, agree: Callable[[bool], bool] = bool):
+  def __init__(self, agree: Callable[[bool], bool] = bool, alone: bool = True):
     self.signal = None
-    self.agree = agree
+    self.agree, self.alone = agree, alone
+    self.phase = "before"  # -> "training" (start) -> "after" (end)
     self._previous = {}
+    self._installed_by_start = False
 
   def _handle(self, signum, frame):
     del frame
     if self.signal is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt
     self.signal = signum
-    logging.warning("received %s: saving a checkpoint and stopping at the end of this loop",
-                    signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    if self.phase == "before" and self.alone:
+      raise Interrupted(signum, None, None)
+    logging.warning({
+        "before": "received %s before training: stopping with the other workers at the "
+                  "first step",
+        "training": "received %s: saving a checkpoint and stopping at the end of this loop",
+        "after": "received %s after training: finishing the evaluation and export first",
+    }[self.phase], name)
+
+  def install(self) -> None:
+    """Takes SIGTERM and SIGINT (from the main thread only: Python's rule)."""
+    if self._previous or threading.current_thread() is not threading.main_thread():
+      return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      self._previous[signum] = signal.signal(signum, self._handle)
+
+  def uninstall(self) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous.clear()
 
   def start(self, step):
-    if threading.current_thread() is threading.main_thread():
-      for signum in (signal.SIGTERM, signal.SIGINT):
-        self._previous[signum] = signal.signal(signum, self._handle)
+    self.phase = "training"
+    self._installed_by_start = not self._previous
+    self.install()
 
   def __call__(self, step, logs):
     if not self.agree(self.signal is not None):
@@ -383,18 +411,25 @@ class PreemptionStop(Action):
     logs["stop"] = Stop(f"stopped by {signal.Signals(signum).name}", signum)
 
   def end(self, step):
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
-    self._previous.clear()
+    self.phase = "after"
+    if self._installed_by_start:
+      self.uninstall()
 
 
 class Interrupted(Exception):
-  """Training stopped on a signal after saving a checkpoint at `step`."""
+  """Training stopped on a signal after saving a checkpoint at `step` (None: before
+  training, with nothing to save)."""
 
-  def __init__(self, signum: int, step: int, checkpoint: str | None):
+  def __init__(self, signum: int, step: int | None, checkpoint: str | None):
     self.signum, self.step, self.checkpoint = signum, step, checkpoint
-    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint "
-                     f"{checkpoint} saved: run the same command again to resume")
+    name = signal.Signals(signum).name
+    if step is None:
+      message = (f"stopped by {name} before training: nothing was written; run the same "
+                 "command again to start")
+    else:
+      message = (f"stopped by {name} at step {step}; checkpoint {checkpoint} saved: run the "
+                 "same command again to resume")
+    super().__init__(message)
 
 
 def duration(seconds: float) -> str:

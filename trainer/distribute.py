@@ -109,11 +109,16 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
       and "chief" not in resolver.cluster_spec().as_dict())
 
 
+def several_workers(strategy: tf.distribute.Strategy) -> bool:
+  """Whether other processes train with this one (their collectives wait for it)."""
+  return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
 def any_worker(strategy: tf.distribute.Strategy):
   """A function of this worker's flag that is True when any worker's flag is: an all-reduce
   under MultiWorkerMirroredStrategy (every worker must call it at the same boundary),
   the flag itself otherwise."""
-  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+  if not several_workers(strategy):
     return bool
 
   def agree(flag: bool) -> bool:

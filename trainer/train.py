@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import time
 
@@ -33,41 +34,50 @@ def train_and_evaluate(config: Config, process_start: float | None = None) -> di
   recorded = run_record.load(config.model_dir)
   config, changed = run_record.check(config, recorded)
   strategy = distribute.create_strategy(config)  # first: it may configure the runtime
-  keras.utils.set_random_seed(config.seed)
-  if config.deterministic:
-    tf.config.experimental.enable_op_determinism()
-  logging.info("precision policy: %s%s", config.mixed_precision,
-               " with dynamic loss scaling" if config.mixed_precision == "mixed_float16" else "")
-  phases.add("setup", time.time() - start)
-  with phases.time("data"):
-    data = config.load_data()
-  run_record.check_pipeline(config, recorded, data)
-  train_split = data.splits.get("train")
-  if train_split is None or not train_split.labeled:
-    raise ConfigError(f"--dataset={config.dataset} has no labeled train split")
-  # Before model_dir exists: a batch the split cannot fill must leave nothing behind.
-  check_batch(config.batch_size, len(train_split), "training", need_full=True)
-  if config.step_batch > len(train_split):
-    raise ConfigError(f"--batch_size={config.batch_size} x --accumulation_steps="
-                      f"{config.accumulation_steps} is more than the {len(train_split)} "
-                      "training examples: lower either")
-  config = run_record.resolve_horizon(config, recorded,
-                                      *config.steps_for(len(train_split)))
-  if _eval_split(data) is None and (config.keep_best or config.early_stopping
-                                    or config.lr_schedule == "plateau"):
-    raise ConfigError("--keep_best, --early_stopping and --lr_schedule=plateau need labeled "
-                      "data to evaluate: add --validation_split=0.1")
-  logging.info("data %s: %s, image shape %s, %d classes", data.info.name,
-               dict(data.info.split_sizes), data.info.image_shape, data.info.num_classes)
-  chief = distribute.is_chief(strategy)
-  # Under MultiWorkerMirroredStrategy every worker saves (checkpoints, export); a non-chief
-  # worker does so into a scratch directory removed at the end.
-  scratch = None if chief else tempfile.mkdtemp(prefix="tapeloop-worker-")
+  # Signals are answered from here on, not only in the training loop: a worker killed
+  # while loading data or exporting would leave the others waiting in a collective.
+  preemption = tl_actions.PreemptionStop(agree=distribute.any_worker(strategy),
+                                         alone=not distribute.several_workers(strategy))
+  preemption.install()
   try:
-    return _run(config, strategy, data, phases, scratch, recorded, changed)
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+      tf.config.experimental.enable_op_determinism()
+    logging.info("precision policy: %s%s", config.mixed_precision,
+                 " with dynamic loss scaling" if config.mixed_precision == "mixed_float16"
+                 else "")
+    phases.add("setup", time.time() - start)
+    with phases.time("data"):
+      data = config.load_data()
+    run_record.check_pipeline(config, recorded, data)
+    train_split = data.splits.get("train")
+    if train_split is None or not train_split.labeled:
+      raise ConfigError(f"--dataset={config.dataset} has no labeled train split")
+    # Before model_dir exists: a batch the split cannot fill must leave nothing behind.
+    check_batch(config.batch_size, len(train_split), "training", need_full=True)
+    if config.step_batch > len(train_split):
+      raise ConfigError(f"--batch_size={config.batch_size} x --accumulation_steps="
+                        f"{config.accumulation_steps} is more than the {len(train_split)} "
+                        "training examples: lower either")
+    config = run_record.resolve_horizon(config, recorded,
+                                        *config.steps_for(len(train_split)))
+    if _eval_split(data) is None and (config.keep_best or config.early_stopping
+                                      or config.lr_schedule == "plateau"):
+      raise ConfigError("--keep_best, --early_stopping and --lr_schedule=plateau need labeled "
+                        "data to evaluate: add --validation_split=0.1")
+    logging.info("data %s: %s, image shape %s, %d classes", data.info.name,
+                 dict(data.info.split_sizes), data.info.image_shape, data.info.num_classes)
+    chief = distribute.is_chief(strategy)
+    # Under MultiWorkerMirroredStrategy every worker saves (checkpoints, export); a non-chief
+    # worker does so into a scratch directory removed at the end.
+    scratch = None if chief else tempfile.mkdtemp(prefix="tapeloop-worker-")
+    try:
+      return _run(config, strategy, data, phases, scratch, recorded, changed, preemption)
+    finally:
+      if scratch:
+        files.rmtree(scratch)
   finally:
-    if scratch:
-      files.rmtree(scratch)
+    preemption.uninstall()
 
 
 def _eval_split(data) -> str | None:
@@ -79,12 +89,12 @@ def _eval_split(data) -> str | None:
 
 
 def _actions(config: Config, trainer: Trainer, writer, data, eval_split, output_dir: str,
-             phases: Phases):
+             phases: Phases, preemption: tl_actions.PreemptionStop):
   """The outer loop's actions, in the order they run at each boundary."""
   steps = dict(total_steps=trainer.total_steps)
   actions = [
       # First: on a signal, the boundary saves the checkpoint and stops, nothing else.
-      tl_actions.PreemptionStop(agree=distribute.any_worker(trainer.strategy)),
+      preemption,
       tl_actions.ProgressLine(steps_per_epoch=trainer.steps_per_epoch,
                               batch_size=config.step_batch, **steps),
       tl_actions.DivergenceCheck(
@@ -141,7 +151,7 @@ def _describe_eval(config: Config, trainer: Trainer, eval_split: str | None) -> 
 
 
 def _run(config: Config, strategy, data, phases: Phases, scratch: str | None,
-         recorded: dict | None, changed: dict) -> dict:
+         recorded: dict | None, changed: dict, preemption: tl_actions.PreemptionStop) -> dict:
   chief = scratch is None
   output_dir = config.model_dir if chief else scratch
   with phases.time("build"):  # model, optimizer, restore
@@ -162,7 +172,8 @@ def _run(config: Config, strategy, data, phases: Phases, scratch: str | None,
   writer.flags(config.hparams())
   eval_split = _eval_split(data)
   _describe_eval(config, trainer, eval_split)
-  actions, pictures = _actions(config, trainer, writer, data, eval_split, output_dir, phases)
+  actions, pictures = _actions(config, trainer, writer, data, eval_split, output_dir, phases,
+                               preemption)
   step = trainer.step
   stopped_at = int(trainer.progress.stopped_early_at.numpy())
   if stopped_at >= 0:
@@ -242,4 +253,7 @@ def _run(config: Config, strategy, data, phases: Phases, scratch: str | None,
       f"{k.replace('_', ' ')} {v:.1f} s" for k, v in results["phases"].items() if k != "total"))
   if chief:
     files.write_json(results_path, results)
+  if preemption.signal is not None:  # after training: the run finished before stopping
+    logging.warning("stopped by %s after training, once the evaluation and the export were "
+                    "done: the run is complete", signal.Signals(preemption.signal).name)
   return results

@@ -238,3 +238,33 @@ def test_preemption_stop_on_sigterm_then_handlers_restored():
   assert logs["stop"].signum == signal.SIGTERM and "SIGTERM" in logs["stop"].reason
   action.end(2)
   assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_preemption_before_and_after_the_loop():
+  # Alone, before training: stopped at once, nothing to save.
+  alone = actions.PreemptionStop()
+  alone.install()
+  try:
+    with pytest.raises(actions.Interrupted, match="stopped by SIGTERM before training: "
+                       "nothing was written"):
+      os.kill(os.getpid(), signal.SIGTERM)
+  finally:
+    alone.uninstall()
+  # One of several workers: noted, and at the first boundary every worker stops with it.
+  agreed = []
+  several = actions.PreemptionStop(agree=lambda flag: agreed.append(flag) or flag,
+                                   alone=False)
+  several.install()
+  try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    several.start(0)
+    logs = {}
+    several(1, logs)
+    assert agreed == [True] and logs["stop"].signum == signal.SIGTERM
+    several.end(1)
+    # After training (final evals, export: collectives too): noted, the run goes on.
+    several.signal = None
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert several.signal == signal.SIGTERM
+  finally:
+    several.uninstall()

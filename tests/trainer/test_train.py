@@ -151,6 +151,23 @@ def test_a_signal_in_the_last_loop_stops_there_and_the_rerun_completes_that_boun
   assert again["weights_digest"] == results["weights_digest"]
 
 
+def test_a_signal_during_the_final_eval_lets_the_run_finish(tmp_path, monkeypatch):
+  # The default handler would kill the process there (under several workers, leaving the
+  # others in the eval's collectives): the eval and the export finish first.
+  evaluate = Trainer.evaluate
+
+  def signalled_in_the_test_eval(self, split, raw=False):
+    if split == "test":
+      os.kill(os.getpid(), signal.SIGTERM)
+    return evaluate(self, split, raw)
+  monkeypatch.setattr(Trainer, "evaluate", signalled_in_the_test_eval)
+  results = train.train_and_evaluate(parse(*TINY, "--train_steps=4", "--noeval_images",
+                                           f"--model_dir={tmp_path}"))
+  assert results["global_step"] == 4 and "test_accuracy" in results
+  assert os.path.exists(tmp_path / "results.json")
+  assert os.path.exists(tmp_path / "export" / "saved_model.pb")
+
+
 def test_keep_best_without_anything_to_evaluate_is_refused(tmp_path):
   with pytest.raises(ConfigError, match="need labeled data to evaluate: add --validation_split"):
     train.train_and_evaluate(parse("--model=mlp", "--hidden_units=4", "--batch_size=8",
