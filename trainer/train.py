@@ -136,6 +136,23 @@ def _actions(config: Config, trainer: Trainer, writer, data, eval_split, output_
   return actions, pictures
 
 
+def _stopped_early_at(config: Config, progress) -> int:
+  """The step an early stop ended the run at (-1: none), when it holds for these flags: a
+  rerun without --early_stopping, with more patience, or on another metric (BestMetric
+  then counts anew) trains on."""
+  at = int(progress.stopped_early_at.numpy())
+  if at < 0:
+    return -1
+  patience = config.early_stopping
+  if patience and int(progress.evals_since_best.numpy()) >= patience:
+    return at
+  logging.info("this run stopped early at step %d; with %s it trains on", at,
+               f"--early_stopping={patience} on eval {config.keep_best or 'loss'}" if patience
+               else "no --early_stopping")
+  progress.stopped_early_at.assign(-1)
+  return -1
+
+
 def _describe_eval(config: Config, trainer: Trainer, eval_split: str | None) -> None:
   if eval_split is None:
     logging.info("no labeled validation or test split: nothing is evaluated during training")
@@ -175,7 +192,7 @@ def _run(config: Config, strategy, data, phases: Phases, scratch: str | None,
   actions, pictures = _actions(config, trainer, writer, data, eval_split, output_dir, phases,
                                preemption)
   step = trainer.step
-  stopped_at = int(trainer.progress.stopped_early_at.numpy())
+  stopped_at = _stopped_early_at(config, trainer.progress)
   if stopped_at >= 0:
     logging.info("this run stopped early at step %d (--early_stopping): evaluating only",
                  stopped_at)

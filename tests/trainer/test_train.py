@@ -101,6 +101,13 @@ def test_early_stopping_keeps_the_best_and_a_rerun_only_evaluates(tmp_path):
   again = train.train_and_evaluate(parse(*args))  # the stop is checkpointed: no more steps
   assert again["global_step"] == 16 and again["stopped_early_at"] == 16
   assert again["best_eval"] == results["best_eval"]
+  # The stop was made with patience 1: with 3 the run goes on (the count so far, 1, kept)
+  # and stops after two more evals without a better one; without --early_stopping it
+  # trains to its end.
+  patient = [a for a in args if not a.startswith("--early_stopping")]
+  more = train.train_and_evaluate(parse(*patient, "--early_stopping=3"))
+  assert more["global_step"] == 32 and more["stopped_early_at"] == 32
+  assert train.train_and_evaluate(parse(*patient))["global_step"] == 64
 
 
 def test_a_best_of_another_metric_is_not_compared_with_the_new_one(tmp_path):
