@@ -152,7 +152,13 @@ def train(model_dir: str, args: list[str], label: str) -> dict:
   refused here, exit status 2, without starting the trainer: it would refuse too, advising
   a new --model_dir, where a sweep's user picks a new --root."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer import files  # pylint: disable=g-import-not-at-top
   model_dir = resolve(model_dir)
+  try:  # the trainer would refuse it too, after this made the directory and its log
+    files.check_checkpoint_path(model_dir)
+  except ValueError as e:
+    print(f"failed {label}: {e}", flush=True)
+    return {"status": "exit 2", "error": str(e), "returncode": 2}
   current = flags_for([*args, f"--model_dir={model_dir}"])
   results = _read_json(os.path.join(model_dir, "results.json"))
   recorded = _read_json(os.path.join(model_dir, "flags.json")) or (results or {}).get("flags")
@@ -283,7 +289,10 @@ def main(argv=None) -> int:
     if flagfile and not os.path.isfile(flagfile):
       raise SweepError(f"--flagfile={args.flagfile} does not exist")
     try:
+      files.check_checkpoint_path(root, "--root")  # before anything is made there
       tf.io.gfile.makedirs(root)
+    except ValueError as e:
+      raise SweepError(str(e)) from None
     except tf.errors.OpError as e:
       first = (e.message or type(e).__name__).strip().splitlines()[0][:160]
       raise SweepError(f"--root={args.root}: {first}") from None

@@ -29,14 +29,14 @@ def join(*parts: str) -> str:
   return os.path.join(*parts)  # also right for URLs: '/' on every platform tapeloop runs on
 
 
-def check_checkpoint_path(model_dir: str) -> None:
+def check_checkpoint_path(model_dir: str, flag: str = "--model_dir") -> None:
   """Refuses a model_dir whose checkpoints TensorFlow could write but never read back: its
   checkpoint reader and CheckpointManager's clean-up find files by glob pattern, where
   [...] is a character class and a backslash an escape (runs/exp[1] matches runs/exp1)."""
   special = sorted(set(model_dir) & set("[]\\"))
   if special:
     raise ConfigError(
-        f"--model_dir={model_dir}: TensorFlow reads checkpoints back through a glob pattern, "
+        f"{flag}={model_dir}: TensorFlow reads checkpoints back through a glob pattern, "
         f"in which {' '.join(special)} are special: a run there would save but never resume; "
         "use a name without them (e.g. exp_1 for exp[1]; an existing run can be renamed, its "
         "files are kept)")

@@ -165,6 +165,17 @@ def test_a_bucket_root_is_written_through_tf_io_gfile(tmp_path, fake_trainer, mo
   assert {o["status"] for o in files.read_json(f"{root}/sweep.json")["trials"]} == {"done before"}
 
 
+def test_a_root_tensorflow_cannot_resume_from_is_refused_before_anything_is_made(
+    tmp_path, fake_trainer, capsys):
+  root = tmp_path / "sweep[1]"
+  assert sweep.main(["--grid=learning_rate=1e-3", f"--root={root}", "--", "--model=mlp"]) == 2
+  assert "--root=" in capsys.readouterr().err and not root.exists() and not fake_trainer
+  # A trial directory of ablation.py or tutorial.py (sweep.train): nothing made either.
+  outcome = sweep.train(str(root / "trial"), ["--model=mlp"], "trial")
+  assert outcome["returncode"] == 2 and "are special" in outcome["error"]
+  assert not root.exists()
+
+
 def test_a_trial_with_a_bad_flag_ends_the_sweep_with_its_error(tmp_path):
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, "scripts", "sweep.py"), "--grid=dropout=0.1",
