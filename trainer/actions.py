@@ -424,7 +424,7 @@ class Interrupted(Exception):
     self.signum, self.step, self.checkpoint = signum, step, checkpoint
     name = signal.Signals(signum).name
     if step is None:
-      message = (f"stopped by {name} before training: nothing was written; run the same "
+      message = (f"stopped by {name} before training: no step was trained; run the same "
                  "command again to start")
     else:
       message = (f"stopped by {name} at step {step}; checkpoint {checkpoint} saved: run the "

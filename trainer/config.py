@@ -128,6 +128,19 @@ class Config:
     return dataclasses.replace(self, **values, flag_values={**self.flag_values, **values})
 
 
+def _absolute(path: str | None) -> str | None:
+  """A local path made absolute (against the current directory); a URL as it is."""
+  if not path or "://" in path:
+    return path
+  return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+
+
+def _absolute_spec(spec: str) -> str:
+  """--dataset with a local file or directory made absolute (idx:, csv:, folder:)."""
+  kind, arg = parse_spec(spec)
+  return f"{kind}:{_absolute(arg)}" if kind in ("idx", "csv", "folder") else spec
+
+
 def normalized(name: str, value):
   """A flag's value in a form where values of one meaning are equal, for comparing a rerun
   with the run's record: --augment=crop,flip and flip,crop; --image_size=28 and 28x28;
@@ -140,9 +153,11 @@ def normalized(name: str, value):
       return Augment.parse(value)
     if name == "image_size":
       return parse_image_size(value)
-    if name == "dataset":
+    if name == "dataset":  # a relative path as this directory sees it (older records)
       kind, arg = parse_spec(value)
-      return kind, (os.path.normpath(arg) if kind in ("idx", "csv", "folder") else arg)
+      return kind, (_absolute(arg) if kind in ("idx", "csv", "folder") else arg)
+    if name in ("data_dir", "manual_dir"):
+      return _absolute(value)
     if isinstance(value, (list, tuple)):
       return tuple(int(v) if str(v).strip().lstrip("-").isdigit() else str(v).strip()
                    for v in value)
@@ -288,11 +303,15 @@ def from_flags(fv) -> Config:
     raise ConfigError(str(e)) from None
   if image_size:
     augment = augment.with_default_crop()
+  # Local data paths absolute: the run's record must mean the same files to a rerun, to
+  # trainer.evaluate and to trainer.predict started from another directory.
+  paths = {"dataset": _absolute_spec(fv.dataset), "data_dir": _absolute(fv.data_dir),
+           "manual_dir": _absolute(fv.manual_dir)}
   model_dir = fv.model_dir or os.path.join(
       "runs", f"{fv.model}-{fv.dataset.replace(':', '_').replace('/', '_').strip('_.')}")
   return Config(
-      model=fv.model, model_hparams=_model_hparams(fv), dataset=fv.dataset,
-      data_dir=fv.data_dir, manual_dir=fv.manual_dir, num_classes=fv.num_classes,
+      model=fv.model, model_hparams=_model_hparams(fv), dataset=paths["dataset"],
+      data_dir=paths["data_dir"], manual_dir=paths["manual_dir"], num_classes=fv.num_classes,
       validation_split=fv.validation_split, pipeline=fv.pipeline,
       memory_budget_gb=fv.memory_budget_gb, image_size=image_size,
       skip_bad_images=fv.skip_bad_images, augment=augment, mixup=mixup, cutmix=cutmix,
@@ -314,7 +333,7 @@ def from_flags(fv) -> Config:
       devices=tuple(fv.devices) if fv.devices else None, cpu_devices=fv.cpu_devices,
       intra_op_threads=fv.intra_op_threads, profile_steps=profile,
       mixed_precision=fv.mixed_precision, jit_compile=fv.jit_compile,
-      flag_values={name: fv[name].value for name in tl_flags.OWN_FLAGS})
+      flag_values={**{name: fv[name].value for name in tl_flags.OWN_FLAGS}, **paths})
 
 
 def from_args(args) -> Config:

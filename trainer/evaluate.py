@@ -22,10 +22,10 @@ from trainer import cli  # pylint: disable=g-import-not-at-top
 from trainer import flags as tl_flags  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
-# How the training run ran (trainer/flags.py), but where its data is: this process's own
-# (a single-machine evaluator), never copied from the run. jit_compile among them: runs
-# before --jit_compile=auto recorded it as true/false.
-_HOW_IT_RAN = tuple(n for n in tl_flags.HOW_IT_RUNS if n not in tl_flags.LOCATES_DATA)
+# How the training run ran (trainer/flags.py), but how its data is read: this process's
+# own (a single-machine evaluator), never copied from the run. jit_compile among them:
+# runs before --jit_compile=auto recorded it as true/false.
+_HOW_IT_RAN = tuple(n for n in tl_flags.HOW_IT_RUNS if n not in tl_flags.READS_DATA)
 HELP_GROUPS = {"Evaluation": ["model_dir", "split", "checkpoint", "continuous",
                               "poll_seconds", "timeout"],
                "Overrides of the run's flags": ["dataset", "data_dir", "manual_dir",
@@ -114,16 +114,17 @@ class Evaluator:
 def _last_step(evaluator: Evaluator) -> tuple[int, int | None]:
   """(the run's last step as it now stands, the step it finished at or None). Read anew at
   each look: a rerun may extend the run (flags.json then holds its new length) while an
-  older results.json still says it finished."""
+  older results.json still says it finished; and an early stop is final only as the
+  checkpoint it saved says (a rerun with more patience trains on)."""
   from trainer import files  # pylint: disable=g-import-not-at-top
   model_dir = evaluator.cfg.model_dir
   cfg = _run_config(model_dir)
   total = cfg.steps_for(len(evaluator.trainer.data.splits["train"]))[1]
   results = files.read_json(os.path.join(model_dir, "results.json")) or {}
   step = results.get("global_step")
-  if step is None or (step < total and "stopped_early_at" not in results):
-    return total, None
-  return total, step
+  stopped = ("stopped_early_at" in results and evaluator.trainer.step == step
+             and int(evaluator.trainer.progress.stopped_early_at.numpy()) >= 0)
+  return total, step if step is not None and (step >= total or stopped) else None
 
 
 def _continuously(evaluator: Evaluator) -> None:

@@ -30,16 +30,17 @@ def join(*parts: str) -> str:
 
 
 def check_checkpoint_path(model_dir: str, flag: str = "--model_dir") -> None:
-  """Refuses a model_dir whose checkpoints TensorFlow could write but never read back: its
-  checkpoint reader and CheckpointManager's clean-up find files by glob pattern, where
-  [...] is a character class and a backslash an escape (runs/exp[1] matches runs/exp1)."""
-  special = sorted(set(model_dir) & set("[]\\"))
+  """Refuses a model_dir TensorFlow's checkpoints cannot live in: its checkpoint reader and
+  CheckpointManager's clean-up find files by glob pattern, where [...] is a character
+  class and a backslash an escape (runs/exp[1] is runs/exp1: saved, never resumed), and
+  * or ? match other directories (the clean-up of runs/a? deleted runs/ab's checkpoints)."""
+  special = [c for c in "[]*?\\" if c in model_dir]
   if special:
     raise ConfigError(
-        f"{flag}={model_dir}: TensorFlow reads checkpoints back through a glob pattern, "
-        f"in which {' '.join(special)} are special: a run there would save but never resume; "
-        "use a name without them (e.g. exp_1 for exp[1]; an existing run can be renamed, its "
-        "files are kept)")
+        f"{flag}={model_dir}: TensorFlow finds checkpoints by glob pattern, in which "
+        f"{' '.join(special)} are special: a run there could not resume, or would delete "
+        "another directory's checkpoints; use a name without them (e.g. exp_1 for exp[1]; an "
+        "existing run can be renamed, its files are kept)")
 
 
 def check_model_dir(model_dir: str) -> None:

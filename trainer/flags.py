@@ -25,9 +25,10 @@ HOW_IT_RUNS = ("model_dir", "data_dir", "manual_dir", "steps_per_loop", "checkpo
                "cpu_devices", "intra_op_threads", "jit_compile", "allow_changed_flags",
                "divergence_retries", "memory_budget_gb", "pipeline")
 RUN_LENGTH = ("epochs", "train_steps")
-# How it runs, but where the run's data is: a process that reads the run's data later
-# (trainer.evaluate, trainer.predict) takes these from the run's record unless given.
-LOCATES_DATA = ("data_dir", "manual_dir")
+# How it runs, but where the run's data is and how it is read (streamed when large): a
+# process that reads the run's data later (trainer.evaluate) takes these from the run's
+# record unless given.
+READS_DATA = ("data_dir", "manual_dir", "pipeline", "memory_budget_gb")
 
 # Names of the flags defined here (not absl's or TF's): they go into results.json and
 # the TensorBoard hparams.

@@ -523,7 +523,7 @@ class Progress(tf.Module):
     # best eval metric improved or the rate was last cut.
     self.lr_factor = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_factor")
     self.plateau_evals = tf.Variable(0, dtype=tf.int64, trainable=False, name="plateau_evals")
-    # What best_value measures: an index into BEST_METRICS, -1 before the first best (or
+    # What best_value measures: an index into BEST_METRICS, -1 before any is tracked (or
     # in checkpoints older than it). --keep_best may change on a rerun, and a best loss
     # is no best accuracy: see `track`.
     self.best_metric = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_metric")
@@ -551,17 +551,16 @@ class Progress(tf.Module):
 
   def track(self, metric: str) -> str | None:
     """Makes `metric` the one the best, the evals since it and the plateau count are of.
-    When they were of another (or of an unknown) metric, they start again; returns what
-    they were of then ("unknown" for a checkpoint that did not record it), else None."""
+    When they were of another metric, they start again; returns which, else None. A
+    checkpoint older than best_metric (-1 with a best) keeps its best as this metric's,
+    as the code that wrote it compared it (its early stop and best/ stay as they were)."""
     index = BEST_METRICS.index(metric)
     before = int(self.best_metric.numpy())
-    if before == index:
-      return None
     self.best_metric.assign(index)
-    if before < 0 and np.isnan(self.best_value.numpy()):
-      return None  # nothing tracked yet
+    if before in (index, -1):
+      return None
     self.best_value.assign(np.nan)
     self.best_step.assign(-1)
     self.evals_since_best.assign(0)
     self.plateau_evals.assign(0)
-    return BEST_METRICS[before] if before >= 0 else "unknown"
+    return BEST_METRICS[before]

@@ -35,20 +35,24 @@ class Schedule:
 
   @classmethod
   def of(cls, config: Config, total_steps: int) -> Schedule:
-    """The schedule the flags ask for; ConfigError when its warm-up never ends."""
+    """The schedule the flags ask for."""
     # The horizon is fixed when the run starts (run_record.py): extending a run to more
     # steps must not make the rate jump back up.
     horizon = config.schedule_steps or total_steps
     warmup = config.warmup_steps
     if config.lr_schedule == "one_cycle" and not warmup:
       warmup = max(1, round(ONE_CYCLE_WARMUP * horizon))
-    elif warmup >= horizon:
-      raise ConfigError(
-          f"--warmup_steps={warmup} is not below the schedule's {horizon} steps (the run's "
-          "length, or --schedule_steps): the rate would never finish warming up; lower "
-          "--warmup_steps")
     return cls(config.lr_schedule, config.learning_rate, config.final_learning_rate,
                config.lr_decay_rate, warmup, horizon, tuple(config.lr_boundaries or ()))
+
+  def check_warmup(self) -> None:
+    """ConfigError when the warm-up would never end. For a new run only: a run started
+    before this was refused is still evaluated and extended as it was trained."""
+    if self.warmup >= self.horizon:
+      raise ConfigError(
+          f"--warmup_steps={self.warmup} is not below the schedule's {self.horizon} steps "
+          "(the run's length, or --schedule_steps): the rate would never finish warming "
+          "up; lower --warmup_steps")
 
   def final_rate(self) -> float | None:
     """The rate from the horizon on; None for plateau, whose cuts depend on the evals."""

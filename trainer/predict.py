@@ -128,7 +128,9 @@ def data_flags(model_dir: str) -> dict:
       raise cli.UsageError(f"{model_dir} has no flags.json naming the run's dataset: give "
                            "--images=DIR (new image files) or --dataset=SPEC")
     values["dataset"] = recorded["dataset"]
-  own = values["dataset"] == recorded.get("dataset")
+  from trainer.config import normalized  # pylint: disable=g-import-not-at-top
+  # Compared by meaning (folder:photos/ is folder:photos, mnist is tfds:mnist).
+  own = normalized("dataset", values["dataset"]) == normalized("dataset", recorded.get("dataset"))
   for name in _DATA_FLAGS:
     if name not in values:
       inherit = name in recorded and (name == "data_dir" or (own and name in _OWN_DATA))

@@ -14,7 +14,7 @@ from absl import logging
 from input_pipeline.pipeline import check_batch
 from models import summary as model_summary
 from trainer import actions as tl_actions
-from trainer import distribute, export, files, run_record, summaries
+from trainer import distribute, export, files, optimization, run_record, summaries
 from trainer.phases import Phases
 from trainer.config import FOLDER_CHECK, Config, ConfigError
 from trainer.controller import Controller, Timing
@@ -61,6 +61,8 @@ def train_and_evaluate(config: Config, process_start: float | None = None) -> di
                         "training examples: lower either")
     config = run_record.resolve_horizon(config, recorded,
                                         *config.steps_for(len(train_split)))
+    if recorded is None:
+      optimization.Schedule.of(config, config.steps_for(len(train_split))[1]).check_warmup()
     if _eval_split(data) is None and (config.keep_best or config.early_stopping
                                       or config.lr_schedule == "plateau"):
       raise ConfigError("--keep_best, --early_stopping and --lr_schedule=plateau need labeled "
@@ -210,6 +212,9 @@ def _run(config: Config, strategy, data, phases: Phases, scratch: str | None,
                         steps_per_loop=config.steps_per_loop,
                         batch_size=config.step_batch,
                         interrupted_at=trainer.progress.interrupted_at).run()
+  # From here (also when no step was left to train): a signal lets the evals and the
+  # export finish.
+  preemption.phase = "after"
   results_path = os.path.join(config.model_dir, "results.json")
   stop, timing = timing.stop, {"examples_per_sec": timing.examples_per_sec,
                                "train_seconds": timing.train_seconds,

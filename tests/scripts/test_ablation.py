@@ -132,7 +132,7 @@ def test_a_real_run_from_another_directory_finds_every_relative_path(tmp_path):
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
   recorded = json.loads((tmp_path / "my runs" / "recipe" / "flags.json").read_text())
   assert recorded["data_dir"] == str(tmp_path / "tfds")
-  assert recorded["dataset"] == "idx:digits"  # read from the caller's directory
+  assert recorded["dataset"] == f"idx:{tmp_path / 'digits'}"  # the caller's directory's
   (row,) = json.loads((tmp_path / "tables" / "ablation.json").read_text())["rows"]
   assert row["variant"] == "recipe" and 0 <= row["validation_accuracy"] <= 1
 

@@ -246,7 +246,7 @@ def test_preemption_before_and_after_the_loop():
   alone.install()
   try:
     with pytest.raises(actions.Interrupted, match="stopped by SIGTERM before training: "
-                       "nothing was written"):
+                       "no step was trained"):
       os.kill(os.getpid(), signal.SIGTERM)
   finally:
     alone.uninstall()
@@ -268,3 +268,16 @@ def test_preemption_before_and_after_the_loop():
     assert several.signal == signal.SIGTERM
   finally:
     several.uninstall()
+
+
+def test_a_best_from_before_its_metric_was_recorded_is_kept():
+  # As an older checkpoint restores: a best and a count, no best_metric.
+  progress = _progress()
+  progress.best_value.assign(0.42)
+  progress.best_step.assign(8)
+  progress.evals_since_best.assign(1)
+  actions.BestMetric("loss", progress)
+  assert progress.best() == ("loss", 0.42, 8) and int(progress.evals_since_best.numpy()) == 1
+  # Another metric than the recorded one: its own best, count and plateau start again.
+  actions.BestMetric("accuracy", progress)
+  assert progress.best() is None and int(progress.evals_since_best.numpy()) == 0

@@ -110,8 +110,10 @@ def _cases(t):
       ([f"--model_dir={t}/a_file/run"], "is a file, not a directory"),
       (["--model_dir=/proc/tapeloop-run"], "/proc is not writable"),
       # TensorFlow's checkpoint reader globs: exp[1] would save, then never resume.
-      ([f"--model_dir={t}/exp[1]"], "in which [ ] are special: a run there would save but "
-       "never resume"),
+      ([f"--model_dir={t}/exp[1]"], "in which [ ] are special: a run there could not "
+       "resume"),
+      # ... and its clean-up would delete a sibling's: runs/a? matches runs/ab.
+      ([f"--model_dir={t}/run?"], "in which ? are special"),
       (["positional"], "unexpected arguments positional"),
       ([f"--dataset=folder:{t}/photos"], "vary in size (20x24 to 40x28): pass --image_size=HxW"),
       ([f"--dataset=folder:{t}/photos", "--image_size=20x"],
@@ -124,6 +126,8 @@ def _cases(t):
       (["--jit_compile=loop", "--pipeline=tf_data"], "--jit_compile=loop needs one replica "
        "and --pipeline=in_memory (this run: 1 replica(s), tf_data): use --jit_compile=step"),
       (["--augment=resized_crop=1.5"], "resized_crop in [0, 1) (0: none)"),
+      (["--lr_schedule=cosine", "--warmup_steps=2"], "--warmup_steps=2 is not below the "
+       "schedule's 2 steps"),
   ]
 
 

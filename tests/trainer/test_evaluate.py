@@ -108,6 +108,13 @@ def test_continuous_evaluation_waits_for_the_steps_of_an_extended_run(trained, t
   assert "at step 20" in proc.stdout and "checkpoints up to step 40" in proc.stderr
   assert "no new checkpoint for 2 s (--timeout): stopping" in proc.stderr
   assert "done" not in proc.stderr
+  # Nor is an early stop the results speak of, when the checkpoint says the run goes on
+  # (a rerun with more patience resumed it).
+  results = json.loads((copy / "results.json").read_text())
+  (copy / "results.json").write_text(json.dumps({**results, "stopped_early_at": 20}))
+  proc = run("trainer.evaluate", f"--model_dir={copy}", "--continuous", "--poll_seconds=1",
+             "--timeout=2", "--noeval_images")
+  assert "no new checkpoint for 2 s" in proc.stderr and "done" not in proc.stderr
 
 
 def test_continuous_evaluation_beside_a_training_run(tmp_path):

@@ -111,3 +111,21 @@ def test_a_rerun_compares_meanings_not_spellings(tmp_path):
   with pytest.raises(ConfigError, match=r"--augment=crop,flip -> flip,crop=2"):
     train.train_and_evaluate(parse(*RUN, data, "--augment=flip,crop=2", "--image_size=8",
                                    "--train_steps=4", model_dir))
+
+
+def test_local_data_paths_are_recorded_absolute(tmp_path, monkeypatch):
+  from datafiles import write_mnist_dir
+  from trainer import config
+  write_mnist_dir(tmp_path / "digits", n_train=32, n_test=8, shape=(8, 8))
+  monkeypatch.chdir(tmp_path)
+  args = ["--model=mlp", "--hidden_units=4", "--dataset=idx:digits", "--batch_size=8",
+          "--noeval_images", "--model_dir=run"]
+  train.train_and_evaluate(parse(*args, "--train_steps=2"))
+  recorded = _json(tmp_path / "run" / "flags.json")
+  assert recorded["dataset"] == f"idx:{tmp_path / 'digits'}"
+  # The same relative spelling from the same directory is the same run: extended.
+  assert train.train_and_evaluate(parse(*args, "--train_steps=4"))["global_step"] == 4
+  # From another directory (trainer.evaluate, predict) the record still finds the files.
+  monkeypatch.chdir(tmp_path / "run")
+  data = config.from_values(recorded).load_data()
+  assert data.info.split_sizes["train"] == 32
