@@ -116,13 +116,15 @@ def load(root: str, image_size: tuple[int, int] | None, skip_bad_images: bool,
   empty = sorted(set(class_names) - {class_names[l] for l in listed["train"][1]})
   if empty:
     raise DataError(f"{train_dir}/{empty[0]} has no image files ({', '.join(IMAGE_EXTENSIONS)}): "
-                    "a class needs training images; add some or remove the folder")
+                    "a class needs training images; add some, or move that folder out of "
+                    "train/")
   paths = [p for s in listed.values() for p in s[0]]
   found = check(root, paths, previous_check)
   bad = found["bad"]
   if bad and not skip_bad_images:
     raise DataError(f"{bad[0]} is not a readable image ({len(bad)} such file(s) under "
-                    f"{root}): remove it, or pass --skip_bad_images")
+                    f"{root}): pass --skip_bad_images to train without such files, or "
+                    "replace it")
   if bad:
     logging.info("skipping %d unreadable image(s) (--skip_bad_images), e.g. %s", len(bad),
                  bad[0])

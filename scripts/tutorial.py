@@ -39,11 +39,18 @@ MODELS = (
 )
 
 
-def train_accuracy(model_dir: str) -> float | None:
-  """The train split's accuracy with the final weights (python -m trainer.evaluate)."""
+def train_accuracy(model_dir: str, step: int) -> float | None:
+  """The train split's accuracy with the weights of `step`, the run's last (python -m
+  trainer.evaluate); an eval_train.json of another step (the run since extended) is not
+  reused."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer import files  # pylint: disable=g-import-not-at-top
   path = os.path.join(model_dir, "eval_train.json")
-  if not tf.io.gfile.exists(path):
+  try:
+    done = files.read_json(path)
+  except ValueError:  # damaged: evaluated again
+    done = None
+  if done is None or done.get("global_step") != step:
     command, env = sweep.trainer_command("trainer.evaluate", [
         f"--model_dir={model_dir}", "--split=train", "--noeval_images"])
     proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -121,7 +128,8 @@ def main(argv=None) -> int:
     if results.get("returncode") == 2:  # bad input: every model would fail alike
       print(f"error: {results['error']}", file=sys.stderr)
       return 2
-    accuracy = train_accuracy(model_dir) if "returncode" not in results else None
+    accuracy = (train_accuracy(model_dir, results["global_step"])
+                if "returncode" not in results else None)
     rows.append(row(config, title, published, results, accuracy))
     flags.append(results.get("flags"))
   sweep.write_experiment(root, flags)

@@ -65,3 +65,22 @@ def test_an_unknown_model_exits_2(tmp_path):
                          "--models=mlp_9x9", f"--root={tmp_path}"], capture_output=True,
                         text=True, timeout=120)
   assert proc.returncode == 2 and "unknown mlp_9x9" in proc.stderr
+
+
+def test_the_train_accuracy_of_another_step_is_evaluated_again(tmp_path, monkeypatch):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "tutorial", os.path.join(ROOT, "scripts", "tutorial.py"))
+  tutorial = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tutorial)
+  evaluated = []
+
+  def evaluate(command, **kwargs):  # what trainer.evaluate --split=train writes
+    evaluated.append(command)
+    (tmp_path / "eval_train.json").write_text(json.dumps({"global_step": 20, "accuracy": 0.9}))
+    return subprocess.CompletedProcess(command, 0, "", "")
+  monkeypatch.setattr(tutorial.subprocess, "run", evaluate)
+  (tmp_path / "eval_train.json").write_text(json.dumps({"global_step": 10, "accuracy": 0.5}))
+  assert tutorial.train_accuracy(str(tmp_path), 10) == 0.5 and not evaluated
+  # The run was extended to step 20 since: the figure of step 10 is not its.
+  assert tutorial.train_accuracy(str(tmp_path), 20) == 0.9 and len(evaluated) == 1
