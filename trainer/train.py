@@ -40,35 +40,7 @@ def train_and_evaluate(config: Config, process_start: float | None = None) -> di
                                          alone=not distribute.several_workers(strategy))
   preemption.install()
   try:
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-      tf.config.experimental.enable_op_determinism()
-    logging.info("precision policy: %s%s", config.mixed_precision,
-                 " with dynamic loss scaling" if config.mixed_precision == "mixed_float16"
-                 else "")
-    phases.add("setup", time.time() - start)
-    with phases.time("data"):
-      data = config.load_data()
-    run_record.check_pipeline(config, recorded, data)
-    train_split = data.splits.get("train")
-    if train_split is None or not train_split.labeled:
-      raise ConfigError(f"--dataset={config.dataset} has no labeled train split")
-    # Before model_dir exists: a batch the split cannot fill must leave nothing behind.
-    check_batch(config.batch_size, len(train_split), "training", need_full=True)
-    if config.step_batch > len(train_split):
-      raise ConfigError(f"--batch_size={config.batch_size} x --accumulation_steps="
-                        f"{config.accumulation_steps} is more than the {len(train_split)} "
-                        "training examples: lower either")
-    config = run_record.resolve_horizon(config, recorded,
-                                        *config.steps_for(len(train_split)))
-    if recorded is None:
-      optimization.Schedule.of(config, config.steps_for(len(train_split))[1]).check_warmup()
-    if _eval_split(data) is None and (config.keep_best or config.early_stopping
-                                      or config.lr_schedule == "plateau"):
-      raise ConfigError("--keep_best, --early_stopping and --lr_schedule=plateau need labeled "
-                        "data to evaluate: add --validation_split=0.1")
-    logging.info("data %s: %s, image shape %s, %d classes", data.info.name,
-                 dict(data.info.split_sizes), data.info.image_shape, data.info.num_classes)
+    config, data = _prepare(config, recorded, phases, start)
     chief = distribute.is_chief(strategy)
     # Under MultiWorkerMirroredStrategy every worker saves (checkpoints, export); a non-chief
     # worker does so into a scratch directory removed at the end.
@@ -80,6 +52,41 @@ def train_and_evaluate(config: Config, process_start: float | None = None) -> di
         files.rmtree(scratch)
   finally:
     preemption.uninstall()
+
+
+def _prepare(config: Config, recorded: dict | None, phases: Phases, start: float):
+  """Seeds, the data, and every check that needs the data; returns (the config with the
+  schedule's horizon, the data). Nothing is written to model_dir before this passes."""
+  keras.utils.set_random_seed(config.seed)
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  logging.info("precision policy: %s%s", config.mixed_precision,
+               " with dynamic loss scaling" if config.mixed_precision == "mixed_float16"
+               else "")
+  phases.add("setup", time.time() - start)
+  with phases.time("data"):
+    data = config.load_data()
+  run_record.check_pipeline(config, recorded, data)
+  train_split = data.splits.get("train")
+  if train_split is None or not train_split.labeled:
+    raise ConfigError(f"--dataset={config.dataset} has no labeled train split")
+  # Before model_dir exists: a batch the split cannot fill must leave nothing behind.
+  check_batch(config.batch_size, len(train_split), "training", need_full=True)
+  if config.step_batch > len(train_split):
+    raise ConfigError(f"--batch_size={config.batch_size} x --accumulation_steps="
+                      f"{config.accumulation_steps} is more than the {len(train_split)} "
+                      "training examples: lower either")
+  steps_per_epoch, total_steps = config.steps_for(len(train_split))
+  config = run_record.resolve_horizon(config, recorded, steps_per_epoch, total_steps)
+  if recorded is None:  # a run started before this was refused still resumes
+    optimization.Schedule.of(config, total_steps).check_warmup()
+  if _eval_split(data) is None and (config.keep_best or config.early_stopping
+                                    or config.lr_schedule == "plateau"):
+    raise ConfigError("--keep_best, --early_stopping and --lr_schedule=plateau need labeled "
+                      "data to evaluate: add --validation_split=0.1")
+  logging.info("data %s: %s, image shape %s, %d classes", data.info.name,
+               dict(data.info.split_sizes), data.info.image_shape, data.info.num_classes)
+  return config, data
 
 
 def _eval_split(data) -> str | None:
