@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -108,13 +109,22 @@ def test_continuous_evaluation_waits_for_the_steps_of_an_extended_run(trained, t
   assert "at step 20" in proc.stdout and "checkpoints up to step 40" in proc.stderr
   assert "no new checkpoint for 2 s (--timeout): stopping" in proc.stderr
   assert "done" not in proc.stderr
-  # Nor is an early stop the results speak of, when the checkpoint says the run goes on
-  # (a rerun with more patience resumed it).
+  # Nor is an early stop the results speak of, when the checkpoint at that step says the
+  # run goes on (a rerun with more patience resumed it); when it says stopped, it is.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer import evaluate, flags as tl_flags  # pylint: disable=g-import-not-at-top
+  tl_flags.define_flags()
   results = json.loads((copy / "results.json").read_text())
   (copy / "results.json").write_text(json.dumps({**results, "stopped_early_at": 20}))
-  proc = run("trainer.evaluate", f"--model_dir={copy}", "--continuous", "--poll_seconds=1",
-             "--timeout=2", "--noeval_images")
-  assert "no new checkpoint for 2 s" in proc.stderr and "done" not in proc.stderr
+  stopped_early_at = tf.Variable(-1, dtype=tf.int64)
+  evaluator = types.SimpleNamespace(  # what _last_step reads of an Evaluator
+      cfg=types.SimpleNamespace(model_dir=str(copy)),
+      trainer=types.SimpleNamespace(data=types.SimpleNamespace(splits={"train": range(320)}),
+                                    step=20, progress=types.SimpleNamespace(
+                                        stopped_early_at=stopped_early_at)))
+  assert evaluate._last_step(evaluator) == (40, None)  # pylint: disable=protected-access
+  stopped_early_at.assign(20)
+  assert evaluate._last_step(evaluator) == (40, 20)  # pylint: disable=protected-access
 
 
 def test_continuous_evaluation_beside_a_training_run(tmp_path):
