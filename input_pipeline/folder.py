@@ -10,6 +10,7 @@ be on any TensorFlow filesystem (a bucket).
 
 from __future__ import annotations
 
+import glob as py_glob
 import hashlib
 import time
 
@@ -18,7 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 from input_pipeline.data import DataError
-from input_pipeline.records import FileRecords
+from input_pipeline.records import FileRecords, fit
 from input_pipeline.stream import StreamSplit
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
@@ -177,7 +178,6 @@ def _glob(pattern: str) -> list[str]:
   """tf.io.gfile.glob, with the longest leading part that exists as a directory taken
   literally: a directory named 'photos [1]' holds brackets, not a character class
   (DESIGN.md, 17). Only what follows it is a pattern."""
-  import glob as py_glob  # pylint: disable=g-import-not-at-top  (glob.escape only)
   head, rest = pattern.rstrip("/"), []
   while head and not tf.io.gfile.isdir(head):
     parent, name = head.rsplit("/", 1) if "/" in head else ("", head)
@@ -236,14 +236,12 @@ def read_images(paths: list[str], size: tuple[int, int], channels: int) -> tf.da
   """(position in paths, uint8 image [size, channels]) for each readable file, in order;
   an unreadable file's position is missing (its error is dropped, not raised). Each image
   is fitted to size as eval images are (records.fit: resized to cover, centre cropped)."""
-  from input_pipeline.records import fit  # pylint: disable=g-import-not-at-top
   with tf.device("/cpu:0"):
     table = tf.constant(paths)
 
   def load_one(i):
     contents = tf.io.read_file(tf.gather(table, i))
     image = tf.io.decode_image(contents, expand_animations=False)  # uint8, as stored
-    # Shapes are dynamic here, so fit's tf.cond on the size is fine (DESIGN.md, 16).
     image = fit(_to_channels(image, channels), size)
     return i, tf.ensure_shape(image, (*size, channels))
 

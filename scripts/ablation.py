@@ -107,9 +107,10 @@ def main(argv=None) -> int:
                            "its name, a colon, then its flags separated by spaces")
   parser.add_argument("rest", nargs="*", help="flags for every run, after --")
   args = parser.parse_args(argv)
+  from trainer import files  # pylint: disable=g-import-not-at-top
   flagfile, root = sweep.resolve(args.flagfile), sweep.resolve(args.root)
   out, data_dir = sweep.resolve(args.out), sweep.resolve(args.data_dir)
-  if not sweep.is_local(flagfile) or not os.path.isfile(flagfile):
+  if not files.is_local(flagfile) or not os.path.isfile(flagfile):
     print(f"error: --flagfile={args.flagfile}: no such local file", file=sys.stderr)
     return 2
   recipe = read_flagfile(flagfile)
@@ -144,7 +145,6 @@ def main(argv=None) -> int:
       print(f"error: {usage[0]['error']}", file=sys.stderr)
       return 2
     return 1
-  from trainer import files  # pylint: disable=g-import-not-at-top
   files.write_text(out + ".json", json.dumps(
       {"flagfile": args.flagfile, "extra_flags": args.rest, "rows": table}, indent=1))
   files.write_text(out + ".md", markdown(table) + "\n")

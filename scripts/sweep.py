@@ -81,17 +81,10 @@ def trial_name(trial: dict[str, str]) -> str:
 
 
 def resolve(path: str | None) -> str | None:
-  """A path as the user means it: a local one against the current directory (the
-  trainer's own relative paths would otherwise be resolved wherever it runs), ~ expanded;
-  a URL (gs://, ram://) as it is; file:// as the local path."""
-  if path is None:
-    return None
-  path = path.removeprefix("file://")
-  return path if "://" in path else os.path.abspath(os.path.expanduser(path))
-
-
-def is_local(path: str) -> bool:
-  return "://" not in path
+  """A path as the user means it (trainer.config.absolute_path, the rule runs record paths
+  by): the trainer's own relative paths would otherwise be resolved wherever it runs."""
+  from trainer import config  # pylint: disable=g-import-not-at-top  (imports the models)
+  return config.absolute_path(path)
 
 
 def trainer_command(module: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -192,9 +185,10 @@ def _run_trainer(model_dir: str, args: list[str]) -> tuple[int, str]:
   exit status and last line. The trainer writes to a file handle, which only a local file
   gives: a bucket's log is written locally first, then appended to its train.log."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer import files  # pylint: disable=g-import-not-at-top
   command, env = trainer_command("trainer.main", args)
   log_path = os.path.join(model_dir, "train.log")
-  if is_local(model_dir):
+  if files.is_local(model_dir):
     with open(log_path, "ab") as log:
       start = log.tell()
       returncode = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -284,7 +278,7 @@ def main(argv=None) -> int:
     grid = parse_grid(args.grid)
     if args.parallel < 1:
       raise SweepError(f"--parallel={args.parallel} must be positive")
-    if flagfile and not is_local(flagfile):  # absl reads flagfiles with open()
+    if flagfile and not files.is_local(flagfile):  # absl reads flagfiles with open()
       raise SweepError(f"--flagfile={args.flagfile}: give a local file")
     if flagfile and not os.path.isfile(flagfile):
       raise SweepError(f"--flagfile={args.flagfile} does not exist")

@@ -21,6 +21,18 @@ from trainer import flags as tl_flags
 FOLDER_CHECK = "folder_check.json"
 
 
+def folder_check(model_dir: str, dataset: str) -> dict | None:
+  """The run's check of its folder:'s files (model_dir/FOLDER_CHECK), which input_pipeline
+  reuses when the folder lists the same files; None for other data, or when damaged."""
+  from trainer import files  # pylint: disable=g-import-not-at-top  (files imports config)
+  if not dataset.startswith("folder:"):
+    return None
+  try:
+    return files.read_json(files.join(model_dir, FOLDER_CHECK))
+  except ValueError:  # damaged: the files are checked again
+    return None
+
+
 class ConfigError(ValueError):
   """A bad flag value or combination; the message names the flag and the fix."""
 
@@ -109,27 +121,22 @@ class Config:
   def load_data(self):
     """The dataset as these flags describe it (input_pipeline.load); a folder's check
     from an earlier start in model_dir is reused when its files are the same."""
-    from trainer import files  # pylint: disable=g-import-not-at-top  (files imports config)
-    previous = None
-    if self.dataset.startswith("folder:"):
-      try:
-        previous = files.read_json(files.join(self.model_dir, FOLDER_CHECK))
-      except ValueError:  # damaged: check the files again
-        previous = None
     return input_pipeline.load(
         self.dataset, data_dir=self.data_dir, manual_dir=self.manual_dir,
         num_classes=self.num_classes, validation_split=self.validation_split, seed=self.seed,
         image_size=self.image_size, pipeline=self.pipeline,
         memory_budget_gb=self.memory_budget_gb, skip_bad_images=self.skip_bad_images,
-        folder_check=previous)
+        folder_check=folder_check(self.model_dir, self.dataset))
 
   def with_flags(self, **values) -> Config:
     """This config with some flags replaced (e.g. from the run's record)."""
     return dataclasses.replace(self, **values, flag_values={**self.flag_values, **values})
 
 
-def _absolute(path: str | None) -> str | None:
-  """A local path made absolute (against the current directory); a URL as it is."""
+def absolute_path(path: str | None) -> str | None:
+  """A path as the user means it: a local one made absolute against the current directory
+  (~ expanded, file:// dropped), a URL (gs://, ram://) as it is. How a run records paths,
+  and how the scripts hand them to the trainers they start."""
   if not path or "://" in path:
     return path
   return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
@@ -138,7 +145,7 @@ def _absolute(path: str | None) -> str | None:
 def _absolute_spec(spec: str) -> str:
   """--dataset with a local file or directory made absolute (idx:, csv:, folder:)."""
   kind, arg = parse_spec(spec)
-  return f"{kind}:{_absolute(arg)}" if kind in ("idx", "csv", "folder") else spec
+  return f"{kind}:{absolute_path(arg)}" if kind in ("idx", "csv", "folder") else spec
 
 
 def normalized(name: str, value):
@@ -155,9 +162,9 @@ def normalized(name: str, value):
       return parse_image_size(value)
     if name == "dataset":  # a relative path as this directory sees it (older records)
       kind, arg = parse_spec(value)
-      return kind, (_absolute(arg) if kind in ("idx", "csv", "folder") else arg)
+      return kind, (absolute_path(arg) if kind in ("idx", "csv", "folder") else arg)
     if name in ("data_dir", "manual_dir"):
-      return _absolute(value)
+      return absolute_path(value)
     if isinstance(value, (list, tuple)):
       return tuple(int(v) if str(v).strip().lstrip("-").isdigit() else str(v).strip()
                    for v in value)
@@ -305,8 +312,8 @@ def from_flags(fv) -> Config:
     augment = augment.with_default_crop()
   # Local data paths absolute: the run's record must mean the same files to a rerun, to
   # trainer.evaluate and to trainer.predict started from another directory.
-  paths = {"dataset": _absolute_spec(fv.dataset), "data_dir": _absolute(fv.data_dir),
-           "manual_dir": _absolute(fv.manual_dir)}
+  paths = {"dataset": _absolute_spec(fv.dataset), "data_dir": absolute_path(fv.data_dir),
+           "manual_dir": absolute_path(fv.manual_dir)}
   model_dir = fv.model_dir or os.path.join(
       "runs", f"{fv.model}-{fv.dataset.replace(':', '_').replace('/', '_').strip('_.')}")
   return Config(

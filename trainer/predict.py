@@ -143,6 +143,7 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> int:
   """The test split's classes as a Kaggle submission; returns how many."""
   import input_pipeline  # pylint: disable=g-import-not-at-top
   from input_pipeline.sources import parse_spec  # pylint: disable=g-import-not-at-top
+  from trainer import config  # pylint: disable=g-import-not-at-top
   values = data_flags(FLAGS.model_dir)
   spec = values["dataset"]
   what = f"--dataset={spec}" if FLAGS["dataset"].present else f"the run's dataset {spec}"
@@ -154,7 +155,7 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> int:
                              manual_dir=values["manual_dir"],
                              num_classes=values["num_classes"], image_size=size,
                              skip_bad_images=values["skip_bad_images"],
-                             folder_check=_folder_check(FLAGS.model_dir, kind))
+                             folder_check=config.folder_check(FLAGS.model_dir, spec))
   split = data.splits.get("test")
   if split is None:
     raise cli.UsageError(f"{what} has no test split to predict: give --images=DIR for "
@@ -164,18 +165,6 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> int:
   classes = predict_classes(serve, split.images, FLAGS.batch_size)
   _write(output, lambda export: export.write_submission(output, classes))
   return len(classes)
-
-
-def _folder_check(model_dir: str, kind: str) -> dict | None:
-  """The run's check of its folder's files (model_dir/folder_check.json): reused by
-  input_pipeline when the folder lists the same files, instead of decoding all again."""
-  if kind != "folder":
-    return None
-  from trainer import config, files  # pylint: disable=g-import-not-at-top
-  try:
-    return files.read_json(files.join(model_dir, config.FOLDER_CHECK))
-  except ValueError:  # damaged: the files are checked again
-    return None
 
 
 def _predict_files(serve, image_shape, output: str) -> tuple[int, int]:
