@@ -131,10 +131,6 @@ def _read_json(path: str) -> dict | None:
     return None
 
 
-def _text(value) -> str:
-  return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-
 def train(model_dir: str, args: list[str], label: str) -> dict:
   """Runs python -m trainer.main ARGS --model_dir=MODEL_DIR, its output appended to
   model_dir/train.log, unless model_dir holds the finished run of these flags. Returns its
@@ -160,8 +156,9 @@ def train(model_dir: str, args: list[str], label: str) -> dict:
     other = {k: v for k, v in changed_flags(recorded, current).items()
              if k not in tl_flags.RUN_LENGTH and k not in allowed}
     if other:
-      listed = ", ".join(f"--{k}={_text(old)} -> {_text(new)}" for k, (old, new) in other.items())
-      error = (f"{model_dir} holds a run of other flags ({listed}): use a new --root "
+      from trainer import run_record  # pylint: disable=g-import-not-at-top
+      error = (f"{model_dir} holds a run of other flags ({run_record.listed(other)}): use a "
+               "new --root "
                "(nothing was changed in that directory)")
       print(f"failed {label}: {error}", flush=True)
       return {"status": "other flags", "error": error, "returncode": 2, "flags": current}

@@ -39,6 +39,11 @@ def _text(value) -> str:
   return str(value)
 
 
+def listed(changes: dict[str, tuple]) -> str:
+  """{flag: (old, new)} as the refusals name them: --flag=old -> new, ..."""
+  return ", ".join(f"--{k}={_text(old)} -> {_text(new)}" for k, (old, new) in changes.items())
+
+
 def _same(name: str, a, b) -> bool:
   """Equal values, or values of one meaning (config.normalized)."""
   as_json = lambda v: json.dumps(v, sort_keys=True, default=str)
@@ -90,10 +95,9 @@ def check(config: Config, recorded: dict | None) -> tuple[Config, dict]:
   what = {k: v for k, v in changed.items() if k not in how and k not in length}
   refused = {k: v for k, v in what.items() if k not in config.allow_changed_flags}
   if refused:
-    listed = ", ".join(f"--{k}={_text(old)} -> {_text(new)}" for k, (old, new) in refused.items())
     raise ConfigError(
-        f"--model_dir={config.model_dir} holds a run started with other flags: {listed}; "
-        f"these change what is trained: use a new --model_dir, or continue this run with "
+        f"--model_dir={config.model_dir} holds a run started with other flags: "
+        f"{listed(refused)}; these change what is trained: use a new --model_dir, or continue this run with "
         f"--allow_changed_flags={','.join(refused)}")
   for name, (old, new) in how.items():
     logging.info("rerun with --%s=%s (was %s): changes how the run runs, not what it trains",
