@@ -47,11 +47,11 @@ $(PEERS_STAMP):
 	touch $@
 
 bench-peers: install $(PEERS_STAMP)
-	$(PY) scripts/benchmark.py --peers --peers_python=$(PEERS_VENV)/bin/python $(BENCH_FLAGS)
+	$(PY) scripts/bench_peers.py --peers_python=$(PEERS_VENV)/bin/python $(BENCH_FLAGS)
 
 # Time to accuracy on Fashion-MNIST with configs/fashion_tta.cfg.
 bench-tta: data
-	$(PY) scripts/benchmark.py --time_to_accuracy --data_dir=$(DATA_DIR)
+	$(PY) scripts/bench_tta.py --data_dir=$(DATA_DIR)
 
 # Bounded memory: ResNet trained from a generated folder of 252k PNGs (3.1 GB decoded; kept
 # in data/stream_benchmark), streamed: benchmarks/streaming.{json,md}.

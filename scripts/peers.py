@@ -2,9 +2,10 @@
 
     .venv-peers/bin/python scripts/peers.py --framework=jax --model=cnn --threads=1
 
-Run by `scripts/benchmark.py --peers` (make bench-peers) in the peers' own virtualenv
+Run by scripts/bench_peers.py (make bench-peers) in the peers' own virtualenv
 (.venv-peers: JAX and PyTorch pin other numpy and ml_dtypes releases than TensorFlow's),
-one fresh process per measurement. No TensorFlow here. Same as tapeloop's benchmark:
+one fresh process per measurement. No TensorFlow here: the models are the benchmark's
+(bench_common.MODELS), built from their configs/ model flags. Same as tapeloop's benchmark:
 MNIST-shaped uint8 data held in memory (60,000 examples), each step gathers a random
 batch of 128, normalizes it (x / 255), runs forward, softmax cross-entropy, backward and
 Adam (lr 1e-3, Keras's epsilon 1e-7); the same layer shapes, so the parameter counts
@@ -14,28 +15,48 @@ printed match tapeloop's. Prints one line: BENCHMARK_RESULT {json}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
-BATCH = 128
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# The model list, read from configs/ with the standard library only.
+import bench_common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+BATCH = bench_common.BATCH
 N = 60_000
 CLASSES = 10
-# name -> (kind, settings), the rows of scripts/benchmark.py's MODELS that have peers.
-MODELS = {
-    "mlp_1x50": ("mlp", {"hidden": (50,), "dropout": 0.0}),
-    "mlp_1x500": ("mlp", {"hidden": (500,), "dropout": 0.0}),
-    "mlp_5x50": ("mlp", {"hidden": (50,) * 5, "dropout": 0.0}),
-    "mlp_5x50_dropout": ("mlp", {"hidden": (50,) * 5, "dropout": 0.2}),
-    "mlp_5x500_dropout_25ep": ("mlp", {"hidden": (500,) * 5, "dropout": 0.2}),
-    "cnn": ("cnn", {}),  # conv 25@5x5, pool, conv 25@5x5, pool, conv 25@4x4, dense 50
-    "resnet": ("resnet", {"widths": (32, 64, 128), "blocks": 2}),
-}
+
+
+def settings(name: str) -> tuple[str, dict]:
+  """(kind, settings) of the benchmark model `name`, from its configs/ model flags; a
+  model flag the peers do not build stops the run."""
+  flags = bench_common.model_flags(name)
+  kind = flags.pop("model")
+  ints = lambda text: tuple(int(v) for v in text.split(","))
+  try:
+    if kind == "mlp":  # ReLU hidden layers, each followed by dropout when it is > 0
+      s = {"hidden": ints(flags.pop("hidden_units")), "dropout": float(flags.pop("dropout", 0))}
+    elif kind == "resnet":
+      s = {"widths": ints(flags.pop("widths")), "blocks": int(flags.pop("blocks_per_stage"))}
+    elif kind == "cnn":
+      # The registry's default CNN: conv 25@5x5, pool, conv 25@5x5, pool, conv 25@4x4, dense 50.
+      s = {}
+    else:
+      raise SystemExit(f"{name}: scripts/peers.py builds no --model={kind}")
+  except KeyError as e:
+    raise SystemExit(f"{name}: scripts/peers.py needs --{e.args[0]} in "
+                     f"configs/{bench_common.MODELS[name]}.cfg") from None
+  if flags:
+    raise SystemExit(f"{name}: scripts/peers.py builds no "
+                     + " ".join(f"--{k}={v}" for k, v in flags.items()))
+  return kind, s
+
+
 # JAX: steps per jit call with lax.scan. Fewer for convolutions: XLA:CPU runs them at a
 # few hundred examples/s, and a scan of 50 ResNet steps would take minutes per call.
 SCAN_STEPS = {"cnn": 10, "resnet": 2}
-_RESULT = "BENCHMARK_RESULT "
 
 
 def _timed(step, seconds: float, examples_per_call: int) -> float:
@@ -56,7 +77,7 @@ def jax_run(name: str, seconds: float) -> dict:
   import optax  # pylint: disable=g-import-not-at-top
   from flax import linen as nn  # pylint: disable=g-import-not-at-top
 
-  kind, s = MODELS[name]
+  kind, s = settings(name)
 
   class MLP(nn.Module):
     @nn.compact
@@ -172,7 +193,7 @@ def torch_run(name: str, seconds: float, compile_model: bool) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
 
-  kind, s = MODELS[name]
+  kind, s = settings(name)
   torch.manual_seed(0)
 
   def mlp():
@@ -258,7 +279,7 @@ def torch_run(name: str, seconds: float, compile_model: bool) -> dict:
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--framework", choices=("jax", "torch", "torch_compile"), required=True)
-  parser.add_argument("--model", choices=sorted(MODELS), required=True)
+  parser.add_argument("--model", choices=list(bench_common.MODELS), required=True)
   parser.add_argument("--threads", type=int, default=0, help="0: the framework's default")
   parser.add_argument("--seconds", type=float, default=3.0)
   args = parser.parse_args()
@@ -280,7 +301,7 @@ def main() -> int:
       # torch.compile needs a working C++ toolchain and supports not every op: say why.
       result = {"torch_compile": {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}}
   result["threads"] = args.threads
-  print(_RESULT + json.dumps(result), flush=True)
+  bench_common.print_result(result)
   return 0
 
 

@@ -36,6 +36,7 @@ from trainer import tf_env  # pylint: disable=g-import-not-at-top,wrong-import-p
 tf_env.apply()  # TensorFlow's settings for this process and every trial's
 
 from trainer import flags as tl_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer import options, run_files  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 class SweepError(ValueError):
@@ -81,10 +82,9 @@ def trial_name(trial: dict[str, str]) -> str:
 
 
 def resolve(path: str | None) -> str | None:
-  """A path as the user means it (trainer.config.absolute_path, the rule runs record paths
+  """A path as the user means it (trainer.options.absolute_path, the rule runs record paths
   by): the trainer's own relative paths would otherwise be resolved wherever it runs."""
-  from trainer import config  # pylint: disable=g-import-not-at-top  (imports the models)
-  return config.absolute_path(path)
+  return options.absolute_path(path)
 
 
 def trainer_command(module: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -119,7 +119,7 @@ def changed_flags(recorded: dict, current: dict) -> dict[str, tuple]:
   run's length (not how it runs), by trainer/run_record.py's own comparison."""
   from trainer import run_record  # pylint: disable=g-import-not-at-top
   return {name: values for name, values in run_record.differences(recorded, current).items()
-          if name not in tl_flags.HOW_IT_RUNS}
+          if name not in options.HOW_IT_RUNS}
 
 
 def _read_json(path: str) -> dict | None:
@@ -141,10 +141,9 @@ def train(model_dir: str, args: list[str], label: str) -> dict:
   refused here, exit status 2, without starting the trainer: it would refuse too, advising
   a new --model_dir, where a sweep's user picks a new --root."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import files  # pylint: disable=g-import-not-at-top
   model_dir = resolve(model_dir)
   try:  # the trainer would refuse it too, after this made the directory and its log
-    files.check_checkpoint_path(model_dir)
+    run_files.check_checkpoint_path(model_dir)
   except ValueError as e:
     print(f"failed {label}: {e}", flush=True)
     return {"status": "exit 2", "error": str(e), "returncode": 2}
@@ -154,7 +153,7 @@ def train(model_dir: str, args: list[str], label: str) -> dict:
   if current is not None and recorded is not None:
     allowed = set(current.get("allow_changed_flags") or ())
     other = {k: v for k, v in changed_flags(recorded, current).items()
-             if k not in tl_flags.RUN_LENGTH and k not in allowed}
+             if k not in options.RUN_LENGTH and k not in allowed}
     if other:
       from trainer import run_record  # pylint: disable=g-import-not-at-top
       error = (f"{model_dir} holds a run of other flags ({run_record.listed(other)}): use a "
@@ -280,7 +279,7 @@ def main(argv=None) -> int:
     if flagfile and not os.path.isfile(flagfile):
       raise SweepError(f"--flagfile={args.flagfile} does not exist")
     try:
-      files.check_checkpoint_path(root, "--root")  # before anything is made there
+      run_files.check_checkpoint_path(root, "--root")  # before anything is made there
       tf.io.gfile.makedirs(root)
     except ValueError as e:
       raise SweepError(str(e)) from None

@@ -13,15 +13,13 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
-import time
 from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from input_pipeline.stream import StreamSplit, examples_at
-from trainer import images
+from trainer.errors import Interrupted
 
 
 def next_multiple(step: int, every: int) -> int:
@@ -133,17 +131,13 @@ class TrainSummaries(Action):
 
 
 class Evaluate(Action):
-  """Every `interval` steps and at the last step: loss and accuracy of one split into the
-  eval run, the log and logs["eval"]; with `pictures`, the confusion matrix, the worst
-  mistakes and the per-class table too."""
+  """Every `interval` steps and at the last step: `report(split)` (Evaluator.report: the
+  log, the eval run's scalars, the pictures) into logs["eval"]."""
 
   completes_interrupted = True
 
-  def __init__(self, *, evaluate, split: str, interval: int, total_steps: int, writer,
-               pictures: "EvalPictures | None" = None, raw: Callable | None = None):
-    """raw: with an EMA, evaluates the raw weights, logged beside (the eval_raw run)."""
-    self.evaluate, self.split, self.interval = evaluate, split, interval
-    self.total, self.writer, self.pictures, self.raw = total_steps, writer, pictures, raw
+  def __init__(self, *, report: Callable, split: str, interval: int, total_steps: int):
+    self.report, self.split, self.interval, self.total = report, split, interval, total_steps
 
   def next_step(self, step):
     return next_multiple(step, self.interval)
@@ -151,54 +145,7 @@ class Evaluate(Action):
   def __call__(self, step, logs):
     if step % self.interval and step < self.total:
       return
-    result = self.evaluate(self.split)
-    raw = ""
-    if self.raw:
-      raw_result = self.raw(self.split)
-      self.writer.scalars("eval_raw", step, raw_result.metrics())
-      raw = (f"; raw weights: loss {raw_result.loss:.4f}  accuracy {raw_result.accuracy:.4f}")
-    logging.info("eval on %s at step %d: loss %.4f  accuracy %.4f  (%.1f s)%s", self.split,
-                 step, result.loss, result.accuracy, result.seconds,
-                 raw and f" with the EMA weights{raw}")
-    self.writer.scalars("eval", step, result.metrics())
-    if self.pictures:
-      self.pictures(step, result)
-    logs["eval"] = result
-
-
-class EvalPictures:
-  """The Images and Text tabs of an evaluation: a confusion matrix, the worst mistakes,
-  per-class accuracy. Only where the writer writes (the chief); timed, for its cost."""
-
-  def __init__(self, writer, split, class_names, run: str = "eval"):
-    self.writer, self.split, self.names, self.run = writer, split, class_names, run
-    self.seconds = 0.0
-
-  def _images_at(self, positions: np.ndarray) -> np.ndarray:
-    if isinstance(self.split, StreamSplit):  # read back from its files: a few images
-      return examples_at(self.split, positions)
-    return self.split.images[positions]
-
-  def __call__(self, step: int, result) -> None:
-    if not self.writer.enabled or not self.split.labeled:
-      return
-    start = time.perf_counter()
-    labels = self.split.labels if result.labels is None else result.labels
-    counts = images.confusion_counts(labels, result.predictions, len(self.names))
-    title = f"{result.split} at step {step}: rows true, columns predicted, % of each row"
-    self.writer.image(self.run, step, "confusion_matrix",
-                      images.confusion_matrix(counts, self.names, title),
-                      description=f"Row-normalised confusion matrix on {result.split}.")
-    worst = images.worst_mistakes(self._images_at, labels, result.predictions,
-                                  result.losses, self.names)
-    if worst is not None:
-      self.writer.image(self.run, step, "worst_mistakes", worst,
-                        description=f"The misclassified {result.split} examples with the "
-                        "highest loss.")
-    self.writer.text(self.run, step, "per_class_accuracy",
-                     images.per_class_table(counts, self.names))
-    self.writer.flush(self.run)
-    self.seconds += time.perf_counter() - start
+    logs["eval"] = self.report(self.split)
 
 
 class BestMetric(Action):
@@ -414,22 +361,6 @@ class PreemptionStop(Action):
     self.phase = "after"
     if self._installed_by_start:
       self.uninstall()
-
-
-class Interrupted(Exception):
-  """Training stopped on a signal after saving a checkpoint at `step` (None: before
-  training, with nothing to save)."""
-
-  def __init__(self, signum: int, step: int | None, checkpoint: str | None):
-    self.signum, self.step, self.checkpoint = signum, step, checkpoint
-    name = signal.Signals(signum).name
-    if step is None:
-      message = (f"stopped by {name} before training: no step was trained; run the same "
-                 "command again to start")
-    else:
-      message = (f"stopped by {name} at step {step}; checkpoint {checkpoint} saved: run the "
-                 "same command again to resume")
-    super().__init__(message)
 
 
 def duration(seconds: float) -> str:

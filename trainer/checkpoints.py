@@ -15,7 +15,7 @@ import signal
 import tensorflow as tf
 from absl import logging
 
-from trainer.config import ConfigError
+from trainer.errors import ConfigError
 
 # Fault injection for the crash tests: "kill_in_checkpoint_write:STEP" makes the process
 # SIGKILL itself halfway through writing the checkpoint of that step.

@@ -9,16 +9,12 @@ import warnings
 
 from absl import app, flags, logging
 
-from input_pipeline import DataError
+from trainer.errors import ConfigError, DataError, Interrupted, UsageError
 
 EXIT_USAGE = 2      # bad flag, file, data or model_dir
 EXIT_DIVERGED = 3   # non-finite loss or collapsed fp16 loss scale
 # Stopped by a signal after a checkpoint: 128 + the signal's number, as shells report it
 # (130 for SIGINT, 143 for SIGTERM).
-
-
-class UsageError(ValueError):
-  """A bad invocation the flags cannot express (stray arguments, a missing export)."""
 
 
 def _verbose() -> bool:
@@ -76,9 +72,6 @@ class _OwnInfoOnly(py_logging.Filter):
 
 def run_app(main, usage: str, groups: dict[str, list[str]]) -> None:
   """Runs main(argv) with tapeloop's exit statuses and console; --help lists `groups`."""
-  from trainer.config import ConfigError  # pylint: disable=g-import-not-at-top
-  from trainer.actions import Interrupted  # pylint: disable=g-import-not-at-top
-
   def guarded(argv):
     if not _verbose():
       # TensorFlow warns on every traced iteration over a distributed dataset.

@@ -9,7 +9,8 @@ from typing import Sequence
 
 from absl import logging
 
-from trainer.actions import Action, Interrupted, Stop
+from trainer.actions import Action, Stop
+from trainer.errors import Interrupted
 
 
 @dataclasses.dataclass

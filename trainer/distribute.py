@@ -8,7 +8,8 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from trainer.config import Config, ConfigError
+from trainer.config import Config
+from trainer.errors import ConfigError
 
 
 # One strategy per kind and device set per process, as TensorFlow expects: a second
@@ -42,13 +43,6 @@ def create_strategy(config: Config) -> tf.distribute.Strategy:
     _STRATEGIES[key] = _make(name, config, gpus)
   strategy = _STRATEGIES[key]
   replicas = strategy.num_replicas_in_sync
-  if config.batch_size % replicas:
-    raise ConfigError(f"--batch_size={config.batch_size} is not divisible by the "
-                      f"{replicas} replicas; use a multiple of {replicas}")
-  if config.mixing and config.step_batch // replicas < 2:
-    raise ConfigError(f"--mixup/--cutmix mix each replica's batch within itself, and a "
-                      f"replica's batch here is {config.step_batch // replicas} example: use "
-                      f"a --batch_size of at least {2 * replicas}")
   logging.info("strategy: %s (--strategy=%s), %d replica(s), per-replica batch %d",
                type(strategy).__name__, config.strategy, replicas,
                config.batch_size // replicas)
@@ -91,7 +85,7 @@ def _make(name: str, config: Config, gpus) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy(devices=devices)
   if "TF_CONFIG" not in os.environ:
     raise ConfigError("--strategy=multi_worker needs TF_CONFIG (the cluster and this "
-                      "worker's task); see README, 'Several machines'")
+                      "worker's task); see docs/several-machines.md")
   try:
     json.loads(os.environ["TF_CONFIG"])
   except ValueError:

@@ -13,19 +13,24 @@ from trainer import tf_env
 
 tf_env.apply()  # before anything imports TensorFlow
 
-import os  # pylint: disable=g-import-not-at-top,wrong-import-order
-import time  # pylint: disable=g-import-not-at-top,wrong-import-order
+# pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
+import time
 
-from absl import flags, logging  # pylint: disable=g-import-not-at-top
+import keras
+from absl import flags, logging
 
-from trainer import cli  # pylint: disable=g-import-not-at-top
-from trainer import flags as tl_flags  # pylint: disable=g-import-not-at-top
+from trainer import cli, config, distribute, options, run_files, summaries
+from trainer import flags as tl_flags
+from trainer import plan as run_plan
+from trainer.errors import ConfigError, UsageError
+from trainer.inner_loop import Trainer
+# pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 FLAGS = flags.FLAGS
-# How the training run ran (trainer/flags.py), but how its data is read: this process's
-# own (a single-machine evaluator), never copied from the run. jit_compile among them:
-# runs before --jit_compile=auto recorded it as true/false.
-_HOW_IT_RAN = tuple(n for n in tl_flags.HOW_IT_RUNS if n not in tl_flags.READS_DATA)
+# How the training run ran, but not how its data is read (trainer/options.py's HOW, not
+# DATA): this process's own (a single-machine evaluator), never copied from the run.
+# jit_compile among them: runs before --jit_compile=auto recorded it as true/false.
+_HOW_IT_RAN = tuple(o.name for o in options.OPTIONS if o.role == options.HOW)
 HELP_GROUPS = {"Evaluation": ["model_dir", "split", "checkpoint", "continuous",
                               "poll_seconds", "timeout"],
                "Overrides of the run's flags": ["dataset", "data_dir", "manual_dir",
@@ -48,42 +53,38 @@ def define_flags() -> None:
 
 
 def _run_config(model_dir: str):
-  """The run's Config from model_dir/flags.json, with the flags given here on top."""
-  from trainer import config, files, run_record  # pylint: disable=g-import-not-at-top
-  files.check_checkpoint_path(model_dir)
-  recorded = run_record.load(model_dir)  # flags.json, or results.json of an older run
+  """The run's Config and record from model_dir/flags.json, with the flags given here on
+  top."""
+  run_files.check_checkpoint_path(model_dir)
+  recorded = run_files.read_record(model_dir)  # flags.json, or results.json of an older run
   if recorded is None:
-    raise cli.UsageError(f"no flags.json in --model_dir={model_dir}: not a tapeloop run "
+    raise UsageError(f"no flags.json in --model_dir={model_dir}: not a tapeloop run "
                          "(train one there first with python -m trainer.main)")
   values = {k: v for k, v in recorded.items()
             if k in tl_flags.OWN_FLAGS and k not in _HOW_IT_RAN}
   values.update({name: FLAGS[name].value for name in tl_flags.OWN_FLAGS
                  if FLAGS[name].present})
   values["model_dir"] = model_dir
-  return config.from_values(values)
+  return config.from_values(values), recorded
 
 
-class Evaluator:
-  """The run's model on one split; evaluates checkpoints and writes what it finds."""
+class Evaluation:
+  """The run's model on one split; evaluates checkpoints and writes what it finds (the
+  log, TensorBoard run eval_<split>, model_dir/eval_<split>.json)."""
 
-  def __init__(self, cfg, split: str):
-    import keras  # pylint: disable=g-import-not-at-top
-    from trainer import actions, distribute, summaries  # pylint: disable=g-import-not-at-top
-    from trainer.loop import Trainer  # pylint: disable=g-import-not-at-top
+  def __init__(self, cfg, recorded: dict, split: str):
     strategy = distribute.create_strategy(cfg)
     keras.utils.set_random_seed(cfg.seed)
     data = cfg.load_data()
     if split not in data.splits or not data.splits[split].labeled:
       held = ", ".join(s for s, v in data.splits.items() if v.labeled)
-      raise cli.UsageError(f"--split={split}: the run's data has no labeled {split} split "
-                           f"(it has {held})")
-    self.cfg, self.split = cfg, split
-    self.trainer = Trainer(cfg, strategy, data, restore=False)
-    self.run = f"eval_{split}"
-    self.writer = summaries.Summaries(cfg.model_dir, runs=(self.run,))
-    self.pictures = (actions.EvalPictures(self.writer, data.splits[split],
-                                          data.info.class_names, run=self.run)
-                     if cfg.eval_images else None)
+      raise UsageError(f"--split={split}: the run's data has no labeled {split} split "
+                       f"(it has {held})")
+    self.cfg, self.split, self.run = cfg, split, f"eval_{split}"
+    self.writer = summaries.Summaries(cfg.model_dir)
+    self.trainer = Trainer(cfg, strategy, data, plan=run_plan.resolve(cfg, data, strategy,
+                                                                      recorded),
+                           restore=False, writer=self.writer)
 
   def close(self) -> None:
     self.writer.close()
@@ -93,44 +94,37 @@ class Evaluator:
     return list(reversed(self.trainer.checkpoints.candidates()))
 
   def __call__(self, checkpoint: str | None) -> dict:
-    from trainer import files  # pylint: disable=g-import-not-at-top
     path = self.trainer.restore(checkpoint)
     if path is None:
-      raise cli.UsageError(f"no checkpoint in {self.trainer.checkpoints.directory}: train "
-                           "first, or give --checkpoint")
-    result = self.trainer.evaluate(self.split)
-    step = result.step
-    self.writer.scalars(self.run, step, result.metrics())
-    if self.pictures:
-      self.pictures(step, result)
-    figures = {"split": self.split, "checkpoint": path, "global_step": step,
+      raise UsageError(f"no checkpoint in {self.trainer.checkpoints.directory}: train "
+                       "first, or give --checkpoint")
+    result = self.trainer.evaluator.report(self.split, run=self.run)
+    figures = {"split": self.split, "checkpoint": path, "global_step": result.step,
                **result.metrics(), "examples": len(result.predictions)}
-    files.write_json(os.path.join(self.cfg.model_dir, f"{self.run}.json"), figures)
+    run_files.write_eval(self.cfg.model_dir, self.split, figures)
     print(f"{self.split} accuracy {result.accuracy:.4f} (loss {result.loss:.4f}) at step "
-          f"{step}, {path}", flush=True)
+          f"{result.step}, {path}", flush=True)
     return figures
 
 
-def _last_step(evaluator: Evaluator) -> tuple[int, int | None]:
+def _last_step(evaluator: Evaluation) -> tuple[int, int | None]:
   """(the run's last step as it now stands, the step it finished at or None). Read anew at
   each look: a rerun may extend the run (flags.json then holds its new length) while an
   older results.json still says it finished; and an early stop is final only as the
   checkpoint it saved says (a rerun with more patience trains on)."""
-  from trainer import files  # pylint: disable=g-import-not-at-top
   model_dir = evaluator.cfg.model_dir
-  cfg = _run_config(model_dir)
+  cfg, _ = _run_config(model_dir)
   total = cfg.steps_for(len(evaluator.trainer.data.splits["train"]))[1]
-  results = files.read_json(os.path.join(model_dir, "results.json")) or {}
+  results = run_files.read_results(model_dir) or {}
   step = results.get("global_step")
   stopped = ("stopped_early_at" in results and evaluator.trainer.step == step
              and int(evaluator.trainer.progress.stopped_early_at.numpy()) >= 0)
   return total, step if step is not None and (step >= total or stopped) else None
 
 
-def _continuously(evaluator: Evaluator) -> None:
+def _continuously(evaluator: Evaluation) -> None:
   """orbit's evaluate_continuously: each new checkpoint once, newest first when several
   arrived, until the run's last step or --timeout seconds without a new one."""
-  from trainer.config import ConfigError  # pylint: disable=g-import-not-at-top
   done, last_new, unreadable = -1, time.monotonic(), None
   logging.info("watching %s for checkpoints up to step %d", evaluator.cfg.model_dir,
                _last_step(evaluator)[0])
@@ -161,14 +155,14 @@ def _continuously(evaluator: Evaluator) -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise cli.UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
+    raise UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
   if not FLAGS.model_dir:
-    raise cli.UsageError("--model_dir is required: the run to evaluate")
+    raise UsageError("--model_dir is required: the run to evaluate")
   split, checkpoint, continuous = FLAGS.split, FLAGS.checkpoint, FLAGS.continuous
   if continuous and checkpoint:
-    raise cli.UsageError("--continuous evaluates each new checkpoint: drop --checkpoint")
-  cfg = _run_config(FLAGS.model_dir)
-  evaluator = Evaluator(cfg, split)
+    raise UsageError("--continuous evaluates each new checkpoint: drop --checkpoint")
+  cfg, recorded = _run_config(FLAGS.model_dir)
+  evaluator = Evaluation(cfg, recorded, split)
   if continuous:
     _continuously(evaluator)
   else:

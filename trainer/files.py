@@ -1,4 +1,4 @@
-"""model_dir's files through tf.io.gfile, so that gs://, s3:// or ram:// work like a local
+"""Files through tf.io.gfile, so that gs://, s3:// or ram:// work like a local
 path (Python's file functions see only local disks: a gs:// path would become a
 local ./gs:/ directory, and a checkpoint glob would find nothing and start over).
 
@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import uuid
 
 import tensorflow as tf
 
-from trainer.config import ConfigError
 
 gfile = tf.io.gfile
 
@@ -27,59 +25,6 @@ def is_local(path: str) -> bool:
 
 def join(*parts: str) -> str:
   return os.path.join(*parts)  # also right for URLs: '/' on every platform tapeloop runs on
-
-
-def check_checkpoint_path(model_dir: str, flag: str = "--model_dir") -> None:
-  """Refuses a model_dir TensorFlow's checkpoints cannot live in: its checkpoint reader and
-  CheckpointManager's clean-up find files by glob pattern, where [...] is a character
-  class and a backslash an escape (runs/exp[1] is runs/exp1: saved, never resumed), and
-  * or ? match other directories (the clean-up of runs/a? deleted runs/ab's checkpoints)."""
-  special = [c for c in "[]*?\\" if c in model_dir]
-  if special:
-    raise ConfigError(
-        f"{flag}={model_dir}: TensorFlow finds checkpoints by glob pattern, in which "
-        f"{' '.join(special)} are special: a run there could not resume, or would delete "
-        "another directory's checkpoints; use a name without them (e.g. exp_1 for exp[1]; an "
-        "existing run can be renamed, its files are kept)")
-
-
-def check_model_dir(model_dir: str) -> None:
-  """Refuses an unknown scheme, an unreachable bucket or an unwritable directory before any
-  work, in one line. A local directory is probed without creating it; a remote one with a
-  probe file that is deleted again (object stores have no directories to create)."""
-  check_checkpoint_path(model_dir)
-  if is_local(model_dir):
-    _check_local_writable(model_dir)
-    return
-  scheme = model_dir.split("://", 1)[0]
-  probe = join(model_dir, f".tapeloop-probe-{uuid.uuid4().hex[:8]}")
-  try:
-    with gfile.GFile(probe, "w") as f:
-      f.write("probe")
-    gfile.remove(probe)
-  except tf.errors.UnimplementedError:
-    raise ConfigError(f"--model_dir={model_dir}: no TensorFlow filesystem is registered for "
-                      f"{scheme}:// (gs:// is built in; s3:// and hdfs:// need "
-                      "tensorflow-io); use a local path or a supported scheme") from None
-  except tf.errors.OpError as e:
-    first = (e.message or type(e).__name__).strip().splitlines()[0][:160]
-    raise ConfigError(f"--model_dir={model_dir} is not writable ({first}); check the "
-                      "bucket's name and credentials, or choose another --model_dir") from None
-
-
-def _check_local_writable(model_dir: str) -> None:
-  # os.access says yes to root on read-only mounts: probe the nearest existing ancestor.
-  path = os.path.abspath(model_dir.removeprefix("file://"))
-  while not os.path.exists(path):
-    path = os.path.dirname(path)
-  if not os.path.isdir(path):
-    raise ConfigError(f"--model_dir={model_dir}: {path} is a file, not a directory")
-  try:
-    with tempfile.TemporaryFile(dir=path):
-      pass
-  except OSError as e:
-    raise ConfigError(f"--model_dir={model_dir}: {path} is not writable ({e.strerror}); "
-                      "choose another --model_dir") from None
 
 
 def write_text(path: str, text: str) -> None:

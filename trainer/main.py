@@ -4,10 +4,13 @@ from trainer import tf_env
 
 tf_env.apply()  # before anything imports TensorFlow
 
-from absl import flags  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags
 
-from trainer import flags as tl_flags  # pylint: disable=g-import-not-at-top
-from trainer import cli  # pylint: disable=g-import-not-at-top
+from trainer import cli, config, phases, train
+from trainer import flags as tl_flags
+from trainer.errors import UsageError
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 tl_flags.define_flags()
 FLAGS = flags.FLAGS
@@ -15,8 +18,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   if len(argv) > 1:
-    raise cli.UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
-  from trainer import config, phases, train  # pylint: disable=g-import-not-at-top
+    raise UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
   cfg = config.from_flags(FLAGS)
   results = train.train_and_evaluate(cfg, phases.process_start())
   split = "test" if "test_accuracy" in results else "validation"

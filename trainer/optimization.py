@@ -9,7 +9,8 @@ import keras
 import tensorflow as tf
 
 from trainer import fused_optimizers
-from trainer.config import Config, ConfigError
+from trainer.config import Config
+from trainer.errors import ConfigError
 
 # Decoupled weight decay applies to kernels only, as is usual: not to biases or norms.
 _NO_DECAY = ["bias", "gamma", "beta", "moving_mean", "moving_variance"]
@@ -34,11 +35,12 @@ class Schedule:
   boundaries: tuple[int, ...]
 
   @classmethod
-  def of(cls, config: Config, total_steps: int) -> Schedule:
-    """The schedule the flags ask for."""
+  def of(cls, config: Config, total_steps: int, horizon: int | None = None) -> Schedule:
+    """The schedule the flags ask for. horizon: the run's (plan.py), else --schedule_steps,
+    else total_steps."""
     # The horizon is fixed when the run starts (run_record.py): extending a run to more
     # steps must not make the rate jump back up.
-    horizon = config.schedule_steps or total_steps
+    horizon = horizon or config.schedule_steps or total_steps
     warmup = config.warmup_steps
     if config.lr_schedule == "one_cycle" and not warmup:
       warmup = max(1, round(ONE_CYCLE_WARMUP * horizon))

@@ -21,10 +21,18 @@ from trainer import tf_env
 
 tf_env.apply()  # before anything imports TensorFlow
 
-from absl import flags, logging  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
+import numpy as np
+import tensorflow as tf
+from absl import flags, logging
 
-from trainer import cli  # pylint: disable=g-import-not-at-top
-from trainer import flags as tl_flags  # pylint: disable=g-import-not-at-top
+import input_pipeline
+from input_pipeline import DataError, folder
+from input_pipeline.sources import parse_spec
+from trainer import cli, export, run_files
+from trainer import flags as tl_flags
+from trainer.options import normalized
+# pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 FLAGS = flags.FLAGS
 
@@ -64,7 +72,6 @@ def define_flags() -> None:
 
 def load_serving(export_dir: str):
   """The export's uint8 signature, its image shape and its number of classes."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   serve = tf.saved_model.load(export_dir).signatures["serving_default"]
   shape = tuple(serve.structured_input_signature[1]["images"].shape[1:])
   return serve, shape, serve.structured_outputs["probabilities"].shape[-1]
@@ -85,8 +92,6 @@ def check_data(split, image_shape, num_classes, what: str) -> None:
 
 
 def predict_classes(serve, images, batch_size: int):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   parts = [serve(images=tf.constant(images[i:i + batch_size]))["classes"].numpy()
            for i in range(0, len(images), batch_size)]
   return np.concatenate(parts) if parts else np.zeros(0, np.int32)
@@ -120,15 +125,13 @@ def data_flags(model_dir: str) -> dict:
   """--dataset and the flags that locate and read it: as given, else as the run recorded
   them (data_dir always; the others for the run's own dataset only), else the defaults.
   Also the run's image_size: whether its export takes images fitted to a size."""
-  from trainer import run_record  # pylint: disable=g-import-not-at-top
-  recorded = run_record.load(model_dir) or {}
+  recorded = run_files.read_record(model_dir) or {}
   values = {n: FLAGS[n].value for n in _DATA_FLAGS if FLAGS[n].present}
   if "dataset" not in values:
     if "dataset" not in recorded:
       raise cli.UsageError(f"{model_dir} has no flags.json naming the run's dataset: give "
                            "--images=DIR (new image files) or --dataset=SPEC")
     values["dataset"] = recorded["dataset"]
-  from trainer.config import normalized  # pylint: disable=g-import-not-at-top
   # Compared by meaning (folder:photos/ is folder:photos, mnist is tfds:mnist).
   own = normalized("dataset", values["dataset"]) == normalized("dataset", recorded.get("dataset"))
   for name in _DATA_FLAGS:
@@ -141,9 +144,6 @@ def data_flags(model_dir: str) -> dict:
 
 def _predict_dataset(serve, image_shape, num_classes, output: str) -> int:
   """The test split's classes as a Kaggle submission; returns how many."""
-  import input_pipeline  # pylint: disable=g-import-not-at-top
-  from input_pipeline.sources import parse_spec  # pylint: disable=g-import-not-at-top
-  from trainer import config  # pylint: disable=g-import-not-at-top
   values = data_flags(FLAGS.model_dir)
   spec = values["dataset"]
   what = f"--dataset={spec}" if FLAGS["dataset"].present else f"the run's dataset {spec}"
@@ -155,7 +155,7 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> int:
                              manual_dir=values["manual_dir"],
                              num_classes=values["num_classes"], image_size=size,
                              skip_bad_images=values["skip_bad_images"],
-                             folder_check=config.folder_check(FLAGS.model_dir, spec))
+                             folder_check=run_files.read_folder_check(FLAGS.model_dir, spec))
   split = data.splits.get("test")
   if split is None:
     raise cli.UsageError(f"{what} has no test split to predict: give --images=DIR for "
@@ -169,9 +169,6 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> int:
 
 def _predict_files(serve, image_shape, output: str) -> tuple[int, int]:
   """Each --images file's class name and probability as CSV; returns (written, skipped)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from input_pipeline import DataError, folder  # pylint: disable=g-import-not-at-top
   paths = folder.list_images(FLAGS.images)
   skip = FLAGS.skip_bad_images
   height, width, channels = image_shape
@@ -209,8 +206,6 @@ def _predict_files(serve, image_shape, output: str) -> tuple[int, int]:
 
 def _write(output: str, write) -> None:
   """write(export module); a path that cannot be written ends in one line, not a trace."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import export  # pylint: disable=g-import-not-at-top
   try:
     write(export)
   except (OSError, tf.errors.OpError) as e:
@@ -224,7 +219,6 @@ def main(argv):
     raise cli.UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like "
                          "--name=value (quote a pattern: --images='DIR/*.png')")
   _check_flags()
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   export_dir = os.path.join(FLAGS.model_dir, "export")
   if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
     raise cli.UsageError(f"no exported model in {export_dir}: train first with "

@@ -13,21 +13,15 @@ extended run continues the schedule where it was instead of jumping.
 from __future__ import annotations
 
 import json
-import os
 import time
 
-import tensorflow as tf
-from absl import flags, logging
+from absl import logging
 
-from trainer import files, optimization
-from trainer import flags as tl_flags
-from trainer.config import Config, ConfigError, normalized
-
-RECORD = "flags.json"
-CHANGES = "flag_changes.json"
-# Beside the flags in flags.json: the input pipeline --pipeline resolved to at the first
-# start (auto decides by size and memory, which a rerun on another VM may see otherwise).
-PIPELINE = "input_pipeline"
+from trainer import optimization, options, run_files
+from trainer.config import Config
+from trainer.errors import ConfigError
+from trainer.options import normalized
+from trainer.run_files import CHANGES, PIPELINE
 # Pipelines that give the same batches: in_memory and tf_data always (one permutation
 # function); a folder's stream too. A TFDS stream reads its shards in another order.
 _SAME_ORDER = ("in_memory", "tf_data")
@@ -54,8 +48,8 @@ def differences(recorded: dict, current: dict) -> dict[str, tuple]:
   """{flag: (recorded, current)} of tapeloop's flags whose meaning differs; a flag absent
   from an older record has its default. --schedule_steps not given is inherited, no change."""
   changed = {}
-  for name in tl_flags.OWN_FLAGS:
-    old, new = recorded.get(name, _default(name)), current[name]
+  for name in options.NAMES:
+    old, new = recorded.get(name, options.BY_NAME[name].default), current[name]
     if name == "schedule_steps" and new is None:
       continue  # inherited (check)
     if not _same(name, old, new):
@@ -63,35 +57,15 @@ def differences(recorded: dict, current: dict) -> dict[str, tuple]:
   return changed
 
 
-def load(model_dir: str) -> dict | None:
-  """The flags the run in model_dir was started with; None for a new model_dir. Runs made
-  before flags.json existed have them in results.json."""
-  for name in (RECORD, "results.json"):
-    path = os.path.join(model_dir, name)
-    try:
-      recorded = files.read_json(path)
-    except ValueError as e:
-      raise ConfigError(f"{path} is not valid JSON ({str(e)[:80]}); restore it, or use a "
-                        "new --model_dir") from None
-    if recorded is not None:
-      return recorded if name == RECORD else recorded.get("flags")
-  return None
-
-
-def _default(name: str):
-  return flags.FLAGS[name].default
-
-
-def check(config: Config, recorded: dict | None) -> tuple[Config, dict]:
+def check(config: Config, recorded: dict | None) -> dict:
   """Refuses a rerun that changes what is trained (ConfigError naming every such flag);
-  returns the config with the recorded schedule horizon, and the changes to record (those
-  allowed by --allow_changed_flags, and of the run's length) as {flag: (old, new)}.
-  Changes of how it runs are logged."""
+  returns the changes to record (those allowed by --allow_changed_flags, and of the run's
+  length) as {flag: (old, new)}. Changes of how it runs are logged."""
   if recorded is None:
-    return config, {}
+    return {}
   changed = differences(recorded, config.flag_values)
-  how = {k: v for k, v in changed.items() if k in tl_flags.HOW_IT_RUNS}
-  length = {k: v for k, v in changed.items() if k in tl_flags.RUN_LENGTH}
+  how = {k: v for k, v in changed.items() if k in options.HOW_IT_RUNS}
+  length = {k: v for k, v in changed.items() if k in options.RUN_LENGTH}
   what = {k: v for k, v in changed.items() if k not in how and k not in length}
   refused = {k: v for k, v in what.items() if k not in config.allow_changed_flags}
   if refused:
@@ -105,21 +79,20 @@ def check(config: Config, recorded: dict | None) -> tuple[Config, dict]:
   for name, (old, new) in what.items():
     logging.warning("--%s changed from %s to %s (--allow_changed_flags): continuing the run "
                     "with it; recorded in %s", name, _text(old), _text(new), CHANGES)
-  if config.schedule_steps is None and recorded.get("schedule_steps") is not None:
-    config = config.with_flags(schedule_steps=recorded["schedule_steps"])
-  return config, {**what, **length}
+  return {**what, **length}
 
 
-def resolve_horizon(config: Config, recorded: dict | None, steps_per_epoch: int,
-                    total_steps: int) -> Config:
-  """The config with --schedule_steps set: the recorded horizon, else (a run made before
-  it was recorded) the length it was started with, else this run's length."""
+def horizon(config: Config, recorded: dict | None, steps_per_epoch: int,
+            total_steps: int) -> int:
+  """The schedule's horizon: --schedule_steps, else the recorded one, else (a run made
+  before it was recorded) the length it was started with, else this run's length."""
   if config.schedule_steps is not None:
-    return config
-  horizon = total_steps
-  if recorded is not None:
-    horizon = recorded.get("train_steps") or steps_per_epoch * (recorded.get("epochs") or 1)
-  return config.with_flags(schedule_steps=horizon)
+    return config.schedule_steps
+  if recorded is None:
+    return total_steps
+  if recorded.get("schedule_steps") is not None:
+    return recorded["schedule_steps"]
+  return recorded.get("train_steps") or steps_per_epoch * (recorded.get("epochs") or 1)
 
 
 def check_pipeline(config: Config, recorded: dict | None, data) -> None:
@@ -151,36 +124,34 @@ def check_length(config: Config, step: int, total_steps: int) -> None:
 
 
 def write(config: Config, recorded: dict | None, changes: dict, step: int,
-          total_steps: int, pipeline: str) -> list[dict]:
-  """Records the run's flags and input pipeline at its first start, and any allowed
-  change or extension after it; returns the recorded changes (for results.json)."""
-  path = os.path.join(config.model_dir, RECORD)
-  changes_path = os.path.join(config.model_dir, CHANGES)
-  history = (files.read_json(changes_path) or {}).get("changes", [])
-  if recorded is None or not tf.io.gfile.exists(path):
-    files.write_json(path, {**config.flag_values, PIPELINE: pipeline})
-  if recorded is None:
+          total_steps: int, horizon: int, pipeline: str) -> list[dict]:
+  """Records the run's flags (with the schedule's horizon) and input pipeline at its first
+  start, and any allowed change or extension after it; returns the recorded changes (for
+  results.json)."""
+  model_dir = config.model_dir
+  history = run_files.read_changes(model_dir)
+  if recorded is None or not run_files.has_record(model_dir):
+    run_files.write_record(model_dir, {**config.flag_values, "schedule_steps": horizon,
+                                       PIPELINE: pipeline})
+  if recorded is None or not changes:
     return history
-  if not changes:
-    return history
-  lengths = {k: v for k, v in changes.items() if k in tl_flags.RUN_LENGTH}
+  lengths = {k: v for k, v in changes.items() if k in options.RUN_LENGTH}
   entry = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "total_steps": total_steps,
            "changed": {k: {"old": old, "new": new} for k, (old, new) in changes.items()}}
   if lengths:
     logging.info("the run continues to step %d (%s); the learning-rate schedule keeps its "
                  "horizon of %d steps", total_steps,
                  ", ".join(f"--{k}={_text(new)}, was {_text(old)}" for k, (old, new)
-                           in lengths.items()), config.schedule_steps)
-    final = optimization.Schedule.of(config, total_steps).final_rate()
-    if total_steps > config.schedule_steps and final is not None and (
-        config.lr_schedule != "constant"):
+                           in lengths.items()), horizon)
+    final = optimization.Schedule.of(config, total_steps, horizon).final_rate()
+    if total_steps > horizon and final is not None and config.lr_schedule != "constant":
       logging.warning(
           "steps %d to %d are past the %s schedule's horizon (step %d): they train at its "
           "final rate, %g%s; to decay over the longer run instead, give "
-          "--schedule_steps=%d --allow_changed_flags=schedule_steps", config.schedule_steps + 1,
-          total_steps, config.lr_schedule, config.schedule_steps, final,
+          "--schedule_steps=%d --allow_changed_flags=schedule_steps", horizon + 1,
+          total_steps, config.lr_schedule, horizon, final,
           " (the weights will not change)" if final == 0 else "", total_steps)
   history.append(entry)
-  files.write_json(changes_path, {"changes": history})
-  files.write_json(path, {**recorded, **{k: config.flag_values[k] for k in changes}})
+  run_files.write_changes(model_dir, history)
+  run_files.write_record(model_dir, {**recorded, **{k: config.flag_values[k] for k in changes}})
   return history

@@ -21,7 +21,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.plugins.image import metadata as image_metadata
 
-from trainer import flags as tl_flags
+from trainer import options
 
 # The HParams tab's metric columns: how well the run generalises and how fast it trained,
 # not the training accuracy (which ranks the most overfitted run first).
@@ -48,7 +48,7 @@ def trained(flag_values: dict) -> dict:
   """The flags of what a run trains, readable: not those of how it runs
   (trainer.flags.HOW_IT_RUNS: model_dir, data_dir, checkpointing, ... give the same model),
   which are no hparams. Unset flags stay None: columns, without a value in the session."""
-  return {k: readable(v) for k, v in flag_values.items() if k not in tl_flags.HOW_IT_RUNS}
+  return {k: readable(v) for k, v in flag_values.items() if k not in options.HOW_IT_RUNS}
 
 
 def _domain(values: list):
@@ -118,15 +118,12 @@ class Summaries:
   """Scalars, images and text per run; written in cross-replica context, between inner
   loops. A non-chief worker's Summaries writes nothing."""
 
-  def __init__(self, model_dir: str, enabled: bool = True, runs=("train", "eval")):
+  def __init__(self, model_dir: str, enabled: bool = True):
     self.enabled, self.model_dir = enabled, model_dir
     self._writers = {}
-    if enabled:
-      for run in runs:
-        self._writers[run] = tf.summary.create_file_writer(os.path.join(model_dir, run))
 
   def writer(self, run: str):
-    """The run's writer; a run other than train and eval (e.g. eval_raw) on first use."""
+    """The run's writer, made on first use: nothing is written to model_dir before."""
     if run not in self._writers:
       self._writers[run] = tf.summary.create_file_writer(os.path.join(self.model_dir, run))
     return self._writers[run]

@@ -1,3 +1,6 @@
+"""scripts/benchmark.py, bench_peers.py, bench_tta.py and what they share (bench_common.py,
+bench_jobs.py), without measuring: jobs and the peers are faked where they would run."""
+
 import importlib.util
 import json
 import os
@@ -9,24 +12,34 @@ import pytest
 from paths import ROOT
 from trainer import tf_env
 
+SCRIPTS = os.path.join(ROOT, "scripts")
 
-@pytest.fixture(scope="module")
-def benchmark():
-  spec = importlib.util.spec_from_file_location(
-      "benchmark", os.path.join(ROOT, "scripts", "benchmark.py"))
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(SCRIPTS, name + ".py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
 
 
-class _Args:
-  seconds = 0.1
-  device = "cpu"
+@pytest.fixture(scope="module")
+def benchmark():
+  return _load("benchmark")  # it puts scripts/ on sys.path: the shared modules import
+
+
+@pytest.fixture(scope="module")
+def jobs(benchmark):
+  return benchmark.jobs
+
+
+@pytest.fixture(scope="module")
+def common(benchmark):
+  return benchmark.common
 
 
 @pytest.mark.parametrize("kind,settings", [
     ("tapeloop", True), ("machine", True), ("keras", False)])
-def test_jobs_run_with_tapeloops_settings_and_fit_with_tensorflows(benchmark, monkeypatch,
+def test_jobs_run_with_tapeloops_settings_and_fit_with_tensorflows(jobs, common, monkeypatch,
                                                                    kind, settings):
   for name in tf_env.SETTINGS:
     monkeypatch.delenv(name, raising=False)
@@ -34,28 +47,62 @@ def test_jobs_run_with_tapeloops_settings_and_fit_with_tensorflows(benchmark, mo
 
   def run(cmd, env, **kwargs):
     seen.update(env)
-    return subprocess.CompletedProcess(cmd, 0, benchmark._RESULT + json.dumps({"ok": 1}), "")
+    return subprocess.CompletedProcess(cmd, 0, common.RESULT + json.dumps({"ok": 1}), "")
 
   monkeypatch.setattr(subprocess, "run", run)
-  assert benchmark._isolated(_Args(), {"kind": kind}) == {"ok": 1}
+  assert jobs.isolated({"kind": kind}, 0.1) == {"ok": 1}
   for name, value in tf_env.SETTINGS.items():
     assert seen.get(name) == (value if settings else None)
 
 
-def test_a_failed_job_stops_the_run_with_its_stderr(benchmark, monkeypatch, capsys):
+def test_a_failed_job_stops_the_run_with_its_stderr(jobs, monkeypatch, capsys):
   monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(
       cmd, 1, "", "Traceback ...\nValueError: bad model"))
   with pytest.raises(SystemExit, match="failed \\(exit 1\\)"):
-    benchmark._isolated(_Args(), {"kind": "tapeloop"})
+    jobs.isolated({"kind": "tapeloop"}, 0.1)
   assert "ValueError: bad model" in capsys.readouterr().err
 
 
 def test_unknown_model_exits_2_with_usage():
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+  proc = subprocess.run([sys.executable, os.path.join(SCRIPTS, "benchmark.py"),
                          "--models=mlp_1x50,nope"], capture_output=True, text=True,
                         check=False, timeout=120)
   assert proc.returncode == 2
   assert "unknown --models nope" in proc.stderr.splitlines()[-1]
+
+
+def test_gpu_mode_without_a_gpu_is_one_line(benchmark, capsys):
+  with pytest.raises(SystemExit) as exit_:
+    benchmark.main(["--device=gpu"])
+  assert exit_.value.code == 2
+  assert "--device=gpu: TensorFlow sees no GPU" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_the_benchmarks_models_are_their_configs_model_flags(jobs, common):
+  # The one model list: each model's flags are its configs/ file's, as the trainer reads
+  # that file (a model flag the reader missed would make the hyperparameters differ).
+  for name, config in common.MODELS.items():
+    ours = jobs.config(common.model_args(name))
+    theirs = jobs.config([f"--flagfile={os.path.join(ROOT, 'configs', config + '.cfg')}"])
+    assert (ours.model, ours.model_hparams) == (theirs.model, theirs.model_hparams), name
+  # A config's run flags are not the model's: the benchmark's own settings are apart.
+  assert "--intra_op_threads=1" not in common.model_args("mlp_1x50")
+  assert common.tapeloop_args("mlp_1x50") == ["--intra_op_threads=1"]
+  assert common.distinct_models() == [n for n in common.MODELS if n != "mlp_5x50_dropout_50ep"]
+
+
+def test_the_peers_build_the_configs_models_with_the_standard_library_only(jobs, common):
+  code = (f"import json, sys; sys.path.insert(0, {SCRIPTS!r}); import peers; "
+          "print(json.dumps({n: peers.settings(n) for n in peers.bench_common.MODELS}))")
+  proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True,
+                        text=True, check=True, timeout=60)  # -S: no site-packages at all
+  names = {"hidden": "hidden_units", "dropout": "dropout", "widths": "widths",
+           "blocks": "blocks_per_stage"}  # the peers' settings -> the model flags
+  for name, (kind, s) in json.loads(proc.stdout).items():
+    cfg = jobs.config(common.model_args(name))
+    built = {names[k]: tuple(v) if isinstance(v, list) else v for k, v in s.items()}
+    expected = {"dropout": 0.0, **cfg.model_hparams} if kind == "mlp" else cfg.model_hparams
+    assert (kind, built) == (cfg.model, expected), name  # the peers' CNN: the default one
 
 
 def test_time_to_accuracy_times_the_whole_command_first_uncached_then_cached(
@@ -77,9 +124,9 @@ def test_time_to_accuracy_times_the_whole_command_first_uncached_then_cached(
     return subprocess.CompletedProcess(cmd, 0, "", "")
 
   monkeypatch.setattr(subprocess, "run", cli)
-  monkeypatch.setattr(sys, "argv", ["benchmark.py", "--time_to_accuracy",
-                                    f"--output_dir={tmp_path}", f"--data_dir={data_dir}"])
-  assert benchmark.main() == 0
+  # bench_tta.py's, as scripts/benchmark.py --time_to_accuracy still runs it.
+  assert benchmark.main(["--time_to_accuracy", f"--output_dir={tmp_path}",
+                         f"--data_dir={data_dir}"]) == 0
   assert [c[0][1:3] for c in calls] == [["-m", "trainer.main"]] * 2
   assert f"--data_dir={data_dir}" in calls[0][0]
   assert "--flagfile=configs/fashion_tta.cfg" in calls[0][0]
@@ -92,17 +139,18 @@ def test_time_to_accuracy_times_the_whole_command_first_uncached_then_cached(
   assert "| first (decodes, writes the cache) | 92.34% | **44.0** | 3.0 | 6.0 |" in table
 
 
-def test_multi_device_mode_measures_both_sides_on_n_replicas(benchmark):
+def test_multi_device_mode_measures_both_sides_on_n_replicas(benchmark, jobs):
   # --device=gpu on a GPU VM; the same mirrored path on 2 of conftest's logical CPUs.
   devices = ["/cpu:0", "/cpu:1"]
-  assert benchmark.strategy_flags(devices) == ["--strategy=mirrored", "--devices=/cpu:0,/cpu:1"]
-  assert benchmark.global_batch(devices) == 256 and benchmark.global_batch([]) == 128
-  data = benchmark.input_pipeline.load(benchmark.DATASET)
+  assert jobs.strategy_flags(devices) == ["--strategy=mirrored", "--devices=/cpu:0,/cpu:1"]
+  assert jobs.global_batch(devices) == 256 and jobs.global_batch([]) == 128
+  assert benchmark.device_list("cpu:2") == devices and benchmark.device_list("cpu") == []
+  data = jobs.input_pipeline.load(jobs.DATASET)
   # Not mlp_1x50: its --intra_op_threads=1 cannot be set once TensorFlow runs (a job can).
-  ours = benchmark.tapeloop_throughput("mlp_5x50_dropout", data, 5, 0.1, devices)
+  ours = jobs.tapeloop_throughput("mlp_5x50_dropout", data, 5, 0.1, devices)
   train = data.splits["train"]
   x, y = train.images[:2560].astype("float32") / 255.0, train.labels[:2560].astype("int32")
-  fit = benchmark.keras_fit_throughput("mlp_5x50_dropout", x, y, 1, 20000, 0.1, devices)
+  fit = jobs.keras_fit_throughput("mlp_5x50_dropout", x, y, 1, 20000, 0.1, devices)
   assert ours["tapeloop"]["examples_per_sec"] > 0 and fit["examples_per_sec"] > 0
   assert ours["jit"] == "off"  # XLA cannot compile a loop over two replicas
   assert benchmark.variants(devices) == ("tapeloop", "keras_fit")
@@ -126,19 +174,16 @@ def test_multi_device_table_says_where_it_ran(benchmark):
   assert "keras issue 19246" in table
 
 
-def test_gpu_mode_without_a_gpu_is_one_line():
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
-                         "--device=gpu"], capture_output=True, text=True, check=False,
-                        timeout=120)
-  assert proc.returncode == 2
-  assert "--device=gpu: TensorFlow sees no GPU" in proc.stderr.strip().splitlines()[-1]
+@pytest.fixture
+def bench_peers(benchmark):
+  return _load("bench_peers")
 
 
-def _fake_jobs(benchmark, monkeypatch, jax_params=39760):
+def _fake_jobs(bench_peers, monkeypatch, jax_params=39760):
   """Measurement jobs that return fixed figures: tapeloop 300k, fit 100k/150k, JAX jit
   200k with 1 thread and 250k with all, its scan 380k/400k, PyTorch 150k/140k,
   torch.compile fails."""
-  def isolated(args, job):
+  def isolated(job, seconds, device="cpu"):
     if job["kind"] == "machine":
       return {"machine": {"date": "d", "cpu": "c", "cores": 2, "tensorflow": "t",
                           "keras": "k"}, "matmul_gflops": 100.0, "env": {}}
@@ -158,18 +203,18 @@ def _fake_jobs(benchmark, monkeypatch, jax_params=39760):
     return {"parameters": 39760, "version": "2.0",
             "torch_eager": {"examples_per_sec": 150_000.0 if threads == 1 else 140_000.0}}
 
-  monkeypatch.setattr(benchmark, "_isolated", isolated)
-  monkeypatch.setattr(benchmark, "_peer", peer)
+  monkeypatch.setattr(bench_peers.jobs, "isolated", isolated)
+  monkeypatch.setattr(bench_peers, "_peer", peer)
 
 
-class _PeerArgs:
-  models, repeats, steps_per_loop, seconds = "mlp_1x50", 2, 100, 0.1
-
-
-def test_peers_table_takes_each_peer_at_its_best_threads_and_the_best_peer(benchmark,
-                                                                          monkeypatch):
-  _fake_jobs(benchmark, monkeypatch)
-  result = benchmark.run_peers(_PeerArgs())
+def test_peers_table_takes_each_peer_at_its_best_threads_and_the_best_peer(bench_peers,
+                                                                          monkeypatch,
+                                                                          tmp_path):
+  _fake_jobs(bench_peers, monkeypatch)
+  assert bench_peers.main(["--models=mlp_1x50", "--repeats=2", "--seconds=0.1",
+                           f"--output_dir={tmp_path}"]) == 0
+  with open(tmp_path / "peers.json") as f:
+    result = json.load(f)
   row = result["models"]["mlp_1x50"]
   assert row["peers"]["jax_jit"]["examples_per_sec"] == 250_000.0
   assert row["peers"]["jax_jit"]["threads"] == 0
@@ -178,13 +223,17 @@ def test_peers_table_takes_each_peer_at_its_best_threads_and_the_best_peer(bench
   assert row["fraction_of_matmul_peak"] == pytest.approx(0.3)
   assert result["targets"] == {"mlp_1x50 >= 1.0x the best peer": False,
                                "mlp_1x50 >= 1.5x keras fit (best)": True}
-  table = benchmark.peers_markdown(result)
+  table = (tmp_path / "peers.md").read_text()
   assert ("| mlp_1x50 | 39,760 | 300,000 | loop | 150,000 | 250,000 t0 | **400,000 t0** | "
           "150,000 t1 | failed | 0.75x | 2.00x | 30% |") in table
   assert "mlp_1x50 torch.compile: InductorError: no compiler" in table
 
 
-def test_peers_with_another_parameter_count_stop_the_run(benchmark, monkeypatch):
-  _fake_jobs(benchmark, monkeypatch, jax_params=39761)
+class _PeerArgs:
+  models, repeats, steps_per_loop, seconds = "mlp_1x50", 2, 100, 0.1
+
+
+def test_peers_with_another_parameter_count_stop_the_run(bench_peers, monkeypatch):
+  _fake_jobs(bench_peers, monkeypatch, jax_params=39761)
   with pytest.raises(SystemExit, match="mlp_1x50: parameter counts differ"):
-    benchmark.run_peers(_PeerArgs())
+    bench_peers.run_peers(_PeerArgs())

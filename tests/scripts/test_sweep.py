@@ -15,7 +15,7 @@ from tensorboard.plugins.hparams import metadata
 from paths import ROOT
 from runs import read_hparams
 from trainer import files
-from trainer import flags as tl_flags
+from trainer import options
 
 _spec = importlib.util.spec_from_file_location("sweep", os.path.join(ROOT, "scripts", "sweep.py"))
 sweep = importlib.util.module_from_spec(_spec)
@@ -68,7 +68,7 @@ def test_a_sweep_trains_every_trial_writes_one_experiment_resumes_and_refuses_ch
   infos = {h.name: h for h in experiment.hparam_infos}
   assert [h.name for h in experiment.hparam_infos if h.differs] == ["learning_rate"]
   assert experiment.hparam_infos[0].name == "learning_rate"
-  assert not set(tl_flags.HOW_IT_RUNS) & set(infos)
+  assert not set(options.HOW_IT_RUNS) & set(infos)
   assert [v.number_value for v in infos["learning_rate"].domain_discrete.values] == [1e-3, 1e-2]
   assert {m.name.tag for m in experiment.metric_infos} >= {"accuracy", "test_accuracy"}
   # Each trial is a run with its own session: its learning rate, its eval metrics, and no

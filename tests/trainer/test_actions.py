@@ -3,14 +3,18 @@
 import logging
 import os
 import signal
+import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from input_pipeline import Split
+from input_pipeline.data import make_data
 from trainer import actions
-from trainer.loop import Evaluation, Progress
+from trainer.errors import Interrupted
+from trainer.evaluator import Evaluation, Evaluator
+from trainer.progress import Progress
 
 
 class FakeWriter:
@@ -95,13 +99,12 @@ def test_train_summaries_with_and_without_a_loss_scale():
 
 
 def test_evaluate_at_its_interval_and_at_the_last_step():
-  writer, calls = FakeWriter(), []
+  calls = []
 
-  def evaluate(split):
+  def report(split):
     calls.append(split)
     return evaluation(0, 0.5, 1.0)
-  action = actions.Evaluate(evaluate=evaluate, split="test", interval=10, total_steps=25,
-                            writer=writer)
+  action = actions.Evaluate(report=report, split="test", interval=10, total_steps=25)
   assert [action.next_step(s) for s in (0, 9, 10, 24)] == [10, 10, 20, 30]
   seen = []
   for step in (1, 5, 10, 15, 20, 25):
@@ -109,20 +112,20 @@ def test_evaluate_at_its_interval_and_at_the_last_step():
     action(step, logs)
     seen += [step] if "eval" in logs else []
   assert seen == [10, 20, 25] and calls == ["test"] * 3
-  assert [w[2] for w in writer.written] == [10, 20, 25]
-  assert writer.written[0][1:] == ("eval", 10, {"loss": 1.0, "accuracy": 0.5})
 
 
 def test_eval_pictures_written_by_the_chief_only():
   rng = np.random.default_rng(0)
   split = Split(images=rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8),
                 labels=np.array([0, 1, 2, 0, 1, 2]))
+  data = make_data("test", {"test": split}, 3, ("cat", "dog", "bird"))
   result = Evaluation(split="test", step=4, loss=1.0, accuracy=0.5,
                       predictions=np.array([0, 1, 2, 1, 1, 0], np.int32),
                       losses=np.array([.1, .2, .3, 2.0, .4, 3.0], np.float32), seconds=0.1)
+  state = types.SimpleNamespace(strategy=tf.distribute.get_strategy(), ema=None)
   writer = FakeWriter()
-  pictures = actions.EvalPictures(writer, split, ("cat", "dog", "bird"))
-  pictures(4, result)
+  evaluator = Evaluator(state, data, 2, writer, pictures=True)
+  evaluator.write_pictures("eval", result)
   assert writer.written[-1] == ("flush", "eval")  # once, after all of them
   written = {w[3]: w[4] for w in writer.written[:-1]}
   assert set(written) == {"confusion_matrix", "worst_mistakes", "per_class_accuracy"}
@@ -130,9 +133,9 @@ def test_eval_pictures_written_by_the_chief_only():
   # Two mistakes: a grid of 2 tiles of 8x8 images upscaled 11x to 88 pixels.
   assert written["worst_mistakes"].shape[0] >= 88 and written["worst_mistakes"].shape[1] >= 2 * 88
   assert "| bird | 0.5000 | 2 | cat (1) |" in written["per_class_accuracy"]
-  assert pictures.seconds > 0
+  assert evaluator.pictures_seconds > 0
   silent = FakeWriter(enabled=False)
-  actions.EvalPictures(silent, split, ("cat", "dog", "bird"))(4, result)
+  Evaluator(state, data, 2, silent, pictures=True).write_pictures("eval", result)
   assert silent.written == []
 
 
@@ -245,7 +248,7 @@ def test_preemption_before_and_after_the_loop():
   alone = actions.PreemptionStop()
   alone.install()
   try:
-    with pytest.raises(actions.Interrupted, match="stopped by SIGTERM before training: "
+    with pytest.raises(Interrupted, match="stopped by SIGTERM before training: "
                        "no step was trained"):
       os.kill(os.getpid(), signal.SIGTERM)
   finally:

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from trainer.config import ConfigError
+from trainer.errors import ConfigError
 from flag_helpers import parse
 from paths import ROOT
 

@@ -5,6 +5,7 @@ import signal
 import pytest
 
 from trainer import actions
+from trainer.errors import Interrupted
 from trainer.controller import Controller
 
 
@@ -115,7 +116,7 @@ def test_a_signal_stop_saves_first_skips_the_rest_and_raises_interrupted():
   saver.on_preemption = True  # as the Checkpoint action; the evaluator is not
   controller = Controller(trainer=trainer, actions=[StopAt(3, signal.SIGTERM), evaluator, saver],
                           total_steps=50, steps_per_loop=2, batch_size=4)
-  with pytest.raises(actions.Interrupted, match="stopped by SIGTERM at step 3; checkpoint "
+  with pytest.raises(Interrupted, match="stopped by SIGTERM at step 3; checkpoint "
                      "ckpt-3 saved") as info:
     controller.run()
   assert info.value.signum == signal.SIGTERM and saver.ended == evaluator.ended == 3
@@ -128,7 +129,7 @@ def test_a_stop_at_the_last_step_is_a_normal_end_but_a_signal_there_is_not():
                       steps_per_loop=3, batch_size=4).run()
   assert trainer.step == 4 and timing.stop is None
   # A preempted VM's last loop: the checkpoint, then exit 143, nothing after the save.
-  with pytest.raises(actions.Interrupted) as e:
+  with pytest.raises(Interrupted) as e:
     Controller(trainer=FakeTrainer(), actions=[StopAt(4, signal.SIGTERM)], total_steps=4,
                steps_per_loop=3, batch_size=4).run()
   assert e.value.step == 4
@@ -148,7 +149,7 @@ def test_a_boundary_cut_short_by_a_signal_is_completed_on_resume():
       trainer=trainer, actions=[StopAt(6, signal.SIGTERM), skipped, saved, plain],
       total_steps=total, steps_per_loop=3, batch_size=1, first_loop_steps=3,
       interrupted_at=interrupted_at).run()
-  with pytest.raises(actions.Interrupted):
+  with pytest.raises(Interrupted):
     run(FakeTrainer(), 9)
   assert int(interrupted_at.numpy()) == 6  # set before the checkpoint (saved) ran
   assert [s for s, _ in skipped.calls] == [3] and [s for s, _ in saved.calls] == [3, 6]

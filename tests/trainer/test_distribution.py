@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import distribute
-from trainer.loop import Trainer
+from trainer.inner_loop import Trainer
 from flag_helpers import parse
 
 DATA = "synthetic:shape=12x12x1,classes=5,train=512,test=50"  # 50: not a multiple of 32
@@ -246,7 +246,7 @@ def test_models_and_input_pipeline_know_nothing_of_strategies():
 
 
 def test_an_eval_that_takes_a_while_says_it_started(tmp_path, monkeypatch):
-  from trainer import loop
+  from trainer import evaluator as loop
   monkeypatch.setattr(loop, "_EVAL_NOTICE_SECONDS", 0.0)  # every eval counts as long here
   said = []
   monkeypatch.setattr(loop.logging, "info", lambda message, *args: said.append(message % args))
@@ -278,7 +278,7 @@ def test_clipping_all_reduces_the_gradients_once(tmp_path, monkeypatch, precisio
 
 def _gathers(trainer):
   """(params dtype, device) of every GatherV2 in the traced in-memory training loop."""
-  concrete = trainer._in_memory_loop.get_concrete_function()
+  concrete = trainer._loop.compiled.get_concrete_function()
   graph_def = concrete.graph.as_graph_def()
   nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
   return [(tf.dtypes.as_dtype(n.attr["Tparams"].type).name, n.device)
@@ -289,9 +289,9 @@ def _gathers(trainer):
 def test_every_replica_gathers_its_batch_from_a_copy_on_its_own_device(tmp_path, replicas):
   trainer = build(replicas, tmp_path, *MODELS["mlp"])
   devices = list(trainer.strategy.extended.worker_devices)
-  for table in trainer._tables:  # resident on each device: no per-step copy of the data
+  for table in trainer.feed.tables:  # resident on each device: no per-step copy of the data
     assert [t.device for t in trainer.strategy.experimental_local_results(table)] == devices
-  assert trainer._in_memory.nbytes == 512 * (12 * 12 + 4)  # uint8 pixels, int32 labels
+  assert trainer.feed.data.nbytes == 512 * (12 * 12 + 4)  # uint8 pixels, int32 labels
   gathers = _gathers(trainer)
   # Two gathers (images, labels) per replica, each on its replica's device, of float32
   # words (GPUs have no uint8 gather kernel: it would run on the host, then copy).

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import files, predict, train
-from trainer.config import ConfigError
+from trainer.errors import ConfigError
 from flag_helpers import parse
 
 RUN = ["--model=mlp", "--hidden_units=16", "--dataset=synthetic:shape=8x8x1,classes=3,"

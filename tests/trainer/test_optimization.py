@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import fused_optimizers, optimization
-from trainer.config import ConfigError
+from trainer.errors import ConfigError
 from flag_helpers import parse
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from trainer import export, files, train
-from trainer.config import ConfigError
-from trainer.loop import Trainer
+from trainer.errors import ConfigError
+from trainer.inner_loop import Trainer
 from datafiles import tree_digest
 from flag_helpers import parse
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from trainer import train
-from trainer.config import ConfigError
+from trainer.errors import ConfigError
 from datafiles import tree_digest
 from flag_helpers import parse
 from runs import read_scalars, run

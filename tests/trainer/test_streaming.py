@@ -14,7 +14,7 @@ from flag_helpers import parse
 from runs import read_images, run
 from input_pipeline import folder
 from trainer import train
-from trainer.config import ConfigError
+from trainer.errors import ConfigError
 
 CNN = ["--model=cnn", "--filters=4,4", "--kernel_sizes=3,3", "--dense_units=8"]
 

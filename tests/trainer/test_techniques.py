@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import input_pipeline
 from input_pipeline.in_memory import IndexStream
 from input_pipeline.mixing import Mix, mix_batch
 from input_pipeline.preprocess import augment_seed, normalize
 from trainer import distribute
-from trainer.loop import Trainer
+from trainer.inner_loop import Trainer
 from flag_helpers import parse
 
 DATA = "synthetic:shape=12x12x1,classes=5,train=512,test=50"
@@ -227,7 +226,7 @@ def test_k_micro_batches_update_like_one_step_on_k_times_the_batch(tmp_path, tmp
                                                                    replicas, variant):
   extra = ACCUMULATION_VARIANTS[variant]
   trainer = build(replicas, tmp_path, "--batch_size=16", "--accumulation_steps=4", *extra)
-  assert trainer.step_batch == 64 and trainer.steps_per_epoch == 512 // 64
+  assert trainer.config.step_batch == 64 and trainer.plan.steps_per_epoch == 512 // 64
   reference = big_step_reference(tmp_path_factory, extra)
   for (logs, weights), (ref_logs, ref_weights) in zip(trajectory(trainer), reference):
     assert logs["loss"] == pytest.approx(ref_logs["loss"], rel=1e-5)

@@ -9,7 +9,7 @@ import tensorflow as tf
 from paths import ROOT
 from trainer import config as config_lib
 from trainer import distribute
-from trainer.config import ConfigError
+from trainer.errors import ConfigError
 
 PROBE = """
 import tensorflow as tf

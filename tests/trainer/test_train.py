@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import actions, train
-from trainer.loop import Trainer
-from trainer.config import ConfigError
+from trainer import train
+from trainer.inner_loop import Trainer
+from trainer.errors import ConfigError, Interrupted
 from flag_helpers import parse
 from runs import _accumulator, read_images, read_scalars
 
@@ -137,7 +137,7 @@ def test_a_signal_in_the_last_loop_stops_there_and_the_rerun_completes_that_boun
       os.kill(os.getpid(), signal.SIGTERM)  # PreemptionStop's handler takes it
     return logs
   monkeypatch.setattr(Trainer, "run_steps", signalled_in_the_last_loop)
-  with pytest.raises(actions.Interrupted) as e:
+  with pytest.raises(Interrupted) as e:
     train.train_and_evaluate(args)
   assert e.value.step == 8 and e.value.signum == signal.SIGTERM
   # Only the checkpoint ran after the signal: no eval of step 8, no test eval, no export.

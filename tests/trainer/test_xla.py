@@ -7,8 +7,9 @@ import tensorflow as tf
 
 from trainer import config as config_lib
 from trainer import distribute
-from trainer.config import ConfigError
-from trainer.loop import Trainer, jit_mode
+from trainer.errors import ConfigError
+from trainer.inner_loop import Trainer
+from trainer.plan import jit_mode
 
 
 def parse(*args):  # not flag_helpers.parse, which turns XLA off: the default is tested here
@@ -89,7 +90,7 @@ def test_one_xla_program_for_every_loop_length(tmp_path):
   # A loop length XLA needed at compile time made the last, shorter loop compile again.
   trainer = build(tmp_path, *MLP, "--cutmix=1", "--jit_compile=loop")
   window = tf.zeros([4, 32], tf.int32)
-  programs = {trainer._in_memory_loop.experimental_get_compiler_ir(window, tf.constant(n))(
+  programs = {trainer._loop.compiled.experimental_get_compiler_ir(window, tf.constant(n))(
       stage="hlo") for n in (4, 1)}
   assert len(programs) == 1
 

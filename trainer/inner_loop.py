@@ -1,0 +1,94 @@
+"""The Trainer: N training steps in one tf.function call (the inner loop), and the eval
+pass, over a run's state. The outer loop that decides N and acts between calls is
+controller.py with actions.py.
+
+    state.py      model, optimizer, global step, EMA, progress, checkpoints
+    step.py       one step on a batch (forward, backward, accumulation, clipping, fp16)
+    feeds.py      how the batches reach the devices, one feed per --pipeline
+    evaluator.py  the exact eval pass and its report
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+from absl import logging
+
+from input_pipeline import Data
+from trainer import feeds
+from trainer import plan as run_plan
+from trainer.config import Config
+from trainer.evaluator import Evaluation, Evaluator
+from trainer.state import TrainState
+from trainer.step import TrainStep
+
+_XLA = {"off": "off", "loop": "the whole inner loop", "step": "each training step",
+        "forward_backward": "the forward and backward pass"}
+
+
+class Trainer:
+  """A run's state, step, feed and evaluator, built under the strategy's scope.
+
+  plan: the run's (plan.resolve; default resolved here without a record). output_dir:
+  where this worker saves checkpoints (default model_dir; a non-chief worker of a cluster
+  passes a scratch directory). restore: True restores the latest checkpoint of model_dir,
+  a path that checkpoint, False nothing. writer: summaries.Summaries for eval reports."""
+
+  def __init__(self, config: Config, strategy: tf.distribute.Strategy, data: Data, *,
+               plan: run_plan.Plan | None = None, output_dir: str | None = None,
+               restore: bool | str = True, writer=None):
+    self.config, self.strategy, self.data = config, strategy, data
+    self.plan = plan or run_plan.resolve(config, data, strategy)
+    self.state = TrainState(config, strategy, data.info, total_steps=self.plan.total_steps,
+                            horizon=self.plan.horizon, output_dir=output_dir)
+    self.evaluator = Evaluator(self.state, data, config.batch_size, writer,
+                               pictures=config.eval_images)
+    if restore:
+      self.restore(restore if isinstance(restore, str) else None)
+    self.jit = self.plan.jit
+    logging.info("XLA: %s (%s)", _XLA[self.jit], self.plan.jit_reason)
+    self.feed = feeds.make_feed(strategy, data, batch=config.step_batch, seed=config.seed,
+                                augment=config.augment, steps_per_loop=config.steps_per_loop)
+    self.train_step = TrainStep(config, self.state, data.info.num_classes, self.jit,
+                                seed_at=self.feed.replica_seed)
+    self._loop = self.feed.loop(self.train_step.run, self.train_step.replica,
+                                self.state.global_step, jit=self.jit == "loop")
+
+  # The state's parts, by the names the loop's users know them.
+  model = property(lambda self: self.state.model)
+  ema = property(lambda self: self.state.ema)
+  optimizer = property(lambda self: self.state.optimizer)
+  global_step = property(lambda self: self.state.global_step)
+  learning_rate = property(lambda self: self.state.learning_rate)
+  progress = property(lambda self: self.state.progress)
+  checkpoints = property(lambda self: self.state.checkpoints)
+  eval_model = property(lambda self: self.state.eval_model)
+  step = property(lambda self: self.state.step)
+  loss_scale = property(lambda self: self.state.loss_scale)
+
+  def weights_digest(self) -> str:
+    return self.state.weights_digest()
+
+  def restore(self, checkpoint: str | None = None) -> str | None:
+    """Restores `checkpoint`, or else model_dir's latest readable one; None if there is none."""
+    path = self.state.restore(checkpoint)
+    self.evaluator.forget()
+    return path
+
+  def recover(self, bad_step: int) -> int | None:
+    """Back to the last good checkpoint past the data since it (TrainState.recover)."""
+    good = self.state.recover(bad_step)
+    self.evaluator.forget()
+    return good
+
+  def evaluate(self, split: str, raw: bool = False) -> Evaluation:
+    return self.evaluator.evaluate(split, raw)
+
+  def train_iterator(self):
+    """The train stream from the current global step (resumes the data order)."""
+    return self.feed.iterator(self.state.data_position)
+
+  def run_steps(self, iterator, steps: int) -> dict[str, float]:
+    """Runs `steps` training steps (in-memory data: one call per steps_per_loop); returns
+    their global loss and accuracy (read once, at the end)."""
+    self._loop(iterator, steps)
+    return self.train_step.metrics()

@@ -1,0 +1,334 @@
+"""Every option of tapeloop, declared once: its flag, default, help, group, what it means
+to a rerun, and how its value is read, checked and compared.
+
+flags.py defines the absl flags from these declarations, config.py builds the Config's
+fields from them, run_record.py asks them which changes a rerun may make, and
+docs/flags.md is generated from them (tests/trainer/test_options.py keeps it current).
+A new option is one `Option(...)` here plus the code that uses `config.<name>`.
+
+Roles: WHAT changes what is trained (a rerun into the same model_dir refuses a change
+unless --allow_changed_flags names it); HOW changes how the run runs (a rerun may change
+it); DATA is HOW too, but where the run's data is and how it is read, which a later
+process reading the data (trainer.evaluate) takes from the run's record; LENGTH may only
+extend a run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+from input_pipeline import PIPELINES, Augment
+from input_pipeline.sources import parse_image_size, parse_spec
+from models.common import POLICIES
+from models.registry import MODELS
+
+WHAT, HOW, DATA, LENGTH = "what", "how", "data", "length"
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "cosine", "exponential", "step", "one_cycle", "plateau")
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
+JIT_MODES = ("auto", "loop", "step", "off")
+BEST_METRICS = ("accuracy", "loss")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+  """One option. kind: str, int, float, bool or list (absl's comma list).
+  check(value) -> the problem (after "--name=value ") or None; parse(value) -> the
+  Config's value (ValueError naming the flag when it cannot); model: a model
+  hyperparameter, passed to the model only when given."""
+  name: str
+  kind: type
+  default: Any
+  help: str
+  group: str
+  role: str = WHAT
+  check: Callable[[Any], str | None] | None = None
+  parse: Callable[[Any], Any] | None = None
+  model: bool = False
+
+
+# --- value checks: each returns the problem, or None -----------------------------------
+
+def positive(value) -> str | None:
+  return None if value is None or value > 0 else "must be positive"
+
+
+def at_least_zero(value) -> str | None:
+  return None if value >= 0 else "must be >= 0"
+
+
+def within(low: float, high: float, *, low_open=False, high_open=True, note=""):
+  """A check of low <= value < high (open/closed ends as given)."""
+  def check(value):
+    if value is None:
+      return None
+    ok = (value > low if low_open else value >= low) and (
+        value < high if high_open else value <= high)
+    text = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return None if ok else f"must be in {text}{note}"
+  return check
+
+
+def one_of(choices, joiner=", "):
+  def check(value):
+    return None if value is None or value in choices else (
+        f"is unknown; use {joiner.join(choices)}")
+  return check
+
+
+def ints(name: str):
+  """A comma list of positive integers as a tuple."""
+  def parse(values):
+    if values is None:
+      return None
+    try:
+      out = tuple(int(v) for v in values)
+    except ValueError:
+      raise ValueError(f"--{name}={','.join(values)}: expected comma-separated integers") from None
+    if not out or min(out) < 1:
+      raise ValueError(f"--{name}={','.join(values)}: values must be positive")
+    return out
+  return parse
+
+
+def absolute_path(path: str | None) -> str | None:
+  """A path as the user means it: a local one made absolute against the current directory
+  (~ expanded, file:// dropped), a URL (gs://, ram://) as it is. How a run records paths,
+  and how the scripts hand them to the trainers they start."""
+  if not path or "://" in path:
+    return path
+  return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+
+
+def absolute_spec(spec: str) -> str:
+  """--dataset with a local file or directory made absolute (idx:, csv:, folder:)."""
+  kind, arg = parse_spec(spec)
+  return f"{kind}:{absolute_path(arg)}" if kind in ("idx", "csv", "folder") else spec
+
+
+def _model_known(value) -> str | None:
+  return None if value in MODELS else f"is unknown; known models: {', '.join(sorted(MODELS))}"
+
+
+_D, _R, _E, _O, _H, _M = ("Data", "Run", "Evaluation", "Optimization", "Hardware",
+                          "Model hyperparameters (each model takes some; see README)")
+
+OPTIONS: tuple[Option, ...] = (
+    Option("model", str, "cnn", "Model name: mlp, cnn or resnet.", _D, check=_model_known),
+    Option("dataset", str, "mnist", "tfds:NAME (or a TFDS name), folder:DIR "
+           "(DIR/train/<class>/*.jpg|png), idx:DIR, csv:PATH or "
+           "synthetic[:shape=28x28x1,classes=10,train=N,test=N].", _D),
+    Option("data_dir", str, None, "TFDS data_dir (default ~/tensorflow_datasets).", _D, DATA),
+    Option("manual_dir", str, None, "TFDS manual_dir: files here are used offline.", _D, DATA),
+    Option("num_classes", int, None, "Classes of an idx:/csv: dataset (default 10).", _D,
+           check=lambda v: None if v is None or v >= 2 else "must be at least 2"),
+    Option("validation_split", float, 0.0, "Fraction of train held out (seeded) for eval "
+           "during training.", _D, check=within(0, 1)),
+    Option("pipeline", str, "auto", "auto: in_memory when the decoded data fits "
+           "--memory_budget_gb, else stream; in_memory: batches gathered inside the training "
+           "graph (fastest); tf_data: tf.data over the in-memory arrays; stream: tf.data "
+           "reading TFDS shards or image files.", _D, DATA, check=one_of(PIPELINES)),
+    Option("memory_budget_gb", float, None, "Decoded data up to this size is held in memory "
+           "by --pipeline=auto (default: a quarter of the RAM).", _D, DATA, check=positive),
+    Option("image_size", str, None, "H or HxW: resize images to this size (eval: resize and "
+           "centre crop; train: random-resized crops). Needed for images of varying size.",
+           _D, parse=parse_image_size),
+    Option("skip_bad_images", bool, False, "folder: skip (and count) unreadable image files "
+           "instead of stopping.", _D),
+    Option("augment", str, "none", "none, or a comma list of crop[=PIXELS] (pad with zeros, "
+           "crop at a random offset; translate[=PIXELS] is the same), flip, "
+           "erase[=PROBABILITY], resized_crop[=MIN_AREA] (on with --image_size; "
+           "resized_crop=0: off).", _D),
+    Option("mixup", float, 0.0, "Mixup: mix each batch with a shuffled copy, images and "
+           "targets, by a Beta(ALPHA, ALPHA) weight (0: off; e.g. 0.2).", _D,
+           check=lambda v: None if v >= 0 else "must be >= 0 (0: off)"),
+    Option("cutmix", float, 0.0, "CutMix: paste a box of a shuffled copy of the batch, targets "
+           "by area; box area from Beta(ALPHA, ALPHA) (0: off; e.g. 1.0). With --mixup, each "
+           "batch takes one of the two at random.", _D,
+           check=lambda v: None if v >= 0 else "must be >= 0 (0: off)"),
+    Option("mix_probability", float, 1.0, "Fraction of batches --mixup/--cutmix mix.", _D,
+           check=within(0, 1, low_open=True, high_open=False)),
+
+    Option("model_dir", str, None, "Where checkpoints, TensorBoard events, results.json and "
+           "the export go (default runs/<model>-<dataset>).", _R, HOW),
+    Option("batch_size", int, 128, "GLOBAL batch size, split over all replicas.", _R,
+           check=positive),
+    Option("accumulation_steps", int, 1, "Gradient accumulation: each step sums the gradients "
+           "of this many batches of --batch_size and updates once (a step on "
+           "accumulation_steps x batch_size examples).", _R, check=positive),
+    Option("epochs", int, None, "Epochs to train (default 1); not with --train_steps.", _R,
+           LENGTH, check=positive),
+    Option("train_steps", int, None, "Steps to train; not with --epochs.", _R, LENGTH,
+           check=positive),
+    Option("steps_per_loop", int, 100, "Steps inside one tf.function call; logs and "
+           "summaries are written between loops.", _R, HOW, check=positive),
+    Option("checkpoint_every", int, None, "Checkpoint every N steps (default once per "
+           "epoch); always at the end.", _R, HOW, check=positive),
+    Option("keep_checkpoints", int, 3, "Checkpoints kept in model_dir/checkpoints.", _R, HOW,
+           check=positive),
+    Option("profile_steps", list, None, "A,B: write a TensorBoard profile of steps A to B to "
+           "model_dir/profile (at loop boundaries).", _R, HOW, parse=ints("profile_steps")),
+    Option("seed", int, 0, "Seed for initialization, data order and augmentation.", _R),
+    Option("deterministic", bool, False, "Deterministic ops (slower): same flags, same "
+           "weights.", _R, HOW),
+    Option("divergence_retries", int, 0, "On a non-finite loss or a collapsed fp16 loss "
+           "scale, go back to the last checkpoint, skip the data since, and continue, at most "
+           "this many times (0: stop).", _R, HOW, check=at_least_zero),
+    Option("allow_changed_flags", list, None, "A rerun into an existing model_dir refuses "
+           "flags that change what is trained; these may change (logged and recorded in "
+           "model_dir/flag_changes.json).", _R, HOW, parse=lambda v: tuple(v or ())),
+
+    Option("eval_every", int, None, "Evaluate every N steps (default once per epoch), on the "
+           "validation split, or on test without one.", _E, HOW, check=positive),
+    Option("eval_images", bool, True, "At each eval, write a confusion matrix, the worst "
+           "mistakes and per-class accuracy to TensorBoard.", _E, HOW),
+    Option("keep_best", str, None, "accuracy or loss: keep the checkpoint with the best eval "
+           "value in model_dir/best/ and export it to export_best/.", _E, HOW,
+           check=one_of(BEST_METRICS, " or ")),
+    Option("early_stopping", int, None, "Stop when the eval metric (--keep_best's, else "
+           "loss) has not improved for this many evals.", _E, HOW, check=positive),
+
+    Option("optimizer", str, "adam", "sgd, momentum, adam, adamw or rmsprop.", _O,
+           check=one_of(OPTIMIZERS)),
+    Option("learning_rate", float, 1e-3, "Peak learning rate.", _O, check=positive),
+    Option("lr_schedule", str, "constant", "constant; cosine (to --final_learning_rate); "
+           "exponential; step (x lr_decay_rate at each of --lr_boundaries); one_cycle (linear "
+           "from learning_rate/25 up over the warm-up, default 30% of the run, then cosine to "
+           "--final_learning_rate); plateau (x lr_decay_rate after --plateau_patience evals "
+           "without a new best eval metric, --keep_best's or loss).", _O,
+           check=one_of(SCHEDULES)),
+    Option("warmup_steps", int, 0, "Linear warm-up steps before the schedule (one_cycle: 0 "
+           "means 30% of the schedule).", _O, check=at_least_zero),
+    Option("final_learning_rate", float, 0.0, "cosine, one_cycle: the rate at the end; "
+           "plateau: the lowest rate.", _O),
+    Option("lr_boundaries", list, None, "step: the steps at which the rate is multiplied by "
+           "--lr_decay_rate, e.g. 6000,9000.", _O, parse=ints("lr_boundaries")),
+    Option("plateau_patience", int, 3, "plateau: evals without a new best before the rate "
+           "is cut.", _O, check=positive),
+    Option("schedule_steps", int, None, "The schedule's horizon in steps (default: the run's "
+           "length at its first start, kept when a rerun extends it).", _O, check=positive),
+    Option("lr_decay_rate", float, 0.1, "exponential: factor over the whole run; step and "
+           "plateau: factor at each cut.", _O,
+           check=within(0, 1, low_open=True, high_open=False)),
+    Option("momentum", float, 0.9, "Momentum of the momentum optimizer.", _O,
+           check=within(0, 1)),
+    Option("nesterov", bool, False, "momentum: Nesterov momentum.", _O),
+    Option("label_smoothing", float, 0.0, "Training loss only: targets (1 - E) on the label "
+           "plus E / classes on every class.", _O, check=within(0, 1)),
+    Option("ema_decay", float, 0.0, "Keep an exponential moving average of the weights (e.g. "
+           "0.999; 0: none), updated at every applied step; evals and the export use it, and "
+           "the raw weights' evals are logged beside (eval_raw).", _O,
+           check=within(0, 1, note=" (0: none), e.g. 0.999")),
+    Option("weight_decay", float, 0.0, "Decoupled weight decay (not on biases, norms); adamw "
+           "needs it.", _O, check=at_least_zero),
+    Option("clip_norm", float, None, "Clip gradients to this global norm, after the "
+           "all-reduce.", _O, check=positive),
+
+    Option("strategy", str, "auto", "auto, default, one_device, mirrored or multi_worker "
+           "(reads TF_CONFIG).", _H, HOW, check=one_of(STRATEGIES)),
+    Option("devices", list, None, "mirrored: devices to use (default all GPUs), e.g. "
+           "/cpu:0,/cpu:1.", _H, HOW, parse=lambda v: tuple(v) if v else None),
+    Option("cpu_devices", int, None, "Split the CPU into N logical devices, so that "
+           "--strategy=mirrored can be tried without GPUs.", _H, HOW, check=positive),
+    Option("intra_op_threads", int, None, "Threads one TensorFlow op may use (default "
+           "TensorFlow's: all cores). 1 speeds up the smallest models (MLP 1x50, 5x50), whose "
+           "ops are too small to split.", _H, HOW, check=positive),
+    Option("mixed_precision", str, "float32", "float32, mixed_float16 (with loss scaling) or "
+           "mixed_bfloat16.", _H, check=one_of(POLICIES)),
+    Option("jit_compile", str, "auto", "XLA: loop compiles the whole inner loop (one replica, "
+           "in-memory data); step each training step (on several replicas its forward and "
+           "backward pass); off; auto: loop where it was measured faster (models without "
+           "convolutions), else off.", _H, HOW, check=one_of(JIT_MODES)),
+
+    Option("hidden_units", list, None, "mlp: hidden layer sizes, e.g. 500,500.", _M,
+           parse=ints("hidden_units"), model=True),
+    Option("activation", str, None, "mlp: hidden activation (default relu).", _M, model=True),
+    Option("dropout", float, None, "Dropout rate (default 0).", _M, check=within(0, 1),
+           model=True),
+    Option("l2", float, None, "L2 regularization factor on kernels (default 0).", _M,
+           check=lambda v: None if v is None or v >= 0 else "must be >= 0", model=True),
+    Option("filters", list, None, "cnn: filters per conv layer (default 25,25,25).", _M,
+           parse=ints("filters"), model=True),
+    Option("kernel_sizes", list, None, "cnn: kernel size per conv layer (default 5,5,4).", _M,
+           parse=ints("kernel_sizes"), model=True),
+    Option("dense_units", list, None, "cnn: dense layer sizes (default 50).", _M,
+           parse=ints("dense_units"), model=True),
+    Option("widths", list, None, "resnet: width per stage (default 32,64,128).", _M,
+           parse=ints("widths"), model=True),
+    Option("blocks_per_stage", int, None, "resnet: residual blocks per stage (default 2).", _M,
+           check=positive, model=True),
+    Option("sync_batch_norm", bool, None, "resnet: batch norm statistics over the global "
+           "batch (default: when there are several replicas).", _M, model=True),
+)
+
+BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+NAMES: tuple[str, ...] = tuple(sorted(BY_NAME))
+MODEL_OPTIONS: tuple[str, ...] = tuple(o.name for o in OPTIONS if o.model)
+# A rerun may change these (logged): they change how the run runs, not what it trains.
+HOW_IT_RUNS: tuple[str, ...] = tuple(o.name for o in OPTIONS if o.role in (HOW, DATA))
+RUN_LENGTH: tuple[str, ...] = tuple(o.name for o in OPTIONS if o.role == LENGTH)
+READS_DATA: tuple[str, ...] = tuple(o.name for o in OPTIONS if o.role == DATA)
+
+
+def groups() -> dict[str, list[str]]:
+  """Option names by group, in declaration order (--help, docs/flags.md)."""
+  out: dict[str, list[str]] = {}
+  for option in OPTIONS:
+    out.setdefault(option.group, []).append(option.name)
+  return out
+
+
+def normalized(name: str, value):
+  """A value in a form where values of one meaning are equal, for comparing a rerun with
+  the run's record: --augment=crop,flip and flip,crop; --image_size=28 and 28x28;
+  --dataset=mnist and tfds:mnist; --hidden_units=050 and 50. Unreadable values stay as
+  they are (they then differ, and the rerun's own validation names them)."""
+  if value is None:
+    return None
+  try:
+    if name == "augment":
+      return Augment.parse(value)
+    if name == "image_size":
+      return parse_image_size(value)
+    if name == "dataset":  # a relative path as this directory sees it (older records)
+      kind, arg = parse_spec(value)
+      return kind, (absolute_path(arg) if kind in ("idx", "csv", "folder") else arg)
+    if name in ("data_dir", "manual_dir"):
+      return absolute_path(value)
+    if isinstance(value, (list, tuple)):
+      return tuple(int(v) if str(v).strip().lstrip("-").isdigit() else str(v).strip()
+                   for v in value)
+  except ValueError:
+    pass
+  return value
+
+
+_ROLE_TEXT = {WHAT: "refused", HOW: "may change", DATA: "may change; trainer.evaluate "
+              "reads the run's", LENGTH: "may extend the run"}
+
+
+def reference() -> str:
+  """docs/flags.md: every option by group, from these declarations
+  (python -m trainer.options > docs/flags.md; a test keeps it current)."""
+  lines = ["# Flags", "", "Generated from `trainer/options.py` by `python -m trainer.options "
+           "> docs/flags.md`; `python -m trainer.main --help` prints the same by group.",
+           "", "*On a rerun*: what a rerun into the same `--model_dir` may do with the flag "
+           "(refused: it changes what is trained; `--allow_changed_flags=NAME` allows it, "
+           "recorded in flag_changes.json).", ""]
+  for group, names in groups().items():
+    lines += [f"## {group}", "", "| flag | default | on a rerun | what it does |",
+              "|---|---|---|---|"]
+    for name in names:
+      option = BY_NAME[name]
+      default = "" if option.default is None else f"`{option.default}`"
+      text = option.help.replace("|", "\\|")
+      lines.append(f"| `--{name}` | {default} | {_ROLE_TEXT[option.role]} | {text} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  print(reference(), end="")

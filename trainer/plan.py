@@ -1,0 +1,118 @@
+"""What the flags resolve to once the data and the devices exist: the run's length, the
+schedule's horizon, the split evaluated, the XLA mode. Every check that needs those facts
+runs here, once, before anything is written to model_dir (the flags' own checks ran in
+config.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from input_pipeline import Data
+from input_pipeline.pipeline import check_batch
+from trainer import optimization, run_record
+from trainer.config import Config
+from trainer.errors import ConfigError
+
+# --jit_compile=auto: model families whose whole inner loop ran faster under XLA on a CPU
+# (steady examples/s, XLA loop vs graph): MLP 1x50 1.2x, 1x500 1.3x, 5x500 with dropout
+# 1.15x. Convolutions ran slower (tutorial CNN 0.06x as a loop, 0.4x as a step): XLA:CPU's
+# convolution gradients are far slower than oneDNN's, 20-30x inside a loop
+# (docs/performance.md, "XLA where it measured faster"). Not compiled.
+XLA_FASTER = ("mlp",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """steps_per_epoch and total_steps of this run; horizon: the learning-rate schedule's
+  (kept from the run's first start); eval_split: what training evaluates (None: nothing
+  labeled); jit: off, loop, step or forward_backward, and why."""
+  steps_per_epoch: int
+  total_steps: int
+  horizon: int
+  eval_split: str | None
+  jit: str
+  jit_reason: str
+  replicas: int
+  eval_interval: int  # steps: --eval_every, else once per epoch
+  checkpoint_interval: int  # steps: --checkpoint_every, else once per epoch
+
+
+def eval_split(data: Data) -> str | None:
+  """What training evaluates: the validation split when one is held out, else test."""
+  for split in ("validation", "test"):
+    if split in data.splits and data.splits[split].labeled:
+      return split
+  return None
+
+
+def jit_mode(config: Config, replicas: int, pipeline: str) -> tuple[str, str]:
+  """What --jit_compile means for this run: (loop, step, forward_backward or off, why).
+  Raises ConfigError where the mode asked for cannot be compiled."""
+  asked = config.jit_compile
+  # Under N replicas, Keras's optimizer update reads every replica's variables on its own
+  # device inside one merge (XLA cannot place a computation on several devices), and
+  # tf.data iterators cannot be read inside an XLA computation.
+  if asked == "loop" and (replicas > 1 or pipeline != "in_memory"):
+    raise ConfigError(f"--jit_compile=loop needs one replica and --pipeline=in_memory (this "
+                      f"run: {replicas} replica(s), {pipeline}): use --jit_compile=step")
+  if asked == "loop" and config.augment.resized_crop:
+    raise ConfigError("--jit_compile=loop cannot compile --augment's resized_crop (XLA has no "
+                      "CropAndResize): use --jit_compile=step")
+  if asked == "step":
+    if replicas > 1:
+      return "forward_backward", ("--jit_compile=step: the forward and backward pass of each "
+                                  "replica (the cross-replica optimizer update stays outside)")
+    return "step", "--jit_compile=step: each training step"
+  if asked != "auto":
+    return asked, f"--jit_compile={asked}"
+  if config.model not in XLA_FASTER:
+    return "off", f"auto: {config.model} ran slower under XLA on CPU"
+  if replicas > 1 or pipeline != "in_memory":
+    return "off", (f"auto: XLA over the whole loop needs one replica and in-memory data "
+                   f"({replicas} replica(s), {pipeline})")
+  if config.augment.resized_crop:
+    return "off", "auto: XLA has no CropAndResize (--augment's resized_crop)"
+  return "loop", f"auto: {config.model} ran faster under XLA"
+
+
+def _check_replicas(config: Config, replicas: int) -> None:
+  if config.batch_size % replicas:
+    raise ConfigError(f"--batch_size={config.batch_size} is not divisible by the "
+                      f"{replicas} replicas; use a multiple of {replicas}")
+  if config.mixing and config.step_batch // replicas < 2:
+    raise ConfigError(f"--mixup/--cutmix mix each replica's batch within itself, and a "
+                      f"replica's batch here is {config.step_batch // replicas} example: use "
+                      f"a --batch_size of at least {2 * replicas}")
+
+
+def resolve(config: Config, data: Data, strategy: tf.distribute.Strategy,
+            recorded: dict | None = None) -> Plan:
+  """The plan of a run of `config` on `data` under `strategy`; recorded: the run's record
+  (run_files.read_record) when model_dir holds one. ConfigError naming the fix."""
+  replicas = strategy.num_replicas_in_sync
+  _check_replicas(config, replicas)
+  run_record.check_pipeline(config, recorded, data)
+  train = data.splits.get("train")
+  if train is None or not train.labeled:
+    raise ConfigError(f"--dataset={config.dataset} has no labeled train split")
+  check_batch(config.batch_size, len(train), "training", need_full=True)
+  if config.step_batch > len(train):
+    raise ConfigError(f"--batch_size={config.batch_size} x --accumulation_steps="
+                      f"{config.accumulation_steps} is more than the {len(train)} "
+                      "training examples: lower either")
+  steps_per_epoch, total_steps = config.steps_for(len(train))
+  horizon = run_record.horizon(config, recorded, steps_per_epoch, total_steps)
+  if recorded is None:  # a run started before this was refused still resumes
+    optimization.Schedule.of(config, total_steps, horizon).check_warmup()
+  split = eval_split(data)
+  if split is None and (config.keep_best or config.early_stopping
+                        or config.lr_schedule == "plateau"):
+    raise ConfigError("--keep_best, --early_stopping and --lr_schedule=plateau need labeled "
+                      "data to evaluate: add --validation_split=0.1")
+  jit, reason = jit_mode(config, replicas, data.pipeline)
+  return Plan(steps_per_epoch=steps_per_epoch, total_steps=total_steps, horizon=horizon,
+              eval_split=split, jit=jit, jit_reason=reason, replicas=replicas,
+              eval_interval=config.eval_every or steps_per_epoch,
+              checkpoint_interval=config.checkpoint_every or steps_per_epoch)

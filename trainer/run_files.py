@@ -1,0 +1,146 @@
+"""Every file tapeloop keeps in model_dir apart from checkpoints (trainer/checkpoints.py),
+TensorBoard events (summaries.py) and the exports (export.py): written and read here.
+
+    flags.json         the flags the run was started with, and its input pipeline
+    flag_changes.json  the changes a rerun was allowed to make, and extensions
+    results.json       the last run's figures (train.py)
+    eval_<split>.json  trainer.evaluate's figures
+    folder_check.json  the check of a folder:'s files, reused on resume
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+
+import tensorflow as tf
+
+from trainer import files
+from trainer.errors import ConfigError
+
+RECORD = "flags.json"
+CHANGES = "flag_changes.json"
+RESULTS = "results.json"
+FOLDER_CHECK = "folder_check.json"
+# Beside the flags in flags.json: the input pipeline --pipeline resolved to at the first
+# start (auto decides by size and memory, which a rerun on another VM may see otherwise).
+PIPELINE = "input_pipeline"
+
+gfile = tf.io.gfile
+
+
+def path(model_dir: str, name: str) -> str:
+  return files.join(model_dir, name)
+
+
+def check_checkpoint_path(model_dir: str, flag: str = "--model_dir") -> None:
+  """Refuses a model_dir TensorFlow's checkpoints cannot live in: its checkpoint reader and
+  CheckpointManager's clean-up find files by glob pattern, where [...] is a character
+  class and a backslash an escape (runs/exp[1] is runs/exp1: saved, never resumed), and
+  * or ? match other directories (the clean-up of runs/a? deleted runs/ab's checkpoints)."""
+  special = [c for c in "[]*?\\" if c in model_dir]
+  if special:
+    raise ConfigError(
+        f"{flag}={model_dir}: TensorFlow finds checkpoints by glob pattern, in which "
+        f"{' '.join(special)} are special: a run there could not resume, or would delete "
+        "another directory's checkpoints; use a name without them (e.g. exp_1 for exp[1]; an "
+        "existing run can be renamed, its files are kept)")
+
+
+def check_model_dir(model_dir: str) -> None:
+  """Refuses an unknown scheme, an unreachable bucket or an unwritable directory before any
+  work, in one line. A local directory is probed without creating it; a remote one with a
+  probe file that is deleted again (object stores have no directories to create)."""
+  check_checkpoint_path(model_dir)
+  if files.is_local(model_dir):
+    _check_local_writable(model_dir)
+    return
+  scheme = model_dir.split("://", 1)[0]
+  probe = files.join(model_dir, f".tapeloop-probe-{uuid.uuid4().hex[:8]}")
+  try:
+    with gfile.GFile(probe, "w") as f:
+      f.write("probe")
+    gfile.remove(probe)
+  except tf.errors.UnimplementedError:
+    raise ConfigError(f"--model_dir={model_dir}: no TensorFlow filesystem is registered for "
+                      f"{scheme}:// (gs:// is built in; s3:// and hdfs:// need "
+                      "tensorflow-io); use a local path or a supported scheme") from None
+  except tf.errors.OpError as e:
+    first = (e.message or type(e).__name__).strip().splitlines()[0][:160]
+    raise ConfigError(f"--model_dir={model_dir} is not writable ({first}); check the "
+                      "bucket's name and credentials, or choose another --model_dir") from None
+
+
+def _check_local_writable(model_dir: str) -> None:
+  # os.access says yes to root on read-only mounts: probe the nearest existing ancestor.
+  path = os.path.abspath(model_dir.removeprefix("file://"))
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path):
+    raise ConfigError(f"--model_dir={model_dir}: {path} is a file, not a directory")
+  try:
+    with tempfile.TemporaryFile(dir=path):
+      pass
+  except OSError as e:
+    raise ConfigError(f"--model_dir={model_dir}: {path} is not writable ({e.strerror}); "
+                      "choose another --model_dir") from None
+
+
+def read_record(model_dir: str) -> dict | None:
+  """The flags the run in model_dir was started with; None for a new model_dir. Runs made
+  before flags.json existed have them in results.json."""
+  for name in (RECORD, RESULTS):
+    try:
+      recorded = files.read_json(path(model_dir, name))
+    except ValueError as e:
+      raise ConfigError(f"{path(model_dir, name)} is not valid JSON ({str(e)[:80]}); restore "
+                        "it, or use a new --model_dir") from None
+    if recorded is not None:
+      return recorded if name == RECORD else recorded.get("flags")
+  return None
+
+
+def write_record(model_dir: str, values: dict) -> None:
+  files.write_json(path(model_dir, RECORD), values)
+
+
+def has_record(model_dir: str) -> bool:
+  return gfile.exists(path(model_dir, RECORD))
+
+
+def read_changes(model_dir: str) -> list[dict]:
+  return (files.read_json(path(model_dir, CHANGES)) or {}).get("changes", [])
+
+
+def write_changes(model_dir: str, history: list[dict]) -> None:
+  files.write_json(path(model_dir, CHANGES), {"changes": history})
+
+
+def read_results(model_dir: str) -> dict | None:
+  """results.json; None when there is none yet. ValueError when corrupt."""
+  return files.read_json(path(model_dir, RESULTS))
+
+
+def write_results(model_dir: str, results: dict) -> None:
+  files.write_json(path(model_dir, RESULTS), results)
+
+
+def write_eval(model_dir: str, split: str, figures: dict) -> None:
+  """trainer.evaluate's figures of one split (eval_<split>.json)."""
+  files.write_json(path(model_dir, f"eval_{split}.json"), figures)
+
+
+def read_folder_check(model_dir: str, dataset: str) -> dict | None:
+  """The run's check of its folder:'s files, which input_pipeline reuses when the folder
+  lists the same files; None for other data, or when damaged."""
+  if not dataset.startswith("folder:"):
+    return None
+  try:
+    return files.read_json(path(model_dir, FOLDER_CHECK))
+  except ValueError:  # damaged: the files are checked again
+    return None
+
+
+def write_folder_check(model_dir: str, check: dict) -> None:
+  files.write_json(path(model_dir, FOLDER_CHECK), check)

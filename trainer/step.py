@@ -1,0 +1,145 @@
+"""One training step on a batch, inside tf.function: the forward and backward pass, label
+smoothing and mixing, gradient accumulation, clipping after the all-reduce, fp16 overflow
+agreement across replicas, the optimizer's update and the weight average's."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from input_pipeline.mixing import Mix, mix_batch, smooth
+from models.common import batch_shard
+from trainer.config import Config
+from trainer.state import TrainState
+
+
+class TrainStep:
+  """`replica(images, labels)` runs in each replica (normalized float32 images, this
+  replica's part of the global batch); `run(replica_fn, args)` runs one step on every
+  replica from the cross-replica context. jit: the XLA mode (plan.py)."""
+
+  def __init__(self, config: Config, state: TrainState, num_classes: int, jit: str,
+               seed_at):
+    """seed_at(step): this replica's augmentation seed (Feed.replica_seed)."""
+    self.config, self.state, self.num_classes, self.seed_at = config, state, num_classes, seed_at
+    self.step_batch = config.step_batch
+    self._fp16 = config.mixed_precision == "mixed_float16"
+    self._mix = Mix(config.mixup, config.cutmix, config.mix_probability)
+    with state.strategy.scope():
+      self.loss = keras.metrics.Mean("loss")
+      self.accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
+    self.forward_backward = self._forward_backward
+    if jit == "forward_backward":
+      self.forward_backward = tf.function(self._forward_backward, jit_compile=True)
+    self.replica = tf.function(self._replica, jit_compile=True) if jit == "step" else self._replica
+
+  def _forward_backward(self, images, labels, targets):
+    model, optimizer = self.state.model, self.state.optimizer
+    # Each replica draws its own part of the global batch's dropout masks (Keras's seed
+    # state is the same on every replica, which would repeat one mask on all of them).
+    shard = tf.distribute.get_replica_context().replica_id_in_sync_group
+    with tf.GradientTape() as tape, batch_shard(shard):
+      logits = model(images, training=True)
+      if targets is None:
+        per_example = keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                                   from_logits=True)
+      else:  # smoothed or mixed
+        per_example = keras.losses.categorical_crossentropy(targets, logits, from_logits=True)
+      # Average over the GLOBAL batch of the step (all micro-batches): summed over replicas
+      # and micro-batches this is the step's batch mean.
+      loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.step_batch)
+      regularization = tf.constant(0.0)
+      if model.losses:
+        regularization = tf.add_n([tf.cast(l, tf.float32) for l in model.losses])
+        # Added once per replica and micro-batch: scaled by 1/(replicas x micro-batches).
+        loss += tf.nn.scale_regularization_loss(regularization) / self.config.accumulation_steps
+      scaled = optimizer.scale_loss(loss) if self._fp16 else loss
+    grads = tape.gradient(scaled, model.trainable_variables)
+    return logits, per_example, regularization, grads
+
+  def _targets(self, images, labels):
+    """Label smoothing and Mixup/CutMix: the (mixed) images and soft targets, or the
+    images and None (the sparse loss) when neither is on."""
+    if not (self.config.label_smoothing or self.config.mixing):
+      return images, None
+    targets = smooth(tf.one_hot(labels, self.num_classes), self.config.label_smoothing)
+    if self.config.mixing:
+      # On this replica's whole batch (before any micro-batching): with accumulation the
+      # step mixes as one step on the whole batch would.
+      seed = tf.random.experimental.stateless_fold_in(
+          self.seed_at(self.state.global_step.read_value()), 4)
+      images, targets = mix_batch(images, targets, self._mix, seed)
+    return images, targets
+
+  def _gradients(self, images, labels):
+    """The step's gradients, summed over --accumulation_steps micro-batches of this
+    replica's batch; the train metrics are updated for each micro-batch."""
+    images, targets = self._targets(images, labels)
+
+    def micro_batch(images, labels, targets):
+      logits, per_example, reg, grads = self.forward_backward(images, labels, targets)
+      # Per-example losses: the Mean metric over all replicas is the global mean. Accuracy
+      # counts each example's own label (also when mixed).
+      self.loss.update_state(per_example + reg)
+      self.accuracy.update_state(labels, logits)
+      return [tf.convert_to_tensor(g) for g in grads]
+
+    k = self.config.accumulation_steps
+    if k == 1:
+      return micro_batch(images, labels, targets)
+    # [k, micro-batch, ...]: indexed by the loop counter each keeps a static shape (XLA
+    # needs one for dropout's random draws; a slice at i * size would not have it).
+    split = lambda t: tf.reshape(t, [k, -1, *t.shape[1:]])
+    images, labels = split(images), split(labels)
+    targets = None if targets is None else split(targets)
+    grads = [tf.zeros(v.shape, v.dtype) for v in self.state.model.trainable_variables]
+    for i in tf.range(k):
+      more = micro_batch(images[i], labels[i], None if targets is None else targets[i])
+      # An overflow in any micro-batch makes the sum non-finite: the whole step is skipped.
+      grads = [a + b for a, b in zip(grads, more)]
+    return grads
+
+  def _replica(self, images, labels):
+    grads = self._gradients(images, labels)
+    ctx = tf.distribute.get_replica_context()
+    optimizer = self.state.optimizer
+    if self.config.clip_norm:
+      # Keras's clipnorm clips each replica's gradient before its all-reduce: wrong under N
+      # replicas. Reduce here (once: the optimizer does not reduce again, optimization.py)
+      # and clip the global gradient.
+      grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+      norm = self.config.clip_norm
+      if self._fp16:
+        norm = norm * optimizer.dynamic_scale  # clip the scaled gradient equivalently
+      grads, _ = tf.clip_by_global_norm(grads, norm)
+    elif self._fp16 and ctx.num_replicas_in_sync > 1:
+      # LossScaleOptimizer checks finiteness on local gradients only: if one replica
+      # overflows, the others would apply. Agree: any replica non-finite -> all skip.
+      local_bad = 1.0 - tf.cast(tf.reduce_all([tf.reduce_all(tf.math.is_finite(g))
+                                               for g in grads]), tf.float32)
+      any_bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_bad) > 0
+      poison = tf.where(any_bad, float("nan"), 1.0)
+      grads = [g * tf.cast(poison, g.dtype) for g in grads]
+    optimizer.apply_gradients(zip(grads, self.state.model.trainable_variables))
+
+  def run(self, replica_fn, args):
+    """One training step on every replica (cross-replica context), then the EMA's update
+    if the optimizer applied the step (a skipped fp16 step does not move it)."""
+    state = self.state
+    applied_before = self._applied_steps() if state.ema else None
+    state.strategy.run(replica_fn, args=args)
+    state.global_step.assign_add(1)
+    if state.ema:
+      applied = self._applied_steps()
+      state.ema.update(applied > applied_before, applied)
+
+  def _applied_steps(self):
+    # The optimizer's own count: it does not advance on a skipped fp16 step.
+    return self.state.optimizer.iterations.value.read_value()
+
+  def metrics(self) -> dict[str, float]:
+    """The global loss and accuracy since the last call (read once per loop)."""
+    result = {"loss": float(self.loss.result()), "accuracy": float(self.accuracy.result())}
+    for metric in (self.loss, self.accuracy):
+      metric.reset_state()
+    return result
