@@ -5,7 +5,7 @@ training on one machine. Each worker gets TF_CONFIG for a cluster on 127.0.0.1.
         --dataset=synthetic --train_steps=100 --model_dir=runs/cluster
 
 Output lines are prefixed with the worker index; the exit status is the first non-zero
-one of the workers. On several machines, set TF_CONFIG on each yourself (see README).
+one of the workers. On several machines, set TF_CONFIG on each yourself (see docs/several-machines.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The outer loop (orbit's Controller): runs the Trainer's inner loop to the nearest step
-any action needs, then hands every action the step and the loop's logs."""
+any action needs, then runs each due action on the boundary (trainer/actions.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Sequence
 
 from absl import logging
 
-from trainer.actions import Action, Stop
+from trainer.actions import Action, Boundary, Stop
 from trainer.errors import Interrupted
 
 
@@ -66,11 +66,21 @@ class Controller:
     run now; their checkpoint records that they ran. Returns a stop they asked for."""
     logging.info("completing the actions of step %d, cut short by a signal", step)
     self.interrupted_at.assign(-1)
-    logs = {"completing": True}
+    boundary = Boundary(step, completing=True)
     for action in self.actions:
-      if action.completes_interrupted:
-        action(step, logs)
-    return logs.get("stop")
+      if action.completes_interrupted and action.trigger.due(boundary):
+        action(boundary)
+    return boundary.stop
+
+  def _act(self, boundary: Boundary) -> None:
+    """The due actions, in order; after a signal's stop only the `on_preemption` ones."""
+    for action in self.actions:
+      if boundary.signalled and self.interrupted_at is not None:
+        self.interrupted_at.assign(boundary.step)  # before the checkpoint, which records it
+      if (not boundary.signalled or action.on_preemption) and action.trigger.due(boundary):
+        action(boundary)
+      if boundary.restarted is not None:  # went back to a checkpoint: nothing else for it
+        return
 
   def run(self) -> Timing:
     step = self.trainer.step
@@ -92,34 +102,28 @@ class Controller:
       while step < self.total:
         target = self.next_stop(step, first)
         begin = time.perf_counter()
-        logs = self.trainer.run_steps(iterator, target - step)
+        figures = self.trainer.run_steps(iterator, target - step)
         elapsed = time.perf_counter() - begin
         n, step = target - step, target
         if first:  # includes tracing and graph optimization
-          timing.compile_seconds, first = elapsed, False
+          timing.compile_seconds = elapsed
         else:
           timing.train_seconds += elapsed
           steady_steps += n
         rate = n * self.batch / elapsed
         timing.examples_per_sec = (steady_steps * self.batch / timing.train_seconds
                                    if timing.train_seconds else rate)
-        logs.update(steps=n, seconds=elapsed, examples_per_sec=rate,
-                    steady_examples_per_sec=timing.examples_per_sec)
-        for action in self.actions:
-          stop = logs.get("stop")
-          signalled = stop is not None and stop.signum is not None
-          if signalled and self.interrupted_at is not None:
-            self.interrupted_at.assign(step)  # before the checkpoint, which records it
-          if not signalled or action.on_preemption:
-            action(step, logs)
-          if "restarted" in logs:  # went back to a checkpoint: nothing else for this state
-            break
-        if "restarted" in logs:
+        boundary = Boundary(step, figures["loss"], figures["accuracy"], steps=n,
+                            seconds=elapsed, examples_per_sec=rate,
+                            steady_examples_per_sec=timing.examples_per_sec, first=first)
+        first = False
+        self._act(boundary)
+        if boundary.restarted is not None:  # back at a checkpoint: train on from there
           step, iterator = self.trainer.step, self.trainer.train_iterator()
           continue
-        stop = logs.get("stop")
-        if stop is not None and stop.signum is not None:  # also at the last step
-          raise Interrupted(stop.signum, step, logs.get("checkpoint"))
+        stop = boundary.stop
+        if boundary.signalled:  # also at the last step
+          raise Interrupted(stop.signum, step, boundary.checkpoint)
         if stop is not None and step < self.total:
           logging.info("%s: stopping at step %d of %d", stop.reason, step, self.total)
           timing.stop = stop

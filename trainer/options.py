@@ -114,7 +114,7 @@ def _model_known(value) -> str | None:
 
 
 _D, _R, _E, _O, _H, _M = ("Data", "Run", "Evaluation", "Optimization", "Hardware",
-                          "Model hyperparameters (each model takes some; see README)")
+                          "Model hyperparameters (each model takes some; see docs/model-quality.md)")
 
 OPTIONS: tuple[Option, ...] = (
     Option("model", str, "cnn", "Model name: mlp, cnn or resnet.", _D, check=_model_known),
@@ -167,6 +167,9 @@ OPTIONS: tuple[Option, ...] = (
            "summaries are written between loops.", _R, HOW, check=positive),
     Option("checkpoint_every", int, None, "Checkpoint every N steps (default once per "
            "epoch); always at the end.", _R, HOW, check=positive),
+    Option("checkpoint_every_secs", int, None, "Also checkpoint when this many seconds have "
+           "passed since the last checkpoint (at the next loop boundary): a preemptible VM "
+           "loses at most that much.", _R, HOW, check=positive),
     Option("keep_checkpoints", int, 3, "Checkpoints kept in model_dir/checkpoints.", _R, HOW,
            check=positive),
     Option("profile_steps", list, None, "A,B: write a TensorBoard profile of steps A to B to "

@@ -14,6 +14,7 @@ from absl import logging
 
 from models import summary as model_summary
 from trainer import actions as tl_actions
+from trainer import best as tl_best
 from trainer import distribute, export, files, results as run_results, run_files, run_record
 from trainer import summaries
 from trainer import plan as run_plan
@@ -21,6 +22,8 @@ from trainer.config import Config
 from trainer.controller import Controller, Timing
 from trainer.inner_loop import Trainer
 from trainer.phases import Phases
+from trainer.preemption import PreemptionStop
+from trainer.triggers import EverySteps
 
 
 def train_and_evaluate(config: Config, process_start: float | None = None) -> dict:
@@ -38,7 +41,7 @@ def train_and_evaluate(config: Config, process_start: float | None = None) -> di
   strategy = distribute.create_strategy(config)  # first: it may configure the runtime
   # Signals are answered from here on, not only in the training loop: a worker killed
   # while loading data or exporting would leave the others waiting in a collective.
-  preemption = tl_actions.PreemptionStop(agree=distribute.any_worker(strategy),
+  preemption = PreemptionStop(agree=distribute.any_worker(strategy),
                                          alone=not distribute.several_workers(strategy))
   preemption.install()
   try:
@@ -75,7 +78,7 @@ def _prepare(config: Config, strategy, recorded: dict | None, phases: Phases, st
 
 
 def _actions(config: Config, plan, trainer: Trainer, output_dir: str, phases: Phases,
-             preemption: tl_actions.PreemptionStop):
+             preemption: PreemptionStop):
   """The outer loop's actions, in the order they run at each boundary."""
   steps = dict(total_steps=plan.total_steps)
   state, data = trainer.state, trainer.data
@@ -91,30 +94,31 @@ def _actions(config: Config, plan, trainer: Trainer, output_dir: str, phases: Ph
                                 loss_scale=lambda: state.loss_scale),
   ]
   if plan.eval_split:
-    actions.append(tl_actions.Evaluate(report=trainer.evaluator.report, split=plan.eval_split,
-                                       interval=plan.eval_interval, **steps))
-    metric = config.keep_best or "loss"
-    plateau = config.lr_schedule == "plateau"
-    if config.keep_best or config.early_stopping or plateau:
-      actions.append(tl_actions.BestMetric(metric, state.progress))
-    if plateau:
-      actions.append(tl_actions.ReduceOnPlateau(
-          patience=config.plateau_patience, factor=config.lr_decay_rate, metric=metric,
-          progress=state.progress, learning_rate=state.learning_rate))
+    # The best eval (--keep_best's metric, else loss) is tracked for the actions after it.
+    best = None
+    if config.keep_best or config.early_stopping or config.lr_schedule == "plateau":
+      best = tl_best.BestMetric(config.keep_best or "loss", state.progress)
+    actions.append(tl_actions.Evaluate(
+        report=trainer.evaluator.report, split=plan.eval_split, best=best,
+        trigger=EverySteps(plan.eval_interval, plan.total_steps)))
+    if config.lr_schedule == "plateau":
+      actions.append(tl_best.ReduceOnPlateau(
+          best, patience=config.plateau_patience, factor=config.lr_decay_rate,
+          learning_rate=state.learning_rate))
     if config.keep_best:
-      actions.append(tl_actions.KeepBest(
-          metric=metric, save=state.checkpoints.save_best,
+      actions.append(tl_best.KeepBest(
+          best, save=state.checkpoints.save_best,
           export=lambda: export.save_model(state.eval_model, data.info.image_shape,
                                            os.path.join(output_dir, "export_best"),
                                            data.info.class_names)))
     if config.early_stopping:
-      actions.append(tl_actions.EarlyStopping(patience=config.early_stopping, metric=metric,
-                                              progress=state.progress))
+      actions.append(tl_best.EarlyStopping(best, patience=config.early_stopping))
   if config.profile_steps:
     actions.append(tl_actions.Profiler(config.profile_steps,
                                        os.path.join(config.model_dir, "profile")))
   actions += [tl_actions.Checkpoint(save=phases.timed("checkpoints", state.checkpoints.save),
-                                    interval=plan.checkpoint_interval, **steps)]
+                                    interval=plan.checkpoint_interval,
+                                    every_secs=config.checkpoint_every_secs, **steps)]
   return actions
 
 
@@ -179,7 +183,7 @@ def _train(config: Config, plan, trainer: Trainer, actions) -> tuple[Timing, int
 
 
 def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | None,
-         recorded: dict | None, changed: dict, preemption: tl_actions.PreemptionStop) -> dict:
+         recorded: dict | None, changed: dict, preemption: PreemptionStop) -> dict:
   chief = scratch is None
   output_dir = config.model_dir if chief else scratch
   writer = summaries.Summaries(config.model_dir, enabled=chief)

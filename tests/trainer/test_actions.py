@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from input_pipeline import Split
 from input_pipeline.data import make_data
-from trainer import actions
+from trainer import actions, best as tl_best, preemption, triggers
+from trainer.actions import Boundary
 from trainer.errors import Interrupted
 from trainer.evaluator import Evaluation, Evaluator
 from trainer.progress import Progress
@@ -42,12 +43,11 @@ def evaluation(step, accuracy, loss, n=4):
 
 def test_progress_line_first_without_eta_then_with(caplog):
   line = actions.ProgressLine(total_steps=100, steps_per_epoch=10, batch_size=8)
-  logs = {"loss": 0.5, "accuracy": 0.75, "seconds": 3.2, "examples_per_sec": 2.5,
-          "steady_examples_per_sec": 2.5}
+  figures = dict(loss=0.5, accuracy=0.75, seconds=3.2)
   # The absl logger's own level too: parsing absl flags (another test) sets it to WARNING.
   with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO, logger="absl"):
-    line(1, logs)
-    line(20, dict(logs, examples_per_sec=800.0, steady_examples_per_sec=400.0))
+    line(Boundary(1, first=True, examples_per_sec=2.5, steady_examples_per_sec=2.5, **figures))
+    line(Boundary(20, examples_per_sec=800.0, steady_examples_per_sec=400.0, **figures))
   first, second = [r.getMessage() for r in caplog.records]
   assert first == ("step 1/100  epoch 0.10  loss 0.5000  accuracy 0.7500  first loop 3.2 s "
                    "with tracing and compilation")
@@ -57,12 +57,12 @@ def test_progress_line_first_without_eta_then_with(caplog):
 
 def test_divergence_check():
   check = actions.DivergenceCheck(lambda: None)
-  check(3, {"loss": 1.0})
+  check(Boundary(3, loss=1.0))
   with pytest.raises(FloatingPointError, match="the training loss is nan at step 4"):
-    check(4, {"loss": float("nan")})
+    check(Boundary(4, loss=float("nan")))
   with pytest.raises(FloatingPointError, match="loss scale collapsed to 0.5 at step 5"):
-    actions.DivergenceCheck(lambda: 0.5)(5, {"loss": 1.0})
-  actions.DivergenceCheck(lambda: 1.0)(5, {"loss": 1.0})
+    actions.DivergenceCheck(lambda: 0.5)(Boundary(5, loss=1.0))
+  actions.DivergenceCheck(lambda: 1.0)(Boundary(5, loss=1.0))
 
 
 def test_divergence_recovery_goes_back_at_most_retries_times():
@@ -75,43 +75,54 @@ def test_divergence_recovery_goes_back_at_most_retries_times():
   check = actions.DivergenceCheck(lambda: None, retries=2, recover=recover,
                                   recoveries=lambda: used[0])
   for bad in (11, 13):
-    logs = {"loss": float("inf")}
-    check(bad, logs)
-    assert logs["restarted"] == 8
+    boundary = Boundary(bad, loss=float("inf"))
+    check(boundary)
+    assert boundary.restarted == 8
   assert recovered == [11, 13]
   with pytest.raises(FloatingPointError, match=r"loss is inf at step 15 \(after 2 recoveries, "
                      r"--divergence_retries=2\)"):
-    check(15, {"loss": float("inf")})
+    check(Boundary(15, loss=float("inf")))
   with pytest.raises(FloatingPointError, match="before the first checkpoint: nothing to recover"):
     actions.DivergenceCheck(lambda: None, retries=1, recover=lambda step: None)(
-        3, {"loss": float("nan")})
+        Boundary(3, loss=float("nan")))
 
 
 def test_train_summaries_with_and_without_a_loss_scale():
   writer = FakeWriter()
-  logs = {"loss": 1.0, "accuracy": 0.5, "examples_per_sec": 10.0}
-  actions.TrainSummaries(writer, learning_rate=lambda: 0.1, loss_scale=lambda: None)(3, logs)
-  actions.TrainSummaries(writer, learning_rate=lambda: 0.1, loss_scale=lambda: 128.0)(4, logs)
+  figures = dict(loss=1.0, accuracy=0.5, examples_per_sec=10.0)
+  actions.TrainSummaries(writer, learning_rate=lambda: 0.1, loss_scale=lambda: None)(
+      Boundary(3, **figures))
+  actions.TrainSummaries(writer, learning_rate=lambda: 0.1, loss_scale=lambda: 128.0)(
+      Boundary(4, **figures))
   (_, run, step, first), (_, _, _, second) = writer.written
   assert run == "train" and step == 3
   assert first == {"loss": 1.0, "accuracy": 0.5, "learning_rate": 0.1, "examples_per_sec": 10.0}
   assert second["loss_scale"] == 128.0
 
 
-def test_evaluate_at_its_interval_and_at_the_last_step():
-  calls = []
+def test_every_steps_at_its_interval_and_at_the_last_step():
+  trigger = triggers.EverySteps(10, total_steps=25)
+  assert [trigger.next_step(s) for s in (0, 9, 10, 24)] == [10, 10, 20, 30]
+  assert [s for s in (1, 5, 10, 15, 20, 25) if trigger.due(Boundary(s))] == [10, 20, 25]
+  on_stop = triggers.AnyOf(trigger, triggers.OnStop())
+  assert on_stop.next_step(3) == 10
+  assert [on_stop.due(Boundary(7, stop=actions.Stop("x"))), on_stop.due(Boundary(7)),
+          on_stop.due(Boundary(7, completing=True))] == [True, False, True]
+
+
+def test_evaluate_reports_into_the_boundary_and_updates_the_best():
+  calls, progress = [], Progress()
+  best = tl_best.BestMetric("accuracy", progress)
 
   def report(split):
     calls.append(split)
-    return evaluation(0, 0.5, 1.0)
-  action = actions.Evaluate(report=report, split="test", interval=10, total_steps=25)
-  assert [action.next_step(s) for s in (0, 9, 10, 24)] == [10, 10, 20, 30]
-  seen = []
-  for step in (1, 5, 10, 15, 20, 25):
-    logs = {}
-    action(step, logs)
-    seen += [step] if "eval" in logs else []
-  assert seen == [10, 20, 25] and calls == ["test"] * 3
+    return evaluation(10, 0.5, 1.0)
+  action = actions.Evaluate(report=report, split="test", trigger=triggers.EverySteps(10, 25),
+                            best=best)
+  boundary = Boundary(10)
+  action(boundary)
+  assert calls == ["test"] and boundary.eval.accuracy == 0.5 and best.is_new(10)
+  assert progress.best() == ("accuracy", 0.5, 10)
 
 
 def test_eval_pictures_written_by_the_chief_only():
@@ -146,16 +157,19 @@ def _progress():
 def test_best_metric_keep_best_and_early_stopping_with_checkpointed_state(tmp_path):
   progress = _progress()
   saved, exported = [], []
-  best = actions.BestMetric("accuracy", progress)
-  keep = actions.KeepBest(metric="accuracy", save=lambda s: saved.append(s) or f"best-{s}",
+  best = tl_best.BestMetric("accuracy", progress)
+  evaluate = actions.Evaluate(report=None, split="validation", trigger=triggers.Trigger(),
+                              best=best)
+  keep = tl_best.KeepBest(best, save=lambda s: saved.append(s) or f"best-{s}",
                           export=lambda: exported.append(True))
-  stop = actions.EarlyStopping(patience=2, metric="accuracy", progress=progress)
+  stop = tl_best.EarlyStopping(best, patience=2)
   stops = []
   for step, accuracy in [(10, 0.5), (20, 0.7), (30, 0.6), (40, 0.7), (50, 0.65)]:
-    logs = {"eval": evaluation(step, accuracy, 1.0)}
-    for action in (best, keep, stop):
-      action(step, logs)
-    stops.append(logs.get("stop"))
+    evaluate.report = lambda split, step=step, accuracy=accuracy: evaluation(step, accuracy, 1.0)
+    boundary = Boundary(step)
+    for action in (evaluate, keep, stop):
+      action(boundary)
+    stops.append(boundary.stop)
   assert saved == [10, 20] and len(exported) == 2  # 0.7 again at 40 is no improvement
   assert float(progress.best_value.numpy()) == pytest.approx(0.7)
   assert int(progress.best_step.numpy()) == 20
@@ -171,17 +185,16 @@ def test_best_metric_keep_best_and_early_stopping_with_checkpointed_state(tmp_pa
 
 def test_reduce_on_plateau_cuts_after_patience_evals_without_a_best(tmp_path):
   progress = _progress()
-  best = actions.BestMetric("loss", progress)
+  best = tl_best.BestMetric("loss", progress)
   rate = lambda: 0.1 * float(progress.lr_factor.numpy())
-  plateau = actions.ReduceOnPlateau(patience=2, factor=0.5, metric="loss", progress=progress,
-                                    learning_rate=rate)
+  plateau = tl_best.ReduceOnPlateau(best, patience=2, factor=0.5, learning_rate=rate)
   factors = []
   for step, loss in [(1, 1.0), (2, 0.9), (3, 0.95), (4, 0.91), (5, 0.92), (6, 0.93),
                      (7, 0.8), (8, 0.85)]:
-    logs = {"eval": evaluation(step, 0.5, loss)}
-    best(step, logs)
-    plateau(step, logs)
-    plateau(step, {})  # a boundary without an eval counts nothing
+    result = evaluation(step, 0.5, loss)
+    best.update(step, result)
+    plateau(Boundary(step, eval=result))
+    plateau(Boundary(step))  # a boundary without an eval counts nothing
     factors.append(float(progress.lr_factor.numpy()))
   # Cut after the 2nd eval without a new best (step 4), the count restarts (cut again at 6),
   # and a new best (step 7) resets it.
@@ -194,14 +207,10 @@ def test_reduce_on_plateau_cuts_after_patience_evals_without_a_best(tmp_path):
 
 def test_best_loss_is_the_lowest_and_steps_without_eval_count_nothing():
   progress = _progress()
-  best = actions.BestMetric("loss", progress)
-  logs = {"eval": evaluation(1, 0.1, 2.0)}
-  best(1, logs)
-  assert logs["new_best"]
-  best(2, {})  # no eval at this boundary
-  logs = {"eval": evaluation(3, 0.9, 2.5)}
-  best(3, logs)
-  assert "new_best" not in logs and int(progress.evals_since_best.numpy()) == 1
+  best = tl_best.BestMetric("loss", progress)
+  assert best.update(1, evaluation(1, 0.1, 2.0)) and best.is_new(1)
+  assert not best.update(3, evaluation(3, 0.9, 2.5)) and not best.is_new(3)
+  assert best.evals_since == 1 and best.value_and_step == (2.0, 1)
 
 
 def test_checkpoint_at_its_interval_the_end_and_before_a_stop():
@@ -210,10 +219,13 @@ def test_checkpoint_at_its_interval_the_end_and_before_a_stop():
                               total_steps=25)
   assert action.next_step(3) == 10
   for step in (5, 10, 13, 20, 25):
-    action(step, {})
-  logs = {"stop": actions.Stop("x")}
-  action(7, logs)
-  assert saved == [10, 20, 25, 7] and logs["checkpoint"] == "ckpt-7"
+    boundary = Boundary(step)
+    if action.trigger.due(boundary):
+      action(boundary)
+  boundary = Boundary(7, stop=actions.Stop("x"))
+  assert action.trigger.due(boundary)
+  action(boundary)
+  assert saved == [10, 20, 25, 7] and boundary.checkpoint == "ckpt-7"
 
 
 def test_profiler_traces_its_steps(monkeypatch, tmp_path):
@@ -224,28 +236,29 @@ def test_profiler_traces_its_steps(monkeypatch, tmp_path):
   assert [profiler.next_step(s) for s in (0, 5, 9)] == [5, 9, None]
   profiler.start(0)
   for step in (5, 7, 9, 12):
-    profiler(step, {})
+    profiler(Boundary(step))
   profiler.end(12)
   assert calls == [("start", str(tmp_path)), ("stop",)]
 
 
 def test_preemption_stop_on_sigterm_then_handlers_restored():
   previous = signal.getsignal(signal.SIGTERM)
-  action = actions.PreemptionStop()
+  action = preemption.PreemptionStop()
   action.start(0)
-  logs = {}
-  action(1, logs)
-  assert "stop" not in logs
+  boundary = Boundary(1)
+  action(boundary)
+  assert boundary.stop is None
   os.kill(os.getpid(), signal.SIGTERM)
-  action(2, logs)
-  assert logs["stop"].signum == signal.SIGTERM and "SIGTERM" in logs["stop"].reason
+  boundary = Boundary(2)
+  action(boundary)
+  assert boundary.stop.signum == signal.SIGTERM and "SIGTERM" in boundary.stop.reason
   action.end(2)
   assert signal.getsignal(signal.SIGTERM) is previous
 
 
 def test_preemption_before_and_after_the_loop():
   # Alone, before training: stopped at once, nothing to save.
-  alone = actions.PreemptionStop()
+  alone = preemption.PreemptionStop()
   alone.install()
   try:
     with pytest.raises(Interrupted, match="stopped by SIGTERM before training: "
@@ -255,15 +268,15 @@ def test_preemption_before_and_after_the_loop():
     alone.uninstall()
   # One of several workers: noted, and at the first boundary every worker stops with it.
   agreed = []
-  several = actions.PreemptionStop(agree=lambda flag: agreed.append(flag) or flag,
+  several = preemption.PreemptionStop(agree=lambda flag: agreed.append(flag) or flag,
                                    alone=False)
   several.install()
   try:
     os.kill(os.getpid(), signal.SIGTERM)
     several.start(0)
-    logs = {}
-    several(1, logs)
-    assert agreed == [True] and logs["stop"].signum == signal.SIGTERM
+    boundary = Boundary(1)
+    several(boundary)
+    assert agreed == [True] and boundary.stop.signum == signal.SIGTERM
     several.end(1)
     # After training (final evals, export: collectives too): noted, the run goes on.
     several.signal = None
@@ -279,8 +292,24 @@ def test_a_best_from_before_its_metric_was_recorded_is_kept():
   progress.best_value.assign(0.42)
   progress.best_step.assign(8)
   progress.evals_since_best.assign(1)
-  actions.BestMetric("loss", progress)
+  tl_best.BestMetric("loss", progress)
   assert progress.best() == ("loss", 0.42, 8) and int(progress.evals_since_best.numpy()) == 1
   # Another metric than the recorded one: its own best, count and plateau start again.
-  actions.BestMetric("accuracy", progress)
+  tl_best.BestMetric("accuracy", progress)
   assert progress.best() is None and int(progress.evals_since_best.numpy()) == 0
+
+
+def test_checkpoint_every_secs_counts_from_the_last_save_whatever_caused_it():
+  now, saved = [0.0], []
+  action = actions.Checkpoint(save=lambda s: saved.append(s) or f"ckpt-{s}", interval=100,
+                              total_steps=1000, every_secs=60)
+  action.timer.clock, action.timer.last = (lambda: now[0]), 0.0
+  assert action.next_step(10) == 100  # time asks for no boundary of its own
+  for t, step in [(30, 10), (61, 20), (100, 30), (125, 40), (130, 100), (180, 110),
+                  (191, 120)]:
+    now[0] = t
+    boundary = Boundary(step)
+    if action.trigger.due(boundary):
+      action(boundary)
+  # 20 and 40: a minute since the last save; 100: its interval, which restarts the minute.
+  assert saved == [20, 40, 100, 120]

@@ -12,7 +12,7 @@ from paths import ROOT
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.cfg"))),
                          ids=os.path.basename)
 def test_every_shipped_config_is_valid(path):
-  # A config a README line tells users to run: a typo in it would only show when run.
+  # A config the README or docs/ tell users to run: a typo in it would only show when run.
   cfg = parse(f"--flagfile={path}")
   assert cfg.model and cfg.dataset
 

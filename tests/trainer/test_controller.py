@@ -4,9 +4,11 @@ import signal
 
 import pytest
 
-from trainer import actions
-from trainer.errors import Interrupted
+import dataclasses
+
+from trainer import actions, triggers
 from trainer.controller import Controller
+from trainer.errors import Interrupted
 
 
 class FakeTrainer:
@@ -31,10 +33,10 @@ class Every(actions.Action):
     self.n, self.log = n, log
 
   def next_step(self, step):
-    return actions.next_multiple(step, self.n)
+    return triggers.next_multiple(step, self.n)
 
-  def __call__(self, step, logs):
-    self.log.append((self.n, step))
+  def __call__(self, b):
+    self.log.append((self.n, b.step))
 
 
 def boundaries(trainer):
@@ -80,9 +82,9 @@ class StopAt(actions.Action):
   def __init__(self, step, signum=None):
     self.step, self.signum = step, signum
 
-  def __call__(self, step, logs):
-    if step >= self.step:
-      logs["stop"] = actions.Stop("enough", self.signum)
+  def __call__(self, b):
+    if b.step >= self.step:
+      b.stop = actions.Stop("enough", self.signum)
 
 
 class Recorder(actions.Action):
@@ -92,9 +94,9 @@ class Recorder(actions.Action):
   def start(self, step):
     self.started = step
 
-  def __call__(self, step, logs):
-    self.calls.append((step, dict(logs)))
-    logs["checkpoint"] = f"ckpt-{step}"
+  def __call__(self, b):
+    self.calls.append((b.step, dataclasses.replace(b)))  # as it was when called
+    b.checkpoint = f"ckpt-{b.step}"
 
   def end(self, step):
     self.ended = step
@@ -105,9 +107,9 @@ def test_a_stop_runs_the_remaining_actions_of_that_boundary_then_ends():
   timing = Controller(trainer=trainer, actions=[StopAt(5), recorder], total_steps=50,
                       steps_per_loop=2, batch_size=4).run()
   assert trainer.step == 5 and timing.stop.reason == "enough"
-  step, logs = recorder.calls[-1]
-  assert step == 5 and logs["stop"].reason == "enough"  # later actions see the request
-  assert logs["loss"] == 5.0 and logs["steps"] == 2 and logs["examples_per_sec"] > 0
+  step, boundary = recorder.calls[-1]
+  assert step == 5 and boundary.stop.reason == "enough"  # later actions see the request
+  assert boundary.loss == 5.0 and boundary.steps == 2 and boundary.examples_per_sec > 0
   assert (recorder.started, recorder.ended) == (0, 5)
 
 
@@ -159,7 +161,8 @@ def test_a_boundary_cut_short_by_a_signal_is_completed_on_resume():
   Controller(
       trainer=trainer, actions=[skipped, saved, plain], total_steps=9, steps_per_loop=3,
       batch_size=1, interrupted_at=interrupted_at).run()
-  assert skipped.calls[0] == (6, {"completing": True}) and saved.calls[0][0] == 6
+  assert skipped.calls[0][0] == 6 and skipped.calls[0][1].completing
+  assert skipped.calls[0][1].steps == 0 and saved.calls[0][0] == 6
   assert [s for s, _ in plain.calls] == [7, 9] and int(interrupted_at.numpy()) == -1
   # Cut short at the last step: the rerun completes it, and trains nothing.
   interrupted_at.assign(9)
@@ -167,12 +170,12 @@ def test_a_boundary_cut_short_by_a_signal_is_completed_on_resume():
   finished = FakeTrainer(step=9)
   Controller(trainer=finished, actions=[skipped], total_steps=9, steps_per_loop=3,
              batch_size=1, interrupted_at=interrupted_at).run()
-  assert skipped.calls == [(9, {"completing": True})] and finished.loops == []
+  assert [(s, b.completing) for s, b in skipped.calls] == [(9, True)] and finished.loops == []
 
 
 def test_an_action_that_raises_still_ends_every_action():
   class Boom(actions.Action):
-    def __call__(self, step, logs):
+    def __call__(self, b):
       raise FloatingPointError("diverged")
   recorder = Recorder()
   with pytest.raises(FloatingPointError):

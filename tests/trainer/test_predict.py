@@ -94,7 +94,7 @@ def submission_labels(path):
 # --- 15: the data flags of trainer.main, with the run's values as defaults ---------------
 
 def test_cli_predicts_a_tfds_dataset_in_the_given_data_dir(colour_run, tmp_path):
-  """The README's command after `make train`: --dataset and --data_dir as in training."""
+  """docs/usage.md's command (Predicting) after `make train`: --dataset and --data_dir as in training."""
   model_dir, name, data_dir = colour_run
   out = tmp_path / "submission.csv"
   proc = run("trainer.predict", f"--model_dir={model_dir}", f"--dataset={name}",
