@@ -41,6 +41,10 @@ class Split:
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(self.images.shape[1:])
 
+  def images_at(self, positions: np.ndarray) -> np.ndarray:
+    """uint8 images of a few examples by position (e.g. the worst mistakes)."""
+    return self.images[positions]
+
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:

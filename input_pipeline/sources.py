@@ -143,20 +143,6 @@ def carve_validation(train, fraction: float, seed: int):
   return take(train_idx), take(val_idx)
 
 
-def check_options(*, validation_split: float, num_classes: int | None, pipeline: str,
-                  memory_budget_gb: float | None) -> None:
-  """The checks of load's options that need no data: trainer/config.py runs them up front
-  with the other flags (DataError naming the flag)."""
-  if not 0.0 <= validation_split < 1.0:
-    raise DataError(f"--validation_split={validation_split} must be in [0, 1)")
-  if num_classes is not None and num_classes < 2:
-    raise DataError(f"--num_classes={num_classes} must be at least 2")
-  if pipeline not in PIPELINES:
-    raise DataError(f"--pipeline={pipeline} is unknown; use {', '.join(PIPELINES)}")
-  if memory_budget_gb is not None and memory_budget_gb <= 0:
-    raise DataError(f"--memory_budget_gb={memory_budget_gb} must be positive")
-
-
 def load(spec: str, *, data_dir: str | None = None, manual_dir: str | None = None,
          num_classes: int | None = None, validation_split: float = 0.0,
          seed: int = 0, image_size: tuple[int, int] | None = None,
@@ -164,9 +150,8 @@ def load(spec: str, *, data_dir: str | None = None, manual_dir: str | None = Non
          skip_bad_images: bool = False, folder_check: dict | None = None) -> Data:
   """Loads a data source: into memory, or as streams when `pipeline` (auto: by the
   decoded size) says so. folder_check: a folder's earlier check (Data.folder_check),
-  reused when the files are the same. Raises DataError with a one-line fix on bad input."""
-  check_options(validation_split=validation_split, num_classes=num_classes,
-                pipeline=pipeline, memory_budget_gb=memory_budget_gb)
+  reused when the files are the same. Raises DataError with a one-line fix on bad data; the
+  options' own values are checked where they are declared (trainer/options.py)."""
   kind, arg = parse_spec(spec)
   budget = memory_budget(memory_budget_gb)
   class_names, checked = (), None

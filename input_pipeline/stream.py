@@ -49,6 +49,10 @@ class StreamSplit:
   def subset(self, positions: np.ndarray) -> StreamSplit:
     return dataclasses.replace(self, records=self.records.subset(positions))
 
+  def images_at(self, positions: np.ndarray) -> np.ndarray:
+    """uint8 images of a few examples by position, read back from the files."""
+    return examples_at(self, positions)
+
 
 def train_stream(split: StreamSplit, *, global_batch_size: int, seed: int,
                  start_step: int = 0, pipeline: int = 0, pipelines: int = 1,

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import io
 import json
 import os
 import socket
 import urllib.parse
-import zipfile
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from input_pipeline import decoded_cache
 from input_pipeline.data import DataError, Split, check_labels, fill
 from input_pipeline.records import ShardRecords, fit
 from input_pipeline.stream import StreamSplit
@@ -187,58 +186,19 @@ def _cache_key(builder, split: str, image_size) -> str:
                                 for f in files]})
 
 
-def _digest(images: np.ndarray, labels: np.ndarray) -> str:
-  digest = hashlib.sha256(np.ascontiguousarray(images).data)
-  digest.update(np.ascontiguousarray(labels).data)
-  return digest.hexdigest()
-
-
-def _read_cache(path: str, key: str):
-  """(images, labels) from the cache when it holds this key and its digest checks; else None."""
-  if not tf.io.gfile.exists(path):
-    return None
-  try:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      stored = np.load(io.BytesIO(f.read()), allow_pickle=False)
-      images, labels = stored["images"], stored["labels"]
-      if str(stored["key"]) == key and str(stored["sha256"]) == _digest(images, labels):
-        return images, labels
-    logging.info("decoded cache %s is stale or damaged: decoding again", path)
-  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, tf.errors.OpError) as e:
-    logging.info("decoded cache %s unreadable (%s): decoding again", path, e)
-  return None
-
-
-def _write_cache(path: str, key: str, images: np.ndarray, labels: np.ndarray) -> None:
-  """Written whole under a temporary name, then renamed: never a partial cache."""
-  buffer = io.BytesIO()
-  np.savez(buffer, images=images, labels=labels, key=np.array(key),
-           sha256=np.array(_digest(images, labels)))
-  partial = f"{path}.partial-{os.getpid()}"
-  try:
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.gfile.GFile(partial, "wb") as f:
-      f.write(buffer.getvalue())
-    tf.io.gfile.rename(partial, path, overwrite=True)
-  except (OSError, tf.errors.OpError) as e:  # a read-only data_dir: no cache, no harm
-    logging.info("not caching the decoded split in %s: %s", path, e)
-    if tf.io.gfile.exists(partial):
-      tf.io.gfile.remove(partial)
-
-
 def _decoded(builder, split: str, image_size):
   """The split's arrays, from the decoded cache when it is current, else decoded (and
   cached when small enough)."""
   if split not in builder.info.splits:  # mock data: nothing on disk to key a cache by
     return _to_numpy(builder, split, image_size)
   path, key = _cache_path(builder, split, image_size), _cache_key(builder, split, image_size)
-  cached = _read_cache(path, key)
+  cached = decoded_cache.read(path, key)
   if cached is not None:
     logging.info("%s/%s: decoded images read from %s", builder.name, split, path)
     return cached
   images, labels = _to_numpy(builder, split, image_size)
   if images.nbytes <= CACHE_LIMIT:
-    _write_cache(path, key, images, labels)
+    decoded_cache.write(path, key, images, labels)
   return images, labels
 
 

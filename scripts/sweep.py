@@ -37,6 +37,7 @@ tf_env.apply()  # TensorFlow's settings for this process and every trial's
 
 from trainer import flags as tl_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from trainer import options, run_files  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer import values as option_values  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 class SweepError(ValueError):
@@ -82,9 +83,9 @@ def trial_name(trial: dict[str, str]) -> str:
 
 
 def resolve(path: str | None) -> str | None:
-  """A path as the user means it (trainer.options.absolute_path, the rule runs record paths
+  """A path as the user means it (trainer.values.absolute_path, the rule runs record paths
   by): the trainer's own relative paths would otherwise be resolved wherever it runs."""
-  return options.absolute_path(path)
+  return option_values.absolute_path(path)
 
 
 def trainer_command(module: str, args: list[str]) -> tuple[list[str], dict[str, str]]:

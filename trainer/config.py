@@ -16,6 +16,7 @@ from input_pipeline import Augment
 from input_pipeline.sources import parse_spec
 from trainer import flags as tl_flags
 from trainer import options, run_files
+from trainer import values as values_lib
 from trainer.errors import ConfigError
 
 
@@ -144,9 +145,9 @@ def _from_values(values: dict[str, Any]) -> Config:
       values["model"], values["dataset"].replace(":", "_").replace("/", "_").strip("_.")))
   # Local data paths absolute: the run's record must mean the same files to a rerun, to
   # trainer.evaluate and to trainer.predict started from another directory.
-  values = {**values, "dataset": options.absolute_spec(values["dataset"]),
-            "data_dir": options.absolute_path(values["data_dir"]),
-            "manual_dir": options.absolute_path(values["manual_dir"])}
+  values = {**values, "dataset": values_lib.absolute_spec(values["dataset"]),
+            "data_dir": values_lib.absolute_path(values["data_dir"]),
+            "manual_dir": values_lib.absolute_path(values["manual_dir"])}
   parsed = _each_option(values)
   _together(parsed)
   try:

@@ -173,7 +173,7 @@ class Evaluator:
     self.writer.image(run, step, "confusion_matrix",
                       images.confusion_matrix(counts, names, title),
                       description=f"Row-normalised confusion matrix on {result.split}.")
-    worst = images.worst_mistakes(lambda positions: feeds.images_at(split, positions), labels,
+    worst = images.worst_mistakes(split.images_at, labels,
                                   result.predictions, result.losses, names)
     if worst is not None:
       self.writer.image(run, step, "worst_mistakes", worst,

@@ -2,8 +2,8 @@
 
 A feed gives the train stream from a step (`iterator`) and the tf.function that runs N
 training steps over it (`loop`); the trainer hands it the per-replica step on a batch of
-normalized images and the cross-replica wrapper around it. The eval side (`eval_dataset`,
-`images_at`) serves in-memory and streamed splits alike.
+normalized images and the cross-replica wrapper around it. `eval_dataset` serves
+in-memory and streamed splits alike.
 
     in_memory  the split's tables on every device, batches gathered inside the graph
     tf_data    tf.data over the in-memory arrays, uint8 batches distributed to replicas
@@ -22,7 +22,7 @@ from input_pipeline.data import Data, Split
 from input_pipeline.in_memory import IndexStream, InMemoryData
 from input_pipeline.pipeline import eval_dataset as in_memory_eval, train_dataset
 from input_pipeline.preprocess import Augment, augment_batch, augment_seed, normalize
-from input_pipeline.stream import StreamSplit, eval_stream, examples_at, train_stream
+from input_pipeline.stream import StreamSplit, eval_stream, train_stream
 
 # In-memory training data up to this size (per copy) is placed on every replica's device;
 # larger data is gathered on the host and only batches cross to the devices.
@@ -45,13 +45,6 @@ def eval_dataset(strategy, split, global_batch_size: int):
   """One distributed pass over a split, every example once (padded batches, weight 0)."""
   make = eval_stream if isinstance(split, StreamSplit) else in_memory_eval
   return _distribute(strategy, make(split, global_batch_size=global_batch_size))
-
-
-def images_at(split, positions: np.ndarray) -> np.ndarray:
-  """uint8 images of a few examples of a split (e.g. the worst mistakes)."""
-  if isinstance(split, StreamSplit):  # read back from its files: a few images
-    return examples_at(split, positions)
-  return split.images[positions]
 
 
 class Feed:

@@ -1,6 +1,6 @@
-"""The command-line flags, defined from trainer/options.py's declarations. Values are
-checked in config.py, not by absl, so that every bad value gets the same one-line error
-naming the flag."""
+"""The options as users see them: the command-line flags and docs/flags.md, both from
+trainer/options.py's declarations. Values are checked in config.py, not by absl, so that
+every bad value gets the same one-line error naming the flag."""
 
 from absl import flags
 
@@ -24,3 +24,33 @@ def define_flags() -> None:
     _DEFINE[option.kind](option.name, option.default, option.help)
   GROUPS.update(options.groups())
   OWN_FLAGS.extend(options.NAMES)
+
+
+# What a rerun into the same model_dir may do with a flag of each role.
+_ROLE_TEXT = {options.WHAT: "refused", options.HOW: "may change",
+              options.DATA: "may change; trainer.evaluate reads the run's",
+              options.LENGTH: "may extend the run"}
+
+
+def reference() -> str:
+  """docs/flags.md: every option by group, from these declarations
+  (python -m trainer.flags > docs/flags.md; a test keeps it current)."""
+  lines = ["# Flags", "", "Generated from `trainer/options.py` by `python -m trainer.flags "
+           "> docs/flags.md`; `python -m trainer.main --help` prints the same by group.",
+           "", "*On a rerun*: what a rerun into the same `--model_dir` may do with the flag "
+           "(refused: it changes what is trained; `--allow_changed_flags=NAME` allows it, "
+           "recorded in flag_changes.json).", ""]
+  for group, names in options.groups().items():
+    lines += [f"## {group}", "", "| flag | default | on a rerun | what it does |",
+              "|---|---|---|---|"]
+    for name in names:
+      option = options.BY_NAME[name]
+      default = "" if option.default is None else f"`{option.default}`"
+      text = option.help.replace("|", "\\|")
+      lines.append(f"| `--{name}` | {default} | {_ROLE_TEXT[option.role]} | {text} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  print(reference(), end="")

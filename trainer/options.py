@@ -3,7 +3,8 @@ to a rerun, and how its value is read, checked and compared.
 
 flags.py defines the absl flags from these declarations, config.py builds the Config's
 fields from them, run_record.py asks them which changes a rerun may make, and
-docs/flags.md is generated from them (tests/trainer/test_options.py keeps it current).
+docs/flags.md is generated from them (flags.py; tests/trainer/test_options.py keeps it
+current).
 A new option is one `Option(...)` here plus the code that uses `config.<name>`.
 
 Roles: WHAT changes what is trained (a rerun into the same model_dir refuses a change
@@ -16,13 +17,14 @@ extend a run.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Callable
 
 from input_pipeline import PIPELINES, Augment
-from input_pipeline.sources import parse_image_size, parse_spec
+from input_pipeline.sources import parse_image_size
 from models.common import POLICIES
 from models.registry import MODELS
+from trainer.values import (absolute_path, at_least_zero, dataset_meaning, int_list, ints,
+                            one_of, positive, within)
 
 WHAT, HOW, DATA, LENGTH = "what", "how", "data", "length"
 
@@ -37,8 +39,10 @@ BEST_METRICS = ("accuracy", "loss")
 class Option:
   """One option. kind: str, int, float, bool or list (absl's comma list).
   check(value) -> the problem (after "--name=value ") or None; parse(value) -> the
-  Config's value (ValueError naming the flag when it cannot); model: a model
-  hyperparameter, passed to the model only when given."""
+  Config's value (ValueError naming the flag when it cannot); normalize(value) -> a form
+  in which values of one meaning are equal (comparing a rerun with its record; default:
+  lists as integers where they are); model: a model hyperparameter, passed to the model
+  only when given."""
   name: str
   kind: type
   default: Any
@@ -47,66 +51,8 @@ class Option:
   role: str = WHAT
   check: Callable[[Any], str | None] | None = None
   parse: Callable[[Any], Any] | None = None
+  normalize: Callable[[Any], Any] | None = None
   model: bool = False
-
-
-# --- value checks: each returns the problem, or None -----------------------------------
-
-def positive(value) -> str | None:
-  return None if value is None or value > 0 else "must be positive"
-
-
-def at_least_zero(value) -> str | None:
-  return None if value >= 0 else "must be >= 0"
-
-
-def within(low: float, high: float, *, low_open=False, high_open=True, note=""):
-  """A check of low <= value < high (open/closed ends as given)."""
-  def check(value):
-    if value is None:
-      return None
-    ok = (value > low if low_open else value >= low) and (
-        value < high if high_open else value <= high)
-    text = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    return None if ok else f"must be in {text}{note}"
-  return check
-
-
-def one_of(choices, joiner=", "):
-  def check(value):
-    return None if value is None or value in choices else (
-        f"is unknown; use {joiner.join(choices)}")
-  return check
-
-
-def ints(name: str):
-  """A comma list of positive integers as a tuple."""
-  def parse(values):
-    if values is None:
-      return None
-    try:
-      out = tuple(int(v) for v in values)
-    except ValueError:
-      raise ValueError(f"--{name}={','.join(values)}: expected comma-separated integers") from None
-    if not out or min(out) < 1:
-      raise ValueError(f"--{name}={','.join(values)}: values must be positive")
-    return out
-  return parse
-
-
-def absolute_path(path: str | None) -> str | None:
-  """A path as the user means it: a local one made absolute against the current directory
-  (~ expanded, file:// dropped), a URL (gs://, ram://) as it is. How a run records paths,
-  and how the scripts hand them to the trainers they start."""
-  if not path or "://" in path:
-    return path
-  return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
-
-
-def absolute_spec(spec: str) -> str:
-  """--dataset with a local file or directory made absolute (idx:, csv:, folder:)."""
-  kind, arg = parse_spec(spec)
-  return f"{kind}:{absolute_path(arg)}" if kind in ("idx", "csv", "folder") else spec
 
 
 def _model_known(value) -> str | None:
@@ -120,9 +66,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("model", str, "cnn", "Model name: mlp, cnn or resnet.", _D, check=_model_known),
     Option("dataset", str, "mnist", "tfds:NAME (or a TFDS name), folder:DIR "
            "(DIR/train/<class>/*.jpg|png), idx:DIR, csv:PATH or "
-           "synthetic[:shape=28x28x1,classes=10,train=N,test=N].", _D),
-    Option("data_dir", str, None, "TFDS data_dir (default ~/tensorflow_datasets).", _D, DATA),
-    Option("manual_dir", str, None, "TFDS manual_dir: files here are used offline.", _D, DATA),
+           "synthetic[:shape=28x28x1,classes=10,train=N,test=N].", _D,
+           normalize=dataset_meaning),
+    Option("data_dir", str, None, "TFDS data_dir (default ~/tensorflow_datasets).", _D, DATA,
+           normalize=absolute_path),
+    Option("manual_dir", str, None, "TFDS manual_dir: files here are used offline.", _D, DATA,
+           normalize=absolute_path),
     Option("num_classes", int, None, "Classes of an idx:/csv: dataset (default 10).", _D,
            check=lambda v: None if v is None or v >= 2 else "must be at least 2"),
     Option("validation_split", float, 0.0, "Fraction of train held out (seeded) for eval "
@@ -135,13 +84,13 @@ OPTIONS: tuple[Option, ...] = (
            "by --pipeline=auto (default: a quarter of the RAM).", _D, DATA, check=positive),
     Option("image_size", str, None, "H or HxW: resize images to this size (eval: resize and "
            "centre crop; train: random-resized crops). Needed for images of varying size.",
-           _D, parse=parse_image_size),
+           _D, parse=parse_image_size, normalize=parse_image_size),
     Option("skip_bad_images", bool, False, "folder: skip (and count) unreadable image files "
            "instead of stopping.", _D),
     Option("augment", str, "none", "none, or a comma list of crop[=PIXELS] (pad with zeros, "
            "crop at a random offset; translate[=PIXELS] is the same), flip, "
            "erase[=PROBABILITY], resized_crop[=MIN_AREA] (on with --image_size; "
-           "resized_crop=0: off).", _D),
+           "resized_crop=0: off).", _D, normalize=Augment.parse),
     Option("mixup", float, 0.0, "Mixup: mix each batch with a shuffled copy, images and "
            "targets, by a Beta(ALPHA, ALPHA) weight (0: off; e.g. 0.2).", _D,
            check=lambda v: None if v >= 0 else "must be >= 0 (0: off)"),
@@ -276,62 +225,24 @@ RUN_LENGTH: tuple[str, ...] = tuple(o.name for o in OPTIONS if o.role == LENGTH)
 READS_DATA: tuple[str, ...] = tuple(o.name for o in OPTIONS if o.role == DATA)
 
 
+def normalized(name: str, value):
+  """A value in its option's normal form (Option.normalize), for comparing a rerun with the
+  run's record. Unreadable values stay as they are (they then differ, and the rerun's own
+  validation names them)."""
+  option = BY_NAME.get(name)
+  try:
+    if value is not None and option is not None and option.normalize:
+      return option.normalize(value)
+    if isinstance(value, (list, tuple)):
+      return int_list(value)
+  except ValueError:
+    pass
+  return value
+
+
 def groups() -> dict[str, list[str]]:
   """Option names by group, in declaration order (--help, docs/flags.md)."""
   out: dict[str, list[str]] = {}
   for option in OPTIONS:
     out.setdefault(option.group, []).append(option.name)
   return out
-
-
-def normalized(name: str, value):
-  """A value in a form where values of one meaning are equal, for comparing a rerun with
-  the run's record: --augment=crop,flip and flip,crop; --image_size=28 and 28x28;
-  --dataset=mnist and tfds:mnist; --hidden_units=050 and 50. Unreadable values stay as
-  they are (they then differ, and the rerun's own validation names them)."""
-  if value is None:
-    return None
-  try:
-    if name == "augment":
-      return Augment.parse(value)
-    if name == "image_size":
-      return parse_image_size(value)
-    if name == "dataset":  # a relative path as this directory sees it (older records)
-      kind, arg = parse_spec(value)
-      return kind, (absolute_path(arg) if kind in ("idx", "csv", "folder") else arg)
-    if name in ("data_dir", "manual_dir"):
-      return absolute_path(value)
-    if isinstance(value, (list, tuple)):
-      return tuple(int(v) if str(v).strip().lstrip("-").isdigit() else str(v).strip()
-                   for v in value)
-  except ValueError:
-    pass
-  return value
-
-
-_ROLE_TEXT = {WHAT: "refused", HOW: "may change", DATA: "may change; trainer.evaluate "
-              "reads the run's", LENGTH: "may extend the run"}
-
-
-def reference() -> str:
-  """docs/flags.md: every option by group, from these declarations
-  (python -m trainer.options > docs/flags.md; a test keeps it current)."""
-  lines = ["# Flags", "", "Generated from `trainer/options.py` by `python -m trainer.options "
-           "> docs/flags.md`; `python -m trainer.main --help` prints the same by group.",
-           "", "*On a rerun*: what a rerun into the same `--model_dir` may do with the flag "
-           "(refused: it changes what is trained; `--allow_changed_flags=NAME` allows it, "
-           "recorded in flag_changes.json).", ""]
-  for group, names in groups().items():
-    lines += [f"## {group}", "", "| flag | default | on a rerun | what it does |",
-              "|---|---|---|---|"]
-    for name in names:
-      option = BY_NAME[name]
-      default = "" if option.default is None else f"`{option.default}`"
-      text = option.help.replace("|", "\\|")
-      lines.append(f"| `--{name}` | {default} | {_ROLE_TEXT[option.role]} | {text} |")
-    lines.append("")
-  return "\n".join(lines)
-
-
-if __name__ == "__main__":
-  print(reference(), end="")

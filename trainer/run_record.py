@@ -39,7 +39,7 @@ def listed(changes: dict[str, tuple]) -> str:
 
 
 def _same(name: str, a, b) -> bool:
-  """Equal values, or values of one meaning (config.normalized)."""
+  """Equal values, or values of one meaning (options.normalized)."""
   as_json = lambda v: json.dumps(v, sort_keys=True, default=str)
   return as_json(a) == as_json(b) or normalized(name, a) == normalized(name, b)
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from input_pipeline import tfds_source
+from input_pipeline import decoded_cache, tfds_source
 from datafiles import write_tiny_tfds
 
 SIZE = (14, 12)
@@ -101,8 +101,8 @@ def test_the_cache_on_a_non_local_filesystem(tmp_path, monkeypatch):
   images = np.arange(2 * 14 * 12 * 3, dtype=np.uint8).reshape(2, 14, 12, 3)
   labels = np.array([1, 2], np.int64)
   path = "ram://tapeloop-cache-test/fashion/train.npz"
-  tfds_source._write_cache(path, key, images, labels)  # pylint: disable=protected-access
-  got = tfds_source._read_cache(path, key)  # pylint: disable=protected-access
+  decoded_cache.write(path, key, images, labels)
+  got = decoded_cache.read(path, key)
   np.testing.assert_array_equal(got[0], images)
   np.testing.assert_array_equal(got[1], labels)
-  assert tfds_source._read_cache(path, key.replace("train", "test")) is None  # pylint: disable=protected-access
+  assert decoded_cache.read(path, key.replace("train", "test")) is None

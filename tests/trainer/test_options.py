@@ -15,8 +15,8 @@ from trainer import config, evaluate, flags as tl_flags, options
 def test_docs_flags_md_is_generated_from_the_declarations():
   with open(os.path.join(ROOT, "docs", "flags.md")) as f:
     written = f.read()
-  assert written == options.reference(), (
-      "docs/flags.md is stale: python -m trainer.options > docs/flags.md")
+  assert written == tl_flags.reference(), (
+      "docs/flags.md is stale: python -m trainer.flags > docs/flags.md")
 
 
 def test_every_declaration_is_a_flag_a_config_field_and_a_help_entry():

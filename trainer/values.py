@@ -1,0 +1,79 @@
+"""How option values are checked, read and compared: the pieces trainer/options.py's
+declarations are made of: checks (each returns the problem, or None), readers, and the
+forms in which values of one meaning are equal for the rerun rule (run_record.py)."""
+
+from __future__ import annotations
+
+import os
+
+from input_pipeline.sources import parse_spec
+
+
+def positive(value) -> str | None:
+  return None if value is None or value > 0 else "must be positive"
+
+
+def at_least_zero(value) -> str | None:
+  return None if value >= 0 else "must be >= 0"
+
+
+def within(low: float, high: float, *, low_open=False, high_open=True, note=""):
+  """A check of low <= value < high (open/closed ends as given)."""
+  def check(value):
+    if value is None:
+      return None
+    ok = (value > low if low_open else value >= low) and (
+        value < high if high_open else value <= high)
+    text = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return None if ok else f"must be in {text}{note}"
+  return check
+
+
+def one_of(choices, joiner=", "):
+  def check(value):
+    return None if value is None or value in choices else (
+        f"is unknown; use {joiner.join(choices)}")
+  return check
+
+
+def ints(name: str):
+  """A comma list of positive integers as a tuple."""
+  def parse(values):
+    if values is None:
+      return None
+    try:
+      out = tuple(int(v) for v in values)
+    except ValueError:
+      raise ValueError(f"--{name}={','.join(values)}: expected comma-separated integers") from None
+    if not out or min(out) < 1:
+      raise ValueError(f"--{name}={','.join(values)}: values must be positive")
+    return out
+  return parse
+
+
+def absolute_path(path: str | None) -> str | None:
+  """A path as the user means it: a local one made absolute against the current directory
+  (~ expanded, file:// dropped), a URL (gs://, ram://) as it is. How a run records paths,
+  and how the scripts hand them to the trainers they start."""
+  if not path or "://" in path:
+    return path
+  return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+
+
+def absolute_spec(spec: str) -> str:
+  """--dataset with a local file or directory made absolute (idx:, csv:, folder:)."""
+  kind, arg = parse_spec(spec)
+  return f"{kind}:{absolute_path(arg)}" if kind in ("idx", "csv", "folder") else spec
+
+
+def dataset_meaning(spec: str) -> tuple[str, str]:
+  """--dataset as (kind, argument), a local path made absolute as this directory sees it
+  (older records hold relative ones): mnist and tfds:mnist are one dataset."""
+  kind, arg = parse_spec(spec)
+  return kind, (absolute_path(arg) if kind in ("idx", "csv", "folder") else arg)
+
+
+def int_list(values) -> tuple:
+  """A list flag's values with integers compared as integers: 050 is 50."""
+  return tuple(int(v) if str(v).strip().lstrip("-").isdigit() else str(v).strip()
+               for v in values)
