@@ -10,7 +10,7 @@ its channels (grey or colour). The CSV holds path,class,probability per file.
 --dataset: any source trainer.main reads; its test split, as a Kaggle Digit Recognizer
 submission (ImageId,Label). Without either: the run's own dataset (model_dir/flags.json).
 
-The data flags are trainer.main's (trainer/flags.py defines them once) and mean the same
+The data flags are trainer.main's (trainer/options.py declares them once) and mean the same
 here. --data_dir defaults to the run's (where its TFDS data was); --manual_dir,
 --num_classes and --skip_bad_images to the run's when predicting on the run's own dataset.
 """

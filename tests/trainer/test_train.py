@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import train
+from trainer.evaluator import Evaluator
 from trainer.inner_loop import Trainer
 from trainer.errors import ConfigError, Interrupted
 from flag_helpers import parse
@@ -161,16 +162,17 @@ def test_a_signal_in_the_last_loop_stops_there_and_the_rerun_completes_that_boun
 def test_a_signal_during_the_final_eval_lets_the_run_finish(tmp_path, monkeypatch):
   # The default handler would kill the process there (under several workers, leaving the
   # others in the eval's collectives): the eval and the export finish first.
-  evaluate = Trainer.evaluate
+  evaluate, signalled = Evaluator.evaluate, []
 
   def signalled_in_the_test_eval(self, split, raw=False):
     if split == "test":
+      signalled.append(split)
       os.kill(os.getpid(), signal.SIGTERM)
     return evaluate(self, split, raw)
-  monkeypatch.setattr(Trainer, "evaluate", signalled_in_the_test_eval)
+  monkeypatch.setattr(Evaluator, "evaluate", signalled_in_the_test_eval)
   results = train.train_and_evaluate(parse(*TINY, "--train_steps=4", "--noeval_images",
                                            f"--model_dir={tmp_path}"))
-  assert results["global_step"] == 4 and "test_accuracy" in results
+  assert signalled and results["global_step"] == 4 and "test_accuracy" in results
   assert os.path.exists(tmp_path / "results.json")
   assert os.path.exists(tmp_path / "export" / "saved_model.pb")
 
