@@ -170,9 +170,10 @@ class Checkpoint(Action):
   on_preemption = True
 
   def __init__(self, *, save: Callable[[int], str], interval: int, total_steps: int,
-               every_secs: float | None = None):
+               every_secs: float | None = None, agree: Callable[[bool], bool] = bool):
+    """agree: the workers' agreement on the time (distribute.any_worker)."""
     self.save = save
-    self.timer = EverySeconds(every_secs) if every_secs else None
+    self.timer = EverySeconds(every_secs, agree) if every_secs else None
     self.trigger = AnyOf(EverySteps(interval, total_steps), OnStop(),
                          *([self.timer] if self.timer else []))
 

@@ -40,6 +40,7 @@ class BestMetric:
     value = getattr(evaluation, self.metric)
     if not self.improves(value):
       self.progress.evals_since_best.assign_add(1)
+      self._new_at = None  # also when this step was a best before a recovery went back
       return False
     self.progress.best_value.assign(value)
     self.progress.best_step.assign(step)

@@ -97,9 +97,6 @@ def _each_option(values: dict[str, Any]) -> dict[str, Any]:
 def _together(v: dict[str, Any]) -> None:
   """The rules between options (each option's own were checked before)."""
   accepted = models.hyperparameters(v["model"])
-  for name in options.MODEL_OPTIONS:
-    _check(v[name] is None or name in accepted, f"--{name} does not apply to "
-           f"--model={v['model']}; it takes {', '.join('--' + k for k in sorted(accepted))}")
   if v["model"] == "cnn":
     n_filters = len(v["filters"] or accepted["filters"])
     n_kernels = len(v["kernel_sizes"] or accepted["kernel_sizes"])
@@ -134,9 +131,14 @@ def _together(v: dict[str, Any]) -> None:
 
 
 def _from_values(values: dict[str, Any]) -> Config:
-  """Validates every option; raises ConfigError naming the first bad one."""
-  _check(values["model"] in models.MODELS, f"--model={values['model']} is unknown; known "
-         f"models: {', '.join(sorted(models.MODELS))}")
+  """Validates every option; raises ConfigError naming the first bad one: the model first,
+  then the model flags it does not take (before their values)."""
+  problem = options.BY_NAME["model"].check(values["model"])
+  _check(problem is None, f"--model={values['model']} {problem}")
+  accepted = models.hyperparameters(values["model"])
+  for name in options.MODEL_OPTIONS:
+    _check(values[name] is None or name in accepted, f"--{name} does not apply to "
+           f"--model={values['model']}; it takes {', '.join('--' + k for k in sorted(accepted))}")
   try:
     parse_spec(values["dataset"])
   except ValueError as e:

@@ -61,19 +61,20 @@ def _run_config(model_dir: str):
     raise UsageError(f"no flags.json in --model_dir={model_dir}: not a tapeloop run "
                          "(train one there first with python -m trainer.main)")
   values = {k: v for k, v in recorded.items()
-            if k in tl_flags.OWN_FLAGS and k not in _HOW_IT_RAN}
-  values.update({name: FLAGS[name].value for name in tl_flags.OWN_FLAGS
+            if k in options.NAMES and k not in _HOW_IT_RAN}
+  values.update({name: FLAGS[name].value for name in options.NAMES
                  if FLAGS[name].present})
   values["model_dir"] = model_dir
   return config.from_values(values), recorded
 
 
-class Evaluation:
+class CheckpointEvaluator:
   """The run's model on one split; evaluates checkpoints and writes what it finds (the
   log, TensorBoard run eval_<split>, model_dir/eval_<split>.json)."""
 
   def __init__(self, cfg, recorded: dict, split: str):
     strategy = distribute.create_strategy(cfg)
+    run_plan.check_replicas(cfg, strategy)
     keras.utils.set_random_seed(cfg.seed)
     data = cfg.load_data()
     if split not in data.splits or not data.splits[split].labeled:
@@ -82,9 +83,8 @@ class Evaluation:
                        f"(it has {held})")
     self.cfg, self.split, self.run = cfg, split, f"eval_{split}"
     self.writer = summaries.Summaries(cfg.model_dir)
-    self.trainer = Trainer(cfg, strategy, data, plan=run_plan.resolve(cfg, data, strategy,
-                                                                      recorded),
-                           restore=False, writer=self.writer)
+    plan = run_plan.resolve(cfg, data, strategy, recorded, training=False)
+    self.trainer = Trainer(cfg, strategy, data, plan=plan, restore=False, writer=self.writer)
 
   def close(self) -> None:
     self.writer.close()
@@ -107,7 +107,7 @@ class Evaluation:
     return figures
 
 
-def _last_step(evaluator: Evaluation) -> tuple[int, int | None]:
+def _last_step(evaluator: CheckpointEvaluator) -> tuple[int, int | None]:
   """(the run's last step as it now stands, the step it finished at or None). Read anew at
   each look: a rerun may extend the run (flags.json then holds its new length) while an
   older results.json still says it finished; and an early stop is final only as the
@@ -122,7 +122,7 @@ def _last_step(evaluator: Evaluation) -> tuple[int, int | None]:
   return total, step if step is not None and (step >= total or stopped) else None
 
 
-def _continuously(evaluator: Evaluation) -> None:
+def _continuously(evaluator: CheckpointEvaluator) -> None:
   """orbit's evaluate_continuously: each new checkpoint once, newest first when several
   arrived, until the run's last step or --timeout seconds without a new one."""
   done, last_new, unreadable = -1, time.monotonic(), None
@@ -162,7 +162,7 @@ def main(argv):
   if continuous and checkpoint:
     raise UsageError("--continuous evaluates each new checkpoint: drop --checkpoint")
   cfg, recorded = _run_config(FLAGS.model_dir)
-  evaluator = Evaluation(cfg, recorded, split)
+  evaluator = CheckpointEvaluator(cfg, recorded, split)
   if continuous:
     _continuously(evaluator)
   else:

@@ -15,9 +15,8 @@ import tensorflow as tf
 from absl import logging
 
 from input_pipeline import Data
-from trainer import feeds
 from input_pipeline.preprocess import normalize
-from trainer import images
+from trainer import feeds, images
 from trainer.state import TrainState
 
 # An eval still running after this many seconds logs that it has started.

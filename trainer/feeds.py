@@ -30,8 +30,8 @@ DEVICE_COPY_LIMIT = 2 * 1024**3
 
 # run_step(replica_fn, args): one step on every replica (cross-replica context).
 RunStep = Callable[[Callable, tuple], None]
-# train_step(images, labels): the per-replica step on normalized float32 images.
-TrainStep = Callable[[tf.Tensor, tf.Tensor], None]
+# replica_step(images, labels): the per-replica step on normalized float32 images.
+ReplicaStep = Callable[[tf.Tensor, tf.Tensor], None]
 
 
 def _distribute(strategy, dataset):
@@ -59,7 +59,7 @@ class Feed:
     """The train stream from the `position`-th batch on (resumes the data order)."""
     raise NotImplementedError
 
-  def loop(self, run_step: RunStep, train_step: TrainStep, global_step: tf.Variable,
+  def loop(self, run_step: RunStep, replica_step: ReplicaStep, global_step: tf.Variable,
            jit: bool = False) -> Callable:
     """loop(iterator, steps): `steps` training steps in one tf.function call."""
     raise NotImplementedError
@@ -69,7 +69,7 @@ class Feed:
     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
     return augment_seed(self.seed, replica, step)
 
-  def dataset_loop(self, run_step: RunStep, train_step: TrainStep, global_step):
+  def dataset_loop(self, run_step: RunStep, replica_step: ReplicaStep, global_step):
     """The loop over a distributed tf.data iterator of uint8 batches: normalized and
     augmented on the device, each replica's part with its own seed, as the in-memory feed
     does (the same batches, whichever feed)."""
@@ -78,7 +78,7 @@ class Feed:
       if self.augment.enabled:
         images = augment_batch(images, self.augment,
                                self.replica_seed(global_step.read_value()))
-      train_step(images, labels)
+      replica_step(images, labels)
 
     @tf.function
     def loop(iterator, steps):
@@ -95,8 +95,8 @@ class TfDataFeed(Feed):
                             start_step=position)
     return iter(_distribute(self.strategy, dataset))
 
-  def loop(self, run_step, train_step, global_step, jit=False):
-    return self.dataset_loop(run_step, train_step, global_step)
+  def loop(self, run_step, replica_step, global_step, jit=False):
+    return self.dataset_loop(run_step, replica_step, global_step)
 
 
 class StreamFeed(TfDataFeed):
@@ -151,14 +151,14 @@ class InMemoryFeed(Feed):
   def iterator(self, position):
     return IndexStream(len(self.split), self.batch, self.seed, start_step=position)
 
-  def loop(self, run_step, train_step, global_step, jit=False):
-    def replica_step(indices, step, tables):
+  def loop(self, run_step, replica_step, global_step, jit=False):
+    def gathered_step(indices, step, tables):
       # Each replica gathers its own slice of the global batch inside the graph.
       ctx = tf.distribute.get_replica_context()
       per_replica = self.batch // ctx.num_replicas_in_sync
       mine = indices[ctx.replica_id_in_sync_group * per_replica:
                      (ctx.replica_id_in_sync_group + 1) * per_replica]
-      train_step(*self.data.batch(mine, self.replica_seed(step), tables))
+      replica_step(*self.data.batch(mine, self.replica_seed(step), tables))
 
     def window_loop(indices, steps):
       # A `while`, not `for i in tf.range(steps)`: in an XLA context autograph gives the
@@ -166,7 +166,7 @@ class InMemoryFeed(Feed):
       # each new loop length (the last, shorter loop) compiled the whole loop again.
       i = tf.constant(0)
       while i < steps:
-        run_step(replica_step, (indices[i], global_step.read_value(), self.tables))
+        run_step(gathered_step, (indices[i], global_step.read_value(), self.tables))
         i += 1
 
     # One trace (and one XLA compilation) for every loop length: windows are padded to
@@ -179,7 +179,7 @@ class InMemoryFeed(Feed):
     def run(iterator, steps):
       nonlocal by_dataset
       if not isinstance(iterator, IndexStream):  # a tf.data iterator handed in (tests)
-        by_dataset = by_dataset or self.dataset_loop(run_step, train_step, global_step)
+        by_dataset = by_dataset or self.dataset_loop(run_step, replica_step, global_step)
         return by_dataset(iterator, steps)
       for start in range(0, steps, self.steps_per_loop):
         n = min(self.steps_per_loop, steps - start)

@@ -14,7 +14,7 @@ import tensorflow as tf
 from absl import logging
 
 from input_pipeline import Data
-from trainer import feeds
+from trainer import feeds, summaries
 from trainer import plan as run_plan
 from trainer.config import Config
 from trainer.evaluator import Evaluation, Evaluator
@@ -31,7 +31,8 @@ class Trainer:
   plan: the run's (plan.resolve; default resolved here without a record). output_dir:
   where this worker saves checkpoints (default model_dir; a non-chief worker of a cluster
   passes a scratch directory). restore: True restores the latest checkpoint of model_dir,
-  a path that checkpoint, False nothing. writer: summaries.Summaries for eval reports."""
+  a path that checkpoint, False nothing. writer: summaries.Summaries for eval reports
+  (default: one that writes nothing)."""
 
   def __init__(self, config: Config, strategy: tf.distribute.Strategy, data: Data, *,
                plan: run_plan.Plan | None = None, output_dir: str | None = None,
@@ -40,7 +41,8 @@ class Trainer:
     self.plan = plan or run_plan.resolve(config, data, strategy)
     self.state = TrainState(config, strategy, data.info, total_steps=self.plan.total_steps,
                             horizon=self.plan.horizon, output_dir=output_dir)
-    self.evaluator = Evaluator(self.state, data, config.batch_size, writer,
+    self.evaluator = Evaluator(self.state, data, config.batch_size,
+                               writer or summaries.Summaries(config.model_dir, enabled=False),
                                pictures=config.eval_images)
     if restore:
       self.restore(restore if isinstance(restore, str) else None)

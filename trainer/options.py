@@ -211,7 +211,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("widths", list, None, "resnet: width per stage (default 32,64,128).", _M,
            parse=ints("widths"), model=True),
     Option("blocks_per_stage", int, None, "resnet: residual blocks per stage (default 2).", _M,
-           check=positive, model=True),
+           check=lambda v: None if v >= 1 else "must be >= 1", model=True),
     Option("sync_batch_norm", bool, None, "resnet: batch norm statistics over the global "
            "batch (default: when there are several replicas).", _M, model=True),
 )

@@ -77,7 +77,9 @@ def jit_mode(config: Config, replicas: int, pipeline: str) -> tuple[str, str]:
   return "loop", f"auto: {config.model} ran faster under XLA"
 
 
-def _check_replicas(config: Config, replicas: int) -> None:
+def check_replicas(config: Config, strategy: tf.distribute.Strategy) -> None:
+  """The batch against the replicas: right after the strategy exists, before the data."""
+  replicas = strategy.num_replicas_in_sync
   if config.batch_size % replicas:
     raise ConfigError(f"--batch_size={config.batch_size} is not divisible by the "
                       f"{replicas} replicas; use a multiple of {replicas}")
@@ -87,12 +89,9 @@ def _check_replicas(config: Config, replicas: int) -> None:
                       f"a --batch_size of at least {2 * replicas}")
 
 
-def resolve(config: Config, data: Data, strategy: tf.distribute.Strategy,
-            recorded: dict | None = None) -> Plan:
-  """The plan of a run of `config` on `data` under `strategy`; recorded: the run's record
-  (run_files.read_record) when model_dir holds one. ConfigError naming the fix."""
-  replicas = strategy.num_replicas_in_sync
-  _check_replicas(config, replicas)
+def _check_training(config: Config, data: Data, recorded: dict | None) -> None:
+  """What only a run that trains needs: its data read in the recorded order, a labeled
+  train split the batch fits, something to evaluate for the flags that select on evals."""
   run_record.check_pipeline(config, recorded, data)
   train = data.splits.get("train")
   if train is None or not train.labeled:
@@ -102,15 +101,27 @@ def resolve(config: Config, data: Data, strategy: tf.distribute.Strategy,
     raise ConfigError(f"--batch_size={config.batch_size} x --accumulation_steps="
                       f"{config.accumulation_steps} is more than the {len(train)} "
                       "training examples: lower either")
-  steps_per_epoch, total_steps = config.steps_for(len(train))
-  horizon = run_record.horizon(config, recorded, steps_per_epoch, total_steps)
-  if recorded is None:  # a run started before this was refused still resumes
-    optimization.Schedule.of(config, total_steps, horizon).check_warmup()
-  split = eval_split(data)
-  if split is None and (config.keep_best or config.early_stopping
-                        or config.lr_schedule == "plateau"):
+  if eval_split(data) is None and (config.keep_best or config.early_stopping
+                                   or config.lr_schedule == "plateau"):
     raise ConfigError("--keep_best, --early_stopping and --lr_schedule=plateau need labeled "
                       "data to evaluate: add --validation_split=0.1")
+
+
+def resolve(config: Config, data: Data, strategy: tf.distribute.Strategy,
+            recorded: dict | None = None, training: bool = True) -> Plan:
+  """The plan of a run of `config` on `data` under `strategy`; recorded: the run's record
+  (run_files.read_record) when model_dir holds one. training=False: for evaluating a
+  run's checkpoints (trainer.evaluate), without the checks only training needs.
+  ConfigError naming the fix."""
+  check_replicas(config, strategy)
+  if training:
+    _check_training(config, data, recorded)
+  steps_per_epoch, total_steps = config.steps_for(len(data.splits["train"]))
+  horizon = run_record.horizon(config, recorded, steps_per_epoch, total_steps)
+  if training and recorded is None:  # a run started before this was refused still resumes
+    optimization.Schedule.of(config, total_steps, horizon).check_warmup()
+  replicas = strategy.num_replicas_in_sync
+  split = eval_split(data)
   jit, reason = jit_mode(config, replicas, data.pipeline)
   return Plan(steps_per_epoch=steps_per_epoch, total_steps=total_steps, horizon=horizon,
               eval_split=split, jit=jit, jit_reason=reason, replicas=replicas,

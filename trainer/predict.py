@@ -30,7 +30,9 @@ import input_pipeline
 from input_pipeline import DataError, folder
 from input_pipeline.sources import parse_spec
 from trainer import cli, export, run_files
+from trainer.errors import UsageError
 from trainer import flags as tl_flags
+from trainer import options
 from trainer.options import normalized
 # pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
@@ -81,12 +83,12 @@ def check_data(split, image_shape, num_classes, what: str) -> None:
   """An export labels only images of its own shape: refuse others, and labeled data with
   classes the model does not know (an unlabeled CSV's class count is unknown)."""
   if tuple(split.images.shape[1:]) != tuple(image_shape):
-    raise cli.UsageError(f"{what} has images of shape "
+    raise UsageError(f"{what} has images of shape "
                          f"{'x'.join(map(str, split.images.shape[1:]))} but the model in "
                          f"{FLAGS.model_dir} takes {'x'.join(map(str, image_shape))}: "
                          "predict with a model trained on this kind of data")
   if split.labels is not None and len(split.labels) and split.labels.max() >= num_classes:
-    raise cli.UsageError(f"{what} has labels up to {split.labels.max()} "
+    raise UsageError(f"{what} has labels up to {split.labels.max()} "
                          f"but the model in {FLAGS.model_dir} predicts {num_classes} classes: "
                          "predict with a model trained on these classes")
 
@@ -99,26 +101,26 @@ def predict_classes(serve, images, batch_size: int):
 
 def _check_flags() -> None:
   if not FLAGS.model_dir:
-    raise cli.UsageError("--model_dir is required: the trained run whose export classifies "
+    raise UsageError("--model_dir is required: the trained run whose export classifies "
                          "(e.g. --model_dir=runs/quickstart)")
-  unused = [n for n in tl_flags.OWN_FLAGS if FLAGS[n].present and n not in _USED]
+  unused = [n for n in options.NAMES if FLAGS[n].present and n not in _USED]
   if unused:
-    raise cli.UsageError(f"--{unused[0]} does not apply to trainer.predict (the export fixes "
+    raise UsageError(f"--{unused[0]} does not apply to trainer.predict (the export fixes "
                          "the model and its image size): drop it; python -m trainer.predict "
                          "--help lists the flags")
   if FLAGS.images is not None:
     given = [n for n in _LOCATES if FLAGS[n].present]
     if "dataset" in given:
-      raise cli.UsageError("--images and --dataset both given: give one (image files, or "
+      raise UsageError("--images and --dataset both given: give one (image files, or "
                            "a dataset's test split)")
     if given:
-      raise cli.UsageError(f"--images classifies image files; --{given[0]} is for a "
+      raise UsageError(f"--images classifies image files; --{given[0]} is for a "
                            "--dataset: give one of the two")
     if not FLAGS.images.strip():
-      raise cli.UsageError("--images is empty: give a folder, a pattern ('DIR/*.png') or "
+      raise UsageError("--images is empty: give a folder, a pattern ('DIR/*.png') or "
                            "image files")
   if FLAGS.batch_size < 1:
-    raise cli.UsageError(f"--batch_size={FLAGS.batch_size} must be positive")
+    raise UsageError(f"--batch_size={FLAGS.batch_size} must be positive")
 
 
 def data_flags(model_dir: str) -> dict:
@@ -129,7 +131,7 @@ def data_flags(model_dir: str) -> dict:
   values = {n: FLAGS[n].value for n in _DATA_FLAGS if FLAGS[n].present}
   if "dataset" not in values:
     if "dataset" not in recorded:
-      raise cli.UsageError(f"{model_dir} has no flags.json naming the run's dataset: give "
+      raise UsageError(f"{model_dir} has no flags.json naming the run's dataset: give "
                            "--images=DIR (new image files) or --dataset=SPEC")
     values["dataset"] = recorded["dataset"]
   # Compared by meaning (folder:photos/ is folder:photos, mnist is tfds:mnist).
@@ -158,7 +160,7 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> int:
                              folder_check=run_files.read_folder_check(FLAGS.model_dir, spec))
   split = data.splits.get("test")
   if split is None:
-    raise cli.UsageError(f"{what} has no test split to predict: give --images=DIR for "
+    raise UsageError(f"{what} has no test split to predict: give --images=DIR for "
                          "image files, or a --dataset with test data (csv:test.csv, "
                          "folder:DIR with DIR/test/)")
   check_data(split, image_shape, num_classes, what)
@@ -210,18 +212,18 @@ def _write(output: str, write) -> None:
     write(export)
   except (OSError, tf.errors.OpError) as e:
     reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
-    raise cli.UsageError(f"cannot write --output={output} ({reason}): choose another "
+    raise UsageError(f"cannot write --output={output} ({reason}): choose another "
                          "--output") from None
 
 
 def main(argv):
   if len(argv) > 1:
-    raise cli.UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like "
+    raise UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like "
                          "--name=value (quote a pattern: --images='DIR/*.png')")
   _check_flags()
   export_dir = os.path.join(FLAGS.model_dir, "export")
   if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
-    raise cli.UsageError(f"no exported model in {export_dir}: train first with "
+    raise UsageError(f"no exported model in {export_dir}: train first with "
                          f"python -m trainer.main --model_dir={FLAGS.model_dir}")
   serve, image_shape, num_classes = load_serving(export_dir)
   if FLAGS.images is not None:

@@ -12,7 +12,7 @@ from trainer.phases import Phases
 _TIMING = ("examples_per_sec", "train_seconds", "compile_seconds")
 
 
-def of_run(config: Config, plan, trainer, timing: Timing, stopped_at: int,
+def of_run(config: Config, plan, trainer, chief: bool, timing: Timing, stopped_at: int,
            flag_changes: list, previous: dict | None) -> dict:
   """The results before the final evals. previous: the last results.json when this
   process trained nothing (a rerun of a finished run keeps the figures it measured)."""
@@ -22,7 +22,7 @@ def of_run(config: Config, plan, trainer, timing: Timing, stopped_at: int,
   state = trainer.state
   results = {"global_step": state.step, "dataset": trainer.data.info.name,
              "model": config.model, "parameters": state.model.count_params(),
-             "replicas": plan.replicas, "chief": trainer.evaluator.writer.enabled,
+             "replicas": plan.replicas, "chief": chief,
              "pipeline": trainer.data.pipeline, **figures,
              "weights_digest": state.weights_digest(), "eval_split": plan.eval_split,
              # The flags, with the schedule's horizon as the run keeps it (run_record.py).

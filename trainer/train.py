@@ -39,10 +39,11 @@ def train_and_evaluate(config: Config, process_start: float | None = None) -> di
   recorded = run_files.read_record(config.model_dir)
   changed = run_record.check(config, recorded)
   strategy = distribute.create_strategy(config)  # first: it may configure the runtime
+  run_plan.check_replicas(config, strategy)  # before the data is read or prepared
   # Signals are answered from here on, not only in the training loop: a worker killed
   # while loading data or exporting would leave the others waiting in a collective.
   preemption = PreemptionStop(agree=distribute.any_worker(strategy),
-                                         alone=not distribute.several_workers(strategy))
+                              alone=not distribute.several_workers(strategy))
   preemption.install()
   try:
     data, plan = _prepare(config, strategy, recorded, phases, start)
@@ -81,34 +82,34 @@ def _actions(config: Config, plan, trainer: Trainer, output_dir: str, phases: Ph
              preemption: PreemptionStop):
   """The outer loop's actions, in the order they run at each boundary."""
   steps = dict(total_steps=plan.total_steps)
-  state, data = trainer.state, trainer.data
+  data = trainer.data
   actions = [
       # First: on a signal, the boundary saves the checkpoint and stops, nothing else.
       preemption,
       tl_actions.ProgressLine(steps_per_epoch=plan.steps_per_epoch,
                               batch_size=config.step_batch, **steps),
       tl_actions.DivergenceCheck(
-          lambda: state.loss_scale, retries=config.divergence_retries, recover=trainer.recover,
-          recoveries=lambda: int(state.progress.recoveries.numpy())),
-      tl_actions.TrainSummaries(trainer.evaluator.writer, learning_rate=state.learning_rate,
-                                loss_scale=lambda: state.loss_scale),
+          lambda: trainer.loss_scale, retries=config.divergence_retries, recover=trainer.recover,
+          recoveries=lambda: int(trainer.progress.recoveries.numpy())),
+      tl_actions.TrainSummaries(trainer.evaluator.writer, learning_rate=trainer.learning_rate,
+                                loss_scale=lambda: trainer.loss_scale),
   ]
   if plan.eval_split:
     # The best eval (--keep_best's metric, else loss) is tracked for the actions after it.
     best = None
     if config.keep_best or config.early_stopping or config.lr_schedule == "plateau":
-      best = tl_best.BestMetric(config.keep_best or "loss", state.progress)
+      best = tl_best.BestMetric(config.keep_best or "loss", trainer.progress)
     actions.append(tl_actions.Evaluate(
         report=trainer.evaluator.report, split=plan.eval_split, best=best,
         trigger=EverySteps(plan.eval_interval, plan.total_steps)))
     if config.lr_schedule == "plateau":
       actions.append(tl_best.ReduceOnPlateau(
           best, patience=config.plateau_patience, factor=config.lr_decay_rate,
-          learning_rate=state.learning_rate))
+          learning_rate=trainer.learning_rate))
     if config.keep_best:
       actions.append(tl_best.KeepBest(
-          best, save=state.checkpoints.save_best,
-          export=lambda: export.save_model(state.eval_model, data.info.image_shape,
+          best, save=trainer.checkpoints.save_best,
+          export=lambda: export.save_model(trainer.eval_model, data.info.image_shape,
                                            os.path.join(output_dir, "export_best"),
                                            data.info.class_names)))
     if config.early_stopping:
@@ -116,9 +117,10 @@ def _actions(config: Config, plan, trainer: Trainer, output_dir: str, phases: Ph
   if config.profile_steps:
     actions.append(tl_actions.Profiler(config.profile_steps,
                                        os.path.join(config.model_dir, "profile")))
-  actions += [tl_actions.Checkpoint(save=phases.timed("checkpoints", state.checkpoints.save),
+  actions += [tl_actions.Checkpoint(save=phases.timed("checkpoints", trainer.checkpoints.save),
                                     interval=plan.checkpoint_interval,
-                                    every_secs=config.checkpoint_every_secs, **steps)]
+                                    every_secs=config.checkpoint_every_secs,
+                                    agree=distribute.any_worker(trainer.strategy), **steps)]
   return actions
 
 
@@ -146,7 +148,7 @@ def _describe(config: Config, plan, trainer: Trainer) -> None:
                model_summary.console(table))
   writer = trainer.evaluator.writer
   writer.text("train", 0, "model", model_summary.markdown(table))  # flushed with the flags
-  writer.flags(config.hparams())
+  writer.flags({**config.hparams(), "schedule_steps": plan.horizon})  # as results.json
   if plan.eval_split is None:
     logging.info("no labeled validation or test split: nothing is evaluated during training")
     return
@@ -203,7 +205,7 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
   # From here (also when no step was left to train): a signal lets the evals and the
   # export finish.
   preemption.phase = "after"
-  results = run_results.of_run(config, plan, trainer, timing, stopped_at, flag_changes,
+  results = run_results.of_run(config, plan, trainer, chief, timing, stopped_at, flag_changes,
                                run_files.read_results(config.model_dir)
                                if timing.examples_per_sec is None else None)
   for split in ("validation", "test"):

@@ -40,7 +40,8 @@ class EverySteps(Trigger):
 
 
 class AtSteps(Trigger):
-  """At each of the given steps (a boundary at or past it)."""
+  """Asks for a boundary at each of the given steps; due at every boundary (the action
+  decides what each step means to it, as the Profiler does)."""
 
   def __init__(self, *steps: int):
     self.steps = sorted(steps)
@@ -51,14 +52,17 @@ class AtSteps(Trigger):
 
 class EverySeconds(Trigger):
   """When `seconds` have passed since the action last ran (`ran`), at the next boundary:
-  it asks for no boundary of its own (CLU's every_secs)."""
+  it asks for no boundary of its own (CLU's every_secs). Each worker of a cluster has its
+  own clock: `agree(due_here) -> due anywhere` (distribute.any_worker) makes them act at
+  the same boundary; every worker then calls it at every boundary."""
 
-  def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
-    self.seconds, self.clock = seconds, clock
+  def __init__(self, seconds: float, agree: Callable[[bool], bool] = bool,
+               clock: Callable[[], float] = time.monotonic):
+    self.seconds, self.agree, self.clock = seconds, agree, clock
     self.last = clock()
 
   def due(self, boundary):
-    return self.clock() - self.last >= self.seconds
+    return self.agree(self.clock() - self.last >= self.seconds)
 
   def ran(self) -> None:
     self.last = self.clock()
@@ -80,4 +84,5 @@ class AnyOf(Trigger):
     return min((s for s in wanted if s is not None), default=None)
 
   def due(self, boundary):
-    return any(t.due(boundary) for t in self.triggers)
+    # Each asked, none skipped: a trigger may agree with other workers (EverySeconds).
+    return any([t.due(boundary) for t in self.triggers])

@@ -39,7 +39,7 @@ def one_of(choices, joiner=", "):
 def ints(name: str):
   """A comma list of positive integers as a tuple."""
   def parse(values):
-    if values is None:
+    if not values:  # unset, or given empty (--lr_boundaries=)
       return None
     try:
       out = tuple(int(v) for v in values)

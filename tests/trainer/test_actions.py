@@ -211,6 +211,10 @@ def test_best_loss_is_the_lowest_and_steps_without_eval_count_nothing():
   assert best.update(1, evaluation(1, 0.1, 2.0)) and best.is_new(1)
   assert not best.update(3, evaluation(3, 0.9, 2.5)) and not best.is_new(3)
   assert best.evals_since == 1 and best.value_and_step == (2.0, 1)
+  # A recovery went back, and step 5 is evaluated again, worse: no longer a new best
+  # (KeepBest would otherwise save the worse weights as the best).
+  assert best.update(5, evaluation(5, 0.9, 1.0)) and best.is_new(5)
+  assert not best.update(5, evaluation(5, 0.9, 1.5)) and not best.is_new(5)
 
 
 def test_checkpoint_at_its_interval_the_end_and_before_a_stop():

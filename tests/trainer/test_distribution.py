@@ -246,14 +246,14 @@ def test_models_and_input_pipeline_know_nothing_of_strategies():
 
 
 def test_an_eval_that_takes_a_while_says_it_started(tmp_path, monkeypatch):
-  from trainer import evaluator as loop
-  monkeypatch.setattr(loop, "_EVAL_NOTICE_SECONDS", 0.0)  # every eval counts as long here
+  from trainer import evaluator
+  monkeypatch.setattr(evaluator, "_EVAL_NOTICE_SECONDS", 0.0)  # every eval counts as long here
   said = []
-  monkeypatch.setattr(loop.logging, "info", lambda message, *args: said.append(message % args))
+  monkeypatch.setattr(evaluator.logging, "info", lambda message, *args: said.append(message % args))
   trainer = build(1, tmp_path, *MODELS["mlp"])
   trainer.evaluate("test")  # the first call also traces: well past a 0 s notice
   assert "evaluating 50 test examples at step 0 ..." in said
-  monkeypatch.setattr(loop, "_EVAL_NOTICE_SECONDS", 60.0)
+  monkeypatch.setattr(evaluator, "_EVAL_NOTICE_SECONDS", 60.0)
   said.clear()
   trainer.run_steps(trainer.train_iterator(), 1)
   trainer.evaluate("test")  # done long before its notice: nothing said

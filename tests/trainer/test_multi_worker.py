@@ -103,11 +103,10 @@ def test_sigterm_to_one_worker_stops_both_at_one_step_and_the_rerun_is_bit_exact
   assert int(stopped[1].group(1)) == step < 100
   assert "another worker was signalled" in outs[0]
   assert os.path.exists(tmp_path / "preempted" / "checkpoints" / f"ckpt-{step}.index")
-  # Saved first, nothing else: no eval between the signal and the exit (in the messages,
-  # not the log lines' file names: trainer/evaluator.py).
-  messages = lambda out: "\n".join(l.split("] ", 1)[-1] for l in out.splitlines()).lower()
-  assert "evaluat" not in messages(outs[0].split("another worker was signalled")[1])
-  assert "evaluat" not in messages(outs[1].split("received SIGTERM")[1])
+  # Saved first, nothing else: no eval at the boundary where both stopped (an eval already
+  # under way when the signal came may finish: a Python handler waits for TensorFlow).
+  for out in outs:
+    assert not re.search(rf"eval on \w+ at step {step}\b", out), out[-2000:]
 
   resumed = _start_cluster(tmp_path / "preempted")
   assert {_digest(p) for p in resumed} == expected

@@ -1,7 +1,10 @@
 """EMA, label smoothing, Mixup/CutMix and gradient accumulation inside the trainer,
 against references computed apart from it, on 1 and 2 logical devices."""
 
+import types
+
 import keras
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -69,6 +72,14 @@ def test_ema_is_what_evals_and_the_eval_raw_are_what_the_model_gives(tmp_path):
     np.testing.assert_array_equal(result.predictions, np.argmax(model(images).numpy(), -1))
   assert trainer.eval_model is trainer.ema.model
   assert trainer.evaluate("test").loss != trainer.evaluate("test", raw=True).loss
+  # One report writes both: the EMA's figures to the run, the raw weights' beside.
+  written = []
+  trainer.evaluator.writer = types.SimpleNamespace(
+      enabled=True, scalars=lambda run, step, values: written.append((run, step, values)))
+  trainer.evaluator.pictures = False
+  trainer.evaluator.report("test", run="eval")
+  assert written == [("eval_raw", 5, trainer.evaluate("test", raw=True).metrics()),
+                     ("eval", 5, trainer.evaluate("test").metrics())]
 
 
 def test_a_skipped_fp16_step_leaves_the_ema_on_every_replica(tmp_path):

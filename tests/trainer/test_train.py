@@ -170,9 +170,11 @@ def test_a_signal_during_the_final_eval_lets_the_run_finish(tmp_path, monkeypatc
       os.kill(os.getpid(), signal.SIGTERM)
     return evaluate(self, split, raw)
   monkeypatch.setattr(Evaluator, "evaluate", signalled_in_the_test_eval)
+  # The periodic evals are on the validation split: the only test eval is the final one.
   results = train.train_and_evaluate(parse(*TINY, "--train_steps=4", "--noeval_images",
+                                           "--validation_split=0.25",
                                            f"--model_dir={tmp_path}"))
-  assert signalled and results["global_step"] == 4 and "test_accuracy" in results
+  assert signalled == ["test"] and results["global_step"] == 4 and "test_accuracy" in results
   assert os.path.exists(tmp_path / "results.json")
   assert os.path.exists(tmp_path / "export" / "saved_model.pb")
 
