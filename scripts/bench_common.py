@@ -86,6 +86,13 @@ def distinct_models() -> list[str]:
   return names
 
 
+def check_models(parser, models: str) -> None:
+  """--models names only benchmark models, else the program's usage error (exit 2)."""
+  unknown = sorted(set(models.split(",")) - set(MODELS)) if models else []
+  if unknown:
+    parser.error(f"unknown --models {','.join(unknown)}: choose from {','.join(MODELS)}")
+
+
 def run_job(cmd: list[str], what: str, env: dict | None = None) -> dict:
   """Runs one measurement process; returns the JSON of its last RESULT line. A failed job
   ends the run, the end of its stderr printed."""

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_common as common  # pylint: disable=g-import-not-at-top,wrong-import-position
 import bench_jobs as jobs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bench_common import (  # pylint: disable=g-import-not-at-top,wrong-import-position
-    BATCH, DATASET, MODELS, STEPS_PER_LOOP)
+    BATCH, DATASET, STEPS_PER_LOOP)
 
 # (framework, threads) per peer job; 0 threads: the framework's default (all cores).
 PEER_JOBS = (("jax", 1), ("jax", 0), ("torch", 1), ("torch", 0), ("torch_compile", 0))
@@ -189,9 +189,7 @@ def main(argv=None) -> int:
                                                              "python"),
                       help="a Python with jax, flax, optax and torch (make bench-peers)")
   args = parser.parse_args(argv)
-  unknown = sorted(set(args.models.split(",")) - set(MODELS)) if args.models else []
-  if unknown:
-    parser.error(f"unknown --models {','.join(unknown)}: choose from {','.join(MODELS)}")
+  common.check_models(parser, args.models)
   os.makedirs(args.output_dir, exist_ok=True)
   result = run_peers(args)
   common.write(args.output_dir, "peers", result, peers_markdown(result))

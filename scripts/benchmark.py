@@ -226,9 +226,7 @@ def main(argv=None) -> int:
     args.devices = device_list(args.device)
   except ValueError as e:
     parser.error(str(e))
-  unknown = sorted(set(args.models.split(",")) - set(MODELS)) if args.models else []
-  if unknown:
-    parser.error(f"unknown --models {','.join(unknown)}: choose from {','.join(MODELS)}")
+  common.check_models(parser, args.models)
   os.makedirs(args.output_dir, exist_ok=True)
   result = run_benchmark(args)
   common.write(args.output_dir, "results", result, markdown(result))

@@ -6,7 +6,8 @@
 The model, dataset and validation split are the run's own (model_dir/flags.json); a flag
 given here overrides the run's (e.g. --dataset, --data_dir, --batch_size). Figures go to
 the console, model_dir/eval_<split>.json and TensorBoard's eval_<split> run: loss,
-accuracy, the confusion matrix, the worst mistakes and per-class accuracy.
+accuracy, the confusion matrix, the worst mistakes and per-class accuracy (with an EMA,
+the raw weights' loss and accuracy beside, in eval_<split>_raw).
 """
 
 from trainer import tf_env
