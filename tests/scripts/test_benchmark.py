@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from paths import ROOT
-from trainer import tf_env
+from trainer import options, tf_env
 
 SCRIPTS = os.path.join(ROOT, "scripts")
 
@@ -89,6 +89,9 @@ def test_the_benchmarks_models_are_their_configs_model_flags(jobs, common):
   assert "--intra_op_threads=1" not in common.model_args("mlp_1x50")
   assert common.tapeloop_args("mlp_1x50") == ["--intra_op_threads=1"]
   assert common.distinct_models() == [n for n in common.MODELS if n != "mlp_5x50_dropout_50ep"]
+  # Its copy of the model flags' names (the peers' venv has no TensorFlow to import
+  # trainer/options.py): every model option but sync_batch_norm, which follows the replicas.
+  assert set(common.MODEL_FLAGS) == set(options.MODEL_OPTIONS) - {"sync_batch_norm"}
 
 
 def test_the_peers_build_the_configs_models_with_the_standard_library_only(jobs, common):
