@@ -76,17 +76,13 @@ def _check(condition: bool, message: str) -> None:
     raise ConfigError(message)
 
 
-def _text(value) -> str:
-  return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-
 def _each_option(values: dict[str, Any]) -> dict[str, Any]:
   """Every option's own check and parse; returns the Config's values."""
   parsed = {}
   for option in options.OPTIONS:
     value = values[option.name]
     problem = option.check(value) if option.check and value is not None else None
-    _check(problem is None, f"--{option.name}={_text(value)} {problem}")
+    _check(problem is None, f"--{option.name}={values_lib.as_text(value)} {problem}")
     try:
       parsed[option.name] = option.parse(value) if option.parse else value
     except ValueError as e:
@@ -113,7 +109,7 @@ def _together(v: dict[str, Any]) -> None:
   if boundaries:
     _check(v["lr_schedule"] == "step", "--lr_boundaries applies to --lr_schedule=step")
     _check(list(boundaries) == sorted(set(boundaries)),
-           f"--lr_boundaries={_text(boundaries)}: steps must increase")
+           f"--lr_boundaries={values_lib.as_text(boundaries)}: steps must increase")
   _check(v["lr_schedule"] != "step" or boundaries,
          "--lr_schedule=step needs --lr_boundaries, e.g. 6000,9000 (steps)")
   _check(v["mix_probability"] == 1 or v["mixup"] or v["cutmix"],
@@ -127,7 +123,7 @@ def _together(v: dict[str, Any]) -> None:
          "--devices applies to --strategy=mirrored only")
   profile = v["profile_steps"]
   _check(profile is None or (len(profile) == 2 and profile[0] < profile[1]),
-         f"--profile_steps={_text(profile)}: give A,B with A < B")
+         f"--profile_steps={values_lib.as_text(profile)}: give A,B with A < B")
 
 
 def _from_values(values: dict[str, Any]) -> Config:

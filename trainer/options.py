@@ -59,8 +59,8 @@ def _model_known(value) -> str | None:
   return None if value in MODELS else f"is unknown; known models: {', '.join(sorted(MODELS))}"
 
 
-_D, _R, _E, _O, _H, _M = ("Data", "Run", "Evaluation", "Optimization", "Hardware",
-                          "Model hyperparameters (each model takes some; see docs/model-quality.md)")
+_D, _R, _E, _O, _H = "Data", "Run", "Evaluation", "Optimization", "Hardware"
+_M = "Model hyperparameters (each model takes some; see docs/model-quality.md)"
 
 OPTIONS: tuple[Option, ...] = (
     Option("model", str, "cnn", "Model name: mlp, cnn or resnet.", _D, check=_model_known),

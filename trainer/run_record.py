@@ -21,21 +21,16 @@ from trainer import optimization, options, run_files
 from trainer.config import Config
 from trainer.errors import ConfigError
 from trainer.options import normalized
+from trainer.values import as_text
 from trainer.run_files import CHANGES, PIPELINE
 # Pipelines that give the same batches: in_memory and tf_data always (one permutation
 # function); a folder's stream too. A TFDS stream reads its shards in another order.
 _SAME_ORDER = ("in_memory", "tf_data")
 
 
-def _text(value) -> str:
-  if isinstance(value, (list, tuple)):
-    return ",".join(map(str, value))
-  return str(value)
-
-
 def listed(changes: dict[str, tuple]) -> str:
   """{flag: (old, new)} as the refusals name them: --flag=old -> new, ..."""
-  return ", ".join(f"--{k}={_text(old)} -> {_text(new)}" for k, (old, new) in changes.items())
+  return ", ".join(f"--{k}={as_text(old)} -> {as_text(new)}" for k, (old, new) in changes.items())
 
 
 def _same(name: str, a, b) -> bool:
@@ -75,10 +70,10 @@ def check(config: Config, recorded: dict | None) -> dict:
         f"--allow_changed_flags={','.join(refused)}")
   for name, (old, new) in how.items():
     logging.info("rerun with --%s=%s (was %s): changes how the run runs, not what it trains",
-                 name, _text(new), _text(old))
+                 name, as_text(new), as_text(old))
   for name, (old, new) in what.items():
     logging.warning("--%s changed from %s to %s (--allow_changed_flags): continuing the run "
-                    "with it; recorded in %s", name, _text(old), _text(new), CHANGES)
+                    "with it; recorded in %s", name, as_text(old), as_text(new), CHANGES)
   return {**what, **length}
 
 
@@ -141,7 +136,7 @@ def write(config: Config, recorded: dict | None, changes: dict, step: int,
   if lengths:
     logging.info("the run continues to step %d (%s); the learning-rate schedule keeps its "
                  "horizon of %d steps", total_steps,
-                 ", ".join(f"--{k}={_text(new)}, was {_text(old)}" for k, (old, new)
+                 ", ".join(f"--{k}={as_text(new)}, was {as_text(old)}" for k, (old, new)
                            in lengths.items()), horizon)
     final = optimization.Schedule.of(config, total_steps, horizon).final_rate()
     if total_steps > horizon and final is not None and config.lr_schedule != "constant":

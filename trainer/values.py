@@ -36,6 +36,11 @@ def one_of(choices, joiner=", "):
   return check
 
 
+def as_text(value) -> str:
+  """A value as a flag is written: a list as its comma list (messages, logs)."""
+  return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
 def ints(name: str):
   """A comma list of positive integers as a tuple."""
   def parse(values):
