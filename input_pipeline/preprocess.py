@@ -72,17 +72,24 @@ class Augment:
         or not 0.0 <= (augment.resized_crop or 0.0) < 1.0):
       raise DataError(f"--augment={text}: translate must be >= 0, erase in [0, 1] and "
                       "resized_crop in [0, 1) (0: none)")
-    base = dataset.removeprefix("tfds:").split(":")[0].split("/")[0]
-    if augment.flip and base in NO_FLIP_DATASETS:
-      raise DataError(f"--augment=flip on {dataset}: mirrored characters change meaning; "
-                      "drop flip")
-    if augment.flip and base == "idx":
-      # IDX files hold digits and letters (MNIST, EMNIST, KMNIST) but also Fashion-MNIST:
-      # the format cannot tell, so the user is told instead of refused.
-      logging.warning("--augment=flip on %s: if these images are digits or letters "
-                      "(MNIST, EMNIST, KMNIST), mirrored characters change meaning: drop "
-                      "flip; for clothes (Fashion-MNIST) flips are fine", dataset)
+    if augment.flip:
+      check_flip(f"--augment={text}", dataset)
     return augment
+
+
+def check_flip(flag: str, dataset: str) -> None:
+  """Refuses mirrored images (flag: the flag that asks for them) on datasets of characters,
+  where a mirrored 2, 7 or 'b' is another class or none; warns on idx:, which cannot tell."""
+  base = dataset.removeprefix("tfds:").split(":")[0].split("/")[0]
+  if base in NO_FLIP_DATASETS:
+    raise DataError(f"{flag} flips images, but on {dataset} mirrored characters change "
+                    "meaning; drop flip")
+  if base == "idx":
+    # IDX files hold digits and letters (MNIST, EMNIST, KMNIST) but also Fashion-MNIST:
+    # the format cannot tell, so the user is told instead of refused.
+    logging.warning("%s on %s: if these images are digits or letters (MNIST, EMNIST, "
+                    "KMNIST), mirrored characters change meaning: drop flip; for clothes "
+                    "(Fashion-MNIST) flips are fine", flag, dataset)
 
 
 def normalize(images: tf.Tensor) -> tf.Tensor:

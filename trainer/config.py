@@ -15,7 +15,7 @@ import models
 from input_pipeline import Augment
 from input_pipeline.sources import parse_spec
 from trainer import flags as tl_flags
-from trainer import options, run_files
+from trainer import options, run_files, tta
 from trainer import values as values_lib
 from trainer.errors import ConfigError
 
@@ -150,6 +150,7 @@ def _from_values(values: dict[str, Any]) -> Config:
   _together(parsed)
   try:
     augment = Augment.parse(values["augment"], values["dataset"])
+    parsed["tta"] = tta.parse(values["tta"], values["dataset"])
   except ValueError as e:
     raise ConfigError(str(e)) from None
   parsed["augment"] = augment.with_default_crop() if parsed["image_size"] else augment

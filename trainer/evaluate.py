@@ -7,7 +7,8 @@ The model, dataset and validation split are the run's own (model_dir/flags.json)
 given here overrides the run's (e.g. --dataset, --data_dir, --batch_size). Figures go to
 the console, model_dir/eval_<split>.json and TensorBoard's eval_<split> run: loss,
 accuracy, the confusion matrix, the worst mistakes and per-class accuracy (with an EMA,
-the raw weights' loss and accuracy beside, in eval_<split>_raw).
+the raw weights' loss and accuracy beside, in eval_<split>_raw; with the run's --tta, the
+views' figures beside, in eval_<split>_tta; --tta=none here turns it off).
 """
 
 from trainer import tf_env
@@ -35,7 +36,8 @@ _HOW_IT_RAN = tuple(o.name for o in options.OPTIONS if o.role == options.HOW)
 HELP_GROUPS = {"Evaluation": ["model_dir", "split", "checkpoint", "continuous",
                               "poll_seconds", "timeout"],
                "Overrides of the run's flags": ["dataset", "data_dir", "manual_dir",
-                                                "batch_size", "strategy", "eval_images"]}
+                                                "batch_size", "strategy", "eval_images",
+                                                "tta"]}
 
 
 def define_flags() -> None:
@@ -103,8 +105,10 @@ class CheckpointEvaluator:
     figures = {"split": self.split, "checkpoint": path, "global_step": result.step,
                **result.metrics(), "examples": len(result.predictions)}
     run_files.write_eval(self.cfg.model_dir, self.split, figures)
-    print(f"{self.split} accuracy {result.accuracy:.4f} (loss {result.loss:.4f}) at step "
-          f"{result.step}, {path}", flush=True)
+    tta = (f"; with TTA {result.tta_accuracy:.4f} (loss {result.tta_loss:.4f})"
+           if result.tta_loss is not None else "")
+    print(f"{self.split} accuracy {result.accuracy:.4f} (loss {result.loss:.4f}){tta} at "
+          f"step {result.step}, {path}", flush=True)
     return figures
 
 

@@ -17,6 +17,7 @@ from absl import logging
 from input_pipeline import Data
 from input_pipeline.preprocess import normalize
 from trainer import feeds, images
+from trainer import tta as tta_lib
 from trainer.state import TrainState
 
 # An eval still running after this many seconds logs that it has started.
@@ -35,23 +36,37 @@ class Evaluation:
   losses: np.ndarray
   seconds: float
   labels: np.ndarray | None = None
+  tta_loss: float | None = None  # --tta: the views' averaged prediction's (predictions,
+  tta_accuracy: float | None = None  # losses and the pictures stay the plain images')
 
   def metrics(self, prefix: str = "") -> dict[str, float]:
-    return {f"{prefix}loss": self.loss, f"{prefix}accuracy": self.accuracy}
+    """{prefix}loss and {prefix}accuracy; with --tta beside them {prefix}tta_loss and
+    {prefix}tta_accuracy."""
+    out = {f"{prefix}loss": self.loss, f"{prefix}accuracy": self.accuracy}
+    if self.tta_loss is not None:
+      out.update({f"{prefix}tta_loss": self.tta_loss, f"{prefix}tta_accuracy": self.tta_accuracy})
+    return out
+
+  def tta_metrics(self) -> dict[str, float]:
+    """The TTA figures under the plain names (a TensorBoard run of their own)."""
+    return {"loss": self.tta_loss, "accuracy": self.tta_accuracy}
 
 
 class Evaluator:
   """Evaluates `state`'s weights on `data`'s splits in batches of `batch_size` (global).
   writer: summaries.Summaries for `report`; pictures: write the confusion matrix, the
-  worst mistakes and per-class accuracy at each report."""
+  worst mistakes and per-class accuracy at each report; tta: --tta's views (tta.py), whose
+  figures come beside the plain ones."""
 
   def __init__(self, state: TrainState, data: Data, batch_size: int, writer=None,
-               pictures: bool = False):
+               pictures: bool = False, tta: tuple[str, ...] = ()):
     self.state, self.data, self.batch_size = state, data, batch_size
-    self.writer, self.pictures = writer, pictures
+    self.writer, self.pictures, self.tta = writer, pictures, tuple(tta)
     with state.strategy.scope():
       self._loss = keras.metrics.Mean("loss")
       self._accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
+      self._tta_loss = keras.metrics.Mean("tta_loss")
+      self._tta_accuracy = keras.metrics.SparseCategoricalAccuracy("tta_accuracy")
     self._datasets = {}  # split -> distributed dataset, built once: no retracing
     self._cache: dict[tuple[str, bool], Evaluation] = {}  # (split, raw) -> the latest
     self._pass = tf.function(self._pass_fn)
@@ -65,7 +80,13 @@ class Evaluator:
   def _step(self, model, images, labels, weights, index):
     if images.dtype == tf.uint8:  # a stream's batch: normalized on the device
       images = normalize(images)
-    logits = model(images, training=False)
+    if self.tta:
+      logits, probabilities = tta_lib.predict(model, images, self.tta)
+      tta_losses = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+      self._tta_loss.update_state(tta_losses, sample_weight=weights)
+      self._tta_accuracy.update_state(labels, probabilities, sample_weight=weights)
+    else:
+      logits = model(images, training=False)
     per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
     self._loss.update_state(per_example, sample_weight=weights)
     self._accuracy.update_state(labels, logits, sample_weight=weights)
@@ -101,7 +122,7 @@ class Evaluator:
     cached = self._cache.get((split, raw))
     if cached is not None and cached.step == step:
       return cached
-    for metric in (self._loss, self._accuracy):
+    for metric in (self._loss, self._accuracy, self._tta_loss, self._tta_accuracy):
       metric.reset_state()
     eval_start = time.perf_counter()  # with the first eval's dataset building and tracing
     if split not in self._datasets:
@@ -124,38 +145,45 @@ class Evaluator:
     result = Evaluation(split=split, step=step, loss=float(self._loss.result()),
                         accuracy=float(self._accuracy.result()),
                         predictions=predictions[keep][order], losses=losses[keep][order],
-                        seconds=time.perf_counter() - start, labels=labels[keep][order])
+                        seconds=time.perf_counter() - start, labels=labels[keep][order],
+                        **({"tta_loss": float(self._tta_loss.result()),
+                            "tta_accuracy": float(self._tta_accuracy.result())}
+                           if self.tta else {}))
     self.seconds += time.perf_counter() - eval_start
     self._cache[(split, raw)] = result
     return result
 
   def report(self, split: str, run: str = "eval") -> Evaluation:
     """Evaluates `split` and writes it: the log line, the scalars of TensorBoard run `run`
-    (with an EMA, the raw weights' beside in `run`_raw), the pictures."""
+    (with an EMA, the raw weights' beside in `run`_raw; with --tta, its figures in
+    `run`_tta and `run`_raw_tta), the pictures."""
     result = self.evaluate(split)
     step, raw = result.step, ""
     if self.state.ema:
       raw_result = self.evaluate(split, raw=True)
-      self.writer.scalars(f"{run}_raw", step, raw_result.metrics())
-      raw = f"; raw weights: loss {raw_result.loss:.4f}  accuracy {raw_result.accuracy:.4f}"
-    logging.info("eval on %s at step %d: loss %.4f  accuracy %.4f  (%.1f s)%s", split, step,
-                 result.loss, result.accuracy, result.seconds,
-                 raw and f" with the EMA weights{raw}")
-    self.writer.scalars(run, step, result.metrics())
+      self._scalars(f"{run}_raw", raw_result)
+      raw = f"; raw weights: {_figures(raw_result)}"
+    logging.info("eval on %s at step %d: %s  (%.1f s)%s", split, step, _figures(result),
+                 result.seconds, raw and f" with the EMA weights{raw}")
+    self._scalars(run, result)
     if self.pictures:
       self.write_pictures(run, result)
     return result
+
+  def _scalars(self, run: str, result: Evaluation) -> None:
+    self.writer.scalars(run, result.step, {"loss": result.loss, "accuracy": result.accuracy})
+    if result.tta_loss is not None:  # the same tags in a run of their own: one chart each
+      self.writer.scalars(f"{run}_tta", result.step, result.tta_metrics())
 
   def figures(self, split: str) -> dict[str, float]:
     """The final figures of a split for results.json ({split}_loss, ..., with an EMA the
     raw weights' {split}_raw_loss, ...), logged."""
     result = self.evaluate(split)  # the loop's own final eval is reused, not redone
-    logging.info("%s: loss %.4f  accuracy %.4f", split, result.loss, result.accuracy)
+    logging.info("%s: %s", split, _figures(result))
     out = result.metrics(f"{split}_")
     if self.state.ema:  # what the average buys: the raw weights' figures beside
       raw = self.evaluate(split, raw=True)
-      logging.info("%s with the raw weights (not the EMA): loss %.4f  accuracy %.4f", split,
-                   raw.loss, raw.accuracy)
+      logging.info("%s with the raw weights (not the EMA): %s", split, _figures(raw))
       out.update(raw.metrics(f"{split}_raw_"))
     return out
 
@@ -181,3 +209,11 @@ class Evaluator:
     self.writer.text(run, step, "per_class_accuracy", images.per_class_table(counts, names))
     self.writer.flush(run)
     self.pictures_seconds += time.perf_counter() - start
+
+
+def _figures(result: Evaluation) -> str:
+  """'loss L  accuracy A', with --tta '; with TTA: loss L  accuracy A' after it."""
+  text = f"loss {result.loss:.4f}  accuracy {result.accuracy:.4f}"
+  if result.tta_loss is not None:
+    text += f"; with TTA: loss {result.tta_loss:.4f}  accuracy {result.tta_accuracy:.4f}"
+  return text

@@ -13,23 +13,31 @@ import tensorflow as tf
 
 from input_pipeline.preprocess import normalize
 from trainer import files
+from trainer import tta as tta_lib
 
 
 class _Serving(tf.Module):
   """Images of the training size (HxWxC: --image_size where given) in; class
-  probabilities, the class and its name out."""
+  probabilities, the class and its name out. tta: --tta's views, whose probabilities
+  are averaged (tta.py); serving_plain then gives the plain images' (uint8)."""
 
-  def __init__(self, model, image_shape, class_names=()):
+  def __init__(self, model, image_shape, class_names=(), tta=()):
     super().__init__()
-    self.model = model
+    self.model, self.tta = model, tuple(tta)
     self.class_names = tf.constant(
         list(class_names) or [str(i) for i in range(model.num_classes)])
     spec = lambda dtype: tf.TensorSpec((None,) + tuple(image_shape), dtype, name="images")
     self.serve_uint8 = tf.function(self._uint8, input_signature=[spec(tf.uint8)])
     self.serve_float = tf.function(self._float, input_signature=[spec(tf.float32)])
+    self.serve_plain = tf.function(lambda images: self._predict(normalize(images), tta=()),
+                                   input_signature=[spec(tf.uint8)])
 
-  def _predict(self, images):
-    probabilities = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32))
+  def _predict(self, images, tta=None):
+    tta = self.tta if tta is None else tta
+    if tta:
+      _, probabilities = tta_lib.predict(self.model, images, tta)
+    else:
+      probabilities = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32))
     classes = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
     return {"probabilities": probabilities, "classes": classes,
             "class_names": tf.gather(self.class_names, classes)}
@@ -41,10 +49,14 @@ class _Serving(tf.Module):
     return self._predict(images)
 
 
-def save_model(model, image_shape, path: str, class_names=()) -> None:
-  """SavedModel: 'serving_default' takes uint8 pixels, 'serving_float' floats in [0, 1].
+def save_model(model, image_shape, path: str, class_names=(), tta=()) -> None:
+  """SavedModel: 'serving_default' takes uint8 pixels, 'serving_float' floats in [0, 1];
+  with tta both average the views, and 'serving_plain' (uint8) does not.
   Written to a local temporary directory, then published whole (trainer/files.py)."""
-  module = _Serving(model, image_shape, class_names)
+  module = _Serving(model, image_shape, class_names, tta)
+  signatures = {"serving_default": module.serve_uint8, "serving_float": module.serve_float}
+  if module.tta:
+    signatures["serving_plain"] = module.serve_plain
   # Beside the target when local (a rename within one filesystem), else the system's.
   parent = None
   if files.is_local(path):
@@ -53,8 +65,7 @@ def save_model(model, image_shape, path: str, class_names=()) -> None:
   tmp = tempfile.mkdtemp(dir=parent, prefix=".export-")
   os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
   try:
-    tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve_uint8,
-                                                 "serving_float": module.serve_float})
+    tf.saved_model.save(module, tmp, signatures=signatures)
     files.publish_dir(tmp, path)
   finally:
     files.rmtree(tmp)

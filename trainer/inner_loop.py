@@ -43,7 +43,7 @@ class Trainer:
                             horizon=self.plan.horizon, output_dir=output_dir)
     self.evaluator = Evaluator(self.state, data, config.batch_size,
                                writer or summaries.Summaries(config.model_dir, enabled=False),
-                               pictures=config.eval_images)
+                               pictures=config.eval_images, tta=config.tta)
     if restore:
       self.restore(restore if isinstance(restore, str) else None)
     self.jit = self.plan.jit

@@ -23,8 +23,10 @@ def main(argv):
   results = train.train_and_evaluate(cfg, phases.process_start())
   split = "test" if "test_accuracy" in results else "validation"
   if f"{split}_accuracy" in results:
+    tta = (f"; with TTA {results[split + '_tta_accuracy']:.4f} "
+           f"(loss {results[split + '_tta_loss']:.4f})" if cfg.tta else "")
     print(f"{split} accuracy {results[split + '_accuracy']:.4f} "
-          f"(loss {results[split + '_loss']:.4f}) at step {results['global_step']}")
+          f"(loss {results[split + '_loss']:.4f}){tta} at step {results['global_step']}")
   if results["chief"]:
     print(f"results, checkpoints, TensorBoard events and export in {cfg.model_dir}")
   else:

@@ -9,9 +9,9 @@ A new option is one `Option(...)` here plus the code that uses `config.<name>`.
 
 Roles: WHAT changes what is trained (a rerun into the same model_dir refuses a change
 unless --allow_changed_flags names it); HOW changes how the run runs (a rerun may change
-it); DATA is HOW too, but where the run's data is and how it is read, which a later
-process reading the data (trainer.evaluate) takes from the run's record; LENGTH may only
-extend a run.
+it); DATA is HOW too, but where the run's data is, how it is read and how it is
+evaluated (--tta), which a later process reading the data (trainer.evaluate) takes from
+the run's record; LENGTH may only extend a run.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from input_pipeline import PIPELINES, Augment
 from input_pipeline.sources import parse_image_size
 from models.common import POLICIES
 from models.registry import MODELS
+from trainer import tta
 from trainer.values import (absolute_path, at_least_zero, dataset_meaning, int_list, ints,
                             one_of, positive, within)
 
@@ -137,6 +138,12 @@ OPTIONS: tuple[Option, ...] = (
            "validation split, or on test without one.", _E, HOW, check=positive),
     Option("eval_images", bool, True, "At each eval, write a confusion matrix, the worst "
            "mistakes and per-class accuracy to TensorBoard.", _E, HOW),
+    Option("tta", str, "none", "Test-time augmentation: none, flip, translate or "
+           "flip,translate. Evals, trainer.evaluate and the export (so trainer.predict) "
+           "average the class probabilities of the image's views (its mirror; its 1-pixel "
+           "shifts); the plain figures are reported beside (test_tta_accuracy beside "
+           "test_accuracy, TensorBoard run eval_tta beside eval). Not flip on characters.",
+           _E, DATA, normalize=tta.parse),
     Option("keep_best", str, None, "accuracy or loss: keep the checkpoint with the best eval "
            "value in model_dir/best/ and export it to export_best/.", _E, HOW,
            check=one_of(BEST_METRICS, " or ")),

@@ -111,7 +111,7 @@ def _actions(config: Config, plan, trainer: Trainer, output_dir: str, phases: Ph
           best, save=trainer.checkpoints.save_best,
           export=lambda: export.save_model(trainer.eval_model, data.info.image_shape,
                                            os.path.join(output_dir, "export_best"),
-                                           data.info.class_names)))
+                                           data.info.class_names, config.tta)))
     if config.early_stopping:
       actions.append(tl_best.EarlyStopping(best, patience=config.early_stopping))
   if config.profile_steps:
@@ -220,7 +220,7 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
   results["wall_seconds"] = time.time() - phases.start
   with phases.time("export"):
     export.save_model(trainer.eval_model, data.info.image_shape,
-                      os.path.join(output_dir, "export"), data.info.class_names)
+                      os.path.join(output_dir, "export"), data.info.class_names, config.tta)
   results["phases"] = run_results.phases(phases, timing, trainer.evaluator)
   if chief:
     run_files.write_results(config.model_dir, results)

@@ -35,7 +35,8 @@ def test_every_declaration_is_a_flag_a_config_field_and_a_help_entry():
 
 def test_roles_decide_the_rerun_and_the_evaluator():
   assert set(options.RUN_LENGTH) == {"epochs", "train_steps"}
-  assert set(options.READS_DATA) == {"data_dir", "manual_dir", "pipeline", "memory_budget_gb"}
+  assert set(options.READS_DATA) == {"data_dir", "manual_dir", "pipeline", "memory_budget_gb",
+                                     "tta"}
   assert set(options.READS_DATA) < set(options.HOW_IT_RUNS)
   # trainer.evaluate takes the run's flags but how it ran, its data flags included.
   assert set(evaluate._HOW_IT_RAN) == set(options.HOW_IT_RUNS) - set(options.READS_DATA)
