@@ -35,17 +35,20 @@ class IndexStream:
       self._perms[epoch] = epoch_permutation(self.n, self.seed, epoch).astype(np.int32)
     return self._perms[epoch]
 
-  def take(self, steps: int) -> np.ndarray:
-    """Indices [steps, global_batch_size] of the next `steps` batches; advances."""
+  def take(self, steps: int, epochs: bool = False):
+    """Indices [steps, global_batch_size] of the next `steps` batches; advances.
+    epochs: (indices, each entry's epoch), for augmentation that depends on it."""
     end = self.position + steps * self.batch
-    parts, pos = [], self.position
+    parts, epoch_of, pos = [], [], self.position
     while pos < end:
       epoch, offset = divmod(pos, self.n)
       chunk = self._permutation(epoch)[offset:offset + (end - pos)]
       parts.append(chunk)
+      epoch_of.append(np.full(len(chunk), epoch, np.int64))
       pos += len(chunk)
     self.position = end
-    return np.concatenate(parts).reshape(steps, self.batch)
+    indices = np.concatenate(parts).reshape(steps, self.batch)
+    return (indices, np.concatenate(epoch_of).reshape(steps, self.batch)) if epochs else indices
 
 
 def pack(images: np.ndarray) -> np.ndarray:
@@ -86,9 +89,10 @@ class InMemoryData:
   def nbytes(self) -> int:
     return sum(t.nbytes for t in self.tables)
 
-  def batch(self, indices: tf.Tensor, seed: tf.Tensor, tables=None):
+  def batch(self, indices: tf.Tensor, seed: tf.Tensor, tables=None, flips=None):
     """(float32 images, int32 labels) of the given examples; seed: stateless, shape [2].
-    tables: this replica's (images, labels) copy; default the host's, gathered there."""
+    tables: this replica's (images, labels) copy; default the host's, gathered there.
+    flips: bool per example, which to mirror (--augment=flip=alternating)."""
     where = contextlib.nullcontext()  # this replica's device
     if tables is None:
       if not hasattr(self, "_host"):
@@ -102,4 +106,6 @@ class InMemoryData:
     images = normalize(unpack(words, self.image_shape))  # on the replica's device
     if self.augment.enabled:
       images = augment_batch(images, self.augment, seed)
+    if flips is not None:
+      images = tf.where(flips[:, None, None, None], tf.reverse(images, axis=[2]), images)
     return images, tf.bitcast(label_words, tf.int32)

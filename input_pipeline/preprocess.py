@@ -24,11 +24,14 @@ NO_FLIP_DATASETS = ("mnist", "emnist", "kmnist", "binarized_mnist", "svhn_croppe
 @dataclasses.dataclass(frozen=True)
 class Augment:
   """translate: max shift in pixels (--augment's crop=PIXELS too: padding by PIXELS and a
-  random crop of the original size is the same draw); flip: random horizontal flip; erase: probability of
+  random crop of the original size is the same draw); flip: random horizontal flip;
+  alternating (with flip): each example flipped every other epoch instead, from a random
+  first epoch (airbench's derandomized flips; the in-memory feed draws them); erase: probability of
   blanking a random rectangle (random erasing); resized_crop: random-resized crop, its
   smallest area fraction (None: not given; with --image_size it defaults to DEFAULT_CROP)."""
   translate: int = 0
   flip: bool = False
+  alternating: bool = False
   erase: float = 0.0
   resized_crop: float | None = None
 
@@ -55,8 +58,8 @@ class Augment:
       try:
         if key in ("translate", "crop"):
           kwargs["translate"] = int(value) if sep else (4 if key == "crop" else 2)
-        elif key == "flip" and not sep:
-          kwargs[key] = True
+        elif key == "flip" and value in ("", "alternating"):
+          kwargs["flip"], kwargs["alternating"] = True, bool(value)
         elif key == "erase":
           kwargs[key] = float(value) if sep else 0.5
         elif key == "resized_crop":
@@ -65,7 +68,8 @@ class Augment:
           raise ValueError
       except ValueError:
         raise DataError(f"--augment: cannot read {item!r}; use none or a comma list of "
-                        "crop[=PIXELS], translate[=PIXELS], flip, erase[=PROBABILITY], "
+                        "crop[=PIXELS], translate[=PIXELS], flip[=alternating], "
+                        "erase[=PROBABILITY], "
                         "resized_crop[=MIN_AREA]") from None
     augment = cls(**kwargs)
     if (augment.translate < 0 or not 0.0 <= augment.erase <= 1.0
@@ -182,7 +186,7 @@ def augment_batch(images: tf.Tensor, augment: Augment, seed: tf.Tensor) -> tf.Te
     images = random_resized_crop(images, augment.resized_crop, crop_seed)
   if augment.translate:
     images = translate(images, augment.translate, seeds[0])
-  if augment.flip:
+  if augment.flip and not augment.alternating:  # alternating: the feed flips (flips=)
     images = flip(images, seeds[1])
   if augment.erase:
     images = erase(images, augment.erase, seeds[2])

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import inspect
 
+from models.airbench import AirBench
 from models.cnn import CNN
 from models.common import ImageClassifier
 from models.mlp import MLP
 from models.resnet import ResNet
 
-MODELS: dict[str, type[ImageClassifier]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
+MODELS: dict[str, type[ImageClassifier]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet,
+                                             "airbench": AirBench}
 
 
 def get_class(name: str) -> type[ImageClassifier]:

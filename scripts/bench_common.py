@@ -32,7 +32,7 @@ MODELS = {
 # The model hyperparameter flags (the trainer's model options but sync_batch_norm, which
 # follows the replicas; tests/scripts/test_benchmark.py checks none is missed).
 MODEL_FLAGS = ("hidden_units", "activation", "dropout", "l2", "filters", "kernel_sizes",
-               "dense_units", "widths", "blocks_per_stage")
+               "dense_units", "widths", "blocks_per_stage", "whiten", "bn_momentum")
 # Not the model's: these MLPs' ops are too small to split over cores, and tapeloop trains
 # them single-threaded (--intra_op_threads=1; Keras fit with TensorFlow's defaults).
 OVERHEAD_BOUND = ("mlp_1x50", "mlp_5x50")

@@ -117,6 +117,13 @@ def _together(v: dict[str, Any]) -> None:
   # Keras's AdamW would otherwise decay by its own 0.004 while results.json records 0.
   _check(v["optimizer"] != "adamw" or v["weight_decay"] > 0, "--optimizer=adamw needs "
          "--weight_decay (e.g. 0.004, Keras's default); without decay use --optimizer=adam")
+  _check(v["ema_decay"] or (v["ema_every"] == 1 and not v["lookahead"]),
+         "--ema_every and --lookahead apply to the average of --ema_decay: give it too")
+  # Adam's and RMSprop's steps do not scale with the gradient: a scaled gradient there is
+  # no rate multiplier.
+  _check(v["bn_lr_multiplier"] == 1 or v["optimizer"] in ("sgd", "momentum"),
+         f"--bn_lr_multiplier scales batch norm's gradients, a rate multiplier only for "
+         f"--optimizer=sgd or momentum (not {v['optimizer']})")
   unknown = sorted(set(v["allow_changed_flags"]) - set(options.NAMES))
   _check(not unknown, f"--allow_changed_flags: {', '.join(unknown)} is not a tapeloop flag")
   _check(v["devices"] is None or v["strategy"] == "mirrored",

@@ -15,15 +15,17 @@ def _tf_variable(variable):
 
 class EMA:
   """average <- d * average + (1 - d) * weights after every applied step, d the decay
-  with a warm-up (decay_at).
+  with a warm-up (decay_at); every: after every N-th applied step instead, with d^N;
+  lookahead: the model's weights then become the average (they continue from it).
 
   Every float weight is averaged, BatchNorm's moving statistics too (the average's
   weights then come with statistics of their own time). It starts at the model's weights.
   """
 
   def __init__(self, model: keras.Model, average: keras.Model, decay: float,
-               strategy: tf.distribute.Strategy):
+               strategy: tf.distribute.Strategy, every: int = 1, lookahead: bool = False):
     self.model, self.decay, self.strategy = average, decay, strategy
+    self.every, self.lookahead = every, lookahead
     self._pairs = [(_tf_variable(a), _tf_variable(w))
                    for a, w in zip(average.weights, model.weights)
                    if tf.as_dtype(w.dtype).is_floating]
@@ -50,10 +52,20 @@ class EMA:
     """In the cross-replica context: each device's copy of the average moves towards its
     own copy of the weights (identical on every replica), with no communication. `applied`
     false (a skipped fp16 step) leaves it as it is; `updates` counts the applied steps."""
-    rate = (1.0 - self.decay_at(updates)) * tf.cast(applied, tf.float32)
+    due = tf.cast(applied, tf.float32)
+    decay = self.decay_at(updates)
+    if self.every > 1:
+      due *= tf.cast(updates % self.every == 0, tf.float32)
+      decay = decay ** self.every
+    rate = (1.0 - decay) * due
 
     def step(average, weights):
       return average.assign_sub(tf.cast(rate, average.dtype) * (average - weights))
 
+    def back(weights, average):  # lookahead: due 1 sets the weights to the average
+      return weights.assign_add(tf.cast(due, weights.dtype) * (average - weights))
+
     for average, weights in self._pairs:
       self.strategy.extended.update(average, step, args=(weights,), group=False)
+      if self.lookahead:
+        self.strategy.extended.update(weights, back, args=(average,), group=False)

@@ -126,6 +126,20 @@ class InMemoryFeed(Feed):
     self.steps_per_loop = steps_per_loop
     self.data = InMemoryData(split, augment)
     self.tables = self._place_tables()
+    # --augment=flip=alternating: each example's flip in even epochs (odd: the other).
+    self._first_flips = (np.random.default_rng([seed, 0xF119]).random(len(split)) < 0.5
+                         if augment.alternating else None)
+
+  def _window(self, iterator: IndexStream, n: int):
+    """The next n batches' indices and flips, padded to steps_per_loop rows."""
+    indices = np.zeros((self.steps_per_loop, self.batch), np.int32)
+    flips = np.zeros((self.steps_per_loop, self.batch), bool)
+    if self._first_flips is None:
+      indices[:n] = iterator.take(n)
+    else:
+      indices[:n], epochs = iterator.take(n, epochs=True)
+      flips[:n] = self._first_flips[indices[:n]] ^ (epochs % 2 == 1)
+    return tf.constant(indices), tf.constant(flips)
 
   def _place_tables(self):
     """A copy of the tables on every replica's device (None: too large for that; then
@@ -152,27 +166,31 @@ class InMemoryFeed(Feed):
     return IndexStream(len(self.split), self.batch, self.seed, start_step=position)
 
   def loop(self, run_step, replica_step, global_step, jit=False):
-    def gathered_step(indices, step, tables):
+    alternating = self._first_flips is not None
+
+    def gathered_step(indices, flips, step, tables):
       # Each replica gathers its own slice of the global batch inside the graph.
       ctx = tf.distribute.get_replica_context()
       per_replica = self.batch // ctx.num_replicas_in_sync
-      mine = indices[ctx.replica_id_in_sync_group * per_replica:
-                     (ctx.replica_id_in_sync_group + 1) * per_replica]
-      replica_step(*self.data.batch(mine, self.replica_seed(step), tables))
+      mine = slice(ctx.replica_id_in_sync_group * per_replica,
+                   (ctx.replica_id_in_sync_group + 1) * per_replica)
+      replica_step(*self.data.batch(indices[mine], self.replica_seed(step), tables,
+                                    flips=flips[mine] if alternating else None))
 
-    def window_loop(indices, steps):
+    def window_loop(indices, flips, steps):
       # A `while`, not `for i in tf.range(steps)`: in an XLA context autograph gives the
       # latter maximum_iterations=steps, which XLA needs as a compile-time constant, so
       # each new loop length (the last, shorter loop) compiled the whole loop again.
       i = tf.constant(0)
       while i < steps:
-        run_step(gathered_step, (indices[i], global_step.read_value(), self.tables))
+        run_step(gathered_step, (indices[i], flips[i], global_step.read_value(), self.tables))
         i += 1
 
     # One trace (and one XLA compilation) for every loop length: windows are padded to
     # steps_per_loop rows and `steps` says how many run (a loop never runs more).
     compiled = tf.function(window_loop, jit_compile=jit, input_signature=[
         tf.TensorSpec([self.steps_per_loop, self.batch], tf.int32),
+        tf.TensorSpec([self.steps_per_loop, self.batch], tf.bool),
         tf.TensorSpec([], tf.int32)])
     by_dataset = None
 
@@ -183,9 +201,7 @@ class InMemoryFeed(Feed):
         return by_dataset(iterator, steps)
       for start in range(0, steps, self.steps_per_loop):
         n = min(self.steps_per_loop, steps - start)
-        window = np.zeros((self.steps_per_loop, self.batch), np.int32)
-        window[:n] = iterator.take(n)
-        compiled(tf.constant(window), tf.constant(n, tf.int32))
+        compiled(*self._window(iterator, n), tf.constant(n, tf.int32))
     run.compiled = compiled  # for inspecting the XLA program (tests)
     return run
 

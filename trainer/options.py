@@ -64,7 +64,8 @@ _D, _R, _E, _O, _H = "Data", "Run", "Evaluation", "Optimization", "Hardware"
 _M = "Model hyperparameters (each model takes some; see docs/model-quality.md)"
 
 OPTIONS: tuple[Option, ...] = (
-    Option("model", str, "cnn", "Model name: mlp, cnn or resnet.", _D, check=_model_known),
+    Option("model", str, "cnn", "Model name: mlp, cnn, resnet or airbench.", _D,
+           check=_model_known),
     Option("dataset", str, "mnist", "tfds:NAME (or a TFDS name), folder:DIR "
            "(DIR/train/<class>/*.jpg|png), idx:DIR, csv:PATH or "
            "synthetic[:shape=28x28x1,classes=10,train=N,test=N].", _D,
@@ -89,7 +90,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("skip_bad_images", bool, False, "folder: skip (and count) unreadable image files "
            "instead of stopping.", _D),
     Option("augment", str, "none", "none, or a comma list of crop[=PIXELS] (pad with zeros, "
-           "crop at a random offset; translate[=PIXELS] is the same), flip, "
+           "crop at a random offset; translate[=PIXELS] is the same), flip (random; "
+           "flip=alternating: each image every other epoch, in_memory only), "
            "erase[=PROBABILITY], resized_crop[=MIN_AREA] (on with --image_size; "
            "resized_crop=0: off).", _D, normalize=Augment.parse),
     Option("mixup", float, 0.0, "Mixup: mix each batch with a shuffled copy, images and "
@@ -181,6 +183,15 @@ OPTIONS: tuple[Option, ...] = (
            "0.999; 0: none), updated at every applied step; evals and the export use it, and "
            "the raw weights' evals are logged beside (eval_raw).", _O,
            check=within(0, 1, note=" (0: none), e.g. 0.999")),
+    Option("ema_every", int, 1, "--ema_decay: update the average every N applied steps "
+           "(decay^N each time, so it spans as many steps): cheaper for large models.", _O,
+           check=positive),
+    Option("lookahead", bool, False, "--ema_decay: after each update of the average, the "
+           "model's weights become the average (lookahead; airbench's, with --ema_every=5).",
+           _O),
+    Option("bn_lr_multiplier", float, 1.0, "Learning rate multiplier for batch norm's "
+           "scale and shift (airbench: 64 on its shifts); sgd and momentum only.", _O,
+           check=positive),
     Option("weight_decay", float, 0.0, "Decoupled weight decay (not on biases, norms); adamw "
            "needs it.", _O, check=at_least_zero),
     Option("clip_norm", float, None, "Clip gradients to this global norm, after the "
@@ -215,10 +226,17 @@ OPTIONS: tuple[Option, ...] = (
            parse=ints("kernel_sizes"), model=True),
     Option("dense_units", list, None, "cnn: dense layer sizes (default 50).", _M,
            parse=ints("dense_units"), model=True),
-    Option("widths", list, None, "resnet: width per stage (default 32,64,128).", _M,
+    Option("widths", list, None, "resnet: width per stage (default 32,64,128); airbench: "
+           "per conv group (default 64,128,256).", _M,
            parse=ints("widths"), model=True),
     Option("blocks_per_stage", int, None, "resnet: residual blocks per stage (default 2).", _M,
            check=lambda v: None if v >= 1 else "must be >= 1", model=True),
+    Option("whiten", int, None, "airbench: the patch size of the frozen whitening first "
+           "layer, fitted to the training images at the start (default 2; 0: a trainable "
+           "3x3 conv instead).", _M, check=at_least_zero, model=True),
+    Option("bn_momentum", float, None, "resnet, airbench: batch norm's moving statistics "
+           "decay, Keras's convention (resnet default 0.99, airbench 0.4: PyTorch's 0.6).",
+           _M, check=within(0, 1), model=True),
     Option("sync_batch_norm", bool, None, "resnet: batch norm statistics over the global "
            "batch (default: when there are several replicas).", _M, model=True),
 )

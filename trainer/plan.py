@@ -101,6 +101,10 @@ def _check_training(config: Config, data: Data, recorded: dict | None) -> None:
     raise ConfigError(f"--batch_size={config.batch_size} x --accumulation_steps="
                       f"{config.accumulation_steps} is more than the {len(train)} "
                       "training examples: lower either")
+  if config.augment.alternating and data.pipeline != "in_memory":
+    raise ConfigError(f"--augment=flip=alternating flips each example by its index and epoch, "
+                      f"which only --pipeline=in_memory knows (this run: {data.pipeline}): "
+                      "use --pipeline=in_memory, or --augment=flip")
   if eval_split(data) is None and (config.keep_best or config.early_stopping
                                    or config.lr_schedule == "plateau"):
     raise ConfigError("--keep_best, --early_stopping and --lr_schedule=plateau need labeled "

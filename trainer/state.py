@@ -12,11 +12,16 @@ from absl import logging
 
 import models
 from input_pipeline import DatasetInfo
+from input_pipeline.preprocess import normalize
 from models.common import InputTooSmall
 from trainer import checkpoints, ema, optimization
 from trainer.config import Config
 from trainer.errors import ConfigError
 from trainer.progress import Progress
+
+# Training images a data-dependent start (the whitening filters) is fitted to: their
+# patches are millions of samples of a covariance of a few dozen dimensions.
+_FIT_IMAGES = 2000
 
 
 class TrainState:
@@ -57,7 +62,8 @@ class TrainState:
       # --ema_decay: the average lives in a second model's weights, which evals and the
       # export use; it is checkpointed beside the model (made after it: the model's own
       # initialization does not change with the flag).
-      self.ema = (ema.EMA(self.model, create_model(), config.ema_decay, strategy)
+      self.ema = (ema.EMA(self.model, create_model(), config.ema_decay, strategy,
+                          every=config.ema_every, lookahead=config.lookahead)
                   if config.ema_decay else None)
       # The average is optional: a run that had none may turn it on (--ema_decay with
       # --allow_changed_flags); it then starts from the restored weights (restore).
@@ -66,6 +72,19 @@ class TrainState:
           config.model_dir, config.keep_checkpoints, save_dir=output_dir,
           optional=optional, model=self.model, optimizer=self.optimizer,
           global_step=self.global_step)
+
+  def start_from_data(self, train_split) -> None:
+    """A new run's data-dependent start (the airbench model's whitening filters, from the
+    first training images); a restored run has it in its checkpoint."""
+    fit = getattr(self.model, "fit_to_data", None)
+    if fit is None:
+      return
+    images = train_split.images_at(np.arange(min(len(train_split), _FIT_IMAGES)))
+    with self.strategy.scope():
+      fit(normalize(images).numpy())
+      if self.ema:
+        self.ema.restart()
+    logging.info("fitted the model's data-dependent start to %d training images", len(images))
 
   @property
   def eval_model(self) -> keras.Model:

@@ -32,6 +32,7 @@ class TrainStep:
     if jit == "forward_backward":
       self.forward_backward = tf.function(self._forward_backward, jit_compile=True)
     self.replica = tf.function(self._replica, jit_compile=True) if jit == "step" else self._replica
+    self._multipliers = rate_multipliers(state.model, config.bn_lr_multiplier)
 
   def _forward_backward(self, images, labels, targets):
     model, optimizer = self.state.model, self.state.optimizer
@@ -120,6 +121,8 @@ class TrainStep:
       any_bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_bad) > 0
       poison = tf.where(any_bad, float("nan"), 1.0)
       grads = [g * tf.cast(poison, g.dtype) for g in grads]
+    if self._multipliers:  # after clipping: a multiplier of the rate, not of the gradient
+      grads = [g * m if m != 1 else g for g, m in zip(grads, self._multipliers)]
     optimizer.apply_gradients(zip(grads, self.state.model.trainable_variables))
 
   def run(self, replica_fn, args):
@@ -143,3 +146,15 @@ class TrainStep:
     for metric in (self.loss, self.accuracy):
       metric.reset_state()
     return result
+
+
+def rate_multipliers(model: keras.Model, batch_norm: float) -> list[float] | None:
+  """Per trainable variable, the factor on its gradient that multiplies its learning rate
+  under SGD (with or without momentum: the update is linear in the gradient): batch_norm
+  for batch norm's scale and shift, else 1. None when all are 1."""
+  if batch_norm == 1:
+    return None
+  norms = {id(v) for layer in model._flatten_layers()  # pylint: disable=protected-access
+           if isinstance(layer, keras.layers.BatchNormalization)
+           for v in layer.trainable_weights}
+  return [batch_norm if id(v) in norms else 1.0 for v in model.trainable_variables]

@@ -49,7 +49,7 @@ def _good_images(n=12):
     ("train-images-idx3-ubyte", _good_images() + b"xx", "bytes after the data"),
     ("train-images-idx3-ubyte", _good_images(n=11), "11 images but"),
     ("train-images-idx3-ubyte", b"\x1f\x8b\x08\0garbage", "not a valid gzip"),
-    ("train-labels-idx1-ubyte", gzip.compress(idx_bytes(np.full(12, 10, np.uint8))),
+    ("train-labels-idx1-ubyte", gzip.compress(idx_bytes(np.full(12, 10, np.uint8)), mtime=0),
      "label 10 at item 0"),
 ])
 def test_bad_files_name_the_file_and_problem(tmp_path, name, data, message):

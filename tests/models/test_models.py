@@ -67,6 +67,7 @@ def test_resnet_parameter_count():
     ("mlp", dict(hidden_units=(50, 50), dropout=0.2)),
     ("cnn", {}),
     ("resnet", dict(widths=(8, 16), blocks_per_stage=1)),
+    ("airbench", dict(widths=(8, 8, 8))),
 ])
 def test_float32_logits_under_every_policy(name, hparams, precision):
   model = models.create(name, num_classes=7, image_shape=(28, 28, 1), precision=precision,
@@ -93,7 +94,7 @@ def test_l2_adds_regularization_losses():
 
 
 def test_registry_errors_list_what_is_known():
-  with pytest.raises(ValueError, match="unknown model 'vgg'; known models: cnn, mlp, resnet"):
+  with pytest.raises(ValueError, match="unknown model 'vgg'; known models: airbench, cnn, mlp, resnet"):
     models.create("vgg", num_classes=10, image_shape=(28, 28, 1))
   with pytest.raises(ValueError, match="takes no filters; it takes .*hidden_units"):
     models.create("mlp", num_classes=10, image_shape=(28, 28, 1), filters=(3,))
@@ -106,6 +107,7 @@ def test_registry_errors_list_what_is_known():
     ("mlp", dict(hidden_units=(8, 8), dropout=0.1)),
     ("cnn", dict(filters=(4, 4), kernel_sizes=(3, 3), dense_units=(8,))),
     ("resnet", dict(widths=(4, 8), blocks_per_stage=2)),
+    ("airbench", dict(widths=(4, 8, 8))),
 ])
 def test_a_model_only_checkpoint_holds_every_weight(tmp_path, name, hparams):
   # Layers kept in lists must be checkpoint children too, BN moving statistics included.

@@ -64,7 +64,7 @@ def _edit_line(path, lineno, change):
 
 def _cases(t):
   return [
-      (["--model=vgg"], "--model=vgg is unknown; known models: cnn, mlp, resnet"),
+      (["--model=vgg"], "--model=vgg is unknown; known models: airbench, cnn, mlp, resnet"),
       (["--dataset=ftp:x"], "unknown data source prefix 'ftp:'"),
       (["--dataset=no_such_dataset"], "unknown TFDS dataset 'no_such_dataset'"),
       (["--optimizer=adagrad"], "--optimizer=adagrad is unknown"),

@@ -39,7 +39,7 @@ def test_flagfile_and_command_line_override(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--model=vgg"], "--model=vgg is unknown; known models: cnn, mlp, resnet"),
+    (["--model=vgg"], "--model=vgg is unknown; known models: airbench, cnn, mlp, resnet"),
     (["--dataset=ftp:x"], "--dataset: unknown data source prefix"),
     (["--batch_size=0"], "--batch_size=0 must be positive"),
     (["--batch_size=-8"], "--batch_size=-8 must be positive"),
