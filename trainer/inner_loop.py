@@ -44,7 +44,8 @@ class Trainer:
     self.evaluator = Evaluator(self.state, data, config.batch_size,
                                writer or summaries.Summaries(config.model_dir, enabled=False),
                                pictures=config.eval_images, tta=config.tta)
-    if not (restore and self.restore(restore if isinstance(restore, str) else None)):
+    restored = self.restore(restore if isinstance(restore, str) else None) if restore else None
+    if restored is None:  # a new run: what the model fits to the data (state.py)
       self.state.start_from_data(data.splits["train"])
     self.jit = self.plan.jit
     logging.info("XLA: %s (%s)", _XLA[self.jit], self.plan.jit_reason)
