@@ -31,6 +31,8 @@ METRICS = (
     hp.Metric("loss", group="eval", display_name="eval loss"),
     hp.Metric("test_accuracy", group="eval", display_name="test accuracy"),
     hp.Metric("test_loss", group="eval", display_name="test loss"),
+    hp.Metric("test_tta_accuracy", group="eval", display_name="test accuracy with TTA",
+              description="--tta: the views' averaged prediction"),
     hp.Metric("examples_per_sec", group="train", display_name="train examples/s"),
 )
 

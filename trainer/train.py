@@ -212,8 +212,9 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
     if split in data.splits and data.splits[split].labeled:
       results.update(trainer.evaluator.figures(split))
   if "test_loss" in results:
-    writer.scalars("eval", results["global_step"], {k: results[k] for k in
-                                                    ("test_loss", "test_accuracy")})
+    writer.scalars("eval", results["global_step"], {
+        k: results[k] for k in ("test_loss", "test_accuracy", "test_tta_accuracy")
+        if k in results})
   if config.eval_images and plan.eval_split:
     results["eval_pictures_seconds"] = trainer.evaluator.pictures_seconds
   writer.close()

@@ -115,7 +115,8 @@ def test_hparams_session_ranks_by_eval_and_test_metrics(trained):
   assert values["batch_size"] == 32 and values["model"] == "mlp"
   assert values["dropout"] == 0.0  # the model's default, not absent
   assert {("eval", "accuracy"), ("eval", "loss"), ("eval", "test_accuracy"),
-          ("eval", "test_loss"), ("train", "examples_per_sec")} == metrics
+          ("eval", "test_loss"), ("eval", "test_tta_accuracy"),
+          ("train", "examples_per_sec")} == metrics
   assert {"hidden_units", "learning_rate", "dropout"} <= names
   # The metrics exist as scalars in those runs, so the HParams table has values.
   evals = read_scalars(os.path.join(model_dir, "eval"))

@@ -102,6 +102,8 @@ def test_a_run_reports_both_exports_tta_and_evaluate_inherits_it(tmp_path):
     assert sorted(read_scalars(os.path.join(model_dir, name))["accuracy"]) == [8, 16]
   tb = read_scalars(os.path.join(model_dir, "eval_tta"))
   assert tb["accuracy"][16] == pytest.approx(results["test_tta_accuracy"], abs=1e-6)
+  hparams_metric = read_scalars(os.path.join(model_dir, "eval"))["test_tta_accuracy"]
+  assert hparams_metric == {16: pytest.approx(results["test_tta_accuracy"], abs=1e-6)}
   # The export, loaded as a user loads it: serving_default averages the views,
   # serving_plain does not; each gives the figures results.json reports.
   data = input_pipeline.load(DATASET)
