@@ -1,6 +1,6 @@
 """An airbench-like net (Keller Jordan's CIFAR-10 speedruns, airbench94) for small images:
 a frozen patch-whitening first layer, then conv groups that pool right after their first
-convolution, so most of the compute runs at a quarter of the resolution.
+convolution, so that each group's second convolution runs at a quarter of the resolution.
 
     whiten (k x k patches, 2 k^2 C filters, frozen) - GELU
     per width: conv3x3 - maxpool2 - BN - GELU - conv3x3 - BN - GELU
@@ -14,10 +14,13 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from models.common import CheckpointLists, ImageClassifier, regularizer
+from models.common import ImageClassifier, InputTooSmall, regularizer
 
 # airbench's: the logits of its bias-free head, scaled down (a softer start).
 _LOGIT_SCALE = 1 / 9
+# The whitening is fitted to at most this many pixel positions (patches) of the first
+# images: a covariance of a few dozen dimensions, in float64 (24 bytes a dimension each).
+_FIT_PATCHES = 2_000_000
 
 
 def batch_norm(momentum: float, sync: bool, dtype) -> keras.layers.BatchNormalization:
@@ -30,7 +33,8 @@ def batch_norm(momentum: float, sync: bool, dtype) -> keras.layers.BatchNormaliz
 class PatchWhitening(keras.layers.Layer):
   """A k x k 'valid' convolution whose filters whiten the image's patches: fitted once to
   the training data (`fit`), then frozen (a non-trainable weight, so checkpointed and
-  exported with the model); its bias learns, from where the outputs have mean 0. Each eigenvector of the patches' covariance,
+  exported with the model); its bias learns, from where the outputs have mean 0.
+  Each eigenvector of the patches' covariance,
   scaled by 1/sqrt(eigenvalue + eps), is a filter, and so is its negative (after a GELU
   both signs carry information)."""
 
@@ -59,12 +63,18 @@ class PatchWhitening(keras.layers.Layer):
     return np.moveaxis(windows, 3, -1).reshape(-1, k * k * c)
 
   def fit(self, images: np.ndarray) -> None:
-    """Sets the filters from float images [N, H, W, C] (the training data's first ones)."""
-    patches = self.patches(np.asarray(images, np.float64))
+    """Sets the filters from float images [N, H, W, C] (the training data's first ones, as
+    many as _FIT_PATCHES patches need). Each eigenvector's sign is fixed (its largest entry
+    positive): the same filters from the same images on every worker of a cluster."""
+    n, h, w, _ = np.shape(images)
+    images = np.asarray(images[:max(1, _FIT_PATCHES // (h * w))], np.float64)
+    patches = self.patches(images)
     mean = patches.mean(axis=0)
     patches = patches - mean
     eigenvalues, eigenvectors = np.linalg.eigh(patches.T @ patches / len(patches))
-    filters = eigenvectors / np.sqrt(eigenvalues + self.eps)  # columns: one per filter
+    signs = np.sign(eigenvectors[np.argmax(np.abs(eigenvectors), axis=0),
+                                 np.arange(eigenvectors.shape[1])])
+    filters = eigenvectors * signs / np.sqrt(eigenvalues + self.eps)  # a column a filter
     filters = np.concatenate([filters, -filters], axis=1)
     k, c = self.kernel_size, images.shape[-1]
     self.kernel.assign(filters.reshape(k, k, c, self.filters).astype(np.float32))
@@ -88,7 +98,7 @@ class IdentityStart(keras.initializers.Initializer):
     return drawn * keras.ops.cast(keep, drawn.dtype) + keras.ops.cast(identity, drawn.dtype)
 
 
-class ConvGroup(CheckpointLists, keras.layers.Layer):
+class ConvGroup(keras.layers.Layer):
   """conv3x3 - maxpool2 - BN - GELU - conv3x3 - BN - GELU, the convolutions started as
   identities where their shapes allow (IdentityStart)."""
 
@@ -118,6 +128,13 @@ class AirBench(ImageClassifier):
                bn_momentum: float = 0.4, l2: float = 0.0, sync_batch_norm: bool = False,
                **kwargs):
     super().__init__(**kwargs)
+    h, w = self.image_shape[:2]
+    size = min(h, w) - (whiten - 1 if whiten else 0)
+    if size < 2 ** len(widths):  # each group halves the size; oneDNN aborts on an empty pool
+      raise InputTooSmall(f"{h}x{w} images are too small for airbench's {len(widths)} conv "
+                          f"groups{f' after its {whiten}x{whiten} whitening' if whiten else ''}: "
+                          f"they need at least {2 ** len(widths) + (whiten - 1 if whiten else 0)}"
+                          " pixels a side")
     p = self.dtype_policy
     self.whiten = PatchWhitening(whiten, dtype=p) if whiten else keras.layers.Conv2D(
         widths[0], 3, padding="same", kernel_regularizer=regularizer(l2), dtype=p)
@@ -133,7 +150,8 @@ class AirBench(ImageClassifier):
       x = group(x, training=training)
     return self.logits(self.pool(x)) * _LOGIT_SCALE
 
-  def fit_to_data(self, images: np.ndarray) -> None:
-    """The data-dependent start: the whitening filters from float training images."""
-    if isinstance(self.whiten, PatchWhitening):
-      self.whiten.fit(images)
+  @property
+  def fit_to_data(self):
+    """fit_to_data(float training images): the data-dependent start, the whitening
+    filters; None without a whitening stem (--whiten=0)."""
+    return self.whiten.fit if isinstance(self.whiten, PatchWhitening) else None

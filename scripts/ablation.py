@@ -1,7 +1,7 @@
 """What each technique adds to a recipe: the recipe, then the recipe with one technique
 taken out at a time, each an ordinary run (resumable; finished runs are skipped).
 
-    python scripts/ablation.py --flagfile=configs/fashion_best.cfg --root=runs/ablation \
+    python scripts/ablation.py --flagfile=configs/fashion_resnet.cfg --root=runs/ablation \
         [--data_dir=data/tfds] [--also="crop added:--augment=crop=2,flip"] [-- --epochs=10]
 
 Selection and the figures are on the recipe's validation split; the test accuracy is

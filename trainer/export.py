@@ -29,8 +29,9 @@ class _Serving(tf.Module):
     spec = lambda dtype: tf.TensorSpec((None,) + tuple(image_shape), dtype, name="images")
     self.serve_uint8 = tf.function(self._uint8, input_signature=[spec(tf.uint8)])
     self.serve_float = tf.function(self._float, input_signature=[spec(tf.float32)])
-    self.serve_plain = tf.function(lambda images: self._predict(normalize(images), tta=()),
-                                   input_signature=[spec(tf.uint8)])
+    if self.tta:
+      self.serve_plain = tf.function(lambda images: self._predict(normalize(images), tta=()),
+                                     input_signature=[spec(tf.uint8)])
 
   def _predict(self, images, tta=None):
     tta = self.tta if tta is None else tta

@@ -127,7 +127,7 @@ class InMemoryFeed(Feed):
     self.data = InMemoryData(split, augment)
     self.tables = self._place_tables()
     # --augment=flip=alternating: each example's flip in even epochs (odd: the other).
-    self._first_flips = (np.random.default_rng([seed, 0xF119]).random(len(split)) < 0.5
+    self._first_flips = (np.random.default_rng([seed, 0xF119, 0]).random(len(split)) < 0.5
                          if augment.alternating else None)
 
   def _window(self, iterator: IndexStream, n: int):

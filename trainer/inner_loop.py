@@ -31,7 +31,8 @@ class Trainer:
   plan: the run's (plan.resolve; default resolved here without a record). output_dir:
   where this worker saves checkpoints (default model_dir; a non-chief worker of a cluster
   passes a scratch directory). restore: True restores the latest checkpoint of model_dir,
-  a path that checkpoint, False nothing. writer: summaries.Summaries for eval reports
+  a path that checkpoint (with neither, a new run fits the model's data-dependent start),
+  False nothing (the caller restores). writer: summaries.Summaries for eval reports
   (default: one that writes nothing)."""
 
   def __init__(self, config: Config, strategy: tf.distribute.Strategy, data: Data, *,
@@ -44,9 +45,9 @@ class Trainer:
     self.evaluator = Evaluator(self.state, data, config.batch_size,
                                writer or summaries.Summaries(config.model_dir, enabled=False),
                                pictures=config.eval_images, tta=config.tta)
-    restored = self.restore(restore if isinstance(restore, str) else None) if restore else None
-    if restored is None:  # a new run: what the model fits to the data (state.py)
-      self.state.start_from_data(data.splits["train"])
+    # restore=False: the caller restores weights itself (trainer.evaluate): nothing to fit.
+    if restore and self.restore(restore if isinstance(restore, str) else None) is None:
+      self.state.start_from_data(data.splits["train"])  # a new run: what the model fits
     self.jit = self.plan.jit
     logging.info("XLA: %s (%s)", _XLA[self.jit], self.plan.jit_reason)
     self.feed = feeds.make_feed(strategy, data, batch=config.step_batch, seed=config.seed,

@@ -184,7 +184,7 @@ OPTIONS: tuple[Option, ...] = (
            "the raw weights' evals are logged beside (eval_raw).", _O,
            check=within(0, 1, note=" (0: none), e.g. 0.999")),
     Option("ema_every", int, 1, "--ema_decay: update the average every N applied steps "
-           "(decay^N each time, so it spans as many steps): cheaper for large models.", _O,
+           "(decay^N each time, so it spans as many steps).", _O,
            check=positive),
     Option("lookahead", bool, False, "--ema_decay: after each update of the average, the "
            "model's weights become the average (lookahead; airbench's, with --ema_every=5).",
@@ -237,7 +237,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("bn_momentum", float, None, "resnet, airbench: batch norm's moving statistics "
            "decay, Keras's convention (resnet default 0.99, airbench 0.4: PyTorch's 0.6).",
            _M, check=within(0, 1), model=True),
-    Option("sync_batch_norm", bool, None, "resnet: batch norm statistics over the global "
+    Option("sync_batch_norm", bool, None, "resnet, airbench: batch norm statistics over the global "
            "batch (default: when there are several replicas).", _M, model=True),
 )
 

@@ -49,7 +49,9 @@ class TrainState:
       try:
         self.model = create_model()
       except InputTooSmall as e:
-        raise ConfigError(f"{e}: use a larger --image_size, or smaller --kernel_sizes") from None
+        fix = "fewer --widths or a smaller --whiten" if config.model == "airbench" else (
+            "smaller --kernel_sizes")
+        raise ConfigError(f"{e}: use a larger --image_size, or {fix}") from None
       # Kept apart from optimizer.iterations, which does not advance on a skipped fp16 step.
       self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -76,7 +78,7 @@ class TrainState:
   def start_from_data(self, train_split) -> None:
     """A new run's data-dependent start (the airbench model's whitening filters, from the
     first training images); a restored run has it in its checkpoint."""
-    fit = getattr(self.model, "fit_to_data", None)
+    fit = getattr(self.model, "fit_to_data", None)  # a model with a data-dependent start
     if fit is None:
       return
     images = train_split.images_at(np.arange(min(len(train_split), _FIT_IMAGES)))
