@@ -34,11 +34,8 @@ class _Serving(tf.Module):
                                      input_signature=[spec(tf.uint8)])
 
   def _predict(self, images, tta=None):
-    tta = self.tta if tta is None else tta
-    if tta:
-      _, probabilities = tta_lib.predict(self.model, images, tta)
-    else:
-      probabilities = tf.nn.softmax(tf.cast(self.model(images, training=False), tf.float32))
+    # No views: one view of weight 1, the plain softmax to the bit.
+    _, probabilities = tta_lib.predict(self.model, images, self.tta if tta is None else tta)
     classes = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
     return {"probabilities": probabilities, "classes": classes,
             "class_names": tf.gather(self.class_names, classes)}
