@@ -40,11 +40,27 @@ def test_each_technique_of_the_recipe_is_taken_out_once(ablation):
   assert ablation.variants({"augment": "none"}) == {}
 
 
+def test_airbench_techniques_are_taken_out_too(ablation):
+  recipe = {"model": "airbench", "augment": "flip=alternating,translate=2",
+            "bn_lr_multiplier": "16", "ema_decay": "0.9", "lookahead": ""}
+  assert ablation.variants(recipe) == {
+      "no flip": ["--augment=translate=2"],
+      "no translate": ["--augment=flip=alternating"],
+      "random flips, not alternating": ["--augment=flip,translate=2"],
+      "no whitening (a trainable 3x3 conv)": ["--whiten=0"],
+      "BN momentum 0.99, not 0.4": ["--bn_momentum=0.99"],
+      "BN rate x1, not x16": ["--bn_lr_multiplier=1"],
+      "no lookahead": ["--nolookahead"],
+  }
+  assert "no whitening (a trainable 3x3 conv)" not in ablation.variants(
+      {"model": "airbench", "whiten": "0"})
+
+
 def test_the_table_puts_the_recipe_first_and_ema_from_its_raw_weights(ablation):
   outcomes = {
-      "recipe": {"validation_accuracy": 0.95, "validation_raw_accuracy": 0.94,
-                 "test_accuracy": 0.948, "test_raw_accuracy": 0.941, "train_seconds": 1000},
-      "no crop": {"validation_accuracy": 0.93, "test_accuracy": 0.929, "train_seconds": 990},
+      "recipe": [{"validation_accuracy": 0.95, "validation_raw_accuracy": 0.94,
+                  "test_accuracy": 0.948, "test_raw_accuracy": 0.941, "train_seconds": 1000}],
+      "no crop": [{"validation_accuracy": 0.93, "test_accuracy": 0.929, "train_seconds": 990}],
   }
   table = ablation.rows(outcomes)
   assert [r["variant"] for r in table] == ["recipe", "no EMA (the recipe's raw weights)",
@@ -54,6 +70,25 @@ def test_the_table_puts_the_recipe_first_and_ema_from_its_raw_weights(ablation):
   text = ablation.markdown(table)
   assert "| no crop | 93.00 | -2.00 | 92.90 | 990 |" in text
   assert "| recipe | 95.00 |  | 94.80 | 1000 |" in text
+
+
+def test_rows_average_the_seeds_and_the_recipe_is_its_tta_figure(ablation):
+  # A recipe with TTA: its figure is the TTA one, its plain predictions the TTA-less row.
+  recipe = lambda v, t: {"validation_accuracy": v, "validation_tta_accuracy": t,
+                         "test_accuracy": v, "test_tta_accuracy": t, "train_seconds": 100}
+  outcomes = {"recipe": [recipe(0.90, 0.92), recipe(0.92, 0.94)],
+              "no flip": [{"validation_tta_accuracy": 0.91, "test_tta_accuracy": 0.90,
+                           "train_seconds": 90},
+                          {"validation_tta_accuracy": 0.89, "test_tta_accuracy": 0.88,
+                           "train_seconds": 110}]}
+  table = {r["variant"]: r for r in ablation.rows(outcomes)}
+  assert table["recipe"]["validation_accuracy"] == pytest.approx(0.93)
+  assert table["no TTA (the recipe's plain predictions)"]["test_accuracy"] == pytest.approx(0.91)
+  assert table["no TTA (the recipe's plain predictions)"]["validation_change"] == (
+      pytest.approx(-0.02))
+  assert table["no flip"]["validation_change"] == pytest.approx(-0.03)
+  assert "| no flip | 90.00 (91.00, 89.00) | -3.00 | 89.00 | 100 |" in ablation.markdown(
+      list(table.values()))
 
 
 def test_main_runs_the_recipe_and_each_variant_and_writes_the_table(ablation, tmp_path,
@@ -74,8 +109,8 @@ def test_main_runs_the_recipe_and_each_variant_and_writes_the_table(ablation, tm
   monkeypatch.setattr(ablation.sweep, "train", train)
   assert ablation.main(["--flagfile=recipe.cfg", "--root=runs", "--out=tables/ablation",
                         "--data_dir=d", "--also=flip added (again):--augment=crop=2,flip --seed=1",
-                        "--", "--epochs=1"]) == 0
-  base = [f"--flagfile={cfg}", "--epochs=1", f"--data_dir={tmp_path / 'd'}"]
+                        "--seeds=0", "--", "--epochs=1"]) == 0
+  base = [f"--flagfile={cfg}", "--epochs=1", f"--data_dir={tmp_path / 'd'}", "--seed=0"]
   runs = tmp_path / "runs"
   assert calls == [(str(runs / "recipe"), base),
                    (str(runs / "no_label_smoothing"), [*base, "--label_smoothing=0"]),
@@ -97,6 +132,30 @@ def test_main_runs_the_recipe_and_each_variant_and_writes_the_table(ablation, tm
   assert "data_dir" not in dict(columns) and "model_dir" not in dict(columns)
 
 
+def test_each_row_runs_once_per_seed_and_only_picks_variants(ablation, tmp_path, monkeypatch,
+                                                             capsys):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "recipe.cfg").write_text("--model=mlp\n--validation_split=0.25\n"
+                                       "--label_smoothing=0.1\n--augment=crop=2\n")
+  calls = []
+
+  def train(model_dir, args, label):  # pylint: disable=unused-argument
+    calls.append((os.path.relpath(model_dir, tmp_path), args[-1]))
+    return {"validation_accuracy": 0.9, "test_accuracy": 0.8, "train_seconds": 1.0}
+  monkeypatch.setattr(ablation.sweep, "train", train)
+  assert ablation.main(["--flagfile=recipe.cfg", "--root=runs", "--out=t",
+                        "--only=no crop"]) == 0
+  assert calls == [("runs/recipe/seed0", "--seed=0"), ("runs/recipe/seed1", "--seed=1"),
+                   ("runs/no_crop/seed0", "--augment=none"),
+                   ("runs/no_crop/seed1", "--augment=none")]
+  assert json.loads((tmp_path / "t.json").read_text())["seeds"] == [0, 1]
+  assert ablation.main(["--flagfile=recipe.cfg", "--only=no crops"]) == 2
+  assert capsys.readouterr().err.strip() == (
+      "error: --only: no crops is not a variant of this recipe; its variants: "
+      "no label smoothing; no crop")
+  assert ablation.main(["--flagfile=recipe.cfg", "--seeds=a"]) == 2
+
+
 def test_a_failed_run_exits_non_zero_and_leaves_the_tables_as_they_were(ablation, tmp_path,
                                                                          monkeypatch, capsys):
   cfg = tmp_path / "recipe.cfg"
@@ -110,7 +169,8 @@ def test_a_failed_run_exits_non_zero_and_leaves_the_tables_as_they_were(ablation
       return {"validation_accuracy": 0.9, "test_accuracy": 0.8, "train_seconds": 10.0}
     return {"status": "exit 1", "error": "killed", "returncode": 1}
   monkeypatch.setattr(ablation.sweep, "train", train)
-  assert ablation.main([f"--flagfile={cfg}", f"--root={tmp_path / 'runs'}", f"--out={out}"]) == 1
+  assert ablation.main([f"--flagfile={cfg}", f"--root={tmp_path / 'runs'}", f"--out={out}",
+                        "--seeds=0"]) == 1
   assert (tmp_path / "ablation.json").read_text() == "measured before"
   assert (tmp_path / "ablation.md").read_text() == "measured before"
   assert capsys.readouterr().err.strip().splitlines()[-1] == (
@@ -127,7 +187,7 @@ def test_a_real_run_from_another_directory_finds_every_relative_path(tmp_path):
       "--validation_split=0.25\n--train_steps=4\n--noeval_images\n")
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, "scripts", "ablation.py"), "--flagfile=recipe.cfg",
-       "--root=my runs", "--out=tables/ablation", "--data_dir=tfds", "--",
+       "--root=my runs", "--out=tables/ablation", "--data_dir=tfds", "--seeds=0", "--",
        "--dataset=idx:digits"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
   recorded = json.loads((tmp_path / "my runs" / "recipe" / "flags.json").read_text())
