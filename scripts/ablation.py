@@ -56,21 +56,21 @@ def variants(recipe: dict[str, str]) -> dict[str, list[str]]:
     rest = ",".join(a for a in augment if a != item) or "none"
     out[f"no {key}"] = [f"--augment={rest}"]
   if recipe.get("lr_schedule", "constant") != "constant":
-    out[f"constant rate, not {recipe['lr_schedule']}"] = [
+    out[f"constant rate (not {recipe['lr_schedule']})"] = [
         "--lr_schedule=constant", "--final_learning_rate=0", "--warmup_steps=0"]
   if recipe.get("nesterov") == "true" or "nesterov" in recipe:
     out["no Nesterov"] = ["--nonesterov"]
   if float(recipe.get("weight_decay", 0)):
     out["no weight decay"] = ["--weight_decay=0"]
   if "flip=alternating" in augment:
-    out["random flips, not alternating"] = [
+    out["random flips (not alternating)"] = [
         "--augment=" + ",".join("flip" if a == "flip=alternating" else a for a in augment)]
   if recipe.get("model") == "airbench":
     if recipe.get("whiten", "2") != "0":
       out["no whitening (a trainable 3x3 conv)"] = ["--whiten=0"]
-    out["BN momentum 0.99, not 0.4"] = ["--bn_momentum=0.99"]
+    out["BN momentum 0.99 (not 0.4)"] = ["--bn_momentum=0.99"]
   if float(recipe.get("bn_lr_multiplier", 1)) != 1:
-    out[f"BN rate x1, not x{recipe['bn_lr_multiplier']}"] = ["--bn_lr_multiplier=1"]
+    out[f"BN rate x1 (not x{recipe['bn_lr_multiplier']})"] = ["--bn_lr_multiplier=1"]
   if recipe.get("lookahead") in ("", "true"):
     out["no lookahead"] = ["--nolookahead"]
   return out

@@ -33,7 +33,7 @@ def test_each_technique_of_the_recipe_is_taken_out_once(ablation):
       "no mixup/cutmix": ["--mixup=0", "--cutmix=0", "--mix_probability=1"],
       "no crop": ["--augment=flip"],
       "no flip": ["--augment=crop=2"],
-      "constant rate, not one_cycle": ["--lr_schedule=constant", "--final_learning_rate=0",
+      "constant rate (not one_cycle)": ["--lr_schedule=constant", "--final_learning_rate=0",
                                        "--warmup_steps=0"],
       "no Nesterov": ["--nonesterov"],
   }
@@ -46,10 +46,10 @@ def test_airbench_techniques_are_taken_out_too(ablation):
   assert ablation.variants(recipe) == {
       "no flip": ["--augment=translate=2"],
       "no translate": ["--augment=flip=alternating"],
-      "random flips, not alternating": ["--augment=flip,translate=2"],
+      "random flips (not alternating)": ["--augment=flip,translate=2"],
       "no whitening (a trainable 3x3 conv)": ["--whiten=0"],
-      "BN momentum 0.99, not 0.4": ["--bn_momentum=0.99"],
-      "BN rate x1, not x16": ["--bn_lr_multiplier=1"],
+      "BN momentum 0.99 (not 0.4)": ["--bn_momentum=0.99"],
+      "BN rate x1 (not x16)": ["--bn_lr_multiplier=1"],
       "no lookahead": ["--nolookahead"],
   }
   assert "no whitening (a trainable 3x3 conv)" not in ablation.variants(
