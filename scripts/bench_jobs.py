@@ -164,7 +164,7 @@ def tapeloop_throughput(name, data, steps_per_loop, seconds, devices=()) -> dict
   from trainer.inner_loop import Trainer  # pylint: disable=g-import-not-at-top
   batch = global_batch(devices)
   with tempfile.TemporaryDirectory() as model_dir:
-    cfg = config([*common.model_args(name), *common.tapeloop_args(name), f"--dataset={DATASET}",
+    cfg = config([*common.model_args(name), f"--dataset={DATASET}",
                   f"--batch_size={batch}", f"--steps_per_loop={steps_per_loop}",
                   *strategy_flags(devices), f"--model_dir={model_dir}"])
     trainer = Trainer(cfg, distribute.create_strategy(cfg), data)

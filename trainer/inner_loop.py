@@ -10,6 +10,8 @@ controller.py with actions.py.
 
 from __future__ import annotations
 
+import dataclasses
+
 import tensorflow as tf
 from absl import logging
 
@@ -38,8 +40,13 @@ class Trainer:
   def __init__(self, config: Config, strategy: tf.distribute.Strategy, data: Data, *,
                plan: run_plan.Plan | None = None, output_dir: str | None = None,
                restore: bool | str = True, writer=None):
-    self.config, self.strategy, self.data = config, strategy, data
     self.plan = plan or run_plan.resolve(config, data, strategy)
+    # Every part below builds with the policy --mixed_precision resolved to (auto: plan.py).
+    config = dataclasses.replace(config, mixed_precision=self.plan.precision)
+    self.config, self.strategy, self.data = config, strategy, data
+    logging.info("precision policy: %s%s (%s)", config.mixed_precision,
+                 " with dynamic loss scaling" if config.mixed_precision == "mixed_float16"
+                 else "", self.plan.precision_reason)
     self.state = TrainState(config, strategy, data.info, total_steps=self.plan.total_steps,
                             horizon=self.plan.horizon, output_dir=output_dir)
     self.evaluator = Evaluator(self.state, data, config.batch_size,

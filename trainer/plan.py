@@ -21,6 +21,11 @@ from trainer.errors import ConfigError
 # convolution gradients are far slower than oneDNN's, 20-30x inside a loop
 # (docs/performance.md, "XLA where it measured faster"). Not compiled.
 XLA_FASTER = ("mlp",)
+# --mixed_precision=auto: model families that trained faster in mixed_bfloat16 than in
+# float32 on a CPU with AVX-512 BF16, at the same validation accuracy within noise
+# (docs/performance.md, "bfloat16 on CPUs"): the CNN, ResNet and airbench 1.37-1.40x. MLPs
+# ran slower (XLA's CPU dots in bf16). Without the instructions bf16 is emulated, slower.
+BF16_FASTER = ("cnn", "resnet", "airbench")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +39,8 @@ class Plan:
   eval_split: str | None
   jit: str
   jit_reason: str
+  precision: str  # the policy --mixed_precision resolves to, and why
+  precision_reason: str
   replicas: int
   eval_interval: int  # steps: --eval_every, else once per epoch
   checkpoint_interval: int  # steps: --checkpoint_every, else once per epoch
@@ -75,6 +82,39 @@ def jit_mode(config: Config, replicas: int, pipeline: str) -> tuple[str, str]:
   if config.augment.resized_crop:
     return "off", "auto: XLA has no CropAndResize (--augment's resized_crop)"
   return "loop", f"auto: {config.model} ran faster under XLA"
+
+
+def cpu_has_bf16() -> bool:
+  """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), from Linux's
+  /proc/cpuinfo; False where that cannot be read."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return bool({"avx512_bf16", "amx_bf16"} & set(line.split()))
+  except OSError:
+    pass
+  return False
+
+
+def precision(config: Config, strategy: tf.distribute.Strategy) -> tuple[str, str]:
+  """The policy --mixed_precision means for this run, and why (auto: bfloat16 only where
+  it was measured faster)."""
+  asked = config.mixed_precision
+  if asked != "auto":
+    return asked, f"--mixed_precision={asked}"
+  try:
+    devices = list(strategy.extended.worker_devices)
+  except RuntimeError:  # the default strategy: TensorFlow's default device
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")[:1]] or ["CPU"]
+  if any("GPU" in d.upper() for d in devices):
+    return "float32", ("auto: not measured on GPUs here (ask for mixed_float16 or "
+                       "mixed_bfloat16)")
+  if config.model not in BF16_FASTER:
+    return "float32", f"auto: {config.model} trained slower in bfloat16 on CPU"
+  if not cpu_has_bf16():
+    return "float32", "auto: this CPU has no AVX-512 BF16 (bfloat16 would be emulated)"
+  return "mixed_bfloat16", f"auto: {config.model} trained faster in bfloat16 on this CPU"
 
 
 def check_replicas(config: Config, strategy: tf.distribute.Strategy) -> None:
@@ -127,7 +167,9 @@ def resolve(config: Config, data: Data, strategy: tf.distribute.Strategy,
   replicas = strategy.num_replicas_in_sync
   split = eval_split(data)
   jit, reason = jit_mode(config, replicas, data.pipeline)
+  policy, why = precision(config, strategy)
   return Plan(steps_per_epoch=steps_per_epoch, total_steps=total_steps, horizon=horizon,
-              eval_split=split, jit=jit, jit_reason=reason, replicas=replicas,
+              eval_split=split, jit=jit, jit_reason=reason, precision=policy,
+              precision_reason=why, replicas=replicas,
               eval_interval=config.eval_every or steps_per_epoch,
               checkpoint_interval=config.checkpoint_every or steps_per_epoch)

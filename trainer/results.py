@@ -23,7 +23,7 @@ def of_run(config: Config, plan, trainer, chief: bool, timing: Timing, stopped_a
   results = {"global_step": state.step, "dataset": trainer.data.info.name,
              "model": config.model, "parameters": state.model.count_params(),
              "replicas": plan.replicas, "chief": chief,
-             "pipeline": trainer.data.pipeline, **figures,
+             "pipeline": trainer.data.pipeline, "precision": plan.precision, **figures,
              "weights_digest": state.weights_digest(), "eval_split": plan.eval_split,
              # The flags, with the schedule's horizon as the run keeps it (run_record.py).
              "flags": {**config.flag_values, "schedule_steps": plan.horizon}}

@@ -66,9 +66,6 @@ def _prepare(config: Config, strategy, recorded: dict | None, phases: Phases, st
   keras.utils.set_random_seed(config.seed)
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
-  logging.info("precision policy: %s%s", config.mixed_precision,
-               " with dynamic loss scaling" if config.mixed_precision == "mixed_float16"
-               else "")
   phases.add("setup", time.time() - start)
   with phases.time("data"):
     data = config.load_data()

@@ -86,8 +86,7 @@ def test_the_benchmarks_models_are_their_configs_model_flags(jobs, common):
     theirs = jobs.config([f"--flagfile={os.path.join(ROOT, 'configs', config + '.cfg')}"])
     assert (ours.model, ours.model_hparams) == (theirs.model, theirs.model_hparams), name
   # A config's run flags are not the model's: the benchmark's own settings are apart.
-  assert "--intra_op_threads=1" not in common.model_args("mlp_1x50")
-  assert common.tapeloop_args("mlp_1x50") == ["--intra_op_threads=1"]
+  assert "--epochs=5" not in common.model_args("mlp_1x50")
   assert common.distinct_models() == [n for n in common.MODELS if n != "mlp_5x50_dropout_50ep"]
   # Its copy of the model flags' names (the peers' venv has no TensorFlow to import
   # trainer/options.py): every model option but sync_batch_norm, which follows the replicas.
@@ -149,7 +148,6 @@ def test_multi_device_mode_measures_both_sides_on_n_replicas(benchmark, jobs):
   assert jobs.global_batch(devices) == 256 and jobs.global_batch([]) == 128
   assert benchmark.device_list("cpu:2") == devices and benchmark.device_list("cpu") == []
   data = jobs.input_pipeline.load(jobs.DATASET)
-  # Not mlp_1x50: its --intra_op_threads=1 cannot be set once TensorFlow runs (a job can).
   ours = jobs.tapeloop_throughput("mlp_5x50_dropout", data, 5, 0.1, devices)
   train = data.splits["train"]
   x, y = train.images[:2560].astype("float32") / 255.0, train.labels[:2560].astype("int32")
