@@ -7,7 +7,7 @@ DATA_DIR ?= data/tfds
 # Flags for `make train`, e.g. make train FLAGS="--epochs=1"
 FLAGS ?=
 
-.PHONY: install test train data bench bench-peers bench-tta bench-stream tutorial clean
+.PHONY: install test train data bench bench-peers bench-profile bench-tta bench-stream tutorial clean
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ $(PEERS_STAMP):
 
 bench-peers: install $(PEERS_STAMP)
 	$(PY) scripts/bench_peers.py --peers_python=$(PEERS_VENV)/bin/python $(BENCH_FLAGS)
+
+# Where each model's step time goes (profiler): benchmarks/profile.{json,md}.
+bench-profile: install
+	$(PY) scripts/profile_step.py $(BENCH_FLAGS)
 
 # Time to accuracy on Fashion-MNIST with configs/fashion_tta.cfg.
 bench-tta: data

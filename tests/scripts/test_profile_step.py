@@ -1,0 +1,50 @@
+"""scripts/profile_step.py: the op categories, read from a real profile of a conv step."""
+
+import glob
+import importlib.util
+import os
+import sys
+
+import pytest
+import tensorflow as tf
+
+from paths import ROOT
+
+
+@pytest.fixture(scope="module")
+def profile_step():
+  sys.path.insert(0, os.path.join(ROOT, "scripts"))
+  spec = importlib.util.spec_from_file_location(
+      "profile_step", os.path.join(ROOT, "scripts", "profile_step.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_op_types_fall_into_convolutions_their_gradients_and_the_rest(profile_step):
+  assert profile_step.category("_MklNativeFusedConv2D") == "convolutions"
+  assert profile_step.category("Conv2DBackpropFilter") == "conv_gradients"
+  assert profile_step.category("_MklNativeConv2DBackpropInput") == "conv_gradients"
+  assert profile_step.category("MatMul") == "convolutions"  # an XLA program's kernel
+  assert profile_step.category("_MklNativeMaxPoolGrad") == "rest"
+
+
+def test_a_real_profile_of_a_conv_step_is_read_by_op_type(profile_step, tmp_path):
+  kernel = tf.Variable(tf.random.normal([3, 3, 1, 8]))
+  images = tf.random.normal([16, 12, 12, 1])
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(tf.nn.relu(tf.nn.conv2d(images, kernel, 1, "SAME")))
+    kernel.assign_sub(0.01 * tape.gradient(loss, kernel))
+  step()
+  tf.profiler.experimental.start(str(tmp_path))
+  for _ in range(3):
+    step()
+  tf.profiler.experimental.stop()
+  (path,) = glob.glob(str(tmp_path / "**" / "*.xplane.pb"), recursive=True)
+  times = profile_step.op_times(path)
+  categories = {profile_step.category(op) for op, seconds in times.items() if seconds > 0}
+  assert {"convolutions", "conv_gradients", "rest"} <= categories, times
+  assert not any(name.startswith(("ExecutorState", "ThunkExecutor")) for name in times)
