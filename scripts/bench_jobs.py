@@ -156,17 +156,18 @@ def keras_model(name: str) -> keras.Model:
   return models.create(cfg.model, num_classes=10, image_shape=(28, 28, 1), **cfg.model_hparams)
 
 
-def tapeloop_throughput(name, data, steps_per_loop, seconds, devices=()) -> dict:
+def tapeloop_throughput(name, data, steps_per_loop, seconds, devices=(), flags=()) -> dict:
   """A Trainer's steady-state examples/s on `data` (its first loop, tracing and compiling,
-  timed apart). The one function that drives tapeloop's Trainer, through its public API
-  only: Trainer(cfg, strategy, data), train_iterator(), run_steps(), model and jit."""
+  timed apart); flags: beyond the model's (e.g. --mixed_precision=auto). The one function
+  that drives tapeloop's Trainer, through its public API only: Trainer(cfg, strategy,
+  data), train_iterator(), run_steps(), model, jit and config."""
   from trainer import distribute  # pylint: disable=g-import-not-at-top
   from trainer.inner_loop import Trainer  # pylint: disable=g-import-not-at-top
   batch = global_batch(devices)
   with tempfile.TemporaryDirectory() as model_dir:
     cfg = config([*common.model_args(name), f"--dataset={DATASET}",
                   f"--batch_size={batch}", f"--steps_per_loop={steps_per_loop}",
-                  *strategy_flags(devices), f"--model_dir={model_dir}"])
+                  *strategy_flags(devices), *flags, f"--model_dir={model_dir}"])
     trainer = Trainer(cfg, distribute.create_strategy(cfg), data)
     iterator = trainer.train_iterator()
     start = time.perf_counter()
@@ -180,7 +181,7 @@ def tapeloop_throughput(name, data, steps_per_loop, seconds, devices=()) -> dict
                          "compile_seconds": compile_seconds},
             # Trainable only: the peers count no batch norm moving statistics either.
             "parameters": int(sum(np.prod(w.shape) for w in trainer.model.trainable_weights)),
-            "jit": trainer.jit}
+            "jit": trainer.jit, "precision": trainer.config.mixed_precision}
 
 
 def train_flops_per_example(name: str) -> float:
@@ -245,7 +246,7 @@ def run(job: dict, seconds: float, devices: list[str]) -> dict:
             "tf_data": pipeline_throughput(train, seconds)}
   name, spl = job["model"], job["steps_per_loop"]
   if job["kind"] == "tapeloop":
-    out = tapeloop_throughput(name, data, spl, seconds, devices)
+    out = tapeloop_throughput(name, data, spl, seconds, devices, job.get("flags", ()))
     if job["count_flops"]:  # a property of the model: counted once per run
       out["train_flops_per_example"] = train_flops_per_example(name)
     return out

@@ -27,6 +27,9 @@ from bench_common import (  # pylint: disable=g-import-not-at-top,wrong-import-p
 
 # (framework, threads) per peer job; 0 threads: the framework's default (all cores).
 PEER_JOBS = (("jax", 1), ("jax", 0), ("torch", 1), ("torch", 0), ("torch_compile", 0))
+# Model families that --mixed_precision=auto may train in bfloat16 (trainer/plan.py's
+# BF16_FASTER): measured also that way, in a column of its own (the peers stay float32).
+AUTO_PRECISION = ("cnn", "resnet", "airbench")
 PEER_VARIANTS = ("jax_jit", "jax_scan", "torch_eager", "torch_compile")
 _PEER_NAMES = {"jax_jit": "JAX jit", "jax_scan": "JAX scan", "torch_eager": "PyTorch eager",
                "torch_compile": "torch.compile"}
@@ -54,6 +57,8 @@ def run_peers(args) -> dict:
     for name in names:
       spl = STEPS_PER_LOOP.get(name, args.steps_per_loop)
       todo = [("tapeloop", None), ("keras", None)] + [("peer", j) for j in PEER_JOBS]
+      if common.model_flags(name)["model"] in AUTO_PRECISION:
+        todo.insert(1, ("tapeloop_auto", None))
       if repeat % 2:
         todo.reverse()
       for kind, peer in todo:
@@ -66,6 +71,12 @@ def run_peers(args) -> dict:
           params.setdefault(name, {})["tapeloop"] = r["parameters"]
           raw.setdefault(f"{name}/tapeloop", []).append(r["tapeloop"]["examples_per_sec"])
           raw.setdefault(f"{name}/tapeloop/jit", []).append(r["jit"])
+        elif kind == "tapeloop_auto":
+          r = jobs.isolated({"kind": "tapeloop", "model": name, "steps_per_loop": spl,
+                             "count_flops": False, "flags": ["--mixed_precision=auto"]},
+                            args.seconds)
+          raw.setdefault(f"{name}/tapeloop_auto", []).append(r["tapeloop"]["examples_per_sec"])
+          raw.setdefault(f"{name}/tapeloop_auto/precision", []).append(r["precision"])
         elif kind == "keras":
           rate = (raw.get(f"{name}/tapeloop") or [5000])[-1]
           r = jobs.isolated({"kind": "keras", "model": name, "steps_per_loop": spl,
@@ -88,7 +99,8 @@ def run_peers(args) -> dict:
                   r[v]["examples_per_sec"])
       print(f"  {name:24s} tapeloop {raw[f'{name}/tapeloop'][-1]:9.0f}  " + "  ".join(
           f"{k.split('/', 1)[1]} {v[-1]:.0f}" for k, v in raw.items()
-          if k.startswith(f"{name}/") and not k.endswith(("/error", "/jit", "/tapeloop"))
+          if k.startswith(f"{name}/")
+          and not k.endswith(("/error", "/jit", "/tapeloop", "/precision"))
           and isinstance(v[-1], float)), flush=True)
   for name, counts in params.items():
     if len(set(counts.values())) > 1:  # then the frameworks did not train the same model
@@ -120,6 +132,11 @@ def run_peers(args) -> dict:
         "vs_best_peer": tapeloop / measured[best_peer], "vs_keras_best": tapeloop / fit_best,
         "fraction_of_matmul_peak": tapeloop * flops[name] / 1e9 / peak,
     }
+    if raw.get(f"{name}/tapeloop_auto"):
+      auto = med(f"{name}/tapeloop_auto")
+      rows[name].update({"tapeloop_auto": common.summarize(raw[f"{name}/tapeloop_auto"]),
+                         "auto_precision": raw[f"{name}/tapeloop_auto/precision"][-1],
+                         "auto_vs_best_peer": auto / measured[best_peer]})
   return {"machine": machine_info, "versions": versions, "environment": envs,
           "global_batch_size": BATCH, "dataset": DATASET, "repeats": args.repeats,
           "seconds_per_measurement": args.seconds,
@@ -134,6 +151,10 @@ def peer_targets(rows) -> dict:
     out[f"{name} >= 1.0x the best peer"] = row["vs_best_peer"] >= 1.0
   for name, row in rows.items():
     out[f"{name} >= 1.5x keras fit (best)"] = row["vs_keras_best"] >= 1.5
+  for name, row in rows.items():
+    if "auto_vs_best_peer" in row:
+      out[f"{name} with --mixed_precision=auto ({row['auto_precision']}) >= 1.0x the best "
+          "peer (float32)"] = row["auto_vs_best_peer"] >= 1.0
   if "cnn" in rows:
     out["cnn >= 40% of matmul peak"] = rows["cnn"]["fraction_of_matmul_peak"] >= 0.40
   return out
@@ -148,11 +169,13 @@ def peers_markdown(result: dict) -> str:
       f"batch gathered and normalized inside each step; {result['repeats']} interleaved "
       "repeats, every job in a fresh process: median examples/s. Each peer at its faster "
       "thread setting (t1: one thread, t0: the default); JAX scan runs K steps per call. "
-      "tapeloop with its defaults (--jit_compile=auto: column XLA).",
+      "tapeloop with its defaults (--jit_compile=auto: column XLA); column auto: with "
+      "--mixed_precision=auto (the conv models; its policy named), against float32 peers.",
       "",
-      "| model | parameters | tapeloop | XLA | Keras fit (best) | JAX jit | JAX scan | "
-      "PyTorch eager | torch.compile | vs best peer | vs best fit | of matmul peak |",
-      "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+      "| model | parameters | tapeloop | XLA | auto | Keras fit (best) | JAX jit | JAX scan | "
+      "PyTorch eager | torch.compile | vs best peer | auto vs best peer | vs best fit | "
+      "of matmul peak |",
+      "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for name, r in result["models"].items():
     counts = sorted(set(r["parameters"].values()))
@@ -164,11 +187,17 @@ def peers_markdown(result: dict) -> str:
         cells.append(f"**{cell}**" if variant == r["best_peer"] else cell)
       else:
         cells.append("failed" if "error" in p else "-")
+    auto, auto_ratio = "-", "-"
+    if "tapeloop_auto" in r:
+      short = {"mixed_bfloat16": "bf16", "float32": "f32"}.get(r["auto_precision"],
+                                                               r["auto_precision"])
+      auto = f"{r['tapeloop_auto']['median']:,.0f} {short}"
+      auto_ratio = f"{r['auto_vs_best_peer']:.2f}x"
     lines.append(
         f"| {name} | {'/'.join(f'{c:,}' for c in counts)} | {r['tapeloop']['median']:,.0f} | "
-        f"{r['tapeloop_jit']} | {max(r['keras_fit'], r['keras_fit_spe']):,.0f} | "
+        f"{r['tapeloop_jit']} | {auto} | {max(r['keras_fit'], r['keras_fit_spe']):,.0f} | "
         + " | ".join(cells) +
-        f" | {r['vs_best_peer']:.2f}x | {r['vs_keras_best']:.2f}x | "
+        f" | {r['vs_best_peer']:.2f}x | {auto_ratio} | {r['vs_keras_best']:.2f}x | "
         f"{100 * r['fraction_of_matmul_peak']:.0f}% |")
   errors = {f"{n} {_PEER_NAMES[v]}": p["error"] for n, r in result["models"].items()
             for v, p in r["peers"].items() if "error" in p}

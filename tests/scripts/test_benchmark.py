@@ -188,9 +188,13 @@ def _fake_jobs(bench_peers, monkeypatch, jax_params=39760):
     if job["kind"] == "machine":
       return {"machine": {"date": "d", "cpu": "c", "cores": 2, "tensorflow": "t",
                           "keras": "k"}, "matmul_gflops": 100.0, "env": {}}
+    if job["kind"] == "tapeloop" and job.get("flags"):  # --mixed_precision=auto
+      assert job["flags"] == ["--mixed_precision=auto"]
+      return {"tapeloop": {"examples_per_sec": 500_000.0}, "parameters": 39760,
+              "jit": "off", "precision": "mixed_bfloat16", "env": {}}
     if job["kind"] == "tapeloop":
       return {"tapeloop": {"examples_per_sec": 300_000.0}, "parameters": 39760, "jit": "loop",
-              "train_flops_per_example": 1e5, "env": {}}
+              "precision": "float32", "train_flops_per_example": 1e5, "env": {}}
     return {"keras_fit": {"examples_per_sec": 100_000.0},
             "keras_fit_spe": {"examples_per_sec": 150_000.0}, "env": {}}
 
@@ -225,9 +229,25 @@ def test_peers_table_takes_each_peer_at_its_best_threads_and_the_best_peer(bench
   assert result["targets"] == {"mlp_1x50 >= 1.0x the best peer": False,
                                "mlp_1x50 >= 1.5x keras fit (best)": True}
   table = (tmp_path / "peers.md").read_text()
-  assert ("| mlp_1x50 | 39,760 | 300,000 | loop | 150,000 | 250,000 t0 | **400,000 t0** | "
-          "150,000 t1 | failed | 0.75x | 2.00x | 30% |") in table
+  assert ("| mlp_1x50 | 39,760 | 300,000 | loop | - | 150,000 | 250,000 t0 | **400,000 t0** | "
+          "150,000 t1 | failed | 0.75x | - | 2.00x | 30% |") in table
   assert "mlp_1x50 torch.compile: InductorError: no compiler" in table
+
+
+def test_conv_models_are_measured_with_auto_precision_too(bench_peers, monkeypatch, tmp_path):
+  # (The fake peers count the MLP's parameters: only the table's columns are checked.)
+  _fake_jobs(bench_peers, monkeypatch)
+  monkeypatch.setattr(bench_peers.common, "model_flags", lambda name: {"model": "cnn"})
+  assert bench_peers.main(["--models=cnn", "--repeats=1", "--seconds=0.1",
+                           f"--output_dir={tmp_path}"]) == 0
+  row = json.loads((tmp_path / "peers.json").read_text())["models"]["cnn"]
+  assert row["tapeloop"]["median"] == 300_000.0  # the float32 column stays float32
+  assert row["auto_precision"] == "mixed_bfloat16"
+  assert row["auto_vs_best_peer"] == pytest.approx(1.25)
+  table = (tmp_path / "peers.md").read_text()
+  assert "| 300,000 | loop | 500,000 bf16 |" in table and "| 0.75x | 1.25x |" in table
+  assert "| cnn with --mixed_precision=auto (mixed_bfloat16) >= 1.0x the best peer (float32) " \
+         "| yes |" in table
 
 
 class _PeerArgs:
