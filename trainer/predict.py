@@ -40,7 +40,7 @@ FLAGS = flags.FLAGS
 
 _DATA_FLAGS = ("dataset", "data_dir", "manual_dir", "num_classes", "skip_bad_images")
 # tapeloop's flags that mean something here; any other one given is refused, not ignored.
-_USED = ("model_dir", "batch_size", *_DATA_FLAGS)
+_USED = ("model_dir", "batch_size", "tta", *_DATA_FLAGS)
 # The run's recorded values of these describe its own data: inherited only for it.
 _OWN_DATA = ("manual_dir", "num_classes", "skip_bad_images")
 # Flags that locate a --dataset: meaningless beside --images.
@@ -72,9 +72,13 @@ def define_flags() -> None:
                       "submission.csv for a dataset: ImageId,Label).")
 
 
-def load_serving(export_dir: str):
-  """The export's uint8 signature, its image shape and its number of classes."""
-  serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+def load_serving(export_dir: str, plain: bool = False):
+  """The export's uint8 signature (plain: without its run's test-time augmentation), its
+  image shape and its number of classes."""
+  signatures = tf.saved_model.load(export_dir).signatures
+  # An export of a run with --tta has serving_plain beside; without, the default is plain.
+  serve = signatures["serving_plain" if plain and "serving_plain" in signatures
+                     else "serving_default"]
   shape = tuple(serve.structured_input_signature[1]["images"].shape[1:])
   return serve, shape, serve.structured_outputs["probabilities"].shape[-1]
 
@@ -121,6 +125,10 @@ def _check_flags() -> None:
                            "image files")
   if FLAGS.batch_size < 1:
     raise UsageError(f"--batch_size={FLAGS.batch_size} must be positive")
+  if FLAGS["tta"].present and FLAGS.tta.strip() != "none":
+    raise UsageError(f"--tta={FLAGS.tta}: trainer.predict averages the views its run was "
+                     "trained with (the export's); only --tta=none, to predict without "
+                     "them, applies here")
 
 
 def data_flags(model_dir: str) -> dict:
@@ -225,7 +233,7 @@ def main(argv):
   if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
     raise UsageError(f"no exported model in {export_dir}: train first with "
                          f"python -m trainer.main --model_dir={FLAGS.model_dir}")
-  serve, image_shape, num_classes = load_serving(export_dir)
+  serve, image_shape, num_classes = load_serving(export_dir, plain=FLAGS["tta"].present)
   if FLAGS.images is not None:
     output = FLAGS.output or "predictions.csv"
     written, skipped = _predict_files(serve, image_shape, output)

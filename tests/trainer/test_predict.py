@@ -246,6 +246,8 @@ def test_cli_names_an_unreadable_image_and_writes_nothing(grey_run, tmp_path):
      "trainer.predict"),
     (["--dataset=synthetic:shape=12x12x1,classes=4,train=8,test=2", "--image_size=20"],
      cli.UsageError, "--image_size does not apply to trainer.predict"),
+    (["--images=EMPTY", "--tta=flip"], cli.UsageError, "--tta=flip: trainer.predict averages "
+     "the views its run was trained with .the export's.; only --tta=none"),
 ])
 def test_bad_input_is_named_with_its_fix(grey_run, tmp_path, args, error, message):
   (tmp_path / "empty").mkdir()

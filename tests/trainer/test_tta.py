@@ -109,10 +109,18 @@ def test_a_run_reports_both_exports_tta_and_evaluate_inherits_it(tmp_path):
   data = input_pipeline.load(DATASET)
   images, labels = tf.constant(data.splits["test"].images), data.splits["test"].labels
   export = tf.saved_model.load(os.path.join(model_dir, "export"))
+  classes = {}
   for signature, key in (("serving_default", "test_tta_accuracy"),
                          ("serving_plain", "test_accuracy")):
-    classes = export.signatures[signature](images=images)["classes"].numpy()
-    assert np.mean(classes == labels) == pytest.approx(results[key], abs=1e-6)
+    classes[signature] = export.signatures[signature](images=images)["classes"].numpy()
+    assert np.mean(classes[signature] == labels) == pytest.approx(results[key], abs=1e-6)
+  assert not np.array_equal(classes["serving_default"], classes["serving_plain"])
+  # trainer.predict, as a user runs it: the views averaged, or not with --tta=none.
+  for extra, signature in (((), "serving_default"), (("--tta=none",), "serving_plain")):
+    csv = str(tmp_path / f"predictions{len(extra)}.csv")
+    run("trainer.predict", f"--model_dir={model_dir}", f"--output={csv}", *extra)
+    predicted = np.loadtxt(csv, delimiter=",", skiprows=1, dtype=np.int64)[:, 1]
+    np.testing.assert_array_equal(predicted, classes[signature])
   # trainer.evaluate takes the run's --tta; --tta=none there turns it off.
   out = run("trainer.evaluate", f"--model_dir={model_dir}").stdout
   assert f"with TTA {results['test_tta_accuracy']:.4f}" in out
