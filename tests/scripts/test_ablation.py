@@ -1,6 +1,5 @@
 """scripts/ablation.py: which runs take which technique out, the table, a real tiny run."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,17 +10,12 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import metadata
 
 from datafiles import write_mnist_dir
-from paths import ROOT
+from paths import ROOT, load_script
 
 
 @pytest.fixture(scope="module")
 def ablation():
-  sys.path.insert(0, os.path.join(ROOT, "scripts"))
-  spec = importlib.util.spec_from_file_location(
-      "ablation", os.path.join(ROOT, "scripts", "ablation.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script("ablation")
 
 
 def test_each_technique_of_the_recipe_is_taken_out_once(ablation):

@@ -1,7 +1,6 @@
 """scripts/benchmark.py, bench_peers.py, bench_tta.py and what they share (bench_common.py,
 bench_jobs.py), without measuring: jobs and the peers are faked where they would run."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,17 +8,8 @@ import sys
 
 import pytest
 
-from paths import ROOT
+from paths import ROOT, SCRIPTS, load_script as _load
 from trainer import options, tf_env
-
-SCRIPTS = os.path.join(ROOT, "scripts")
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(SCRIPTS, name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.fixture(scope="module")

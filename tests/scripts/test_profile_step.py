@@ -1,24 +1,16 @@
 """scripts/profile_step.py: the op categories, read from a real profile of a conv step."""
 
 import glob
-import importlib.util
-import os
-import sys
 
 import pytest
 import tensorflow as tf
 
-from paths import ROOT
+from paths import load_script
 
 
 @pytest.fixture(scope="module")
 def profile_step():
-  sys.path.insert(0, os.path.join(ROOT, "scripts"))
-  spec = importlib.util.spec_from_file_location(
-      "profile_step", os.path.join(ROOT, "scripts", "profile_step.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script("profile_step")
 
 
 def test_op_types_fall_into_convolutions_their_gradients_and_the_rest(profile_step):

@@ -1,6 +1,5 @@
 """scripts/sweep.py: grid parsing, and a two-trial sweep end to end, rerun as people do."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,14 +11,12 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import metadata
 
-from paths import ROOT
+from paths import ROOT, load_script
 from runs import read_hparams
 from trainer import files
 from trainer import options
 
-_spec = importlib.util.spec_from_file_location("sweep", os.path.join(ROOT, "scripts", "sweep.py"))
-sweep = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sweep)
+sweep = load_script("sweep")
 
 
 def test_grid_values_split_on_commas_or_semicolons_for_list_flags():

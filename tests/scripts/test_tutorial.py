@@ -8,7 +8,7 @@ import sys
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import metadata
 
-from paths import ROOT
+from paths import ROOT, load_script
 from runs import read_hparams
 
 
@@ -68,11 +68,7 @@ def test_an_unknown_model_exits_2(tmp_path):
 
 
 def test_the_train_accuracy_of_another_step_is_evaluated_again(tmp_path, monkeypatch):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "tutorial", os.path.join(ROOT, "scripts", "tutorial.py"))
-  tutorial = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tutorial)
+  tutorial = load_script("tutorial")
   evaluated = []
 
   def evaluate(command, **kwargs):  # what trainer.evaluate --split=train writes
