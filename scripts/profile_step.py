@@ -30,8 +30,8 @@ _CONV = ("Conv2D", "DepthwiseConv2dNative")
 # Inside an XLA program the profiler names each kernel by its HLO instruction (MatMul.27,
 # divide_subtract_fusion.3): a matmul's gradients are matmuls too, so they count there.
 _XLA_MATMUL = ("matmul", "dot")
-# The XLA executor's own events, which contain the kernels' time (or mark an end).
-_CONTAINERS = ("ThunkExecutor::", "ThreadpoolListener::", "end: ")
+# The XLA executor's own events, which contain the kernels' time, wait or mark an end.
+_CONTAINERS = ("ThunkExecutor::", "ThreadpoolListener::", "SlinkyThreadPool::", "end: ")
 
 
 def category(op_type: str) -> str:
@@ -77,7 +77,7 @@ def profile(name: str, precision: str, loops: int) -> dict:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from trainer import distribute  # pylint: disable=g-import-not-at-top
   from trainer.inner_loop import Trainer  # pylint: disable=g-import-not-at-top
-  steps = common.STEPS_PER_LOOP.get(name, 20)
+  steps = common.STEPS_PER_LOOP.get(name, 100)  # bench_peers.py's
   data = input_pipeline.load(common.DATASET)
   with tempfile.TemporaryDirectory() as tmp:
     cfg = jobs.config([*common.model_args(name), f"--dataset={common.DATASET}",
