@@ -68,7 +68,9 @@ def variants(recipe: dict[str, str]) -> dict[str, list[str]]:
   if recipe.get("model") == "airbench":
     if recipe.get("whiten", "2") != "0":
       out["no whitening (a trainable 3x3 conv)"] = ["--whiten=0"]
-    out["BN momentum 0.99 (not 0.4)"] = ["--bn_momentum=0.99"]
+    momentum = recipe.get("bn_momentum", "0.4")  # airbench's default
+    if float(momentum) != 0.99:
+      out[f"BN momentum 0.99 (not {momentum})"] = ["--bn_momentum=0.99"]
   if float(recipe.get("bn_lr_multiplier", 1)) != 1:
     out[f"BN rate x1 (not x{recipe['bn_lr_multiplier']})"] = ["--bn_lr_multiplier=1"]
   if recipe.get("lookahead") in ("", "true"):
@@ -101,7 +103,9 @@ def rows(outcomes: dict[str, list[dict]]) -> list[dict]:
             "test_accuracy": _mean([_figure(r, "test", kind) for r in runs]),
             "train_seconds": _mean([r.get("train_seconds") for r in runs])}
   out.append(row("recipe", recipe))
-  if all("validation_raw_accuracy" in r for r in recipe):
+  # With lookahead the average steers training: its raw weights are no recipe without it.
+  lookahead = any((r.get("flags") or {}).get("lookahead") for r in recipe)
+  if all("validation_raw_accuracy" in r for r in recipe) and not lookahead:
     out.append(row("no EMA (the recipe's raw weights)", recipe, "raw_"))
   if all("validation_tta_accuracy" in r for r in recipe):
     out.append(row("no TTA (the recipe's plain predictions)", recipe, "plain"))
@@ -179,6 +183,10 @@ def main(argv=None) -> int:
             f"variants: {'; '.join(chosen)}", file=sys.stderr)
       return 2
     chosen = {name: chosen[name] for name in names}
+  if any(a.startswith("--seed=") for a in [*args.rest, *(f for v in also.values() for f in v)]):
+    print("error: --seed after -- or in --also would give every seed's run one seed: list "
+          "the seeds with --seeds=0,1,...", file=sys.stderr)
+    return 2
   base = [f"--flagfile={flagfile}", *args.rest]
   if data_dir:
     base.append(f"--data_dir={data_dir}")

@@ -156,19 +156,24 @@ def keras_model(name: str) -> keras.Model:
   return models.create(cfg.model, num_classes=10, image_shape=(28, 28, 1), **cfg.model_hparams)
 
 
-def tapeloop_throughput(name, data, steps_per_loop, seconds, devices=(), flags=()) -> dict:
-  """A Trainer's steady-state examples/s on `data` (its first loop, tracing and compiling,
-  timed apart); flags: beyond the model's (e.g. --mixed_precision=auto). The one function
-  that drives tapeloop's Trainer, through its public API only: Trainer(cfg, strategy,
-  data), train_iterator(), run_steps(), model, jit and config."""
+def make_trainer(name, data, steps_per_loop, model_dir, devices=(), flags=()):
+  """A Trainer of the benchmark model `name` on `data`, built as trainer.main builds it;
+  flags: beyond the model's (e.g. --mixed_precision=auto)."""
   from trainer import distribute  # pylint: disable=g-import-not-at-top
   from trainer.inner_loop import Trainer  # pylint: disable=g-import-not-at-top
+  cfg = config([*common.model_args(name), f"--dataset={DATASET}",
+                f"--batch_size={global_batch(devices)}", f"--steps_per_loop={steps_per_loop}",
+                *strategy_flags(devices), *flags, f"--model_dir={model_dir}"])
+  return Trainer(cfg, distribute.create_strategy(cfg), data)
+
+
+def tapeloop_throughput(name, data, steps_per_loop, seconds, devices=(), flags=()) -> dict:
+  """A Trainer's steady-state examples/s on `data` (its first loop, tracing and compiling,
+  timed apart). The one function that measures tapeloop's Trainer, through its public
+  API only: train_iterator(), run_steps(), model, jit and config."""
   batch = global_batch(devices)
   with tempfile.TemporaryDirectory() as model_dir:
-    cfg = config([*common.model_args(name), f"--dataset={DATASET}",
-                  f"--batch_size={batch}", f"--steps_per_loop={steps_per_loop}",
-                  *strategy_flags(devices), *flags, f"--model_dir={model_dir}"])
-    trainer = Trainer(cfg, distribute.create_strategy(cfg), data)
+    trainer = make_trainer(name, data, steps_per_loop, model_dir, devices, flags)
     iterator = trainer.train_iterator()
     start = time.perf_counter()
     trainer.run_steps(iterator, steps_per_loop)  # trace, compile, first loop
@@ -257,13 +262,17 @@ def run(job: dict, seconds: float, devices: list[str]) -> dict:
           for variant in job["order"]}
 
 
+def tapeloop_env() -> dict:
+  """The environment of a process that runs tapeloop: its entry points' settings
+  (trainer/tf_env.py), where the caller has not set them."""
+  return {**os.environ, **{k: v for k, v in tf_env.SETTINGS.items() if k not in os.environ}}
+
+
 def isolated(job: dict, seconds: float, device: str = "cpu") -> dict:
   """Runs one job in a fresh Python process, so that no model's graphs, threads or
   allocator state from an earlier measurement slow down a later one; its result has the
   job's environment ("env") too."""
-  env = dict(os.environ)
-  if job["kind"] != "keras":
-    env.update({k: v for k, v in tf_env.SETTINGS.items() if k not in os.environ})
+  env = dict(os.environ) if job["kind"] == "keras" else tapeloop_env()
   cmd = [sys.executable, os.path.abspath(__file__), f"--seconds={seconds}",
          f"--device={device}", f"--job={json.dumps(job)}"]
   return common.run_job(cmd, f"benchmark job {job}", env)

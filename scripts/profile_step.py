@@ -44,8 +44,9 @@ def category(op_type: str) -> str:
 
 
 def op_times(xplane_path: str) -> dict[str, float]:
-  """Seconds per op type (an XLA program: per kernel, its instruction's name without the
-  number) on the host's threads, from a profile's XSpace."""
+  """Self seconds per op type (an XLA program: per kernel, its instruction's name without
+  the number) on the host's threads, from a profile's XSpace. Self: an event's time less
+  that of the events nested in it on its thread (an XLA `call` contains its kernels)."""
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
   space = xplane_pb2.XSpace()
   with open(xplane_path, "rb") as f:
@@ -57,16 +58,30 @@ def op_times(xplane_path: str) -> dict[str, float]:
     for line in plane.lines:
       if line.name == "python":  # the Python thread's calls contain the ops' time
         continue
-      for event in line.events:
-        metadata = plane.event_metadata[event.metadata_id]
-        if metadata.display_name:  # a TensorFlow op
-          name = metadata.display_name
-        elif line.name.startswith("tf_numa") and not metadata.name.startswith(_CONTAINERS):
-          name = metadata.name.rsplit(".", 1)[0]  # an XLA kernel, e.g. MatMul.27
-        else:  # the executors' own events, which contain the ops'
-          continue
-        times[name] += event.duration_ps * 1e-12
+      for name, seconds in _self_times(plane, line):
+        times[name] += seconds
   return dict(times)
+
+
+def _self_times(plane, line):
+  """(op type or kernel name, self seconds) of a thread's counted events."""
+  events = sorted(line.events, key=lambda e: (e.offset_ps, -e.duration_ps))
+  self_ps = [e.duration_ps for e in events]
+  open_events = []  # indices of the events that contain the current one, innermost last
+  for i, event in enumerate(events):
+    while open_events and (events[open_events[-1]].offset_ps
+                           + events[open_events[-1]].duration_ps <= event.offset_ps):
+      open_events.pop()
+    if open_events:
+      self_ps[open_events[-1]] -= event.duration_ps
+    open_events.append(i)
+  for event, ps in zip(events, self_ps):
+    metadata = plane.event_metadata[event.metadata_id]
+    if metadata.display_name:  # a TensorFlow op
+      yield metadata.display_name, ps * 1e-12
+    elif line.name.startswith("tf_numa") and not metadata.name.startswith(_CONTAINERS):
+      yield metadata.name.rsplit(".", 1)[0], ps * 1e-12  # an XLA kernel, e.g. MatMul.27
+    # else: the executors' own events, which contain the ops'
 
 
 def profile(name: str, precision: str, loops: int) -> dict:
@@ -75,15 +90,11 @@ def profile(name: str, precision: str, loops: int) -> dict:
   import bench_jobs as jobs  # pylint: disable=g-import-not-at-top
   import input_pipeline  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import distribute  # pylint: disable=g-import-not-at-top
-  from trainer.inner_loop import Trainer  # pylint: disable=g-import-not-at-top
   steps = common.STEPS_PER_LOOP.get(name, 100)  # bench_peers.py's
   data = input_pipeline.load(common.DATASET)
   with tempfile.TemporaryDirectory() as tmp:
-    cfg = jobs.config([*common.model_args(name), f"--dataset={common.DATASET}",
-                       f"--batch_size={common.BATCH}", f"--steps_per_loop={steps}",
-                       f"--mixed_precision={precision}", f"--model_dir={tmp}/run"])
-    trainer = Trainer(cfg, distribute.create_strategy(cfg), data)
+    trainer = jobs.make_trainer(name, data, steps, os.path.join(tmp, "run"),
+                                flags=[f"--mixed_precision={precision}"])
     iterator = trainer.train_iterator()
     trainer.run_steps(iterator, steps)  # trace and compile
     start = time.perf_counter()
@@ -141,7 +152,7 @@ def main(argv=None) -> int:
   parser.add_argument("--models", default="", help="comma list (default: each model once)")
   parser.add_argument("--precision", default="float32",
                       help="--mixed_precision for every model (auto: each its own)")
-  parser.add_argument("--loops", type=int, default=5, help="measured and profiled loops")
+  parser.add_argument("--loops", type=int, default=3, help="measured and profiled loops")
   parser.add_argument("--output_dir", default=os.path.join(common.ROOT, "benchmarks"))
   parser.add_argument("--job", default=None, help=argparse.SUPPRESS)  # one model, in-process
   args = parser.parse_args(argv)
@@ -152,9 +163,10 @@ def main(argv=None) -> int:
   names = args.models.split(",") if args.models else common.distinct_models()
   import bench_jobs as jobs  # pylint: disable=g-import-not-at-top
   machine = jobs.isolated({"kind": "machine"}, 2.0)
-  env = {**os.environ, **{k: v for k, v in jobs.tf_env.SETTINGS.items() if k not in os.environ}}
+  env = jobs.tapeloop_env()
   result = {"date": time.strftime("%Y-%m-%d"), "cpu": machine["machine"].get("cpu", "?"),
-            "precision": args.precision, "matmul_gflops": machine["matmul_gflops"],
+            "precision": args.precision, "loops": args.loops,
+            "matmul_gflops": machine["matmul_gflops"],
             "models": {}}
   for name in names:
     result["models"][name] = common.run_job(

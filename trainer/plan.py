@@ -23,7 +23,7 @@ from trainer.errors import ConfigError
 XLA_FASTER = ("mlp",)
 # --mixed_precision=auto: model families that trained faster in mixed_bfloat16 than in
 # float32 on a CPU with AVX-512 BF16, at the same validation accuracy within noise
-# (docs/performance.md, "bfloat16 on CPUs"): the CNN, ResNet and airbench 1.37-1.40x. MLPs
+# (docs/performance.md, "bfloat16 where it is faster"): CNN, ResNet, airbench 1.35-1.40x. MLPs
 # ran slower (XLA's CPU dots in bf16). Without the instructions bf16 is emulated, slower.
 BF16_FASTER = ("cnn", "resnet", "airbench")
 

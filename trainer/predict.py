@@ -47,15 +47,16 @@ _OWN_DATA = ("manual_dir", "num_classes", "skip_bad_images")
 _LOCATES = ("dataset", "data_dir", "manual_dir", "num_classes")
 
 HELP_GROUPS = {"Prediction": ["model_dir", "images", "dataset", "output", "batch_size",
-                              "skip_bad_images"],
+                              "skip_bad_images", "tta"],
                "Where --dataset's data is (as in trainer.main; default: the run's)":
                    ["data_dir", "manual_dir", "num_classes"]}
 USAGE = ("python -m trainer.predict --model_dir=DIR [--images=DIR|'DIR/*.png'|A.png,B.jpg | "
-         "--dataset=SPEC] [--output=FILE]\n\n"
+         "--dataset=SPEC] [--output=FILE] [--tta=none]\n\n"
          "--images: new image files, fitted to the export's size and channels; writes "
          "path,class,probability per file.\n--dataset: a source as in trainer.main; its test "
          "split as ImageId,Label. Neither: the run's own dataset (model_dir/flags.json), "
-         "its test split.")
+         "its test split.\n--tta=none: without the views of a run trained with --tta (the "
+         "export's plain signature).")
 
 
 def define_flags() -> None:

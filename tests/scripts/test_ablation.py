@@ -42,12 +42,14 @@ def test_airbench_techniques_are_taken_out_too(ablation):
       "no translate": ["--augment=flip=alternating"],
       "random flips (not alternating)": ["--augment=flip,translate=2"],
       "no whitening (a trainable 3x3 conv)": ["--whiten=0"],
-      "BN momentum 0.99 (not 0.4)": ["--bn_momentum=0.99"],
+      "BN momentum 0.99 (not 0.4)": ["--bn_momentum=0.99"],  # airbench's default
       "BN rate x1 (not x16)": ["--bn_lr_multiplier=1"],
       "no lookahead": ["--nolookahead"],
   }
   assert "no whitening (a trainable 3x3 conv)" not in ablation.variants(
       {"model": "airbench", "whiten": "0"})
+  assert ablation.variants({"model": "airbench", "bn_momentum": "0.9"})[
+      "BN momentum 0.99 (not 0.9)"] == ["--bn_momentum=0.99"]
 
 
 def test_the_table_puts_the_recipe_first_and_ema_from_its_raw_weights(ablation):
@@ -59,6 +61,10 @@ def test_the_table_puts_the_recipe_first_and_ema_from_its_raw_weights(ablation):
   table = ablation.rows(outcomes)
   assert [r["variant"] for r in table] == ["recipe", "no EMA (the recipe's raw weights)",
                                            "no crop"]
+  # With lookahead the EMA steers training: its raw weights are not the recipe without it.
+  outcomes["recipe"][0]["flags"] = {"lookahead": True}
+  assert "no EMA (the recipe's raw weights)" not in [
+      r["variant"] for r in ablation.rows(outcomes)]
   assert table[1]["test_accuracy"] == 0.941
   assert table[2]["validation_change"] == pytest.approx(-0.02)
   text = ablation.markdown(table)
@@ -102,14 +108,14 @@ def test_main_runs_the_recipe_and_each_variant_and_writes_the_table(ablation, tm
             "flags": ablation.sweep.flags_for([*args, f"--model_dir={model_dir}"])}
   monkeypatch.setattr(ablation.sweep, "train", train)
   assert ablation.main(["--flagfile=recipe.cfg", "--root=runs", "--out=tables/ablation",
-                        "--data_dir=d", "--also=flip added (again):--augment=crop=2,flip --seed=1",
+                        "--data_dir=d", "--also=flip added (again):--augment=crop=2,flip",
                         "--seeds=0", "--", "--epochs=1"]) == 0
   base = [f"--flagfile={cfg}", "--epochs=1", f"--data_dir={tmp_path / 'd'}", "--seed=0"]
   runs = tmp_path / "runs"
   assert calls == [(str(runs / "recipe"), base),
                    (str(runs / "no_label_smoothing"), [*base, "--label_smoothing=0"]),
                    (str(runs / "no_crop"), [*base, "--augment=none"]),
-                   (str(runs / "flip_added_again"), [*base, "--augment=crop=2,flip", "--seed=1"])]
+                   (str(runs / "flip_added_again"), [*base, "--augment=crop=2,flip"])]
   table = json.loads((tmp_path / "tables" / "ablation.json").read_text())["rows"]
   assert [r["validation_change"] for r in table] == [0.0, *[pytest.approx(-0.05)] * 3]
   assert table[-1]["variant"] == "flip added (again)"
@@ -121,8 +127,8 @@ def test_main_runs_the_recipe_and_each_variant_and_writes_the_table(ablation, tm
   experiment = metadata.parse_experiment_plugin_data(
       acc.PluginTagToContent("hparams")[metadata.EXPERIMENT_TAG])
   columns = [(h.name, h.differs) for h in experiment.hparam_infos]
-  assert columns[:3] == [("augment", True), ("label_smoothing", True), ("seed", True)]
-  assert not any(differs for _, differs in columns[3:])
+  assert columns[:2] == [("augment", True), ("label_smoothing", True)]
+  assert not any(differs for _, differs in columns[2:])
   assert "data_dir" not in dict(columns) and "model_dir" not in dict(columns)
 
 
@@ -148,6 +154,8 @@ def test_each_row_runs_once_per_seed_and_only_picks_variants(ablation, tmp_path,
       "error: --only: no crops is not a variant of this recipe; its variants: "
       "no label smoothing; no crop")
   assert ablation.main(["--flagfile=recipe.cfg", "--seeds=a"]) == 2
+  assert ablation.main(["--flagfile=recipe.cfg", "--also=x:--seed=3"]) == 2
+  assert "list the seeds with --seeds" in capsys.readouterr().err
 
 
 def test_a_failed_run_exits_non_zero_and_leaves_the_tables_as_they_were(ablation, tmp_path,

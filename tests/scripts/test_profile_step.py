@@ -40,3 +40,18 @@ def test_a_real_profile_of_a_conv_step_is_read_by_op_type(profile_step, tmp_path
   categories = {profile_step.category(op) for op, seconds in times.items() if seconds > 0}
   assert {"convolutions", "conv_gradients", "rest"} <= categories, times
   assert not any(name.startswith(("ExecutorState", "ThunkExecutor")) for name in times)
+
+
+def test_a_kernel_nested_in_another_counts_once(profile_step, tmp_path):
+  # An XLA `call` contains its kernels on the same thread: each counts its own time only.
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  space = xplane_pb2.XSpace()
+  plane = space.planes.add(name="/host:CPU")
+  for i, name in enumerate(["ThunkExecutor::Execute", "call.3", "MatMul.27", "add_fusion"], 1):
+    plane.event_metadata[i].id, plane.event_metadata[i].name = i, name
+  line = plane.lines.add(name="tf_numa_-1_Eigen/1")
+  for metadata, offset, duration in [(1, 0, 100), (2, 10, 50), (3, 20, 30), (4, 70, 20)]:
+    line.events.add(metadata_id=metadata, offset_ps=offset * 10**12, duration_ps=duration * 10**12)
+  path = tmp_path / "t.xplane.pb"
+  path.write_bytes(space.SerializeToString())
+  assert profile_step.op_times(str(path)) == {"call": 20.0, "MatMul": 30.0, "add_fusion": 20.0}
