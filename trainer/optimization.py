@@ -8,7 +8,7 @@ import math
 import keras
 import tensorflow as tf
 
-from trainer import fused_optimizers
+from trainer import fused_optimizers, muon
 from trainer.config import Config
 from trainer.errors import ConfigError
 
@@ -102,6 +102,9 @@ def create_optimizer(config: Config, learning_rate) -> keras.optimizers.Optimize
   # Keras's: TensorFlow's fused RMSProp puts epsilon inside the square root.
   if config.optimizer == "sgd":
     opt = fused_optimizers.SGD(**kwargs)
+  elif config.optimizer == "momentum" and config.muon_learning_rate:
+    opt = muon.MuonSGD(muon_ratio=config.muon_learning_rate / config.learning_rate,
+                       momentum=config.momentum, nesterov=config.nesterov, **kwargs)
   elif config.optimizer == "momentum":
     opt = fused_optimizers.SGD(momentum=config.momentum, nesterov=config.nesterov, **kwargs)
   elif config.optimizer == "adam":

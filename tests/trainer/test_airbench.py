@@ -156,6 +156,30 @@ def test_bn_lr_multiplier_is_refused_for_adaptive_optimizers():
     parse("--bn_lr_multiplier=4", "--optimizer=adam")
 
 
+def test_muon_trains_the_conv_filters_the_same_on_two_replicas(tmp_path):
+  muon = [*AIRBENCH, "--optimizer=momentum", "--nesterov", "--learning_rate=0.01",
+          "--muon_learning_rate=0.05", "--weight_decay=0.0005"]
+  runs = []
+  for replicas in (1, 2):
+    trainer = build(tmp_path / str(replicas), *muon, replicas=replicas)
+    for v in trainer.model.trainable_variables:
+      if len(v.shape) == 4:  # identity init starts them at norm sqrt(out) already
+        v.assign(3 * v)
+    start = [v.numpy() for v in trainer.model.trainable_variables]
+    trainer.run_steps(trainer.train_iterator(), 2)
+    runs.append([(w0, v.numpy()) for w0, v in zip(start, trainer.model.trainable_variables)])
+  filters = [(w0, w) for w0, w in runs[0] if w.ndim == 4]
+  assert filters
+  for w0, w in filters:
+    # From norm 3 sqrt(out), rescaled to sqrt(out), then stepped by 0.05 x an update of at
+    # most `out` singular values below 1.3.
+    out = w.shape[-1]
+    np.testing.assert_allclose(np.linalg.norm(w0), 3 * out ** 0.5, rtol=1e-5)
+    assert abs(np.linalg.norm(w) - out ** 0.5) < 0.05 * 1.3 * out ** 0.5
+  for (_, one), (_, two) in zip(*runs):
+    np.testing.assert_allclose(two, one, rtol=1e-3, atol=2e-5)
+
+
 def test_an_average_every_k_steps_with_lookahead(tmp_path):
   strategy = tf.distribute.get_strategy()
   model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])

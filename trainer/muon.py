@@ -1,0 +1,64 @@
+"""Muon for conv filters, momentum SGD for everything else: airbench's optimizer split
+(KellerJordan/cifar10-zoo, airbench94_muon.py).
+
+keras.optimizers.Muon is not used as is: it sends every variable that is not 2-D, conv
+filters included, to its AdamW branch, and its other branch is AdamW, not SGD. Its
+Newton-Schulz iteration is the same as here (tests/trainer/test_muon.py checks them equal).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from trainer import fused_optimizers
+
+# Keller Jordan's quintic coefficients, as in keras.optimizers.Muon's defaults.
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 5
+
+
+def orthogonalize(g: tf.Tensor, steps: int = NS_STEPS) -> tf.Tensor:
+  """About U V^T of g's SVD, by a quintic Newton-Schulz iteration: the singular values
+  come out near 1 (0.7-1.2 after 5 steps), not exactly 1."""
+  a, b, c = NS_COEFFICIENTS
+  wide = g.shape[0] > g.shape[1]
+  x = tf.transpose(g) if wide else g
+  x = x / (tf.norm(x) + 1e-7)  # the spectral norm at most 1
+  for _ in range(steps):
+    xx = tf.matmul(x, x, transpose_b=True)
+    x = a * x + tf.matmul(b * xx + c * tf.matmul(xx, xx), x)
+  return tf.transpose(x) if wide else x
+
+
+def is_conv_filter(variable) -> bool:
+  """Keras conv kernels are (height, width, in, out)."""
+  return len(variable.shape) == 4
+
+
+class MuonSGD(fused_optimizers.SGD):
+  """Momentum SGD, except for conv filters: per airbench's Muon step, the Nesterov
+  momentum of the gradient is orthogonalized (as a matrix of one row per output channel),
+  the filter is rescaled to norm sqrt(out channels) (batch norm follows: its scale is
+  free) and then stepped by muon_ratio x the scheduled rate. Both use --momentum's
+  buffer and coefficient."""
+
+  def __init__(self, *, muon_ratio: float, **kwargs):
+    super().__init__(**kwargs)
+    self.muon_ratio = muon_ratio
+
+  def update_step(self, gradient, variable, learning_rate):
+    if not is_conv_filter(variable):
+      return super().update_step(gradient, variable, learning_rate)
+    dtype = variable.dtype
+    gradient = tf.cast(gradient, dtype)
+    buffer = self.momentums[self._get_variable_index(variable)]
+    momentum = tf.cast(self.momentum, dtype)
+    self.assign(buffer, momentum * buffer + gradient)
+    g = gradient + momentum * buffer if self.nesterov else buffer
+    out = variable.shape[-1]
+    # One row per output channel: (out, height * width * in), as torch's g.view(len(g), -1).
+    rows = tf.transpose(tf.reshape(g, (-1, out)))
+    update = tf.reshape(tf.transpose(orthogonalize(rows)), variable.shape)
+    w = tf.convert_to_tensor(variable)
+    w = w * (float(out) ** 0.5 / tf.norm(w))
+    self.assign(variable, w - tf.cast(learning_rate, dtype) * self.muon_ratio * update)
