@@ -100,13 +100,15 @@ class IdentityStart(keras.initializers.Initializer):
 
 class ConvGroup(keras.layers.Layer):
   """conv3x3 - maxpool2 - BN - GELU - conv3x3 - BN - GELU, the convolutions started as
-  identities where their shapes allow (IdentityStart)."""
+  identities where their shapes allow (IdentityStart; identity_init=False: Glorot)."""
 
-  def __init__(self, width: int, momentum: float, l2: float, sync: bool, **kwargs):
+  def __init__(self, width: int, momentum: float, l2: float, sync: bool,
+               identity_init: bool = True, **kwargs):
     super().__init__(**kwargs)
     p = self.dtype_policy
+    start = IdentityStart() if identity_init else "glorot_uniform"
     conv = lambda: keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
-                                       kernel_initializer=IdentityStart(),
+                                       kernel_initializer=start,
                                        kernel_regularizer=regularizer(l2), dtype=p)
     self.conv1, self.conv2 = conv(), conv()
     self.pool = keras.layers.MaxPooling2D(2, dtype=p)
@@ -122,11 +124,12 @@ class AirBench(ImageClassifier):
   """See the module's docstring. widths: one conv group per width; whiten: the stem's
   patch size (0: a trainable 3x3 conv instead); bn_momentum: the moving statistics'
   decay (Keras's convention: 0.99 keeps 99% of the old value; airbench's PyTorch 0.6 is
-  0.4 here); sync_batch_norm: as ResNet's."""
+  0.4 here); sync_batch_norm: as ResNet's; identity_init: the groups' convolutions start
+  as identities (airbench's)."""
 
   def __init__(self, *, widths: Sequence[int] = (64, 128, 256), whiten: int = 2,
                bn_momentum: float = 0.4, l2: float = 0.0, sync_batch_norm: bool = False,
-               **kwargs):
+               identity_init: bool = True, **kwargs):
     super().__init__(**kwargs)
     h, w = self.image_shape[:2]
     size = min(h, w) - (whiten - 1 if whiten else 0)
@@ -138,7 +141,8 @@ class AirBench(ImageClassifier):
     p = self.dtype_policy
     self.whiten = PatchWhitening(whiten, dtype=p) if whiten else keras.layers.Conv2D(
         widths[0], 3, padding="same", kernel_regularizer=regularizer(l2), dtype=p)
-    self.groups = [ConvGroup(w, bn_momentum, l2, sync_batch_norm, dtype=p) for w in widths]
+    self.groups = [ConvGroup(w, bn_momentum, l2, sync_batch_norm, identity_init, dtype=p)
+                   for w in widths]
     self.pool = keras.layers.GlobalMaxPooling2D(dtype=p)
     self.logits = keras.layers.Dense(self.num_classes, use_bias=False,
                                      kernel_regularizer=regularizer(l2), dtype="float32",

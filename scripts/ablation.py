@@ -68,9 +68,13 @@ def variants(recipe: dict[str, str]) -> dict[str, list[str]]:
   if recipe.get("model") == "airbench":
     if recipe.get("whiten", "2") != "0":
       out["no whitening (a trainable 3x3 conv)"] = ["--whiten=0"]
+    if recipe.get("identity_init", "true") in ("", "true"):
+      out["no identity init (Glorot)"] = ["--noidentity_init"]
     momentum = recipe.get("bn_momentum", "0.4")  # airbench's default
     if float(momentum) != 0.99:
       out[f"BN momentum 0.99 (not {momentum})"] = ["--bn_momentum=0.99"]
+  if float(recipe.get("muon_learning_rate", 0)):
+    out["no Muon (momentum SGD for the filters too)"] = ["--muon_learning_rate=0"]
   if float(recipe.get("bn_lr_multiplier", 1)) != 1:
     out[f"BN rate x1 (not x{recipe['bn_lr_multiplier']})"] = ["--bn_lr_multiplier=1"]
   if recipe.get("lookahead") in ("", "true"):

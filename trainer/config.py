@@ -102,9 +102,9 @@ def _together(v: dict[str, Any]) -> None:
          "--epochs and --train_steps both given: use one")
   _check(not v["nesterov"] or v["optimizer"] == "momentum",
          f"--nesterov applies to --optimizer=momentum (not {v['optimizer']})")
-  _check(v["muon_learning_rate"] is None or v["optimizer"] == "momentum",
+  _check(not v["muon_learning_rate"] or v["optimizer"] == "momentum",
          f"--muon_learning_rate applies to --optimizer=momentum (not {v['optimizer']})")
-  _check(v["muon_learning_rate"] is None or v["model"] != "mlp",
+  _check(not v["muon_learning_rate"] or v["model"] != "mlp",
          "--muon_learning_rate trains conv filters: --model=mlp has none")
   _check(0 <= v["final_learning_rate"] < v["learning_rate"],
          f"--final_learning_rate={v['final_learning_rate']} must be >= 0 and below "

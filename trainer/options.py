@@ -177,11 +177,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("momentum", float, 0.9, "Momentum of the momentum optimizer.", _O,
            check=within(0, 1)),
     Option("nesterov", bool, False, "momentum: Nesterov momentum.", _O),
-    Option("muon_learning_rate", float, None, "momentum: conv filters train with Muon "
+    Option("muon_learning_rate", float, 0.0, "momentum: conv filters train with Muon "
            "(airbench's: the Nesterov momentum orthogonalized by Newton-Schulz, the filter "
            "kept at norm sqrt(out channels)) at this peak rate on --lr_schedule; the other "
-           "variables with momentum SGD at --learning_rate (airbench: 0.24).", _O,
-           check=positive),
+           "variables with momentum SGD at --learning_rate (0: none; airbench: 0.24).", _O,
+           check=at_least_zero),
     Option("label_smoothing", float, 0.0, "Training loss only: targets (1 - E) on the label "
            "plus E / classes on every class.", _O, check=within(0, 1)),
     Option("ema_decay", float, 0.0, "Keep an exponential moving average of the weights (e.g. "
@@ -241,6 +241,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("whiten", int, None, "airbench: the patch size of the frozen whitening first "
            "layer, fitted to the training images at the start (default 2; 0: a trainable "
            "3x3 conv instead).", _M, check=at_least_zero, model=True),
+    Option("identity_init", bool, None, "airbench: its conv groups' convolutions start as "
+           "identities where their shapes allow, as airbench's (default true).", _M,
+           model=True),
     Option("bn_momentum", float, None, "resnet, airbench: batch norm's moving statistics "
            "decay, Keras's convention (resnet default 0.99, airbench 0.4: PyTorch's 0.6).",
            _M, check=within(0, 1), model=True),

@@ -42,12 +42,17 @@ def test_airbench_techniques_are_taken_out_too(ablation):
       "no translate": ["--augment=flip=alternating"],
       "random flips (not alternating)": ["--augment=flip,translate=2"],
       "no whitening (a trainable 3x3 conv)": ["--whiten=0"],
+      "no identity init (Glorot)": ["--noidentity_init"],
       "BN momentum 0.99 (not 0.4)": ["--bn_momentum=0.99"],  # airbench's default
       "BN rate x1 (not x16)": ["--bn_lr_multiplier=1"],
       "no lookahead": ["--nolookahead"],
   }
   assert "no whitening (a trainable 3x3 conv)" not in ablation.variants(
       {"model": "airbench", "whiten": "0"})
+  assert ablation.variants({"model": "airbench", "muon_learning_rate": "0.1"})[
+      "no Muon (momentum SGD for the filters too)"] == ["--muon_learning_rate=0"]
+  assert "no identity init (Glorot)" not in ablation.variants(
+      {"model": "airbench", "identity_init": "false"})
   assert ablation.variants({"model": "airbench", "bn_momentum": "0.9"})[
       "BN momentum 0.99 (not 0.9)"] == ["--bn_momentum=0.99"]
 
