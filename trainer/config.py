@@ -102,10 +102,12 @@ def _together(v: dict[str, Any]) -> None:
          "--epochs and --train_steps both given: use one")
   _check(not v["nesterov"] or v["optimizer"] == "momentum",
          f"--nesterov applies to --optimizer=momentum (not {v['optimizer']})")
-  _check(not v["muon_learning_rate"] or v["optimizer"] == "momentum",
-         f"--muon_learning_rate applies to --optimizer=momentum (not {v['optimizer']})")
-  _check(not v["muon_learning_rate"] or v["model"] != "mlp",
-         "--muon_learning_rate trains conv filters: --model=mlp has none")
+  if v["muon_learning_rate"]:
+    _check(v["optimizer"] == "momentum" and v["momentum"] > 0,
+           f"--muon_learning_rate needs --optimizer=momentum with --momentum above 0 (not "
+           f"{v['optimizer']}, {v['momentum']}): Muon steps along the momentum")
+    _check(v["model"] in ("resnet", "airbench"), f"--muon_learning_rate trains conv filters "
+           f"that batch norm follows: --model=resnet or airbench (not {v['model']})")
   _check(0 <= v["final_learning_rate"] < v["learning_rate"],
          f"--final_learning_rate={v['final_learning_rate']} must be >= 0 and below "
          f"--learning_rate={v['learning_rate']}")

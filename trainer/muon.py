@@ -30,24 +30,33 @@ def orthogonalize(g: tf.Tensor, steps: int = NS_STEPS) -> tf.Tensor:
   return tf.transpose(x) if wide else x
 
 
-def is_conv_filter(variable) -> bool:
-  """Keras conv kernels are (height, width, in, out)."""
-  return len(variable.shape) == 4
+def normalized_filters(var_list) -> list:
+  """The conv filters (Keras's are (height, width, in, out)) with no bias of their own:
+  those a batch norm follows, whose scale is then free (resnet's and airbench's, not
+  the CNN's or airbench's --whiten=0 stem)."""
+  biased = {v.path.rpartition("/")[0] for v in var_list if v.path.endswith("/bias")}
+  return [v for v in var_list
+          if len(v.shape) == 4 and v.path.rpartition("/")[0] not in biased]
 
 
 class MuonSGD(fused_optimizers.SGD):
-  """Momentum SGD, except for conv filters: per airbench's Muon step, the Nesterov
-  momentum of the gradient is orthogonalized (as a matrix of one row per output channel),
-  the filter is rescaled to norm sqrt(out channels) (batch norm follows: its scale is
-  free) and then stepped by muon_ratio x the scheduled rate. Both use --momentum's
+  """Momentum SGD, except for the conv filters batch norm follows: per airbench's Muon
+  step, the momentum of the gradient (Nesterov's with --nesterov, as airbench's) is
+  orthogonalized (as a matrix of one row per output channel), the filter is rescaled to
+  norm sqrt(out channels) (batch norm makes its scale free; decoupled weight decay on it
+  is undone) and then stepped by muon_ratio x the scheduled rate. Both use --momentum's
   buffer and coefficient."""
 
   def __init__(self, *, muon_ratio: float, **kwargs):
     super().__init__(**kwargs)
     self.muon_ratio = muon_ratio
 
+  def build(self, var_list):
+    super().build(var_list)
+    self._muon_indices = {self._get_variable_index(v) for v in normalized_filters(var_list)}
+
   def update_step(self, gradient, variable, learning_rate):
-    if not is_conv_filter(variable):
+    if self._get_variable_index(variable) not in self._muon_indices:
       return super().update_step(gradient, variable, learning_rate)
     dtype = variable.dtype
     gradient = tf.cast(gradient, dtype)

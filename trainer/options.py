@@ -177,10 +177,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("momentum", float, 0.9, "Momentum of the momentum optimizer.", _O,
            check=within(0, 1)),
     Option("nesterov", bool, False, "momentum: Nesterov momentum.", _O),
-    Option("muon_learning_rate", float, 0.0, "momentum: conv filters train with Muon "
-           "(airbench's: the Nesterov momentum orthogonalized by Newton-Schulz, the filter "
-           "kept at norm sqrt(out channels)) at this peak rate on --lr_schedule; the other "
-           "variables with momentum SGD at --learning_rate (0: none; airbench: 0.24).", _O,
+    Option("muon_learning_rate", float, 0.0, "momentum, resnet and airbench: the conv "
+           "filters that batch norm follows train with Muon (airbench's: their momentum "
+           "orthogonalized by Newton-Schulz, the filter kept at norm sqrt(out channels)) at "
+           "this peak rate on --lr_schedule; the other variables with momentum SGD at "
+           "--learning_rate (0: none; fashion_best: 0.08).", _O,
            check=at_least_zero),
     Option("label_smoothing", float, 0.0, "Training loss only: targets (1 - E) on the label "
            "plus E / classes on every class.", _O, check=within(0, 1)),

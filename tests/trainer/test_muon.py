@@ -1,7 +1,9 @@
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
+import models
 from trainer import muon, optimization
 from flag_helpers import parse
 
@@ -35,7 +37,7 @@ def test_conv_filters_take_airbenchs_muon_step_and_the_rest_momentum():
   # buf = m buf + g; g = g + m buf; w *= sqrt(out) / |w|; w -= lr NS(g.view(out, -1)).
   lr, ratio, m = 0.1, 2.5, 0.6
   opt = optimization.create_optimizer(parse(
-      "--model=cnn", "--optimizer=momentum", "--nesterov", f"--momentum={m}",
+      "--model=airbench", "--optimizer=momentum", "--nesterov", f"--momentum={m}",
       f"--learning_rate={lr}", f"--muon_learning_rate={lr * ratio}"), lr)
   assert isinstance(opt, muon.MuonSGD)
   rng = np.random.default_rng(1)
@@ -57,3 +59,15 @@ def test_conv_filters_take_airbenchs_muon_step_and_the_rest_momentum():
     d = d + m * accum - lr * gd
   np.testing.assert_allclose(conv.numpy(), w.transpose(2, 3, 1, 0), rtol=1e-3, atol=1e-4)
   np.testing.assert_allclose(dense.numpy(), d, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,hparams,expected", [
+    ("airbench", dict(widths=(4, 8, 8)), 6),  # the frozen stem is not trainable
+    ("airbench", dict(widths=(4, 8, 8), whiten=0), 6),  # its stem conv has a bias: not it
+    ("resnet", dict(widths=(4, 8), blocks_per_stage=1), 6),  # stem, 2 + 2, the shortcut
+    ("cnn", {}, 0)])
+def test_muon_takes_the_filters_batch_norm_follows(name, hparams, expected):
+  model = models.create(name, num_classes=10, image_shape=(28, 28, 1), **hparams)
+  filters = muon.normalized_filters(model.trainable_variables)
+  assert len(filters) == expected
+  assert all(len(v.shape) == 4 and "bias" not in v.path for v in filters)
