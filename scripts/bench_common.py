@@ -32,7 +32,8 @@ MODELS = {
 # The model hyperparameter flags (the trainer's model options but sync_batch_norm, which
 # follows the replicas; tests/scripts/test_benchmark.py checks none is missed).
 MODEL_FLAGS = ("hidden_units", "activation", "dropout", "l2", "filters", "kernel_sizes",
-               "dense_units", "widths", "blocks_per_stage", "whiten", "bn_momentum")
+               "dense_units", "widths", "blocks_per_stage", "whiten", "bn_momentum",
+               "identity_init")
 # The smallest MLPs, whose steps are mostly per-op overhead: benchmark.py holds them to
 # 1.5x Keras fit at its default. (They once trained with --intra_op_threads=1; inside the
 # XLA loop TensorFlow's default of all cores measured 1.2x faster.)

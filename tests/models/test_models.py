@@ -62,23 +62,6 @@ def test_resnet_parameter_count():
   assert model.count_params() == stem + stage1 + stage2 + stage3 + 128 * 10 + 10 == 698_282
 
 
-@pytest.mark.parametrize("identity", [True, False])
-def test_airbench_convs_start_as_identities_on_their_first_channels(identity):
-  model = models.create("airbench", num_classes=10, image_shape=(12, 12, 1),
-                        widths=(4, 8, 8), identity_init=identity)
-  rng = np.random.default_rng(0)
-  inputs = 8  # the whitening stem: 2 x 2 x 2 (each with its negative) x 1 channel
-  for group in model.groups:
-    width = group.conv2.filters
-    x = rng.normal(size=(2, 6, 6, inputs)).astype(np.float32)
-    y = group.conv1(x).numpy()  # its first min(in, out) filters pass their channel through
-    n = min(inputs, width)
-    assert np.allclose(y[..., :n], x[..., :n], atol=1e-6) == identity
-    x = rng.normal(size=(2, 6, 6, width)).astype(np.float32)
-    assert np.allclose(group.conv2(x).numpy(), x, atol=1e-6) == identity
-    inputs = width
-
-
 @pytest.mark.parametrize("precision", POLICIES)
 @pytest.mark.parametrize("name,hparams", [
     ("mlp", dict(hidden_units=(50, 50), dropout=0.2)),

@@ -90,6 +90,11 @@ def test_conv_groups_start_as_identities():
   y = np.random.default_rng(2).random((2, 4, 4, 6)).astype(np.float32)
   np.testing.assert_allclose(group.conv2(y), y, atol=1e-6)
   assert np.abs(group.conv1(x)[..., 4:]).max() > 0  # the others are drawn
+  # --noidentity_init reaches every group: all their filters drawn (Glorot).
+  model = models.create("airbench", num_classes=3, image_shape=(12, 12, 1),
+                        widths=(6, 6, 6), identity_init=False)
+  for group in model.groups:
+    assert not np.allclose(group.conv2(y), y, atol=0.1)
 
 
 @pytest.mark.parametrize("name,kwargs,momentum", [
