@@ -181,7 +181,7 @@ OPTIONS: tuple[Option, ...] = (
            "filters that batch norm follows train with Muon (airbench's: their momentum "
            "orthogonalized by Newton-Schulz, the filter kept at norm sqrt(out channels)) at "
            "this peak rate on --lr_schedule; the other variables with momentum SGD at "
-           "--learning_rate (0: none; fashion_best: 0.08).", _O,
+           "--learning_rate (0: none; fashion_best: 0.04).", _O,
            check=at_least_zero),
     Option("label_smoothing", float, 0.0, "Training loss only: targets (1 - E) on the label "
            "plus E / classes on every class.", _O, check=within(0, 1)),
