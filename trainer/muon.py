@@ -21,13 +21,13 @@ def orthogonalize(g: tf.Tensor, steps: int = NS_STEPS) -> tf.Tensor:
   """About U V^T of g's SVD, by a quintic Newton-Schulz iteration: the singular values
   come out near 1 (0.7-1.2 after 5 steps), not exactly 1."""
   a, b, c = NS_COEFFICIENTS
-  wide = g.shape[0] > g.shape[1]
-  x = tf.transpose(g) if wide else g
+  tall = g.shape[0] > g.shape[1]  # work on the wide side: x x^T is the smaller product
+  x = tf.transpose(g) if tall else g
   x = x / (tf.norm(x) + 1e-7)  # the spectral norm at most 1
   for _ in range(steps):
     xx = tf.matmul(x, x, transpose_b=True)
     x = a * x + tf.matmul(b * xx + c * tf.matmul(xx, xx), x)
-  return tf.transpose(x) if wide else x
+  return tf.transpose(x) if tall else x
 
 
 def normalized_filters(var_list) -> list:
