@@ -23,10 +23,7 @@ import concurrent.futures
 import itertools
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -37,7 +34,9 @@ tf_env.apply()  # TensorFlow's settings for this process and every trial's
 
 from trainer import flags as tl_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from trainer import options, run_files  # pylint: disable=g-import-not-at-top,wrong-import-position
-from trainer import values as option_values  # pylint: disable=g-import-not-at-top,wrong-import-position
+# The trainer as a child process (also the tutorial's and the ablation's).
+from trainer.child_runs import (changed_flags, flags_for, read_json, resolve,  # pylint: disable=g-import-not-at-top,wrong-import-position
+                                run_trainer, write_experiment)
 
 
 class SweepError(ValueError):
@@ -82,56 +81,6 @@ def trial_name(trial: dict[str, str]) -> str:
   return ",".join(f"{k}={v.replace(',', '_').replace('/', '_')}" for k, v in trial.items())
 
 
-def resolve(path: str | None) -> str | None:
-  """A path as the user means it (trainer.values.absolute_path, the rule runs record paths
-  by): the trainer's own relative paths would otherwise be resolved wherever it runs."""
-  return option_values.absolute_path(path)
-
-
-def trainer_command(module: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
-  """(command, environment) that run `python -m MODULE ARGS` in the current directory, as
-  the user would: every relative path in ARGS (--data_dir, --dataset=idx:DIR, a flagfile
-  and the paths in it) means the same to the trainer as to the user. The repository goes
-  on PYTHONPATH, and -P keeps the current directory off sys.path, so that a models.py or a
-  trainer/ there cannot stand in for tapeloop's."""
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
-  safe_path = ["-P"] if sys.version_info >= (3, 11) else []
-  return [sys.executable, *safe_path, "-m", module, *args], env
-
-
-_FLAGS_LOCK = threading.Lock()
-
-
-def flags_for(args: list[str]) -> dict | None:
-  """The flag values `python -m trainer.main ARGS` would run with (trainer.config's
-  from_args), or None when they do not parse: the trainer then says why, in its words."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from trainer import config  # pylint: disable=g-import-not-at-top  (imports the models)
-  with _FLAGS_LOCK:  # absl's FLAGS is one per process, and trials start from threads
-    try:
-      return dict(config.from_args(args).flag_values)
-    except (config.ConfigError, flags.Error, ValueError):
-      return None
-
-
-def changed_flags(recorded: dict, current: dict) -> dict[str, tuple]:
-  """{flag: (recorded value, current value)} for the flags of what is trained and of the
-  run's length (not how it runs), by trainer/run_record.py's own comparison."""
-  from trainer import run_record  # pylint: disable=g-import-not-at-top
-  return {name: values for name, values in run_record.differences(recorded, current).items()
-          if name not in options.HOW_IT_RUNS}
-
-
-def _read_json(path: str) -> dict | None:
-  """The file's JSON object; None when missing or unreadable (the trainer reports it)."""
-  from trainer import files  # pylint: disable=g-import-not-at-top
-  try:
-    return files.read_json(path)
-  except ValueError:
-    return None
-
-
 def train(model_dir: str, args: list[str], label: str) -> dict:
   """Runs python -m trainer.main ARGS --model_dir=MODEL_DIR, its output appended to
   model_dir/train.log, unless model_dir holds the finished run of these flags. Returns its
@@ -149,8 +98,8 @@ def train(model_dir: str, args: list[str], label: str) -> dict:
     print(f"failed {label}: {e}", flush=True)
     return {"status": "exit 2", "error": str(e), "returncode": 2}
   current = flags_for([*args, f"--model_dir={model_dir}"])
-  results = _read_json(os.path.join(model_dir, "results.json"))
-  recorded = _read_json(os.path.join(model_dir, "flags.json")) or (results or {}).get("flags")
+  results = read_json(os.path.join(model_dir, "results.json"))
+  recorded = read_json(os.path.join(model_dir, "flags.json")) or (results or {}).get("flags")
   if current is not None and recorded is not None:
     allowed = set(current.get("allow_changed_flags") or ())
     other = {k: v for k, v in changed_flags(recorded, current).items()
@@ -166,8 +115,8 @@ def train(model_dir: str, args: list[str], label: str) -> dict:
       return {"status": "done before", **results}
   tf.io.gfile.makedirs(model_dir)
   print(f"start  {label}", flush=True)
-  returncode, last = _run_trainer(model_dir, [*args, f"--model_dir={model_dir}"])
-  results = _read_json(os.path.join(model_dir, "results.json")) if returncode == 0 else None
+  returncode, last = run_trainer(model_dir, [*args, f"--model_dir={model_dir}"])
+  results = read_json(os.path.join(model_dir, "results.json")) if returncode == 0 else None
   if results is None:
     returncode = returncode or 1
     print(f"failed {label}: exit {returncode}: {last}", flush=True)
@@ -175,38 +124,6 @@ def train(model_dir: str, args: list[str], label: str) -> dict:
             **({"flags": current} if current is not None else {})}
   print(f"done   {label}: {_figures(results)}", flush=True)
   return {"status": "trained", **results}
-
-
-def _run_trainer(model_dir: str, args: list[str]) -> tuple[int, str]:
-  """python -m trainer.main ARGS, its output appended to model_dir/train.log; returns its
-  exit status and last line. The trainer writes to a file handle, which only a local file
-  gives: a bucket's log is written locally first, then appended to its train.log."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import files  # pylint: disable=g-import-not-at-top
-  command, env = trainer_command("trainer.main", args)
-  log_path = os.path.join(model_dir, "train.log")
-  if files.is_local(model_dir):
-    with open(log_path, "ab") as log:
-      start = log.tell()
-      returncode = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  check=False).returncode
-    with open(log_path, "rb") as log:
-      log.seek(start)
-      output = log.read()
-  else:
-    with tempfile.TemporaryFile() as log:
-      returncode = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  check=False).returncode
-      log.seek(0)
-      output = log.read()
-    before = b""
-    if tf.io.gfile.exists(log_path):  # object stores cannot append: rewrite it whole
-      with tf.io.gfile.GFile(log_path, "rb") as f:
-        before = f.read()
-    with tf.io.gfile.GFile(log_path, "wb") as f:
-      f.write(before + output)
-  lines = output.decode(errors="replace").strip().splitlines() or ["(no output)"]
-  return returncode, lines[-1].removeprefix("error: ")
 
 
 def run_trial(trial, *, root, base_args) -> dict:
@@ -239,23 +156,6 @@ def table(outcomes: list[dict]) -> str:
     rows.append(f"| {trial_name(r['trial'])} | {cell('validation_accuracy')} | "
                 f"{cell('test_accuracy')} | {seconds} | {r['status']} |")
   return "\n".join(rows)
-
-
-def write_experiment(root: str, runs: list[dict | None]) -> list[str]:
-  """One HParams experiment in root over the runs below it, each given by its flag values
-  (None: unknown, left out); model hyperparameters at the values the model used, as each
-  run's session has them. Returns the hparams that differ between the runs (its first
-  columns)."""
-  from trainer import config, summaries  # pylint: disable=g-import-not-at-top
-  hparams = []
-  for flag_values in runs:
-    if flag_values is None:
-      continue
-    try:
-      hparams.append(config.from_values(flag_values).hparams())
-    except ValueError:  # flags an older tapeloop recorded: as they are
-      hparams.append(dict(flag_values))
-  return summaries.write_experiment_over(root, hparams)
 
 
 def main(argv=None) -> int:

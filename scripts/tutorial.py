@@ -26,6 +26,7 @@ sys.path.insert(0, ROOT)
 
 import bench_common  # pylint: disable=g-import-not-at-top,wrong-import-position
 import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer import child_runs  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # The tutorial's seven models, in its order (the benchmarks' models but the ResNet), with
 # the validation accuracy it published on MNIST (the Kaggle Digit Recognizer's training set).
@@ -55,7 +56,7 @@ def train_accuracy(model_dir: str, step: int) -> float | None:
   except ValueError:  # damaged: evaluated again
     done = None
   if done is None or done.get("global_step") != step:
-    command, env = sweep.trainer_command("trainer.evaluate", [
+    command, env = child_runs.trainer_command("trainer.evaluate", [
         f"--model_dir={model_dir}", "--split=train", "--noeval_images"])
     proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:

@@ -34,6 +34,8 @@ METRICS = (
     hp.Metric("test_tta_accuracy", group="eval", display_name="test accuracy with TTA",
               description="--tta: the views' averaged prediction"),
     hp.Metric("examples_per_sec", group="train", display_name="train examples/s"),
+    hp.Metric("pruned_at_step", group="eval", display_name="pruned at step",
+              description="a tuning trial the tuner's pruner stopped (trainer.tune)"),
 )
 
 

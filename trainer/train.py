@@ -18,6 +18,7 @@ from trainer import best as tl_best
 from trainer import distribute, export, files, results as run_results, run_files, run_record
 from trainer import summaries
 from trainer import plan as run_plan
+from trainer import trial as tuning_trial
 from trainer.config import Config
 from trainer.controller import Controller, Timing
 from trainer.inner_loop import Trainer
@@ -38,6 +39,7 @@ def train_and_evaluate(config: Config, process_start: float | None = None) -> di
   # Before any work: a rerun that changes what is trained is refused here.
   recorded = run_files.read_record(config.model_dir)
   changed = run_record.check(config, recorded)
+  trial = tuning_trial.from_environment()  # a tuner's trial (trainer.tune), or None
   strategy = distribute.create_strategy(config)  # first: it may configure the runtime
   run_plan.check_replicas(config, strategy)  # before the data is read or prepared
   # Signals are answered from here on, not only in the training loop: a worker killed
@@ -47,12 +49,15 @@ def train_and_evaluate(config: Config, process_start: float | None = None) -> di
   preemption.install()
   try:
     data, plan = _prepare(config, strategy, recorded, phases, start)
+    if trial is not None:
+      tuning_trial.check_eval_split(plan.eval_split)
     chief = distribute.is_chief(strategy)
     # Under MultiWorkerMirroredStrategy every worker saves (checkpoints, export); a non-chief
     # worker does so into a scratch directory removed at the end.
     scratch = None if chief else tempfile.mkdtemp(prefix="tapeloop-worker-")
     try:
-      return _run(config, plan, strategy, data, phases, scratch, recorded, changed, preemption)
+      return _run(config, plan, strategy, data, phases, scratch, recorded, changed, preemption,
+                  trial)
     finally:
       if scratch:
         files.rmtree(scratch)
@@ -76,7 +81,7 @@ def _prepare(config: Config, strategy, recorded: dict | None, phases: Phases, st
 
 
 def _actions(config: Config, plan, trainer: Trainer, output_dir: str, phases: Phases,
-             preemption: PreemptionStop):
+             preemption: PreemptionStop, trial: dict | None):
   """The outer loop's actions, in the order they run at each boundary."""
   steps = dict(total_steps=plan.total_steps)
   data = trainer.data
@@ -111,6 +116,8 @@ def _actions(config: Config, plan, trainer: Trainer, output_dir: str, phases: Ph
                                            data.info.class_names, config.tta)))
     if config.early_stopping:
       actions.append(tl_best.EarlyStopping(best, patience=config.early_stopping))
+    if trial is not None:  # before the checkpoint, which a pruning stop saves
+      actions.append(tuning_trial.ReportToTrial(trial, trainer.evaluator.writer))
   if config.profile_steps:
     actions.append(tl_actions.Profiler(config.profile_steps,
                                        os.path.join(config.model_dir, "profile")))
@@ -182,7 +189,8 @@ def _train(config: Config, plan, trainer: Trainer, actions) -> tuple[Timing, int
 
 
 def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | None,
-         recorded: dict | None, changed: dict, preemption: PreemptionStop) -> dict:
+         recorded: dict | None, changed: dict, preemption: PreemptionStop,
+         trial: dict | None) -> dict:
   chief = scratch is None
   output_dir = config.model_dir if chief else scratch
   writer = summaries.Summaries(config.model_dir, enabled=chief)
@@ -197,8 +205,10 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
     if data.folder_check:
       run_files.write_folder_check(config.model_dir, data.folder_check)
   _describe(config, plan, trainer)
-  actions = _actions(config, plan, trainer, output_dir, phases, preemption)
+  actions = _actions(config, plan, trainer, output_dir, phases, preemption, trial)
   timing, stopped_at = _train(config, plan, trainer, actions)
+  pruned_at = next((a.pruned_at for a in actions
+                    if isinstance(a, tuning_trial.ReportToTrial)), None)
   # From here (also when no step was left to train): a signal lets the evals and the
   # export finish.
   preemption.phase = "after"
@@ -212,6 +222,8 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
     writer.scalars("eval", results["global_step"], {
         k: results[k] for k in ("test_loss", "test_accuracy", "test_tta_accuracy")
         if k in results})
+  if pruned_at is not None:
+    results["pruned_at_step"] = pruned_at
   if config.eval_images and plan.eval_split:
     results["eval_pictures_seconds"] = trainer.evaluator.pictures_seconds
   writer.close()

@@ -13,7 +13,7 @@ from tensorboard.plugins.hparams import metadata
 
 from paths import ROOT, load_script
 from runs import read_hparams
-from trainer import files
+from trainer import child_runs, files
 from trainer import options
 
 sweep = load_script("sweep")
@@ -106,8 +106,8 @@ def fake_trainer(monkeypatch):
   tf.io.gfile, so that ram:// works in this process. Returns the args of each start."""
   starts = []
 
-  def run(command, env=None, stdout=None, stderr=None, check=False):
-    del env, stderr, check  # the output goes to stdout, as sweep asks
+  def run(command, env=None, stdout=None, stderr=None):
+    del env, stderr  # the output goes to stdout, as sweep asks
     assert command[command.index("-m") + 1] == "trainer.main"
     args = command[command.index("-m") + 2:]
     flags = sweep.flags_for(args)
@@ -117,9 +117,9 @@ def fake_trainer(monkeypatch):
                      {"flags": flags, "validation_accuracy": 0.5, "train_seconds": 1.0})
     stdout.write(b"training\nvalidation accuracy 0.5000\n")
     starts.append(args)
-    return subprocess.CompletedProcess(command, 0)
-  monkeypatch.setattr(sweep, "subprocess", types.SimpleNamespace(
-      run=run, STDOUT=subprocess.STDOUT, CompletedProcess=subprocess.CompletedProcess))
+    return types.SimpleNamespace(wait=lambda: 0)
+  monkeypatch.setattr(child_runs, "subprocess", types.SimpleNamespace(
+      Popen=run, STDOUT=subprocess.STDOUT))
   return starts
 
 

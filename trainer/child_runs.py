@@ -1,0 +1,156 @@
+"""trainer.main as a child process, run as the user would into a model_dir: its command
+line, its log (model_dir/train.log), the flags it runs with, and one HParams experiment
+over many such runs. The sweep, the tutorial, the ablation and the tuner (trainer.tune)
+run their trials through it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The parent's process id, in the child's environment: the child ends when it goes.
+PARENT_ENV = "TAPELOOP_PARENT_PID"
+
+
+def end_with_parent() -> None:
+  """In a trainer started by run_trainer: SIGTERM to this process when its parent dies
+  (Linux's PR_SET_PDEATHSIG), so that a sweep or tuner killed with kill -9 leaves no
+  trainer running on; the trainer saves its checkpoint and exits as on preemption, and
+  the rerun resumes it. Light: called before TensorFlow is imported."""
+  parent = os.environ.pop(PARENT_ENV, None)
+  if not parent or not sys.platform.startswith("linux"):
+    return
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    return
+  if str(os.getppid()) != parent:  # the parent died before prctl took effect
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def resolve(path: str | None) -> str | None:
+  """A path as the user means it (trainer.values.absolute_path, the rule runs record paths
+  by): the trainer's own relative paths would otherwise be resolved wherever it runs."""
+  from trainer import values  # pylint: disable=g-import-not-at-top
+  return values.absolute_path(path)
+
+
+def trainer_command(module: str, args: list[str]) -> tuple[list[str], dict[str, str]]:
+  """(command, environment) that run `python -m MODULE ARGS` in the current directory, as
+  the user would: every relative path in ARGS (--data_dir, --dataset=idx:DIR, a flagfile
+  and the paths in it) means the same to the trainer as to the user. The repository goes
+  on PYTHONPATH, and -P keeps the current directory off sys.path, so that a models.py or a
+  trainer/ there cannot stand in for tapeloop's."""
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+  safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+  return [sys.executable, *safe_path, "-m", module, *args], env
+
+
+FLAGS_LOCK = threading.Lock()
+
+
+def flags_for(args: list[str]) -> dict | None:
+  """The flag values `python -m trainer.main ARGS` would run with (trainer.config's
+  from_args), or None when they do not parse: the trainer then says why, in its words."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from trainer import config  # pylint: disable=g-import-not-at-top  (imports the models)
+  with FLAGS_LOCK:  # absl's FLAGS is one per process, and trials start from threads
+    try:
+      return dict(config.from_args(args).flag_values)
+    except (config.ConfigError, flags.Error, ValueError):
+      return None
+
+
+def changed_flags(recorded: dict, current: dict) -> dict[str, tuple]:
+  """{flag: (recorded value, current value)} for the flags of what is trained and of the
+  run's length (not how it runs), by trainer/run_record.py's own comparison."""
+  from trainer import options, run_record  # pylint: disable=g-import-not-at-top
+  return {name: values for name, values in run_record.differences(recorded, current).items()
+          if name not in options.HOW_IT_RUNS}
+
+
+def read_json(path: str) -> dict | None:
+  """The file's JSON object; None when missing or unreadable (the trainer reports it)."""
+  from trainer import files  # pylint: disable=g-import-not-at-top
+  try:
+    return files.read_json(path)
+  except ValueError:
+    return None
+
+
+def run_trainer(model_dir: str, args: list[str],
+                env: dict[str, str] | None = None) -> tuple[int, str]:
+  """python -m trainer.main ARGS (ENV added to its environment), its output appended to
+  model_dir/train.log; returns its exit status and last line. The trainer ends with this
+  process (end_with_parent). The trainer writes to a file handle, which only a local file
+  gives: a bucket's log is written locally first, then appended to its train.log."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from trainer import files  # pylint: disable=g-import-not-at-top
+  command, child_env = trainer_command("trainer.main", args)
+  env = {**child_env, **(env or {}), PARENT_ENV: str(os.getpid())}
+  log_path = os.path.join(model_dir, "train.log")
+  if files.is_local(model_dir):
+    with open(log_path, "ab") as log:
+      start = log.tell()
+      returncode = _wait(subprocess.Popen(command, env=env, stdout=log,
+                                          stderr=subprocess.STDOUT))
+    with open(log_path, "rb") as log:
+      log.seek(start)
+      output = log.read()
+  else:
+    with tempfile.TemporaryFile() as log:
+      returncode = _wait(subprocess.Popen(command, env=env, stdout=log,
+                                          stderr=subprocess.STDOUT))
+      log.seek(0)
+      output = log.read()
+    before = b""
+    if tf.io.gfile.exists(log_path):  # object stores cannot append: rewrite it whole
+      with tf.io.gfile.GFile(log_path, "rb") as f:
+        before = f.read()
+    with tf.io.gfile.GFile(log_path, "wb") as f:
+      f.write(before + output)
+  lines = output.decode(errors="replace").strip().splitlines() or ["(no output)"]
+  return returncode, lines[-1].removeprefix("error: ")
+
+
+def _wait(proc: subprocess.Popen) -> int:
+  """The child's exit status. Stopped here (Ctrl-C, or a SIGTERM the caller turned into an
+  exception), this waits for the trainer to save its checkpoint and exit, signalling it
+  if the signal did not reach it too: subprocess.run would SIGKILL it after 0.25 s, and
+  the steps since its last checkpoint would be lost."""
+  try:
+    return proc.wait()
+  except BaseException:
+    try:
+      proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+      proc.send_signal(signal.SIGTERM)
+      try:
+        proc.wait(timeout=120)
+      except subprocess.TimeoutExpired:
+        proc.kill()
+    raise
+
+
+def write_experiment(root: str, runs: list[dict | None]) -> list[str]:
+  """One HParams experiment in root over the runs below it, each given by its flag values
+  (None: unknown, left out); model hyperparameters at the values the model used, as each
+  run's session has them. Returns the hparams that differ between the runs (its first
+  columns)."""
+  from trainer import config, summaries  # pylint: disable=g-import-not-at-top
+  hparams = []
+  for flag_values in runs:
+    if flag_values is None:
+      continue
+    try:
+      hparams.append(config.from_values(flag_values).hparams())
+    except ValueError:  # flags an older tapeloop recorded: as they are
+      hparams.append(dict(flag_values))
+  return summaries.write_experiment_over(root, hparams)

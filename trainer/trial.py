@@ -1,0 +1,109 @@
+"""The Optuna trial a tuner (trainer.tune) runs this training process for.
+
+Each eval reports its metric to the trial. When the study's pruner says the trial is
+hopeless, training stops at that boundary, its checkpoint saved (the Checkpoint action
+runs on any stop), and results.json records `pruned_at_step`; the tuner then marks the
+trial pruned. The tuner hands the trial over in the environment (TAPELOOP_TRIAL), not as
+a flag: it is not part of what the run trains (its flags.json and the rerun rule stay
+those of an ordinary run, and a rerun by hand trains on to the end), and a database URL
+with a password stays off the command line and out of the run's record.
+
+Only this module and trainer/tune.py import Optuna, and only when tuning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+from absl import logging
+
+from trainer.actions import Action, Stop
+from trainer.errors import ConfigError
+
+ENV = "TAPELOOP_TRIAL"
+OBJECTIVES = {"accuracy": "maximize", "loss": "minimize"}
+PRUNERS = ("median", "hyperband", "none")
+_FIELDS = ("storage", "study", "trial_id", "number", "objective", "pruner", "startup_trials")
+
+
+def environment(*, storage: str, study: str, trial_id: int, number: int, objective: str,
+                pruner: str, startup_trials: int) -> dict[str, str]:
+  """The environment entry that makes a trainer.main process report to the trial."""
+  return {ENV: json.dumps({"storage": storage, "study": study, "trial_id": trial_id,
+                           "number": number, "objective": objective, "pruner": pruner,
+                           "startup_trials": startup_trials})}
+
+
+def pruner(name: str, startup_trials: int):
+  """The Optuna pruner of --pruner. The storage does not keep a study's pruner: the
+  process that asks should_prune (the trainer) builds it from this."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  if name == "median":  # a trial below the median of the others at the same step
+    return optuna.pruners.MedianPruner(n_startup_trials=startup_trials)
+  if name == "hyperband":  # successive halving in brackets, over the steps trained
+    return optuna.pruners.HyperbandPruner(min_resource=1)
+  return optuna.pruners.NopPruner()
+
+
+def from_environment() -> dict | None:
+  """The trial this process trains for (environment()'s fields), or None."""
+  text = os.environ.get(ENV)
+  if not text:
+    return None
+  try:
+    spec = json.loads(text)
+    if spec["objective"] not in OBJECTIVES or spec["pruner"] not in PRUNERS:
+      raise ValueError(spec)
+    return {k: spec[k] for k in _FIELDS}
+  except (ValueError, KeyError, TypeError):
+    raise ConfigError(f"{ENV} is not what trainer.tune sets: unset it to train without "
+                      "a tuner") from None
+
+
+def check_eval_split(eval_split: str | None) -> None:
+  """A trial's objective is the validation split's figure, never the test split's."""
+  if eval_split != "validation":
+    raise ConfigError("a tuning trial needs a held-out validation split (its objective is "
+                      "never the test split): add --validation_split=0.1 to the flags")
+
+
+class ReportToTrial(Action):
+  """After each eval: its metric to the trial at the step; a stop when the pruner prunes.
+  A stop of this kind is kept in `pruned_at` for results.json and TensorBoard's eval run
+  (scalar pruned_at_step, an HParams metric)."""
+
+  completes_interrupted = True  # an eval completed on resume is reported too
+
+  def __init__(self, spec: dict, writer):
+    self.spec, self.writer = spec, writer
+    self.trial, self.pruned_at = None, None
+
+  def start(self, step):
+    import optuna  # pylint: disable=g-import-not-at-top  (an optional dependency)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+      study = optuna.load_study(study_name=self.spec["study"], storage=self.spec["storage"],
+                                pruner=pruner(self.spec["pruner"],
+                                              self.spec["startup_trials"]))
+    except Exception as e:  # pylint: disable=broad-except  (any storage's error)
+      raise ConfigError(f"the tuner's study {self.spec['study']!r} cannot be opened: "
+                        f"{str(e).strip().splitlines()[0][:160]}") from None
+    self.trial = optuna.trial.Trial(study, self.spec["trial_id"])
+
+  def __call__(self, b):
+    if b.eval is None or self.trial is None:
+      return
+    value = float(getattr(b.eval, self.spec["objective"]))
+    self.trial.report(value, b.step)
+    if not self.trial.should_prune():
+      return
+    self.pruned_at = b.step
+    self.writer.scalars("eval", b.step, {"pruned_at_step": float(b.step)})
+    self.writer.text("eval", b.step, "trial", f"pruned by the tuner at step {b.step} "
+                     f"(trial {self.spec['number']} of study {self.spec['study']})")
+    logging.info("trial %d: pruned at step %d (eval %s %.4f)", self.spec["number"], b.step,
+                 self.spec["objective"], value)
+    b.stop = Stop(f"trial {self.spec['number']} pruned by the tuner")
