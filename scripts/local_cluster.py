@@ -1,11 +1,16 @@
-"""Starts N local workers of one MultiWorkerMirroredStrategy run, to try multi-worker
-training on one machine. Each worker gets TF_CONFIG for a cluster on 127.0.0.1.
+"""Starts the tasks of one MultiWorkerMirroredStrategy run on this machine, to try
+multi-worker training: each gets TF_CONFIG for a cluster on 127.0.0.1 and the same command
+line, as Kubeflow's TFJob and Vertex AI start them.
 
     python scripts/local_cluster.py --workers=2 -- --flagfile=configs/mnist_cnn.cfg \
         --dataset=synthetic --train_steps=100 --model_dir=runs/cluster
+    python scripts/local_cluster.py --chief --workers=1 --evaluator -- ...  # the engines' layout
 
-Output lines are prefixed with the worker index; the exit status is the first non-zero
-one of the workers. On several machines, set TF_CONFIG on each yourself (see docs/several-machines.md).
+--chief: a `chief` task trains and writes, beside the `worker` tasks (without it, worker 0
+writes). --evaluator: an `evaluator` task evaluates each checkpoint, outside the training
+collective. Output lines are prefixed with the task; the exit status is the first
+non-zero one. On several machines, set TF_CONFIG on each yourself (see
+docs/several-machines.md).
 """
 
 from __future__ import annotations
@@ -30,9 +35,23 @@ def free_ports(n: int) -> list[int]:
       s.close()
 
 
-def tf_config(ports: list[int], index: int) -> str:
-  return json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                     "task": {"type": "worker", "index": index}})
+def cluster(workers: int, chief: bool = False, evaluator: bool = False) -> dict:
+  """{task type: [address, ...]} on free loopback ports."""
+  sizes = {"chief": int(chief), "worker": workers, "evaluator": int(evaluator)}
+  ports = iter(free_ports(sum(sizes.values())))
+  return {kind: [f"127.0.0.1:{next(ports)}" for _ in range(n)] for kind, n in sizes.items() if n}
+
+
+def tasks(spec: dict) -> list[tuple[str, int]]:
+  """Every (task type, index) of the cluster, the chief first."""
+  return [(kind, i) for kind in ("chief", "worker", "evaluator") for i in range(len(spec.get(kind, ())))]
+
+
+def tf_config(ports_or_cluster, index: int, task_type: str = "worker") -> str:
+  """TF_CONFIG of one task: a cluster of workers on these ports, or a cluster() spec."""
+  spec = (ports_or_cluster if isinstance(ports_or_cluster, dict)
+          else {"worker": [f"127.0.0.1:{p}" for p in ports_or_cluster]})
+  return json.dumps({"cluster": spec, "task": {"type": task_type, "index": index}})
 
 
 def _relay(stream, prefix: str, out) -> None:
@@ -41,24 +60,30 @@ def _relay(stream, prefix: str, out) -> None:
     out.flush()
 
 
-def run(workers: int, trainer_args: list[str], timeout: float | None = None) -> int:
-  """Runs the workers to the end; returns the first non-zero exit status, else 0."""
-  ports = free_ports(workers)
+def start(spec: dict, trainer_args: list[str], out=sys.stdout):
+  """Starts every task of the cluster; returns [(label, process)] and their relay threads."""
   procs, relays = [], []
-  for i in range(workers):
-    env = dict(os.environ, TF_CONFIG=tf_config(ports, i))
+  for kind, i in tasks(spec):
+    env = dict(os.environ, TF_CONFIG=tf_config(spec, i, kind))
     proc = subprocess.Popen(
         [sys.executable, "-m", "trainer.main", "--strategy=multi_worker", *trainer_args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    relay = threading.Thread(target=_relay, args=(proc.stdout, f"[worker {i}] ", sys.stdout),
+    relay = threading.Thread(target=_relay, args=(proc.stdout, f"[{kind} {i}] ", out),
                              daemon=True)
     relay.start()
-    procs.append(proc)
+    procs.append((f"{kind} {i}", proc))
     relays.append(relay)
+  return procs, relays
+
+
+def run(workers: int, trainer_args: list[str], timeout: float | None = None, *,
+        chief: bool = False, evaluator: bool = False) -> int:
+  """Runs the tasks to the end; returns the first non-zero exit status, else 0."""
+  procs, relays = start(cluster(workers, chief, evaluator), trainer_args)
   try:
-    codes = [p.wait(timeout=timeout) for p in procs]
+    codes = [p.wait(timeout=timeout) for _, p in procs]
   except (subprocess.TimeoutExpired, KeyboardInterrupt):
-    for p in procs:
+    for _, p in procs:
       p.kill()
     raise
   for relay in relays:
@@ -68,7 +93,9 @@ def run(workers: int, trainer_args: list[str], timeout: float | None = None) -> 
 
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--workers", type=int, default=2, help="number of local workers")
+  parser.add_argument("--workers", type=int, default=2, help="number of `worker` tasks")
+  parser.add_argument("--chief", action="store_true", help="a `chief` task besides")
+  parser.add_argument("--evaluator", action="store_true", help="an `evaluator` task")
   parser.add_argument("--timeout", type=float, default=None, help="seconds before killing all")
   parser.add_argument("trainer_args", nargs=argparse.REMAINDER,
                       help="flags for trainer.main, after --")
@@ -76,7 +103,8 @@ def main() -> int:
   if args.workers < 1:
     parser.error("--workers must be at least 1")
   trainer_args = [a for a in args.trainer_args if a != "--"]
-  return run(args.workers, trainer_args, args.timeout)
+  return run(args.workers, trainer_args, args.timeout, chief=args.chief,
+             evaluator=args.evaluator)
 
 
 if __name__ == "__main__":

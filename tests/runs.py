@@ -72,6 +72,13 @@ def read_text(run_dir, tag):
   return [tf.make_ndarray(e.tensor_proto).item().decode() for e in acc.Tensors(tag)]
 
 
+def read_experiment(logdir):
+  """The HParams experiment in logdir itself (a sweep's or tuner's root), as TensorBoard
+  reads it: its hparam_infos and metric_infos."""
+  content = _accumulator(logdir).PluginTagToContent("hparams")
+  return hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
+
+
 def read_hparams(model_dir):
   """(hparams of the session, metric names of the experiment) from the HParams plugin's
   data in model_dir itself."""

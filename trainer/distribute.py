@@ -93,6 +93,17 @@ def _make(name: str, config: Config, gpus) -> tf.distribute.Strategy:
   return tf.distribute.MultiWorkerMirroredStrategy()
 
 
+def is_evaluator_task() -> bool:
+  """Whether TF_CONFIG makes this process a cluster's `evaluator` task (Kubeflow's TFJob
+  and Vertex AI start one with the training tasks' command line): it evaluates the
+  checkpoints the chief writes and never joins the training collective."""
+  try:
+    task = json.loads(os.environ.get("TF_CONFIG") or "{}").get("task") or {}
+  except (ValueError, AttributeError):
+    return False  # create_strategy names a bad TF_CONFIG
+  return isinstance(task, dict) and task.get("type") == "evaluator"
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
   """Only the chief writes summaries, checkpoints, results and the export."""
   resolver = getattr(strategy, "cluster_resolver", None)

@@ -55,9 +55,9 @@ def define_flags() -> None:
                        "without a new checkpoint.")
 
 
-def _run_config(model_dir: str):
-  """The run's Config and record from model_dir/flags.json, with the flags given here on
-  top."""
+def _run_config(model_dir: str, overrides: dict | None = None):
+  """The run's Config and record from model_dir/flags.json, with the flags given here
+  (or `overrides`) on top."""
   run_files.check_checkpoint_path(model_dir)
   recorded = run_files.read_record(model_dir)  # flags.json, or results.json of an older run
   if recorded is None:
@@ -66,7 +66,7 @@ def _run_config(model_dir: str):
   values = {k: v for k, v in recorded.items()
             if k in options.NAMES and k not in _HOW_IT_RAN}
   values.update({name: FLAGS[name].value for name in options.NAMES
-                 if FLAGS[name].present})
+                 if FLAGS[name].present} if overrides is None else overrides)
   values["model_dir"] = model_dir
   return config.from_values(values), recorded
 
@@ -75,11 +75,15 @@ class CheckpointEvaluator:
   """The run's model on one split; evaluates checkpoints and writes what it finds (the
   log, TensorBoard run eval_<split>, model_dir/eval_<split>.json)."""
 
-  def __init__(self, cfg, recorded: dict, split: str):
+  def __init__(self, cfg, recorded: dict, split: str | None):
+    """split None: the one training evaluates (validation when held out, else test)."""
     strategy = distribute.create_strategy(cfg)
     run_plan.check_replicas(cfg, strategy)
     keras.utils.set_random_seed(cfg.seed)
     data = cfg.load_data()
+    if split is None:
+      held = "validation" in data.splits and data.splits["validation"].labeled
+      split = "validation" if held else "test"
     if split not in data.splits or not data.splits[split].labeled:
       held = ", ".join(s for s, v in data.splits.items() if v.labeled)
       raise UsageError(f"--split={split}: the run's data has no labeled {split} split "
@@ -127,35 +131,69 @@ def _last_step(evaluator: CheckpointEvaluator) -> tuple[int, int | None]:
   return total, step if step is not None and (step >= total or stopped) else None
 
 
-def _continuously(evaluator: CheckpointEvaluator) -> None:
+def _step_of(checkpoint: str) -> int:
+  return int(checkpoint.rsplit("-", 1)[1])
+
+
+def _continuously(evaluator: CheckpointEvaluator, poll_seconds: float, timeout: float, *,
+                  each: bool = False, until_interrupted: bool = False) -> None:
   """orbit's evaluate_continuously: each new checkpoint once, newest first when several
-  arrived, until the run's last step or --timeout seconds without a new one."""
+  arrived (each: oldest first, every one still kept, for a whole curve), until the run's
+  last step or `timeout` seconds without a new one. until_interrupted: also stop at a
+  checkpoint that a signal to the training tasks saved (their cluster stopped)."""
   done, last_new, unreadable = -1, time.monotonic(), None
   logging.info("watching %s for checkpoints up to step %d", evaluator.cfg.model_dir,
                _last_step(evaluator)[0])
   while True:
     # Looked at before the checkpoints: the run writes results.json after its last one.
     total, finished_at = _last_step(evaluator)
-    newest = next(iter(reversed(evaluator.checkpoints())), None)
-    step = int(newest.rsplit("-", 1)[1]) if newest else -1
-    if step > done:
+    new = [c for c in evaluator.checkpoints() if _step_of(c) > done]
+    if new:
+      chosen = new[0] if each else new[-1]
       try:
-        done, last_new = evaluator(newest)["global_step"], time.monotonic()
+        done, last_new = evaluator(chosen)["global_step"], time.monotonic()
       except ConfigError:
-        if newest == unreadable:
+        if chosen == unreadable:
           raise
         # Possibly still being written: one more look after a pause before giving up.
-        unreadable = newest
-        logging.info("%s is not readable yet; trying again", newest)
-        time.sleep(FLAGS.poll_seconds)
+        unreadable = chosen
+        logging.info("%s is not readable yet; trying again", chosen)
+        time.sleep(poll_seconds)
+        continue
+      if until_interrupted and int(evaluator.trainer.progress.interrupted_at.numpy()) == done:
+        logging.info("training was stopped by a signal at step %d: stopping too; the "
+                     "job's rerun resumes both", done)
+        return
       continue
     if done >= total or (finished_at is not None and done >= 0):
       logging.info("evaluated the run's last checkpoint (step %d): done", done)
       return
-    if time.monotonic() - last_new > FLAGS.timeout:
-      logging.warning("no new checkpoint for %d s (--timeout): stopping", FLAGS.timeout)
+    if time.monotonic() - last_new > timeout:
+      logging.warning("no new checkpoint for %d s (--timeout): stopping", timeout)
       return
-    time.sleep(FLAGS.poll_seconds)
+    time.sleep(poll_seconds)
+
+
+def cluster_evaluator(model_dir: str, poll_seconds: float = 2.0,
+                      timeout: float = 3600.0) -> None:
+  """The `evaluator` task of a TF_CONFIG cluster (trainer.main on it): the run's eval split
+  on each checkpoint the chief writes (TensorBoard's eval_<split> run), beside training and
+  outside its collective, until the last step or a signal stopped training. It waits for
+  the chief to start the run (flags.json)."""
+  waited = time.monotonic()
+  while run_files.read_record(model_dir) is None:
+    if time.monotonic() - waited > timeout:
+      raise UsageError(f"no run started in --model_dir={model_dir} for {timeout:.0f} s: "
+                       "the evaluator task needs the chief's model_dir")
+    time.sleep(poll_seconds)
+  # The training tasks' flags but one process's strategy: the evaluator is no worker.
+  cfg, recorded = _run_config(model_dir, {"strategy": "auto"})
+  logging.info("evaluator task: evaluating the checkpoints of %s", model_dir)
+  evaluator = CheckpointEvaluator(cfg, recorded, None)
+  try:
+    _continuously(evaluator, poll_seconds, timeout, each=True, until_interrupted=True)
+  finally:
+    evaluator.close()
 
 
 def main(argv):
@@ -169,7 +207,7 @@ def main(argv):
   cfg, recorded = _run_config(FLAGS.model_dir)
   evaluator = CheckpointEvaluator(cfg, recorded, split)
   if continuous:
-    _continuously(evaluator)
+    _continuously(evaluator, FLAGS.poll_seconds, FLAGS.timeout)
   else:
     evaluator(checkpoint)
   evaluator.close()

@@ -8,7 +8,7 @@ tf_env.apply()  # before anything imports TensorFlow
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 
-from trainer import cli, config, phases, train
+from trainer import cli, config, distribute, evaluate, phases, train
 from trainer import flags as tl_flags
 from trainer.errors import UsageError
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -21,6 +21,9 @@ def main(argv):
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
   cfg = config.from_flags(FLAGS)
+  if cfg.strategy == "multi_worker" and distribute.is_evaluator_task():
+    evaluate.cluster_evaluator(cfg.model_dir)
+    return
   results = train.train_and_evaluate(cfg, phases.process_start())
   split = "test" if "test_accuracy" in results else "validation"
   if f"{split}_accuracy" in results:

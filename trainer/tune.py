@@ -69,12 +69,7 @@ class Search:
   low: float | None = None
   high: float | None = None
   choices: tuple[str, ...] = ()
-
-  @property
-  def spec(self) -> str:
-    if self.dist == "choice":
-      return f"{self.name}=choice:{'|'.join(self.choices)}"
-    return f"{self.name}={self.dist}:{_number(self.low)}:{_number(self.high)}"
+  spec: str = ""  # as given, for messages
 
   def suggest(self, trial) -> str:
     """The trial's value of the flag, as flag text."""
@@ -132,7 +127,7 @@ def parse_search(specs: list[str]) -> list[Search]:
       choices = tuple(c.strip() for c in args.split("|") if c.strip())
       if not choices:
         raise TuneError(usage)
-      search = Search(name, dist, choices=choices)
+      search = Search(name, dist, choices=choices, spec=spec)
     else:
       if kind not in (int, float) or (kind is int and dist in ("uniform", "loguniform")):
         want = "int:/logint:/choice:" if kind is int else "choice:"
@@ -147,7 +142,7 @@ def parse_search(specs: list[str]) -> list[Search]:
                         + (" and LOW > 0" if dist.startswith("log") else ""))
       if dist in ("int", "logint") and not (low.is_integer() and high.is_integer()):
         raise TuneError(f"--search={spec}: int bounds must be whole numbers")
-      search = Search(name, dist, low, high)
+      search = Search(name, dist, low, high, spec=spec)
     for value in search.extremes():
       try:
         flags.FLAGS[name].parser.parse(value)
@@ -269,9 +264,9 @@ class Tuner:
         return optuna.storages.RDBStorage(
             s.storage, engine_kwargs=engine, heartbeat_interval=s.heartbeat_seconds,
             grace_period=2 * s.heartbeat_seconds, heartbeat_stale_trial_callback=self.retry)
-      except ModuleNotFoundError as e:
-        raise TuneError(f"--storage={hidden(s.storage)} needs the Python module {e.name}: "
-                        "pip install -e '.[tune]'") from None
+      except ImportError:  # Optuna's wording of a missing database driver
+        raise TuneError(f"--storage={hidden(s.storage)}: its database driver is not "
+                        "installed: pip install -e '.[tune]' (psycopg for PostgreSQL)") from None
       except Exception as e:  # pylint: disable=broad-except  (any database's error)
         if attempt == 2 or "already exists" not in str(e) and "duplicate" not in str(e):
           raise TuneError(f"--storage={hidden(s.storage)}: cannot open it: "
@@ -294,8 +289,14 @@ class Tuner:
     samplers = {"tpe": lambda seed: optuna.samplers.TPESampler(
                     seed=seed, n_startup_trials=s.startup_trials),
                 "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-                "grid": lambda seed: optuna.samplers.GridSampler(
-                    {x.name: x.grid() for x in s.searches}, seed=seed)}
+                "grid": lambda seed: _Grid({x.name: x.grid() for x in s.searches}, seed=seed)}
+
+    class _Grid(optuna.samplers.GridSampler):
+      """GridSampler without its stop of Study.optimize once the grid is done, which
+      raises outside optimize: the tuner asks is_exhausted itself."""
+
+      def after_trial(self, study, trial, state, values):
+        del study, trial, state, values
     study = optuna.create_study(
         storage=self.storage, study_name=s.study, load_if_exists=True,
         direction=self.trial_env.OBJECTIVES[s.objective],
@@ -610,11 +611,15 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    embedded = settings.storage.startswith("sqlite:///" + settings.root)
+    # A shared storage is opened first: a bad URL leaves no root behind. The embedded
+    # one lives in the root.
+    tuner = None if embedded else Tuner(settings)
     try:
       tf.io.gfile.makedirs(settings.root)
     except tf.errors.OpError as e:
       raise TuneError(f"--root={settings.root}: {_first_line(e)}") from None
-    tuner = Tuner(settings)
+    tuner = tuner or Tuner(settings)
   except TuneError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

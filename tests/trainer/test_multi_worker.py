@@ -14,6 +14,7 @@ import pytest
 from datafiles import write_image_folder
 from flag_helpers import parse
 from paths import ROOT
+from runs import read_scalars
 from trainer import train
 
 
@@ -63,16 +64,17 @@ CLUSTER_RUN = ["--strategy=multi_worker", "--model=mlp", "--hidden_units=32",
                "--checkpoint_every=25", "--deterministic", "--eval_images=false"]
 
 
-def _start_cluster(model_dir):
+def _start_cluster(model_dir, evaluator=False):
+  """The engines' layout (Kubeflow's TFJob, Vertex AI): a chief and a worker train, the
+  same command line on each task; with an evaluator task, it is last."""
   sys.path.insert(0, os.path.join(ROOT, "scripts"))
   import local_cluster  # pylint: disable=g-import-not-at-top
-  ports = local_cluster.free_ports(2)
-  procs = [subprocess.Popen([sys.executable, "-m", "trainer.main", *CLUSTER_RUN,
-                             f"--model_dir={model_dir}"],
-                            env=dict(os.environ, TF_CONFIG=local_cluster.tf_config(ports, i)),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
-  return procs
+  spec = local_cluster.cluster(1, chief=True, evaluator=evaluator)
+  return [subprocess.Popen([sys.executable, "-m", "trainer.main", *CLUSTER_RUN,
+                            f"--model_dir={model_dir}"],
+                           env=dict(os.environ, TF_CONFIG=local_cluster.tf_config(spec, i, kind)),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+          for kind, i in local_cluster.tasks(spec)]
 
 
 def _digest(proc):
@@ -81,12 +83,27 @@ def _digest(proc):
   return re.findall(r"model weights digest at step 100: (\w+)", out)[-1]
 
 
-def test_sigterm_to_one_worker_stops_both_at_one_step_and_the_rerun_is_bit_exact(tmp_path):
-  straight = _start_cluster(tmp_path / "straight")
-  expected = {_digest(p) for p in straight}
-  assert len(expected) == 1
+def _eval_steps(proc):
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-3000:]
+  return [int(s) for s in re.findall(r"eval on test at step (\d+)", out)], out
 
-  chief, other = _start_cluster(tmp_path / "preempted")
+
+def test_chief_worker_evaluator_and_sigterm_to_one_worker_stops_training_at_one_step(tmp_path):
+  """Chief + worker + evaluator on loopback: the two train to identical weights, the
+  evaluator (outside the collective) evaluates each checkpoint up to the last step. Then
+  SIGTERM to the worker stops both training tasks at one step, the evaluator stops at
+  that checkpoint, and the rerun is bit-exact."""
+  chief, worker, evaluator = _start_cluster(tmp_path / "straight", evaluator=True)
+  expected = {_digest(chief), _digest(worker)}
+  assert len(expected) == 1
+  steps, out = _eval_steps(evaluator)
+  assert steps == [25, 50, 75, 100], out[-3000:]  # every checkpoint, the last one last
+  assert read_scalars(tmp_path / "straight" / "eval_test")["accuracy"].keys() == {
+      25, 50, 75, 100}
+  assert "MultiWorkerMirroredStrategy" not in out and "1 replica(s)" in out  # no worker
+
+  chief, other, evaluator = _start_cluster(tmp_path / "preempted", evaluator=True)
   lines = []
   for line in other.stdout:  # the non-chief reaches step 20: both are training
     lines.append(line)
@@ -107,6 +124,8 @@ def test_sigterm_to_one_worker_stops_both_at_one_step_and_the_rerun_is_bit_exact
   # under way when the signal came may finish: a Python handler waits for TensorFlow).
   for out in outs:
     assert not re.search(rf"eval on \w+ at step {step}\b", out), out[-2000:]
+  steps, out = _eval_steps(evaluator)
+  assert steps[-1] == step and f"stopped by a signal at step {step}" in out, out[-2000:]
 
   resumed = _start_cluster(tmp_path / "preempted")
   assert {_digest(p) for p in resumed} == expected

@@ -1,0 +1,195 @@
+"""trainer.tune: Optuna trials as ordinary runs, pruned from the eval action, one study
+shared by several tuner processes (a real PostgreSQL server), a killed tuner's trial
+resumed from its checkpoint, and bad input in one line."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+import postgres
+from flag_helpers import parse
+from paths import ROOT
+from runs import read_experiment, read_scalars
+from trainer import train
+from trainer import trial as tuning_trial
+from trainer import tune
+
+# A tiny MLP on generated data: 48 steps, an eval (a report to the trial) every 6.
+TRIAL = ["--model=mlp", "--dataset=synthetic:shape=8x8x1,classes=4,train=512,test=64",
+         "--validation_split=0.25", "--batch_size=32", "--epochs=4", "--eval_every=6",
+         "--steps_per_loop=6", "--eval_images=false", "--deterministic"]
+
+
+def _tuner(root, *args, storage=None, trial=TRIAL):
+  """python -m trainer.tune as a user starts it."""
+  return subprocess.Popen(
+      [sys.executable, "-m", "trainer.tune", f"--root={root}", *args,
+       *([f"--storage={storage}"] if storage else []), "--", *trial],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+
+
+def _study(root, storage=None):
+  return optuna.load_study(study_name=os.path.basename(str(root)),
+                           storage=storage or f"sqlite:///{root}/study.db")
+
+
+def _starts(model_dir):
+  """How often the trial's trainer started from step 0, and the steps it resumed from."""
+  with open(os.path.join(model_dir, "train.log")) as f:
+    log = f.read()
+  return (len(re.findall(r"training mlp on \S+ from step 0 ", log)),
+          [int(s) for s in re.findall(r"resumed from \S+ckpt-(\d+)", log)])
+
+
+def test_an_eval_below_the_median_prunes_the_trial_at_that_boundary(tmp_path, monkeypatch):
+  """The trainer's side: its evals reach the trial; the pruner's verdict stops training at
+  the eval's step with a checkpoint, and results.json and TensorBoard say so."""
+  storage = f"sqlite:///{tmp_path}/study.db"
+  study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+  for _ in range(2):  # two finished trials that were perfect at every eval
+    study.add_trial(optuna.create_trial(
+        value=1.0, params={}, distributions={},
+        intermediate_values={step: 1.0 for step in range(6, 49, 6)}))
+  trial = study.ask()
+  monkeypatch.setenv(*tuning_trial.environment(
+      storage=storage, study="s", trial_id=trial._trial_id, number=trial.number,
+      objective="accuracy", pruner="median", startup_trials=2).popitem())
+  model_dir = tmp_path / "trial"
+  results = train.train_and_evaluate(parse(*TRIAL, "--checkpoint_every=100",
+                                           f"--model_dir={model_dir}"))
+  assert results["pruned_at_step"] == 6 and results["global_step"] == 6
+  assert os.path.exists(model_dir / "checkpoints" / "ckpt-6.index")
+  assert study.trials[-1].intermediate_values == {6: pytest.approx(
+      results["validation_accuracy"])}
+  assert read_scalars(model_dir / "eval")["pruned_at_step"] == {6: 6.0}
+
+
+def test_a_trial_without_a_validation_split_is_refused(tmp_path, monkeypatch):
+  monkeypatch.setenv(*tuning_trial.environment(
+      storage="sqlite://", study="s", trial_id=1, number=0, objective="accuracy",
+      pruner="none", startup_trials=0).popitem())
+  args = [a for a in TRIAL if not a.startswith("--validation_split")]
+  with pytest.raises(tuning_trial.ConfigError, match="--validation_split=0.1"):
+    train.train_and_evaluate(parse(*args, f"--model_dir={tmp_path}/m"))
+  assert not os.path.exists(tmp_path / "m")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--search=nosuch=uniform:0:1"], "--search=nosuch=uniform:0:1: --nosuch is not a "
+     "tapeloop flag"),
+    (["--search=learning_rate=loguniform:1e-3"], "expected NAME=DIST:ARGS"),
+    (["--search=learning_rate=normal:0:1"], "expected NAME=DIST:ARGS"),
+    (["--search=learning_rate=loguniform:0:1"], "LOW < HIGH and LOW > 0"),
+    (["--search=epochs=uniform:1:3"], "--epochs takes int:/logint:/choice: values"),
+    (["--search=dropout=uniform:0:1.5"], "--search=dropout=uniform:0:1.5: with "
+     "--dropout=1.5: --dropout=1.5 must be in [0, 1)"),
+    (["--search=learning_rate=uniform:0.1:0.2", "--sampler=grid"],
+     "--sampler=grid takes choice: or int: values"),
+    (["--search=dropout=uniform:0:0.5", "--storage=postgresql://me:secret@127.0.0.1:9/db"],
+     "--storage=postgresql://me:***@127.0.0.1:9/db: cannot open it:"),
+    (["--search=dropout=uniform:0:0.5", "--root=ram://tune"],
+     "--root=ram://tune is not a local directory: give --storage=URL"),
+])
+def test_bad_input_is_one_line_and_exit_2_with_nothing_made(tmp_path, capsys, args,
+                                                            message):
+  root = tmp_path / "tune"
+  argv = [*args, *([] if any(a.startswith("--root") for a in args) else [f"--root={root}"]),
+          "--", *TRIAL]
+  assert tune.main(argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+  assert "secret" not in err[0]
+  assert not os.path.exists(root)
+
+
+def test_tpe_search_with_pruning_killed_mid_trial_then_resumed_and_best_rerun(tmp_path):
+  """One machine, the embedded study: a grid of a good and a hopeless learning rate, so
+  that the median pruner must prune; kill -9 of the tuner in its first trial, whose rerun
+  takes it up from its checkpoint; the ranked table, best.cfg (rerun to the same figure)
+  and the HParams experiment."""
+  root = tmp_path / "tune"
+  search = ["--search=learning_rate=choice:0.05|0.000001", "--search=hidden_units=choice:8|16",
+            "--sampler=grid", "--seed=0", "--startup_trials=1"]
+  slow = [*TRIAL[:1], "--dataset=synthetic:shape=8x8x1,classes=4,train=40000,test=64",
+          *TRIAL[2:5], "--eval_every=200", "--steps_per_loop=20", "--checkpoint_every=40",
+          *TRIAL[7:]]  # trial 0 trains long enough to be killed between checkpoints
+  first = _tuner(root, *search, "--trials=1", trial=slow)
+  checkpoints = root / "trial-0000" / "checkpoints"
+  deadline = time.monotonic() + 120
+  while not (checkpoints.exists() and any(n.endswith(".index") for n in os.listdir(checkpoints))):
+    assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
+    time.sleep(0.05)
+  first.kill()  # kill -9: the tuner's trainer gets SIGTERM (end_with_parent) and saves
+  first.wait()
+  deadline = time.monotonic() + 60
+  while re.search(r"trainer.main .*trial-0000", subprocess.run(
+      ["ps", "-eo", "args"], capture_output=True, text=True).stdout):
+    assert time.monotonic() < deadline, "the killed tuner's trainer runs on"
+    time.sleep(0.2)
+  assert _study(root).trials[0].state.name == "RUNNING"  # as the kill left it
+
+  # The rerun: the same command (trial 0 keeps its own flags: ordinary run rules).
+  rerun = _tuner(root, *search, "--trials=1", trial=slow)
+  out = rerun.communicate(timeout=300)[0]
+  assert rerun.returncode == 0, out[-3000:]
+  assert "trial 0: its tuner (pid" in out and "start  trial 1 (resumes trial 0)" in out
+  starts, resumed = _starts(root / "trial-0000")
+  assert starts == 1 and len(resumed) == 1 and resumed[0] > 0  # resumed, not restarted
+
+  # The search proper, in another root: 4 grid points, the hopeless rate pruned.
+  root = tmp_path / "grid"
+  proc = _tuner(root, *search, "--trials=4")
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, out[-3000:]
+  states = [t.state.name for t in _study(root).trials]
+  assert len(states) == 4 and set(states) == {"COMPLETE", "PRUNED"}, states
+  with open(root / "results.md") as f:
+    table = f.read()
+  assert table in out  # the console shows the same table
+  rows = [line for line in table.splitlines() if re.match(r"\| \d+ \| trial-", line)]
+  assert len(rows) == 4 and "| complete |" in rows[0] and "| pruned at step 6 |" in rows[-1]
+  assert "| 0.05 |" in rows[0] and "| 0.000001 |" in rows[-1]
+  pruned = re.search(r"\| (trial-\d+) \|[^\n]*pruned at step 6", table).group(1)
+  assert read_scalars(root / pruned / "eval")["pruned_at_step"] == {6: 6.0}
+  assert "Pruning saved about" in table
+  # One HParams experiment over the trials, the pruned step among its metrics.
+  experiment = read_experiment(root)
+  assert "pruned_at_step" in {m.name.tag for m in experiment.metric_infos}
+  assert {h.name for h in experiment.hparam_infos if h.differs} == {"learning_rate",
+                                                                    "hidden_units"}
+  # best.cfg reruns the best trial to the same figure.
+  best = re.search(r"\| 1 \| (trial-\d+) \| ([\d.]+) \|", table)
+  rerun = subprocess.run([sys.executable, "-m", "trainer.main",
+                          f"--flagfile={root / 'best.cfg'}", f"--model_dir={tmp_path / 'best'}"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  with open(tmp_path / "best" / "results.json") as f:
+    again = json.load(f)
+  assert f"{again['validation_accuracy']:.4f}" == best.group(2)
+  with open(root / best.group(1) / "results.json") as f:
+    assert again["weights_digest"] == json.load(f)["weights_digest"]
+
+
+def test_two_tuners_share_a_study_on_postgresql_with_no_trial_run_twice(tmp_path):
+  with postgres.server() as url:
+    root = tmp_path / "shared"
+    args = ["--search=learning_rate=loguniform:1e-3:1e-1", "--search=hidden_units=choice:8|16",
+            "--trials=4", "--startup_trials=1"]
+    procs = [_tuner(root, *args, storage=url) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    trials = _study(root, url).trials
+    assert len(trials) == 4 and {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    started = [re.findall(r"^start  trial (\d+)", out, re.M) for out in outs]
+    assert all(started) and sorted(sum(started, [])) == ["0", "1", "2", "3"], outs
+    dirs = sorted(os.path.basename(t.user_attrs["model_dir"]) for t in trials)
+    assert dirs == [f"trial-000{i}" for i in range(4)]
+    assert all(_starts(root / d) == (1, []) for d in dirs)  # each trained once
+    assert "postgresql://postgres@127.0.0.1" in outs[0]  # the optuna-dashboard line
