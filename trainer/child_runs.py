@@ -12,32 +12,16 @@ import sys
 import tempfile
 import threading
 
+from absl import flags as absl_flags
+import tensorflow as tf
+
+from trainer import config, files, options, run_record, summaries, values
+from trainer.tf_env import PARENT_ENV
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The parent's process id, in the child's environment: the child ends when it goes.
-PARENT_ENV = "TAPELOOP_PARENT_PID"
-
-
-def end_with_parent() -> None:
-  """In a trainer started by run_trainer: SIGTERM to this process when its parent dies
-  (Linux's PR_SET_PDEATHSIG), so that a sweep or tuner killed with kill -9 leaves no
-  trainer running on; the trainer saves its checkpoint and exits as on preemption, and
-  the rerun resumes it. Light: called before TensorFlow is imported."""
-  parent = os.environ.pop(PARENT_ENV, None)
-  if not parent or not sys.platform.startswith("linux"):
-    return
-  try:
-    import ctypes  # pylint: disable=g-import-not-at-top
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
-  except (OSError, AttributeError):
-    return
-  if str(os.getppid()) != parent:  # the parent died before prctl took effect
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
 def resolve(path: str | None) -> str | None:
   """A path as the user means it (trainer.values.absolute_path, the rule runs record paths
   by): the trainer's own relative paths would otherwise be resolved wherever it runs."""
-  from trainer import values  # pylint: disable=g-import-not-at-top
   return values.absolute_path(path)
 
 
@@ -59,26 +43,22 @@ FLAGS_LOCK = threading.Lock()
 def flags_for(args: list[str]) -> dict | None:
   """The flag values `python -m trainer.main ARGS` would run with (trainer.config's
   from_args), or None when they do not parse: the trainer then says why, in its words."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from trainer import config  # pylint: disable=g-import-not-at-top  (imports the models)
   with FLAGS_LOCK:  # absl's FLAGS is one per process, and trials start from threads
     try:
       return dict(config.from_args(args).flag_values)
-    except (config.ConfigError, flags.Error, ValueError):
+    except (config.ConfigError, absl_flags.Error, ValueError):
       return None
 
 
 def changed_flags(recorded: dict, current: dict) -> dict[str, tuple]:
   """{flag: (recorded value, current value)} for the flags of what is trained and of the
   run's length (not how it runs), by trainer/run_record.py's own comparison."""
-  from trainer import options, run_record  # pylint: disable=g-import-not-at-top
   return {name: values for name, values in run_record.differences(recorded, current).items()
           if name not in options.HOW_IT_RUNS}
 
 
 def read_json(path: str) -> dict | None:
   """The file's JSON object; None when missing or unreadable (the trainer reports it)."""
-  from trainer import files  # pylint: disable=g-import-not-at-top
   try:
     return files.read_json(path)
   except ValueError:
@@ -91,8 +71,6 @@ def run_trainer(model_dir: str, args: list[str],
   model_dir/train.log; returns its exit status and last line. The trainer ends with this
   process (end_with_parent). The trainer writes to a file handle, which only a local file
   gives: a bucket's log is written locally first, then appended to its train.log."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import files  # pylint: disable=g-import-not-at-top
   command, child_env = trainer_command("trainer.main", args)
   env = {**child_env, **(env or {}), PARENT_ENV: str(os.getpid())}
   log_path = os.path.join(model_dir, "train.log")
@@ -144,7 +122,6 @@ def write_experiment(root: str, runs: list[dict | None]) -> list[str]:
   (None: unknown, left out); model hyperparameters at the values the model used, as each
   run's session has them. Returns the hparams that differ between the runs (its first
   columns)."""
-  from trainer import config, summaries  # pylint: disable=g-import-not-at-top
   hparams = []
   for flag_values in runs:
     if flag_values is None:

@@ -1,8 +1,7 @@
 """python -m trainer.main --model=cnn --flagfile=configs/mnist_cnn.cfg"""
 
-from trainer import child_runs, tf_env
+from trainer import tf_env
 
-child_runs.end_with_parent()  # when a sweep or tuner started this process
 tf_env.apply()  # before anything imports TensorFlow
 
 # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -4,8 +4,10 @@ An explicitly set variable is never overridden."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import signal
 import sys
 import tempfile
 
@@ -38,10 +40,31 @@ def is_start_up_noise(line: str) -> bool:
   return bool(_START_UP_NOISE.search(line))
 
 
+# Set by trainer/child_runs.py in a trainer it starts: the parent's process id.
+PARENT_ENV = "TAPELOOP_PARENT_PID"
+
+
+def end_with_parent() -> None:
+  """In a trainer a sweep or tuner started: SIGTERM to this process when its parent dies
+  (Linux's PR_SET_PDEATHSIG), so that a parent killed with kill -9 leaves no trainer
+  running on; the trainer saves its checkpoint and exits as on preemption, and the rerun
+  resumes it."""
+  parent = os.environ.pop(PARENT_ENV, None)
+  if not parent or not sys.platform.startswith("linux"):
+    return
+  try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    return
+  if str(os.getppid()) != parent:  # the parent died before prctl took effect
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 def apply() -> None:
   """Call before the first `import tensorflow` of the process: sets the variables, then
   imports TensorFlow and probes its devices with the C++ start-up noise filtered out of
-  stderr (every other line is passed on)."""
+  stderr (every other line is passed on). Also end_with_parent()."""
+  end_with_parent()
   if "tensorflow" in sys.modules:
     return  # too late to matter; a library user who imported TensorFlow first keeps theirs
   for name, value in SETTINGS.items():

@@ -37,11 +37,17 @@ import threading
 import time
 import warnings
 
-from trainer import child_runs, tf_env
+from trainer import tf_env
 
 tf_env.apply()  # before anything imports TensorFlow
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags as absl_flags
+import tensorflow as tf
+
+from trainer import child_runs, config, files, options, run_files
+from trainer import flags as tl_flags
+from trainer import trial as trial_env
 from trainer.trial import PRUNERS
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -103,8 +109,6 @@ def _number(value: float) -> str:
 
 def parse_search(specs: list[str]) -> list[Search]:
   """--search values -> Search objects; one line naming the problem for a bad one."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from trainer import flags as tl_flags, options  # pylint: disable=g-import-not-at-top
   tl_flags.define_flags()
   out, seen = [], set()
   for spec in specs:
@@ -145,7 +149,7 @@ def parse_search(specs: list[str]) -> list[Search]:
       search = Search(name, dist, low, high, spec=spec)
     for value in search.extremes():
       try:
-        flags.FLAGS[name].parser.parse(value)
+        absl_flags.FLAGS[name].parser.parse(value)
       except (ValueError, TypeError) as e:
         raise TuneError(f"--search={spec}: {value!r} is not a valid --{name}: {e}") from None
     out.append(search)
@@ -157,8 +161,6 @@ def parse_search(specs: list[str]) -> list[Search]:
 def check_trial_flags(base: list[str], searches: list[Search]) -> None:
   """Every value a trial may get, with the base flags, as trainer.main checks them: a
   value no trial could run with is refused before any trial starts."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from trainer import config  # pylint: disable=g-import-not-at-top
   first = {s.name: s.extremes()[0] for s in searches}
   for search in searches:
     for value in search.extremes():
@@ -166,7 +168,7 @@ def check_trial_flags(base: list[str], searches: list[Search]) -> None:
       try:
         with child_runs.FLAGS_LOCK:
           config.from_args([*base, *(f"--{k}={v}" for k, v in values.items())])
-      except (config.ConfigError, flags.Error, ValueError) as e:
+      except (config.ConfigError, absl_flags.Error, ValueError) as e:
         where = f"--search={search.spec}: with --{search.name}={value}" if len(
             search.extremes()) > 1 or len(searches) > 1 else "the trial flags"
         raise TuneError(f"{where}: {str(e).strip().splitlines()[0]}") from None
@@ -245,7 +247,6 @@ class Tuner:
 
   def __init__(self, settings: Settings):
     import optuna  # pylint: disable=g-import-not-at-top
-    from trainer import trial as trial_env  # pylint: disable=g-import-not-at-top
     self.s, self.optuna, self.trial_env = settings, optuna, trial_env
     self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
         inherit_intermediate_values=True)
@@ -278,7 +279,6 @@ class Tuner:
     """What the study tunes: the trial flags (what they train, not how they run: paths
     differ between machines), the search and the objective."""
     flags = child_runs.flags_for([*self.s.base, "--model_dir=/unused"]) or {}
-    from trainer import options  # pylint: disable=g-import-not-at-top
     trained = {k: v for k, v in flags.items()
                if k not in options.HOW_IT_RUNS and k != "model_dir"}
     return {"flags": trained, "search": [x.spec for x in self.s.searches],
@@ -387,7 +387,6 @@ class Tuner:
     env = self.trial_env.environment(storage=s.storage, study=s.study, trial_id=trial_id,
                                      number=trial.number, objective=s.objective,
                                      pruner=s.pruner, startup_trials=s.startup_trials)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.io.gfile.makedirs(model_dir)
     try:
       with _Heartbeat(self.storage, trial_id, s.heartbeat_seconds):
@@ -476,7 +475,6 @@ class Tuner:
   def report(self) -> tuple[str, dict | None]:
     """The ranked table (also ROOT/results.md), ROOT/best.cfg and the HParams experiment
     over all trials; returns the text and the best row."""
-    from trainer import files  # pylint: disable=g-import-not-at-top
     rows = self.rows()
     counts = {k: sum(1 for r in rows if r["state"].startswith(k))
               for k in ("complete", "pruned", "failed", "running")}
@@ -508,7 +506,6 @@ class Tuner:
 def best_flagfile(best: dict, s: Settings) -> str:
   """The best trial's flags as a flagfile that reruns it as is: every flag it ran with that
   is not its default, but its model_dir."""
-  from trainer import options  # pylint: disable=g-import-not-at-top
   flags = best["results"]["flags"]
   lines = [f"# trainer.tune's best trial of study {s.study}: {best['trial']}, validation "
            f"{s.objective} {best['value']:.4f} at step {best['results'].get('global_step')}.",
@@ -560,7 +557,6 @@ def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
   args = parser.parse_args(argv)
   root = child_runs.resolve(args.root)
   flagfile = child_runs.resolve(args.flagfile)
-  from trainer import files, run_files  # pylint: disable=g-import-not-at-top
   if flagfile and (not files.is_local(flagfile) or not os.path.isfile(flagfile)):
     raise TuneError(f"--flagfile={args.flagfile}: no such local file")
   for name in ("trials", "startup_trials", "heartbeat_seconds"):
@@ -610,7 +606,6 @@ def main(argv=None) -> int:
     # Optuna's heartbeat is meant for Study.optimize; the tuner beats itself (_Heartbeat).
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     embedded = settings.storage.startswith("sqlite:///" + settings.root)
     # A shared storage is opened first: a bad URL leaves no root behind. The embedded
     # one lives in the root.

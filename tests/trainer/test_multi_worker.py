@@ -101,7 +101,7 @@ def test_chief_worker_evaluator_and_sigterm_to_one_worker_stops_training_at_one_
   assert steps == [25, 50, 75, 100], out[-3000:]  # every checkpoint, the last one last
   assert read_scalars(tmp_path / "straight" / "eval_test")["accuracy"].keys() == {
       25, 50, 75, 100}
-  assert "MultiWorkerMirroredStrategy" not in out and "1 replica(s)" in out  # no worker
+  assert "CollectiveAllReduce" not in out and "1 replica(s)" in out  # not a worker
 
   chief, other, evaluator = _start_cluster(tmp_path / "preempted", evaluator=True)
   lines = []

@@ -5,7 +5,6 @@ resumed from its checkpoint, and bad input in one line."""
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,8 @@ from trainer import tune
 # A tiny MLP on generated data: 48 steps, an eval (a report to the trial) every 6.
 TRIAL = ["--model=mlp", "--dataset=synthetic:shape=8x8x1,classes=4,train=512,test=64",
          "--validation_split=0.25", "--batch_size=32", "--epochs=4", "--eval_every=6",
-         "--steps_per_loop=6", "--eval_images=false", "--deterministic"]
+         "--steps_per_loop=6", "--eval_images=false", "--deterministic",
+         "--jit_compile=off"]
 
 
 def _tuner(root, *args, storage=None, trial=TRIAL):
