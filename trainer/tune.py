@@ -289,7 +289,10 @@ class Tuner:
     samplers = {"tpe": lambda seed: optuna.samplers.TPESampler(
                     seed=seed, n_startup_trials=s.startup_trials),
                 "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-                "grid": lambda seed: _Grid({x.name: x.grid() for x in s.searches}, seed=seed)}
+                # A grid trial records its point as an index into the grid's order, which
+                # GridSampler shuffles by its seed: every process must use one seed.
+                "grid": lambda _: _Grid({x.name: x.grid() for x in s.searches},
+                                        seed=s.seed or 0)}
 
     class _Grid(optuna.samplers.GridSampler):
       """GridSampler without its stop of Study.optimize once the grid is done, which

@@ -116,7 +116,7 @@ def test_hparams_session_ranks_by_eval_and_test_metrics(trained):
   assert values["dropout"] == 0.0  # the model's default, not absent
   assert {("eval", "accuracy"), ("eval", "loss"), ("eval", "test_accuracy"),
           ("eval", "test_loss"), ("eval", "test_tta_accuracy"),
-          ("train", "examples_per_sec")} == metrics
+          ("train", "examples_per_sec"), ("eval", "pruned_at_step")} == metrics
   assert {"hidden_units", "learning_rate", "dropout"} <= names
   # The metrics exist as scalars in those runs, so the HParams table has values.
   evals = read_scalars(os.path.join(model_dir, "eval"))
