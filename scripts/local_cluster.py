@@ -81,7 +81,11 @@ def run(workers: int, trainer_args: list[str], timeout: float | None = None, *,
   """Runs the tasks to the end; returns the first non-zero exit status, else 0."""
   procs, relays = start(cluster(workers, chief, evaluator), trainer_args)
   try:
-    codes = [p.wait(timeout=timeout) for _, p in procs]
+    codes = [p.wait(timeout=timeout) for label, p in procs if not label.startswith("evaluator")]
+    if evaluator:
+      if any(codes):  # training stopped: the evaluator would wait for it to resume
+        procs[-1][1].terminate()
+      codes.append(procs[-1][1].wait(timeout=timeout))
   except (subprocess.TimeoutExpired, KeyboardInterrupt):
     for _, p in procs:
       p.kill()

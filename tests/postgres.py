@@ -16,6 +16,9 @@ import tempfile
 import pytest
 
 
+PASSWORD = "s3cret-pw"
+
+
 def _bin_dir() -> str | None:
   found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
   return os.path.dirname(found[-1]) if found else None
@@ -29,7 +32,8 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def server():
-  """Yields the URL of a database on a PostgreSQL server started for the caller."""
+  """Yields the URL of a database on a PostgreSQL server started for the caller, with
+  the password PASSWORD in it."""
   bin_dir = _bin_dir()
   if bin_dir is None:
     if os.environ.get("TAPELOOP_REQUIRE_POSTGRES") == "1":
@@ -44,15 +48,21 @@ def server():
   data, port = os.path.join(home, "data"), _free_port()
   run = lambda *args: subprocess.run([*run_as, *args], check=True, capture_output=True,
                                      text=True, timeout=120)
+  secret = os.path.join(home, "password")
+  with open(secret, "w") as f:
+    f.write(PASSWORD)
+  if run_as:
+    os.chown(secret, user.pw_uid, user.pw_gid)
   try:
-    run(os.path.join(bin_dir, "initdb"), "-D", data, "-U", "postgres", "--auth=trust",
-        "--no-sync")
+    # A password over TCP, as a shared server has; trust on the local socket (createdb).
+    run(os.path.join(bin_dir, "initdb"), "-D", data, "-U", "postgres", "--no-sync",
+        "--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={secret}")
     run(os.path.join(bin_dir, "pg_ctl"), "-D", data, "-w", "-l", os.path.join(home, "log"),
         "-o", f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
     try:
-      run(os.path.join(bin_dir, "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U",
+      run(os.path.join(bin_dir, "createdb"), "-h", home, "-p", str(port), "-U",
           "postgres", "tapeloop")
-      yield f"postgresql://postgres@127.0.0.1:{port}/tapeloop"
+      yield f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/tapeloop"
     finally:
       run(os.path.join(bin_dir, "pg_ctl"), "-D", data, "-m", "immediate", "stop")
   finally:

@@ -65,35 +65,36 @@ def read_json(path: str) -> dict | None:
     return None
 
 
-def run_trainer(model_dir: str, args: list[str],
-                env: dict[str, str] | None = None) -> tuple[int, str]:
+def run_trainer(model_dir: str, args: list[str], env: dict[str, str] | None = None,
+                started=None) -> tuple[int, str]:
   """python -m trainer.main ARGS (ENV added to its environment), its output appended to
-  model_dir/train.log; returns its exit status and last line. The trainer ends with this
-  process (end_with_parent). The trainer writes to a file handle, which only a local file
-  gives: a bucket's log is written locally first, then appended to its train.log."""
+  model_dir/train.log; returns its exit status and last line. started(pid): called once
+  the trainer runs. The trainer ends with this process (tf_env.end_with_parent). It writes
+  to a file handle, which only a local file gives: a bucket's log is written locally
+  first, then appended to its train.log, also when this process is interrupted."""
   command, child_env = trainer_command("trainer.main", args)
   env = {**child_env, **(env or {}), PARENT_ENV: str(os.getpid())}
   log_path = os.path.join(model_dir, "train.log")
-  if files.is_local(model_dir):
-    with open(log_path, "ab") as log:
-      start = log.tell()
-      returncode = _wait(subprocess.Popen(command, env=env, stdout=log,
-                                          stderr=subprocess.STDOUT))
-    with open(log_path, "rb") as log:
-      log.seek(start)
-      output = log.read()
-  else:
-    with tempfile.TemporaryFile() as log:
-      returncode = _wait(subprocess.Popen(command, env=env, stdout=log,
-                                          stderr=subprocess.STDOUT))
-      log.seek(0)
-      output = log.read()
-    before = b""
-    if tf.io.gfile.exists(log_path):  # object stores cannot append: rewrite it whole
-      with tf.io.gfile.GFile(log_path, "rb") as f:
-        before = f.read()
-    with tf.io.gfile.GFile(log_path, "wb") as f:
-      f.write(before + output)
+  local = files.is_local(model_dir)
+  log = open(log_path, "a+b") if local else tempfile.TemporaryFile()  # pylint: disable=consider-using-with
+  start = log.tell()
+  try:
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if started is not None:
+      started(proc.pid)
+    returncode = _wait(proc)
+  finally:
+    log.flush()
+    log.seek(start)
+    output = log.read()
+    log.close()
+    if not local:
+      before = b""
+      if tf.io.gfile.exists(log_path):  # object stores cannot append: rewrite it whole
+        with tf.io.gfile.GFile(log_path, "rb") as f:
+          before = f.read()
+      with tf.io.gfile.GFile(log_path, "wb") as f:
+        f.write(before + output)
   lines = output.decode(errors="replace").strip().splitlines() or ["(no output)"]
   return returncode, lines[-1].removeprefix("error: ")
 
@@ -101,8 +102,9 @@ def run_trainer(model_dir: str, args: list[str],
 def _wait(proc: subprocess.Popen) -> int:
   """The child's exit status. Stopped here (Ctrl-C, or a SIGTERM the caller turned into an
   exception), this waits for the trainer to save its checkpoint and exit, signalling it
-  if the signal did not reach it too: subprocess.run would SIGKILL it after 0.25 s, and
-  the steps since its last checkpoint would be lost."""
+  if the signal did not reach it: subprocess.run would SIGKILL it after 0.25 s, and the
+  steps since its last checkpoint would be lost. Interrupted again, it stops waiting; the
+  trainer still ends with this process (end_with_parent)."""
   try:
     return proc.wait()
   except BaseException:
@@ -110,10 +112,7 @@ def _wait(proc: subprocess.Popen) -> int:
       proc.wait(timeout=2)
     except subprocess.TimeoutExpired:
       proc.send_signal(signal.SIGTERM)
-      try:
-        proc.wait(timeout=120)
-      except subprocess.TimeoutExpired:
-        proc.kill()
+      proc.wait()
     raise
 
 

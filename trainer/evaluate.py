@@ -136,12 +136,11 @@ def _step_of(checkpoint: str) -> int:
 
 
 def _continuously(evaluator: CheckpointEvaluator, poll_seconds: float, timeout: float, *,
-                  each: bool = False, until_interrupted: bool = False) -> None:
+                  each: bool = False, after: int = -1) -> None:
   """orbit's evaluate_continuously: each new checkpoint once, newest first when several
   arrived (each: oldest first, every one still kept, for a whole curve), until the run's
-  last step or `timeout` seconds without a new one. until_interrupted: also stop at a
-  checkpoint that a signal to the training tasks saved (their cluster stopped)."""
-  done, last_new, unreadable = -1, time.monotonic(), None
+  last step or `timeout` seconds without a new one. after: the step evaluated before."""
+  done, last_new, unreadable = after, time.monotonic(), None
   logging.info("watching %s for checkpoints up to step %d", evaluator.cfg.model_dir,
                _last_step(evaluator)[0])
   while True:
@@ -160,10 +159,6 @@ def _continuously(evaluator: CheckpointEvaluator, poll_seconds: float, timeout: 
         logging.info("%s is not readable yet; trying again", chosen)
         time.sleep(poll_seconds)
         continue
-      if until_interrupted and int(evaluator.trainer.progress.interrupted_at.numpy()) == done:
-        logging.info("training was stopped by a signal at step %d: stopping too; the "
-                     "job's rerun resumes both", done)
-        return
       continue
     if done >= total or (finished_at is not None and done >= 0):
       logging.info("evaluated the run's last checkpoint (step %d): done", done)
@@ -175,11 +170,13 @@ def _continuously(evaluator: CheckpointEvaluator, poll_seconds: float, timeout: 
 
 
 def cluster_evaluator(model_dir: str, poll_seconds: float = 2.0,
-                      timeout: float = 3600.0) -> None:
+                      timeout: float = 24 * 3600.0) -> None:
   """The `evaluator` task of a TF_CONFIG cluster (trainer.main on it): the run's eval split
   on each checkpoint the chief writes (TensorBoard's eval_<split> run), beside training and
-  outside its collective, until the last step or a signal stopped training. It waits for
-  the chief to start the run (flags.json)."""
+  outside its collective, until the run's last step; a day without a new checkpoint ends
+  it. It waits for the chief to start the run (flags.json). Training stopped by a signal
+  is resumed by the engine: the evaluator waits for it. Restarted, it goes on after the
+  step its eval_<split>.json records."""
   waited = time.monotonic()
   while run_files.read_record(model_dir) is None:
     if time.monotonic() - waited > timeout:
@@ -190,8 +187,10 @@ def cluster_evaluator(model_dir: str, poll_seconds: float = 2.0,
   cfg, recorded = _run_config(model_dir, {"strategy": "auto"})
   logging.info("evaluator task: evaluating the checkpoints of %s", model_dir)
   evaluator = CheckpointEvaluator(cfg, recorded, None)
+  before = run_files.read_eval(model_dir, evaluator.split) or {}
   try:
-    _continuously(evaluator, poll_seconds, timeout, each=True, until_interrupted=True)
+    _continuously(evaluator, poll_seconds, timeout, each=True,
+                  after=int(before.get("global_step", -1)))
   finally:
     evaluator.close()
 

@@ -126,6 +126,15 @@ def write_results(model_dir: str, results: dict) -> None:
   files.write_json(path(model_dir, RESULTS), results)
 
 
+def read_eval(model_dir: str, split: str) -> dict | None:
+  """eval_<split>.json: the last checkpoint evaluated on it; None when none or corrupt (it
+  is rewritten on the next eval)."""
+  try:
+    return files.read_json(path(model_dir, f"eval_{split}.json"))
+  except ValueError:
+    return None
+
+
 def write_eval(model_dir: str, split: str, figures: dict) -> None:
   """trainer.evaluate's figures of one split (eval_<split>.json)."""
   files.write_json(path(model_dir, f"eval_{split}.json"), figures)

@@ -117,7 +117,8 @@ def _actions(config: Config, plan, trainer: Trainer, output_dir: str, phases: Ph
     if config.early_stopping:
       actions.append(tl_best.EarlyStopping(best, patience=config.early_stopping))
     if trial is not None:  # before the checkpoint, which a pruning stop saves
-      actions.append(tuning_trial.ReportToTrial(trial, trainer.evaluator.writer))
+      actions.append(tuning_trial.ReportToTrial(trial, trainer.evaluator.writer,
+                                                  plan.total_steps))
   if config.profile_steps:
     actions.append(tl_actions.Profiler(config.profile_steps,
                                        os.path.join(config.model_dir, "profile")))

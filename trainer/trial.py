@@ -36,6 +36,20 @@ def environment(*, storage: str, study: str, trial_id: int, number: int, objecti
                            "startup_trials": startup_trials})}
 
 
+def open_storage(url: str, **heartbeat):
+  """Optuna's database storage of `url`, as the tuner and its trainers open it: SQLite
+  waits for another process's write lock instead of failing after 5 s, and postgresql://
+  means psycopg 3 (the `tune` extra's driver; SQLAlchemy 2.0 would look for psycopg2).
+  heartbeat: RDBStorage's heartbeat arguments (the tuner's)."""
+  import optuna  # pylint: disable=g-import-not-at-top  (an optional dependency)
+  if url.startswith("postgresql://"):
+    url = "postgresql+psycopg://" + url[len("postgresql://"):]
+  engine = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite") else
+            {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+            if url.startswith("postgresql") else {"pool_pre_ping": True})
+  return optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
+
+
 def pruner(name: str, startup_trials: int):
   """The Optuna pruner of --pruner. The storage does not keep a study's pruner: the
   process that asks should_prune (the trainer) builds it from this."""
@@ -70,14 +84,16 @@ def check_eval_split(eval_split: str | None) -> None:
 
 
 class ReportToTrial(Action):
-  """After each eval: its metric to the trial at the step; a stop when the pruner prunes.
-  A stop of this kind is kept in `pruned_at` for results.json and TensorBoard's eval run
-  (scalar pruned_at_step, an HParams metric)."""
+  """After each eval: its metric to the trial at the step; a stop when the pruner prunes,
+  kept in `pruned_at` for results.json and TensorBoard's eval run (scalar pruned_at_step,
+  an HParams metric). The last step's eval is reported but never pruned: the trial is done.
+  A trial another tuner finished stops training (checkpoint saved); a storage error skips
+  that report with a warning rather than failing a run whose checkpoint is intact."""
 
   completes_interrupted = True  # an eval completed on resume is reported too
 
-  def __init__(self, spec: dict, writer):
-    self.spec, self.writer = spec, writer
+  def __init__(self, spec: dict, writer, total_steps: int):
+    self.spec, self.writer, self.total = spec, writer, total_steps
     self.trial, self.pruned_at = None, None
 
   def start(self, step):
@@ -85,7 +101,8 @@ class ReportToTrial(Action):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-      study = optuna.load_study(study_name=self.spec["study"], storage=self.spec["storage"],
+      study = optuna.load_study(study_name=self.spec["study"],
+                                storage=open_storage(self.spec["storage"]),
                                 pruner=pruner(self.spec["pruner"],
                                               self.spec["startup_trials"]))
     except Exception as e:  # pylint: disable=broad-except  (any storage's error)
@@ -96,14 +113,24 @@ class ReportToTrial(Action):
   def __call__(self, b):
     if b.eval is None or self.trial is None:
       return
-    value = float(getattr(b.eval, self.spec["objective"]))
-    self.trial.report(value, b.step)
-    if not self.trial.should_prune():
+    import optuna  # pylint: disable=g-import-not-at-top
+    number, value = self.spec["number"], float(getattr(b.eval, self.spec["objective"]))
+    try:
+      self.trial.report(value, b.step)
+      prune = b.step < self.total and self.trial.should_prune()
+    except optuna.exceptions.UpdateFinishedTrialError:
+      b.stop = Stop(f"trial {number} was finished by another tuner")
+      return
+    except Exception as e:  # pylint: disable=broad-except  (a database blip)
+      logging.warning("trial %d: the eval of step %d was not reported: %s", number, b.step,
+                      str(e).strip().splitlines()[0][:160])
+      return
+    if not prune:
       return
     self.pruned_at = b.step
     self.writer.scalars("eval", b.step, {"pruned_at_step": float(b.step)})
     self.writer.text("eval", b.step, "trial", f"pruned by the tuner at step {b.step} "
-                     f"(trial {self.spec['number']} of study {self.spec['study']})")
-    logging.info("trial %d: pruned at step %d (eval %s %.4f)", self.spec["number"], b.step,
+                     f"(trial {number} of study {self.spec['study']})")
+    logging.info("trial %d: pruned at step %d (eval %s %.4f)", number, b.step,
                  self.spec["objective"], value)
-    b.stop = Stop(f"trial {self.spec['number']} pruned by the tuner")
+    b.stop = Stop(f"trial {number} pruned by the tuner")

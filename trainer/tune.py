@@ -21,21 +21,24 @@ ROOT/best.cfg (python -m trainer.main --flagfile=ROOT/best.cfg reruns it), one H
 experiment over all trials (tensorboard --logdir ROOT), and how to open the study in
 optuna-dashboard. Distributions: uniform:LOW:HIGH, loguniform:LOW:HIGH, int:LOW:HIGH,
 logint:LOW:HIGH, choice:A|B|C (a list-valued flag's value holds commas: 50,50|500).
-Optuna (and psycopg2 for PostgreSQL) is the `tune` extra: pip install -e '.[tune]'.
+Optuna (and psycopg for PostgreSQL) is the `tune` extra: pip install -e '.[tune]'.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import math
 import os
+import re
 import signal
 import socket
 import sys
 import threading
 import time
 import warnings
+import zlib
 
 from trainer import tf_env
 
@@ -53,6 +56,7 @@ from trainer.trial import PRUNERS
 
 _DISTRIBUTIONS = ("uniform", "loguniform", "int", "logint", "choice")
 SAMPLERS = ("tpe", "random", "grid")
+STORAGE_ENV = "TAPELOOP_STORAGE"
 
 
 class TuneError(ValueError):
@@ -179,8 +183,9 @@ def hidden(url: str) -> str:
   try:
     import sqlalchemy  # pylint: disable=g-import-not-at-top
     return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-  except Exception:  # pylint: disable=broad-except  (not a URL: shown as it is)
-    return url
+  except Exception:  # pylint: disable=broad-except  (not a URL SQLAlchemy reads)
+    url = re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+    return re.sub(r"(password=)[^&]*", r"\1***", url)
 
 
 def _first_line(error: BaseException) -> str:
@@ -189,6 +194,8 @@ def _first_line(error: BaseException) -> str:
 
 
 def _alive(pid) -> bool:
+  if pid is None:
+    return False
   try:
     os.kill(int(pid), 0)
   except ProcessLookupError:
@@ -224,6 +231,44 @@ class _Heartbeat:
     self.thread.join()
 
 
+class _StudyLock:
+  """Serializes the tuners of one study where their storage does not: an exclusive lock
+  on ROOT/study.lock for the embedded SQLite study (its tuners share the machine), a
+  PostgreSQL advisory lock for a shared one. Other databases rely on their row locks."""
+
+  def __init__(self, settings):
+    self.path = self.engine = None
+    if settings.storage.startswith("sqlite:///" + settings.root):
+      self.path = os.path.join(settings.root, "study.lock")
+    elif settings.storage.startswith("postgresql"):
+      import sqlalchemy  # pylint: disable=g-import-not-at-top  (the tune extra's)
+      self.engine = sqlalchemy.create_engine(
+          settings.storage.replace("postgresql://", "postgresql+psycopg://", 1),
+          poolclass=sqlalchemy.pool.NullPool)
+      self.key = zlib.crc32(settings.study.encode())
+    self.held = None
+
+  def __enter__(self):
+    if self.path:
+      self.held = open(self.path, "a")  # pylint: disable=consider-using-with
+      fcntl.flock(self.held, fcntl.LOCK_EX)
+    elif self.engine is not None:
+      import sqlalchemy  # pylint: disable=g-import-not-at-top
+      self.held = self.engine.connect()
+      self.held.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+
+  def __exit__(self, *exc):
+    if self.held is None:
+      return
+    if self.path:
+      fcntl.flock(self.held, fcntl.LOCK_UN)
+    else:
+      import sqlalchemy  # pylint: disable=g-import-not-at-top
+      self.held.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+    self.held.close()
+    self.held = None
+
+
 @dataclasses.dataclass
 class Settings:
   """What a tuner process was asked for (the command line, checked)."""
@@ -252,18 +297,14 @@ class Tuner:
         inherit_intermediate_values=True)
     self.storage = self._storage()
     self.study = self._study()
+    self.lock = _StudyLock(settings)
 
   def _storage(self):
-    s, optuna = self.s, self.optuna
-    sqlite = s.storage.startswith("sqlite")
-    # SQLite: wait for another process's write lock instead of failing at once.
-    engine = ({"connect_args": {"timeout": 60}} if sqlite else
-              {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-              if s.storage.startswith("postgresql") else {"pool_pre_ping": True})
+    s = self.s
     for attempt in range(3):  # tuners started at once race to create the tables
       try:
-        return optuna.storages.RDBStorage(
-            s.storage, engine_kwargs=engine, heartbeat_interval=s.heartbeat_seconds,
+        return self.trial_env.open_storage(
+            s.storage, heartbeat_interval=s.heartbeat_seconds,
             grace_period=2 * s.heartbeat_seconds, heartbeat_stale_trial_callback=self.retry)
       except ImportError:  # Optuna's wording of a missing database driver
         raise TuneError(f"--storage={hidden(s.storage)}: its database driver is not "
@@ -315,8 +356,7 @@ class Tuner:
         changed[changed.index("flags")] = "flags " + ", ".join(
             f"--{k} {a} -> {b}" for k, (a, b) in sorted(diff.items()))
       raise TuneError(f"study {s.study!r} in {hidden(s.storage)} was started with other "
-                      f"{'; '.join(changed)}: use a new --study or --root (nothing was "
-                      "changed)")
+                      f"{'; '.join(changed)}: use a new --root (nothing was changed)")
     # Each process its own stream of draws: tuners started with one --seed would draw the
     # same values. One tuner from an empty study is reproducible.
     seed = None if s.seed is None else s.seed + len(study.get_trials(deepcopy=False))
@@ -328,12 +368,17 @@ class Tuner:
   def run(self) -> None:
     states = self.optuna.trial.TrialState
     while True:
-      self._take_up_dead()
-      trials = self.study.get_trials(deepcopy=False)
-      waiting = [t for t in trials if t.state == states.WAITING]
-      used = [t for t in trials if t.state != states.WAITING and not self._handed_back(t)]
-      exhausted = self.s.sampler == "grid" and self.study.sampler.is_exhausted(self.study)
-      if not waiting and (len(used) >= self.s.trials or exhausted):
+      # One tuner at a time takes up dead trials, counts and asks: else two could resume
+      # one trial (SQLite ignores row locks) or start more trials than --trials.
+      with self.lock:
+        self._take_up_dead()
+        trials = self.study.get_trials(deepcopy=False)
+        waiting = [t for t in trials if t.state == states.WAITING]
+        used = [t for t in trials if t.state != states.WAITING and not self._handed_back(t)]
+        exhausted = self.s.sampler == "grid" and self.study.sampler.is_exhausted(self.study)
+        full = not waiting and (len(used) >= self.s.trials or exhausted)
+        trial = None if full else self._start(self.study.ask())
+      if trial is None:
         running = [t.number for t in trials if t.state == states.RUNNING]
         if not running:
           return
@@ -341,7 +386,7 @@ class Tuner:
               flush=True)
         time.sleep(min(self.s.heartbeat_seconds, 5))
         continue
-      self._run_one(self.study.ask())
+      self._run_one(*trial)
 
   @staticmethod
   def _handed_back(trial) -> bool:
@@ -351,13 +396,14 @@ class Tuner:
   def _take_up_dead(self) -> None:
     """Trials whose tuner died go back to the queue, to resume from their checkpoints:
     those whose heartbeat went stale (any machine), and at once those of this machine
-    whose tuner process is gone."""
+    whose tuner and trainer processes are both gone."""
     optuna = self.optuna
     optuna.storages.fail_stale_trials(self.study)
     host = socket.gethostname()
     for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
       attrs = trial.user_attrs
-      if attrs.get("host") == host and "pid" in attrs and not _alive(attrs["pid"]):
+      if (attrs.get("host") == host and "pid" in attrs and not _alive(attrs["pid"])
+          and not _alive(attrs.get("trainer_pid"))):
         if self._hand_back(trial._trial_id):  # pylint: disable=protected-access
           print(f"trial {trial.number}: its tuner (pid {attrs['pid']}) is gone; taken up "
                 "again", flush=True)
@@ -373,47 +419,61 @@ class Tuner:
     self.retry(self.study, self.storage.get_trial(trial_id))
     return True
 
-  def _run_one(self, trial) -> None:
+  def _start(self, trial):
+    """Claims the asked trial (its heartbeat, this process, its model_dir: a retry keeps
+    its own) and draws its values; returns (trial, model_dir, values, label)."""
+    trial_id = trial._trial_id  # pylint: disable=protected-access
+    try:
+      self.storage.record_heartbeat(trial_id)  # from now on a dead tuner shows
+      frozen = self.storage.get_trial(trial_id)
+      history = self.retry.retry_history(frozen)
+      model_dir = frozen.user_attrs.get("model_dir") if history else None
+      model_dir = model_dir or os.path.join(self.s.root, f"trial-{trial.number:04d}")
+      for key, value in {"host": socket.gethostname(), "pid": os.getpid(),
+                         "trainer_pid": None, "model_dir": model_dir}.items():
+        trial.set_user_attr(key, value)
+      values = {x.name: x.suggest(trial) for x in self.s.searches}
+    except BaseException:
+      self._hand_back(trial_id)
+      raise
+    label = f"trial {trial.number}" + (
+        f" (resumes {os.path.basename(model_dir)})" if history else "")
+    return trial, model_dir, values, label
+
+  def _run_one(self, trial, model_dir: str, values: dict, label: str) -> None:
     s, optuna = self.s, self.optuna
     trial_id = trial._trial_id  # pylint: disable=protected-access
-    history = self.retry.retry_history(self.storage.get_trial(trial_id))
-    first = history[0] if history else trial.number
-    model_dir = os.path.join(s.root, f"trial-{first:04d}")
-    for key, value in {"host": socket.gethostname(), "pid": os.getpid(),
-                       "model_dir": model_dir}.items():
-      trial.set_user_attr(key, value)
-    values = {x.name: x.suggest(trial) for x in s.searches}
-    shown = " ".join(f"--{k}={v}" for k, v in values.items())
-    label = f"trial {trial.number}" + (f" (resumes trial {first})" if history else "")
-    print(f"start  {label}: {shown}", flush=True)
+    print(f"start  {label}: " + " ".join(f"--{k}={v}" for k, v in values.items()), flush=True)
     args = [*s.base, *(f"--{k}={v}" for k, v in values.items()), f"--model_dir={model_dir}"]
     env = self.trial_env.environment(storage=s.storage, study=s.study, trial_id=trial_id,
                                      number=trial.number, objective=s.objective,
                                      pruner=s.pruner, startup_trials=s.startup_trials)
-    tf.io.gfile.makedirs(model_dir)
     try:
+      tf.io.gfile.makedirs(model_dir)
       with _Heartbeat(self.storage, trial_id, s.heartbeat_seconds):
-        returncode, last = child_runs.run_trainer(model_dir, args, env)
-    except BaseException:  # Ctrl-C or SIGTERM: the trainer saved its checkpoint
+        returncode, last = child_runs.run_trainer(
+            model_dir, args, env, started=lambda pid: trial.set_user_attr("trainer_pid", pid))
+    except BaseException:  # Ctrl-C, SIGTERM, a storage error: the trainer saved its checkpoint
       self._hand_back(trial_id)
-      print(f"trial {trial.number} handed back: a rerun resumes it", flush=True)
+      print(f"{label} handed back: a rerun resumes it", flush=True)
       raise
     results = child_runs.read_json(os.path.join(model_dir, "results.json")) or {}
+    tell = lambda *a, **k: self.study.tell(trial, *a, skip_if_finished=True, **k)
     if returncode == 0 and "pruned_at_step" in results:
-      self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+      tell(state=optuna.trial.TrialState.PRUNED)
       print(f"pruned {label} at step {results['pruned_at_step']}", flush=True)
       return
     value = results.get(f"validation_{s.objective}") if returncode == 0 else None
     if value is not None and math.isfinite(value):
-      self.study.tell(trial, value)
+      tell(value)
       print(f"done   {label}: validation {s.objective} {value:.4f}", flush=True)
       return
     error = (last if returncode else "no validation figure in its results.json")
     trial.set_user_attr("error", f"exit {returncode}: {error}")
-    self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    tell(state=optuna.trial.TrialState.FAIL)
     print(f"failed {label}: exit {returncode}: {error}", flush=True)
     if returncode == 2:  # bad flags or data: every trial would fail alike
-      raise TuneError(f"trial {trial.number}: {error} (its log: {model_dir}/train.log)")
+      raise TuneError(f"{label}: {error} (its log: {model_dir}/train.log)")
 
   # --- what a person reads ---
 
@@ -482,7 +542,7 @@ class Tuner:
     counts = {k: sum(1 for r in rows if r["state"].startswith(k))
               for k in ("complete", "pruned", "failed", "running")}
     saved, spent = self.saved_by_pruning(rows)
-    best = rows[0] if rows and rows[0]["complete"] else None
+    best = rows[0] if rows and rows[0]["complete"] and "flags" in rows[0]["results"] else None
     s = self.s
     text = [f"# Study {s.study} (python -m trainer.tune)", "",
             f"{len(rows)} trials: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
@@ -542,9 +602,10 @@ def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
       "processes (default 20; with --sampler=grid, the grid's size)")
   add("--root", required=True, help="one model_dir per trial below it (a local directory "
       "or a bucket)")
-  add("--study", help="the study's name in the storage (default: the root's name)")
-  add("--storage", help="a database URL several machines share, e.g. "
-      "postgresql://user:password@host/db (default: sqlite in ROOT/study.db)")
+  add("--study", help="the study's name in the storage (default: --root as given)")
+  add("--storage", default=os.environ.get(STORAGE_ENV),
+      help="a database URL several machines share, e.g. postgresql://user:password@host/db "
+      f"(or in ${STORAGE_ENV}, off the command line; default: sqlite in ROOT/study.db)")
   add("--sampler", choices=SAMPLERS, default="tpe", help="tpe (default), random or grid")
   add("--pruner", choices=PRUNERS, default="median", help="median (default), hyperband or "
       "none")
@@ -585,11 +646,24 @@ def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
   if args.sampler == "grid":
     for x in searches:
       x.grid()  # refuses a continuous distribution
-  study = args.study or os.path.basename(root.rstrip("/")) or "tune"
+  study = args.study or root
   return Settings(root=root, storage=storage, study=study, searches=searches, base=base,
                   trials=trials, sampler=args.sampler, pruner=args.pruner,
                   objective=args.objective, startup_trials=args.startup_trials,
                   seed=args.seed, heartbeat_seconds=args.heartbeat_seconds), args
+
+
+def _claim_root(s: Settings) -> None:
+  """ROOT/tune.json names the study whose trials ROOT holds: another study (or the same
+  name in another storage) would number its trials from 0 into the same directories."""
+  path, mine = os.path.join(s.root, "tune.json"), {"study": s.study,
+                                                    "storage": hidden(s.storage)}
+  held = child_runs.read_json(path)
+  if held is None:
+    files.write_json(path, mine)
+  elif held != mine:
+    raise TuneError(f"--root={s.root} holds the trials of study {held.get('study')!r} in "
+                    f"{held.get('storage')}: use a new --root for this one")
 
 
 def _stop_on_sigterm(signum, frame):
@@ -618,6 +692,7 @@ def main(argv=None) -> int:
     except tf.errors.OpError as e:
       raise TuneError(f"--root={settings.root}: {_first_line(e)}") from None
     tuner = tuner or Tuner(settings)
+    _claim_root(settings)
   except TuneError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -636,9 +711,17 @@ def main(argv=None) -> int:
     print(f"stopped by {signal.Signals(signum).name}: run the same command again to go on",
           file=sys.stderr)
     status = 128 + signum
+  except Exception as e:  # pylint: disable=broad-except  (the database, the filesystem)
+    print(f"error: {type(e).__name__}: {hidden(_first_line(e))}: run the same command "
+          "again to go on", file=sys.stderr)
+    status = 1
   finally:
     signal.signal(signal.SIGTERM, previous)
-  text, best = tuner.report()
+  try:
+    text, best = tuner.report()
+  except Exception as e:  # pylint: disable=broad-except
+    print(f"error: no report: {hidden(_first_line(e))}", file=sys.stderr)
+    return status or 1
   print(text, end="")
   print(f"compare the trials: tensorboard --logdir {settings.root} (HParams tab); the study: "
         f"pip install optuna-dashboard && optuna-dashboard {hidden(settings.storage)}")

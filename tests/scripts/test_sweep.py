@@ -117,7 +117,7 @@ def fake_trainer(monkeypatch):
                      {"flags": flags, "validation_accuracy": 0.5, "train_seconds": 1.0})
     stdout.write(b"training\nvalidation accuracy 0.5000\n")
     starts.append(args)
-    return types.SimpleNamespace(wait=lambda: 0)
+    return types.SimpleNamespace(wait=lambda: 0, pid=0)
   monkeypatch.setattr(child_runs, "subprocess", types.SimpleNamespace(
       Popen=run, STDOUT=subprocess.STDOUT))
   return starts

@@ -36,8 +36,9 @@ def _tuner(root, *args, storage=None, trial=TRIAL):
 
 
 def _study(root, storage=None):
-  return optuna.load_study(study_name=os.path.basename(str(root)),
-                           storage=storage or f"sqlite:///{root}/study.db")
+  return optuna.load_study(study_name=str(root),
+                           storage=(storage or f"sqlite:///{root}/study.db").replace(
+                               "postgresql://", "postgresql+psycopg://"))
 
 
 def _starts(model_dir):
@@ -50,7 +51,8 @@ def _starts(model_dir):
 
 def test_an_eval_below_the_median_prunes_the_trial_at_that_boundary(tmp_path, monkeypatch):
   """The trainer's side: its evals reach the trial; the pruner's verdict stops training at
-  the eval's step with a checkpoint, and results.json and TensorBoard say so."""
+  the eval's step with a checkpoint, and results.json and TensorBoard say so. The last
+  step's eval is reported, never pruned: that trial is complete."""
   storage = f"sqlite:///{tmp_path}/study.db"
   study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
   for _ in range(2):  # two finished trials that were perfect at every eval
@@ -69,6 +71,15 @@ def test_an_eval_below_the_median_prunes_the_trial_at_that_boundary(tmp_path, mo
   assert study.trials[-1].intermediate_values == {6: pytest.approx(
       results["validation_accuracy"])}
   assert read_scalars(model_dir / "eval")["pruned_at_step"] == {6: 6.0}
+
+  last = study.ask()  # one eval only, at the last step, as bad as the first
+  monkeypatch.setenv(*tuning_trial.environment(
+      storage=storage, study="s", trial_id=last._trial_id, number=last.number,
+      objective="accuracy", pruner="median", startup_trials=2).popitem())
+  results = train.train_and_evaluate(parse(*TRIAL, "--epochs=1", "--eval_every=100",
+                                           f"--model_dir={tmp_path / 'last'}"))
+  assert results["global_step"] == 12 and "pruned_at_step" not in results
+  assert list(study.trials[-1].intermediate_values) == [12]
 
 
 def test_a_trial_without_a_validation_split_is_refused(tmp_path, monkeypatch):
@@ -109,6 +120,17 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_made(tmp_path, capsys, ar
   assert not os.path.exists(root)
 
 
+def test_a_root_holding_another_studys_trials_is_refused(tmp_path, capsys):
+  root = tmp_path / "tune"
+  root.mkdir()
+  (root / "tune.json").write_text(json.dumps({"study": "other", "storage": "sqlite://x"}))
+  assert tune.main([f"--root={root}", "--search=dropout=uniform:0:0.5", "--", *TRIAL]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f"error: --root={root} holds the trials of study 'other' in sqlite://x: "
+                 "use a new --root for this one"]
+  assert sorted(os.listdir(root)) == ["study.db", "tune.json"]
+
+
 def test_a_killed_tuners_trial_resumes_a_hopeless_one_is_pruned_and_best_cfg_reruns(tmp_path):
   """One machine, the embedded study, a grid of a good and a hopeless learning rate (the
   good one first, by the seed): kill -9 of the tuner in the first trial, whose rerun
@@ -130,7 +152,7 @@ def test_a_killed_tuners_trial_resumes_a_hopeless_one_is_pruned_and_best_cfg_rer
   first.kill()  # kill -9: the tuner's trainer gets SIGTERM (end_with_parent) and saves
   first.wait()
   deadline = time.monotonic() + 60
-  while re.search(r"trainer.main .*trial-0000", subprocess.run(
+  while re.search(rf"trainer.main .*{root}/trial-0000", subprocess.run(
       ["ps", "-eo", "args"], capture_output=True, text=True).stdout):
     assert time.monotonic() < deadline, "the killed tuner's trainer runs on"
     time.sleep(0.2)
@@ -139,7 +161,7 @@ def test_a_killed_tuners_trial_resumes_a_hopeless_one_is_pruned_and_best_cfg_rer
   rerun = _tuner(root, *command, trial=slow)  # the same command
   out = rerun.communicate(timeout=300)[0]
   assert rerun.returncode == 0, out[-3000:]
-  assert "trial 0: its tuner (pid" in out and "start  trial 1 (resumes trial 0)" in out
+  assert "trial 0: its tuner (pid" in out and "start  trial 1 (resumes trial-0000)" in out
   starts, resumed = _starts(root / "trial-0000")
   assert starts == 1 and len(resumed) == 1 and resumed[0] > 0  # resumed, not restarted
   trials = _study(root).trials
@@ -187,4 +209,8 @@ def test_two_tuners_share_a_study_on_postgresql_with_no_trial_run_twice(tmp_path
     dirs = sorted(os.path.basename(t.user_attrs["model_dir"]) for t in trials)
     assert dirs == [f"trial-000{i}" for i in range(4)]
     assert all(_starts(root / d) == (1, []) for d in dirs)  # each trained once
-    assert "postgresql://postgres@127.0.0.1" in outs[0]  # the optuna-dashboard line
+    # The password is in no output and no file the tuners wrote.
+    assert "optuna-dashboard postgresql://postgres:***@127.0.0.1" in outs[0]
+    written = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
+    assert all(postgres.PASSWORD not in out for out in outs)
+    assert not [p for p in written if postgres.PASSWORD.encode() in open(p, "rb").read()]
