@@ -8,8 +8,8 @@ line, as Kubeflow's TFJob and Vertex AI start them.
 
 --chief: a `chief` task trains and writes, beside the `worker` tasks (without it, worker 0
 writes). --evaluator: an `evaluator` task evaluates each checkpoint, outside the training
-collective. Output lines are prefixed with the task; the exit status is the first
-non-zero one. On several machines, set TF_CONFIG on each yourself (see
+collective (ended here when training fails: it would wait for training to resume).
+Output lines are prefixed with the task; the exit status is the first non-zero one. On several machines, set TF_CONFIG on each yourself (see
 docs/several-machines.md).
 """
 

@@ -18,36 +18,6 @@ from runs import read_scalars
 from trainer import train
 
 
-def test_two_local_workers_train_together_and_only_the_chief_writes(tmp_path):
-  model_dir, scratch = tmp_path / "model", tmp_path / "tmp"
-  scratch.mkdir()
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "scripts", "local_cluster.py"), "--workers=2",
-       "--timeout=240", "--", "--model=mlp", "--hidden_units=16",
-       "--dataset=synthetic:shape=12x12x1,classes=4,train=320,test=70", "--batch_size=32",
-       "--train_steps=6", "--steps_per_loop=3", f"--model_dir={model_dir}"],
-      capture_output=True, text=True, timeout=300, env=dict(os.environ, TMPDIR=str(scratch)))
-  assert proc.returncode == 0, proc.stdout[-3000:]
-  out = proc.stdout
-  digests = dict(re.findall(r"\[worker (\d)\] .*model weights digest at step 6: (\w+)", out))
-  assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]  # identical weights
-  assert out.count("2 replica(s), per-replica batch 16") == 2
-  # Only the chief (worker 0) wrote: one events file per run, one results.json.
-  assert len(glob.glob(str(model_dir / "train" / "events.out.tfevents.*"))) == 1
-  assert len(glob.glob(str(model_dir / "eval" / "events.out.tfevents.*"))) == 1
-  assert os.path.exists(model_dir / "export" / "saved_model.pb")
-  assert os.listdir(model_dir / "checkpoints") and "ckpt-6.index" in os.listdir(
-      model_dir / "checkpoints")
-  with open(model_dir / "results.json") as f:
-    results = json.load(f)
-  assert results["replicas"] == 2 and results["chief"] and results["global_step"] == 6
-  assert results["weights_digest"] == digests["0"]
-  assert "[worker 1] worker done; the chief writes the outputs" in out
-  # The non-chief wrote its checkpoints and export into a scratch dir, then removed it.
-  assert re.search(r"\[worker 1\] .*saved checkpoint .*tapeloop-worker-", out)
-  assert not glob.glob(str(scratch / "tapeloop-worker-*"))
-
-
 def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
   proc = subprocess.run([sys.executable, "-m", "trainer.main", "--strategy=multi_worker",
@@ -65,7 +35,7 @@ CLUSTER_RUN = ["--strategy=multi_worker", "--model=mlp", "--hidden_units=32",
                "--eval_images=false"]
 
 
-def _start_cluster(model_dir, evaluator=False):
+def _start_cluster(model_dir, evaluator=False, env=None):
   """The engines' layout (Kubeflow's TFJob, Vertex AI): a chief and a worker train, the
   same command line on each task; with an evaluator task, it is last."""
   sys.path.insert(0, os.path.join(ROOT, "scripts"))
@@ -73,7 +43,8 @@ def _start_cluster(model_dir, evaluator=False):
   spec = local_cluster.cluster(1, chief=True, evaluator=evaluator)
   return [subprocess.Popen([sys.executable, "-m", "trainer.main", *CLUSTER_RUN,
                             f"--model_dir={model_dir}"],
-                           env=dict(os.environ, TF_CONFIG=local_cluster.tf_config(spec, i, kind)),
+                           env=dict(os.environ, **(env or {}),
+                                    TF_CONFIG=local_cluster.tf_config(spec, i, kind)),
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
           for kind, i in local_cluster.tasks(spec)]
 
@@ -86,9 +57,11 @@ def _read_json(path):
     return None
 
 
-def _digest(proc):
+def _digest(proc, outs=None):
   out, _ = proc.communicate(timeout=240)
   assert proc.returncode == 0, out[-3000:]
+  if outs is not None:
+    outs.append(out)
   return re.findall(r"model weights digest at step 100: (\w+)", out)[-1]
 
 
@@ -103,9 +76,24 @@ def test_chief_worker_evaluator_and_sigterm_to_one_worker_stops_training_at_one_
   evaluator (outside the collective) evaluates each checkpoint up to the last step. Then
   SIGTERM to the worker stops both training tasks at one step; the evaluator evaluates
   that checkpoint and waits for training to resume; the rerun is bit-exact."""
-  chief, worker, evaluator = _start_cluster(tmp_path / "straight", evaluator=True)
-  expected = {_digest(chief), _digest(worker)}
-  assert len(expected) == 1
+  straight, scratch, outs = tmp_path / "straight", tmp_path / "tmp", []
+  scratch.mkdir()
+  chief, worker, evaluator = _start_cluster(straight, evaluator=True,
+                                            env={"TMPDIR": str(scratch)})
+  expected = {_digest(chief, outs), _digest(worker, outs)}
+  assert len(expected) == 1  # identical weights
+  # Only the chief wrote: one events file per run, one results.json; the worker saved into
+  # a scratch directory, then removed it.
+  assert len(glob.glob(str(straight / "train" / "events.out.tfevents.*"))) == 1
+  assert len(glob.glob(str(straight / "eval" / "events.out.tfevents.*"))) == 1
+  assert os.path.exists(straight / "export" / "saved_model.pb")
+  with open(straight / "results.json") as f:
+    results = json.load(f)
+  assert results["replicas"] == 2 and results["chief"] and results["global_step"] == 100
+  assert results["weights_digest"] in expected
+  assert "worker done; the chief writes the outputs" in outs[1]
+  assert re.search(r"saved checkpoint .*tapeloop-worker-", outs[1])
+  assert not glob.glob(str(scratch / "tapeloop-worker-*"))
   steps, out = _eval_steps(evaluator)
   assert steps == [25, 50, 75, 100], out[-3000:]  # every checkpoint, the last one last
   assert read_scalars(tmp_path / "straight" / "eval_test")["accuracy"].keys() == {

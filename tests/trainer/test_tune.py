@@ -131,7 +131,8 @@ def test_a_root_holding_another_studys_trials_is_refused(tmp_path, capsys):
   assert sorted(os.listdir(root)) == ["study.db", "tune.json"]
 
 
-def test_a_killed_tuners_trial_resumes_a_hopeless_one_is_pruned_and_best_cfg_reruns(tmp_path):
+def test_a_killed_tuners_trial_resumes_a_hopeless_one_is_pruned_and_best_cfg_reruns(tmp_path,
+                                                                                     capsys):
   """One machine, the embedded study, a grid of a good and a hopeless learning rate (the
   good one first, by the seed): kill -9 of the tuner in the first trial, whose rerun
   takes it up from its checkpoint; then the median pruner prunes the hopeless trial at
@@ -158,10 +159,10 @@ def test_a_killed_tuners_trial_resumes_a_hopeless_one_is_pruned_and_best_cfg_rer
     time.sleep(0.2)
   assert _study(root).trials[0].state.name == "RUNNING"  # as the kill left it
 
-  rerun = _tuner(root, *command, trial=slow)  # the same command
-  out = rerun.communicate(timeout=300)[0]
-  assert rerun.returncode == 0, out[-3000:]
-  assert "trial 0: its tuner (pid" in out and "start  trial 1 (resumes trial-0000)" in out
+  # The same command, run in this process (TensorFlow is imported already).
+  assert tune.main([f"--root={root}", *command, "--", *slow]) == 0
+  out = capsys.readouterr().out
+  assert "trial 0: its tuner (pid" in out and "start  trial 1 (resumes trial-0000)" in out, out
   starts, resumed = _starts(root / "trial-0000")
   assert starts == 1 and len(resumed) == 1 and resumed[0] > 0  # resumed, not restarted
   trials = _study(root).trials

@@ -1,0 +1,328 @@
+"""A tuner process on an Optuna study (trainer.tune): the storage, the study and its
+sampler, the loop that takes trials (and those whose tuner died) under a lock, and each
+trial run as trainer.main in its model_dir, reporting to the trial (trainer/trial.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import math
+import os
+import re
+import socket
+import threading
+import time
+import zlib
+
+import tensorflow as tf
+
+from trainer import child_runs, options
+from trainer import trial as trial_env
+from trainer.errors import UsageError
+from trainer.search import Search
+
+SAMPLERS = ("tpe", "random", "grid")
+
+
+def hidden(url: str) -> str:
+  """The storage URL without its password, for messages and files."""
+  try:
+    import sqlalchemy  # pylint: disable=g-import-not-at-top
+    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+  except Exception:  # pylint: disable=broad-except  (not a URL SQLAlchemy reads)
+    url = re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+    return re.sub(r"(password=)[^&]*", r"\1***", url)
+
+
+def first_line(error: BaseException) -> str:
+  text = str(error).strip() or type(error).__name__
+  return text.splitlines()[0][:200]
+
+
+def _alive(pid) -> bool:
+  """Whether the process runs on this machine (a zombie, exited but not yet reaped, does
+  not: a killed tuner's trainer is one until init reaps it)."""
+  if pid is None:
+    return False
+  try:
+    os.kill(int(pid), 0)
+  except ProcessLookupError:
+    return False
+  except (PermissionError, TypeError, ValueError):
+    return True
+  try:
+    with open(f"/proc/{int(pid)}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+  except (OSError, IndexError):
+    return True
+
+
+class _Heartbeat:
+  """Records the trial's heartbeat in the storage every `interval` seconds while its trainer
+  runs: a tuner that dies stops beating, and other tuners take the trial up."""
+
+  def __init__(self, storage, trial_id: int, interval: float):
+    self.storage, self.trial_id, self.interval = storage, trial_id, interval
+    self.done = threading.Event()
+    self.thread = threading.Thread(target=self._beat, daemon=True)
+
+  def _beat(self):
+    while True:
+      try:
+        self.storage.record_heartbeat(self.trial_id)
+      except Exception:  # pylint: disable=broad-except  (a database blip: beat again later)
+        pass
+      if self.done.wait(self.interval):
+        return
+
+  def __enter__(self):
+    self.thread.start()
+
+  def __exit__(self, *exc):
+    self.done.set()
+    self.thread.join()
+
+
+class _StudyLock:
+  """Serializes the tuners of one study where their storage does not: an exclusive lock
+  on ROOT/study.lock for the embedded SQLite study (its tuners share the machine), a
+  PostgreSQL advisory lock for a shared one. Other databases rely on their row locks."""
+
+  def __init__(self, settings):
+    self.path = self.engine = None
+    if settings.storage.startswith("sqlite:///" + settings.root):
+      self.path = os.path.join(settings.root, "study.lock")
+    elif settings.storage.startswith("postgresql"):
+      import sqlalchemy  # pylint: disable=g-import-not-at-top  (the tune extra's)
+      self.engine = sqlalchemy.create_engine(
+          settings.storage.replace("postgresql://", "postgresql+psycopg://", 1),
+          poolclass=sqlalchemy.pool.NullPool)
+      self.key = zlib.crc32(settings.study.encode())
+    self.held = None
+
+  def __enter__(self):
+    if self.path:
+      self.held = open(self.path, "a")  # pylint: disable=consider-using-with
+      fcntl.flock(self.held, fcntl.LOCK_EX)
+    elif self.engine is not None:
+      import sqlalchemy  # pylint: disable=g-import-not-at-top
+      self.held = self.engine.connect()
+      self.held.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+
+  def __exit__(self, *exc):
+    if self.held is None:
+      return
+    if self.path:
+      fcntl.flock(self.held, fcntl.LOCK_UN)
+    else:
+      import sqlalchemy  # pylint: disable=g-import-not-at-top
+      self.held.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+    self.held.close()
+    self.held = None
+
+
+@dataclasses.dataclass
+class Settings:
+  """What a tuner process was asked for (the command line, checked)."""
+  root: str
+  storage: str
+  study: str
+  searches: list[Search]
+  base: list[str]
+  trials: int
+  sampler: str = "tpe"
+  pruner: str = "median"
+  objective: str = "accuracy"
+  startup_trials: int = 5
+  seed: int | None = None
+  heartbeat_seconds: int = 30
+
+
+class Tuner:
+  """One tuner process on a study: takes trials until the study has its --trials, then
+  waits for the other processes' running trials (taking up any whose tuner died)."""
+
+  def __init__(self, settings: Settings):
+    import optuna  # pylint: disable=g-import-not-at-top
+    self.s, self.optuna, self.trial_env = settings, optuna, trial_env
+    self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
+        inherit_intermediate_values=True)
+    self.storage = self._storage()
+    self.study = self._study()
+    self.lock = _StudyLock(settings)
+
+  def _storage(self):
+    s = self.s
+    for attempt in range(3):  # tuners started at once race to create the tables
+      try:
+        return self.trial_env.open_storage(
+            s.storage, heartbeat_interval=s.heartbeat_seconds,
+            grace_period=2 * s.heartbeat_seconds, heartbeat_stale_trial_callback=self.retry)
+      except ImportError:  # Optuna's wording of a missing database driver
+        raise UsageError(f"--storage={hidden(s.storage)}: its database driver is not "
+                        "installed: pip install -e '.[tune]' (psycopg for PostgreSQL)") from None
+      except Exception as e:  # pylint: disable=broad-except  (any database's error)
+        if attempt == 2 or "already exists" not in str(e) and "duplicate" not in str(e):
+          raise UsageError(f"--storage={hidden(s.storage)}: cannot open it: "
+                          f"{first_line(e)}") from None
+        time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
+
+  def _definition(self) -> dict:
+    """What the study tunes: the trial flags (what they train, not how they run: paths
+    differ between machines), the search and the objective."""
+    flags = child_runs.flags_for([*self.s.base, "--model_dir=/unused"]) or {}
+    trained = {k: v for k, v in flags.items()
+               if k not in options.HOW_IT_RUNS and k != "model_dir"}
+    return {"flags": trained, "search": [x.spec for x in self.s.searches],
+            "objective": self.s.objective}
+
+  def _study(self):
+    s, optuna = self.s, self.optuna
+    samplers = {"tpe": lambda seed: optuna.samplers.TPESampler(
+                    seed=seed, n_startup_trials=s.startup_trials),
+                "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
+                # A grid trial records its point as an index into the grid's order, which
+                # GridSampler shuffles by its seed: every process must use one seed.
+                "grid": lambda _: _Grid({x.name: x.grid() for x in s.searches},
+                                        seed=s.seed or 0)}
+
+    class _Grid(optuna.samplers.GridSampler):
+      """GridSampler without its stop of Study.optimize once the grid is done, which
+      raises outside optimize: the tuner asks is_exhausted itself."""
+
+      def after_trial(self, study, trial, state, values):
+        del study, trial, state, values
+    study = optuna.create_study(
+        storage=self.storage, study_name=s.study, load_if_exists=True,
+        direction=self.trial_env.OBJECTIVES[s.objective],
+        pruner=self.trial_env.pruner(s.pruner, s.startup_trials))
+    definition = self._definition()
+    recorded = study.user_attrs.get("definition")
+    if recorded is None:
+      study.set_user_attr("definition", definition)
+    elif recorded != definition:
+      changed = [k for k in definition if recorded.get(k) != definition[k]]
+      if "flags" in changed:
+        diff = child_runs.changed_flags(recorded["flags"], definition["flags"])
+        changed[changed.index("flags")] = "flags " + ", ".join(
+            f"--{k} {a} -> {b}" for k, (a, b) in sorted(diff.items()))
+      raise UsageError(f"study {s.study!r} in {hidden(s.storage)} was started with other "
+                      f"{'; '.join(changed)}: use a new --root (nothing was changed)")
+    # Each process its own stream of draws: tuners started with one --seed would draw the
+    # same values. One tuner from an empty study is reproducible.
+    seed = None if s.seed is None else s.seed + len(study.get_trials(deepcopy=False))
+    study.sampler = samplers[s.sampler](seed)
+    return study
+
+  # --- the loop ---
+
+  def run(self) -> None:
+    states = self.optuna.trial.TrialState
+    while True:
+      # One tuner at a time takes up dead trials, counts and asks: else two could resume
+      # one trial (SQLite ignores row locks) or start more trials than --trials.
+      with self.lock:
+        self._take_up_dead()
+        trials = self.study.get_trials(deepcopy=False)
+        waiting = [t for t in trials if t.state == states.WAITING]
+        used = [t for t in trials if t.state != states.WAITING and not self._handed_back(t)]
+        exhausted = self.s.sampler == "grid" and self.study.sampler.is_exhausted(self.study)
+        full = not waiting and (len(used) >= self.s.trials or exhausted)
+        trial = None if full else self._start(self.study.ask())
+      if trial is None:
+        running = [t.number for t in trials if t.state == states.RUNNING]
+        if not running:
+          return
+        print(f"waiting for trials {', '.join(map(str, running))} of other tuners",
+              flush=True)
+        time.sleep(min(self.s.heartbeat_seconds, 5))
+        continue
+      self._run_one(*trial)
+
+  @staticmethod
+  def _handed_back(trial) -> bool:
+    """A trial failed for its tuner's sake, not its own: a retry of it carries on."""
+    return trial.state.name == "FAIL" and "error" not in trial.user_attrs
+
+  def _take_up_dead(self) -> None:
+    """Trials whose tuner died go back to the queue, to resume from their checkpoints:
+    those whose heartbeat went stale (any machine), and at once those of this machine
+    whose tuner and trainer processes are both gone."""
+    optuna = self.optuna
+    optuna.storages.fail_stale_trials(self.study)
+    host = socket.gethostname()
+    for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+      attrs = trial.user_attrs
+      if (attrs.get("host") == host and "pid" in attrs and not _alive(attrs["pid"])
+          and not _alive(attrs.get("trainer_pid"))):
+        if self._hand_back(trial._trial_id):  # pylint: disable=protected-access
+          print(f"trial {trial.number}: its tuner (pid {attrs['pid']}) is gone; taken up "
+                "again", flush=True)
+
+  def _hand_back(self, trial_id: int) -> bool:
+    """Fails the running trial and queues a retry of it (same values, its reports, its
+    model_dir). False when another process got there first."""
+    try:
+      if not self.storage.set_trial_state_values(trial_id, self.optuna.trial.TrialState.FAIL):
+        return False
+    except self.optuna.exceptions.UpdateFinishedTrialError:
+      return False
+    self.retry(self.study, self.storage.get_trial(trial_id))
+    return True
+
+  def _start(self, trial):
+    """Claims the asked trial (its heartbeat, this process, its model_dir: a retry keeps
+    its own) and draws its values; returns (trial, model_dir, values, label)."""
+    trial_id = trial._trial_id  # pylint: disable=protected-access
+    try:
+      self.storage.record_heartbeat(trial_id)  # from now on a dead tuner shows
+      frozen = self.storage.get_trial(trial_id)
+      history = self.retry.retry_history(frozen)
+      model_dir = frozen.user_attrs.get("model_dir") if history else None
+      model_dir = model_dir or os.path.join(self.s.root, f"trial-{trial.number:04d}")
+      for key, value in {"host": socket.gethostname(), "pid": os.getpid(),
+                         "trainer_pid": None, "model_dir": model_dir}.items():
+        trial.set_user_attr(key, value)
+      values = {x.name: x.suggest(trial) for x in self.s.searches}
+    except BaseException:
+      self._hand_back(trial_id)
+      raise
+    label = f"trial {trial.number}" + (
+        f" (resumes {os.path.basename(model_dir)})" if history else "")
+    return trial, model_dir, values, label
+
+  def _run_one(self, trial, model_dir: str, values: dict, label: str) -> None:
+    s, optuna = self.s, self.optuna
+    trial_id = trial._trial_id  # pylint: disable=protected-access
+    print(f"start  {label}: " + " ".join(f"--{k}={v}" for k, v in values.items()), flush=True)
+    args = [*s.base, *(f"--{k}={v}" for k, v in values.items()), f"--model_dir={model_dir}"]
+    env = self.trial_env.environment(storage=s.storage, study=s.study, trial_id=trial_id,
+                                     number=trial.number, objective=s.objective,
+                                     pruner=s.pruner, startup_trials=s.startup_trials)
+    try:
+      tf.io.gfile.makedirs(model_dir)
+      with _Heartbeat(self.storage, trial_id, s.heartbeat_seconds):
+        returncode, last = child_runs.run_trainer(
+            model_dir, args, env, started=lambda pid: trial.set_user_attr("trainer_pid", pid))
+    except BaseException:  # Ctrl-C, SIGTERM, a storage error: the trainer saved its checkpoint
+      self._hand_back(trial_id)
+      print(f"{label} handed back: a rerun resumes it", flush=True)
+      raise
+    results = child_runs.read_json(os.path.join(model_dir, "results.json")) or {}
+    tell = lambda *a, **k: self.study.tell(trial, *a, skip_if_finished=True, **k)
+    if returncode == 0 and "pruned_at_step" in results:
+      tell(state=optuna.trial.TrialState.PRUNED)
+      print(f"pruned {label} at step {results['pruned_at_step']}", flush=True)
+      return
+    value = results.get(f"validation_{s.objective}") if returncode == 0 else None
+    if value is not None and math.isfinite(value):
+      tell(value)
+      print(f"done   {label}: validation {s.objective} {value:.4f}", flush=True)
+      return
+    error = (last if returncode else "no validation figure in its results.json")
+    trial.set_user_attr("error", f"exit {returncode}: {error}")
+    tell(state=optuna.trial.TrialState.FAIL)
+    print(f"failed {label}: exit {returncode}: {error}", flush=True)
+    if returncode == 2:  # bad flags or data: every trial would fail alike
+      raise UsageError(f"{label}: {error} (its log: {model_dir}/train.log)")
