@@ -58,9 +58,16 @@ class Stopped(Exception):
     self.signum = signum
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse, its errors in one line (not the usage block first)."""
+
+  def error(self, message):
+    print(f"error: {message} (python -m trainer.tune --help)", file=sys.stderr)
+    sys.exit(2)
+
+
 def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
-  parser = argparse.ArgumentParser(prog="python -m trainer.tune",
-                                   description=__doc__.split("\n\n")[0])
+  parser = _Parser(prog="python -m trainer.tune", description=__doc__.split("\n\n")[0])
   add = parser.add_argument
   add("--flagfile", help="the trials' base flags (a trainer flagfile)")
   add("--search", action="append", default=[], metavar="NAME=DIST:ARGS",
