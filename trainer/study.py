@@ -5,20 +5,18 @@ trial run as trainer.main in its model_dir, reporting to the trial (trainer/tria
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import math
 import os
 import re
 import socket
-import threading
 import time
-import zlib
 
 import tensorflow as tf
 
 from trainer import child_runs, options
 from trainer import trial as trial_env
 from trainer.errors import UsageError
+from trainer.liveness import Heartbeat, StudyLock, alive
 from trainer.search import Search
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -37,88 +35,6 @@ def hidden(url: str) -> str:
 def first_line(error: BaseException) -> str:
   text = str(error).strip() or type(error).__name__
   return text.splitlines()[0][:200]
-
-
-def _alive(pid) -> bool:
-  """Whether the process runs on this machine (a zombie, exited but not yet reaped, does
-  not: a killed tuner's trainer is one until init reaps it)."""
-  if pid is None:
-    return False
-  try:
-    os.kill(int(pid), 0)
-  except ProcessLookupError:
-    return False
-  except (PermissionError, TypeError, ValueError):
-    return True
-  try:
-    with open(f"/proc/{int(pid)}/stat") as f:
-      return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-  except (OSError, IndexError):
-    return True
-
-
-class _Heartbeat:
-  """Records the trial's heartbeat in the storage every `interval` seconds while its trainer
-  runs: a tuner that dies stops beating, and other tuners take the trial up."""
-
-  def __init__(self, storage, trial_id: int, interval: float):
-    self.storage, self.trial_id, self.interval = storage, trial_id, interval
-    self.done = threading.Event()
-    self.thread = threading.Thread(target=self._beat, daemon=True)
-
-  def _beat(self):
-    while True:
-      try:
-        self.storage.record_heartbeat(self.trial_id)
-      except Exception:  # pylint: disable=broad-except  (a database blip: beat again later)
-        pass
-      if self.done.wait(self.interval):
-        return
-
-  def __enter__(self):
-    self.thread.start()
-
-  def __exit__(self, *exc):
-    self.done.set()
-    self.thread.join()
-
-
-class _StudyLock:
-  """Serializes the tuners of one study where their storage does not: an exclusive lock
-  on ROOT/study.lock for the embedded SQLite study (its tuners share the machine), a
-  PostgreSQL advisory lock for a shared one. Other databases rely on their row locks."""
-
-  def __init__(self, settings):
-    self.path = self.engine = None
-    if settings.storage.startswith("sqlite:///" + settings.root):
-      self.path = os.path.join(settings.root, "study.lock")
-    elif settings.storage.startswith("postgresql"):
-      import sqlalchemy  # pylint: disable=g-import-not-at-top  (the tune extra's)
-      self.engine = sqlalchemy.create_engine(
-          settings.storage.replace("postgresql://", "postgresql+psycopg://", 1),
-          poolclass=sqlalchemy.pool.NullPool)
-      self.key = zlib.crc32(settings.study.encode())
-    self.held = None
-
-  def __enter__(self):
-    if self.path:
-      self.held = open(self.path, "a")  # pylint: disable=consider-using-with
-      fcntl.flock(self.held, fcntl.LOCK_EX)
-    elif self.engine is not None:
-      import sqlalchemy  # pylint: disable=g-import-not-at-top
-      self.held = self.engine.connect()
-      self.held.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
-
-  def __exit__(self, *exc):
-    if self.held is None:
-      return
-    if self.path:
-      fcntl.flock(self.held, fcntl.LOCK_UN)
-    else:
-      import sqlalchemy  # pylint: disable=g-import-not-at-top
-      self.held.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
-    self.held.close()
-    self.held = None
 
 
 @dataclasses.dataclass
@@ -149,7 +65,7 @@ class Tuner:
         inherit_intermediate_values=True)
     self.storage = self._storage()
     self.study = self._study()
-    self.lock = _StudyLock(settings)
+    self.lock = StudyLock(settings)
 
   def _storage(self):
     s = self.s
@@ -254,8 +170,8 @@ class Tuner:
     host = socket.gethostname()
     for trial in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
       attrs = trial.user_attrs
-      if (attrs.get("host") == host and "pid" in attrs and not _alive(attrs["pid"])
-          and not _alive(attrs.get("trainer_pid"))):
+      if (attrs.get("host") == host and "pid" in attrs and not alive(attrs["pid"])
+          and not alive(attrs.get("trainer_pid"))):
         if self._hand_back(trial._trial_id):  # pylint: disable=protected-access
           print(f"trial {trial.number}: its tuner (pid {attrs['pid']}) is gone; taken up "
                 "again", flush=True)
@@ -302,7 +218,7 @@ class Tuner:
                                      pruner=s.pruner, startup_trials=s.startup_trials)
     try:
       tf.io.gfile.makedirs(model_dir)
-      with _Heartbeat(self.storage, trial_id, s.heartbeat_seconds):
+      with Heartbeat(self.storage, trial_id, s.heartbeat_seconds):
         returncode, last = child_runs.run_trainer(
             model_dir, args, env, started=lambda pid: trial.set_user_attr("trainer_pid", pid))
     except BaseException:  # Ctrl-C, SIGTERM, a storage error: the trainer saved its checkpoint
