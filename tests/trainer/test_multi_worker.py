@@ -49,14 +49,6 @@ def _start_cluster(model_dir, evaluator=False, env=None):
           for kind, i in local_cluster.tasks(spec)]
 
 
-def _read_json(path):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
-
-
 def _digest(proc, outs=None):
   out, _ = proc.communicate(timeout=240)
   assert proc.returncode == 0, out[-3000:]
@@ -65,17 +57,17 @@ def _digest(proc, outs=None):
   return re.findall(r"model weights digest at step 100: (\w+)", out)[-1]
 
 
-def _eval_steps(proc, returncode=0):
+def _eval_steps(proc):
   out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == returncode, out[-3000:]
+  assert proc.returncode == 0, out[-3000:]
   return [int(s) for s in re.findall(r"eval on test at step (\d+)", out)], out
 
 
 def test_chief_worker_evaluator_and_sigterm_to_one_worker_stops_training_at_one_step(tmp_path):
-  """Chief + worker + evaluator on loopback: the two train to identical weights, the
-  evaluator (outside the collective) evaluates each checkpoint up to the last step. Then
-  SIGTERM to the worker stops both training tasks at one step; the evaluator evaluates
-  that checkpoint and waits for training to resume; the rerun is bit-exact."""
+  """Chief + worker + evaluator on loopback: the two train to identical weights, only the
+  chief writes, the evaluator (outside the collective) evaluates each checkpoint up to
+  the last step. Then SIGTERM to the worker stops both training tasks at one step, and
+  the rerun is bit-exact."""
   straight, scratch, outs = tmp_path / "straight", tmp_path / "tmp", []
   scratch.mkdir()
   chief, worker, evaluator = _start_cluster(straight, evaluator=True,
@@ -100,7 +92,7 @@ def test_chief_worker_evaluator_and_sigterm_to_one_worker_stops_training_at_one_
       25, 50, 75, 100}
   assert "CollectiveAllReduce" not in out and "1 replica(s)" in out  # not a worker
 
-  chief, other, evaluator = _start_cluster(tmp_path / "preempted", evaluator=True)
+  chief, other = _start_cluster(tmp_path / "preempted")
   lines = []
   for line in other.stdout:  # the non-chief reaches step 20: both are training
     lines.append(line)
@@ -121,13 +113,6 @@ def test_chief_worker_evaluator_and_sigterm_to_one_worker_stops_training_at_one_
   # under way when the signal came may finish: a Python handler waits for TensorFlow).
   for out in outs:
     assert not re.search(rf"eval on \w+ at step {step}\b", out), out[-2000:]
-  deadline = time.monotonic() + 60
-  while (_read_json(tmp_path / "preempted" / "eval_test.json") or {}).get("global_step") != step:
-    assert evaluator.poll() is None and time.monotonic() < deadline
-    time.sleep(0.2)
-  evaluator.send_signal(signal.SIGTERM)  # as the engine ends it (it would wait for training)
-  steps, out = _eval_steps(evaluator, returncode=-signal.SIGTERM)
-  assert steps[-1] == step, out[-2000:]
 
   resumed = _start_cluster(tmp_path / "preempted")
   assert {_digest(p) for p in resumed} == expected
