@@ -13,7 +13,7 @@ import time
 
 import tensorflow as tf
 
-from trainer import child_runs, options
+from trainer import child_runs, run_record
 from trainer import trial as trial_env
 from trainer.errors import UsageError
 from trainer.liveness import Heartbeat, StudyLock, alive
@@ -85,13 +85,23 @@ class Tuner:
     raise AssertionError("unreachable")
 
   def _definition(self) -> dict:
-    """What the study tunes: the trial flags (what they train, not how they run: paths
-    differ between machines), the search and the objective."""
-    flags = child_runs.flags_for([*self.s.base, "--model_dir=/unused"]) or {}
-    trained = {k: v for k, v in flags.items()
-               if k not in options.HOW_IT_RUNS and k != "model_dir"}
-    return {"flags": trained, "search": [x.spec for x in self.s.searches],
-            "objective": self.s.objective}
+    """What the study tunes: the trial flags, the search and the objective."""
+    return {"flags": child_runs.flags_for([*self.s.base, "--model_dir=/unused"]) or {},
+            "search": [x.spec for x in self.s.searches], "objective": self.s.objective}
+
+  def _check_definition(self, recorded: dict, definition: dict) -> None:
+    """Refuses another study under this name: other trial flags by the rerun rule of a
+    run (run_record: what is trained and the run's length; not how it runs, whose paths
+    differ between machines), another search or objective."""
+    changed = []
+    diff = child_runs.changed_flags(recorded.get("flags") or {}, definition["flags"])
+    if diff:
+      changed.append("flags (" + run_record.listed(diff) + ")")
+    changed += [k for k in ("search", "objective") if recorded.get(k) != definition[k]]
+    if changed:
+      raise UsageError(f"study {self.s.study!r} in {hidden(self.s.storage)} was started "
+                       f"with other {'; '.join(changed)}: use a new --root (nothing was "
+                       "changed)")
 
   def _study(self):
     s, optuna = self.s, self.optuna
@@ -117,14 +127,8 @@ class Tuner:
     recorded = study.user_attrs.get("definition")
     if recorded is None:
       study.set_user_attr("definition", definition)
-    elif recorded != definition:
-      changed = [k for k in definition if recorded.get(k) != definition[k]]
-      if "flags" in changed:
-        diff = child_runs.changed_flags(recorded["flags"], definition["flags"])
-        changed[changed.index("flags")] = "flags " + ", ".join(
-            f"--{k} {a} -> {b}" for k, (a, b) in sorted(diff.items()))
-      raise UsageError(f"study {s.study!r} in {hidden(s.storage)} was started with other "
-                      f"{'; '.join(changed)}: use a new --root (nothing was changed)")
+    else:
+      self._check_definition(recorded, definition)
     # Each process its own stream of draws: tuners started with one --seed would draw the
     # same values. One tuner from an empty study is reproducible.
     seed = None if s.seed is None else s.seed + len(study.get_trials(deepcopy=False))

@@ -145,6 +145,23 @@ def test_a_root_holding_another_studys_trials_is_refused(tmp_path, capsys):
   assert sorted(os.listdir(root)) == ["study.db", "tune.json"]
 
 
+def test_a_rerun_of_a_study_with_other_trial_flags_is_refused(tmp_path, capsys):
+  """What is trained may not change under a study (how it runs, e.g. --data_dir, may)."""
+  root = tmp_path / "tune"
+  study = optuna.create_study(study_name=str(root), storage=f"sqlite:///{tmp_path}/s.db")
+  from trainer import child_runs  # pylint: disable=g-import-not-at-top
+  study.set_user_attr("definition", {
+      "flags": child_runs.flags_for([*TRIAL, "--model_dir=/x"]),
+      "search": ["dropout=uniform:0:0.5"], "objective": "accuracy"})
+  argv = [f"--root={root}", f"--storage=sqlite:///{tmp_path}/s.db",
+          "--search=dropout=uniform:0:0.5", "--", *TRIAL]
+  assert tune.main([*argv, "--epochs=5", "--data_dir=/elsewhere"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f"error: study '{root}' in sqlite:///{tmp_path}/s.db was started with "
+                 "other flags (--epochs=4 -> 5): use a new --root (nothing was changed)"]
+  assert not os.path.exists(root)
+
+
 def test_a_killed_tuners_trial_resumes_a_hopeless_one_is_pruned_and_best_cfg_reruns(tmp_path,
                                                                                      capsys):
   """One machine, the embedded study, a grid of a good and a hopeless learning rate (the
