@@ -9,6 +9,8 @@ import os
 import threading
 import zlib
 
+from trainer.trial import database_url
+
 
 def alive(pid) -> bool:
   """Whether the process runs on this machine (a zombie, exited but not yet reaped, does
@@ -61,13 +63,12 @@ class StudyLock:
 
   def __init__(self, settings):
     self.path = self.engine = None
-    if settings.storage.startswith("sqlite:///" + settings.root):
+    if settings.embedded:
       self.path = os.path.join(settings.root, "study.lock")
     elif settings.storage.startswith("postgresql"):
       import sqlalchemy  # pylint: disable=g-import-not-at-top  (the tune extra's)
-      self.engine = sqlalchemy.create_engine(
-          settings.storage.replace("postgresql://", "postgresql+psycopg://", 1),
-          poolclass=sqlalchemy.pool.NullPool)
+      self.engine = sqlalchemy.create_engine(database_url(settings.storage),
+                                             poolclass=sqlalchemy.pool.NullPool)
       self.key = zlib.crc32(settings.study.encode())
     self.held = None
 

@@ -53,6 +53,11 @@ class Settings:
   seed: int | None = None
   heartbeat_seconds: int = 30
 
+  @property
+  def embedded(self) -> bool:
+    """The study is a SQLite file in the root (the default): its tuners share a machine."""
+    return self.storage.startswith("sqlite:///" + self.root)
+
 
 class Tuner:
   """One tuner process on a study: takes trials until the study has its --trials, then

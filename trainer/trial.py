@@ -36,14 +36,20 @@ def environment(*, storage: str, study: str, trial_id: int, number: int, objecti
                            "startup_trials": startup_trials})}
 
 
+def database_url(url: str) -> str:
+  """The SQLAlchemy URL of a --storage: postgresql:// means psycopg 3 (the `tune` extra's
+  driver; SQLAlchemy 2.0 would look for psycopg2)."""
+  if url.startswith("postgresql://"):
+    return "postgresql+psycopg://" + url[len("postgresql://"):]
+  return url
+
+
 def open_storage(url: str, **heartbeat):
   """Optuna's database storage of `url`, as the tuner and its trainers open it: SQLite
-  waits for another process's write lock instead of failing after 5 s, and postgresql://
-  means psycopg 3 (the `tune` extra's driver; SQLAlchemy 2.0 would look for psycopg2).
+  waits for another process's write lock instead of failing after 5 s; database_url.
   heartbeat: RDBStorage's heartbeat arguments (the tuner's)."""
   import optuna  # pylint: disable=g-import-not-at-top  (an optional dependency)
-  if url.startswith("postgresql://"):
-    url = "postgresql+psycopg://" + url[len("postgresql://"):]
+  url = database_url(url)
   engine = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite") else
             {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
             if url.startswith("postgresql") else {"pool_pre_ping": True})

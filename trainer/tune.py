@@ -157,10 +157,9 @@ def main(argv=None) -> int:
     # Optuna's heartbeat is meant for Study.optimize; the tuner beats itself (_Heartbeat).
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    embedded = settings.storage.startswith("sqlite:///" + settings.root)
     # A shared storage is opened first: a bad URL leaves no root behind. The embedded
     # one lives in the root.
-    tuner = None if embedded else Tuner(settings)
+    tuner = None if settings.embedded else Tuner(settings)
     try:
       tf.io.gfile.makedirs(settings.root)
     except tf.errors.OpError as e:

@@ -37,8 +37,8 @@ def _tuner(root, *args, storage=None, trial=TRIAL):
 
 def _study(root, storage=None):
   return optuna.load_study(study_name=str(root),
-                           storage=(storage or f"sqlite:///{root}/study.db").replace(
-                               "postgresql://", "postgresql+psycopg://"))
+                           storage=tuning_trial.database_url(
+                               storage or f"sqlite:///{root}/study.db"))
 
 
 def _running(pid):
