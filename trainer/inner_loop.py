@@ -48,7 +48,8 @@ class Trainer:
                  " with dynamic loss scaling" if config.mixed_precision == "mixed_float16"
                  else "", self.plan.precision_reason)
     self.state = TrainState(config, strategy, data.info, total_steps=self.plan.total_steps,
-                            horizon=self.plan.horizon, output_dir=output_dir)
+                            horizon=self.plan.horizon, output_dir=output_dir,
+                            restart=self.plan.restart)
     self.evaluator = Evaluator(self.state, data, config.batch_size,
                                writer or summaries.Summaries(config.model_dir, enabled=False),
                                pictures=config.eval_images, tta=config.tta)

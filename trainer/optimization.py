@@ -20,6 +20,28 @@ _NO_DECAY = ["bias", "gamma", "beta", "moving_mean", "moving_variance"]
 # learning_rate / ONE_CYCLE_START_DIVISOR (torch's OneCycleLR defaults: 0.3 and 25).
 ONE_CYCLE_WARMUP = 0.3
 ONE_CYCLE_START_DIVISOR = 25.0
+# A schedule ending below this fraction of its peak rate has decayed: an extension past
+# its end would train at that rate and optimize nothing (run_record.check_extension).
+NEGLIGIBLE = 1e-3
+# The schedules a warm restart (--restart_learning_rate) can repeat over an extension:
+# those that decay over a horizon. cosine and one_cycle restart as a cosine (no warm-up).
+RESTARTABLE = ("cosine", "one_cycle", "exponential")
+
+
+@dataclasses.dataclass(frozen=True)
+class Restart:
+  """A warm restart: from global step `step` to `end`, a new schedule of the run's shape
+  from rate `peak` (--restart_learning_rate), recorded in flags.json (run_record.py)."""
+  step: int
+  end: int
+  peak: float
+
+  def as_record(self) -> dict:
+    return {"step": self.step, "end": self.end, "learning_rate": self.peak}
+
+  @classmethod
+  def from_record(cls, record: dict) -> Restart:
+    return cls(int(record["step"]), int(record["end"]), float(record["learning_rate"]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,19 +55,24 @@ class Schedule:
   warmup: int
   horizon: int  # steps; fixed at the run's first start (run_record.py)
   boundaries: tuple[int, ...]
+  restart: Restart | None = None  # the run's last warm restart, if any
 
   @classmethod
-  def of(cls, config: Config, total_steps: int, horizon: int | None = None) -> Schedule:
+  def of(cls, config: Config, total_steps: int, horizon: int | None = None,
+         restart: Restart | None = None) -> Schedule:
     """The schedule the flags ask for. horizon: the run's (plan.py), else --schedule_steps,
-    else total_steps."""
+    else total_steps. restart: the run's warm restart (run_record.restart)."""
     # The horizon is fixed when the run starts (run_record.py): extending a run to more
     # steps must not make the rate jump back up.
     horizon = horizon or config.schedule_steps or total_steps
     warmup = config.warmup_steps
     if config.lr_schedule == "one_cycle" and not warmup:
       warmup = max(1, round(ONE_CYCLE_WARMUP * horizon))
+    if config.lr_schedule not in RESTARTABLE:
+      restart = None
     return cls(config.lr_schedule, config.learning_rate, config.final_learning_rate,
-               config.lr_decay_rate, warmup, horizon, tuple(config.lr_boundaries or ()))
+               config.lr_decay_rate, warmup, horizon, tuple(config.lr_boundaries or ()),
+               restart)
 
   def check_warmup(self) -> None:
     """ConfigError when the warm-up would never end. For a new run only: a run started
@@ -56,11 +83,23 @@ class Schedule:
           "(the run's length, or --schedule_steps): the rate would never finish warming "
           "up; lower --warmup_steps")
 
+  @property
+  def end(self) -> int:
+    """The step from which the rate stays at final_rate: the horizon, or the restart's end."""
+    return self.restart.end if self.restart else self.horizon
+
   def final_rate(self) -> float | None:
-    """The rate from the horizon on; None for plateau, whose cuts depend on the evals."""
-    return {"constant": self.peak, "cosine": self.floor, "one_cycle": self.floor,
-            "exponential": self.peak * self.decay_rate,
-            "step": self.peak * self.decay_rate ** len(self.boundaries)}.get(self.name)
+    """The rate from `end` on; None for plateau, whose cuts depend on the evals."""
+    peak = self.restart.peak if self.restart else self.peak
+    return {"constant": peak, "cosine": self.floor, "one_cycle": self.floor,
+            "exponential": peak * self.decay_rate,
+            "step": peak * self.decay_rate ** len(self.boundaries)}.get(self.name)
+
+  def decayed(self) -> bool:
+    """Whether the rate from `end` on is 0 or negligible (NEGLIGIBLE of its peak)."""
+    final = self.final_rate()
+    peak = self.restart.peak if self.restart else self.peak
+    return final is not None and final < NEGLIGIBLE * peak
 
   def rate_fn(self, global_step: tf.Variable, plateau_factor: tf.Variable | None = None):
     """A callable for Keras: the rate at the current global step (not optimizer.iterations,
@@ -69,6 +108,14 @@ class Schedule:
     peak, floor, schedule, warmup = self.peak, self.floor, self.name, self.warmup
     decay_steps = max(1, self.horizon - warmup)
     boundaries = tf.constant(self.boundaries or (0,), tf.float32)
+    restart = self.restart
+
+    def restarted(step):
+      progress = tf.clip_by_value((step - restart.step) / max(1, restart.end - restart.step),
+                                  0.0, 1.0)
+      if schedule == "exponential":
+        return restart.peak * tf.pow(self.decay_rate, progress)
+      return floor + (restart.peak - floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
 
     def rate():
       step = tf.cast(global_step, tf.float32)
@@ -89,6 +136,8 @@ class Schedule:
         value = tf.where(step < warmup, start + (peak - start) * step / warmup, value)
       elif warmup:
         value = tf.where(step < warmup, peak * (step + 1) / warmup, value)
+      if restart is not None:  # from its step on, the restart's own decay from its peak
+        value = tf.where(step >= restart.step, restarted(step), value)
       return value
 
     return rate

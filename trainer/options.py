@@ -171,6 +171,11 @@ OPTIONS: tuple[Option, ...] = (
            "is cut.", _O, check=positive),
     Option("schedule_steps", int, None, "The schedule's horizon in steps (default: the run's "
            "length at its first start, kept when a rerun extends it).", _O, check=positive),
+    Option("restart_learning_rate", float, None, "Extending a run (a larger --epochs or "
+           "--train_steps) whose cosine, one_cycle or exponential schedule has ended: a warm "
+           "restart, a new schedule over the added steps from this rate (cosine and "
+           "one_cycle: a cosine down to --final_learning_rate). Recorded; later reruns keep "
+           "it.", _O, LENGTH, check=positive),
     Option("lr_decay_rate", float, 0.1, "exponential: factor over the whole run; step and "
            "plateau: factor at each cut.", _O,
            check=within(0, 1, low_open=True, high_open=False)),

@@ -7,12 +7,16 @@ named in --allow_changed_flags; then the change is logged, recorded in
 model_dir/flag_changes.json and results.json, and flags.json takes the new value. A longer
 --epochs/--train_steps extends the run; a shorter one than already trained is refused.
 The learning-rate schedule's horizon (--schedule_steps) is fixed at the first start, so an
-extended run continues the schedule where it was instead of jumping.
+extended run continues the schedule where it was instead of jumping. An extension past the
+end of a schedule that has decayed (to 0 or nearly) is refused: it would train at that
+rate; --restart_learning_rate restarts the schedule over the added steps instead, recorded
+in flags.json (RESTART) so that a resumed extension derives the same rates.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import time
 
 from absl import logging
@@ -22,10 +26,12 @@ from trainer.config import Config
 from trainer.errors import ConfigError
 from trainer.options import normalized
 from trainer.values import as_text
-from trainer.run_files import CHANGES, PIPELINE
+from trainer.run_files import CHANGES, PIPELINE, RESTART
 # Pipelines that give the same batches: in_memory and tf_data always (one permutation
 # function); a folder's stream too. A TFDS stream reads its shards in another order.
 _SAME_ORDER = ("in_memory", "tf_data")
+# Not given on a rerun, these keep the run's recorded value.
+_INHERITED = ("schedule_steps", "restart_learning_rate")
 
 
 def listed(changes: dict[str, tuple]) -> str:
@@ -41,12 +47,13 @@ def _same(name: str, a, b) -> bool:
 
 def differences(recorded: dict, current: dict) -> dict[str, tuple]:
   """{flag: (recorded, current)} of tapeloop's flags whose meaning differs; a flag absent
-  from an older record has its default. --schedule_steps not given is inherited, no change."""
+  from an older record has its default. --schedule_steps and --restart_learning_rate not
+  given are inherited, no change."""
   changed = {}
   for name in options.NAMES:
     old, new = recorded.get(name, options.BY_NAME[name].default), current[name]
-    if name == "schedule_steps" and new is None:
-      continue  # inherited (check)
+    if name in _INHERITED and new is None:
+      continue  # inherited (check, restart)
     if not _same(name, old, new):
       changed[name] = (old, new)
   return changed
@@ -90,6 +97,69 @@ def horizon(config: Config, recorded: dict | None, steps_per_epoch: int,
   return recorded.get("train_steps") or steps_per_epoch * (recorded.get("epochs") or 1)
 
 
+def recorded_length(recorded: dict, steps_per_epoch: int) -> int:
+  """The steps the recorded run was to train (its --train_steps, else its --epochs)."""
+  return recorded.get("train_steps") or steps_per_epoch * (recorded.get("epochs") or 1)
+
+
+def restart(config: Config, recorded: dict | None, steps_per_epoch: int,
+            total_steps: int) -> optimization.Restart | None:
+  """The run's warm restart: a new one when this rerun extends the run with
+  --restart_learning_rate (from the step the run was to end at, over the added steps),
+  else the recorded one. ConfigError for --restart_learning_rate without an extension."""
+  asked = config.restart_learning_rate
+  if recorded is None:
+    if asked is not None:
+      raise ConfigError("--restart_learning_rate restarts the schedule of a run being "
+                        "extended; a new run starts at --learning_rate: drop it")
+    return None
+  try:
+    kept = recorded.get(RESTART) and optimization.Restart.from_record(recorded[RESTART])
+  except (KeyError, TypeError, ValueError, AttributeError):
+    raise ConfigError(f"{run_files.path(config.model_dir, run_files.RECORD)}: its {RESTART} "
+                      "is damaged; restore the file, or use a new --model_dir") from None
+  old_total = recorded_length(recorded, steps_per_epoch)
+  if asked is None:
+    return kept or None
+  if total_steps > old_total:
+    if config.lr_schedule not in optimization.RESTARTABLE:
+      raise ConfigError(f"--restart_learning_rate restarts a {', '.join(optimization.RESTARTABLE)} "
+                        f"schedule, not --lr_schedule={config.lr_schedule}: drop it")
+    if asked <= config.final_learning_rate:
+      raise ConfigError(f"--restart_learning_rate={asked:g} must be above "
+                        f"--final_learning_rate={config.final_learning_rate:g}, where it decays to")
+    return optimization.Restart(old_total, total_steps, asked)
+  if kept and _same("restart_learning_rate", kept.peak, asked):
+    return kept  # the same command again: resumes the restart
+  raise ConfigError(f"--restart_learning_rate={asked:g} restarts the schedule over the steps "
+                    f"an extension adds: give it with a larger --epochs or --train_steps than "
+                    f"the run's {old_total} steps")
+
+
+def check_extension(config: Config, recorded: dict | None, schedule: optimization.Schedule,
+                    steps_per_epoch: int, total_steps: int) -> None:
+  """Refuses an extension whose added steps past the schedule's end would train at a rate
+  that has decayed to 0 or nearly (nothing would be optimized), naming a way that trains."""
+  if recorded is None:
+    return
+  old_total = recorded_length(recorded, steps_per_epoch)
+  if total_steps <= max(old_total, schedule.end) or not schedule.decayed():
+    return
+  where = (f"its warm restart ends at step {schedule.end}" if schedule.restart else
+           f"its {config.lr_schedule} schedule ends at step {schedule.end}")
+  if config.lr_schedule in optimization.RESTARTABLE:
+    peak = schedule.restart.peak if schedule.restart else config.learning_rate
+    fix = (f"restart the schedule over the added steps with --restart_learning_rate={peak:g} "
+           "(or lower), or decay over the longer run with "
+           f"--schedule_steps={total_steps} --allow_changed_flags=schedule_steps")
+  else:
+    fix = "use a new --model_dir, or change the schedule with --allow_changed_flags"
+  raise ConfigError(
+      f"--model_dir={shlex.quote(config.model_dir)}: {where}, at rate {schedule.final_rate():g}; steps "
+      f"{max(old_total, schedule.end) + 1} to {total_steps} would train at it and optimize "
+      f"nothing: {fix}")
+
+
 def check_pipeline(config: Config, recorded: dict | None, data) -> None:
   """Refuses a rerun whose input pipeline would feed the examples in another order than
   the run was trained with (a TFDS dataset streamed, then in memory, or back)."""
@@ -118,12 +188,12 @@ def check_length(config: Config, step: int, total_steps: int) -> None:
         f"with python -m trainer.evaluate --model_dir={config.model_dir}")
 
 
-def write(config: Config, recorded: dict | None, changes: dict, step: int,
-          total_steps: int, horizon: int, pipeline: str) -> list[dict]:
+def write(config: Config, recorded: dict | None, changes: dict, step: int, plan,
+          pipeline: str) -> list[dict]:
   """Records the run's flags (with the schedule's horizon) and input pipeline at its first
-  start, and any allowed change or extension after it; returns the recorded changes (for
-  results.json)."""
-  model_dir = config.model_dir
+  start, and any allowed change, extension or warm restart after it (plan: plan.Plan);
+  returns the recorded changes (for results.json)."""
+  model_dir, total_steps, horizon = config.model_dir, plan.total_steps, plan.horizon
   history = run_files.read_changes(model_dir)
   if recorded is None or not run_files.has_record(model_dir):
     run_files.write_record(model_dir, {**config.flag_values, "schedule_steps": horizon,
@@ -133,20 +203,30 @@ def write(config: Config, recorded: dict | None, changes: dict, step: int,
   lengths = {k: v for k, v in changes.items() if k in options.RUN_LENGTH}
   entry = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "total_steps": total_steps,
            "changed": {k: {"old": old, "new": new} for k, (old, new) in changes.items()}}
+  record = {**recorded, **{k: config.flag_values[k] for k in changes}}
+  restart = plan.restart
+  new_restart = restart is not None and recorded.get(RESTART) != restart.as_record()
+  if new_restart:
+    entry["restart"] = record[RESTART] = restart.as_record()
   if lengths:
     logging.info("the run continues to step %d (%s); the learning-rate schedule keeps its "
                  "horizon of %d steps", total_steps,
                  ", ".join(f"--{k}={as_text(new)}, was {as_text(old)}" for k, (old, new)
-                           in lengths.items()), horizon)
-    final = optimization.Schedule.of(config, total_steps, horizon).final_rate()
-    if total_steps > horizon and final is not None and config.lr_schedule != "constant":
+                           in lengths.items() if k != "restart_learning_rate"), horizon)
+    schedule = optimization.Schedule.of(config, total_steps, horizon, restart)
+    final = schedule.final_rate()
+    if new_restart:
+      logging.info("warm restart (--restart_learning_rate): from step %d the rate starts "
+                   "again at %g and decays to %g at step %d", restart.step, restart.peak,
+                   final, restart.end)
+    elif total_steps > schedule.end and final is not None and config.lr_schedule != "constant":
       logging.warning(
-          "steps %d to %d are past the %s schedule's horizon (step %d): they train at its "
-          "final rate, %g%s; to decay over the longer run instead, give "
-          "--schedule_steps=%d --allow_changed_flags=schedule_steps", horizon + 1,
-          total_steps, config.lr_schedule, horizon, final,
-          " (the weights will not change)" if final == 0 else "", total_steps)
+          "steps %d to %d are past the %s schedule's end (step %d): they train at its "
+          "final rate, %g; to decay over the longer run instead, give "
+          "--restart_learning_rate=R, or --schedule_steps=%d "
+          "--allow_changed_flags=schedule_steps", schedule.end + 1, total_steps,
+          config.lr_schedule, schedule.end, final, total_steps)
   history.append(entry)
   run_files.write_changes(model_dir, history)
-  run_files.write_record(model_dir, {**recorded, **{k: config.flag_values[k] for k in changes}})
+  run_files.write_record(model_dir, record)
   return history

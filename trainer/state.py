@@ -29,7 +29,8 @@ class TrainState:
   non-chief worker of a cluster passes a scratch directory)."""
 
   def __init__(self, config: Config, strategy: tf.distribute.Strategy, info: DatasetInfo,
-               *, total_steps: int, horizon: int, output_dir: str | None = None):
+               *, total_steps: int, horizon: int, output_dir: str | None = None,
+               restart: optimization.Restart | None = None):
     self.strategy = strategy
     self._fp16 = config.mixed_precision == "mixed_float16"
     replicas = strategy.num_replicas_in_sync
@@ -56,7 +57,7 @@ class TrainState:
       self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self.progress = Progress()
-      self.schedule = optimization.Schedule.of(config, total_steps, horizon)
+      self.schedule = optimization.Schedule.of(config, total_steps, horizon, restart)
       self.learning_rate = self.schedule.rate_fn(self.global_step, self.progress.lr_factor)
       self.optimizer = optimization.create_optimizer(config, self.learning_rate)
       # Built eagerly: a lazily built Adam fails inside strategy.run (keras issue 23085).

@@ -201,8 +201,8 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
   flag_changes = []
   if chief:  # what the run was started as, and changes since: trainer.evaluate reads it
     tf.io.gfile.makedirs(config.model_dir)
-    flag_changes = run_record.write(config, recorded, changed, trainer.step, plan.total_steps,
-                                    plan.horizon, data.pipeline)
+    flag_changes = run_record.write(config, recorded, changed, trainer.step, plan,
+                                    data.pipeline)
     if data.folder_check:
       run_files.write_folder_check(config.model_dir, data.folder_check)
   _describe(config, plan, trainer)

@@ -3,6 +3,7 @@ learning-rate schedule continues when a run is extended."""
 
 import json
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -73,9 +74,6 @@ def test_how_it_runs_may_change_and_allowed_changes_are_recorded(tmp_path):
 def test_extending_a_run_keeps_the_schedule_horizon(tmp_path, caplog):
   schedule = ["--lr_schedule=cosine", "--learning_rate=0.1", "--final_learning_rate=0.01",
               "--steps_per_loop=1"]
-  straight = tmp_path / "straight"
-  train.train_and_evaluate(parse(*RUN, *schedule, "--train_steps=24",
-                                 f"--model_dir={straight}"))
   extended = tmp_path / "extended"
   train.train_and_evaluate(parse(*RUN, *schedule, "--train_steps=16",
                                  f"--model_dir={extended}"))
@@ -85,14 +83,13 @@ def test_extending_a_run_keeps_the_schedule_horizon(tmp_path, caplog):
                                    f"--model_dir={extended}"))
   # Said, not silent: a cosine run extended past its horizon trains at its floor, the rate
   # the schedule itself ends at (once stated as 0 whatever --final_learning_rate said).
-  assert any("steps 17 to 24 are past the cosine schedule's horizon (step 16): they train "
+  assert any("steps 17 to 24 are past the cosine schedule's end (step 16): they train "
              "at its final rate, 0.01; to decay" in r.getMessage() for r in caplog.records)
   rates = read_scalars(extended / "train")["learning_rate"]
   # Up to step 16 the first start's cosine; past its horizon the rate stays at its end
   # instead of jumping back up to a cosine over 24 steps.
   assert rates[8] == pytest.approx(0.055, abs=1e-6)
   assert all(rates[s] == pytest.approx(0.01, abs=1e-7) for s in range(16, 25))
-  assert read_scalars(straight / "train")["learning_rate"][17] > 0.01
   assert np.all(np.diff([rates[s] for s in sorted(rates)]) <= 1e-7)  # never rises
 
 
@@ -129,3 +126,57 @@ def test_local_data_paths_are_recorded_absolute(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path / "run")
   data = config.from_values(recorded).load_data()
   assert data.info.split_sizes["train"] == 32
+
+
+class _Killed(Exception):
+  """Stands for kill -9: the process ends between two inner loops."""
+
+
+def test_an_extension_past_a_decayed_schedule_is_refused_and_a_warm_restart_trains(
+    tmp_path, monkeypatch):
+  from trainer.inner_loop import Trainer
+  run_args = [*RUN, "--lr_schedule=cosine", "--learning_rate=0.01", "--checkpoint_every=4"]
+  base = tmp_path / "base"
+  first = train.train_and_evaluate(parse(*run_args, "--train_steps=16", f"--model_dir={base}"))
+  before = tree_digest(base)
+  # Cosine to 0 at step 16: steps 17 to 24 would change nothing; refused before any work.
+  with pytest.raises(ConfigError, match=r"its cosine schedule ends at step 16, at rate 0; "
+                     r"steps 17 to 24 would train at it and optimize nothing: restart the "
+                     r"schedule over the added steps with --restart_learning_rate=0.01"):
+    train.train_and_evaluate(parse(*run_args, "--train_steps=24", f"--model_dir={base}"))
+  assert tree_digest(base) == before
+  with pytest.raises(ConfigError, match="restarts the schedule of a run being extended"):
+    train.train_and_evaluate(parse(*run_args, "--restart_learning_rate=0.005",
+                                   f"--model_dir={tmp_path / 'new'}"))
+  killed = tmp_path / "killed"
+  shutil.copytree(base, killed)
+  restart = [*run_args, "--train_steps=24", "--restart_learning_rate=0.005"]
+  straight = train.train_and_evaluate(parse(*restart, f"--model_dir={base}"))
+  assert straight["weights_digest"] != first["weights_digest"]  # trained, at a rate above 0
+  assert straight["learning_rate_restart"] == {"step": 16, "end": 24, "learning_rate": 0.005}
+  [change] = _json(base / "flag_changes.json")["changes"]
+  assert change["restart"] == straight["learning_rate_restart"]
+  assert change["changed"]["restart_learning_rate"] == {"old": None, "new": 0.005}
+  rates = read_scalars(base / "train")["learning_rate"]
+  # The first schedule's cosine to 0 at step 16, then a cosine from 0.005 over the 8
+  # added steps (steps 17 to 24): half of it at step 20, 0 again at 24.
+  assert rates[8] == pytest.approx(0.005, abs=1e-7) and rates[12] < rates[8]
+  assert rates[16] == pytest.approx(0.0, abs=1e-7)
+  assert rates[20] == pytest.approx(0.0025, abs=1e-7)
+  assert rates[24] == pytest.approx(0.0, abs=1e-7)
+  # Killed mid-extension (after the checkpoint of step 20): the same command resumes with
+  # the rates flags.json derives, to the same weights bit for bit.
+  real = Trainer.run_steps
+
+  def run_steps(self, iterator, steps):
+    if self.step == 20:
+      raise _Killed()
+    return real(self, iterator, steps)
+  monkeypatch.setattr(Trainer, "run_steps", run_steps)
+  with pytest.raises(_Killed):
+    train.train_and_evaluate(parse(*restart, f"--model_dir={killed}"))
+  monkeypatch.setattr(Trainer, "run_steps", real)
+  resumed = train.train_and_evaluate(parse(*run_args, "--train_steps=24",
+                                           f"--model_dir={killed}"))
+  assert resumed["weights_digest"] == straight["weights_digest"]
+  assert read_scalars(killed / "train")["learning_rate"][24] == pytest.approx(0.0, abs=1e-7)
