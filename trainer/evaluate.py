@@ -126,6 +126,7 @@ def _last_step(evaluator: CheckpointEvaluator) -> tuple[int, int | None]:
   total = cfg.steps_for(len(evaluator.trainer.data.splits["train"]))[1]
   results = run_files.read_results(model_dir) or {}
   step = results.get("global_step")
+  step = step if isinstance(step, int) else None  # a damaged file's: not finished
   stopped = ("stopped_early_at" in results and evaluator.trainer.step == step
              and int(evaluator.trainer.progress.stopped_early_at.numpy()) >= 0)
   return total, step if step is not None and (step >= total or stopped) else None

@@ -17,8 +17,9 @@ def of_run(config: Config, plan, trainer, chief: bool, timing: Timing, stopped_a
   """The results before the final evals. previous: the last results.json when this
   process trained nothing (a rerun of a finished run keeps the figures it measured)."""
   figures = {k: getattr(timing, k) for k in _TIMING}
-  if previous:
-    figures = {k: previous.get(k, v) for k, v in figures.items()}
+  if previous:  # its figures where they are numbers (a damaged file's are not kept)
+    figures = {k: previous[k] if isinstance(previous.get(k), (int, float)) else v
+               for k, v in figures.items()}
   state = trainer.state
   results = {"global_step": state.step, "dataset": trainer.data.info.name,
              "model": config.model, "parameters": state.model.count_params(),

@@ -11,10 +11,12 @@ TensorBoard events (summaries.py) and the exports (export.py): written and read 
 from __future__ import annotations
 
 import os
+import shlex
 import tempfile
 import uuid
 
 import tensorflow as tf
+from absl import logging
 
 from trainer import files
 from trainer.errors import ConfigError
@@ -90,18 +92,37 @@ def _check_local_writable(model_dir: str) -> None:
                       "choose another --model_dir") from None
 
 
+def _damaged(file: str, problem: str) -> ConfigError:
+  """The one line for a file of model_dir that cannot be read and cannot be rebuilt."""
+  return ConfigError(f"{shlex.quote(file)} {problem}; restore it, or use a new --model_dir")
+
+
+def _read(model_dir: str, name: str) -> dict | None:
+  """model_dir's file `name` as a JSON object; None when absent; ConfigError when damaged."""
+  file = path(model_dir, name)
+  try:
+    return files.read_json(file)
+  except ValueError as e:  # JSONDecodeError, or JSON that is no object
+    raise _damaged(file, f"is not valid JSON ({str(e).replace(file, 'it')[:80]})") from None
+
+
 def read_record(model_dir: str) -> dict | None:
   """The flags the run in model_dir was started with; None for a new model_dir. Runs made
   before flags.json existed have them in results.json."""
-  for name in (RECORD, RESULTS):
-    try:
-      recorded = files.read_json(path(model_dir, name))
-    except ValueError as e:
-      raise ConfigError(f"{path(model_dir, name)} is not valid JSON ({str(e)[:80]}); restore "
-                        "it, or use a new --model_dir") from None
-    if recorded is not None:
-      return recorded if name == RECORD else recorded.get("flags")
-  return None
+  recorded, name = _read(model_dir, RECORD), RECORD
+  if recorded is None:
+    results, name = _read(model_dir, RESULTS), RESULTS
+    if results is None:
+      return None
+    recorded = results.get("flags")
+    if not isinstance(recorded, dict):
+      raise _damaged(path(model_dir, RESULTS), "holds no flags (and there is no flags.json)")
+  # The counts a rerun computes with: whole numbers or unset.
+  for key in ("epochs", "train_steps", "schedule_steps"):
+    value = recorded.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+      raise _damaged(path(model_dir, name), f"records {key}={value!r}, not a number of steps")
+  return recorded
 
 
 def write_record(model_dir: str, values: dict) -> None:
@@ -113,7 +134,11 @@ def has_record(model_dir: str) -> bool:
 
 
 def read_changes(model_dir: str) -> list[dict]:
-  return (files.read_json(path(model_dir, CHANGES)) or {}).get("changes", [])
+  """flag_changes.json's history; ConfigError when damaged (it cannot be rebuilt)."""
+  changes = (_read(model_dir, CHANGES) or {}).get("changes", [])
+  if not isinstance(changes, list) or not all(isinstance(c, dict) for c in changes):
+    raise _damaged(path(model_dir, CHANGES), "holds no list of changes")
+  return changes
 
 
 def write_changes(model_dir: str, history: list[dict]) -> None:
@@ -121,8 +146,15 @@ def write_changes(model_dir: str, history: list[dict]) -> None:
 
 
 def read_results(model_dir: str) -> dict | None:
-  """results.json; None when there is none yet. ValueError when corrupt."""
-  return files.read_json(path(model_dir, RESULTS))
+  """results.json; None when there is none yet, or when it is damaged: a run writes it
+  anew from its checkpoint and its evals (logged)."""
+  file = path(model_dir, RESULTS)
+  try:
+    return files.read_json(file)
+  except ValueError as e:
+    logging.warning("%s is damaged (%s): it is written anew at the end of this run",
+                    shlex.quote(file), str(e).replace(file, "it")[:80])
+    return None
 
 
 def write_results(model_dir: str, results: dict) -> None:
@@ -133,9 +165,11 @@ def read_eval(model_dir: str, split: str) -> dict | None:
   """eval_<split>.json: the last checkpoint evaluated on it; None when none or corrupt (it
   is rewritten on the next eval)."""
   try:
-    return files.read_json(path(model_dir, f"eval_{split}.json"))
+    figures = files.read_json(path(model_dir, f"eval_{split}.json"))
   except ValueError:
     return None
+  step = (figures or {}).get("global_step")
+  return figures if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def write_eval(model_dir: str, split: str, figures: dict) -> None:
@@ -149,9 +183,11 @@ def read_folder_check(model_dir: str, dataset: str) -> dict | None:
   if not dataset.startswith("folder:"):
     return None
   try:
-    return files.read_json(path(model_dir, FOLDER_CHECK))
+    check = files.read_json(path(model_dir, FOLDER_CHECK))
   except ValueError:  # damaged: the files are checked again
     return None
+  keys = ("listing", "bad", "channels", "sizes", "files", "root")
+  return check if check and all(k in check for k in keys) else None
 
 
 def write_folder_check(model_dir: str, check: dict) -> None:

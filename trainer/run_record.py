@@ -65,6 +65,7 @@ def check(config: Config, recorded: dict | None) -> dict:
   length) as {flag: (old, new)}. Changes of how it runs are logged."""
   if recorded is None:
     return {}
+  run_files.read_changes(config.model_dir)  # damaged: refused here, before any work
   changed = differences(recorded, config.flag_values)
   how = {k: v for k, v in changed.items() if k in options.HOW_IT_RUNS}
   length = {k: v for k, v in changed.items() if k in options.RUN_LENGTH}

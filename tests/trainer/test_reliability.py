@@ -253,3 +253,31 @@ def test_atomic_writes_keep_the_old_file_on_failure(tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == ["results.json"]  # no temporary file left
   export.write_submission(str(tmp_path / "s.csv"), np.array([3, 1]))
   assert (tmp_path / "s.csv").read_text() == "ImageId,Label\n1,3\n2,1\n"
+
+
+@pytest.mark.parametrize("name,damage,message", [
+    ("flag_changes.json", '{"changes": [', "flag_changes.json is not valid JSON"),
+    ("flag_changes.json", '{"changes": 3}', "flag_changes.json holds no list of changes"),
+    ("flags.json", "[]", "flags.json is not valid JSON (it holds no JSON object)"),
+    ("flags.json", '{"train_steps": "8"}', "flags.json records train_steps='8', not a number"),
+])
+def test_a_damaged_file_of_model_dir_is_named_in_one_line(tmp_path, name, damage, message):
+  """Files a run cannot rebuild: refused before any work, naming the file and the fix."""
+  (tmp_path / "flags.json").write_text(json.dumps(parse(*TINY, "--train_steps=8").flag_values))
+  (tmp_path / name).write_text(damage)
+  before = tree_digest(tmp_path)
+  with pytest.raises(ConfigError, match=re.escape(message) + ".*; restore it, or use a new "
+                     "--model_dir"):
+    _train(tmp_path, 12)
+  assert tree_digest(tmp_path) == before
+
+
+def test_a_damaged_results_json_is_rebuilt(tmp_path):
+  first = _train(tmp_path, 8)
+  for damage in ('{"global_step": 8, "test_acc', "[]"):
+    (tmp_path / "results.json").write_text(damage)
+    again = _train(tmp_path, 8)  # a finished run: evaluated again, results.json rebuilt
+    rebuilt = json.loads((tmp_path / "results.json").read_text())
+    assert rebuilt["global_step"] == again["global_step"] == 8
+    assert rebuilt["weights_digest"] == first["weights_digest"]
+    assert rebuilt["test_accuracy"] == first["test_accuracy"]
