@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from absl import flags as absl_flags
+from absl import logging
 
 import input_pipeline
 import models
@@ -173,7 +174,33 @@ def _from_values(values: dict[str, Any]) -> Config:
 
 def from_flags(fv) -> Config:
   """The Config of absl's parsed flags (trainer.main)."""
-  return _from_values({name: fv[name].value for name in options.NAMES})
+  values = {name: fv[name].value for name in options.NAMES}
+  return _from_values(_by_directory(values, {n for n in options.NAMES if fv[n].present}))
+
+
+# Not taken from a run's record by _by_directory: the directory is the one given, and a
+# warm restart is an act of the rerun that asks for it (a recorded one is kept anyway).
+_NOT_TAKEN = ("model_dir", "restart_learning_rate")
+
+
+def _by_directory(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
+  """A rerun that names an existing run's --model_dir and no flag of what it trains (only
+  how it runs, or a longer run) means that run: its recorded flags (flags.json), with the
+  given ones on top, rather than the defaults compared against them."""
+  what = [n for n in given if options.BY_NAME[n].role == options.WHAT]
+  if "model_dir" not in given or what:
+    return values
+  recorded = run_files.read_record(values["model_dir"])
+  if recorded is None:
+    return values
+  taken = {k: v for k, v in recorded.items() if k in options.BY_NAME and k not in _NOT_TAKEN}
+  if given & {"epochs", "train_steps"}:  # one length, the one given
+    taken.pop("epochs", None)
+    taken.pop("train_steps", None)
+  logging.info("--model_dir=%s holds a run: its flags as recorded in flags.json%s",
+               values["model_dir"], "".join(f", --{k}={values_lib.as_text(values[k])}"
+                                            for k in sorted(given - {"model_dir"})))
+  return {**values, **taken, **{k: values[k] for k in given}}
 
 
 def from_values(values: dict[str, Any]) -> Config:

@@ -180,3 +180,24 @@ def test_an_extension_past_a_decayed_schedule_is_refused_and_a_warm_restart_trai
                                            f"--model_dir={killed}"))
   assert resumed["weights_digest"] == straight["weights_digest"]
   assert read_scalars(killed / "train")["learning_rate"][24] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_a_rerun_naming_only_the_model_dir_resumes_or_extends_that_run(tmp_path):
+  from trainer import config
+  model_dir = f"--model_dir={tmp_path}"
+  train.train_and_evaluate(parse(*RUN, "--train_steps=8", "--optimizer=sgd",
+                                 "--learning_rate=0.05", "--augment=flip", model_dir))
+  # trainer.main's path: absl parses the command line, config.from_flags builds the Config.
+  # Only the directory (and how it runs): the run's recorded flags, not the defaults.
+  again = config.from_args([model_dir, "--jit_compile=off", "--eval_every=4"])
+  assert (again.model, again.optimizer, again.learning_rate, again.train_steps) == (
+      "mlp", "sgd", 0.05, 8)
+  assert train.train_and_evaluate(again)["global_step"] == 8  # done: evaluated only
+  extended = train.train_and_evaluate(config.from_args([model_dir, "--epochs=2",
+                                                        "--jit_compile=off"]))
+  assert extended["global_step"] == 16 and extended["flags"]["augment"] == "flip"
+  assert extended["flag_changes"][0]["changed"] == {"epochs": {"old": None, "new": 2},
+                                                    "train_steps": {"old": 8, "new": None}}
+  # A flag of what it trains given too: the rerun is compared with the record, as always.
+  with pytest.raises(ConfigError, match="holds a run started with other flags"):
+    train.train_and_evaluate(config.from_args([model_dir, "--epochs=2", "--seed=1"]))
