@@ -4,7 +4,9 @@
     python -m trainer.evaluate --model_dir=runs/cnn --continuous   # an eval VM beside training
 
 The model, dataset and validation split are the run's own (model_dir/flags.json); a flag
-given here overrides the run's (e.g. --dataset, --data_dir, --batch_size). Figures go to
+given here overrides the run's (e.g. --dataset, --data_dir, --batch_size). --checkpoint is
+one of the run's own (checkpoints/ or best/): another run's is refused, naming the command
+that evaluates it under its own run's flags. Figures go to
 the console, model_dir/eval_<split>.json and TensorBoard's eval_<split> run: loss,
 accuracy, the confusion matrix, the worst mistakes and per-class accuracy (with an EMA,
 the raw weights' loss and accuracy beside, in eval_<split>_raw; with the run's --tta, the
@@ -41,7 +43,10 @@ HELP_GROUPS = {"Evaluation": ["model_dir", "split", "checkpoint", "continuous",
 
 
 def define_flags() -> None:
+  """tapeloop's flags and evaluate's own; repeatable (tests)."""
   tl_flags.define_flags()
+  if "split" in FLAGS:
+    return
   flags.DEFINE_string("split", "test", "The split to evaluate: test, validation (when the "
                       "run held one out) or train.")
   flags.DEFINE_string("checkpoint", None, "A checkpoint prefix, e.g. "
@@ -205,6 +210,8 @@ def main(argv):
   if continuous and checkpoint:
     raise UsageError("--continuous evaluates each new checkpoint: drop --checkpoint")
   cfg, recorded = _run_config(FLAGS.model_dir)
+  if checkpoint:
+    run_files.check_own_checkpoint(cfg.model_dir, checkpoint)
   evaluator = CheckpointEvaluator(cfg, recorded, split)
   if continuous:
     _continuously(evaluator, FLAGS.poll_seconds, FLAGS.timeout)

@@ -192,3 +192,32 @@ def read_folder_check(model_dir: str, dataset: str) -> dict | None:
 
 def write_folder_check(model_dir: str, check: dict) -> None:
   files.write_json(path(model_dir, FOLDER_CHECK), check)
+
+
+def _same_directory(a: str, b: str) -> bool:
+  if files.is_local(a) and files.is_local(b):
+    real = lambda p: os.path.realpath(p.removeprefix("file://"))
+    return real(a) == real(b)
+  return a.rstrip("/") == b.rstrip("/")
+
+
+def check_own_checkpoint(model_dir: str, checkpoint: str) -> None:
+  """Refuses a --checkpoint of another run: evaluated under this run's flags (its model,
+  data, views), its figures would be filed as this run's, over its eval_<split>.json. The
+  checkpoint's own run evaluates it with its own flags. A path that is no checkpoint is
+  left to the restore, which names it."""
+  own = [files.join(model_dir, name) for name in ("checkpoints", "best")]
+  where = os.path.dirname(checkpoint) or "."
+  if (not gfile.exists(checkpoint + ".index")
+      or any(_same_directory(where, d) for d in own)):
+    return
+  run = os.path.dirname(where)
+  q = shlex.quote
+  if os.path.basename(where) in ("checkpoints", "best") and has_record(run):
+    fix = (f"evaluate it with its own run's flags: python -m trainer.evaluate "
+           f"--model_dir={q(run)} --checkpoint={q(checkpoint)}")
+  else:
+    fix = f"if it is this run's, move its files into {q(own[0])}"
+  raise ConfigError(f"--checkpoint={q(checkpoint)} is not a checkpoint of --model_dir="
+                    f"{q(model_dir)} (its own are in {q(own[0])} and {q(own[1])}), whose "
+                    f"figures it would overwrite: {fix}")

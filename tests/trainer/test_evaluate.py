@@ -3,6 +3,7 @@ chosen checkpoint, continuously beside a training run, and with bad input."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,17 +58,38 @@ def test_another_split_and_an_older_checkpoint(trained):
     assert json.load(f)["examples"] == 320
 
 
+def test_bad_input_is_one_line_and_exit_2(trained):
+  proc = run("trainer.evaluate", f"--model_dir={trained}", "--split=validation", check=False)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "Traceback" not in proc.stderr
+  assert ("--split=validation: the run's data has no labeled validation split (it has "
+          "train, test)") in last
+
+
+def _main(*args):
+  """trainer.evaluate's main on these flags, in this process: its errors are the
+  UsageError and ConfigError that the command prints as one line, exit 2 (above)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from trainer import evaluate  # pylint: disable=g-import-not-at-top
+  evaluate.define_flags()
+  fv = flags.FLAGS
+  fv.unparse_flags()
+  fv(["evaluate", *args])
+  try:
+    evaluate.main(["evaluate"])
+  finally:
+    fv.unparse_flags()
+
+
 @pytest.mark.parametrize("args,message", [
-    (["--split=validation"], "--split=validation: the run's data has no labeled validation "
-                             "split (it has train, test)"),
     (["--checkpoint=/nonexistent/ckpt-3"], "no checkpoint /nonexistent/ckpt-3"),
     (["--continuous", "--checkpoint=x"], "--continuous evaluates each new checkpoint"),
 ])
-def test_bad_input_is_one_line_and_exit_2(trained, args, message):
-  proc = run("trainer.evaluate", f"--model_dir={trained}", *args, check=False)
-  assert proc.returncode == 2, proc.stderr[-2000:]
-  last = proc.stderr.strip().splitlines()[-1]
-  assert last.startswith("error: ") and message in last and "Traceback" not in proc.stderr
+def test_bad_input_is_named(trained, args, message):
+  from trainer.errors import ConfigError, UsageError  # pylint: disable=g-import-not-at-top
+  with pytest.raises((ConfigError, UsageError), match=re.escape(message)):
+    _main(f"--model_dir={trained}", *args)
 
 
 def test_not_a_run_directory(tmp_path):
@@ -146,3 +168,20 @@ def test_continuous_evaluation_beside_a_training_run(tmp_path):
            for line in evaluator.stdout.splitlines() if " at step " in line]
   assert steps and steps == sorted(set(steps)) and steps[-1] == 120  # ends at the last step
   assert "evaluated the run's last checkpoint (step 120): done" in evaluator.stderr
+
+
+def test_a_checkpoint_of_another_run_is_refused_and_this_runs_figures_kept(trained, tmp_path):
+  from trainer.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  other = tmp_path / "other run"
+  shutil.copytree(trained, other)
+  figures = open(os.path.join(trained, "eval_test.json")).read()
+  checkpoint = str(other / "checkpoints" / "ckpt-16")
+  # Refused before anything is built: named, with the command that evaluates it as its own
+  # run's (paths quoted: this one holds a space).
+  with pytest.raises(ConfigError, match=re.escape(
+      f"--checkpoint='{checkpoint}' is not a checkpoint of --model_dir={trained} ") + ".*" +
+                     re.escape(f": evaluate it with its own run's flags: python -m "
+                               f"trainer.evaluate --model_dir='{other}' "
+                               f"--checkpoint='{checkpoint}'") + "$"):
+    _main(f"--model_dir={trained}", f"--checkpoint={checkpoint}")
+  assert open(os.path.join(trained, "eval_test.json")).read() == figures
