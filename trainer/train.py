@@ -227,12 +227,18 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
     results["pruned_at_step"] = pruned_at
   if config.eval_images and plan.eval_split:
     results["eval_pictures_seconds"] = trainer.evaluator.pictures_seconds
-  writer.close()
   results["wall_seconds"] = time.time() - phases.start
   with phases.time("export"):
     export.save_model(trainer.eval_model, data.info.image_shape,
                       os.path.join(output_dir, "export"), data.info.class_names, config.tta)
   results["phases"] = run_results.phases(phases, timing, trainer.evaluator)
+  # What made the figures, and the memory it took (after the export, its last work).
+  results["made_with"] = run_results.made_with(plan.replicas)
+  results["peak_memory"] = run_results.peak_memory()
+  run_results.log_memory(results["peak_memory"])
+  writer.scalars("train", results["global_step"],
+                 run_results.memory_scalars(results["peak_memory"]))
+  writer.close()
   if chief:
     run_files.write_results(config.model_dir, results)
   if preemption.signal is not None:  # after training: the run finished before stopping

@@ -1,5 +1,6 @@
 """train_and_evaluate in-process (flax style): distribution, precision, model_dir checks."""
 
+import json
 import os
 
 import signal
@@ -248,3 +249,59 @@ def test_plateau_cuts_the_rate_in_a_real_run_and_a_resume_keeps_the_cuts(tmp_pat
   train.train_and_evaluate(parse(*args, "--train_steps=28"))  # extended: starts where it was
   rates = read_scalars(os.path.join(tmp_path, "train"))["learning_rate"]
   assert rates[28] <= values[-1]
+
+
+def test_results_record_what_made_them_and_the_peak_memory(tmp_path, caplog):
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import logging  # pylint: disable=g-import-not-at-top
+  import platform  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  cfg = parse(*TINY, "--train_steps=4", f"--model_dir={tmp_path}")  # resets the verbosity
+  old = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.INFO)  # absl drops INFO below its own verbosity
+  try:
+    with caplog.at_level(logging.INFO, logger="absl"):
+      results = train.train_and_evaluate(cfg)
+  finally:
+    absl_logging.set_verbosity(old)
+  made = results["made_with"]
+  assert (made["tapeloop"], made["tensorflow"], made["keras"], made["python"]) == (
+      importlib.metadata.version("tapeloop"), tf.__version__, keras.__version__,
+      platform.python_version())
+  root = os.path.dirname(os.path.dirname(os.path.abspath(train.__file__)))
+  head = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True,
+                        text=True, check=False)
+  if head.returncode == 0:  # run from a checkout: its commit
+    assert made["git_commit"] == head.stdout.strip() and "git_modified" in made
+  with open("/proc/cpuinfo") as f:
+    cpu = next(line for line in f if line.startswith("model name")).split(":", 1)[1].strip()
+  assert made["devices"] == {"cpu": cpu, "gpus": [], "replicas": 1}
+  # Host memory only on a machine without GPUs: the process's peak resident set.
+  memory = results["peak_memory"]
+  with open("/proc/self/status") as f:
+    now = int(next(line for line in f if line.startswith("VmRSS:")).split()[1]) * 1024
+  assert set(memory) == {"host_rss_bytes"} and 0.5 * now < memory["host_rss_bytes"] < 4 * now
+  on_disk = json.loads((tmp_path / "results.json").read_text())
+  assert on_disk["peak_memory"] == memory and on_disk["made_with"] == made
+  host_mib = memory["host_rss_bytes"] / 2**20
+  assert read_scalars(tmp_path / "train")["peak_memory_mib/host"][4] == pytest.approx(host_mib)
+  assert f"peak memory: host {host_mib:.0f} MiB (resident)" in caplog.text
+
+
+def test_peak_memory_of_gpus_from_tensorflows_allocator(monkeypatch):
+  from trainer import results as run_results  # pylint: disable=g-import-not-at-top
+  gpus = [tf.config.LogicalDevice("/device:GPU:0", "GPU"),
+          tf.config.LogicalDevice("/device:GPU:1", "GPU")]
+  peaks = {"GPU:0": 3 * 2**30}  # GPU:1's allocator keeps no statistics
+
+  def memory_info(name):
+    if name not in peaks:
+      raise ValueError(f"no memory statistics for {name}")
+    return {"current": 2**20, "peak": peaks[name]}
+  monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: gpus)
+  monkeypatch.setattr(tf.config.experimental, "get_memory_info", memory_info)
+  memory = run_results.peak_memory()
+  assert memory["gpu_peak_bytes"] == {"GPU:0": 3 * 2**30}
+  assert run_results.memory_scalars(memory)["peak_memory_mib/GPU_0"] == 3072
