@@ -15,7 +15,9 @@ here. --data_dir defaults to the run's (where its TFDS data was); --manual_dir,
 --num_classes and --skip_bad_images to the run's when predicting on the run's own dataset.
 """
 
+import collections
 import os
+import shlex
 
 from trainer import tf_env
 
@@ -98,10 +100,38 @@ def check_data(split, image_shape, num_classes, what: str) -> None:
                          "predict with a model trained on these classes")
 
 
+def _classify(serve, images, batch_size: int) -> tuple[np.ndarray, list[str]]:
+  """The export's class of each image, and its name."""
+  classes, names = [np.zeros(0, np.int32)], []
+  for i in range(0, len(images), batch_size):
+    out = serve(images=tf.constant(images[i:i + batch_size]))
+    classes.append(out["classes"].numpy())
+    names += [n.decode() for n in out["class_names"].numpy()]
+  return np.concatenate(classes), names
+
+
 def predict_classes(serve, images, batch_size: int):
-  parts = [serve(images=tf.constant(images[i:i + batch_size]))["classes"].numpy()
-           for i in range(0, len(images), batch_size)]
-  return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+  return _classify(serve, images, batch_size)[0]
+
+
+# Rows of the predictions shown on the console (all are in the CSV).
+SHOWN = 5
+
+
+def summary(output: str, header: tuple[str, ...], rows: list[tuple], names: list[str],
+            note: str = "") -> str:
+  """What the console shows of the predictions written: where, the first rows as a table,
+  and how many of each class."""
+  q = shlex.quote
+  lines = [f"wrote {len(rows)} predictions to {q(output)}{note}"]
+  table = [header] + [tuple(map(str, row)) for row in rows[:SHOWN]]
+  widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+  lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+  if len(rows) > SHOWN:
+    lines.append(f"  ... {len(rows) - SHOWN} more in {q(output)}")
+  counts = sorted(collections.Counter(names).items(), key=lambda kv: (-kv[1], kv[0]))
+  lines.append("per class: " + ", ".join(f"{name} {n}" for name, n in counts))
+  return "\n".join(lines)
 
 
 def _check_flags() -> None:
@@ -153,8 +183,8 @@ def data_flags(model_dir: str) -> dict:
   return values
 
 
-def _predict_dataset(serve, image_shape, num_classes, output: str) -> int:
-  """The test split's classes as a Kaggle submission; returns how many."""
+def _predict_dataset(serve, image_shape, num_classes, output: str) -> str:
+  """The test split's classes as a Kaggle submission; returns its summary."""
   values = data_flags(FLAGS.model_dir)
   spec = values["dataset"]
   what = f"--dataset={spec}" if FLAGS["dataset"].present else f"the run's dataset {spec}"
@@ -173,13 +203,15 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> int:
                          "image files, or a --dataset with test data (csv:test.csv, "
                          "folder:DIR with DIR/test/)")
   check_data(split, image_shape, num_classes, what)
-  classes = predict_classes(serve, split.images, FLAGS.batch_size)
+  classes, names = _classify(serve, split.images, FLAGS.batch_size)
   _write(output, lambda export: export.write_submission(output, classes))
-  return len(classes)
+  named = [f"{c} ({n})" if n != str(c) else n for c, n in zip(classes, names)]
+  return summary(output, ("ImageId", "Label"),
+                 [(i, label) for i, label in enumerate(named, start=1)], named)
 
 
-def _predict_files(serve, image_shape, output: str) -> tuple[int, int]:
-  """Each --images file's class name and probability as CSV; returns (written, skipped)."""
+def _predict_files(serve, image_shape, output: str) -> str:
+  """Each --images file's class name and probability as CSV; returns its summary."""
   paths = folder.list_images(FLAGS.images)
   skip = FLAGS.skip_bad_images
   height, width, channels = image_shape
@@ -212,7 +244,10 @@ def _predict_files(serve, image_shape, output: str) -> tuple[int, int]:
                     skipped, first)
   _write(output, lambda export: export.write_predictions(
       output, [paths[i] for i in seen], names, probabilities))
-  return len(seen), skipped
+  rows = [(shlex.quote(paths[i]), name, f"{p:.4f}")
+          for i, name, p in zip(seen, names, probabilities)]
+  note = f" ({skipped} unreadable file(s) skipped)" if skipped else ""
+  return summary(output, ("file", "class", "probability"), rows, names, note)
 
 
 def _write(output: str, write) -> None:
@@ -236,14 +271,10 @@ def main(argv):
                          f"python -m trainer.main --model_dir={FLAGS.model_dir}")
   serve, image_shape, num_classes = load_serving(export_dir, plain=FLAGS["tta"].present)
   if FLAGS.images is not None:
-    output = FLAGS.output or "predictions.csv"
-    written, skipped = _predict_files(serve, image_shape, output)
-    note = f" ({skipped} unreadable file(s) skipped)" if skipped else ""
+    shown = _predict_files(serve, image_shape, FLAGS.output or "predictions.csv")
   else:
-    output = FLAGS.output or "submission.csv"
-    written, note = _predict_dataset(serve, image_shape, num_classes, output), ""
-  logging.info("wrote %d predictions to %s%s", written, output, note)
-  print(f"wrote {written} predictions to {output}{note}")
+    shown = _predict_dataset(serve, image_shape, num_classes, FLAGS.output or "submission.csv")
+  print(shown)
 
 
 def run():

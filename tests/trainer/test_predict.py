@@ -105,6 +105,16 @@ def test_cli_predicts_a_tfds_dataset_in_the_given_data_dir(colour_run, tmp_path)
   export = predict.load_serving(os.path.join(model_dir, "export"))[0]
   expected = export(images=tf.constant(data.splits["test"].images))["classes"].numpy()
   assert submission_labels(out) == expected.tolist()
+  # The console: the first rows, then how many of each class, by label and name.
+  lines = proc.stdout.strip().splitlines()
+  names = ["red", "green", "blue"]
+  assert lines[1].split() == ["ImageId", "Label"]
+  assert [line.split(None, 1) for line in lines[2:7]] == [
+      [str(i), f"{c} ({names[c]})"] for i, c in enumerate(expected[:5], start=1)]
+  assert lines[7] == f"  ... {TFDS_TEST_SIZE - 5} more in {out}"
+  counts = {int(part.split()[0]): int(part.split()[-1])
+            for part in lines[8].removeprefix("per class: ").split(", ")}
+  assert counts == {c: int((expected == c).sum()) for c in set(expected.tolist())}
 
 
 def test_data_dir_and_dataset_default_to_the_runs(colour_run, tmp_path, monkeypatch):
@@ -157,13 +167,24 @@ def test_cli_classifies_a_folder_of_new_images(colour_run, tmp_path):
   out = tmp_path / "predictions.csv"
   proc = run("trainer.predict", f"--model_dir={model_dir}", f"--images={folder}",
              f"--output={out}")
-  assert f"wrote 3 predictions to {out}" in proc.stdout and "Traceback" not in proc.stderr
+  assert "Traceback" not in proc.stderr
   rows = read_rows(out)
   assert rows[0] == ["path", "class", "probability"]
   assert [r[0] for r in rows[1:]] == paths
   names, probabilities = serve(model_dir, [colour, np.repeat(grey, 3, axis=-1), big])
   assert [r[1] for r in rows[1:]] == names and set(names) <= {"red", "green", "blue"}
   np.testing.assert_allclose([float(r[2]) for r in rows[1:]], probabilities, atol=1e-6)
+  # The console: where, once; the rows (paths quoted for a shell); how many of each class.
+  lines = proc.stdout.strip().splitlines()
+  assert lines[0] == f"wrote 3 predictions to {out}" and proc.stdout.count("wrote") == 1
+  assert "wrote" not in proc.stderr  # not logged beside
+  assert lines[1].split() == ["file", "class", "probability"]
+  for line, path, name, p in zip(lines[2:5], paths, names, probabilities):
+    assert line.split("  ")[1:] and line.strip().startswith(f"'{path}'")
+    assert line.split()[-2:] == [name, f"{p:.4f}"]
+  counts = {n: names.count(n) for n in names}
+  assert lines[5] == "per class: " + ", ".join(
+      f"{n} {c}" for n, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def test_images_become_the_exports_channels(grey_run, tmp_path):
