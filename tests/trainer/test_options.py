@@ -34,7 +34,7 @@ def test_every_declaration_is_a_flag_a_config_field_and_a_help_entry():
 
 
 def test_roles_decide_the_rerun_and_the_evaluator():
-  assert set(options.RUN_LENGTH) == {"epochs", "train_steps"}
+  assert set(options.RUN_LENGTH) == {"epochs", "train_steps", "restart_learning_rate"}
   assert set(options.READS_DATA) == {"data_dir", "manual_dir", "pipeline", "memory_budget_gb",
                                      "tta"}
   assert set(options.READS_DATA) < set(options.HOW_IT_RUNS)
