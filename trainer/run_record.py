@@ -221,12 +221,13 @@ def write(config: Config, recorded: dict | None, changes: dict, step: int, plan,
                    "again at %g and decays to %g at step %d", restart.step, restart.peak,
                    final, restart.end)
     elif total_steps > schedule.end and final is not None and config.lr_schedule != "constant":
+      restart_too = ("--restart_learning_rate=R (a new schedule over the added steps), or "
+                     if config.lr_schedule in optimization.RESTARTABLE else "")
       logging.warning(
           "steps %d to %d are past the %s schedule's end (step %d): they train at its "
-          "final rate, %g; to decay over the longer run instead, give "
-          "--restart_learning_rate=R, or --schedule_steps=%d "
+          "final rate, %g; to decay over the longer run instead, give %s--schedule_steps=%d "
           "--allow_changed_flags=schedule_steps", schedule.end + 1, total_steps,
-          config.lr_schedule, schedule.end, final, total_steps)
+          config.lr_schedule, schedule.end, final, restart_too, total_steps)
   history.append(entry)
   run_files.write_changes(model_dir, history)
   run_files.write_record(model_dir, record)
