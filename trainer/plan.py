@@ -31,8 +31,9 @@ BF16_FASTER = ("cnn", "resnet", "airbench")
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """steps_per_epoch and total_steps of this run; horizon: the learning-rate schedule's
-  (kept from the run's first start); restart: its warm restart, if any; eval_split: what training evaluates (None: nothing
-  labeled); jit: off, loop, step or forward_backward, and why."""
+  (kept from the run's first start); restart: its warm restart, if any; eval_split: what
+  training evaluates (None: nothing labeled); jit: off, loop, step or forward_backward,
+  and why."""
   steps_per_epoch: int
   total_steps: int
   horizon: int

@@ -95,7 +95,7 @@ def horizon(config: Config, recorded: dict | None, steps_per_epoch: int,
     return total_steps
   if recorded.get("schedule_steps") is not None:
     return recorded["schedule_steps"]
-  return recorded.get("train_steps") or steps_per_epoch * (recorded.get("epochs") or 1)
+  return recorded_length(recorded, steps_per_epoch)
 
 
 def recorded_length(recorded: dict, steps_per_epoch: int) -> int:
@@ -117,18 +117,20 @@ def restart(config: Config, recorded: dict | None, steps_per_epoch: int,
   try:
     kept = recorded.get(RESTART) and optimization.Restart.from_record(recorded[RESTART])
   except (KeyError, TypeError, ValueError, AttributeError):
-    raise ConfigError(f"{run_files.path(config.model_dir, run_files.RECORD)}: its {RESTART} "
-                      "is damaged; restore the file, or use a new --model_dir") from None
+    record = shlex.quote(run_files.path(config.model_dir, run_files.RECORD))
+    raise ConfigError(f"{record}: its {RESTART} is damaged; restore the file, or use a new "
+                      "--model_dir") from None
   old_total = recorded_length(recorded, steps_per_epoch)
   if asked is None:
     return kept or None
   if total_steps > old_total:
     if config.lr_schedule not in optimization.RESTARTABLE:
-      raise ConfigError(f"--restart_learning_rate restarts a {', '.join(optimization.RESTARTABLE)} "
+      raise ConfigError("--restart_learning_rate restarts a cosine, one_cycle or exponential "
                         f"schedule, not --lr_schedule={config.lr_schedule}: drop it")
     if asked <= config.final_learning_rate:
       raise ConfigError(f"--restart_learning_rate={asked:g} must be above "
-                        f"--final_learning_rate={config.final_learning_rate:g}, where it decays to")
+                        f"--final_learning_rate={config.final_learning_rate:g}, where it "
+                        "decays to")
     return optimization.Restart(old_total, total_steps, asked)
   if kept and _same("restart_learning_rate", kept.peak, asked):
     return kept  # the same command again: resumes the restart
@@ -156,9 +158,9 @@ def check_extension(config: Config, recorded: dict | None, schedule: optimizatio
   else:
     fix = "use a new --model_dir, or change the schedule with --allow_changed_flags"
   raise ConfigError(
-      f"--model_dir={shlex.quote(config.model_dir)}: {where}, at rate {schedule.final_rate():g}; steps "
-      f"{max(old_total, schedule.end) + 1} to {total_steps} would train at it and optimize "
-      f"nothing: {fix}")
+      f"--model_dir={shlex.quote(config.model_dir)}: {where}, at rate "
+      f"{schedule.final_rate():g}; steps {max(old_total, schedule.end) + 1} to {total_steps} "
+      f"would train at it and optimize nothing: {fix}")
 
 
 def check_pipeline(config: Config, recorded: dict | None, data) -> None:
