@@ -116,11 +116,11 @@ def _wait(proc: subprocess.Popen) -> int:
     raise
 
 
-def write_experiment(root: str, runs: list[dict | None]) -> list[str]:
+def write_experiment(root: str, runs: list[dict | None], first=()) -> list[str]:
   """One HParams experiment in root over the runs below it, each given by its flag values
   (None: unknown, left out); model hyperparameters at the values the model used, as each
-  run's session has them. Returns the hparams that differ between the runs (its first
-  columns)."""
+  run's session has them. Returns the hparams that differ between the runs, and those of
+  `first` (the searched flags): its first columns."""
   hparams = []
   for flag_values in runs:
     if flag_values is None:
@@ -129,4 +129,4 @@ def write_experiment(root: str, runs: list[dict | None]) -> list[str]:
       hparams.append(config.from_values(flag_values).hparams())
     except ValueError:  # flags an older tapeloop recorded: as they are
       hparams.append(dict(flag_values))
-  return summaries.write_experiment_over(root, hparams)
+  return summaries.write_experiment_over(root, hparams, first)

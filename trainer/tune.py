@@ -66,6 +66,19 @@ class _Parser(argparse.ArgumentParser):
     sys.exit(2)
 
 
+def _unknown(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
+  """Arguments argparse does not know: a trainer flag before -- is a trial flag misplaced."""
+  import shlex  # pylint: disable=g-import-not-at-top
+  from trainer import options  # pylint: disable=g-import-not-at-top
+  names = [a.lstrip("-").partition("=")[0] for a in unknown if a.startswith("--")]
+  trial = [a for a, n in zip(unknown, names) if n in options.BY_NAME or (
+      n.startswith("no") and n[2:] in options.BY_NAME)]
+  if trial:
+    parser.error(f"{' '.join(map(shlex.quote, trial))}: trial flags go after --, e.g. "
+                 f"python -m trainer.tune --root=... --search=... -- {shlex.quote(trial[0])}")
+  parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+
+
 def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
   parser = _Parser(prog="python -m trainer.tune", description=__doc__.split("\n\n")[0])
   add = parser.add_argument
@@ -92,7 +105,9 @@ def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
   add("--heartbeat_seconds", type=int, default=30, help="a running trial's tuner beats "
       "this often; a trial silent for twice as long is taken up by another tuner")
   add("trainer_flags", nargs="*", help="after --: flags for every trial")
-  args = parser.parse_args(argv)
+  args, unknown = parser.parse_known_args(argv)
+  if unknown:
+    _unknown(parser, unknown)
   root = child_runs.resolve(args.root)
   flagfile = child_runs.resolve(args.flagfile)
   if flagfile and (not files.is_local(flagfile) or not os.path.isfile(flagfile)):
@@ -196,8 +211,10 @@ def main(argv=None) -> int:
     print(f"error: no report: {hidden(first_line(e))}", file=sys.stderr)
     return status or 1
   print(text, end="")
-  print(f"compare the trials: tensorboard --logdir {settings.root} (HParams tab); the study: "
-        f"pip install optuna-dashboard && optuna-dashboard {hidden(settings.storage)}")
+  import shlex  # pylint: disable=g-import-not-at-top
+  print(f"compare the trials: tensorboard --logdir {shlex.quote(settings.root)} (HParams "
+        "tab); the study: pip install optuna-dashboard && optuna-dashboard "
+        f"{shlex.quote(hidden(settings.storage))}")
   if status == 0 and best is None:
     print("error: no trial completed", file=sys.stderr)
     status = 1
