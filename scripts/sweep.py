@@ -107,7 +107,8 @@ def train(model_dir: str, args: list[str], label: str) -> dict:
              if k not in options.RUN_LENGTH and k not in allowed}
     if other:
       from trainer import run_record  # pylint: disable=g-import-not-at-top
-      error = (f"{model_dir} holds a run of other flags ({run_record.listed(other)}): use a "
+      error = (f"{shlex.quote(model_dir)} holds a run of other flags "
+               f"({run_record.listed(other)}): use a "
                "new --root "
                "(nothing was changed in that directory)")
       print(f"failed {label}: {error}", flush=True)

@@ -232,8 +232,9 @@ def main(argv):
   _check_flags()
   export_dir = os.path.join(FLAGS.model_dir, "export")
   if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
-    raise UsageError(f"no exported model in {export_dir}: train first with "
-                         f"python -m trainer.main --model_dir={FLAGS.model_dir}")
+    import shlex  # pylint: disable=g-import-not-at-top
+    raise UsageError(f"no exported model in {shlex.quote(export_dir)}: train first with "
+                     f"python -m trainer.main {shlex.quote('--model_dir=' + FLAGS.model_dir)}")
   serve, image_shape, num_classes = load_serving(export_dir, plain=FLAGS["tta"].present)
   if FLAGS.images is not None:
     output = FLAGS.output or "predictions.csv"
@@ -243,7 +244,8 @@ def main(argv):
     output = FLAGS.output or "submission.csv"
     written, note = _predict_dataset(serve, image_shape, num_classes, output), ""
   logging.info("wrote %d predictions to %s%s", written, output, note)
-  print(f"wrote {written} predictions to {output}{note}")
+  import shlex  # pylint: disable=g-import-not-at-top
+  print(f"wrote {written} predictions to {shlex.quote(output)}{note}")
 
 
 def run():
