@@ -96,7 +96,24 @@ def run_trainer(model_dir: str, args: list[str], env: dict[str, str] | None = No
       with tf.io.gfile.GFile(log_path, "wb") as f:
         f.write(before + output)
   lines = output.decode(errors="replace").strip().splitlines() or ["(no output)"]
-  return returncode, lines[-1].removeprefix("error: ")
+  # A trainer killed outright printed no error: its last line is often a progress line.
+  killed = killed_by(returncode) if returncode < 0 else None
+  return returncode, killed or lines[-1].removeprefix("error: ")
+
+
+def killed_by(returncode: int) -> str | None:
+  """How a signal ended the trainer ("killed by SIGKILL ..."), or None: the status of a
+  process killed, or the trainer's own 128+N after SIGINT or SIGTERM (its checkpoint
+  saved)."""
+  number = -returncode if returncode < 0 else returncode - 128
+  if not (returncode < 0 or number in (signal.SIGINT, signal.SIGTERM)):
+    return None
+  try:
+    name = signal.Signals(number).name
+  except ValueError:
+    name = f"signal {number}"
+  return f"killed by {name}" + (" (kill -9, or the out-of-memory killer)"
+                                if number == signal.SIGKILL else "")
 
 
 def _wait(proc: subprocess.Popen) -> int:

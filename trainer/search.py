@@ -8,9 +8,11 @@ import itertools
 import math
 
 from absl import flags as absl_flags
+import tensorflow as tf
 
-from trainer import config, options
+from trainer import config, options, trial
 from trainer import flags as tl_flags
+from trainer import plan as run_plan
 from trainer.child_runs import FLAGS_LOCK
 from trainer.errors import UsageError
 
@@ -119,6 +121,14 @@ _DATA_FLAGS = ("dataset", "data_dir", "manual_dir", "num_classes", "validation_s
 _MAX_COMBINATIONS = 256
 
 
+def misplaced_trial_flags(unknown: list[str]) -> list[str]:
+  """The trainer flags among arguments trainer.tune does not know: trial flags, which go
+  after --."""
+  names = [a.lstrip("-").partition("=")[0] if a.startswith("--") else "" for a in unknown]
+  return [a for a, n in zip(unknown, names) if n and (
+      n in options.BY_NAME or n.startswith("no") and n[2:] in options.BY_NAME)]
+
+
 def check_trial_flags(base: list[str], searches: list[Search]) -> None:
   """Every value a trial may get, with the base flags, checked as a trial checks them:
   trainer.config's checks, a trial's own (trainer/trial.py: one process, a validation
@@ -126,8 +136,6 @@ def check_trial_flags(base: list[str], searches: list[Search]) -> None:
   strategy), so that a value no trial could run with is refused before any trial
   starts. Each search's values first (the others at their first), then every
   combination of them; the data is read once per distinct data flags."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (not for --help)
-  from trainer import plan as run_plan, trial  # pylint: disable=g-import-not-at-top
   first = {s.name: s.extremes()[0] for s in searches}
   combos = [{**first, s.name: value} for s in searches for value in s.extremes()]
   if math.prod(len(s.extremes()) for s in searches) <= _MAX_COMBINATIONS:

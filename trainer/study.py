@@ -9,7 +9,6 @@ import math
 import os
 import re
 import shlex
-import signal
 import socket
 import time
 
@@ -272,7 +271,7 @@ class Tuner:
       tell(value)
       print(f"done   {label}: validation {s.objective} {value:.4f}", flush=True)
       return
-    killed = _killed_by(returncode)
+    killed = child_runs.killed_by(returncode)
     if killed:
       kills = trial.user_attrs.get("kills", 0) + 1
       trial.set_user_attr("kills", kills)  # carried to its retry
@@ -290,17 +289,3 @@ class Tuner:
     if returncode == 2:  # bad flags or data: every trial would fail alike
       raise UsageError(f"{label}: {error} (its log: {log})")
 
-
-def _killed_by(returncode: int) -> str | None:
-  """How a signal ended the trainer ("killed by SIGKILL ..."), or None: the status of a
-  process killed, or the trainer's own 128+N after SIGINT or SIGTERM (its checkpoint
-  saved)."""
-  number = -returncode if returncode < 0 else returncode - 128
-  if not (returncode < 0 or number in (signal.SIGINT, signal.SIGTERM)):
-    return None
-  try:
-    name = signal.Signals(number).name
-  except ValueError:
-    name = f"signal {number}"
-  return f"killed by {name}" + (" (kill -9, or the out-of-memory killer)"
-                                if number == signal.SIGKILL else "")

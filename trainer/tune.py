@@ -15,6 +15,8 @@ with the same --storage, --study and --root (a bucket), and takes the next trial
 trial runs twice. A trial whose tuner died (kill -9, a preempted VM) is taken up again by
 the next tuner to look, once its heartbeat is --heartbeat_seconds x 2 old (at once on the
 machine that ran it, whose process list shows it gone), and resumes from its checkpoint.
+A trial whose trainer alone was killed (kill -9, the out-of-memory killer) is retried from
+its checkpoint at once, twice at most (trainer/study.py's KILL_RETRIES).
 
 At the end: a ranked table (the console and ROOT/results.md), the best trial's flags in
 ROOT/best.cfg (python -m trainer.main --flagfile=ROOT/best.cfg reruns it), one HParams
@@ -42,7 +44,7 @@ import tensorflow as tf
 
 from trainer import child_runs, files, run_files, tune_results
 from trainer.errors import UsageError
-from trainer.search import check_trial_flags, parse_search
+from trainer.search import check_trial_flags, misplaced_trial_flags, parse_search
 from trainer.study import SAMPLERS, Settings, Tuner, first_line, hidden
 from trainer.trial import PRUNERS
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -69,10 +71,7 @@ class _Parser(argparse.ArgumentParser):
 def _unknown(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
   """Arguments argparse does not know: a trainer flag before -- is a trial flag misplaced."""
   import shlex  # pylint: disable=g-import-not-at-top
-  from trainer import options  # pylint: disable=g-import-not-at-top
-  names = [a.lstrip("-").partition("=")[0] for a in unknown if a.startswith("--")]
-  trial = [a for a, n in zip(unknown, names) if n in options.BY_NAME or (
-      n.startswith("no") and n[2:] in options.BY_NAME)]
+  trial = misplaced_trial_flags(unknown)
   if trial:
     parser.error(f"{' '.join(map(shlex.quote, trial))}: trial flags go after --, e.g. "
                  f"python -m trainer.tune --root=... --search=... -- {shlex.quote(trial[0])}")
