@@ -183,8 +183,10 @@ def main(argv=None) -> int:
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  import shlex  # pylint: disable=g-import-not-at-top
   print(f"study {settings.study} in {hidden(settings.storage)}: {settings.trials} trials, "
-        f"sampler {settings.sampler}, pruner {settings.pruner}; trials in {settings.root}",
+        f"sampler {settings.sampler}, pruner {settings.pruner}; trials in "
+        f"{shlex.quote(settings.root)}",
         flush=True)
   previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
   status = 0
@@ -210,7 +212,6 @@ def main(argv=None) -> int:
     print(f"error: no report: {hidden(first_line(e))}", file=sys.stderr)
     return status or 1
   print(text, end="")
-  import shlex  # pylint: disable=g-import-not-at-top
   print(f"compare the trials: tensorboard --logdir {shlex.quote(settings.root)} (HParams "
         "tab); the study: pip install optuna-dashboard && optuna-dashboard "
         f"{shlex.quote(hidden(settings.storage))}")
