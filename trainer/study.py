@@ -157,6 +157,7 @@ class Tuner:
 
   def run(self) -> None:
     states = self.optuna.trial.TrialState
+    shown = None
     while True:
       # One tuner at a time takes up dead trials, counts and asks: else two could resume
       # one trial (SQLite ignores row locks) or start more trials than --trials.
@@ -173,9 +174,11 @@ class Tuner:
         running = [t.number for t in trials if t.state == states.RUNNING]
         if not running:
           return
-        print(f"waiting for trials {', '.join(map(str, running))} of other tuners",
-              flush=True)
-        time.sleep(min(self.s.heartbeat_seconds, 5))
+        if running != shown:  # once per change: this looks every second
+          print(f"waiting for trials {', '.join(map(str, running))} of other tuners",
+                flush=True)
+          shown = running
+        time.sleep(1)  # the study's end is seen within a second of its last trial's
         continue
       self._run_one(*trial)
 
@@ -279,7 +282,7 @@ class Tuner:
         print(f"{label}: its trainer was {killed}; retried from its checkpoint (retry "
               f"{kills} of {KILL_RETRIES})", flush=True)
         return
-      error = f"its trainer was {killed}, {kills} times"
+      error = f"its trainer was {killed}" + (f", {kills} times" if kills > 1 else "")
     else:
       error = last if returncode else "no validation figure in its results.json"
     log = shlex.quote(os.path.join(model_dir, "train.log"))
