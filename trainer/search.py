@@ -121,14 +121,6 @@ _DATA_FLAGS = ("dataset", "data_dir", "manual_dir", "num_classes", "validation_s
 _MAX_COMBINATIONS = 256
 
 
-def misplaced_trial_flags(unknown: list[str]) -> list[str]:
-  """The trainer flags among arguments trainer.tune does not know: trial flags, which go
-  after --."""
-  names = [a.lstrip("-").partition("=")[0] if a.startswith("--") else "" for a in unknown]
-  return [a for a, n in zip(unknown, names) if n and (
-      n in options.BY_NAME or n.startswith("no") and n[2:] in options.BY_NAME)]
-
-
 def check_trial_flags(base: list[str], searches: list[Search]) -> None:
   """Every value a trial may get, with the base flags, checked as a trial checks them:
   trainer.config's checks, a trial's own (trainer/trial.py: one process, a validation

@@ -44,7 +44,7 @@ import tensorflow as tf
 
 from trainer import child_runs, files, run_files, tune_results
 from trainer.errors import UsageError
-from trainer.search import check_trial_flags, misplaced_trial_flags, parse_search
+from trainer.search import check_trial_flags, parse_search
 from trainer.study import SAMPLERS, Settings, Tuner, first_line, hidden
 from trainer.trial import PRUNERS
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -67,15 +67,24 @@ class _Parser(argparse.ArgumentParser):
     print(f"error: {message} (python -m trainer.tune --help)", file=sys.stderr)
     sys.exit(2)
 
-
-def _unknown(parser: argparse.ArgumentParser, unknown: list[str]) -> None:
-  """Arguments argparse does not know: a trainer flag before -- is a trial flag misplaced."""
-  import shlex  # pylint: disable=g-import-not-at-top
-  trial = misplaced_trial_flags(unknown)
-  if trial:
-    parser.error(f"{' '.join(map(shlex.quote, trial))}: trial flags go after --, e.g. "
-                 f"python -m trainer.tune --root=... --search=... -- {shlex.quote(trial[0])}")
-  parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+  def parse_args(self, args=None, namespace=None):
+    """argparse's, but a flag it does not know is named as what it likely is: one of the
+    tuner's mistyped, or a trial flag given before --."""
+    import difflib  # pylint: disable=g-import-not-at-top
+    import shlex  # pylint: disable=g-import-not-at-top
+    parsed, unknown = self.parse_known_args(args, namespace)
+    if not unknown:
+      return parsed
+    text = " ".join(map(shlex.quote, unknown))
+    flag = next((a for a in unknown if a.startswith("--")), None)
+    if flag is None:
+      self.error(f"unrecognized arguments: {text}")
+    near = difflib.get_close_matches(flag.partition("=")[0], self._option_string_actions,
+                                     n=1, cutoff=0.8)
+    if near:
+      self.error(f"unrecognized arguments: {text}: did you mean {near[0]}?")
+    self.error(f"unrecognized arguments: {text}: trial flags go after --, e.g. python -m "
+               f"trainer.tune --root=... --search=... -- {shlex.quote(flag)}")
 
 
 def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
@@ -104,9 +113,7 @@ def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
   add("--heartbeat_seconds", type=int, default=30, help="a running trial's tuner beats "
       "this often; a trial silent for twice as long is taken up by another tuner")
   add("trainer_flags", nargs="*", help="after --: flags for every trial")
-  args, unknown = parser.parse_known_args(argv)
-  if unknown:
-    _unknown(parser, unknown)
+  args = parser.parse_args(argv)
   root = child_runs.resolve(args.root)
   flagfile = child_runs.resolve(args.flagfile)
   if flagfile and (not files.is_local(flagfile) or not os.path.isfile(flagfile)):

@@ -122,8 +122,11 @@ def test_a_trial_without_a_validation_split_is_refused(tmp_path, monkeypatch):
      "--root=ram://tune is not a local directory: give --storage=URL"),
     (["--search=dropout=uniform:0:0.5", "--sampler=cmaes"],
      "argument --sampler: invalid choice: 'cmaes'"),
-    (["--search=dropout=uniform:0:0.5", "--epochs=3"],
-     "--epochs=3: trial flags go after --, e.g. python -m trainer.tune"),
+    (["--search=dropout=uniform:0:0.5", "--epochs=3"], "unrecognized arguments: --epochs=3: "
+     "trial flags go after --, e.g. python -m trainer.tune --root=... --search=... -- "
+     "--epochs=3"),
+    (["--search=dropout=uniform:0:0.5", "--trails=3"],
+     "unrecognized arguments: --trails=3: did you mean --trials?"),
     # Non-finite bounds and values (1e400 reads as inf).
     (["--search=learning_rate=uniform:0.001:inf"], "LOW and HIGH must be finite numbers"),
     (["--search=learning_rate=loguniform:1e-4:1e400"], "LOW and HIGH must be finite numbers"),
