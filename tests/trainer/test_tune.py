@@ -212,6 +212,7 @@ def test_a_killed_trainers_trial_is_retried_twice_in_its_dir_then_fails_naming_t
   its checkpoint), study.KILL_RETRIES times, then fails naming the kill, not the trainer's
   last line. Printed paths are quoted (the root has a space)."""
   root = tmp_path / "sp ace"
+  run_trainer = child_runs.run_trainer
   killed = _kill_trainers(monkeypatch)
   assert tune.main([f"--root={root}", "--search=dropout=choice:0.1", "--trials=1", "--",
                     *TRIAL]) == 1
@@ -231,6 +232,9 @@ def test_a_killed_trainers_trial_is_retried_twice_in_its_dir_then_fails_naming_t
   assert f"| 1 | trial-0000 | - | 0.1 | - | - | failed ({error}) |" in out
   assert f"tensorboard --logdir {shlex.quote(str(root))} (HParams tab)" in out
   assert err.strip() == "error: no trial completed"
+  # The sweep's, the tutorial's and the ablation's trials say the same of a killed trainer.
+  assert run_trainer(str(tmp_path), TRIAL, started=lambda pid: os.kill(pid, signal.SIGKILL)) == (
+      -9, "killed by SIGKILL (kill -9, or the out-of-memory killer)")
 
 
 def _settings(root, base=TRIAL):
