@@ -9,8 +9,8 @@ import os
 import shlex
 
 from trainer import child_runs, files, options
-from trainer.values import short
 from trainer.study import Settings, hidden
+from trainer.values import short
 
 
 def rows(tuner) -> list[dict]:
