@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
   if failed:
     failures = sum("returncode" in r for r in runs)
     print(f"error: {failures} of {len(runs)} runs failed ({', '.join(failed)}): "
-          f"{out}.json and .md are left as they were", file=sys.stderr)
+          f"{shlex.quote(out + '.json')} and .md are left as they were", file=sys.stderr)
     usage = [r for r in failed.values() if r["returncode"] == 2]
     if usage:  # bad flags or a run of other flags: what to change, as the trainer says it
       print(f"error: {usage[0]['error']}", file=sys.stderr)

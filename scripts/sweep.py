@@ -23,6 +23,7 @@ import concurrent.futures
 import itertools
 import json
 import os
+import shlex
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,7 +107,8 @@ def train(model_dir: str, args: list[str], label: str) -> dict:
              if k not in options.RUN_LENGTH and k not in allowed}
     if other:
       from trainer import run_record  # pylint: disable=g-import-not-at-top
-      error = (f"{model_dir} holds a run of other flags ({run_record.listed(other)}): use a "
+      error = (f"{shlex.quote(model_dir)} holds a run of other flags "
+               f"({run_record.listed(other)}): use a "
                "new --root "
                "(nothing was changed in that directory)")
       print(f"failed {label}: {error}", flush=True)
@@ -146,12 +148,13 @@ def _figures(results: dict) -> str:
 
 
 def table(outcomes: list[dict]) -> str:
-  """Markdown, best eval accuracy first."""
+  """Markdown, best eval accuracy first, figures to 4 significant digits."""
+  from trainer.values import short  # pylint: disable=g-import-not-at-top
   ranked = sorted(outcomes, key=lambda r: -(_eval_accuracy(r) or -1.0))
   rows = ["| trial | validation accuracy | test accuracy | train s | status |",
           "|---|---:|---:|---:|---|"]
   for r in ranked:
-    cell = lambda k: f"{r[k]:.4f}" if k in r else "-"
+    cell = lambda k: short(r[k], figure=True) if k in r else "-"
     seconds = f"{r['train_seconds']:.0f}" if r.get("train_seconds") is not None else "-"
     rows.append(f"| {trial_name(r['trial'])} | {cell('validation_accuracy')} | "
                 f"{cell('test_accuracy')} | {seconds} | {r['status']} |")
@@ -199,7 +202,7 @@ def main(argv=None) -> int:
   files.write_text(os.path.join(root, "sweep.json"), json.dumps(
       {"grid": grid, "base": base, "trials": outcomes}, indent=2, default=str) + "\n")
   print(table(outcomes))
-  print(f"compare them: tensorboard --logdir {root} (HParams tab)")
+  print(f"compare them: tensorboard --logdir {shlex.quote(root)} (HParams tab)")
   usage = [o for o in outcomes if o.get("returncode") == 2]
   if usage:
     more = f" (and {len(usage) - 1} more: see above)" if len(usage) > 1 else ""

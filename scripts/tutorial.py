@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -151,14 +152,15 @@ def main(argv=None) -> int:
   print(markdown(rows, header))
   failed = [r["config"] for r in rows if r["error"]]
   if failed:
-    print(f"error: {', '.join(failed)} failed (see above): {output}.md and .json are left "
-          "as they were", file=sys.stderr)
+    print(f"error: {', '.join(failed)} failed (see above): {shlex.quote(output + '.md')} "
+          "and .json are left as they were", file=sys.stderr)
     return 1
   from trainer import files  # pylint: disable=g-import-not-at-top
   files.write_text(output + ".md", markdown(rows, header))
   files.write_text(output + ".json", json.dumps(
       {"dataset": args.dataset, "machine": machine, "rows": rows}, indent=2))
-  print(f"written: {output}.md, {output}.json; TensorBoard: tensorboard --logdir {root}")
+  print(f"written: {shlex.quote(output + '.md')}, {shlex.quote(output + '.json')}; "
+        f"TensorBoard: tensorboard --logdir {shlex.quote(root)}")
   return 0
 
 

@@ -96,7 +96,24 @@ def run_trainer(model_dir: str, args: list[str], env: dict[str, str] | None = No
       with tf.io.gfile.GFile(log_path, "wb") as f:
         f.write(before + output)
   lines = output.decode(errors="replace").strip().splitlines() or ["(no output)"]
-  return returncode, lines[-1].removeprefix("error: ")
+  # A trainer killed outright printed no error: its last line is often a progress line.
+  killed = killed_by(returncode) if returncode < 0 else None
+  return returncode, killed or lines[-1].removeprefix("error: ")
+
+
+def killed_by(returncode: int) -> str | None:
+  """How a signal ended the trainer ("killed by SIGKILL ..."), or None: the status of a
+  process killed, or the trainer's own 128+N after SIGINT or SIGTERM (its checkpoint
+  saved)."""
+  number = -returncode if returncode < 0 else returncode - 128
+  if not (returncode < 0 or number in (signal.SIGINT, signal.SIGTERM)):
+    return None
+  try:
+    name = signal.Signals(number).name
+  except ValueError:
+    name = f"signal {number}"
+  return f"killed by {name}" + (" (kill -9, or the out-of-memory killer)"
+                                if number == signal.SIGKILL else "")
 
 
 def _wait(proc: subprocess.Popen) -> int:
@@ -116,11 +133,11 @@ def _wait(proc: subprocess.Popen) -> int:
     raise
 
 
-def write_experiment(root: str, runs: list[dict | None]) -> list[str]:
+def write_experiment(root: str, runs: list[dict | None], first=()) -> list[str]:
   """One HParams experiment in root over the runs below it, each given by its flag values
   (None: unknown, left out); model hyperparameters at the values the model used, as each
-  run's session has them. Returns the hparams that differ between the runs (its first
-  columns)."""
+  run's session has them. Returns the hparams that differ between the runs, and those of
+  `first` (the searched flags): its first columns."""
   hparams = []
   for flag_values in runs:
     if flag_values is None:
@@ -129,4 +146,4 @@ def write_experiment(root: str, runs: list[dict | None]) -> list[str]:
       hparams.append(config.from_values(flag_values).hparams())
     except ValueError:  # flags an older tapeloop recorded: as they are
       hparams.append(dict(flag_values))
-  return summaries.write_experiment_over(root, hparams)
+  return summaries.write_experiment_over(root, hparams, first)

@@ -82,7 +82,9 @@ def _each_option(values: dict[str, Any]) -> dict[str, Any]:
   parsed = {}
   for option in options.OPTIONS:
     value = values[option.name]
-    problem = option.check(value) if option.check and value is not None else None
+    problem = values_lib.finite(value) if option.kind is float else None
+    if problem is None and option.check and value is not None:
+      problem = option.check(value)
     _check(problem is None, f"--{option.name}={values_lib.as_text(value)} {problem}")
     try:
       parsed[option.name] = option.parse(value) if option.parse else value

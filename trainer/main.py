@@ -30,10 +30,12 @@ def main(argv):
            f"(loss {results[split + '_tta_loss']:.4f})" if cfg.tta else "")
     print(f"{split} accuracy {results[split + '_accuracy']:.4f} "
           f"(loss {results[split + '_loss']:.4f}){tta} at step {results['global_step']}")
+  import shlex  # pylint: disable=g-import-not-at-top
   if results["chief"]:
-    print(f"results, checkpoints, TensorBoard events and export in {cfg.model_dir}")
+    print(f"results, checkpoints, TensorBoard events and export in "
+          f"{shlex.quote(cfg.model_dir)}")
   else:
-    print(f"worker done; the chief writes the outputs to {cfg.model_dir}")
+    print(f"worker done; the chief writes the outputs to {shlex.quote(cfg.model_dir)}")
 
 
 def run():

@@ -267,8 +267,8 @@ def main(argv):
   _check_flags()
   export_dir = os.path.join(FLAGS.model_dir, "export")
   if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
-    raise UsageError(f"no exported model in {export_dir}: train first with "
-                         f"python -m trainer.main --model_dir={FLAGS.model_dir}")
+    raise UsageError(f"no exported model in {shlex.quote(export_dir)}: train first with "
+                     f"python -m trainer.main {shlex.quote('--model_dir=' + FLAGS.model_dir)}")
   serve, image_shape, num_classes = load_serving(export_dir, plain=FLAGS["tta"].present)
   if FLAGS.images is not None:
     shown = _predict_files(serve, image_shape, FLAGS.output or "predictions.csv")

@@ -188,7 +188,7 @@ def check_length(config: Config, step: int, total_steps: int) -> None:
     raise ConfigError(
         f"--model_dir={config.model_dir} is already trained to step {step}; {asked} ends at "
         f"step {total_steps}: use a new --model_dir for a shorter run, or evaluate this one "
-        f"with python -m trainer.evaluate --model_dir={config.model_dir}")
+        f"with python -m trainer.evaluate {shlex.quote('--model_dir=' + config.model_dir)}")
 
 
 def write(config: Config, recorded: dict | None, changes: dict, step: int, plan,

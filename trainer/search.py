@@ -4,11 +4,15 @@ values, parsed and checked against the flag, and drawn for a trial."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 
 from absl import flags as absl_flags
+import tensorflow as tf
 
-from trainer import config, options
+from trainer import config, options, trial
 from trainer import flags as tl_flags
+from trainer import plan as run_plan
 from trainer.child_runs import FLAGS_LOCK
 from trainer.errors import UsageError
 
@@ -89,6 +93,9 @@ def parse_search(specs: list[str]) -> list[Search]:
         low, high = (float(b) for b in bounds)
       except ValueError:
         raise UsageError(usage) from None
+      if not math.isfinite(high - low):  # inf, nan, 1e400, or a range beyond floats
+        raise UsageError(f"--search={spec}: LOW and HIGH must be finite numbers, and "
+                        "HIGH - LOW too")
       if len(bounds) != 2 or not low < high or (dist.startswith("log") and low <= 0):
         raise UsageError(f"--search={spec}: give LOW:HIGH with LOW < HIGH"
                         + (" and LOW > 0" if dist.startswith("log") else ""))
@@ -106,17 +113,52 @@ def parse_search(specs: list[str]) -> list[Search]:
   return out
 
 
+# The flags trainer.config.Config.load_data reads: the data is read once per their values.
+_DATA_FLAGS = ("dataset", "data_dir", "manual_dir", "num_classes", "validation_split", "seed",
+               "image_size", "pipeline", "memory_budget_gb", "skip_bad_images")
+# Beyond this many combinations of the searches' extreme values, each search's values are
+# checked with the others at their first only.
+_MAX_COMBINATIONS = 256
+
+
 def check_trial_flags(base: list[str], searches: list[Search]) -> None:
-  """Every value a trial may get, with the base flags, as trainer.main checks them: a
-  value no trial could run with is refused before any trial starts."""
+  """Every value a trial may get, with the base flags, checked as a trial checks them:
+  trainer.config's checks, a trial's own (trainer/trial.py: one process, a validation
+  split) and its plan on its data (trainer/plan.py, under this process's default
+  strategy), so that a value no trial could run with is refused before any trial
+  starts. Each search's values first (the others at their first), then every
+  combination of them; the data is read once per distinct data flags."""
   first = {s.name: s.extremes()[0] for s in searches}
-  for search in searches:
-    for value in search.extremes():
-      values = {**first, search.name: value}
-      try:
-        with FLAGS_LOCK:
-          config.from_args([*base, *(f"--{k}={v}" for k, v in values.items())])
-      except (config.ConfigError, absl_flags.Error, ValueError) as e:
-        where = f"--search={search.spec}: with --{search.name}={value}" if len(
-            search.extremes()) > 1 or len(searches) > 1 else "the trial flags"
-        raise UsageError(f"{where}: {str(e).strip().splitlines()[0]}") from None
+  combos = [{**first, s.name: value} for s in searches for value in s.extremes()]
+  if math.prod(len(s.extremes()) for s in searches) <= _MAX_COMBINATIONS:
+    combos += [dict(zip(first, values))
+               for values in itertools.product(*(s.extremes() for s in searches))]
+  loaded, checked = {}, set()
+  for values in combos:
+    key = tuple(values.items())
+    if key in checked:
+      continue
+    checked.add(key)
+    try:
+      with FLAGS_LOCK:
+        cfg = config.from_args([*base, *(f"--{k}={v}" for k, v in values.items())])
+      trial.check_config(cfg)
+      data_key = repr([cfg.flag_values.get(name) for name in _DATA_FLAGS])
+      if data_key not in loaded:
+        loaded[data_key] = cfg.load_data()
+      plan = run_plan.resolve(cfg, loaded[data_key], tf.distribute.get_strategy())
+      trial.check_eval_split(plan.eval_split)
+    except (config.ConfigError, absl_flags.Error, ValueError) as e:  # DataError too
+      raise UsageError(f"{_which(values, first, searches)}: "
+                       f"{str(e).strip().splitlines()[0]}") from None
+
+
+def _which(values: dict, first: dict, searches: list[Search]) -> str:
+  """The trial values a problem comes with, as the message names them."""
+  drawn = [s for s in searches if values[s.name] != first[s.name]]
+  if len(drawn) > 1:
+    return "a trial with " + " ".join(f"--{s.name}={values[s.name]}" for s in drawn)
+  search = drawn[0] if drawn else searches[0]
+  if len(search.extremes()) > 1 or len(searches) > 1:
+    return f"--search={search.spec}: with --{search.name}={values[search.name]}"
+  return "the trial flags"

@@ -8,6 +8,7 @@ import dataclasses
 import math
 import os
 import re
+import shlex
 import socket
 import time
 
@@ -20,6 +21,9 @@ from trainer.liveness import Heartbeat, StudyLock, alive
 from trainer.search import Search
 
 SAMPLERS = ("tpe", "random", "grid")
+# A trial whose trainer was killed (kill -9, the out-of-memory killer) is retried from its
+# checkpoint this many times; killed once more, it fails.
+KILL_RETRIES = 2
 
 
 def hidden(url: str) -> str:
@@ -94,16 +98,25 @@ class Tuner:
     return {"flags": child_runs.flags_for([*self.s.base, "--model_dir=/unused"]) or {},
             "search": [x.spec for x in self.s.searches], "objective": self.s.objective}
 
-  def _check_definition(self, recorded: dict, definition: dict) -> None:
+  def _check_definition(self, study, recorded: dict, definition: dict) -> None:
     """Refuses another study under this name: other trial flags by the rerun rule of a
     run (run_record: what is trained and the run's length; not how it runs, whose paths
-    differ between machines), another search or objective."""
+    differ between machines), another search or objective. A study none of whose trials
+    got past its input trained nothing: it takes the new definition (its trials so far
+    are left out of the table)."""
     changed = []
     diff = child_runs.changed_flags(recorded.get("flags") or {}, definition["flags"])
     if diff:
       changed.append("flags (" + run_record.listed(diff) + ")")
     changed += [k for k in ("search", "objective") if recorded.get(k) != definition[k]]
-    if changed:
+    trials = study.get_trials(deepcopy=False)
+    if changed and trials and all(t.state.name == "FAIL" and (
+        self._handed_back(t) or self._failed_on_input(t)) for t in trials):
+      study.set_user_attr("definition", definition)
+      study.set_user_attr("superseded", [t.number for t in trials])
+      print(f"study {self.s.study}: no trial got past its input; it tunes these flags now",
+            flush=True)
+    elif changed:
       raise UsageError(f"study {self.s.study!r} in {hidden(self.s.storage)} was started "
                        f"with other {'; '.join(changed)}: use a new --root (nothing was "
                        "changed)")
@@ -133,7 +146,7 @@ class Tuner:
     if recorded is None:
       study.set_user_attr("definition", definition)
     else:
-      self._check_definition(recorded, definition)
+      self._check_definition(study, recorded, definition)
     # Each process its own stream of draws: tuners started with one --seed would draw the
     # same values. One tuner from an empty study is reproducible.
     seed = None if s.seed is None else s.seed + len(study.get_trials(deepcopy=False))
@@ -144,6 +157,7 @@ class Tuner:
 
   def run(self) -> None:
     states = self.optuna.trial.TrialState
+    shown = None
     while True:
       # One tuner at a time takes up dead trials, counts and asks: else two could resume
       # one trial (SQLite ignores row locks) or start more trials than --trials.
@@ -151,7 +165,8 @@ class Tuner:
         self._take_up_dead()
         trials = self.study.get_trials(deepcopy=False)
         waiting = [t for t in trials if t.state == states.WAITING]
-        used = [t for t in trials if t.state != states.WAITING and not self._handed_back(t)]
+        used = [t for t in trials if t.state != states.WAITING and not self._handed_back(t)
+                and not self._failed_on_input(t)]
         exhausted = self.s.sampler == "grid" and self.study.sampler.is_exhausted(self.study)
         full = not waiting and (len(used) >= self.s.trials or exhausted)
         trial = None if full else self._start(self.study.ask())
@@ -159,9 +174,11 @@ class Tuner:
         running = [t.number for t in trials if t.state == states.RUNNING]
         if not running:
           return
-        print(f"waiting for trials {', '.join(map(str, running))} of other tuners",
-              flush=True)
-        time.sleep(min(self.s.heartbeat_seconds, 5))
+        if running != shown:  # once per change: this looks every second
+          print(f"waiting for trials {', '.join(map(str, running))} of other tuners",
+                flush=True)
+          shown = running
+        time.sleep(1)  # the study's end is seen within a second of its last trial's
         continue
       self._run_one(*trial)
 
@@ -169,6 +186,17 @@ class Tuner:
   def _handed_back(trial) -> bool:
     """A trial failed for its tuner's sake, not its own: a retry of it carries on."""
     return trial.state.name == "FAIL" and "error" not in trial.user_attrs
+
+  @staticmethod
+  def _failed_on_input(trial) -> bool:
+    """A trial its trainer refused (exit 2: bad flags or data) before training: it counts
+    toward no --trials, and a study of only such trials may change its definition."""
+    return trial.state.name == "FAIL" and trial.user_attrs.get("error", "").startswith(
+        "exit 2:")
+
+  def superseded(self) -> set[int]:
+    """Trials of an earlier definition of the study that no trial got past its input."""
+    return set(self.study.user_attrs.get("superseded") or ())
 
   def _take_up_dead(self) -> None:
     """Trials whose tuner died go back to the queue, to resume from their checkpoints:
@@ -220,7 +248,8 @@ class Tuner:
   def _run_one(self, trial, model_dir: str, values: dict, label: str) -> None:
     s, optuna = self.s, self.optuna
     trial_id = trial._trial_id  # pylint: disable=protected-access
-    print(f"start  {label}: " + " ".join(f"--{k}={v}" for k, v in values.items()), flush=True)
+    print(f"start  {label}: " + " ".join(shlex.quote(f"--{k}={v}") for k, v in values.items()),
+          flush=True)
     args = [*s.base, *(f"--{k}={v}" for k, v in values.items()), f"--model_dir={model_dir}"]
     env = self.trial_env.environment(storage=s.storage, study=s.study, trial_id=trial_id,
                                      number=trial.number, objective=s.objective,
@@ -245,9 +274,21 @@ class Tuner:
       tell(value)
       print(f"done   {label}: validation {s.objective} {value:.4f}", flush=True)
       return
-    error = (last if returncode else "no validation figure in its results.json")
+    killed = child_runs.killed_by(returncode)
+    if killed:
+      kills = trial.user_attrs.get("kills", 0) + 1
+      trial.set_user_attr("kills", kills)  # carried to its retry
+      if kills <= KILL_RETRIES and self._hand_back(trial_id):
+        print(f"{label}: its trainer was {killed}; retried from its checkpoint (retry "
+              f"{kills} of {KILL_RETRIES})", flush=True)
+        return
+      error = f"its trainer was {killed}" + (f", {kills} times" if kills > 1 else "")
+    else:
+      error = last if returncode else "no validation figure in its results.json"
+    log = shlex.quote(os.path.join(model_dir, "train.log"))
     trial.set_user_attr("error", f"exit {returncode}: {error}")
     tell(state=optuna.trial.TrialState.FAIL)
-    print(f"failed {label}: exit {returncode}: {error}", flush=True)
+    print(f"failed {label}: exit {returncode}: {error} (its log: {log})", flush=True)
     if returncode == 2:  # bad flags or data: every trial would fail alike
-      raise UsageError(f"{label}: {error} (its log: {model_dir}/train.log)")
+      raise UsageError(f"{label}: {error} (its log: {log})")
+

@@ -12,6 +12,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import tempfile
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -93,28 +96,47 @@ def write_experiment(writer, hparam_names, domains: dict | None = None,
   writer.flush()
 
 
-def write_experiment_over(logdir: str, runs: list[dict]) -> list[str]:
+def write_experiment_over(logdir: str, runs: list[dict], first=()) -> list[str]:
   """One HParams experiment in logdir over the runs below it (a sweep's trials, the
   tutorial's models; each given by its flag values): what they train, the hparams that
-  differ between them first, with their values as domains. Returns those names.
+  differ between them first (and those of `first`, e.g. a tuner's searched flags, even
+  where the runs so far agree), with their values as domains. Returns those names.
 
   TensorBoard shows one experiment per --logdir, the first it finds walking down from it:
-  with --logdir=LOGDIR this one (run "."), not a run's own."""
+  with --logdir=LOGDIR this one (run "."), not a run's own. It replaces any earlier one
+  in logdir (another process's, an earlier rerun's): one experiment per logdir."""
   hparams = [trained(flag_values) for flag_values in runs]
   if not hparams:
     return []
   names = sorted(set().union(*hparams))
   # 0 and 0.0 are one value (a model's default against a flag's float).
   text = lambda v: json.dumps(float(v) if isinstance(v, int) and not isinstance(v, bool) else v)
-  differing = [name for name in names if len({text(h.get(name)) for h in hparams}) > 1]
+  differing = [name for name in names
+               if name in first or len({text(h.get(name)) for h in hparams}) > 1]
   domains = {}
   for name in differing:
     domain = _domain([h.get(name) for h in hparams])
     if domain is not None:
       domains[name] = domain.values
-  writer = tf.summary.create_file_writer(logdir)
-  write_experiment(writer, names, domains, differing)
-  writer.close()
+  scratch = tempfile.mkdtemp(prefix="tapeloop-experiment-")
+  try:
+    writer = tf.summary.create_file_writer(scratch)
+    write_experiment(writer, names, domains, differing)
+    writer.close()
+    (written,) = os.listdir(scratch)
+    tf.io.gfile.makedirs(logdir)
+    earlier = [os.path.join(logdir, n) for n in tf.io.gfile.listdir(logdir)
+               if "tfevents" in n and not tf.io.gfile.isdir(os.path.join(logdir, n))]
+    # A later name than any earlier one's, so that a running TensorBoard reads it; copied
+    # under a name TensorBoard ignores, then renamed, so that it never reads half of it.
+    final = os.path.join(logdir, f"events.out.tfevents.{time.time():.6f}.experiment")
+    partial = os.path.join(logdir, f".experiment-{os.getpid()}.partial")
+    tf.io.gfile.copy(os.path.join(scratch, written), partial, overwrite=True)
+    tf.io.gfile.rename(partial, final, overwrite=True)
+    for path in earlier:
+      tf.io.gfile.remove(path)
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
   return differing
 
 

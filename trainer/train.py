@@ -40,6 +40,8 @@ def train_and_evaluate(config: Config, process_start: float | None = None) -> di
   recorded = run_files.read_record(config.model_dir)
   changed = run_record.check(config, recorded)
   trial = tuning_trial.from_environment()  # a tuner's trial (trainer.tune), or None
+  if trial is not None:
+    tuning_trial.check_config(config)
   strategy = distribute.create_strategy(config)  # first: it may configure the runtime
   run_plan.check_replicas(config, strategy)  # before the data is read or prepared
   # Signals are answered from here on, not only in the training loop: a worker killed

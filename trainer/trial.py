@@ -82,6 +82,15 @@ def from_environment() -> dict | None:
                       "a tuner") from None
 
 
+def check_config(config) -> None:
+  """What a trial refuses before its data (the tuner asks it of every value up front): a
+  trial is one process on one machine, and a cluster's other workers never come."""
+  if config.strategy == "multi_worker":
+    raise ConfigError("--strategy=multi_worker: a tuning trial is one process on one "
+                      "machine: use --strategy=auto or mirrored (its GPUs), and a tuner on "
+                      "each machine with one --storage for more")
+
+
 def check_eval_split(eval_split: str | None) -> None:
   """A trial's objective is the validation split's figure, never the test split's."""
   if eval_split != "validation":

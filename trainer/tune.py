@@ -15,6 +15,8 @@ with the same --storage, --study and --root (a bucket), and takes the next trial
 trial runs twice. A trial whose tuner died (kill -9, a preempted VM) is taken up again by
 the next tuner to look, once its heartbeat is --heartbeat_seconds x 2 old (at once on the
 machine that ran it, whose process list shows it gone), and resumes from its checkpoint.
+A trial whose trainer alone was killed (kill -9, the out-of-memory killer) is retried from
+its checkpoint at once, twice at most (trainer/study.py's KILL_RETRIES).
 
 At the end: a ranked table (the console and ROOT/results.md), the best trial's flags in
 ROOT/best.cfg (python -m trainer.main --flagfile=ROOT/best.cfg reruns it), one HParams
@@ -64,6 +66,25 @@ class _Parser(argparse.ArgumentParser):
   def error(self, message):
     print(f"error: {message} (python -m trainer.tune --help)", file=sys.stderr)
     sys.exit(2)
+
+  def parse_args(self, args=None, namespace=None):
+    """argparse's, but a flag it does not know is named as what it likely is: one of the
+    tuner's mistyped, or a trial flag given before --."""
+    import difflib  # pylint: disable=g-import-not-at-top
+    import shlex  # pylint: disable=g-import-not-at-top
+    parsed, unknown = self.parse_known_args(args, namespace)
+    if not unknown:
+      return parsed
+    text = " ".join(map(shlex.quote, unknown))
+    flag = next((a for a in unknown if a.startswith("--")), None)
+    if flag is None:
+      self.error(f"unrecognized arguments: {text}")
+    near = difflib.get_close_matches(flag.partition("=")[0], self._option_string_actions,
+                                     n=1, cutoff=0.8)
+    if near:
+      self.error(f"unrecognized arguments: {text}: did you mean {near[0]}?")
+    self.error(f"unrecognized arguments: {text}: trial flags go after --, e.g. python -m "
+               f"trainer.tune --root=... --search=... -- {shlex.quote(flag)}")
 
 
 def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
@@ -169,8 +190,10 @@ def main(argv=None) -> int:
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  import shlex  # pylint: disable=g-import-not-at-top
   print(f"study {settings.study} in {hidden(settings.storage)}: {settings.trials} trials, "
-        f"sampler {settings.sampler}, pruner {settings.pruner}; trials in {settings.root}",
+        f"sampler {settings.sampler}, pruner {settings.pruner}; trials in "
+        f"{shlex.quote(settings.root)}",
         flush=True)
   previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
   status = 0
@@ -196,8 +219,9 @@ def main(argv=None) -> int:
     print(f"error: no report: {hidden(first_line(e))}", file=sys.stderr)
     return status or 1
   print(text, end="")
-  print(f"compare the trials: tensorboard --logdir {settings.root} (HParams tab); the study: "
-        f"pip install optuna-dashboard && optuna-dashboard {hidden(settings.storage)}")
+  print(f"compare the trials: tensorboard --logdir {shlex.quote(settings.root)} (HParams "
+        "tab); the study: pip install optuna-dashboard && optuna-dashboard "
+        f"{shlex.quote(hidden(settings.storage))}")
   if status == 0 and best is None:
     print("error: no trial completed", file=sys.stderr)
     status = 1

@@ -6,18 +6,24 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 
 from trainer import child_runs, files, options
 from trainer.study import Settings, hidden
+from trainer.values import short
 
 
 def rows(tuner) -> list[dict]:
-  """One row per trial directory (a resumed trial once, as its last attempt), best first:
-  complete trials by their objective, then pruned ones by their last report."""
+  """One row per trial directory (a resumed trial once, as its last attempt), as it is
+  now, best first: complete trials by their objective, then pruned ones by their last
+  report. A pruned trial finished later by hand (python -m trainer.main
+  --model_dir=ROOT/trial-N) is complete, its figure its results'."""
   states = tuner.optuna.trial.TrialState
+  superseded = tuner.superseded()
   out = []
   for trial in tuner.study.get_trials(deepcopy=False):
-    if trial.state == states.WAITING or tuner._handed_back(trial):
+    if (trial.state == states.WAITING or tuner._handed_back(trial)
+        or trial.number in superseded):
       continue
     model_dir = trial.user_attrs.get("model_dir", "")
     results = child_runs.read_json(os.path.join(model_dir, "results.json")) or {}
@@ -25,15 +31,22 @@ def rows(tuner) -> list[dict]:
             if trial.intermediate_values else None)
     state = {states.COMPLETE: "complete", states.RUNNING: "running"}.get(
         trial.state, trial.state.name.lower())
-    if trial.state == states.PRUNED:
-      state = f"pruned at step {results.get('pruned_at_step', max(trial.intermediate_values or [0]))}"
+    value, complete = trial.value, trial.state == states.COMPLETE
+    pruned = trial.state == states.PRUNED
+    if pruned:
+      at = results.get("pruned_at_step", max(trial.intermediate_values or [0]))
+      state = f"pruned at step {at}"
+      by_hand = results.get(f"validation_{tuner.s.objective}")
+      if ("pruned_at_step" not in results and by_hand is not None
+          and (results.get("global_step") or 0) > at):
+        value, complete, pruned = by_hand, True, False
+        state = f"complete (by hand after pruning at step {at})"
     elif trial.state == states.FAIL:
       state = f"failed ({trial.user_attrs.get('error', '')})"
     out.append({"trial": os.path.basename(model_dir) or f"#{trial.number}",
-                 "number": trial.number, "state": state, "value": trial.value,
+                 "number": trial.number, "state": state, "value": value,
                  "last": last, "params": dict(trial.params), "results": results,
-                 "pruned": trial.state == states.PRUNED,
-                 "complete": trial.state == states.COMPLETE})
+                 "pruned": pruned, "complete": complete})
   sign = -1.0 if tuner.trial_env.OBJECTIVES[tuner.s.objective] == "maximize" else 1.0
   def rank(row):
     figure = row["value"] if row["complete"] else row["last"] if row["pruned"] else None
@@ -49,10 +62,11 @@ def table(tuner, rows: list[dict]) -> str:
            "|---:|---|---:|" + "---|" * len(names) + "---:|---:|---|"]
   for i, row in enumerate(rows, 1):
     value = row["value"] if row["complete"] else row["last"]
-    shown = "-" if value is None else f"{value:.4f}" + ("" if row["complete"] else " (last)")
+    shown = "-" if value is None else (short(value, figure=True)
+                                       + ("" if row["complete"] else " (last)"))
     seconds = row["results"].get("train_seconds")
     lines.append(f"| {i} | {row['trial']} | {shown} | " + " | ".join(
-        str(row["params"].get(n, "-")) for n in names) + f" | "
+        short(row["params"].get(n, "-")) for n in names) + f" | "
         f"{row['results'].get('global_step', '-')} | "
         f"{'-' if seconds is None else f'{seconds:.0f}'} | {row['state']} |")
   return "\n".join(lines)
@@ -93,14 +107,16 @@ def report(tuner) -> tuple[str, dict | None]:
              "from each pruned trial's steps to its schedule's end at its own speed.", ""]
   text.append(table(tuner, ranked))
   if best is not None:
-    text += ["", f"Best: {best['trial']}, validation {s.objective} {best['value']:.4f}. "
-             f"Rerun it: python -m trainer.main --flagfile={os.path.join(s.root, 'best.cfg')} "
-             "--model_dir=DIR"]
+    flagfile = shlex.quote("--flagfile=" + os.path.join(s.root, "best.cfg"))
+    figure = short(best["value"], figure=True)
+    text += ["", f"Best: {best['trial']}, validation {s.objective} {figure}. "
+             f"Rerun it: python -m trainer.main {flagfile} --model_dir=DIR"]
     files.write_text(os.path.join(s.root, "best.cfg"), best_flagfile(best, s))
   text = "\n".join(text) + "\n"
   files.write_text(os.path.join(s.root, "results.md"), text)
-  child_runs.write_experiment(s.root, [(r["results"] or {}).get("flags") for r in ranked
-                                       if r["results"]])
+  with tuner.lock:  # the last report of the study's tuners stands
+    child_runs.write_experiment(s.root, [(r["results"] or {}).get("flags") for r in ranked
+                                         if r["results"]], first=[x.name for x in s.searches])
   return text, best
 
 

@@ -4,9 +4,16 @@ forms in which values of one meaning are equal for the rerun rule (run_record.py
 
 from __future__ import annotations
 
+import math
 import os
 
 from input_pipeline.sources import parse_spec
+
+
+def finite(value) -> str | None:
+  """Every float option's first check: inf, -inf and nan (1e400 reads as inf) are no
+  setting of any (a rate, a fraction, a factor, a size)."""
+  return None if value is None or math.isfinite(value) else "must be a finite number"
 
 
 def positive(value) -> str | None:
@@ -39,6 +46,15 @@ def one_of(choices, joiner=", "):
 def as_text(value) -> str:
   """A value as a flag is written: a list as its comma list (messages, logs)."""
   return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def short(value, figure: bool = False) -> str:
+  """A value as a table shows it: a float to 4 significant digits (0.0002523, not
+  0.00025226105656484053; a figure keeps its zeros: 1.000, 0.9100), anything else
+  as_text."""
+  if isinstance(value, float):
+    return f"{value:#.4g}" if figure else f"{value:.4g}"
+  return as_text(value)
 
 
 def ints(name: str):

@@ -39,6 +39,13 @@ def test_bad_grids_are_refused(spec, message):
     sweep.parse_grid([spec])
 
 
+def test_the_table_shows_figures_to_4_significant_digits():
+  table = sweep.table([{"trial": {"learning_rate": "1e-3"}, "validation_accuracy": 0.91234567,
+                        "test_accuracy": 0.000252261056, "train_seconds": 3.2,
+                        "status": "trained"}])
+  assert "| learning_rate=1e-3 | 0.9123 | 0.0002523 | 3 | trained |" in table.splitlines()
+
+
 def _sweep(root, *extra, trainer_flags=()):
   return subprocess.run(
       [sys.executable, os.path.join(ROOT, "scripts", "sweep.py"), "--grid=learning_rate=1e-3,1e-2",

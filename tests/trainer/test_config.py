@@ -91,3 +91,19 @@ def test_flagfile_and_command_line_override(tmp_path):
 def test_bad_values_name_the_flag(args, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
     parse(*args)
+
+
+def test_no_float_flag_takes_a_non_finite_value():
+  """inf, -inf, nan and 1e400 (read as inf) are no rate, fraction, factor or size: every
+  float flag refuses them in one line naming the flag."""
+  import models  # pylint: disable=g-import-not-at-top
+  from trainer import options  # pylint: disable=g-import-not-at-top
+  floats = [o.name for o in options.OPTIONS if o.kind is float]
+  assert {"learning_rate", "memory_budget_gb", "mixup", "l2", "final_learning_rate"} <= set(floats)
+  for name in floats:  # a model hyperparameter with a model that takes it
+    model = next(m for m in ("mlp", "resnet") if not options.BY_NAME[name].model
+                 or name in models.hyperparameters(m))
+    for value in ("inf", "-inf", "nan", "1e400"):
+      with pytest.raises(ConfigError) as e:
+        parse(f"--model={model}", f"--{name}={value}")
+      assert str(e.value).endswith("must be a finite number"), (name, value, str(e.value))

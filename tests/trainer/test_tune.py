@@ -5,6 +5,8 @@ resumed from its checkpoint, and bad input in one line."""
 import json
 import os
 import re
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -16,9 +18,12 @@ import postgres
 from flag_helpers import parse
 from paths import ROOT
 from runs import read_experiment, read_scalars
-from trainer import train
+from trainer import child_runs, study as tune_study, train, tune_results
 from trainer import trial as tuning_trial
 from trainer import tune
+from trainer.search import parse_search
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
 # A tiny MLP on generated data: 48 steps, an eval (a report to the trial) every 6.
 TRIAL = ["--model=mlp", "--dataset=synthetic:shape=8x8x1,classes=4,train=512,test=64",
@@ -117,12 +122,36 @@ def test_a_trial_without_a_validation_split_is_refused(tmp_path, monkeypatch):
      "--root=ram://tune is not a local directory: give --storage=URL"),
     (["--search=dropout=uniform:0:0.5", "--sampler=cmaes"],
      "argument --sampler: invalid choice: 'cmaes'"),
+    (["--search=dropout=uniform:0:0.5", "--epochs=3"], "unrecognized arguments: --epochs=3: "
+     "trial flags go after --, e.g. python -m trainer.tune --root=... --search=... -- "
+     "--epochs=3"),
+    (["--search=dropout=uniform:0:0.5", "--trails=3"],
+     "unrecognized arguments: --trails=3: did you mean --trials?"),
+    # Non-finite bounds and values (1e400 reads as inf).
+    (["--search=learning_rate=uniform:0.001:inf"], "LOW and HIGH must be finite numbers"),
+    (["--search=learning_rate=loguniform:1e-4:1e400"], "LOW and HIGH must be finite numbers"),
+    (["--search=l2=uniform:-1e308:1e308"], "and HIGH - LOW too"),
+    (["--search=learning_rate=choice:0.01|nan"], "with --learning_rate=nan: "
+     "--learning_rate=nan must be a finite number"),
+    # What a trial refuses, on any value it may draw: its own rules and its plan on its data.
+    (["--search=dropout=uniform:0:0.5", "--", "--validation_split=0"],
+     "a tuning trial needs a held-out validation split"),
+    (["--search=validation_split=choice:0.25|0"], "--search=validation_split=choice:0.25|0: "
+     "with --validation_split=0: a tuning trial needs a held-out validation split"),
+    (["--search=strategy=choice:auto|multi_worker"], "with --strategy=multi_worker: "
+     "--strategy=multi_worker: a tuning trial is one process on one machine"),
+    (["--search=batch_size=choice:32|64", "--search=accumulation_steps=choice:1|8"],
+     "a trial with --batch_size=64 --accumulation_steps=8: --batch_size=64 x "
+     "--accumulation_steps=8 is more than the 384 training examples"),
 ])
 def test_bad_input_is_one_line_and_exit_2_with_nothing_made(tmp_path, capsys, args,
                                                             message):
+  """Also every check a trial makes, on every value the search may draw, before trial 0."""
   root = tmp_path / "tune"
+  split = args.index("--") if "--" in args else len(args)
+  args, after = args[:split], args[split + 1:]  # after --: more trial flags
   argv = [*args, *([] if any(a.startswith("--root") for a in args) else [f"--root={root}"]),
-          "--", *TRIAL]
+          "--", *TRIAL, *after]
   try:
     status = tune.main(argv)
   except SystemExit as e:  # argparse's own errors
@@ -149,7 +178,6 @@ def test_a_rerun_of_a_study_with_other_trial_flags_is_refused(tmp_path, capsys):
   """What is trained may not change under a study (how it runs, e.g. --data_dir, may)."""
   root = tmp_path / "tune"
   study = optuna.create_study(study_name=str(root), storage=f"sqlite:///{tmp_path}/s.db")
-  from trainer import child_runs  # pylint: disable=g-import-not-at-top
   study.set_user_attr("definition", {
       "flags": child_runs.flags_for([*TRIAL, "--model_dir=/x"]),
       "search": ["dropout=uniform:0:0.5"], "objective": "accuracy"})
@@ -162,12 +190,139 @@ def test_a_rerun_of_a_study_with_other_trial_flags_is_refused(tmp_path, capsys):
   assert not os.path.exists(root)
 
 
-def test_a_killed_tuners_trial_resumes_a_hopeless_one_is_pruned_and_best_cfg_reruns(tmp_path,
-                                                                                     capsys):
+def _kill_trainers(monkeypatch, which=lambda args: True, times=None):
+  """kill -9 of the trainers the tuner starts that `which(args)` picks, as soon as each
+  starts (the out-of-memory killer's way), at most `times` of them; the tuner lives."""
+  run_trainer, killed = child_runs.run_trainer, []
+
+  def run(model_dir, args, env=None, started=None):
+    def start(pid):
+      started(pid)
+      if which(args) and (times is None or len(killed) < times):
+        killed.append(pid)
+        os.kill(pid, signal.SIGKILL)
+    return run_trainer(model_dir, args, env, start)
+  monkeypatch.setattr(child_runs, "run_trainer", run)
+  return killed
+
+
+def test_a_killed_trainers_trial_is_retried_twice_in_its_dir_then_fails_naming_the_kill(
+    tmp_path, capsys, monkeypatch):
+  """The tuner alive, its trainer killed: the trial is retried in its own model_dir (from
+  its checkpoint), study.KILL_RETRIES times, then fails naming the kill, not the trainer's
+  last line. Printed paths are quoted (the root has a space)."""
+  root = tmp_path / "sp ace"
+  run_trainer = child_runs.run_trainer
+  killed = _kill_trainers(monkeypatch)
+  assert tune.main([f"--root={root}", "--search=dropout=choice:0.1", "--trials=1", "--",
+                    *TRIAL]) == 1
+  out, err = capsys.readouterr()
+  assert len(killed) == 3 and tune_study.KILL_RETRIES == 2
+  for retry, label in ((1, "trial 0"), (2, "trial 1 (resumes trial-0000)")):
+    assert (f"{label}: its trainer was killed by SIGKILL (kill -9, or the out-of-memory "
+            f"killer); retried from its checkpoint (retry {retry} of 2)") in out
+    assert f"start  trial {retry} (resumes trial-0000): --dropout=0.1" in out
+  error = ("exit -9: its trainer was killed by SIGKILL (kill -9, or the out-of-memory "
+           "killer), 3 times")
+  log = shlex.quote(str(root / "trial-0000" / "train.log"))
+  assert f"failed trial 2 (resumes trial-0000): {error} (its log: {log})" in out
+  assert [t.state.name for t in _study(root).trials] == ["FAIL"] * 3
+  assert _study(root).trials[-1].user_attrs["error"] == error
+  assert [d for d in os.listdir(root) if d.startswith("trial-")] == ["trial-0000"]
+  assert f"| 1 | trial-0000 | - | 0.1 | - | - | failed ({error}) |" in out
+  assert f"tensorboard --logdir {shlex.quote(str(root))} (HParams tab)" in out
+  assert err.strip() == "error: no trial completed"
+  # The sweep's, the tutorial's and the ablation's trials say the same of a killed trainer.
+  assert run_trainer(str(tmp_path), TRIAL, started=lambda pid: os.kill(pid, signal.SIGKILL)) == (
+      -9, "killed by SIGKILL (kill -9, or the out-of-memory killer)")
+
+
+def _settings(root, base=TRIAL):
+  """A tuner's settings on the embedded study in root, as trainer.tune makes them."""
+  return tune_study.Settings(
+      root=str(root), storage=f"sqlite:///{root}/study.db", study=str(root),
+      searches=parse_search(["learning_rate=loguniform:1e-4:1e-2"]), base=base, trials=3)
+
+
+def test_a_study_whose_trials_all_failed_on_input_takes_new_flags_and_drops_them(
+    tmp_path, capsys):
+  """A study that trained nothing (its only trial refused its input, exit 2) does not lock
+  its root: a rerun with other flags is accepted, and that trial counts toward no --trials
+  and leaves the table. A study with a trial that trained still refuses them."""
+  root = tmp_path / "tune"
+  root.mkdir()
+  study = tune_study.Tuner(_settings(root, base=[*TRIAL, "--validation_split=0"])).study
+  study.add_trial(optuna.create_trial(
+      state=optuna.trial.TrialState.FAIL, user_attrs={
+          "model_dir": str(root / "trial-0000"), "error": "exit 2: --dataset=mnist is not "
+          "prepared"}))
+  tuner = tune_study.Tuner(_settings(root))
+  assert "no trial got past its input; it tunes these flags now" in capsys.readouterr().out
+  assert tuner.study.user_attrs["definition"]["flags"]["validation_split"] == 0.25
+  assert tuner.superseded() == {0} and tune_results.rows(tuner) == []
+
+  tuner.study.add_trial(optuna.create_trial(
+      value=0.5, params={"learning_rate": 1e-3}, user_attrs={"model_dir": "x"},
+      distributions={"learning_rate": optuna.distributions.FloatDistribution(
+          1e-4, 1e-2, log=True)}))
+  with pytest.raises(tune.UsageError, match=r"other flags \(--validation_split=0.25 -> 0"):
+    tune_study.Tuner(_settings(root, base=[*TRIAL, "--validation_split=0"]))
+
+
+def test_the_table_shows_each_trial_as_it_is_now_in_short_numbers_and_one_experiment(
+    tmp_path):
+  """The ranked table and the HParams experiment of the tuners' reports: figures and drawn
+  values in 4 significant digits; a pruned trial finished later by hand as it is now
+  (complete, its figure and steps); the rerun command quoted (the root has a space); one
+  experiment in the root whichever tuner reported last, the searched flag its first column
+  even while the trials so far agree on it."""
+  root = tmp_path / "sp ace"
+  root.mkdir()
+  tuner = tune_study.Tuner(_settings(root))
+  distributions = {"learning_rate": optuna.distributions.FloatDistribution(
+      1e-4, 1e-2, log=True)}
+
+  def trial(number, rate, results, **kw):
+    model_dir = root / f"trial-{number:04d}"
+    model_dir.mkdir()
+    flags = child_runs.flags_for([*TRIAL, f"--learning_rate={rate}",
+                                  f"--model_dir={model_dir}"])
+    (model_dir / "results.json").write_text(json.dumps({**results, "flags": flags}))
+    tuner.study.add_trial(optuna.create_trial(
+        params={"learning_rate": rate}, distributions=distributions,
+        user_attrs={"model_dir": str(model_dir)}, **kw))
+
+  trial(0, 0.00025226105656484053, {"validation_accuracy": 0.8125, "global_step": 48,
+                                    "train_seconds": 2.0}, value=0.8125)
+  tune_results.report(tuner)  # the first tuner's report: one trial, nothing differs yet
+  # Pruned at step 12, then trained to its end by hand (results.json rewritten).
+  trial(1, 0.0051234567, {"validation_accuracy": 0.90625, "global_step": 48,
+                          "train_seconds": 3.0},
+        state=optuna.trial.TrialState.PRUNED, intermediate_values={6: 0.25, 12: 0.3})
+  text, best = tune_results.report(tuner)  # another tuner's, later
+  rows = [line for line in text.splitlines() if line.startswith("| 1 ") or
+          line.startswith("| 2 ")]
+  assert rows == ["| 1 | trial-0001 | 0.9062 | 0.005123 | 48 | 3 | complete (by hand after "
+                  "pruning at step 12) |",
+                  "| 2 | trial-0000 | 0.8125 | 0.0002523 | 48 | 2 | complete |"]
+  assert "2 trials: 2 complete." in text and best["trial"] == "trial-0001"
+  flagfile = shlex.quote(f"--flagfile={root}/best.cfg")
+  assert f"Rerun it: python -m trainer.main {flagfile} --model_dir=DIR" in text
+  assert [n for n in os.listdir(root) if "tfevents" in n and n.endswith(".experiment")] == [
+      n for n in os.listdir(root) if "tfevents" in n] and len(
+          [n for n in os.listdir(root) if "tfevents" in n]) == 1
+  experiment = read_experiment(root)
+  assert [(h.name, h.differs) for h in experiment.hparam_infos][0] == ("learning_rate", True)
+  assert [h.name for h in experiment.hparam_infos if h.differs] == ["learning_rate"]
+
+
+def test_a_killed_tuners_trial_resumes_a_hopeless_one_is_pruned_and_best_cfg_reruns(
+    tmp_path, capsys, monkeypatch):
   """One machine, the embedded study, a grid of a good and a hopeless learning rate (the
   good one first, by the seed): kill -9 of the tuner in the first trial, whose rerun
-  takes it up from its checkpoint; then the median pruner prunes the hopeless trial at
-  its first eval. The ranked table, best.cfg (rerun to the same weights) and the HParams
+  takes it up from its checkpoint; then the hopeless trial's trainer is killed (the tuner
+  lives) and retried in its directory, where the median pruner prunes it at its first
+  eval. The ranked table, best.cfg (rerun to the same weights) and the HParams
   experiment."""
   root = tmp_path / "tune"
   slow = [*TRIAL[:1], "--dataset=synthetic:shape=8x8x1,classes=4,train=20000,test=64",
@@ -191,15 +346,18 @@ def test_a_killed_tuners_trial_resumes_a_hopeless_one_is_pruned_and_best_cfg_rer
   assert _study(root).trials[0].state.name == "RUNNING"  # as the kill left it
 
   # The same command, run in this process (TensorFlow is imported already).
+  killed = _kill_trainers(monkeypatch, lambda args: "--learning_rate=0.000001" in args, 1)
   assert tune.main([f"--root={root}", *command, "--", *slow]) == 0
   out = capsys.readouterr().out
   assert "trial 0: its tuner (pid" in out and "start  trial 1 (resumes trial-0000)" in out, out
+  assert len(killed) == 1 and "trial 2: its trainer was killed by SIGKILL" in out
+  assert "start  trial 3 (resumes trial-0002): --learning_rate=0.000001" in out
   starts, resumed = _starts(root / "trial-0000")
   assert starts == 1 and len(resumed) == 1 and resumed[0] > 0  # resumed, not restarted
   trials = _study(root).trials
-  assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "PRUNED"]
+  assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "FAIL", "PRUNED"]
   assert trials[1].params == {"learning_rate": "0.05"}
-  assert trials[2].params == {"learning_rate": "0.000001"}
+  assert trials[3].params == {"learning_rate": "0.000001"}
 
   with open(root / "results.md") as f:
     table = f.read()
@@ -239,7 +397,7 @@ def test_two_tuners_share_a_study_on_postgresql_with_no_trial_run_twice(tmp_path
     assert dirs == [f"trial-000{i}" for i in range(3)]
     assert all(_starts(root / d) == (1, []) for d in dirs)  # each trained once
     # The password is in no output and no file the tuners wrote.
-    assert "optuna-dashboard postgresql://postgres:***@127.0.0.1" in outs[0]
+    assert "optuna-dashboard 'postgresql://postgres:***@127.0.0.1" in outs[0]
     written = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs]
     assert all(postgres.PASSWORD not in out for out in outs)
     assert not [p for p in written if postgres.PASSWORD.encode() in open(p, "rb").read()]
