@@ -34,7 +34,7 @@ FLAGS = flags.FLAGS
 # jit_compile among them: runs before --jit_compile=auto recorded it as true/false.
 _HOW_IT_RAN = tuple(o.name for o in options.OPTIONS if o.role == options.HOW)
 HELP_GROUPS = {"Evaluation": ["model_dir", "split", "checkpoint", "continuous",
-                              "poll_seconds", "timeout"],
+                              "poll_seconds", "timeout", "dry_run"],
                "Overrides of the run's flags": ["dataset", "data_dir", "manual_dir",
                                                 "batch_size", "strategy", "eval_images",
                                                 "tta"]}
@@ -204,6 +204,10 @@ def main(argv):
   if continuous and checkpoint:
     raise UsageError("--continuous evaluates each new checkpoint: drop --checkpoint")
   cfg, recorded = _run_config(FLAGS.model_dir)
+  if cfg.dry_run:
+    from trainer import dry_run  # pylint: disable=g-import-not-at-top
+    print(dry_run.evaluate_report(cfg, recorded, split, checkpoint, continuous))
+    return
   evaluator = CheckpointEvaluator(cfg, recorded, split)
   if continuous:
     _continuously(evaluator, FLAGS.poll_seconds, FLAGS.timeout)

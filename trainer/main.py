@@ -20,6 +20,10 @@ def main(argv):
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
   cfg = config.from_flags(FLAGS)
+  if cfg.dry_run:
+    from trainer import dry_run  # pylint: disable=g-import-not-at-top
+    print(dry_run.report(cfg))
+    return
   if cfg.strategy == "multi_worker" and distribute.is_evaluator_task():
     evaluate.cluster_evaluator(cfg.model_dir)
     return

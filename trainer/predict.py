@@ -16,6 +16,7 @@ here. --data_dir defaults to the run's (where its TFDS data was); --manual_dir,
 """
 
 import os
+import shlex
 
 from trainer import tf_env
 
@@ -40,14 +41,14 @@ FLAGS = flags.FLAGS
 
 _DATA_FLAGS = ("dataset", "data_dir", "manual_dir", "num_classes", "skip_bad_images")
 # tapeloop's flags that mean something here; any other one given is refused, not ignored.
-_USED = ("model_dir", "batch_size", "tta", *_DATA_FLAGS)
+_USED = ("model_dir", "batch_size", "tta", "dry_run", *_DATA_FLAGS)
 # The run's recorded values of these describe its own data: inherited only for it.
 _OWN_DATA = ("manual_dir", "num_classes", "skip_bad_images")
 # Flags that locate a --dataset: meaningless beside --images.
 _LOCATES = ("dataset", "data_dir", "manual_dir", "num_classes")
 
 HELP_GROUPS = {"Prediction": ["model_dir", "images", "dataset", "output", "batch_size",
-                              "skip_bad_images", "tta"],
+                              "skip_bad_images", "tta", "dry_run"],
                "Where --dataset's data is (as in trainer.main; default: the run's)":
                    ["data_dir", "manual_dir", "num_classes"]}
 USAGE = ("python -m trainer.predict --model_dir=DIR [--images=DIR|'DIR/*.png'|A.png,B.jpg | "
@@ -173,6 +174,8 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> int:
                          "image files, or a --dataset with test data (csv:test.csv, "
                          "folder:DIR with DIR/test/)")
   check_data(split, image_shape, num_classes, what)
+  if FLAGS.dry_run:
+    return len(split)
   classes = predict_classes(serve, split.images, FLAGS.batch_size)
   _write(output, lambda export: export.write_submission(output, classes))
   return len(classes)
@@ -181,6 +184,8 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> int:
 def _predict_files(serve, image_shape, output: str) -> tuple[int, int]:
   """Each --images file's class name and probability as CSV; returns (written, skipped)."""
   paths = folder.list_images(FLAGS.images)
+  if FLAGS.dry_run:
+    return len(paths), 0
   skip = FLAGS.skip_bad_images
   height, width, channels = image_shape
   batches = folder.read_images(paths, (height, width), channels).batch(FLAGS.batch_size)
@@ -235,6 +240,9 @@ def main(argv):
     raise UsageError(f"no exported model in {export_dir}: train first with "
                          f"python -m trainer.main --model_dir={FLAGS.model_dir}")
   serve, image_shape, num_classes = load_serving(export_dir, plain=FLAGS["tta"].present)
+  if FLAGS.dry_run:
+    from trainer import dry_run  # pylint: disable=g-import-not-at-top
+    dry_run.read_only()
   if FLAGS.images is not None:
     output = FLAGS.output or "predictions.csv"
     written, skipped = _predict_files(serve, image_shape, output)
@@ -242,6 +250,10 @@ def main(argv):
   else:
     output = FLAGS.output or "submission.csv"
     written, note = _predict_dataset(serve, image_shape, num_classes, output), ""
+  if FLAGS.dry_run:
+    print(f"dry run: nothing was written; without --dry_run this writes {written} "
+          f"predictions to {shlex.quote(output)}")
+    return
   logging.info("wrote %d predictions to %s%s", written, output, note)
   print(f"wrote {written} predictions to {output}{note}")
 
