@@ -135,7 +135,7 @@ def evaluate_report(config: Config, recorded: dict, split: str | None,
     if step is None:
       raise UsageError(f"no checkpoint in {shlex.quote(os.path.join(config.model_dir, 'checkpoints'))}: "
                        "train first, or give --checkpoint")
-    what = f"the latest checkpoint, step {step:,}"
+    what = f"the latest checkpoint (step {step:,})"
   out = shlex.quote(os.path.join(config.model_dir, f"eval_{split}.json"))
   return (f"dry run: nothing was written; without --dry_run this evaluates {what} on "
           f"{split} ({len(data.splits[split]):,} examples of {data.info.name}, batch "
