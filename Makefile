@@ -10,7 +10,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # ($TFDS_DATA_DIR, else ~/tensorflow_datasets), so that every command finds it without
 # --data_dir, from any directory.
 DATA_DIR ?= $(or $(TFDS_DATA_DIR),$(HOME)/tensorflow_datasets)
-# Flags for `make train`, e.g. make train FLAGS="--epochs=3 --model_dir=runs/quick3"
+# Flags for `make train`, e.g. make train FLAGS="--learning_rate=0.003 --model_dir=runs/lr0.003"
 FLAGS ?=
 
 .PHONY: install test train data bench bench-peers bench-profile bench-tta bench-stream tutorial clean
