@@ -2,8 +2,8 @@
 multi-worker training: each gets TF_CONFIG for a cluster on 127.0.0.1 and the same command
 line, as Kubeflow's TFJob and Vertex AI start them.
 
-    python scripts/local_cluster.py --workers=2 -- --flagfile=configs/mnist_cnn.cfg \
-        --dataset=synthetic --train_steps=100 --model_dir=runs/cluster
+    python scripts/local_cluster.py --workers=2 -- --model=cnn \
+        --dataset=synthetic:train=4096,test=512 --train_steps=100 --model_dir=runs/cluster
     python scripts/local_cluster.py --chief --workers=1 --evaluator -- ...  # the engines' layout
 
 --chief: a `chief` task trains and writes, beside the `worker` tasks (without it, worker 0

@@ -1,6 +1,6 @@
 """Train every combination of a grid of flags and compare them in TensorBoard's HParams tab.
 
-    python scripts/sweep.py --flagfile=configs/mlp_5x50.cfg --grid=learning_rate=1e-3,3e-3 \
+    python scripts/sweep.py --flagfile=configs/fashion_mlp_5x50.cfg --grid=learning_rate=1e-3,3e-3 \
         --grid=dropout=0,0.2 --root=runs/sweep [--parallel=2] [-- --epochs=2 ...]
 
 Each trial is an ordinary run in ROOT/<name=value,...> (its log in train.log there), so a

@@ -20,6 +20,9 @@ import json
 import os
 import socket
 import sys
+import time
+
+_T0 = time.time()
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -156,6 +159,7 @@ def _tree(*roots) -> dict:
 
 
 def main() -> None:
+  _note("imported")
   with open(sys.argv[1]) as f:
     spec = json.load(f)
   work, home = spec["work"], spec["home"]
@@ -172,6 +176,7 @@ def main() -> None:
     finally:
       os._exit(0 if os.path.isdir(os.path.join(home, "tensorflow_datasets", "fashion_mnist")) else 1)
   _, status = os.wait()
+  _note("stand-in prepared")
   if os.waitstatus_to_exitcode(status):
     raise SystemExit("the stand-in dataset was not prepared")
   for number, phase in enumerate(spec["phases"]):
@@ -180,6 +185,7 @@ def main() -> None:
       if len(running) >= PARALLEL:
         pid, status = os.wait()
         _write_status(running.pop(pid), status)
+      _note(f"start {case['out']} {case.get('args', '')[:6]}")
       pid = os.fork()
       if pid == 0:
         _child(case, work)
@@ -194,6 +200,13 @@ def main() -> None:
 def _write_status(out: str, status: int) -> None:
   with open(f"{out}.status", "w") as f:
     f.write(str(os.waitstatus_to_exitcode(status)))
+  _note(f"end {out}")
+
+
+def _note(what: str) -> None:
+  if os.environ.get("DOCS_RUNNER_TIMES"):  # where the seconds go, when asked
+    with open(os.environ["DOCS_RUNNER_TIMES"], "a") as f:
+      f.write(f"{time.time() - _T0:6.1f} {what}\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Tune a run's flags with Optuna: many trials, pruned early, on one machine or many.
 
-    python -m trainer.tune --flagfile=configs/mlp_5x50.cfg --trials=30 --root=runs/tune \\
+    python -m trainer.tune --flagfile=configs/fashion_mlp_5x50.cfg --trials=30 --root=runs/tune \\
         --search=learning_rate=loguniform:1e-4:1e-2 --search=dropout=uniform:0:0.5 \\
         --search='hidden_units=choice:50|500|50,50,50' [-- --validation_split=0.1 ...]
 
