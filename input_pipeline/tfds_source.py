@@ -92,13 +92,13 @@ def _prepare(builder, name: str, manual_dir: str | None) -> None:
                       f"{name}'s original file there")
   # Without network TFDS retries each download for minutes before failing: fail fast
   # when the files are not in manual_dir and the host does not even resolve.
-  where = shlex.quote(builder.data_dir_root)
+  where = shlex.quote(str(builder.data_dir_root))
   if missing and not _host_resolves(missing[0]):
     files = ", ".join(sorted(urls[u].filename for u in missing))
     fix = ("run `make data`, which prepares it there offline, or give --data_dir=DIR where "
            "it is prepared" if name == "fashion_mnist" else
            f"give --data_dir=DIR where it is prepared, put {files} in "
-           f"{shlex.quote(manual_dir)}, or use idx:DIR (docs/data.md)")
+           f"{shlex.quote(str(manual_dir))}, or use idx:DIR (docs/data.md)")
     raise DataError(f"TFDS dataset {name!r} is not prepared in {where} (--data_dir) and "
                     f"there is no network to download it: {fix}")
   if READ_ONLY:

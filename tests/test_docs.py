@@ -229,3 +229,30 @@ def test_the_manifests_parse_and_give_each_task_its_tf_config():
   tfjob = next(d for d in documents if d.get("kind") == "TFJob")
   assert tfjob["apiVersion"] == "kubeflow.org/v1"
   assert "kubeflow/trainer#2699" in text and "training-operator" in text
+
+
+def test_with_an_empty_home_an_unprepared_dataset_names_make_data_and_data_dir(
+    tmp_path, monkeypatch):
+  """One default data_dir for `make data` and every command: TFDS's, read when used; a
+  dataset not there names the fix; a dry run prepares nothing."""
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
+  from trainer import config, dry_run  # pylint: disable=g-import-not-at-top
+  home = tmp_path / "home"
+  home.mkdir()
+  monkeypatch.setenv("HOME", str(home))
+  monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+  default = str(home / "tensorflow_datasets")
+  assert tfds_source.default_data_dir() == default
+  make_data = _make_n(["-B", "data"], {**os.environ})
+  assert f'get_fashion_mnist.sh "{default}"' in make_data
+  with pytest.raises(input_pipeline.DataError) as error:
+    input_pipeline.load("fashion_mnist")
+  assert str(error.value).startswith(f"TFDS dataset 'fashion_mnist' is not prepared in {default} ")
+  assert "`make data`" in str(error.value) and "--data_dir" in str(error.value)
+  with pytest.raises(input_pipeline.DataError, match="is not prepared"):
+    dry_run.report(config.from_args(["--dataset=fashion_mnist", "--dry_run",
+                                      f"--model_dir={tmp_path / 'run'}"]))
+  assert not (tmp_path / "run").exists() and not tfds_source.READ_ONLY
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "elsewhere"))
+  assert tfds_source.default_data_dir() == str(tmp_path / "elsewhere")

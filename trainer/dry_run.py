@@ -5,6 +5,7 @@ directory included. Every refusal the run would make before training is made her
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,10 +21,20 @@ from trainer.config import Config
 _CKPT = re.compile(r"ckpt-(\d+)\.index")
 
 
-def read_only() -> None:
-  """From here on the data is only read: an unprepared TFDS dataset is named, not
-  prepared, and decoded splits are not cached."""
-  tfds_source.READ_ONLY = True
+def set_read_only(on: bool) -> bool:
+  """While on, the data is only read: an unprepared TFDS dataset is named, not prepared,
+  and decoded splits are not cached. Returns the previous setting."""
+  previous, tfds_source.READ_ONLY = tfds_source.READ_ONLY, on
+  return previous
+
+
+@contextlib.contextmanager
+def read_only():
+  previous = set_read_only(True)
+  try:
+    yield
+  finally:
+    set_read_only(previous)
 
 
 def latest_step(model_dir: str) -> int | None:
@@ -66,7 +77,11 @@ def _parameters(config: Config, data, precision: str) -> str:
 def report(config: Config) -> str:
   """Resolves the run of `config` as trainer.main would, up to its first step, and says
   what it would do. Raises what the run would raise (ConfigError, DataError)."""
-  read_only()
+  with read_only():
+    return _report(config)
+
+
+def _report(config: Config) -> str:
   run_files.check_checkpoint_path(config.model_dir)
   recorded = run_files.read_record(config.model_dir)
   changed = run_record.check(config, recorded)
@@ -111,10 +126,10 @@ def evaluate_report(config: Config, recorded: dict, split: str | None,
   """trainer.evaluate --dry_run: the split and checkpoint(s) it would evaluate, resolved as
   it resolves them; raises what it would raise before evaluating."""
   from trainer.errors import UsageError  # pylint: disable=g-import-not-at-top
-  read_only()
   strategy, _ = _strategy(config)
   run_plan.check_replicas(config, strategy)
-  data = config.load_data()
+  with read_only():
+    data = config.load_data()
   if split is None:
     split = run_plan.eval_split(data) or "test"
   if split not in data.splits or not data.splits[split].labeled:
@@ -149,10 +164,14 @@ def check_runs(runs: list[list[str]]) -> None:
   TFDS dataset that is not prepared but could be downloaded passes (its run prepares it)."""
   from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
   from trainer.child_runs import FLAGS_LOCK  # pylint: disable=g-import-not-at-top
-  read_only()
+  with read_only():
+    _check_runs(runs, config_lib, FLAGS_LOCK)
+
+
+def _check_runs(runs, config_lib, lock) -> None:
   loaded = {}
   for args in runs:
-    with FLAGS_LOCK:
+    with lock:
       cfg = config_lib.from_args(args)
     key = (cfg.dataset, cfg.data_dir, cfg.manual_dir, cfg.num_classes, cfg.image_size,
            cfg.validation_split, cfg.seed, cfg.pipeline, cfg.skip_bad_images)

@@ -242,7 +242,7 @@ def main(argv):
   serve, image_shape, num_classes = load_serving(export_dir, plain=FLAGS["tta"].present)
   if FLAGS.dry_run:
     from trainer import dry_run  # pylint: disable=g-import-not-at-top
-    dry_run.read_only()
+    dry_run.set_read_only(True)  # this process ends after it
   if FLAGS.images is not None:
     output = FLAGS.output or "predictions.csv"
     written, skipped = _predict_files(serve, image_shape, output)
