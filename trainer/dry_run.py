@@ -13,10 +13,14 @@ import shlex
 
 import tensorflow as tf
 
+import models
 from input_pipeline import tfds_source
+from trainer import config as config_lib
 from trainer import distribute, run_files, run_record
 from trainer import plan as run_plan
+from trainer.child_runs import FLAGS_LOCK
 from trainer.config import Config
+from trainer.errors import UsageError
 
 _CKPT = re.compile(r"ckpt-(\d+)\.index")
 
@@ -64,7 +68,6 @@ def _strategy(config: Config):
 
 
 def _parameters(config: Config, data, precision: str) -> str:
-  import models  # pylint: disable=g-import-not-at-top
   try:
     model = models.create(config.model, num_classes=data.info.num_classes,
                           image_shape=data.info.image_shape, precision=precision,
@@ -125,7 +128,6 @@ def evaluate_report(config: Config, recorded: dict, split: str | None,
                     checkpoint: str | None, continuous: bool) -> str:
   """trainer.evaluate --dry_run: the split and checkpoint(s) it would evaluate, resolved as
   it resolves them; raises what it would raise before evaluating."""
-  from trainer.errors import UsageError  # pylint: disable=g-import-not-at-top
   strategy, _ = _strategy(config)
   run_plan.check_replicas(config, strategy)
   with read_only():
@@ -162,16 +164,14 @@ def check_runs(runs: list[list[str]]) -> None:
   for the runs a sweep is about to start; raises the first refusal (ConfigError,
   DataError, absl's flags.Error) with the flags of that run. Each dataset is read once; a
   TFDS dataset that is not prepared but could be downloaded passes (its run prepares it)."""
-  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
-  from trainer.child_runs import FLAGS_LOCK  # pylint: disable=g-import-not-at-top
   with read_only():
-    _check_runs(runs, config_lib, FLAGS_LOCK)
+    _check_runs(runs)
 
 
-def _check_runs(runs, config_lib, lock) -> None:
+def _check_runs(runs: list[list[str]]) -> None:
   loaded = {}
   for args in runs:
-    with lock:
+    with FLAGS_LOCK:
       cfg = config_lib.from_args(args)
     key = (cfg.dataset, cfg.data_dir, cfg.manual_dir, cfg.num_classes, cfg.image_size,
            cfg.validation_split, cfg.seed, cfg.pipeline, cfg.skip_bad_images)

@@ -21,7 +21,7 @@ import time
 import keras
 from absl import flags, logging
 
-from trainer import cli, config, distribute, options, run_files, summaries
+from trainer import cli, config, distribute, dry_run, options, run_files, summaries
 from trainer import flags as tl_flags
 from trainer import plan as run_plan
 from trainer.errors import ConfigError, UsageError
@@ -205,7 +205,6 @@ def main(argv):
     raise UsageError("--continuous evaluates each new checkpoint: drop --checkpoint")
   cfg, recorded = _run_config(FLAGS.model_dir)
   if cfg.dry_run:
-    from trainer import dry_run  # pylint: disable=g-import-not-at-top
     print(dry_run.evaluate_report(cfg, recorded, split, checkpoint, continuous))
     return
   evaluator = CheckpointEvaluator(cfg, recorded, split)

@@ -7,7 +7,7 @@ tf_env.apply()  # before anything imports TensorFlow
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 
-from trainer import cli, config, distribute, evaluate, phases, train
+from trainer import cli, config, distribute, dry_run, evaluate, phases, train
 from trainer import flags as tl_flags
 from trainer.errors import UsageError
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -21,7 +21,6 @@ def main(argv):
     raise UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
   cfg = config.from_flags(FLAGS)
   if cfg.dry_run:
-    from trainer import dry_run  # pylint: disable=g-import-not-at-top
     print(dry_run.report(cfg))
     return
   if cfg.strategy == "multi_worker" and distribute.is_evaluator_task():

@@ -30,7 +30,7 @@ from absl import flags, logging
 import input_pipeline
 from input_pipeline import DataError, folder
 from input_pipeline.sources import parse_spec
-from trainer import cli, export, run_files
+from trainer import cli, dry_run, export, run_files
 from trainer.errors import UsageError
 from trainer import flags as tl_flags
 from trainer import options
@@ -241,7 +241,6 @@ def main(argv):
                          f"python -m trainer.main --model_dir={FLAGS.model_dir}")
   serve, image_shape, num_classes = load_serving(export_dir, plain=FLAGS["tta"].present)
   if FLAGS.dry_run:
-    from trainer import dry_run  # pylint: disable=g-import-not-at-top
     dry_run.set_read_only(True)  # this process ends after it
   if FLAGS.images is not None:
     output = FLAGS.output or "predictions.csv"

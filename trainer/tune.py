@@ -41,7 +41,7 @@ tf_env.apply()  # before anything imports TensorFlow
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf
 
-from trainer import child_runs, files, run_files, tune_results
+from trainer import child_runs, dry_run, files, run_files, tune_results
 from trainer.errors import UsageError
 from trainer.search import check_trial_flags, parse_search
 from trainer.study import SAMPLERS, Settings, Tuner, first_line, hidden
@@ -151,7 +151,6 @@ def _stop_on_sigterm(signum, frame):
 def _dry_run(s: Settings) -> int:
   """--dry_run: a trial's flags, data and plan checked as trainer.main checks them (with
   each searched flag at its first value), and what the study would be; nothing written."""
-  from trainer import dry_run  # pylint: disable=g-import-not-at-top
   first = [f"--{x.name}={x.extremes()[0]}" for x in s.searches]
   trial_dir = os.path.join(s.root, "trial-0000")
   try:
