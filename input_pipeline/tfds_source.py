@@ -95,12 +95,15 @@ def _prepare(builder, name: str, manual_dir: str | None) -> None:
   where = shlex.quote(str(builder.data_dir_root))
   if missing and not _host_resolves(missing[0]):
     files = ", ".join(sorted(urls[u].filename for u in missing))
-    fix = ("run `make data`, which prepares it there offline, or give --data_dir=DIR where "
-           "it is prepared" if name == "fashion_mnist" else
-           f"give --data_dir=DIR where it is prepared, put {files} in "
-           f"{shlex.quote(str(manual_dir))}, or use idx:DIR (docs/data.md)")
+    make = ("make data" if str(builder.data_dir_root) == default_data_dir()
+            else f"make data DATA_DIR={where}")
+    # `make data` prepares it from Debian's dataset-fashion-mnist (input_pipeline.prepare).
+    fix = (f"run `{make}` (python -m input_pipeline.prepare), "
+           if name == "fashion_mnist" else "")
     raise DataError(f"TFDS dataset {name!r} is not prepared in {where} (--data_dir) and "
-                    f"there is no network to download it: {fix}")
+                    f"there is no network to download it: {fix}give --data_dir=DIR where it "
+                    f"is prepared, or put {files} in {shlex.quote(str(manual_dir))}"
+                    + ("" if fix else ", or use idx:DIR (docs/data.md)"))
   if READ_ONLY:
     raise NotPrepared(f"TFDS dataset {name!r} is not prepared in {where} (--data_dir): a run "
                     "without --dry_run downloads and prepares it there (`make data` does for "
