@@ -12,7 +12,7 @@ sweep|local_cluster|prepare|python, "mode": run|flags, "args": [...], "code": th
 block (kind python), "out": PREFIX}. mode flags parses the command line as the program
 would and runs nothing (commands marked `needs:`). Each child writes PREFIX.stdout,
 PREFIX.stderr, PREFIX.status; after each phase the runner writes WORK/../tree-N.json,
-every file under WORK and HOME with its size and mtime.
+every directory and file under WORK and HOME, the files with their size and mtime.
 """
 
 import importlib.util
@@ -151,6 +151,7 @@ def _tree(*roots) -> dict:
   files = {}
   for root in roots:
     for directory, _, names in os.walk(root):
+      files[directory + "/"] = []  # an empty directory made counts too
       for name in names:
         path = os.path.join(directory, name)
         stat = os.lstat(path)
