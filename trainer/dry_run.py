@@ -87,6 +87,8 @@ def report(config: Config) -> str:
 def _report(config: Config) -> str:
   run_files.check_checkpoint_path(config.model_dir)
   recorded = run_files.read_record(config.model_dir)
+  if recorded is not None:  # --dry_run itself is no change of the run's
+    recorded = {**recorded, "dry_run": config.dry_run}
   changed = run_record.check(config, recorded)
   strategy, cluster_note = _strategy(config)
   run_plan.check_replicas(config, strategy)
