@@ -85,7 +85,7 @@ def report(config: Config) -> str:
 
 
 def _report(config: Config) -> str:
-  run_files.check_checkpoint_path(config.model_dir)
+  run_files.check_model_dir(config.model_dir)  # writable, probed without writing
   recorded = run_files.read_record(config.model_dir)
   if recorded is not None:  # --dry_run itself is no change of the run's
     recorded = {**recorded, "dry_run": config.dry_run}
