@@ -2,32 +2,47 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# pip says what it installs (no --quiet), without progress bars.
+PIP := $(PY) -m pip install --progress-bar off
 STAMP := $(VENV)/.installed
-DATA_DIR ?= data/tfds
-# Flags for `make train`, e.g. make train FLAGS="--epochs=1"
+TEST_STAMP := $(VENV)/.installed-test
+# Where `make data` prepares Fashion-MNIST: the trainer's default --data_dir, TFDS's own
+# ($TFDS_DATA_DIR, else ~/tensorflow_datasets), so that every command finds it without
+# --data_dir, from any directory.
+DATA_DIR ?= $(or $(TFDS_DATA_DIR),$(HOME)/tensorflow_datasets)
+# Flags for `make train`, e.g. make train FLAGS="--learning_rate=0.003 --model_dir=runs/lr0.003"
 FLAGS ?=
 
 .PHONY: install test train data bench bench-peers bench-profile bench-tta bench-stream tutorial clean
 
 install: $(STAMP)
 
+# What training needs: tapeloop and its dependencies (TensorFlow, Keras, TFDS), no extras.
 $(STAMP): setup.cfg pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,tune]'
+	@test -x $(PY) || { echo "== creating the virtualenv $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "== installing tapeloop and what training needs into $(VENV) (TensorFlow: a few minutes the first time)"
+	$(PIP) --upgrade pip
+	$(PIP) -e .
 	touch $@
 
-test: install
+# The suite needs the test and tune extras besides (pytest, hypothesis, pytest-xdist, Optuna, psycopg).
+$(TEST_STAMP): $(STAMP)
+	@echo "== installing the test and tune extras into $(VENV)"
+	$(PIP) -e '.[test,tune]'
+	touch $@
+
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q
 
 # Fashion-MNIST for TFDS, offline from Debian's package where possible.
 data: install
-	scripts/get_fashion_mnist.sh $(DATA_DIR) $(PY)
+	scripts/get_fashion_mnist.sh "$(DATA_DIR)" $(PY)
 
 # A real training run: the quickstart config (a CNN on Fashion-MNIST, a few minutes on
-# 2 CPU cores); prints the test accuracy. Output in runs/quickstart.
+# 2 CPU cores); prints the test accuracy. Output in runs/quickstart (--model_dir in FLAGS
+# elsewhere).
 train: data
-	$(PY) -m trainer.main --flagfile=configs/quickstart.cfg --data_dir=$(DATA_DIR) $(FLAGS)
+	$(PY) -m trainer.main --flagfile=configs/quickstart.cfg --data_dir="$(DATA_DIR)" $(FLAGS)
 
 # tapeloop against Keras fit, interleaved in one run: benchmarks/results.{json,md}.
 bench: install
@@ -55,7 +70,7 @@ bench-profile: install
 
 # Time to accuracy on Fashion-MNIST with configs/fashion_tta.cfg.
 bench-tta: data
-	$(PY) scripts/bench_tta.py --data_dir=$(DATA_DIR)
+	$(PY) scripts/bench_tta.py --data_dir="$(DATA_DIR)"
 
 # Bounded memory: ResNet trained from a generated folder of 252k PNGs (3.1 GB decoded; kept
 # in data/stream_benchmark), streamed: benchmarks/streaming.{json,md}.
@@ -66,7 +81,7 @@ bench-stream: install
 # TensorBoard runs in runs/tutorial. For MNIST: make tutorial TUTORIAL_FLAGS=--dataset=idx:DIR
 TUTORIAL_FLAGS ?=
 tutorial: data
-	$(PY) scripts/tutorial.py --data_dir=$(DATA_DIR) $(TUTORIAL_FLAGS)
+	$(PY) scripts/tutorial.py --data_dir="$(DATA_DIR)" $(TUTORIAL_FLAGS)
 
 clean:
 	rm -rf $(VENV) $(PEERS_VENV) *.egg-info .pytest_cache

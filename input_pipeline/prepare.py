@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import struct
 import sys
 import tempfile
@@ -88,7 +89,7 @@ def prepare(dataset: str, data_dir: str | None, source_dir: str) -> str:
                     "(Debian's dataset-fashion-mnist); for MNIST files you downloaded use "
                     "--dataset=idx:DIR when training")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(dataset, data_dir=data_dir)
+  builder = tfds.builder(dataset, data_dir=data_dir or tfds_source.default_data_dir())
   manual_dir = tfds_source.manual_dir_for(builder, dataset)
   if builder.is_prepared():
     logging.info("%s is already prepared in %s", dataset, builder.data_dir_root)
@@ -103,8 +104,8 @@ def prepare(dataset: str, data_dir: str | None, source_dir: str) -> str:
 def _define_flags() -> None:
   # Defined only when run as a program: importing this module must not claim --dataset.
   flags.DEFINE_string("dataset", "fashion_mnist", "TFDS dataset to prepare.")
-  flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: TFDS's, "
-                      "~/tensorflow_datasets).")
+  flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the trainer's, "
+                      "$TFDS_DATA_DIR else ~/tensorflow_datasets).")
   flags.DEFINE_string("source_dir", DEBIAN_DIR,
                       "Where Debian's dataset-fashion-mnist put the gz files.")
 
@@ -117,8 +118,8 @@ def main(argv):
   except DataError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(f"{fv.dataset} is ready in {root}; train with --dataset={fv.dataset}"
-        + (f" --data_dir={root}" if fv.data_dir else ""))
+  print(f"{fv.dataset} is ready in {shlex.quote(root)}; train with --dataset={fv.dataset}"
+        + (f" --data_dir={shlex.quote(root)}" if fv.data_dir else ""))
 
 
 if __name__ == "__main__":

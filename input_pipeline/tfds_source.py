@@ -7,6 +7,7 @@ import difflib
 import hashlib
 import json
 import os
+import shlex
 import socket
 import urllib.parse
 
@@ -24,6 +25,21 @@ _SPLITS = ("train", "validation", "test")
 # size each: Fashion-MNIST's 70k PNG decodes take ~5 s, reading them back ~0.1 s.
 CACHE_DIR = "tapeloop_decoded"
 CACHE_LIMIT = 2 * 1024**3
+# Set by --dry_run: an unprepared dataset is named instead of prepared, and decoded splits
+# are not cached, so that a dry run writes nothing.
+READ_ONLY = False
+
+
+class NotPrepared(DataError):
+  """A dataset a run would download and prepare, met by a dry run (READ_ONLY)."""
+
+
+def default_data_dir() -> str:
+  """Where TFDS datasets are when --data_dir is not given, and where `make data` prepares
+  Fashion-MNIST: TFDS's own default, $TFDS_DATA_DIR else ~/tensorflow_datasets, read when
+  used (TFDS reads it once, at its import)."""
+  return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"),
+                                                          "tensorflow_datasets")
 
 
 def _tfds():
@@ -43,7 +59,7 @@ def _host_resolves(url: str) -> bool:
 def _builder(name: str, data_dir: str | None):
   tfds = _tfds()
   try:
-    return tfds.builder(name, data_dir=data_dir)
+    return tfds.builder(name, data_dir=data_dir or default_data_dir())
   except tfds.core.registered.DatasetNotFoundError:
     close = difflib.get_close_matches(name, tfds.list_builders(), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -76,12 +92,22 @@ def _prepare(builder, name: str, manual_dir: str | None) -> None:
                       f"{name}'s original file there")
   # Without network TFDS retries each download for minutes before failing: fail fast
   # when the files are not in manual_dir and the host does not even resolve.
+  where = shlex.quote(str(builder.data_dir_root))
   if missing and not _host_resolves(missing[0]):
     files = ", ".join(sorted(urls[u].filename for u in missing))
-    raise DataError(
-        f"TFDS dataset {name!r} is not prepared and there is no network: put {files} in "
-        f"{manual_dir} (for fashion_mnist: python -m input_pipeline.prepare "
-        "--dataset=fashion_mnist), or use idx:DIR")
+    make = ("make data" if str(builder.data_dir_root) == default_data_dir()
+            else f"make data DATA_DIR={where}")
+    # `make data` prepares it from Debian's dataset-fashion-mnist (input_pipeline.prepare).
+    fix = (f"run `{make}` (python -m input_pipeline.prepare), "
+           if name == "fashion_mnist" else "")
+    raise DataError(f"TFDS dataset {name!r} is not prepared in {where} (--data_dir) and "
+                    f"there is no network to download it: {fix}give --data_dir=DIR where it "
+                    f"is prepared, or put {files} in {shlex.quote(str(manual_dir))}"
+                    + ("" if fix else ", or use idx:DIR (docs/data.md)"))
+  if READ_ONLY:
+    raise NotPrepared(f"TFDS dataset {name!r} is not prepared in {where} (--data_dir): a run "
+                    "without --dry_run downloads and prepares it there (`make data` does for "
+                    "fashion_mnist)")
   config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
   try:
     builder.download_and_prepare(download_config=config)
@@ -197,7 +223,7 @@ def _decoded(builder, split: str, image_size):
     logging.info("%s/%s: decoded images read from %s", builder.name, split, path)
     return cached
   images, labels = _to_numpy(builder, split, image_size)
-  if images.nbytes <= CACHE_LIMIT:
+  if images.nbytes <= CACHE_LIMIT and not READ_ONLY:
     decoded_cache.write(path, key, images, labels)
   return images, labels
 

@@ -2,7 +2,7 @@
 taken out at a time, each an ordinary run per seed (resumable; finished runs are skipped).
 
     python scripts/ablation.py --flagfile=configs/fashion_best.cfg --root=runs/ablation \
-        [--data_dir=data/tfds] [--seeds=0,1] [--only="no whitening,no label smoothing"] \
+        [--data_dir=DIR] [--seeds=0,1] [--only="no whitening,no label smoothing"] \
         [--also="crop added:--augment=crop=2,flip"] [-- --epochs=10]
 
 Selection and the figures are on the recipe's validation split, averaged over the seeds;

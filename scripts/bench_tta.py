@@ -1,6 +1,6 @@
 """Time to accuracy on Fashion-MNIST: configs/fashion_tta.cfg run as a user runs it.
 
-    python scripts/bench_tta.py --data_dir=data/tfds    # make bench-tta
+    python scripts/bench_tta.py [--data_dir=DIR]    # make bench-tta
 
 The recipe (chosen on a validation split, not the test set) is run twice, each time the
 whole command (`python -m trainer.main`) in a fresh process, timed from its start to its
@@ -86,7 +86,9 @@ def tta_markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--data_dir", default=os.path.join(common.ROOT, "data", "tfds"))
+  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
+  parser.add_argument("--data_dir", default=tfds_source.default_data_dir(),
+                      help="where `make data` prepared Fashion-MNIST")
   parser.add_argument("--output_dir", default=os.path.join(common.ROOT, "benchmarks"))
   args = parser.parse_args(argv)
   os.makedirs(args.output_dir, exist_ok=True)

@@ -2,8 +2,8 @@
 multi-worker training: each gets TF_CONFIG for a cluster on 127.0.0.1 and the same command
 line, as Kubeflow's TFJob and Vertex AI start them.
 
-    python scripts/local_cluster.py --workers=2 -- --flagfile=configs/mnist_cnn.cfg \
-        --dataset=synthetic --train_steps=100 --model_dir=runs/cluster
+    python scripts/local_cluster.py --workers=2 -- --model=cnn \
+        --dataset=synthetic:train=4096,test=512 --train_steps=100 --model_dir=runs/cluster
     python scripts/local_cluster.py --chief --workers=1 --evaluator -- ...  # the engines' layout
 
 --chief: a `chief` task trains and writes, beside the `worker` tasks (without it, worker 0
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -95,18 +96,46 @@ def run(workers: int, trainer_args: list[str], timeout: float | None = None, *,
   return next((c for c in codes if c), 0)
 
 
+def dry_run(spec: dict, trainer_args: list[str]) -> int:
+  """--dry_run: the trainer's flags, data and plan checked as each task would check them
+  (trainer/dry_run.py), and what would start; exit 2 with the trainer's one line if a
+  task would refuse."""
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  # pylint: disable=g-import-not-at-top
+  from trainer import tf_env
+  tf_env.apply()
+  from absl import flags
+  from trainer import dry_run as check
+  # pylint: enable=g-import-not-at-top
+  args = ["--strategy=multi_worker", *trainer_args]
+  try:
+    check.check_runs([args])
+  except (ValueError, flags.Error) as e:
+    print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+    return 2
+  print("dry run: nothing was started; without --dry_run these tasks run on 127.0.0.1:")
+  for kind, i in tasks(spec):
+    print(f"  [{kind} {i}] TF_CONFIG={shlex.quote(tf_config(spec, i, kind))} "
+          f"{shlex.join([sys.executable, '-m', 'trainer.main', *args])}")
+  return 0
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workers", type=int, default=2, help="number of `worker` tasks")
   parser.add_argument("--chief", action="store_true", help="a `chief` task besides")
   parser.add_argument("--evaluator", action="store_true", help="an `evaluator` task")
   parser.add_argument("--timeout", type=float, default=None, help="seconds before killing all")
+  parser.add_argument("--dry_run", action="store_true", help="check the trainer flags and "
+                      "data, print each task's TF_CONFIG and command, start nothing")
   parser.add_argument("trainer_args", nargs=argparse.REMAINDER,
                       help="flags for trainer.main, after --")
   args = parser.parse_args()
   if args.workers < 1:
     parser.error("--workers must be at least 1")
   trainer_args = [a for a in args.trainer_args if a != "--"]
+  if args.dry_run:
+    return dry_run(cluster(args.workers, args.chief, args.evaluator), trainer_args)
   return run(args.workers, trainer_args, args.timeout, chief=args.chief,
              evaluator=args.evaluator)
 

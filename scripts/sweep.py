@@ -1,6 +1,6 @@
 """Train every combination of a grid of flags and compare them in TensorBoard's HParams tab.
 
-    python scripts/sweep.py --flagfile=configs/mlp_5x50.cfg --grid=learning_rate=1e-3,3e-3 \
+    python scripts/sweep.py --flagfile=configs/fashion_mlp_5x50.cfg --grid=learning_rate=1e-3,3e-3 \
         --grid=dropout=0,0.2 --root=runs/sweep [--parallel=2] [-- --epochs=2 ...]
 
 Each trial is an ordinary run in ROOT/<name=value,...> (its log in train.log there), so a
@@ -128,6 +128,23 @@ def train(model_dir: str, args: list[str], label: str) -> dict:
   return {"status": "trained", **results}
 
 
+def check_trials(root: str, base: list[str], todo: list[dict[str, str]]) -> None:
+  """Every trial's flags, data and plan, checked as its trainer would check them before
+  its first step (trainer/dry_run.py), before any trial starts: a refusal every trial
+  would meet is one line, not a failed trial each."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from trainer import dry_run  # pylint: disable=g-import-not-at-top
+  for trial in todo:
+    args = [*base, *(f"--{k}={v}" for k, v in trial.items()),
+            f"--model_dir={os.path.join(root, trial_name(trial))}"]
+    try:
+      dry_run.check_runs([args])
+    except (ValueError, flags.Error) as e:
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      where = f"trial {trial_name(trial)}" if len(todo) > 1 else "the trial"
+      raise SweepError(f"{where}: {first} (no trial was started)") from None
+
+
 def run_trial(trial, *, root, base_args) -> dict:
   """Trains one trial (resuming it when unfinished); returns its results or its error."""
   return {"trial": trial, **train(os.path.join(root, trial_name(trial)),
@@ -171,6 +188,8 @@ def main(argv=None) -> int:
   parser.add_argument("--root", required=True, help="one model_dir per trial below it "
                       "(a local directory or a bucket, gs://...)")
   parser.add_argument("--parallel", type=int, default=1, help="trials run at once")
+  parser.add_argument("--dry_run", action="store_true", help="check every trial's flags "
+                      "and data, list the trials, and exit writing nothing")
   parser.add_argument("trainer_flags", nargs="*", help="after --: flags for every trial")
   args = parser.parse_args(argv)
   root, flagfile = resolve(args.root), resolve(args.flagfile)
@@ -182,8 +201,20 @@ def main(argv=None) -> int:
       raise SweepError(f"--flagfile={args.flagfile}: give a local file")
     if flagfile and not os.path.isfile(flagfile):
       raise SweepError(f"--flagfile={args.flagfile} does not exist")
+    base = ([f"--flagfile={flagfile}"] if flagfile else []) + args.trainer_flags
+    todo = trials(grid)
     try:
       run_files.check_checkpoint_path(root, "--root")  # before anything is made there
+    except ValueError as e:
+      raise SweepError(str(e)) from None
+    check_trials(root, base, todo)
+    if args.dry_run:
+      print(f"dry run: nothing was written; without --dry_run this trains {len(todo)} "
+            f"trials, {args.parallel} at a time, each in {shlex.quote(root)}/NAME:")
+      for trial in todo:
+        print(f"  {trial_name(trial)}")
+      return 0
+    try:
       tf.io.gfile.makedirs(root)
     except ValueError as e:
       raise SweepError(str(e)) from None
@@ -193,8 +224,6 @@ def main(argv=None) -> int:
   except SweepError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  base = ([f"--flagfile={flagfile}"] if flagfile else []) + args.trainer_flags
-  todo = trials(grid)
   print(f"{len(todo)} trials in {root}, {args.parallel} at a time", flush=True)
   with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
     outcomes = list(pool.map(lambda t: run_trial(t, root=root, base_args=base), todo))

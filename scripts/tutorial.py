@@ -106,7 +106,9 @@ def markdown(rows: list[dict], header: str) -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--dataset", default="fashion_mnist")
-  parser.add_argument("--data_dir", default=os.path.join(ROOT, "data", "tfds"))
+  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
+  parser.add_argument("--data_dir", default=tfds_source.default_data_dir(),
+                      help="where `make data` prepared Fashion-MNIST")
   parser.add_argument("--root", default=os.path.join(ROOT, "runs", "tutorial"))
   parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "tutorial"),
                       help="writes OUTPUT.md and OUTPUT.json")

@@ -23,7 +23,7 @@ import time
 import keras
 from absl import flags, logging
 
-from trainer import cli, config, distribute, options, run_files, summaries
+from trainer import cli, config, distribute, dry_run, options, run_files, summaries
 from trainer import flags as tl_flags
 from trainer import plan as run_plan
 from trainer.errors import ConfigError, UsageError
@@ -36,7 +36,7 @@ FLAGS = flags.FLAGS
 # jit_compile among them: runs before --jit_compile=auto recorded it as true/false.
 _HOW_IT_RAN = tuple(o.name for o in options.OPTIONS if o.role == options.HOW)
 HELP_GROUPS = {"Evaluation": ["model_dir", "split", "checkpoint", "continuous",
-                              "poll_seconds", "timeout"],
+                              "poll_seconds", "timeout", "dry_run"],
                "Overrides of the run's flags": ["dataset", "data_dir", "manual_dir",
                                                 "batch_size", "strategy", "eval_images",
                                                 "tta"]}
@@ -212,6 +212,9 @@ def main(argv):
   cfg, recorded = _run_config(FLAGS.model_dir)
   if checkpoint:
     run_files.check_own_checkpoint(cfg.model_dir, checkpoint)
+  if cfg.dry_run:
+    print(dry_run.evaluate_report(cfg, recorded, split, checkpoint, continuous))
+    return
   evaluator = CheckpointEvaluator(cfg, recorded, split)
   if continuous:
     _continuously(evaluator, FLAGS.poll_seconds, FLAGS.timeout)

@@ -7,7 +7,7 @@ tf_env.apply()  # before anything imports TensorFlow
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 
-from trainer import cli, config, distribute, evaluate, phases, train
+from trainer import cli, config, distribute, dry_run, evaluate, phases, train
 from trainer import flags as tl_flags
 from trainer.errors import UsageError
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -20,6 +20,9 @@ def main(argv):
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
   cfg = config.from_flags(FLAGS)
+  if cfg.dry_run:
+    print(dry_run.report(cfg))
+    return
   if cfg.strategy == "multi_worker" and distribute.is_evaluator_task():
     evaluate.cluster_evaluator(cfg.model_dir)
     return

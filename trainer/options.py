@@ -70,7 +70,8 @@ OPTIONS: tuple[Option, ...] = (
            "(DIR/train/<class>/*.jpg|png), idx:DIR, csv:PATH or "
            "synthetic[:shape=28x28x1,classes=10,train=N,test=N].", _D,
            normalize=dataset_meaning),
-    Option("data_dir", str, None, "TFDS data_dir (default ~/tensorflow_datasets).", _D, DATA,
+    Option("data_dir", str, None, "TFDS data_dir (default $TFDS_DATA_DIR, else ~/tensorflow_datasets: "
+           "where `make data` prepares Fashion-MNIST).", _D, DATA,
            normalize=absolute_path),
     Option("manual_dir", str, None, "TFDS manual_dir: files here are used offline.", _D, DATA,
            normalize=absolute_path),
@@ -132,6 +133,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("divergence_retries", int, 0, "On a non-finite loss or a collapsed fp16 loss "
            "scale, go back to the last checkpoint, skip the data since, and continue, at most "
            "this many times (0: stop).", _R, HOW, check=at_least_zero),
+    Option("dry_run", bool, False, "Resolve the flags, the data and the plan, print what "
+           "would run (model, data sizes, steps, eval cadence, where outputs go) and exit "
+           "0, writing nothing (no model_dir, no prepared dataset).", _R, HOW),
     Option("allow_changed_flags", list, None, "A rerun into an existing model_dir refuses "
            "flags that change what is trained; these may change (logged and recorded in "
            "model_dir/flag_changes.json).", _R, HOW, parse=lambda v: tuple(v or ())),

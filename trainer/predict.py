@@ -31,7 +31,7 @@ from absl import flags, logging
 import input_pipeline
 from input_pipeline import DataError, folder
 from input_pipeline.sources import parse_spec
-from trainer import cli, export, run_files
+from trainer import cli, dry_run, export, run_files
 from trainer.errors import UsageError
 from trainer import flags as tl_flags
 from trainer import options
@@ -42,14 +42,14 @@ FLAGS = flags.FLAGS
 
 _DATA_FLAGS = ("dataset", "data_dir", "manual_dir", "num_classes", "skip_bad_images")
 # tapeloop's flags that mean something here; any other one given is refused, not ignored.
-_USED = ("model_dir", "batch_size", "tta", *_DATA_FLAGS)
+_USED = ("model_dir", "batch_size", "tta", "dry_run", *_DATA_FLAGS)
 # The run's recorded values of these describe its own data: inherited only for it.
 _OWN_DATA = ("manual_dir", "num_classes", "skip_bad_images")
 # Flags that locate a --dataset: meaningless beside --images.
 _LOCATES = ("dataset", "data_dir", "manual_dir", "num_classes")
 
 HELP_GROUPS = {"Prediction": ["model_dir", "images", "dataset", "output", "batch_size",
-                              "skip_bad_images", "tta"],
+                              "skip_bad_images", "tta", "dry_run"],
                "Where --dataset's data is (as in trainer.main; default: the run's)":
                    ["data_dir", "manual_dir", "num_classes"]}
 USAGE = ("python -m trainer.predict --model_dir=DIR [--images=DIR|'DIR/*.png'|A.png,B.jpg | "
@@ -203,6 +203,8 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> str:
                          "image files, or a --dataset with test data (csv:test.csv, "
                          "folder:DIR with DIR/test/)")
   check_data(split, image_shape, num_classes, what)
+  if FLAGS.dry_run:
+    return _dry_run_note(len(split), output)
   classes, names = _classify(serve, split.images, FLAGS.batch_size)
   _write(output, lambda export: export.write_submission(output, classes))
   named = [f"{c} ({n})" if n != str(c) else n for c, n in zip(classes, names)]
@@ -210,9 +212,16 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> str:
                  [(i, label) for i, label in enumerate(named, start=1)], named)
 
 
+def _dry_run_note(count: int, output: str) -> str:
+  return (f"dry run: nothing was written; without --dry_run this writes {count} "
+          f"predictions to {shlex.quote(output)}")
+
+
 def _predict_files(serve, image_shape, output: str) -> str:
   """Each --images file's class name and probability as CSV; returns its summary."""
   paths = folder.list_images(FLAGS.images)
+  if FLAGS.dry_run:
+    return _dry_run_note(len(paths), output)
   skip = FLAGS.skip_bad_images
   height, width, channels = image_shape
   batches = folder.read_images(paths, (height, width), channels).batch(FLAGS.batch_size)
@@ -270,6 +279,8 @@ def main(argv):
     raise UsageError(f"no exported model in {shlex.quote(export_dir)}: train first with "
                      f"python -m trainer.main {shlex.quote('--model_dir=' + FLAGS.model_dir)}")
   serve, image_shape, num_classes = load_serving(export_dir, plain=FLAGS["tta"].present)
+  if FLAGS.dry_run:
+    dry_run.set_read_only(True)  # this process ends after it
   if FLAGS.images is not None:
     shown = _predict_files(serve, image_shape, FLAGS.output or "predictions.csv")
   else:

@@ -1,6 +1,6 @@
 """Tune a run's flags with Optuna: many trials, pruned early, on one machine or many.
 
-    python -m trainer.tune --flagfile=configs/mlp_5x50.cfg --trials=30 --root=runs/tune \\
+    python -m trainer.tune --flagfile=configs/fashion_mlp_5x50.cfg --trials=30 --root=runs/tune \\
         --search=learning_rate=loguniform:1e-4:1e-2 --search=dropout=uniform:0:0.5 \\
         --search='hidden_units=choice:50|500|50,50,50' [-- --validation_split=0.1 ...]
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import signal
 import sys
 import warnings
@@ -42,7 +43,7 @@ tf_env.apply()  # before anything imports TensorFlow
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf
 
-from trainer import child_runs, files, run_files, tune_results
+from trainer import child_runs, dry_run, files, run_files, tune_results
 from trainer.errors import UsageError
 from trainer.search import check_trial_flags, parse_search
 from trainer.study import SAMPLERS, Settings, Tuner, first_line, hidden
@@ -112,6 +113,8 @@ def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
       "tuner process)")
   add("--heartbeat_seconds", type=int, default=30, help="a running trial's tuner beats "
       "this often; a trial silent for twice as long is taken up by another tuner")
+  add("--dry_run", action="store_true", help="check the search, the trials' flags and "
+      "data, print what would run, and exit writing nothing")
   add("trainer_flags", nargs="*", help="after --: flags for every trial")
   args = parser.parse_args(argv)
   root = child_runs.resolve(args.root)
@@ -166,9 +169,29 @@ def _stop_on_sigterm(signum, frame):
   raise Stopped(signum)
 
 
+def _dry_run(s: Settings) -> int:
+  """--dry_run: a trial's flags, data and plan checked as trainer.main checks them (with
+  each searched flag at its first value), and what the study would be; nothing written."""
+  first = [f"--{x.name}={x.extremes()[0]}" for x in s.searches]
+  trial_dir = os.path.join(s.root, "trial-0000")
+  try:
+    dry_run.check_runs([[*s.base, *first, f"--model_dir={trial_dir}"]])
+  except Exception as e:  # pylint: disable=broad-except  (ConfigError, DataError, flags)
+    if not isinstance(e, ValueError) and type(e).__module__.split(".")[0] != "absl":
+      raise
+    raise UsageError(f"the trial flags: {first_line(e)}") from None
+  print(f"dry run: nothing was written; without --dry_run this runs {s.trials} trials "
+        f"({s.sampler} sampler, {s.pruner} pruner) over "
+        f"{' '.join(shlex.quote('--search=' + x.spec) for x in s.searches)}, each in "
+        f"{shlex.quote(s.root)}/trial-NNNN, the study in {hidden(s.storage)}")
+  return 0
+
+
 def main(argv=None) -> int:
   try:
-    settings, _ = parse_args(argv)
+    settings, args = parse_args(argv)
+    if args.dry_run:
+      return _dry_run(settings)
     try:
       import optuna  # pylint: disable=g-import-not-at-top
     except ModuleNotFoundError:

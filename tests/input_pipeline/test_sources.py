@@ -100,9 +100,9 @@ def test_tfds_errors(tmp_path):
 
 def test_tfds_without_network_fails_fast_naming_the_files(tmp_path):
   # conftest's no_network fixture makes the host lookup fail, as on an air-gapped VM.
-  with pytest.raises(DataError, match="no network: put .*train-images-idx3-ubyte.gz") as e:
+  with pytest.raises(DataError, match="no network to download it: .*put .*train-images-idx3-ubyte.gz") as e:
     input_pipeline.load("fashion_mnist", data_dir=str(tmp_path))
-  assert "input_pipeline.prepare" in str(e.value)
+  assert "input_pipeline.prepare" in str(e.value) and f"`make data DATA_DIR={tmp_path}`" in str(e.value)
 
 
 def test_each_dataset_has_its_own_manual_files(tmp_path):
@@ -113,7 +113,7 @@ def test_each_dataset_has_its_own_manual_files(tmp_path):
   for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
     (fashion / name).write_bytes(b"fashion")
-  with pytest.raises(DataError, match=r"no network: put .* in .*downloads/manual/mnist \(") as e:
+  with pytest.raises(DataError, match=r"no network to download it: .*put .* in .*downloads/manual/mnist, or use idx") as e:
     input_pipeline.load("mnist", data_dir=str(tmp_path))
   assert "remove" not in str(e.value) and "delete" not in str(e.value)
   # A file shown to be wrong is named, with what it is not.

@@ -46,16 +46,29 @@ def test_the_table_shows_figures_to_4_significant_digits():
   assert "| learning_rate=1e-3 | 0.9123 | 0.0002523 | 3 | trained |" in table.splitlines()
 
 
+def _sweep_args(root, *extra, trainer_flags=()):
+  return ["--grid=learning_rate=1e-3,1e-2", f"--root={root}", *extra, "--", "--model=mlp",
+          "--hidden_units=8", "--batch_size=32",
+          "--dataset=synthetic:shape=8x8x1,classes=3,train=200,test=40",
+          "--validation_split=0.2", "--train_steps=10", "--noeval_images", *trainer_flags]
+
+
 def _sweep(root, *extra, trainer_flags=()):
   return subprocess.run(
-      [sys.executable, os.path.join(ROOT, "scripts", "sweep.py"), "--grid=learning_rate=1e-3,1e-2",
-       f"--root={root}", *extra, "--", "--model=mlp", "--hidden_units=8", "--batch_size=32",
-       "--dataset=synthetic:shape=8x8x1,classes=3,train=200,test=40", "--validation_split=0.2",
-       "--train_steps=10", "--noeval_images", *trainer_flags], capture_output=True, text=True,
-      timeout=300)
+      [sys.executable, os.path.join(ROOT, "scripts", "sweep.py"),
+       *_sweep_args(root, *extra, trainer_flags=trainer_flags)],
+      capture_output=True, text=True, timeout=300)
 
 
-def test_a_sweep_trains_every_trial_writes_one_experiment_resumes_and_refuses_changes(tmp_path):
+def _sweep_here(capsys, root, *extra, trainer_flags=()):
+  """The sweep in this process (its trainers are processes of their own either way)."""
+  status = sweep.main(_sweep_args(root, *extra, trainer_flags=trainer_flags))
+  out, err = capsys.readouterr()
+  return subprocess.CompletedProcess([], status, out, err)
+
+
+def test_a_sweep_trains_every_trial_writes_one_experiment_resumes_and_refuses_changes(
+    tmp_path, capsys):
   proc = _sweep(tmp_path, "--parallel=2")
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
   trials = sorted(d for d in os.listdir(tmp_path) if d.startswith("learning_rate="))
@@ -80,11 +93,11 @@ def test_a_sweep_trains_every_trial_writes_one_experiment_resumes_and_refuses_ch
   values, metrics, _ = read_hparams(tmp_path / "learning_rate=1e-2")
   assert values["learning_rate"] == pytest.approx(1e-2) and ("eval", "accuracy") in metrics
   assert _session(tmp_path / "learning_rate=1e-2").group_name == ""
-  again = _sweep(tmp_path)
+  again = _sweep_here(capsys, tmp_path)
   assert again.returncode == 0 and "start  learning_rate" not in again.stdout  # skipped
   assert again.stdout.count("done before") == 2
   # Other flags than the trials ran with: no stale results, no trainer started, one line.
-  other = _sweep(tmp_path, trainer_flags=["--seed=1"])
+  other = _sweep_here(capsys, tmp_path, trainer_flags=["--seed=1"])
   assert other.returncode == 2 and "start" not in other.stdout and "done before" not in other.stdout
   assert other.stderr.strip().splitlines()[-1] == (
       f"error: {tmp_path}/learning_rate=1e-3 holds a run of other flags (--seed=0 -> 1): use "
@@ -157,7 +170,7 @@ def test_a_bucket_root_is_written_through_tf_io_gfile(tmp_path, fake_trainer, mo
   monkeypatch.chdir(tmp_path)
   root = f"ram://sweep_{tmp_path.name}/root"
   argv = ["--grid=learning_rate=1e-3,1e-2", f"--root={root}", "--", "--model=mlp",
-          "--dataset=synthetic", "--train_steps=10"]
+          "--dataset=synthetic:train=512,test=64", "--train_steps=10"]
   assert sweep.main(argv) == 0
   assert os.listdir(tmp_path) == []  # no local ./ram:/ directory
   trial = f"{root}/learning_rate=1e-2"
@@ -180,10 +193,27 @@ def test_a_root_tensorflow_cannot_resume_from_is_refused_before_anything_is_made
   assert not root.exists()
 
 
-def test_a_trial_with_a_bad_flag_ends_the_sweep_with_its_error(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "scripts", "sweep.py"), "--grid=dropout=0.1",
-       f"--root={tmp_path}", "--", "--model=mlp", "--dataset=synthetic", "--optimizer=adamm"],
-      capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1].startswith("error: --optimizer=adamm is unknown")
+def test_every_trials_flags_and_data_are_checked_before_any_trial_starts(
+    tmp_path, fake_trainer, monkeypatch, capsys):
+  """A flag, a dataset or a grid value a trial would refuse: one line naming the trial,
+  exit 2, no trial started and no root made (an MNIST config offline started 4 trials that
+  each failed alike)."""
+  monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/tensorflow_datasets
+  monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+  root = tmp_path / "sweep"
+  tiny = "--dataset=synthetic:train=256,test=64"
+
+  def refused(*argv):
+    assert sweep.main([f"--root={root}", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("(no trial was started)")
+    return err[0]
+
+  assert refused("--grid=dropout=0,0.1", "--", "--model=mlp", tiny, "--optimizer=adamm") \
+      .startswith("error: trial dropout=0: --optimizer=adamm is unknown")
+  offline = refused(f"--flagfile={ROOT}/configs/mlp_5x50.cfg", "--grid=learning_rate=1e-3,3e-3")
+  assert "TFDS dataset 'mnist' is not prepared" in offline and "--data_dir" in offline
+  # A value only some trials get, refused by what the data holds: named with its trial.
+  assert refused("--grid=batch_size=64,512", "--", "--model=mlp", tiny).startswith(
+      "error: trial batch_size=512: --batch_size=512 is larger than the 256 training examples")
+  assert not fake_trainer and not root.exists()

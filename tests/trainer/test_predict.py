@@ -126,6 +126,7 @@ def test_data_dir_and_dataset_default_to_the_runs(colour_run, tmp_path, monkeypa
   # it again in its default data_dir. Nothing may appear there.
   default = tmp_path / "tfds default"
   monkeypatch.setattr(constants, "DATA_DIR", str(default))
+  monkeypatch.setenv("TFDS_DATA_DIR", str(default))
   given, no_data_dir, neither = (tmp_path / f"{n}.csv" for n in ("given", "dir", "neither"))
   predict_in_process(f"--model_dir={model_dir}", f"--dataset={name}",
                      f"--data_dir={data_dir}", f"--output={given}")

@@ -1,0 +1,258 @@
+"""Every command README.md and docs/*.md show runs as written, on a fresh directory whose
+HOME holds only what `make data` makes (tests/docs_runner.py: a stand-in Fashion-MNIST,
+no network), after the `make train` they start from: long ones with --dry_run added, which
+must write nothing; those marked `# needs: ...` (the network, a cluster, your files) for
+their flags only. `make` lines: the target exists and `make -n` shows its commands. The
+Python blocks run as written. The Kubernetes manifests parse, and each task gets a
+TF_CONFIG that names it."""
+
+import glob
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from paths import ROOT
+
+DOCS = [os.path.join(ROOT, "README.md"), *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
+_START = re.compile(r"^(?:\.venv/bin/)?(?:python (?:-m (?:trainer|input_pipeline)\.|scripts/\w+\.py)"
+                    r"|scripts/\w+\.py|make\b)")
+# Programs whose run takes long: shown commands of these run with --dry_run.
+_LONG = ("main", "tune", "sweep", "local_cluster")
+
+
+def _blocks(text: str):
+  """(language, lines) of every fenced block and every indented block (4 spaces after a
+  blank line) outside fences."""
+  lines, i = text.splitlines(), 0
+  while i < len(lines):
+    fence = re.match(r"^```(\w*)", lines[i])
+    if fence:
+      end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
+      yield fence.group(1), lines[i + 1:end]
+      i = end + 1
+    elif lines[i].startswith("    ") and (i == 0 or not lines[i - 1].strip()):
+      end = i
+      while end < len(lines) and (lines[end].startswith("    ") or not lines[end].strip()):
+        end += 1
+      yield "indented", [line[4:] for line in lines[i:end]]
+      i = end
+    else:
+      i += 1
+
+
+def shown_commands():
+  """(file, command line, needs) of each shell command the docs show that starts one of
+  tapeloop's programs; needs: what a trailing `# ... needs: X` comment says it needs."""
+  out = []
+  for path in DOCS:
+    for language, lines in _blocks(open(path).read()):
+      if language not in ("indented", "", "sh", "shell", "bash", "console"):
+        continue
+      i = 0
+      while i < len(lines):
+        line = lines[i]
+        while line.rstrip().endswith("\\") and i + 1 < len(lines):
+          i += 1
+          line = line.rstrip()[:-1] + " " + lines[i].strip()
+        i += 1
+        if _START.match(line.strip()):
+          needs = re.search(r"#.*\bneeds: ([^#]+)$", line)
+          out.append((os.path.relpath(path, ROOT), line.strip(),
+                      needs.group(1).strip() if needs else None))
+  return out
+
+
+def python_blocks():
+  return [(os.path.relpath(path, ROOT), "\n".join(lines))
+          for path in DOCS for language, lines in _blocks(open(path).read())
+          if language == "python"]
+
+
+def _program(words: list[str]) -> tuple[str, list[str]]:
+  """(kind, its arguments) of a command's words."""
+  if words[0] == "make":
+    return "make", words[1:]
+  if words[0].endswith("python") and words[1] == "-m":
+    return words[2].split(".")[-1], words[3:]
+  script = words[1] if words[0].endswith("python") else words[0]
+  return os.path.basename(script)[:-3], words[2 if words[0].endswith("python") else 1:]
+
+
+def _make_n(args: list[str], env: dict) -> str:
+  proc = subprocess.run(["make", "-n", *args], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=60)
+  assert proc.returncode == 0, f"make -n {' '.join(args)}: {proc.stderr}"
+  return proc.stdout
+
+
+def _trainer_line(make_output: str) -> list[str]:
+  line = next(l for l in make_output.splitlines() if "-m trainer.main" in l)
+  return shlex.split(line)[3:]
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory):
+  """Every shown command run by tests/docs_runner.py; {(file, line): (status, out, err)}
+  and the trees before and after the dry runs."""
+  base = tmp_path_factory.mktemp("docs")
+  work, home, outs = base / "work", base / "home", base / "out"
+  for d in (work, home, outs):
+    d.mkdir()
+  for name in ("configs", "scripts", "Makefile"):  # the checkout's files, nothing made
+    os.symlink(os.path.join(ROOT, name), work / name)
+  env = {k: v for k, v in os.environ.items() if k != "TFDS_DATA_DIR"}
+  env["HOME"] = str(home)
+  first_train = _trainer_line(_make_n(["train"], env))
+  cases, keys = {"first": [], "dry": [], "real": []}, []
+
+  def add(phase, key, case):
+    case["out"] = str(outs / f"case{len(keys)}")
+    keys.append(key)
+    cases[phase].append(case)
+
+  add("first", ("Makefile", "make train"), {"kind": "main", "mode": "run", "args": first_train})
+  for doc, line, needs in shown_commands():
+    kind, args = _program(shlex.split(line, comments=True))
+    if kind == "make":
+      output = _make_n(args, env)
+      if args[:1] == ["train"]:  # after the first `make train`: its trainer command, dry
+        add("dry", (doc, line), {"kind": "main", "mode": "run",
+                                 "args": ["--dry_run", *_trainer_line(output)]})
+      continue
+    if needs:
+      add("dry", (doc, line), {"kind": kind, "mode": "flags", "args": args})
+    elif kind in _LONG or "--continuous" in args:
+      add("dry", (doc, line), {"kind": kind, "mode": "run", "args": ["--dry_run", *args]})
+    else:
+      add("real", (doc, line), {"kind": kind, "mode": "run", "args": args})
+  for doc, code in python_blocks():
+    add("real", (doc, code.splitlines()[0]), {"kind": "python", "code": code, "name": doc})
+  spec = base / "spec.json"
+  spec.write_text(json.dumps({"work": str(work), "home": str(home),
+                              "phases": [cases["first"], cases["dry"], cases["real"]]}))
+  runner = os.path.join(ROOT, "tests", "docs_runner.py")
+  proc = subprocess.run([sys.executable, runner, str(spec)], capture_output=True, text=True,
+                        timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = {}
+  for key, case in zip(keys, [c for p in ("first", "dry", "real") for c in cases[p]]):
+    read = lambda suffix, c=case: open(f"{c['out']}.{suffix}").read()
+    results[key] = (int(read("status")), read("stdout"), read("stderr"))
+  trees = [json.loads((base / f"tree-{n}.json").read_text()) for n in range(3)]
+  yield {"results": results, "trees": trees, "work": work, "home": home}
+  shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_docs_show_the_commands_a_user_meets_first():
+  lines = [line for _, line, _ in shown_commands()]
+  assert any(line.startswith("make train FLAGS=") for line in lines)
+  assert any("scripts/local_cluster.py" in line for line in lines)
+  assert any("scripts/sweep.py" in line for line in lines)
+  assert any("trainer.tune" in line for line in lines)
+  readme = [line for doc, line, _ in shown_commands() if doc == "README.md"]
+  assert readme[0].startswith("python -m trainer.main"), "the headline command comes first"
+
+
+def test_every_shown_command_exits_0(ran):
+  failed = [f"{doc}: {line}\n  exit {status}: {(err.strip().splitlines() or ['?'])[-1]}"
+            for (doc, line), (status, _, err) in ran["results"].items() if status != 0]
+  assert not failed, "\n".join(failed)
+
+
+def test_dry_runs_write_nothing_and_say_what_would_run(ran):
+  after_train, after_dry = ran["trees"][0], ran["trees"][1]
+  assert after_dry == after_train  # no model_dir, no cache, no prepared data: nothing
+  outputs = [out for (doc, line), (_, out, _) in ran["results"].items()
+             if "python -m trainer.main" in line and "needs:" not in line]
+  assert outputs and all("dry run: nothing was written" in out for out in outputs)
+  headline = ran["results"][("README.md", shown_commands()[0][1])][1]
+  assert "parameters" in headline and "data fashion_mnist: train " in headline
+  assert re.search(r"train: \d+ steps", headline) and "eval on validation every" in headline
+
+
+def test_make_train_uses_the_default_data_dir_and_says_where_output_goes(ran):
+  env = {k: v for k, v in os.environ.items() if k != "TFDS_DATA_DIR"}
+  env["HOME"] = str(ran["home"])
+  line = _trainer_line(_make_n(["train"], env))
+  assert f"--data_dir={ran['home']}/tensorflow_datasets" in line
+  assert (ran["work"] / "runs" / "quickstart" / "export" / "saved_model.pb").exists()
+  assert "runs/quickstart" in open(os.path.join(ROOT, "README.md")).read()
+
+
+def test_make_train_installs_only_what_training_needs_and_says_what():
+  script = _make_n(["-B", "train"], dict(os.environ))
+  installs = [l for l in script.splitlines() if "pip install" in l]
+  assert installs and not any("[test" in l or "tune]" in l for l in installs)
+  assert not any("--quiet" in l or " -q " in l for l in installs)
+  test_script = _make_n(["-B", "test"], dict(os.environ))
+  assert any(".[test,tune]" in l for l in test_script.splitlines() if "pip install" in l)
+
+
+def test_the_manifests_parse_and_give_each_task_its_tf_config():
+  import yaml  # pylint: disable=g-import-not-at-top  (the test extra's)
+  from trainer import config  # pylint: disable=g-import-not-at-top
+  text = open(os.path.join(ROOT, "docs", "several-machines.md")).read()
+  documents = [d for _, lines in _blocks(text) if _ == "yaml"
+               for d in yaml.safe_load_all("\n".join(lines)) if d]
+  kinds = {d.get("kind") for d in documents}
+  assert {"TFJob", "Job", "Service"} <= kinds
+  service = next(d for d in documents if d.get("kind") == "Service")
+  assert service["spec"]["clusterIP"] == "None"
+  jobs = [d for d in documents if d.get("kind") == "Job"]
+  tasks = []
+  for job in jobs:
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    count = job["spec"].get("completions", 1)
+    if job["spec"].get("completionMode") == "Indexed":
+      assert pod["subdomain"] == service["metadata"]["name"]
+      assert "job-completion-index" in env["INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    for index in range(count):
+      tf_config = json.loads(env["TF_CONFIG"]["value"].replace("$(INDEX)", str(index)))
+      tasks.append(tf_config["task"])
+      if job["spec"].get("completionMode") == "Indexed":
+        name = job["metadata"]["name"]
+        assert tf_config["cluster"]["worker"] == [
+            f"{name}-{i}.{pod['subdomain']}:12345" for i in range(count)]
+        assert tf_config["task"] == {"type": "worker", "index": index}
+    command = container["command"]
+    assert command[:3] == ["python", "-m", "trainer.main"]
+    config.from_args([a.replace("configs/", os.path.join(ROOT, "configs/")) for a in command[3:]])
+  assert {"type": "evaluator", "index": 0} in tasks
+  tfjob = next(d for d in documents if d.get("kind") == "TFJob")
+  assert tfjob["apiVersion"] == "kubeflow.org/v1"
+  assert "kubeflow/trainer#2699" in text and "training-operator" in text
+
+
+def test_with_an_empty_home_an_unprepared_dataset_names_make_data_and_data_dir(
+    tmp_path, monkeypatch):
+  """One default data_dir for `make data` and every command: TFDS's, read when used; a
+  dataset not there names the fix; a dry run prepares nothing."""
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
+  from trainer import config, dry_run  # pylint: disable=g-import-not-at-top
+  home = tmp_path / "home"
+  home.mkdir()
+  monkeypatch.setenv("HOME", str(home))
+  monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+  default = str(home / "tensorflow_datasets")
+  assert tfds_source.default_data_dir() == default
+  make_data = _make_n(["-B", "data"], {**os.environ})
+  assert f'get_fashion_mnist.sh "{default}"' in make_data
+  with pytest.raises(input_pipeline.DataError) as error:
+    input_pipeline.load("fashion_mnist")
+  assert str(error.value).startswith(f"TFDS dataset 'fashion_mnist' is not prepared in {default} ")
+  assert "`make data`" in str(error.value) and "--data_dir" in str(error.value)
+  with pytest.raises(input_pipeline.DataError, match="is not prepared"):
+    dry_run.report(config.from_args(["--dataset=fashion_mnist", "--dry_run",
+                                      f"--model_dir={tmp_path / 'run'}"]))
+  assert not (tmp_path / "run").exists() and not tfds_source.READ_ONLY
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "elsewhere"))
+  assert tfds_source.default_data_dir() == str(tmp_path / "elsewhere")

@@ -1,0 +1,187 @@
+"""--dry_run: what a command would do, resolved as the run resolves it (flags, rerun rules,
+data, plan), printed; nothing is written anywhere, model_dir and the dataset's own
+directory included. Every refusal the run would make before training is made here too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+
+import tensorflow as tf
+
+import models
+from input_pipeline import tfds_source
+from trainer import config as config_lib
+from trainer import distribute, run_files, run_record
+from trainer import plan as run_plan
+from trainer.child_runs import FLAGS_LOCK
+from trainer.config import Config
+from trainer.errors import UsageError
+
+_CKPT = re.compile(r"ckpt-(\d+)\.index")
+
+
+def set_read_only(on: bool) -> bool:
+  """While on, the data is only read: an unprepared TFDS dataset is named, not prepared,
+  and decoded splits are not cached. Returns the previous setting."""
+  previous, tfds_source.READ_ONLY = tfds_source.READ_ONLY, on
+  return previous
+
+
+@contextlib.contextmanager
+def read_only():
+  previous = set_read_only(True)
+  try:
+    yield
+  finally:
+    set_read_only(previous)
+
+
+def latest_step(model_dir: str) -> int | None:
+  """The step of model_dir's newest checkpoint (its name ckpt-STEP), None without one."""
+  directory = os.path.join(model_dir, "checkpoints")
+  try:
+    names = tf.io.gfile.listdir(directory) if tf.io.gfile.isdir(directory) else []
+  except tf.errors.OpError:
+    return None
+  steps = [int(m.group(1)) for m in map(_CKPT.fullmatch, names) if m]
+  return max(steps) if steps else None
+
+
+def _strategy(config: Config):
+  """The run's strategy, except that a cluster is not joined (it would wait for its other
+  tasks): the dry run of a multi_worker task plans on this process's devices alone."""
+  if config.strategy != "multi_worker":
+    return distribute.create_strategy(config), None
+  try:
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster") or {}
+  except (ValueError, AttributeError):
+    cluster = {}
+  tasks = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
+  note = (f"multi_worker: {tasks} training task(s) in TF_CONFIG, not joined by a dry run; "
+          "the plan below is one task's")
+  return tf.distribute.get_strategy(), note
+
+
+def _parameters(config: Config, data, precision: str) -> str:
+  try:
+    model = models.create(config.model, num_classes=data.info.num_classes,
+                          image_shape=data.info.image_shape, precision=precision,
+                          **config.model_hparams)
+  except (ValueError, tf.errors.OpError) as e:
+    return f"(not built: {str(e).splitlines()[0][:120]})"
+  return f"{model.count_params():,} parameters"
+
+
+def report(config: Config) -> str:
+  """Resolves the run of `config` as trainer.main would, up to its first step, and says
+  what it would do. Raises what the run would raise (ConfigError, DataError)."""
+  with read_only():
+    return _report(config)
+
+
+def _report(config: Config) -> str:
+  run_files.check_model_dir(config.model_dir)  # writable, probed without writing
+  recorded = run_files.read_record(config.model_dir)
+  if recorded is not None:  # --dry_run itself is no change of the run's
+    recorded = {**recorded, "dry_run": config.dry_run}
+  changed = run_record.check(config, recorded)
+  strategy, cluster_note = _strategy(config)
+  run_plan.check_replicas(config, strategy)
+  data = config.load_data()
+  plan = run_plan.resolve(config, data, strategy, recorded)
+  step = latest_step(config.model_dir) or 0
+  run_record.check_length(config, step, plan.total_steps)
+  sizes = ", ".join(f"{name} {len(split):,}" for name, split in data.splits.items())
+  shape = "x".join(map(str, data.info.image_shape))
+  where = shlex.quote(config.model_dir)
+  if recorded is None:
+    start = f"starts a new run in {where}"
+  elif step >= plan.total_steps:
+    start = f"only evaluates and exports the run in {where}, trained to step {step:,}"
+  else:
+    start = f"resumes the run in {where} at step {step:,}"
+  lines = [
+      f"dry run: nothing was written; without --dry_run this {start}",
+      f"model {config.model}: {_parameters(config, data, plan.precision)}, "
+      f"{plan.precision} ({plan.precision_reason})",
+      f"data {data.info.name}: {sizes}; images {shape}, {data.info.num_classes} classes; "
+      f"pipeline {data.pipeline}",
+      f"train: {plan.total_steps:,} steps ({plan.steps_per_epoch:,} per epoch) of batch "
+      f"{config.batch_size} on {plan.replicas} replica(s); schedule {config.lr_schedule} "
+      f"over {plan.horizon:,} steps; XLA {plan.jit} ({plan.jit_reason})",
+      (f"eval on {plan.eval_split} every {plan.eval_interval:,} steps"
+       if plan.eval_split else "no labeled split to evaluate")
+      + f"; checkpoint every {plan.checkpoint_interval:,} steps",
+      f"outputs: {where} (checkpoints, TensorBoard events, export, results.json)",
+  ]
+  if changed:
+    lines.append(f"recorded as changes: {run_record.listed(changed)}")
+  if cluster_note:
+    lines.append(cluster_note)
+  return "\n".join(lines)
+
+
+def evaluate_report(config: Config, recorded: dict, split: str | None,
+                    checkpoint: str | None, continuous: bool) -> str:
+  """trainer.evaluate --dry_run: the split and checkpoint(s) it would evaluate, resolved as
+  it resolves them; raises what it would raise before evaluating."""
+  strategy, _ = _strategy(config)
+  run_plan.check_replicas(config, strategy)
+  with read_only():
+    data = config.load_data()
+  if split is None:
+    split = run_plan.eval_split(data) or "test"
+  if split not in data.splits or not data.splits[split].labeled:
+    held = ", ".join(s for s, v in data.splits.items() if v.labeled)
+    raise UsageError(f"--split={split}: the run's data has no labeled {split} split "
+                     f"(it has {held})")
+  plan = run_plan.resolve(config, data, strategy, recorded, training=False)
+  where = shlex.quote(config.model_dir)
+  if continuous:
+    what = f"each new checkpoint in {where} up to step {plan.total_steps:,}"
+  elif checkpoint:
+    if not tf.io.gfile.exists(checkpoint + ".index"):
+      raise UsageError(f"--checkpoint={shlex.quote(checkpoint)}: no such checkpoint (a "
+                       "prefix such as MODEL_DIR/checkpoints/ckpt-STEP)")
+    what = shlex.quote(checkpoint)
+  else:
+    step = latest_step(config.model_dir)
+    if step is None:
+      raise UsageError(f"no checkpoint in {shlex.quote(os.path.join(config.model_dir, 'checkpoints'))}: "
+                       "train first, or give --checkpoint")
+    what = f"the latest checkpoint (step {step:,})"
+  out = shlex.quote(os.path.join(config.model_dir, f"eval_{split}.json"))
+  return (f"dry run: nothing was written; without --dry_run this evaluates {what} on "
+          f"{split} ({len(data.splits[split]):,} examples of {data.info.name}, batch "
+          f"{config.batch_size}), writing {out} and the TensorBoard run eval_{split}")
+
+
+def check_runs(runs: list[list[str]]) -> None:
+  """Every run's flags, data and plan as trainer.main checks them before its first step,
+  for the runs a sweep is about to start; raises the first refusal (ConfigError,
+  DataError, absl's flags.Error) with the flags of that run. Each dataset is read once; a
+  TFDS dataset that is not prepared but could be downloaded passes (its run prepares it)."""
+  with read_only():
+    _check_runs(runs)
+
+
+def _check_runs(runs: list[list[str]]) -> None:
+  loaded = {}
+  for args in runs:
+    with FLAGS_LOCK:
+      cfg = config_lib.from_args(args)
+    key = (cfg.dataset, cfg.data_dir, cfg.manual_dir, cfg.num_classes, cfg.image_size,
+           cfg.validation_split, cfg.seed, cfg.pipeline, cfg.skip_bad_images)
+    if key not in loaded:
+      try:
+        loaded[key] = cfg.load_data()
+      except tfds_source.NotPrepared:
+        loaded[key] = None
+    if loaded[key] is not None:
+      strategy, _ = _strategy(cfg)
+      run_plan.resolve(cfg, loaded[key], strategy, run_files.read_record(cfg.model_dir))
