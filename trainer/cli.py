@@ -1,8 +1,14 @@
 """How a run ends: bad input exits 2 with one line naming the problem and the fix; a
-traceback only with --verbosity=1 or more."""
+traceback only with --verbosity=1 or more.
 
+TensorFlow-free: the flags are parsed and checked (--help, a mistyped flag, a missing
+flagfile answer at once) before run_app's `main` module, and with it TensorFlow, loads."""
+
+import errno
+import importlib
 import logging as py_logging
 import os
+import shlex
 import sys
 import textwrap
 import warnings
@@ -54,9 +60,23 @@ def _parser(usage: str, groups: dict[str, list[str]]):
 def _parse(argv):
   try:
     return flags.FLAGS(argv)
+  except flags.CantOpenFlagFileError as e:
+    print(f"error: {_flagfile_problem(e)}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
   except flags.Error as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_USAGE)
+
+
+def _flagfile_problem(e: Exception) -> str:
+  """absl's 'ERROR:: Unable to open flagfile: [Errno 2] ...' as 'flagfile FILE: no such
+  file' (absl raises it while handling the OSError, which names the file)."""
+  cause = e.__context__
+  if not isinstance(cause, OSError) or cause.filename is None:
+    return str(e).removeprefix("ERROR:: ")
+  reason = ("no such file" if cause.errno == errno.ENOENT
+            else (cause.strerror or str(cause)).lower())
+  return f"flagfile {shlex.quote(os.fsdecode(cause.filename))}: {reason}"
 
 
 class _OwnInfoOnly(py_logging.Filter):
@@ -70,8 +90,20 @@ class _OwnInfoOnly(py_logging.Filter):
     return record.levelno >= py_logging.WARNING or record.pathname.startswith(self._OURS)
 
 
+def _load(main):
+  """main, or a module's name: its main, imported once the flags are parsed, after the
+  process settings TensorFlow reads at import (tf_env)."""
+  if not isinstance(main, str):
+    return main
+  from trainer import tf_env  # pylint: disable=g-import-not-at-top
+  tf_env.apply()
+  return importlib.import_module(main).main
+
+
 def run_app(main, usage: str, groups: dict[str, list[str]]) -> None:
-  """Runs main(argv) with tapeloop's exit statuses and console; --help lists `groups`."""
+  """Runs main(argv) with tapeloop's exit statuses and console; --help lists `groups`.
+  main: a function, or the name of the module whose main(argv) to run: that module (and
+  TensorFlow) is imported after the flags are parsed, so bad flags answer at once."""
   def guarded(argv):
     if not _verbose():
       # TensorFlow warns on every traced iteration over a distributed dataset.
@@ -79,7 +111,7 @@ def run_app(main, usage: str, groups: dict[str, list[str]]) -> None:
       logging.get_absl_handler().addFilter(_OwnInfoOnly())
       py_logging.getLogger("tensorflow").addFilter(_OwnInfoOnly())
     try:
-      main(argv)
+      _load(main)(argv)
     except (UsageError, ConfigError, DataError, FloatingPointError) as e:
       if _verbose():
         raise

@@ -10,12 +10,12 @@ from typing import Any
 
 from absl import flags as absl_flags
 
+# TensorFlow-free: the flags are checked before it loads (load_data imports what it needs).
 import input_pipeline
-import models
-from input_pipeline import Augment
-from input_pipeline.sources import parse_spec
+from input_pipeline.specs import Augment, parse_spec, parse_tta
+from models import names as model_names
 from trainer import flags as tl_flags
-from trainer import options, run_files, tta
+from trainer import options
 from trainer import values as values_lib
 from trainer.errors import ConfigError
 
@@ -34,7 +34,7 @@ class _Methods:
     """The flags with each model hyperparameter at the value the model uses (its default
     where not given), for the HParams tab."""
     values = dict(self.flag_values)
-    defaults = models.hyperparameters(self.model)
+    defaults = model_names.hyperparameters(self.model)
     for name in options.MODEL_OPTIONS:
       if name in defaults:
         values[name] = self.model_hparams.get(name, defaults[name])
@@ -57,6 +57,7 @@ class _Methods:
   def load_data(self):
     """The dataset as these flags describe it (input_pipeline.load); a folder's check
     from an earlier start in model_dir is reused when its files are the same."""
+    from trainer import run_files  # pylint: disable=g-import-not-at-top
     return input_pipeline.load(
         self.dataset, data_dir=self.data_dir, manual_dir=self.manual_dir,
         num_classes=self.num_classes, validation_split=self.validation_split, seed=self.seed,
@@ -92,7 +93,7 @@ def _each_option(values: dict[str, Any]) -> dict[str, Any]:
 
 def _together(v: dict[str, Any]) -> None:
   """The rules between options (each option's own were checked before)."""
-  accepted = models.hyperparameters(v["model"])
+  accepted = model_names.hyperparameters(v["model"])
   if v["model"] == "cnn":
     n_filters = len(v["filters"] or accepted["filters"])
     n_kernels = len(v["kernel_sizes"] or accepted["kernel_sizes"])
@@ -144,7 +145,7 @@ def _from_values(values: dict[str, Any]) -> Config:
   then the model flags it does not take (before their values)."""
   problem = options.BY_NAME["model"].check(values["model"])
   _check(problem is None, f"--model={values['model']} {problem}")
-  accepted = models.hyperparameters(values["model"])
+  accepted = model_names.hyperparameters(values["model"])
   for name in options.MODEL_OPTIONS:
     _check(values[name] is None or name in accepted, f"--{name} does not apply to "
            f"--model={values['model']}; it takes {', '.join('--' + k for k in sorted(accepted))}")
@@ -163,7 +164,7 @@ def _from_values(values: dict[str, Any]) -> Config:
   _together(parsed)
   try:
     augment = Augment.parse(values["augment"], values["dataset"])
-    parsed["tta"] = tta.parse(values["tta"], values["dataset"])
+    parsed["tta"] = parse_tta(values["tta"], values["dataset"])
   except ValueError as e:
     raise ConfigError(str(e)) from None
   parsed["augment"] = augment.with_default_crop() if parsed["image_size"] else augment

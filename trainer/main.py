@@ -1,16 +1,13 @@
-"""python -m trainer.main --model=cnn --flagfile=configs/mnist_cnn.cfg"""
+"""python -m trainer.main --model=cnn --flagfile=configs/mnist_cnn.cfg
 
-from trainer import tf_env
+The flags are parsed and checked before TensorFlow is imported: --help, a mistyped flag or
+a bad value answers at once."""
 
-tf_env.apply()  # before anything imports TensorFlow
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 
-from trainer import cli, config, distribute, evaluate, phases, train
+from trainer import cli, config, tf_env
 from trainer import flags as tl_flags
 from trainer.errors import UsageError
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 tl_flags.define_flags()
 FLAGS = flags.FLAGS
@@ -20,6 +17,10 @@ def main(argv):
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
   cfg = config.from_flags(FLAGS)
+  tf_env.apply()  # before anything imports TensorFlow
+  # pylint: disable=g-import-not-at-top
+  from trainer import distribute, evaluate, phases, train
+  # pylint: enable=g-import-not-at-top
   if cfg.strategy == "multi_worker" and distribute.is_evaluator_task():
     evaluate.cluster_evaluator(cfg.model_dir)
     return

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from input_pipeline.sources import parse_spec
+from input_pipeline.specs import parse_spec
 
 
 def positive(value) -> str | None:
