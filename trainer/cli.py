@@ -8,6 +8,7 @@ import errno
 import importlib
 import logging as py_logging
 import os
+import runpy
 import shlex
 import sys
 import textwrap
@@ -133,3 +134,26 @@ def run_app(main, usage: str, groups: dict[str, list[str]]) -> None:
       sys.exit(130)
 
   app.run(guarded, flags_parser=_parser(usage, groups))
+
+
+def _as_main(module: str) -> None:
+  """Runs `module` as python -m does: the programs parse their flags in their TensorFlow-
+  free top part (importing one whole would load TensorFlow before its flags are read)."""
+  runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+# The console scripts (setup.cfg).
+def train():
+  _as_main("trainer.main")
+
+
+def evaluate():
+  _as_main("trainer.evaluate")
+
+
+def predict():
+  _as_main("trainer.predict")
+
+
+def tune():
+  _as_main("trainer.tune")
