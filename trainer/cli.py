@@ -16,6 +16,7 @@ import warnings
 
 from absl import app, flags, logging
 
+from trainer import tf_env
 from trainer.errors import ConfigError, DataError, Interrupted, UsageError
 
 EXIT_USAGE = 2      # bad flag, file, data or model_dir
@@ -96,7 +97,6 @@ def _load(main):
   process settings TensorFlow reads at import (tf_env)."""
   if not isinstance(main, str):
     return main
-  from trainer import tf_env  # pylint: disable=g-import-not-at-top
   tf_env.apply()
   return importlib.import_module(main).main
 
