@@ -40,14 +40,15 @@ def train_and_evaluate(config: Config, process_start: float | None = None) -> di
   recorded = run_files.read_record(config.model_dir)
   changed = run_record.check(config, recorded)
   trial = tuning_trial.from_environment()  # a tuner's trial (trainer.tune), or None
-  strategy = distribute.create_strategy(config)  # first: it may configure the runtime
-  run_plan.check_replicas(config, strategy)  # before the data is read or prepared
-  # Signals are answered from here on, not only in the training loop: a worker killed
-  # while loading data or exporting would leave the others waiting in a collective.
-  preemption = PreemptionStop(agree=distribute.any_worker(strategy),
-                              alone=not distribute.several_workers(strategy))
+  # Signals are answered from here on, not only in the training loop: before training
+  # they end the process at once (also while the cluster's start-up blocks in C++); after
+  # it, a worker killed while exporting would leave the others waiting in a collective.
+  preemption = PreemptionStop()
   preemption.install()
   try:
+    strategy = distribute.create_strategy(config)  # first: it may configure the runtime
+    preemption.agree = distribute.any_worker(strategy)
+    run_plan.check_replicas(config, strategy)  # before the data is read or prepared
     data, plan = _prepare(config, strategy, recorded, phases, start)
     if trial is not None:
       tuning_trial.check_eval_split(plan.eval_split)
