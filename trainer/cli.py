@@ -12,6 +12,7 @@ import runpy
 import shlex
 import sys
 import textwrap
+import time
 import warnings
 
 from absl import app, flags, logging
@@ -92,6 +93,21 @@ class _OwnInfoOnly(py_logging.Filter):
     return record.levelno >= py_logging.WARNING or record.pathname.startswith(self._OURS)
 
 
+class _Console(py_logging.Formatter):
+  """A log line as the console shows it: the time and the message ("12:03:04 step
+  101/2105 ..."); a warning or an error says so. The full line (absl's level, date,
+  thread, file:line) is in the run's model_dir/tapeloop.log, and on the console with
+  --verbosity=1."""
+
+  def format(self, record):
+    text = record.getMessage()
+    if record.levelno >= py_logging.WARNING:
+      text = f"{record.levelname.lower()}: {text}"
+    if record.exc_info:
+      text += "\n" + self.formatException(record.exc_info)
+    return f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {text}"
+
+
 def _load(main):
   """main, or a module's name: its main, imported once the flags are parsed, after the
   process settings TensorFlow reads at import (tf_env)."""
@@ -110,6 +126,7 @@ def run_app(main, usage: str, groups: dict[str, list[str]]) -> None:
       # TensorFlow warns on every traced iteration over a distributed dataset.
       warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data")
       logging.get_absl_handler().addFilter(_OwnInfoOnly())
+      logging.get_absl_handler().setFormatter(_Console())
       py_logging.getLogger("tensorflow").addFilter(_OwnInfoOnly())
     try:
       _load(main)(argv)
