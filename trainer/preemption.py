@@ -21,20 +21,22 @@ GRACE_SECONDS = 1.0
 
 
 class EndsAtOnce:
-  """Until close(): SIGTERM or SIGINT ends the process, even while the main thread blocks
-  in C++ (MultiWorkerMirroredStrategy waiting for the other tasks, a collective waiting
-  for a dead worker), where a Python handler never runs.
+  """Until close(): SIGTERM or SIGINT ends the process, also while the main thread waits
+  in C++ (an op, a collective waiting for a dead worker), where a Python handler never
+  runs, and whatever handler TensorFlow put in Python's place (MultiWorkerMirroredStrategy
+  installs one for SIGTERM that only takes note).
 
   The signals are blocked in the main thread (and so in every thread it starts) and taken
   by a thread of this class: it asks the main thread to run its Python handler
   (interrupt_main), which ends the run cleanly when that thread runs Python; if the
   process is still here GRACE_SECONDS later, the thread ends it: the stop message, exit
   128 + the signal's number. TensorFlow's import starts threads too: tf_env imports it
-  with the signals blocked, so that none of them takes one."""
+  with the signals blocked, so that none of them takes one. (A C++ call that holds the
+  GIL stops this thread too: distribute.py waits for a cluster in Python first.)"""
 
   def __init__(self):
     self._closed = threading.Event()
-    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     self._thread = threading.Thread(target=self._watch, name="tapeloop-signals", daemon=True)
     self._thread.start()
 
@@ -53,7 +55,7 @@ class EndsAtOnce:
     """Back to Python's handlers; a signal that came meanwhile is delivered now."""
     self._closed.set()
     self._thread.join()
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
 
 
 class PreemptionStop(Action):
