@@ -46,7 +46,7 @@ def help_text(usage: str, groups: dict[str, list[str]]) -> str:
                              subsequent_indent="      ")
     lines.append("")
   lines.append("Flags may also come from --flagfile=FILE (one --name=value per line); "
-               "--helpfull lists absl's and TensorFlow's flags too.")
+               "--helpfull lists absl's flags too.")
   return "\n".join(lines)
 
 
