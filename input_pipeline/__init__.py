@@ -1,9 +1,18 @@
-"""Where examples come from (sources) and how they are batched (pipeline)."""
+"""Where examples come from (sources) and how they are batched (pipeline).
 
-from input_pipeline.data import Data, DataError, DatasetInfo, Split
-from input_pipeline.pipeline import eval_dataset, train_dataset
-from input_pipeline.preprocess import Augment
-from input_pipeline.sources import PIPELINES, load
+The names are loaded on first use: importing a TensorFlow-free part (input_pipeline.specs,
+which the flags are checked with) must not load TensorFlow through this package."""
 
-__all__ = ["Augment", "Data", "DataError", "DatasetInfo", "PIPELINES", "Split", "eval_dataset",
-           "load", "train_dataset"]
+import importlib
+
+_HOMES = {"Data": "data", "DatasetInfo": "data", "Split": "data", "DataError": "specs",
+          "Augment": "specs", "PIPELINES": "specs", "eval_dataset": "pipeline",
+          "train_dataset": "pipeline", "load": "sources"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name):
+  if name not in _HOMES:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

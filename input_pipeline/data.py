@@ -7,9 +7,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-
-class DataError(ValueError):
-  """Bad data or a bad data spec; the message names the file or value and the fix."""
+from input_pipeline.specs import DataError
 
 
 def read_file(path: str) -> bytes:

@@ -11,14 +11,18 @@ checked against TFDS's registered sha256, placed in manual_dir, and the dataset 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import logging as py_logging
 import os
 import shlex
 import struct
 import sys
 import tempfile
+import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from input_pipeline import tfds_source
 from input_pipeline.data import DataError
@@ -89,16 +93,51 @@ def prepare(dataset: str, data_dir: str | None, source_dir: str) -> str:
                     "(Debian's dataset-fashion-mnist); for MNIST files you downloaded use "
                     "--dataset=idx:DIR when training")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(dataset, data_dir=data_dir or tfds_source.default_data_dir())
-  manual_dir = tfds_source.manual_dir_for(builder, dataset)
-  if builder.is_prepared():
-    logging.info("%s is already prepared in %s", dataset, builder.data_dir_root)
-    return builder.data_dir_root
+  with _quiet_tfds():
+    builder = tfds.builder(dataset, data_dir=data_dir or tfds_source.default_data_dir())
+    manual_dir = tfds_source.manual_dir_for(builder, dataset)
+    prepared = builder.is_prepared()
+  root = os.fspath(builder.data_dir_root)
+  if prepared:
+    print(f"{dataset} is already prepared in {shlex.quote(root)}")
+    return root
   placed = place_manual_files(source_dir, manual_dir, builder.url_infos)
-  logging.info("placed %d verified files in %s", len(placed), manual_dir)
+  print(f"placed {len(placed)} verified files in {shlex.quote(manual_dir)}")
+  print(f"preparing {dataset} {builder.version} in {shlex.quote(root)}", flush=True)
   config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
-  builder.download_and_prepare(download_config=config)
-  return builder.data_dir_root
+  start = time.monotonic()
+  with _quiet_tfds():
+    builder.download_and_prepare(download_config=config)
+  for name, split in builder.info.splits.items():
+    print(f"  {name}: {split.num_examples} examples")
+  print(f"prepared in {time.monotonic() - start:.0f} s")
+  return root
+
+
+class _NotTfdsInfo(py_logging.Filter):
+  """Drops TFDS's own info and warnings (each download it skips, each file it writes, a
+  half-written earlier attempt it starts over): prepare() says what it did. TFDS's errors
+  pass."""
+
+  def filter(self, record):
+    return (record.levelno >= py_logging.ERROR
+            or f"{os.sep}tensorflow_datasets{os.sep}" not in record.pathname)
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  """TFDS without its progress bars (about a hundred lines: downloads, extraction,
+  examples, shuffling), its printed banners ("Downloading and preparing dataset Unknown
+  size" offline) and its log lines."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.disable_progress_bar()
+  quiet, logger = _NotTfdsInfo(), py_logging.getLogger("absl")  # TFDS logs through absl
+  logger.addFilter(quiet)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    logger.removeFilter(quiet)
 
 
 def _define_flags() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 
 import numpy as np
 import tensorflow as tf
@@ -21,35 +20,14 @@ from absl import logging
 from input_pipeline import folder, idx, kaggle_csv, tfds_source
 from input_pipeline.data import Data, DataError, Split, make_data
 from input_pipeline.records import fit
+# Read without TensorFlow (specs.py); here too, where the sources are.
+from input_pipeline.specs import PIPELINES, parse_image_size, parse_spec  # noqa: F401
 from input_pipeline.stream import StreamSplit, materialize
 
 # IDX and CSV files carry no class count; the formats' datasets are 10-class.
 _DEFAULT_NUM_CLASSES = 10
 _SYNTHETIC_DEFAULTS = {"shape": "28x28x1", "classes": "10", "train": "60000",
                        "test": "10000", "seed": "0"}
-_PREFIXES = ("tfds", "folder", "idx", "csv", "synthetic")
-# --pipeline values: auto chooses in_memory or stream by the decoded size.
-PIPELINES = ("auto", "in_memory", "tf_data", "stream")
-
-
-def parse_spec(spec: str) -> tuple[str, str]:
-  """Splits '--dataset' into (kind, argument); a bare name is a TFDS name."""
-  spec = spec.strip()
-  kind, sep, arg = spec.partition(":")
-  if not sep:
-    if spec == "synthetic":
-      return "synthetic", ""
-    kind, arg = "tfds", spec
-  if kind not in _PREFIXES:
-    raise DataError(f"unknown data source prefix {kind + ':'!r} in {spec!r}; use tfds:NAME "
-                    "(or a TFDS name), folder:DIR, idx:DIR, csv:PATH or synthetic")
-  if kind != "synthetic" and not arg:
-    what = {"idx": "directory", "folder": "directory", "csv": "path"}.get(kind, "dataset")
-    raise DataError(f"{spec!r} names no {what}")
-  if kind == "tfds" and not re.fullmatch(r"[a-z0-9_]+(/[\w.-]+)?(:[\d.*]+)?", arg):
-    raise DataError(f"{arg!r} is not a TFDS dataset name (lower-case, like mnist or "
-                    "fashion_mnist)")
-  return kind, arg
 
 
 def _synthetic(arg: str, num_classes: int | None) -> tuple[dict[str, Split], int]:
@@ -79,21 +57,6 @@ def _synthetic(arg: str, num_classes: int | None) -> tuple[dict[str, Split], int
     return Split(images=((templates[labels] + noise) // 2).astype(np.uint8), labels=labels)
 
   return {"train": make(n_train), "test": make(n_test)}, classes
-
-
-def parse_image_size(text: str | None) -> tuple[int, int] | None:
-  """'64' or '64x48' (height x width) -> (64, 64) or (64, 48); None/'' -> None."""
-  if not text:
-    return None
-  try:
-    size = tuple(int(v) for v in text.lower().split("x"))
-  except ValueError:
-    size = ()
-  if len(size) == 1:
-    size = size * 2
-  if len(size) != 2 or min(size) < 1:
-    raise DataError(f"--image_size={text}: give H or HxW in pixels, e.g. 64 or 64x48")
-  return size
 
 
 def memory_budget(gigabytes: float | None) -> int:

@@ -8,7 +8,7 @@ import threading
 import keras
 import tensorflow as tf
 
-POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+from models.names import POLICIES
 
 
 def policy(name: str) -> keras.DTypePolicy:

@@ -8,7 +8,7 @@ python=${2:?usage: get_fashion_mnist.sh DATA_DIR PYTHON}
 debian_dir=/usr/share/datasets/fashion-mnist
 
 if ls "$data_dir"/fashion_mnist/*/dataset_info.json >/dev/null 2>&1; then
-  echo "fashion_mnist is already prepared in $data_dir"
+  printf 'fashion_mnist is already prepared in %q\n' "$data_dir"
   exit 0
 fi
 if [ ! -d "$debian_dir" ]; then
@@ -23,6 +23,7 @@ if [ ! -d "$debian_dir" ]; then
   $sudo apt-get install -y -qq dataset-fashion-mnist
 fi
 # input_pipeline.prepare, with tapeloop's process settings (trainer/tf_env.py: no
-# TensorFlow start-up chatter); input_pipeline itself does not import trainer.
+# TensorFlow start-up chatter); input_pipeline itself does not import trainer. It prints a
+# line per split, not TFDS's progress bars.
 "$python" -c 'from trainer import tf_env; tf_env.apply(); import runpy; runpy.run_module("input_pipeline.prepare", run_name="__main__")' \
   --dataset=fashion_mnist --data_dir="$data_dir"

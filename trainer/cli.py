@@ -1,14 +1,23 @@
 """How a run ends: bad input exits 2 with one line naming the problem and the fix; a
-traceback only with --verbosity=1 or more."""
+traceback only with --verbosity=1 or more.
 
+TensorFlow-free: the flags are parsed and checked (--help, a mistyped flag, a missing
+flagfile answer at once) before run_app's `main` module, and with it TensorFlow, loads."""
+
+import errno
+import importlib
 import logging as py_logging
 import os
+import runpy
+import shlex
 import sys
 import textwrap
+import time
 import warnings
 
 from absl import app, flags, logging
 
+from trainer import tf_env
 from trainer.errors import ConfigError, DataError, Interrupted, UsageError
 
 EXIT_USAGE = 2      # bad flag, file, data or model_dir
@@ -37,7 +46,7 @@ def help_text(usage: str, groups: dict[str, list[str]]) -> str:
                              subsequent_indent="      ")
     lines.append("")
   lines.append("Flags may also come from --flagfile=FILE (one --name=value per line); "
-               "--helpfull lists absl's and TensorFlow's flags too.")
+               "--helpfull lists absl's flags too.")
   return "\n".join(lines)
 
 
@@ -54,9 +63,23 @@ def _parser(usage: str, groups: dict[str, list[str]]):
 def _parse(argv):
   try:
     return flags.FLAGS(argv)
+  except flags.CantOpenFlagFileError as e:
+    print(f"error: {_flagfile_problem(e)}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
   except flags.Error as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_USAGE)
+
+
+def _flagfile_problem(e: Exception) -> str:
+  """absl's 'ERROR:: Unable to open flagfile: [Errno 2] ...' as 'flagfile FILE: no such
+  file' (absl raises it while handling the OSError, which names the file)."""
+  cause = e.__context__
+  if not isinstance(cause, OSError) or cause.filename is None:
+    return str(e).removeprefix("ERROR:: ")
+  reason = ("no such file" if cause.errno == errno.ENOENT
+            else (cause.strerror or str(cause)).lower())
+  return f"flagfile {shlex.quote(os.fsdecode(cause.filename))}: {reason}"
 
 
 class _OwnInfoOnly(py_logging.Filter):
@@ -70,16 +93,43 @@ class _OwnInfoOnly(py_logging.Filter):
     return record.levelno >= py_logging.WARNING or record.pathname.startswith(self._OURS)
 
 
+class _Console(py_logging.Formatter):
+  """A log line as the console shows it: the time and the message ("12:03:04 step
+  101/2105 ..."); a warning or an error says so. The full line (absl's level, date,
+  thread, file:line) is in the run's model_dir/tapeloop.log, and on the console with
+  --verbosity=1."""
+
+  def format(self, record):
+    text = record.getMessage()
+    if record.levelno >= py_logging.WARNING:
+      text = f"{record.levelname.lower()}: {text}"
+    if record.exc_info:
+      text += "\n" + self.formatException(record.exc_info)
+    return f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {text}"
+
+
+def _load(main):
+  """main, or a module's name: its main, imported once the flags are parsed, after the
+  process settings TensorFlow reads at import (tf_env)."""
+  if not isinstance(main, str):
+    return main
+  tf_env.apply()
+  return importlib.import_module(main).main
+
+
 def run_app(main, usage: str, groups: dict[str, list[str]]) -> None:
-  """Runs main(argv) with tapeloop's exit statuses and console; --help lists `groups`."""
+  """Runs main(argv) with tapeloop's exit statuses and console; --help lists `groups`.
+  main: a function, or the name of the module whose main(argv) to run: that module (and
+  TensorFlow) is imported after the flags are parsed, so bad flags answer at once."""
   def guarded(argv):
     if not _verbose():
       # TensorFlow warns on every traced iteration over a distributed dataset.
       warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data")
       logging.get_absl_handler().addFilter(_OwnInfoOnly())
+      logging.get_absl_handler().setFormatter(_Console())
       py_logging.getLogger("tensorflow").addFilter(_OwnInfoOnly())
     try:
-      main(argv)
+      _load(main)(argv)
     except (UsageError, ConfigError, DataError, FloatingPointError) as e:
       if _verbose():
         raise
@@ -101,3 +151,26 @@ def run_app(main, usage: str, groups: dict[str, list[str]]) -> None:
       sys.exit(130)
 
   app.run(guarded, flags_parser=_parser(usage, groups))
+
+
+def _as_main(module: str) -> None:
+  """Runs `module` as python -m does: the programs parse their flags in their TensorFlow-
+  free top part (importing one whole would load TensorFlow before its flags are read)."""
+  runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+# The console scripts (setup.cfg).
+def train():
+  _as_main("trainer.main")
+
+
+def evaluate():
+  _as_main("trainer.evaluate")
+
+
+def predict():
+  _as_main("trainer.predict")
+
+
+def tune():
+  _as_main("trainer.tune")

@@ -11,12 +11,12 @@ from typing import Any
 from absl import flags as absl_flags
 from absl import logging
 
+# TensorFlow-free: the flags are checked before it loads (load_data imports what it needs).
 import input_pipeline
-import models
-from input_pipeline import Augment
-from input_pipeline.sources import parse_spec
+from input_pipeline.specs import Augment, parse_spec, parse_tta
+from models import names as model_names
 from trainer import flags as tl_flags
-from trainer import options, run_files, tta
+from trainer import options, tf_env
 from trainer import values as values_lib
 from trainer.errors import ConfigError
 
@@ -35,7 +35,7 @@ class _Methods:
     """The flags with each model hyperparameter at the value the model uses (its default
     where not given), for the HParams tab."""
     values = dict(self.flag_values)
-    defaults = models.hyperparameters(self.model)
+    defaults = model_names.hyperparameters(self.model)
     for name in options.MODEL_OPTIONS:
       if name in defaults:
         values[name] = self.model_hparams.get(name, defaults[name])
@@ -58,6 +58,7 @@ class _Methods:
   def load_data(self):
     """The dataset as these flags describe it (input_pipeline.load); a folder's check
     from an earlier start in model_dir is reused when its files are the same."""
+    from trainer import run_files  # pylint: disable=g-import-not-at-top
     return input_pipeline.load(
         self.dataset, data_dir=self.data_dir, manual_dir=self.manual_dir,
         num_classes=self.num_classes, validation_split=self.validation_split, seed=self.seed,
@@ -95,7 +96,7 @@ def _each_option(values: dict[str, Any]) -> dict[str, Any]:
 
 def _together(v: dict[str, Any]) -> None:
   """The rules between options (each option's own were checked before)."""
-  accepted = models.hyperparameters(v["model"])
+  accepted = model_names.hyperparameters(v["model"])
   if v["model"] == "cnn":
     n_filters = len(v["filters"] or accepted["filters"])
     n_kernels = len(v["kernel_sizes"] or accepted["kernel_sizes"])
@@ -147,7 +148,7 @@ def _from_values(values: dict[str, Any]) -> Config:
   then the model flags it does not take (before their values)."""
   problem = options.BY_NAME["model"].check(values["model"])
   _check(problem is None, f"--model={values['model']} {problem}")
-  accepted = models.hyperparameters(values["model"])
+  accepted = model_names.hyperparameters(values["model"])
   for name in options.MODEL_OPTIONS:
     _check(values[name] is None or name in accepted, f"--{name} does not apply to "
            f"--model={values['model']}; it takes {', '.join('--' + k for k in sorted(accepted))}")
@@ -166,7 +167,7 @@ def _from_values(values: dict[str, Any]) -> Config:
   _together(parsed)
   try:
     augment = Augment.parse(values["augment"], values["dataset"])
-    parsed["tta"] = tta.parse(values["tta"], values["dataset"])
+    parsed["tta"] = parse_tta(values["tta"], values["dataset"])
   except ValueError as e:
     raise ConfigError(str(e)) from None
   parsed["augment"] = augment.with_default_crop() if parsed["image_size"] else augment
@@ -192,6 +193,10 @@ def _by_directory(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
   what = [n for n in given if options.BY_NAME[n].role == options.WHAT]
   if "model_dir" not in given or what:
     return values
+  # model_dir may be a bucket, read through tf.io.gfile: TensorFlow loads here, after the
+  # flags were checked, with its process settings first.
+  tf_env.apply()
+  from trainer import run_files  # pylint: disable=g-import-not-at-top
   recorded = run_files.read_record(values["model_dir"])
   if recorded is None:
     return values

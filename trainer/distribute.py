@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import time
 
 import tensorflow as tf
 from absl import logging
@@ -87,10 +90,78 @@ def _make(name: str, config: Config, gpus) -> tf.distribute.Strategy:
     raise ConfigError("--strategy=multi_worker needs TF_CONFIG (the cluster and this "
                       "worker's task); see docs/several-machines.md")
   try:
-    json.loads(os.environ["TF_CONFIG"])
+    tf_config = json.loads(os.environ["TF_CONFIG"])
   except ValueError:
     raise ConfigError("TF_CONFIG is not valid JSON") from None
+  _wait_for_the_cluster(tf_config)
   return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+# The first "waiting for" line this long after the wait began (a cluster whose tasks start
+# together is complete by then), then one every WAIT_REPEAT_SECONDS.
+WAIT_FIRST_SECONDS, WAIT_REPEAT_SECONDS = 2.0, 15.0
+
+
+def _wait_for_the_cluster(tf_config) -> None:
+  """Waits, in Python, until every other training task of TF_CONFIG's cluster answers on
+  its address, saying every so often which do not: "waiting for 1 of 2 workers: HOST:PORT".
+
+  MultiWorkerMirroredStrategy's start-up waits for them too, but in C++ holding the GIL:
+  there no signal handler and no other thread runs, so SIGTERM and Ctrl-C would go
+  unanswered for as long as a task is missing. Meanwhile this task listens on its own
+  address, so that the others see it come (the strategy's server takes the port after)."""
+  cluster = tf_config.get("cluster") if isinstance(tf_config, dict) else None
+  task = tf_config.get("task") if isinstance(tf_config, dict) else None
+  cluster = cluster if isinstance(cluster, dict) else {}
+  mine = None
+  if isinstance(task, dict):
+    try:
+      mine = cluster[task.get("type")][int(task.get("index", 0))]
+    except (KeyError, IndexError, TypeError, ValueError):
+      pass
+  workers = [a for kind in ("chief", "worker") for a in (cluster.get(kind) or [])
+             if isinstance(a, str)]
+  others = [a for a in workers if a != mine]
+  if not others or not isinstance(mine, str):
+    return  # TensorFlow names what is wrong with the cluster
+  started = time.monotonic()
+  report = started + WAIT_FIRST_SECONDS
+  with _listening(mine):
+    while missing := [a for a in others if not _answers(a)]:
+      if time.monotonic() >= report:
+        logging.info("waiting for %d of %d workers: %s (%.0f s)", len(missing), len(workers),
+                     ", ".join(missing), time.monotonic() - started)
+        report = time.monotonic() + WAIT_REPEAT_SECONDS
+      time.sleep(0.25)
+
+
+@contextlib.contextmanager
+def _listening(address: str):
+  """A socket listening on the port of `address` (on every interface, as TensorFlow's
+  server will), closed at the end; none if the port is taken (TensorFlow then says so)."""
+  _, _, port = address.rpartition(":")
+  sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+  try:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("", int(port)))
+    sock.listen(64)
+  except (OSError, ValueError):
+    sock.close()
+    sock = None
+  try:
+    yield
+  finally:
+    if sock is not None:
+      sock.close()
+
+
+def _answers(address: str) -> bool:
+  host, _, port = address.rpartition(":")
+  try:
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+      return True
+  except (OSError, ValueError):
+    return False
 
 
 def is_evaluator_task() -> bool:

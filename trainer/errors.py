@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 
-from input_pipeline.data import DataError
+from input_pipeline.specs import DataError
 
 __all__ = ["ConfigError", "DataError", "Interrupted", "UsageError"]
 

@@ -13,22 +13,10 @@ the raw weights' loss and accuracy beside, in eval_<split>_raw; with the run's -
 views' figures beside, in eval_<split>_tta; --tta=none here turns it off).
 """
 
-from trainer import tf_env
+from absl import flags
 
-tf_env.apply()  # before anything imports TensorFlow
-
-# pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
-import time
-
-import keras
-from absl import flags, logging
-
-from trainer import cli, config, distribute, dry_run, options, run_files, summaries
+from trainer import cli, options
 from trainer import flags as tl_flags
-from trainer import plan as run_plan
-from trainer.errors import ConfigError, UsageError
-from trainer.inner_loop import Trainer
-# pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 FLAGS = flags.FLAGS
 # How the training run ran, but not how its data is read (trainer/options.py's HOW, not
@@ -58,6 +46,35 @@ def define_flags() -> None:
                        "model_dir.")
   flags.DEFINE_integer("timeout", 3600, "--continuous: stop after this many seconds "
                        "without a new checkpoint.")
+
+
+def run():
+  """Console script entry point (tapeloop-evaluate): the flags are parsed before this
+  module's TensorFlow part below is imported (as trainer.evaluate), then its main runs."""
+  define_flags()
+  cli.run_app("trainer.evaluate", "python -m trainer.evaluate --model_dir=DIR "
+              "[--split=test] [--checkpoint=PATH | --continuous]", HELP_GROUPS)
+
+
+# Above this line, nothing imports TensorFlow: python -m trainer.evaluate stops here.
+if __name__ == "__main__":
+  run()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
+from trainer import tf_env
+
+tf_env.apply()  # before anything imports TensorFlow
+
+import time
+
+import keras
+from absl import logging
+
+from trainer import config, distribute, dry_run, run_files, summaries
+from trainer import plan as run_plan
+from trainer.errors import ConfigError, UsageError
+from trainer.inner_loop import Trainer
+# pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 
 def _run_config(model_dir: str, overrides: dict | None = None):
@@ -221,14 +238,3 @@ def main(argv):
   else:
     evaluator(checkpoint)
   evaluator.close()
-
-
-def run():
-  """Console script entry point (tapeloop-evaluate)."""
-  define_flags()
-  cli.run_app(main, "python -m trainer.evaluate --model_dir=DIR [--split=test] "
-              "[--checkpoint=PATH | --continuous]", HELP_GROUPS)
-
-
-if __name__ == "__main__":
-  run()

@@ -1,16 +1,15 @@
-"""python -m trainer.main --model=cnn --flagfile=configs/mnist_cnn.cfg"""
+"""python -m trainer.main --flagfile=configs/fashion_cnn.cfg
 
-from trainer import tf_env
+The flags are parsed and checked before TensorFlow is imported: --help, a mistyped flag or
+a bad value answers at once."""
 
-tf_env.apply()  # before anything imports TensorFlow
+import shlex
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 
-from trainer import cli, config, distribute, dry_run, evaluate, phases, train
+from trainer import cli, config, tf_env
 from trainer import flags as tl_flags
 from trainer.errors import UsageError
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 tl_flags.define_flags()
 FLAGS = flags.FLAGS
@@ -20,6 +19,10 @@ def main(argv):
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
   cfg = config.from_flags(FLAGS)
+  tf_env.apply()  # before anything imports TensorFlow
+  # pylint: disable=g-import-not-at-top
+  from trainer import distribute, dry_run, evaluate, phases, train
+  # pylint: enable=g-import-not-at-top
   if cfg.dry_run:
     print(dry_run.report(cfg))
     return
@@ -33,7 +36,6 @@ def main(argv):
            f"(loss {results[split + '_tta_loss']:.4f})" if cfg.tta else "")
     print(f"{split} accuracy {results[split + '_accuracy']:.4f} "
           f"(loss {results[split + '_loss']:.4f}){tta} at step {results['global_step']}")
-  import shlex  # pylint: disable=g-import-not-at-top
   if results["chief"]:
     print(f"results, checkpoints, TensorBoard events and export in "
           f"{shlex.quote(cfg.model_dir)}")

@@ -19,11 +19,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from input_pipeline import PIPELINES, Augment
-from input_pipeline.sources import parse_image_size
-from models.common import POLICIES
-from models.registry import MODELS
-from trainer import tta
+# Only what reads values without TensorFlow: the flags are checked before it loads.
+from input_pipeline.specs import PIPELINES, Augment, parse_image_size, parse_tta
+from models.names import MODEL_NAMES, POLICIES
 from trainer.values import (absolute_path, at_least_zero, dataset_meaning, int_list, ints,
                             one_of, positive, within)
 
@@ -57,7 +55,8 @@ class Option:
 
 
 def _model_known(value) -> str | None:
-  return None if value in MODELS else f"is unknown; known models: {', '.join(sorted(MODELS))}"
+  return (None if value in MODEL_NAMES
+          else f"is unknown; known models: {', '.join(sorted(MODEL_NAMES))}")
 
 
 _D, _R, _E, _O, _H = "Data", "Run", "Evaluation", "Optimization", "Hardware"
@@ -149,7 +148,7 @@ OPTIONS: tuple[Option, ...] = (
            "average the class probabilities of the image's views (its mirror; its 1-pixel "
            "shifts); the plain figures are reported beside (test_tta_accuracy beside "
            "test_accuracy, TensorBoard run eval_tta beside eval). Not flip on characters.",
-           _E, DATA, normalize=tta.parse),
+           _E, DATA, normalize=parse_tta),
     Option("keep_best", str, None, "accuracy or loss: keep the checkpoint with the best eval "
            "value in model_dir/best/ and export it to export_best/.", _E, HOW,
            check=one_of(BEST_METRICS, " or ")),

@@ -15,28 +15,10 @@ here. --data_dir defaults to the run's (where its TFDS data was); --manual_dir,
 --num_classes and --skip_bad_images to the run's when predicting on the run's own dataset.
 """
 
-import collections
-import os
-import shlex
+from absl import flags
 
-from trainer import tf_env
-
-tf_env.apply()  # before anything imports TensorFlow
-
-# pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
-import numpy as np
-import tensorflow as tf
-from absl import flags, logging
-
-import input_pipeline
-from input_pipeline import DataError, folder
-from input_pipeline.sources import parse_spec
-from trainer import cli, dry_run, export, run_files
-from trainer.errors import UsageError
+from trainer import cli
 from trainer import flags as tl_flags
-from trainer import options
-from trainer.options import normalized
-# pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 FLAGS = flags.FLAGS
 
@@ -74,6 +56,43 @@ def define_flags() -> None:
                       "predictions.csv for --images: path,class,probability; "
                       "submission.csv for a dataset: ImageId,Label).")
 
+
+
+def run():
+  """Console script entry point (tapeloop-predict): the flags are parsed before this
+  module's TensorFlow part below is imported (as trainer.predict), then its main runs."""
+  define_flags()
+  # --help shows no default dataset: here it is the run's own, not trainer.main's mnist.
+  # (Only in the program: importing predict must not change trainer.main's defaults.)
+  FLAGS.set_default("dataset", None)
+  cli.run_app("trainer.predict", USAGE, HELP_GROUPS)
+
+
+# Above this line, nothing imports TensorFlow: python -m trainer.predict stops here.
+if __name__ == "__main__":
+  run()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
+import collections
+import os
+import shlex
+
+from trainer import tf_env
+
+tf_env.apply()  # before anything imports TensorFlow
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+import input_pipeline
+from input_pipeline import DataError, folder
+from input_pipeline.sources import parse_spec
+from trainer import dry_run, export, run_files
+from trainer.errors import UsageError
+from trainer import options
+from trainer.options import normalized
+# pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 def load_serving(export_dir: str, plain: bool = False):
   """The export's uint8 signature (plain: without its run's test-time augmentation), its
@@ -287,15 +306,3 @@ def main(argv):
     shown = _predict_dataset(serve, image_shape, num_classes, FLAGS.output or "submission.csv")
   print(shown)
 
-
-def run():
-  """Console script entry point (tapeloop-predict)."""
-  define_flags()
-  # --help shows no default dataset: here it is the run's own, not trainer.main's mnist.
-  # (Only in the program: importing predict must not change trainer.main's defaults.)
-  FLAGS.set_default("dataset", None)
-  cli.run_app(main, USAGE, HELP_GROUPS)
-
-
-if __name__ == "__main__":
-  run()

@@ -3,6 +3,8 @@ boundary, agreed between the workers of a cluster."""
 
 from __future__ import annotations
 
+import _thread
+import os
 import signal
 import threading
 from typing import Callable
@@ -11,6 +13,49 @@ from absl import logging
 
 from trainer.actions import Action, Stop
 from trainer.errors import Interrupted
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# A signal before training ends the process this long after it came, if the main thread
+# (blocked in C++) has not ended it by then itself.
+GRACE_SECONDS = 1.0
+
+
+class EndsAtOnce:
+  """Until close(): SIGTERM or SIGINT ends the process, also while the main thread waits
+  in C++ (an op, a collective waiting for a dead worker), where a Python handler never
+  runs, and whatever handler TensorFlow put in Python's place (MultiWorkerMirroredStrategy
+  installs one for SIGTERM that only takes note).
+
+  The signals are blocked in the main thread (and so in every thread it starts) and taken
+  by a thread of this class: it asks the main thread to run its Python handler
+  (interrupt_main), which ends the run cleanly when that thread runs Python; if the
+  process is still here GRACE_SECONDS later, the thread ends it: the stop message, exit
+  128 + the signal's number. TensorFlow's import starts threads too: tf_env imports it
+  with the signals blocked, so that none of them takes one. (A C++ call that holds the
+  GIL stops this thread too: distribute.py waits for a cluster in Python first.)"""
+
+  def __init__(self):
+    self._closed = threading.Event()
+    self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    self._thread = threading.Thread(target=self._watch, name="tapeloop-signals", daemon=True)
+    self._thread.start()
+
+  def _watch(self) -> None:
+    while not self._closed.is_set():
+      info = signal.sigtimedwait(SIGNALS, 0.2)
+      if info is None:
+        continue
+      _thread.interrupt_main(info.si_signo)
+      if self._closed.wait(GRACE_SECONDS):
+        return  # the main thread took it
+      os.write(2, f"{Interrupted(info.si_signo, None, None)}\n".encode())
+      os._exit(128 + info.si_signo)  # pylint: disable=protected-access
+
+  def close(self) -> None:
+    """Back to Python's handlers; a signal that came meanwhile is delivered now."""
+    self._closed.set()
+    self._thread.join()
+    signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
 
 
 class PreemptionStop(Action):
@@ -24,19 +69,21 @@ class PreemptionStop(Action):
 
   Installed for the whole run (`install`, `uninstall`: train.py), it also covers what comes
   before and after the loop, where the default handler would kill one worker while the
-  others wait for it in a collective. Before training (data, model), a worker `alone`
-  stops at once: nothing is trained, nothing to save; one of several goes on to the first
-  boundary, where all stop together. After training (the final evals and the export,
-  collectives too) the signal is noted (`signal`) and the run finishes."""
+  others wait for it in a collective. Before training (the cluster's start-up, data,
+  model) a signal ends the process at once, on every worker: nothing is trained, nothing
+  to save (EndsAtOnce: even while the main thread blocks in C++). After training (the
+  final evals and the export, collectives too) the signal is noted (`signal`) and the run
+  finishes."""
 
   on_preemption = True
 
-  def __init__(self, agree: Callable[[bool], bool] = bool, alone: bool = True):
+  def __init__(self, agree: Callable[[bool], bool] = bool):
     self.signal = None
-    self.agree, self.alone = agree, alone
+    self.agree = agree
     self.phase = "before"  # -> "training" (start) -> "after" (end)
     self._previous = {}
     self._installed_by_start = False
+    self._at_once = None
 
   def _handle(self, signum, frame):
     del frame
@@ -44,30 +91,43 @@ class PreemptionStop(Action):
       raise KeyboardInterrupt
     self.signal = signum
     name = signal.Signals(signum).name
-    if self.phase == "before" and self.alone:
+    if self.phase == "before":
       raise Interrupted(signum, None, None)
     logging.warning({
-        "before": "received %s before training: stopping with the other workers at the "
-                  "first step",
         "training": "received %s: saving a checkpoint and stopping at the end of this loop",
         "after": "received %s after training: finishing the evaluation and export first",
     }[self.phase], name)
 
   def install(self) -> None:
-    """Takes SIGTERM and SIGINT (from the main thread only: Python's rule)."""
+    """Takes SIGTERM and SIGINT (from the main thread only: Python's rule); before
+    training, through EndsAtOnce."""
     if self._previous or threading.current_thread() is not threading.main_thread():
       return
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in SIGNALS:
       self._previous[signum] = signal.signal(signum, self._handle)
+    if self.phase == "before":
+      self._at_once = EndsAtOnce()
 
   def uninstall(self) -> None:
+    self._end_at_once()
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
     self._previous.clear()
 
+  def _end_at_once(self) -> None:
+    if self._at_once is not None:
+      self._at_once.close()
+      self._at_once = None
+
   def start(self, step):
     self.phase = "training"
     self._installed_by_start = not self._previous
+    if self._previous:
+      # MultiWorkerMirroredStrategy's start-up replaces SIGTERM's handler in C++ with its
+      # own, which only notes the signal: Python's is put back.
+      for signum in SIGNALS:
+        signal.signal(signum, self._handle)
+    self._end_at_once()  # a signal that came meanwhile is handled now, as in training
     self.install()
 
   def __call__(self, b):

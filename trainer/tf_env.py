@@ -70,16 +70,24 @@ def apply() -> None:
   for name, value in SETTINGS.items():
     os.environ.setdefault(name, value)
   if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
+    try:
+      import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    finally:
+      signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return  # the user asked for everything
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile(mode="w+b") as captured:
     os.dup2(captured.fileno(), 2)
+    # The threads TensorFlow starts at import take no SIGTERM or SIGINT: those are for the
+    # main thread (and trainer/preemption.py's). Held back meanwhile, not lost.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
     try:
       import tensorflow as tf  # pylint: disable=g-import-not-at-top
       tf.config.list_physical_devices("GPU")  # the CUDA probe logs here, once per process
     finally:
+      signal.pthread_sigmask(signal.SIG_SETMASK, mask)
       os.dup2(saved, 2)
       os.close(saved)
       captured.seek(0)

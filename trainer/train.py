@@ -15,7 +15,8 @@ from absl import logging
 from models import summary as model_summary
 from trainer import actions as tl_actions
 from trainer import best as tl_best
-from trainer import distribute, export, files, results as run_results, run_files, run_record
+from trainer import distribute, export, files, results as run_results, run_files, run_log
+from trainer import run_record
 from trainer import summaries
 from trainer import plan as run_plan
 from trainer import trial as tuning_trial
@@ -31,6 +32,15 @@ def train_and_evaluate(config: Config, process_start: float | None = None) -> di
   """Trains to the target step (resuming from model_dir), evaluates, exports; returns the
   results that also go to model_dir/results.json. process_start: when the command started
   (trainer.phases.process_start), so that the phases include the start-up before this."""
+  log = run_log.RunLog()  # the chief's model_dir/tapeloop.log
+  try:
+    return _train_and_evaluate(config, process_start, log)
+  finally:
+    log.close()
+
+
+def _train_and_evaluate(config: Config, process_start: float | None,
+                        log: run_log.RunLog) -> dict:
   start = time.time()
   phases = Phases(process_start or start)
   if process_start:
@@ -42,14 +52,15 @@ def train_and_evaluate(config: Config, process_start: float | None = None) -> di
   trial = tuning_trial.from_environment()  # a tuner's trial (trainer.tune), or None
   if trial is not None:
     tuning_trial.check_config(config)
-  strategy = distribute.create_strategy(config)  # first: it may configure the runtime
-  run_plan.check_replicas(config, strategy)  # before the data is read or prepared
-  # Signals are answered from here on, not only in the training loop: a worker killed
-  # while loading data or exporting would leave the others waiting in a collective.
-  preemption = PreemptionStop(agree=distribute.any_worker(strategy),
-                              alone=not distribute.several_workers(strategy))
+  # Signals are answered from here on, not only in the training loop: before training
+  # they end the process at once (also while the cluster's start-up blocks in C++); after
+  # it, a worker killed while exporting would leave the others waiting in a collective.
+  preemption = PreemptionStop()
   preemption.install()
   try:
+    strategy = distribute.create_strategy(config)  # first: it may configure the runtime
+    preemption.agree = distribute.any_worker(strategy)
+    run_plan.check_replicas(config, strategy)  # before the data is read or prepared
     data, plan = _prepare(config, strategy, recorded, phases, start)
     if trial is not None:
       tuning_trial.check_eval_split(plan.eval_split)
@@ -59,7 +70,7 @@ def train_and_evaluate(config: Config, process_start: float | None = None) -> di
     scratch = None if chief else tempfile.mkdtemp(prefix="tapeloop-worker-")
     try:
       return _run(config, plan, strategy, data, phases, scratch, recorded, changed, preemption,
-                  trial)
+                  trial, log)
     finally:
       if scratch:
         files.rmtree(scratch)
@@ -193,7 +204,7 @@ def _train(config: Config, plan, trainer: Trainer, actions) -> tuple[Timing, int
 
 def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | None,
          recorded: dict | None, changed: dict, preemption: PreemptionStop,
-         trial: dict | None) -> dict:
+         trial: dict | None, log: run_log.RunLog) -> dict:
   chief = scratch is None
   output_dir = config.model_dir if chief else scratch
   writer = summaries.Summaries(config.model_dir, enabled=chief)
@@ -207,6 +218,7 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
                                     data.pipeline)
     if data.folder_check:
       run_files.write_folder_check(config.model_dir, data.folder_check)
+    log.start(config.model_dir)
   _describe(config, plan, trainer)
   actions = _actions(config, plan, trainer, output_dir, phases, preemption, trial)
   timing, stopped_at = _train(config, plan, trainer, actions)

@@ -9,23 +9,10 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from input_pipeline.preprocess import check_flip
+from input_pipeline.specs import TTA_VIEWS, parse_tta
 
-VIEWS = ("flip", "translate")
-
-
-def parse(text: str | None, dataset: str = "") -> tuple[str, ...]:
-  """'none', 'flip', 'translate' or 'flip,translate' -> the views' names, in VIEWS order;
-  ValueError naming the flag on others, and on flips of characters."""
-  items = {t.strip() for t in (text or "").split(",")} - {"", "none"}
-  unknown = sorted(items - set(VIEWS))
-  if unknown:
-    raise ValueError(f"--tta={text}: cannot read {unknown[0]!r}; use none, flip, translate or "
-                     "flip,translate")
-  views = tuple(v for v in VIEWS if v in items)
-  if "flip" in views:
-    check_flip(f"--tta={text}", dataset)
-  return views
+# --tta's values are read without TensorFlow (the flags are checked before it loads).
+VIEWS, parse = TTA_VIEWS, parse_tta
 
 
 def _shift(images: tf.Tensor, dy: int, dx: int) -> tf.Tensor:

@@ -29,6 +29,7 @@ Optuna (and psycopg for PostgreSQL) is the `tune` extra: pip install -e '.[tune]
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import os
 import shlex
@@ -36,29 +37,7 @@ import signal
 import sys
 import warnings
 
-from trainer import tf_env
-
-tf_env.apply()  # before anything imports TensorFlow
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-import tensorflow as tf
-
-from trainer import child_runs, dry_run, files, run_files, tune_results
-from trainer.errors import UsageError
-from trainer.search import check_trial_flags, parse_search
-from trainer.study import SAMPLERS, Settings, Tuner, first_line, hidden
-from trainer.trial import PRUNERS
-# pylint: enable=g-import-not-at-top,wrong-import-position
-
 STORAGE_ENV = "TAPELOOP_STORAGE"
-
-
-class Stopped(Exception):
-  """The tuner got SIGTERM (a preempted VM): its trial is handed back, then it exits."""
-
-  def __init__(self, signum: int):
-    super().__init__(signal.Signals(signum).name)
-    self.signum = signum
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,8 +50,6 @@ class _Parser(argparse.ArgumentParser):
   def parse_args(self, args=None, namespace=None):
     """argparse's, but a flag it does not know is named as what it likely is: one of the
     tuner's mistyped, or a trial flag given before --."""
-    import difflib  # pylint: disable=g-import-not-at-top
-    import shlex  # pylint: disable=g-import-not-at-top
     parsed, unknown = self.parse_known_args(args, namespace)
     if not unknown:
       return parsed
@@ -88,7 +65,10 @@ class _Parser(argparse.ArgumentParser):
                f"trainer.tune --root=... --search=... -- {shlex.quote(flag)}")
 
 
-def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
+def _parser(samplers=None, pruners=None) -> _Parser:
+  """The tuner's command line. TensorFlow-free, so that python -m trainer.tune answers
+  --help and a mistyped flag before it loads; samplers, pruners: the choices (the
+  modules that hold them load TensorFlow; parse_args passes them)."""
   parser = _Parser(prog="python -m trainer.tune", description=__doc__.split("\n\n")[0])
   add = parser.add_argument
   add("--flagfile", help="the trials' base flags (a trainer flagfile)")
@@ -102,8 +82,8 @@ def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
   add("--storage", default=os.environ.get(STORAGE_ENV),
       help="a database URL several machines share, e.g. postgresql://user:password@host/db "
       f"(or in ${STORAGE_ENV}, off the command line; default: sqlite in ROOT/study.db)")
-  add("--sampler", choices=SAMPLERS, default="tpe", help="tpe (default), random or grid")
-  add("--pruner", choices=PRUNERS, default="median", help="median (default), hyperband or "
+  add("--sampler", choices=samplers, default="tpe", help="tpe (default), random or grid")
+  add("--pruner", choices=pruners, default="median", help="median (default), hyperband or "
       "none")
   add("--objective", choices=("accuracy", "loss"), default="accuracy",
       help="the validation figure to maximize (accuracy) or minimize (loss)")
@@ -116,7 +96,39 @@ def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
   add("--dry_run", action="store_true", help="check the search, the trials' flags and "
       "data, print what would run, and exit writing nothing")
   add("trainer_flags", nargs="*", help="after --: flags for every trial")
-  args = parser.parse_args(argv)
+  return parser
+
+
+# Above this line, nothing imports TensorFlow: python -m trainer.tune answers --help and a
+# mistyped flag here; main parses again, with every check.
+if __name__ == "__main__":
+  _parser().parse_args()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
+from trainer import tf_env
+
+tf_env.apply()  # before anything imports TensorFlow
+
+import tensorflow as tf
+
+from trainer import child_runs, dry_run, files, run_files, tune_results
+from trainer.errors import UsageError
+from trainer.search import check_trial_flags, parse_search
+from trainer.study import SAMPLERS, Settings, Tuner, first_line, hidden
+from trainer.trial import PRUNERS
+# pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
+
+
+class Stopped(Exception):
+  """The tuner got SIGTERM (a preempted VM): its trial is handed back, then it exits."""
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signum = signum
+
+
+def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
+  args = _parser(SAMPLERS, PRUNERS).parse_args(argv)
   root = child_runs.resolve(args.root)
   flagfile = child_runs.resolve(args.flagfile)
   if flagfile and (not files.is_local(flagfile) or not os.path.isfile(flagfile)):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 
-from input_pipeline.sources import parse_spec
+from input_pipeline.specs import parse_spec
 
 
 def finite(value) -> str | None:

@@ -86,3 +86,22 @@ def test_registered_fashion_mnist_files_are_the_four_idx_files():
 def test_only_fashion_mnist(tmp_path):
   with pytest.raises(DataError, match="only fashion_mnist"):
     prepare.prepare("mnist", str(tmp_path), str(tmp_path))
+
+
+def test_tfds_prepares_quietly(tmp_path, capfd):
+  # TFDS prints about a hundred lines of progress bars, banners and log lines while it
+  # prepares a dataset; prepare() prints one line per split instead.
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.testing import DummyMnist  # pylint: disable=g-import-not-at-top
+  builder = DummyMnist(data_dir=str(tmp_path))
+  level = logging.get_verbosity()
+  logging.set_verbosity(logging.INFO)
+  try:
+    capfd.readouterr()
+    with prepare._quiet_tfds():
+      builder.download_and_prepare()
+    out, err = capfd.readouterr()
+  finally:
+    logging.set_verbosity(level)
+  assert builder.is_prepared()
+  assert out + err == "", (out + err)[:2000]

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 import models
+from models import names
 
 POLICIES = ["float32", "mixed_float16", "mixed_bfloat16"]
 COMPUTE = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
@@ -155,3 +156,11 @@ def test_summary_lists_each_layer_with_its_output_shape_and_parameters():
   assert summary.markdown(rows).splitlines()[-1] == "| **total** | | | **28,135** |"
   # The recording is undone: the model still calls its layers' own methods.
   assert all("call" not in vars(layer) for layer in model._flatten_layers())
+
+
+def test_the_names_module_knows_every_model_and_its_hyperparameters():
+  # The flags are checked against models/names.py before TensorFlow loads: it must say
+  # what the classes' signatures say.
+  assert sorted(names.HYPERPARAMETERS) == sorted(models.MODELS)
+  for name in models.MODELS:
+    assert names.hyperparameters(name) == models.hyperparameters(name), name

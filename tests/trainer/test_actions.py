@@ -3,6 +3,7 @@
 import logging
 import os
 import signal
+import time
 import types
 
 import numpy as np
@@ -261,23 +262,28 @@ def test_preemption_stop_on_sigterm_then_handlers_restored():
 
 
 def test_preemption_before_and_after_the_loop():
-  # Alone, before training: stopped at once, nothing to save.
-  alone = preemption.PreemptionStop()
-  alone.install()
+  # Before training, on every worker: stopped at once, nothing to save (EndsAtOnce's
+  # thread takes the signal and has the main thread raise it).
+  previous = signal.getsignal(signal.SIGTERM)
+  before = preemption.PreemptionStop(agree=lambda flag: pytest.fail("no agreement"))
+  before.install()
   try:
     with pytest.raises(Interrupted, match="stopped by SIGTERM before training: "
                        "no step was trained"):
       os.kill(os.getpid(), signal.SIGTERM)
+      for _ in range(500):
+        time.sleep(0.01)
   finally:
-    alone.uninstall()
-  # One of several workers: noted, and at the first boundary every worker stops with it.
+    before.uninstall()
+  assert signal.getsignal(signal.SIGTERM) is previous
+  assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+  # During training: noted, and at the next boundary every worker stops with it.
   agreed = []
-  several = preemption.PreemptionStop(agree=lambda flag: agreed.append(flag) or flag,
-                                   alone=False)
+  several = preemption.PreemptionStop(agree=lambda flag: agreed.append(flag) or flag)
   several.install()
   try:
-    os.kill(os.getpid(), signal.SIGTERM)
     several.start(0)
+    os.kill(os.getpid(), signal.SIGTERM)
     boundary = Boundary(1)
     several(boundary)
     assert agreed == [True] and boundary.stop.signum == signal.SIGTERM

@@ -179,8 +179,10 @@ def test_an_existing_model_dir_is_left_as_it_was(tmp_path, change, message):
 
 
 def test_verbosity_shows_the_traceback(tmp_path):
-  proc = _run([*GOOD, "--batch_size=1000", f"--model_dir={tmp_path}/m", "--verbosity=1"])
+  # A bad value is refused before TensorFlow loads: this costs no start-up.
+  proc = _run([*GOOD, "--batch_size=0", f"--model_dir={tmp_path}/m", "--verbosity=1"])
   assert proc.returncode != 0 and "Traceback" in proc.stderr
+  assert "ConfigError: --batch_size=0 must be positive" in proc.stderr
 
 
 @pytest.mark.parametrize("module,groups", [

@@ -72,6 +72,19 @@ def test_console_progress_lines(trained):
   assert "Traceback" not in proc.stderr
 
 
+
+def test_the_console_is_short_and_the_full_log_is_in_model_dir(trained):
+  model_dir, proc = trained
+  # The console: the time and the message, as docs/usage.md shows; absl's prefix (level,
+  # date, thread, file:line) only in model_dir/tapeloop.log.
+  absl_prefix = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d{6} +\d+ \S+:\d+\] ", re.M)
+  assert not absl_prefix.search(proc.stderr), proc.stderr[:1000]
+  assert re.search(r"^\d\d:\d\d:\d\d step 1/16  epoch 0.12  loss", proc.stderr, re.M)
+  with open(os.path.join(model_dir, "tapeloop.log")) as f:
+    log = f.read()
+  assert re.search(absl_prefix.pattern + r"step 1/16  epoch 0.12  loss", log, re.M), log[:1000]
+
+
 def test_tensorboard_events(trained):
   model_dir, _ = trained
   train = read_scalars(os.path.join(model_dir, "train"))

@@ -2,11 +2,13 @@
 tested on TensorFlow's in-process ram:// filesystem, which Python's open/glob cannot see."""
 
 import os
+import re
 import uuid
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import logging as absl_logging
 
 from trainer import files, predict, train
 from trainer.errors import ConfigError
@@ -22,9 +24,20 @@ def _listing(root):
                 for top, _, names in tf.io.gfile.walk(root) for name in names)
 
 
+def _train(*args):
+  """train_and_evaluate with INFO logged, as trainer.main logs (parsing resets it)."""
+  cfg = parse(*args)
+  level = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  try:
+    return train.train_and_evaluate(cfg)
+  finally:
+    absl_logging.set_verbosity(level)
+
+
 def test_train_resume_export_results_and_predict_on_ram_filesystem(tmp_path):
   model_dir = f"ram://bucket-{uuid.uuid4().hex[:6]}/run"
-  first = train.train_and_evaluate(parse(*RUN, "--train_steps=8", f"--model_dir={model_dir}"))
+  first = _train(*RUN, "--train_steps=8", f"--model_dir={model_dir}")
   assert not os.path.exists("ram:") and not (tmp_path / "ram:").exists()
   names = _listing(model_dir)
   for name in ("flags.json", "results.json", "checkpoints/ckpt-8.index", "export/saved_model.pb",
@@ -35,14 +48,22 @@ def test_train_resume_export_results_and_predict_on_ram_filesystem(tmp_path):
 
   # The rerun finds the checkpoints (a local glob would find none and start at step 0,
   # while max_to_keep deleted the old ones) and continues to step 16.
-  second = train.train_and_evaluate(parse(*RUN, "--train_steps=16", f"--model_dir={model_dir}"))
-  straight = train.train_and_evaluate(parse(*RUN, "--train_steps=16",
-                                            f"--model_dir={tmp_path}/straight"))
+  second = _train(*RUN, "--train_steps=16", f"--model_dir={model_dir}")
+  straight = _train(*RUN, "--train_steps=16", f"--model_dir={tmp_path}/straight")
   assert second["global_step"] == 16 and second["weights_digest"] == straight["weights_digest"]
   assert second["weights_digest"] != first["weights_digest"]
   assert sorted(n for n in _listing(model_dir) if n.startswith("checkpoints/ckpt-")) == [
       f"checkpoints/ckpt-{s}.{ext}" for s in (12, 16)
       for ext in ("data-00000-of-00001", "index")]
+
+  # The run's log in full (absl's prefix on each line): each start appended to it, in a
+  # bucket (rewritten whole: no appending there) as in a local directory.
+  for log, starts in ((f"{model_dir}/tapeloop.log", ["0 to 8", "8 to 16"]),
+                      (f"{tmp_path}/straight/tapeloop.log", ["0 to 16"])):
+    with tf.io.gfile.GFile(log) as f:
+      text = f.read()
+    assert re.findall(r"\] training mlp on \S+ from step (\d+ to \d+)", text) == starts, text
+    assert re.match(r"I\d{4} [\d:.]+ +\d+ \w+\.py:\d+\] ", text), text[:200]
 
   # The export was replaced in place and serves in this process.
   serve, shape, classes = predict.load_serving(f"{model_dir}/export")

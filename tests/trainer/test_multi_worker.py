@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -26,6 +27,40 @@ def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith(
       "error: --strategy=multi_worker needs TF_CONFIG")
+
+
+def test_a_worker_waiting_for_its_cluster_says_so_and_a_signal_ends_it_at_once(tmp_path):
+  # A chief whose other worker never comes: it names what it waits for, and SIGTERM ends
+  # it at once (MultiWorkerMirroredStrategy's own wait, in C++, would swallow it).
+  sys.path.insert(0, os.path.join(ROOT, "scripts"))
+  import local_cluster  # pylint: disable=g-import-not-at-top
+  ports = local_cluster.free_ports(2)
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "trainer.main", "--strategy=multi_worker", "--model=mlp",
+       "--hidden_units=8", "--dataset=synthetic:train=64,test=8", "--batch_size=16",
+       "--train_steps=2", f"--model_dir={tmp_path}/m"],
+      env=dict(os.environ, TF_CONFIG=local_cluster.tf_config(ports, 0)),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = threading.Timer(120, proc.kill)  # old code waits for ever
+  deadline.start()
+  try:
+    lines = []
+    for line in proc.stdout:
+      lines.append(line)
+      if f"waiting for 1 of 2 workers: 127.0.0.1:{ports[1]}" in line:
+        break
+    else:
+      pytest.fail("".join(lines)[-3000:])
+    proc.send_signal(signal.SIGTERM)
+    start = time.monotonic()
+    out = proc.communicate(timeout=30)[0]
+    assert time.monotonic() - start < 5
+  finally:
+    deadline.cancel()
+    proc.kill()
+  assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+  assert out.strip().splitlines()[-1].startswith("stopped by SIGTERM before training")
+  assert not os.path.exists(tmp_path / "m")
 
 
 CLUSTER_RUN = ["--strategy=multi_worker", "--model=mlp", "--hidden_units=32",

@@ -62,13 +62,14 @@ def _project_imports(path):
 
 
 def test_no_import_cycle_and_none_dodged_inside_a_function():
+  # An import inside a function loads TensorFlow after the flags are checked (main.py);
+  # it is an edge of the graph all the same, so it cannot hide a cycle.
   imports = {}
   for package in ("trainer", "input_pipeline", "models"):
     for path in glob.glob(os.path.join(ROOT, package, "*.py")):
       name = f"{package}.{os.path.basename(path)[:-3]}".removesuffix(".__init__")
       top, nested = _project_imports(path)
-      assert not nested, f"{name} imports {nested} inside a function"
-      imports[name] = top
+      imports[name] = top + nested
   # `from A import B` depends on the module A.B when there is one, else on A.
   graph = {m: {a if a in imports else b for a, b in deps} - {m} for m, deps in imports.items()}
   state = {}

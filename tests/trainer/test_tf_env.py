@@ -28,10 +28,47 @@ def test_an_explicit_setting_wins():
   assert not _onednn_enabled(TF_ENABLE_ONEDNN_OPTS="0")
 
 
-def test_entry_points_apply_it_before_importing_tensorflow():
-  for module in ("trainer/main.py", "trainer/predict.py"):
-    source = open(os.path.join(ROOT, module)).read()
-    assert source.index("tf_env.apply()") < source.index("from absl import")
+def _imports(code_or_module, *args):
+  """(exit status, stderr, top-level packages imported) of `python -m MODULE ARGS` (or of
+  `python -c CODE ARGS`), as python -X importtime lists them."""
+  how = ["-c"] if "\n" in code_or_module or ";" in code_or_module else ["-m"]
+  proc = subprocess.run([sys.executable, "-X", "importtime", *how, code_or_module, *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  packages = {line.rsplit("|", 1)[1].strip().split(".")[0]
+              for line in proc.stderr.splitlines() if line.startswith("import time:")}
+  errors = "\n".join(l for l in proc.stderr.splitlines() if not l.startswith("import time:"))
+  return proc.returncode, errors, packages
+
+
+def test_flags_are_answered_before_tensorflow_loads(tmp_path):
+  # --help, a mistyped flag, a missing flagfile and a bad value: answered without
+  # TensorFlow's seconds of start-up, by every program and console script.
+  cases = [("trainer.main", ["--help"], 0, ""),
+           ("trainer.main", ["--modle=cnn"], 2, "Unknown command line flag 'modle'"),
+           ("trainer.main", [f"--flagfile={tmp_path}/none.cfg"], 2,
+            f"error: flagfile {tmp_path}/none.cfg: no such file"),
+           ("trainer.main", ["--batch_size=0"], 2, "error: --batch_size=0 must be positive"),
+           ("trainer.main", ["--model=cnn", "--hidden_units=8"], 2,
+            "--hidden_units does not apply to --model=cnn"),
+           ("trainer.evaluate", ["--help"], 0, ""),
+           ("trainer.evaluate", ["--spilt=test"], 2, "Unknown command line flag 'spilt'"),
+           ("trainer.predict", ["--help"], 0, ""),
+           ("trainer.predict", ["--image=a.png"], 2, "Unknown command line flag 'image'"),
+           ("trainer.tune", ["--help"], 0, ""),
+           ("trainer.tune", ["--root=r", "--trails=3"], 2, "unrecognized arguments")]
+  import configparser  # pylint: disable=g-import-not-at-top
+  setup = configparser.ConfigParser()
+  setup.read(os.path.join(ROOT, "setup.cfg"))
+  for line in filter(None, setup["options.entry_points"]["console_scripts"].splitlines()):
+    name, target = (t.strip() for t in line.split("="))
+    module, function = target.split(":")
+    cases.append((f"import sys; sys.argv = [{name!r}, '--help']; "
+                  f"import {module}; {module}.{function}()", [], 0, ""))
+  for program, args, status, message in cases:
+    code, errors, packages = _imports(program, *args)
+    assert (code, "tensorflow" in packages, "keras" in packages) == (status, False, False), (
+        program, args, errors[-2000:])
+    assert message in errors and "Traceback" not in errors, (program, args, errors)
 
 
 def _start_up_stderr(**env) -> str:
