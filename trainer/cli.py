@@ -26,6 +26,16 @@ EXIT_DIVERGED = 3   # non-finite loss or collapsed fp16 loss scale
 # (130 for SIGINT, 143 for SIGTERM).
 
 
+# True while run_app runs a program: the process is the program's, so a signal before
+# training may end it at once (trainer/preemption.py); a library caller's run raises.
+_in_program = False
+
+
+def in_program() -> bool:
+  """Whether a command-line program (run_app) runs in this process."""
+  return _in_program
+
+
 def _verbose() -> bool:
   return flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1
 
@@ -120,8 +130,17 @@ def _load(main):
 def run_app(main, usage: str, groups: dict[str, list[str]]) -> None:
   """Runs main(argv) with tapeloop's exit statuses and console; --help lists `groups`.
   main: a function, or the name of the module whose main(argv) to run: that module (and
-  TensorFlow) is imported after the flags are parsed, so bad flags answer at once."""
+  TensorFlow) is imported after the flags are parsed, so bad flags answer at once. The
+  process is the program's: a signal before training ends it (in_program)."""
   def guarded(argv):
+    global _in_program  # pylint: disable=global-statement
+    _in_program = True
+    try:
+      _guarded(argv)
+    finally:
+      _in_program = False
+
+  def _guarded(argv):
     if not _verbose():
       # TensorFlow warns on every traced iteration over a distributed dataset.
       warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data")

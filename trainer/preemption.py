@@ -11,6 +11,7 @@ from typing import Callable
 
 from absl import logging
 
+from trainer import cli
 from trainer.actions import Action, Stop
 from trainer.errors import Interrupted
 
@@ -18,6 +19,13 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # A signal before training ends the process this long after it came, if the main thread
 # (blocked in C++) has not ended it by then itself.
 GRACE_SECONDS = 1.0
+
+
+def can_end_at_once() -> bool:
+  """EndsAtOnce needs a signal mask and a thread that waits for a signal: POSIX's
+  pthread_sigmask and sigtimedwait, which Python lacks on macOS (sigtimedwait) and
+  Windows (both)."""
+  return hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigtimedwait")
 
 
 class EndsAtOnce:
@@ -52,7 +60,8 @@ class EndsAtOnce:
       os._exit(128 + info.si_signo)  # pylint: disable=protected-access
 
   def close(self) -> None:
-    """Back to Python's handlers; a signal that came meanwhile is delivered now."""
+    """Back to Python's handlers; a signal that came meanwhile (the thread no longer
+    waiting) is delivered now, to the handler in place then."""
     self._closed.set()
     self._thread.join()
     signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
@@ -70,20 +79,26 @@ class PreemptionStop(Action):
   Installed for the whole run (`install`, `uninstall`: train.py), it also covers what comes
   before and after the loop, where the default handler would kill one worker while the
   others wait for it in a collective. Before training (the cluster's start-up, data,
-  model) a signal ends the process at once, on every worker: nothing is trained, nothing
-  to save (EndsAtOnce: even while the main thread blocks in C++). After training (the
-  final evals and the export, collectives too) the signal is noted (`signal`) and the run
-  finishes."""
+  model) a signal ends the run at once: nothing is trained, nothing to save. In a
+  command-line program (`at_once`, by default cli.in_program()) it ends the process, also
+  while the main thread blocks in C++ (EndsAtOnce); a library caller (a script, a
+  notebook) gets Interrupted when its main thread next runs Python, and keeps its process.
+  Under MultiWorkerMirroredStrategy only the signalled worker ends: the others fail in
+  their first collective (exit 1), at once while its machine still refuses connections,
+  or after the coordination service's heartbeat timeout, 10 s (docs/reliability.md).
+  After training (the final evals and the
+  export, collectives too) the signal is noted (`signal`) and the run finishes."""
 
   on_preemption = True
 
-  def __init__(self, agree: Callable[[bool], bool] = bool):
+  def __init__(self, agree: Callable[[bool], bool] = bool, at_once: bool | None = None):
     self.signal = None
     self.agree = agree
     self.phase = "before"  # -> "training" (start) -> "after" (end)
     self._previous = {}
     self._installed_by_start = False
     self._at_once = None
+    self._ends_at_once = (cli.in_program() if at_once is None else at_once) and can_end_at_once()
 
   def _handle(self, signum, frame):
     del frame
@@ -100,24 +115,28 @@ class PreemptionStop(Action):
 
   def install(self) -> None:
     """Takes SIGTERM and SIGINT (from the main thread only: Python's rule); before
-    training, through EndsAtOnce."""
+    training, through EndsAtOnce where it may end the process."""
     if self._previous or threading.current_thread() is not threading.main_thread():
       return
     for signum in SIGNALS:
       self._previous[signum] = signal.signal(signum, self._handle)
-    if self.phase == "before":
+    if self.phase == "before" and self._ends_at_once:
       self._at_once = EndsAtOnce()
 
   def uninstall(self) -> None:
-    self._end_at_once()
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
-    self._previous.clear()
+    """The previous handlers back, then the signals unblocked: one that came meanwhile
+    goes to the handler the caller had, not to this action's."""
+    try:
+      for signum, handler in self._previous.items():
+        signal.signal(signum, handler)
+      self._previous.clear()
+    finally:
+      self._end_at_once()
 
   def _end_at_once(self) -> None:
-    if self._at_once is not None:
-      self._at_once.close()
-      self._at_once = None
+    at_once, self._at_once = self._at_once, None
+    if at_once is not None:
+      at_once.close()
 
   def start(self, step):
     self.phase = "training"

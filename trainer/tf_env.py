@@ -4,6 +4,7 @@ An explicitly set variable is never overridden."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -60,6 +61,22 @@ def end_with_parent() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+@contextlib.contextmanager
+def _signals_held():
+  """SIGTERM and SIGINT blocked in this thread meanwhile (held back, not lost): threads
+  started meanwhile (TensorFlow's, at import) never take them, they stay for the main
+  thread (and trainer/preemption.py's). Where Python has no pthread_sigmask (Windows),
+  nothing is blocked."""
+  if not hasattr(signal, "pthread_sigmask"):
+    yield
+    return
+  mask = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def apply() -> None:
   """Call before the first `import tensorflow` of the process: sets the variables, then
   imports TensorFlow and probes its devices with the C++ start-up noise filtered out of
@@ -70,24 +87,18 @@ def apply() -> None:
   for name, value in SETTINGS.items():
     os.environ.setdefault(name, value)
   if os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "0":
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
-    try:
+    with _signals_held():
       import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-    finally:
-      signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     return  # the user asked for everything
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile(mode="w+b") as captured:
     os.dup2(captured.fileno(), 2)
-    # The threads TensorFlow starts at import take no SIGTERM or SIGINT: those are for the
-    # main thread (and trainer/preemption.py's). Held back meanwhile, not lost.
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
     try:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      tf.config.list_physical_devices("GPU")  # the CUDA probe logs here, once per process
+      with _signals_held():
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+        tf.config.list_physical_devices("GPU")  # the CUDA probe logs here, once per process
     finally:
-      signal.pthread_sigmask(signal.SIG_SETMASK, mask)
       os.dup2(saved, 2)
       os.close(saved)
       captured.seek(0)

@@ -53,8 +53,9 @@ def _train_and_evaluate(config: Config, process_start: float | None,
   if trial is not None:
     tuning_trial.check_config(config)
   # Signals are answered from here on, not only in the training loop: before training
-  # they end the process at once (also while the cluster's start-up blocks in C++); after
-  # it, a worker killed while exporting would leave the others waiting in a collective.
+  # they end the run at once (a command-line program's process, also while the cluster's
+  # start-up blocks in C++); after it, a worker killed while exporting would leave the
+  # others waiting in a collective.
   preemption = PreemptionStop()
   preemption.install()
   try:

@@ -41,7 +41,7 @@ def test_a_worker_waiting_for_its_cluster_says_so_and_a_signal_ends_it_at_once(t
        "--train_steps=2", f"--model_dir={tmp_path}/m"],
       env=dict(os.environ, TF_CONFIG=local_cluster.tf_config(ports, 0)),
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  deadline = threading.Timer(120, proc.kill)  # old code waits for ever
+  deadline = threading.Timer(120, proc.kill)  # a worker deaf to signals would wait for ever
   deadline.start()
   try:
     lines = []

@@ -7,12 +7,15 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
+from absl import logging
 
-from trainer import export, files, train
-from trainer.errors import ConfigError
+from trainer import cli, export, files, preemption, train
+from trainer.errors import ConfigError, Interrupted
 from trainer.inner_loop import Trainer
 from datafiles import tree_digest
 from flag_helpers import parse
@@ -126,6 +129,102 @@ def test_sigterm_then_sigint_save_a_checkpoint_and_the_reruns_resume_bit_exact(t
   err = finish(start(tmp_path))
   assert f"ckpt-{second}" in err and f"from step {second} to 300" in err
   assert digest(tmp_path) == uninterrupted()  # two signals later: the same weights
+
+
+def _signals_thread() -> bool:
+  return any(t.name == "tapeloop-signals" for t in threading.enumerate())
+
+
+def _blocked(signum) -> bool:
+  return signum in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def _interrupted_before_training(action):
+  with pytest.raises(Interrupted, match="stopped by SIGTERM before training"):
+    try:
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(5)
+    finally:
+      action.uninstall()
+
+
+def test_a_signal_before_training_ends_a_program_but_raises_in_a_library_caller(monkeypatch):
+  # A script or a notebook calling train_and_evaluate keeps its process: Interrupted, no
+  # thread that would end it. A command-line program (cli.run_app) ends it at once.
+  library = preemption.PreemptionStop()
+  library.install()
+  assert not _signals_thread() and not _blocked(signal.SIGTERM)
+  _interrupted_before_training(library)
+  seen = []
+
+  def program(argv):
+    del argv
+    action = preemption.PreemptionStop()
+    action.install()
+    seen.append((cli.in_program(), _signals_thread(), _blocked(signal.SIGTERM)))
+    action.uninstall()
+
+  monkeypatch.setattr(sys, "argv", ["program"])
+  handler = logging.get_absl_handler()
+  monkeypatch.setattr(handler, "formatter", handler.formatter)
+  monkeypatch.setattr(handler, "filters", list(handler.filters))
+  with pytest.raises(SystemExit) as e:
+    cli.run_app(program, "program", {})
+  assert e.value.code in (0, None) and seen == [(True, True, True)]
+  assert not cli.in_program() and not _blocked(signal.SIGTERM)
+
+
+def test_without_sigtimedwait_a_program_keeps_python_s_handlers(monkeypatch):
+  # macOS's Python has no signal.sigtimedwait: no thread (it would die), no blocked signals
+  # (Ctrl-C would be ignored), a signal before training raises as in a library caller.
+  monkeypatch.delattr(signal, "sigtimedwait")
+  action = preemption.PreemptionStop(at_once=True)
+  action.install()
+  assert not _signals_thread() and not _blocked(signal.SIGTERM)
+  _interrupted_before_training(action)
+
+
+def test_a_signal_pending_at_uninstall_goes_to_the_callers_handler():
+  received = []
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+  try:
+    action = preemption.PreemptionStop(at_once=True)
+    action.install()
+    assert _blocked(signal.SIGTERM)
+    action._at_once._closed.set()  # pylint: disable=protected-access
+    action._at_once._thread.join()  # pylint: disable=protected-access
+    # Sent to the main thread, which blocks it: pending until uninstall unblocks it.
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+    action.uninstall()
+    assert received == [signal.SIGTERM] and not _blocked(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_signal_ends_a_main_thread_stuck_outside_python_after_the_grace(tmp_path):
+  # The main thread blocked in a system call never runs the Python handler: the signals'
+  # thread ends the process GRACE_SECONDS later, with the stop line and 128 + n.
+  read_end, write_end = os.pipe()
+  ready_read, ready_write = os.pipe()
+  pid = os.fork()
+  if pid == 0:  # pragma: no cover (the child)
+    try:
+      os.dup2(os.open(tmp_path / "stderr", os.O_WRONLY | os.O_CREAT), 2)
+      preemption.EndsAtOnce()
+      os.write(ready_write, b"r")
+      os.read(read_end, 1)
+    finally:
+      os._exit(0)
+  os.read(ready_read, 1)
+  os.kill(pid, signal.SIGTERM)
+  start = time.monotonic()
+  _, status = os.waitpid(pid, 0)
+  for fd in (read_end, write_end, ready_read, ready_write):
+    os.close(fd)
+  assert os.waitstatus_to_exitcode(status) == 128 + signal.SIGTERM
+  assert preemption.GRACE_SECONDS <= time.monotonic() - start < preemption.GRACE_SECONDS + 3
+  assert (tmp_path / "stderr").read_text().startswith("stopped by SIGTERM before training")
 
 
 def test_fp32_divergence_stops_naming_the_step_and_keeps_the_last_good_state(tmp_path):
