@@ -140,27 +140,32 @@ def _quiet_tfds():
     logger.removeFilter(quiet)
 
 
-def _define_flags() -> None:
-  # Defined only when run as a program: importing this module must not claim --dataset.
-  flags.DEFINE_string("dataset", "fashion_mnist", "TFDS dataset to prepare.")
+def define_flags(flag_values=flags.FLAGS) -> None:
+  """The program's flags. Defined only when run as a program: importing this module must
+  not claim --dataset (trainer.main's flag)."""
+  flags.DEFINE_string("dataset", "fashion_mnist", "TFDS dataset to prepare.",
+                      flag_values=flag_values)
   flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the trainer's, "
-                      "$TFDS_DATA_DIR else ~/tensorflow_datasets).")
+                      "$TFDS_DATA_DIR else ~/tensorflow_datasets).", flag_values=flag_values)
   flags.DEFINE_string("source_dir", DEBIAN_DIR,
-                      "Where Debian's dataset-fashion-mnist put the gz files.")
+                      "Where Debian's dataset-fashion-mnist put the gz files.",
+                      flag_values=flag_values)
 
 
-def main(argv):
+def main(argv, flag_values=flags.FLAGS):
   del argv
-  fv = flags.FLAGS
+  fv = flag_values
   try:
     root = prepare(fv.dataset, fv.data_dir, fv.source_dir)
   except DataError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  # --data_dir only where the commands would not look by default.
+  elsewhere = os.path.realpath(root) != os.path.realpath(tfds_source.default_data_dir())
   print(f"{fv.dataset} is ready in {shlex.quote(root)}; train with --dataset={fv.dataset}"
-        + (f" --data_dir={shlex.quote(root)}" if fv.data_dir else ""))
+        + (f" {shlex.quote('--data_dir=' + root)}" if elsewhere else ""))
 
 
 if __name__ == "__main__":
-  _define_flags()
+  define_flags()
   app.run(main)

@@ -96,14 +96,17 @@ def _flags_only(kind: str, args: list[str]) -> None:
     from trainer import tune  # pylint: disable=g-import-not-at-top
     tune.parse_args(args)
   elif kind == "prepare":
-    from input_pipeline import prepare  # pylint: disable=g-import-not-at-top
-    own = flags.FlagValues()  # trainer.main's flags already claim --dataset globally
-    define = flags.DEFINE_string
-    flags.DEFINE_string = lambda *a, **k: define(*a, flag_values=own, **k)
-    prepare._define_flags()  # pylint: disable=protected-access
-    own(["prepare", *args])
+    _prepare_flags(args)
   else:
     raise ValueError(f"no flags-only check for {kind}")
+
+
+def _prepare_flags(args: list[str]):
+  from input_pipeline import prepare  # pylint: disable=g-import-not-at-top
+  own = flags.FlagValues()  # trainer.main's flags already claim --dataset globally
+  prepare.define_flags(own)
+  own(["prepare", *args])
+  return prepare, own
 
 
 def _run(case) -> int:
@@ -123,6 +126,10 @@ def _run(case) -> int:
     return tune.main(args)
   if kind == "sweep":
     return _load_script("sweep").main(args)
+  if kind == "prepare":
+    prepare, own = _prepare_flags(args)
+    prepare.main([], own)
+    return 0
   if kind == "local_cluster":
     sys.argv = ["local_cluster.py", *args]
     return _load_script("local_cluster").main()

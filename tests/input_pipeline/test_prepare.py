@@ -105,3 +105,21 @@ def test_tfds_prepares_quietly(tmp_path, capfd):
     logging.set_verbosity(level)
   assert builder.is_prepared()
   assert out + err == "", (out + err)[:2000]
+
+
+def test_the_last_line_names_data_dir_only_where_it_is_not_the_default(tmp_path, monkeypatch,
+                                                                      capsys):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  default, elsewhere = tmp_path / "tfds", tmp_path / "my data"
+  monkeypatch.setenv("TFDS_DATA_DIR", str(default))
+  monkeypatch.setattr(prepare, "prepare", lambda dataset, data_dir, source: data_dir)
+  lines = []
+  for data_dir in (default, elsewhere):
+    own = flags.FlagValues()
+    prepare.define_flags(own)
+    own(["prepare", f"--data_dir={data_dir}"])
+    prepare.main([], own)
+    lines.append(capsys.readouterr().out.strip())
+  assert lines[0] == (f"fashion_mnist is ready in {default}; train with "
+                      "--dataset=fashion_mnist")
+  assert lines[1].endswith(f"--dataset=fashion_mnist '--data_dir={elsewhere}'")
