@@ -46,12 +46,45 @@ def _blocks(text: str):
       i += 1
 
 
+# Commands quoted inline in a sentence that the test does not run, each with its reason
+# (a block's command says it with `# needs:`); each must still be in the docs.
+INLINE_NOT_RUN = {
+    "python -m trainer.flags > docs/flags.md":
+        "rewrites docs/flags.md; test_options checks the file is its output",
+    "python scripts/benchmark.py --device=gpu": "needs a GPU",
+    "python scripts/ablation.py --flagfile=configs/fashion_best.cfg":
+        "trains every ablation of the best config for 20 epochs: hours on a CPU, no dry run",
+}
+# An upper-case word in an inline command's arguments is a placeholder (DIR, ROOT): a
+# pattern, not a command to paste.
+_PLACEHOLDER = re.compile(r"\b[A-Z]{3,}\b")
+
+
+def _inline_commands(text: str):
+  """Each `code` span of the prose (outside the blocks) that is a command with arguments
+  starting one of tapeloop's programs; a bare program name (`scripts/sweep.py`) is none."""
+  code_lines = set()
+  for _, lines in _blocks(text):
+    code_lines.update(lines)
+  for line in text.splitlines():
+    if line in code_lines or line.startswith("    "):
+      continue
+    for span in re.findall(r"(?<!`)`([^`]+)`(?!`)", line):
+      words = span.split()
+      named_only = len(words) <= (3 if words[0].endswith("python") else 1)
+      if _START.match(span) and not named_only and span not in INLINE_NOT_RUN:
+        if words[0] == "make" or not _PLACEHOLDER.search(" ".join(words[1:])):
+          yield span
+
+
 def shown_commands():
   """(file, command line, needs) of each shell command the docs show that starts one of
-  tapeloop's programs; needs: what a trailing `# ... needs: X` comment says it needs."""
-  out = []
+  tapeloop's programs, in their blocks, then those only quoted inline in the prose; needs:
+  what a trailing `# ... needs: X` comment says it needs."""
+  out, inline = [], []
   for path in DOCS:
-    for language, lines in _blocks(open(path).read()):
+    text = open(path).read()
+    for language, lines in _blocks(text):
       if language not in ("indented", "", "sh", "shell", "bash", "console"):
         continue
       i = 0
@@ -65,6 +98,12 @@ def shown_commands():
           needs = re.search(r"#.*\bneeds: ([^#]+)$", line)
           out.append((os.path.relpath(path, ROOT), line.strip(),
                       needs.group(1).strip() if needs else None))
+    inline += [(os.path.relpath(path, ROOT), span) for span in _inline_commands(text)]
+  shown = [shlex.split(line, comments=True) for _, line, _ in out]
+  for doc, span in inline:
+    if shlex.split(span) not in shown:  # once: a command is tested where it first appears
+      shown.append(shlex.split(span))
+      out.append((doc, span, None))
   return out
 
 
@@ -109,11 +148,11 @@ def ran(tmp_path_factory):
   env = {k: v for k, v in os.environ.items() if k != "TFDS_DATA_DIR"}
   env["HOME"] = str(home)
   first_train = _trainer_line(_make_n(["train"], env))
-  cases, keys = {"first": [], "dry": [], "real": []}, []
+  cases, keys = {"first": [], "dry": [], "real": []}, {}
 
   def add(phase, key, case):
     case["out"] = str(outs / f"case{len(keys)}")
-    keys.append(key)
+    keys[case["out"]] = key
     cases[phase].append(case)
 
   add("first", ("Makefile", "make train"), {"kind": "main", "mode": "run", "args": first_train})
@@ -127,7 +166,7 @@ def ran(tmp_path_factory):
       continue
     if needs:
       add("dry", (doc, line), {"kind": kind, "mode": "flags", "args": args})
-    elif kind in _LONG or "--continuous" in args:
+    elif (kind in _LONG or "--continuous" in args) and "--help" not in args:
       add("dry", (doc, line), {"kind": kind, "mode": "run", "args": ["--dry_run", *args]})
     else:
       add("real", (doc, line), {"kind": kind, "mode": "run", "args": args})
@@ -141,7 +180,8 @@ def ran(tmp_path_factory):
                         timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = {}
-  for key, case in zip(keys, [c for p in ("first", "dry", "real") for c in cases[p]]):
+  for case in [c for phase in cases.values() for c in phase]:
+    key = keys[case["out"]]
     read = lambda suffix, c=case: open(f"{c['out']}.{suffix}").read()
     results[key] = (int(read("status")), read("stdout"), read("stderr"))
   trees = [json.loads((base / f"tree-{n}.json").read_text()) for n in range(3)]
@@ -159,6 +199,13 @@ def test_the_docs_show_the_commands_a_user_meets_first():
   assert readme[0].startswith("python -m trainer.main"), "the headline command comes first"
 
 
+def test_inline_commands_are_tested_unless_named_with_a_reason():
+  inline = {line for doc, line, _ in shown_commands() if doc == "README.md"}
+  assert {"make tutorial", "make bench-stream", "python -m trainer.main --help"} <= inline
+  text = "".join(open(path).read() for path in DOCS)
+  assert all(f"`{command}`" in text for command in INLINE_NOT_RUN)
+
+
 def test_every_shown_command_exits_0(ran):
   failed = [f"{doc}: {line}\n  exit {status}: {(err.strip().splitlines() or ['?'])[-1]}"
             for (doc, line), (status, _, err) in ran["results"].items() if status != 0]
@@ -168,9 +215,11 @@ def test_every_shown_command_exits_0(ran):
 def test_dry_runs_write_nothing_and_say_what_would_run(ran):
   after_train, after_dry = ran["trees"][0], ran["trees"][1]
   assert after_dry == after_train  # no model_dir, no cache, no prepared data: nothing
-  outputs = [out for (doc, line), (_, out, _) in ran["results"].items()
-             if "python -m trainer.main" in line and "needs:" not in line]
-  assert outputs and all("dry run: nothing was written" in out for out in outputs)
+  outputs = {line: out for (doc, line), (_, out, _) in ran["results"].items()
+             if "python -m trainer.main" in line and "needs:" not in line
+             and "--help" not in line}
+  assert outputs and all("dry run: nothing was written" in out for out in outputs.values()), [
+      line for line, out in outputs.items() if "dry run: nothing was written" not in out]
   headline = ran["results"][("README.md", shown_commands()[0][1])][1]
   assert "parameters" in headline and "data fashion_mnist: train " in headline
   assert re.search(r"train: \d+ steps", headline) and "eval on validation every" in headline
