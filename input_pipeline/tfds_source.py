@@ -31,7 +31,13 @@ READ_ONLY = False
 
 
 class NotPrepared(DataError):
-  """A dataset a run would download and prepare, met by a dry run (READ_ONLY)."""
+  """A dataset a run would download and prepare (the network may be there), met by a dry
+  run (READ_ONLY): its name and the data_dir it would be prepared in."""
+
+  def __init__(self, name: str, data_dir: str):
+    self.name, self.data_dir = name, data_dir
+    super().__init__(f"TFDS dataset {name!r} is not prepared in {shlex.quote(data_dir)} "
+                     "(--data_dir): a run without --dry_run downloads and prepares it there")
 
 
 def default_data_dir() -> str:
@@ -105,9 +111,7 @@ def _prepare(builder, name: str, manual_dir: str | None) -> None:
                     f"is prepared, or put {files} in {shlex.quote(str(manual_dir))}"
                     + ("" if fix else ", or use idx:DIR (docs/data.md)"))
   if READ_ONLY:
-    raise NotPrepared(f"TFDS dataset {name!r} is not prepared in {where} (--data_dir): a run "
-                    "without --dry_run downloads and prepares it there (`make data` does for "
-                    "fashion_mnist)")
+    raise NotPrepared(name, str(builder.data_dir_root))
   config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
   try:
     builder.download_and_prepare(download_config=config)

@@ -299,9 +299,18 @@ def test_with_an_empty_home_an_unprepared_dataset_names_make_data_and_data_dir(
     input_pipeline.load("fashion_mnist")
   assert str(error.value).startswith(f"TFDS dataset 'fashion_mnist' is not prepared in {default} ")
   assert "`make data`" in str(error.value) and "--data_dir" in str(error.value)
-  with pytest.raises(input_pipeline.DataError, match="is not prepared"):
-    dry_run.report(config.from_args(["--dataset=fashion_mnist", "--dry_run",
-                                      f"--model_dir={tmp_path / 'run'}"]))
+  args = ["--dataset=fashion_mnist", "--dry_run", f"--model_dir={tmp_path / 'run'}"]
+  # Without network the dry run refuses as the run would; with it, the run would download
+  # the data (as the sweep's check lets it): the dry run says so and passes.
+  monkeypatch.setattr(tfds_source, "_host_resolves", lambda url: False)
+  with pytest.raises(input_pipeline.DataError, match="is not prepared .* there is no network"):
+    dry_run.report(config.from_args(args))
+  monkeypatch.setattr(tfds_source, "_host_resolves", lambda url: True)
+  said = dry_run.report(config.from_args(args))
+  assert said.startswith("dry run: nothing was written; without --dry_run this would "
+                         f"download and prepare fashion_mnist into {default} (network needed)")
+  dry_run.check_runs([args])  # the sweep's check agrees
   assert not (tmp_path / "run").exists() and not tfds_source.READ_ONLY
+  assert os.listdir(home) == []
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "elsewhere"))
   assert tfds_source.default_data_dir() == str(tmp_path / "elsewhere")

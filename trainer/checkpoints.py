@@ -34,6 +34,13 @@ def _listdir(directory: str) -> list[str]:
     return []
 
 
+def checkpoint_steps(directory: str) -> list[int]:
+  """The steps of the checkpoints in a directory (their files' names), newest first."""
+  return sorted({int(match.group(1)) for match in map(_CHECKPOINT_FILE.fullmatch,
+                                                      _listdir(directory)) if match},
+                reverse=True)
+
+
 class _UnrestoredValues(py_logging.Filter):
   def filter(self, record):
     message = str(record.msg)
@@ -81,9 +88,8 @@ class Checkpoints:
     file is not trusted alone: a crash can leave it behind the files, or remove nothing."""
     # tf.io.gfile, not Python's glob: a gs:// model_dir would show no checkpoints. Listed,
     # not globbed: a glob pattern built on a model_dir named like runs/exp[1] matches nothing.
-    steps = {int(match.group(1)) for match in map(_CHECKPOINT_FILE.fullmatch,
-                                                  _listdir(self.directory)) if match}
-    return [os.path.join(self.directory, f"ckpt-{step}") for step in sorted(steps, reverse=True)]
+    return [os.path.join(self.directory, f"ckpt-{step}")
+            for step in checkpoint_steps(self.directory)]
 
   def restore(self, path: str | None = None) -> str | None:
     """Restores `path`, or else the newest readable checkpoint (call under

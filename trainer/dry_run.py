@@ -8,21 +8,18 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shlex
 
 import tensorflow as tf
 
 import models
 from input_pipeline import tfds_source
+from trainer import checkpoints, distribute, run_files, run_record
 from trainer import config as config_lib
-from trainer import distribute, run_files, run_record
 from trainer import plan as run_plan
 from trainer.child_runs import FLAGS_LOCK
 from trainer.config import Config
 from trainer.errors import UsageError
-
-_CKPT = re.compile(r"ckpt-(\d+)\.index")
 
 
 def set_read_only(on: bool) -> bool:
@@ -42,14 +39,9 @@ def read_only():
 
 
 def latest_step(model_dir: str) -> int | None:
-  """The step of model_dir's newest checkpoint (its name ckpt-STEP), None without one."""
-  directory = os.path.join(model_dir, "checkpoints")
-  try:
-    names = tf.io.gfile.listdir(directory) if tf.io.gfile.isdir(directory) else []
-  except tf.errors.OpError:
-    return None
-  steps = [int(m.group(1)) for m in map(_CKPT.fullmatch, names) if m]
-  return max(steps) if steps else None
+  """The step of model_dir's newest checkpoint, None without one."""
+  steps = checkpoints.checkpoint_steps(os.path.join(model_dir, "checkpoints"))
+  return steps[0] if steps else None
 
 
 def _strategy(config: Config):
@@ -92,7 +84,10 @@ def _report(config: Config) -> str:
   changed = run_record.check(config, recorded)
   strategy, cluster_note = _strategy(config)
   run_plan.check_replicas(config, strategy)
-  data = config.load_data()
+  try:
+    data = config.load_data()
+  except tfds_source.NotPrepared as e:  # the host resolves: the run would download it
+    return _to_download(config, e, recorded)
   plan = run_plan.resolve(config, data, strategy, recorded)
   step = latest_step(config.model_dir) or 0
   run_record.check_length(config, step, plan.total_steps)
@@ -124,6 +119,22 @@ def _report(config: Config) -> str:
   if cluster_note:
     lines.append(cluster_note)
   return "\n".join(lines)
+
+
+def _to_download(config: Config, missing: tfds_source.NotPrepared,
+                 recorded: dict | None) -> str:
+  """The dry run of a run whose TFDS dataset is not prepared but could be downloaded (its
+  host resolves; without network the dry run refuses as the run would): what it would
+  download; the model and the plan follow from the data, known once it is there."""
+  where = shlex.quote(config.model_dir)
+  then = f"starts a new run in {where}" if recorded is None else f"goes on with the run in {where}"
+  return "\n".join([
+      f"dry run: nothing was written; without --dry_run this would download and prepare "
+      f"{missing.name} into {shlex.quote(missing.data_dir)} (network needed), then {then}",
+      "the model, the data's sizes, the steps and the eval cadence follow from the data: "
+      "the dry run says them once it is prepared",
+      f"outputs: {where} (checkpoints, TensorBoard events, export, results.json)",
+  ])
 
 
 def evaluate_report(config: Config, recorded: dict, split: str | None,
