@@ -20,8 +20,7 @@ from absl import logging
 from input_pipeline import folder, idx, kaggle_csv, tfds_source
 from input_pipeline.data import Data, DataError, Split, make_data
 from input_pipeline.records import fit
-# Read without TensorFlow (specs.py); here too, where the sources are.
-from input_pipeline.specs import PIPELINES, parse_image_size, parse_spec  # noqa: F401
+from input_pipeline.specs import parse_spec
 from input_pipeline.stream import StreamSplit, materialize
 
 # IDX and CSV files carry no class count; the formats' datasets are 10-class.

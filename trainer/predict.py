@@ -87,7 +87,7 @@ from absl import logging
 
 import input_pipeline
 from input_pipeline import DataError, folder
-from input_pipeline.sources import parse_spec
+from input_pipeline.specs import parse_spec
 from trainer import dry_run, export, run_files
 from trainer.errors import UsageError
 from trainer import options

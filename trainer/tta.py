@@ -9,11 +9,6 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from input_pipeline.specs import TTA_VIEWS, parse_tta
-
-# --tta's values are read without TensorFlow (the flags are checked before it loads).
-VIEWS, parse = TTA_VIEWS, parse_tta
-
 
 def _shift(images: tf.Tensor, dy: int, dx: int) -> tf.Tensor:
   """Moves the content by (dy, dx) pixels, filling with zeros (as --augment's translate)."""

@@ -3,7 +3,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import input_pipeline
-from input_pipeline import DataError, sources, tfds_source
+from input_pipeline import DataError, sources, specs, tfds_source
 
 
 @pytest.mark.parametrize("spec,expected", [
@@ -15,7 +15,7 @@ from input_pipeline import DataError, sources, tfds_source
     ("synthetic:classes=3", ("synthetic", "classes=3")),
 ])
 def test_parse_spec(spec, expected):
-  assert sources.parse_spec(spec) == expected
+  assert specs.parse_spec(spec) == expected
 
 
 @pytest.mark.parametrize("spec,message", [

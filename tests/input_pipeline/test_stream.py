@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import input_pipeline
 from datafiles import tiny_tfds_builder, write_image_folder, write_tiny_tfds
-from input_pipeline import sources
+from input_pipeline import sources, specs
 from input_pipeline.data import DataError
 from input_pipeline.in_memory import IndexStream
 from input_pipeline.records import ShardRecords, fit
@@ -253,7 +253,7 @@ def test_choose_pipeline():
   assert sources.choose_pipeline("auto", None, 100)[0] == "in_memory"
   assert sources.choose_pipeline("stream", 1, 100) == ("stream", "--pipeline=stream (0.00 GB "
                                                        "decoded)")
-  assert sources.parse_image_size("64") == (64, 64)
-  assert sources.parse_image_size("64x48") == (64, 48)
+  assert specs.parse_image_size("64") == (64, 64)
+  assert specs.parse_image_size("64x48") == (64, 48)
   with pytest.raises(DataError, match="--image_size=64x: give H or HxW"):
-    sources.parse_image_size("64x")
+    specs.parse_image_size("64x")

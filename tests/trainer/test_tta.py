@@ -13,6 +13,7 @@ import tensorflow as tf
 import input_pipeline
 from flag_helpers import parse
 from runs import read_scalars, run
+from input_pipeline import specs
 from trainer import tta
 from trainer.errors import ConfigError
 from trainer.evaluator import Evaluator
@@ -23,7 +24,7 @@ DATASET = "synthetic:shape=12x12x1,classes=4,train=256,test=70"
 @pytest.mark.parametrize("text,views", [("none", ()), ("flip", ("flip",)),
                                         ("translate,flip", ("flip", "translate"))])
 def test_parse(text, views):
-  assert tta.parse(text, "fashion_mnist") == views
+  assert specs.parse_tta(text, "fashion_mnist") == views
 
 
 @pytest.mark.parametrize("args,problem", [
