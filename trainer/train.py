@@ -32,11 +32,8 @@ def train_and_evaluate(config: Config, process_start: float | None = None) -> di
   """Trains to the target step (resuming from model_dir), evaluates, exports; returns the
   results that also go to model_dir/results.json. process_start: when the command started
   (trainer.phases.process_start), so that the phases include the start-up before this."""
-  log = run_log.RunLog()  # the chief's model_dir/tapeloop.log
-  try:
+  with run_log.RunLog() as log:  # the chief's model_dir/tapeloop.log
     return _train_and_evaluate(config, process_start, log)
-  finally:
-    log.close()
 
 
 def _train_and_evaluate(config: Config, process_start: float | None,
@@ -219,7 +216,7 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
                                     data.pipeline)
     if data.folder_check:
       run_files.write_folder_check(config.model_dir, data.folder_check)
-    log.start(config.model_dir)
+  log.start(config.model_dir if chief else None)
   _describe(config, plan, trainer)
   actions = _actions(config, plan, trainer, output_dir, phases, preemption, trial)
   timing, stopped_at = _train(config, plan, trainer, actions)

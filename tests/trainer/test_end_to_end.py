@@ -10,12 +10,14 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import logging
 
 import input_pipeline
 import models
 from datafiles import write_kaggle_csv
 from flag_helpers import parse
 from runs import read_hparams, read_images, read_scalars, read_text, run
+from trainer import run_log
 from trainer.train import train_and_evaluate
 
 DATASET = "synthetic:shape=12x12x1,classes=4,train=320,test=70"
@@ -72,7 +74,6 @@ def test_console_progress_lines(trained):
   assert "Traceback" not in proc.stderr
 
 
-
 def test_the_console_is_short_and_the_full_log_is_in_model_dir(trained):
   model_dir, proc = trained
   # The console: the time and the message, as docs/usage.md shows; absl's prefix (level,
@@ -83,6 +84,25 @@ def test_the_console_is_short_and_the_full_log_is_in_model_dir(trained):
   with open(os.path.join(model_dir, "tapeloop.log")) as f:
     log = f.read()
   assert re.search(absl_prefix.pattern + r"step 1/16  epoch 0.12  loss", log, re.M), log[:1000]
+
+
+def test_the_run_log_ends_with_the_error_and_a_worker_holds_no_lines(tmp_path, capfd):
+  # The error that ended a run, and its traceback, are in tapeloop.log (the console shows
+  # the one line: trainer/cli.py); a worker other than the chief writes no log.
+  with pytest.raises(ValueError):
+    with run_log.RunLog() as log:
+      log.start(str(tmp_path))
+      logging.warning("a line before the error")
+      raise ValueError("bad value\nits detail")
+  text = (tmp_path / "tapeloop.log").read_text()
+  assert "a line before the error" in text
+  assert "the run ended with ValueError: bad value" in text and "Traceback" in text
+  assert "Traceback" not in capfd.readouterr().err
+  with run_log.RunLog() as worker:
+    logging.warning("held until the run's checks pass")
+    worker.start(None)
+    logging.warning("a worker's line")
+    assert not worker._held  # pylint: disable=protected-access
 
 
 def test_tensorboard_events(trained):
