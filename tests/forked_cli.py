@@ -16,7 +16,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trainer import main as tl_main  # pylint: disable=wrong-import-position
-# What a run imports after parsing its flags (TensorFlow, Keras, the packages): once, here.
+from trainer import tf_env  # pylint: disable=wrong-import-position
+
+# What a run imports after parsing its flags (TensorFlow, Keras, the packages): once, here,
+# with the process settings a run applies first.
+tf_env.apply()
 importlib.import_module("trainer.train")
 
 PARALLEL = 2

@@ -214,7 +214,10 @@ def test_every_shown_command_exits_0(ran):
 
 def test_dry_runs_write_nothing_and_say_what_would_run(ran):
   after_train, after_dry = ran["trees"][0], ran["trees"][1]
-  assert after_dry == after_train  # no model_dir, no cache, no prepared data: nothing
+  # No model_dir, no cache, no prepared data: nothing. (Keras's HOME/.keras/keras.json is
+  # not seen here: the runner imported Keras once, before HOME was the test's; a dry run's
+  # own process keeps it out of HOME: test_tf_env.)
+  assert after_dry == after_train
   outputs = {line: out for (doc, line), (_, out, _) in ran["results"].items()
              if "python -m trainer.main" in line and "needs:" not in line
              and "--help" not in line}

@@ -141,6 +141,8 @@ def run_app(main, usage: str, groups: dict[str, list[str]]) -> None:
       _in_program = False
 
   def _guarded(argv):
+    if "dry_run" in flags.FLAGS and flags.FLAGS["dry_run"].value:
+      tf_env.keras_writes_nothing()
     if not _verbose():
       # TensorFlow warns on every traced iteration over a distributed dataset.
       warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data")

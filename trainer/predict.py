@@ -57,7 +57,6 @@ def define_flags() -> None:
                       "submission.csv for a dataset: ImageId,Label).")
 
 
-
 def run():
   """Console script entry point (tapeloop-predict): the flags are parsed before this
   module's TensorFlow part below is imported (as trainer.predict), then its main runs."""

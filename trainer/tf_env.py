@@ -4,10 +4,12 @@ An explicitly set variable is never overridden."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -39,6 +41,21 @@ def is_start_up_noise(line: str) -> bool:
   if "cuInit" in line and os.path.exists("/dev/nvidiactl"):
     return False
   return bool(_START_UP_NOISE.search(line))
+
+
+def keras_writes_nothing() -> None:
+  """For a dry run, which writes nothing, before Keras is imported: Keras 3 writes
+  KERAS_HOME/keras.json (default ~/.keras) at its import when the file is missing. Then
+  KERAS_HOME is a temporary directory, removed at exit: the settings Keras would have
+  written are its defaults anyway. An existing keras.json, only read, is kept in use."""
+  if "KERAS_HOME" in os.environ or "keras" in sys.modules:
+    return
+  home = os.path.expanduser("~")
+  home = home if os.access(home, os.W_OK) else "/tmp"  # Keras's own fallback
+  if os.path.exists(os.path.join(home, ".keras", "keras.json")):
+    return
+  os.environ["KERAS_HOME"] = tempfile.mkdtemp(prefix="tapeloop-keras-")
+  atexit.register(shutil.rmtree, os.environ["KERAS_HOME"], ignore_errors=True)
 
 
 # Set by trainer/child_runs.py in a trainer it starts: the parent's process id.

@@ -90,3 +90,21 @@ def test_tensorflow_start_up_chatter_is_filtered_and_other_lines_pass():
                                    " INTERNAL: CUDA error") != os.path.exists("/dev/nvidiactl")
   assert not tf_env.is_start_up_noise("W0000 00:00:1 12 gpu_device.cc:2] Cannot dlopen some "
                                       "GPU libraries")
+
+
+def test_a_dry_run_keeps_keras_from_writing_its_settings_into_home(tmp_path, monkeypatch):
+  # Keras 3 writes ~/.keras/keras.json at its import when it is missing: in a dry run its
+  # home is a temporary directory instead; an existing keras.json stays in use.
+  import shutil  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("HOME", str(tmp_path))
+  monkeypatch.delenv("KERAS_HOME", raising=False)
+  monkeypatch.delitem(sys.modules, "keras", raising=False)  # as before a program's first import of Keras
+  tf_env.keras_writes_nothing()
+  keras_home = os.environ["KERAS_HOME"]
+  assert os.path.isdir(keras_home) and not keras_home.startswith(str(tmp_path))
+  shutil.rmtree(keras_home)
+  monkeypatch.delenv("KERAS_HOME")
+  (tmp_path / ".keras").mkdir()
+  (tmp_path / ".keras" / "keras.json").write_text("{}")
+  tf_env.keras_writes_nothing()
+  assert "KERAS_HOME" not in os.environ
