@@ -86,8 +86,8 @@ class PreemptionStop(Action):
   Under MultiWorkerMirroredStrategy only the signalled worker ends: the others fail in
   their first collective (exit 1), at once while its machine still refuses connections,
   or after the coordination service's heartbeat timeout, 10 s (docs/reliability.md).
-  After training (the final evals and the
-  export, collectives too) the signal is noted (`signal`) and the run finishes."""
+  After training (the final evals and the export, collectives too) the signal is noted
+  (`signal`) and the run finishes."""
 
   on_preemption = True
 
@@ -98,7 +98,8 @@ class PreemptionStop(Action):
     self._previous = {}
     self._installed_by_start = False
     self._at_once = None
-    self._ends_at_once = (cli.in_program() if at_once is None else at_once) and can_end_at_once()
+    at_once = cli.in_program() if at_once is None else at_once
+    self._ends_at_once = at_once and can_end_at_once()
 
   def _handle(self, signum, frame):
     del frame
