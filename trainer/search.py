@@ -113,9 +113,6 @@ def parse_search(specs: list[str]) -> list[Search]:
   return out
 
 
-# The flags trainer.config.Config.load_data reads: the data is read once per their values.
-_DATA_FLAGS = ("dataset", "data_dir", "manual_dir", "num_classes", "validation_split", "seed",
-               "image_size", "pipeline", "memory_budget_gb", "skip_bad_images")
 # Beyond this many combinations of the searches' extreme values, each search's values are
 # checked with the others at their first only.
 _MAX_COMBINATIONS = 256
@@ -143,7 +140,7 @@ def check_trial_flags(base: list[str], searches: list[Search]) -> None:
       with FLAGS_LOCK:
         cfg = config.from_args([*base, *(f"--{k}={v}" for k, v in values.items())])
       trial.check_config(cfg)
-      data_key = repr([cfg.flag_values.get(name) for name in _DATA_FLAGS])
+      data_key = repr([getattr(cfg, name) for name in config.DATA_FLAGS])
       if data_key not in loaded:
         loaded[data_key] = cfg.load_data()
       plan = run_plan.resolve(cfg, loaded[data_key], tf.distribute.get_strategy())

@@ -21,10 +21,9 @@ from absl import logging
 
 from trainer.actions import Action, Stop
 from trainer.errors import ConfigError
+from trainer.tune_choices import OBJECTIVES, PRUNERS
 
 ENV = "TAPELOOP_TRIAL"
-OBJECTIVES = {"accuracy": "maximize", "loss": "minimize"}
-PRUNERS = ("median", "hyperband", "none")
 _FIELDS = ("storage", "study", "trial_id", "number", "objective", "pruner", "startup_trials")
 
 
