@@ -140,6 +140,11 @@ def test_a_trial_without_a_validation_split_is_refused(tmp_path, monkeypatch):
      "with --validation_split=0: a tuning trial needs a held-out validation split"),
     (["--search=strategy=choice:auto|multi_worker"], "with --strategy=multi_worker: "
      "--strategy=multi_worker: a tuning trial is one process on one machine"),
+    # Its model built (a shape check), and its strategy's replicas.
+    (["--search=widths=choice:16|16,32,64", "--", "--model=airbench"],
+     "with --widths=16,32,64: 8x8 images are too small for airbench's 3 conv groups"),
+    (["--search=batch_size=choice:32|33", "--", "--strategy=mirrored", "--cpu_devices=2"],
+     "with --batch_size=33: --batch_size=33 is not divisible by the 2 replicas"),
     (["--search=batch_size=choice:32|64", "--search=accumulation_steps=choice:1|8"],
      "a trial with --batch_size=64 --accumulation_steps=8: --batch_size=64 x "
      "--accumulation_steps=8 is more than the 384 training examples"),
