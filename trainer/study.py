@@ -29,7 +29,7 @@ KILL_RETRIES = 2
 def hidden(url: str) -> str:
   """The storage URL without its password, for messages and files."""
   try:
-    import sqlalchemy  # pylint: disable=g-import-not-at-top
+    import sqlalchemy  # pylint: disable=g-import-not-at-top  (the tune extra's)
     return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
   except Exception:  # pylint: disable=broad-except  (not a URL SQLAlchemy reads)
     url = re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
@@ -138,7 +138,7 @@ class Tuner:
   waits for the other processes' running trials (taking up any whose tuner died)."""
 
   def __init__(self, settings: Settings):
-    import optuna  # pylint: disable=g-import-not-at-top
+    import optuna  # pylint: disable=g-import-not-at-top  (the tune extra's)
     self.s, self.optuna, self.trial_env = settings, optuna, trial_env
     self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
         inherit_intermediate_values=True)

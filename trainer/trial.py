@@ -58,7 +58,7 @@ def open_storage(url: str, **heartbeat):
 def pruner(name: str, startup_trials: int):
   """The Optuna pruner of --pruner. The storage does not keep a study's pruner: the
   process that asks should_prune (the trainer) builds it from this."""
-  import optuna  # pylint: disable=g-import-not-at-top
+  import optuna  # pylint: disable=g-import-not-at-top  (the tune extra's)
   if name == "median":  # a trial below the median of the others at the same step
     return optuna.pruners.MedianPruner(n_startup_trials=startup_trials)
   if name == "hyperband":  # successive halving in brackets, over the steps trained
@@ -127,7 +127,7 @@ class ReportToTrial(Action):
   def __call__(self, b):
     if b.eval is None or self.trial is None:
       return
-    import optuna  # pylint: disable=g-import-not-at-top
+    import optuna  # pylint: disable=g-import-not-at-top  (the tune extra's)
     number, value = self.spec["number"], float(getattr(b.eval, self.spec["objective"]))
     try:
       self.trial.report(value, b.step)

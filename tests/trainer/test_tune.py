@@ -171,6 +171,18 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_made(tmp_path, capsys, ar
   assert not os.path.exists(root)
 
 
+def test_a_bad_choice_is_answered_before_tensorflow_loads(tmp_path):
+  """--sampler, --pruner and --objective are checked by the TensorFlow-free parser: here a
+  TensorFlow that cannot load is never reached."""
+  (tmp_path / "tensorflow").mkdir()
+  (tmp_path / "tensorflow" / "__init__.py").write_text("raise ImportError('loaded')\n")
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT])}
+  for flag in ("--sampler=tp", "--pruner=medain", "--objective=acc"):
+    proc = subprocess.run([sys.executable, "-m", "trainer.tune", "--root=x", flag],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr, proc.stderr
+
+
 def test_a_root_holding_another_studys_trials_is_refused(tmp_path, capsys):
   """By the dry run too, which writes nothing."""
   root = tmp_path / "tune"
