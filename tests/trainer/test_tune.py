@@ -320,6 +320,27 @@ def test_a_killed_trainers_trial_is_retried_twice_in_its_dir_then_fails_naming_t
   assert run_trainer(str(tmp_path), TRIAL) == (143, stopped)
 
 
+def test_a_trainer_stopped_alone_by_sigterm_is_retried_naming_its_stop(tmp_path, capsys,
+                                                                        monkeypatch):
+  """Its own exit on SIGTERM (143, checkpoint saved) is a stop, not a failure of its
+  flags: retried like a killed trainer, and named as the stop it was."""
+  calls = []
+
+  def stopped(model_dir, args, env=None, started=None):
+    calls.append(model_dir)
+    return 143, "stopped by SIGTERM at step 20; checkpoint saved: run the same command again"
+  monkeypatch.setattr(child_runs, "run_trainer", stopped)
+  root = tmp_path / "tune"
+  assert tune.main([f"--root={root}", "--search=dropout=choice:0.1", "--trials=1", "--",
+                    *TRIAL]) == 1
+  out = capsys.readouterr().out
+  assert len(calls) == 3 and len(set(calls)) == 1
+  assert ("trial 0: its trainer was stopped by SIGTERM; retried from its checkpoint "
+          "(retry 1 of 2)") in out
+  assert "failed trial 2 (resumes trial-0000): exit 143: its trainer was stopped by " \
+         "SIGTERM, 3 times" in out
+
+
 def _settings(root, base=TRIAL):
   """A tuner's settings on the embedded study in root, as trainer.tune makes them."""
   return tune_study.Settings(
