@@ -10,6 +10,7 @@ import math
 from absl import flags as absl_flags
 import tensorflow as tf
 
+from input_pipeline import tfds_source
 from trainer import config, distribute, options, state, trial
 from trainer import flags as tl_flags
 from trainer import plan as run_plan
@@ -147,8 +148,13 @@ def check_trial_flags(base: list[str], searches: list[Search]) -> None:
       run_plan.check_replicas(cfg, strategies[strategy_key])
       data_key = repr([getattr(cfg, name) for name in config.DATA_FLAGS])
       if data_key not in loaded:
-        loaded[data_key] = cfg.load_data()
+        try:
+          loaded[data_key] = cfg.load_data()
+        except tfds_source.NotPrepared:  # a dry run's: the run would download it
+          loaded[data_key] = None
       data = loaded[data_key]
+      if data is None:
+        continue
       model_key = repr([cfg.model, sorted(cfg.model_hparams.items()), data.info.image_shape,
                         data.info.num_classes])
       if model_key not in built:
