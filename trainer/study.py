@@ -105,7 +105,8 @@ def check_study(s: Settings) -> str:
   if s.embedded and not os.path.exists(s.storage[len("sqlite:///"):]):
     return f"a new {where}"
   try:
-    engine = sqlalchemy.create_engine(trial_env.database_url(s.storage))
+    engine = sqlalchemy.create_engine(trial_env.database_url(s.storage),
+                                      **trial_env.engine_options(s.storage))
     try:
       with engine.connect() as connection:
         tables = sqlalchemy.inspect(connection).has_table("studies")

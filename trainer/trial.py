@@ -48,11 +48,16 @@ def open_storage(url: str, **heartbeat):
   waits for another process's write lock instead of failing after 5 s; database_url.
   heartbeat: RDBStorage's heartbeat arguments (the tuner's)."""
   import optuna  # pylint: disable=g-import-not-at-top  (an optional dependency)
+  return optuna.storages.RDBStorage(database_url(url), engine_kwargs=engine_options(url),
+                                    **heartbeat)
+
+
+def engine_options(url: str) -> dict:
+  """SQLAlchemy's create_engine options for a --storage, as the tuner opens it."""
   url = database_url(url)
-  engine = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite") else
-            {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-            if url.startswith("postgresql") else {"pool_pre_ping": True})
-  return optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
+  return ({"connect_args": {"timeout": 60}} if url.startswith("sqlite") else
+          {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+          if url.startswith("postgresql") else {"pool_pre_ping": True})
 
 
 def pruner(name: str, startup_trials: int):
