@@ -102,7 +102,8 @@ def check_study(s: Settings) -> str:
   import optuna  # pylint: disable=g-import-not-at-top  (the tune extra's)
   import sqlalchemy  # pylint: disable=g-import-not-at-top  (Optuna's)
   where = f"study {shlex.quote(s.study)} in {shlex.quote(hidden(s.storage))}"
-  if s.embedded and not os.path.exists(s.storage[len("sqlite:///"):]):
+  if s.storage.startswith("sqlite:///") and not os.path.exists(
+      s.storage[len("sqlite:///"):].partition("?")[0]):  # connecting would create it
     return f"a new {where}"
   try:
     engine = sqlalchemy.create_engine(trial_env.database_url(s.storage),
