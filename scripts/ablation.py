@@ -30,6 +30,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer import files  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def read_flagfile(path: str) -> dict[str, str]:
@@ -153,11 +154,11 @@ def main(argv=None) -> int:
                       help="comma-separated: run only these of the recipe's variants")
   parser.add_argument("rest", nargs="*", help="flags for every run, after --")
   args = parser.parse_args(argv)
-  from trainer import files  # pylint: disable=g-import-not-at-top
   flagfile, root = sweep.resolve(args.flagfile), sweep.resolve(args.root)
   out, data_dir = sweep.resolve(args.out), sweep.resolve(args.data_dir)
   if not files.is_local(flagfile) or not os.path.isfile(flagfile):
-    print(f"error: --flagfile={args.flagfile}: no such local file", file=sys.stderr)
+    print(f"error: --flagfile={shlex.quote(args.flagfile)}: no such local file",
+          file=sys.stderr)
     return 2
   recipe = read_flagfile(flagfile)
   if "validation_split" not in recipe:

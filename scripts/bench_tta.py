@@ -51,6 +51,8 @@ def _tta_run(data_dir: str, model_dir: str) -> dict:
 def time_to_accuracy(data_dir: str) -> dict:
   """The two runs, first without the decoded cache, then with it. The target is on the
   whole process: command start to results.json."""
+  # Here, not at the top: it loads TensorFlow, which this script (it times other
+  # processes) needs for this default alone, and not before --help.
   from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
   cache = os.path.join(data_dir, "fashion_mnist")
   runs = {}
@@ -86,6 +88,8 @@ def tta_markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  # Here, not at the top: it loads TensorFlow, which this script (it times other
+  # processes) needs for this default alone, and not before --help.
   from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
   parser.add_argument("--data_dir", default=tfds_source.default_data_dir(),
                       help="where `make data` prepared Fashion-MNIST")

@@ -100,18 +100,20 @@ def dry_run(spec: dict, trainer_args: list[str]) -> int:
   """--dry_run: the trainer's flags, data and plan checked as each task would check them
   (trainer/dry_run.py), and what would start; exit 2 with the trainer's one line if a
   task would refuse."""
+  # Here, not at the top: the tasks' launcher loads no TensorFlow (its tasks each do);
+  # only its dry run checks as a task would.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   # pylint: disable=g-import-not-at-top
   from trainer import tf_env
   tf_env.apply()
-  from absl import flags
   from trainer import dry_run as check
+  from trainer.errors import UsageError
   # pylint: enable=g-import-not-at-top
   args = ["--strategy=multi_worker", *trainer_args]
   try:
     check.check_runs([args])
-  except (ValueError, flags.Error) as e:
-    print(f"error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+  except UsageError as e:
+    print(f"error: {e}", file=sys.stderr)
     return 2
   print("dry run: nothing was started; without --dry_run these tasks run on 127.0.0.1:")
   for kind, i in tasks(spec):

@@ -33,11 +33,18 @@ from trainer import tf_env  # pylint: disable=g-import-not-at-top,wrong-import-p
 
 tf_env.apply()  # TensorFlow's settings for this process and every trial's
 
-from trainer import flags as tl_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
-from trainer import options, run_files  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags
+import tensorflow as tf
+
+from trainer import dry_run, files, options, run_files, run_record
+from trainer import flags as tl_flags
 # The trainer as a child process (also the tutorial's and the ablation's).
-from trainer.child_runs import (changed_flags, flags_for, read_json, resolve,  # pylint: disable=g-import-not-at-top,wrong-import-position
-                                run_trainer, write_experiment)
+from trainer.child_runs import (changed_flags, flags_for, read_json, resolve, run_trainer,
+                                write_experiment)
+from trainer.errors import UsageError
+from trainer.values import short
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 class SweepError(ValueError):
@@ -46,7 +53,6 @@ class SweepError(ValueError):
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
   """["lr=1,2", "dropout=0;0.2"] -> {"lr": ["1", "2"], "dropout": ["0", "0.2"]}."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   tl_flags.define_flags()
   grid = {}
   for spec in specs:
@@ -91,7 +97,6 @@ def train(model_dir: str, args: list[str], label: str) -> dict:
   model_dir holding a run of other flags (what it trains, beyond --allow_changed_flags) is
   refused here, exit status 2, without starting the trainer: it would refuse too, advising
   a new --model_dir, where a sweep's user picks a new --root."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   model_dir = resolve(model_dir)
   try:  # the trainer would refuse it too, after this made the directory and its log
     run_files.check_checkpoint_path(model_dir)
@@ -106,7 +111,6 @@ def train(model_dir: str, args: list[str], label: str) -> dict:
     other = {k: v for k, v in changed_flags(recorded, current).items()
              if k not in options.RUN_LENGTH and k not in allowed}
     if other:
-      from trainer import run_record  # pylint: disable=g-import-not-at-top
       error = (f"{shlex.quote(model_dir)} holds a run of other flags "
                f"({run_record.listed(other)}): use a "
                "new --root "
@@ -132,17 +136,14 @@ def check_trials(root: str, base: list[str], todo: list[dict[str, str]]) -> None
   """Every trial's flags, data and plan, checked as its trainer would check them before
   its first step (trainer/dry_run.py), before any trial starts: a refusal every trial
   would meet is one line, not a failed trial each."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from trainer import dry_run  # pylint: disable=g-import-not-at-top
   for trial in todo:
     args = [*base, *(f"--{k}={v}" for k, v in trial.items()),
             f"--model_dir={os.path.join(root, trial_name(trial))}"]
     try:
       dry_run.check_runs([args])
-    except (ValueError, flags.Error) as e:
-      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except UsageError as e:
       where = f"trial {trial_name(trial)}" if len(todo) > 1 else "the trial"
-      raise SweepError(f"{where}: {first} (no trial was started)") from None
+      raise SweepError(f"{where}: {e} (no trial was started)") from None
 
 
 def run_trial(trial, *, root, base_args) -> dict:
@@ -166,7 +167,6 @@ def _figures(results: dict) -> str:
 
 def table(outcomes: list[dict]) -> str:
   """Markdown, best eval accuracy first, figures to 4 significant digits."""
-  from trainer.values import short  # pylint: disable=g-import-not-at-top
   ranked = sorted(outcomes, key=lambda r: -(_eval_accuracy(r) or -1.0))
   rows = ["| trial | validation accuracy | test accuracy | train s | status |",
           "|---|---:|---:|---:|---|"]
@@ -179,8 +179,6 @@ def table(outcomes: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import files  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--flagfile", help="the base configuration of every trial")
   parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
@@ -198,9 +196,9 @@ def main(argv=None) -> int:
     if args.parallel < 1:
       raise SweepError(f"--parallel={args.parallel} must be positive")
     if flagfile and not files.is_local(flagfile):  # absl reads flagfiles with open()
-      raise SweepError(f"--flagfile={args.flagfile}: give a local file")
+      raise SweepError(f"--flagfile={shlex.quote(args.flagfile)}: give a local file")
     if flagfile and not os.path.isfile(flagfile):
-      raise SweepError(f"--flagfile={args.flagfile} does not exist")
+      raise SweepError(f"--flagfile={shlex.quote(args.flagfile)} does not exist")
     base = ([f"--flagfile={flagfile}"] if flagfile else []) + args.trainer_flags
     todo = trials(grid)
     try:
@@ -220,11 +218,11 @@ def main(argv=None) -> int:
       raise SweepError(str(e)) from None
     except tf.errors.OpError as e:
       first = (e.message or type(e).__name__).strip().splitlines()[0][:160]
-      raise SweepError(f"--root={args.root}: {first}") from None
+      raise SweepError(f"--root={shlex.quote(args.root)}: {first}") from None
   except SweepError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(f"{len(todo)} trials in {root}, {args.parallel} at a time", flush=True)
+  print(f"{len(todo)} trials in {shlex.quote(root)}, {args.parallel} at a time", flush=True)
   with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
     outcomes = list(pool.map(lambda t: run_trial(t, root=root, base_args=base), todo))
   write_experiment(root, [o.get("flags") for o in outcomes])

@@ -25,9 +25,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
 
-import bench_common  # pylint: disable=g-import-not-at-top,wrong-import-position
-import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
-from trainer import child_runs  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import sweep  # first: it applies trainer.tf_env's settings before TensorFlow loads
+
+import tensorflow as tf
+
+import bench_common
+import bench_jobs
+from input_pipeline import tfds_source
+from trainer import child_runs, files
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 # The tutorial's seven models, in its order (the benchmarks' models but the ResNet), with
 # the validation accuracy it published on MNIST (the Kaggle Digit Recognizer's training set).
@@ -49,8 +56,6 @@ def train_accuracy(model_dir: str, step: int) -> float | None:
   """The train split's accuracy with the weights of `step`, the run's last (python -m
   trainer.evaluate); an eval_train.json of another step (the run since extended) is not
   reused."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import files  # pylint: disable=g-import-not-at-top
   path = os.path.join(model_dir, "eval_train.json")
   try:
     done = files.read_json(path)
@@ -61,8 +66,9 @@ def train_accuracy(model_dir: str, step: int) -> float | None:
         f"--model_dir={model_dir}", "--split=train", "--noeval_images"])
     proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-      print(f"failed to evaluate the train split of {model_dir}: "
-            f"{proc.stderr.strip().splitlines()[-1:]}", flush=True)
+      last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+      print(f"failed to evaluate the train split of {shlex.quote(model_dir)}: {last}",
+            flush=True)
       return None
   with tf.io.gfile.GFile(path) as f:
     return json.load(f)["accuracy"]
@@ -106,7 +112,6 @@ def markdown(rows: list[dict], header: str) -> str:
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--dataset", default="fashion_mnist")
-  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
   parser.add_argument("--data_dir", default=tfds_source.default_data_dir(),
                       help="where `make data` prepared Fashion-MNIST")
   parser.add_argument("--root", default=os.path.join(ROOT, "runs", "tutorial"))
@@ -141,7 +146,6 @@ def main(argv=None) -> int:
     rows.append(row(config, title, published, results, accuracy))
     flags.append(results.get("flags"))
   sweep.write_experiment(root, flags)
-  import bench_jobs  # pylint: disable=g-import-not-at-top  (it imports TensorFlow: only now)
   machine = bench_jobs.machine()
   header = (f"The tutorial's seven models on `{args.dataset}`, measured {machine['date']} on "
             f"{machine['cpu']}, {machine['cores']} cores, TensorFlow {machine['tensorflow']}: "
@@ -157,7 +161,6 @@ def main(argv=None) -> int:
     print(f"error: {', '.join(failed)} failed (see above): {shlex.quote(output + '.md')} "
           "and .json are left as they were", file=sys.stderr)
     return 1
-  from trainer import files  # pylint: disable=g-import-not-at-top
   files.write_text(output + ".md", markdown(rows, header))
   files.write_text(output + ".json", json.dumps(
       {"dataset": args.dataset, "machine": machine, "rows": rows}, indent=2))

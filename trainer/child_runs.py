@@ -97,17 +97,16 @@ def run_trainer(model_dir: str, args: list[str], env: dict[str, str] | None = No
         f.write(before + output)
   lines = output.decode(errors="replace").strip().splitlines() or ["(no output)"]
   # A trainer killed outright printed no error: its last line is often a progress line.
-  killed = killed_by(returncode) if returncode < 0 else None
-  return returncode, killed or lines[-1].removeprefix("error: ")
+  return returncode, killed_by(returncode) or lines[-1].removeprefix("error: ")
 
 
 def killed_by(returncode: int) -> str | None:
   """How a signal ended the trainer ("killed by SIGKILL ..."), or None: the status of a
-  process killed, or the trainer's own 128+N after SIGINT or SIGTERM (its checkpoint
-  saved)."""
-  number = -returncode if returncode < 0 else returncode - 128
-  if not (returncode < 0 or number in (signal.SIGINT, signal.SIGTERM)):
+  process the signal killed. The trainer's own 128+N after SIGINT or SIGTERM is None:
+  its last line says where it stopped and how to go on."""
+  if returncode >= 0:
     return None
+  number = -returncode
   try:
     name = signal.Signals(number).name
   except ValueError:
@@ -136,8 +135,8 @@ def _wait(proc: subprocess.Popen) -> int:
 def write_experiment(root: str, runs: list[dict | None], first=()) -> list[str]:
   """One HParams experiment in root over the runs below it, each given by its flag values
   (None: unknown, left out); model hyperparameters at the values the model used, as each
-  run's session has them. Returns the hparams that differ between the runs, and those of
-  `first` (the searched flags): its first columns."""
+  run's session has them. Returns its first columns: `first` (a tuner's searched flags)
+  when given, else the hparams that differ between the runs."""
   hparams = []
   for flag_values in runs:
     if flag_values is None:

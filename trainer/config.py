@@ -21,6 +21,12 @@ from trainer import values as values_lib
 from trainer.errors import ConfigError
 
 
+# The flags load_data reads (input_pipeline.load's arguments but the first by name): the
+# same values read the same data, which the tuner's and the sweep's checks read once.
+DATA_FLAGS = ("dataset", "data_dir", "manual_dir", "num_classes", "validation_split",
+              "seed", "image_size", "pipeline", "memory_budget_gb", "skip_bad_images")
+
+
 class _Methods:
   """What a Config answers beyond its fields (one per option, and flag_values: every flag
   as given, local paths made absolute, for results.json and TensorBoard)."""
@@ -60,10 +66,7 @@ class _Methods:
     from an earlier start in model_dir is reused when its files are the same."""
     from trainer import run_files  # pylint: disable=g-import-not-at-top
     return input_pipeline.load(
-        self.dataset, data_dir=self.data_dir, manual_dir=self.manual_dir,
-        num_classes=self.num_classes, validation_split=self.validation_split, seed=self.seed,
-        image_size=self.image_size, pipeline=self.pipeline,
-        memory_budget_gb=self.memory_budget_gb, skip_bad_images=self.skip_bad_images,
+        self.dataset, **{name: getattr(self, name) for name in DATA_FLAGS[1:]},
         folder_check=run_files.read_folder_check(self.model_dir, self.dataset))
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 
+from absl import flags as absl_flags
 import tensorflow as tf
 
 import models
@@ -174,11 +175,16 @@ def evaluate_report(config: Config, recorded: dict, split: str | None,
 
 def check_runs(runs: list[list[str]]) -> None:
   """Every run's flags, data and plan as trainer.main checks them before its first step,
-  for the runs a sweep is about to start; raises the first refusal (ConfigError,
-  DataError, absl's flags.Error) with the flags of that run. Each dataset is read once; a
-  TFDS dataset that is not prepared but could be downloaded passes (its run prepares it)."""
-  with read_only():
-    _check_runs(runs)
+  for the runs a sweep is about to start; raises the first refusal (a ConfigError, a
+  DataError, absl's flags.Error) as a UsageError of its first line. Each dataset is read
+  once; a TFDS dataset that is not prepared but could be downloaded passes (its run
+  prepares it)."""
+  try:
+    with read_only():
+      _check_runs(runs)
+  except (ValueError, absl_flags.Error) as e:  # ConfigError and DataError are ValueErrors
+    text = str(e).strip()
+    raise UsageError(text.splitlines()[0] if text else type(e).__name__) from None
 
 
 def _check_runs(runs: list[list[str]]) -> None:
@@ -186,8 +192,7 @@ def _check_runs(runs: list[list[str]]) -> None:
   for args in runs:
     with FLAGS_LOCK:
       cfg = config_lib.from_args(args)
-    key = (cfg.dataset, cfg.data_dir, cfg.manual_dir, cfg.num_classes, cfg.image_size,
-           cfg.validation_split, cfg.seed, cfg.pipeline, cfg.skip_bad_images)
+    key = repr([getattr(cfg, name) for name in config_lib.DATA_FLAGS])
     if key not in loaded:
       try:
         loaded[key] = cfg.load_data()

@@ -77,7 +77,7 @@ class StudyLock:
       self.held = open(self.path, "a")  # pylint: disable=consider-using-with
       fcntl.flock(self.held, fcntl.LOCK_EX)
     elif self.engine is not None:
-      import sqlalchemy  # pylint: disable=g-import-not-at-top
+      import sqlalchemy  # pylint: disable=g-import-not-at-top  (the tune extra's)
       self.held = self.engine.connect()
       self.held.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
 
@@ -87,7 +87,7 @@ class StudyLock:
     if self.path:
       fcntl.flock(self.held, fcntl.LOCK_UN)
     else:
-      import sqlalchemy  # pylint: disable=g-import-not-at-top
+      import sqlalchemy  # pylint: disable=g-import-not-at-top  (the tune extra's)
       self.held.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
     self.held.close()
     self.held = None

@@ -10,7 +10,8 @@ import math
 from absl import flags as absl_flags
 import tensorflow as tf
 
-from trainer import config, options, trial
+from input_pipeline import tfds_source
+from trainer import config, distribute, options, state, trial
 from trainer import flags as tl_flags
 from trainer import plan as run_plan
 from trainer.child_runs import FLAGS_LOCK
@@ -113,9 +114,6 @@ def parse_search(specs: list[str]) -> list[Search]:
   return out
 
 
-# The flags trainer.config.Config.load_data reads: the data is read once per their values.
-_DATA_FLAGS = ("dataset", "data_dir", "manual_dir", "num_classes", "validation_split", "seed",
-               "image_size", "pipeline", "memory_budget_gb", "skip_bad_images")
 # Beyond this many combinations of the searches' extreme values, each search's values are
 # checked with the others at their first only.
 _MAX_COMBINATIONS = 256
@@ -124,16 +122,17 @@ _MAX_COMBINATIONS = 256
 def check_trial_flags(base: list[str], searches: list[Search]) -> None:
   """Every value a trial may get, with the base flags, checked as a trial checks them:
   trainer.config's checks, a trial's own (trainer/trial.py: one process, a validation
-  split) and its plan on its data (trainer/plan.py, under this process's default
-  strategy), so that a value no trial could run with is refused before any trial
-  starts. Each search's values first (the others at their first), then every
-  combination of them; the data is read once per distinct data flags."""
+  split), its strategy, its model built (on the CPU, for the shape checks) and its plan
+  on its data (trainer/plan.py), so that a value no trial could run with is refused
+  before any trial starts. Each search's values first (the others at their first), then
+  every combination of them; the data is read, the strategy made and the model built
+  once per distinct flags of each."""
   first = {s.name: s.extremes()[0] for s in searches}
   combos = [{**first, s.name: value} for s in searches for value in s.extremes()]
   if math.prod(len(s.extremes()) for s in searches) <= _MAX_COMBINATIONS:
     combos += [dict(zip(first, values))
                for values in itertools.product(*(s.extremes() for s in searches))]
-  loaded, checked = {}, set()
+  loaded, strategies, built, checked = {}, {}, set(), set()
   for values in combos:
     key = tuple(values.items())
     if key in checked:
@@ -143,14 +142,41 @@ def check_trial_flags(base: list[str], searches: list[Search]) -> None:
       with FLAGS_LOCK:
         cfg = config.from_args([*base, *(f"--{k}={v}" for k, v in values.items())])
       trial.check_config(cfg)
-      data_key = repr([cfg.flag_values.get(name) for name in _DATA_FLAGS])
+      strategy_key = (cfg.strategy, cfg.devices, cfg.cpu_devices)
+      if strategy_key not in strategies:
+        strategies[strategy_key] = _strategy(cfg)
+      run_plan.check_replicas(cfg, strategies[strategy_key])
+      data_key = repr([getattr(cfg, name) for name in config.DATA_FLAGS])
       if data_key not in loaded:
-        loaded[data_key] = cfg.load_data()
-      plan = run_plan.resolve(cfg, loaded[data_key], tf.distribute.get_strategy())
+        try:
+          loaded[data_key] = cfg.load_data()
+        except tfds_source.NotPrepared:  # a dry run's: the run would download it
+          loaded[data_key] = None
+      data = loaded[data_key]
+      if data is None:
+        continue
+      model_key = repr([cfg.model, sorted(cfg.model_hparams.items()), data.info.image_shape,
+                        data.info.num_classes])
+      if model_key not in built:
+        built.add(model_key)
+        with tf.device("/CPU:0"):
+          state.build_model(cfg, data.info, "float32")
+      plan = run_plan.resolve(cfg, data, strategies[strategy_key])
       trial.check_eval_split(plan.eval_split)
     except (config.ConfigError, absl_flags.Error, ValueError) as e:  # DataError too
       raise UsageError(f"{_which(values, first, searches)}: "
                        f"{str(e).strip().splitlines()[0]}") from None
+
+
+def _strategy(cfg: config.Config) -> tf.distribute.Strategy:
+  """The trial's strategy as its process would make it (distribute.create_strategy), with
+  its replicas; but this process's CPU is not split (its devices are fixed by now):
+  --cpu_devices=N under --strategy=mirrored stands for its N CPU devices."""
+  if (cfg.cpu_devices and cfg.strategy == "mirrored" and not cfg.devices
+      and not tf.config.list_logical_devices("GPU")):
+    cfg = dataclasses.replace(cfg, devices=tuple(f"/cpu:{i}" for i in range(cfg.cpu_devices)))
+  return distribute.create_strategy(dataclasses.replace(cfg, cpu_devices=None,
+                                                        intra_op_threads=None))
 
 
 def _which(values: dict, first: dict, searches: list[Search]) -> str:

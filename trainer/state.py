@@ -24,6 +24,20 @@ from trainer.progress import Progress
 _FIT_IMAGES = 2000
 
 
+def build_model(config: Config, info: DatasetInfo, precision: str,
+                hparams: dict | None = None):
+  """The run's model (models.create with the flags' hyperparameters, or `hparams`); an
+  image too small for its convolutions is a ConfigError naming the flags that fix it."""
+  try:
+    return models.create(config.model, num_classes=info.num_classes,
+                         image_shape=info.image_shape, precision=precision,
+                         **(config.model_hparams if hparams is None else hparams))
+  except InputTooSmall as e:
+    fix = "fewer --widths or a smaller --whiten" if config.model == "airbench" else (
+        "smaller --kernel_sizes")
+    raise ConfigError(f"{e}: use a larger --image_size, or {fix}") from None
+
+
 class TrainState:
   """What a checkpoint holds. output_dir: where this worker saves (default model_dir; a
   non-chief worker of a cluster passes a scratch directory)."""
@@ -44,15 +58,8 @@ class TrainState:
                      if hparams["sync_batch_norm"] else "per replica")
 
       def create_model():
-        return models.create(config.model, num_classes=info.num_classes,
-                             image_shape=info.image_shape, precision=config.mixed_precision,
-                             **hparams)
-      try:
-        self.model = create_model()
-      except InputTooSmall as e:
-        fix = "fewer --widths or a smaller --whiten" if config.model == "airbench" else (
-            "smaller --kernel_sizes")
-        raise ConfigError(f"{e}: use a larger --image_size, or {fix}") from None
+        return build_model(config, info, config.mixed_precision, hparams)
+      self.model = create_model()
       # Kept apart from optimizer.iterations, which does not advance on a skipped fp16 step.
       self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)

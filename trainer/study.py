@@ -9,18 +9,18 @@ import math
 import os
 import re
 import shlex
+import signal
 import socket
 import time
 
 import tensorflow as tf
 
-from trainer import child_runs, run_record
+from trainer import child_runs, dry_run, run_record
 from trainer import trial as trial_env
 from trainer.errors import UsageError
 from trainer.liveness import Heartbeat, StudyLock, alive
 from trainer.search import Search
 
-SAMPLERS = ("tpe", "random", "grid")
 # A trial whose trainer was killed (kill -9, the out-of-memory killer) is retried from its
 # checkpoint this many times; killed once more, it fails.
 KILL_RETRIES = 2
@@ -29,7 +29,7 @@ KILL_RETRIES = 2
 def hidden(url: str) -> str:
   """The storage URL without its password, for messages and files."""
   try:
-    import sqlalchemy  # pylint: disable=g-import-not-at-top
+    import sqlalchemy  # pylint: disable=g-import-not-at-top  (the tune extra's)
     return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
   except Exception:  # pylint: disable=broad-except  (not a URL SQLAlchemy reads)
     url = re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
@@ -63,12 +63,84 @@ class Settings:
     return self.storage.startswith("sqlite:///" + self.root)
 
 
+def study_definition(s: Settings) -> dict:
+  """What the study tunes: the trial flags, the search and the objective."""
+  return {"flags": child_runs.flags_for([*s.base, "--model_dir=/unused"]) or {},
+          "search": [x.spec for x in s.searches], "objective": s.objective}
+
+
+def refusal(s: Settings, trials, recorded: dict, definition: dict) -> tuple[str | None, bool]:
+  """(why a study recorded with `recorded` refuses `definition`, or None; whether it
+  takes the new definition instead). Another study under this name: other trial flags by
+  the rerun rule of a run (run_record: what is trained and the run's length; not how it
+  runs, whose paths differ between machines), another search or objective. A study none
+  of whose trials got past its input trained nothing (Tuner._failed_on_input): it takes
+  the new one. A trial handed back (its tuner died or was stopped, its trainer killed)
+  may have trained for hours: it holds the definition."""
+  changed = []
+  diff = child_runs.changed_flags(recorded.get("flags") or {}, definition["flags"])
+  if diff:
+    changed.append("flags (" + run_record.listed(diff) + ")")
+  changed += [k for k in ("search", "objective") if recorded.get(k) != definition[k]]
+  if not changed:
+    return None, False
+  if trials and all(Tuner._failed_on_input(t) for t in trials):  # pylint: disable=protected-access
+    return None, True
+  return (f"study {s.study!r} in {hidden(s.storage)} was started with other "
+          f"{'; '.join(changed)}: use a new --root (nothing was changed)"), False
+
+
+def _driver_missing(s: Settings) -> UsageError:
+  return UsageError(f"--storage={hidden(s.storage)}: its database driver is not "
+                    "installed: pip install -e '.[tune]' (psycopg for PostgreSQL)")
+
+
+def check_study(s: Settings) -> str:
+  """trainer.tune --dry_run's look at the study, reading only: the storage opened without
+  creating its tables, the study under its name checked as Tuner checks it. Raises what
+  the run would; returns what it would do with the study."""
+  import optuna  # pylint: disable=g-import-not-at-top  (the tune extra's)
+  import sqlalchemy  # pylint: disable=g-import-not-at-top  (Optuna's)
+  where = f"study {shlex.quote(s.study)} in {shlex.quote(hidden(s.storage))}"
+  if s.storage.startswith("sqlite:///") and not os.path.exists(
+      s.storage[len("sqlite:///"):].partition("?")[0]):  # connecting would create it
+    return f"a new {where}"
+  try:
+    engine = sqlalchemy.create_engine(trial_env.database_url(s.storage),
+                                      **trial_env.engine_options(s.storage))
+    try:
+      with engine.connect() as connection:
+        tables = sqlalchemy.inspect(connection).has_table("studies")
+    finally:
+      engine.dispose()
+    if not tables:
+      return f"a new {where}"
+    storage = trial_env.open_storage(s.storage, skip_table_creation=True)
+    study = optuna.load_study(study_name=s.study, storage=storage)
+  except ImportError:
+    raise _driver_missing(s) from None
+  except KeyError:  # no study of that name
+    return f"a new {where}"
+  except Exception as e:  # pylint: disable=broad-except  (any database's error)
+    raise UsageError(f"--storage={hidden(s.storage)}: cannot open it: "
+                     f"{first_line(e)}") from None
+  trials = study.get_trials(deepcopy=False)
+  recorded = study.user_attrs.get("definition")
+  error, supersede = (None, False) if recorded is None else refusal(
+      s, trials, recorded, study_definition(s))
+  if error:
+    raise UsageError(error)
+  if supersede:
+    return f"the {where}, whose trials so far got past no input: it would tune these flags"
+  return f"the {where}, {len(trials)} trial(s) so far"
+
+
 class Tuner:
   """One tuner process on a study: takes trials until the study has its --trials, then
   waits for the other processes' running trials (taking up any whose tuner died)."""
 
   def __init__(self, settings: Settings):
-    import optuna  # pylint: disable=g-import-not-at-top
+    import optuna  # pylint: disable=g-import-not-at-top  (the tune extra's)
     self.s, self.optuna, self.trial_env = settings, optuna, trial_env
     self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
         inherit_intermediate_values=True)
@@ -84,8 +156,7 @@ class Tuner:
             s.storage, heartbeat_interval=s.heartbeat_seconds,
             grace_period=2 * s.heartbeat_seconds, heartbeat_stale_trial_callback=self.retry)
       except ImportError:  # Optuna's wording of a missing database driver
-        raise UsageError(f"--storage={hidden(s.storage)}: its database driver is not "
-                        "installed: pip install -e '.[tune]' (psycopg for PostgreSQL)") from None
+        raise _driver_missing(s) from None
       except Exception as e:  # pylint: disable=broad-except  (any database's error)
         if attempt == 2 or "already exists" not in str(e) and "duplicate" not in str(e):
           raise UsageError(f"--storage={hidden(s.storage)}: cannot open it: "
@@ -93,33 +164,18 @@ class Tuner:
         time.sleep(1 + attempt)
     raise AssertionError("unreachable")
 
-  def _definition(self) -> dict:
-    """What the study tunes: the trial flags, the search and the objective."""
-    return {"flags": child_runs.flags_for([*self.s.base, "--model_dir=/unused"]) or {},
-            "search": [x.spec for x in self.s.searches], "objective": self.s.objective}
-
   def _check_definition(self, study, recorded: dict, definition: dict) -> None:
-    """Refuses another study under this name: other trial flags by the rerun rule of a
-    run (run_record: what is trained and the run's length; not how it runs, whose paths
-    differ between machines), another search or objective. A study none of whose trials
-    got past its input trained nothing: it takes the new definition (its trials so far
-    are left out of the table)."""
-    changed = []
-    diff = child_runs.changed_flags(recorded.get("flags") or {}, definition["flags"])
-    if diff:
-      changed.append("flags (" + run_record.listed(diff) + ")")
-    changed += [k for k in ("search", "objective") if recorded.get(k) != definition[k]]
+    """Refuses another study under this name (refusal()); a study that trained nothing
+    takes the new definition, its trials so far left out of the table."""
     trials = study.get_trials(deepcopy=False)
-    if changed and trials and all(t.state.name == "FAIL" and (
-        self._handed_back(t) or self._failed_on_input(t)) for t in trials):
+    error, supersede = refusal(self.s, trials, recorded, definition)
+    if error:
+      raise UsageError(error)
+    if supersede:
       study.set_user_attr("definition", definition)
       study.set_user_attr("superseded", [t.number for t in trials])
-      print(f"study {self.s.study}: no trial got past its input; it tunes these flags now",
-            flush=True)
-    elif changed:
-      raise UsageError(f"study {self.s.study!r} in {hidden(self.s.storage)} was started "
-                       f"with other {'; '.join(changed)}: use a new --root (nothing was "
-                       "changed)")
+      print(f"study {shlex.quote(self.s.study)}: no trial got past its input; it tunes "
+            "these flags now", flush=True)
 
   def _study(self):
     s, optuna = self.s, self.optuna
@@ -141,7 +197,7 @@ class Tuner:
         storage=self.storage, study_name=s.study, load_if_exists=True,
         direction=self.trial_env.OBJECTIVES[s.objective],
         pruner=self.trial_env.pruner(s.pruner, s.startup_trials))
-    definition = self._definition()
+    definition = study_definition(self.s)
     recorded = study.user_attrs.get("definition")
     if recorded is None:
       study.set_user_attr("definition", definition)
@@ -189,10 +245,12 @@ class Tuner:
 
   @staticmethod
   def _failed_on_input(trial) -> bool:
-    """A trial its trainer refused (exit 2: bad flags or data) before training: it counts
-    toward no --trials, and a study of only such trials may change its definition."""
-    return trial.state.name == "FAIL" and trial.user_attrs.get("error", "").startswith(
-        "exit 2:")
+    """A trial its trainer refused (exit 2: bad flags or data) before training, no
+    checkpoint in its model_dir (which its earlier attempts share): it counts toward no
+    --trials, and a study of only such trials may change its definition."""
+    return (trial.state.name == "FAIL"
+            and trial.user_attrs.get("error", "").startswith("exit 2:")
+            and dry_run.latest_step(trial.user_attrs.get("model_dir") or "") is None)
 
   def superseded(self) -> set[int]:
     """Trials of an earlier definition of the study that no trial got past its input."""
@@ -274,7 +332,11 @@ class Tuner:
       tell(value)
       print(f"done   {label}: validation {s.objective} {value:.4f}", flush=True)
       return
-    killed = child_runs.killed_by(returncode)
+    # Killed (kill -9, the out-of-memory killer), or the trainer's own exit on SIGINT or
+    # SIGTERM sent to it alone: either way its checkpoint is there to resume from.
+    killed = child_runs.killed_by(returncode) or (
+        f"stopped by {signal.Signals(returncode - 128).name}"
+        if returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM) else None)
     if killed:
       kills = trial.user_attrs.get("kills", 0) + 1
       trial.set_user_attr("kills", kills)  # carried to its retry

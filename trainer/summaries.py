@@ -98,9 +98,12 @@ def write_experiment(writer, hparam_names, domains: dict | None = None,
 
 def write_experiment_over(logdir: str, runs: list[dict], first=()) -> list[str]:
   """One HParams experiment in logdir over the runs below it (a sweep's trials, the
-  tutorial's models; each given by its flag values): what they train, the hparams that
-  differ between them first (and those of `first`, e.g. a tuner's searched flags, even
-  where the runs so far agree), with their values as domains. Returns those names.
+  tutorial's models; each given by its flag values): what they train, with the values of
+  those that differ as domains. The first columns: `first` when given (a tuner's searched
+  flags, even where the runs so far agree), else the hparams that differ between the runs.
+  TensorBoard orders the columns by HParamInfo.differs, then by name: only those are
+  marked, so that a flag that differs because of a searched one (a model's own defaults,
+  when `model` is searched) does not sort ahead of it. Returns the names marked.
 
   TensorBoard shows one experiment per --logdir, the first it finds walking down from it:
   with --logdir=LOGDIR this one (run "."), not a run's own. It replaces any earlier one
@@ -113,6 +116,7 @@ def write_experiment_over(logdir: str, runs: list[dict], first=()) -> list[str]:
   text = lambda v: json.dumps(float(v) if isinstance(v, int) and not isinstance(v, bool) else v)
   differing = [name for name in names
                if name in first or len({text(h.get(name)) for h in hparams}) > 1]
+  marked = [name for name in differing if name in first] if first else differing
   domains = {}
   for name in differing:
     domain = _domain([h.get(name) for h in hparams])
@@ -121,7 +125,7 @@ def write_experiment_over(logdir: str, runs: list[dict], first=()) -> list[str]:
   scratch = tempfile.mkdtemp(prefix="tapeloop-experiment-")
   try:
     writer = tf.summary.create_file_writer(scratch)
-    write_experiment(writer, names, domains, differing)
+    write_experiment(writer, names, domains, marked)
     writer.close()
     (written,) = os.listdir(scratch)
     tf.io.gfile.makedirs(logdir)
@@ -131,13 +135,17 @@ def write_experiment_over(logdir: str, runs: list[dict], first=()) -> list[str]:
     # under a name TensorBoard ignores, then renamed, so that it never reads half of it.
     final = os.path.join(logdir, f"events.out.tfevents.{time.time():.6f}.experiment")
     partial = os.path.join(logdir, f".experiment-{os.getpid()}.partial")
-    tf.io.gfile.copy(os.path.join(scratch, written), partial, overwrite=True)
-    tf.io.gfile.rename(partial, final, overwrite=True)
+    try:
+      tf.io.gfile.copy(os.path.join(scratch, written), partial, overwrite=True)
+      tf.io.gfile.rename(partial, final, overwrite=True)
+    finally:  # a failed copy or rename leaves no partial file in logdir
+      if tf.io.gfile.exists(partial):
+        tf.io.gfile.remove(partial)
     for path in earlier:
       tf.io.gfile.remove(path)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
-  return differing
+  return marked
 
 
 class Summaries:

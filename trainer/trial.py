@@ -21,10 +21,9 @@ from absl import logging
 
 from trainer.actions import Action, Stop
 from trainer.errors import ConfigError
+from trainer.tune_choices import OBJECTIVES, PRUNERS
 
 ENV = "TAPELOOP_TRIAL"
-OBJECTIVES = {"accuracy": "maximize", "loss": "minimize"}
-PRUNERS = ("median", "hyperband", "none")
 _FIELDS = ("storage", "study", "trial_id", "number", "objective", "pruner", "startup_trials")
 
 
@@ -49,17 +48,22 @@ def open_storage(url: str, **heartbeat):
   waits for another process's write lock instead of failing after 5 s; database_url.
   heartbeat: RDBStorage's heartbeat arguments (the tuner's)."""
   import optuna  # pylint: disable=g-import-not-at-top  (an optional dependency)
+  return optuna.storages.RDBStorage(database_url(url), engine_kwargs=engine_options(url),
+                                    **heartbeat)
+
+
+def engine_options(url: str) -> dict:
+  """SQLAlchemy's create_engine options for a --storage, as the tuner opens it."""
   url = database_url(url)
-  engine = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite") else
-            {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
-            if url.startswith("postgresql") else {"pool_pre_ping": True})
-  return optuna.storages.RDBStorage(url, engine_kwargs=engine, **heartbeat)
+  return ({"connect_args": {"timeout": 60}} if url.startswith("sqlite") else
+          {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+          if url.startswith("postgresql") else {"pool_pre_ping": True})
 
 
 def pruner(name: str, startup_trials: int):
   """The Optuna pruner of --pruner. The storage does not keep a study's pruner: the
   process that asks should_prune (the trainer) builds it from this."""
-  import optuna  # pylint: disable=g-import-not-at-top
+  import optuna  # pylint: disable=g-import-not-at-top  (the tune extra's)
   if name == "median":  # a trial below the median of the others at the same step
     return optuna.pruners.MedianPruner(n_startup_trials=startup_trials)
   if name == "hyperband":  # successive halving in brackets, over the steps trained
@@ -128,7 +132,7 @@ class ReportToTrial(Action):
   def __call__(self, b):
     if b.eval is None or self.trial is None:
       return
-    import optuna  # pylint: disable=g-import-not-at-top
+    import optuna  # pylint: disable=g-import-not-at-top  (the tune extra's)
     number, value = self.spec["number"], float(getattr(b.eval, self.spec["objective"]))
     try:
       self.trial.report(value, b.step)

@@ -29,6 +29,7 @@ Optuna (and psycopg for PostgreSQL) is the `tune` extra: pip install -e '.[tune]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import math
 import os
@@ -36,6 +37,8 @@ import shlex
 import signal
 import sys
 import warnings
+
+from trainer.tune_choices import OBJECTIVES, PRUNERS, SAMPLERS
 
 STORAGE_ENV = "TAPELOOP_STORAGE"
 
@@ -65,10 +68,9 @@ class _Parser(argparse.ArgumentParser):
                f"trainer.tune --root=... --search=... -- {shlex.quote(flag)}")
 
 
-def _parser(samplers=None, pruners=None) -> _Parser:
+def _parser() -> _Parser:
   """The tuner's command line. TensorFlow-free, so that python -m trainer.tune answers
-  --help and a mistyped flag before it loads; samplers, pruners: the choices (the
-  modules that hold them load TensorFlow; parse_args passes them)."""
+  --help, a mistyped flag and a bad choice before it loads."""
   parser = _Parser(prog="python -m trainer.tune", description=__doc__.split("\n\n")[0])
   add = parser.add_argument
   add("--flagfile", help="the trials' base flags (a trainer flagfile)")
@@ -82,10 +84,10 @@ def _parser(samplers=None, pruners=None) -> _Parser:
   add("--storage", default=os.environ.get(STORAGE_ENV),
       help="a database URL several machines share, e.g. postgresql://user:password@host/db "
       f"(or in ${STORAGE_ENV}, off the command line; default: sqlite in ROOT/study.db)")
-  add("--sampler", choices=samplers, default="tpe", help="tpe (default), random or grid")
-  add("--pruner", choices=pruners, default="median", help="median (default), hyperband or "
+  add("--sampler", choices=SAMPLERS, default="tpe", help="tpe (default), random or grid")
+  add("--pruner", choices=PRUNERS, default="median", help="median (default), hyperband or "
       "none")
-  add("--objective", choices=("accuracy", "loss"), default="accuracy",
+  add("--objective", choices=tuple(OBJECTIVES), default="accuracy",
       help="the validation figure to maximize (accuracy) or minimize (loss)")
   add("--startup_trials", type=int, default=5, help="trials TPE draws at random, and "
       "that the median pruner waits for, before either acts")
@@ -93,8 +95,9 @@ def _parser(samplers=None, pruners=None) -> _Parser:
       "tuner process)")
   add("--heartbeat_seconds", type=int, default=30, help="a running trial's tuner beats "
       "this often; a trial silent for twice as long is taken up by another tuner")
-  add("--dry_run", action="store_true", help="check the search, the trials' flags and "
-      "data, print what would run, and exit writing nothing")
+  add("--dry_run", action="store_true", help="check what the run checks before its first "
+      "trial (the search, the trials' flags, data and models, the root, the study), print "
+      "what would run, and exit writing nothing")
   add("trainer_flags", nargs="*", help="after --: flags for every trial")
   return parser
 
@@ -112,10 +115,9 @@ tf_env.apply()  # before anything imports TensorFlow
 import tensorflow as tf
 
 from trainer import child_runs, dry_run, files, run_files, tune_results
-from trainer.errors import UsageError
+from trainer.errors import ConfigError, UsageError
 from trainer.search import check_trial_flags, parse_search
-from trainer.study import SAMPLERS, Settings, Tuner, first_line, hidden
-from trainer.trial import PRUNERS
+from trainer.study import Settings, Tuner, check_study, first_line, hidden
 # pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 
@@ -128,18 +130,19 @@ class Stopped(Exception):
 
 
 def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
-  args = _parser(SAMPLERS, PRUNERS).parse_args(argv)
+  args = _parser().parse_args(argv)
   root = child_runs.resolve(args.root)
   flagfile = child_runs.resolve(args.flagfile)
   if flagfile and (not files.is_local(flagfile) or not os.path.isfile(flagfile)):
-    raise UsageError(f"--flagfile={args.flagfile}: no such local file")
+    raise UsageError(f"--flagfile={shlex.quote(args.flagfile)}: no such local file")
   for name in ("trials", "startup_trials", "heartbeat_seconds"):
     value = getattr(args, name)
     if value is not None and value < (0 if name == "startup_trials" else 1):
       raise UsageError(f"--{name}={value} must be positive")
   searches = parse_search(args.search)
   base = ([f"--flagfile={flagfile}"] if flagfile else []) + args.trainer_flags
-  check_trial_flags(base, searches)
+  with dry_run.read_only() if args.dry_run else contextlib.nullcontext():
+    check_trial_flags(base, searches)
   try:
     run_files.check_checkpoint_path(root, "--root")
   except ValueError as e:
@@ -147,7 +150,8 @@ def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
   storage = args.storage
   if storage is None:
     if not files.is_local(root):
-      raise UsageError(f"--root={args.root} is not a local directory: give --storage=URL "
+      raise UsageError(f"--root={shlex.quote(args.root)} is not a local directory: give "
+                       "--storage=URL "
                       "(e.g. postgresql://user:password@host/db), which every tuner shares")
     storage = "sqlite:///" + os.path.join(root, "study.db")
   trials = args.trials
@@ -163,17 +167,30 @@ def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
                   seed=args.seed, heartbeat_seconds=args.heartbeat_seconds), args
 
 
-def _claim_root(s: Settings) -> None:
+def _claim_root(s: Settings, write: bool = True) -> None:
   """ROOT/tune.json names the study whose trials ROOT holds: another study (or the same
-  name in another storage) would number its trials from 0 into the same directories."""
+  name in another storage) would number its trials from 0 into the same directories.
+  write: record this study when the root holds none (not in a dry run)."""
   path, mine = os.path.join(s.root, "tune.json"), {"study": s.study,
                                                     "storage": hidden(s.storage)}
   held = child_runs.read_json(path)
-  if held is None:
+  if held is None and write:
     files.write_json(path, mine)
-  elif held != mine:
-    raise UsageError(f"--root={s.root} holds the trials of study {held.get('study')!r} in "
-                    f"{held.get('storage')}: use a new --root for this one")
+  elif held is not None and held != mine:
+    raise UsageError(f"--root={shlex.quote(s.root)} holds the trials of study "
+                     f"{held.get('study')!r} in {held.get('storage')}: use a new --root "
+                     "for this one")
+
+
+def _optuna():
+  """Optuna, imported here (not at the top) because it is the optional tune extra: its
+  absence is one line saying how to install it."""
+  try:
+    import optuna  # pylint: disable=g-import-not-at-top
+  except ModuleNotFoundError:
+    raise UsageError("trainer.tune needs Optuna, the tune extra: pip install -e '.[tune]' "
+                     "(make test installs it)") from None
+  return optuna
 
 
 def _stop_on_sigterm(signum, frame):
@@ -182,20 +199,27 @@ def _stop_on_sigterm(signum, frame):
 
 
 def _dry_run(s: Settings) -> int:
-  """--dry_run: a trial's flags, data and plan checked as trainer.main checks them (with
-  each searched flag at its first value), and what the study would be; nothing written."""
+  """--dry_run: what main checks before the first trial, reading only (parse_args has
+  checked every value the search may draw): Optuna, the root (writable, not another
+  study's), the study (its storage, its definition); then a trial's flags, data and plan
+  as trainer.main checks them (each searched flag at its first value). Nothing written."""
+  _optuna()
+  try:
+    run_files.check_model_dir(s.root)
+  except ConfigError as e:  # its words name --model_dir
+    raise UsageError(str(e).replace("--model_dir=", "--root=", 1)) from None
+  _claim_root(s, write=False)
+  study = check_study(s)
   first = [f"--{x.name}={x.extremes()[0]}" for x in s.searches]
   trial_dir = os.path.join(s.root, "trial-0000")
   try:
     dry_run.check_runs([[*s.base, *first, f"--model_dir={trial_dir}"]])
-  except Exception as e:  # pylint: disable=broad-except  (ConfigError, DataError, flags)
-    if not isinstance(e, ValueError) and type(e).__module__.split(".")[0] != "absl":
-      raise
-    raise UsageError(f"the trial flags: {first_line(e)}") from None
+  except UsageError as e:
+    raise UsageError(f"the trial flags: {e}") from None
   print(f"dry run: nothing was written; without --dry_run this runs {s.trials} trials "
         f"({s.sampler} sampler, {s.pruner} pruner) over "
         f"{' '.join(shlex.quote('--search=' + x.spec) for x in s.searches)}, each in "
-        f"{shlex.quote(s.root)}/trial-NNNN, the study in {hidden(s.storage)}")
+        f"{shlex.quote(s.root)}/trial-NNNN, in {study}")
   return 0
 
 
@@ -204,11 +228,7 @@ def main(argv=None) -> int:
     settings, args = parse_args(argv)
     if args.dry_run:
       return _dry_run(settings)
-    try:
-      import optuna  # pylint: disable=g-import-not-at-top
-    except ModuleNotFoundError:
-      raise UsageError("trainer.tune needs Optuna: pip install -e '.[tune]' (make test "
-                      "installs it)") from None
+    optuna = _optuna()
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # Optuna's heartbeat is meant for Study.optimize; the tuner beats itself (_Heartbeat).
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
@@ -219,14 +239,14 @@ def main(argv=None) -> int:
     try:
       tf.io.gfile.makedirs(settings.root)
     except tf.errors.OpError as e:
-      raise UsageError(f"--root={settings.root}: {first_line(e)}") from None
+      raise UsageError(f"--root={shlex.quote(settings.root)}: {first_line(e)}") from None
     tuner = tuner or Tuner(settings)
     _claim_root(settings)
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  import shlex  # pylint: disable=g-import-not-at-top
-  print(f"study {settings.study} in {hidden(settings.storage)}: {settings.trials} trials, "
+  print(f"study {shlex.quote(settings.study)} in {shlex.quote(hidden(settings.storage))}: "
+        f"{settings.trials} trials, "
         f"sampler {settings.sampler}, pruner {settings.pruner}; trials in "
         f"{shlex.quote(settings.root)}",
         flush=True)

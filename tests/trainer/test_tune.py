@@ -9,10 +9,13 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import optuna
 import pytest
+import tensorflow as tf
+from tensorboard.plugins.hparams import backend_context
 
 import postgres
 from flag_helpers import parse
@@ -59,7 +62,7 @@ def _starts(model_dir):
   with open(os.path.join(model_dir, "train.log")) as f:
     log = f.read()
   return (len(re.findall(r"training mlp on \S+ from step 0 ", log)),
-          [int(s) for s in re.findall(r"resumed from \S+ckpt-(\d+)", log)])
+          [int(s) for s in re.findall(r"resumed from .*ckpt-(\d+)$", log, re.M)])
 
 
 def test_an_eval_below_the_median_prunes_the_trial_at_that_boundary(tmp_path, monkeypatch):
@@ -118,6 +121,9 @@ def test_a_trial_without_a_validation_split_is_refused(tmp_path, monkeypatch):
      "--sampler=grid takes choice: or int: values"),
     (["--search=dropout=uniform:0:0.5", "--storage=postgresql://me:secret@127.0.0.1:9/db"],
      "--storage=postgresql://me:***@127.0.0.1:9/db: cannot open it:"),
+    (["--search=dropout=uniform:0:0.5", "--dry_run",
+      "--storage=postgresql://me:secret@127.0.0.1:9/db"],
+     "--storage=postgresql://me:***@127.0.0.1:9/db: cannot open it:"),
     (["--search=dropout=uniform:0:0.5", "--root=ram://tune"],
      "--root=ram://tune is not a local directory: give --storage=URL"),
     (["--search=dropout=uniform:0:0.5", "--sampler=cmaes"],
@@ -140,6 +146,11 @@ def test_a_trial_without_a_validation_split_is_refused(tmp_path, monkeypatch):
      "with --validation_split=0: a tuning trial needs a held-out validation split"),
     (["--search=strategy=choice:auto|multi_worker"], "with --strategy=multi_worker: "
      "--strategy=multi_worker: a tuning trial is one process on one machine"),
+    # Its model built (a shape check), and its strategy's replicas.
+    (["--search=widths=choice:16|16,32,64", "--", "--model=airbench"],
+     "with --widths=16,32,64: 8x8 images are too small for airbench's 3 conv groups"),
+    (["--search=batch_size=choice:32|33", "--", "--strategy=mirrored", "--cpu_devices=2"],
+     "with --batch_size=33: --batch_size=33 is not divisible by the 2 replicas"),
     (["--search=batch_size=choice:32|64", "--search=accumulation_steps=choice:1|8"],
      "a trial with --batch_size=64 --accumulation_steps=8: --batch_size=64 x "
      "--accumulation_steps=8 is more than the 384 training examples"),
@@ -163,15 +174,55 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_made(tmp_path, capsys, ar
   assert not os.path.exists(root)
 
 
+def test_a_bad_choice_is_answered_before_tensorflow_loads(tmp_path):
+  """--sampler, --pruner and --objective are checked by the TensorFlow-free parser: here a
+  TensorFlow that cannot load is never reached."""
+  (tmp_path / "tensorflow").mkdir()
+  (tmp_path / "tensorflow" / "__init__.py").write_text("raise ImportError('loaded')\n")
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), ROOT])}
+  for flag in ("--sampler=tp", "--pruner=medain", "--objective=acc"):
+    proc = subprocess.run([sys.executable, "-m", "trainer.tune", "--root=x", flag],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr, proc.stderr
+
+
 def test_a_root_holding_another_studys_trials_is_refused(tmp_path, capsys):
+  """By the dry run too, which writes nothing."""
   root = tmp_path / "tune"
   root.mkdir()
   (root / "tune.json").write_text(json.dumps({"study": "other", "storage": "sqlite://x"}))
-  assert tune.main([f"--root={root}", "--search=dropout=uniform:0:0.5", "--", *TRIAL]) == 2
-  err = capsys.readouterr().err.strip().splitlines()
-  assert err == [f"error: --root={root} holds the trials of study 'other' in sqlite://x: "
-                 "use a new --root for this one"]
-  assert sorted(os.listdir(root)) == ["study.db", "tune.json"]
+  for dry in (["--dry_run"], []):
+    assert tune.main([f"--root={root}", "--search=dropout=uniform:0:0.5", *dry, "--",
+                      *TRIAL]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --root={root} holds the trials of study 'other' in sqlite://x: "
+                   "use a new --root for this one"]
+    assert sorted(os.listdir(root)) == ["study.db", "tune.json"][bool(dry):]
+
+
+def test_a_dry_run_checks_what_the_run_checks_before_its_first_trial(tmp_path, capsys,
+                                                                     monkeypatch):
+  """Optuna (the tune extra) imported, the study read: a new one, or the same one going
+  on; nothing written. Without Optuna, one line saying how to install it."""
+  root = tmp_path / "sp ace"
+  argv = [f"--root={root}", "--search=dropout=uniform:0:0.5", "--dry_run", "--", *TRIAL]
+  assert tune.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "dry run: nothing was written" in out and not os.path.exists(root)
+  assert f"in a new study {shlex.quote(str(root))} in " in out
+  root.mkdir()
+  tune_study.Tuner(_settings(root, base=TRIAL)).study.add_trial(optuna.create_trial(
+      state=optuna.trial.TrialState.FAIL, user_attrs={"error": "exit 1: boom"}))
+  before = sorted((p.name, p.stat().st_mtime_ns) for p in root.iterdir())
+  assert tune.main([*argv[:1], "--search=learning_rate=loguniform:1e-4:1e-2",
+                    *argv[2:]]) == 0
+  assert f"in the study {shlex.quote(str(root))} in " in capsys.readouterr().out
+  assert sorted((p.name, p.stat().st_mtime_ns) for p in root.iterdir()) == before
+  monkeypatch.setitem(sys.modules, "optuna", None)  # the tune extra not installed
+  assert tune.main(argv) == 2
+  assert capsys.readouterr().err.strip().splitlines() == [
+      "error: trainer.tune needs Optuna, the tune extra: pip install -e '.[tune]' (make "
+      "test installs it)"]
 
 
 def test_a_rerun_of_a_study_with_other_trial_flags_is_refused(tmp_path, capsys):
@@ -182,25 +233,44 @@ def test_a_rerun_of_a_study_with_other_trial_flags_is_refused(tmp_path, capsys):
       "flags": child_runs.flags_for([*TRIAL, "--model_dir=/x"]),
       "search": ["dropout=uniform:0:0.5"], "objective": "accuracy"})
   argv = [f"--root={root}", f"--storage=sqlite:///{tmp_path}/s.db",
-          "--search=dropout=uniform:0:0.5", "--", *TRIAL]
-  assert tune.main([*argv, "--epochs=5", "--data_dir=/elsewhere"]) == 2
-  err = capsys.readouterr().err.strip().splitlines()
-  assert err == [f"error: study '{root}' in sqlite:///{tmp_path}/s.db was started with "
-                 "other flags (--epochs=4 -> 5): use a new --root (nothing was changed)"]
-  assert not os.path.exists(root)
+          "--search=dropout=uniform:0:0.5"]
+  for dry in (["--dry_run"], []):  # the dry run refuses it as the run does
+    assert tune.main([*argv, *dry, "--", *TRIAL, "--epochs=5", "--data_dir=/elsewhere"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: study '{root}' in sqlite:///{tmp_path}/s.db was started with "
+                   "other flags (--epochs=4 -> 5): use a new --root (nothing was changed)"]
+    assert not os.path.exists(root)
 
 
-def _kill_trainers(monkeypatch, which=lambda args: True, times=None):
-  """kill -9 of the trainers the tuner starts that `which(args)` picks, as soon as each
-  starts (the out-of-memory killer's way), at most `times` of them; the tuner lives."""
+def _checkpoint_steps(model_dir):
+  directory = os.path.join(model_dir, "checkpoints")
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return [int(m.group(1)) for m in map(re.compile(r"ckpt-(\d+)\.index").fullmatch, names)
+          if m]
+
+
+def _kill_trainers(monkeypatch, which=lambda args: True, times=None, when=None):
+  """kill -9 of the trainers the tuner starts that `which(args)` picks (the out-of-memory
+  killer's way), at most `times` of them; the tuner lives. when(model_dir, n): for the
+  n-th kill (from 1), a test polled until it holds, or None: at once, as it starts."""
   run_trainer, killed = child_runs.run_trainer, []
+
+  def kill_when(pid, ready):
+    while _running(pid) and not ready():
+      time.sleep(0.01)
+    if _running(pid):
+      os.kill(pid, signal.SIGKILL)
 
   def run(model_dir, args, env=None, started=None):
     def start(pid):
       started(pid)
       if which(args) and (times is None or len(killed) < times):
         killed.append(pid)
-        os.kill(pid, signal.SIGKILL)
+        ready = when(model_dir, len(killed)) if when else None
+        if ready is None:
+          os.kill(pid, signal.SIGKILL)
+        else:
+          threading.Thread(target=kill_when, args=(pid, ready), daemon=True).start()
     return run_trainer(model_dir, args, env, start)
   monkeypatch.setattr(child_runs, "run_trainer", run)
   return killed
@@ -208,14 +278,23 @@ def _kill_trainers(monkeypatch, which=lambda args: True, times=None):
 
 def test_a_killed_trainers_trial_is_retried_twice_in_its_dir_then_fails_naming_the_kill(
     tmp_path, capsys, monkeypatch):
-  """The tuner alive, its trainer killed: the trial is retried in its own model_dir (from
-  its checkpoint), study.KILL_RETRIES times, then fails naming the kill, not the trainer's
-  last line. Printed paths are quoted (the root has a space)."""
+  """The tuner alive, its trainer killed: the trial is retried in its own model_dir from
+  its checkpoint, study.KILL_RETRIES times, then fails naming the kill, not the trainer's
+  last line. Killed after its first checkpoint, then after a later one (the retry's,
+  which resumed from it), then at once. Printed paths are quoted (the root has a space)."""
   root = tmp_path / "sp ace"
   run_trainer = child_runs.run_trainer
-  killed = _kill_trainers(monkeypatch)
+  saved = []
+
+  def when(model_dir, n):
+    if n == 1:
+      return lambda: saved.extend(_checkpoint_steps(model_dir)) or saved
+    return (lambda: max(_checkpoint_steps(model_dir)) > max(saved)) if n == 2 else None
+  killed = _kill_trainers(monkeypatch, when=when)
+  long = ["--dataset=synthetic:shape=8x8x1,classes=4,train=20000,test=64",
+          "--eval_every=1000", "--steps_per_loop=20", "--checkpoint_every=20"]
   assert tune.main([f"--root={root}", "--search=dropout=choice:0.1", "--trials=1", "--",
-                    *TRIAL]) == 1
+                    *TRIAL, *long]) == 1
   out, err = capsys.readouterr()
   assert len(killed) == 3 and tune_study.KILL_RETRIES == 2
   for retry, label in ((1, "trial 0"), (2, "trial 1 (resumes trial-0000)")):
@@ -230,11 +309,39 @@ def test_a_killed_trainers_trial_is_retried_twice_in_its_dir_then_fails_naming_t
   assert _study(root).trials[-1].user_attrs["error"] == error
   assert [d for d in os.listdir(root) if d.startswith("trial-")] == ["trial-0000"]
   assert f"| 1 | trial-0000 | - | 0.1 | - | - | failed ({error}) |" in out
+  starts, resumed = _starts(root / "trial-0000")
+  assert starts == 1 and resumed == [max(saved)] and resumed[0] > 0, out
   assert f"tensorboard --logdir {shlex.quote(str(root))} (HParams tab)" in out
   assert err.strip() == "error: no trial completed"
   # The sweep's, the tutorial's and the ablation's trials say the same of a killed trainer.
   assert run_trainer(str(tmp_path), TRIAL, started=lambda pid: os.kill(pid, signal.SIGKILL)) == (
       -9, "killed by SIGKILL (kill -9, or the out-of-memory killer)")
+  # The trainer's own exit on SIGTERM (143) keeps its last line, which says how to go on.
+  stopped = "stopped by SIGTERM at step 40; checkpoint saved: run the same command again"
+  monkeypatch.setattr(child_runs, "trainer_command", lambda module, args: (
+      ["sh", "-c", f"echo 'error: {stopped}'; exit 143"], dict(os.environ)))
+  assert run_trainer(str(tmp_path), TRIAL) == (143, stopped)
+
+
+def test_a_trainer_stopped_alone_by_sigterm_is_retried_naming_its_stop(tmp_path, capsys,
+                                                                        monkeypatch):
+  """Its own exit on SIGTERM (143, checkpoint saved) is a stop, not a failure of its
+  flags: retried like a killed trainer, and named as the stop it was."""
+  calls = []
+
+  def stopped(model_dir, args, env=None, started=None):
+    calls.append(model_dir)
+    return 143, "stopped by SIGTERM at step 20; checkpoint saved: run the same command again"
+  monkeypatch.setattr(child_runs, "run_trainer", stopped)
+  root = tmp_path / "tune"
+  assert tune.main([f"--root={root}", "--search=dropout=choice:0.1", "--trials=1", "--",
+                    *TRIAL]) == 1
+  out = capsys.readouterr().out
+  assert len(calls) == 3 and len(set(calls)) == 1
+  assert ("trial 0: its trainer was stopped by SIGTERM; retried from its checkpoint "
+          "(retry 1 of 2)") in out
+  assert "failed trial 2 (resumes trial-0000): exit 143: its trainer was stopped by " \
+         "SIGTERM, 3 times" in out
 
 
 def _settings(root, base=TRIAL):
@@ -248,7 +355,21 @@ def test_a_study_whose_trials_all_failed_on_input_takes_new_flags_and_drops_them
     tmp_path, capsys):
   """A study that trained nothing (its only trial refused its input, exit 2) does not lock
   its root: a rerun with other flags is accepted, and that trial counts toward no --trials
-  and leaves the table. A study with a trial that trained still refuses them."""
+  and leaves the table. A study with a trial that trained still refuses them: one handed
+  back (its tuner stopped: it may have trained for hours), or an exit 2 whose model_dir
+  holds a checkpoint."""
+  for name, attrs, checkpoint in (("handed", {}, False),
+                                  ("trained", {"error": "exit 2: bad"}, True)):
+    other = tmp_path / name
+    (other / "trial-0000" / "checkpoints").mkdir(parents=True)
+    if checkpoint:
+      (other / "trial-0000" / "checkpoints" / "ckpt-6.index").write_text("")
+    study = tune_study.Tuner(_settings(other, base=[*TRIAL, "--validation_split=0"])).study
+    for trial_attrs in (attrs, {"error": "exit 2: bad"}):
+      study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={
+          "model_dir": str(other / "trial-0000"), **trial_attrs}))
+    with pytest.raises(tune.UsageError, match=r"other flags \(--validation_split=0.0 -> 0.25"):
+      tune_study.Tuner(_settings(other))
   root = tmp_path / "tune"
   root.mkdir()
   study = tune_study.Tuner(_settings(root, base=[*TRIAL, "--validation_split=0"])).study
@@ -295,6 +416,7 @@ def test_the_table_shows_each_trial_as_it_is_now_in_short_numbers_and_one_experi
   trial(0, 0.00025226105656484053, {"validation_accuracy": 0.8125, "global_step": 48,
                                     "train_seconds": 2.0}, value=0.8125)
   tune_results.report(tuner)  # the first tuner's report: one trial, nothing differs yet
+  assert _columns(root)[:1] == [("learning_rate", True)]
   # Pruned at step 12, then trained to its end by hand (results.json rewritten).
   trial(1, 0.0051234567, {"validation_accuracy": 0.90625, "global_step": 48,
                           "train_seconds": 3.0},
@@ -314,6 +436,34 @@ def test_the_table_shows_each_trial_as_it_is_now_in_short_numbers_and_one_experi
   experiment = read_experiment(root)
   assert [(h.name, h.differs) for h in experiment.hparam_infos][0] == ("learning_rate", True)
   assert [h.name for h in experiment.hparam_infos if h.differs] == ["learning_rate"]
+
+
+def _columns(logdir):
+  """The HParams columns of logdir's experiment in the order TensorBoard shows them
+  (its backend sorts them so), with their `differs` marks."""
+  experiment = read_experiment(logdir)
+  backend_context._sort_and_reduce_to_hparams_limit(experiment)  # pylint: disable=protected-access
+  return [(h.name, h.differs) for h in experiment.hparam_infos]
+
+
+def test_the_searched_flags_are_the_first_columns_and_no_partial_file_is_left(
+    tmp_path, monkeypatch):
+  """Searching --model makes the models' own hyperparameters differ too (activation,
+  hidden_units, ...), which TensorBoard would sort ahead of it by name: only the searched
+  flags are marked. A failed copy of the experiment leaves no partial file."""
+  runs = [child_runs.flags_for([*TRIAL, f"--model={m}", "--model_dir=/x"])
+          for m in ("mlp", "cnn")]
+  root = tmp_path / "root"
+  assert child_runs.write_experiment(str(root), runs, first=["model"]) == ["model"]
+  assert _columns(root)[:2] == [("model", True), ("accumulation_steps", False)]
+  assert child_runs.write_experiment(str(root / "sweep"), runs)[:1] == ["activation"]
+
+  def fail(*args, **kwargs):
+    raise tf.errors.PermissionDeniedError(None, None, "read-only")
+  monkeypatch.setattr(tf.io.gfile, "rename", fail)
+  with pytest.raises(tf.errors.PermissionDeniedError):
+    child_runs.write_experiment(str(root), runs, first=["model"])
+  assert not [n for n in os.listdir(root) if "partial" in n]
 
 
 def test_a_killed_tuners_trial_resumes_a_hopeless_one_is_pruned_and_best_cfg_reruns(
