@@ -32,6 +32,7 @@ sys.path.insert(0, ROOT)
 from trainer import tf_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 tf_env.apply()  # TensorFlow's settings for this process and every trial's
+tf_env.leave_gpus_to_children()  # it checks on GPUs its trials train on
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags

@@ -94,6 +94,19 @@ def _signals_held():
     signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
+def leave_gpus_to_children() -> None:
+  """In a process that starts trainers and checks their flags and data itself (the tuner,
+  the sweep): TensorFlow reserves nearly all of every GPU's memory at the process's first
+  op unless memory growth is on, which would leave the trainers it starts none. Call
+  after apply(), before the first op; too late, it changes nothing."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for gpu in tf.config.list_physical_devices("GPU"):
+    try:
+      tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError:  # the runtime has started: its memory is reserved already
+      return
+
+
 def apply() -> None:
   """Call before the first `import tensorflow` of the process: sets the variables, then
   imports TensorFlow and probes its devices with the C++ start-up noise filtered out of

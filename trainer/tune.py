@@ -111,6 +111,7 @@ if __name__ == "__main__":
 from trainer import tf_env
 
 tf_env.apply()  # before anything imports TensorFlow
+tf_env.leave_gpus_to_children()  # it checks on GPUs its trials train on
 
 import tensorflow as tf
 

@@ -108,3 +108,19 @@ def test_a_dry_run_keeps_keras_from_writing_its_settings_into_home(tmp_path, mon
   (tmp_path / ".keras" / "keras.json").write_text("{}")
   tf_env.keras_writes_nothing()
   assert "KERAS_HOME" not in os.environ
+
+
+def test_a_process_that_starts_trainers_leaves_them_the_gpus_memory(monkeypatch):
+  # No GPU here: TensorFlow's device list and its memory-growth switch stand in.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  gpus, grown = ["GPU:0", "GPU:1"], []
+  monkeypatch.setattr(tf.config, "list_physical_devices",
+                      lambda kind=None: gpus if kind == "GPU" else [])
+  monkeypatch.setattr(tf.config.experimental, "set_memory_growth",
+                      lambda device, on: grown.append((device, on)))
+  tf_env.leave_gpus_to_children()
+  assert grown == [("GPU:0", True), ("GPU:1", True)]
+  for launcher in ("trainer/tune.py", "scripts/sweep.py"):
+    with open(os.path.join(ROOT, launcher)) as f:
+      source = f.read()
+    assert source.index("tf_env.leave_gpus_to_children()") < source.index("def main(")
