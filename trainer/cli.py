@@ -22,6 +22,7 @@ from trainer.errors import ConfigError, DataError, Interrupted, UsageError
 
 EXIT_USAGE = 2      # bad flag, file, data or model_dir
 EXIT_DIVERGED = 3   # non-finite loss or collapsed fp16 loss scale
+EXIT_PEER_LOST = 4  # a collective failed: a task of the cluster (or a remote store) is gone
 # Stopped by a signal after a checkpoint: 128 + the signal's number, as shells report it
 # (130 for SIGINT, 143 for SIGTERM).
 
@@ -127,6 +128,15 @@ def _load(main):
   return importlib.import_module(main).main
 
 
+def _peer_lost(error: Exception) -> bool:
+  """TensorFlow's errors of a peer that went away: under MultiWorkerMirroredStrategy the
+  next collective of the tasks left fails with one of these (a connection refused, the
+  coordination service's missed heartbeats, the collective aborted)."""
+  return (type(error).__module__.startswith("tensorflow")
+          and type(error).__name__ in ("UnavailableError", "AbortedError",
+                                       "DeadlineExceededError"))
+
+
 def run_app(main, usage: str, groups: dict[str, list[str]]) -> None:
   """Runs main(argv) with tapeloop's exit statuses and console; --help lists `groups`.
   main: a function, or the name of the module whose main(argv) to run: that module (and
@@ -164,6 +174,14 @@ def run_app(main, usage: str, groups: dict[str, list[str]]) -> None:
     except Interrupted as e:
       print(str(e), file=sys.stderr)
       sys.exit(128 + e.signum)
+    except Exception as e:  # pylint: disable=broad-except
+      if _verbose() or not _peer_lost(e):
+        raise
+      line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+      print(f"error: {type(e).__name__}: {line}: a task of the cluster (or a remote "
+            "filesystem) stopped answering; run the same command again on every task: "
+            "training resumes from the last checkpoint", file=sys.stderr)
+      sys.exit(EXIT_PEER_LOST)
     except KeyboardInterrupt:
       if _verbose():
         raise

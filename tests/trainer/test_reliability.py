@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from absl import logging
 
 from trainer import cli, export, files, preemption, train
@@ -380,3 +381,22 @@ def test_a_damaged_results_json_is_rebuilt(tmp_path):
     assert rebuilt["global_step"] == again["global_step"] == 8
     assert rebuilt["weights_digest"] == first["weights_digest"]
     assert rebuilt["test_accuracy"] == first["test_accuracy"]
+
+
+def test_a_peer_gone_from_the_cluster_is_one_line_and_exit_4(monkeypatch, capsys):
+  # The tasks left by one that ended fail in their next collective with TensorFlow's
+  # UnavailableError: one line naming it and the rerun, not a traceback.
+  def program(argv):
+    del argv
+    raise tf.errors.UnavailableError(None, None, "Collective ops is aborted by: failed to "
+                                     "connect to all addresses\nAdditional GRPC info")
+
+  monkeypatch.setattr(sys, "argv", ["program"])
+  handler = logging.get_absl_handler()
+  monkeypatch.setattr(handler, "formatter", handler.formatter)
+  monkeypatch.setattr(handler, "filters", list(handler.filters))
+  with pytest.raises(SystemExit) as e:
+    cli.run_app(program, "program", {})
+  err = capsys.readouterr().err
+  assert e.value.code == 4 and len(err.strip().splitlines()) == 1
+  assert "UnavailableError: Collective ops is aborted" in err and "every task" in err
