@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
 
+from forked_cli import run_child
 from trainer import main as tl_main
 importlib.import_module("trainer.train")  # what a run imports after its flags: once, here
 # pylint: enable=wrong-import-position,g-import-not-at-top
@@ -137,21 +138,8 @@ def _run(case) -> int:
 
 
 def _child(case, work: str) -> None:
-  out = case["out"]
-  for fd, suffix in ((1, "stdout"), (2, "stderr")):
-    os.dup2(os.open(f"{out}.{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
   os.chdir(work)
-  try:
-    status = _run(case)
-  except SystemExit as e:
-    status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-  except BaseException:  # pylint: disable=broad-except
-    import traceback  # pylint: disable=g-import-not-at-top
-    traceback.print_exc()
-    status = 1
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os._exit(status or 0)  # no atexit handlers of the parent's copy
+  run_child(case["out"], lambda: _run(case))
 
 
 def _tree(*roots) -> dict:

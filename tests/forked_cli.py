@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import sys
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,22 +27,27 @@ importlib.import_module("trainer.train")
 PARALLEL = 2
 
 
-def _child(args, out) -> None:
+def run_child(out: str, run) -> None:
+  """In a forked child: run() with stdout and stderr in OUT.stdout and OUT.stderr, then
+  exit with its status (a SystemExit's code; 1 for an uncaught exception, its traceback in
+  OUT.stderr). Never returns."""
   for fd, suffix in ((1, "stdout"), (2, "stderr")):
     os.dup2(os.open(f"{out}.{suffix}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-  sys.argv = ["trainer.main", *args]
-  status = 0
   try:
-    tl_main.run()
+    status = run()
   except SystemExit as e:
     status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
   except BaseException:  # pylint: disable=broad-except
-    import traceback  # pylint: disable=g-import-not-at-top
     traceback.print_exc()
     status = 1
   sys.stdout.flush()
   sys.stderr.flush()
-  os._exit(status)  # no atexit handlers of the parent's copy
+  os._exit(status or 0)  # no atexit handlers of the parent's copy
+
+
+def _child(args, out) -> None:
+  sys.argv = ["trainer.main", *args]
+  run_child(out, tl_main.run)
 
 
 def _reap(running) -> None:

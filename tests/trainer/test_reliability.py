@@ -149,6 +149,15 @@ def _interrupted_before_training(action):
       action.uninstall()
 
 
+def _run_app(monkeypatch, program) -> None:
+  """cli.run_app(program) as the command line runs it, the console handler restored after."""
+  monkeypatch.setattr(sys, "argv", ["program"])
+  handler = logging.get_absl_handler()
+  monkeypatch.setattr(handler, "formatter", handler.formatter)
+  monkeypatch.setattr(handler, "filters", list(handler.filters))
+  cli.run_app(program, "program", {})
+
+
 def test_a_signal_before_training_ends_a_program_but_raises_in_a_library_caller(monkeypatch):
   # A script or a notebook calling train_and_evaluate keeps its process: Interrupted, no
   # thread that would end it. A command-line program (cli.run_app) ends it at once.
@@ -165,12 +174,8 @@ def test_a_signal_before_training_ends_a_program_but_raises_in_a_library_caller(
     seen.append((cli.in_program(), _signals_thread(), _blocked(signal.SIGTERM)))
     action.uninstall()
 
-  monkeypatch.setattr(sys, "argv", ["program"])
-  handler = logging.get_absl_handler()
-  monkeypatch.setattr(handler, "formatter", handler.formatter)
-  monkeypatch.setattr(handler, "filters", list(handler.filters))
   with pytest.raises(SystemExit) as e:
-    cli.run_app(program, "program", {})
+    _run_app(monkeypatch, program)
   assert e.value.code in (0, None) and seen == [(True, True, True)]
   assert not cli.in_program() and not _blocked(signal.SIGTERM)
 
@@ -391,12 +396,8 @@ def test_a_peer_gone_from_the_cluster_is_one_line_and_exit_4(monkeypatch, capsys
     raise tf.errors.UnavailableError(None, None, "Collective ops is aborted by: failed to "
                                      "connect to all addresses\nAdditional GRPC info")
 
-  monkeypatch.setattr(sys, "argv", ["program"])
-  handler = logging.get_absl_handler()
-  monkeypatch.setattr(handler, "formatter", handler.formatter)
-  monkeypatch.setattr(handler, "filters", list(handler.filters))
   with pytest.raises(SystemExit) as e:
-    cli.run_app(program, "program", {})
+    _run_app(monkeypatch, program)
   err = capsys.readouterr().err
   assert e.value.code == 4 and len(err.strip().splitlines()) == 1
   assert "UnavailableError: Collective ops is aborted" in err and "every task" in err
