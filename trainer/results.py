@@ -40,8 +40,8 @@ def of_run(config: Config, plan, trainer, chief: bool, timing: Timing, stopped_a
              "flags": {**config.flag_values, "schedule_steps": plan.horizon}}
   if timing.stop is not None or stopped_at >= 0:
     results["stopped_early_at"] = state.step if timing.stop is not None else stopped_at
-  if plan.restart is not None:  # flags.json's record of it (run_record.py)
-    results["learning_rate_restart"] = plan.restart.as_record()
+  if plan.restarts:  # flags.json's record of them (run_record.py)
+    results["learning_rate_restarts"] = [r.as_record() for r in plan.restarts]
   if flag_changes:
     results["flag_changes"] = flag_changes
   recoveries = int(state.progress.recoveries.numpy())

@@ -28,9 +28,9 @@ FOLDER_CHECK = "folder_check.json"
 # Beside the flags in flags.json: the input pipeline --pipeline resolved to at the first
 # start (auto decides by size and memory, which a rerun on another VM may see otherwise).
 PIPELINE = "input_pipeline"
-# Beside them too: the run's last warm restart (--restart_learning_rate), {step, end,
-# learning_rate}, from which a resumed extension derives the same learning rates.
-RESTART = "learning_rate_restart"
+# Beside them too: the run's warm restarts (--restart_learning_rate), a list of {step,
+# end, learning_rate}, from which a resumed extension derives the same learning rates.
+RESTART = "learning_rate_restarts"
 
 gfile = tf.io.gfile
 

@@ -153,9 +153,9 @@ def test_an_extension_past_a_decayed_schedule_is_refused_and_a_warm_restart_trai
   restart = [*run_args, "--train_steps=24", "--restart_learning_rate=0.005"]
   straight = train.train_and_evaluate(parse(*restart, f"--model_dir={base}"))
   assert straight["weights_digest"] != first["weights_digest"]  # trained, at a rate above 0
-  assert straight["learning_rate_restart"] == {"step": 16, "end": 24, "learning_rate": 0.005}
+  assert straight["learning_rate_restarts"] == [{"step": 16, "end": 24, "learning_rate": 0.005}]
   [change] = _json(base / "flag_changes.json")["changes"]
-  assert change["restart"] == straight["learning_rate_restart"]
+  assert [change["restart"]] == straight["learning_rate_restarts"]
   assert change["changed"]["restart_learning_rate"] == {"old": None, "new": 0.005}
   rates = read_scalars(base / "train")["learning_rate"]
   # The first schedule's cosine to 0 at step 16, then a cosine from 0.005 over the 8
@@ -164,8 +164,10 @@ def test_an_extension_past_a_decayed_schedule_is_refused_and_a_warm_restart_trai
   assert rates[16] == pytest.approx(0.0, abs=1e-7)
   assert rates[20] == pytest.approx(0.0025, abs=1e-7)
   assert rates[24] == pytest.approx(0.0, abs=1e-7)
-  # Killed mid-extension (after the checkpoint of step 20): the same command resumes with
-  # the rates flags.json derives, to the same weights bit for bit.
+  # Killed mid-extension (after the checkpoint of step 20), then extended further: the
+  # refusal names a second restart, and following it keeps the first one's steps 21 to
+  # 24 at its rates (not at the rate 0 it replaced), to the weights of the run that was
+  # not killed, bit for bit.
   real = Trainer.run_steps
 
   def run_steps(self, iterator, steps):
@@ -176,10 +178,21 @@ def test_an_extension_past_a_decayed_schedule_is_refused_and_a_warm_restart_trai
   with pytest.raises(_Killed):
     train.train_and_evaluate(parse(*restart, f"--model_dir={killed}"))
   monkeypatch.setattr(Trainer, "run_steps", real)
-  resumed = train.train_and_evaluate(parse(*run_args, "--train_steps=24",
-                                           f"--model_dir={killed}"))
-  assert resumed["weights_digest"] == straight["weights_digest"]
-  assert read_scalars(killed / "train")["learning_rate"][24] == pytest.approx(0.0, abs=1e-7)
+  with pytest.raises(ConfigError, match=r"its warm restart ends at step 24, at rate 0; steps "
+                     r"25 to 32 .* --restart_learning_rate=0.005"):
+    train.train_and_evaluate(parse(*run_args, "--train_steps=32", f"--model_dir={killed}"))
+  again = [*run_args, "--train_steps=32", "--restart_learning_rate=0.005"]
+  resumed = train.train_and_evaluate(parse(*again, f"--model_dir={killed}"))
+  longer = train.train_and_evaluate(parse(*again, f"--model_dir={base}"))
+  assert resumed["weights_digest"] == longer["weights_digest"]
+  assert resumed["learning_rate_restarts"] == longer["learning_rate_restarts"] == [
+      {"step": 16, "end": 24, "learning_rate": 0.005},
+      {"step": 24, "end": 32, "learning_rate": 0.005}]
+  rates, killed_rates = (read_scalars(d / "train")["learning_rate"] for d in (base, killed))
+  assert rates[28] == pytest.approx(0.0025, abs=1e-7) and rates[32] == pytest.approx(0.0)
+  # The resumed run's first loop is one step: step 21, 5/8 through the first restart.
+  assert killed_rates[21] == pytest.approx(0.0025 * (1 + np.cos(5 / 8 * np.pi)), abs=1e-7)
+  assert all(killed_rates[s] == pytest.approx(rates[s], abs=1e-9) for s in (20, 28, 32))
 
 
 def test_a_rerun_naming_only_the_model_dir_resumes_or_extends_that_run(tmp_path):
