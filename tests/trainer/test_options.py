@@ -42,6 +42,10 @@ def test_roles_decide_the_rerun_and_the_evaluator():
   assert set(evaluate._HOW_IT_RAN) == set(options.HOW_IT_RUNS) - set(options.READS_DATA)
   for name in ("model", "learning_rate", "augment", "ema_decay", "hidden_units"):
     assert name not in options.HOW_IT_RUNS
+  # A warm restart never extends a run by itself: flags.md says what it does on a rerun.
+  row = next(line for line in tl_flags.reference().splitlines()
+             if line.startswith("| `--restart_learning_rate`"))
+  assert "| only with a longer run: restarts the schedule over the added steps |" in row
 
 
 def _project_imports(path):
