@@ -8,9 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from trainer import train
+from trainer import config, run_files, run_record, train
 from trainer.errors import ConfigError
-from datafiles import tree_digest
+from trainer.inner_loop import Trainer
+from datafiles import tree_digest, write_mnist_dir
 from flag_helpers import parse
 from runs import read_scalars, run
 
@@ -111,8 +112,6 @@ def test_a_rerun_compares_meanings_not_spellings(tmp_path):
 
 
 def test_local_data_paths_are_recorded_absolute(tmp_path, monkeypatch):
-  from datafiles import write_mnist_dir
-  from trainer import config
   write_mnist_dir(tmp_path / "digits", n_train=32, n_test=8, shape=(8, 8))
   monkeypatch.chdir(tmp_path)
   args = ["--model=mlp", "--hidden_units=4", "--dataset=idx:digits", "--batch_size=8",
@@ -134,7 +133,6 @@ class _Killed(Exception):
 
 def test_an_extension_past_a_decayed_schedule_is_refused_and_a_warm_restart_trains(
     tmp_path, monkeypatch):
-  from trainer.inner_loop import Trainer
   run_args = [*RUN, "--lr_schedule=cosine", "--learning_rate=0.01", "--checkpoint_every=4"]
   base = tmp_path / "base"
   first = train.train_and_evaluate(parse(*run_args, "--train_steps=16", f"--model_dir={base}"))
@@ -196,7 +194,6 @@ def test_an_extension_past_a_decayed_schedule_is_refused_and_a_warm_restart_trai
 
 
 def test_a_rerun_naming_only_the_model_dir_resumes_or_extends_that_run(tmp_path):
-  from trainer import config
   model_dir = f"--model_dir={tmp_path}"
   train.train_and_evaluate(parse(*RUN, "--train_steps=8", "--optimizer=sgd",
                                  "--learning_rate=0.05", "--augment=flip", model_dir))
@@ -214,3 +211,10 @@ def test_a_rerun_naming_only_the_model_dir_resumes_or_extends_that_run(tmp_path)
   # A flag of what it trains given too: the rerun is compared with the record, as always.
   with pytest.raises(ConfigError, match="holds a run started with other flags"):
     train.train_and_evaluate(config.from_args([model_dir, "--epochs=2", "--seed=1"]))
+  # ... unless --allow_changed_flags names it: a change to that run, which still takes its
+  # record (the longer horizon an extension's refusal suggests, --schedule_steps).
+  horizon = config.from_args([model_dir, "--train_steps=32", "--schedule_steps=32",
+                              "--allow_changed_flags=schedule_steps"])
+  assert (horizon.optimizer, horizon.learning_rate, horizon.schedule_steps) == ("sgd", 0.05, 32)
+  changes = run_record.check(horizon, run_files.read_record(str(tmp_path)))
+  assert changes == {"schedule_steps": (8, 32), "epochs": (2, None), "train_steps": (None, 32)}
