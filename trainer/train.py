@@ -227,9 +227,11 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
   # From here (also when no step was left to train): a signal lets the evals and the
   # export finish.
   preemption.phase = "after"
+  # A process that trained nothing keeps what the last results.json says of the training.
+  previous = (run_files.read_results(config.model_dir)
+              if timing.examples_per_sec is None else None)
   results = run_results.of_run(config, plan, trainer, chief, timing, stopped_at, flag_changes,
-                               run_files.read_results(config.model_dir)
-                               if timing.examples_per_sec is None else None)
+                               previous)
   for split in ("validation", "test"):
     if split in data.splits and data.splits[split].labeled:
       results.update(trainer.evaluator.figures(split))
@@ -247,7 +249,7 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
                       os.path.join(output_dir, "export"), data.info.class_names, config.tta)
   results["phases"] = run_results.phases(phases, timing, trainer.evaluator)
   # What made the figures, and the memory it took (after the export, its last work).
-  results["made_with"] = run_results.made_with(plan.replicas)
+  results["made_with"] = run_results.made_with(plan.replicas, previous)
   results["peak_memory"] = run_results.peak_memory()
   run_results.log_memory(results["peak_memory"])
   writer.scalars("train", results["global_step"],

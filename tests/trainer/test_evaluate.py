@@ -11,7 +11,11 @@ import time
 import types
 
 import pytest
+import tensorflow as tf
+from absl import flags
 
+from trainer import evaluate, flags as tl_flags
+from trainer.errors import ConfigError, UsageError
 from runs import read_images, read_scalars, run
 
 DATASET = "synthetic:shape=12x12x1,classes=4,train=320,test=70"
@@ -70,8 +74,6 @@ def test_bad_input_is_one_line_and_exit_2(trained):
 def _main(*args):
   """trainer.evaluate's main on these flags, in this process: its errors are the
   UsageError and ConfigError that the command prints as one line, exit 2 (above)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from trainer import evaluate  # pylint: disable=g-import-not-at-top
   evaluate.define_flags()
   fv = flags.FLAGS
   fv.unparse_flags()
@@ -87,7 +89,6 @@ def _main(*args):
     (["--continuous", "--checkpoint=x"], "--continuous evaluates each new checkpoint"),
 ])
 def test_bad_input_is_named(trained, args, message):
-  from trainer.errors import ConfigError, UsageError  # pylint: disable=g-import-not-at-top
   with pytest.raises((ConfigError, UsageError), match=re.escape(message)):
     _main(f"--model_dir={trained}", *args)
 
@@ -135,8 +136,6 @@ def test_continuous_evaluation_waits_for_the_steps_of_an_extended_run(trained, t
   assert "done" not in proc.stderr
   # Nor is an early stop the results speak of, when the checkpoint at that step says the
   # run goes on (a rerun with more patience resumed it); when it says stopped, it is.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import evaluate, flags as tl_flags  # pylint: disable=g-import-not-at-top
   tl_flags.define_flags()
   results = json.loads((copy / "results.json").read_text())
   (copy / "results.json").write_text(json.dumps({**results, "stopped_early_at": 20}))
@@ -171,7 +170,6 @@ def test_continuous_evaluation_beside_a_training_run(tmp_path):
 
 
 def test_a_checkpoint_of_another_run_is_refused_and_this_runs_figures_kept(trained, tmp_path):
-  from trainer.errors import ConfigError  # pylint: disable=g-import-not-at-top
   other = tmp_path / "other run"
   shutil.copytree(trained, other)
   figures = open(os.path.join(trained, "eval_test.json")).read()
