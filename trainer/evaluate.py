@@ -142,16 +142,21 @@ def _last_step(evaluator: CheckpointEvaluator) -> tuple[int, int | None]:
   """(the run's last step as it now stands, the step it finished at or None). Read anew at
   each look: a rerun may extend the run (flags.json then holds its new length) while an
   older results.json still says it finished; and an early stop is final only as the
-  checkpoint it saved says (a rerun with more patience trains on)."""
+  checkpoint it saved says (a rerun with more patience trains on). Without a readable
+  results.json (damaged, or not written yet) the last checkpoint evaluated tells an early
+  stop alone."""
   model_dir = evaluator.cfg.model_dir
   cfg, _ = _run_config(model_dir)
   total = cfg.steps_for(len(evaluator.trainer.data.splits["train"]))[1]
-  results = run_files.read_results(model_dir) or {}
+  results = run_files.read_results(model_dir, training=False) or {}
   step = results.get("global_step")
-  step = step if isinstance(step, int) else None  # a damaged file's: not finished
+  step = step if isinstance(step, int) and not isinstance(step, bool) else None
+  checkpoint_stopped = int(evaluator.trainer.progress.stopped_early_at.numpy()) >= 0
+  if step is None:
+    return total, evaluator.trainer.step if checkpoint_stopped else None
   stopped = ("stopped_early_at" in results and evaluator.trainer.step == step
-             and int(evaluator.trainer.progress.stopped_early_at.numpy()) >= 0)
-  return total, step if step is not None and (step >= total or stopped) else None
+             and checkpoint_stopped)
+  return total, step if step >= total or stopped else None
 
 
 def _step_of(checkpoint: str) -> int:

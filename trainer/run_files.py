@@ -145,15 +145,27 @@ def write_changes(model_dir: str, history: list[dict]) -> None:
   files.write_json(path(model_dir, CHANGES), {"changes": history})
 
 
-def read_results(model_dir: str) -> dict | None:
-  """results.json; None when there is none yet, or when it is damaged: a run writes it
-  anew from its checkpoint and its evals (logged)."""
+# The damaged results.json files this process has warned of: a reader that polls
+# (trainer.evaluate --continuous) says so once.
+_WARNED_DAMAGED: set[str] = set()
+
+
+def read_results(model_dir: str, training: bool = True) -> dict | None:
+  """results.json; None when there is none yet, or when it is damaged: trainer.main writes
+  it anew from its checkpoint and its evals at the end of its run. Warned once per file.
+  training: the reader is that run; else (trainer.evaluate) the warning says who
+  rebuilds it and what the reader goes by meanwhile."""
   file = path(model_dir, RESULTS)
   try:
     return files.read_json(file)
   except ValueError as e:
-    logging.warning("%s is damaged (%s): it is written anew at the end of this run",
-                    shlex.quote(file), str(e).replace(file, "it")[:80])
+    if file not in _WARNED_DAMAGED:
+      _WARNED_DAMAGED.add(file)
+      then = ("it is written anew at the end of this run" if training else
+              "the run's end is told from flags.json and its checkpoints; "
+              "python -m trainer.main writes it anew when it next runs there")
+      logging.warning("%s is damaged (%s): %s", shlex.quote(file),
+                      str(e).replace(file, "it")[:80], then)
     return None
 
 

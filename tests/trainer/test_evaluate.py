@@ -2,6 +2,7 @@
 chosen checkpoint, continuously beside a training run, and with bad input."""
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -122,7 +123,8 @@ def test_a_run_without_flags_json_uses_its_results_and_a_corrupt_one_is_refused(
   assert "flags.json is not valid JSON" in proc.stderr.strip().splitlines()[-1]
 
 
-def test_continuous_evaluation_waits_for_the_steps_of_an_extended_run(trained, tmp_path):
+def test_continuous_evaluation_waits_for_the_steps_of_an_extended_run(trained, tmp_path,
+                                                                      caplog):
   # A rerun extending the run to 40 steps has started (flags.json holds its new length);
   # results.json is still the first start's: that run is not finished at step 20.
   copy = tmp_path / "copy"
@@ -148,6 +150,16 @@ def test_continuous_evaluation_waits_for_the_steps_of_an_extended_run(trained, t
   assert evaluate._last_step(evaluator) == (40, None)  # pylint: disable=protected-access
   stopped_early_at.assign(20)
   assert evaluate._last_step(evaluator) == (40, 20)  # pylint: disable=protected-access
+  # A damaged results.json: the checkpoint alone tells the early stop, and a watcher that
+  # looks again and again is told once, in words for trainer.evaluate.
+  (copy / "results.json").write_text("[]")
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    looks = [evaluate._last_step(evaluator) for _ in range(3)]  # pylint: disable=protected-access
+  assert looks == [(40, 20)] * 3
+  [warning] = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+  assert warning.endswith("holds no JSON object): the run's end is told from flags.json and "
+                          "its checkpoints; python -m trainer.main writes it anew when it "
+                          "next runs there"), warning
 
 
 def test_continuous_evaluation_beside_a_training_run(tmp_path):
