@@ -88,7 +88,7 @@ from absl import logging
 import input_pipeline
 from input_pipeline import DataError, folder
 from input_pipeline.sources import parse_spec
-from trainer import dry_run, export, run_files
+from trainer import dry_run, export, files, run_files
 from trainer.errors import UsageError
 from trainer import options
 from trainer.options import normalized
@@ -96,11 +96,22 @@ from trainer.options import normalized
 
 def load_serving(export_dir: str, plain: bool = False):
   """The export's uint8 signature (plain: without its run's test-time augmentation), its
-  image shape and its number of classes."""
-  signatures = tf.saved_model.load(export_dir).signatures
-  # An export of a run with --tta has serving_plain beside; without, the default is plain.
-  serve = signatures["serving_plain" if plain and "serving_plain" in signatures
-                     else "serving_default"]
+  image shape and its number of classes. UsageError naming the export when it cannot be
+  loaded (a damaged saved_model.pb or variables), with the command that exports it anew."""
+  try:
+    signatures = tf.saved_model.load(export_dir).signatures
+    # An export of a run with --tta has serving_plain beside; without, the default is plain.
+    serve = signatures["serving_plain" if plain and "serving_plain" in signatures
+                       else "serving_default"]
+  # A truncated variables file raises IndexError ("Read less bytes than requested").
+  except (OSError, ValueError, KeyError, IndexError, EOFError, tf.errors.OpError) as e:
+    message = getattr(e, "message", None) or str(e) or type(e).__name__
+    reason = message.strip().splitlines()[0].replace(export_dir, "it")[:120]
+    model_dir = os.path.dirname(export_dir.rstrip("/"))
+    raise UsageError(
+        f"the export {shlex.quote(export_dir)} cannot be loaded ({reason}): export it anew "
+        f"by rerunning python -m trainer.main {files.flag_arg('model_dir', model_dir)} "
+        "(a finished run is evaluated and exported again, not trained)") from None
   shape = tuple(serve.structured_input_signature[1]["images"].shape[1:])
   return serve, shape, serve.structured_outputs["probabilities"].shape[-1]
 
