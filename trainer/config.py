@@ -206,9 +206,10 @@ def _by_directory(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
   if given & {"epochs", "train_steps"}:  # one length, the one given
     taken.pop("epochs", None)
     taken.pop("train_steps", None)
-  logging.info("--model_dir=%s holds a run: its flags as recorded in flags.json%s",
-               values["model_dir"], "".join(f", --{k}={values_lib.as_text(values[k])}"
-                                            for k in sorted(given - {"model_dir"})))
+  logging.info("%s holds a run: its flags as recorded in flags.json%s",
+               values_lib.flag_arg("model_dir", values["model_dir"]),
+               "".join(", " + values_lib.flag_arg(k, values[k])
+                       for k in sorted(given - {"model_dir"})))
   return {**values, **taken, **{k: values[k] for k in given}}
 
 

@@ -11,19 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import uuid
 
 import tensorflow as tf
 
 
 gfile = tf.io.gfile
-
-
-def flag_arg(name: str, value) -> str:
-  """--name=value as one shell word (shlex-quoted as a whole): a printed command or error
-  that shows a flag with a path can be pasted into a shell, spaces and all."""
-  return shlex.quote(f"--{name}={value}")
 
 
 def is_local(path: str) -> bool:

@@ -26,7 +26,7 @@ from trainer import optimization, options, run_files
 from trainer.config import Config
 from trainer.errors import ConfigError
 from trainer.options import normalized
-from trainer.values import as_text
+from trainer.values import as_text, flag_arg
 from trainer.run_files import CHANGES, PIPELINE, RESTART
 # Pipelines that give the same batches: in_memory and tf_data always (one permutation
 # function); a folder's stream too. A TFDS stream reads its shards in another order.
@@ -36,8 +36,10 @@ _INHERITED = ("schedule_steps", "restart_learning_rate")
 
 
 def listed(changes: dict[str, tuple]) -> str:
-  """{flag: (old, new)} as the refusals name them: --flag=old -> new, ..."""
-  return ", ".join(f"--{k}={as_text(old)} -> {as_text(new)}" for k, (old, new) in changes.items())
+  """{flag: (old, new)} as the refusals name them: --flag=old -> new, ... (values
+  shell-quoted: a path with a space reads as one)."""
+  q = lambda v: shlex.quote(as_text(v))
+  return ", ".join(f"--{k}={q(old)} -> {q(new)}" for k, (old, new) in changes.items())
 
 
 def _same(name: str, a, b) -> bool:
@@ -74,9 +76,9 @@ def check(config: Config, recorded: dict | None) -> dict:
   refused = {k: v for k, v in what.items() if k not in config.allow_changed_flags}
   if refused:
     raise ConfigError(
-        f"--model_dir={config.model_dir} holds a run started with other flags: "
-        f"{listed(refused)}; these change what is trained: use a new --model_dir, or continue this run with "
-        f"--allow_changed_flags={','.join(refused)}")
+        f"{flag_arg('model_dir', config.model_dir)} holds a run started with other flags: "
+        f"{listed(refused)}; these change what is trained: use a new --model_dir, or continue "
+        f"this run with --allow_changed_flags={','.join(refused)}")
   for name, (old, new) in how.items():
     logging.info("rerun with --%s=%s (was %s): changes how the run runs, not what it trains",
                  name, as_text(new), as_text(old))
@@ -169,7 +171,7 @@ def check_extension(config: Config, recorded: dict | None, schedule: optimizatio
   else:
     fix = "use a new --model_dir, or change the schedule with --allow_changed_flags"
   raise ConfigError(
-      f"--model_dir={shlex.quote(config.model_dir)}: {where}, at rate "
+      f"{flag_arg('model_dir', config.model_dir)}: {where}, at rate "
       f"{schedule.final_rate():g}; steps {max(old_total, schedule.end) + 1} to {total_steps} "
       f"would train at it and optimize nothing: {fix}")
 
@@ -185,8 +187,8 @@ def check_pipeline(config: Config, recorded: dict | None, data) -> None:
     logging.info("input pipeline %s, was %s: the same batches in the same order", new, old)
     return
   raise ConfigError(
-      f"--model_dir={config.model_dir} was trained reading its data {old}; this rerun "
-      f"would read it {new} ({data.reason}), in another order: rerun with --pipeline={old}, "
+      f"{flag_arg('model_dir', config.model_dir)} was trained reading its data {old}; this "
+      f"rerun would read it {new} ({data.reason}), in another order: rerun with --pipeline={old}, "
       "or use a new --model_dir")
 
 
@@ -197,9 +199,10 @@ def check_length(config: Config, step: int, total_steps: int) -> None:
     asked = (f"--train_steps={config.train_steps}" if config.train_steps
              else f"--epochs={config.epochs or 1}")
     raise ConfigError(
-        f"--model_dir={config.model_dir} is already trained to step {step}; {asked} ends at "
-        f"step {total_steps}: use a new --model_dir for a shorter run, or evaluate this one "
-        f"with python -m trainer.evaluate {shlex.quote('--model_dir=' + config.model_dir)}")
+        f"{flag_arg('model_dir', config.model_dir)} is already trained to step {step}; "
+        f"{asked} ends at step {total_steps}: use a new --model_dir for a shorter run, or "
+        f"evaluate this one with python -m trainer.evaluate "
+        f"{flag_arg('model_dir', config.model_dir)}")
 
 
 def write(config: Config, recorded: dict | None, changes: dict, step: int, plan,

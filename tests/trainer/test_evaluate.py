@@ -189,9 +189,9 @@ def test_a_checkpoint_of_another_run_is_refused_and_this_runs_figures_kept(train
   # Refused before anything is built: named, with the command that evaluates it as its own
   # run's (paths quoted: this one holds a space).
   with pytest.raises(ConfigError, match=re.escape(
-      f"--checkpoint='{checkpoint}' is not a checkpoint of --model_dir={trained} ") + ".*" +
+      f"'--checkpoint={checkpoint}' is not a checkpoint of --model_dir={trained} ") + ".*" +
                      re.escape(f": evaluate it with its own run's flags: python -m "
-                               f"trainer.evaluate --model_dir='{other}' "
-                               f"--checkpoint='{checkpoint}'") + "$"):
+                               f"trainer.evaluate '--model_dir={other}' "
+                               f"'--checkpoint={checkpoint}'") + "$"):
     _main(f"--model_dir={trained}", f"--checkpoint={checkpoint}")
   assert open(os.path.join(trained, "eval_test.json")).read() == figures

@@ -5,11 +5,12 @@ the package has no import cycle to dodge."""
 import ast
 import glob
 import os
+import shlex
 
 from absl import flags
 
 from paths import ROOT
-from trainer import config, evaluate, flags as tl_flags, options
+from trainer import config, evaluate, flags as tl_flags, options, values
 
 
 def test_docs_flags_md_is_generated_from_the_declarations():
@@ -88,3 +89,10 @@ def test_no_import_cycle_and_none_dodged_inside_a_function():
   for module in graph:
     if module not in state:
       visit(module, [module])
+
+
+def test_a_flag_with_a_path_is_printed_as_one_shell_word():
+  for value in ("runs/my run", "runs/it's", "gs://b/r", ["a b", 2]):
+    word = values.flag_arg("model_dir", value)
+    assert shlex.split(word) == [f"--model_dir={values.as_text(value)}"]
+  assert values.flag_arg("model_dir", "runs/cnn") == "--model_dir=runs/cnn"  # plain as is
