@@ -131,8 +131,9 @@ class Checkpoints:
         logging.info("resumed from %s", q(path))
       return path
     if failures and explicit:
-      raise ConfigError(f"cannot read checkpoint {failures[0]}; give a checkpoint prefix "
-                        "such as model_dir/checkpoints/ckpt-100")
+      raise ConfigError(f"cannot read checkpoint {q(candidates[0])} "
+                        f"({failures[0].split(' (', 1)[1]}; give another checkpoint (the "
+                        f"run's are in {q(self.directory)}), or none for its latest readable")
     # Never advise deleting: the files may be fine and only this process unable to read
     # them (a path TensorFlow takes for a pattern, a filesystem not mounted, a permission).
     if failures:

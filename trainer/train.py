@@ -4,6 +4,7 @@ loop, then the final evals, the export and results.json."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import tempfile
 import time
@@ -194,8 +195,8 @@ def _train(config: Config, plan, trainer: Trainer, actions) -> tuple[Timing, int
     batch = str(config.batch_size) + (f" x {config.accumulation_steps} accumulated"
                                       if config.accumulation_steps > 1 else "")
     logging.info("training %s on %s from step %d to %d (%d steps/epoch, global batch %s)",
-                 config.model, config.dataset, step, plan.total_steps, plan.steps_per_epoch,
-                 batch)
+                 config.model, shlex.quote(config.dataset), step, plan.total_steps,
+                 plan.steps_per_epoch, batch)
   timing = Controller(trainer=trainer, actions=actions, total_steps=plan.total_steps,
                       steps_per_loop=config.steps_per_loop, batch_size=config.step_batch,
                       interrupted_at=trainer.progress.interrupted_at).run()

@@ -195,3 +195,16 @@ def test_a_checkpoint_of_another_run_is_refused_and_this_runs_figures_kept(train
                                f"'--checkpoint={checkpoint}'") + "$"):
     _main(f"--model_dir={trained}", f"--checkpoint={checkpoint}")
   assert open(os.path.join(trained, "eval_test.json")).read() == figures
+
+
+def test_a_damaged_checkpoint_is_named_with_where_the_others_are(trained, tmp_path):
+  copy = tmp_path / "a copy"
+  shutil.copytree(trained, copy)
+  checkpoint = copy / "checkpoints" / "ckpt-16"
+  for data in (copy / "checkpoints").glob("ckpt-16.data-*"):
+    data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+  with pytest.raises(ConfigError, match=re.escape(
+      f"cannot read checkpoint '{checkpoint}' (IndexError: Read less bytes than requested); "
+      f"give another checkpoint (the run's are in '{copy / 'checkpoints'}'), or none for its "
+      "latest readable")):
+    _main(f"--model_dir={copy}", f"--checkpoint={checkpoint}", "--noeval_images")
