@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging as py_logging
 import os
 import re
+import shlex
 import signal
 
 import tensorflow as tf
@@ -95,9 +96,10 @@ class Checkpoints:
     """Restores `path`, or else the newest readable checkpoint (call under
     strategy.scope()); None when the directory holds no checkpoint at all."""
     explicit = path is not None
+    q = shlex.quote
     if explicit and not tf.io.gfile.exists(path + ".index"):
-      raise ConfigError(f"no checkpoint {path} ({path}.index does not exist); give a prefix "
-                        f"such as {os.path.join(self.directory, 'ckpt-100')}")
+      raise ConfigError(f"no checkpoint {q(path)} ({q(path + '.index')} does not exist); give "
+                        f"a prefix such as {q(os.path.join(self.directory, 'ckpt-100'))}")
     candidates = [path] if explicit else self.candidates()
     failures = []
     for path in candidates:
@@ -110,14 +112,15 @@ class Checkpoints:
       except (AssertionError, ValueError) as e:
         _drop_unrestored_value_warnings()
         first = str(e).strip().splitlines()[0][:160]
-        raise ConfigError(f"cannot resume from {path}: it does not match this model ({first}); "
-                          "use another --model_dir or the flags that made it") from None
+        raise ConfigError(f"cannot resume from {q(path)}: it does not match this model "
+                          f"({first}); use another --model_dir or the flags that made it"
+                          ) from None
       except (tf.errors.OpError, IndexError, EOFError, OSError) as e:
         # A truncated data file raises IndexError ("Read less bytes than requested").
         message = getattr(e, "message", None) or str(e) or type(e).__name__
         reason = f"{type(e).__name__}: {message.strip().splitlines()[0][:120]}"
         failures.append(f"{os.path.basename(path)} ({reason})")
-        logging.warning("checkpoint %s is unreadable (%s)%s", path, reason,
+        logging.warning("checkpoint %s is unreadable (%s)%s", q(path), reason,
                         "; falling back to the previous one" if path != candidates[-1] else "")
         continue
       finally:
@@ -128,21 +131,22 @@ class Checkpoints:
       if self._optional is not None:
         self._optional.restore(path).expect_partial()
       if failures:
-        logging.warning("resumed from %s after skipping the unreadable %s", path,
+        logging.warning("resumed from %s after skipping the unreadable %s", q(path),
                         ", ".join(failures))
       else:
-        logging.info("resumed from %s", path)
+        logging.info("resumed from %s", q(path))
       return path
     if failures and explicit:
-      raise ConfigError(f"cannot read checkpoint {failures[0]}; give a checkpoint prefix "
-                        "such as model_dir/checkpoints/ckpt-100")
+      raise ConfigError(f"cannot read checkpoint {q(candidates[0])} "
+                        f"({failures[0].split(' (', 1)[1]}; give another checkpoint (the "
+                        f"run's are in {q(self.directory)}), or none for its latest readable")
     # Never advise deleting: the files may be fine and only this process unable to read
     # them (a path TensorFlow takes for a pattern, a filesystem not mounted, a permission).
     if failures:
-      raise ConfigError(f"no readable checkpoint in {self.directory}: {'; '.join(failures)}; "
+      raise ConfigError(f"no readable checkpoint in {q(self.directory)}: {'; '.join(failures)}; "
                         "nothing was changed there: start this run in another --model_dir")
     if tf.io.gfile.exists(os.path.join(self.directory, "checkpoint")):
-      raise ConfigError(f"{self.directory} has a checkpoint state file but no checkpoint "
+      raise ConfigError(f"{q(self.directory)} has a checkpoint state file but no checkpoint "
                         "files; nothing was changed there: start this run in another "
                         "--model_dir")
     return None
@@ -157,7 +161,7 @@ class Checkpoints:
     if os.environ.get(FAULT_ENV) == f"kill_in_checkpoint_write:{step}":
       self._die_mid_write(step)
     path = self.manager.save(checkpoint_number=step)
-    logging.info("saved checkpoint %s", path)
+    logging.info("saved checkpoint %s", shlex.quote(path))
     return path
 
   def _die_mid_write(self, step: int) -> None:

@@ -192,8 +192,10 @@ _NOT_TAKEN = ("model_dir", "restart_learning_rate")
 def _by_directory(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
   """A rerun that names an existing run's --model_dir and no flag of what it trains (only
   how it runs, or a longer run) means that run: its recorded flags (flags.json), with the
-  given ones on top, rather than the defaults compared against them."""
-  what = [n for n in given if options.BY_NAME[n].role == options.WHAT]
+  given ones on top, rather than the defaults compared against them. A flag of what it
+  trains that --allow_changed_flags names is a change to that run, so it too takes them."""
+  allowed = set(values["allow_changed_flags"] or ())
+  what = [n for n in given if options.BY_NAME[n].role == options.WHAT and n not in allowed]
   if "model_dir" not in given or what:
     return values
   # model_dir may be a bucket, read through tf.io.gfile: TensorFlow loads here, after the
@@ -207,9 +209,10 @@ def _by_directory(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
   if given & {"epochs", "train_steps"}:  # one length, the one given
     taken.pop("epochs", None)
     taken.pop("train_steps", None)
-  logging.info("--model_dir=%s holds a run: its flags as recorded in flags.json%s",
-               values["model_dir"], "".join(f", --{k}={values_lib.as_text(values[k])}"
-                                            for k in sorted(given - {"model_dir"})))
+  logging.info("%s holds a run: its flags as recorded in flags.json%s",
+               values_lib.flag_arg("model_dir", values["model_dir"]),
+               "".join(", " + values_lib.flag_arg(k, values[k])
+                       for k in sorted(given - {"model_dir"})))
   return {**values, **taken, **{k: values[k] for k in given}}
 
 

@@ -65,6 +65,7 @@ from trainer import tf_env
 
 tf_env.apply()  # before anything imports TensorFlow
 
+import shlex
 import time
 
 import keras
@@ -74,6 +75,7 @@ from trainer import config, distribute, dry_run, run_files, summaries
 from trainer import plan as run_plan
 from trainer.errors import ConfigError, UsageError
 from trainer.inner_loop import Trainer
+from trainer.values import flag_arg
 # pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 
@@ -83,7 +85,7 @@ def _run_config(model_dir: str, overrides: dict | None = None):
   run_files.check_checkpoint_path(model_dir)
   recorded = run_files.read_record(model_dir)  # flags.json, or results.json of an older run
   if recorded is None:
-    raise UsageError(f"no flags.json in --model_dir={model_dir}: not a tapeloop run "
+    raise UsageError(f"no flags.json in {flag_arg('model_dir', model_dir)}: not a tapeloop run "
                          "(train one there first with python -m trainer.main)")
   values = {k: v for k, v in recorded.items()
             if k in options.NAMES and k not in _HOW_IT_RAN}
@@ -125,8 +127,8 @@ class CheckpointEvaluator:
   def __call__(self, checkpoint: str | None) -> dict:
     path = self.trainer.restore(checkpoint)
     if path is None:
-      raise UsageError(f"no checkpoint in {self.trainer.checkpoints.directory}: train "
-                       "first, or give --checkpoint")
+      raise UsageError(f"no checkpoint in {shlex.quote(self.trainer.checkpoints.directory)}: "
+                       "train first, or give --checkpoint")
     result = self.trainer.evaluator.report(self.split, run=self.run)
     figures = {"split": self.split, "checkpoint": path, "global_step": result.step,
                **result.metrics(), "examples": len(result.predictions)}
@@ -134,7 +136,7 @@ class CheckpointEvaluator:
     tta = (f"; with TTA {result.tta_accuracy:.4f} (loss {result.tta_loss:.4f})"
            if result.tta_loss is not None else "")
     print(f"{self.split} accuracy {result.accuracy:.4f} (loss {result.loss:.4f}){tta} at "
-          f"step {result.step}, {path}", flush=True)
+          f"step {result.step}, {shlex.quote(path)}", flush=True)
     return figures
 
 
@@ -142,16 +144,21 @@ def _last_step(evaluator: CheckpointEvaluator) -> tuple[int, int | None]:
   """(the run's last step as it now stands, the step it finished at or None). Read anew at
   each look: a rerun may extend the run (flags.json then holds its new length) while an
   older results.json still says it finished; and an early stop is final only as the
-  checkpoint it saved says (a rerun with more patience trains on)."""
+  checkpoint it saved says (a rerun with more patience trains on). Without a readable
+  results.json (damaged, or not written yet) the last checkpoint evaluated tells an early
+  stop alone."""
   model_dir = evaluator.cfg.model_dir
   cfg, _ = _run_config(model_dir)
   total = cfg.steps_for(len(evaluator.trainer.data.splits["train"]))[1]
-  results = run_files.read_results(model_dir) or {}
+  results = run_files.read_results(model_dir, training=False) or {}
   step = results.get("global_step")
-  step = step if isinstance(step, int) else None  # a damaged file's: not finished
+  step = step if isinstance(step, int) and not isinstance(step, bool) else None
+  checkpoint_stopped = int(evaluator.trainer.progress.stopped_early_at.numpy()) >= 0
+  if step is None:
+    return total, evaluator.trainer.step if checkpoint_stopped else None
   stopped = ("stopped_early_at" in results and evaluator.trainer.step == step
-             and int(evaluator.trainer.progress.stopped_early_at.numpy()) >= 0)
-  return total, step if step is not None and (step >= total or stopped) else None
+             and checkpoint_stopped)
+  return total, step if step >= total or stopped else None
 
 
 def _step_of(checkpoint: str) -> int:
@@ -164,7 +171,7 @@ def _continuously(evaluator: CheckpointEvaluator, poll_seconds: float, timeout: 
   arrived (each: oldest first, every one still kept, for a whole curve), until the run's
   last step or `timeout` seconds without a new one. after: the step evaluated before."""
   done, last_new, unreadable = after, time.monotonic(), None
-  logging.info("watching %s for checkpoints up to step %d", evaluator.cfg.model_dir,
+  logging.info("watching %s for checkpoints up to step %d", shlex.quote(evaluator.cfg.model_dir),
                _last_step(evaluator)[0])
   while True:
     # Looked at before the checkpoints: the run writes results.json after its last one.
@@ -179,7 +186,7 @@ def _continuously(evaluator: CheckpointEvaluator, poll_seconds: float, timeout: 
           raise
         # Possibly still being written: one more look after a pause before giving up.
         unreadable = chosen
-        logging.info("%s is not readable yet; trying again", chosen)
+        logging.info("%s is not readable yet; trying again", shlex.quote(chosen))
         time.sleep(poll_seconds)
         continue
       continue
@@ -203,12 +210,12 @@ def cluster_evaluator(model_dir: str, poll_seconds: float = 2.0,
   waited = time.monotonic()
   while run_files.read_record(model_dir) is None:
     if time.monotonic() - waited > timeout:
-      raise UsageError(f"no run started in --model_dir={model_dir} for {timeout:.0f} s: "
+      raise UsageError(f"no run started in {flag_arg('model_dir', model_dir)} for {timeout:.0f} s: "
                        "the evaluator task needs the chief's model_dir")
     time.sleep(poll_seconds)
   # The training tasks' flags but one process's strategy: the evaluator is no worker.
   cfg, recorded = _run_config(model_dir, {"strategy": "auto"})
-  logging.info("evaluator task: evaluating the checkpoints of %s", model_dir)
+  logging.info("evaluator task: evaluating the checkpoints of %s", shlex.quote(model_dir))
   evaluator = CheckpointEvaluator(cfg, recorded, None)
   before = run_files.read_eval(model_dir, evaluator.split) or {}
   try:

@@ -29,7 +29,9 @@ def define_flags() -> None:
 # What a rerun into the same model_dir may do with a flag of each role.
 _ROLE_TEXT = {options.WHAT: "refused", options.HOW: "may change",
               options.DATA: "may change; trainer.evaluate reads the run's",
-              options.LENGTH: "may extend the run"}
+              options.LENGTH: "may extend the run",
+              options.RESTART: "only with a longer run: restarts the schedule over the "
+                               "added steps"}
 
 
 def reference() -> str:

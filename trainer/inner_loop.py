@@ -49,7 +49,7 @@ class Trainer:
                  else "", self.plan.precision_reason)
     self.state = TrainState(config, strategy, data.info, total_steps=self.plan.total_steps,
                             horizon=self.plan.horizon, output_dir=output_dir,
-                            restart=self.plan.restart)
+                            restarts=self.plan.restarts)
     self.evaluator = Evaluator(self.state, data, config.batch_size,
                                writer or summaries.Summaries(config.model_dir, enabled=False),
                                pictures=config.eval_images, tta=config.tta)

@@ -31,7 +31,8 @@ RESTARTABLE = ("cosine", "one_cycle", "exponential")
 @dataclasses.dataclass(frozen=True)
 class Restart:
   """A warm restart: from global step `step` to `end`, a new schedule of the run's shape
-  from rate `peak` (--restart_learning_rate), recorded in flags.json (run_record.py)."""
+  from rate `peak` (--restart_learning_rate), recorded in flags.json (run_record.py).
+  A run keeps every restart it was given: a later one takes over from its own step."""
   step: int
   end: int
   peak: float
@@ -55,13 +56,13 @@ class Schedule:
   warmup: int
   horizon: int  # steps; fixed at the run's first start (run_record.py)
   boundaries: tuple[int, ...]
-  restart: Restart | None = None  # the run's last warm restart, if any
+  restarts: tuple[Restart, ...] = ()  # the run's warm restarts, in order of their steps
 
   @classmethod
   def of(cls, config: Config, total_steps: int, horizon: int | None = None,
-         restart: Restart | None = None) -> Schedule:
+         restarts: tuple[Restart, ...] = ()) -> Schedule:
     """The schedule the flags ask for. horizon: the run's (plan.py), else --schedule_steps,
-    else total_steps. restart: the run's warm restart (run_record.restart)."""
+    else total_steps. restarts: the run's warm restarts (run_record.restarts)."""
     # The horizon is fixed when the run starts (run_record.py): extending a run to more
     # steps must not make the rate jump back up.
     horizon = horizon or config.schedule_steps or total_steps
@@ -69,10 +70,10 @@ class Schedule:
     if config.lr_schedule == "one_cycle" and not warmup:
       warmup = max(1, round(ONE_CYCLE_WARMUP * horizon))
     if config.lr_schedule not in RESTARTABLE:
-      restart = None
+      restarts = ()
     return cls(config.lr_schedule, config.learning_rate, config.final_learning_rate,
                config.lr_decay_rate, warmup, horizon, tuple(config.lr_boundaries or ()),
-               restart)
+               tuple(restarts))
 
   def check_warmup(self) -> None:
     """ConfigError when the warm-up would never end. For a new run only: a run started
@@ -84,8 +85,14 @@ class Schedule:
           "up; lower --warmup_steps")
 
   @property
+  def restart(self) -> Restart | None:
+    """The last warm restart, which the rate ends with; None without one."""
+    return self.restarts[-1] if self.restarts else None
+
+  @property
   def end(self) -> int:
-    """The step from which the rate stays at final_rate: the horizon, or the restart's end."""
+    """The step from which the rate stays at final_rate: the horizon, or the last
+    restart's end."""
     return self.restart.end if self.restart else self.horizon
 
   def final_rate(self) -> float | None:
@@ -108,9 +115,8 @@ class Schedule:
     peak, floor, schedule, warmup = self.peak, self.floor, self.name, self.warmup
     decay_steps = max(1, self.horizon - warmup)
     boundaries = tf.constant(self.boundaries or (0,), tf.float32)
-    restart = self.restart
 
-    def restarted(step):
+    def restarted(step, restart):
       progress = tf.clip_by_value((step - restart.step) / max(1, restart.end - restart.step),
                                   0.0, 1.0)
       if schedule == "exponential":
@@ -136,8 +142,8 @@ class Schedule:
         value = tf.where(step < warmup, start + (peak - start) * step / warmup, value)
       elif warmup:
         value = tf.where(step < warmup, peak * (step + 1) / warmup, value)
-      if restart is not None:  # from its step on, the restart's own decay from its peak
-        value = tf.where(step >= restart.step, restarted(step), value)
+      for restart in self.restarts:  # from its step on, each restart's own decay
+        value = tf.where(step >= restart.step, restarted(step, restart), value)
       return value
 
     return rate

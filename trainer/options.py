@@ -11,7 +11,8 @@ Roles: WHAT changes what is trained (a rerun into the same model_dir refuses a c
 unless --allow_changed_flags names it); HOW changes how the run runs (a rerun may change
 it); DATA is HOW too, but where the run's data is, how it is read and how it is
 evaluated (--tta), which a later process reading the data (trainer.evaluate) takes from
-the run's record; LENGTH may only extend a run.
+the run's record; LENGTH may only extend a run; RESTART is given only with an extension
+(of a LENGTH flag), whose added steps it gives a new schedule, and is recorded with it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from models.names import MODEL_NAMES, POLICIES
 from trainer.values import (absolute_path, at_least_zero, dataset_meaning, int_list, ints,
                             one_of, positive, within)
 
-WHAT, HOW, DATA, LENGTH = "what", "how", "data", "length"
+WHAT, HOW, DATA, LENGTH, RESTART = "what", "how", "data", "length", "restart"
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 SCHEDULES = ("constant", "cosine", "exponential", "step", "one_cycle", "plateau")
@@ -178,7 +179,7 @@ OPTIONS: tuple[Option, ...] = (
            "--train_steps) whose cosine, one_cycle or exponential schedule has ended: a warm "
            "restart, a new schedule over the added steps from this rate (cosine and "
            "one_cycle: a cosine down to --final_learning_rate). Recorded; later reruns keep "
-           "it.", _O, LENGTH, check=positive),
+           "it.", _O, RESTART, check=positive),
     Option("lr_decay_rate", float, 0.1, "exponential: factor over the whole run; step and "
            "plateau: factor at each cut.", _O,
            check=within(0, 1, low_open=True, high_open=False)),
@@ -265,7 +266,8 @@ NAMES: tuple[str, ...] = tuple(sorted(BY_NAME))
 MODEL_OPTIONS: tuple[str, ...] = tuple(o.name for o in OPTIONS if o.model)
 # A rerun may change these (logged): they change how the run runs, not what it trains.
 HOW_IT_RUNS: tuple[str, ...] = tuple(o.name for o in OPTIONS if o.role in (HOW, DATA))
-RUN_LENGTH: tuple[str, ...] = tuple(o.name for o in OPTIONS if o.role == LENGTH)
+# The run's length, and what an extension records with it (run_record.py).
+RUN_LENGTH: tuple[str, ...] = tuple(o.name for o in OPTIONS if o.role in (LENGTH, RESTART))
 READS_DATA: tuple[str, ...] = tuple(o.name for o in OPTIONS if o.role == DATA)
 
 

@@ -31,13 +31,13 @@ BF16_FASTER = ("cnn", "resnet", "airbench")
 @dataclasses.dataclass(frozen=True)
 class Plan:
   """steps_per_epoch and total_steps of this run; horizon: the learning-rate schedule's
-  (kept from the run's first start); restart: its warm restart, if any; eval_split: what
+  (kept from the run's first start); restarts: its warm restarts, if any; eval_split: what
   training evaluates (None: nothing labeled); jit: off, loop, step or forward_backward,
   and why."""
   steps_per_epoch: int
   total_steps: int
   horizon: int
-  restart: optimization.Restart | None  # the run's warm restart (run_record.restart)
+  restarts: tuple[optimization.Restart, ...]  # its warm restarts (run_record.restarts)
   eval_split: str | None
   jit: str
   jit_reason: str
@@ -164,8 +164,8 @@ def resolve(config: Config, data: Data, strategy: tf.distribute.Strategy,
     _check_training(config, data, recorded)
   steps_per_epoch, total_steps = config.steps_for(len(data.splits["train"]))
   horizon = run_record.horizon(config, recorded, steps_per_epoch, total_steps)
-  restart = run_record.restart(config, recorded, steps_per_epoch, total_steps)
-  schedule = optimization.Schedule.of(config, total_steps, horizon, restart)
+  restarts = run_record.restarts(config, recorded, steps_per_epoch, total_steps)
+  schedule = optimization.Schedule.of(config, total_steps, horizon, restarts)
   if training and recorded is None:  # a run started before this was refused still resumes
     schedule.check_warmup()
   if training:
@@ -175,7 +175,7 @@ def resolve(config: Config, data: Data, strategy: tf.distribute.Strategy,
   jit, reason = jit_mode(config, replicas, data.pipeline)
   policy, why = precision(config, strategy)
   return Plan(steps_per_epoch=steps_per_epoch, total_steps=total_steps, horizon=horizon,
-              restart=schedule.restart,
+              restarts=schedule.restarts,
               eval_split=split, jit=jit, jit_reason=reason, precision=policy,
               precision_reason=why, replicas=replicas,
               eval_interval=config.eval_every or steps_per_epoch,

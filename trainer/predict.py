@@ -91,15 +91,27 @@ from trainer import dry_run, export, run_files
 from trainer.errors import UsageError
 from trainer import options
 from trainer.options import normalized
+from trainer.values import flag_arg
 # pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 def load_serving(export_dir: str, plain: bool = False):
   """The export's uint8 signature (plain: without its run's test-time augmentation), its
-  image shape and its number of classes."""
-  signatures = tf.saved_model.load(export_dir).signatures
-  # An export of a run with --tta has serving_plain beside; without, the default is plain.
-  serve = signatures["serving_plain" if plain and "serving_plain" in signatures
-                     else "serving_default"]
+  image shape and its number of classes. UsageError naming the export when it cannot be
+  loaded (a damaged saved_model.pb or variables), with the command that exports it anew."""
+  try:
+    signatures = tf.saved_model.load(export_dir).signatures
+    # An export of a run with --tta has serving_plain beside; without, the default is plain.
+    serve = signatures["serving_plain" if plain and "serving_plain" in signatures
+                       else "serving_default"]
+  # A truncated variables file raises IndexError ("Read less bytes than requested").
+  except (OSError, ValueError, KeyError, IndexError, EOFError, tf.errors.OpError) as e:
+    message = getattr(e, "message", None) or str(e) or type(e).__name__
+    reason = message.strip().splitlines()[0].replace(export_dir, "it")[:120]
+    model_dir = os.path.dirname(export_dir.rstrip("/"))
+    raise UsageError(
+        f"the export {shlex.quote(export_dir)} cannot be loaded ({reason}): export it anew "
+        f"by rerunning python -m trainer.main {flag_arg('model_dir', model_dir)} "
+        "(a finished run is evaluated and exported again, not trained)") from None
   shape = tuple(serve.structured_input_signature[1]["images"].shape[1:])
   return serve, shape, serve.structured_outputs["probabilities"].shape[-1]
 
@@ -109,13 +121,14 @@ def check_data(split, image_shape, num_classes, what: str) -> None:
   classes the model does not know (an unlabeled CSV's class count is unknown)."""
   if tuple(split.images.shape[1:]) != tuple(image_shape):
     raise UsageError(f"{what} has images of shape "
-                         f"{'x'.join(map(str, split.images.shape[1:]))} but the model in "
-                         f"{FLAGS.model_dir} takes {'x'.join(map(str, image_shape))}: "
-                         "predict with a model trained on this kind of data")
+                     f"{'x'.join(map(str, split.images.shape[1:]))} but the model in "
+                     f"{shlex.quote(FLAGS.model_dir)} takes "
+                     f"{'x'.join(map(str, image_shape))}: predict with a model trained on "
+                     "this kind of data")
   if split.labels is not None and len(split.labels) and split.labels.max() >= num_classes:
-    raise UsageError(f"{what} has labels up to {split.labels.max()} "
-                         f"but the model in {FLAGS.model_dir} predicts {num_classes} classes: "
-                         "predict with a model trained on these classes")
+    raise UsageError(f"{what} has labels up to {split.labels.max()} but the model in "
+                     f"{shlex.quote(FLAGS.model_dir)} predicts {num_classes} classes: "
+                     "predict with a model trained on these classes")
 
 
 def _classify(serve, images, batch_size: int) -> tuple[np.ndarray, list[str]]:
@@ -188,7 +201,7 @@ def data_flags(model_dir: str) -> dict:
   values = {n: FLAGS[n].value for n in _DATA_FLAGS if FLAGS[n].present}
   if "dataset" not in values:
     if "dataset" not in recorded:
-      raise UsageError(f"{model_dir} has no flags.json naming the run's dataset: give "
+      raise UsageError(f"{shlex.quote(model_dir)} has no flags.json naming the run's dataset: give "
                            "--images=DIR (new image files) or --dataset=SPEC")
     values["dataset"] = recorded["dataset"]
   # Compared by meaning (folder:photos/ is folder:photos, mnist is tfds:mnist).
@@ -205,7 +218,8 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> str:
   """The test split's classes as a Kaggle submission; returns its summary."""
   values = data_flags(FLAGS.model_dir)
   spec = values["dataset"]
-  what = f"--dataset={spec}" if FLAGS["dataset"].present else f"the run's dataset {spec}"
+  what = (flag_arg('dataset', spec) if FLAGS["dataset"].present
+          else f"the run's dataset {shlex.quote(spec)}")
   kind, _ = parse_spec(spec)
   # Images of any size (a folder's; a run trained with --image_size) are fitted to the
   # export's, as training fitted them; others must have its shape already.
@@ -246,8 +260,8 @@ def _predict_files(serve, image_shape, output: str) -> str:
   seen, names, probabilities = [], [], []
 
   def refuse(position):
-    raise DataError(f"{paths[position]} is not a readable image: remove it from --images, "
-                    "or pass --skip_bad_images to skip such files")
+    raise DataError(f"{shlex.quote(paths[position])} is not a readable image: remove it "
+                    "from --images, or pass --skip_bad_images to skip such files")
 
   for positions, images in batches.prefetch(1).as_numpy_iterator():
     # An unreadable file leaves a gap in the positions: named at once, before the rest.
@@ -263,12 +277,12 @@ def _predict_files(serve, image_shape, output: str) -> str:
     refuse(len(seen))
   if not seen:
     raise DataError(f"none of the {len(paths)} files --images names is a readable image "
-                    f"(e.g. {paths[0]})")
+                    f"(e.g. {shlex.quote(paths[0])})")
   skipped = len(paths) - len(seen)
   if skipped:
     first = paths[min(set(range(len(paths))) - set(seen))]
     logging.warning("skipped %d unreadable image file(s) (--skip_bad_images), e.g. %s",
-                    skipped, first)
+                    skipped, shlex.quote(first))
   _write(output, lambda export: export.write_predictions(
       output, [paths[i] for i in seen], names, probabilities))
   rows = [(shlex.quote(paths[i]), name, f"{p:.4f}")
@@ -283,7 +297,7 @@ def _write(output: str, write) -> None:
     write(export)
   except (OSError, tf.errors.OpError) as e:
     reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
-    raise UsageError(f"cannot write --output={output} ({reason}): choose another "
+    raise UsageError(f"cannot write {flag_arg('output', output)} ({reason}): choose another "
                          "--output") from None
 
 
@@ -295,7 +309,7 @@ def main(argv):
   export_dir = os.path.join(FLAGS.model_dir, "export")
   if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
     raise UsageError(f"no exported model in {shlex.quote(export_dir)}: train first with "
-                     f"python -m trainer.main {shlex.quote('--model_dir=' + FLAGS.model_dir)}")
+                     f"python -m trainer.main {flag_arg('model_dir', FLAGS.model_dir)}")
   serve, image_shape, num_classes = load_serving(export_dir, plain=FLAGS["tta"].present)
   if FLAGS.dry_run:
     dry_run.set_read_only(True)  # this process ends after it

@@ -40,8 +40,8 @@ def of_run(config: Config, plan, trainer, chief: bool, timing: Timing, stopped_a
              "flags": {**config.flag_values, "schedule_steps": plan.horizon}}
   if timing.stop is not None or stopped_at >= 0:
     results["stopped_early_at"] = state.step if timing.stop is not None else stopped_at
-  if plan.restart is not None:  # flags.json's record of it (run_record.py)
-    results["learning_rate_restart"] = plan.restart.as_record()
+  if plan.restarts:  # flags.json's record of them (run_record.py)
+    results["learning_rate_restarts"] = [r.as_record() for r in plan.restarts]
   if flag_changes:
     results["flag_changes"] = flag_changes
   recoveries = int(state.progress.recoveries.numpy())
@@ -115,8 +115,12 @@ def _cpu_model() -> str:
   return platform.processor() or platform.machine()
 
 
-def made_with(replicas: int) -> dict:
-  """results.json's "made_with": code and library versions, and the devices."""
+def made_with(replicas: int, previous: dict | None = None) -> dict:
+  """results.json's "made_with": code and library versions, and the devices. previous:
+  the last results.json when this process trained nothing; its weights were made by the
+  code that trained them, so its "made_with" is kept."""
+  if previous and isinstance(previous.get("made_with"), dict):
+    return previous["made_with"]
   gpus = [tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
           for gpu in tf.config.list_physical_devices("GPU")]
   return {**_code(), "tensorflow": tf.__version__, "keras": keras.__version__,
@@ -156,11 +160,18 @@ def memory_scalars(memory: dict) -> dict[str, float]:
   return scalars
 
 
-def log_memory(memory: dict) -> None:
-  """The end-of-run line of peak memory."""
+def memory_text(memory: dict) -> str | None:
+  """The peak memory as the end of a run states it (the log, trainer.main's summary),
+  e.g. "peak memory: host 812 MiB (resident), GPU:0 3072 MiB"; None without figures."""
   parts = [f"host {memory['host_rss_bytes'] / 2**20:.0f} MiB (resident)"] if (
       "host_rss_bytes" in memory) else []
   parts += [f"{name} {peak / 2**20:.0f} MiB" for name, peak
             in memory.get("gpu_peak_bytes", {}).items()]
-  if parts:
-    logging.info("peak memory: %s", ", ".join(parts))
+  return f"peak memory: {', '.join(parts)}" if parts else None
+
+
+def log_memory(memory: dict) -> None:
+  """The end-of-run line of peak memory."""
+  text = memory_text(memory)
+  if text:
+    logging.info("%s", text)

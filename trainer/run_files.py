@@ -20,6 +20,7 @@ from absl import logging
 
 from trainer import files
 from trainer.errors import ConfigError
+from trainer.values import flag_arg
 
 RECORD = "flags.json"
 CHANGES = "flag_changes.json"
@@ -28,9 +29,9 @@ FOLDER_CHECK = "folder_check.json"
 # Beside the flags in flags.json: the input pipeline --pipeline resolved to at the first
 # start (auto decides by size and memory, which a rerun on another VM may see otherwise).
 PIPELINE = "input_pipeline"
-# Beside them too: the run's last warm restart (--restart_learning_rate), {step, end,
-# learning_rate}, from which a resumed extension derives the same learning rates.
-RESTART = "learning_rate_restart"
+# Beside them too: the run's warm restarts (--restart_learning_rate), a list of {step,
+# end, learning_rate}, from which a resumed extension derives the same learning rates.
+RESTART = "learning_rate_restarts"
 
 gfile = tf.io.gfile
 
@@ -47,8 +48,8 @@ def check_checkpoint_path(model_dir: str, flag: str = "--model_dir") -> None:
   special = [c for c in "[]*?\\" if c in model_dir]
   if special:
     raise ConfigError(
-        f"{flag}={model_dir}: TensorFlow finds checkpoints by glob pattern, in which "
-        f"{' '.join(special)} are special: a run there could not resume, or would delete "
+        f"{flag_arg(flag.removeprefix('--'), model_dir)}: TensorFlow finds checkpoints by "
+        f"glob pattern, in which {' '.join(special)} are special: a run there could not resume, or would delete "
         "another directory's checkpoints; use a name without them (e.g. exp_1 for exp[1]; an "
         "existing run can be renamed, its files are kept)")
 
@@ -68,13 +69,14 @@ def check_model_dir(model_dir: str) -> None:
       f.write("probe")
     gfile.remove(probe)
   except tf.errors.UnimplementedError:
-    raise ConfigError(f"--model_dir={model_dir}: no TensorFlow filesystem is registered for "
-                      f"{scheme}:// (gs:// is built in; s3:// and hdfs:// need "
-                      "tensorflow-io); use a local path or a supported scheme") from None
+    raise ConfigError(f"{flag_arg('model_dir', model_dir)}: no TensorFlow filesystem is "
+                      f"registered for {scheme}:// (gs:// is built in; s3:// and hdfs:// "
+                      "need tensorflow-io); use a local path or a supported scheme") from None
   except tf.errors.OpError as e:
     first = (e.message or type(e).__name__).strip().splitlines()[0][:160]
-    raise ConfigError(f"--model_dir={model_dir} is not writable ({first}); check the "
-                      "bucket's name and credentials, or choose another --model_dir") from None
+    raise ConfigError(f"{flag_arg('model_dir', model_dir)} is not writable ({first}); check "
+                      "the bucket's name and credentials, or choose another --model_dir"
+                      ) from None
 
 
 def _check_local_writable(model_dir: str) -> None:
@@ -83,13 +85,14 @@ def _check_local_writable(model_dir: str) -> None:
   while not os.path.exists(path):
     path = os.path.dirname(path)
   if not os.path.isdir(path):
-    raise ConfigError(f"--model_dir={model_dir}: {path} is a file, not a directory")
+    raise ConfigError(f"{flag_arg('model_dir', model_dir)}: {shlex.quote(path)} is a file, "
+                      "not a directory")
   try:
     with tempfile.TemporaryFile(dir=path):
       pass
   except OSError as e:
-    raise ConfigError(f"--model_dir={model_dir}: {path} is not writable ({e.strerror}); "
-                      "choose another --model_dir") from None
+    raise ConfigError(f"{flag_arg('model_dir', model_dir)}: {shlex.quote(path)} is not "
+                      f"writable ({e.strerror}); choose another --model_dir") from None
 
 
 def _damaged(file: str, problem: str) -> ConfigError:
@@ -145,15 +148,27 @@ def write_changes(model_dir: str, history: list[dict]) -> None:
   files.write_json(path(model_dir, CHANGES), {"changes": history})
 
 
-def read_results(model_dir: str) -> dict | None:
-  """results.json; None when there is none yet, or when it is damaged: a run writes it
-  anew from its checkpoint and its evals (logged)."""
+# The damaged results.json files this process has warned of: a reader that polls
+# (trainer.evaluate --continuous) says so once.
+_WARNED_DAMAGED: set[str] = set()
+
+
+def read_results(model_dir: str, training: bool = True) -> dict | None:
+  """results.json; None when there is none yet, or when it is damaged: trainer.main writes
+  it anew from its checkpoint and its evals at the end of its run. Warned once per file.
+  training: the reader is that run; else (trainer.evaluate) the warning says who
+  rebuilds it and what the reader goes by meanwhile."""
   file = path(model_dir, RESULTS)
   try:
     return files.read_json(file)
   except ValueError as e:
-    logging.warning("%s is damaged (%s): it is written anew at the end of this run",
-                    shlex.quote(file), str(e).replace(file, "it")[:80])
+    if file not in _WARNED_DAMAGED:
+      _WARNED_DAMAGED.add(file)
+      then = ("it is written anew at the end of this run" if training else
+              "the run's end is told from flags.json and its checkpoints; "
+              "python -m trainer.main writes it anew when it next runs there")
+      logging.warning("%s is damaged (%s): %s", shlex.quote(file),
+                      str(e).replace(file, "it")[:80], then)
     return None
 
 
@@ -215,9 +230,9 @@ def check_own_checkpoint(model_dir: str, checkpoint: str) -> None:
   q = shlex.quote
   if os.path.basename(where) in ("checkpoints", "best") and has_record(run):
     fix = (f"evaluate it with its own run's flags: python -m trainer.evaluate "
-           f"--model_dir={q(run)} --checkpoint={q(checkpoint)}")
+           f"{flag_arg('model_dir', run)} {flag_arg('checkpoint', checkpoint)}")
   else:
     fix = f"if it is this run's, move its files into {q(own[0])}"
-  raise ConfigError(f"--checkpoint={q(checkpoint)} is not a checkpoint of --model_dir="
-                    f"{q(model_dir)} (its own are in {q(own[0])} and {q(own[1])}), whose "
-                    f"figures it would overwrite: {fix}")
+  raise ConfigError(f"{flag_arg('checkpoint', checkpoint)} is not a checkpoint of "
+                    f"{flag_arg('model_dir', model_dir)} (its own are in {q(own[0])} and "
+                    f"{q(own[1])}), whose figures it would overwrite: {fix}")

@@ -10,7 +10,8 @@ The learning-rate schedule's horizon (--schedule_steps) is fixed at the first st
 extended run continues the schedule where it was instead of jumping. An extension past the
 end of a schedule that has decayed (to 0 or nearly) is refused: it would train at that
 rate; --restart_learning_rate restarts the schedule over the added steps instead, recorded
-in flags.json (RESTART) so that a resumed extension derives the same rates.
+in flags.json (RESTART, a list: each restart in turn) so that a resumed extension derives
+the same rates.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from trainer import optimization, options, run_files
 from trainer.config import Config
 from trainer.errors import ConfigError
 from trainer.options import normalized
-from trainer.values import as_text
+from trainer.values import as_text, flag_arg
 from trainer.run_files import CHANGES, PIPELINE, RESTART
 # Pipelines that give the same batches: in_memory and tf_data always (one permutation
 # function); a folder's stream too. A TFDS stream reads its shards in another order.
@@ -35,8 +36,10 @@ _INHERITED = ("schedule_steps", "restart_learning_rate")
 
 
 def listed(changes: dict[str, tuple]) -> str:
-  """{flag: (old, new)} as the refusals name them: --flag=old -> new, ..."""
-  return ", ".join(f"--{k}={as_text(old)} -> {as_text(new)}" for k, (old, new) in changes.items())
+  """{flag: (old, new)} as the refusals name them: --flag=old -> new, ... (values
+  shell-quoted: a path with a space reads as one)."""
+  q = lambda v: shlex.quote(as_text(v))
+  return ", ".join(f"--{k}={q(old)} -> {q(new)}" for k, (old, new) in changes.items())
 
 
 def _same(name: str, a, b) -> bool:
@@ -73,9 +76,9 @@ def check(config: Config, recorded: dict | None) -> dict:
   refused = {k: v for k, v in what.items() if k not in config.allow_changed_flags}
   if refused:
     raise ConfigError(
-        f"--model_dir={config.model_dir} holds a run started with other flags: "
-        f"{listed(refused)}; these change what is trained: use a new --model_dir, or continue this run with "
-        f"--allow_changed_flags={','.join(refused)}")
+        f"{flag_arg('model_dir', config.model_dir)} holds a run started with other flags: "
+        f"{listed(refused)}; these change what is trained: use a new --model_dir, or continue "
+        f"this run with --allow_changed_flags={','.join(refused)}")
   for name, (old, new) in how.items():
     logging.info("rerun with --%s=%s (was %s): changes how the run runs, not what it trains",
                  name, as_text(new), as_text(old))
@@ -103,26 +106,36 @@ def recorded_length(recorded: dict, steps_per_epoch: int) -> int:
   return recorded.get("train_steps") or steps_per_epoch * (recorded.get("epochs") or 1)
 
 
-def restart(config: Config, recorded: dict | None, steps_per_epoch: int,
-            total_steps: int) -> optimization.Restart | None:
-  """The run's warm restart: a new one when this rerun extends the run with
-  --restart_learning_rate (from the step the run was to end at, over the added steps),
-  else the recorded one. ConfigError for --restart_learning_rate without an extension."""
+def _kept_restarts(config: Config, recorded: dict) -> tuple[optimization.Restart, ...]:
+  """The warm restarts flags.json records (RESTART), in order; ConfigError when damaged."""
+  try:
+    kept = tuple(optimization.Restart.from_record(r) for r in recorded.get(RESTART) or ())
+  except (KeyError, TypeError, ValueError, AttributeError):
+    kept = None
+  if kept is None or any(a.end > b.step for a, b in zip(kept, kept[1:])):
+    record = shlex.quote(run_files.path(config.model_dir, run_files.RECORD))
+    raise ConfigError(f"{record}: its {RESTART} is damaged; restore the file, or use a new "
+                      "--model_dir")
+  return kept
+
+
+def restarts(config: Config, recorded: dict | None, steps_per_epoch: int,
+             total_steps: int) -> tuple[optimization.Restart, ...]:
+  """The run's warm restarts: the recorded ones, and a new one after them when this rerun
+  extends the run with --restart_learning_rate (from the step the run was to end at, over
+  the added steps). Every one is kept: a run killed inside a restart and then extended
+  again trains that restart's remaining steps at its rates, not the rate it replaced.
+  ConfigError for --restart_learning_rate without an extension."""
   asked = config.restart_learning_rate
   if recorded is None:
     if asked is not None:
       raise ConfigError("--restart_learning_rate restarts the schedule of a run being "
                         "extended; a new run starts at --learning_rate: drop it")
-    return None
-  try:
-    kept = recorded.get(RESTART) and optimization.Restart.from_record(recorded[RESTART])
-  except (KeyError, TypeError, ValueError, AttributeError):
-    record = shlex.quote(run_files.path(config.model_dir, run_files.RECORD))
-    raise ConfigError(f"{record}: its {RESTART} is damaged; restore the file, or use a new "
-                      "--model_dir") from None
+    return ()
+  kept = _kept_restarts(config, recorded)
   old_total = recorded_length(recorded, steps_per_epoch)
   if asked is None:
-    return kept or None
+    return kept
   if total_steps > old_total:
     if config.lr_schedule not in optimization.RESTARTABLE:
       raise ConfigError("--restart_learning_rate restarts a cosine, one_cycle or exponential "
@@ -131,9 +144,9 @@ def restart(config: Config, recorded: dict | None, steps_per_epoch: int,
       raise ConfigError(f"--restart_learning_rate={asked:g} must be above "
                         f"--final_learning_rate={config.final_learning_rate:g}, where it "
                         "decays to")
-    return optimization.Restart(old_total, total_steps, asked)
-  if kept and _same("restart_learning_rate", kept.peak, asked):
-    return kept  # the same command again: resumes the restart
+    return (*kept, optimization.Restart(old_total, total_steps, asked))
+  if kept and _same("restart_learning_rate", kept[-1].peak, asked):
+    return kept  # the same command again: resumes the last restart
   raise ConfigError(f"--restart_learning_rate={asked:g} restarts the schedule over the steps "
                     f"an extension adds: give it with a larger --epochs or --train_steps than "
                     f"the run's {old_total} steps")
@@ -158,7 +171,7 @@ def check_extension(config: Config, recorded: dict | None, schedule: optimizatio
   else:
     fix = "use a new --model_dir, or change the schedule with --allow_changed_flags"
   raise ConfigError(
-      f"--model_dir={shlex.quote(config.model_dir)}: {where}, at rate "
+      f"{flag_arg('model_dir', config.model_dir)}: {where}, at rate "
       f"{schedule.final_rate():g}; steps {max(old_total, schedule.end) + 1} to {total_steps} "
       f"would train at it and optimize nothing: {fix}")
 
@@ -174,8 +187,8 @@ def check_pipeline(config: Config, recorded: dict | None, data) -> None:
     logging.info("input pipeline %s, was %s: the same batches in the same order", new, old)
     return
   raise ConfigError(
-      f"--model_dir={config.model_dir} was trained reading its data {old}; this rerun "
-      f"would read it {new} ({data.reason}), in another order: rerun with --pipeline={old}, "
+      f"{flag_arg('model_dir', config.model_dir)} was trained reading its data {old}; this "
+      f"rerun would read it {new} ({data.reason}), in another order: rerun with --pipeline={old}, "
       "or use a new --model_dir")
 
 
@@ -186,9 +199,10 @@ def check_length(config: Config, step: int, total_steps: int) -> None:
     asked = (f"--train_steps={config.train_steps}" if config.train_steps
              else f"--epochs={config.epochs or 1}")
     raise ConfigError(
-        f"--model_dir={config.model_dir} is already trained to step {step}; {asked} ends at "
-        f"step {total_steps}: use a new --model_dir for a shorter run, or evaluate this one "
-        f"with python -m trainer.evaluate {shlex.quote('--model_dir=' + config.model_dir)}")
+        f"{flag_arg('model_dir', config.model_dir)} is already trained to step {step}; "
+        f"{asked} ends at step {total_steps}: use a new --model_dir for a shorter run, or "
+        f"evaluate this one with python -m trainer.evaluate "
+        f"{flag_arg('model_dir', config.model_dir)}")
 
 
 def write(config: Config, recorded: dict | None, changes: dict, step: int, plan,
@@ -207,16 +221,17 @@ def write(config: Config, recorded: dict | None, changes: dict, step: int, plan,
   entry = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "total_steps": total_steps,
            "changed": {k: {"old": old, "new": new} for k, (old, new) in changes.items()}}
   record = {**recorded, **{k: config.flag_values[k] for k in changes}}
-  restart = plan.restart
-  new_restart = restart is not None and recorded.get(RESTART) != restart.as_record()
+  restart = plan.restarts[-1] if plan.restarts else None
+  new_restart = len(plan.restarts) > len(recorded.get(RESTART) or ())
   if new_restart:
-    entry["restart"] = record[RESTART] = restart.as_record()
+    entry["restart"] = restart.as_record()
+    record[RESTART] = [r.as_record() for r in plan.restarts]
   if lengths:
     logging.info("the run continues to step %d (%s); the learning-rate schedule keeps its "
                  "horizon of %d steps", total_steps,
                  ", ".join(f"--{k}={as_text(new)}, was {as_text(old)}" for k, (old, new)
                            in lengths.items() if k != "restart_learning_rate"), horizon)
-    schedule = optimization.Schedule.of(config, total_steps, horizon, restart)
+    schedule = optimization.Schedule.of(config, total_steps, horizon, plan.restarts)
     final = schedule.final_rate()
     if new_restart:
       logging.info("warm restart (--restart_learning_rate): from step %d the rate starts "

@@ -44,7 +44,7 @@ class TrainState:
 
   def __init__(self, config: Config, strategy: tf.distribute.Strategy, info: DatasetInfo,
                *, total_steps: int, horizon: int, output_dir: str | None = None,
-               restart: optimization.Restart | None = None):
+               restarts: tuple[optimization.Restart, ...] = ()):
     self.strategy = strategy
     self._fp16 = config.mixed_precision == "mixed_float16"
     replicas = strategy.num_replicas_in_sync
@@ -64,7 +64,7 @@ class TrainState:
       self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
                                      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
       self.progress = Progress()
-      self.schedule = optimization.Schedule.of(config, total_steps, horizon, restart)
+      self.schedule = optimization.Schedule.of(config, total_steps, horizon, restarts)
       self.learning_rate = self.schedule.rate_fn(self.global_step, self.progress.lr_factor)
       self.optimizer = optimization.create_optimizer(config, self.learning_rate)
       # Built eagerly: a lazily built Adam fails inside strategy.run (keras issue 23085).

@@ -4,6 +4,7 @@ loop, then the final evals, the export and results.json."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import tempfile
 import time
@@ -192,8 +193,8 @@ def _train(config: Config, plan, trainer: Trainer, actions) -> tuple[Timing, int
     batch = str(config.batch_size) + (f" x {config.accumulation_steps} accumulated"
                                       if config.accumulation_steps > 1 else "")
     logging.info("training %s on %s from step %d to %d (%d steps/epoch, global batch %s)",
-                 config.model, config.dataset, step, plan.total_steps, plan.steps_per_epoch,
-                 batch)
+                 config.model, shlex.quote(config.dataset), step, plan.total_steps,
+                 plan.steps_per_epoch, batch)
   timing = Controller(trainer=trainer, actions=actions, total_steps=plan.total_steps,
                       steps_per_loop=config.steps_per_loop, batch_size=config.step_batch,
                       interrupted_at=trainer.progress.interrupted_at).run()
@@ -225,9 +226,11 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
   # From here (also when no step was left to train): a signal lets the evals and the
   # export finish.
   preemption.phase = "after"
+  # A process that trained nothing keeps what the last results.json says of the training.
+  previous = (run_files.read_results(config.model_dir)
+              if timing.examples_per_sec is None else None)
   results = run_results.of_run(config, plan, trainer, chief, timing, stopped_at, flag_changes,
-                               run_files.read_results(config.model_dir)
-                               if timing.examples_per_sec is None else None)
+                               previous)
   for split in ("validation", "test"):
     if split in data.splits and data.splits[split].labeled:
       results.update(trainer.evaluator.figures(split))
@@ -245,7 +248,7 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
                       os.path.join(output_dir, "export"), data.info.class_names, config.tta)
   results["phases"] = run_results.phases(phases, timing, trainer.evaluator)
   # What made the figures, and the memory it took (after the export, its last work).
-  results["made_with"] = run_results.made_with(plan.replicas)
+  results["made_with"] = run_results.made_with(plan.replicas, previous)
   results["peak_memory"] = run_results.peak_memory()
   run_results.log_memory(results["peak_memory"])
   writer.scalars("train", results["global_step"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 
 from input_pipeline.specs import parse_spec
 
@@ -98,3 +99,9 @@ def int_list(values) -> tuple:
   """A list flag's values with integers compared as integers: 050 is 50."""
   return tuple(int(v) if str(v).strip().lstrip("-").isdigit() else str(v).strip()
                for v in values)
+
+
+def flag_arg(name: str, value) -> str:
+  """--name=value as one shell word (shlex-quoted as a whole, the value as as_text writes
+  it): a printed command or error showing a flag with a path can be pasted into a shell."""
+  return shlex.quote(f"--{name}={value if isinstance(value, str) else as_text(value)}")

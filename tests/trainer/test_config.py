@@ -4,6 +4,8 @@ import re
 
 import pytest
 
+import models
+from trainer import options
 from trainer.errors import ConfigError
 from flag_helpers import parse
 from paths import ROOT
@@ -96,8 +98,6 @@ def test_bad_values_name_the_flag(args, message):
 def test_no_float_flag_takes_a_non_finite_value():
   """inf, -inf, nan and 1e400 (read as inf) are no rate, fraction, factor or size: every
   float flag refuses them in one line naming the flag."""
-  import models  # pylint: disable=g-import-not-at-top
-  from trainer import options  # pylint: disable=g-import-not-at-top
   floats = [o.name for o in options.OPTIONS if o.kind is float]
   assert {"learning_rate", "memory_budget_gb", "mixup", "l2", "final_learning_rate"} <= set(floats)
   for name in floats:  # a model hyperparameter with a model that takes it

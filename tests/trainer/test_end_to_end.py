@@ -45,6 +45,9 @@ def test_results_json(trained):
   assert results["examples_per_sec"] > 0 and results["wall_seconds"] > 0
   assert results["flags"]["hidden_units"] == ["16"] and results["flags"]["epochs"] == 2
   assert f"test accuracy {results['test_accuracy']:.4f}" in proc.stdout
+  # The summary's next line: the peak memory results.json records.
+  host = results["peak_memory"]["host_rss_bytes"] / 2**20
+  assert f"at step 16\npeak memory: host {host:.0f} MiB (resident)\n" in proc.stdout
 
 
 def test_phases_account_for_the_whole_command(trained):
@@ -253,10 +256,15 @@ def test_resume_continues_from_the_saved_step_and_a_finished_run_only_evaluates(
   with open(os.path.join(model_dir, "results.json")) as f:
     after = json.load(f)
   assert after["global_step"] == 24
+  # Made by older code: a rerun that trains nothing keeps what made the weights.
+  after["made_with"]["tapeloop"] = "0.0.1"
+  with open(os.path.join(model_dir, "results.json"), "w") as f:
+    json.dump(after, f)
   third = run("trainer.main", *ARGS, "--epochs=3", f"--model_dir={model_dir}")
   assert "already at step 24 of 24: evaluating only" in third.stderr
   with open(os.path.join(model_dir, "results.json")) as f:
     final = json.load(f)
   assert final["test_accuracy"] == after["test_accuracy"]
   assert final["examples_per_sec"] == after["examples_per_sec"]  # training figures kept
+  assert final["made_with"] == after["made_with"]
   assert before["global_step"] == 16

@@ -2,6 +2,7 @@
 chosen checkpoint, continuously beside a training run, and with bad input."""
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -11,7 +12,11 @@ import time
 import types
 
 import pytest
+import tensorflow as tf
+from absl import flags
 
+from trainer import evaluate, flags as tl_flags
+from trainer.errors import ConfigError, UsageError
 from runs import read_images, read_scalars, run
 
 DATASET = "synthetic:shape=12x12x1,classes=4,train=320,test=70"
@@ -70,8 +75,6 @@ def test_bad_input_is_one_line_and_exit_2(trained):
 def _main(*args):
   """trainer.evaluate's main on these flags, in this process: its errors are the
   UsageError and ConfigError that the command prints as one line, exit 2 (above)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from trainer import evaluate  # pylint: disable=g-import-not-at-top
   evaluate.define_flags()
   fv = flags.FLAGS
   fv.unparse_flags()
@@ -87,7 +90,6 @@ def _main(*args):
     (["--continuous", "--checkpoint=x"], "--continuous evaluates each new checkpoint"),
 ])
 def test_bad_input_is_named(trained, args, message):
-  from trainer.errors import ConfigError, UsageError  # pylint: disable=g-import-not-at-top
   with pytest.raises((ConfigError, UsageError), match=re.escape(message)):
     _main(f"--model_dir={trained}", *args)
 
@@ -121,7 +123,8 @@ def test_a_run_without_flags_json_uses_its_results_and_a_corrupt_one_is_refused(
   assert "flags.json is not valid JSON" in proc.stderr.strip().splitlines()[-1]
 
 
-def test_continuous_evaluation_waits_for_the_steps_of_an_extended_run(trained, tmp_path):
+def test_continuous_evaluation_waits_for_the_steps_of_an_extended_run(trained, tmp_path,
+                                                                      caplog):
   # A rerun extending the run to 40 steps has started (flags.json holds its new length);
   # results.json is still the first start's: that run is not finished at step 20.
   copy = tmp_path / "copy"
@@ -135,8 +138,6 @@ def test_continuous_evaluation_waits_for_the_steps_of_an_extended_run(trained, t
   assert "done" not in proc.stderr
   # Nor is an early stop the results speak of, when the checkpoint at that step says the
   # run goes on (a rerun with more patience resumed it); when it says stopped, it is.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from trainer import evaluate, flags as tl_flags  # pylint: disable=g-import-not-at-top
   tl_flags.define_flags()
   results = json.loads((copy / "results.json").read_text())
   (copy / "results.json").write_text(json.dumps({**results, "stopped_early_at": 20}))
@@ -149,6 +150,16 @@ def test_continuous_evaluation_waits_for_the_steps_of_an_extended_run(trained, t
   assert evaluate._last_step(evaluator) == (40, None)  # pylint: disable=protected-access
   stopped_early_at.assign(20)
   assert evaluate._last_step(evaluator) == (40, 20)  # pylint: disable=protected-access
+  # A damaged results.json: the checkpoint alone tells the early stop, and a watcher that
+  # looks again and again is told once, in words for trainer.evaluate.
+  (copy / "results.json").write_text("[]")
+  with caplog.at_level(logging.WARNING, logger="absl"):
+    looks = [evaluate._last_step(evaluator) for _ in range(3)]  # pylint: disable=protected-access
+  assert looks == [(40, 20)] * 3
+  [warning] = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+  assert warning.endswith("holds no JSON object): the run's end is told from flags.json and "
+                          "its checkpoints; python -m trainer.main writes it anew when it "
+                          "next runs there"), warning
 
 
 def test_continuous_evaluation_beside_a_training_run(tmp_path):
@@ -171,7 +182,6 @@ def test_continuous_evaluation_beside_a_training_run(tmp_path):
 
 
 def test_a_checkpoint_of_another_run_is_refused_and_this_runs_figures_kept(trained, tmp_path):
-  from trainer.errors import ConfigError  # pylint: disable=g-import-not-at-top
   other = tmp_path / "other run"
   shutil.copytree(trained, other)
   figures = open(os.path.join(trained, "eval_test.json")).read()
@@ -179,9 +189,22 @@ def test_a_checkpoint_of_another_run_is_refused_and_this_runs_figures_kept(train
   # Refused before anything is built: named, with the command that evaluates it as its own
   # run's (paths quoted: this one holds a space).
   with pytest.raises(ConfigError, match=re.escape(
-      f"--checkpoint='{checkpoint}' is not a checkpoint of --model_dir={trained} ") + ".*" +
+      f"'--checkpoint={checkpoint}' is not a checkpoint of --model_dir={trained} ") + ".*" +
                      re.escape(f": evaluate it with its own run's flags: python -m "
-                               f"trainer.evaluate --model_dir='{other}' "
-                               f"--checkpoint='{checkpoint}'") + "$"):
+                               f"trainer.evaluate '--model_dir={other}' "
+                               f"'--checkpoint={checkpoint}'") + "$"):
     _main(f"--model_dir={trained}", f"--checkpoint={checkpoint}")
   assert open(os.path.join(trained, "eval_test.json")).read() == figures
+
+
+def test_a_damaged_checkpoint_is_named_with_where_the_others_are(trained, tmp_path):
+  copy = tmp_path / "a copy"
+  shutil.copytree(trained, copy)
+  checkpoint = copy / "checkpoints" / "ckpt-16"
+  for data in (copy / "checkpoints").glob("ckpt-16.data-*"):
+    data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+  with pytest.raises(ConfigError, match=re.escape(
+      f"cannot read checkpoint '{checkpoint}' (IndexError: Read less bytes than requested); "
+      f"give another checkpoint (the run's are in '{copy / 'checkpoints'}'), or none for its "
+      "latest readable")):
+    _main(f"--model_dir={copy}", f"--checkpoint={checkpoint}", "--noeval_images")

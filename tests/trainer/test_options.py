@@ -5,11 +5,12 @@ the package has no import cycle to dodge."""
 import ast
 import glob
 import os
+import shlex
 
 from absl import flags
 
 from paths import ROOT
-from trainer import config, evaluate, flags as tl_flags, options
+from trainer import config, evaluate, flags as tl_flags, options, values
 
 
 def test_docs_flags_md_is_generated_from_the_declarations():
@@ -42,6 +43,10 @@ def test_roles_decide_the_rerun_and_the_evaluator():
   assert set(evaluate._HOW_IT_RAN) == set(options.HOW_IT_RUNS) - set(options.READS_DATA)
   for name in ("model", "learning_rate", "augment", "ema_decay", "hidden_units"):
     assert name not in options.HOW_IT_RUNS
+  # A warm restart never extends a run by itself: flags.md says what it does on a rerun.
+  row = next(line for line in tl_flags.reference().splitlines()
+             if line.startswith("| `--restart_learning_rate`"))
+  assert "| only with a longer run: restarts the schedule over the added steps |" in row
 
 
 def _project_imports(path):
@@ -100,3 +105,10 @@ def test_no_import_cycle_and_none_dodged_inside_a_function():
   for module in graph:
     if module not in state:
       visit(module, [module])
+
+
+def test_a_flag_with_a_path_is_printed_as_one_shell_word():
+  for value in ("runs/my run", "runs/it's", "gs://b/r", ["a b", 2]):
+    word = values.flag_arg("model_dir", value)
+    assert shlex.split(word) == [f"--model_dir={values.as_text(value)}"]
+  assert values.flag_arg("model_dir", "runs/cnn") == "--model_dir=runs/cnn"  # plain as is

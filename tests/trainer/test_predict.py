@@ -8,6 +8,7 @@ where the console, exit status or flag parsing is what is tested.
 import csv
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -289,3 +290,18 @@ def test_a_model_dir_without_export_or_flags(tmp_path):
   with pytest.raises(cli.UsageError, match="has no flags.json naming the run's dataset: give "
                      "--images=DIR"):
     predict.data_flags(str(tmp_path))
+
+
+@pytest.mark.parametrize("part", ["saved_model.pb", "variables/variables.data-00000-of-00001"])
+def test_a_damaged_export_is_named_with_the_command_that_makes_it_anew(grey_run, tmp_path,
+                                                                       part):
+  copy = tmp_path / "a run"
+  shutil.copytree(grey_run, copy)
+  damaged = copy / "export" / part
+  damaged.write_bytes(damaged.read_bytes()[:len(damaged.read_bytes()) // 2])
+  with pytest.raises(cli.UsageError) as caught:
+    predict_in_process(f"--model_dir={copy}", f"--images={tmp_path}")
+  assert re.fullmatch(
+      rf"the export '{re.escape(str(copy / 'export'))}' cannot be loaded \(.+\): export it "
+      rf"anew by rerunning python -m trainer.main '--model_dir={re.escape(str(copy))}' \(a "
+      r"finished run is evaluated and exported again, not trained\)", str(caught.value))

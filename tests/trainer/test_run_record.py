@@ -8,11 +8,12 @@ import shutil
 import numpy as np
 import pytest
 
-from trainer import train
+from trainer import config, run_files, run_record, train
 from trainer.errors import ConfigError
-from datafiles import tree_digest
+from trainer.inner_loop import Trainer
+from datafiles import tree_digest, write_mnist_dir
 from flag_helpers import parse
-from runs import read_scalars, run
+from runs import read_scalars
 
 RUN = ["--model=mlp", "--hidden_units=16", "--dataset=synthetic:shape=8x8x1,classes=3,"
        "train=256,test=64", "--batch_size=32", "--steps_per_loop=4", "--eval_images=false"]
@@ -24,24 +25,32 @@ def _json(path):
 
 
 def test_changing_what_is_trained_is_refused_naming_each_flag_and_leaves_the_run(tmp_path):
-  model_dir = tmp_path / "run"
+  # In process: the command line's one line and exit 2 for this refusal are
+  # test_cli_errors.py's (test_an_existing_model_dir_is_left_as_it_was).
+  model_dir = tmp_path / "my run"  # printed quoted: a path with a space pastes as one
   train.train_and_evaluate(parse(*RUN, "--epochs=1", f"--model_dir={model_dir}"))
   before = tree_digest(model_dir)
-  proc = run("trainer.main", *RUN, "--epochs=1", "--optimizer=sgd", "--learning_rate=0.1",
-             f"--model_dir={model_dir}", check=False)
-  last = proc.stderr.strip().splitlines()[-1]
-  assert proc.returncode == 2 and "Traceback" not in proc.stderr
-  assert "--learning_rate=0.001 -> 0.1, --optimizer=adam -> sgd;" in last, last
-  assert "use a new --model_dir" in last and "--allow_changed_flags=learning_rate,optimizer" in last
+  with pytest.raises(ConfigError) as refused:
+    train.train_and_evaluate(parse(*RUN, "--epochs=1", "--optimizer=sgd", "--learning_rate=0.1",
+                                   f"--model_dir={model_dir}"))
+  assert str(refused.value) == (
+      f"'--model_dir={model_dir}' holds a run started with other flags: --learning_rate=0.001 "
+      "-> 0.1, --optimizer=adam -> sgd; these change what is trained: use a new --model_dir, "
+      "or continue this run with --allow_changed_flags=learning_rate,optimizer")
   assert tree_digest(model_dir) == before
 
 
 def test_a_shorter_run_than_trained_is_refused_and_an_equal_one_only_evaluates(tmp_path):
+  tmp_path = tmp_path / "a run"
   model_dir = f"--model_dir={tmp_path}"
   train.train_and_evaluate(parse(*RUN, "--epochs=2", model_dir))
   before = tree_digest(tmp_path)
-  with pytest.raises(ConfigError, match=r"already trained to step 16; --epochs=1 ends at step 8"):
+  with pytest.raises(ConfigError) as refused:
     train.train_and_evaluate(parse(*RUN, "--epochs=1", model_dir))
+  assert str(refused.value) == (
+      f"'{model_dir}' is already trained to step 16; --epochs=1 ends at step 8: use a new "
+      f"--model_dir for a shorter run, or evaluate this one with python -m trainer.evaluate "
+      f"'{model_dir}'")
   assert tree_digest(tmp_path) == before
   again = train.train_and_evaluate(parse(*RUN, "--epochs=2", model_dir))
   assert again["global_step"] == 16 and "flag_changes" not in again
@@ -111,8 +120,6 @@ def test_a_rerun_compares_meanings_not_spellings(tmp_path):
 
 
 def test_local_data_paths_are_recorded_absolute(tmp_path, monkeypatch):
-  from datafiles import write_mnist_dir
-  from trainer import config
   write_mnist_dir(tmp_path / "digits", n_train=32, n_test=8, shape=(8, 8))
   monkeypatch.chdir(tmp_path)
   args = ["--model=mlp", "--hidden_units=4", "--dataset=idx:digits", "--batch_size=8",
@@ -134,7 +141,6 @@ class _Killed(Exception):
 
 def test_an_extension_past_a_decayed_schedule_is_refused_and_a_warm_restart_trains(
     tmp_path, monkeypatch):
-  from trainer.inner_loop import Trainer
   run_args = [*RUN, "--lr_schedule=cosine", "--learning_rate=0.01", "--checkpoint_every=4"]
   base = tmp_path / "base"
   first = train.train_and_evaluate(parse(*run_args, "--train_steps=16", f"--model_dir={base}"))
@@ -153,9 +159,9 @@ def test_an_extension_past_a_decayed_schedule_is_refused_and_a_warm_restart_trai
   restart = [*run_args, "--train_steps=24", "--restart_learning_rate=0.005"]
   straight = train.train_and_evaluate(parse(*restart, f"--model_dir={base}"))
   assert straight["weights_digest"] != first["weights_digest"]  # trained, at a rate above 0
-  assert straight["learning_rate_restart"] == {"step": 16, "end": 24, "learning_rate": 0.005}
+  assert straight["learning_rate_restarts"] == [{"step": 16, "end": 24, "learning_rate": 0.005}]
   [change] = _json(base / "flag_changes.json")["changes"]
-  assert change["restart"] == straight["learning_rate_restart"]
+  assert [change["restart"]] == straight["learning_rate_restarts"]
   assert change["changed"]["restart_learning_rate"] == {"old": None, "new": 0.005}
   rates = read_scalars(base / "train")["learning_rate"]
   # The first schedule's cosine to 0 at step 16, then a cosine from 0.005 over the 8
@@ -164,8 +170,10 @@ def test_an_extension_past_a_decayed_schedule_is_refused_and_a_warm_restart_trai
   assert rates[16] == pytest.approx(0.0, abs=1e-7)
   assert rates[20] == pytest.approx(0.0025, abs=1e-7)
   assert rates[24] == pytest.approx(0.0, abs=1e-7)
-  # Killed mid-extension (after the checkpoint of step 20): the same command resumes with
-  # the rates flags.json derives, to the same weights bit for bit.
+  # Killed mid-extension (after the checkpoint of step 20), then extended further: the
+  # refusal names a second restart, and following it keeps the first one's steps 21 to
+  # 24 at its rates (not at the rate 0 it replaced), to the weights of the run that was
+  # not killed, bit for bit.
   real = Trainer.run_steps
 
   def run_steps(self, iterator, steps):
@@ -176,14 +184,24 @@ def test_an_extension_past_a_decayed_schedule_is_refused_and_a_warm_restart_trai
   with pytest.raises(_Killed):
     train.train_and_evaluate(parse(*restart, f"--model_dir={killed}"))
   monkeypatch.setattr(Trainer, "run_steps", real)
-  resumed = train.train_and_evaluate(parse(*run_args, "--train_steps=24",
-                                           f"--model_dir={killed}"))
-  assert resumed["weights_digest"] == straight["weights_digest"]
-  assert read_scalars(killed / "train")["learning_rate"][24] == pytest.approx(0.0, abs=1e-7)
+  with pytest.raises(ConfigError, match=r"its warm restart ends at step 24, at rate 0; steps "
+                     r"25 to 32 .* --restart_learning_rate=0.005"):
+    train.train_and_evaluate(parse(*run_args, "--train_steps=32", f"--model_dir={killed}"))
+  again = [*run_args, "--train_steps=32", "--restart_learning_rate=0.005"]
+  resumed = train.train_and_evaluate(parse(*again, f"--model_dir={killed}"))
+  longer = train.train_and_evaluate(parse(*again, f"--model_dir={base}"))
+  assert resumed["weights_digest"] == longer["weights_digest"]
+  assert resumed["learning_rate_restarts"] == longer["learning_rate_restarts"] == [
+      {"step": 16, "end": 24, "learning_rate": 0.005},
+      {"step": 24, "end": 32, "learning_rate": 0.005}]
+  rates, killed_rates = (read_scalars(d / "train")["learning_rate"] for d in (base, killed))
+  assert rates[28] == pytest.approx(0.0025, abs=1e-7) and rates[32] == pytest.approx(0.0)
+  # The resumed run's first loop is one step: step 21, 5/8 through the first restart.
+  assert killed_rates[21] == pytest.approx(0.0025 * (1 + np.cos(5 / 8 * np.pi)), abs=1e-7)
+  assert all(killed_rates[s] == pytest.approx(rates[s], abs=1e-9) for s in (20, 28, 32))
 
 
 def test_a_rerun_naming_only_the_model_dir_resumes_or_extends_that_run(tmp_path):
-  from trainer import config
   model_dir = f"--model_dir={tmp_path}"
   train.train_and_evaluate(parse(*RUN, "--train_steps=8", "--optimizer=sgd",
                                  "--learning_rate=0.05", "--augment=flip", model_dir))
@@ -201,3 +219,10 @@ def test_a_rerun_naming_only_the_model_dir_resumes_or_extends_that_run(tmp_path)
   # A flag of what it trains given too: the rerun is compared with the record, as always.
   with pytest.raises(ConfigError, match="holds a run started with other flags"):
     train.train_and_evaluate(config.from_args([model_dir, "--epochs=2", "--seed=1"]))
+  # ... unless --allow_changed_flags names it: a change to that run, which still takes its
+  # record (the longer horizon an extension's refusal suggests, --schedule_steps).
+  horizon = config.from_args([model_dir, "--train_steps=32", "--schedule_steps=32",
+                              "--allow_changed_flags=schedule_steps"])
+  assert (horizon.optimizer, horizon.learning_rate, horizon.schedule_steps) == ("sgd", 0.05, 32)
+  changes = run_record.check(horizon, run_files.read_record(str(tmp_path)))
+  assert changes == {"schedule_steps": (8, 32), "epochs": (2, None), "train_steps": (None, 32)}

@@ -1,18 +1,26 @@
 """train_and_evaluate in-process (flax style): distribution, precision, model_dir checks."""
 
+import importlib.metadata
 import json
+import logging
 import os
-
+import platform
 import signal
+import subprocess
+import tempfile
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import logging as absl_logging
 
-from trainer import train
+from trainer import distribute, plan, train
+from trainer import results as run_results
 from trainer.evaluator import Evaluator
 from trainer.inner_loop import Trainer
 from trainer.errors import ConfigError, Interrupted
+from datafiles import write_kaggle_csv
 from flag_helpers import parse
 from runs import _accumulator, read_images, read_scalars
 
@@ -66,8 +74,6 @@ def test_mixed_precision_trains(tmp_path, precision):
 ])
 def test_auto_precision_is_bfloat16_only_where_it_measured_faster(monkeypatch, model, bf16_cpu,
                                                                   devices, expected):
-  from trainer import plan  # pylint: disable=g-import-not-at-top
-  from trainer import distribute  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(plan, "cpu_has_bf16", lambda: bf16_cpu)
   cfg = parse(f"--model={model}", "--mixed_precision=auto",
               *(["--strategy=mirrored", f"--devices={devices}"] if devices else []))
@@ -78,8 +84,6 @@ def test_auto_precision_is_bfloat16_only_where_it_measured_faster(monkeypatch, m
 
 
 def test_auto_precision_builds_the_run_in_the_policy_it_resolved_to(tmp_path, monkeypatch):
-  from trainer import plan  # pylint: disable=g-import-not-at-top
-  from trainer import distribute  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(plan, "cpu_has_bf16", lambda: True)
   args = ["--model=cnn", "--filters=4", "--kernel_sizes=3", "--dense_units=8", "--batch_size=8",
           "--dataset=synthetic:shape=8x8x1,classes=3,train=32,test=8", "--train_steps=2",
@@ -95,7 +99,6 @@ def test_auto_precision_builds_the_run_in_the_policy_it_resolved_to(tmp_path, mo
 
 
 def test_unwritable_model_dir_is_refused_before_any_work(tmp_path, monkeypatch):
-  import tempfile
   real = tempfile.TemporaryFile
 
   def refuse(*args, dir=None, **kwargs):
@@ -226,7 +229,6 @@ def test_keep_best_without_anything_to_evaluate_is_refused(tmp_path):
 
 def _unlabeled_csv(tmp_path):
   """A Kaggle train.csv alone: a labeled train split and nothing to evaluate on."""
-  from datafiles import write_kaggle_csv
   rng = np.random.default_rng(0)
   path = tmp_path / "train.csv"
   write_kaggle_csv(path, rng.integers(0, 256, (40, 28, 28, 1)), rng.integers(0, 10, 40))
@@ -251,14 +253,15 @@ def test_plateau_cuts_the_rate_in_a_real_run_and_a_resume_keeps_the_cuts(tmp_pat
   assert rates[28] <= values[-1]
 
 
+def _status_bytes(key):
+  """A figure of this process's /proc/self/status (kB), in bytes."""
+  with open("/proc/self/status") as f:
+    return int(next(line for line in f if line.startswith(key + ":")).split()[1]) * 1024
+
+
 def test_results_record_what_made_them_and_the_peak_memory(tmp_path, caplog):
-  import importlib.metadata  # pylint: disable=g-import-not-at-top
-  import logging  # pylint: disable=g-import-not-at-top
-  import platform  # pylint: disable=g-import-not-at-top
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import keras  # pylint: disable=g-import-not-at-top
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   cfg = parse(*TINY, "--train_steps=4", f"--model_dir={tmp_path}")  # resets the verbosity
+  peak_before = _status_bytes("VmHWM")  # the resident peak so far only grows
   old = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.INFO)  # absl drops INFO below its own verbosity
   try:
@@ -278,11 +281,13 @@ def test_results_record_what_made_them_and_the_peak_memory(tmp_path, caplog):
   with open("/proc/cpuinfo") as f:
     cpu = next(line for line in f if line.startswith("model name")).split(":", 1)[1].strip()
   assert made["devices"] == {"cpu": cpu, "gpus": [], "replicas": 1}
-  # Host memory only on a machine without GPUs: the process's peak resident set.
+  # Host memory only on a machine without GPUs: the process's peak resident set, in bytes:
+  # at least the peak before the run, at most the machine's memory (whatever this test
+  # process ran before it).
   memory = results["peak_memory"]
-  with open("/proc/self/status") as f:
-    now = int(next(line for line in f if line.startswith("VmRSS:")).split()[1]) * 1024
-  assert set(memory) == {"host_rss_bytes"} and 0.5 * now < memory["host_rss_bytes"] < 4 * now
+  with open("/proc/meminfo") as f:
+    total = int(next(line for line in f if line.startswith("MemTotal:")).split()[1]) * 1024
+  assert set(memory) == {"host_rss_bytes"} and peak_before <= memory["host_rss_bytes"] < total
   on_disk = json.loads((tmp_path / "results.json").read_text())
   assert on_disk["peak_memory"] == memory and on_disk["made_with"] == made
   host_mib = memory["host_rss_bytes"] / 2**20
@@ -291,7 +296,6 @@ def test_results_record_what_made_them_and_the_peak_memory(tmp_path, caplog):
 
 
 def test_peak_memory_of_gpus_from_tensorflows_allocator(monkeypatch):
-  from trainer import results as run_results  # pylint: disable=g-import-not-at-top
   gpus = [tf.config.LogicalDevice("/device:GPU:0", "GPU"),
           tf.config.LogicalDevice("/device:GPU:1", "GPU")]
   peaks = {"GPU:0": 3 * 2**30}  # GPU:1's allocator keeps no statistics
