@@ -22,7 +22,6 @@ def main(argv):
   tf_env.apply()  # before anything imports TensorFlow
   # pylint: disable=g-import-not-at-top
   from trainer import distribute, dry_run, evaluate, phases, train
-  from trainer import results as run_results
   # pylint: enable=g-import-not-at-top
   if cfg.dry_run:
     print(dry_run.report(cfg))
@@ -37,9 +36,6 @@ def main(argv):
            f"(loss {results[split + '_tta_loss']:.4f})" if cfg.tta else "")
     print(f"{split} accuracy {results[split + '_accuracy']:.4f} "
           f"(loss {results[split + '_loss']:.4f}){tta} at step {results['global_step']}")
-  memory = run_results.memory_text(results.get("peak_memory", {}))
-  if memory:
-    print(memory)
   if results["chief"]:
     print(f"results, checkpoints, TensorBoard events and export in "
           f"{shlex.quote(cfg.model_dir)}")
