@@ -17,6 +17,7 @@ import warnings
 
 from absl import app, flags, logging
 
+from trainer import flags as tl_flags
 from trainer import tf_env
 from trainer.errors import ConfigError, DataError, Interrupted, UsageError
 
@@ -73,7 +74,7 @@ def _parser(usage: str, groups: dict[str, list[str]]):
 
 def _parse(argv):
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(tl_flags.expand(argv))
   except flags.CantOpenFlagFileError as e:
     print(f"error: {_flagfile_problem(e)}", file=sys.stderr)
     sys.exit(EXIT_USAGE)

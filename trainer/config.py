@@ -230,7 +230,7 @@ def from_args(args) -> Config:
   tl_flags.define_flags()
   fv = absl_flags.FLAGS
   fv.unparse_flags()
-  fv(["tapeloop", *args])
+  fv(tl_flags.expand(["tapeloop", *args]))
   try:
     return from_flags(fv)
   finally:

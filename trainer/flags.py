@@ -2,6 +2,8 @@
 trainer/options.py's declarations. Values are checked in config.py, not by absl, so that
 every bad value gets the same one-line error naming the flag."""
 
+from __future__ import annotations
+
 from absl import flags
 
 from trainer import options
@@ -24,6 +26,36 @@ def define_flags() -> None:
     _DEFINE[option.kind](option.name, option.default, option.help)
   GROUPS.update(options.groups())
   OWN_FLAGS.extend(options.NAMES)
+
+
+# One run length in two spellings: the command line's overrides a flagfile's other one
+# (`--flagfile=X.cfg --train_steps=200` where X.cfg gives --epochs), as the command line
+# overrides any flag of the file. Both given on the command line (or both in the files)
+# stay an error: config.py names it.
+_LENGTHS = ("epochs", "train_steps")
+
+
+def _length(arg: str) -> str | None:
+  name = arg.lstrip("-").split("=", 1)[0] if arg.startswith("-") else None
+  return name if name in _LENGTHS else None
+
+
+def expand(argv: list[str]) -> list[str]:
+  """argv with its flagfiles read in place (absl's reading), less a flagfile's run length
+  where the command line itself gives the other spelling."""
+  direct = {_length(a) for a in argv[1:]} - {None}
+  args = flags.FLAGS.read_flags_from_files(argv[1:], force_gnu=False)
+  if len(direct) != 1:
+    return [argv[0], *args]
+  other, kept, skip_value = (set(_LENGTHS) - direct).pop(), [], False
+  for arg in args:
+    if skip_value:  # `--epochs 5`: its value is the next argument
+      skip_value = False
+    elif _length(arg) == other:
+      skip_value = "=" not in arg
+    else:
+      kept.append(arg)
+  return [argv[0], *kept]
 
 
 # What a rerun into the same model_dir may do with a flag of each role.

@@ -107,3 +107,16 @@ def test_no_float_flag_takes_a_non_finite_value():
       with pytest.raises(ConfigError) as e:
         parse(f"--model={model}", f"--{name}={value}")
       assert str(e.value).endswith("must be a finite number"), (name, value, str(e.value))
+
+
+def test_the_command_lines_run_length_overrides_a_flagfiles_other_spelling(tmp_path):
+  flagfile = tmp_path / "run.cfg"
+  flagfile.write_text("--model=mlp\n--epochs=3\n")
+  for args in ([f"--flagfile={flagfile}", "--train_steps=7"],
+               ["--train_steps=7", f"--flagfile={flagfile}"],
+               [f"--flagfile={flagfile}", "--train_steps", "7"]):
+    cfg = parse(*args)
+    assert (cfg.train_steps, cfg.epochs) == (7, None)
+  # Both on the command line (or both in files) is still the user's to settle.
+  with pytest.raises(ConfigError, match="--epochs and --train_steps both given"):
+    parse(f"--flagfile={flagfile}", "--epochs=2", "--train_steps=7")
