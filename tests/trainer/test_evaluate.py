@@ -200,7 +200,8 @@ def test_a_checkpoint_of_another_run_is_refused_and_this_runs_figures_kept(train
 def _eval_files(model_dir) -> dict[str, str]:
   """The run's eval_*.json files (an earlier test may have written some) and their text."""
   return {name: open(os.path.join(model_dir, name)).read()
-          for name in sorted(os.listdir(model_dir)) if name.startswith("eval_")}
+          for name in sorted(os.listdir(model_dir))
+          if name.startswith("eval_") and name.endswith(".json")}
 
 
 def test_a_damaged_checkpoint_is_named_with_where_the_others_are(trained, tmp_path):

@@ -62,7 +62,7 @@ def _starts(model_dir):
   with open(os.path.join(model_dir, "train.log")) as f:
     log = f.read()
   return (len(re.findall(r"training mlp on \S+ from step 0 ", log)),
-          [int(s) for s in re.findall(r"resumed from .*ckpt-(\d+)$", log, re.M)])
+          [int(s) for s in re.findall(r"resumed from .*ckpt-(\d+)'?$", log, re.M)])
 
 
 def test_an_eval_below_the_median_prunes_the_trial_at_that_boundary(tmp_path, monkeypatch):
