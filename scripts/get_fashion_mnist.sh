@@ -22,8 +22,5 @@ if [ ! -d "$debian_dir" ]; then
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq dataset-fashion-mnist
 fi
-# input_pipeline.prepare, with tapeloop's process settings (trainer/tf_env.py: no
-# TensorFlow start-up chatter); input_pipeline itself does not import trainer. It prints a
-# line per split, not TFDS's progress bars.
-"$python" -c 'from trainer import tf_env; tf_env.apply(); import runpy; runpy.run_module("input_pipeline.prepare", run_name="__main__")' \
-  --dataset=fashion_mnist --data_dir="$data_dir"
+# One line per split, not TFDS's progress bars; no TensorFlow start-up chatter.
+"$python" -m input_pipeline.prepare --dataset=fashion_mnist --data_dir="$data_dir"
