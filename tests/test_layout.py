@@ -1,0 +1,37 @@
+"""docs/layout.md names every module, so that the map of the code cannot drift from it."""
+
+import os
+import re
+
+from tests.paths import ROOT
+
+PACKAGES = ("trainer", "input_pipeline", "models", "scripts")
+
+
+def _blocks(text: str) -> dict[str, str]:
+  """Each top-level folder's entry in layout.md's map: its name -> its text."""
+  blocks, name = {}, None
+  for line in text.splitlines():
+    head = re.match(r"    (\S+)/ ", line)
+    if head:
+      name = head.group(1)
+    elif not line.startswith("    "):
+      name = None
+    if name:
+      blocks[name] = blocks.get(name, "") + line + "\n"
+  return blocks
+
+
+def test_layout_names_every_module():
+  with open(os.path.join(ROOT, "docs", "layout.md"), encoding="utf-8") as f:
+    blocks = _blocks(f.read())
+  missing = []
+  for package in PACKAGES:
+    for name in sorted(os.listdir(os.path.join(ROOT, package))):
+      path = os.path.join(ROOT, package, name)
+      # An empty __init__.py only marks a package: there is nothing in it to describe.
+      if not name.endswith(".py") or os.path.getsize(path) == 0:
+        continue
+      if not re.search(rf"(?<![\w.]){re.escape(name)}", blocks.get(package, "")):
+        missing.append(f"{package}/{name}")
+  assert not missing, f"docs/layout.md does not name {missing}"
