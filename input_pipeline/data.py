@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from typing import Callable, Mapping
 
 import numpy as np
@@ -19,7 +20,7 @@ def read_file(path: str) -> bytes:
       return f.read()
   except tf.errors.OpError as e:
     reason = (e.message or type(e).__name__).rsplit("; ", 1)[-1].strip().splitlines()[0]
-    raise DataError(f"cannot read {path}: {reason}") from None
+    raise DataError(f"cannot read {shlex.quote(path)}: {reason}") from None
 
 
 @dataclasses.dataclass(frozen=True)

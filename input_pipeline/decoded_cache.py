@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shlex
 import zipfile
 
 import numpy as np
@@ -30,9 +31,9 @@ def read(path: str, key: str):
       images, labels = stored["images"], stored["labels"]
       if str(stored["key"]) == key and str(stored["sha256"]) == _digest(images, labels):
         return images, labels
-    logging.info("decoded cache %s is stale or damaged: decoding again", path)
+    logging.info("decoded cache %s is stale or damaged: decoding again", shlex.quote(path))
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, tf.errors.OpError) as e:
-    logging.info("decoded cache %s unreadable (%s): decoding again", path, e)
+    logging.info("decoded cache %s unreadable (%s): decoding again", shlex.quote(path), e)
   return None
 
 
@@ -48,6 +49,6 @@ def write(path: str, key: str, images: np.ndarray, labels: np.ndarray) -> None:
       f.write(buffer.getvalue())
     tf.io.gfile.rename(partial, path, overwrite=True)
   except (OSError, tf.errors.OpError) as e:  # a read-only data_dir: no cache, no harm
-    logging.info("not caching the decoded split in %s: %s", path, e)
+    logging.info("not caching the decoded split in %s: %s", shlex.quote(path), e)
     if tf.io.gfile.exists(partial):
       tf.io.gfile.remove(partial)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob as py_glob
 import hashlib
+import shlex
 import time
 
 import numpy as np
@@ -32,7 +33,7 @@ def _list(directory: str) -> list[str]:
   try:
     return sorted(e for e in tf.io.gfile.listdir(directory) if not e.startswith("."))
   except tf.errors.OpError as e:
-    raise DataError(f"cannot list {directory}: {e.message}") from None
+    raise DataError(f"cannot list {shlex.quote(directory)}: {e.message}") from None
 
 
 def _files(root: str, split: str, class_names: list[str]) -> tuple[list[str], list[int]]:
@@ -42,8 +43,9 @@ def _files(root: str, split: str, class_names: list[str]) -> tuple[list[str], li
       tf.io.gfile.join(split_dir, c))]
   unknown = sorted(set(present) - set(class_names))
   if unknown:
-    raise DataError(f"{split_dir} has classes {', '.join(unknown)} that {root}/train has not: "
-                    "every class needs training images")
+    raise DataError(f"{shlex.quote(split_dir)} has classes "
+                    f"{', '.join(map(shlex.quote, unknown))} that {shlex.quote(root + '/train')} "
+                    "has not: every class needs training images")
   paths, labels = [], []
   for label, name in enumerate(class_names):
     class_dir = tf.io.gfile.join(split_dir, name)
@@ -102,36 +104,37 @@ def load(root: str, image_size: tuple[int, int] | None, skip_bad_images: bool,
   root = root.rstrip("/")
   train_dir = tf.io.gfile.join(root, "train")
   if not tf.io.gfile.isdir(train_dir):
-    raise DataError(f"folder:{root} needs {train_dir}/<class>/ with the training images "
-                    "(and optionally test/ and validation/ alike)")
+    raise DataError(f"{shlex.quote('folder:' + root)} needs {shlex.quote(train_dir)}/<class>/ "
+                    "with the training images (and optionally test/ and validation/ alike)")
   class_names = [c.rstrip("/") for c in _list(train_dir)
                  if tf.io.gfile.isdir(tf.io.gfile.join(train_dir, c))]
   if len(class_names) < 2:
-    raise DataError(f"{train_dir} has {len(class_names)} class folder(s): a classifier "
-                    "needs at least 2 (one folder of images per class)")
+    raise DataError(f"{shlex.quote(train_dir)} has {len(class_names)} class folder(s): a "
+                    "classifier needs at least 2 (one folder of images per class)")
   listed = {s: _files(root, s, class_names) for s in _SPLITS
             if tf.io.gfile.isdir(tf.io.gfile.join(root, s))}
   if not listed["train"][0]:
     raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the class folders "
-                    f"of {train_dir}")
+                    f"of {shlex.quote(train_dir)}")
   empty = sorted(set(class_names) - {class_names[l] for l in listed["train"][1]})
   if empty:
-    raise DataError(f"{train_dir}/{empty[0]} has no image files ({', '.join(IMAGE_EXTENSIONS)}): "
+    raise DataError(f"{shlex.quote(train_dir + '/' + empty[0])} has no image files "
+                    f"({', '.join(IMAGE_EXTENSIONS)}): "
                     "a class needs training images; add some, or move that folder out of "
                     "train/")
   paths = [p for s in listed.values() for p in s[0]]
   found = check(root, paths, previous_check)
   bad = found["bad"]
   if bad and not skip_bad_images:
-    raise DataError(f"{bad[0]} is not a readable image ({len(bad)} such file(s) under "
-                    f"{root}): pass --skip_bad_images to train without such files, or "
+    raise DataError(f"{shlex.quote(bad[0])} is not a readable image ({len(bad)} such file(s) under "
+                    f"{shlex.quote(root)}): pass --skip_bad_images to train without such files, or "
                     "replace it")
   if bad:
     logging.info("skipping %d unreadable image(s) (--skip_bad_images), e.g. %s", len(bad),
-                 bad[0])
+                 shlex.quote(bad[0]))
   small, large = found["sizes"]
   if image_size is None and small != large:
-    raise DataError(f"the images under {root} vary in size ({small[0]}x{small[1]} to "
+    raise DataError(f"the images under {shlex.quote(root)} vary in size ({small[0]}x{small[1]} to "
                     f"{large[0]}x{large[1]}): pass --image_size=HxW to resize them")
   size, channels = image_size or tuple(small), found["channels"]
   unreadable = set(bad)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shlex
 import zlib
 
 import numpy as np
@@ -34,31 +35,32 @@ def gunzip(raw: bytes, path: str) -> bytes:
   try:
     return gzip.decompress(raw)
   except (OSError, EOFError, zlib.error) as e:
-    raise DataError(f"{path} is not a valid gzip file ({e}); download it again") from None
+    raise DataError(f"{shlex.quote(path)} is not a valid gzip file ({e}); download it "
+                    f"again") from None
 
 
 def parse_idx(data: bytes, expected_magic: int, path: str) -> np.ndarray:
   """Parses IDX bytes into a uint8 array, checking the magic number and the length."""
   if len(data) < 4:
-    raise DataError(f"{path} is truncated: {len(data)} bytes, no IDX header")
+    raise DataError(f"{shlex.quote(path)} is truncated: {len(data)} bytes, no IDX header")
   magic = int.from_bytes(data[:4], "big")
   if magic != expected_magic:
     kind = "images" if expected_magic == _IMAGES_MAGIC else "labels"
-    raise DataError(f"{path} has IDX magic number {magic:#010x}, expected "
+    raise DataError(f"{shlex.quote(path)} has IDX magic number {magic:#010x}, expected "
                     f"{expected_magic:#010x} for {kind}: is it the right file?")
   ndim = expected_magic & 0xFF
   header = 4 + 4 * ndim
   if len(data) < header:
-    raise DataError(f"{path} is truncated: the IDX header needs {header} bytes, "
+    raise DataError(f"{shlex.quote(path)} is truncated: the IDX header needs {header} bytes, "
                     f"the file has {len(data)}")
   dims = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
   expected = int(np.prod(dims, dtype=object))
   found = len(data) - header
   if found < expected:
-    raise DataError(f"{path} is truncated: shape {dims} needs {expected} bytes of "
+    raise DataError(f"{shlex.quote(path)} is truncated: shape {dims} needs {expected} bytes of "
                     f"data, the file has {found}; download it again")
   if found > expected:
-    raise DataError(f"{path} has {found - expected} bytes after the data of shape "
+    raise DataError(f"{shlex.quote(path)} has {found - expected} bytes after the data of shape "
                     f"{dims}: not a valid IDX file")
   return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
@@ -70,10 +72,12 @@ def _find(directory: str, stem: str) -> str:
   names = sorted(n for n in tf.io.gfile.listdir(directory)
                  if n.removesuffix(".gz").endswith((stem, alt)))
   if not names:
-    raise DataError(f"no {stem}[.gz] in {directory}: idx:DIR needs the four MNIST-format "
+    raise DataError(f"no {stem}[.gz] in {shlex.quote(directory)}: idx:DIR needs the four "
+                    f"MNIST-format "
                     f"files ({', '.join(_STEMS.values())})")
   if len(names) > 1:
-    raise DataError(f"several files match {stem} in {directory} ({', '.join(names)}): "
+    raise DataError(f"several files match {stem} in {shlex.quote(directory)} "
+                    f"({', '.join(map(shlex.quote, names))}): "
                     "point idx: at a directory holding one dataset")
   return os.path.join(directory, names[0])
 
@@ -84,13 +88,14 @@ def read_split(directory: str, split: str, num_classes: int) -> Split:
   images = parse_idx(read_bytes(images_path), _IMAGES_MAGIC, images_path)
   labels = parse_idx(read_bytes(labels_path), _LABELS_MAGIC, labels_path)
   if len(images) != len(labels):
-    raise DataError(f"{images_path} has {len(images)} images but {labels_path} has "
+    raise DataError(f"{shlex.quote(images_path)} has {len(images)} images but "
+                    f"{shlex.quote(labels_path)} has "
                     f"{len(labels)} labels")
-  labels = check_labels(labels, num_classes, lambda i: f"item {i} of {labels_path}")
+  labels = check_labels(labels, num_classes, lambda i: f"item {i} of {shlex.quote(labels_path)}")
   return Split(images=images[..., np.newaxis], labels=labels)
 
 
 def load(directory: str, num_classes: int) -> dict[str, Split]:
   if not tf.io.gfile.isdir(directory):
-    raise DataError(f"idx:{directory}: no such directory")
+    raise DataError(f"{shlex.quote('idx:' + directory)}: no such directory")
   return {split: read_split(directory, split, num_classes) for split in ("train", "test")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import shlex
 
 import numpy as np
 import tensorflow as tf
@@ -19,18 +20,20 @@ def _first_bad_row(path: str, lines: list[str], ncols: int) -> DataError:
       continue
     fields = line.split(",")
     if len(fields) != ncols:
-      return DataError(f"{path} line {lineno} has {len(fields)} columns, "
+      return DataError(f"{shlex.quote(path)} line {lineno} has {len(fields)} columns, "
                        f"the header has {ncols}")
     for col, field in enumerate(fields):
       try:
         value = int(field)
       except ValueError:
-        return DataError(f"{path} line {lineno} column {col + 1}: {field.strip()[:20]!r} "
+        return DataError(f"{shlex.quote(path)} line {lineno} column {col + 1}: "
+                         f"{field.strip()[:20]!r} "
                          "is not an integer")
       if not -2**63 <= value < 2**63:
-        return DataError(f"{path} line {lineno} column {col + 1}: {field.strip()[:20]!r} "
+        return DataError(f"{shlex.quote(path)} line {lineno} column {col + 1}: "
+                         f"{field.strip()[:20]!r} "
                          "is out of range")
-  return DataError(f"{path}: cannot parse as integer CSV")
+  return DataError(f"{shlex.quote(path)}: cannot parse as integer CSV")
 
 
 def read(path: str, num_classes: int) -> Split:
@@ -43,22 +46,23 @@ def parse(raw: bytes, path: str, num_classes: int) -> Split:
   try:
     text = raw.decode("utf-8")
   except UnicodeDecodeError:
-    raise DataError(f"{path} is not a text CSV file") from None
+    raise DataError(f"{shlex.quote(path)} is not a text CSV file") from None
   lines = text.splitlines()
   if not lines:
-    raise DataError(f"{path} is empty: expected a header 'label,pixel0,...' or 'pixel0,...'")
+    raise DataError(f"{shlex.quote(path)} is empty: expected a header 'label,pixel0,...' or "
+                    f"'pixel0,...'")
   header = [h.strip() for h in lines[0].split(",")]
   labeled = header[0] == "label"
   pixels = header[1:] if labeled else header
   if not pixels or any(not h.startswith("pixel") for h in pixels):
-    raise DataError(f"{path}: the header must be 'label,pixel0,pixel1,...' (train) or "
+    raise DataError(f"{shlex.quote(path)}: the header must be 'label,pixel0,pixel1,...' (train) or "
                     f"'pixel0,pixel1,...' (test); found {lines[0][:40]!r}")
   side = math.isqrt(len(pixels))
   if side * side != len(pixels):
-    raise DataError(f"{path} has {len(pixels)} pixel columns, not a square image")
+    raise DataError(f"{shlex.quote(path)} has {len(pixels)} pixel columns, not a square image")
   body = lines[1:]
   if not any(line.strip() for line in body):
-    raise DataError(f"{path} has a header but no rows")
+    raise DataError(f"{shlex.quote(path)} has a header but no rows")
   try:
     rows = np.loadtxt(io.StringIO("\n".join(body)), delimiter=",", dtype=np.int64,
                       comments=None, ndmin=2)
@@ -70,12 +74,13 @@ def parse(raw: bytes, path: str, num_classes: int) -> Split:
   bad = np.argwhere((values < 0) | (values > 255))
   if bad.size:
     r, c = bad[0]
-    raise DataError(f"{path} line {r + 2} {pixels[c]}: pixel value {values[r, c]} is outside "
+    raise DataError(f"{shlex.quote(path)} line {r + 2} {pixels[c]}: pixel value {values[r, c]} "
+                    f"is outside "
                     "[0, 255]")
   images = values.astype(np.uint8).reshape(-1, side, side, 1)
   labels = None
   if labeled:
-    labels = check_labels(rows[:, 0], num_classes, lambda i: f"line {i + 2} of {path}")
+    labels = check_labels(rows[:, 0], num_classes, lambda i: f"line {i + 2} of {shlex.quote(path)}")
   return Split(images=images, labels=labels)
 
 
@@ -86,13 +91,13 @@ def load(path: str, num_classes: int) -> dict[str, Split]:
   if tf.io.gfile.isdir(path):
     train = os.path.join(path, "train.csv")
     if not tf.io.gfile.exists(train):
-      raise DataError(f"csv:{path}: no train.csv in this directory")
+      raise DataError(f"{shlex.quote('csv:' + path)}: no train.csv in this directory")
     splits = {"train": read(train, num_classes)}
     test = os.path.join(path, "test.csv")
     if tf.io.gfile.exists(test):
       splits["test"] = read(test, num_classes)
     return splits
   if not tf.io.gfile.exists(path):
-    raise DataError(f"csv:{path}: no such file")
+    raise DataError(f"{shlex.quote('csv:' + path)}: no such file")
   split = read(path, num_classes)
   return {"train" if split.labels is not None else "test": split}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shlex
 from typing import Callable
 
 import tensorflow as tf
@@ -198,7 +199,8 @@ class Profiler(Action):
     if not self.running and self.first <= b.step < self.last:
       tf.profiler.experimental.start(self.logdir)
       self.running = True
-      logging.info("profiling steps %d to %d into %s", b.step, self.last, self.logdir)
+      logging.info("profiling steps %d to %d into %s", b.step, self.last,
+                   shlex.quote(self.logdir))
     elif self.running and b.step >= self.last:
       self.end(b.step)
 

@@ -4,6 +4,7 @@ checkpointed (trainer/progress.py), so that a resumed run knows it."""
 
 from __future__ import annotations
 
+import shlex
 from typing import Callable
 
 import numpy as np
@@ -75,7 +76,7 @@ class KeepBest(Action):
       path = self.save(b.step)
       self.export()
       logging.info("new best eval %s %.4f at step %d: saved %s and export_best/",
-                   self.best.metric, getattr(b.eval, self.best.metric), b.step, path)
+                   self.best.metric, getattr(b.eval, self.best.metric), b.step, shlex.quote(path))
 
 
 class EarlyStopping(Action):

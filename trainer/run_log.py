@@ -88,8 +88,10 @@ class RunLog(py_logging.Handler):
       elif self._path is not None and self._held:
         before = ""
         if tf.io.gfile.exists(self._path):
-          with tf.io.gfile.GFile(self._path) as f:
-            before = f.read()
+          # Whatever bytes it holds (another program's, a cut multi-byte character):
+          # kept, not a reason to lose this run's lines.
+          with tf.io.gfile.GFile(self._path, "rb") as f:
+            before = f.read().decode("utf-8", errors="replace")
         files.write_text(self._path, before + "".join(self._held))
     except (OSError, tf.errors.OpError) as e:
       logging.warning("could not write %s: %s", shlex.quote(self._path), e)

@@ -20,6 +20,7 @@ from trainer import trial as trial_env
 from trainer.errors import UsageError
 from trainer.liveness import Heartbeat, StudyLock, alive
 from trainer.search import Search
+from trainer.values import flag_arg
 
 # A trial whose trainer was killed (kill -9, the out-of-memory killer) is retried from its
 # checkpoint this many times; killed once more, it fails.
@@ -86,12 +87,12 @@ def refusal(s: Settings, trials, recorded: dict, definition: dict) -> tuple[str 
     return None, False
   if trials and all(Tuner._failed_on_input(t) for t in trials):  # pylint: disable=protected-access
     return None, True
-  return (f"study {s.study!r} in {hidden(s.storage)} was started with other "
+  return (f"study {s.study!r} in {shlex.quote(hidden(s.storage))} was started with other "
           f"{'; '.join(changed)}: use a new --root (nothing was changed)"), False
 
 
 def _driver_missing(s: Settings) -> UsageError:
-  return UsageError(f"--storage={hidden(s.storage)}: its database driver is not "
+  return UsageError(f"{flag_arg('storage', hidden(s.storage))}: its database driver is not "
                     "installed: pip install -e '.[tune]' (psycopg for PostgreSQL)")
 
 
@@ -122,7 +123,7 @@ def check_study(s: Settings) -> str:
   except KeyError:  # no study of that name
     return f"a new {where}"
   except Exception as e:  # pylint: disable=broad-except  (any database's error)
-    raise UsageError(f"--storage={hidden(s.storage)}: cannot open it: "
+    raise UsageError(f"{flag_arg('storage', hidden(s.storage))}: cannot open it: "
                      f"{first_line(e)}") from None
   trials = study.get_trials(deepcopy=False)
   recorded = study.user_attrs.get("definition")
@@ -159,7 +160,7 @@ class Tuner:
         raise _driver_missing(s) from None
       except Exception as e:  # pylint: disable=broad-except  (any database's error)
         if attempt == 2 or "already exists" not in str(e) and "duplicate" not in str(e):
-          raise UsageError(f"--storage={hidden(s.storage)}: cannot open it: "
+          raise UsageError(f"{flag_arg('storage', hidden(s.storage))}: cannot open it: "
                           f"{first_line(e)}") from None
         time.sleep(1 + attempt)
     raise AssertionError("unreachable")

@@ -174,12 +174,17 @@ def _claim_root(s: Settings, write: bool = True) -> None:
   write: record this study when the root holds none (not in a dry run)."""
   path, mine = os.path.join(s.root, "tune.json"), {"study": s.study,
                                                     "storage": hidden(s.storage)}
-  held = child_runs.read_json(path)
+  try:
+    held = files.read_json(path)
+  except ValueError as e:  # a damaged record: overwriting it would drop the root's guard
+    raise UsageError(f"{shlex.quote(path)} is unreadable ({first_line(e)}): it records which "
+                     f"study the trials in {shlex.quote(s.root)} belong to; restore it, remove "
+                     "it if they are this study's, or use a new --root") from None
   if held is None and write:
     files.write_json(path, mine)
   elif held is not None and held != mine:
     raise UsageError(f"--root={shlex.quote(s.root)} holds the trials of study "
-                     f"{held.get('study')!r} in {held.get('storage')}: use a new --root "
+                     f"{held.get('study')!r} in {shlex.quote(str(held.get('storage')))}: use a new --root "
                      "for this one")
 
 

@@ -66,6 +66,10 @@ def test_missing_file_and_directory(tmp_path):
     input_pipeline.load(f"idx:{tmp_path}")
   with pytest.raises(DataError, match="no such directory"):
     input_pipeline.load(f"idx:{tmp_path}/nowhere")
+  # A path in a message can be pasted into a shell: quoted.
+  with pytest.raises(DataError) as error:
+    input_pipeline.load(f"idx:{tmp_path}/no where")
+  assert str(error.value) == f"'idx:{tmp_path}/no where': no such directory"
 
 
 def test_more_classes_with_num_classes(tmp_path):

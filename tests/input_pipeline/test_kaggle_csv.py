@@ -67,5 +67,10 @@ def test_binary_and_missing_files(tmp_path):
     input_pipeline.load(f"csv:{tmp_path / 'x.csv'}")
   with pytest.raises(DataError, match="no such file"):
     input_pipeline.load(f"csv:{tmp_path / 'missing.csv'}")
+  # A path in a message can be pasted into a shell: quoted.
+  (tmp_path / "a b.csv").write_bytes(b"\xff\xfe\x00garbage")
+  with pytest.raises(DataError) as error:
+    input_pipeline.load(f"csv:{tmp_path / 'a b.csv'}")
+  assert str(error.value).startswith(f"'{tmp_path}/a b.csv' is not a text CSV file")
   with pytest.raises(DataError, match="no train.csv"):
     input_pipeline.load(f"csv:{tmp_path}")

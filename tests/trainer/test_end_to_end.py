@@ -108,6 +108,21 @@ def test_the_run_log_ends_with_the_error_and_a_worker_holds_no_lines(tmp_path, c
     assert not worker._held  # pylint: disable=protected-access
 
 
+def test_a_bucket_log_of_other_bytes_is_kept_and_extended(tmp_path):
+  # A model_dir that is not local (a bucket: here ram://) gets its log appended whole at
+  # the end; bytes that are not UTF-8 already there are kept, replaced, not a traceback.
+  path = f"ram://{tmp_path}/run/{run_log.NAME}"
+  tf.io.gfile.makedirs(f"ram://{tmp_path}/run")
+  with tf.io.gfile.GFile(path, "wb") as f:
+    f.write(b"an earlier line \xff\xfe\n")
+  with run_log.RunLog() as log:
+    log.start(f"ram://{tmp_path}/run")
+    logging.warning("this run's line")
+  with tf.io.gfile.GFile(path) as f:
+    text = f.read()
+  assert text.startswith("an earlier line \ufffd\ufffd\n") and "this run's line" in text
+
+
 def test_tensorboard_events(trained):
   model_dir, _ = trained
   train = read_scalars(os.path.join(model_dir, "train"))

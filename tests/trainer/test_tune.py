@@ -120,10 +120,10 @@ def test_a_trial_without_a_validation_split_is_refused(tmp_path, monkeypatch):
     (["--search=learning_rate=uniform:0.1:0.2", "--sampler=grid"],
      "--sampler=grid takes choice: or int: values"),
     (["--search=dropout=uniform:0:0.5", "--storage=postgresql://me:secret@127.0.0.1:9/db"],
-     "--storage=postgresql://me:***@127.0.0.1:9/db: cannot open it:"),
+     "'--storage=postgresql://me:***@127.0.0.1:9/db': cannot open it:"),
     (["--search=dropout=uniform:0:0.5", "--dry_run",
       "--storage=postgresql://me:secret@127.0.0.1:9/db"],
-     "--storage=postgresql://me:***@127.0.0.1:9/db: cannot open it:"),
+     "'--storage=postgresql://me:***@127.0.0.1:9/db': cannot open it:"),
     (["--search=dropout=uniform:0:0.5", "--root=ram://tune"],
      "--root=ram://tune is not a local directory: give --storage=URL"),
     (["--search=dropout=uniform:0:0.5", "--sampler=cmaes"],
@@ -198,6 +198,20 @@ def test_a_root_holding_another_studys_trials_is_refused(tmp_path, capsys):
     assert err == [f"error: --root={root} holds the trials of study 'other' in sqlite://x: "
                    "use a new --root for this one"]
     assert sorted(os.listdir(root)) == ["study.db", "tune.json"][bool(dry):]
+
+
+def test_a_damaged_tune_json_is_refused_not_overwritten(tmp_path, capsys):
+  """It is the root's guard against another study's trials: rewriting it would drop it."""
+  root = tmp_path / "tu ne"
+  root.mkdir()
+  (root / "tune.json").write_text('{"study": "oth')
+  assert tune.main([f"--root={root}", "--search=dropout=uniform:0:0.5", "--dry_run", "--",
+                    *TRIAL]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(f"error: '{root}/tune.json' is unreadable ("), err
+  assert err[0].endswith(f"it records which study the trials in '{root}' belong to; restore "
+                         "it, remove it if they are this study's, or use a new --root")
+  assert (root / "tune.json").read_text() == '{"study": "oth'
 
 
 def test_a_dry_run_checks_what_the_run_checks_before_its_first_trial(tmp_path, capsys,
