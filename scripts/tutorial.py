@@ -1,7 +1,7 @@
 """The digit tutorial reproduced: its seven models trained, compared and tabulated.
 
     python scripts/tutorial.py                                  # Fashion-MNIST, offline (make tutorial)
-    python scripts/tutorial.py --dataset=idx:data/mnist         # MNIST, from its four gz files
+    python scripts/tutorial.py --dataset=idx:DIR                # MNIST, from its four gz files
 
 Each model is its configs/ flagfile (Adam, batch 128, a seeded 10% validation split) run
 into ROOT/<config> like any run: rerunning resumes or skips. After training, the train
