@@ -132,13 +132,16 @@ def test_broken_file_is_named_or_skipped_and_counted(tmp_path, caplog):
 
 
 @pytest.mark.parametrize("layout, message", [
-    ("no_train", "needs .*/train/<class>/"),
-    ("one_class", "has 1 class folder"),
-    ("stray_test_class", "has classes owl that .*/train has not"),
-    ("empty_class", r"train/owl has no image files \(.jpg"),
+    # The root has a space: each path is quoted, so that it can be pasted into a shell.
+    ("no_train", "^'folder:.*/my images' needs '.*/my images/train'/<class>/"),
+    ("one_class", "^'.*/my images/train' has 1 class folder"),
+    ("stray_test_class", "^'.*/my images/test' has classes owl that '.*/my images/train' has "
+     "not"),
+    ("empty_class", r"^'.*/my images/train/owl' has no image files \(.jpg"),
     ("own_validation", r"has its own validation split \(9 examples\): drop --validation_split"),
 ])
 def test_folder_layout_errors(tmp_path, layout, message):
+  tmp_path = tmp_path / "my images"
   write_image_folder(tmp_path, sizes=((12, 12),))
   if layout == "no_train":
     os.rename(tmp_path / "train", tmp_path / "training")
