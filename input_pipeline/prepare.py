@@ -18,18 +18,21 @@ import logging as py_logging
 import os
 import shlex
 import struct
-import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 
-from input_pipeline import tfds_source
-from input_pipeline.data import DataError
+# TensorFlow-free at the top: the program's flags are parsed and checked before TensorFlow
+# and TFDS load (tfds_source imports TensorFlow; it is imported where it is used).
+from input_pipeline.specs import DataError
 
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
 # Upstream gzip mtimes (from the registered files): train files, then t10k files.
 _MTIMES = {"train": 1504176606, "t10k": 1504176627}
+_ONLY_FASHION = ("only fashion_mnist has an offline source here (Debian's "
+                 "dataset-fashion-mnist); for MNIST files you downloaded use "
+                 "--dataset=idx:DIR when training")
 _FNAME = 0x08  # gzip header flag: an original file name follows the 10-byte header
 
 
@@ -68,13 +71,13 @@ def place_manual_files(source_dir: str, manual_dir: str, url_infos) -> list[str]
       continue
     source = os.path.join(source_dir, filename)
     if not os.path.exists(source):
-      raise DataError(f"{source} is missing: install Debian's package with "
+      raise DataError(f"{shlex.quote(source)} is missing: install Debian's package with "
                       "'apt-get install dataset-fashion-mnist' (or pass --source_dir)")
     name = filename.removesuffix(".gz")
     with open(source, "rb") as f:
       restored = restore_gzip_header(f.read(), name, _MTIMES[name.split("-")[0]])
     if _sha256(restored) != info.checksum:
-      raise DataError(f"{source}: after restoring its gzip header the sha256 differs from "
+      raise DataError(f"{shlex.quote(source)}: after restoring its gzip header the sha256 differs from "
                       f"TFDS's registered {info.checksum[:12]}...; reinstall "
                       "dataset-fashion-mnist or download the file from upstream")
     _write_atomic(target, restored)
@@ -89,10 +92,9 @@ def _sha256(data: bytes) -> str:
 def prepare(dataset: str, data_dir: str | None, source_dir: str) -> str:
   """Places the files and builds the TFDS dataset; returns the TFDS data_dir used."""
   if dataset != "fashion_mnist":
-    raise DataError(f"--dataset={dataset}: only fashion_mnist has an offline source here "
-                    "(Debian's dataset-fashion-mnist); for MNIST files you downloaded use "
-                    "--dataset=idx:DIR when training")
+    raise DataError(f"{shlex.quote('--dataset=' + dataset)}: {_ONLY_FASHION}")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
   with _quiet_tfds():
     builder = tfds.builder(dataset, data_dir=data_dir or tfds_source.default_data_dir())
     manual_dir = tfds_source.manual_dir_for(builder, dataset)
@@ -145,6 +147,9 @@ def define_flags(flag_values=flags.FLAGS) -> None:
   not claim --dataset (trainer.main's flag)."""
   flags.DEFINE_string("dataset", "fashion_mnist", "TFDS dataset to prepare.",
                       flag_values=flag_values)
+  # Checked as the flags are parsed: before TensorFlow loads.
+  flags.register_validator("dataset", lambda name: name == "fashion_mnist", _ONLY_FASHION,
+                           flag_values=flag_values)
   flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the trainer's, "
                       "$TFDS_DATA_DIR else ~/tensorflow_datasets).", flag_values=flag_values)
   flags.DEFINE_string("source_dir", DEBIAN_DIR,
@@ -152,14 +157,20 @@ def define_flags(flag_values=flags.FLAGS) -> None:
                       flag_values=flag_values)
 
 
+USAGE = ("python -m input_pipeline.prepare --dataset=fashion_mnist [--data_dir=DIR] "
+         "[--source_dir=DIR]")
+FLAG_NAMES = ("dataset", "data_dir", "source_dir")
+
+
 def main(argv, flag_values=flags.FLAGS):
-  del argv
+  """The program: bad input raises DataError, which the command line (trainer/cli.py's
+  run_app) prints as one line with exit status 2."""
+  if len(argv) > 1:
+    raise DataError(f"unexpected arguments {shlex.join(argv[1:])}: flags look like "
+                    "--name=value")
   fv = flag_values
-  try:
-    root = prepare(fv.dataset, fv.data_dir, fv.source_dir)
-  except DataError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  root = prepare(fv.dataset, fv.data_dir, fv.source_dir)
+  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
   # --data_dir only where the commands would not look by default.
   elsewhere = os.path.realpath(root) != os.path.realpath(tfds_source.default_data_dir())
   print(f"{fv.dataset} is ready in {shlex.quote(root)}; train with --dataset={fv.dataset}"
@@ -167,5 +178,8 @@ def main(argv, flag_values=flags.FLAGS):
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  # Run through the trainer's command line (flags parsed before TensorFlow loads, its
+  # process settings, one line and exit 2 for bad input): trainer sits above
+  # input_pipeline, so only the program, never the library, imports it.
+  from trainer import cli  # pylint: disable=g-import-not-at-top
+  cli.prepare_data()
