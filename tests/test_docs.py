@@ -317,3 +317,20 @@ def test_with_an_empty_home_an_unprepared_dataset_names_make_data_and_data_dir(
   assert os.listdir(home) == []
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "elsewhere"))
   assert tfds_source.default_data_dir() == str(tmp_path / "elsewhere")
+
+
+def test_a_dry_run_and_the_sweeps_check_refuse_a_model_the_images_cannot_feed(tmp_path):
+  """The model is built as the run builds it: 8x8 images too small for its convolutions
+  are the run's one-line refusal (exit 2), not a dry run that passes."""
+  from trainer import config, dry_run  # pylint: disable=g-import-not-at-top
+  from trainer.errors import UsageError  # pylint: disable=g-import-not-at-top
+  args = ["--model=cnn", "--kernel_sizes=9,9,9", "--batch_size=16", "--dry_run",
+          "--dataset=synthetic:train=64,test=16,shape=8x8x1", f"--model_dir={tmp_path / 'run'}"]
+  too_small = "8x8 images are too small for CNN's .* smaller --kernel_sizes"
+  with pytest.raises(config.ConfigError, match=too_small):
+    dry_run.report(config.from_args(args))
+  with pytest.raises(UsageError, match=too_small):
+    dry_run.check_runs([args])
+  assert "parameters" in dry_run.report(config.from_args(
+      [*args, "--kernel_sizes=3,3,3", "--dataset=synthetic:train=64,test=16,shape=28x28x1"]))
+  assert not (tmp_path / "run").exists()

@@ -13,9 +13,8 @@ import shlex
 from absl import flags as absl_flags
 import tensorflow as tf
 
-import models
 from input_pipeline import tfds_source
-from trainer import checkpoints, distribute, run_files, run_record
+from trainer import checkpoints, distribute, run_files, run_record, state
 from trainer import config as config_lib
 from trainer import plan as run_plan
 from trainer.child_runs import FLAGS_LOCK
@@ -60,14 +59,15 @@ def _strategy(config: Config):
   return tf.distribute.get_strategy(), note
 
 
+def _build(config: Config, info, precision: str = "float32"):
+  """The run's model, built on the CPU as the run builds it (state.build_model): a model
+  the data's images cannot feed is the run's ConfigError, before anything starts."""
+  with tf.device("/CPU:0"):
+    return state.build_model(config, info, precision)
+
+
 def _parameters(config: Config, data, precision: str) -> str:
-  try:
-    model = models.create(config.model, num_classes=data.info.num_classes,
-                          image_shape=data.info.image_shape, precision=precision,
-                          **config.model_hparams)
-  except (ValueError, tf.errors.OpError) as e:
-    return f"(not built: {str(e).splitlines()[0][:120]})"
-  return f"{model.count_params():,} parameters"
+  return f"{_build(config, data.info, precision).count_params():,} parameters"
 
 
 def report(config: Config) -> str:
@@ -188,7 +188,7 @@ def check_runs(runs: list[list[str]]) -> None:
 
 
 def _check_runs(runs: list[list[str]]) -> None:
-  loaded = {}
+  loaded, built = {}, set()
   for args in runs:
     with FLAGS_LOCK:
       cfg = config_lib.from_args(args)
@@ -199,5 +199,11 @@ def _check_runs(runs: list[list[str]]) -> None:
       except tfds_source.NotPrepared:
         loaded[key] = None
     if loaded[key] is not None:
+      info = loaded[key].info
+      model_key = repr([cfg.model, sorted(cfg.model_hparams.items()), info.image_shape,
+                        info.num_classes])
+      if model_key not in built:
+        built.add(model_key)
+        _build(cfg, info)
       strategy, _ = _strategy(cfg)
       run_plan.resolve(cfg, loaded[key], strategy, run_files.read_record(cfg.model_dir))
