@@ -48,6 +48,8 @@ def test_flags_are_answered_before_tensorflow_loads(tmp_path):
            ("trainer.main", [f"--flagfile={tmp_path}/none.cfg"], 2,
             f"error: flagfile {tmp_path}/none.cfg: no such file"),
            ("trainer.main", ["--batch_size=0"], 2, "error: --batch_size=0 must be positive"),
+           ("trainer.main", [f"--model_dir={tmp_path}/run", "--steps_per_loop=0"], 2,
+            "error: --steps_per_loop=0 must be positive"),  # before its record is read
            ("trainer.main", ["--model=cnn", "--hidden_units=8"], 2,
             "--hidden_units does not apply to --model=cnn"),
            ("trainer.evaluate", ["--help"], 0, ""),
