@@ -29,6 +29,24 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--flagfile", help="the base configuration of every trial")
+  parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                      help="a flag and its values; repeat for more flags")
+  parser.add_argument("--root", required=True, help="one model_dir per trial below it "
+                      "(a local directory or a bucket, gs://...)")
+  parser.add_argument("--parallel", type=int, default=1, help="trials run at once")
+  parser.add_argument("--dry_run", action="store_true", help="check every trial's flags "
+                      "and data, list the trials, and exit writing nothing")
+  parser.add_argument("trainer_flags", nargs="*", help="after --: flags for every trial")
+  return parser
+
+
+if __name__ == "__main__":  # --help and a bad argument answered before TensorFlow loads
+  _parser().parse_args()
+
 from trainer import tf_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 tf_env.apply()  # TensorFlow's settings for this process and every trial's
@@ -180,17 +198,7 @@ def table(outcomes: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--flagfile", help="the base configuration of every trial")
-  parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
-                      help="a flag and its values; repeat for more flags")
-  parser.add_argument("--root", required=True, help="one model_dir per trial below it "
-                      "(a local directory or a bucket, gs://...)")
-  parser.add_argument("--parallel", type=int, default=1, help="trials run at once")
-  parser.add_argument("--dry_run", action="store_true", help="check every trial's flags "
-                      "and data, list the trials, and exit writing nothing")
-  parser.add_argument("trainer_flags", nargs="*", help="after --: flags for every trial")
-  args = parser.parse_args(argv)
+  args = _parser().parse_args(argv)
   root, flagfile = resolve(args.root), resolve(args.flagfile)
   try:
     grid = parse_grid(args.grid)

@@ -57,7 +57,11 @@ def test_flags_are_answered_before_tensorflow_loads(tmp_path):
            ("trainer.predict", ["--help"], 0, ""),
            ("trainer.predict", ["--image=a.png"], 2, "Unknown command line flag 'image'"),
            ("trainer.tune", ["--help"], 0, ""),
-           ("trainer.tune", ["--root=r", "--trails=3"], 2, "unrecognized arguments")]
+           ("trainer.tune", ["--root=r", "--trails=3"], 2, "unrecognized arguments"),
+           *((f"import runpy, sys; sys.argv = ['sweep.py', *{args!r}]; "
+              "runpy.run_path('scripts/sweep.py', run_name='__main__')", [], status, message)
+             for args, status, message in [(["--help"], 0, ""),
+                                           (["--root=r", "--gird=a=1"], 2, "unrecognized")])]
   import configparser  # pylint: disable=g-import-not-at-top
   setup = configparser.ConfigParser()
   setup.read(os.path.join(ROOT, "setup.cfg"))
