@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -96,12 +97,17 @@ def test_a_sweep_trains_every_trial_writes_one_experiment_resumes_and_refuses_ch
   again = _sweep_here(capsys, tmp_path)
   assert again.returncode == 0 and "start  learning_rate" not in again.stdout  # skipped
   assert again.stdout.count("done before") == 2
-  # Other flags than the trials ran with: no stale results, no trainer started, one line.
-  other = _sweep_here(capsys, tmp_path, trainer_flags=["--seed=1"])
-  assert other.returncode == 2 and "start" not in other.stdout and "done before" not in other.stdout
-  assert other.stderr.strip().splitlines()[-1] == (
-      f"error: {tmp_path}/learning_rate=1e-3 holds a run of other flags (--seed=0 -> 1): use "
-      "a new --root (nothing was changed in that directory) (and 1 more: see above)")
+  # Other flags than a trial ran with, in one trial's directory (the first trial is new):
+  # refused before any trial starts, its dry run too, in one line; nothing written.
+  shutil.rmtree(tmp_path / "learning_rate=1e-3")
+  before = sorted(p.name for p in tmp_path.rglob("*"))
+  for dry in (["--dry_run"], []):
+    other = _sweep_here(capsys, tmp_path, *dry, trainer_flags=["--seed=1"])
+    assert other.returncode == 2 and other.stdout == ""
+    assert other.stderr.strip().splitlines() == [
+        f"error: trial learning_rate=1e-2: {tmp_path}/learning_rate=1e-2 holds a run of other "
+        "flags (--seed=0 -> 1): use a new --root (no trial was started)"]
+  assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
 def _hparams_content(logdir):
