@@ -138,6 +138,18 @@ def _to_download(config: Config, missing: tfds_source.NotPrepared,
   ])
 
 
+def evaluated_split(data, split: str | None) -> str:
+  """The split trainer.evaluate evaluates: --split, or (None) the one training evaluates,
+  validation when held out, else test; refused when the data has no such labeled split."""
+  if split is None:
+    split = run_plan.eval_split(data) or "test"
+  if split not in data.splits or not data.splits[split].labeled:
+    held = ", ".join(s for s, v in data.splits.items() if v.labeled) or "none"
+    raise UsageError(f"--split={split}: the run's data has no labeled {split} split "
+                     f"(it has {held})")
+  return split
+
+
 def evaluate_report(config: Config, recorded: dict, split: str | None,
                     checkpoint: str | None, continuous: bool) -> str:
   """trainer.evaluate --dry_run: the split and checkpoint(s) it would evaluate, resolved as
@@ -146,12 +158,7 @@ def evaluate_report(config: Config, recorded: dict, split: str | None,
   run_plan.check_replicas(config, strategy)
   with read_only():
     data = config.load_data()
-  if split is None:
-    split = run_plan.eval_split(data) or "test"
-  if split not in data.splits or not data.splits[split].labeled:
-    held = ", ".join(s for s, v in data.splits.items() if v.labeled)
-    raise UsageError(f"--split={split}: the run's data has no labeled {split} split "
-                     f"(it has {held})")
+  split = evaluated_split(data, split)
   plan = run_plan.resolve(config, data, strategy, recorded, training=False)
   where = shlex.quote(config.model_dir)
   if continuous:
