@@ -75,6 +75,7 @@ if __name__ == "__main__":
 import collections
 import os
 import shlex
+import tempfile
 
 from trainer import tf_env
 
@@ -87,7 +88,7 @@ from absl import logging
 import input_pipeline
 from input_pipeline import DataError, folder
 from input_pipeline.specs import parse_spec
-from trainer import dry_run, export, run_files
+from trainer import dry_run, export, files, run_files
 from trainer.errors import UsageError
 from trainer import options
 from trainer.options import normalized
@@ -291,6 +292,32 @@ def _predict_files(serve, image_shape, output: str) -> str:
   return summary(output, ("file", "class", "probability"), rows, names, note)
 
 
+def check_output(output: str) -> None:
+  """--output can be written, checked before anything is classified (and by a dry run): a
+  local path's nearest existing directory is probed with a temporary file, not written."""
+  if not files.is_local(output):  # a bucket's object is written whole at the end
+    return
+  path = os.path.abspath(output.removeprefix("file://"))
+  if os.path.isdir(path):
+    raise UsageError(f"{flag_arg('output', output)} is a directory: give a file name, e.g. "
+                     f"{flag_arg('output', os.path.join(output, 'predictions.csv'))}")
+  parent = os.path.dirname(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  problem = None
+  if not os.path.isdir(parent):
+    problem = f"{shlex.quote(parent)} is a file, not a directory"
+  else:
+    try:
+      with tempfile.TemporaryFile(dir=parent):
+        pass
+    except OSError as e:
+      problem = f"{shlex.quote(parent)} is not writable: {e.strerror}"
+  if problem:
+    raise UsageError(f"cannot write {flag_arg('output', output)} ({problem}): choose "
+                     "another --output")
+
+
 def _write(output: str, write) -> None:
   """write(export module); a path that cannot be written ends in one line, not a trace."""
   try:
@@ -306,6 +333,8 @@ def main(argv):
     raise UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like "
                          "--name=value (quote a pattern: --images='DIR/*.png')")
   _check_flags()
+  output = FLAGS.output or ("predictions.csv" if FLAGS.images is not None else "submission.csv")
+  check_output(output)
   export_dir = os.path.join(FLAGS.model_dir, "export")
   if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
     raise UsageError(f"no exported model in {shlex.quote(export_dir)}: train first with "
@@ -314,8 +343,8 @@ def main(argv):
   if FLAGS.dry_run:
     dry_run.set_read_only(True)  # this process ends after it
   if FLAGS.images is not None:
-    shown = _predict_files(serve, image_shape, FLAGS.output or "predictions.csv")
+    shown = _predict_files(serve, image_shape, output)
   else:
-    shown = _predict_dataset(serve, image_shape, num_classes, FLAGS.output or "submission.csv")
+    shown = _predict_dataset(serve, image_shape, num_classes, output)
   print(shown)
 
