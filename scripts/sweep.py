@@ -229,10 +229,19 @@ def main(argv=None) -> int:
       raise SweepError(str(e)) from None
     check_trials(root, base, todo)
     if args.dry_run:
+      first = os.path.join(root, trial_name(todo[0]))
+      try:
+        plan = dry_run.plan_lines([*base, *(f"--{k}={v}" for k, v in todo[0].items()),
+                                   f"--model_dir={first}"])
+      except UsageError as e:
+        raise SweepError(f"trial {trial_name(todo[0])}: {e} (no trial was started)") from None
       print(f"dry run: nothing was written; without --dry_run this trains {len(todo)} "
             f"trials, {args.parallel} at a time, each in {shlex.quote(root)}/NAME:")
       for trial in todo:
         print(f"  {trial_name(trial)}")
+      print(f"the first, {trial_name(todo[0])}, as trainer.main's dry run says it:")
+      for line in plan:
+        print(f"  {line}")
       return 0
     try:
       tf.io.gfile.makedirs(root)

@@ -334,3 +334,22 @@ def test_a_dry_run_and_the_sweeps_check_refuse_a_model_the_images_cannot_feed(tm
   assert "parameters" in dry_run.report(config.from_args(
       [*args, "--kernel_sizes=3,3,3", "--dataset=synthetic:train=64,test=16,shape=28x28x1"]))
   assert not (tmp_path / "run").exists()
+
+
+def test_the_launchers_dry_runs_say_the_plan_of_what_they_start(tmp_path, capsys, monkeypatch):
+  """scripts/local_cluster.py's (the sweep's and the tuner's: their tests): its tasks, and
+  the run's model, data, steps and eval cadence as trainer.main's dry run says them."""
+  from paths import load_script  # pylint: disable=g-import-not-at-top
+  local_cluster = load_script("local_cluster")
+  monkeypatch.setenv("TF_CONFIG", "")  # the dry run sets its first task's
+  spec = local_cluster.cluster(2)
+  assert local_cluster.dry_run(spec, ["--model=mlp", "--hidden_units=8", "--train_steps=8",
+                                      "--dataset=synthetic:train=256,test=64",
+                                      f"--model_dir={tmp_path / 'run'}"]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[3] == "the run, as trainer.main's dry run says it:"
+  assert out[4].startswith("  model mlp: ") and "parameters" in out[4]
+  assert out[6].startswith("  train: 8 steps (2 per epoch) of batch 128")
+  assert out[8] == ("  multi_worker: 2 training task(s) in TF_CONFIG, not joined by a dry run; "
+                    "the plan above is one task's")
+  assert not (tmp_path / "run").exists()

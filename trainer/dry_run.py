@@ -55,7 +55,7 @@ def _strategy(config: Config):
     cluster = {}
   tasks = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
   note = (f"multi_worker: {tasks} training task(s) in TF_CONFIG, not joined by a dry run; "
-          "the plan below is one task's")
+          "the plan above is one task's")
   return tf.distribute.get_strategy(), note
 
 
@@ -70,16 +70,33 @@ def _parameters(config: Config, data, precision: str) -> str:
   return f"{_build(config, data.info, precision).count_params():,} parameters"
 
 
-def report(config: Config) -> str:
+def report(config: Config, fresh: bool = False) -> str:
   """Resolves the run of `config` as trainer.main would, up to its first step, and says
-  what it would do. Raises what the run would raise (ConfigError, DataError)."""
+  what it would do. Raises what the run would raise (ConfigError, DataError). fresh: as a
+  new run, whatever model_dir holds."""
   with read_only():
-    return _report(config)
+    return _report(config, fresh)
 
 
-def _report(config: Config) -> str:
+_OUTPUTS = "outputs: "
+
+
+def plan_lines(args: list[str], fresh: bool = False) -> list[str]:
+  """The model, data, steps and eval cadence of the run of command-line ARGS, as its own
+  dry run says them (report, less where it starts and writes), for the dry runs of the
+  programs that start such runs (the tuner, the sweep, the local cluster)."""
+  try:
+    with FLAGS_LOCK:
+      cfg = config_lib.from_args(args)
+    said = report(cfg, fresh)
+  except (ValueError, absl_flags.Error) as e:  # as check_runs: one line
+    raise _one_line(e) from None
+  return [line for line in said.splitlines()[1:] if not line.startswith(_OUTPUTS)]
+
+
+def _report(config: Config, fresh: bool = False) -> str:
   run_files.check_model_dir(config.model_dir)  # writable, probed without writing
-  recorded = run_files.read_record(config.model_dir)
+  recorded = None if fresh else run_files.read_record(config.model_dir)
   if recorded is not None:  # --dry_run itself is no change of the run's
     recorded = {**recorded, "dry_run": config.dry_run}
   changed = run_record.check(config, recorded)
@@ -90,7 +107,7 @@ def _report(config: Config) -> str:
   except tfds_source.NotPrepared as e:  # the host resolves: the run would download it
     return _to_download(config, e, recorded)
   plan = run_plan.resolve(config, data, strategy, recorded)
-  step = latest_step(config.model_dir) or 0
+  step = 0 if fresh else latest_step(config.model_dir) or 0
   run_record.check_length(config, step, plan.total_steps)
   sizes = ", ".join(f"{name} {len(split):,}" for name, split in data.splits.items())
   shape = "x".join(map(str, data.info.image_shape))
@@ -113,7 +130,7 @@ def _report(config: Config) -> str:
       (f"eval on {plan.eval_split} every {plan.eval_interval:,} steps"
        if plan.eval_split else "no labeled split to evaluate")
       + f"; checkpoint every {plan.checkpoint_interval:,} steps",
-      f"outputs: {where} (checkpoints, TensorBoard events, export, results.json)",
+      f"{_OUTPUTS}{where} (checkpoints, TensorBoard events, export, results.json)",
   ]
   if changed:
     lines.append(f"recorded as changes: {run_record.listed(changed)}")
@@ -134,7 +151,7 @@ def _to_download(config: Config, missing: tfds_source.NotPrepared,
       f"{missing.name} into {shlex.quote(missing.data_dir)} (network needed), then {then}",
       "the model, the data's sizes, the steps and the eval cadence follow from the data: "
       "the dry run says them once it is prepared",
-      f"outputs: {where} (checkpoints, TensorBoard events, export, results.json)",
+      f"{_OUTPUTS}{where} (checkpoints, TensorBoard events, export, results.json)",
   ])
 
 
@@ -190,8 +207,12 @@ def check_runs(runs: list[list[str]]) -> None:
     with read_only():
       _check_runs(runs)
   except (ValueError, absl_flags.Error) as e:  # ConfigError and DataError are ValueErrors
-    text = str(e).strip()
-    raise UsageError(text.splitlines()[0] if text else type(e).__name__) from None
+    raise _one_line(e) from None
+
+
+def _one_line(error: Exception) -> UsageError:
+  text = str(error).strip()
+  return UsageError(text.splitlines()[0] if text else type(error).__name__)
 
 
 def _check_runs(runs: list[list[str]]) -> None:

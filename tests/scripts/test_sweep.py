@@ -223,3 +223,13 @@ def test_every_trials_flags_and_data_are_checked_before_any_trial_starts(
   assert refused("--grid=batch_size=64,512", "--", "--model=mlp", tiny).startswith(
       "error: trial batch_size=512: --batch_size=512 is larger than the 256 training examples")
   assert not fake_trainer and not root.exists()
+  # Passed, the dry run lists the trials and says the first one's plan as trainer.main's.
+  assert sweep.main([f"--root={root}", "--grid=batch_size=64,128", "--dry_run", "--",
+                     "--model=mlp", "--hidden_units=8", tiny]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[1:4] == ["  batch_size=64", "  batch_size=128",
+                      "the first, batch_size=64, as trainer.main's dry run says it:"]
+  assert out[4].startswith("  model mlp: ") and "parameters" in out[4]
+  assert out[5].startswith("  data synthetic:train=256,test=64: train 256, test 64")
+  assert out[6].startswith("  train: 4 steps (4 per epoch) of batch 64")
+  assert not fake_trainer and not root.exists()
