@@ -245,6 +245,21 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> str:
                  [(i, label) for i, label in enumerate(named, start=1)], named)
 
 
+# The formats --images reads, by their first bytes (as tf.io.decode_image tells them).
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+
+
+def _opens_as_image(path: str) -> bool:
+  """Whether the file can be read and starts as an image does: a dry run's check of each
+  --images file, without decoding it (a damaged body is found by the run)."""
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      head = f.read(8)
+  except (OSError, tf.errors.OpError):
+    return False
+  return head.startswith(_IMAGE_MAGIC)
+
+
 def _dry_run_note(count: int, output: str) -> str:
   return (f"dry run: nothing was written; without --dry_run this writes {count} "
           f"predictions to {shlex.quote(output)}")
@@ -253,16 +268,24 @@ def _dry_run_note(count: int, output: str) -> str:
 def _predict_files(serve, image_shape, output: str) -> str:
   """Each --images file's class name and probability as CSV; returns its summary."""
   paths = folder.list_images(FLAGS.images)
-  if FLAGS.dry_run:
-    return _dry_run_note(len(paths), output)
   skip = FLAGS.skip_bad_images
-  height, width, channels = image_shape
-  batches = folder.read_images(paths, (height, width), channels).batch(FLAGS.batch_size)
-  seen, names, probabilities = [], [], []
 
   def refuse(position):
     raise DataError(f"{shlex.quote(paths[position])} is not a readable image: remove it "
                     "from --images, or pass --skip_bad_images to skip such files")
+
+  if FLAGS.dry_run:
+    bad = [i for i, path in enumerate(paths) if not _opens_as_image(path)]
+    if bad and not skip:
+      refuse(bad[0])
+    if len(bad) == len(paths):
+      raise DataError(f"none of the {len(paths)} files --images names is a readable image "
+                      f"(e.g. {shlex.quote(paths[0])})")
+    note = _dry_run_note(len(paths) - len(bad), output)
+    return note + (f" ({len(bad)} unreadable file(s) skipped)" if bad else "")
+  height, width, channels = image_shape
+  batches = folder.read_images(paths, (height, width), channels).batch(FLAGS.batch_size)
+  seen, names, probabilities = [], [], []
 
   for positions, images in batches.prefetch(1).as_numpy_iterator():
     # An unreadable file leaves a gap in the positions: named at once, before the rest.
