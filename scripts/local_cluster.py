@@ -110,8 +110,11 @@ def dry_run(spec: dict, trainer_args: list[str]) -> int:
   from trainer.errors import UsageError
   # pylint: enable=g-import-not-at-top
   args = ["--strategy=multi_worker", *trainer_args]
+  kind, i = tasks(spec)[0]
+  os.environ["TF_CONFIG"] = tf_config(spec, i, kind)  # the plan as the first task sees it
   try:
     check.check_runs([args])
+    plan = check.plan_lines(args)
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -119,6 +122,9 @@ def dry_run(spec: dict, trainer_args: list[str]) -> int:
   for kind, i in tasks(spec):
     print(f"  [{kind} {i}] TF_CONFIG={shlex.quote(tf_config(spec, i, kind))} "
           f"{shlex.join([sys.executable, '-m', 'trainer.main', *args])}")
+  print("the run, as trainer.main's dry run says it:")
+  for line in plan:
+    print(f"  {line}")
   return 0
 
 

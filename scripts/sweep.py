@@ -8,10 +8,10 @@ rerun of the sweep resumes unfinished trials and skips finished ones: those whos
 results.json records the flags the trial runs with now (how it runs aside: model_dir,
 data_dir, ...; a longer --epochs or --train_steps extends a trial). A trial directory
 holding a run of other flags (the flagfile or the flags after -- changed since) is not
-reused nor retrained: the sweep names it and exits 2; use a new --root. ROOT gets one
-HParams experiment over all trials (`tensorboard --logdir ROOT`), the flags that differ
-between them its first columns, and sweep.json; the console a table
-ranked by eval accuracy. ROOT may be a bucket (gs://...). Local paths, also those in the
+reused nor retrained: the sweep names it before any trial starts and exits 2; use a
+new --root. ROOT gets one HParams experiment over all trials (`tensorboard --logdir
+ROOT`), the flags that differ between them its first columns, and sweep.json; the console
+a table ranked by eval accuracy. ROOT may be a bucket (gs://...). Local paths, also those in the
 flags after --, are relative to the current directory. Values of a list-valued flag are
 separated by ';': --grid='hidden_units=50;50,50'.
 """
@@ -28,6 +28,24 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--flagfile", help="the base configuration of every trial")
+  parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                      help="a flag and its values; repeat for more flags")
+  parser.add_argument("--root", required=True, help="one model_dir per trial below it "
+                      "(a local directory or a bucket, gs://...)")
+  parser.add_argument("--parallel", type=int, default=1, help="trials run at once")
+  parser.add_argument("--dry_run", action="store_true", help="check every trial's flags "
+                      "and data, list the trials, and exit writing nothing")
+  parser.add_argument("trainer_flags", nargs="*", help="after --: flags for every trial")
+  return parser
+
+
+if __name__ == "__main__":  # --help and a bad argument answered before TensorFlow loads
+  _parser().parse_args()
 
 from trainer import tf_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -104,22 +122,14 @@ def train(model_dir: str, args: list[str], label: str) -> dict:
   except ValueError as e:
     print(f"failed {label}: {e}", flush=True)
     return {"status": "exit 2", "error": str(e), "returncode": 2}
-  current = flags_for([*args, f"--model_dir={model_dir}"])
-  results = read_json(os.path.join(model_dir, "results.json"))
-  recorded = read_json(os.path.join(model_dir, "flags.json")) or (results or {}).get("flags")
-  if current is not None and recorded is not None:
-    allowed = set(current.get("allow_changed_flags") or ())
-    other = {k: v for k, v in changed_flags(recorded, current).items()
-             if k not in options.RUN_LENGTH and k not in allowed}
-    if other:
-      error = (f"{shlex.quote(model_dir)} holds a run of other flags "
-               f"({run_record.listed(other)}): use a "
-               "new --root "
-               "(nothing was changed in that directory)")
-      print(f"failed {label}: {error}", flush=True)
-      return {"status": "other flags", "error": error, "returncode": 2, "flags": current}
-    if results and "flags" in results and not changed_flags(results["flags"], current):
-      return {"status": "done before", **results}
+  current, results, error = _recorded(model_dir, args)
+  if error:
+    error += " (nothing was changed in that directory)"
+    print(f"failed {label}: {error}", flush=True)
+    return {"status": "other flags", "error": error, "returncode": 2, "flags": current}
+  if current is not None and results and "flags" in results and not changed_flags(
+      results["flags"], current):
+    return {"status": "done before", **results}
   tf.io.gfile.makedirs(model_dir)
   print(f"start  {label}", flush=True)
   returncode, last = run_trainer(model_dir, [*args, f"--model_dir={model_dir}"])
@@ -133,17 +143,38 @@ def train(model_dir: str, args: list[str], label: str) -> dict:
   return {"status": "trained", **results}
 
 
+def _recorded(model_dir: str, args: list[str]) -> tuple[dict | None, dict | None, str | None]:
+  """(the flags ARGS run with in model_dir, its results.json, and the refusal when it holds
+  a run of other flags: what it trains, beyond --allow_changed_flags and the run length)."""
+  current = flags_for([*args, f"--model_dir={model_dir}"])
+  results = read_json(os.path.join(model_dir, "results.json"))
+  recorded = read_json(os.path.join(model_dir, "flags.json")) or (results or {}).get("flags")
+  if current is None or recorded is None:
+    return current, results, None
+  allowed = set(current.get("allow_changed_flags") or ())
+  other = {k: v for k, v in changed_flags(recorded, current).items()
+           if k not in options.RUN_LENGTH and k not in allowed}
+  if not other:
+    return current, results, None
+  return current, results, (f"{shlex.quote(model_dir)} holds a run of other flags "
+                            f"({run_record.listed(other)}): use a new --root")
+
+
 def check_trials(root: str, base: list[str], todo: list[dict[str, str]]) -> None:
   """Every trial's flags, data and plan, checked as its trainer would check them before
-  its first step (trainer/dry_run.py), before any trial starts: a refusal every trial
-  would meet is one line, not a failed trial each."""
+  its first step (trainer/dry_run.py), and its directory against a run of other flags
+  there, before any trial starts: a refusal is one line, not failed trials after others
+  trained."""
   for trial in todo:
-    args = [*base, *(f"--{k}={v}" for k, v in trial.items()),
-            f"--model_dir={os.path.join(root, trial_name(trial))}"]
+    where = f"trial {trial_name(trial)}" if len(todo) > 1 else "the trial"
+    model_dir = resolve(os.path.join(root, trial_name(trial)))
+    args = [*base, *(f"--{k}={v}" for k, v in trial.items())]
+    _, _, other = _recorded(model_dir, args)
+    if other:
+      raise SweepError(f"{where}: {other} (no trial was started)")
     try:
-      dry_run.check_runs([args])
+      dry_run.check_runs([[*args, f"--model_dir={model_dir}"]])
     except UsageError as e:
-      where = f"trial {trial_name(trial)}" if len(todo) > 1 else "the trial"
       raise SweepError(f"{where}: {e} (no trial was started)") from None
 
 
@@ -180,17 +211,7 @@ def table(outcomes: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--flagfile", help="the base configuration of every trial")
-  parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
-                      help="a flag and its values; repeat for more flags")
-  parser.add_argument("--root", required=True, help="one model_dir per trial below it "
-                      "(a local directory or a bucket, gs://...)")
-  parser.add_argument("--parallel", type=int, default=1, help="trials run at once")
-  parser.add_argument("--dry_run", action="store_true", help="check every trial's flags "
-                      "and data, list the trials, and exit writing nothing")
-  parser.add_argument("trainer_flags", nargs="*", help="after --: flags for every trial")
-  args = parser.parse_args(argv)
+  args = _parser().parse_args(argv)
   root, flagfile = resolve(args.root), resolve(args.flagfile)
   try:
     grid = parse_grid(args.grid)
@@ -208,10 +229,19 @@ def main(argv=None) -> int:
       raise SweepError(str(e)) from None
     check_trials(root, base, todo)
     if args.dry_run:
+      first = os.path.join(root, trial_name(todo[0]))
+      try:
+        plan = dry_run.plan_lines([*base, *(f"--{k}={v}" for k, v in todo[0].items()),
+                                   f"--model_dir={first}"])
+      except UsageError as e:
+        raise SweepError(f"trial {trial_name(todo[0])}: {e} (no trial was started)") from None
       print(f"dry run: nothing was written; without --dry_run this trains {len(todo)} "
             f"trials, {args.parallel} at a time, each in {shlex.quote(root)}/NAME:")
       for trial in todo:
         print(f"  {trial_name(trial)}")
+      print(f"the first, {trial_name(todo[0])}, as trainer.main's dry run says it:")
+      for line in plan:
+        print(f"  {line}")
       return 0
     try:
       tf.io.gfile.makedirs(root)

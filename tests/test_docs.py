@@ -317,3 +317,39 @@ def test_with_an_empty_home_an_unprepared_dataset_names_make_data_and_data_dir(
   assert os.listdir(home) == []
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "elsewhere"))
   assert tfds_source.default_data_dir() == str(tmp_path / "elsewhere")
+
+
+def test_a_dry_run_and_the_sweeps_check_refuse_a_model_the_images_cannot_feed(tmp_path):
+  """The model is built as the run builds it: 8x8 images too small for its convolutions
+  are the run's one-line refusal (exit 2), not a dry run that passes."""
+  from trainer import config, dry_run  # pylint: disable=g-import-not-at-top
+  from trainer.errors import UsageError  # pylint: disable=g-import-not-at-top
+  args = ["--model=cnn", "--kernel_sizes=9,9,9", "--batch_size=16", "--dry_run",
+          "--dataset=synthetic:train=64,test=16,shape=8x8x1", f"--model_dir={tmp_path / 'run'}"]
+  too_small = "8x8 images are too small for CNN's .* smaller --kernel_sizes"
+  with pytest.raises(config.ConfigError, match=too_small):
+    dry_run.report(config.from_args(args))
+  with pytest.raises(UsageError, match=too_small):
+    dry_run.check_runs([args])
+  assert "parameters" in dry_run.report(config.from_args(
+      [*args, "--kernel_sizes=3,3,3", "--dataset=synthetic:train=64,test=16,shape=28x28x1"]))
+  assert not (tmp_path / "run").exists()
+
+
+def test_the_launchers_dry_runs_say_the_plan_of_what_they_start(tmp_path, capsys, monkeypatch):
+  """scripts/local_cluster.py's (the sweep's and the tuner's: their tests): its tasks, and
+  the run's model, data, steps and eval cadence as trainer.main's dry run says them."""
+  from paths import load_script  # pylint: disable=g-import-not-at-top
+  local_cluster = load_script("local_cluster")
+  monkeypatch.setenv("TF_CONFIG", "")  # the dry run sets its first task's
+  spec = local_cluster.cluster(2)
+  assert local_cluster.dry_run(spec, ["--model=mlp", "--hidden_units=8", "--train_steps=8",
+                                      "--dataset=synthetic:train=256,test=64",
+                                      f"--model_dir={tmp_path / 'run'}"]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[3] == "the run, as trainer.main's dry run says it:"
+  assert out[4].startswith("  model mlp: ") and "parameters" in out[4]
+  assert out[6].startswith("  train: 8 steps (2 per epoch) of batch 128")
+  assert out[8] == ("  multi_worker: 2 training task(s) in TF_CONFIG, not joined by a dry run; "
+                    "the plan above is one task's")
+  assert not (tmp_path / "run").exists()

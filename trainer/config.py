@@ -181,7 +181,10 @@ def _from_values(values: dict[str, Any]) -> Config:
 def from_flags(fv) -> Config:
   """The Config of absl's parsed flags (trainer.main)."""
   values = {name: fv[name].value for name in options.NAMES}
-  return _from_values(_by_directory(values, {n for n in options.NAMES if fv[n].present}))
+  given = {n for n in options.NAMES if fv[n].present}
+  if "model_dir" in given:  # each value given answered alone before TensorFlow loads to
+    _each_option(values)    # read the run's record (the rules between them follow it)
+  return _from_values(_by_directory(values, given))
 
 
 # Not taken from a run's record by _by_directory: the directory is the one given, and a

@@ -13,9 +13,8 @@ import shlex
 from absl import flags as absl_flags
 import tensorflow as tf
 
-import models
 from input_pipeline import tfds_source
-from trainer import checkpoints, distribute, run_files, run_record
+from trainer import checkpoints, distribute, run_files, run_record, state
 from trainer import config as config_lib
 from trainer import plan as run_plan
 from trainer.child_runs import FLAGS_LOCK
@@ -56,30 +55,48 @@ def _strategy(config: Config):
     cluster = {}
   tasks = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
   note = (f"multi_worker: {tasks} training task(s) in TF_CONFIG, not joined by a dry run; "
-          "the plan below is one task's")
+          "the plan above is one task's")
   return tf.distribute.get_strategy(), note
 
 
+def _build(config: Config, info, precision: str = "float32"):
+  """The run's model, built on the CPU as the run builds it (state.build_model): a model
+  the data's images cannot feed is the run's ConfigError, before anything starts."""
+  with tf.device("/CPU:0"):
+    return state.build_model(config, info, precision)
+
+
 def _parameters(config: Config, data, precision: str) -> str:
-  try:
-    model = models.create(config.model, num_classes=data.info.num_classes,
-                          image_shape=data.info.image_shape, precision=precision,
-                          **config.model_hparams)
-  except (ValueError, tf.errors.OpError) as e:
-    return f"(not built: {str(e).splitlines()[0][:120]})"
-  return f"{model.count_params():,} parameters"
+  return f"{_build(config, data.info, precision).count_params():,} parameters"
 
 
-def report(config: Config) -> str:
+def report(config: Config, fresh: bool = False) -> str:
   """Resolves the run of `config` as trainer.main would, up to its first step, and says
-  what it would do. Raises what the run would raise (ConfigError, DataError)."""
+  what it would do. Raises what the run would raise (ConfigError, DataError). fresh: as a
+  new run, whatever model_dir holds."""
   with read_only():
-    return _report(config)
+    return _report(config, fresh)
 
 
-def _report(config: Config) -> str:
+_OUTPUTS = "outputs: "
+
+
+def plan_lines(args: list[str], fresh: bool = False) -> list[str]:
+  """The model, data, steps and eval cadence of the run of command-line ARGS, as its own
+  dry run says them (report, less where it starts and writes), for the dry runs of the
+  programs that start such runs (the tuner, the sweep, the local cluster)."""
+  try:
+    with FLAGS_LOCK:
+      cfg = config_lib.from_args(args)
+    said = report(cfg, fresh)
+  except (ValueError, absl_flags.Error) as e:  # as check_runs: one line
+    raise _one_line(e) from None
+  return [line for line in said.splitlines()[1:] if not line.startswith(_OUTPUTS)]
+
+
+def _report(config: Config, fresh: bool = False) -> str:
   run_files.check_model_dir(config.model_dir)  # writable, probed without writing
-  recorded = run_files.read_record(config.model_dir)
+  recorded = None if fresh else run_files.read_record(config.model_dir)
   if recorded is not None:  # --dry_run itself is no change of the run's
     recorded = {**recorded, "dry_run": config.dry_run}
   changed = run_record.check(config, recorded)
@@ -90,7 +107,7 @@ def _report(config: Config) -> str:
   except tfds_source.NotPrepared as e:  # the host resolves: the run would download it
     return _to_download(config, e, recorded)
   plan = run_plan.resolve(config, data, strategy, recorded)
-  step = latest_step(config.model_dir) or 0
+  step = 0 if fresh else latest_step(config.model_dir) or 0
   run_record.check_length(config, step, plan.total_steps)
   sizes = ", ".join(f"{name} {len(split):,}" for name, split in data.splits.items())
   shape = "x".join(map(str, data.info.image_shape))
@@ -113,7 +130,7 @@ def _report(config: Config) -> str:
       (f"eval on {plan.eval_split} every {plan.eval_interval:,} steps"
        if plan.eval_split else "no labeled split to evaluate")
       + f"; checkpoint every {plan.checkpoint_interval:,} steps",
-      f"outputs: {where} (checkpoints, TensorBoard events, export, results.json)",
+      f"{_OUTPUTS}{where} (checkpoints, TensorBoard events, export, results.json)",
   ]
   if changed:
     lines.append(f"recorded as changes: {run_record.listed(changed)}")
@@ -134,8 +151,20 @@ def _to_download(config: Config, missing: tfds_source.NotPrepared,
       f"{missing.name} into {shlex.quote(missing.data_dir)} (network needed), then {then}",
       "the model, the data's sizes, the steps and the eval cadence follow from the data: "
       "the dry run says them once it is prepared",
-      f"outputs: {where} (checkpoints, TensorBoard events, export, results.json)",
+      f"{_OUTPUTS}{where} (checkpoints, TensorBoard events, export, results.json)",
   ])
+
+
+def evaluated_split(data, split: str | None) -> str:
+  """The split trainer.evaluate evaluates: --split, or (None) the one training evaluates,
+  validation when held out, else test; refused when the data has no such labeled split."""
+  if split is None:
+    split = run_plan.eval_split(data) or "test"
+  if split not in data.splits or not data.splits[split].labeled:
+    held = ", ".join(s for s, v in data.splits.items() if v.labeled) or "none"
+    raise UsageError(f"--split={split}: the run's data has no labeled {split} split "
+                     f"(it has {held})")
+  return split
 
 
 def evaluate_report(config: Config, recorded: dict, split: str | None,
@@ -146,12 +175,7 @@ def evaluate_report(config: Config, recorded: dict, split: str | None,
   run_plan.check_replicas(config, strategy)
   with read_only():
     data = config.load_data()
-  if split is None:
-    split = run_plan.eval_split(data) or "test"
-  if split not in data.splits or not data.splits[split].labeled:
-    held = ", ".join(s for s, v in data.splits.items() if v.labeled)
-    raise UsageError(f"--split={split}: the run's data has no labeled {split} split "
-                     f"(it has {held})")
+  split = evaluated_split(data, split)
   plan = run_plan.resolve(config, data, strategy, recorded, training=False)
   where = shlex.quote(config.model_dir)
   if continuous:
@@ -183,12 +207,16 @@ def check_runs(runs: list[list[str]]) -> None:
     with read_only():
       _check_runs(runs)
   except (ValueError, absl_flags.Error) as e:  # ConfigError and DataError are ValueErrors
-    text = str(e).strip()
-    raise UsageError(text.splitlines()[0] if text else type(e).__name__) from None
+    raise _one_line(e) from None
+
+
+def _one_line(error: Exception) -> UsageError:
+  text = str(error).strip()
+  return UsageError(text.splitlines()[0] if text else type(error).__name__)
 
 
 def _check_runs(runs: list[list[str]]) -> None:
-  loaded = {}
+  loaded, built = {}, set()
   for args in runs:
     with FLAGS_LOCK:
       cfg = config_lib.from_args(args)
@@ -199,5 +227,11 @@ def _check_runs(runs: list[list[str]]) -> None:
       except tfds_source.NotPrepared:
         loaded[key] = None
     if loaded[key] is not None:
+      info = loaded[key].info
+      model_key = repr([cfg.model, sorted(cfg.model_hparams.items()), info.image_shape,
+                        info.num_classes])
+      if model_key not in built:
+        built.add(model_key)
+        _build(cfg, info)
       strategy, _ = _strategy(cfg)
       run_plan.resolve(cfg, loaded[key], strategy, run_files.read_record(cfg.model_dir))

@@ -105,13 +105,7 @@ class CheckpointEvaluator:
     run_plan.check_replicas(cfg, strategy)
     keras.utils.set_random_seed(cfg.seed)
     data = cfg.load_data()
-    if split is None:
-      held = "validation" in data.splits and data.splits["validation"].labeled
-      split = "validation" if held else "test"
-    if split not in data.splits or not data.splits[split].labeled:
-      held = ", ".join(s for s, v in data.splits.items() if v.labeled)
-      raise UsageError(f"--split={split}: the run's data has no labeled {split} split "
-                       f"(it has {held})")
+    split = dry_run.evaluated_split(data, split)
     self.cfg, self.split, self.run = cfg, split, f"eval_{split}"
     self.writer = summaries.Summaries(cfg.model_dir)
     plan = run_plan.resolve(cfg, data, strategy, recorded, training=False)

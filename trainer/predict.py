@@ -75,6 +75,7 @@ if __name__ == "__main__":
 import collections
 import os
 import shlex
+import tempfile
 
 from trainer import tf_env
 
@@ -87,7 +88,7 @@ from absl import logging
 import input_pipeline
 from input_pipeline import DataError, folder
 from input_pipeline.specs import parse_spec
-from trainer import dry_run, export, run_files
+from trainer import dry_run, export, files, run_files
 from trainer.errors import UsageError
 from trainer import options
 from trainer.options import normalized
@@ -244,6 +245,21 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> str:
                  [(i, label) for i, label in enumerate(named, start=1)], named)
 
 
+# The formats --images reads, by their first bytes (as tf.io.decode_image tells them).
+_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+
+
+def _opens_as_image(path: str) -> bool:
+  """Whether the file can be read and starts as an image does: a dry run's check of each
+  --images file, without decoding it (a damaged body is found by the run)."""
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      head = f.read(8)
+  except (OSError, tf.errors.OpError):
+    return False
+  return head.startswith(_IMAGE_MAGIC)
+
+
 def _dry_run_note(count: int, output: str) -> str:
   return (f"dry run: nothing was written; without --dry_run this writes {count} "
           f"predictions to {shlex.quote(output)}")
@@ -252,16 +268,24 @@ def _dry_run_note(count: int, output: str) -> str:
 def _predict_files(serve, image_shape, output: str) -> str:
   """Each --images file's class name and probability as CSV; returns its summary."""
   paths = folder.list_images(FLAGS.images)
-  if FLAGS.dry_run:
-    return _dry_run_note(len(paths), output)
   skip = FLAGS.skip_bad_images
-  height, width, channels = image_shape
-  batches = folder.read_images(paths, (height, width), channels).batch(FLAGS.batch_size)
-  seen, names, probabilities = [], [], []
 
   def refuse(position):
     raise DataError(f"{shlex.quote(paths[position])} is not a readable image: remove it "
                     "from --images, or pass --skip_bad_images to skip such files")
+
+  if FLAGS.dry_run:
+    bad = [i for i, path in enumerate(paths) if not _opens_as_image(path)]
+    if bad and not skip:
+      refuse(bad[0])
+    if len(bad) == len(paths):
+      raise DataError(f"none of the {len(paths)} files --images names is a readable image "
+                      f"(e.g. {shlex.quote(paths[0])})")
+    note = _dry_run_note(len(paths) - len(bad), output)
+    return note + (f" ({len(bad)} unreadable file(s) skipped)" if bad else "")
+  height, width, channels = image_shape
+  batches = folder.read_images(paths, (height, width), channels).batch(FLAGS.batch_size)
+  seen, names, probabilities = [], [], []
 
   for positions, images in batches.prefetch(1).as_numpy_iterator():
     # An unreadable file leaves a gap in the positions: named at once, before the rest.
@@ -291,6 +315,32 @@ def _predict_files(serve, image_shape, output: str) -> str:
   return summary(output, ("file", "class", "probability"), rows, names, note)
 
 
+def check_output(output: str) -> None:
+  """--output can be written, checked before anything is classified (and by a dry run): a
+  local path's nearest existing directory is probed with a temporary file, not written."""
+  if not files.is_local(output):  # a bucket's object is written whole at the end
+    return
+  path = os.path.abspath(output.removeprefix("file://"))
+  if os.path.isdir(path):
+    raise UsageError(f"{flag_arg('output', output)} is a directory: give a file name, e.g. "
+                     f"{flag_arg('output', os.path.join(output, 'predictions.csv'))}")
+  parent = os.path.dirname(path)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  problem = None
+  if not os.path.isdir(parent):
+    problem = f"{shlex.quote(parent)} is a file, not a directory"
+  else:
+    try:
+      with tempfile.TemporaryFile(dir=parent):
+        pass
+    except OSError as e:
+      problem = f"{shlex.quote(parent)} is not writable: {e.strerror}"
+  if problem:
+    raise UsageError(f"cannot write {flag_arg('output', output)} ({problem}): choose "
+                     "another --output")
+
+
 def _write(output: str, write) -> None:
   """write(export module); a path that cannot be written ends in one line, not a trace."""
   try:
@@ -306,6 +356,8 @@ def main(argv):
     raise UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like "
                          "--name=value (quote a pattern: --images='DIR/*.png')")
   _check_flags()
+  output = FLAGS.output or ("predictions.csv" if FLAGS.images is not None else "submission.csv")
+  check_output(output)
   export_dir = os.path.join(FLAGS.model_dir, "export")
   if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
     raise UsageError(f"no exported model in {shlex.quote(export_dir)}: train first with "
@@ -314,8 +366,8 @@ def main(argv):
   if FLAGS.dry_run:
     dry_run.set_read_only(True)  # this process ends after it
   if FLAGS.images is not None:
-    shown = _predict_files(serve, image_shape, FLAGS.output or "predictions.csv")
+    shown = _predict_files(serve, image_shape, output)
   else:
-    shown = _predict_dataset(serve, image_shape, num_classes, FLAGS.output or "submission.csv")
+    shown = _predict_dataset(serve, image_shape, num_classes, output)
   print(shown)
 

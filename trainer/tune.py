@@ -218,14 +218,19 @@ def _dry_run(s: Settings) -> int:
   study = check_study(s)
   first = [f"--{x.name}={x.extremes()[0]}" for x in s.searches]
   trial_dir = os.path.join(s.root, "trial-0000")
+  args = [*s.base, *first, f"--model_dir={trial_dir}"]
   try:
-    dry_run.check_runs([[*s.base, *first, f"--model_dir={trial_dir}"]])
+    dry_run.check_runs([args])
+    plan = dry_run.plan_lines(args, fresh=True)  # a trial directory is one trial's
   except UsageError as e:
     raise UsageError(f"the trial flags: {e}") from None
   print(f"dry run: nothing was written; without --dry_run this runs {s.trials} trials "
         f"({s.sampler} sampler, {s.pruner} pruner) over "
         f"{' '.join(shlex.quote('--search=' + x.spec) for x in s.searches)}, each in "
         f"{shlex.quote(s.root)}/trial-NNNN, in {study}")
+  print(f"a trial at {' '.join(first)}, as trainer.main's dry run says it:")
+  for line in plan:
+    print(f"  {line}")
   return 0
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -96,12 +97,17 @@ def test_a_sweep_trains_every_trial_writes_one_experiment_resumes_and_refuses_ch
   again = _sweep_here(capsys, tmp_path)
   assert again.returncode == 0 and "start  learning_rate" not in again.stdout  # skipped
   assert again.stdout.count("done before") == 2
-  # Other flags than the trials ran with: no stale results, no trainer started, one line.
-  other = _sweep_here(capsys, tmp_path, trainer_flags=["--seed=1"])
-  assert other.returncode == 2 and "start" not in other.stdout and "done before" not in other.stdout
-  assert other.stderr.strip().splitlines()[-1] == (
-      f"error: {tmp_path}/learning_rate=1e-3 holds a run of other flags (--seed=0 -> 1): use "
-      "a new --root (nothing was changed in that directory) (and 1 more: see above)")
+  # Other flags than a trial ran with, in one trial's directory (the first trial is new):
+  # refused before any trial starts, its dry run too, in one line; nothing written.
+  shutil.rmtree(tmp_path / "learning_rate=1e-3")
+  before = sorted(p.name for p in tmp_path.rglob("*"))
+  for dry in (["--dry_run"], []):
+    other = _sweep_here(capsys, tmp_path, *dry, trainer_flags=["--seed=1"])
+    assert other.returncode == 2 and other.stdout == ""
+    assert other.stderr.strip().splitlines() == [
+        f"error: trial learning_rate=1e-2: {tmp_path}/learning_rate=1e-2 holds a run of other "
+        "flags (--seed=0 -> 1): use a new --root (no trial was started)"]
+  assert sorted(p.name for p in tmp_path.rglob("*")) == before
 
 
 def _hparams_content(logdir):
@@ -216,4 +222,14 @@ def test_every_trials_flags_and_data_are_checked_before_any_trial_starts(
   # A value only some trials get, refused by what the data holds: named with its trial.
   assert refused("--grid=batch_size=64,512", "--", "--model=mlp", tiny).startswith(
       "error: trial batch_size=512: --batch_size=512 is larger than the 256 training examples")
+  assert not fake_trainer and not root.exists()
+  # Passed, the dry run lists the trials and says the first one's plan as trainer.main's.
+  assert sweep.main([f"--root={root}", "--grid=batch_size=64,128", "--dry_run", "--",
+                     "--model=mlp", "--hidden_units=8", tiny]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[1:4] == ["  batch_size=64", "  batch_size=128",
+                      "the first, batch_size=64, as trainer.main's dry run says it:"]
+  assert out[4].startswith("  model mlp: ") and "parameters" in out[4]
+  assert out[5].startswith("  data synthetic:train=256,test=64: train 256, test 64")
+  assert out[6].startswith("  train: 4 steps (4 per epoch) of batch 64")
   assert not fake_trainer and not root.exists()

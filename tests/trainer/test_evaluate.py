@@ -215,3 +215,22 @@ def test_a_damaged_checkpoint_is_named_with_where_the_others_are(trained, tmp_pa
       f"give another checkpoint (the run's are in '{copy / 'checkpoints'}'), or none for its "
       "latest readable")):
     _main(f"--model_dir={copy}", f"--checkpoint={checkpoint}", "--noeval_images")
+
+
+def test_evaluate_and_its_dry_run_choose_and_refuse_a_split_alike():
+  """One rule (dry_run.evaluated_split) for both: the split training evaluates by default;
+  a split the data lacks, or holds unlabeled, named with the labeled ones there are."""
+  from trainer import dry_run  # pylint: disable=g-import-not-at-top
+  split = lambda labeled: types.SimpleNamespace(labeled=labeled)
+  held_out = types.SimpleNamespace(splits={"train": split(True), "validation": split(True),
+                                           "test": split(True)})
+  assert dry_run.evaluated_split(held_out, None) == "validation"
+  assert dry_run.evaluated_split(held_out, "train") == "train"
+  kaggle = types.SimpleNamespace(splits={"train": split(True), "test": split(False)})
+  assert dry_run.evaluated_split(kaggle, "train") == "train"
+  with pytest.raises(UsageError, match=re.escape(
+      "--split=test: the run's data has no labeled test split (it has train)")):
+    dry_run.evaluated_split(kaggle, None)
+  unlabeled = types.SimpleNamespace(splits={"test": split(False)})
+  with pytest.raises(UsageError, match=re.escape("no labeled test split (it has none)")):
+    dry_run.evaluated_split(unlabeled, None)

@@ -237,7 +237,7 @@ def test_bucket_paths_go_through_tf_io_gfile(grey_run):
   assert [r[0] for r in rows[1:]] == ["ram://bucket/new [2]/x.png", "ram://bucket/new [2]/y.png"]
 
 
-def test_cli_names_an_unreadable_image_and_writes_nothing(grey_run, tmp_path):
+def test_cli_names_an_unreadable_image_and_writes_nothing(grey_run, tmp_path, capsys):
   good = write(tmp_path / "in" / "a.png", np.zeros((12, 12, 1), np.uint8))
   bad = tmp_path / "in" / "b.png"
   bad.write_bytes(b"not a png")
@@ -249,6 +249,17 @@ def test_cli_names_an_unreadable_image_and_writes_nothing(grey_run, tmp_path):
   assert errors == [f"error: {bad} is not a readable image: remove it from --images, or pass "
                     "--skip_bad_images to skip such files"], proc.stderr
   assert not out.exists() and os.listdir(tmp_path) == ["in"]  # no temporary file either
+  # Its dry run reads each file's first bytes: refused alike, or counted as skipped.
+  with pytest.raises(DataError, match=re.escape(errors[0].removeprefix("error: "))):
+    predict_in_process(f"--model_dir={grey_run}", f"--images={tmp_path / 'in'}",
+                       f"--output={out}", "--dry_run")
+  (tmp_path / "in" / "gone.png").symlink_to(tmp_path / "nothing")
+  predict_in_process(f"--model_dir={grey_run}", f"--images={tmp_path / 'in'}",
+                     f"--output={out}", "--dry_run", "--skip_bad_images")
+  assert capsys.readouterr().out.strip() == (
+      f"dry run: nothing was written; without --dry_run this writes 1 predictions to {out} "
+      "(2 unreadable file(s) skipped)")
+  (tmp_path / "in" / "gone.png").unlink()
   # Asked to, it skips such files and says how many.
   predict_in_process(f"--model_dir={grey_run}", f"--images={tmp_path / 'in'}",
                      f"--output={out}", "--skip_bad_images")
@@ -305,3 +316,24 @@ def test_a_damaged_export_is_named_with_the_command_that_makes_it_anew(grey_run,
       rf"the export '{re.escape(str(copy / 'export'))}' cannot be loaded \(.+\): export it "
       rf"anew by rerunning python -m trainer.main '--model_dir={re.escape(str(copy))}' \(a "
       r"finished run is evaluated and exported again, not trained\)", str(caught.value))
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_anything_is_classified(
+    grey_run, tmp_path, monkeypatch):
+  """Its dry run too: the run would find it only at its end, after classifying all."""
+  write(tmp_path / "in" / "a.png", np.zeros((12, 12, 1), np.uint8))
+  (tmp_path / "a file").write_text("")
+  monkeypatch.setattr(predict.folder, "read_images", lambda *a: pytest.fail("classified"))
+  monkeypatch.setattr(predict, "_classify", lambda *a: pytest.fail("classified"))
+  cases = [([f"--images={tmp_path / 'in'}", f"--output={tmp_path / 'a file' / 'p.csv'}"],
+            f"cannot write '--output={tmp_path / 'a file' / 'p.csv'}' ('{tmp_path / 'a file'}' "
+            "is a file, not a directory): choose another --output"),
+           ([f"--images={tmp_path / 'in'}", f"--output={tmp_path / 'in'}"],
+            f"--output={tmp_path / 'in'} is a directory: give a file name"),
+           (["--dataset=synthetic:shape=12x12x1,classes=4,train=8,test=2",
+             f"--output={tmp_path / 'a file' / 'new' / 's.csv'}"], "is a file, not a directory")]
+  for args, message in cases:
+    for dry in (["--dry_run"], []):
+      with pytest.raises(cli.UsageError, match=re.escape(message)):
+        predict_in_process(f"--model_dir={grey_run}", *args, *dry)
+  assert sorted(os.listdir(tmp_path)) == ["a file", "in"]

@@ -48,6 +48,8 @@ def test_flags_are_answered_before_tensorflow_loads(tmp_path):
            ("trainer.main", [f"--flagfile={tmp_path}/none.cfg"], 2,
             f"error: flagfile {tmp_path}/none.cfg: no such file"),
            ("trainer.main", ["--batch_size=0"], 2, "error: --batch_size=0 must be positive"),
+           ("trainer.main", [f"--model_dir={tmp_path}/run", "--steps_per_loop=0"], 2,
+            "error: --steps_per_loop=0 must be positive"),  # before its record is read
            ("trainer.main", ["--model=cnn", "--hidden_units=8"], 2,
             "--hidden_units does not apply to --model=cnn"),
            ("trainer.evaluate", ["--help"], 0, ""),
@@ -68,6 +70,10 @@ def test_flags_are_answered_before_tensorflow_loads(tmp_path):
     module, function = target.split(":")
     cases.append((f"import sys; sys.argv = [{name!r}, '--help']; "
                   f"import {module}; {module}.{function}()", [], 0, ""))
+  cases += [(f"import runpy, sys; sys.argv = ['sweep.py', *{args!r}]; "
+             "runpy.run_path('scripts/sweep.py', run_name='__main__')", [], status, message)
+            for args, status, message in [(["--help"], 0, ""),
+                                          (["--root=r", "--gird=a=1"], 2, "unrecognized")]]
   for program, args, status, message in cases:
     code, errors, packages = _imports(program, *args)
     assert (code, "tensorflow" in packages, "keras" in packages) == (status, False, False), (

@@ -224,6 +224,12 @@ def test_a_dry_run_checks_what_the_run_checks_before_its_first_trial(tmp_path, c
   out = capsys.readouterr().out
   assert "dry run: nothing was written" in out and not os.path.exists(root)
   assert f"in a new study {shlex.quote(str(root))} in " in out
+  # A trial's plan, as trainer.main's dry run says it (the searched flag at its first value).
+  plan = out.splitlines()[1:]
+  assert plan[0] == "a trial at --dropout=0.0, as trainer.main's dry run says it:"
+  assert plan[1].startswith("  model mlp: ") and "parameters" in plan[1]
+  assert plan[3].startswith("  train: 48 steps (12 per epoch) of batch 32")
+  assert plan[4].startswith("  eval on validation every 6 steps")
   root.mkdir()
   tune_study.Tuner(_settings(root, base=TRIAL)).study.add_trial(optuna.create_trial(
       state=optuna.trial.TrialState.FAIL, user_attrs={"error": "exit 1: boom"}))
