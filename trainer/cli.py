@@ -132,10 +132,13 @@ def _load(main):
 def _peer_lost(error: Exception) -> bool:
   """TensorFlow's errors of a peer that went away: under MultiWorkerMirroredStrategy the
   next collective of the tasks left fails with one of these (a connection refused, the
-  coordination service's missed heartbeats, the collective aborted)."""
-  return (type(error).__module__.startswith("tensorflow")
-          and type(error).__name__ in ("UnavailableError", "AbortedError",
-                                       "DeadlineExceededError"))
+  coordination service's missed heartbeats). AbortedError counts only when a collective
+  was aborted: a kernel fails with it too (oneDNN's, on a shape it cannot take)."""
+  name = type(error).__name__
+  if not type(error).__module__.startswith("tensorflow"):
+    return False
+  return (name in ("UnavailableError", "DeadlineExceededError")
+          or (name == "AbortedError" and "ollective" in str(error)))
 
 
 def run_app(main, usage: str, groups: dict[str, list[str]]) -> None:

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 import models
 from models import names
+from models.common import InputTooSmall
 
 POLICIES = ["float32", "mixed_float16", "mixed_bfloat16"]
 COMPUTE = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
@@ -164,3 +165,12 @@ def test_the_names_module_knows_every_model_and_its_hyperparameters():
   assert sorted(names.HYPERPARAMETERS) == sorted(models.MODELS)
   for name in models.MODELS:
     assert names.hyperparameters(name) == models.hyperparameters(name), name
+
+
+@pytest.mark.parametrize("kernel_sizes", [(5, 5, 4), (3, 3, 3)])
+def test_images_too_small_for_the_cnn_are_named_whichever_layer_empties(kernel_sizes):
+  # 8x8 with 5x5 kernels empties a convolution (Keras's ValueError); with 3x3 kernels the
+  # second pooling gets a 1x1 map, which oneDNN's kernel refuses as an op error.
+  with pytest.raises(InputTooSmall, match="8x8 images are too small"):
+    models.create("cnn", num_classes=4, image_shape=(8, 8, 1), filters=(4, 4, 4),
+                  kernel_sizes=kernel_sizes)

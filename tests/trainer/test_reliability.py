@@ -401,3 +401,11 @@ def test_a_peer_gone_from_the_cluster_is_one_line_and_exit_4(monkeypatch, capsys
   err = capsys.readouterr().err
   assert e.value.code == 4 and len(err.strip().splitlines()) == 1
   assert "UnavailableError: Collective ops is aborted" in err and "every task" in err
+  # A kernel's own AbortedError (oneDNN on a shape it cannot take) is no lost peer.
+  def kernel_error(argv):
+    del argv
+    raise tf.errors.AbortedError(None, None, "could not create a descriptor for a pooling "
+                                 "forward propagation primitive")
+
+  with pytest.raises(tf.errors.AbortedError):
+    _run_app(monkeypatch, kernel_error)
