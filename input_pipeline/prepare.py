@@ -1,7 +1,7 @@
 """Makes TFDS's fashion_mnist available with no network, from Debian's dataset-fashion-mnist.
 
     apt-get install dataset-fashion-mnist
-    python -m input_pipeline.prepare --dataset=fashion_mnist [--data_dir=DIR]
+    python -m trainer.prepare --dataset=fashion_mnist [--data_dir=DIR]   # make data
 
 Debian's build stripped the file name and timestamp from each gzip header, so the bytes
 differ from upstream and TFDS's checksum check would reject them; the compressed payload
@@ -18,6 +18,7 @@ import logging as py_logging
 import os
 import shlex
 import struct
+import sys
 import tempfile
 import time
 
@@ -157,7 +158,7 @@ def define_flags(flag_values=flags.FLAGS) -> None:
                       flag_values=flag_values)
 
 
-USAGE = ("python -m input_pipeline.prepare --dataset=fashion_mnist [--data_dir=DIR] "
+USAGE = ("python -m trainer.prepare --dataset=fashion_mnist [--data_dir=DIR] "
          "[--source_dir=DIR]")
 FLAG_NAMES = ("dataset", "data_dir", "source_dir")
 
@@ -178,8 +179,7 @@ def main(argv, flag_values=flags.FLAGS):
 
 
 if __name__ == "__main__":
-  # Run through the trainer's command line (flags parsed before TensorFlow loads, its
-  # process settings, one line and exit 2 for bad input): trainer sits above
-  # input_pipeline, so only the program, never the library, imports it.
-  from trainer import cli  # pylint: disable=g-import-not-at-top
-  cli.prepare_data()
+  # The program lives in trainer (above input_pipeline in the layers): say so, not nothing.
+  print("error: the program is python -m trainer.prepare; input_pipeline.prepare is its "
+        "library", file=sys.stderr)
+  sys.exit(2)

@@ -103,8 +103,8 @@ def _prepare(builder, name: str, manual_dir: str | None) -> None:
     files = ", ".join(sorted(urls[u].filename for u in missing))
     make = ("make data" if str(builder.data_dir_root) == default_data_dir()
             else f"make data DATA_DIR={where}")
-    # `make data` prepares it from Debian's dataset-fashion-mnist (input_pipeline.prepare).
-    fix = (f"run `{make}` (python -m input_pipeline.prepare), "
+    # `make data` prepares it from Debian's dataset-fashion-mnist (python -m trainer.prepare).
+    fix = (f"run `{make}` (python -m trainer.prepare), "
            if name == "fashion_mnist" else "")
     raise DataError(f"TFDS dataset {name!r} is not prepared in {where} (--data_dir) and "
                     f"there is no network to download it: {fix}give --data_dir=DIR where it "

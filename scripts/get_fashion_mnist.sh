@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes TFDS's fashion_mnist ready in DATA_DIR without network where possible:
-# Debian's dataset-fashion-mnist (installed here if missing) -> input_pipeline.prepare.
+# Debian's dataset-fashion-mnist (installed here if missing) -> python -m trainer.prepare.
 # Without apt-get (macOS, other distributions) TFDS downloads it at the first run instead.
 set -euo pipefail
 data_dir=${1:?usage: get_fashion_mnist.sh DATA_DIR PYTHON}
@@ -23,4 +23,4 @@ if [ ! -d "$debian_dir" ]; then
   $sudo apt-get install -y -qq dataset-fashion-mnist
 fi
 # One line per split, not TFDS's progress bars; no TensorFlow start-up chatter.
-"$python" -m input_pipeline.prepare --dataset=fashion_mnist --data_dir="$data_dir"
+"$python" -m trainer.prepare --dataset=fashion_mnist --data_dir="$data_dir"

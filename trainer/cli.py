@@ -217,11 +217,3 @@ def predict():
 
 def tune():
   _as_main("trainer.tune")
-
-
-def prepare_data():
-  """python -m input_pipeline.prepare (make data) as a tapeloop program: --help and bad
-  flags answer before TensorFlow and TFDS load, TensorFlow's start-up stays quiet."""
-  from input_pipeline import prepare  # pylint: disable=g-import-not-at-top
-  prepare.define_flags()
-  run_app("input_pipeline.prepare", prepare.USAGE, {"flags": list(prepare.FLAG_NAMES)})

@@ -102,7 +102,7 @@ def test_tfds_without_network_fails_fast_naming_the_files(tmp_path):
   # conftest's no_network fixture makes the host lookup fail, as on an air-gapped VM.
   with pytest.raises(DataError, match="no network to download it: .*put .*train-images-idx3-ubyte.gz") as e:
     input_pipeline.load("fashion_mnist", data_dir=str(tmp_path))
-  assert "input_pipeline.prepare" in str(e.value) and f"`make data DATA_DIR={tmp_path}`" in str(e.value)
+  assert "python -m trainer.prepare" in str(e.value) and f"`make data DATA_DIR={tmp_path}`" in str(e.value)
 
 
 def test_each_dataset_has_its_own_manual_files(tmp_path):

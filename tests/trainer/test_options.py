@@ -76,6 +76,8 @@ IMPORTS_INSIDE_A_FUNCTION = {
                      "trainer.phases", "trainer.train"},
     # TensorFlow-free for the flag checks; run_files reads model_dir through tf.io.gfile.
     "trainer.config": {"trainer.run_files"},
+    # trainer.prepare's flags are checked before TFDS and TensorFlow load (tfds_source).
+    "input_pipeline.prepare": {"input_pipeline.tfds_source"},
 }
 
 

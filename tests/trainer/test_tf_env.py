@@ -58,10 +58,10 @@ def test_flags_are_answered_before_tensorflow_loads(tmp_path):
            ("trainer.predict", ["--image=a.png"], 2, "Unknown command line flag 'image'"),
            ("trainer.tune", ["--help"], 0, ""),
            ("trainer.tune", ["--root=r", "--trails=3"], 2, "unrecognized arguments"),
-           ("input_pipeline.prepare", ["--help"], 0, ""),
-           ("input_pipeline.prepare", ["--dataset=mnist"], 2,
+           ("trainer.prepare", ["--help"], 0, ""),
+           ("trainer.prepare", ["--dataset=mnist"], 2,
             "--dataset=mnist: only fashion_mnist"),
-           ("input_pipeline.prepare", ["--data_dri=d"], 2, "Unknown command line flag")]
+           ("trainer.prepare", ["--data_dri=d"], 2, "Unknown command line flag")]
   import configparser  # pylint: disable=g-import-not-at-top
   setup = configparser.ConfigParser()
   setup.read(os.path.join(ROOT, "setup.cfg"))
