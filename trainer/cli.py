@@ -66,10 +66,18 @@ def _parser(usage: str, groups: dict[str, list[str]]):
   def parse(argv):
     # absl's --help lists only flags defined in the main module, and exits 1.
     if any(arg in _HELP for arg in argv[1:]):
-      print(help_text(usage, groups))
+      try:
+        print(help_text(usage, groups), flush=True)
+      except BrokenPipeError:  # `--help | head`: the reader has all it wanted
+        _quiet_stdout()
       sys.exit(0)
     return _parse(argv)
   return parse
+
+
+def _quiet_stdout() -> None:
+  """stdout to /dev/null: Python flushes it again at exit, which would raise anew."""
+  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _parse(argv):
@@ -186,6 +194,11 @@ def run_app(main, usage: str, groups: dict[str, list[str]]) -> None:
             "filesystem) stopped answering; run the same command again on every task: "
             "training resumes from the last checkpoint", file=sys.stderr)
       sys.exit(EXIT_PEER_LOST)
+    except BrokenPipeError:
+      # stdout piped into a reader that stopped (`| head`): end as a shell's pipeline
+      # would (SIGPIPE), without a traceback; what the run saved stays.
+      _quiet_stdout()
+      sys.exit(128 + 13)
     except KeyboardInterrupt:
       if _verbose():
         raise

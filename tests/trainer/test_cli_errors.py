@@ -13,6 +13,7 @@ from trainer import train
 from datafiles import (idx_bytes, tree_digest, write_image_folder, write_kaggle_csv,
                        write_mnist_dir)
 from flag_helpers import parse
+from paths import ROOT
 from runs import run_main_many
 
 GOOD = ["--model=mlp", "--hidden_units=8", "--dataset=synthetic:train=64,test=8",
@@ -203,3 +204,12 @@ def test_help_lists_the_programs_own_flags_by_group_and_exits_0(module, groups):
   assert "--alsologtostderr" not in out  # absl's own flags stay behind --helpfull
   if module == "trainer.main":
     assert "  --batch_size=128\n      GLOBAL batch size" in out
+
+
+def test_help_into_a_reader_that_stopped_is_no_traceback():
+  # `python -m trainer.main --help | head -3`: the reader is gone before the help is out.
+  proc = subprocess.Popen([sys.executable, "-m", "trainer.main", "--help"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  proc.stdout.close()
+  err = proc.communicate(timeout=60)[1].decode()
+  assert proc.returncode == 0 and "Traceback" not in err, err
