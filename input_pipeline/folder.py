@@ -180,7 +180,8 @@ def _expand(entry: str) -> list[str]:
 def _glob(pattern: str) -> list[str]:
   """tf.io.gfile.glob, with the longest leading part that exists as a directory taken
   literally: a directory named 'photos [1]' holds brackets, not a character class
-  (DESIGN.md, 17). Only what follows it is a pattern."""
+  (tf.io.gfile.glob reads [ ] * ? as a pattern, as Python's glob does). Only what follows
+  it is a pattern."""
   head, rest = pattern.rstrip("/"), []
   while head and not tf.io.gfile.isdir(head):
     parent, name = head.rsplit("/", 1) if "/" in head else ("", head)

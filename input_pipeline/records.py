@@ -41,7 +41,7 @@ def fit(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
   static = tuple(image.shape[:2])
   if None not in static:
     # Decided in Python: tf.cond traces both branches, and ensure_shape in the branch that
-    # does not run fails at graph construction when the shape is static (DESIGN.md, 16).
+    # does not run fails at graph construction when the shape is static.
     return image if static == tuple(size) else _cover_and_crop(image, size)
   same = tf.reduce_all(tf.shape(image)[:2] == tf.constant(size, tf.int32))
   return tf.cond(same, lambda: tf.ensure_shape(image, [*size, None]),

@@ -1,4 +1,6 @@
-"""Correctness under tf.distribute on logical CPU devices (DESIGN.md, "Correctness facts").
+"""Correctness under tf.distribute on logical CPU devices: the loss over the global batch,
+regularization scaled, clipping after the all-reduce, fp16 finiteness agreed, checkpoints
+across replica counts.
 
 N replicas must train exactly like one device on the same global batch.
 """
