@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import tempfile
 import uuid
 
 import tensorflow as tf
@@ -100,3 +102,19 @@ def publish_dir(local_dir: str, path: str) -> None:
     if gfile.stat(target).length != gfile.stat(source).length:
       raise OSError(f"{target} does not have the size of its copy")
   rmtree(local_dir)
+
+
+def local_write_problem(path: str) -> str | None:
+  """Why a local path cannot be written, or None: its nearest existing ancestor is probed
+  with a temporary file (os.access says yes to root on read-only mounts)."""
+  parent = os.path.abspath(path.removeprefix("file://"))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    return f"{shlex.quote(parent)} is a file, not a directory"
+  try:
+    with tempfile.TemporaryFile(dir=parent):
+      pass
+  except OSError as e:
+    return f"{shlex.quote(parent)} is not writable ({e.strerror})"
+  return None

@@ -75,7 +75,6 @@ if __name__ == "__main__":
 import collections
 import os
 import shlex
-import tempfile
 
 from trainer import tf_env
 
@@ -324,18 +323,7 @@ def check_output(output: str) -> None:
   if os.path.isdir(path):
     raise UsageError(f"{flag_arg('output', output)} is a directory: give a file name, e.g. "
                      f"{flag_arg('output', os.path.join(output, 'predictions.csv'))}")
-  parent = os.path.dirname(path)
-  while not os.path.exists(parent):
-    parent = os.path.dirname(parent)
-  problem = None
-  if not os.path.isdir(parent):
-    problem = f"{shlex.quote(parent)} is a file, not a directory"
-  else:
-    try:
-      with tempfile.TemporaryFile(dir=parent):
-        pass
-    except OSError as e:
-      problem = f"{shlex.quote(parent)} is not writable: {e.strerror}"
+  problem = files.local_write_problem(os.path.dirname(path))
   if problem:
     raise UsageError(f"cannot write {flag_arg('output', output)} ({problem}): choose "
                      "another --output")

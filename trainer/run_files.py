@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import tempfile
 import uuid
 
 import tensorflow as tf
@@ -80,19 +79,10 @@ def check_model_dir(model_dir: str) -> None:
 
 
 def _check_local_writable(model_dir: str) -> None:
-  # os.access says yes to root on read-only mounts: probe the nearest existing ancestor.
-  path = os.path.abspath(model_dir.removeprefix("file://"))
-  while not os.path.exists(path):
-    path = os.path.dirname(path)
-  if not os.path.isdir(path):
-    raise ConfigError(f"{flag_arg('model_dir', model_dir)}: {shlex.quote(path)} is a file, "
-                      "not a directory")
-  try:
-    with tempfile.TemporaryFile(dir=path):
-      pass
-  except OSError as e:
-    raise ConfigError(f"{flag_arg('model_dir', model_dir)}: {shlex.quote(path)} is not "
-                      f"writable ({e.strerror}); choose another --model_dir") from None
+  problem = files.local_write_problem(model_dir)
+  if problem:
+    raise ConfigError(f"{flag_arg('model_dir', model_dir)}: {problem}; choose another "
+                      "--model_dir")
 
 
 def _damaged(file: str, problem: str) -> ConfigError:
