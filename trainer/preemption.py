@@ -109,10 +109,13 @@ class PreemptionStop(Action):
     name = signal.Signals(signum).name
     if self.phase == "before":
       raise Interrupted(signum, None, None)
-    logging.warning({
-        "training": "received %s: saving a checkpoint and stopping at the end of this loop",
-        "after": "received %s after training: finishing the evaluation and export first",
-    }[self.phase], name)
+    # No logging here: the handler runs between any two bytecodes of the main thread, also
+    # inside a log handler's write, and re-entering a buffered file's flush raises. In
+    # training the loop boundary (__call__) says it, which is where the handler runs
+    # anyway (not while a tf.function executes); after training, a raw write to stderr.
+    if self.phase == "after":
+      os.write(2, f"received {name} after training: finishing the evaluation and export "
+                  "first\n".encode())
 
   def install(self) -> None:
     """Takes SIGTERM and SIGINT (from the main thread only: Python's rule); before
@@ -156,6 +159,9 @@ class PreemptionStop(Action):
     if self.signal is None:
       logging.warning("another worker was signalled: saving a checkpoint and stopping at "
                       "step %d with it", b.step)
+    else:
+      logging.warning("received %s: saving a checkpoint and stopping at step %d",
+                      signal.Signals(self.signal).name, b.step)
     signum = self.signal or signal.SIGTERM
     b.stop = Stop(f"stopped by {signal.Signals(signum).name}", signum)
 
