@@ -18,7 +18,7 @@ import warnings
 from absl import app, flags, logging
 
 from trainer import flags as tl_flags
-from trainer import tf_env
+from trainer import errors, tf_env
 from trainer.errors import ConfigError, DataError, Interrupted, UsageError
 
 EXIT_USAGE = 2      # bad flag, file, data or model_dir
@@ -26,16 +26,6 @@ EXIT_DIVERGED = 3   # non-finite loss or collapsed fp16 loss scale
 EXIT_PEER_LOST = 4  # a collective failed: a task of the cluster (or a remote store) is gone
 # Stopped by a signal after a checkpoint: 128 + the signal's number, as shells report it
 # (130 for SIGINT, 143 for SIGTERM).
-
-
-# True while run_app runs a program: the process is the program's, so a signal before
-# training may end it at once (trainer/preemption.py); a library caller's run raises.
-_in_program = False
-
-
-def in_program() -> bool:
-  """Whether a command-line program (run_app) runs in this process."""
-  return _in_program
 
 
 def _verbose() -> bool:
@@ -153,14 +143,10 @@ def run_app(main, usage: str, groups: dict[str, list[str]]) -> None:
   """Runs main(argv) with tapeloop's exit statuses and console; --help lists `groups`.
   main: a function, or the name of the module whose main(argv) to run: that module (and
   TensorFlow) is imported after the flags are parsed, so bad flags answer at once. The
-  process is the program's: a signal before training ends it (in_program)."""
+  process is the program's: a signal before training ends it (errors.in_program)."""
   def guarded(argv):
-    global _in_program  # pylint: disable=global-statement
-    _in_program = True
-    try:
+    with errors.program():
       _guarded(argv)
-    finally:
-      _in_program = False
 
   def _guarded(argv):
     if "dry_run" in flags.FLAGS and flags.FLAGS["dry_run"].value:

@@ -11,9 +11,8 @@ from typing import Callable
 
 from absl import logging
 
-from trainer import cli
 from trainer.actions import Action, Stop
-from trainer.errors import Interrupted
+from trainer.errors import Interrupted, in_program
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # A signal before training ends the process this long after it came, if the main thread
@@ -80,7 +79,7 @@ class PreemptionStop(Action):
   before and after the loop, where the default handler would kill one worker while the
   others wait for it in a collective. Before training (the cluster's start-up, data,
   model) a signal ends the run at once: nothing is trained, nothing to save. In a
-  command-line program (`at_once`, by default cli.in_program()) it ends the process, also
+  command-line program (`at_once`, by default errors.in_program()) it ends the process, also
   while the main thread blocks in C++ (EndsAtOnce); a library caller (a script, a
   notebook) gets Interrupted when its main thread next runs Python, and keeps its process.
   Under MultiWorkerMirroredStrategy only the signalled worker ends: the others fail in
@@ -98,7 +97,7 @@ class PreemptionStop(Action):
     self._previous = {}
     self._installed_by_start = False
     self._at_once = None
-    at_once = cli.in_program() if at_once is None else at_once
+    at_once = in_program() if at_once is None else at_once
     self._ends_at_once = at_once and can_end_at_once()
 
   def _handle(self, signum, frame):

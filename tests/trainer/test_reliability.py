@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from absl import logging
 
-from trainer import cli, export, files, preemption, train
+from trainer import cli, errors, export, files, preemption, train
 from trainer.errors import ConfigError, Interrupted
 from trainer.inner_loop import Trainer
 from datafiles import tree_digest
@@ -171,13 +171,13 @@ def test_a_signal_before_training_ends_a_program_but_raises_in_a_library_caller(
     del argv
     action = preemption.PreemptionStop()
     action.install()
-    seen.append((cli.in_program(), _signals_thread(), _blocked(signal.SIGTERM)))
+    seen.append((errors.in_program(), _signals_thread(), _blocked(signal.SIGTERM)))
     action.uninstall()
 
   with pytest.raises(SystemExit) as e:
     _run_app(monkeypatch, program)
   assert e.value.code in (0, None) and seen == [(True, True, True)]
-  assert not cli.in_program() and not _blocked(signal.SIGTERM)
+  assert not errors.in_program() and not _blocked(signal.SIGTERM)
 
 
 def test_without_sigtimedwait_a_program_keeps_python_s_handlers(monkeypatch):
