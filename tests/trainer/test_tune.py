@@ -65,6 +65,11 @@ def _starts(model_dir):
           [int(s) for s in re.findall(r"resumed from .*ckpt-(\d+)'?$", log, re.M)])
 
 
+def _trial_run(cfg):
+  """A run as trainer.main starts it for a tuner: the trial of TAPELOOP_TRIAL reports to it."""
+  return train.train_and_evaluate(cfg, extra_actions=tuning_trial.actions(cfg))
+
+
 def test_an_eval_below_the_median_prunes_the_trial_at_that_boundary(tmp_path, monkeypatch):
   """The trainer's side: its evals reach the trial; the pruner's verdict stops training at
   the eval's step with a checkpoint, and results.json and TensorBoard say so. The last
@@ -80,9 +85,9 @@ def test_an_eval_below_the_median_prunes_the_trial_at_that_boundary(tmp_path, mo
       storage=storage, study="s", trial_id=trial._trial_id, number=trial.number,
       objective="accuracy", pruner="median", startup_trials=2).popitem())
   model_dir = tmp_path / "trial"
-  results = train.train_and_evaluate(parse(*TRIAL, "--checkpoint_every=100",
-                                           f"--model_dir={model_dir}"))
+  results = _trial_run(parse(*TRIAL, "--checkpoint_every=100", f"--model_dir={model_dir}"))
   assert results["pruned_at_step"] == 6 and results["global_step"] == 6
+  assert "stopped_early_at" not in results  # a pruned trial did not stop early
   assert os.path.exists(model_dir / "checkpoints" / "ckpt-6.index")
   assert study.trials[-1].intermediate_values == {6: pytest.approx(
       results["validation_accuracy"])}
@@ -92,8 +97,8 @@ def test_an_eval_below_the_median_prunes_the_trial_at_that_boundary(tmp_path, mo
   monkeypatch.setenv(*tuning_trial.environment(
       storage=storage, study="s", trial_id=last._trial_id, number=last.number,
       objective="accuracy", pruner="median", startup_trials=2).popitem())
-  results = train.train_and_evaluate(parse(*TRIAL, "--epochs=1", "--eval_every=100",
-                                           f"--model_dir={tmp_path / 'last'}"))
+  results = _trial_run(parse(*TRIAL, "--epochs=1", "--eval_every=100",
+                             f"--model_dir={tmp_path / 'last'}"))
   assert results["global_step"] == 12 and "pruned_at_step" not in results
   assert list(study.trials[-1].intermediate_values) == [12]
 
@@ -104,7 +109,7 @@ def test_a_trial_without_a_validation_split_is_refused(tmp_path, monkeypatch):
       pruner="none", startup_trials=0).popitem())
   args = [a for a in TRIAL if not a.startswith("--validation_split")]
   with pytest.raises(tuning_trial.ConfigError, match="--validation_split=0.1"):
-    train.train_and_evaluate(parse(*args, f"--model_dir={tmp_path}/m"))
+    _trial_run(parse(*args, f"--model_dir={tmp_path}/m"))
   assert not os.path.exists(tmp_path / "m")
 
 
