@@ -31,6 +31,7 @@ from __future__ import annotations
 import difflib
 import shlex
 import sys
+from typing import NoReturn
 
 from absl import flags
 
@@ -83,7 +84,7 @@ def _unknown(name: str, arg: str) -> str:
           f"--search=... -- {shlex.quote(arg)}")
 
 
-def _refuse(message: str) -> None:
+def _refuse(message: str) -> NoReturn:
   print(f"error: {message} (python -m trainer.tune --help)", file=sys.stderr)
   sys.exit(cli.EXIT_USAGE)
 
