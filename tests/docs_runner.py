@@ -95,7 +95,7 @@ def _flags_only(kind: str, args: list[str]) -> None:
       module._check_flags()  # pylint: disable=protected-access
   elif kind == "tune":
     from trainer import tune  # pylint: disable=g-import-not-at-top
-    tune.parse_args(args)
+    tune.parse_args(tune.parse_flags(["trainer.tune", *args]))
   elif kind == "prepare":
     _prepare_flags(args)
   else:
@@ -124,7 +124,8 @@ def _run(case) -> int:
     return 0
   if kind == "tune":
     from trainer import tune  # pylint: disable=g-import-not-at-top
-    return tune.main(args)
+    from trainer import cli  # pylint: disable=g-import-not-at-top
+    return cli.call(tune.main, tune.parse_flags(["trainer.tune", *args]))
   if kind == "sweep":
     return _load_script("sweep").main(args)
   if kind == "prepare":

@@ -22,11 +22,21 @@ from absl import logging
 from trainer.triggers import AnyOf, AtSteps, EverySeconds, EverySteps, OnStop, Trigger
 
 
+# A Stop's kind: what the run records of it (results.json's stopped_early_at and
+# pruned_at_step, the eval run's pruned_at_step scalar), so that the run never needs to
+# know which action asked.
+PREEMPTED = "preempted"    # a signal: the checkpoint is saved, the process ends (Interrupted)
+EARLY_STOP = "early_stop"  # the eval metric stopped improving (best.EarlyStopping)
+PRUNED = "pruned"          # a tuner's pruner gave the trial up (trainer/trial.py)
+ENDED = "ended"            # another reason to end (a trial that another tuner finished)
+
+
 @dataclasses.dataclass(frozen=True)
 class Stop:
-  """A request to end training after this inner loop: a reason for the log, and the
-  signal number when a signal asked for it."""
+  """A request to end training after this inner loop: its kind (above), a reason for the
+  log, and the signal number when a signal asked for it."""
   reason: str
+  kind: str = ENDED
   signum: int | None = None
 
 
@@ -44,6 +54,7 @@ class Boundary:
   examples_per_sec: float = 0.0
   steady_examples_per_sec: float = 0.0
   first: bool = False
+  last: bool = False  # at the run's last step
   completing: bool = False
   eval: object | None = None  # evaluator.Evaluation
   stop: Stop | None = None
@@ -69,6 +80,10 @@ class Action:
   def next_step(self, step: int) -> int | None:
     """The next step after `step` at which this action needs the inner loop to return."""
     return self.trigger.next_step(step)
+
+  def check(self, plan) -> None:
+    """Before the run writes anything, with its resolved plan (trainer/plan.py's Plan):
+    raises ConfigError to refuse the run."""
 
   def start(self, step: int) -> None:
     """Once, before the first inner loop."""

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 from absl import logging
 
-from trainer.actions import Action, Stop
+from trainer.actions import EARLY_STOP, Action, Stop
 from trainer.progress import Progress
 
 
@@ -93,7 +93,7 @@ class EarlyStopping(Action):
     value, at = self.best.value_and_step
     self.best.progress.stopped_early_at.assign(b.step)
     b.stop = Stop(f"early stopping: eval {self.best.metric} has not improved on {value:.4f} "
-                  f"(step {at}) for {self.patience} evals")
+                  f"(step {at}) for {self.patience} evals", EARLY_STOP)
 
 
 class ReduceOnPlateau(Action):

@@ -35,34 +35,38 @@ def _verbose() -> bool:
 _HELP = ("--help", "-h", "--helpshort", "-?")
 
 
-def help_text(usage: str, groups: dict[str, list[str]]) -> str:
+_FLAGFILES = ("Flags may also come from --flagfile=FILE (one --name=value per line); "
+              "--helpfull lists absl's flags too.")
+
+
+def help_text(usage: str, groups: dict[str, list[str]], flag_values=flags.FLAGS,
+              footer: str = _FLAGFILES) -> str:
   """The program's own flags by group, each with its default and its help."""
   lines = [f"usage: {usage}", ""]
   for title, names in groups.items():
     lines.append(f"{title}:")
     for name in names:
-      flag = flags.FLAGS[name]
+      flag = flag_values[name]
       default = flag.default_as_str.strip("'") if flag.default is not None else ""
       lines.append(f"  --{name}" + (f"={default}" if default else ""))
-      lines += textwrap.wrap(flag.help, width=88, initial_indent="      ",
+      lines += textwrap.wrap(" ".join(flag.help.split()), width=88, initial_indent="      ",
                              subsequent_indent="      ")
     lines.append("")
-  lines.append("Flags may also come from --flagfile=FILE (one --name=value per line); "
-               "--helpfull lists absl's flags too.")
+  lines += textwrap.wrap(footer, width=88)
   return "\n".join(lines)
 
 
-def _parser(usage: str, groups: dict[str, list[str]]):
-  def parse(argv):
+def _parser(usage: str, groups: dict[str, list[str]], parse, flag_values, footer: str):
+  def parse_or_help(argv):
     # absl's --help lists only flags defined in the main module, and exits 1.
-    if any(arg in _HELP for arg in argv[1:]):
+    if any(arg in _HELP for arg in argv[1:argv.index("--") if "--" in argv else None]):
       try:
-        print(help_text(usage, groups), flush=True)
+        print(help_text(usage, groups, flag_values, footer), flush=True)
       except BrokenPipeError:  # `--help | head`: the reader has all it wanted
         _quiet_stdout()
       sys.exit(0)
-    return _parse(argv)
-  return parse
+    return parse(argv)
+  return parse_or_help
 
 
 def _quiet_stdout() -> None:
@@ -139,60 +143,67 @@ def _peer_lost(error: Exception) -> bool:
           or (name == "AbortedError" and "ollective" in str(error)))
 
 
-def run_app(main, usage: str, groups: dict[str, list[str]]) -> None:
+def run_app(main, usage: str, groups: dict[str, list[str]], *, parse=_parse,
+            flag_values=flags.FLAGS, footer: str = _FLAGFILES) -> None:
   """Runs main(argv) with tapeloop's exit statuses and console; --help lists `groups`.
   main: a function, or the name of the module whose main(argv) to run: that module (and
-  TensorFlow) is imported after the flags are parsed, so bad flags answer at once. The
-  process is the program's: a signal before training ends it (errors.in_program)."""
+  TensorFlow) is imported after the flags are parsed, so bad flags answer at once; its
+  return value is the exit status (None: 0). The process is the program's: a signal
+  before training ends it (errors.in_program). parse(argv) -> main's argv: a program's own
+  parsing of flags.FLAGS (its errors: one line, exit 2), and `flag_values` and `footer`
+  what --help shows, for a program whose flags are not all in flags.FLAGS (trainer.tune)."""
   def guarded(argv):
     with errors.program():
-      _guarded(argv)
+      if "dry_run" in flags.FLAGS and flags.FLAGS["dry_run"].value:
+        tf_env.keras_writes_nothing()
+      if not _verbose():
+        # TensorFlow warns on every traced iteration over a distributed dataset.
+        warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data")
+        logging.get_absl_handler().addFilter(_OwnInfoOnly())
+        logging.get_absl_handler().setFormatter(_Console())
+        py_logging.getLogger("tensorflow").addFilter(_OwnInfoOnly())
+      return call(main, argv)
 
-  def _guarded(argv):
-    if "dry_run" in flags.FLAGS and flags.FLAGS["dry_run"].value:
-      tf_env.keras_writes_nothing()
-    if not _verbose():
-      # TensorFlow warns on every traced iteration over a distributed dataset.
-      warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data")
-      logging.get_absl_handler().addFilter(_OwnInfoOnly())
-      logging.get_absl_handler().setFormatter(_Console())
-      py_logging.getLogger("tensorflow").addFilter(_OwnInfoOnly())
-    try:
-      _load(main)(argv)
-    except (UsageError, ConfigError, DataError, FloatingPointError) as e:
-      if _verbose():
-        raise
-      if isinstance(e, FloatingPointError):
-        message, status = (f"{e}: training diverged; lower --learning_rate or use "
-                           "--clip_norm; the last good checkpoint is kept", EXIT_DIVERGED)
-      else:
-        message, status = str(e), EXIT_USAGE
-      print(f"error: {message}", file=sys.stderr)
-      sys.exit(status)
-    except Interrupted as e:
-      print(str(e), file=sys.stderr)
-      sys.exit(128 + e.signum)
-    except Exception as e:  # pylint: disable=broad-except
-      if _verbose() or not _peer_lost(e):
-        raise
-      line = str(e).strip().splitlines()[0] if str(e).strip() else ""
-      print(f"error: {type(e).__name__}: {line}: a task of the cluster (or a remote "
-            "filesystem) stopped answering; run the same command again on every task: "
-            "training resumes from the last checkpoint", file=sys.stderr)
-      sys.exit(EXIT_PEER_LOST)
-    except BrokenPipeError:
-      # stdout piped into a reader that stopped (`| head`): end as a shell's pipeline
-      # would (SIGPIPE), without a traceback; what the run saved stays.
-      _quiet_stdout()
-      sys.exit(128 + 13)
-    except KeyboardInterrupt:
-      if _verbose():
-        raise
-      print("interrupted: nothing more was saved; run the same command again to resume from "
-            "the last checkpoint", file=sys.stderr)
-      sys.exit(130)
+  app.run(guarded, flags_parser=_parser(usage, groups, parse, flag_values, footer))
 
-  app.run(guarded, flags_parser=_parser(usage, groups))
+
+def call(main, argv):
+  """main(argv) (a function, or a module's name: _load) with tapeloop's exit statuses: bad
+  input one line and exit 2, a signal's stop 128 + its number; returns main's value."""
+  try:
+    return _load(main)(argv)
+  except (UsageError, ConfigError, DataError, FloatingPointError) as e:
+    if _verbose():
+      raise
+    if isinstance(e, FloatingPointError):
+      message, status = (f"{e}: training diverged; lower --learning_rate or use "
+                         "--clip_norm; the last good checkpoint is kept", EXIT_DIVERGED)
+    else:
+      message, status = str(e), EXIT_USAGE
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+  except Interrupted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(128 + e.signum)
+  except Exception as e:  # pylint: disable=broad-except
+    if _verbose() or not _peer_lost(e):
+      raise
+    line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    print(f"error: {type(e).__name__}: {line}: a task of the cluster (or a remote "
+          "filesystem) stopped answering; run the same command again on every task: "
+          "training resumes from the last checkpoint", file=sys.stderr)
+    sys.exit(EXIT_PEER_LOST)
+  except BrokenPipeError:
+    # stdout piped into a reader that stopped (`| head`): end as a shell's pipeline
+    # would (SIGPIPE), without a traceback; what the run saved stays.
+    _quiet_stdout()
+    sys.exit(128 + 13)
+  except KeyboardInterrupt:
+    if _verbose():
+      raise
+    print("interrupted: nothing more was saved; run the same command again to resume from "
+          "the last checkpoint", file=sys.stderr)
+    sys.exit(130)
 
 
 def _as_main(module: str) -> None:

@@ -66,7 +66,7 @@ class Controller:
     run now; their checkpoint records that they ran. Returns a stop they asked for."""
     logging.info("completing the actions of step %d, cut short by a signal", step)
     self.interrupted_at.assign(-1)
-    boundary = Boundary(step, completing=True)
+    boundary = Boundary(step, completing=True, last=step >= self.total)
     for action in self.actions:
       if action.completes_interrupted and action.trigger.due(boundary):
         action(boundary)
@@ -115,7 +115,8 @@ class Controller:
                                    if timing.train_seconds else rate)
         boundary = Boundary(step, figures["loss"], figures["accuracy"], steps=n,
                             seconds=elapsed, examples_per_sec=rate,
-                            steady_examples_per_sec=timing.examples_per_sec, first=first)
+                            steady_examples_per_sec=timing.examples_per_sec, first=first,
+                            last=step >= self.total)
         first = False
         self._act(boundary)
         if boundary.restarted is not None:  # back at a checkpoint: train on from there

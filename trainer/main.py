@@ -21,7 +21,7 @@ def main(argv):
   cfg = config.from_flags(FLAGS)
   tf_env.apply()  # before anything imports TensorFlow
   # pylint: disable=g-import-not-at-top
-  from trainer import distribute, dry_run, evaluate, phases, train
+  from trainer import distribute, dry_run, evaluate, phases, train, trial
   # pylint: enable=g-import-not-at-top
   if cfg.dry_run:
     print(dry_run.report(cfg))
@@ -29,7 +29,9 @@ def main(argv):
   if cfg.strategy == "multi_worker" and distribute.is_evaluator_task():
     evaluate.cluster_evaluator(cfg.model_dir)
     return
-  results = train.train_and_evaluate(cfg, phases.process_start())
+  # A tuner's trial (trainer.tune) reports to it as one more action of the run.
+  results = train.train_and_evaluate(cfg, phases.process_start(),
+                                     extra_actions=trial.actions(cfg))
   split = "test" if "test_accuracy" in results else "validation"
   if f"{split}_accuracy" in results:
     tta = (f"; with TTA {results[split + '_tta_accuracy']:.4f} "

@@ -11,7 +11,7 @@ from typing import Callable
 
 from absl import logging
 
-from trainer.actions import Action, Stop
+from trainer.actions import PREEMPTED, Action, Stop
 from trainer.errors import Interrupted, in_program
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -162,7 +162,7 @@ class PreemptionStop(Action):
       logging.warning("received %s: saving a checkpoint and stopping at step %d",
                       signal.Signals(self.signal).name, b.step)
     signum = self.signal or signal.SIGTERM
-    b.stop = Stop(f"stopped by {signal.Signals(signum).name}", signum)
+    b.stop = Stop(f"stopped by {signal.Signals(signum).name}", PREEMPTED, signum)
 
   def end(self, step):
     self.phase = "after"

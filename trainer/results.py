@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from trainer.actions import EARLY_STOP
 from trainer.config import Config
 from trainer.controller import Timing
 from trainer.phases import Phases
@@ -38,8 +39,10 @@ def of_run(config: Config, plan, trainer, chief: bool, timing: Timing, stopped_a
              "weights_digest": state.weights_digest(), "eval_split": plan.eval_split,
              # The flags, with the schedule's horizon as the run keeps it (run_record.py).
              "flags": {**config.flag_values, "schedule_steps": plan.horizon}}
-  if timing.stop is not None or stopped_at >= 0:
-    results["stopped_early_at"] = state.step if timing.stop is not None else stopped_at
+  if timing.stop is not None and timing.stop.kind == EARLY_STOP:  # a stop ends at its step
+    results["stopped_early_at"] = state.step
+  elif stopped_at >= 0:
+    results["stopped_early_at"] = stopped_at
   if plan.restarts:  # flags.json's record of them (run_record.py)
     results["learning_rate_restarts"] = [r.as_record() for r in plan.restarts]
   if flag_changes:

@@ -8,6 +8,7 @@ import shlex
 import signal
 import tempfile
 import time
+from typing import Sequence
 
 import keras
 import tensorflow as tf
@@ -20,7 +21,6 @@ from trainer import distribute, export, files, results as run_results, run_files
 from trainer import run_record
 from trainer import summaries
 from trainer import plan as run_plan
-from trainer import trial as tuning_trial
 from trainer.config import Config
 from trainer.controller import Controller, Timing
 from trainer.inner_loop import Trainer
@@ -29,16 +29,20 @@ from trainer.preemption import PreemptionStop
 from trainer.triggers import EverySteps
 
 
-def train_and_evaluate(config: Config, process_start: float | None = None) -> dict:
+def train_and_evaluate(config: Config, process_start: float | None = None,
+                       extra_actions: Sequence[tl_actions.Action] = ()) -> dict:
   """Trains to the target step (resuming from model_dir), evaluates, exports; returns the
   results that also go to model_dir/results.json. process_start: when the command started
-  (trainer.phases.process_start), so that the phases include the start-up before this."""
+  (trainer.phases.process_start), so that the phases include the start-up before this.
+  extra_actions: the caller's own (a tuner's trial report), run after the eval's actions
+  and before the checkpoint, which saves on their stop; each checks the plan before the
+  run writes anything (Action.check)."""
   with run_log.RunLog() as log:  # the chief's model_dir/tapeloop.log
-    return _train_and_evaluate(config, process_start, log)
+    return _train_and_evaluate(config, process_start, log, list(extra_actions))
 
 
 def _train_and_evaluate(config: Config, process_start: float | None,
-                        log: run_log.RunLog) -> dict:
+                        log: run_log.RunLog, extra: list) -> dict:
   start = time.time()
   phases = Phases(process_start or start)
   if process_start:
@@ -47,9 +51,6 @@ def _train_and_evaluate(config: Config, process_start: float | None,
   # Before any work: a rerun that changes what is trained is refused here.
   recorded = run_files.read_record(config.model_dir)
   changed = run_record.check(config, recorded)
-  trial = tuning_trial.from_environment()  # a tuner's trial (trainer.tune), or None
-  if trial is not None:
-    tuning_trial.check_config(config)
   # Signals are answered from here on, not only in the training loop: before training
   # they end the run at once (a command-line program's process, also while the cluster's
   # start-up blocks in C++); after it, a worker killed while exporting would leave the
@@ -61,15 +62,15 @@ def _train_and_evaluate(config: Config, process_start: float | None,
     preemption.agree = distribute.any_worker(strategy)
     run_plan.check_replicas(config, strategy)  # before the data is read or prepared
     data, plan = _prepare(config, strategy, recorded, phases, start)
-    if trial is not None:
-      tuning_trial.check_eval_split(plan.eval_split)
+    for action in extra:
+      action.check(plan)
     chief = distribute.is_chief(strategy)
     # Under MultiWorkerMirroredStrategy every worker saves (checkpoints, export); a non-chief
     # worker does so into a scratch directory removed at the end.
     scratch = None if chief else tempfile.mkdtemp(prefix="tapeloop-worker-")
     try:
       return _run(config, plan, strategy, data, phases, scratch, recorded, changed, preemption,
-                  trial, log)
+                  extra, log)
     finally:
       if scratch:
         files.rmtree(scratch)
@@ -93,7 +94,7 @@ def _prepare(config: Config, strategy, recorded: dict | None, phases: Phases, st
 
 
 def _actions(config: Config, plan, trainer: Trainer, output_dir: str, phases: Phases,
-             preemption: PreemptionStop, trial: dict | None):
+             preemption: PreemptionStop, extra: list):
   """The outer loop's actions, in the order they run at each boundary."""
   steps = dict(total_steps=plan.total_steps)
   data = trainer.data
@@ -128,9 +129,7 @@ def _actions(config: Config, plan, trainer: Trainer, output_dir: str, phases: Ph
                                            data.info.class_names, config.tta)))
     if config.early_stopping:
       actions.append(tl_best.EarlyStopping(best, patience=config.early_stopping))
-    if trial is not None:  # before the checkpoint, which a pruning stop saves
-      actions.append(tuning_trial.ReportToTrial(trial, trainer.evaluator.writer,
-                                                  plan.total_steps))
+  actions += extra  # after the eval's actions, before the checkpoint that saves on a stop
   if config.profile_steps:
     actions.append(tl_actions.Profiler(config.profile_steps,
                                        os.path.join(config.model_dir, "profile")))
@@ -203,7 +202,7 @@ def _train(config: Config, plan, trainer: Trainer, actions) -> tuple[Timing, int
 
 def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | None,
          recorded: dict | None, changed: dict, preemption: PreemptionStop,
-         trial: dict | None, log: run_log.RunLog) -> dict:
+         extra: list, log: run_log.RunLog) -> dict:
   chief = scratch is None
   output_dir = config.model_dir if chief else scratch
   writer = summaries.Summaries(config.model_dir, enabled=chief)
@@ -219,10 +218,8 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
       run_files.write_folder_check(config.model_dir, data.folder_check)
   log.start(config.model_dir if chief else None)
   _describe(config, plan, trainer)
-  actions = _actions(config, plan, trainer, output_dir, phases, preemption, trial)
+  actions = _actions(config, plan, trainer, output_dir, phases, preemption, extra)
   timing, stopped_at = _train(config, plan, trainer, actions)
-  pruned_at = next((a.pruned_at for a in actions
-                    if isinstance(a, tuning_trial.ReportToTrial)), None)
   # From here (also when no step was left to train): a signal lets the evals and the
   # export finish.
   preemption.phase = "after"
@@ -238,8 +235,11 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
     writer.scalars("eval", results["global_step"], {
         k: results[k] for k in ("test_loss", "test_accuracy", "test_tta_accuracy")
         if k in results})
-  if pruned_at is not None:
-    results["pruned_at_step"] = pruned_at
+  if timing.stop is not None and timing.stop.kind == tl_actions.PRUNED:
+    step = results["global_step"]  # a stop ends training at its boundary
+    results["pruned_at_step"] = step
+    writer.scalars("eval", step, {"pruned_at_step": float(step)})  # an HParams metric
+    writer.text("eval", step, "trial", f"{timing.stop.reason} at step {step}")
   if config.eval_images and plan.eval_split:
     results["eval_pictures_seconds"] = trainer.evaluator.pictures_seconds
   results["wall_seconds"] = time.time() - phases.start

@@ -1,14 +1,18 @@
 """The Optuna trial a tuner (trainer.tune) runs this training process for.
 
 Each eval reports its metric to the trial. When the study's pruner says the trial is
-hopeless, training stops at that boundary, its checkpoint saved (the Checkpoint action
-runs on any stop), and results.json records `pruned_at_step`; the tuner then marks the
-trial pruned. The tuner hands the trial over in the environment (TAPELOOP_TRIAL), not as
-a flag: it is not part of what the run trains (its flags.json and the rerun rule stay
-those of an ordinary run, and a rerun by hand trains on to the end), and a database URL
-with a password stays off the command line and out of the run's record.
+hopeless, training stops at that boundary with a Stop of kind PRUNED, its checkpoint
+saved (the Checkpoint action runs on any stop); the run records `pruned_at_step` from
+that kind, and the tuner then marks the trial pruned. The tuner hands the trial over in
+the environment (TAPELOOP_TRIAL), not as a flag: it is not part of what the run trains
+(its flags.json and the rerun rule stay those of an ordinary run, and a rerun by hand
+trains on to the end), and a database URL with a password stays off the command line and
+out of the run's record. trainer.main reads it (actions()) and hands the run the report
+as one more action: the run itself knows nothing of tuning.
 
-Only this module and trainer/tune.py import Optuna, and only when tuning.
+Optuna is the optional `tune` extra: only the tuning modules import it (this one,
+study.py and tune.py), each inside the function that needs it, so that a run without a
+tuner, and every --help, works without it installed and never pays for its import.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import warnings
 
 from absl import logging
 
-from trainer.actions import Action, Stop
+from trainer.actions import ENDED, PRUNED, Action, Stop
 from trainer.errors import ConfigError
 from trainer.tune_choices import OBJECTIVES, PRUNERS
 
@@ -86,6 +90,16 @@ def from_environment() -> dict | None:
                       "a tuner") from None
 
 
+def actions(config) -> list[Action]:
+  """What a tuner's trial adds to a run of `config` (trainer.main's): its report, or
+  nothing without TAPELOOP_TRIAL. A config no trial takes is refused here, before the run."""
+  spec = from_environment()
+  if spec is None:
+    return []
+  check_config(config)
+  return [ReportToTrial(spec)]
+
+
 def check_config(config) -> None:
   """What a trial refuses before its data (the tuner asks it of every value up front): a
   trial is one process on one machine, and a cluster's other workers never come."""
@@ -103,17 +117,20 @@ def check_eval_split(eval_split: str | None) -> None:
 
 
 class ReportToTrial(Action):
-  """After each eval: its metric to the trial at the step; a stop when the pruner prunes,
-  kept in `pruned_at` for results.json and TensorBoard's eval run (scalar pruned_at_step,
-  an HParams metric). The last step's eval is reported but never pruned: the trial is done.
-  A trial another tuner finished stops training (checkpoint saved); a storage error skips
-  that report with a warning rather than failing a run whose checkpoint is intact."""
+  """After each eval: its metric to the trial at the step; a Stop of kind PRUNED when the
+  pruner prunes (the run records the step: results.json's pruned_at_step, TensorBoard's).
+  The last step's eval is reported but never pruned: the trial is done. A trial another
+  tuner finished stops training (checkpoint saved); a storage error skips that report with
+  a warning rather than failing a run whose checkpoint is intact. Run it after the eval
+  (it reads Boundary.eval) and before the checkpoint, which a stop saves."""
 
   completes_interrupted = True  # an eval completed on resume is reported too
 
-  def __init__(self, spec: dict, writer, total_steps: int):
-    self.spec, self.writer, self.total = spec, writer, total_steps
-    self.trial, self.pruned_at = None, None
+  def __init__(self, spec: dict):
+    self.spec, self.trial = spec, None
+
+  def check(self, plan):
+    check_eval_split(plan.eval_split)
 
   def start(self, step):
     import optuna  # pylint: disable=g-import-not-at-top  (an optional dependency)
@@ -136,9 +153,9 @@ class ReportToTrial(Action):
     number, value = self.spec["number"], float(getattr(b.eval, self.spec["objective"]))
     try:
       self.trial.report(value, b.step)
-      prune = b.step < self.total and self.trial.should_prune()
+      prune = not b.last and self.trial.should_prune()
     except optuna.exceptions.UpdateFinishedTrialError:
-      b.stop = Stop(f"trial {number} was finished by another tuner")
+      b.stop = Stop(f"trial {number} was finished by another tuner", ENDED)
       return
     except Exception as e:  # pylint: disable=broad-except  (a database blip)
       logging.warning("trial %d: the eval of step %d was not reported: %s", number, b.step,
@@ -146,10 +163,7 @@ class ReportToTrial(Action):
       return
     if not prune:
       return
-    self.pruned_at = b.step
-    self.writer.scalars("eval", b.step, {"pruned_at_step": float(b.step)})
-    self.writer.text("eval", b.step, "trial", f"pruned by the tuner at step {b.step} "
-                     f"(trial {number} of study {self.spec['study']})")
     logging.info("trial %d: pruned at step %d (eval %s %.4f)", number, b.step,
                  self.spec["objective"], value)
-    b.stop = Stop(f"trial {number} pruned by the tuner")
+    b.stop = Stop(f"trial {number} of study {self.spec['study']} pruned by the tuner",
+                  PRUNED)

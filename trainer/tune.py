@@ -28,86 +28,85 @@ Optuna (and psycopg for PostgreSQL) is the `tune` extra: pip install -e '.[tune]
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import difflib
-import math
-import os
 import shlex
-import signal
 import sys
-import warnings
+from typing import NoReturn
 
-from trainer.tune_choices import OBJECTIVES, PRUNERS, SAMPLERS
+from absl import flags
 
-STORAGE_ENV = "TAPELOOP_STORAGE"
+from trainer import cli, tune_choices
+from trainer.tune_choices import FLAGS
 
-
-class _Parser(argparse.ArgumentParser):
-  """argparse, its errors in one line (not the usage block first)."""
-
-  def error(self, message):
-    print(f"error: {message} (python -m trainer.tune --help)", file=sys.stderr)
-    sys.exit(2)
-
-  def parse_args(self, args=None, namespace=None):
-    """argparse's, but a flag it does not know is named as what it likely is: one of the
-    tuner's mistyped, or a trial flag given before --."""
-    parsed, unknown = self.parse_known_args(args, namespace)
-    if not unknown:
-      return parsed
-    text = " ".join(map(shlex.quote, unknown))
-    flag = next((a for a in unknown if a.startswith("--")), None)
-    if flag is None:
-      self.error(f"unrecognized arguments: {text}")
-    near = difflib.get_close_matches(flag.partition("=")[0], self._option_string_actions,
-                                     n=1, cutoff=0.8)
-    if near:
-      self.error(f"unrecognized arguments: {text}: did you mean {near[0]}?")
-    self.error(f"unrecognized arguments: {text}: trial flags go after --, e.g. python -m "
-               f"trainer.tune --root=... --search=... -- {shlex.quote(flag)}")
+USAGE = ("python -m trainer.tune --root=DIR --search=NAME=DIST:ARGS [--flag=value ...] "
+         "[-- TRIAL_FLAGS ...]")
+_FOOTER = ("After --: flags for every trial, as trainer.main takes them. --flagfile here "
+           "names the trials' base flags (it is not read as the tuner's).")
+_FLAGFILE = ("--flagfile", "-flagfile")
 
 
-def _parser() -> _Parser:
-  """The tuner's command line. TensorFlow-free, so that python -m trainer.tune answers
-  --help, a mistyped flag and a bad choice before it loads."""
-  parser = _Parser(prog="python -m trainer.tune", description=__doc__.split("\n\n")[0])
-  add = parser.add_argument
-  add("--flagfile", help="the trials' base flags (a trainer flagfile)")
-  add("--search", action="append", default=[], metavar="NAME=DIST:ARGS",
-      help="a flag and its distribution; repeat for more flags")
-  add("--trials", type=int, default=None, help="trials in the study, over all tuner "
-      "processes (default 20; with --sampler=grid, the grid's size)")
-  add("--root", required=True, help="one model_dir per trial below it (a local directory "
-      "or a bucket)")
-  add("--study", help="the study's name in the storage (default: --root as given)")
-  add("--storage", default=os.environ.get(STORAGE_ENV),
-      help="a database URL several machines share, e.g. postgresql://user:password@host/db "
-      f"(or in ${STORAGE_ENV}, off the command line; default: sqlite in ROOT/study.db)")
-  add("--sampler", choices=SAMPLERS, default="tpe", help="tpe (default), random or grid")
-  add("--pruner", choices=PRUNERS, default="median", help="median (default), hyperband or "
-      "none")
-  add("--objective", choices=tuple(OBJECTIVES), default="accuracy",
-      help="the validation figure to maximize (accuracy) or minimize (loss)")
-  add("--startup_trials", type=int, default=5, help="trials TPE draws at random, and "
-      "that the median pruner waits for, before either acts")
-  add("--seed", type=int, default=None, help="the sampler's seed (reproducible with one "
-      "tuner process)")
-  add("--heartbeat_seconds", type=int, default=30, help="a running trial's tuner beats "
-      "this often; a trial silent for twice as long is taken up by another tuner")
-  add("--dry_run", action="store_true", help="check what the run checks before its first "
-      "trial (the search, the trials' flags, data and models, the root, the study), print "
-      "what would run, and exit writing nothing")
-  add("trainer_flags", nargs="*", help="after --: flags for every trial")
-  return parser
+def parse_flags(argv: list[str]) -> list[str]:
+  """The tuner's flags (before --) into FLAGS, their errors one line and exit 2; returns
+  the program name and the trials' flags (after --), main's argv."""
+  args = argv[1:]
+  split = args.index("--") if "--" in args else len(args)
+  own, trial, flagfile = [], args[split + 1:], None
+  rest = iter(args[:split])
+  for arg in rest:  # absl would read a --flagfile as the tuner's own flags
+    name, eq, value = arg.partition("=")
+    if name in _FLAGFILE:
+      flagfile = value if eq else next(rest, "")
+    else:
+      own.append(arg)
+  FLAGS.unparse_flags()
+  try:
+    positional = FLAGS([argv[0], *own])[1:]
+  except flags.UnrecognizedFlagError as e:
+    _refuse(_unknown(e.flagname, e.flagvalue))
+  except flags.Error as e:
+    _refuse(str(e))
+  if FLAGS.root is None:
+    _refuse("--root is required: the directory the trials' model_dirs go below, e.g. "
+            "--root=runs/tune")
+  FLAGS.flagfile = flagfile
+  flags.FLAGS([argv[0]])  # absl's app reads its own flags there (all at their defaults)
+  return [argv[0], *positional, *trial]
 
 
-# Above this line, nothing imports TensorFlow: python -m trainer.tune answers --help and a
-# mistyped flag here; main parses again, with every check.
+def _unknown(name: str, arg: str) -> str:
+  """A flag the tuner does not know, named as what it likely is: one of the tuner's
+  mistyped, or a trial flag given before --."""
+  text = f"unrecognized arguments: {shlex.quote(arg)}"
+  near = difflib.get_close_matches(f"--{name}", [f"--{n}" for n in FLAGS], n=1, cutoff=0.8)
+  if near:
+    return f"{text}: did you mean {near[0]}?"
+  return (f"{text}: trial flags go after --, e.g. python -m trainer.tune --root=... "
+          f"--search=... -- {shlex.quote(arg)}")
+
+
+def _refuse(message: str) -> NoReturn:
+  print(f"error: {message} (python -m trainer.tune --help)", file=sys.stderr)
+  sys.exit(cli.EXIT_USAGE)
+
+
+def run():
+  """Console script entry point (tapeloop-tune): the flags are parsed before this module's
+  TensorFlow part below is imported (as trainer.tune), then its main runs."""
+  cli.run_app("trainer.tune", USAGE, tune_choices.HELP_GROUPS, parse=parse_flags,
+              flag_values=FLAGS, footer=_FOOTER)
+
+
+# Above this line, nothing imports TensorFlow: python -m trainer.tune stops here.
 if __name__ == "__main__":
-  _parser().parse_args()
+  run()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
+import contextlib
+import math
+import os
+import signal
+import warnings
+
 from trainer import tf_env
 
 tf_env.apply()  # before anything imports TensorFlow
@@ -130,8 +129,10 @@ class Stopped(Exception):
     self.signum = signum
 
 
-def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
-  args = _parser().parse_args(argv)
+def parse_args(argv) -> Settings:
+  """The study's settings from FLAGS (parse_flags) and argv[1:], the trials' flags, with
+  every check that needs TensorFlow (each value the search may draw, on the trial's data)."""
+  args, trainer_flags = FLAGS, argv[1:]
   root = child_runs.resolve(args.root)
   flagfile = child_runs.resolve(args.flagfile)
   if flagfile and (not files.is_local(flagfile) or not os.path.isfile(flagfile)):
@@ -140,15 +141,15 @@ def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
     value = getattr(args, name)
     if value is not None and value < (0 if name == "startup_trials" else 1):
       raise UsageError(f"--{name}={value} must be positive")
-  searches = parse_search(args.search)
-  base = ([f"--flagfile={flagfile}"] if flagfile else []) + args.trainer_flags
+  searches = parse_search(args.search or [])
+  base = ([f"--flagfile={flagfile}"] if flagfile else []) + trainer_flags
   with dry_run.read_only() if args.dry_run else contextlib.nullcontext():
     check_trial_flags(base, searches)
   try:
     run_files.check_checkpoint_path(root, "--root")
   except ValueError as e:
     raise UsageError(str(e)) from None
-  storage = args.storage
+  storage = tune_choices.storage()
   if storage is None:
     if not files.is_local(root):
       raise UsageError(f"--root={shlex.quote(args.root)} is not a local directory: give "
@@ -165,7 +166,7 @@ def parse_args(argv) -> tuple[Settings, argparse.Namespace]:
   return Settings(root=root, storage=storage, study=study, searches=searches, base=base,
                   trials=trials, sampler=args.sampler, pruner=args.pruner,
                   objective=args.objective, startup_trials=args.startup_trials,
-                  seed=args.seed, heartbeat_seconds=args.heartbeat_seconds), args
+                  seed=args.seed, heartbeat_seconds=args.heartbeat_seconds)
 
 
 def _claim_root(s: Settings, write: bool = True) -> None:
@@ -234,33 +235,34 @@ def _dry_run(s: Settings) -> int:
   return 0
 
 
-def main(argv=None) -> int:
+def main(argv: list[str]) -> int:
+  """The study's trials, then its report: the exit status. argv: parse_flags's (the
+  program, the trials' flags). Bad input before the first trial raises UsageError, which
+  cli.run_app answers in one line with exit 2."""
+  settings = parse_args(argv)
+  if FLAGS.dry_run:
+    return _dry_run(settings)
+  optuna = _optuna()
+  warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+  # Optuna's heartbeat is meant for Study.optimize; the tuner beats itself (_Heartbeat).
+  warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+  optuna.logging.set_verbosity(optuna.logging.WARNING)
+  # A shared storage is opened first: a bad URL leaves no root behind. The embedded
+  # one lives in the root.
+  tuner = None if settings.embedded else Tuner(settings)
   try:
-    settings, args = parse_args(argv)
-    if args.dry_run:
-      return _dry_run(settings)
-    optuna = _optuna()
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # Optuna's heartbeat is meant for Study.optimize; the tuner beats itself (_Heartbeat).
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # A shared storage is opened first: a bad URL leaves no root behind. The embedded
-    # one lives in the root.
-    tuner = None if settings.embedded else Tuner(settings)
-    try:
-      tf.io.gfile.makedirs(settings.root)
-    except tf.errors.OpError as e:
-      raise UsageError(f"--root={shlex.quote(settings.root)}: {first_line(e)}") from None
-    tuner = tuner or Tuner(settings)
-    _claim_root(settings)
-  except UsageError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    tf.io.gfile.makedirs(settings.root)
+  except tf.errors.OpError as e:
+    raise UsageError(f"--root={shlex.quote(settings.root)}: {first_line(e)}") from None
+  tuner = tuner or Tuner(settings)
+  _claim_root(settings)
   print(f"study {shlex.quote(settings.study)} in {shlex.quote(hidden(settings.storage))}: "
         f"{settings.trials} trials, "
         f"sampler {settings.sampler}, pruner {settings.pruner}; trials in "
         f"{shlex.quote(settings.root)}",
         flush=True)
+  # Once trials run, a stop or a failure is answered here, not by cli.run_app: the trial in
+  # hand goes back to the study and the table of those done is still printed.
   previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
   status = 0
   try:
@@ -293,11 +295,3 @@ def main(argv=None) -> int:
     status = 1
   return status
 
-
-def run():
-  """Console script entry point (tapeloop-tune)."""
-  sys.exit(main())
-
-
-if __name__ == "__main__":
-  run()

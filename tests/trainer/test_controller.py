@@ -84,7 +84,7 @@ class StopAt(actions.Action):
 
   def __call__(self, b):
     if b.step >= self.step:
-      b.stop = actions.Stop("enough", self.signum)
+      b.stop = actions.Stop("enough", signum=self.signum)
 
 
 class Recorder(actions.Action):
@@ -163,14 +163,16 @@ def test_a_boundary_cut_short_by_a_signal_is_completed_on_resume():
       batch_size=1, interrupted_at=interrupted_at).run()
   assert skipped.calls[0][0] == 6 and skipped.calls[0][1].completing
   assert skipped.calls[0][1].steps == 0 and saved.calls[0][0] == 6
-  assert [s for s, _ in plain.calls] == [7, 9] and int(interrupted_at.numpy()) == -1
+  assert [(s, b.last) for s, b in plain.calls] == [(7, False), (9, True)]  # the run's last step
+  assert int(interrupted_at.numpy()) == -1 and not skipped.calls[0][1].last
   # Cut short at the last step: the rerun completes it, and trains nothing.
   interrupted_at.assign(9)
   skipped.calls = []
   finished = FakeTrainer(step=9)
   Controller(trainer=finished, actions=[skipped], total_steps=9, steps_per_loop=3,
              batch_size=1, interrupted_at=interrupted_at).run()
-  assert [(s, b.completing) for s, b in skipped.calls] == [(9, True)] and finished.loops == []
+  assert [(s, b.completing, b.last) for s, b in skipped.calls] == [(9, True, True)]
+  assert finished.loops == []
 
 
 def test_an_action_that_raises_still_ends_every_action():

@@ -21,7 +21,7 @@ import postgres
 from flag_helpers import parse
 from paths import ROOT
 from runs import read_experiment, read_scalars
-from trainer import child_runs, study as tune_study, train, tune_results
+from trainer import child_runs, cli, study as tune_study, train, tune_results
 from trainer import trial as tuning_trial
 from trainer import tune
 from trainer.search import parse_search
@@ -41,6 +41,15 @@ def _tuner(root, *args, storage=None, trial=TRIAL):
       [sys.executable, "-m", "trainer.tune", f"--root={root}", *args,
        *([f"--storage={storage}"] if storage else []), "--", *trial],
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+
+
+def _tune(argv):
+  """python -m trainer.tune ARGV in this process: its flags, then its main with cli.run_app's
+  exit statuses; returns the status."""
+  try:
+    return cli.call(tune.main, tune.parse_flags(["trainer.tune", *argv]))
+  except SystemExit as e:
+    return e.code
 
 
 def _study(root, storage=None):
@@ -65,6 +74,11 @@ def _starts(model_dir):
           [int(s) for s in re.findall(r"resumed from .*ckpt-(\d+)'?$", log, re.M)])
 
 
+def _trial_run(cfg):
+  """A run as trainer.main starts it for a tuner: the trial of TAPELOOP_TRIAL reports to it."""
+  return train.train_and_evaluate(cfg, extra_actions=tuning_trial.actions(cfg))
+
+
 def test_an_eval_below_the_median_prunes_the_trial_at_that_boundary(tmp_path, monkeypatch):
   """The trainer's side: its evals reach the trial; the pruner's verdict stops training at
   the eval's step with a checkpoint, and results.json and TensorBoard say so. The last
@@ -80,9 +94,9 @@ def test_an_eval_below_the_median_prunes_the_trial_at_that_boundary(tmp_path, mo
       storage=storage, study="s", trial_id=trial._trial_id, number=trial.number,
       objective="accuracy", pruner="median", startup_trials=2).popitem())
   model_dir = tmp_path / "trial"
-  results = train.train_and_evaluate(parse(*TRIAL, "--checkpoint_every=100",
-                                           f"--model_dir={model_dir}"))
+  results = _trial_run(parse(*TRIAL, "--checkpoint_every=100", f"--model_dir={model_dir}"))
   assert results["pruned_at_step"] == 6 and results["global_step"] == 6
+  assert "stopped_early_at" not in results  # a pruned trial did not stop early
   assert os.path.exists(model_dir / "checkpoints" / "ckpt-6.index")
   assert study.trials[-1].intermediate_values == {6: pytest.approx(
       results["validation_accuracy"])}
@@ -92,8 +106,8 @@ def test_an_eval_below_the_median_prunes_the_trial_at_that_boundary(tmp_path, mo
   monkeypatch.setenv(*tuning_trial.environment(
       storage=storage, study="s", trial_id=last._trial_id, number=last.number,
       objective="accuracy", pruner="median", startup_trials=2).popitem())
-  results = train.train_and_evaluate(parse(*TRIAL, "--epochs=1", "--eval_every=100",
-                                           f"--model_dir={tmp_path / 'last'}"))
+  results = _trial_run(parse(*TRIAL, "--epochs=1", "--eval_every=100",
+                             f"--model_dir={tmp_path / 'last'}"))
   assert results["global_step"] == 12 and "pruned_at_step" not in results
   assert list(study.trials[-1].intermediate_values) == [12]
 
@@ -104,7 +118,7 @@ def test_a_trial_without_a_validation_split_is_refused(tmp_path, monkeypatch):
       pruner="none", startup_trials=0).popitem())
   args = [a for a in TRIAL if not a.startswith("--validation_split")]
   with pytest.raises(tuning_trial.ConfigError, match="--validation_split=0.1"):
-    train.train_and_evaluate(parse(*args, f"--model_dir={tmp_path}/m"))
+    _trial_run(parse(*args, f"--model_dir={tmp_path}/m"))
   assert not os.path.exists(tmp_path / "m")
 
 
@@ -127,7 +141,7 @@ def test_a_trial_without_a_validation_split_is_refused(tmp_path, monkeypatch):
     (["--search=dropout=uniform:0:0.5", "--root=ram://tune"],
      "--root=ram://tune is not a local directory: give --storage=URL"),
     (["--search=dropout=uniform:0:0.5", "--sampler=cmaes"],
-     "argument --sampler: invalid choice: 'cmaes'"),
+     "flag --sampler=cmaes: value should be one of <tpe|random|grid>"),
     (["--search=dropout=uniform:0:0.5", "--epochs=3"], "unrecognized arguments: --epochs=3: "
      "trial flags go after --, e.g. python -m trainer.tune --root=... --search=... -- "
      "--epochs=3"),
@@ -163,11 +177,7 @@ def test_bad_input_is_one_line_and_exit_2_with_nothing_made(tmp_path, capsys, ar
   args, after = args[:split], args[split + 1:]  # after --: more trial flags
   argv = [*args, *([] if any(a.startswith("--root") for a in args) else [f"--root={root}"]),
           "--", *TRIAL, *after]
-  try:
-    status = tune.main(argv)
-  except SystemExit as e:  # argparse's own errors
-    status = e.code
-  assert status == 2
+  assert _tune(argv) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
   assert "secret" not in err[0]
@@ -183,7 +193,7 @@ def test_a_bad_choice_is_answered_before_tensorflow_loads(tmp_path):
   for flag in ("--sampler=tp", "--pruner=medain", "--objective=acc"):
     proc = subprocess.run([sys.executable, "-m", "trainer.tune", "--root=x", flag],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
-    assert proc.returncode == 2 and "invalid choice" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "value should be one of" in proc.stderr, proc.stderr
 
 
 def test_a_root_holding_another_studys_trials_is_refused(tmp_path, capsys):
@@ -192,7 +202,7 @@ def test_a_root_holding_another_studys_trials_is_refused(tmp_path, capsys):
   root.mkdir()
   (root / "tune.json").write_text(json.dumps({"study": "other", "storage": "sqlite://x"}))
   for dry in (["--dry_run"], []):
-    assert tune.main([f"--root={root}", "--search=dropout=uniform:0:0.5", *dry, "--",
+    assert _tune([f"--root={root}", "--search=dropout=uniform:0:0.5", *dry, "--",
                       *TRIAL]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --root={root} holds the trials of study 'other' in sqlite://x: "
@@ -205,7 +215,7 @@ def test_a_damaged_tune_json_is_refused_not_overwritten(tmp_path, capsys):
   root = tmp_path / "tu ne"
   root.mkdir()
   (root / "tune.json").write_text('{"study": "oth')
-  assert tune.main([f"--root={root}", "--search=dropout=uniform:0:0.5", "--dry_run", "--",
+  assert _tune([f"--root={root}", "--search=dropout=uniform:0:0.5", "--dry_run", "--",
                     *TRIAL]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith(f"error: '{root}/tune.json' is unreadable ("), err
@@ -220,7 +230,7 @@ def test_a_dry_run_checks_what_the_run_checks_before_its_first_trial(tmp_path, c
   on; nothing written. Without Optuna, one line saying how to install it."""
   root = tmp_path / "sp ace"
   argv = [f"--root={root}", "--search=dropout=uniform:0:0.5", "--dry_run", "--", *TRIAL]
-  assert tune.main(argv) == 0
+  assert _tune(argv) == 0
   out = capsys.readouterr().out
   assert "dry run: nothing was written" in out and not os.path.exists(root)
   assert f"in a new study {shlex.quote(str(root))} in " in out
@@ -234,12 +244,12 @@ def test_a_dry_run_checks_what_the_run_checks_before_its_first_trial(tmp_path, c
   tune_study.Tuner(_settings(root, base=TRIAL)).study.add_trial(optuna.create_trial(
       state=optuna.trial.TrialState.FAIL, user_attrs={"error": "exit 1: boom"}))
   before = sorted((p.name, p.stat().st_mtime_ns) for p in root.iterdir())
-  assert tune.main([*argv[:1], "--search=learning_rate=loguniform:1e-4:1e-2",
+  assert _tune([*argv[:1], "--search=learning_rate=loguniform:1e-4:1e-2",
                     *argv[2:]]) == 0
   assert f"in the study {shlex.quote(str(root))} in " in capsys.readouterr().out
   assert sorted((p.name, p.stat().st_mtime_ns) for p in root.iterdir()) == before
   monkeypatch.setitem(sys.modules, "optuna", None)  # the tune extra not installed
-  assert tune.main(argv) == 2
+  assert _tune(argv) == 2
   assert capsys.readouterr().err.strip().splitlines() == [
       "error: trainer.tune needs Optuna, the tune extra: pip install -e '.[tune]' (make "
       "test installs it)"]
@@ -255,7 +265,7 @@ def test_a_rerun_of_a_study_with_other_trial_flags_is_refused(tmp_path, capsys):
   argv = [f"--root={root}", f"--storage=sqlite:///{tmp_path}/s.db",
           "--search=dropout=uniform:0:0.5"]
   for dry in (["--dry_run"], []):  # the dry run refuses it as the run does
-    assert tune.main([*argv, *dry, "--", *TRIAL, "--epochs=5", "--data_dir=/elsewhere"]) == 2
+    assert _tune([*argv, *dry, "--", *TRIAL, "--epochs=5", "--data_dir=/elsewhere"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: study '{root}' in sqlite:///{tmp_path}/s.db was started with "
                    "other flags (--epochs=4 -> 5): use a new --root (nothing was changed)"]
@@ -313,7 +323,7 @@ def test_a_killed_trainers_trial_is_retried_twice_in_its_dir_then_fails_naming_t
   killed = _kill_trainers(monkeypatch, when=when)
   long = ["--dataset=synthetic:shape=8x8x1,classes=4,train=20000,test=64",
           "--eval_every=1000", "--steps_per_loop=20", "--checkpoint_every=20"]
-  assert tune.main([f"--root={root}", "--search=dropout=choice:0.1", "--trials=1", "--",
+  assert _tune([f"--root={root}", "--search=dropout=choice:0.1", "--trials=1", "--",
                     *TRIAL, *long]) == 1
   out, err = capsys.readouterr()
   assert len(killed) == 3 and tune_study.KILL_RETRIES == 2
@@ -354,7 +364,7 @@ def test_a_trainer_stopped_alone_by_sigterm_is_retried_naming_its_stop(tmp_path,
     return 143, "stopped by SIGTERM at step 20; checkpoint saved: run the same command again"
   monkeypatch.setattr(child_runs, "run_trainer", stopped)
   root = tmp_path / "tune"
-  assert tune.main([f"--root={root}", "--search=dropout=choice:0.1", "--trials=1", "--",
+  assert _tune([f"--root={root}", "--search=dropout=choice:0.1", "--trials=1", "--",
                     *TRIAL]) == 1
   out = capsys.readouterr().out
   assert len(calls) == 3 and len(set(calls)) == 1
@@ -517,7 +527,7 @@ def test_a_killed_tuners_trial_resumes_a_hopeless_one_is_pruned_and_best_cfg_rer
 
   # The same command, run in this process (TensorFlow is imported already).
   killed = _kill_trainers(monkeypatch, lambda args: "--learning_rate=0.000001" in args, 1)
-  assert tune.main([f"--root={root}", *command, "--", *slow]) == 0
+  assert _tune([f"--root={root}", *command, "--", *slow]) == 0
   out = capsys.readouterr().out
   assert "trial 0: its tuner (pid" in out and "start  trial 1 (resumes trial-0000)" in out, out
   assert len(killed) == 1 and "trial 2: its trainer was killed by SIGKILL" in out
