@@ -76,8 +76,8 @@ class Schedule:
                tuple(restarts))
 
   def check_warmup(self) -> None:
-    """ConfigError when the warm-up would never end. For a new run only: a run started
-    before this was refused is still evaluated and extended as it was trained."""
+    """ConfigError when the warm-up would never end. For a new run only (plan.resolve): a
+    recorded run is evaluated and extended on the schedule its checkpoints trained on."""
     if self.warmup >= self.horizon:
       raise ConfigError(
           f"--warmup_steps={self.warmup} is not below the schedule's {self.horizon} steps "

@@ -103,8 +103,8 @@ def _read(model_dir: str, name: str) -> dict | None:
 
 
 def read_record(model_dir: str) -> dict | None:
-  """The flags the run in model_dir was started with; None for a new model_dir. Runs made
-  before flags.json existed have them in results.json."""
+  """The flags the run in model_dir was started with; None for a new model_dir. Without
+  flags.json, those results.json records stand for them (its first format held them)."""
   recorded, name = _read(model_dir, RECORD), RECORD
   if recorded is None:
     results, name = _read(model_dir, RESULTS), RESULTS

@@ -68,8 +68,8 @@ def test_a_run_fits_the_stem_once_and_checkpoints_it_frozen(tmp_path, monkeypatc
     raise AssertionError("a restored run fitted the stem again")
   monkeypatch.setattr(PatchWhitening, "fit", refit)
   again = build(tmp_path, *AIRBENCH, "--ema_decay=0.9")
-  np.testing.assert_array_equal(again.model.whiten.kernel.numpy(), fitted)
-  assert again.step == 3
+  np.testing.assert_array_equal(again.state.model.whiten.kernel.numpy(), fitted)
+  assert again.state.step == 3
 
 
 @pytest.mark.parametrize("shape,whiten", [((8, 8, 1), 2), ((28, 28, 1), 30)])
@@ -217,5 +217,5 @@ def test_airbench_trains_alike_on_two_replicas(tmp_path):
   one, two = build(tmp_path / "a", *args), build(tmp_path / "b", *args, replicas=2)
   for trainer in (one, two):
     trainer.run_steps(trainer.train_iterator(), 2)
-  for a, b in zip(one.model.weights, two.model.weights):
+  for a, b in zip(one.state.model.weights, two.state.model.weights):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=2e-5)

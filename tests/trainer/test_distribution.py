@@ -197,7 +197,7 @@ def test_checkpoint_from_2_replicas_resumes_identically_under_1_and_4(tmp_path):
   two = build(2, tmp_path / "a", *MODELS["mlp"], "--l2=0.001")
   it = two.train_iterator()
   two.run_steps(it, 3)
-  two.checkpoints.save(3)
+  two.state.checkpoints.save(3)
   for name in ("b", "c"):
     shutil.copytree(tmp_path / "a", tmp_path / name)
   two.run_steps(it, 3)

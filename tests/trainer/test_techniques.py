@@ -109,12 +109,12 @@ def test_a_run_with_ema_resumes_to_the_same_weights_and_average(tmp_path):
   straight.run_steps(it, 3)
   first = build(2, tmp_path / "resumed", *args)
   first.run_steps(first.train_iterator(), 3)
-  first.checkpoints.save(3)
+  first.state.checkpoints.save(3)
   resumed = build(2, tmp_path / "resumed", *args)  # restores model, EMA, optimizer, step
-  assert resumed.step == 3
+  assert resumed.state.step == 3
   resumed.run_steps(resumed.train_iterator(), 3)
   assert resumed.state.weights_digest() == straight.state.weights_digest()
-  for a, b in zip(resumed.ema.model.weights, straight.ema.model.weights):
+  for a, b in zip(resumed.state.ema.model.weights, straight.state.ema.model.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
@@ -123,18 +123,18 @@ def test_ema_turned_on_for_a_run_without_it_starts_from_the_restored_weights(tmp
   # the checkpoint (it was refused as "does not match this model").
   first = build(2, tmp_path, *SGD)
   first.run_steps(first.train_iterator(), 3)
-  first.checkpoints.save(3)
+  first.state.checkpoints.save(3)
   resumed = build(2, tmp_path, *SGD, "--ema_decay=0.9")
-  assert resumed.step == 3
-  for average, weights in zip(replica_values(resumed, resumed.ema.model.weights),
-                              replica_values(resumed, resumed.model.weights)):
+  assert resumed.state.step == 3
+  for average, weights in zip(replica_values(resumed, resumed.state.ema.model.weights),
+                              replica_values(resumed, resumed.state.model.weights)):
     for a, w in zip(average, weights):
       np.testing.assert_array_equal(a, w)
-  np.testing.assert_array_equal(resumed.model.weights[0].numpy(),
-                                first.model.weights[0].numpy())
+  np.testing.assert_array_equal(resumed.state.model.weights[0].numpy(),
+                                first.state.model.weights[0].numpy())
   resumed.run_steps(resumed.train_iterator(), 2)
-  assert np.abs(resumed.ema.model.weights[0].numpy()
-                - resumed.model.weights[0].numpy()).max() > 0
+  assert np.abs(resumed.state.ema.model.weights[0].numpy()
+                - resumed.state.model.weights[0].numpy()).max() > 0
 
 
 # --- label smoothing and mixing -------------------------------------------------------

@@ -76,13 +76,13 @@ def test_the_xla_loop_trains_like_the_graph(tmp_path, extra):
   xla = build(tmp_path / "xla", *MLP, *extra, "--jit_compile=loop")
   assert (graph.jit, xla.jit) == ("off", "loop")
   (graph_logs, graph_weights), (xla_logs, xla_weights) = train(graph), train(xla)
-  assert graph.step == xla.step == 10
+  assert graph.state.step == xla.state.step == 10
   for a, b in zip(graph_logs, xla_logs):
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
   for a, b in zip(graph_weights, xla_weights):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  assert not np.allclose(graph_weights[0], build(tmp_path / "fresh", *MLP).model.weights[0])
+  assert not np.allclose(graph_weights[0], build(tmp_path / "fresh", *MLP).state.model.weights[0])
 
 
 def test_one_xla_program_for_every_loop_length(tmp_path):
