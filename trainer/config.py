@@ -1,6 +1,6 @@
-"""One frozen Config built from the flags and validated up front: a bad value is a
-ConfigError whose message names the flag. Its fields are trainer/options.py's options;
-what needs the data or the devices is checked later, once, in trainer/plan.py."""
+"""One frozen Config per run, plain data built from the flags and validated up front: a
+bad value is a ConfigError whose message names the flag. Its fields are trainer/options.py's
+options; what needs the data or the devices is checked later, once, in trainer/plan.py."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class _Methods:
 def field_type(option: options.Option):
   """The type of the value a Config holds for `option`: its value_type where parse or
   config.py change the flag's kind, else the kind (a list flag: integers, as values.ints
-  parses it), or None where the flag's default is None."""
+  parses it), also None where the flag's default is None."""
   if option.value_type is not None:
     return option.value_type
   kind = tuple[int, ...] if option.kind is list else option.kind

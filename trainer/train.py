@@ -103,9 +103,11 @@ def _actions(config: Config, plan, trainer: Trainer, output_dir: str, phases: Ph
       tl_actions.ProgressLine(steps_per_epoch=plan.steps_per_epoch,
                               batch_size=config.step_batch, **steps),
       tl_actions.DivergenceCheck(
-          lambda: trainer.state.loss_scale, retries=config.divergence_retries, recover=trainer.recover,
+          lambda: trainer.state.loss_scale, retries=config.divergence_retries,
+          recover=trainer.recover,
           recoveries=lambda: int(trainer.state.progress.recoveries.numpy())),
-      tl_actions.TrainSummaries(trainer.evaluator.writer, learning_rate=trainer.state.learning_rate,
+      tl_actions.TrainSummaries(trainer.evaluator.writer,
+                                learning_rate=trainer.state.learning_rate,
                                 loss_scale=lambda: trainer.state.loss_scale),
   ]
   if plan.eval_split:
@@ -134,7 +136,8 @@ def _actions(config: Config, plan, trainer: Trainer, output_dir: str, phases: Ph
   if config.profile_steps:
     actions.append(tl_actions.Profiler(config.profile_steps,
                                        os.path.join(config.model_dir, "profile")))
-  actions += [tl_actions.Checkpoint(save=phases.timed("checkpoints", trainer.state.checkpoints.save),
+  save = phases.timed("checkpoints", trainer.state.checkpoints.save)
+  actions += [tl_actions.Checkpoint(save=save,
                                     interval=plan.checkpoint_interval,
                                     every_secs=config.checkpoint_every_secs,
                                     agree=distribute.any_worker(trainer.strategy), **steps)]

@@ -143,7 +143,7 @@ def test_eval_accuracy_under_replicas_matches_numpy(tmp_path, replicas):
   trainer = build(replicas, tmp_path, *MODELS["cnn"])
   trainer.run_steps(trainer.train_iterator(), 5)
   test = trainer.data.splits["test"]
-  logits = trainer.model(test.images.astype(np.float32) / 255.0).numpy()
+  logits = trainer.state.model(test.images.astype(np.float32) / 255.0).numpy()
   expected_accuracy = np.mean(np.argmax(logits, -1) == test.labels)
   log_probs = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1,
                               keepdims=True)) - logits.max(1, keepdims=True)
@@ -266,7 +266,8 @@ def test_clipping_all_reduces_the_gradients_once(tmp_path, monkeypatch, precisio
   real = tf.distribute.ReplicaContext.all_reduce
 
   def counting(self, reduce_op, value, options=None):
-    if isinstance(value, (list, tuple)) and len(value) == len(trainer.state.model.trainable_weights):
+    weights = trainer.state.model.trainable_weights
+    if isinstance(value, (list, tuple)) and len(value) == len(weights):
       calls.append(len(value))
     return real(self, reduce_op, value, options)
   monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counting)

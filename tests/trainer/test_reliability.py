@@ -287,10 +287,10 @@ def test_a_blow_up_recovers_from_the_last_checkpoint_past_the_bad_data(tmp_path,
   poisoned, positions = [], []
 
   def run_steps(self, iterator, steps):
-    positions.append((self.step, iterator.position // 32))  # (global step, batches read)
-    if self.step == 8 and not poisoned:  # a blow-up in the loop after the checkpoint of step 8
-      poisoned.append(self.step)
-      weight = self.model.trainable_weights[-1]  # the logits bias: relu would hide a NaN
+    positions.append((self.state.step, iterator.position // 32))  # (global step, batches read)
+    if self.state.step == 8 and not poisoned:  # a blow-up in the loop after step 8's checkpoint
+      poisoned.append(self.state.step)
+      weight = self.state.model.trainable_weights[-1]  # the logits bias: relu would hide a NaN
       weight.assign(weight * np.nan)
     return real(self, iterator, steps)
   monkeypatch.setattr(Trainer, "run_steps", run_steps)

@@ -177,7 +177,7 @@ def test_an_extension_past_a_decayed_schedule_is_refused_and_a_warm_restart_trai
   real = Trainer.run_steps
 
   def run_steps(self, iterator, steps):
-    if self.step == 20:
+    if self.state.step == 20:
       raise _Killed()
     return real(self, iterator, steps)
   monkeypatch.setattr(Trainer, "run_steps", run_steps)

@@ -164,7 +164,7 @@ def test_one_step_matches_a_reference_of_per_replica_targets(tmp_path, replicas,
         seed = tf.random.experimental.stateless_fold_in(augment_seed(cfg.seed, r, 0), 4)
         images, targets = mix_batch(images, tf.constant(targets),
                                     Mix(cfg.mixup, cfg.cutmix, cfg.mix_probability), seed)
-      logits = trainer.model(images, training=True)
+      logits = trainer.state.model(images, training=True)
       log_probs = tf.nn.log_softmax(logits)
       loss += -tf.reduce_sum(targets * log_probs) / 32
   grads = tape.gradient(loss, trainer.state.model.trainable_weights)
@@ -178,7 +178,7 @@ def test_label_smoothing_is_on_the_training_loss_only(tmp_path):
   trainer = build(1, tmp_path, "--label_smoothing=0.3")
   trainer.run_steps(trainer.train_iterator(), 3)
   test = trainer.data.splits["test"]
-  logits = trainer.model(normalize(test.images)).numpy()
+  logits = trainer.state.model(normalize(test.images)).numpy()
   log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
   expected = -np.mean(log_probs[np.arange(len(test)), test.labels])  # the label's alone
   assert trainer.evaluate("test").loss == pytest.approx(expected, rel=1e-5)

@@ -175,7 +175,7 @@ def test_a_signal_in_the_last_loop_stops_there_and_the_rerun_completes_that_boun
 
   def signalled_in_the_last_loop(self, iterator, steps):
     logs = run_steps(self, iterator, steps)
-    if self.step == 8:
+    if self.state.step == 8:
       os.kill(os.getpid(), signal.SIGTERM)  # PreemptionStop's handler takes it
     return logs
   monkeypatch.setattr(Trainer, "run_steps", signalled_in_the_last_loop)
