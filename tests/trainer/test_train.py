@@ -93,6 +93,7 @@ def test_auto_precision_builds_the_run_in_the_policy_it_resolved_to(tmp_path, mo
   assert trainer.state.model.dtype_policy.name == "mixed_bfloat16"
   # One Config per run: it keeps what was asked; the plan holds what it resolved to.
   assert (trainer.config.mixed_precision, trainer.plan.precision) == ("auto", "mixed_bfloat16")
+  assert trainer.state.precision == "mixed_bfloat16" and not hasattr(trainer, "model")
   results = train.train_and_evaluate(parse(*args, f"--model_dir={tmp_path}"))
   assert results["precision"] == "mixed_bfloat16"
   assert results["flags"]["mixed_precision"] == "auto"  # a rerun compares what was asked
