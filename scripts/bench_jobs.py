@@ -159,12 +159,13 @@ def keras_model(name: str) -> keras.Model:
 def make_trainer(name, data, steps_per_loop, model_dir, devices=(), flags=()):
   """A Trainer of the benchmark model `name` on `data`, built as trainer.main builds it;
   flags: beyond the model's (e.g. --mixed_precision=auto)."""
-  from trainer import distribute  # pylint: disable=g-import-not-at-top
+  from trainer import distribute, plan  # pylint: disable=g-import-not-at-top
   from trainer.inner_loop import Trainer  # pylint: disable=g-import-not-at-top
   cfg = config([*common.model_args(name), f"--dataset={DATASET}",
                 f"--batch_size={global_batch(devices)}", f"--steps_per_loop={steps_per_loop}",
                 *strategy_flags(devices), *flags, f"--model_dir={model_dir}"])
-  return Trainer(cfg, distribute.create_strategy(cfg), data)
+  strategy = distribute.create_strategy(cfg)
+  return Trainer(cfg, strategy, data, plan.resolve(cfg, data, strategy))
 
 
 def tapeloop_throughput(name, data, steps_per_loop, seconds, devices=(), flags=()) -> dict:
@@ -185,8 +186,8 @@ def tapeloop_throughput(name, data, steps_per_loop, seconds, devices=(), flags=(
     return {"tapeloop": {"examples_per_sec": steps * batch / (time.perf_counter() - start),
                          "compile_seconds": compile_seconds},
             # Trainable only: the peers count no batch norm moving statistics either.
-            "parameters": int(sum(np.prod(w.shape) for w in trainer.model.trainable_weights)),
-            "jit": trainer.jit, "precision": trainer.config.mixed_precision}
+            "parameters": int(sum(np.prod(w.shape) for w in trainer.state.model.trainable_weights)),
+            "jit": trainer.jit, "precision": trainer.plan.precision}
 
 
 def train_flops_per_example(name: str) -> float:

@@ -115,7 +115,7 @@ def profile(name: str, precision: str, loops: int) -> dict:
     split[category(op_type)] += t
   rest = {k: v for k, v in times.items() if category(k) == "rest"}
   return {"examples_per_sec": loops * steps * common.BATCH / seconds, "jit": trainer.jit,
-          "precision": trainer.config.mixed_precision,
+          "precision": trainer.plan.precision,
           "op_seconds_per_step": total / (loops * steps),
           "wall_seconds_per_step": profiled / (loops * steps),
           "split": {k: v / total for k, v in split.items()},

@@ -10,3 +10,14 @@ def parse(*args):
   if not any(a.startswith("--jit_compile") for a in args):
     args = (*args, "--jit_compile=off")
   return config_lib.from_args(args)
+
+
+def build_trainer(cfg, strategy=None, **kwargs):
+  """The Trainer of cfg as train.py builds it: the data its flags describe (run_files.load_data)
+  and the run's Plan (plan.resolve, no record); kwargs: Trainer's (restore, writer...)."""
+  # pylint: disable=g-import-not-at-top
+  from trainer import distribute, plan, run_files
+  from trainer.inner_loop import Trainer
+  strategy = strategy or distribute.create_strategy(cfg)
+  data = run_files.load_data(cfg)
+  return Trainer(cfg, strategy, data, plan.resolve(cfg, data, strategy), **kwargs)

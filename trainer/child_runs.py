@@ -15,7 +15,7 @@ import threading
 from absl import flags as absl_flags
 import tensorflow as tf
 
-from trainer import config, files, options, run_record, summaries, values
+from trainer import config, files, options, run_files, run_record, summaries, values
 from trainer.tf_env import PARENT_ENV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def flags_for(args: list[str]) -> dict | None:
   from_args), or None when they do not parse: the trainer then says why, in its words."""
   with FLAGS_LOCK:  # absl's FLAGS is one per process, and trials start from threads
     try:
-      return dict(config.from_args(args).flag_values)
+      return dict(config.from_args(args, run_files.read_record).flag_values)
     except (config.ConfigError, absl_flags.Error, ValueError):
       return None
 

@@ -1,28 +1,29 @@
-"""One frozen Config built from the flags and validated up front: a bad value is a
-ConfigError whose message names the flag. Its fields are trainer/options.py's options;
-what needs the data or the devices is checked later, once, in trainer/plan.py."""
+"""One frozen Config per run, plain data built from the flags and validated up front: a
+bad value is a ConfigError whose message names the flag. Its fields are trainer/options.py's
+options; what needs the data or the devices is checked later, once, in trainer/plan.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Callable
 
 from absl import flags as absl_flags
 from absl import logging
 
-# TensorFlow-free: the flags are checked before it loads (load_data imports what it needs).
-import input_pipeline
+# TensorFlow-free: the flags are checked before it loads. Plain data: nothing here reads
+# or writes a file (the run layer loads the data and reads a run's record).
 from input_pipeline.specs import Augment, parse_spec, parse_tta
 from models import names as model_names
 from trainer import flags as tl_flags
-from trainer import options, tf_env
+from trainer import options
 from trainer import values as values_lib
 from trainer.errors import ConfigError
 
 
-# The flags load_data reads (input_pipeline.load's arguments but the first by name): the
-# same values read the same data, which the tuner's and the sweep's checks read once.
+# The flags that say which data a run reads (input_pipeline.load's arguments, the first
+# positional, the others by name; run_files.load_data): the same values read the same
+# data, which the tuner's and the sweep's checks therefore load once.
 DATA_FLAGS = ("dataset", "data_dir", "manual_dir", "num_classes", "validation_split",
               "seed", "image_size", "pipeline", "memory_budget_gb", "skip_bad_images")
 
@@ -61,18 +62,20 @@ class _Methods:
     per_epoch = max(1, train_size // self.step_batch)
     return per_epoch, self.train_steps or per_epoch * (self.epochs or 1)
 
-  def load_data(self):
-    """The dataset as these flags describe it (input_pipeline.load); a folder's check
-    from an earlier start in model_dir is reused when its files are the same."""
-    from trainer import run_files  # pylint: disable=g-import-not-at-top
-    return input_pipeline.load(
-        self.dataset, **{name: getattr(self, name) for name in DATA_FLAGS[1:]},
-        folder_check=run_files.read_folder_check(self.model_dir, self.dataset))
+
+def field_type(option: options.Option):
+  """The type of the value a Config holds for `option`: its value_type where parse or
+  config.py change the flag's kind, else the kind (a list flag: integers, as values.ints
+  parses it), also None where the flag's default is None."""
+  if option.value_type is not None:
+    return option.value_type
+  kind = tuple[int, ...] if option.kind is list else option.kind
+  return kind | None if option.default is None else kind
 
 
 Config = dataclasses.make_dataclass(
-    "Config", [(o.name, Any) for o in options.OPTIONS] + [("flag_values", dict)],
-    bases=(_Methods,), frozen=True)
+    "Config", [(o.name, field_type(o)) for o in options.OPTIONS]
+    + [("flag_values", dict[str, Any])], bases=(_Methods,), frozen=True)
 Config.__module__ = __name__
 
 
@@ -178,13 +181,17 @@ def _from_values(values: dict[str, Any]) -> Config:
   return Config(**parsed, flag_values=values)
 
 
-def from_flags(fv) -> Config:
-  """The Config of absl's parsed flags (trainer.main)."""
+def from_flags(fv, read_record: Callable[[str], dict | None] | None = None) -> Config:
+  """The Config of absl's parsed flags (trainer.main). read_record(model_dir): the flags
+  recorded by the run in model_dir, or None (run_files.read_record); given, a rerun that
+  names only an existing run's directory means that run (_by_directory)."""
   values = {name: fv[name].value for name in options.NAMES}
   given = {n for n in options.NAMES if fv[n].present}
   if "model_dir" in given:  # each value given answered alone before TensorFlow loads to
     _each_option(values)    # read the run's record (the rules between them follow it)
-  return _from_values(_by_directory(values, given))
+  if read_record is not None:
+    values = _by_directory(values, given, read_record)
+  return _from_values(values)
 
 
 # Not taken from a run's record by _by_directory: the directory is the one given, and a
@@ -192,7 +199,8 @@ def from_flags(fv) -> Config:
 _NOT_TAKEN = ("model_dir", "restart_learning_rate")
 
 
-def _by_directory(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
+def _by_directory(values: dict[str, Any], given: set[str],
+                  read_record: Callable[[str], dict | None]) -> dict[str, Any]:
   """A rerun that names an existing run's --model_dir and no flag of what it trains (only
   how it runs, or a longer run) means that run: its recorded flags (flags.json), with the
   given ones on top, rather than the defaults compared against them. A flag of what it
@@ -201,11 +209,7 @@ def _by_directory(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
   what = [n for n in given if options.BY_NAME[n].role == options.WHAT and n not in allowed]
   if "model_dir" not in given or what:
     return values
-  # model_dir may be a bucket, read through tf.io.gfile: TensorFlow loads here, after the
-  # flags were checked, with its process settings first.
-  tf_env.apply()
-  from trainer import run_files  # pylint: disable=g-import-not-at-top
-  recorded = run_files.read_record(values["model_dir"])
+  recorded = read_record(values["model_dir"])
   if recorded is None:
     return values
   taken = {k: v for k, v in recorded.items() if k in options.BY_NAME and k not in _NOT_TAKEN}
@@ -227,14 +231,14 @@ def from_values(values: dict[str, Any]) -> Config:
   return _from_values(merged)
 
 
-def from_args(args) -> Config:
+def from_args(args, read_record: Callable[[str], dict | None] | None = None) -> Config:
   """A Config from command-line style flags, e.g. ["--model=mlp", "--epochs=2"], as
-  trainer.main would build it (for scripts and tests)."""
+  trainer.main would build it with the same read_record (for scripts and tests)."""
   tl_flags.define_flags()
   fv = absl_flags.FLAGS
   fv.unparse_flags()
   fv(tl_flags.expand(["tapeloop", *args]))
   try:
-    return from_flags(fv)
+    return from_flags(fv, read_record)
   finally:
     fv.unparse_flags()

@@ -37,7 +37,8 @@ class Controller:
   def __init__(self, *, trainer, actions: Sequence[Action], total_steps: int,
                steps_per_loop: int, batch_size: int, first_loop_steps: int = 1,
                interrupted_at=None):
-    """interrupted_at: a checkpointed int64 variable, the step whose boundary a signal
+    """trainer: its state.step (the global step), train_iterator() and run_steps(iterator,
+    steps). interrupted_at: a checkpointed int64 variable, the step whose boundary a signal
     cut short (-1: none); without it a cut boundary is not completed on resume."""
     if steps_per_loop < 1 or first_loop_steps < 1:
       raise ValueError("steps_per_loop and first_loop_steps must be positive")
@@ -83,7 +84,7 @@ class Controller:
         return
 
   def run(self) -> Timing:
-    step = self.trainer.step
+    step = self.trainer.state.step
     timing = Timing()
     interrupted = self._interrupted(step)
     if step >= self.total and not interrupted:
@@ -120,7 +121,7 @@ class Controller:
         first = False
         self._act(boundary)
         if boundary.restarted is not None:  # back at a checkpoint: train on from there
-          step, iterator = self.trainer.step, self.trainer.train_iterator()
+          step, iterator = self.trainer.state.step, self.trainer.train_iterator()
           continue
         stop = boundary.stop
         if boundary.signalled:  # also at the last step

@@ -87,7 +87,7 @@ def plan_lines(args: list[str], fresh: bool = False) -> list[str]:
   programs that start such runs (the tuner, the sweep, the local cluster)."""
   try:
     with FLAGS_LOCK:
-      cfg = config_lib.from_args(args)
+      cfg = config_lib.from_args(args, run_files.read_record)
     said = report(cfg, fresh)
   except (ValueError, absl_flags.Error) as e:  # as check_runs: one line
     raise _one_line(e) from None
@@ -103,7 +103,7 @@ def _report(config: Config, fresh: bool = False) -> str:
   strategy, cluster_note = _strategy(config)
   run_plan.check_replicas(config, strategy)
   try:
-    data = config.load_data()
+    data = run_files.load_data(config)
   except tfds_source.NotPrepared as e:  # the host resolves: the run would download it
     return _to_download(config, e, recorded)
   plan = run_plan.resolve(config, data, strategy, recorded)
@@ -174,7 +174,7 @@ def evaluate_report(config: Config, recorded: dict, split: str | None,
   strategy, _ = _strategy(config)
   run_plan.check_replicas(config, strategy)
   with read_only():
-    data = config.load_data()
+    data = run_files.load_data(config)
   split = evaluated_split(data, split)
   plan = run_plan.resolve(config, data, strategy, recorded, training=False)
   where = shlex.quote(config.model_dir)
@@ -219,11 +219,11 @@ def _check_runs(runs: list[list[str]]) -> None:
   loaded, built = {}, set()
   for args in runs:
     with FLAGS_LOCK:
-      cfg = config_lib.from_args(args)
+      cfg = config_lib.from_args(args, run_files.read_record)
     key = repr([getattr(cfg, name) for name in config_lib.DATA_FLAGS])
     if key not in loaded:
       try:
-        loaded[key] = cfg.load_data()
+        loaded[key] = run_files.load_data(cfg)
       except tfds_source.NotPrepared:
         loaded[key] = None
     if loaded[key] is not None:

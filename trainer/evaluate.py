@@ -104,7 +104,7 @@ class CheckpointEvaluator:
     strategy = distribute.create_strategy(cfg)
     run_plan.check_replicas(cfg, strategy)
     keras.utils.set_random_seed(cfg.seed)
-    data = cfg.load_data()
+    data = run_files.load_data(cfg)
     split = dry_run.evaluated_split(data, split)
     self.cfg, self.split, self.run = cfg, split, f"eval_{split}"
     self.writer = summaries.Summaries(cfg.model_dir)
@@ -116,12 +116,12 @@ class CheckpointEvaluator:
 
   def checkpoints(self) -> list[str]:
     """The run's checkpoints, oldest first."""
-    return list(reversed(self.trainer.checkpoints.candidates()))
+    return list(reversed(self.trainer.state.checkpoints.candidates()))
 
   def __call__(self, checkpoint: str | None) -> dict:
     path = self.trainer.restore(checkpoint)
     if path is None:
-      raise UsageError(f"no checkpoint in {shlex.quote(self.trainer.checkpoints.directory)}: "
+      raise UsageError(f"no checkpoint in {shlex.quote(self.trainer.state.checkpoints.directory)}: "
                        "train first, or give --checkpoint")
     result = self.trainer.evaluator.report(self.split, run=self.run)
     figures = {"split": self.split, "checkpoint": path, "global_step": result.step,
@@ -147,10 +147,10 @@ def _last_step(evaluator: CheckpointEvaluator) -> tuple[int, int | None]:
   results = run_files.read_results(model_dir, training=False) or {}
   step = results.get("global_step")
   step = step if isinstance(step, int) and not isinstance(step, bool) else None
-  checkpoint_stopped = int(evaluator.trainer.progress.stopped_early_at.numpy()) >= 0
+  checkpoint_stopped = int(evaluator.trainer.state.progress.stopped_early_at.numpy()) >= 0
   if step is None:
-    return total, evaluator.trainer.step if checkpoint_stopped else None
-  stopped = ("stopped_early_at" in results and evaluator.trainer.step == step
+    return total, evaluator.trainer.state.step if checkpoint_stopped else None
+  stopped = ("stopped_early_at" in results and evaluator.trainer.state.step == step
              and checkpoint_stopped)
   return total, step if step >= total or stopped else None
 

@@ -54,9 +54,9 @@ class Evaluation:
 
 class Evaluator:
   """Evaluates `state`'s weights on `data`'s splits in batches of `batch_size` (global).
-  writer: summaries.Summaries for `report`; pictures: write the confusion matrix, the
-  worst mistakes and per-class accuracy at each report; tta: --tta's views (tta.py), whose
-  figures come beside the plain ones."""
+  writer: summaries.Summaries for `report` (None: nothing written); pictures: write the
+  confusion matrix, the worst mistakes and per-class accuracy at each report; tta: --tta's
+  views (tta.py), whose figures come beside the plain ones."""
 
   def __init__(self, state: TrainState, data: Data, batch_size: int, writer=None,
                pictures: bool = False, tta: tuple[str, ...] = ()):
@@ -171,6 +171,8 @@ class Evaluator:
     return result
 
   def _scalars(self, run: str, result: Evaluation) -> None:
+    if self.writer is None:
+      return
     self.writer.scalars(run, result.step, {"loss": result.loss, "accuracy": result.accuracy})
     if result.tta_loss is not None:  # the same tags in a run of their own: one chart each
       self.writer.scalars(f"{run}_tta", result.step, result.tta_metrics())
@@ -190,7 +192,7 @@ class Evaluator:
   def write_pictures(self, run: str, result: Evaluation) -> None:
     """The Images and Text tabs of an evaluation: a confusion matrix, the worst mistakes,
     per-class accuracy. Only where the writer writes (the chief); timed, for its cost."""
-    if not self.writer.enabled:
+    if self.writer is None or not self.writer.enabled:
       return
     start = time.perf_counter()
     split, names, step = self.data.splits[result.split], self.data.info.class_names, result.step

@@ -10,14 +10,11 @@ controller.py with actions.py.
 
 from __future__ import annotations
 
-import dataclasses
-
 import tensorflow as tf
 from absl import logging
 
 from input_pipeline import Data
-from trainer import feeds, summaries
-from trainer import plan as run_plan
+from trainer import feeds
 from trainer.config import Config
 from trainer.evaluator import Evaluation, Evaluator
 from trainer.state import TrainState
@@ -28,57 +25,40 @@ _XLA = {"off": "off", "loop": "the whole inner loop", "step": "each training ste
 
 
 class Trainer:
-  """A run's state, step, feed and evaluator, built under the strategy's scope.
+  """A run's state, step, feed and evaluator, built under the strategy's scope; its parts
+  are read where they live (trainer.state.model, trainer.state.global_step, ...).
 
-  plan: the run's (plan.resolve; default resolved here without a record). output_dir:
-  where this worker saves checkpoints (default model_dir; a non-chief worker of a cluster
-  passes a scratch directory). restore: True restores the latest checkpoint of model_dir,
-  a path that checkpoint (with neither, a new run fits the model's data-dependent start),
-  False nothing (the caller restores). writer: summaries.Summaries for eval reports
-  (default: one that writes nothing)."""
+  plan: what the flags resolve to for this data and these devices (plan.Plan, from
+  plan.resolve): the precision policy, the XLA mode, the total steps, the schedule's horizon
+  and restarts, each with its reason. Read by attribute: the run layer makes the plan, and
+  this layer does not import it. output_dir: where this worker saves checkpoints (default
+  model_dir; a non-chief worker of a cluster passes a scratch directory). restore: True
+  restores the latest checkpoint of model_dir, a path that checkpoint (with neither, a new
+  run fits the model's data-dependent start), False nothing (the caller restores). writer:
+  where eval reports go (summaries.Summaries); None writes none."""
 
-  def __init__(self, config: Config, strategy: tf.distribute.Strategy, data: Data, *,
-               plan: run_plan.Plan | None = None, output_dir: str | None = None,
-               restore: bool | str = True, writer=None):
-    self.plan = plan or run_plan.resolve(config, data, strategy)
-    # Every part below builds with the policy --mixed_precision resolved to (auto: plan.py).
-    config = dataclasses.replace(config, mixed_precision=self.plan.precision)
-    self.config, self.strategy, self.data = config, strategy, data
-    logging.info("precision policy: %s%s (%s)", config.mixed_precision,
-                 " with dynamic loss scaling" if config.mixed_precision == "mixed_float16"
-                 else "", self.plan.precision_reason)
-    self.state = TrainState(config, strategy, data.info, total_steps=self.plan.total_steps,
-                            horizon=self.plan.horizon, output_dir=output_dir,
-                            restarts=self.plan.restarts)
-    self.evaluator = Evaluator(self.state, data, config.batch_size,
-                               writer or summaries.Summaries(config.model_dir, enabled=False),
+  def __init__(self, config: Config, strategy: tf.distribute.Strategy, data: Data, plan, *,
+               output_dir: str | None = None, restore: bool | str = True, writer=None):
+    self.config, self.plan, self.strategy, self.data = config, plan, strategy, data
+    logging.info("precision policy: %s%s (%s)", plan.precision,
+                 " with dynamic loss scaling" if plan.precision == "mixed_float16"
+                 else "", plan.precision_reason)
+    self.state = TrainState(config, strategy, data.info, precision=plan.precision,
+                            total_steps=plan.total_steps, horizon=plan.horizon,
+                            output_dir=output_dir, restarts=plan.restarts)
+    self.evaluator = Evaluator(self.state, data, config.batch_size, writer,
                                pictures=config.eval_images, tta=config.tta)
     # restore=False: the caller restores weights itself (trainer.evaluate): nothing to fit.
     if restore and self.restore(restore if isinstance(restore, str) else None) is None:
       self.state.start_from_data(data.splits["train"])  # a new run: what the model fits
-    self.jit = self.plan.jit
-    logging.info("XLA: %s (%s)", _XLA[self.jit], self.plan.jit_reason)
+    self.jit = plan.jit
+    logging.info("XLA: %s (%s)", _XLA[self.jit], plan.jit_reason)
     self.feed = feeds.make_feed(strategy, data, batch=config.step_batch, seed=config.seed,
                                 augment=config.augment, steps_per_loop=config.steps_per_loop)
     self.train_step = TrainStep(config, self.state, data.info.num_classes, self.jit,
                                 seed_at=self.feed.replica_seed)
     self._loop = self.feed.loop(self.train_step.run, self.train_step.replica,
                                 self.state.global_step, jit=self.jit == "loop")
-
-  # The state's parts, by the names the loop's users know them.
-  model = property(lambda self: self.state.model)
-  ema = property(lambda self: self.state.ema)
-  optimizer = property(lambda self: self.state.optimizer)
-  global_step = property(lambda self: self.state.global_step)
-  learning_rate = property(lambda self: self.state.learning_rate)
-  progress = property(lambda self: self.state.progress)
-  checkpoints = property(lambda self: self.state.checkpoints)
-  eval_model = property(lambda self: self.state.eval_model)
-  step = property(lambda self: self.state.step)
-  loss_scale = property(lambda self: self.state.loss_scale)
-
-  def weights_digest(self) -> str:
-    return self.state.weights_digest()
 
   def restore(self, checkpoint: str | None = None) -> str | None:
     """Restores `checkpoint`, or else model_dir's latest readable one; None if there is none."""

@@ -15,10 +15,18 @@ tl_flags.define_flags()
 FLAGS = flags.FLAGS
 
 
+def _read_record(model_dir: str) -> dict | None:
+  """The flags recorded by the run in model_dir (a bucket too, read through tf.io.gfile):
+  TensorFlow loads here, after the flags were checked, with its process settings first."""
+  tf_env.apply()
+  from trainer import run_files  # pylint: disable=g-import-not-at-top
+  return run_files.read_record(model_dir)
+
+
 def main(argv):
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
-  cfg = config.from_flags(FLAGS)
+  cfg = config.from_flags(FLAGS, _read_record)
   tf_env.apply()  # before anything imports TensorFlow
   # pylint: disable=g-import-not-at-top
   from trainer import distribute, dry_run, evaluate, phases, train, trial

@@ -76,8 +76,8 @@ class Schedule:
                tuple(restarts))
 
   def check_warmup(self) -> None:
-    """ConfigError when the warm-up would never end. For a new run only: a run started
-    before this was refused is still evaluated and extended as it was trained."""
+    """ConfigError when the warm-up would never end. For a new run only (plan.resolve): a
+    recorded run is evaluated and extended on the schedule its checkpoints trained on."""
     if self.warmup >= self.horizon:
       raise ConfigError(
           f"--warmup_steps={self.warmup} is not below the schedule's {self.horizon} steps "
@@ -149,7 +149,10 @@ class Schedule:
     return rate
 
 
-def create_optimizer(config: Config, learning_rate) -> keras.optimizers.Optimizer:
+def create_optimizer(config: Config, learning_rate, *,
+                     loss_scaling: bool = False) -> keras.optimizers.Optimizer:
+  """The optimizer of --optimizer and its flags; loss_scaling: wrapped in Keras's dynamic
+  loss scaling, which a float16 policy needs (the policy the run resolved, plan.py)."""
   kwargs = dict(learning_rate=learning_rate)
   if config.weight_decay:
     kwargs["weight_decay"] = config.weight_decay
@@ -174,6 +177,6 @@ def create_optimizer(config: Config, learning_rate) -> keras.optimizers.Optimize
     # The train step all-reduces and clips the gradients itself (Keras's clipnorm clips
     # per replica); Keras's apply would all-reduce them a second time: twice the traffic.
     opt._all_reduce_sum_gradients = list  # pylint: disable=protected-access
-  if config.mixed_precision == "mixed_float16":
+  if loss_scaling:
     opt = keras.optimizers.LossScaleOptimizer(opt)
   return opt

@@ -42,7 +42,8 @@ class Option:
   Config's value (ValueError naming the flag when it cannot); normalize(value) -> a form
   in which values of one meaning are equal (comparing a rerun with its record; default:
   lists as integers where they are); model: a model hyperparameter, passed to the model
-  only when given."""
+  only when given; value_type: the type of the Config's value where parse or config.py
+  make it other than the kind (config.field_type)."""
   name: str
   kind: type
   default: Any
@@ -53,6 +54,7 @@ class Option:
   parse: Callable[[Any], Any] | None = None
   normalize: Callable[[Any], Any] | None = None
   model: bool = False
+  value_type: Any = None
 
 
 def _model_known(value) -> str | None:
@@ -87,14 +89,15 @@ OPTIONS: tuple[Option, ...] = (
            "by --pipeline=auto (default: a quarter of the RAM).", _D, DATA, check=positive),
     Option("image_size", str, None, "H or HxW: resize images to this size (eval: resize and "
            "centre crop; train: random-resized crops). Needed for images of varying size.",
-           _D, parse=parse_image_size, normalize=parse_image_size),
+           _D, parse=parse_image_size, normalize=parse_image_size,
+           value_type=tuple[int, int] | None),
     Option("skip_bad_images", bool, False, "folder: skip (and count) unreadable image files "
            "instead of stopping.", _D),
     Option("augment", str, "none", "none, or a comma list of crop[=PIXELS] (pad with zeros, "
            "crop at a random offset; translate[=PIXELS] is the same), flip (random; "
            "flip=alternating: each image every other epoch, in_memory only), "
            "erase[=PROBABILITY], resized_crop[=MIN_AREA] (on with --image_size; "
-           "resized_crop=0: off).", _D, normalize=Augment.parse),
+           "resized_crop=0: off).", _D, normalize=Augment.parse, value_type=Augment),
     Option("mixup", float, 0.0, "Mixup: mix each batch with a shuffled copy, images and "
            "targets, by a Beta(ALPHA, ALPHA) weight (0: off; e.g. 0.2).", _D,
            check=lambda v: None if v >= 0 else "must be >= 0 (0: off)"),
@@ -106,7 +109,7 @@ OPTIONS: tuple[Option, ...] = (
            check=within(0, 1, low_open=True, high_open=False)),
 
     Option("model_dir", str, None, "Where checkpoints, TensorBoard events, results.json and "
-           "the export go (default runs/<model>-<dataset>).", _R, HOW),
+           "the export go (default runs/<model>-<dataset>).", _R, HOW, value_type=str),
     Option("batch_size", int, 128, "GLOBAL batch size, split over all replicas.", _R,
            check=positive),
     Option("accumulation_steps", int, 1, "Gradient accumulation: each step sums the gradients "
@@ -138,7 +141,8 @@ OPTIONS: tuple[Option, ...] = (
            "0, writing nothing (no model_dir, no prepared dataset).", _R, HOW),
     Option("allow_changed_flags", list, None, "A rerun into an existing model_dir refuses "
            "flags that change what is trained; these may change (logged and recorded in "
-           "model_dir/flag_changes.json).", _R, HOW, parse=lambda v: tuple(v or ())),
+           "model_dir/flag_changes.json).", _R, HOW, parse=lambda v: tuple(v or ()),
+           value_type=tuple[str, ...]),
 
     Option("eval_every", int, None, "Evaluate every N steps (default once per epoch), on the "
            "validation split, or on test without one.", _E, HOW, check=positive),
@@ -149,7 +153,7 @@ OPTIONS: tuple[Option, ...] = (
            "average the class probabilities of the image's views (its mirror; its 1-pixel "
            "shifts); the plain figures are reported beside (test_tta_accuracy beside "
            "test_accuracy, TensorBoard run eval_tta beside eval). Not flip on characters.",
-           _E, DATA, normalize=parse_tta),
+           _E, DATA, normalize=parse_tta, value_type=tuple[str, ...]),
     Option("keep_best", str, None, "accuracy or loss: keep the checkpoint with the best eval "
            "value in model_dir/best/ and export it to export_best/.", _E, HOW,
            check=one_of(BEST_METRICS, " or ")),
@@ -215,7 +219,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("strategy", str, "auto", "auto, default, one_device, mirrored or multi_worker "
            "(reads TF_CONFIG).", _H, HOW, check=one_of(STRATEGIES)),
     Option("devices", list, None, "mirrored: devices to use (default all GPUs), e.g. "
-           "/cpu:0,/cpu:1.", _H, HOW, parse=lambda v: tuple(v) if v else None),
+           "/cpu:0,/cpu:1.", _H, HOW, parse=lambda v: tuple(v) if v else None,
+           value_type=tuple[str, ...] | None),
     Option("cpu_devices", int, None, "Split the CPU into N logical devices, so that "
            "--strategy=mirrored can be tried without GPUs.", _H, HOW, check=positive),
     Option("intra_op_threads", int, None, "Threads one TensorFlow op may use (default "

@@ -166,7 +166,9 @@ def resolve(config: Config, data: Data, strategy: tf.distribute.Strategy,
   horizon = run_record.horizon(config, recorded, steps_per_epoch, total_steps)
   restarts = run_record.restarts(config, recorded, steps_per_epoch, total_steps)
   schedule = optimization.Schedule.of(config, total_steps, horizon, restarts)
-  if training and recorded is None:  # a run started before this was refused still resumes
+  # Only a new run's warm-up is checked: a recorded run's schedule is what its checkpoints
+  # were trained on, and its rerun must still evaluate and extend them.
+  if training and recorded is None:
     schedule.check_warmup()
   if training:
     run_record.check_extension(config, recorded, schedule, steps_per_epoch, total_steps)

@@ -17,7 +17,10 @@ import uuid
 import tensorflow as tf
 from absl import logging
 
+import input_pipeline
+from input_pipeline import Data
 from trainer import files
+from trainer.config import DATA_FLAGS, Config
 from trainer.errors import ConfigError
 from trainer.values import flag_arg
 
@@ -100,8 +103,8 @@ def _read(model_dir: str, name: str) -> dict | None:
 
 
 def read_record(model_dir: str) -> dict | None:
-  """The flags the run in model_dir was started with; None for a new model_dir. Runs made
-  before flags.json existed have them in results.json."""
+  """The flags the run in model_dir was started with; None for a new model_dir. Without
+  flags.json, those results.json records stand for them (its first format held them)."""
   recorded, name = _read(model_dir, RECORD), RECORD
   if recorded is None:
     results, name = _read(model_dir, RESULTS), RESULTS
@@ -193,6 +196,14 @@ def read_folder_check(model_dir: str, dataset: str) -> dict | None:
     return None
   keys = ("listing", "bad", "channels", "sizes", "files", "root")
   return check if check and all(k in check for k in keys) else None
+
+
+def load_data(config: Config) -> Data:
+  """The data the run's flags describe (input_pipeline.load); a folder's check from an
+  earlier start in model_dir is reused when its files are the same."""
+  return input_pipeline.load(
+      config.dataset, **{name: getattr(config, name) for name in DATA_FLAGS[1:]},
+      folder_check=read_folder_check(config.model_dir, config.dataset))
 
 
 def write_folder_check(model_dir: str, check: dict) -> None:

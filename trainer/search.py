@@ -11,7 +11,7 @@ from absl import flags as absl_flags
 import tensorflow as tf
 
 from input_pipeline import tfds_source
-from trainer import config, distribute, options, state, trial
+from trainer import config, distribute, options, run_files, state, trial
 from trainer import flags as tl_flags
 from trainer import plan as run_plan
 from trainer.child_runs import FLAGS_LOCK
@@ -140,7 +140,8 @@ def check_trial_flags(base: list[str], searches: list[Search]) -> None:
     checked.add(key)
     try:
       with FLAGS_LOCK:
-        cfg = config.from_args([*base, *(f"--{k}={v}" for k, v in values.items())])
+        cfg = config.from_args([*base, *(f"--{k}={v}" for k, v in values.items())],
+                               run_files.read_record)
       trial.check_config(cfg)
       strategy_key = (cfg.strategy, cfg.devices, cfg.cpu_devices)
       if strategy_key not in strategies:
@@ -149,7 +150,7 @@ def check_trial_flags(base: list[str], searches: list[Search]) -> None:
       data_key = repr([getattr(cfg, name) for name in config.DATA_FLAGS])
       if data_key not in loaded:
         try:
-          loaded[data_key] = cfg.load_data()
+          loaded[data_key] = run_files.load_data(cfg)
         except tfds_source.NotPrepared:  # a dry run's: the run would download it
           loaded[data_key] = None
       data = loaded[data_key]

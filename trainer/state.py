@@ -39,14 +39,16 @@ def build_model(config: Config, info: DatasetInfo, precision: str,
 
 
 class TrainState:
-  """What a checkpoint holds. output_dir: where this worker saves (default model_dir; a
-  non-chief worker of a cluster passes a scratch directory)."""
+  """What a checkpoint holds. precision: the Keras policy the model computes in, the one
+  --mixed_precision resolved to (Plan.precision: auto is no policy); output_dir: where
+  this worker saves (default model_dir; a non-chief worker of a cluster passes a scratch
+  directory)."""
 
   def __init__(self, config: Config, strategy: tf.distribute.Strategy, info: DatasetInfo,
-               *, total_steps: int, horizon: int, output_dir: str | None = None,
-               restarts: tuple[optimization.Restart, ...] = ()):
-    self.strategy = strategy
-    self._fp16 = config.mixed_precision == "mixed_float16"
+               *, precision: str, total_steps: int, horizon: int,
+               output_dir: str | None = None, restarts: tuple[optimization.Restart, ...] = ()):
+    self.strategy, self.precision = strategy, precision
+    self._fp16 = precision == "mixed_float16"
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
       hparams = dict(config.model_hparams)
@@ -58,7 +60,7 @@ class TrainState:
                      if hparams["sync_batch_norm"] else "per replica")
 
       def create_model():
-        return build_model(config, info, config.mixed_precision, hparams)
+        return build_model(config, info, precision, hparams)
       self.model = create_model()
       # Kept apart from optimizer.iterations, which does not advance on a skipped fp16 step.
       self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
@@ -66,7 +68,8 @@ class TrainState:
       self.progress = Progress()
       self.schedule = optimization.Schedule.of(config, total_steps, horizon, restarts)
       self.learning_rate = self.schedule.rate_fn(self.global_step, self.progress.lr_factor)
-      self.optimizer = optimization.create_optimizer(config, self.learning_rate)
+      self.optimizer = optimization.create_optimizer(config, self.learning_rate,
+                                                     loss_scaling=self._fp16)
       # Built eagerly: a lazily built Adam fails inside strategy.run (keras issue 23085).
       self.optimizer.build(self.model.trainable_variables)
       # --ema_decay: the average lives in a second model's weights, which evals and the

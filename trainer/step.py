@@ -23,7 +23,7 @@ class TrainStep:
     """seed_at(step): this replica's augmentation seed (Feed.replica_seed)."""
     self.config, self.state, self.num_classes, self.seed_at = config, state, num_classes, seed_at
     self.step_batch = config.step_batch
-    self._fp16 = config.mixed_precision == "mixed_float16"
+    self._fp16 = state.precision == "mixed_float16"
     self._mix = Mix(config.mixup, config.cutmix, config.mix_probability)
     with state.strategy.scope():
       self.loss = keras.metrics.Mean("loss")

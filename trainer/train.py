@@ -86,7 +86,7 @@ def _prepare(config: Config, strategy, recorded: dict | None, phases: Phases, st
     tf.config.experimental.enable_op_determinism()
   phases.add("setup", time.time() - start)
   with phases.time("data"):
-    data = config.load_data()
+    data = run_files.load_data(config)
   plan = run_plan.resolve(config, data, strategy, recorded)
   logging.info("data %s: %s, image shape %s, %d classes", data.info.name,
                dict(data.info.split_sizes), data.info.image_shape, data.info.num_classes)
@@ -104,27 +104,29 @@ def _actions(config: Config, plan, trainer: Trainer, output_dir: str, phases: Ph
       tl_actions.ProgressLine(steps_per_epoch=plan.steps_per_epoch,
                               batch_size=config.step_batch, **steps),
       tl_actions.DivergenceCheck(
-          lambda: trainer.loss_scale, retries=config.divergence_retries, recover=trainer.recover,
-          recoveries=lambda: int(trainer.progress.recoveries.numpy())),
-      tl_actions.TrainSummaries(trainer.evaluator.writer, learning_rate=trainer.learning_rate,
-                                loss_scale=lambda: trainer.loss_scale),
+          lambda: trainer.state.loss_scale, retries=config.divergence_retries,
+          recover=trainer.recover,
+          recoveries=lambda: int(trainer.state.progress.recoveries.numpy())),
+      tl_actions.TrainSummaries(trainer.evaluator.writer,
+                                learning_rate=trainer.state.learning_rate,
+                                loss_scale=lambda: trainer.state.loss_scale),
   ]
   if plan.eval_split:
     # The best eval (--keep_best's metric, else loss) is tracked for the actions after it.
     best = None
     if config.keep_best or config.early_stopping or config.lr_schedule == "plateau":
-      best = tl_best.BestMetric(config.keep_best or "loss", trainer.progress)
+      best = tl_best.BestMetric(config.keep_best or "loss", trainer.state.progress)
     actions.append(tl_actions.Evaluate(
         report=trainer.evaluator.report, split=plan.eval_split, best=best,
         trigger=EverySteps(plan.eval_interval, plan.total_steps)))
     if config.lr_schedule == "plateau":
       actions.append(tl_best.ReduceOnPlateau(
           best, patience=config.plateau_patience, factor=config.lr_decay_rate,
-          learning_rate=trainer.learning_rate))
+          learning_rate=trainer.state.learning_rate))
     if config.keep_best:
       actions.append(tl_best.KeepBest(
-          best, save=trainer.checkpoints.save_best,
-          export=lambda: export.save_model(trainer.eval_model, data.info.image_shape,
+          best, save=trainer.state.checkpoints.save_best,
+          export=lambda: export.save_model(trainer.state.eval_model, data.info.image_shape,
                                            os.path.join(output_dir, "export_best"),
                                            data.info.class_names, config.tta)))
     if config.early_stopping:
@@ -133,7 +135,8 @@ def _actions(config: Config, plan, trainer: Trainer, output_dir: str, phases: Ph
   if config.profile_steps:
     actions.append(tl_actions.Profiler(config.profile_steps,
                                        os.path.join(config.model_dir, "profile")))
-  actions += [tl_actions.Checkpoint(save=phases.timed("checkpoints", trainer.checkpoints.save),
+  save = phases.timed("checkpoints", trainer.state.checkpoints.save)
+  actions += [tl_actions.Checkpoint(save=save,
                                     interval=plan.checkpoint_interval,
                                     every_secs=config.checkpoint_every_secs,
                                     agree=distribute.any_worker(trainer.strategy), **steps)]
@@ -159,8 +162,8 @@ def _stopped_early_at(config: Config, progress) -> int:
 
 def _describe(config: Config, plan, trainer: Trainer) -> None:
   """The model and what training evaluates, on the console and in TensorBoard."""
-  table = model_summary.table(trainer.model)
-  logging.info("model %s: %d parameters\n%s", config.model, trainer.model.count_params(),
+  table = model_summary.table(trainer.state.model)
+  logging.info("model %s: %d parameters\n%s", config.model, trainer.state.model.count_params(),
                model_summary.console(table))
   writer = trainer.evaluator.writer
   writer.text("train", 0, "model", model_summary.markdown(table))  # flushed with the flags
@@ -180,8 +183,8 @@ def _describe(config: Config, plan, trainer: Trainer) -> None:
 
 def _train(config: Config, plan, trainer: Trainer, actions) -> tuple[Timing, int]:
   """The outer loop, unless the run is done; returns its timing and an earlier early stop."""
-  step = trainer.step
-  stopped_at = _stopped_early_at(config, trainer.progress)
+  step = trainer.state.step
+  stopped_at = _stopped_early_at(config, trainer.state.progress)
   if stopped_at >= 0:
     logging.info("this run stopped early at step %d (--early_stopping): evaluating only",
                  stopped_at)
@@ -196,7 +199,7 @@ def _train(config: Config, plan, trainer: Trainer, actions) -> tuple[Timing, int
                  plan.steps_per_epoch, batch)
   timing = Controller(trainer=trainer, actions=actions, total_steps=plan.total_steps,
                       steps_per_loop=config.steps_per_loop, batch_size=config.step_batch,
-                      interrupted_at=trainer.progress.interrupted_at).run()
+                      interrupted_at=trainer.state.progress.interrupted_at).run()
   return timing, -1
 
 
@@ -208,11 +211,11 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
   writer = summaries.Summaries(config.model_dir, enabled=chief)
   with phases.time("build"):  # model, optimizer, restore
     trainer = Trainer(config, strategy, data, plan=plan, output_dir=scratch, writer=writer)
-  run_record.check_length(config, trainer.step, plan.total_steps)
+  run_record.check_length(config, trainer.state.step, plan.total_steps)
   flag_changes = []
   if chief:  # what the run was started as, and changes since: trainer.evaluate reads it
     tf.io.gfile.makedirs(config.model_dir)
-    flag_changes = run_record.write(config, recorded, changed, trainer.step, plan,
+    flag_changes = run_record.write(config, recorded, changed, trainer.state.step, plan,
                                     data.pipeline)
     if data.folder_check:
       run_files.write_folder_check(config.model_dir, data.folder_check)
@@ -244,7 +247,7 @@ def _run(config: Config, plan, strategy, data, phases: Phases, scratch: str | No
     results["eval_pictures_seconds"] = trainer.evaluator.pictures_seconds
   results["wall_seconds"] = time.time() - phases.start
   with phases.time("export"):
-    export.save_model(trainer.eval_model, data.info.image_shape,
+    export.save_model(trainer.state.eval_model, data.info.image_shape,
                       os.path.join(output_dir, "export"), data.info.class_names, config.tta)
   results["phases"] = run_results.phases(phases, timing, trainer.evaluator)
   # What made the figures, and the memory it took (after the export, its last work).

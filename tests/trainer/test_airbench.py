@@ -9,12 +9,11 @@ import tensorflow as tf
 
 import input_pipeline
 import models
-from flag_helpers import parse
+from flag_helpers import build_trainer, parse
 from input_pipeline.in_memory import InMemoryData, IndexStream
 from models.airbench import ConvGroup, PatchWhitening
-from trainer import distribute, ema, feeds
+from trainer import ema, feeds
 from trainer.errors import ConfigError
-from trainer.inner_loop import Trainer
 
 DATA = "synthetic:shape=12x12x1,classes=5,train=256,test=50"
 AIRBENCH = ["--model=airbench", "--widths=8,8,8"]
@@ -26,7 +25,7 @@ def build(model_dir, *args, replicas=1):
   cfg = parse(f"--dataset={DATA}", "--batch_size=32", f"--model_dir={model_dir}", *devices,
               *args)
   keras.utils.set_random_seed(cfg.seed)
-  return Trainer(cfg, distribute.create_strategy(cfg), cfg.load_data())
+  return build_trainer(cfg)
 
 
 def _covariance(layer, images):
@@ -54,23 +53,23 @@ def test_the_whitening_stem_whitens_the_training_patches(kernel, channels):
 
 def test_a_run_fits_the_stem_once_and_checkpoints_it_frozen(tmp_path, monkeypatch):
   trainer = build(tmp_path, *AIRBENCH, "--ema_decay=0.9")
-  stem = trainer.model.whiten
+  stem = trainer.state.model.whiten
   fitted = stem.kernel.numpy()
   images = trainer.data.splits["train"].images[:2000].astype(np.float32) / 255.0
   np.testing.assert_allclose(_covariance(stem, images), np.eye(stem.filters // 2), atol=0.1)
-  np.testing.assert_array_equal(trainer.ema.model.whiten.kernel.numpy(), fitted)
+  np.testing.assert_array_equal(trainer.state.ema.model.whiten.kernel.numpy(), fitted)
   bias = stem.bias.numpy()
   trainer.run_steps(trainer.train_iterator(), 3)
   np.testing.assert_array_equal(stem.kernel.numpy(), fitted)  # frozen
   assert np.abs(stem.bias.numpy() - bias).max() > 0  # its bias learns
-  trainer.checkpoints.save(trainer.step)
+  trainer.state.checkpoints.save(trainer.state.step)
   # A restored run takes the checkpoint's filters and fits nothing.
   def refit(self, images):
     raise AssertionError("a restored run fitted the stem again")
   monkeypatch.setattr(PatchWhitening, "fit", refit)
   again = build(tmp_path, *AIRBENCH, "--ema_decay=0.9")
-  np.testing.assert_array_equal(again.model.whiten.kernel.numpy(), fitted)
-  assert again.step == 3
+  np.testing.assert_array_equal(again.state.model.whiten.kernel.numpy(), fitted)
+  assert again.state.step == 3
 
 
 @pytest.mark.parametrize("shape,whiten", [((8, 8, 1), 2), ((28, 28, 1), 30)])
@@ -79,7 +78,7 @@ def test_images_too_small_for_airbench_are_one_clear_error(tmp_path, shape, whit
     cfg = parse(f"--dataset=synthetic:shape={'x'.join(map(str, shape))},train=64,test=8",
                 "--model=airbench", f"--whiten={whiten}", "--batch_size=32",
                 f"--model_dir={tmp_path}")
-    Trainer(cfg, tf.distribute.get_strategy(), cfg.load_data())
+    build_trainer(cfg, tf.distribute.get_strategy())
 
 
 def test_conv_groups_start_as_identities():
@@ -136,9 +135,9 @@ def test_alternating_flips_need_the_in_memory_pipeline(tmp_path):
 
 def _weights(trainer):
   """[(batch norm's?, value)] of the trainable weights, in order."""
-  norms = {id(v) for layer in trainer.model._flatten_layers()
+  norms = {id(v) for layer in trainer.state.model._flatten_layers()
            if isinstance(layer, keras.layers.BatchNormalization) for v in layer.trainable_weights}
-  return [(id(v) in norms, v.numpy()) for v in trainer.model.trainable_variables]
+  return [(id(v) in norms, v.numpy()) for v in trainer.state.model.trainable_variables]
 
 
 @pytest.mark.parametrize("optimizer", ["--optimizer=sgd", "--optimizer=momentum"])
@@ -167,12 +166,12 @@ def test_muon_trains_the_conv_filters_the_same_on_two_replicas(tmp_path):
   runs = []
   for replicas in (1, 2):
     trainer = build(tmp_path / str(replicas), *muon, replicas=replicas)
-    for v in trainer.model.trainable_variables:
+    for v in trainer.state.model.trainable_variables:
       if len(v.shape) == 4:  # identity init starts them at norm sqrt(out) already
         v.assign(3 * v)
-    start = [v.numpy() for v in trainer.model.trainable_variables]
+    start = [v.numpy() for v in trainer.state.model.trainable_variables]
     trainer.run_steps(trainer.train_iterator(), 2)
-    runs.append([(w0, v.numpy()) for w0, v in zip(start, trainer.model.trainable_variables)])
+    runs.append([(w0, v.numpy()) for w0, v in zip(start, trainer.state.model.trainable_variables)])
   filters = [(w0, w) for w0, w in runs[0] if w.ndim == 4]
   assert filters
   for w0, w in filters:
@@ -218,5 +217,5 @@ def test_airbench_trains_alike_on_two_replicas(tmp_path):
   one, two = build(tmp_path / "a", *args), build(tmp_path / "b", *args, replicas=2)
   for trainer in (one, two):
     trainer.run_steps(trainer.train_iterator(), 2)
-  for a, b in zip(one.model.weights, two.model.weights):
+  for a, b in zip(one.state.model.weights, two.state.model.weights):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=2e-4, atol=2e-5)

@@ -1,11 +1,14 @@
+import dataclasses
 import glob
 import os
 import re
+import types
+import typing
 
 import pytest
 
 import models
-from trainer import options
+from trainer import config, options
 from trainer.errors import ConfigError
 from flag_helpers import parse
 from paths import ROOT
@@ -17,6 +20,51 @@ def test_every_shipped_config_is_valid(path):
   # A config the README or docs/ tell users to run: a typo in it would only show when run.
   cfg = parse(f"--flagfile={path}")
   assert cfg.model and cfg.dataset
+  _assert_fields_hold_their_types(cfg)
+
+
+def _holds(value, kind) -> bool:
+  """Whether value is of the type annotation kind (unions, tuple[X, ...], dict[K, V])."""
+  origin, args = typing.get_origin(kind), typing.get_args(kind)
+  if origin in (types.UnionType, typing.Union):
+    return any(_holds(value, k) for k in args)
+  if origin is tuple:
+    if not isinstance(value, tuple):
+      return False
+    if len(args) == 2 and args[1] is Ellipsis:
+      return all(_holds(v, args[0]) for v in value)
+    return len(value) == len(args) and all(map(_holds, value, args))
+  if origin is dict:
+    return isinstance(value, dict) and all(_holds(k, args[0]) for k in value)
+  if kind is typing.Any:
+    return True
+  if kind is int:  # a bool is an int to isinstance, not to a field of integers
+    return isinstance(value, int) and not isinstance(value, bool)
+  return isinstance(value, type(None) if kind is None else kind)
+
+
+def _assert_fields_hold_their_types(cfg):
+  for field in dataclasses.fields(cfg):
+    assert _holds(getattr(cfg, field.name), field.type), (
+        f"{field.name}={getattr(cfg, field.name)!r} is not a {field.type}")
+
+
+def test_every_field_is_typed_and_holds_a_value_of_its_type():
+  # Generated from the declarations (config.field_type): no field is Any but flag_values'
+  # values (each flag's as given), and what parsing makes of a flag is the field's type.
+  fields = {f.name: f.type for f in dataclasses.fields(config.Config)}
+  assert fields["flag_values"] == dict[str, typing.Any]
+  for name, kind in fields.items():
+    if name != "flag_values":
+      assert typing.Any not in (kind, *typing.get_args(kind)), name
+  assert fields["augment"] is options.Augment and fields["tta"] == tuple[str, ...]
+  assert fields["hidden_units"] == tuple[int, ...] | None and fields["model_dir"] is str
+  _assert_fields_hold_their_types(parse())
+  _assert_fields_hold_their_types(parse(
+      "--model=mlp", "--dataset=fashion_mnist", "--hidden_units=5,5", "--image_size=8",
+      "--tta=flip", "--augment=crop,flip", "--strategy=mirrored", "--devices=/cpu:0,/cpu:1",
+      "--lr_schedule=step", "--lr_boundaries=3,5", "--profile_steps=1,2",
+      "--allow_changed_flags=seed", "--epochs=2", "--clip_norm=1", "--keep_best=loss"))
 
 
 def test_defaults_and_model_hparams():

@@ -5,6 +5,7 @@ import signal
 import pytest
 
 import dataclasses
+import types
 
 from trainer import actions, triggers
 from trainer.controller import Controller
@@ -15,15 +16,15 @@ class FakeTrainer:
   """Counts steps; its loss is the step at which the loop ended."""
 
   def __init__(self, step=0):
-    self.step, self.loops = step, []
+    self.state, self.loops = types.SimpleNamespace(step=step), []
 
   def train_iterator(self):
     return iter(())
 
   def run_steps(self, iterator, steps):
     self.loops.append(steps)
-    self.step += steps
-    return {"loss": float(self.step), "accuracy": 0.5}
+    self.state.step += steps
+    return {"loss": float(self.state.step), "accuracy": 0.5}
 
 
 class Every(actions.Action):
@@ -40,7 +41,7 @@ class Every(actions.Action):
 
 
 def boundaries(trainer):
-  steps, out = trainer.step - sum(trainer.loops), []
+  steps, out = trainer.state.step - sum(trainer.loops), []
   for n in trainer.loops:
     steps += n
     out.append(steps)
@@ -106,7 +107,7 @@ def test_a_stop_runs_the_remaining_actions_of_that_boundary_then_ends():
   trainer, recorder = FakeTrainer(), Recorder()
   timing = Controller(trainer=trainer, actions=[StopAt(5), recorder], total_steps=50,
                       steps_per_loop=2, batch_size=4).run()
-  assert trainer.step == 5 and timing.stop.reason == "enough"
+  assert trainer.state.step == 5 and timing.stop.reason == "enough"
   step, boundary = recorder.calls[-1]
   assert step == 5 and boundary.stop.reason == "enough"  # later actions see the request
   assert boundary.loss == 5.0 and boundary.steps == 2 and boundary.examples_per_sec > 0
@@ -129,7 +130,7 @@ def test_a_stop_at_the_last_step_is_a_normal_end_but_a_signal_there_is_not():
   trainer = FakeTrainer()
   timing = Controller(trainer=trainer, actions=[StopAt(4)], total_steps=4,
                       steps_per_loop=3, batch_size=4).run()
-  assert trainer.step == 4 and timing.stop is None
+  assert trainer.state.step == 4 and timing.stop is None
   # A preempted VM's last loop: the checkpoint, then exit 143, nothing after the save.
   with pytest.raises(Interrupted) as e:
     Controller(trainer=FakeTrainer(), actions=[StopAt(4, signal.SIGTERM)], total_steps=4,
@@ -191,7 +192,7 @@ def test_a_failing_run_stops_the_profiler(tmp_path):
 
   class Failing(FakeTrainer):
     def run_steps(self, iterator, steps):
-      if self.step >= 2:
+      if self.state.step >= 2:
         raise tf.errors.ResourceExhaustedError(None, None, "out of memory")
       return super().run_steps(iterator, steps)
   profiler = actions.Profiler((1, 100), str(tmp_path / "profile"))

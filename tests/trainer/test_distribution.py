@@ -16,8 +16,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import distribute
-from trainer.inner_loop import Trainer
-from flag_helpers import parse
+from flag_helpers import build_trainer, parse
 
 DATA = "synthetic:shape=12x12x1,classes=5,train=512,test=50"  # 50: not a multiple of 32
 MODELS = {
@@ -44,12 +43,11 @@ def build(replicas, model_dir, *args):
   strategy = distribute.create_strategy(cfg)
   assert strategy.num_replicas_in_sync == replicas
   keras.utils.set_random_seed(cfg.seed)  # the same initial weights for every build
-  data = cfg.load_data()  # as train.py loads it: --pipeline and the others count
-  return Trainer(cfg, strategy, data)
+  return build_trainer(cfg, strategy)  # as train.py builds it: --pipeline and the others count
 
 
 def weights(trainer):
-  return [w.numpy() for w in trainer.model.weights]
+  return [w.numpy() for w in trainer.state.model.weights]
 
 
 def trajectory(trainer):
@@ -97,7 +95,7 @@ def test_resnet_with_synchronized_batch_norm_trains_like_one_device(tmp_path, re
   many = trajectory(trainer)
   # Global statistics are all-reduced sums: equal to one device's up to rounding.
   assert_same(many, one, rtol=1e-4, atol=1e-5)
-  moving = [w for w in trainer.model.weights if "moving" in w.path]
+  moving = [w for w in trainer.state.model.weights if "moving" in w.path]
   assert len(moving) == 2 * 6  # mean and variance of: stem, 2 + 3 in the two blocks
   for weight in moving:
     replicas_values = [v.numpy() for v in
@@ -111,7 +109,7 @@ def test_per_replica_batch_norm_is_what_differs(tmp_path):
   # would see it.
   trainer = build(2, tmp_path, *RESNET, "--nosync_batch_norm")
   trajectory(trainer)
-  weight = next(w for w in trainer.model.weights if "moving_mean" in w.path)
+  weight = next(w for w in trainer.state.model.weights if "moving_mean" in w.path)
   first, second = (v.numpy() for v in trainer.strategy.experimental_local_results(weight.value))
   assert np.abs(first - second).max() > 1e-6
 
@@ -145,7 +143,7 @@ def test_eval_accuracy_under_replicas_matches_numpy(tmp_path, replicas):
   trainer = build(replicas, tmp_path, *MODELS["cnn"])
   trainer.run_steps(trainer.train_iterator(), 5)
   test = trainer.data.splits["test"]
-  logits = trainer.model(test.images.astype(np.float32) / 255.0).numpy()
+  logits = trainer.state.model(test.images.astype(np.float32) / 255.0).numpy()
   expected_accuracy = np.mean(np.argmax(logits, -1) == test.labels)
   log_probs = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1,
                               keepdims=True)) - logits.max(1, keepdims=True)
@@ -165,24 +163,24 @@ def test_eval_accuracy_under_replicas_matches_numpy(tmp_path, replicas):
 
 def test_fp16_overflow_on_one_replica_skips_the_step_on_every_replica(tmp_path):
   trainer = build(2, tmp_path, *MODELS["mlp"], "--mixed_precision=mixed_float16")
-  strategy, opt = trainer.strategy, trainer.optimizer
+  strategy, opt = trainer.strategy, trainer.state.optimizer
   trainer.run_steps(trainer.train_iterator(), 2)  # a normal start
   local = lambda v: [x.numpy() for x in strategy.experimental_local_results(v._value)]
-  before = [local(w) for w in trainer.model.trainable_weights]
+  before = [local(w) for w in trainer.state.model.trainable_weights]
   scale, iterations = float(local(opt.dynamic_scale)[0]), int(opt.iterations.numpy())
-  step = int(trainer.global_step.numpy())
+  step = int(trainer.state.global_step.numpy())
   # One global batch whose last example, which goes to replica 1 only, holds an inf pixel.
   images = np.random.default_rng(0).random((32, 12, 12, 1), np.float32)
   images[-1, 0, 0, 0] = np.inf
   batch = tf.data.Dataset.from_tensors((images, np.zeros(32, np.int32))).repeat()
   trainer.run_steps(iter(strategy.experimental_distribute_dataset(batch)), 1)
-  for weight, old in zip(trainer.model.trainable_weights, before):
+  for weight, old in zip(trainer.state.model.trainable_weights, before):
     for replica_now, replica_before in zip(local(weight), old):
       np.testing.assert_array_equal(replica_now, replica_before)  # skipped everywhere
       assert np.isfinite(replica_now).all()
   assert [float(s) for s in local(opt.dynamic_scale)] == [scale / 2] * 2
   assert int(opt.iterations.numpy()) == iterations  # Keras does not count a skipped step...
-  assert int(trainer.global_step.numpy()) == step + 1  # ...tapeloop's global step does
+  assert int(trainer.state.global_step.numpy()) == step + 1  # ...tapeloop's global step does
 
 
 def test_bf16_under_replicas_trains_with_float32_variables(tmp_path):
@@ -191,24 +189,24 @@ def test_bf16_under_replicas_trains_with_float32_variables(tmp_path):
   it = trainer.train_iterator()
   losses = [trainer.run_steps(it, 8)["loss"] for _ in range(4)]
   assert losses[-1] < losses[0] * 0.9, losses
-  assert {w.dtype for w in trainer.model.weights} == {"float32"}
-  assert trainer.model.features[0].compute_dtype == "bfloat16"
+  assert {w.dtype for w in trainer.state.model.weights} == {"float32"}
+  assert trainer.state.model.features[0].compute_dtype == "bfloat16"
 
 
 def test_checkpoint_from_2_replicas_resumes_identically_under_1_and_4(tmp_path):
   two = build(2, tmp_path / "a", *MODELS["mlp"], "--l2=0.001")
   it = two.train_iterator()
   two.run_steps(it, 3)
-  two.checkpoints.save(3)
+  two.state.checkpoints.save(3)
   for name in ("b", "c"):
     shutil.copytree(tmp_path / "a", tmp_path / name)
   two.run_steps(it, 3)
   one = build(1, tmp_path / "b", *MODELS["mlp"], "--l2=0.001")
   four = build(4, tmp_path / "c", *MODELS["mlp"], "--l2=0.001")
   for trainer in (one, four):
-    assert int(trainer.global_step.numpy()) == 3  # restored, not from scratch
+    assert int(trainer.state.global_step.numpy()) == 3  # restored, not from scratch
     trainer.run_steps(trainer.train_iterator(), 3)
-    assert int(trainer.global_step.numpy()) == 6
+    assert int(trainer.state.global_step.numpy()) == 6
     for wa, wb in zip(weights(two), weights(trainer)):
       np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-5)
 
@@ -268,7 +266,8 @@ def test_clipping_all_reduces_the_gradients_once(tmp_path, monkeypatch, precisio
   real = tf.distribute.ReplicaContext.all_reduce
 
   def counting(self, reduce_op, value, options=None):
-    if isinstance(value, (list, tuple)) and len(value) == len(trainer.model.trainable_weights):
+    weights = trainer.state.model.trainable_weights
+    if isinstance(value, (list, tuple)) and len(value) == len(weights):
       calls.append(len(value))
     return real(self, reduce_op, value, options)
   monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counting)

@@ -144,9 +144,10 @@ def test_continuous_evaluation_waits_for_the_steps_of_an_extended_run(trained, t
   stopped_early_at = tf.Variable(-1, dtype=tf.int64)
   evaluator = types.SimpleNamespace(  # what _last_step reads of an Evaluator
       cfg=types.SimpleNamespace(model_dir=str(copy)),
-      trainer=types.SimpleNamespace(data=types.SimpleNamespace(splits={"train": range(320)}),
-                                    step=20, progress=types.SimpleNamespace(
-                                        stopped_early_at=stopped_early_at)))
+      trainer=types.SimpleNamespace(
+          data=types.SimpleNamespace(splits={"train": range(320)}),
+          state=types.SimpleNamespace(step=20, progress=types.SimpleNamespace(
+              stopped_early_at=stopped_early_at))))
   assert evaluate._last_step(evaluator) == (40, None)  # pylint: disable=protected-access
   stopped_early_at.assign(20)
   assert evaluate._last_step(evaluator) == (40, 20)  # pylint: disable=protected-access

@@ -131,7 +131,7 @@ def test_optimizers(name, cls):
 
 def test_fp16_wraps_in_loss_scaling_and_weight_decay_spares_biases():
   opt = optimization.create_optimizer(
-      parse("--mixed_precision=mixed_float16", "--weight_decay=0.1", "--optimizer=sgd"), 1.0)
+      parse("--weight_decay=0.1", "--optimizer=sgd"), 1.0, loss_scaling=True)
   assert isinstance(opt, keras.optimizers.LossScaleOptimizer)
   kernel = keras.Variable(np.ones((2, 2), np.float32), name="kernel")
   bias = keras.Variable(np.ones(2, np.float32), name="bias")

@@ -70,12 +70,10 @@ def _project_imports(path):
 # import anywhere else belongs at the top (one moved into a function to dodge a cycle
 # fails here).
 IMPORTS_INSIDE_A_FUNCTION = {
-    # TensorFlow loads after the flags are checked: distribute, dry_run, evaluate, phases
-    # and train import it.
+    # TensorFlow loads after the flags are checked: distribute, dry_run, evaluate, phases,
+    # train and run_files (which reads a run's record through tf.io.gfile) import it.
     "trainer.main": {"trainer.distribute", "trainer.dry_run", "trainer.evaluate",
-                     "trainer.phases", "trainer.train"},
-    # TensorFlow-free for the flag checks; run_files reads model_dir through tf.io.gfile.
-    "trainer.config": {"trainer.run_files"},
+                     "trainer.phases", "trainer.run_files", "trainer.train"},
     # trainer.prepare's flags are checked before TFDS and TensorFlow load (tfds_source).
     "input_pipeline.prepare": {"input_pipeline.tfds_source"},
 }

@@ -19,7 +19,7 @@ from trainer import cli, errors, export, files, preemption, train
 from trainer.errors import ConfigError, Interrupted
 from trainer.inner_loop import Trainer
 from datafiles import tree_digest
-from flag_helpers import parse
+from flag_helpers import build_trainer, parse
 
 # ~2 s of training when uninterrupted: long enough to be killed part-way.
 RUN = ["--model=mlp", "--hidden_units=64", "--dataset=synthetic:shape=16x16x1,classes=4,"
@@ -261,11 +261,11 @@ def test_a_collapsed_fp16_loss_scale_stops_training(tmp_path):
   from trainer.controller import Controller
   cfg = parse(*RUN[:5], "--train_steps=8", "--steps_per_loop=2",
               "--mixed_precision=mixed_float16", f"--model_dir={tmp_path}")
-  trainer = Trainer(cfg, distribute.create_strategy(cfg), cfg.load_data())
-  trainer.optimizer.dynamic_scale.assign(0.5)  # what 16 straight overflowing steps leave
+  trainer = build_trainer(cfg)
+  trainer.state.optimizer.dynamic_scale.assign(0.5)  # what 16 straight overflowing steps leave
   controller = Controller(trainer=trainer, total_steps=8, steps_per_loop=2, batch_size=32,
-                          actions=[actions.DivergenceCheck(lambda: trainer.loss_scale),
-                                   actions.Checkpoint(save=trainer.checkpoints.save,
+                          actions=[actions.DivergenceCheck(lambda: trainer.state.loss_scale),
+                                   actions.Checkpoint(save=trainer.state.checkpoints.save,
                                                       interval=1, total_steps=8)])
   with pytest.raises(FloatingPointError, match="fp16 loss scale collapsed to 0.5 at step 1"):
     controller.run()
@@ -287,10 +287,10 @@ def test_a_blow_up_recovers_from_the_last_checkpoint_past_the_bad_data(tmp_path,
   poisoned, positions = [], []
 
   def run_steps(self, iterator, steps):
-    positions.append((self.step, iterator.position // 32))  # (global step, batches read)
-    if self.step == 8 and not poisoned:  # a blow-up in the loop after the checkpoint of step 8
-      poisoned.append(self.step)
-      weight = self.model.trainable_weights[-1]  # the logits bias: relu would hide a NaN
+    positions.append((self.state.step, iterator.position // 32))  # (global step, batches read)
+    if self.state.step == 8 and not poisoned:  # a blow-up in the loop after step 8's checkpoint
+      poisoned.append(self.state.step)
+      weight = self.state.model.trainable_weights[-1]  # the logits bias: relu would hide a NaN
       weight.assign(weight * np.nan)
     return real(self, iterator, steps)
   monkeypatch.setattr(Trainer, "run_steps", run_steps)

@@ -131,7 +131,7 @@ def test_local_data_paths_are_recorded_absolute(tmp_path, monkeypatch):
   assert train.train_and_evaluate(parse(*args, "--train_steps=4"))["global_step"] == 4
   # From another directory (trainer.evaluate, predict) the record still finds the files.
   monkeypatch.chdir(tmp_path / "run")
-  data = config.from_values(recorded).load_data()
+  data = run_files.load_data(config.from_values(recorded))
   assert data.info.split_sizes["train"] == 32
 
 
@@ -177,7 +177,7 @@ def test_an_extension_past_a_decayed_schedule_is_refused_and_a_warm_restart_trai
   real = Trainer.run_steps
 
   def run_steps(self, iterator, steps):
-    if self.step == 20:
+    if self.state.step == 20:
       raise _Killed()
     return real(self, iterator, steps)
   monkeypatch.setattr(Trainer, "run_steps", run_steps)
@@ -205,24 +205,28 @@ def test_a_rerun_naming_only_the_model_dir_resumes_or_extends_that_run(tmp_path)
   model_dir = f"--model_dir={tmp_path}"
   train.train_and_evaluate(parse(*RUN, "--train_steps=8", "--optimizer=sgd",
                                  "--learning_rate=0.05", "--augment=flip", model_dir))
-  # trainer.main's path: absl parses the command line, config.from_flags builds the Config.
+  # trainer.main's path: absl parses the command line, config.from_flags builds the Config
+  # with the run's record (run_files.read_record).
   # Only the directory (and how it runs): the run's recorded flags, not the defaults.
-  again = config.from_args([model_dir, "--jit_compile=off", "--eval_every=4"])
+  again = config.from_args([model_dir, "--jit_compile=off", "--eval_every=4"],
+                           run_files.read_record)
   assert (again.model, again.optimizer, again.learning_rate, again.train_steps) == (
       "mlp", "sgd", 0.05, 8)
   assert train.train_and_evaluate(again)["global_step"] == 8  # done: evaluated only
   extended = train.train_and_evaluate(config.from_args([model_dir, "--epochs=2",
-                                                        "--jit_compile=off"]))
+                                                        "--jit_compile=off"],
+                                                       run_files.read_record))
   assert extended["global_step"] == 16 and extended["flags"]["augment"] == "flip"
   assert extended["flag_changes"][0]["changed"] == {"epochs": {"old": None, "new": 2},
                                                     "train_steps": {"old": 8, "new": None}}
   # A flag of what it trains given too: the rerun is compared with the record, as always.
   with pytest.raises(ConfigError, match="holds a run started with other flags"):
-    train.train_and_evaluate(config.from_args([model_dir, "--epochs=2", "--seed=1"]))
+    train.train_and_evaluate(config.from_args([model_dir, "--epochs=2", "--seed=1"],
+                                              run_files.read_record))
   # ... unless --allow_changed_flags names it: a change to that run, which still takes its
   # record (the longer horizon an extension's refusal suggests, --schedule_steps).
   horizon = config.from_args([model_dir, "--train_steps=32", "--schedule_steps=32",
-                              "--allow_changed_flags=schedule_steps"])
+                              "--allow_changed_flags=schedule_steps"], run_files.read_record)
   assert (horizon.optimizer, horizon.learning_rate, horizon.schedule_steps) == ("sgd", 0.05, 32)
   changes = run_record.check(horizon, run_files.read_record(str(tmp_path)))
   assert changes == {"schedule_steps": (8, 32), "epochs": (2, None), "train_steps": (None, 32)}

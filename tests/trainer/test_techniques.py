@@ -13,8 +13,7 @@ from input_pipeline.in_memory import IndexStream
 from input_pipeline.mixing import Mix, mix_batch
 from input_pipeline.preprocess import augment_seed, normalize
 from trainer import distribute
-from trainer.inner_loop import Trainer
-from flag_helpers import parse
+from flag_helpers import build_trainer, parse
 
 DATA = "synthetic:shape=12x12x1,classes=5,train=512,test=50"
 MLP = ["--model=mlp", "--hidden_units=16,16"]
@@ -28,7 +27,7 @@ def build(replicas, model_dir, *args):
               *DEVICES[replicas], *model, *args)
   strategy = distribute.create_strategy(cfg)
   keras.utils.set_random_seed(cfg.seed)  # the same initial weights for every build
-  return Trainer(cfg, strategy, cfg.load_data())
+  return build_trainer(cfg, strategy)
 
 
 def replica_values(trainer, variables):
@@ -43,12 +42,12 @@ def replica_values(trainer, variables):
 def test_ema_after_k_steps_is_the_closed_form_on_every_replica(tmp_path, replicas=2):
   decay = 0.35  # reached from the 4th update on (the warm-up: 2/11, 3/12, 4/13)
   trainer = build(replicas, tmp_path, *SGD, f"--ema_decay={decay}")
-  history = [[w.numpy() for w in trainer.model.weights]]  # w_0: where the average starts
+  history = [[w.numpy() for w in trainer.state.model.weights]]  # w_0: where the average starts
   it = trainer.train_iterator()
   for _ in range(6):
     trainer.run_steps(it, 1)
-    history.append([w.numpy() for w in trainer.model.weights])
-  for j, average in enumerate(replica_values(trainer, trainer.ema.model.weights)):
+    history.append([w.numpy() for w in trainer.state.model.weights])
+  for j, average in enumerate(replica_values(trainer, trainer.state.ema.model.weights)):
     # ema_n = d_n ema_(n-1) + (1 - d_n) w_n, d_n = min(decay, (1 + n) / (10 + n)), ema_0 = w_0:
     # written out, ema_k = prod(d) w_0 + sum_i (1 - d_i) prod_(m > i)(d_m) w_i.
     d = [min(decay, (1 + n) / (10 + n)) for n in range(1, len(history))]
@@ -57,7 +56,7 @@ def test_ema_after_k_steps_is_the_closed_form_on_every_replica(tmp_path, replica
     for value in average:  # each replica's copy
       np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
   # The average is not the weights (the test would pass trivially if it were).
-  assert np.abs(trainer.ema.model.weights[0].numpy() - history[-1][0]).max() > 1e-4
+  assert np.abs(trainer.state.ema.model.weights[0].numpy() - history[-1][0]).max() > 1e-4
 
 
 def test_ema_is_what_evals_and_the_eval_raw_are_what_the_model_gives(tmp_path):
@@ -65,12 +64,12 @@ def test_ema_is_what_evals_and_the_eval_raw_are_what_the_model_gives(tmp_path):
   trainer.run_steps(trainer.train_iterator(), 5)
   test = trainer.data.splits["test"]
   images = normalize(test.images).numpy()
-  for raw, model in ((False, trainer.ema.model), (True, trainer.model)):
+  for raw, model in ((False, trainer.state.ema.model), (True, trainer.state.model)):
     expected = np.mean(np.argmax(model(images).numpy(), -1) == test.labels)
     result = trainer.evaluate("test", raw=raw)
     assert result.accuracy == pytest.approx(expected, abs=1e-6)
     np.testing.assert_array_equal(result.predictions, np.argmax(model(images).numpy(), -1))
-  assert trainer.eval_model is trainer.ema.model
+  assert trainer.state.eval_model is trainer.state.ema.model
   assert trainer.evaluate("test").loss != trainer.evaluate("test", raw=True).loss
   # One report writes both: the EMA's figures to the run, the raw weights' beside.
   written = []
@@ -85,20 +84,20 @@ def test_ema_is_what_evals_and_the_eval_raw_are_what_the_model_gives(tmp_path):
 def test_a_skipped_fp16_step_leaves_the_ema_on_every_replica(tmp_path):
   trainer = build(2, tmp_path, "--ema_decay=0.5", "--mixed_precision=mixed_float16")
   trainer.run_steps(trainer.train_iterator(), 2)
-  before = replica_values(trainer, trainer.ema.model.weights)
+  before = replica_values(trainer, trainer.state.ema.model.weights)
   images = np.random.default_rng(0).random((32, 12, 12, 1), np.float32)
   images[-1, 0, 0, 0] = np.inf  # replica 1's batch only
   batch = tf.data.Dataset.from_tensors((images, np.zeros(32, np.int32))).repeat()
   it = iter(trainer.strategy.experimental_distribute_dataset(batch))
   trainer.run_steps(it, 1)
-  assert trainer.step == 3 and trainer.loss_scale < 2.0 ** 15
-  for now, old in zip(replica_values(trainer, trainer.ema.model.weights), before):
+  assert trainer.state.step == 3 and trainer.state.loss_scale < 2.0 ** 15
+  for now, old in zip(replica_values(trainer, trainer.state.ema.model.weights), before):
     for a, b in zip(now, old):
       np.testing.assert_array_equal(a, b)
   images[-1, 0, 0, 0] = 0.5  # a good step moves it again
   batch = tf.data.Dataset.from_tensors((images, np.zeros(32, np.int32))).repeat()
   trainer.run_steps(iter(trainer.strategy.experimental_distribute_dataset(batch)), 1)
-  moved = replica_values(trainer, trainer.ema.model.weights)
+  moved = replica_values(trainer, trainer.state.ema.model.weights)
   assert any(np.abs(a[0] - b[0]).max() > 0 for a, b in zip(moved, before))
 
 
@@ -110,12 +109,12 @@ def test_a_run_with_ema_resumes_to_the_same_weights_and_average(tmp_path):
   straight.run_steps(it, 3)
   first = build(2, tmp_path / "resumed", *args)
   first.run_steps(first.train_iterator(), 3)
-  first.checkpoints.save(3)
+  first.state.checkpoints.save(3)
   resumed = build(2, tmp_path / "resumed", *args)  # restores model, EMA, optimizer, step
-  assert resumed.step == 3
+  assert resumed.state.step == 3
   resumed.run_steps(resumed.train_iterator(), 3)
-  assert resumed.weights_digest() == straight.weights_digest()
-  for a, b in zip(resumed.ema.model.weights, straight.ema.model.weights):
+  assert resumed.state.weights_digest() == straight.state.weights_digest()
+  for a, b in zip(resumed.state.ema.model.weights, straight.state.ema.model.weights):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
@@ -124,18 +123,18 @@ def test_ema_turned_on_for_a_run_without_it_starts_from_the_restored_weights(tmp
   # the checkpoint (it was refused as "does not match this model").
   first = build(2, tmp_path, *SGD)
   first.run_steps(first.train_iterator(), 3)
-  first.checkpoints.save(3)
+  first.state.checkpoints.save(3)
   resumed = build(2, tmp_path, *SGD, "--ema_decay=0.9")
-  assert resumed.step == 3
-  for average, weights in zip(replica_values(resumed, resumed.ema.model.weights),
-                              replica_values(resumed, resumed.model.weights)):
+  assert resumed.state.step == 3
+  for average, weights in zip(replica_values(resumed, resumed.state.ema.model.weights),
+                              replica_values(resumed, resumed.state.model.weights)):
     for a, w in zip(average, weights):
       np.testing.assert_array_equal(a, w)
-  np.testing.assert_array_equal(resumed.model.weights[0].numpy(),
-                                first.model.weights[0].numpy())
+  np.testing.assert_array_equal(resumed.state.model.weights[0].numpy(),
+                                first.state.model.weights[0].numpy())
   resumed.run_steps(resumed.train_iterator(), 2)
-  assert np.abs(resumed.ema.model.weights[0].numpy()
-                - resumed.model.weights[0].numpy()).max() > 0
+  assert np.abs(resumed.state.ema.model.weights[0].numpy()
+                - resumed.state.model.weights[0].numpy()).max() > 0
 
 
 # --- label smoothing and mixing -------------------------------------------------------
@@ -150,7 +149,7 @@ def test_one_step_matches_a_reference_of_per_replica_targets(tmp_path, replicas,
   batch mixed with its own seed, smoothed targets, cross-entropy averaged over the batch."""
   trainer = build(replicas, tmp_path, *SGD, *extra)
   cfg = trainer.config
-  weights = [w.numpy() for w in trainer.model.trainable_weights]
+  weights = [w.numpy() for w in trainer.state.model.trainable_weights]
   indices = IndexStream(512, 32, cfg.seed).take(1)[0]
   train = trainer.data.splits["train"]
   per_replica = 32 // replicas
@@ -165,13 +164,13 @@ def test_one_step_matches_a_reference_of_per_replica_targets(tmp_path, replicas,
         seed = tf.random.experimental.stateless_fold_in(augment_seed(cfg.seed, r, 0), 4)
         images, targets = mix_batch(images, tf.constant(targets),
                                     Mix(cfg.mixup, cfg.cutmix, cfg.mix_probability), seed)
-      logits = trainer.model(images, training=True)
+      logits = trainer.state.model(images, training=True)
       log_probs = tf.nn.log_softmax(logits)
       loss += -tf.reduce_sum(targets * log_probs) / 32
-  grads = tape.gradient(loss, trainer.model.trainable_weights)
+  grads = tape.gradient(loss, trainer.state.model.trainable_weights)
   logs = trainer.run_steps(trainer.train_iterator(), 1)
   assert logs["loss"] == pytest.approx(float(loss), rel=1e-5)  # the smoothed/mixed loss
-  for w, w0, g in zip(trainer.model.trainable_weights, weights, grads):
+  for w, w0, g in zip(trainer.state.model.trainable_weights, weights, grads):
     np.testing.assert_allclose(w.numpy(), w0 - 0.5 * g.numpy(), rtol=1e-4, atol=1e-6)
 
 
@@ -179,7 +178,7 @@ def test_label_smoothing_is_on_the_training_loss_only(tmp_path):
   trainer = build(1, tmp_path, "--label_smoothing=0.3")
   trainer.run_steps(trainer.train_iterator(), 3)
   test = trainer.data.splits["test"]
-  logits = trainer.model(normalize(test.images)).numpy()
+  logits = trainer.state.model(normalize(test.images)).numpy()
   log_probs = logits - np.log(np.exp(logits).sum(1, keepdims=True))
   expected = -np.mean(log_probs[np.arange(len(test)), test.labels])  # the label's alone
   assert trainer.evaluate("test").loss == pytest.approx(expected, rel=1e-5)
@@ -204,7 +203,7 @@ def trajectory(trainer):
   out = []
   for steps in (1, 2):
     logs = trainer.run_steps(it, steps)
-    out.append((logs, [w.numpy() for w in trainer.model.weights]))
+    out.append((logs, [w.numpy() for w in trainer.state.model.weights]))
   return out
 
 
@@ -244,7 +243,7 @@ def test_k_micro_batches_update_like_one_step_on_k_times_the_batch(tmp_path, tmp
     assert logs["accuracy"] == pytest.approx(ref_logs["accuracy"], abs=1e-6)
     for a, b in zip(weights, ref_weights):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  assert int(trainer.optimizer.iterations.numpy()) == 3  # one update per step
+  assert int(trainer.state.optimizer.iterations.numpy()) == 3  # one update per step
 
 
 def test_accumulation_with_mixing_on_two_replicas_is_two_replicas_without_it(tmp_path):
@@ -262,20 +261,20 @@ def test_an_fp16_overflow_in_one_micro_batch_skips_the_update_on_every_replica(t
   trainer = build(2, tmp_path, "--batch_size=16", "--accumulation_steps=2",
                   "--mixed_precision=mixed_float16")
   trainer.run_steps(trainer.train_iterator(), 2)
-  before = replica_values(trainer, trainer.model.trainable_weights)
-  scale, iterations = trainer.loss_scale, int(trainer.optimizer.iterations.numpy())
+  before = replica_values(trainer, trainer.state.model.trainable_weights)
+  scale, iterations = trainer.state.loss_scale, int(trainer.state.optimizer.iterations.numpy())
   # A step's global batch is 32: replica 1 gets the last 16, its second micro-batch the
   # last 8. One inf pixel there.
   images = np.random.default_rng(0).random((32, 12, 12, 1), np.float32)
   images[-1, 0, 0, 0] = np.inf
   batch = tf.data.Dataset.from_tensors((images, np.zeros(32, np.int32))).repeat()
   trainer.run_steps(iter(trainer.strategy.experimental_distribute_dataset(batch)), 1)
-  for now, old in zip(replica_values(trainer, trainer.model.trainable_weights), before):
+  for now, old in zip(replica_values(trainer, trainer.state.model.trainable_weights), before):
     for a, b in zip(now, old):
       np.testing.assert_array_equal(a, b)
-  assert trainer.loss_scale == scale / 2
-  assert int(trainer.optimizer.iterations.numpy()) == iterations
-  assert trainer.step == 3
+  assert trainer.state.loss_scale == scale / 2
+  assert int(trainer.state.optimizer.iterations.numpy()) == iterations
+  assert trainer.state.step == 3
 
 
 def test_batch_norm_and_dropout_act_per_micro_batch(tmp_path):

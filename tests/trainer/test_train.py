@@ -21,7 +21,7 @@ from trainer.evaluator import Evaluator
 from trainer.inner_loop import Trainer
 from trainer.errors import ConfigError, Interrupted
 from datafiles import write_kaggle_csv
-from flag_helpers import parse
+from flag_helpers import build_trainer, parse
 from runs import _accumulator, read_images, read_scalars
 
 TINY = ["--model=mlp", "--hidden_units=16", "--dataset=synthetic:shape=8x8x1,classes=3,"
@@ -89,9 +89,11 @@ def test_auto_precision_builds_the_run_in_the_policy_it_resolved_to(tmp_path, mo
           "--dataset=synthetic:shape=8x8x1,classes=3,train=32,test=8", "--train_steps=2",
           "--mixed_precision=auto"]
   cfg = parse(*args, f"--model_dir={tmp_path / 'a'}")
-  trainer = Trainer(cfg, distribute.create_strategy(cfg), cfg.load_data())
-  assert trainer.model.dtype_policy.name == "mixed_bfloat16"
-  assert trainer.config.mixed_precision == "mixed_bfloat16"
+  trainer = build_trainer(cfg)
+  assert trainer.state.model.dtype_policy.name == "mixed_bfloat16"
+  # One Config per run: it keeps what was asked; the plan holds what it resolved to.
+  assert (trainer.config.mixed_precision, trainer.plan.precision) == ("auto", "mixed_bfloat16")
+  assert trainer.state.precision == "mixed_bfloat16" and not hasattr(trainer, "model")
   results = train.train_and_evaluate(parse(*args, f"--model_dir={tmp_path}"))
   assert results["precision"] == "mixed_bfloat16"
   assert results["flags"]["mixed_precision"] == "auto"  # a rerun compares what was asked
@@ -174,7 +176,7 @@ def test_a_signal_in_the_last_loop_stops_there_and_the_rerun_completes_that_boun
 
   def signalled_in_the_last_loop(self, iterator, steps):
     logs = run_steps(self, iterator, steps)
-    if self.step == 8:
+    if self.state.step == 8:
       os.kill(os.getpid(), signal.SIGTERM)  # PreemptionStop's handler takes it
     return logs
   monkeypatch.setattr(Trainer, "run_steps", signalled_in_the_last_loop)

@@ -6,10 +6,9 @@ import pytest
 import tensorflow as tf
 
 from trainer import config as config_lib
-from trainer import distribute
 from trainer.errors import ConfigError
-from trainer.inner_loop import Trainer
 from trainer.plan import jit_mode
+from flag_helpers import build_trainer
 
 
 def parse(*args):  # not flag_helpers.parse, which turns XLA off: the default is tested here
@@ -51,7 +50,7 @@ def build(model_dir, *args):
   cfg = parse(f"--dataset={DATA}", "--batch_size=32", f"--model_dir={model_dir}",
               "--steps_per_loop=4", *args)
   keras.utils.set_random_seed(cfg.seed)
-  return Trainer(cfg, distribute.create_strategy(cfg), cfg.load_data())
+  return build_trainer(cfg)
 
 
 def train(trainer, loops=(1, 6, 3)):
@@ -59,8 +58,8 @@ def train(trainer, loops=(1, 6, 3)):
   and its step count."""
   it = trainer.train_iterator()
   logs = [trainer.run_steps(it, n) for n in loops]
-  average = trainer.ema.model.weights if trainer.ema else []
-  return logs, [w.numpy() for w in trainer.model.weights + average]
+  average = trainer.state.ema.model.weights if trainer.state.ema else []
+  return logs, [w.numpy() for w in trainer.state.model.weights + average]
 
 
 @pytest.mark.parametrize("extra", [
@@ -77,13 +76,13 @@ def test_the_xla_loop_trains_like_the_graph(tmp_path, extra):
   xla = build(tmp_path / "xla", *MLP, *extra, "--jit_compile=loop")
   assert (graph.jit, xla.jit) == ("off", "loop")
   (graph_logs, graph_weights), (xla_logs, xla_weights) = train(graph), train(xla)
-  assert graph.step == xla.step == 10
+  assert graph.state.step == xla.state.step == 10
   for a, b in zip(graph_logs, xla_logs):
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
   for a, b in zip(graph_weights, xla_weights):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  assert not np.allclose(graph_weights[0], build(tmp_path / "fresh", *MLP).model.weights[0])
+  assert not np.allclose(graph_weights[0], build(tmp_path / "fresh", *MLP).state.model.weights[0])
 
 
 def test_one_xla_program_for_every_loop_length(tmp_path):
@@ -108,13 +107,13 @@ def test_an_fp16_overflow_inside_the_xla_loop_skips_the_update(tmp_path):
   trainer = build(tmp_path, *MLP, "--mixed_precision=mixed_float16", "--jit_compile=loop")
   it = trainer.train_iterator()
   trainer.run_steps(it, 2)
-  before = [w.numpy() for w in trainer.model.trainable_weights]
-  iterations = int(trainer.optimizer.iterations.numpy())
+  before = [w.numpy() for w in trainer.state.model.trainable_weights]
+  iterations = int(trainer.state.optimizer.iterations.numpy())
   # A loss scale so large that every float16 gradient overflows: the step must be skipped.
-  trainer.optimizer.dynamic_scale.assign(2.0 ** 100)
+  trainer.state.optimizer.dynamic_scale.assign(2.0 ** 100)
   trainer.run_steps(it, 1)
-  for now, old in zip(trainer.model.trainable_weights, before):
+  for now, old in zip(trainer.state.model.trainable_weights, before):
     np.testing.assert_array_equal(now.numpy(), old)
-  assert trainer.loss_scale == 2.0 ** 99
-  assert int(trainer.optimizer.iterations.numpy()) == iterations
-  assert trainer.step == 3
+  assert trainer.state.loss_scale == 2.0 ** 99
+  assert int(trainer.state.optimizer.iterations.numpy()) == iterations
+  assert trainer.state.step == 3
