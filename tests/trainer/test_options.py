@@ -73,7 +73,7 @@ IMPORTS_INSIDE_A_FUNCTION = {
     # TensorFlow loads after the flags are checked: distribute, dry_run, evaluate, phases,
     # train and run_files (which reads a run's record through tf.io.gfile) import it.
     "trainer.main": {"trainer.distribute", "trainer.dry_run", "trainer.evaluate",
-                     "trainer.phases", "trainer.run_files", "trainer.train"},
+                     "trainer.phases", "trainer.run_files", "trainer.train", "trainer.trial"},
     # trainer.prepare's flags are checked before TFDS and TensorFlow load (tfds_source).
     "input_pipeline.prepare": {"input_pipeline.tfds_source"},
 }
