@@ -14,6 +14,7 @@ from input_pipeline.mixing import Mix, mix_batch
 from input_pipeline.preprocess import augment_seed, normalize
 from trainer import distribute
 from trainer.inner_loop import Trainer
+from batches import train_on
 from flag_helpers import parse
 
 DATA = "synthetic:shape=12x12x1,classes=5,train=512,test=50"
@@ -88,16 +89,13 @@ def test_a_skipped_fp16_step_leaves_the_ema_on_every_replica(tmp_path):
   before = replica_values(trainer, trainer.ema.model.weights)
   images = np.random.default_rng(0).random((32, 12, 12, 1), np.float32)
   images[-1, 0, 0, 0] = np.inf  # replica 1's batch only
-  batch = tf.data.Dataset.from_tensors((images, np.zeros(32, np.int32))).repeat()
-  it = iter(trainer.strategy.experimental_distribute_dataset(batch))
-  trainer.run_steps(it, 1)
+  train_on(trainer, images, np.zeros(32, np.int32))
   assert trainer.step == 3 and trainer.loss_scale < 2.0 ** 15
   for now, old in zip(replica_values(trainer, trainer.ema.model.weights), before):
     for a, b in zip(now, old):
       np.testing.assert_array_equal(a, b)
   images[-1, 0, 0, 0] = 0.5  # a good step moves it again
-  batch = tf.data.Dataset.from_tensors((images, np.zeros(32, np.int32))).repeat()
-  trainer.run_steps(iter(trainer.strategy.experimental_distribute_dataset(batch)), 1)
+  train_on(trainer, images, np.zeros(32, np.int32))
   moved = replica_values(trainer, trainer.ema.model.weights)
   assert any(np.abs(a[0] - b[0]).max() > 0 for a, b in zip(moved, before))
 
@@ -268,8 +266,7 @@ def test_an_fp16_overflow_in_one_micro_batch_skips_the_update_on_every_replica(t
   # last 8. One inf pixel there.
   images = np.random.default_rng(0).random((32, 12, 12, 1), np.float32)
   images[-1, 0, 0, 0] = np.inf
-  batch = tf.data.Dataset.from_tensors((images, np.zeros(32, np.int32))).repeat()
-  trainer.run_steps(iter(trainer.strategy.experimental_distribute_dataset(batch)), 1)
+  train_on(trainer, images, np.zeros(32, np.int32))
   for now, old in zip(replica_values(trainer, trainer.model.trainable_weights), before):
     for a, b in zip(now, old):
       np.testing.assert_array_equal(a, b)
