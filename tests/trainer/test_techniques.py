@@ -12,7 +12,7 @@ import tensorflow as tf
 from input_pipeline.in_memory import IndexStream
 from input_pipeline.mixing import Mix, mix_batch
 from input_pipeline.preprocess import augment_seed, normalize
-from trainer import distribute
+from trainer import distribute, feeds
 from trainer.inner_loop import Trainer
 from batches import train_on
 from flag_helpers import parse
@@ -192,6 +192,33 @@ def test_replicas_mix_with_their_own_draws(tmp_path):
   mix = Mix(cfg.mixup, cfg.cutmix)
   a, b = (mix_batch(images, targets, mix, s)[1].numpy() for s in seeds)
   assert not np.allclose(a, b)
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_every_feed_hands_the_step_the_same_ready_batch(tmp_path, replicas):
+  """Augmented, mixed and smoothed in the feed: the step gets the same images, labels and
+  targets from the in-memory tables as from tf.data, on every replica, from any position."""
+  trainer = build(replicas, tmp_path, "--augment=translate=2,flip,erase=0.5", "--mixup=0.4",
+                  "--cutmix=1.0", "--label_smoothing=0.1", "--steps_per_loop=2")
+  memory = trainer.feed
+  data = feeds.TfDataFeed(trainer.strategy, memory.split, batch=32, seed=memory.seed,
+                          augment=memory.augment, targets=memory.targets)
+  assert memory.targets.soft and isinstance(memory, feeds.InMemoryFeed)
+
+  def ready(feed, position=5, steps=3):
+    batches = []
+    for window, n in feed.windows(feed.iterator(position), steps):
+      for i in range(n):
+        at = tf.constant(position + len(batches), tf.int64)
+        batch = trainer.strategy.run(feed.prepare, (at, feed.batch_at(window, i)))
+        batches.append([[t.numpy() for t in trainer.strategy.experimental_local_results(x)]
+                        for x in batch])
+    return batches
+  for a, b in zip(ready(memory), ready(data), strict=True):
+    for x, y in zip(a, b):  # images, labels, targets of each replica
+      for r in range(replicas):
+        np.testing.assert_allclose(x[r], y[r], rtol=1e-6, atol=1e-7)
+  assert 0 < a[2][0].min() and a[2][0].max() < 1  # soft targets: smoothed and mixed
 
 
 # --- gradient accumulation ------------------------------------------------------------
