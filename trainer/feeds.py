@@ -119,7 +119,7 @@ class Feed:
 
 class TfDataFeed(Feed):
   """--pipeline=tf_data: tf.data over the in-memory arrays. A call runs its steps over a
-  distributed iterator of uint8 batches, normalized and augmented on the device, each
+  distributed iterator of uint8 batches, normalized, augmented and mixed on the device, each
   replica's part with its own seed, as the in-memory feed does (the same batches,
   whichever feed)."""
 
@@ -159,7 +159,7 @@ class StreamFeed(TfDataFeed):
 class InMemoryFeed(Feed):
   """--pipeline=in_memory: the host computes only which examples form each batch; a
   window of index batches goes to one tf.function call, where each replica gathers its
-  slice from its own device's copy of the data, normalizes and augments it."""
+  slice from its own device's copy of the data, normalizes, augments and mixes it."""
 
   def __init__(self, strategy, split: Split, *, batch, seed, augment, steps_per_loop: int,
                targets=None):
