@@ -1,6 +1,6 @@
 """Training targets: label smoothing, Mixup and CutMix, pure functions of (batch, seed).
 
-They run inside the train step on each replica's own batch (in the graph), so each replica
+They run in the graph as each replica's batch is prepared for the loss, so each replica
 mixes its examples with its own, with a stateless seed from (seed, replica, step): a resumed
 run mixes as an uninterrupted one did.
 """
@@ -52,7 +52,7 @@ def _gamma(alpha: float, seed: tf.Tensor) -> tf.Tensor:
                       + d * tf.math.log(safe_v))
   first = tf.argmax(tf.cast(accept, tf.int32))
   # tf.gather, not safe_v[first]: XLA's strided slice needs its bounds at compile time,
-  # which made it recompile the whole loop for every value of the step (the seed).
+  # so a slice at a computed index would compile the whole loop anew for every step (seed).
   draw = tf.where(tf.reduce_any(accept), d * tf.gather(safe_v, first), a)
   if boost:
     draw *= tf.pow(1.0 - u[3][0], 1.0 / alpha)

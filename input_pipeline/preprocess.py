@@ -98,7 +98,7 @@ def augment_batch(images: tf.Tensor, augment: Augment, seed: tf.Tensor) -> tf.Te
   """Applies the enabled augmentations; seed is a stateless seed of shape [2]."""
   seeds = tf.random.experimental.stateless_split(seed, 3, alg=_ALG)
   if augment.resized_crop:
-    # A seed of its own: the others' draws stay what they were before it existed.
+    # A seed of its own: turning it on or off leaves the other augmentations' draws alone.
     crop_seed = tf.random.experimental.stateless_fold_in(seed, 3, alg=_ALG)
     images = random_resized_crop(images, augment.resized_crop, crop_seed)
   if augment.translate:

@@ -89,7 +89,8 @@ def _flags_only(kind: str, args: list[str]) -> None:
     config.from_args(args)
   elif kind in ("evaluate", "predict"):
     module = importlib.import_module(f"trainer.{kind}")
-    module.define_flags()
+    if {"evaluate": "split", "predict": "images"}[kind] not in flags.FLAGS:  # once a process
+      module.define_flags()
     flags.FLAGS(["x", *args])
     if kind == "predict":
       module._check_flags()  # pylint: disable=protected-access

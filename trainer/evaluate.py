@@ -31,10 +31,8 @@ HELP_GROUPS = {"Evaluation": ["model_dir", "split", "checkpoint", "continuous",
 
 
 def define_flags() -> None:
-  """tapeloop's flags and evaluate's own; repeatable (tests)."""
+  """tapeloop's flags and evaluate's own (once per process: absl refuses a second)."""
   tl_flags.define_flags()
-  if "split" in FLAGS:
-    return
   flags.DEFINE_string("split", "test", "The split to evaluate: test, validation (when the "
                       "run held one out) or train.")
   flags.DEFINE_string("checkpoint", None, "A checkpoint prefix, e.g. "

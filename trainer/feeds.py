@@ -1,9 +1,11 @@
 """How training reads its data onto a strategy's devices: one feed per --pipeline.
 
-A feed gives the train stream from a step (`iterator`) and the tf.function that runs N
-training steps over it (`loop`); the trainer hands it the per-replica step on a batch of
-normalized images and the cross-replica wrapper around it. `eval_dataset` serves
-in-memory and streamed splits alike.
+A feed is a source of batches; the loop around the step (step.TrainLoop) is written once
+and asks the feed for each step's batch. Rule: the feed hands each replica its batch ready
+for the loss (normalized, augmented, mixed images, their labels and targets); the step does
+only the math. Every preparation is a stateless function of (seed, replica, step), so a
+resumed run sees the batches an uninterrupted one saw, whichever feed. `eval_dataset`
+serves in-memory and streamed splits alike.
 
     in_memory  the split's tables on every device, batches gathered inside the graph
     tf_data    tf.data over the in-memory arrays, uint8 batches distributed to replicas
@@ -12,7 +14,8 @@ in-memory and streamed splits alike.
 
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -20,18 +23,40 @@ from absl import logging
 
 from input_pipeline.data import Data, Split
 from input_pipeline.in_memory import IndexStream, InMemoryData
+from input_pipeline.mixing import Mix, mix_batch, smooth
 from input_pipeline.pipeline import eval_dataset as in_memory_eval, train_dataset
 from input_pipeline.preprocess import Augment, augment_batch, augment_seed, normalize
 from input_pipeline.stream import StreamSplit, eval_stream, train_stream
+from trainer.config import Config
 
 # In-memory training data up to this size (per copy) is placed on every replica's device;
 # larger data is gathered on the host and only batches cross to the devices.
 DEVICE_COPY_LIMIT = 2 * 1024**3
 
-# run_step(replica_fn, args): one step on every replica (cross-replica context).
-RunStep = Callable[[Callable, tuple], None]
-# replica_step(images, labels): the per-replica step on normalized float32 images.
-ReplicaStep = Callable[[tf.Tensor, tf.Tensor], None]
+
+@dataclasses.dataclass(frozen=True)
+class Targets:
+  """What the loss trains on: labels as they are (None: sparse), or soft targets when
+  --label_smoothing or mixing is on. num_classes: the width of the soft targets."""
+  num_classes: int
+  smoothing: float = 0.0
+  mix: Mix = Mix()
+
+  @property
+  def soft(self) -> bool:
+    return bool(self.smoothing or self.mix.mixup or self.mix.cutmix)
+
+  def make(self, images, labels, seed):
+    """(images, targets) of one replica's batch; mixing is on the replica's whole batch
+    (before the step splits it into micro-batches), so accumulation mixes as one step on
+    the whole batch would."""
+    if not self.soft:
+      return images, None
+    targets = smooth(tf.one_hot(labels, self.num_classes), self.smoothing)
+    if self.mix.mixup or self.mix.cutmix:
+      seed = tf.random.experimental.stateless_fold_in(seed, 4)
+      images, targets = mix_batch(images, targets, self.mix, seed)
+    return images, targets
 
 
 def _distribute(strategy, dataset):
@@ -48,20 +73,37 @@ def eval_dataset(strategy, split, global_batch_size: int):
 
 
 class Feed:
-  """The train data of one run. `seed` orders the data and seeds augmentation;
-  `batch`: examples per training step (global)."""
+  """The train data of one run. `seed` orders the data and seeds augmentation and mixing;
+  `batch`: examples per training step (global); targets: what the loss trains on
+  (default: the labels).
 
-  def __init__(self, strategy, split, *, batch: int, seed: int, augment: Augment):
+  The loop calls, per tf.function call, `windows(iterator, steps)` on the host: the input
+  of each call and how many steps it runs; inside the call, `batch_at(window, i)` in the
+  cross-replica context: step i's arguments for the replicas; and in each replica
+  `prepare(at, batch)`: the batch ready for the loss at global step `at`."""
+
+  # The tf.function's input signature (None: traced per input type).
+  signature = None
+
+  def __init__(self, strategy, split, *, batch: int, seed: int, augment: Augment,
+               targets: Targets | None = None):
     self.strategy, self.split, self.batch = strategy, split, batch
-    self.seed, self.augment = seed, augment
+    self.seed, self.augment, self.targets = seed, augment, targets
 
   def iterator(self, position: int):
     """The train stream from the `position`-th batch on (resumes the data order)."""
     raise NotImplementedError
 
-  def loop(self, run_step: RunStep, replica_step: ReplicaStep, global_step: tf.Variable,
-           jit: bool = False) -> Callable:
-    """loop(iterator, steps): `steps` training steps in one tf.function call."""
+  def windows(self, iterator, steps: int) -> Iterator[tuple[object, int]]:
+    """(input of one loop call, its number of steps) for `steps` steps from `iterator`."""
+    yield iterator, steps
+
+  def batch_at(self, window, i):
+    """Step i's arguments for the replicas (cross-replica context, traced)."""
+    raise NotImplementedError
+
+  def prepare(self, at, batch) -> tuple:
+    """(images, labels, targets) of this replica at global step `at` (replica context)."""
     raise NotImplementedError
 
   def replica_seed(self, step) -> tf.Tensor:
@@ -69,34 +111,32 @@ class Feed:
     replica = tf.distribute.get_replica_context().replica_id_in_sync_group
     return augment_seed(self.seed, replica, step)
 
-  def dataset_loop(self, run_step: RunStep, replica_step: ReplicaStep, global_step):
-    """The loop over a distributed tf.data iterator of uint8 batches: normalized and
-    augmented on the device, each replica's part with its own seed, as the in-memory feed
-    does (the same batches, whichever feed)."""
-    def uint8_step(images, labels):
-      images = normalize(images)
-      if self.augment.enabled:
-        images = augment_batch(images, self.augment,
-                               self.replica_seed(global_step.read_value()))
-      replica_step(images, labels)
-
-    @tf.function
-    def loop(iterator, steps):
-      for _ in tf.range(steps):
-        run_step(uint8_step, next(iterator))
-    return lambda iterator, steps: loop(iterator, tf.constant(steps, tf.int64))
+  def _ready(self, images, labels, seed):
+    images, targets = (images, None) if self.targets is None else self.targets.make(
+        images, labels, seed)
+    return images, labels, targets
 
 
 class TfDataFeed(Feed):
-  """--pipeline=tf_data: tf.data over the in-memory arrays."""
+  """--pipeline=tf_data: tf.data over the in-memory arrays. A call runs its steps over a
+  distributed iterator of uint8 batches, normalized, augmented and mixed on the device, each
+  replica's part with its own seed, as the in-memory feed does (the same batches,
+  whichever feed)."""
 
   def iterator(self, position):
     dataset = train_dataset(self.split, global_batch_size=self.batch, seed=self.seed,
                             start_step=position)
     return iter(_distribute(self.strategy, dataset))
 
-  def loop(self, run_step, replica_step, global_step, jit=False):
-    return self.dataset_loop(run_step, replica_step, global_step)
+  def batch_at(self, window, i):
+    return next(window)
+
+  def prepare(self, at, batch):
+    images, labels = batch
+    images, seed = normalize(images), self.replica_seed(at)
+    if self.augment.enabled:
+      images = augment_batch(images, self.augment, seed)
+    return self._ready(images, labels, seed)
 
 
 class StreamFeed(TfDataFeed):
@@ -119,10 +159,12 @@ class StreamFeed(TfDataFeed):
 class InMemoryFeed(Feed):
   """--pipeline=in_memory: the host computes only which examples form each batch; a
   window of index batches goes to one tf.function call, where each replica gathers its
-  slice from its own device's copy of the data, normalizes and augments it."""
+  slice from its own device's copy of the data, normalizes, augments and mixes it."""
 
-  def __init__(self, strategy, split: Split, *, batch, seed, augment, steps_per_loop: int):
-    super().__init__(strategy, split, batch=batch, seed=seed, augment=augment)
+  def __init__(self, strategy, split: Split, *, batch, seed, augment, steps_per_loop: int,
+               targets=None):
+    super().__init__(strategy, split, batch=batch, seed=seed, augment=augment,
+                     targets=targets)
     self.steps_per_loop = steps_per_loop
     self.data = InMemoryData(split, augment)
     self.tables = self._place_tables()
@@ -165,53 +207,45 @@ class InMemoryFeed(Feed):
   def iterator(self, position):
     return IndexStream(len(self.split), self.batch, self.seed, start_step=position)
 
-  def loop(self, run_step, replica_step, global_step, jit=False):
-    alternating = self._first_flips is not None
-
-    def gathered_step(indices, flips, step, tables):
-      # Each replica gathers its own slice of the global batch inside the graph.
-      ctx = tf.distribute.get_replica_context()
-      per_replica = self.batch // ctx.num_replicas_in_sync
-      mine = slice(ctx.replica_id_in_sync_group * per_replica,
-                   (ctx.replica_id_in_sync_group + 1) * per_replica)
-      replica_step(*self.data.batch(indices[mine], self.replica_seed(step), tables,
-                                    flips=flips[mine] if alternating else None))
-
-    def window_loop(indices, flips, steps):
-      # A `while`, not `for i in tf.range(steps)`: in an XLA context autograph gives the
-      # latter maximum_iterations=steps, which XLA needs as a compile-time constant, so
-      # each new loop length (the last, shorter loop) compiled the whole loop again.
-      i = tf.constant(0)
-      while i < steps:
-        run_step(gathered_step, (indices[i], flips[i], global_step.read_value(), self.tables))
-        i += 1
-
+  @property
+  def signature(self):
     # One trace (and one XLA compilation) for every loop length: windows are padded to
-    # steps_per_loop rows and `steps` says how many run (a loop never runs more).
-    compiled = tf.function(window_loop, jit_compile=jit, input_signature=[
-        tf.TensorSpec([self.steps_per_loop, self.batch], tf.int32),
-        tf.TensorSpec([self.steps_per_loop, self.batch], tf.bool),
-        tf.TensorSpec([], tf.int32)])
-    by_dataset = None
+    # steps_per_loop rows and the step count says how many run (a loop never runs more).
+    rows = [self.steps_per_loop, self.batch]
+    return [(tf.TensorSpec(rows, tf.int32), tf.TensorSpec(rows, tf.bool)),
+            tf.TensorSpec([], tf.int32)]
 
-    def run(iterator, steps):
-      nonlocal by_dataset
-      if not isinstance(iterator, IndexStream):  # a tf.data iterator handed in (tests)
-        by_dataset = by_dataset or self.dataset_loop(run_step, replica_step, global_step)
-        return by_dataset(iterator, steps)
-      for start in range(0, steps, self.steps_per_loop):
-        n = min(self.steps_per_loop, steps - start)
-        compiled(*self._window(iterator, n), tf.constant(n, tf.int32))
-    run.compiled = compiled  # for inspecting the XLA program (tests)
-    return run
+  def windows(self, iterator, steps):
+    for start in range(0, steps, self.steps_per_loop):
+      n = min(self.steps_per_loop, steps - start)
+      yield self._window(iterator, n), n
+
+  def batch_at(self, window, i):
+    indices, flips = window
+    return indices[i], flips[i], self.tables
+
+  def prepare(self, at, batch):
+    # Each replica gathers its own slice of the global batch inside the graph.
+    indices, flips, tables = batch
+    ctx = tf.distribute.get_replica_context()
+    per_replica = self.batch // ctx.num_replicas_in_sync
+    mine = slice(ctx.replica_id_in_sync_group * per_replica,
+                 (ctx.replica_id_in_sync_group + 1) * per_replica)
+    seed = self.replica_seed(at)
+    images, labels = self.data.batch(indices[mine], seed, tables,
+                                     flips=flips[mine] if self._first_flips is not None
+                                     else None)
+    return self._ready(images, labels, seed)
 
 
-def make_feed(strategy, data: Data, *, batch: int, seed: int, augment: Augment,
-              steps_per_loop: int) -> Feed:
-  """The feed of data.pipeline (input_pipeline.load chose it)."""
+def make_feed(strategy, data: Data, config: Config) -> Feed:
+  """The feed of data.pipeline (input_pipeline.load chose it) for a run's config."""
   split = data.splits["train"]
+  targets = Targets(data.info.num_classes, config.label_smoothing,
+                    Mix(config.mixup, config.cutmix, config.mix_probability))
+  common = dict(batch=config.step_batch, seed=config.seed, augment=config.augment,
+                targets=targets)
   if data.pipeline == "in_memory":
-    return InMemoryFeed(strategy, split, batch=batch, seed=seed, augment=augment,
-                        steps_per_loop=steps_per_loop)
+    return InMemoryFeed(strategy, split, steps_per_loop=config.steps_per_loop, **common)
   kind = StreamFeed if data.pipeline == "stream" else TfDataFeed
-  return kind(strategy, split, batch=batch, seed=seed, augment=augment)
+  return kind(strategy, split, **common)

@@ -19,7 +19,8 @@ GROUPS: dict[str, list[str]] = {}
 
 
 def define_flags() -> None:
-  """Defines tapeloop's flags once per process (tests call it repeatedly)."""
+  """Defines tapeloop's flags, once however often it is called: trainer.main calls it on
+  import, and each of config.from_args, search and the other programs calls it again."""
   if OWN_FLAGS:
     return
   for option in options.OPTIONS:

@@ -4,7 +4,8 @@ controller.py with actions.py.
 
     state.py      model, optimizer, global step, EMA, progress, checkpoints
     step.py       one step on a batch (forward, backward, accumulation, clipping, fp16)
-    feeds.py      how the batches reach the devices, one feed per --pipeline
+                  and the loop of N steps in one call around it
+    feeds.py      the batches, ready for the loss, one feed per --pipeline
     evaluator.py  the exact eval pass and its report
 """
 
@@ -18,7 +19,7 @@ from trainer import feeds
 from trainer.config import Config
 from trainer.evaluator import Evaluation, Evaluator
 from trainer.state import TrainState
-from trainer.step import TrainStep
+from trainer.step import TrainLoop, TrainStep
 
 _XLA = {"off": "off", "loop": "the whole inner loop", "step": "each training step",
         "forward_backward": "the forward and backward pass"}
@@ -53,12 +54,9 @@ class Trainer:
       self.state.start_from_data(data.splits["train"])  # a new run: what the model fits
     self.jit = plan.jit
     logging.info("XLA: %s (%s)", _XLA[self.jit], plan.jit_reason)
-    self.feed = feeds.make_feed(strategy, data, batch=config.step_batch, seed=config.seed,
-                                augment=config.augment, steps_per_loop=config.steps_per_loop)
-    self.train_step = TrainStep(config, self.state, data.info.num_classes, self.jit,
-                                seed_at=self.feed.replica_seed)
-    self._loop = self.feed.loop(self.train_step.run, self.train_step.replica,
-                                self.state.global_step, jit=self.jit == "loop")
+    self.feed = feeds.make_feed(strategy, data, config)
+    self.train_step = TrainStep(config, self.state, self.jit)
+    self.loop = TrainLoop(self.train_step, self.feed, jit=self.jit == "loop")
 
   def restore(self, checkpoint: str | None = None) -> str | None:
     """Restores `checkpoint`, or else model_dir's latest readable one; None if there is none."""
@@ -82,5 +80,5 @@ class Trainer:
   def run_steps(self, iterator, steps: int) -> dict[str, float]:
     """Runs `steps` training steps (in-memory data: one call per steps_per_loop); returns
     their global loss and accuracy (read once, at the end)."""
-    self._loop(iterator, steps)
+    self.loop(iterator, steps)
     return self.train_step.metrics()

@@ -44,10 +44,9 @@ USAGE = ("python -m trainer.predict --model_dir=DIR [--images=DIR|'DIR/*.png'|A.
 
 
 def define_flags() -> None:
-  """tapeloop's flags (trainer/flags.py) and predict's own; repeatable (tests)."""
+  """tapeloop's flags (trainer/flags.py) and predict's own (once per process: absl
+  refuses a second)."""
   tl_flags.define_flags()
-  if "images" in FLAGS:
-    return
   flags.DEFINE_string("images", None, "Image files to classify: a folder (its .jpg, .jpeg, "
                       ".png, .gif, .bmp files; not its subfolders), a pattern in quotes "
                       "('photos/*.jpg', 'photos/*/') or a comma list of files; any "

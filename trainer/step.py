@@ -1,30 +1,31 @@
-"""One training step on a batch, inside tf.function: the forward and backward pass, label
-smoothing and mixing, gradient accumulation, clipping after the all-reduce, fp16 overflow
-agreement across replicas, the optimizer's update and the weight average's."""
+"""One training step on a batch, inside tf.function: the forward and backward pass, gradient
+accumulation, clipping after the all-reduce, fp16 overflow agreement across replicas, the
+optimizer's update and the weight average's; and the loop that runs N of them in one call.
+
+The step does only the math: its feed (feeds.py) hands each replica its batch ready for the
+loss (normalized, augmented, mixed, with soft targets when smoothed or mixed)."""
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
 
-from input_pipeline.mixing import Mix, mix_batch, smooth
 from models.common import batch_shard
 from trainer.config import Config
+from trainer.feeds import Feed
 from trainer.state import TrainState
 
 
 class TrainStep:
-  """`replica(images, labels)` runs in each replica (normalized float32 images, this
-  replica's part of the global batch); `run(replica_fn, args)` runs one step on every
-  replica from the cross-replica context. jit: the XLA mode (plan.py)."""
+  """`replica(images, labels, targets)` runs in each replica (this replica's part of the
+  global batch, ready for the loss; targets None: the sparse loss on the labels);
+  `run(replica_fn, args)` runs one step on every replica from the cross-replica context.
+  jit: the XLA mode (plan.py)."""
 
-  def __init__(self, config: Config, state: TrainState, num_classes: int, jit: str,
-               seed_at):
-    """seed_at(step): this replica's augmentation seed (Feed.replica_seed)."""
-    self.config, self.state, self.num_classes, self.seed_at = config, state, num_classes, seed_at
+  def __init__(self, config: Config, state: TrainState, jit: str):
+    self.config, self.state = config, state
     self.step_batch = config.step_batch
     self._fp16 = state.precision == "mixed_float16"
-    self._mix = Mix(config.mixup, config.cutmix, config.mix_probability)
     with state.strategy.scope():
       self.loss = keras.metrics.Mean("loss")
       self.accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
@@ -58,24 +59,9 @@ class TrainStep:
     grads = tape.gradient(scaled, model.trainable_variables)
     return logits, per_example, regularization, grads
 
-  def _targets(self, images, labels):
-    """Label smoothing and Mixup/CutMix: the (mixed) images and soft targets, or the
-    images and None (the sparse loss) when neither is on."""
-    if not (self.config.label_smoothing or self.config.mixing):
-      return images, None
-    targets = smooth(tf.one_hot(labels, self.num_classes), self.config.label_smoothing)
-    if self.config.mixing:
-      # On this replica's whole batch (before any micro-batching): with accumulation the
-      # step mixes as one step on the whole batch would.
-      seed = tf.random.experimental.stateless_fold_in(
-          self.seed_at(self.state.global_step.read_value()), 4)
-      images, targets = mix_batch(images, targets, self._mix, seed)
-    return images, targets
-
-  def _gradients(self, images, labels):
+  def _gradients(self, images, labels, targets):
     """The step's gradients, summed over --accumulation_steps micro-batches of this
     replica's batch; the train metrics are updated for each micro-batch."""
-    images, targets = self._targets(images, labels)
 
     def micro_batch(images, labels, targets):
       logits, per_example, reg, grads = self.forward_backward(images, labels, targets)
@@ -100,8 +86,8 @@ class TrainStep:
       grads = [a + b for a, b in zip(grads, more)]
     return grads
 
-  def _replica(self, images, labels):
-    grads = self._gradients(images, labels)
+  def _replica(self, images, labels, targets):
+    grads = self._gradients(images, labels, targets)
     ctx = tf.distribute.get_replica_context()
     optimizer = self.state.optimizer
     if self.config.clip_norm:
@@ -146,6 +132,35 @@ class TrainStep:
     for metric in (self.loss, self.accuracy):
       metric.reset_state()
     return result
+
+
+class TrainLoop:
+  """N training steps in one tf.function call: `loop(iterator, steps)` runs the step on
+  every replica over the feed's batches from `iterator` (Feed.iterator), in one call per
+  window the feed gives (Feed.windows). jit: XLA compiles the whole call (--jit_compile=
+  loop). `function` is the tf.function of one call."""
+
+  def __init__(self, step: TrainStep, feed: Feed, jit: bool = False):
+    self.feed = feed
+    global_step = step.state.global_step
+
+    def replica(at, batch):
+      step.replica(*feed.prepare(at, batch))
+
+    def steps_in_one_call(window, steps):
+      # A `while`, not `for i in tf.range(steps)`: in an XLA context autograph gives the
+      # latter maximum_iterations=steps, which XLA needs as a compile-time constant; a
+      # `while` keeps one program for every loop length.
+      i = tf.constant(0)
+      while i < steps:
+        step.run(replica, (global_step.read_value(), feed.batch_at(window, i)))
+        i += 1
+    self.function = tf.function(steps_in_one_call, jit_compile=jit,
+                                input_signature=feed.signature)
+
+  def __call__(self, iterator, steps: int):
+    for window, n in self.feed.windows(iterator, steps):
+      self.function(window, tf.constant(n, tf.int32))
 
 
 def rate_multipliers(model: keras.Model, batch_norm: float) -> list[float] | None:

@@ -16,6 +16,7 @@ import pytest
 import tensorflow as tf
 
 from trainer import distribute
+from batches import train_on
 from flag_helpers import build_trainer, parse
 
 DATA = "synthetic:shape=12x12x1,classes=5,train=512,test=50"  # 50: not a multiple of 32
@@ -172,8 +173,7 @@ def test_fp16_overflow_on_one_replica_skips_the_step_on_every_replica(tmp_path):
   # One global batch whose last example, which goes to replica 1 only, holds an inf pixel.
   images = np.random.default_rng(0).random((32, 12, 12, 1), np.float32)
   images[-1, 0, 0, 0] = np.inf
-  batch = tf.data.Dataset.from_tensors((images, np.zeros(32, np.int32))).repeat()
-  trainer.run_steps(iter(strategy.experimental_distribute_dataset(batch)), 1)
+  train_on(trainer, images, np.zeros(32, np.int32))
   for weight, old in zip(trainer.state.model.trainable_weights, before):
     for replica_now, replica_before in zip(local(weight), old):
       np.testing.assert_array_equal(replica_now, replica_before)  # skipped everywhere
@@ -279,7 +279,7 @@ def test_clipping_all_reduces_the_gradients_once(tmp_path, monkeypatch, precisio
 
 def _gathers(trainer):
   """(params dtype, device) of every GatherV2 in the traced in-memory training loop."""
-  concrete = trainer._loop.compiled.get_concrete_function()
+  concrete = trainer.loop.function.get_concrete_function()
   graph_def = concrete.graph.as_graph_def()
   nodes = list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]
   return [(tf.dtypes.as_dtype(n.attr["Tparams"].type).name, n.device)

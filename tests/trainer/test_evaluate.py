@@ -75,7 +75,8 @@ def test_bad_input_is_one_line_and_exit_2(trained):
 def _main(*args):
   """trainer.evaluate's main on these flags, in this process: its errors are the
   UsageError and ConfigError that the command prints as one line, exit 2 (above)."""
-  evaluate.define_flags()
+  if "split" not in flags.FLAGS:  # defined once per process
+    evaluate.define_flags()
   fv = flags.FLAGS
   fv.unparse_flags()
   fv(["evaluate", *args])

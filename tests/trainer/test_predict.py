@@ -52,9 +52,14 @@ def grey_run(tmp_path_factory):
   return model_dir
 
 
+def define_predict_flags():
+  if "images" not in FLAGS:  # defined once per process
+    predict.define_flags()
+
+
 def predict_in_process(*args):
   """trainer.predict's main on these flags, in this process (no console, no exit)."""
-  predict.define_flags()
+  define_predict_flags()
   FLAGS.unparse_flags()
   try:
     FLAGS(["trainer.predict", *args])
@@ -139,7 +144,7 @@ def test_data_dir_and_dataset_default_to_the_runs(colour_run, tmp_path, monkeypa
 
 
 def test_help_lists_the_data_flags_of_training():
-  predict.define_flags()
+  define_predict_flags()
   text = cli.help_text(predict.USAGE, predict.HELP_GROUPS)
   for name in ("model_dir", "images", "dataset", "output", "batch_size", "skip_bad_images",
                "data_dir", "manual_dir", "num_classes"):

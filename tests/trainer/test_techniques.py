@@ -12,7 +12,8 @@ import tensorflow as tf
 from input_pipeline.in_memory import IndexStream
 from input_pipeline.mixing import Mix, mix_batch
 from input_pipeline.preprocess import augment_seed, normalize
-from trainer import distribute
+from trainer import distribute, feeds
+from batches import train_on
 from flag_helpers import build_trainer, parse
 
 DATA = "synthetic:shape=12x12x1,classes=5,train=512,test=50"
@@ -87,16 +88,13 @@ def test_a_skipped_fp16_step_leaves_the_ema_on_every_replica(tmp_path):
   before = replica_values(trainer, trainer.state.ema.model.weights)
   images = np.random.default_rng(0).random((32, 12, 12, 1), np.float32)
   images[-1, 0, 0, 0] = np.inf  # replica 1's batch only
-  batch = tf.data.Dataset.from_tensors((images, np.zeros(32, np.int32))).repeat()
-  it = iter(trainer.strategy.experimental_distribute_dataset(batch))
-  trainer.run_steps(it, 1)
+  train_on(trainer, images, np.zeros(32, np.int32))
   assert trainer.state.step == 3 and trainer.state.loss_scale < 2.0 ** 15
   for now, old in zip(replica_values(trainer, trainer.state.ema.model.weights), before):
     for a, b in zip(now, old):
       np.testing.assert_array_equal(a, b)
   images[-1, 0, 0, 0] = 0.5  # a good step moves it again
-  batch = tf.data.Dataset.from_tensors((images, np.zeros(32, np.int32))).repeat()
-  trainer.run_steps(iter(trainer.strategy.experimental_distribute_dataset(batch)), 1)
+  train_on(trainer, images, np.zeros(32, np.int32))
   moved = replica_values(trainer, trainer.state.ema.model.weights)
   assert any(np.abs(a[0] - b[0]).max() > 0 for a, b in zip(moved, before))
 
@@ -195,6 +193,33 @@ def test_replicas_mix_with_their_own_draws(tmp_path):
   assert not np.allclose(a, b)
 
 
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_every_feed_hands_the_step_the_same_ready_batch(tmp_path, replicas):
+  """Augmented, mixed and smoothed in the feed: the step gets the same images, labels and
+  targets from the in-memory tables as from tf.data, on every replica, from any position."""
+  trainer = build(replicas, tmp_path, "--augment=translate=2,flip,erase=0.5", "--mixup=0.4",
+                  "--cutmix=1.0", "--label_smoothing=0.1", "--steps_per_loop=2")
+  memory = trainer.feed
+  data = feeds.TfDataFeed(trainer.strategy, memory.split, batch=32, seed=memory.seed,
+                          augment=memory.augment, targets=memory.targets)
+  assert memory.targets.soft and isinstance(memory, feeds.InMemoryFeed)
+
+  def ready(feed, position=5, steps=3):
+    batches = []
+    for window, n in feed.windows(feed.iterator(position), steps):
+      for i in range(n):
+        at = tf.constant(position + len(batches), tf.int64)
+        batch = trainer.strategy.run(feed.prepare, (at, feed.batch_at(window, i)))
+        batches.append([[t.numpy() for t in trainer.strategy.experimental_local_results(x)]
+                        for x in batch])
+    return batches
+  for a, b in zip(ready(memory), ready(data), strict=True):
+    for x, y in zip(a, b):  # images, labels, targets of each replica
+      for r in range(replicas):
+        np.testing.assert_allclose(x[r], y[r], rtol=1e-6, atol=1e-7)
+  assert 0 < a[2][0].min() and a[2][0].max() < 1  # soft targets: smoothed and mixed
+
+
 # --- gradient accumulation ------------------------------------------------------------
 
 
@@ -267,8 +292,7 @@ def test_an_fp16_overflow_in_one_micro_batch_skips_the_update_on_every_replica(t
   # last 8. One inf pixel there.
   images = np.random.default_rng(0).random((32, 12, 12, 1), np.float32)
   images[-1, 0, 0, 0] = np.inf
-  batch = tf.data.Dataset.from_tensors((images, np.zeros(32, np.int32))).repeat()
-  trainer.run_steps(iter(trainer.strategy.experimental_distribute_dataset(batch)), 1)
+  train_on(trainer, images, np.zeros(32, np.int32))
   for now, old in zip(replica_values(trainer, trainer.state.model.trainable_weights), before):
     for a, b in zip(now, old):
       np.testing.assert_array_equal(a, b)
