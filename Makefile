@@ -32,6 +32,7 @@ $(TEST_STAMP): $(STAMP)
 	touch $@
 
 test: $(TEST_STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 # Fashion-MNIST for TFDS, offline from Debian's package where possible.

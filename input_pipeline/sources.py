@@ -113,7 +113,7 @@ def load(spec: str, *, data_dir: str | None = None, manual_dir: str | None = Non
   """Loads a data source: into memory, or as streams when `pipeline` (auto: by the
   decoded size) says so. folder_check: a folder's earlier check (Data.folder_check),
   reused when the files are the same. Raises DataError with a one-line fix on bad data; the
-  options' own values are checked where they are declared (trainer/options.py)."""
+  options' own values are checked where they are declared (trainer/options/declared.py)."""
   kind, arg = parse_spec(spec)
   budget = memory_budget(memory_budget_gb)
   class_names, checked = (), None

@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
-from trainer import files  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer.process import files  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def read_flagfile(path: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ and the only place where the benchmarks use tapeloop's trainer (`config`,
 Jobs: "machine" (the machine's facts, its fp32 matmul peak, the input pipelines alone),
 "tapeloop" (a Trainer's steady-state throughput, the model's training FLOPs) and "keras"
 (Keras fit on the same model class). tapeloop's jobs and the machine's run with the
-process settings tapeloop's entry points apply (trainer/tf_env.py), Keras fit's with
+process settings tapeloop's entry points apply (trainer/process/tf_env.py), Keras fit's with
 TensorFlow's defaults, as a fit user gets them.
 """
 
@@ -36,7 +36,7 @@ sys.path.insert(0, common.ROOT)
 
 import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from trainer import tf_env  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer.process import tf_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def replica_devices(device: str) -> list[str]:
@@ -144,9 +144,9 @@ def pipeline_throughput(split, seconds) -> float:
 
 def config(args: list[str]):
   """tapeloop's Config of command-line flags, as trainer.main builds it (the one use of
-  trainer.config here)."""
-  from trainer import config as config_lib  # pylint: disable=g-import-not-at-top
-  return config_lib.from_args(args)
+  trainer.options.config here)."""
+  from trainer.options.config import from_args  # pylint: disable=g-import-not-at-top
+  return from_args(args)
 
 
 def keras_model(name: str) -> keras.Model:
@@ -159,13 +159,14 @@ def keras_model(name: str) -> keras.Model:
 def make_trainer(name, data, steps_per_loop, model_dir, devices=(), flags=()):
   """A Trainer of the benchmark model `name` on `data`, built as trainer.main builds it;
   flags: beyond the model's (e.g. --mixed_precision=auto)."""
-  from trainer import distribute, plan  # pylint: disable=g-import-not-at-top
-  from trainer.inner_loop import Trainer  # pylint: disable=g-import-not-at-top
+  from trainer.run import distribute
+  from trainer.run import planning  # pylint: disable=g-import-not-at-top
+  from trainer.inner.trainer import Trainer  # pylint: disable=g-import-not-at-top
   cfg = config([*common.model_args(name), f"--dataset={DATASET}",
                 f"--batch_size={global_batch(devices)}", f"--steps_per_loop={steps_per_loop}",
                 *strategy_flags(devices), *flags, f"--model_dir={model_dir}"])
   strategy = distribute.create_strategy(cfg)
-  return Trainer(cfg, strategy, data, plan.resolve(cfg, data, strategy))
+  return Trainer(cfg, strategy, data, planning.resolve(cfg, data, strategy))
 
 
 def tapeloop_throughput(name, data, steps_per_loop, seconds, devices=(), flags=()) -> dict:
@@ -265,7 +266,7 @@ def run(job: dict, seconds: float, devices: list[str]) -> dict:
 
 def tapeloop_env() -> dict:
   """The environment of a process that runs tapeloop: its entry points' settings
-  (trainer/tf_env.py), where the caller has not set them."""
+  (trainer/process/tf_env.py), where the caller has not set them."""
   return {**os.environ, **{k: v for k, v in tf_env.SETTINGS.items() if k not in os.environ}}
 
 

@@ -29,7 +29,7 @@ from bench_common import (  # pylint: disable=g-import-not-at-top,wrong-import-p
 PEER_JOBS = (("jax", 1), ("jax", 0), ("torch", 1), ("torch", 0), ("torch_compile", 0))
 # Model families that --mixed_precision=auto may train in bfloat16: measured also that
 # way, in a column of its own (the peers stay float32).
-from trainer.plan import BF16_FASTER as AUTO_PRECISION  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer.run.planning import BF16_FASTER as AUTO_PRECISION  # pylint: disable=g-import-not-at-top,wrong-import-position
 PEER_VARIANTS = ("jax_jit", "jax_scan", "torch_eager", "torch_compile")
 _PEER_NAMES = {"jax_jit": "JAX jit", "jax_scan": "JAX scan", "torch_eager": "PyTorch eager",
                "torch_compile": "torch.compile"}

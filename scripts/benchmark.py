@@ -12,7 +12,7 @@ steps_per_execution = steps_per_loop, the input pipeline alone, and the machine'
 matmul peak measured in the same run; each model's training FLOP/s is reported as a
 fraction of that peak. Every measurement job runs in a fresh process (bench_jobs.py):
 tapeloop's (and the machine figures) with the settings tapeloop's entry points apply
-(trainer/tf_env.py), Keras fit's with TensorFlow's defaults.
+(trainer/process/tf_env.py), Keras fit's with TensorFlow's defaults.
 """
 
 from __future__ import annotations

@@ -98,23 +98,23 @@ def run(workers: int, trainer_args: list[str], timeout: float | None = None, *,
 
 def dry_run(spec: dict, trainer_args: list[str]) -> int:
   """--dry_run: the trainer's flags, data and plan checked as each task would check them
-  (trainer/dry_run.py), and what would start; exit 2 with the trainer's one line if a
+  (trainer/run/dry_run.py), and what would start; exit 2 with the trainer's one line if a
   task would refuse."""
   # Here, not at the top: the tasks' launcher loads no TensorFlow (its tasks each do);
   # only its dry run checks as a task would.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   # pylint: disable=g-import-not-at-top
-  from trainer import tf_env
+  from trainer.process import tf_env
   tf_env.apply()
-  from trainer import dry_run as check
-  from trainer.errors import UsageError
+  from trainer.run.dry_run import check_runs, plan_lines
+  from trainer.process.errors import UsageError
   # pylint: enable=g-import-not-at-top
   args = ["--strategy=multi_worker", *trainer_args]
   kind, i = tasks(spec)[0]
   os.environ["TF_CONFIG"] = tf_config(spec, i, kind)  # the plan as the first task sees it
   try:
-    check.check_runs([args])
-    plan = check.plan_lines(args)
+    check_runs([args])
+    plan = plan_lines(args)
   except UsageError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -65,7 +65,7 @@ def pipeline_job(root: str, seconds: float, budget_gb: float, size: int,
                  batch_size: int) -> None:
   """Child process: the train stream alone, as trainer.main builds it; prints a JSON line."""
   sys.path.insert(0, ROOT)
-  from trainer import tf_env  # pylint: disable=g-import-not-at-top
+  from trainer.process import tf_env  # pylint: disable=g-import-not-at-top
   tf_env.apply()
   import input_pipeline  # pylint: disable=g-import-not-at-top
   from input_pipeline.stream import train_stream  # pylint: disable=g-import-not-at-top
@@ -137,7 +137,7 @@ def main() -> None:
                  args.batch_size)
     return
   sys.path.insert(0, ROOT)
-  from trainer import tf_env  # pylint: disable=g-import-not-at-top
+  from trainer.process import tf_env  # pylint: disable=g-import-not-at-top
   tf_env.apply()  # TensorFlow's start-up chatter filtered, as in tapeloop's programs
   generate(args.dir, args.train, args.test, args.size)
   if not args.repeats:

@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 if __name__ == "__main__":  # --help and a bad argument answered before TensorFlow loads
   _parser().parse_args()
 
-from trainer import tf_env  # pylint: disable=g-import-not-at-top,wrong-import-position
+from trainer.process import tf_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 tf_env.apply()  # TensorFlow's settings for this process and every trial's
 tf_env.leave_gpus_to_children()  # it checks on GPUs its trials train on
@@ -56,13 +56,14 @@ tf_env.leave_gpus_to_children()  # it checks on GPUs its trials train on
 from absl import flags
 import tensorflow as tf
 
-from trainer import dry_run, files, options, run_files, run_record
-from trainer import flags as tl_flags
+from trainer.options import command_line, declared
+from trainer.process import files
+from trainer.run import dry_run, run_files, run_record
 # The trainer as a child process (also the tutorial's and the ablation's).
-from trainer.child_runs import (changed_flags, flags_for, read_json, resolve, run_trainer,
+from trainer.run.child_runs import (changed_flags, flags_for, read_json, resolve, run_trainer,
                                 write_experiment)
-from trainer.errors import UsageError
-from trainer.values import short
+from trainer.options.values import short
+from trainer.process.errors import UsageError
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -72,14 +73,14 @@ class SweepError(ValueError):
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
   """["lr=1,2", "dropout=0;0.2"] -> {"lr": ["1", "2"], "dropout": ["0", "0.2"]}."""
-  tl_flags.define_flags()
+  command_line.define_flags()
   grid = {}
   for spec in specs:
     name, sep, values = spec.partition("=")
     name = name.strip().lstrip("-")
     if not sep or not values:
       raise SweepError(f"--grid={spec}: expected NAME=V1,V2,...")
-    if name not in tl_flags.OWN_FLAGS:
+    if name not in command_line.OWN_FLAGS:
       raise SweepError(f"--grid={spec}: --{name} is not a tapeloop flag (see python -m "
                        "trainer.main --help)")
     if name in grid or name == "model_dir":
@@ -153,7 +154,7 @@ def _recorded(model_dir: str, args: list[str]) -> tuple[dict | None, dict | None
     return current, results, None
   allowed = set(current.get("allow_changed_flags") or ())
   other = {k: v for k, v in changed_flags(recorded, current).items()
-           if k not in options.RUN_LENGTH and k not in allowed}
+           if k not in declared.RUN_LENGTH and k not in allowed}
   if not other:
     return current, results, None
   return current, results, (f"{shlex.quote(model_dir)} holds a run of other flags "
@@ -162,7 +163,7 @@ def _recorded(model_dir: str, args: list[str]) -> tuple[dict | None, dict | None
 
 def check_trials(root: str, base: list[str], todo: list[dict[str, str]]) -> None:
   """Every trial's flags, data and plan, checked as its trainer would check them before
-  its first step (trainer/dry_run.py), and its directory against a run of other flags
+  its first step (trainer/run/dry_run.py), and its directory against a run of other flags
   there, before any trial starts: a refusal is one line, not failed trials after others
   trained."""
   for trial in todo:

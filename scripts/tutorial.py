@@ -26,14 +26,15 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import sweep  # first: it applies trainer.tf_env's settings before TensorFlow loads
+import sweep  # first: it applies trainer.process.tf_env's settings before TensorFlow loads
 
 import tensorflow as tf
 
 import bench_common
 import bench_jobs
 from input_pipeline import tfds_source
-from trainer import child_runs, files
+from trainer.process import files
+from trainer.run import child_runs
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # The tutorial's seven models, in its order (the benchmarks' models but the ResNet), with

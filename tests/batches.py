@@ -2,8 +2,8 @@
 
 import tensorflow as tf
 
-from trainer.feeds import TfDataFeed
-from trainer.step import TrainLoop
+from trainer.inner.feeds import TfDataFeed
+from trainer.inner.step import TrainLoop
 
 
 class OneBatch(TfDataFeed):

@@ -2,7 +2,7 @@
 
 import socket
 
-from trainer import tf_env
+from trainer.process import tf_env
 
 tf_env.apply()  # the process settings of tapeloop's entry points, before TensorFlow loads
 

@@ -27,7 +27,7 @@ _T0 = time.time()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from trainer import tf_env  # pylint: disable=wrong-import-position
+from trainer.process import tf_env  # pylint: disable=wrong-import-position
 
 tf_env.apply()
 
@@ -37,8 +37,8 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from forked_cli import run_child
-from trainer import main as tl_main
-importlib.import_module("trainer.train")  # what a run imports after its flags: once, here
+import trainer.main
+importlib.import_module("trainer.run.train")  # what a run imports after its flags: once, here
 # pylint: enable=wrong-import-position,g-import-not-at-top
 
 PARALLEL = 2
@@ -85,7 +85,7 @@ def _load_script(name: str):
 def _flags_only(kind: str, args: list[str]) -> None:
   """The command line parsed and checked as the program does before it starts work."""
   if kind == "main":
-    from trainer import config  # pylint: disable=g-import-not-at-top
+    from trainer.options import config  # pylint: disable=g-import-not-at-top
     config.from_args(args)
   elif kind in ("evaluate", "predict"):
     module = importlib.import_module(f"trainer.{kind}")
@@ -121,7 +121,7 @@ def _run(case) -> int:
     return 0
   if kind in ("main", "evaluate", "predict"):
     sys.argv = [f"trainer.{kind}", *args]
-    (tl_main if kind == "main" else importlib.import_module(f"trainer.{kind}")).run()
+    importlib.import_module(f"trainer.{kind}").run()
     return 0
   if kind == "tune":
     from trainer import tune  # pylint: disable=g-import-not-at-top

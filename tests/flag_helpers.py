@@ -1,6 +1,6 @@
 """Builds a trainer Config from command-line style arguments, as trainer.main does."""
 
-from trainer import config as config_lib
+from trainer.options.config import from_args
 
 
 def parse(*args):
@@ -9,15 +9,17 @@ def parse(*args):
   # every test that runs the CLI (end to end, resume, kill -9).
   if not any(a.startswith("--jit_compile") for a in args):
     args = (*args, "--jit_compile=off")
-  return config_lib.from_args(args)
+  return from_args(args)
 
 
 def build_trainer(cfg, strategy=None, **kwargs):
   """The Trainer of cfg as train.py builds it: the data its flags describe (run_files.load_data)
   and the run's Plan (plan.resolve, no record); kwargs: Trainer's (restore, writer...)."""
   # pylint: disable=g-import-not-at-top
-  from trainer import distribute, plan, run_files
-  from trainer.inner_loop import Trainer
+  from trainer.run import distribute
+  from trainer.run import planning
+  from trainer.run import run_files
+  from trainer.inner.trainer import Trainer
   strategy = strategy or distribute.create_strategy(cfg)
   data = run_files.load_data(cfg)
-  return Trainer(cfg, strategy, data, plan.resolve(cfg, data, strategy), **kwargs)
+  return Trainer(cfg, strategy, data, planning.resolve(cfg, data, strategy), **kwargs)

@@ -16,13 +16,13 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainer import main as tl_main  # pylint: disable=wrong-import-position
-from trainer import tf_env  # pylint: disable=wrong-import-position
+import trainer.main  # pylint: disable=wrong-import-position
+from trainer.process import tf_env  # pylint: disable=wrong-import-position
 
 # What a run imports after parsing its flags (TensorFlow, Keras, the packages): once, here,
 # with the process settings a run applies first.
 tf_env.apply()
-importlib.import_module("trainer.train")
+importlib.import_module("trainer.run.train")
 
 PARALLEL = 2
 
@@ -47,7 +47,7 @@ def run_child(out: str, run) -> None:
 
 def _child(args, out) -> None:
   sys.argv = ["trainer.main", *args]
-  run_child(out, tl_main.run)
+  run_child(out, trainer.main.run)
 
 
 def _reap(running) -> None:

@@ -49,7 +49,7 @@ def _blocks(text: str):
 # Commands quoted inline in a sentence that the test does not run, each with its reason
 # (a block's command says it with `# needs:`); each must still be in the docs.
 INLINE_NOT_RUN = {
-    "python -m trainer.flags > docs/flags.md":
+    "python -m trainer.options.command_line > docs/flags.md":
         "rewrites docs/flags.md; test_options checks the file is its output",
     "python scripts/benchmark.py --device=gpu": "needs a GPU",
     "python scripts/ablation.py --flagfile=configs/fashion_best.cfg":
@@ -248,7 +248,7 @@ def test_make_train_installs_only_what_training_needs_and_says_what():
 
 def test_the_manifests_parse_and_give_each_task_its_tf_config():
   import yaml  # pylint: disable=g-import-not-at-top  (the test extra's)
-  from trainer import config  # pylint: disable=g-import-not-at-top
+  from trainer.options import config  # pylint: disable=g-import-not-at-top
   text = open(os.path.join(ROOT, "docs", "several-machines.md")).read()
   documents = [d for _, lines in _blocks(text) if _ == "yaml"
                for d in yaml.safe_load_all("\n".join(lines)) if d]
@@ -289,7 +289,8 @@ def test_with_an_empty_home_an_unprepared_dataset_names_make_data_and_data_dir(
   dataset not there names the fix; a dry run prepares nothing."""
   import input_pipeline  # pylint: disable=g-import-not-at-top
   from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
-  from trainer import config, dry_run  # pylint: disable=g-import-not-at-top
+  from trainer.options import config
+  from trainer.run import dry_run  # pylint: disable=g-import-not-at-top
   home = tmp_path / "home"
   home.mkdir()
   monkeypatch.setenv("HOME", str(home))
@@ -322,8 +323,9 @@ def test_with_an_empty_home_an_unprepared_dataset_names_make_data_and_data_dir(
 def test_a_dry_run_and_the_sweeps_check_refuse_a_model_the_images_cannot_feed(tmp_path):
   """The model is built as the run builds it: 8x8 images too small for its convolutions
   are the run's one-line refusal (exit 2), not a dry run that passes."""
-  from trainer import config, dry_run  # pylint: disable=g-import-not-at-top
-  from trainer.errors import UsageError  # pylint: disable=g-import-not-at-top
+  from trainer.options import config
+  from trainer.run import dry_run  # pylint: disable=g-import-not-at-top
+  from trainer.process.errors import UsageError  # pylint: disable=g-import-not-at-top
   args = ["--model=cnn", "--kernel_sizes=9,9,9", "--batch_size=16", "--dry_run",
           "--dataset=synthetic:train=64,test=16,shape=8x8x1", f"--model_dir={tmp_path / 'run'}"]
   too_small = "8x8 images are too small for CNN's .* smaller --kernel_sizes"

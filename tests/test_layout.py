@@ -5,7 +5,18 @@ import re
 
 from tests.paths import ROOT
 
-PACKAGES = ("trainer", "input_pipeline", "models", "scripts")
+TOP = ("trainer", "input_pipeline", "models", "scripts")
+
+
+def _packages() -> list[str]:
+  """The top folders and every package inside them (trainer/run, ...)."""
+  found = []
+  for top in TOP:
+    for folder, dirs, files in os.walk(os.path.join(ROOT, top)):
+      dirs[:] = [d for d in dirs if d != "__pycache__"]
+      if folder.endswith(top) or "__init__.py" in files:
+        found.append(os.path.relpath(folder, ROOT).replace(os.sep, "/"))
+  return found
 
 
 def _blocks(text: str) -> dict[str, str]:
@@ -26,7 +37,7 @@ def test_layout_names_every_module():
   with open(os.path.join(ROOT, "docs", "layout.md"), encoding="utf-8") as f:
     blocks = _blocks(f.read())
   missing = []
-  for package in PACKAGES:
+  for package in _packages():
     for name in sorted(os.listdir(os.path.join(ROOT, package))):
       path = os.path.join(ROOT, package, name)
       # An empty __init__.py only marks a package: there is nothing in it to describe.

@@ -17,9 +17,9 @@ import warnings
 
 from absl import app, flags, logging
 
-from trainer import flags as tl_flags
-from trainer import errors, tf_env
-from trainer.errors import ConfigError, DataError, Interrupted, UsageError
+from trainer.options import command_line
+from trainer.process import errors, tf_env
+from trainer.process.errors import ConfigError, DataError, Interrupted, UsageError
 
 EXIT_USAGE = 2      # bad flag, file, data or model_dir
 EXIT_DIVERGED = 3   # non-finite loss or collapsed fp16 loss scale
@@ -76,7 +76,7 @@ def _quiet_stdout() -> None:
 
 def _parse(argv):
   try:
-    return flags.FLAGS(tl_flags.expand(argv))
+    return flags.FLAGS(command_line.expand(argv))
   except flags.CantOpenFlagFileError as e:
     print(f"error: {_flagfile_problem(e)}", file=sys.stderr)
     sys.exit(EXIT_USAGE)

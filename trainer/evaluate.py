@@ -15,14 +15,14 @@ views' figures beside, in eval_<split>_tta; --tta=none here turns it off).
 
 from absl import flags
 
-from trainer import cli, options
-from trainer import flags as tl_flags
+from trainer import cli
+from trainer.options import command_line, declared
 
 FLAGS = flags.FLAGS
-# How the training run ran, but not how its data is read (trainer/options.py's HOW, not
+# How the training run ran, but not how its data is read (trainer/options/declared.py's HOW, not
 # DATA): this process's own (a single-machine evaluator), never copied from the run.
 # jit_compile among them: runs before --jit_compile=auto recorded it as true/false.
-_HOW_IT_RAN = tuple(o.name for o in options.OPTIONS if o.role == options.HOW)
+_HOW_IT_RAN = tuple(o.name for o in declared.OPTIONS if o.role == declared.HOW)
 HELP_GROUPS = {"Evaluation": ["model_dir", "split", "checkpoint", "continuous",
                               "poll_seconds", "timeout", "dry_run"],
                "Overrides of the run's flags": ["dataset", "data_dir", "manual_dir",
@@ -32,7 +32,7 @@ HELP_GROUPS = {"Evaluation": ["model_dir", "split", "checkpoint", "continuous",
 
 def define_flags() -> None:
   """tapeloop's flags and evaluate's own (once per process: absl refuses a second)."""
-  tl_flags.define_flags()
+  command_line.define_flags()
   flags.DEFINE_string("split", "test", "The split to evaluate: test, validation (when the "
                       "run held one out) or train.")
   flags.DEFINE_string("checkpoint", None, "A checkpoint prefix, e.g. "
@@ -59,7 +59,7 @@ if __name__ == "__main__":
   run()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
-from trainer import tf_env
+from trainer.process import tf_env
 
 tf_env.apply()  # before anything imports TensorFlow
 
@@ -69,11 +69,12 @@ import time
 import keras
 from absl import logging
 
-from trainer import config, distribute, dry_run, run_files, summaries
-from trainer import plan as run_plan
-from trainer.errors import ConfigError, UsageError
-from trainer.inner_loop import Trainer
-from trainer.values import flag_arg
+from trainer.inner import summaries
+from trainer.inner.trainer import Trainer
+from trainer.options import config
+from trainer.options.values import flag_arg
+from trainer.process.errors import ConfigError, UsageError
+from trainer.run import distribute, dry_run, planning, run_files
 # pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 
@@ -86,8 +87,8 @@ def _run_config(model_dir: str, overrides: dict | None = None):
     raise UsageError(f"no flags.json in {flag_arg('model_dir', model_dir)}: not a tapeloop run "
                          "(train one there first with python -m trainer.main)")
   values = {k: v for k, v in recorded.items()
-            if k in options.NAMES and k not in _HOW_IT_RAN}
-  values.update({name: FLAGS[name].value for name in options.NAMES
+            if k in declared.NAMES and k not in _HOW_IT_RAN}
+  values.update({name: FLAGS[name].value for name in declared.NAMES
                  if FLAGS[name].present} if overrides is None else overrides)
   values["model_dir"] = model_dir
   return config.from_values(values), recorded
@@ -100,13 +101,13 @@ class CheckpointEvaluator:
   def __init__(self, cfg, recorded: dict, split: str | None):
     """split None: the one training evaluates (validation when held out, else test)."""
     strategy = distribute.create_strategy(cfg)
-    run_plan.check_replicas(cfg, strategy)
+    planning.check_replicas(cfg, strategy)
     keras.utils.set_random_seed(cfg.seed)
     data = run_files.load_data(cfg)
     split = dry_run.evaluated_split(data, split)
     self.cfg, self.split, self.run = cfg, split, f"eval_{split}"
     self.writer = summaries.Summaries(cfg.model_dir)
-    plan = run_plan.resolve(cfg, data, strategy, recorded, training=False)
+    plan = planning.resolve(cfg, data, strategy, recorded, training=False)
     self.trainer = Trainer(cfg, strategy, data, plan=plan, restore=False, writer=self.writer)
 
   def close(self) -> None:

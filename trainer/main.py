@@ -7,11 +7,12 @@ import shlex
 
 from absl import flags
 
-from trainer import cli, config, tf_env
-from trainer import flags as tl_flags
-from trainer.errors import UsageError
+from trainer import cli
+from trainer.options import command_line, config
+from trainer.process import tf_env
+from trainer.process.errors import UsageError
 
-tl_flags.define_flags()
+command_line.define_flags()
 FLAGS = flags.FLAGS
 
 
@@ -19,7 +20,7 @@ def _read_record(model_dir: str) -> dict | None:
   """The flags recorded by the run in model_dir (a bucket too, read through tf.io.gfile):
   TensorFlow loads here, after the flags were checked, with its process settings first."""
   tf_env.apply()
-  from trainer import run_files  # pylint: disable=g-import-not-at-top
+  from trainer.run import run_files  # pylint: disable=g-import-not-at-top
   return run_files.read_record(model_dir)
 
 
@@ -29,7 +30,12 @@ def main(argv):
   cfg = config.from_flags(FLAGS, _read_record)
   tf_env.apply()  # before anything imports TensorFlow
   # pylint: disable=g-import-not-at-top
-  from trainer import distribute, dry_run, evaluate, phases, train, trial
+  from trainer.run import distribute
+  from trainer.run import dry_run
+  from trainer import evaluate
+  from trainer.run import phases
+  from trainer.run import train
+  from trainer.tuning import trial
   # pylint: enable=g-import-not-at-top
   if cfg.dry_run:
     print(dry_run.report(cfg))
@@ -56,7 +62,7 @@ def main(argv):
 def run():
   """Console script entry point (tapeloop-train)."""
   cli.run_app(main, "python -m trainer.main --flagfile=configs/X.cfg [--flag=value ...]",
-              tl_flags.GROUPS)
+              command_line.GROUPS)
 
 
 if __name__ == "__main__":

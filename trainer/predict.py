@@ -10,7 +10,7 @@ its channels (grey or colour). The CSV holds path,class,probability per file.
 --dataset: any source trainer.main reads; its test split, as a Kaggle Digit Recognizer
 submission (ImageId,Label). Without either: the run's own dataset (model_dir/flags.json).
 
-The data flags are trainer.main's (trainer/options.py declares them once) and mean the same
+The data flags are trainer.main's (trainer/options/declared.py declares them once) and mean the same
 here. --data_dir defaults to the run's (where its TFDS data was); --manual_dir,
 --num_classes and --skip_bad_images to the run's when predicting on the run's own dataset.
 """
@@ -18,7 +18,7 @@ here. --data_dir defaults to the run's (where its TFDS data was); --manual_dir,
 from absl import flags
 
 from trainer import cli
-from trainer import flags as tl_flags
+from trainer.options import command_line
 
 FLAGS = flags.FLAGS
 
@@ -44,9 +44,9 @@ USAGE = ("python -m trainer.predict --model_dir=DIR [--images=DIR|'DIR/*.png'|A.
 
 
 def define_flags() -> None:
-  """tapeloop's flags (trainer/flags.py) and predict's own (once per process: absl
+  """tapeloop's flags (trainer/options/command_line.py) and predict's own (once per process: absl
   refuses a second)."""
-  tl_flags.define_flags()
+  command_line.define_flags()
   flags.DEFINE_string("images", None, "Image files to classify: a folder (its .jpg, .jpeg, "
                       ".png, .gif, .bmp files; not its subfolders), a pattern in quotes "
                       "('photos/*.jpg', 'photos/*/') or a comma list of files; any "
@@ -75,7 +75,7 @@ import collections
 import os
 import shlex
 
-from trainer import tf_env
+from trainer.process import tf_env
 
 tf_env.apply()  # before anything imports TensorFlow
 
@@ -86,11 +86,12 @@ from absl import logging
 import input_pipeline
 from input_pipeline import DataError, folder
 from input_pipeline.specs import parse_spec
-from trainer import dry_run, export, files, run_files
-from trainer.errors import UsageError
-from trainer import options
-from trainer.options import normalized
-from trainer.values import flag_arg
+from trainer.options import declared
+from trainer.options.declared import normalized
+from trainer.options.values import flag_arg
+from trainer.process import files
+from trainer.process.errors import UsageError
+from trainer.run import dry_run, export, run_files
 # pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 def load_serving(export_dir: str, plain: bool = False):
@@ -168,7 +169,7 @@ def _check_flags() -> None:
   if not FLAGS.model_dir:
     raise UsageError("--model_dir is required: the trained run whose export classifies "
                          "(e.g. --model_dir=runs/quickstart)")
-  unused = [n for n in options.NAMES if FLAGS[n].present and n not in _USED]
+  unused = [n for n in declared.NAMES if FLAGS[n].present and n not in _USED]
   if unused:
     raise UsageError(f"--{unused[0]} does not apply to trainer.predict (the export fixes "
                          "the model and its image size): drop it; python -m trainer.predict "

@@ -7,7 +7,7 @@
 Each trial is an ordinary run in ROOT/trial-NNNN (resumable, its flags recorded, its log in
 train.log there). Its objective is the last eval on the held-out validation split (never
 the test split), --objective=accuracy (maximized) or loss. Each eval reports to the trial
-(trainer/trial.py); the --pruner stops hopeless trials at that boundary, checkpoint saved.
+(trainer/tuning/trial.py); the --pruner stops hopeless trials at that boundary, checkpoint saved.
 
 The study lives in ROOT/study.db (SQLite) unless --storage names a database that several
 machines share (postgresql://user:password@host/db): every machine runs the same command
@@ -16,7 +16,7 @@ trial runs twice. A trial whose tuner died (kill -9, a preempted VM) is taken up
 the next tuner to look, once its heartbeat is --heartbeat_seconds x 2 old (at once on the
 machine that ran it, whose process list shows it gone), and resumes from its checkpoint.
 A trial whose trainer alone was killed (kill -9, the out-of-memory killer) is retried from
-its checkpoint at once, twice at most (trainer/study.py's KILL_RETRIES).
+its checkpoint at once, twice at most (trainer/tuning/study.py's KILL_RETRIES).
 
 At the end: a ranked table (the console and ROOT/results.md), the best trial's flags in
 ROOT/best.cfg (python -m trainer.main --flagfile=ROOT/best.cfg reruns it), one HParams
@@ -35,8 +35,9 @@ from typing import NoReturn
 
 from absl import flags
 
-from trainer import cli, tune_choices
-from trainer.tune_choices import FLAGS
+from trainer import cli
+from trainer.tuning import tune_choices
+from trainer.tuning.tune_choices import FLAGS
 
 USAGE = ("python -m trainer.tune --root=DIR --search=NAME=DIST:ARGS [--flag=value ...] "
          "[-- TRIAL_FLAGS ...]")
@@ -107,17 +108,19 @@ import os
 import signal
 import warnings
 
-from trainer import tf_env
+from trainer.process import tf_env
 
 tf_env.apply()  # before anything imports TensorFlow
 tf_env.leave_gpus_to_children()  # it checks on GPUs its trials train on
 
 import tensorflow as tf
 
-from trainer import child_runs, dry_run, files, run_files, tune_results
-from trainer.errors import ConfigError, UsageError
-from trainer.search import check_trial_flags, parse_search
-from trainer.study import Settings, Tuner, check_study, first_line, hidden
+from trainer.process import files
+from trainer.process.errors import ConfigError, UsageError
+from trainer.run import child_runs, dry_run, run_files
+from trainer.tuning import tune_results
+from trainer.tuning.search import check_trial_flags, parse_search
+from trainer.tuning.study import Settings, Tuner, check_study, first_line, hidden
 # pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 

@@ -21,7 +21,7 @@ def _stream(split, steps, **kwargs):
 
 
 def test_train_batches_shape_and_dtype():
-  # uint8: normalized and augmented on each replica's device (trainer/feeds.py).
+  # uint8: normalized and augmented on each replica's device (trainer/inner/feeds.py).
   x, y = next(iter(train_dataset(_split(), global_batch_size=8, seed=0)))
   assert x.shape == (8, 4, 4, 1) and x.dtype == tf.uint8 and y.dtype == tf.int32
   np.testing.assert_array_equal(y.numpy(), _ids(x) % 10)  # labels travel with their images

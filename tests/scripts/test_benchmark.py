@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from paths import ROOT, SCRIPTS, load_script as _load
-from trainer import options, tf_env
+from trainer.options import declared
+from trainer.process import tf_env
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +80,8 @@ def test_the_benchmarks_models_are_their_configs_model_flags(jobs, common):
   assert "--epochs=5" not in common.model_args("mlp_1x50")
   assert common.distinct_models() == [n for n in common.MODELS if n != "mlp_5x50_dropout_50ep"]
   # Its copy of the model flags' names (the peers' venv has no TensorFlow to import
-  # trainer/options.py): every model option but sync_batch_norm, which follows the replicas.
-  assert set(common.MODEL_FLAGS) == set(options.MODEL_OPTIONS) - {"sync_batch_norm"}
+  # trainer/options/declared.py): every model option but sync_batch_norm, which follows the replicas.
+  assert set(common.MODEL_FLAGS) == set(declared.MODEL_OPTIONS) - {"sync_batch_norm"}
 
 
 def test_the_peers_build_the_configs_models_with_the_standard_library_only(jobs, common):

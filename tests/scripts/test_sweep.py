@@ -14,8 +14,9 @@ from tensorboard.plugins.hparams import metadata
 
 from paths import ROOT, load_script
 from runs import read_hparams
-from trainer import child_runs, files
-from trainer import options
+from trainer.options import declared
+from trainer.process import files
+from trainer.run import child_runs
 
 sweep = load_script("sweep")
 
@@ -86,7 +87,7 @@ def test_a_sweep_trains_every_trial_writes_one_experiment_resumes_and_refuses_ch
   infos = {h.name: h for h in experiment.hparam_infos}
   assert [h.name for h in experiment.hparam_infos if h.differs] == ["learning_rate"]
   assert experiment.hparam_infos[0].name == "learning_rate"
-  assert not set(options.HOW_IT_RUNS) & set(infos)
+  assert not set(declared.HOW_IT_RUNS) & set(infos)
   assert [v.number_value for v in infos["learning_rate"].domain_discrete.values] == [1e-3, 1e-2]
   assert {m.name.tag for m in experiment.metric_infos} >= {"accuracy", "test_accuracy"}
   # Each trial is a run with its own session: its learning rate, its eval metrics, and no

@@ -12,11 +12,12 @@ import tensorflow as tf
 
 from input_pipeline import Split
 from input_pipeline.data import make_data
-from trainer import actions, best as tl_best, preemption, triggers
-from trainer.actions import Boundary
-from trainer.errors import Interrupted
-from trainer.evaluator import Evaluation, Evaluator
-from trainer.progress import Progress
+from trainer.inner.evaluator import Evaluation, Evaluator
+from trainer.inner.progress import Progress
+from trainer.outer import actions, preemption, triggers
+from trainer.outer.best import BestMetric, EarlyStopping, KeepBest, ReduceOnPlateau
+from trainer.outer.actions import Boundary
+from trainer.process.errors import Interrupted
 
 
 class FakeWriter:
@@ -113,7 +114,7 @@ def test_every_steps_at_its_interval_and_at_the_last_step():
 
 def test_evaluate_reports_into_the_boundary_and_updates_the_best():
   calls, progress = [], Progress()
-  best = tl_best.BestMetric("accuracy", progress)
+  best = BestMetric("accuracy", progress)
 
   def report(split):
     calls.append(split)
@@ -158,12 +159,12 @@ def _progress():
 def test_best_metric_keep_best_and_early_stopping_with_checkpointed_state(tmp_path):
   progress = _progress()
   saved, exported = [], []
-  best = tl_best.BestMetric("accuracy", progress)
+  best = BestMetric("accuracy", progress)
   evaluate = actions.Evaluate(report=None, split="validation", trigger=triggers.Trigger(),
                               best=best)
-  keep = tl_best.KeepBest(best, save=lambda s: saved.append(s) or f"best-{s}",
+  keep = KeepBest(best, save=lambda s: saved.append(s) or f"best-{s}",
                           export=lambda: exported.append(True))
-  stop = tl_best.EarlyStopping(best, patience=2)
+  stop = EarlyStopping(best, patience=2)
   stops = []
   for step, accuracy in [(10, 0.5), (20, 0.7), (30, 0.6), (40, 0.7), (50, 0.65)]:
     evaluate.report = lambda split, step=step, accuracy=accuracy: evaluation(step, accuracy, 1.0)
@@ -186,9 +187,9 @@ def test_best_metric_keep_best_and_early_stopping_with_checkpointed_state(tmp_pa
 
 def test_reduce_on_plateau_cuts_after_patience_evals_without_a_best(tmp_path):
   progress = _progress()
-  best = tl_best.BestMetric("loss", progress)
+  best = BestMetric("loss", progress)
   rate = lambda: 0.1 * float(progress.lr_factor.numpy())
-  plateau = tl_best.ReduceOnPlateau(best, patience=2, factor=0.5, learning_rate=rate)
+  plateau = ReduceOnPlateau(best, patience=2, factor=0.5, learning_rate=rate)
   factors = []
   for step, loss in [(1, 1.0), (2, 0.9), (3, 0.95), (4, 0.91), (5, 0.92), (6, 0.93),
                      (7, 0.8), (8, 0.85)]:
@@ -208,7 +209,7 @@ def test_reduce_on_plateau_cuts_after_patience_evals_without_a_best(tmp_path):
 
 def test_best_loss_is_the_lowest_and_steps_without_eval_count_nothing():
   progress = _progress()
-  best = tl_best.BestMetric("loss", progress)
+  best = BestMetric("loss", progress)
   assert best.update(1, evaluation(1, 0.1, 2.0)) and best.is_new(1)
   assert not best.update(3, evaluation(3, 0.9, 2.5)) and not best.is_new(3)
   assert best.evals_since == 1 and best.value_and_step == (2.0, 1)
@@ -302,10 +303,10 @@ def test_a_best_from_before_its_metric_was_recorded_is_kept():
   progress.best_value.assign(0.42)
   progress.best_step.assign(8)
   progress.evals_since_best.assign(1)
-  tl_best.BestMetric("loss", progress)
+  BestMetric("loss", progress)
   assert progress.best() == ("loss", 0.42, 8) and int(progress.evals_since_best.numpy()) == 1
   # Another metric than the recorded one: its own best, count and plateau start again.
-  tl_best.BestMetric("accuracy", progress)
+  BestMetric("accuracy", progress)
   assert progress.best() is None and int(progress.evals_since_best.numpy()) == 0
 
 

@@ -12,8 +12,9 @@ import models
 from flag_helpers import build_trainer, parse
 from input_pipeline.in_memory import InMemoryData, IndexStream
 from models.airbench import ConvGroup, PatchWhitening
-from trainer import ema, feeds
-from trainer.errors import ConfigError
+from trainer.inner import feeds
+from trainer.optim import ema
+from trainer.process.errors import ConfigError
 
 DATA = "synthetic:shape=12x12x1,classes=5,train=256,test=50"
 AIRBENCH = ["--model=airbench", "--widths=8,8,8"]

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from trainer import train
+from trainer.run import train
 from datafiles import (idx_bytes, tree_digest, write_image_folder, write_kaggle_csv,
                        write_mnist_dir)
 from flag_helpers import parse

@@ -8,8 +8,8 @@ import typing
 import pytest
 
 import models
-from trainer import config, options
-from trainer.errors import ConfigError
+from trainer.options import config, declared
+from trainer.process.errors import ConfigError
 from flag_helpers import parse
 from paths import ROOT
 
@@ -57,7 +57,7 @@ def test_every_field_is_typed_and_holds_a_value_of_its_type():
   for name, kind in fields.items():
     if name != "flag_values":
       assert typing.Any not in (kind, *typing.get_args(kind)), name
-  assert fields["augment"] is options.Augment and fields["tta"] == tuple[str, ...]
+  assert fields["augment"] is declared.Augment and fields["tta"] == tuple[str, ...]
   assert fields["hidden_units"] == tuple[int, ...] | None and fields["model_dir"] is str
   _assert_fields_hold_their_types(parse())
   _assert_fields_hold_their_types(parse(
@@ -146,10 +146,10 @@ def test_bad_values_name_the_flag(args, message):
 def test_no_float_flag_takes_a_non_finite_value():
   """inf, -inf, nan and 1e400 (read as inf) are no rate, fraction, factor or size: every
   float flag refuses them in one line naming the flag."""
-  floats = [o.name for o in options.OPTIONS if o.kind is float]
+  floats = [o.name for o in declared.OPTIONS if o.kind is float]
   assert {"learning_rate", "memory_budget_gb", "mixup", "l2", "final_learning_rate"} <= set(floats)
   for name in floats:  # a model hyperparameter with a model that takes it
-    model = next(m for m in ("mlp", "resnet") if not options.BY_NAME[name].model
+    model = next(m for m in ("mlp", "resnet") if not declared.BY_NAME[name].model
                  or name in models.hyperparameters(m))
     for value in ("inf", "-inf", "nan", "1e400"):
       with pytest.raises(ConfigError) as e:

@@ -7,9 +7,9 @@ import pytest
 import dataclasses
 import types
 
-from trainer import actions, triggers
-from trainer.controller import Controller
-from trainer.errors import Interrupted
+from trainer.outer import actions, triggers
+from trainer.outer.controller import Controller
+from trainer.process.errors import Interrupted
 
 
 class FakeTrainer:

@@ -11,7 +11,7 @@ import pytest
 import input_pipeline
 from datafiles import write_image_folder, write_kaggle_csv, write_mnist_dir, write_tiny_tfds
 from flag_helpers import parse
-from trainer import train
+from trainer.run import train
 
 # (source, pipeline): every source with each way it can be loaded (tf_data loads as
 # in_memory does; it differs in training, below).

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import distribute
+from trainer.run import distribute
 from batches import train_on
 from flag_helpers import build_trainer, parse
 
@@ -246,7 +246,7 @@ def test_models_and_input_pipeline_know_nothing_of_strategies():
 
 
 def test_an_eval_that_takes_a_while_says_it_started(tmp_path, monkeypatch):
-  from trainer import evaluator
+  from trainer.inner import evaluator
   monkeypatch.setattr(evaluator, "_EVAL_NOTICE_SECONDS", 0.0)  # every eval counts as long here
   said = []
   monkeypatch.setattr(evaluator.logging, "info", lambda message, *args: said.append(message % args))

@@ -17,8 +17,8 @@ import models
 from datafiles import write_kaggle_csv
 from flag_helpers import parse
 from runs import read_hparams, read_images, read_scalars, read_text, run
-from trainer import run_log
-from trainer.train import train_and_evaluate
+from trainer.process import run_log
+from trainer.run.train import train_and_evaluate
 
 DATASET = "synthetic:shape=12x12x1,classes=4,train=320,test=70"
 ARGS = ["--model=mlp", "--hidden_units=16", f"--dataset={DATASET}", "--batch_size=32",

@@ -15,8 +15,9 @@ import pytest
 import tensorflow as tf
 from absl import flags
 
-from trainer import evaluate, flags as tl_flags
-from trainer.errors import ConfigError, UsageError
+from trainer import evaluate
+from trainer.options import command_line
+from trainer.process.errors import ConfigError, UsageError
 from runs import read_images, read_scalars, run
 
 DATASET = "synthetic:shape=12x12x1,classes=4,train=320,test=70"
@@ -139,7 +140,7 @@ def test_continuous_evaluation_waits_for_the_steps_of_an_extended_run(trained, t
   assert "done" not in proc.stderr
   # Nor is an early stop the results speak of, when the checkpoint at that step says the
   # run goes on (a rerun with more patience resumed it); when it says stopped, it is.
-  tl_flags.define_flags()
+  command_line.define_flags()
   results = json.loads((copy / "results.json").read_text())
   (copy / "results.json").write_text(json.dumps({**results, "stopped_early_at": 20}))
   stopped_early_at = tf.Variable(-1, dtype=tf.int64)
@@ -222,7 +223,7 @@ def test_a_damaged_checkpoint_is_named_with_where_the_others_are(trained, tmp_pa
 def test_evaluate_and_its_dry_run_choose_and_refuse_a_split_alike():
   """One rule (dry_run.evaluated_split) for both: the split training evaluates by default;
   a split the data lacks, or holds unlabeled, named with the labeled ones there are."""
-  from trainer import dry_run  # pylint: disable=g-import-not-at-top
+  from trainer.run import dry_run  # pylint: disable=g-import-not-at-top
   split = lambda labeled: types.SimpleNamespace(labeled=labeled)
   held_out = types.SimpleNamespace(splits={"train": split(True), "validation": split(True),
                                            "test": split(True)})

@@ -10,8 +10,10 @@ import pytest
 import tensorflow as tf
 from absl import logging as absl_logging
 
-from trainer import files, predict, train
-from trainer.errors import ConfigError
+from trainer import predict
+from trainer.process import files
+from trainer.process.errors import ConfigError
+from trainer.run import train
 from flag_helpers import parse
 
 RUN = ["--model=mlp", "--hidden_units=16", "--dataset=synthetic:shape=8x8x1,classes=3,"

@@ -8,8 +8,8 @@ from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment
 from tensorboard.plugins.hparams import list_session_groups
 
 from flag_helpers import parse
-from trainer import options
-from trainer import summaries
+from trainer.inner import summaries
+from trainer.options import declared
 
 
 def hparams_tab(logdir):
@@ -32,7 +32,7 @@ def hparams_tab(logdir):
 
 
 def _session(model_dir, *args):
-  """What trainer/train.py writes for a run started with ARGS: its session (and flags)."""
+  """What trainer/run/train.py writes for a run started with ARGS: its session (and flags)."""
   config = parse(*args, f"--model_dir={model_dir}", "--data_dir=/data/tfds")
   writer = summaries.Summaries(str(model_dir))
   writer.flags(config.hparams())
@@ -52,7 +52,7 @@ def test_runs_are_trials_named_after_their_runs_with_what_they_train(tmp_path):
   assert row.hparams["hidden_units"].string_value == "50"
   assert "epochs" not in row.hparams  # unset: no value, not "None"
   assert "dropout" in row.hparams  # the model's default, recorded
-  how = set(options.HOW_IT_RUNS) & set(row.hparams)
+  how = set(declared.HOW_IT_RUNS) & set(row.hparams)
   assert not how, f"how-it-runs flags as hparams: {how}"
 
 
@@ -69,7 +69,7 @@ def test_an_experiment_over_runs_lists_the_hparams_that_differ_first(tmp_path):
   assert columns[:len(differing)] == [(name, True) for name in differing]
   assert {"model", "hidden_units", "dropout", "epochs", "filters"} <= set(differing)
   assert "batch_size" not in differing and ("batch_size", False) in columns
-  assert not set(options.HOW_IT_RUNS) & {name for name, _ in columns}
+  assert not set(declared.HOW_IT_RUNS) & {name for name, _ in columns}
   model = {h.name: h for h in experiment.hparam_infos}["model"]
   assert [v.string_value for v in model.domain_discrete.values] == ["cnn", "mlp"]
   assert {m.name.tag for m in experiment.metric_infos} >= {"accuracy", "test_accuracy"}

@@ -16,7 +16,7 @@ from datafiles import write_image_folder
 from flag_helpers import parse
 from paths import ROOT
 from runs import read_scalars
-from trainer import train
+from trainer.run import train
 
 
 def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 import models
-from trainer import muon, optimization
+from trainer.optim import muon, optimization
 from flag_helpers import parse
 
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import fused_optimizers, optimization
-from trainer.errors import ConfigError
+from trainer.optim import fused_optimizers, optimization
+from trainer.process.errors import ConfigError
 from flag_helpers import parse
 
 

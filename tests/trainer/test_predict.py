@@ -20,7 +20,8 @@ from datafiles import write_tiny_tfds
 from flag_helpers import parse
 from input_pipeline import DataError
 from runs import run
-from trainer import cli, predict, train
+from trainer import cli, predict
+from trainer.run import train
 
 FLAGS = flags.FLAGS
 TFDS_TEST_SIZE = 13  # the generated dataset's test split
@@ -149,7 +150,7 @@ def test_help_lists_the_data_flags_of_training():
   for name in ("model_dir", "images", "dataset", "output", "batch_size", "skip_bad_images",
                "data_dir", "manual_dir", "num_classes"):
     assert f"\n  --{name}" in text, name
-  # The help of trainer.main's definition (trainer/flags.py), not a second copy of it.
+  # The help of trainer.main's definition (trainer/options/command_line.py), not a second copy of it.
   assert FLAGS["data_dir"].help in " ".join(text.split())
   assert "--epochs" not in text
 

@@ -15,9 +15,12 @@ import pytest
 import tensorflow as tf
 from absl import logging
 
-from trainer import cli, errors, export, files, preemption, train
-from trainer.errors import ConfigError, Interrupted
-from trainer.inner_loop import Trainer
+from trainer import cli
+from trainer.inner.trainer import Trainer
+from trainer.outer import preemption
+from trainer.process import errors, files
+from trainer.process.errors import ConfigError, Interrupted
+from trainer.run import export, train
 from datafiles import tree_digest
 from flag_helpers import build_trainer, parse
 
@@ -257,8 +260,9 @@ def test_fp32_divergence_stops_naming_the_step_and_keeps_the_last_good_state(tmp
 
 
 def test_a_collapsed_fp16_loss_scale_stops_training(tmp_path):
-  from trainer import actions, distribute
-  from trainer.controller import Controller
+  from trainer.outer import actions
+  from trainer.run import distribute
+  from trainer.outer.controller import Controller
   cfg = parse(*RUN[:5], "--train_steps=8", "--steps_per_loop=2",
               "--mixed_precision=mixed_float16", f"--model_dir={tmp_path}")
   trainer = build_trainer(cfg)

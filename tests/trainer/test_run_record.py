@@ -8,9 +8,10 @@ import shutil
 import numpy as np
 import pytest
 
-from trainer import config, run_files, run_record, train
-from trainer.errors import ConfigError
-from trainer.inner_loop import Trainer
+from trainer.inner.trainer import Trainer
+from trainer.options import config
+from trainer.process.errors import ConfigError
+from trainer.run import run_files, run_record, train
 from datafiles import tree_digest, write_mnist_dir
 from flag_helpers import parse
 from runs import read_scalars

@@ -13,8 +13,8 @@ from datafiles import write_image_folder, write_tiny_tfds
 from flag_helpers import parse
 from runs import read_images, run
 from input_pipeline import folder
-from trainer import train
-from trainer.errors import ConfigError
+from trainer.process.errors import ConfigError
+from trainer.run import train
 
 CNN = ["--model=cnn", "--filters=4,4", "--kernel_sizes=3,3", "--dense_units=8"]
 

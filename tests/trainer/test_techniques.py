@@ -12,7 +12,8 @@ import tensorflow as tf
 from input_pipeline.in_memory import IndexStream
 from input_pipeline.mixing import Mix, mix_batch
 from input_pipeline.preprocess import augment_seed, normalize
-from trainer import distribute, feeds
+from trainer.inner import feeds
+from trainer.run import distribute
 from batches import train_on
 from flag_helpers import build_trainer, parse
 

@@ -1,11 +1,11 @@
-"""Process settings applied before TensorFlow loads (trainer/tf_env.py)."""
+"""Process settings applied before TensorFlow loads (trainer/process/tf_env.py)."""
 
 import os
 import subprocess
 import sys
 
 from paths import ROOT
-from trainer import tf_env
+from trainer.process import tf_env
 
 PROBE = ("from trainer import tf_env; tf_env.apply(); "
          "from tensorflow.python.util import _pywrap_util_port; "

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 from paths import ROOT
-from trainer import config as config_lib
-from trainer import distribute
-from trainer.errors import ConfigError
+from trainer.options.config import from_args
+from trainer.process.errors import ConfigError
+from trainer.run import distribute
 
 PROBE = """
 import tensorflow as tf
@@ -31,7 +31,7 @@ def test_the_flag_sets_tensorflows_intra_op_pool():
 def test_too_late_is_a_clear_error():
   tf.constant(1.0) + 1  # the runtime (and its thread pools) has started
   current = tf.config.threading.get_intra_op_parallelism_threads()
-  late = config_lib.from_args([f"--intra_op_threads={current + 3}", "--model_dir=/tmp/x"])
+  late = from_args([f"--intra_op_threads={current + 3}", "--model_dir=/tmp/x"])
   with pytest.raises(ConfigError, match=f"--intra_op_threads={current + 3}: TensorFlow has "
                      "already started"):
     distribute.create_strategy(late)

@@ -15,11 +15,11 @@ import pytest
 import tensorflow as tf
 from absl import logging as absl_logging
 
-from trainer import distribute, plan, train
-from trainer import results as run_results
-from trainer.evaluator import Evaluator
-from trainer.inner_loop import Trainer
-from trainer.errors import ConfigError, Interrupted
+from trainer.inner.evaluator import Evaluator
+from trainer.inner.trainer import Trainer
+from trainer.process.errors import ConfigError, Interrupted
+from trainer.run import distribute, planning, train
+from trainer.run.results import memory_scalars, peak_memory
 from datafiles import write_kaggle_csv
 from flag_helpers import build_trainer, parse
 from runs import _accumulator, read_images, read_scalars
@@ -77,9 +77,9 @@ def test_auto_precision_is_bfloat16_only_where_it_measured_faster(monkeypatch, m
   monkeypatch.setattr(plan, "cpu_has_bf16", lambda: bf16_cpu)
   cfg = parse(f"--model={model}", "--mixed_precision=auto",
               *(["--strategy=mirrored", f"--devices={devices}"] if devices else []))
-  policy, why = plan.precision(cfg, distribute.create_strategy(cfg))
+  policy, why = planning.precision(cfg, distribute.create_strategy(cfg))
   assert (policy, why.startswith("auto: ")) == (expected, True)
-  assert plan.precision(parse("--mixed_precision=mixed_float16"), None) == (
+  assert planning.precision(parse("--mixed_precision=mixed_float16"), None) == (
       "mixed_float16", "--mixed_precision=mixed_float16")
 
 
@@ -308,6 +308,6 @@ def test_peak_memory_of_gpus_from_tensorflows_allocator(monkeypatch):
     return {"current": 2**20, "peak": peaks[name]}
   monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: gpus)
   monkeypatch.setattr(tf.config.experimental, "get_memory_info", memory_info)
-  memory = run_results.peak_memory()
+  memory = peak_memory()
   assert memory["gpu_peak_bytes"] == {"GPU:0": 3 * 2**30}
-  assert run_results.memory_scalars(memory)["peak_memory_mib/GPU_0"] == 3072
+  assert memory_scalars(memory)["peak_memory_mib/GPU_0"] == 3072

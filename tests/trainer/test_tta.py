@@ -14,9 +14,9 @@ import input_pipeline
 from flag_helpers import parse
 from runs import read_scalars, run
 from input_pipeline import specs
-from trainer import tta
-from trainer.errors import ConfigError
-from trainer.evaluator import Evaluator
+from trainer.inner import tta_views
+from trainer.inner.evaluator import Evaluator
+from trainer.process.errors import ConfigError
 
 DATASET = "synthetic:shape=12x12x1,classes=4,train=256,test=70"
 
@@ -43,7 +43,7 @@ def test_translate_on_digits_is_allowed():
 
 def test_views_weights_and_shifts():
   images = tf.reshape(tf.range(2 * 4 * 5, dtype=tf.float32), [2, 4, 5, 1])
-  views = tta.views(images, ("flip", "translate"))
+  views = tta_views.views(images, ("flip", "translate"))
   assert [w for w, _ in views] == [0.25, 0.125, 0.125, 0.25, 0.125, 0.125]
   plain, down_right, up_left = (v.numpy()[..., 0] for _, v in views[:3])
   x = images.numpy()[..., 0]
@@ -67,9 +67,9 @@ def _model(symmetric: bool) -> keras.Model:
 def test_predict_averages_the_views_probabilities():
   model = _model(symmetric=False)
   images = tf.random.stateless_uniform([5, 12, 12, 1], [1, 2])
-  logits, average = tta.predict(model, images, ("flip", "translate"))
+  logits, average = tta_views.predict(model, images, ("flip", "translate"))
   np.testing.assert_allclose(logits, model(images), atol=1e-6)
-  expected = sum(w * tf.nn.softmax(model(v)) for w, v in tta.views(images, ("flip", "translate")))
+  expected = sum(w * tf.nn.softmax(model(v)) for w, v in tta_views.views(images, ("flip", "translate")))
   np.testing.assert_allclose(average, expected, atol=1e-6)
   assert np.abs(average - tf.nn.softmax(logits)).max() > 1e-3  # the views did differ
 

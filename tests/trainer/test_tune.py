@@ -21,10 +21,12 @@ import postgres
 from flag_helpers import parse
 from paths import ROOT
 from runs import read_experiment, read_scalars
-from trainer import child_runs, cli, study as tune_study, train, tune_results
-from trainer import trial as tuning_trial
-from trainer import tune
-from trainer.search import parse_search
+from trainer import cli, tune
+from trainer.run import child_runs, train
+from trainer.tuning.study import KILL_RETRIES, Settings, Tuner
+from trainer.tuning.trial import ConfigError, actions, database_url, environment
+from trainer.tuning import tune_results
+from trainer.tuning.search import parse_search
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -54,7 +56,7 @@ def _tune(argv):
 
 def _study(root, storage=None):
   return optuna.load_study(study_name=str(root),
-                           storage=tuning_trial.database_url(
+                           storage=database_url(
                                storage or f"sqlite:///{root}/study.db"))
 
 
@@ -76,7 +78,7 @@ def _starts(model_dir):
 
 def _trial_run(cfg):
   """A run as trainer.main starts it for a tuner: the trial of TAPELOOP_TRIAL reports to it."""
-  return train.train_and_evaluate(cfg, extra_actions=tuning_trial.actions(cfg))
+  return train.train_and_evaluate(cfg, extra_actions=actions(cfg))
 
 
 def test_an_eval_below_the_median_prunes_the_trial_at_that_boundary(tmp_path, monkeypatch):
@@ -90,7 +92,7 @@ def test_an_eval_below_the_median_prunes_the_trial_at_that_boundary(tmp_path, mo
         value=1.0, params={}, distributions={},
         intermediate_values={step: 1.0 for step in range(6, 49, 6)}))
   trial = study.ask()
-  monkeypatch.setenv(*tuning_trial.environment(
+  monkeypatch.setenv(*environment(
       storage=storage, study="s", trial_id=trial._trial_id, number=trial.number,
       objective="accuracy", pruner="median", startup_trials=2).popitem())
   model_dir = tmp_path / "trial"
@@ -103,7 +105,7 @@ def test_an_eval_below_the_median_prunes_the_trial_at_that_boundary(tmp_path, mo
   assert read_scalars(model_dir / "eval")["pruned_at_step"] == {6: 6.0}
 
   last = study.ask()  # one eval only, at the last step, as bad as the first
-  monkeypatch.setenv(*tuning_trial.environment(
+  monkeypatch.setenv(*environment(
       storage=storage, study="s", trial_id=last._trial_id, number=last.number,
       objective="accuracy", pruner="median", startup_trials=2).popitem())
   results = _trial_run(parse(*TRIAL, "--epochs=1", "--eval_every=100",
@@ -113,11 +115,11 @@ def test_an_eval_below_the_median_prunes_the_trial_at_that_boundary(tmp_path, mo
 
 
 def test_a_trial_without_a_validation_split_is_refused(tmp_path, monkeypatch):
-  monkeypatch.setenv(*tuning_trial.environment(
+  monkeypatch.setenv(*environment(
       storage="sqlite://", study="s", trial_id=1, number=0, objective="accuracy",
       pruner="none", startup_trials=0).popitem())
   args = [a for a in TRIAL if not a.startswith("--validation_split")]
-  with pytest.raises(tuning_trial.ConfigError, match="--validation_split=0.1"):
+  with pytest.raises(ConfigError, match="--validation_split=0.1"):
     _trial_run(parse(*args, f"--model_dir={tmp_path}/m"))
   assert not os.path.exists(tmp_path / "m")
 
@@ -241,7 +243,7 @@ def test_a_dry_run_checks_what_the_run_checks_before_its_first_trial(tmp_path, c
   assert plan[3].startswith("  train: 48 steps (12 per epoch) of batch 32")
   assert plan[4].startswith("  eval on validation every 6 steps")
   root.mkdir()
-  tune_study.Tuner(_settings(root, base=TRIAL)).study.add_trial(optuna.create_trial(
+  Tuner(_settings(root, base=TRIAL)).study.add_trial(optuna.create_trial(
       state=optuna.trial.TrialState.FAIL, user_attrs={"error": "exit 1: boom"}))
   before = sorted((p.name, p.stat().st_mtime_ns) for p in root.iterdir())
   assert _tune([*argv[:1], "--search=learning_rate=loguniform:1e-4:1e-2",
@@ -326,7 +328,7 @@ def test_a_killed_trainers_trial_is_retried_twice_in_its_dir_then_fails_naming_t
   assert _tune([f"--root={root}", "--search=dropout=choice:0.1", "--trials=1", "--",
                     *TRIAL, *long]) == 1
   out, err = capsys.readouterr()
-  assert len(killed) == 3 and tune_study.KILL_RETRIES == 2
+  assert len(killed) == 3 and KILL_RETRIES == 2
   for retry, label in ((1, "trial 0"), (2, "trial 1 (resumes trial-0000)")):
     assert (f"{label}: its trainer was killed by SIGKILL (kill -9, or the out-of-memory "
             f"killer); retried from its checkpoint (retry {retry} of 2)") in out
@@ -376,7 +378,7 @@ def test_a_trainer_stopped_alone_by_sigterm_is_retried_naming_its_stop(tmp_path,
 
 def _settings(root, base=TRIAL):
   """A tuner's settings on the embedded study in root, as trainer.tune makes them."""
-  return tune_study.Settings(
+  return Settings(
       root=str(root), storage=f"sqlite:///{root}/study.db", study=str(root),
       searches=parse_search(["learning_rate=loguniform:1e-4:1e-2"]), base=base, trials=3)
 
@@ -394,20 +396,20 @@ def test_a_study_whose_trials_all_failed_on_input_takes_new_flags_and_drops_them
     (other / "trial-0000" / "checkpoints").mkdir(parents=True)
     if checkpoint:
       (other / "trial-0000" / "checkpoints" / "ckpt-6.index").write_text("")
-    study = tune_study.Tuner(_settings(other, base=[*TRIAL, "--validation_split=0"])).study
+    study = Tuner(_settings(other, base=[*TRIAL, "--validation_split=0"])).study
     for trial_attrs in (attrs, {"error": "exit 2: bad"}):
       study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.FAIL, user_attrs={
           "model_dir": str(other / "trial-0000"), **trial_attrs}))
     with pytest.raises(tune.UsageError, match=r"other flags \(--validation_split=0.0 -> 0.25"):
-      tune_study.Tuner(_settings(other))
+      Tuner(_settings(other))
   root = tmp_path / "tune"
   root.mkdir()
-  study = tune_study.Tuner(_settings(root, base=[*TRIAL, "--validation_split=0"])).study
+  study = Tuner(_settings(root, base=[*TRIAL, "--validation_split=0"])).study
   study.add_trial(optuna.create_trial(
       state=optuna.trial.TrialState.FAIL, user_attrs={
           "model_dir": str(root / "trial-0000"), "error": "exit 2: --dataset=mnist is not "
           "prepared"}))
-  tuner = tune_study.Tuner(_settings(root))
+  tuner = Tuner(_settings(root))
   assert "no trial got past its input; it tunes these flags now" in capsys.readouterr().out
   assert tuner.study.user_attrs["definition"]["flags"]["validation_split"] == 0.25
   assert tuner.superseded() == {0} and tune_results.rows(tuner) == []
@@ -417,7 +419,7 @@ def test_a_study_whose_trials_all_failed_on_input_takes_new_flags_and_drops_them
       distributions={"learning_rate": optuna.distributions.FloatDistribution(
           1e-4, 1e-2, log=True)}))
   with pytest.raises(tune.UsageError, match=r"other flags \(--validation_split=0.25 -> 0"):
-    tune_study.Tuner(_settings(root, base=[*TRIAL, "--validation_split=0"]))
+    Tuner(_settings(root, base=[*TRIAL, "--validation_split=0"]))
 
 
 def test_the_table_shows_each_trial_as_it_is_now_in_short_numbers_and_one_experiment(
@@ -429,7 +431,7 @@ def test_the_table_shows_each_trial_as_it_is_now_in_short_numbers_and_one_experi
   even while the trials so far agree on it."""
   root = tmp_path / "sp ace"
   root.mkdir()
-  tuner = tune_study.Tuner(_settings(root))
+  tuner = Tuner(_settings(root))
   distributions = {"learning_rate": optuna.distributions.FloatDistribution(
       1e-4, 1e-2, log=True)}
 

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import config as config_lib
-from trainer.errors import ConfigError
-from trainer.plan import jit_mode
+from trainer.options.config import from_args
+from trainer.process.errors import ConfigError
+from trainer.run.planning import jit_mode
 from flag_helpers import build_trainer
 
 
 def parse(*args):  # not flag_helpers.parse, which turns XLA off: the default is tested here
-  return config_lib.from_args(args)
+  return from_args(args)
 
 
 DATA = "synthetic:shape=12x12x1,classes=5,train=512,test=50"

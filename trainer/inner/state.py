@@ -1,0 +1,151 @@
+"""The training state: model, optimizer, global step, weight average and progress, built
+under the strategy's scope, and the checkpoints that save and restore them."""
+
+from __future__ import annotations
+
+import hashlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+import models
+from input_pipeline import DatasetInfo
+from input_pipeline.preprocess import normalize
+from models.common import InputTooSmall
+from trainer.inner import checkpoints
+from trainer.inner.progress import Progress
+from trainer.optim import ema, optimization
+from trainer.options.config import Config
+from trainer.process.errors import ConfigError
+
+# Training images a data-dependent start (the whitening filters) is fitted to: their
+# patches are millions of samples of a covariance of a few dozen dimensions.
+_FIT_IMAGES = 2000
+
+
+def build_model(config: Config, info: DatasetInfo, precision: str,
+                hparams: dict | None = None):
+  """The run's model (models.create with the flags' hyperparameters, or `hparams`); an
+  image too small for its convolutions is a ConfigError naming the flags that fix it."""
+  try:
+    return models.create(config.model, num_classes=info.num_classes,
+                         image_shape=info.image_shape, precision=precision,
+                         **(config.model_hparams if hparams is None else hparams))
+  except InputTooSmall as e:
+    fix = "fewer --widths or a smaller --whiten" if config.model == "airbench" else (
+        "smaller --kernel_sizes")
+    raise ConfigError(f"{e}: use a larger --image_size, or {fix}") from None
+
+
+class TrainState:
+  """What a checkpoint holds. precision: the Keras policy the model computes in, the one
+  --mixed_precision resolved to (Plan.precision: auto is no policy); output_dir: where
+  this worker saves (default model_dir; a non-chief worker of a cluster passes a scratch
+  directory)."""
+
+  def __init__(self, config: Config, strategy: tf.distribute.Strategy, info: DatasetInfo,
+               *, precision: str, total_steps: int, horizon: int,
+               output_dir: str | None = None, restarts: tuple[optimization.Restart, ...] = ()):
+    self.strategy, self.precision = strategy, precision
+    self._fp16 = precision == "mixed_float16"
+    replicas = strategy.num_replicas_in_sync
+    with strategy.scope():
+      hparams = dict(config.model_hparams)
+      if "sync_batch_norm" in models.hyperparameters(config.model):
+        # Per-replica statistics would differ per replica and from one device's: global
+        # batch statistics by default whenever there are several replicas.
+        hparams.setdefault("sync_batch_norm", replicas > 1)
+        logging.info("batch norm statistics: %s", "synchronized over the global batch"
+                     if hparams["sync_batch_norm"] else "per replica")
+
+      def create_model():
+        return build_model(config, info, precision, hparams)
+      self.model = create_model()
+      # Kept apart from optimizer.iterations, which does not advance on a skipped fp16 step.
+      self.global_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step",
+                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      self.progress = Progress()
+      self.schedule = optimization.Schedule.of(config, total_steps, horizon, restarts)
+      self.learning_rate = self.schedule.rate_fn(self.global_step, self.progress.lr_factor)
+      self.optimizer = optimization.create_optimizer(config, self.learning_rate,
+                                                     loss_scaling=self._fp16)
+      # Built eagerly: a lazily built Adam fails inside strategy.run (keras issue 23085).
+      self.optimizer.build(self.model.trainable_variables)
+      # --ema_decay: the average lives in a second model's weights, which evals and the
+      # export use; it is checkpointed beside the model (made after it: the model's own
+      # initialization does not change with the flag).
+      self.ema = (ema.EMA(self.model, create_model(), config.ema_decay, strategy,
+                          every=config.ema_every, lookahead=config.lookahead)
+                  if config.ema_decay else None)
+      # The average is optional: a run that had none may turn it on (--ema_decay with
+      # --allow_changed_flags); it then starts from the restored weights (restore).
+      optional = {"progress": self.progress, **({"ema": self.ema.model} if self.ema else {})}
+      self.checkpoints = checkpoints.Checkpoints(
+          config.model_dir, config.keep_checkpoints, save_dir=output_dir,
+          optional=optional, model=self.model, optimizer=self.optimizer,
+          global_step=self.global_step)
+
+  def start_from_data(self, train_split) -> None:
+    """A new run's data-dependent start (the airbench model's whitening filters, from the
+    first training images); a restored run has it in its checkpoint."""
+    fit = getattr(self.model, "fit_to_data", None)  # a model with a data-dependent start
+    if fit is None:
+      return
+    images = train_split.images_at(np.arange(min(len(train_split), _FIT_IMAGES)))
+    with self.strategy.scope():
+      fit(normalize(images).numpy())
+      if self.ema:
+        self.ema.restart()
+    logging.info("fitted the model's data-dependent start to %d training images", len(images))
+
+  @property
+  def eval_model(self) -> keras.Model:
+    """The weights evals and the export use: the EMA's with --ema_decay, else the model's."""
+    return self.ema.model if self.ema else self.model
+
+  @property
+  def step(self) -> int:
+    return int(self.global_step.numpy())
+
+  @property
+  def loss_scale(self) -> float | None:
+    """The fp16 dynamic loss scale, None without loss scaling."""
+    return float(self.optimizer.dynamic_scale.numpy()) if self._fp16 else None
+
+  def restore(self, checkpoint: str | None = None) -> str | None:
+    """Restores `checkpoint`, or else model_dir's latest readable one; None if there is none."""
+    with self.strategy.scope():
+      path = self.checkpoints.restore(checkpoint)
+      if path and self.ema and not self.checkpoints.holds(path, "ema"):
+        self.ema.restart()
+        logging.info("%s holds no weight average (the run had no --ema_decay): the average "
+                     "starts from its weights", path)
+    return path
+
+  def recover(self, bad_step: int) -> int | None:
+    """After a blow-up seen at `bad_step`: restores the last good checkpoint and counts the
+    batches since it as skipped (the window that held the trouble), so that the data
+    stream moves past them. Returns the restored step, None without a checkpoint."""
+    recoveries = int(self.progress.recoveries.numpy())
+    skipped = int(self.progress.skipped_steps.numpy())
+    if not self.checkpoints.candidates():
+      return None
+    self.restore()  # also restores progress as it was then: the counts are set again below
+    good = self.step
+    self.progress.recoveries.assign(recoveries + 1)
+    self.progress.skipped_steps.assign(skipped + bad_step - good)
+    return good
+
+  @property
+  def data_position(self) -> int:
+    """Where the train stream resumes: the global step plus the steps recovery skipped."""
+    return self.step + int(self.progress.skipped_steps.numpy())
+
+  def weights_digest(self) -> str:
+    """A short hash of all model weights: equal digests, bitwise equal models."""
+    digest = hashlib.sha256()
+    for weight in self.model.weights + (self.ema.model.weights if self.ema else []):
+      digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,84 @@
+"""The Trainer: N training steps in one tf.function call (the inner loop), and the eval
+pass, over a run's state. The outer loop that decides N and acts between calls is
+controller.py with actions.py.
+
+    state.py      model, optimizer, global step, EMA, progress, checkpoints
+    step.py       one step on a batch (forward, backward, accumulation, clipping, fp16)
+                  and the loop of N steps in one call around it
+    feeds.py      the batches, ready for the loss, one feed per --pipeline
+    evaluator.py  the exact eval pass and its report
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+from absl import logging
+
+from input_pipeline import Data
+from trainer.inner import feeds
+from trainer.inner.evaluator import Evaluation, Evaluator
+from trainer.inner.state import TrainState
+from trainer.inner.step import TrainLoop, TrainStep
+from trainer.options.config import Config
+
+_XLA = {"off": "off", "loop": "the whole inner loop", "step": "each training step",
+        "forward_backward": "the forward and backward pass"}
+
+
+class Trainer:
+  """A run's state, step, feed and evaluator, built under the strategy's scope; its parts
+  are read where they live (trainer.inner.state.model, trainer.inner.state.global_step, ...).
+
+  plan: what the flags resolve to for this data and these devices (plan.Plan, from
+  plan.resolve): the precision policy, the XLA mode, the total steps, the schedule's horizon
+  and restarts, each with its reason. Read by attribute: the run layer makes the plan, and
+  this layer does not import it. output_dir: where this worker saves checkpoints (default
+  model_dir; a non-chief worker of a cluster passes a scratch directory). restore: True
+  restores the latest checkpoint of model_dir, a path that checkpoint (with neither, a new
+  run fits the model's data-dependent start), False nothing (the caller restores). writer:
+  where eval reports go (summaries.Summaries); None writes none."""
+
+  def __init__(self, config: Config, strategy: tf.distribute.Strategy, data: Data, plan, *,
+               output_dir: str | None = None, restore: bool | str = True, writer=None):
+    self.config, self.plan, self.strategy, self.data = config, plan, strategy, data
+    logging.info("precision policy: %s%s (%s)", plan.precision,
+                 " with dynamic loss scaling" if plan.precision == "mixed_float16"
+                 else "", plan.precision_reason)
+    self.state = TrainState(config, strategy, data.info, precision=plan.precision,
+                            total_steps=plan.total_steps, horizon=plan.horizon,
+                            output_dir=output_dir, restarts=plan.restarts)
+    self.evaluator = Evaluator(self.state, data, config.batch_size, writer,
+                               pictures=config.eval_images, tta=config.tta)
+    # restore=False: the caller restores weights itself (trainer.evaluate): nothing to fit.
+    if restore and self.restore(restore if isinstance(restore, str) else None) is None:
+      self.state.start_from_data(data.splits["train"])  # a new run: what the model fits
+    self.jit = plan.jit
+    logging.info("XLA: %s (%s)", _XLA[self.jit], plan.jit_reason)
+    self.feed = feeds.make_feed(strategy, data, config)
+    self.train_step = TrainStep(config, self.state, self.jit)
+    self.loop = TrainLoop(self.train_step, self.feed, jit=self.jit == "loop")
+
+  def restore(self, checkpoint: str | None = None) -> str | None:
+    """Restores `checkpoint`, or else model_dir's latest readable one; None if there is none."""
+    path = self.state.restore(checkpoint)
+    self.evaluator.forget()
+    return path
+
+  def recover(self, bad_step: int) -> int | None:
+    """Back to the last good checkpoint past the data since it (TrainState.recover)."""
+    good = self.state.recover(bad_step)
+    self.evaluator.forget()
+    return good
+
+  def evaluate(self, split: str, raw: bool = False) -> Evaluation:
+    return self.evaluator.evaluate(split, raw)
+
+  def train_iterator(self):
+    """The train stream from the current global step (resumes the data order)."""
+    return self.feed.iterator(self.state.data_position)
+
+  def run_steps(self, iterator, steps: int) -> dict[str, float]:
+    """Runs `steps` training steps (in-memory data: one call per steps_per_loop); returns
+    their global loss and accuracy (read once, at the end)."""
+    self.loop(iterator, steps)
+    return self.train_step.metrics()

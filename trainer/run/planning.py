@@ -1,0 +1,185 @@
+"""What the flags resolve to once the data and the devices exist: the run's length, the
+schedule's horizon, the split evaluated, the XLA mode. Every check that needs those facts
+runs here, once, before anything is written to model_dir (the flags' own checks ran in
+config.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+from input_pipeline import Data
+from input_pipeline.pipeline import check_batch
+from trainer.optim import optimization
+from trainer.options.config import Config
+from trainer.process.errors import ConfigError
+from trainer.run import run_record
+
+# --jit_compile=auto: model families whose whole inner loop ran faster under XLA on a CPU
+# (steady examples/s, XLA loop vs graph): MLP 1x50 1.2x, 1x500 1.3x, 5x500 with dropout
+# 1.15x. Convolutions ran slower (tutorial CNN 0.06x as a loop, 0.4x as a step): XLA:CPU's
+# convolution gradients are far slower than oneDNN's, 20-30x inside a loop
+# (docs/performance.md, "XLA where it measured faster"). Not compiled.
+XLA_FASTER = ("mlp",)
+# --mixed_precision=auto: model families that trained faster in mixed_bfloat16 than in
+# float32 on a CPU with AVX-512 BF16, at the same validation accuracy within noise
+# (docs/performance.md, "bfloat16 where it is faster"): CNN, ResNet, airbench 1.35-1.40x. MLPs
+# ran slower (XLA's CPU dots in bf16). Without the instructions bf16 is emulated, slower.
+BF16_FASTER = ("cnn", "resnet", "airbench")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """steps_per_epoch and total_steps of this run; horizon: the learning-rate schedule's
+  (kept from the run's first start); restarts: its warm restarts, if any; eval_split: what
+  training evaluates (None: nothing labeled); jit: off, loop, step or forward_backward,
+  and why."""
+  steps_per_epoch: int
+  total_steps: int
+  horizon: int
+  restarts: tuple[optimization.Restart, ...]  # its warm restarts (run_record.restarts)
+  eval_split: str | None
+  jit: str
+  jit_reason: str
+  precision: str  # the policy --mixed_precision resolves to, and why
+  precision_reason: str
+  replicas: int
+  eval_interval: int  # steps: --eval_every, else once per epoch
+  checkpoint_interval: int  # steps: --checkpoint_every, else once per epoch
+
+
+def eval_split(data: Data) -> str | None:
+  """What training evaluates: the validation split when one is held out, else test."""
+  for split in ("validation", "test"):
+    if split in data.splits and data.splits[split].labeled:
+      return split
+  return None
+
+
+def jit_mode(config: Config, replicas: int, pipeline: str) -> tuple[str, str]:
+  """What --jit_compile means for this run: (loop, step, forward_backward or off, why).
+  Raises ConfigError where the mode asked for cannot be compiled."""
+  asked = config.jit_compile
+  # Under N replicas, Keras's optimizer update reads every replica's variables on its own
+  # device inside one merge (XLA cannot place a computation on several devices), and
+  # tf.data iterators cannot be read inside an XLA computation.
+  if asked == "loop" and (replicas > 1 or pipeline != "in_memory"):
+    raise ConfigError(f"--jit_compile=loop needs one replica and --pipeline=in_memory (this "
+                      f"run: {replicas} replica(s), {pipeline}): use --jit_compile=step")
+  if asked == "loop" and config.augment.resized_crop:
+    raise ConfigError("--jit_compile=loop cannot compile --augment's resized_crop (XLA has no "
+                      "CropAndResize): use --jit_compile=step")
+  if asked == "step":
+    if replicas > 1:
+      return "forward_backward", ("--jit_compile=step: the forward and backward pass of each "
+                                  "replica (the cross-replica optimizer update stays outside)")
+    return "step", "--jit_compile=step: each training step"
+  if asked != "auto":
+    return asked, f"--jit_compile={asked}"
+  if config.model not in XLA_FASTER:
+    return "off", f"auto: {config.model} ran slower under XLA on CPU"
+  if replicas > 1 or pipeline != "in_memory":
+    return "off", (f"auto: XLA over the whole loop needs one replica and in-memory data "
+                   f"({replicas} replica(s), {pipeline})")
+  if config.augment.resized_crop:
+    return "off", "auto: XLA has no CropAndResize (--augment's resized_crop)"
+  return "loop", f"auto: {config.model} ran faster under XLA"
+
+
+def cpu_has_bf16() -> bool:
+  """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX), from Linux's
+  /proc/cpuinfo; False where that cannot be read."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return bool({"avx512_bf16", "amx_bf16"} & set(line.split()))
+  except OSError:
+    pass
+  return False
+
+
+def precision(config: Config, strategy: tf.distribute.Strategy) -> tuple[str, str]:
+  """The policy --mixed_precision means for this run, and why (auto: bfloat16 only where
+  it was measured faster)."""
+  asked = config.mixed_precision
+  if asked != "auto":
+    return asked, f"--mixed_precision={asked}"
+  try:
+    devices = list(strategy.extended.worker_devices)
+  except RuntimeError:  # the default strategy: TensorFlow's default device
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")[:1]] or ["CPU"]
+  if any("GPU" in d.upper() for d in devices):
+    return "float32", ("auto: not measured on GPUs here (ask for mixed_float16 or "
+                       "mixed_bfloat16)")
+  if config.model not in BF16_FASTER:
+    return "float32", f"auto: {config.model} trained slower in bfloat16 on CPU"
+  if not cpu_has_bf16():
+    return "float32", "auto: this CPU has no AVX-512 BF16 (bfloat16 would be emulated)"
+  return "mixed_bfloat16", f"auto: {config.model} trained faster in bfloat16 on this CPU"
+
+
+def check_replicas(config: Config, strategy: tf.distribute.Strategy) -> None:
+  """The batch against the replicas: right after the strategy exists, before the data."""
+  replicas = strategy.num_replicas_in_sync
+  if config.batch_size % replicas:
+    raise ConfigError(f"--batch_size={config.batch_size} is not divisible by the "
+                      f"{replicas} replicas; use a multiple of {replicas}")
+  if config.mixing and config.step_batch // replicas < 2:
+    raise ConfigError(f"--mixup/--cutmix mix each replica's batch within itself, and a "
+                      f"replica's batch here is {config.step_batch // replicas} example: use "
+                      f"a --batch_size of at least {2 * replicas}")
+
+
+def _check_training(config: Config, data: Data, recorded: dict | None) -> None:
+  """What only a run that trains needs: its data read in the recorded order, a labeled
+  train split the batch fits, something to evaluate for the flags that select on evals."""
+  run_record.check_pipeline(config, recorded, data)
+  train = data.splits.get("train")
+  if train is None or not train.labeled:
+    raise ConfigError(f"--dataset={config.dataset} has no labeled train split")
+  check_batch(config.batch_size, len(train), "training", need_full=True)
+  if config.step_batch > len(train):
+    raise ConfigError(f"--batch_size={config.batch_size} x --accumulation_steps="
+                      f"{config.accumulation_steps} is more than the {len(train)} "
+                      "training examples: lower either")
+  if config.augment.alternating and data.pipeline != "in_memory":
+    raise ConfigError(f"--augment=flip=alternating flips each example by its index and epoch, "
+                      f"which only --pipeline=in_memory knows (this run: {data.pipeline}): "
+                      "use --pipeline=in_memory, or --augment=flip")
+  if eval_split(data) is None and (config.keep_best or config.early_stopping
+                                   or config.lr_schedule == "plateau"):
+    raise ConfigError("--keep_best, --early_stopping and --lr_schedule=plateau need labeled "
+                      "data to evaluate: add --validation_split=0.1")
+
+
+def resolve(config: Config, data: Data, strategy: tf.distribute.Strategy,
+            recorded: dict | None = None, training: bool = True) -> Plan:
+  """The plan of a run of `config` on `data` under `strategy`; recorded: the run's record
+  (run_files.read_record) when model_dir holds one. training=False: for evaluating a
+  run's checkpoints (trainer.evaluate), without the checks only training needs.
+  ConfigError naming the fix."""
+  check_replicas(config, strategy)
+  if training:
+    _check_training(config, data, recorded)
+  steps_per_epoch, total_steps = config.steps_for(len(data.splits["train"]))
+  horizon = run_record.horizon(config, recorded, steps_per_epoch, total_steps)
+  restarts = run_record.restarts(config, recorded, steps_per_epoch, total_steps)
+  schedule = optimization.Schedule.of(config, total_steps, horizon, restarts)
+  # Only a new run's warm-up is checked: a recorded run's schedule is what its checkpoints
+  # were trained on, and its rerun must still evaluate and extend them.
+  if training and recorded is None:
+    schedule.check_warmup()
+  if training:
+    run_record.check_extension(config, recorded, schedule, steps_per_epoch, total_steps)
+  replicas = strategy.num_replicas_in_sync
+  split = eval_split(data)
+  jit, reason = jit_mode(config, replicas, data.pipeline)
+  policy, why = precision(config, strategy)
+  return Plan(steps_per_epoch=steps_per_epoch, total_steps=total_steps, horizon=horizon,
+              restarts=schedule.restarts,
+              eval_split=split, jit=jit, jit_reason=reason, precision=policy,
+              precision_reason=why, replicas=replicas,
+              eval_interval=config.eval_every or steps_per_epoch,
+              checkpoint_interval=config.checkpoint_every or steps_per_epoch)
