@@ -101,7 +101,6 @@ class CheckpointEvaluator:
   def __init__(self, cfg, recorded: dict, split: str | None):
     """split None: the one training evaluates (validation when held out, else test)."""
     strategy = distribute.create_strategy(cfg)
-    planning.check_replicas(cfg, strategy)
     keras.utils.set_random_seed(cfg.seed)
     data = run_files.load_data(cfg)
     split = dry_run.evaluated_split(data, split)

@@ -91,3 +91,10 @@ def test_imports_inside_a_function_only_where_named():
       if nested:
         inside[name] = {a for a, _ in nested}
   assert inside == IMPORTS_INSIDE_A_FUNCTION
+
+
+def test_a_flag_with_a_path_is_printed_as_one_shell_word():
+  for value in ("runs/my run", "runs/it's", "gs://b/r", ["a b", 2]):
+    word = values.flag_arg("model_dir", value)
+    assert shlex.split(word) == [f"--model_dir={values.as_text(value)}"]
+  assert values.flag_arg("model_dir", "runs/cnn") == "--model_dir=runs/cnn"  # plain as is

@@ -7,7 +7,7 @@ import sys
 from paths import ROOT
 from trainer.process import tf_env
 
-PROBE = ("from trainer import tf_env; tf_env.apply(); "
+PROBE = ("from trainer.process import tf_env; tf_env.apply(); "
          "from tensorflow.python.util import _pywrap_util_port; "
          "print(_pywrap_util_port.IsMklEnabled())")
 
@@ -83,7 +83,7 @@ def test_flags_are_answered_before_tensorflow_loads(tmp_path):
 
 def _start_up_stderr(**env) -> str:
   clean = {k: v for k, v in os.environ.items() if k not in tf_env.SETTINGS}
-  code = ("from trainer import tf_env; tf_env.apply(); import sys; "
+  code = ("from trainer.process import tf_env; tf_env.apply(); import sys; "
           "print('still here', file=sys.stderr)")
   return subprocess.run([sys.executable, "-c", code], env={**clean, **env}, cwd=ROOT,
                         capture_output=True, text=True, check=True, timeout=120).stderr

@@ -13,7 +13,8 @@ from trainer.run import distribute
 
 PROBE = """
 import tensorflow as tf
-from trainer import config, distribute
+from trainer.options import config
+from trainer.run import distribute
 cfg = config.from_args(["--intra_op_threads=1", "--model_dir=/tmp/x"])
 distribute.create_strategy(cfg)
 print(float(tf.reduce_sum(tf.ones([3]))), tf.config.threading.get_intra_op_parallelism_threads())

@@ -74,7 +74,7 @@ def test_mixed_precision_trains(tmp_path, precision):
 ])
 def test_auto_precision_is_bfloat16_only_where_it_measured_faster(monkeypatch, model, bf16_cpu,
                                                                   devices, expected):
-  monkeypatch.setattr(plan, "cpu_has_bf16", lambda: bf16_cpu)
+  monkeypatch.setattr(planning, "cpu_has_bf16", lambda: bf16_cpu)
   cfg = parse(f"--model={model}", "--mixed_precision=auto",
               *(["--strategy=mirrored", f"--devices={devices}"] if devices else []))
   policy, why = planning.precision(cfg, distribute.create_strategy(cfg))
@@ -84,7 +84,7 @@ def test_auto_precision_is_bfloat16_only_where_it_measured_faster(monkeypatch, m
 
 
 def test_auto_precision_builds_the_run_in_the_policy_it_resolved_to(tmp_path, monkeypatch):
-  monkeypatch.setattr(plan, "cpu_has_bf16", lambda: True)
+  monkeypatch.setattr(planning, "cpu_has_bf16", lambda: True)
   args = ["--model=cnn", "--filters=4", "--kernel_sizes=3", "--dense_units=8", "--batch_size=8",
           "--dataset=synthetic:shape=8x8x1,classes=3,train=32,test=8", "--train_steps=2",
           "--mixed_precision=auto"]

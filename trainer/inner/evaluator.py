@@ -55,7 +55,7 @@ class Evaluator:
   """Evaluates `state`'s weights on `data`'s splits in batches of `batch_size` (global).
   writer: summaries.Summaries for `report` (None: nothing written); pictures: write the
   confusion matrix, the worst mistakes and per-class accuracy at each report; tta: --tta's
-  views (tta.py), whose figures come beside the plain ones."""
+  views (tta_views.py), whose figures come beside the plain ones."""
 
   def __init__(self, state: TrainState, data: Data, batch_size: int, writer=None,
                pictures: bool = False, tta: tuple[str, ...] = ()):

@@ -20,7 +20,7 @@ class TrainStep:
   """`replica(images, labels, targets)` runs in each replica (this replica's part of the
   global batch, ready for the loss; targets None: the sparse loss on the labels);
   `run(replica_fn, args)` runs one step on every replica from the cross-replica context.
-  jit: the XLA mode (plan.py)."""
+  jit: the XLA mode (planning.py)."""
 
   def __init__(self, config: Config, state: TrainState, jit: str):
     self.config, self.state = config, state

@@ -53,7 +53,7 @@ def readable(value):
 
 def trained(flag_values: dict) -> dict:
   """The flags of what a run trains, readable: not those of how it runs
-  (trainer.options.declared.HOW_IT_RUNS: model_dir, data_dir, checkpointing, ... give the same model),
+  (declared.HOW_IT_RUNS: model_dir, data_dir, checkpointing, ... give the same model),
   which are no hparams. Unset flags stay None: columns, without a value in the session."""
   return {k: readable(v) for k, v in flag_values.items() if k not in declared.HOW_IT_RUNS}
 

@@ -47,11 +47,11 @@ class Trainer:
     self.state = TrainState(config, strategy, data.info, precision=plan.precision,
                             total_steps=plan.total_steps, horizon=plan.horizon,
                             output_dir=output_dir, restarts=plan.restarts)
+    # restore=False: the caller restores weights itself (trainer.evaluate): nothing to fit.
+    if restore and self.state.restore(restore if isinstance(restore, str) else None) is None:
+      self.state.start_from_data(data.splits["train"])  # a new run: what the model fits
     self.evaluator = Evaluator(self.state, data, config.batch_size, writer,
                                pictures=config.eval_images, tta=config.tta)
-    # restore=False: the caller restores weights itself (trainer.evaluate): nothing to fit.
-    if restore and self.restore(restore if isinstance(restore, str) else None) is None:
-      self.state.start_from_data(data.splits["train"])  # a new run: what the model fits
     self.jit = plan.jit
     logging.info("XLA: %s (%s)", _XLA[self.jit], plan.jit_reason)
     self.feed = feeds.make_feed(strategy, data, config)

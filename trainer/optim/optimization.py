@@ -61,7 +61,7 @@ class Schedule:
   @classmethod
   def of(cls, config: Config, total_steps: int, horizon: int | None = None,
          restarts: tuple[Restart, ...] = ()) -> Schedule:
-    """The schedule the flags ask for. horizon: the run's (plan.py), else --schedule_steps,
+    """The schedule the flags ask for. horizon: the run's (planning.py), else --schedule_steps,
     else total_steps. restarts: the run's warm restarts (run_record.restarts)."""
     # The horizon is fixed when the run starts (run_record.py): extending a run to more
     # steps must not make the rate jump back up.
@@ -152,7 +152,7 @@ class Schedule:
 def create_optimizer(config: Config, learning_rate, *,
                      loss_scaling: bool = False) -> keras.optimizers.Optimizer:
   """The optimizer of --optimizer and its flags; loss_scaling: wrapped in Keras's dynamic
-  loss scaling, which a float16 policy needs (the policy the run resolved, plan.py)."""
+  loss scaling, which a float16 policy needs (the policy the run resolved, planning.py)."""
   kwargs = dict(learning_rate=learning_rate)
   if config.weight_decay:
     kwargs["weight_decay"] = config.weight_decay

@@ -70,8 +70,8 @@ _ROLE_TEXT = {declared.WHAT: "refused", declared.HOW: "may change",
 def reference() -> str:
   """docs/flags.md: every option by group, from these declarations
   (python -m trainer.options.command_line > docs/flags.md; a test keeps it current)."""
-  lines = ["# Flags", "", "Generated from `trainer/options/declared.py` by `python -m trainer.options.command_line "
-           "> docs/flags.md`; `python -m trainer.main --help` prints the same by group.",
+  lines = ["# Flags", "", "Generated from `trainer/options/declared.py` by "
+           "`python -m trainer.options.command_line > docs/flags.md`; `python -m trainer.main --help` prints the same by group.",
            "", "*On a rerun*: what a rerun into the same `--model_dir` may do with the flag "
            "(refused: it changes what is trained; `--allow_changed_flags=NAME` allows it, "
            "recorded in flag_changes.json).", ""]

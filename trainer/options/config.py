@@ -1,6 +1,7 @@
 """One frozen Config per run, plain data built from the flags and validated up front: a
-bad value is a ConfigError whose message names the flag. Its fields are trainer/options/declared.py's
-options; what needs the data or the devices is checked later, once, in trainer/run/planning.py."""
+bad value is a ConfigError whose message names the flag. Its fields are declared.py's
+options; what needs the data or the devices is checked later, once, in
+trainer/run/planning.py."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Every option of tapeloop, declared once: its flag, default, help, group, what it means
 to a rerun, and how its value is read, checked and compared.
 
-flags.py defines the absl flags from these declarations, config.py builds the Config's
+command_line.py defines the absl flags from these declarations, config.py builds the Config's
 fields from them, run_record.py asks them which changes a rerun may make, and
-docs/flags.md is generated from them (flags.py; tests/trainer/test_options.py keeps it
+docs/flags.md is generated from them (command_line.py; tests/trainer/test_options.py keeps it
 current).
 A new option is one `Option(...)` here plus the code that uses `config.<name>`.
 

@@ -21,7 +21,10 @@ from trainer.process import files
 from trainer.process.tf_env import PARENT_ENV
 from trainer.run import run_files, run_record
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The checkout (trainer/run/child_runs.py is three levels down): first on a child's path.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def resolve(path: str | None) -> str | None:
   """A path as the user means it (trainer.options.values.absolute_path, the rule runs record paths
   by): the trainer's own relative paths would otherwise be resolved wherever it runs."""

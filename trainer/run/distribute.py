@@ -31,7 +31,8 @@ def resolve(requested: str, num_gpus: int) -> str:
 
 def create_strategy(config: Config) -> tf.distribute.Strategy:
   """Call before any other TensorFlow work: MultiWorkerMirroredStrategy must configure
-  collective ops before the runtime starts (listing devices starts it)."""
+  collective ops before the runtime starts (listing devices starts it). ConfigError when
+  the batch does not fit the replicas (check_replicas)."""
   if config.cpu_devices:
     _split_cpu(config.cpu_devices)
   if config.intra_op_threads:
@@ -49,7 +50,21 @@ def create_strategy(config: Config) -> tf.distribute.Strategy:
   logging.info("strategy: %s (--strategy=%s), %d replica(s), per-replica batch %d",
                type(strategy).__name__, config.strategy, replicas,
                config.batch_size // replicas)
+  check_replicas(config, strategy)
   return strategy
+
+
+def check_replicas(config: Config, strategy: tf.distribute.Strategy) -> None:
+  """The batch against the replicas: each replica takes an equal share, and a mixing run
+  mixes within each replica's share. Right after the strategy exists, before the data."""
+  replicas = strategy.num_replicas_in_sync
+  if config.batch_size % replicas:
+    raise ConfigError(f"--batch_size={config.batch_size} is not divisible by the "
+                      f"{replicas} replicas; use a multiple of {replicas}")
+  if config.mixing and config.step_batch // replicas < 2:
+    raise ConfigError(f"--mixup/--cutmix mix each replica's batch within itself, and a "
+                      f"replica's batch here is {config.step_batch // replicas} example: use "
+                      f"a --batch_size of at least {2 * replicas}")
 
 
 def _split_cpu(n: int) -> None:

@@ -56,7 +56,9 @@ def _strategy(config: Config):
   tasks = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
   note = (f"multi_worker: {tasks} training task(s) in TF_CONFIG, not joined by a dry run; "
           "the plan above is one task's")
-  return tf.distribute.get_strategy(), note
+  strategy = tf.distribute.get_strategy()
+  distribute.check_replicas(config, strategy)
+  return strategy, note
 
 
 def _build(config: Config, info, precision: str = "float32"):
@@ -97,11 +99,11 @@ def plan_lines(args: list[str], fresh: bool = False) -> list[str]:
 def _report(config: Config, fresh: bool = False) -> str:
   run_files.check_model_dir(config.model_dir)  # writable, probed without writing
   recorded = None if fresh else run_files.read_record(config.model_dir)
+  run_files.read_changes(config.model_dir)  # damaged: refused as the run would
   if recorded is not None:  # --dry_run itself is no change of the run's
     recorded = {**recorded, "dry_run": config.dry_run}
   changed = run_record.check(config, recorded)
   strategy, cluster_note = _strategy(config)
-  planning.check_replicas(config, strategy)
   try:
     data = run_files.load_data(config)
   except tfds_source.NotPrepared as e:  # the host resolves: the run would download it
@@ -172,7 +174,6 @@ def evaluate_report(config: Config, recorded: dict, split: str | None,
   """trainer.evaluate --dry_run: the split and checkpoint(s) it would evaluate, resolved as
   it resolves them; raises what it would raise before evaluating."""
   strategy, _ = _strategy(config)
-  planning.check_replicas(config, strategy)
   with read_only():
     data = run_files.load_data(config)
   split = evaluated_split(data, split)

@@ -19,7 +19,7 @@ from trainer.process import files
 class _Serving(tf.Module):
   """Images of the training size (HxWxC: --image_size where given) in; class
   probabilities, the class and its name out. tta: --tta's views, whose probabilities
-  are averaged (tta.py); serving_plain then gives the plain images' (uint8)."""
+  are averaged (tta_views.py); serving_plain then gives the plain images' (uint8)."""
 
   def __init__(self, model, image_shape, class_names=(), tta=()):
     super().__init__()

@@ -120,22 +120,9 @@ def precision(config: Config, strategy: tf.distribute.Strategy) -> tuple[str, st
   return "mixed_bfloat16", f"auto: {config.model} trained faster in bfloat16 on this CPU"
 
 
-def check_replicas(config: Config, strategy: tf.distribute.Strategy) -> None:
-  """The batch against the replicas: right after the strategy exists, before the data."""
-  replicas = strategy.num_replicas_in_sync
-  if config.batch_size % replicas:
-    raise ConfigError(f"--batch_size={config.batch_size} is not divisible by the "
-                      f"{replicas} replicas; use a multiple of {replicas}")
-  if config.mixing and config.step_batch // replicas < 2:
-    raise ConfigError(f"--mixup/--cutmix mix each replica's batch within itself, and a "
-                      f"replica's batch here is {config.step_batch // replicas} example: use "
-                      f"a --batch_size of at least {2 * replicas}")
-
-
-def _check_training(config: Config, data: Data, recorded: dict | None) -> None:
-  """What only a run that trains needs: its data read in the recorded order, a labeled
-  train split the batch fits, something to evaluate for the flags that select on evals."""
-  run_record.check_pipeline(config, recorded, data)
+def _check_training(config: Config, data: Data, split: str | None) -> None:
+  """What only a run that trains needs: a labeled train split the batch fits, something
+  to evaluate (split) for the flags that select on evals."""
   train = data.splits.get("train")
   if train is None or not train.labeled:
     raise ConfigError(f"--dataset={config.dataset} has no labeled train split")
@@ -148,7 +135,7 @@ def _check_training(config: Config, data: Data, recorded: dict | None) -> None:
     raise ConfigError(f"--augment=flip=alternating flips each example by its index and epoch, "
                       f"which only --pipeline=in_memory knows (this run: {data.pipeline}): "
                       "use --pipeline=in_memory, or --augment=flip")
-  if eval_split(data) is None and (config.keep_best or config.early_stopping
+  if split is None and (config.keep_best or config.early_stopping
                                    or config.lr_schedule == "plateau"):
     raise ConfigError("--keep_best, --early_stopping and --lr_schedule=plateau need labeled "
                       "data to evaluate: add --validation_split=0.1")
@@ -159,26 +146,20 @@ def resolve(config: Config, data: Data, strategy: tf.distribute.Strategy,
   """The plan of a run of `config` on `data` under `strategy`; recorded: the run's record
   (run_files.read_record) when model_dir holds one. training=False: for evaluating a
   run's checkpoints (trainer.evaluate), without the checks only training needs.
-  ConfigError naming the fix."""
-  check_replicas(config, strategy)
-  if training:
-    _check_training(config, data, recorded)
-  steps_per_epoch, total_steps = config.steps_for(len(data.splits["train"]))
-  horizon = run_record.horizon(config, recorded, steps_per_epoch, total_steps)
-  restarts = run_record.restarts(config, recorded, steps_per_epoch, total_steps)
-  schedule = optimization.Schedule.of(config, total_steps, horizon, restarts)
-  # Only a new run's warm-up is checked: a recorded run's schedule is what its checkpoints
-  # were trained on, and its rerun must still evaluate and extend them.
-  if training and recorded is None:
-    schedule.check_warmup()
-  if training:
-    run_record.check_extension(config, recorded, schedule, steps_per_epoch, total_steps)
+  ConfigError naming the fix. The strategy's replicas were checked against the batch when
+  it was made (distribute.create_strategy)."""
   replicas = strategy.num_replicas_in_sync
   split = eval_split(data)
   jit, reason = jit_mode(config, replicas, data.pipeline)
   policy, why = precision(config, strategy)
-  return Plan(steps_per_epoch=steps_per_epoch, total_steps=total_steps, horizon=horizon,
-              restarts=schedule.restarts,
+  if training:
+    _check_training(config, data, split)
+  steps_per_epoch, total_steps = config.steps_for(len(data.splits["train"]))
+  # What the run's record says of the schedule: its horizon and warm restarts, checked.
+  schedule = run_record.schedule(config, recorded, steps_per_epoch, total_steps, data,
+                                 training)
+  return Plan(steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+              horizon=schedule.horizon, restarts=schedule.restarts,
               eval_split=split, jit=jit, jit_reason=reason, precision=policy,
               precision_reason=why, replicas=replicas,
               eval_interval=config.eval_every or steps_per_epoch,

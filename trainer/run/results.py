@@ -16,22 +16,25 @@ import tensorflow as tf
 from absl import logging
 
 from trainer.options.config import Config
-from trainer.outer.actions import EARLY_STOP
+from trainer.outer.actions import EARLY_STOP, PRUNED
 from trainer.outer.controller import Timing
 from trainer.run.phases import Phases
 
 _TIMING = ("examples_per_sec", "train_seconds", "compile_seconds")
 
 
-def of_run(config: Config, plan, trainer, chief: bool, timing: Timing, stopped_at: int,
-           flag_changes: list, previous: dict | None) -> dict:
-  """The results before the final evals. previous: the last results.json when this
-  process trained nothing (a rerun of a finished run keeps the figures it measured)."""
+def report(config: Config, plan, trainer, chief: bool, timing: Timing, stopped_at: int,
+           flag_changes: list, evals: dict, wall_seconds: float, phases: Phases,
+           previous: dict | None) -> dict:
+  """results.json of a run after its final evals (evals: their figures) and export, with
+  the test figures, a pruning stop and the peak memory also written to TensorBoard.
+  previous: the last results.json when this process trained nothing (a rerun of a
+  finished run keeps the figures it measured and what made them)."""
   figures = {k: getattr(timing, k) for k in _TIMING}
   if previous:  # its figures where they are numbers (a damaged file's are not kept)
     figures = {k: previous[k] if isinstance(previous.get(k), (int, float)) else v
                for k, v in figures.items()}
-  state = trainer.state
+  state, evaluator = trainer.state, trainer.evaluator
   results = {"global_step": state.step, "dataset": trainer.data.info.name,
              "model": config.model, "parameters": state.model.count_params(),
              "replicas": plan.replicas, "chief": chief,
@@ -56,6 +59,25 @@ def of_run(config: Config, plan, trainer, chief: bool, timing: Timing, stopped_a
     results["best_eval"] = dict(zip(("metric", "value", "step"), best))
   logging.info("model weights digest at step %d: %s", results["global_step"],
                results["weights_digest"])
+  results.update(evals)
+  step, writer = results["global_step"], evaluator.writer
+  if "test_loss" in results:
+    writer.scalars("eval", step, {k: results[k] for k in
+                                  ("test_loss", "test_accuracy", "test_tta_accuracy")
+                                  if k in results})
+  if timing.stop is not None and timing.stop.kind == PRUNED:  # it ends at its boundary
+    results["pruned_at_step"] = step
+    writer.scalars("eval", step, {"pruned_at_step": float(step)})  # an HParams metric
+    writer.text("eval", step, "trial", f"{timing.stop.reason} at step {step}")
+  if config.eval_images and plan.eval_split:
+    results["eval_pictures_seconds"] = evaluator.pictures_seconds
+  results["wall_seconds"] = wall_seconds
+  results["phases"] = phase_seconds(phases, timing, evaluator)
+  # What made the figures, and the memory it took (after the export, its last work).
+  results["made_with"] = made_with(plan.replicas, previous)
+  results["peak_memory"] = peak_memory()
+  log_memory(results["peak_memory"])
+  writer.scalars("train", step, memory_scalars(results["peak_memory"]))
   return results
 
 
@@ -73,7 +95,8 @@ def phase_seconds(phases: Phases, timing: Timing, evaluator) -> dict[str, float]
   return summary
 
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The checkout: trainer/run/results.py is three levels down.
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _git(*args: str) -> str | None:

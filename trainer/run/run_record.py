@@ -70,7 +70,6 @@ def check(config: Config, recorded: dict | None) -> dict:
   length) as {flag: (old, new)}. Changes of how it runs are logged."""
   if recorded is None:
     return {}
-  run_files.read_changes(config.model_dir)  # damaged: refused here, before any work
   changed = differences(recorded, config.flag_values)
   how = {k: v for k, v in changed.items() if k in declared.HOW_IT_RUNS}
   length = {k: v for k, v in changed.items() if k in declared.RUN_LENGTH}
@@ -194,6 +193,25 @@ def check_pipeline(config: Config, recorded: dict | None, data) -> None:
       "or use a new --model_dir")
 
 
+def schedule(config: Config, recorded: dict | None, steps_per_epoch: int, total_steps: int,
+             data, training: bool = True) -> optimization.Schedule:
+  """The schedule the run trains on, with its recorded horizon and warm restarts. For a
+  run that trains, also refused here: its data read in another order than recorded, a new
+  run's warm-up past its schedule, an extension that would train at a decayed rate. (A
+  recorded run's warm-up is what its checkpoints were trained on: evaluated and extended
+  as it is.)"""
+  if training:
+    check_pipeline(config, recorded, data)
+  made = optimization.Schedule.of(
+      config, total_steps, horizon(config, recorded, steps_per_epoch, total_steps),
+      restarts(config, recorded, steps_per_epoch, total_steps))
+  if training and recorded is None:
+    made.check_warmup()
+  if training:
+    check_extension(config, recorded, made, steps_per_epoch, total_steps)
+  return made
+
+
 def check_length(config: Config, step: int, total_steps: int) -> None:
   """A run already trained past the requested length cannot be shortened: its weights
   would be reported under flags that did not make them."""
@@ -207,13 +225,14 @@ def check_length(config: Config, step: int, total_steps: int) -> None:
         f"{flag_arg('model_dir', config.model_dir)}")
 
 
-def write(config: Config, recorded: dict | None, changes: dict, step: int, plan,
-          pipeline: str) -> list[dict]:
+def write(config: Config, recorded: dict | None, history: list[dict], changes: dict,
+          step: int, plan, pipeline: str) -> list[dict]:
   """Records the run's flags (with the schedule's horizon) and input pipeline at its first
-  start, and any allowed change, extension or warm restart after it (plan: plan.Plan);
-  returns the recorded changes (for results.json)."""
+  start, and any allowed change, extension or warm restart after it (plan: planning.Plan)
+  on the changes recorded so far (history, run_files.read_changes); returns the recorded
+  changes (for results.json)."""
   model_dir, total_steps, horizon = config.model_dir, plan.total_steps, plan.horizon
-  history = run_files.read_changes(model_dir)
+  history = list(history)
   if recorded is None or not run_files.has_record(model_dir):
     run_files.write_record(model_dir, {**config.flag_values, "schedule_steps": horizon,
                                        PIPELINE: pipeline})

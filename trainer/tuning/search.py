@@ -147,7 +147,7 @@ def check_trial_flags(base: list[str], searches: list[Search]) -> None:
       strategy_key = (cfg.strategy, cfg.devices, cfg.cpu_devices)
       if strategy_key not in strategies:
         strategies[strategy_key] = _strategy(cfg)
-      planning.check_replicas(cfg, strategies[strategy_key])
+      distribute.check_replicas(cfg, strategies[strategy_key])
       data_key = repr([getattr(cfg, name) for name in config.DATA_FLAGS])
       if data_key not in loaded:
         try:

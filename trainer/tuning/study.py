@@ -18,7 +18,8 @@ import tensorflow as tf
 from trainer.options.values import flag_arg
 from trainer.process.errors import UsageError
 from trainer.run import child_runs, dry_run, run_record
-from trainer.tuning.trial import database_url, engine_options, open_storage
+from trainer.tuning.trial import database_url, engine_options, environment, open_storage, pruner
+from trainer.tuning.tune_choices import OBJECTIVES
 from trainer.tuning.liveness import Heartbeat, StudyLock, alive
 from trainer.tuning.search import Search
 
@@ -142,7 +143,7 @@ class Tuner:
 
   def __init__(self, settings: Settings):
     import optuna  # pylint: disable=g-import-not-at-top  (the tune extra's)
-    self.s, self.optuna, self.trial_env = settings, optuna, trial_env
+    self.s, self.optuna = settings, optuna
     self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(
         inherit_intermediate_values=True)
     self.storage = self._storage()
@@ -153,7 +154,7 @@ class Tuner:
     s = self.s
     for attempt in range(3):  # tuners started at once race to create the tables
       try:
-        return self.trial_env.open_storage(
+        return open_storage(
             s.storage, heartbeat_interval=s.heartbeat_seconds,
             grace_period=2 * s.heartbeat_seconds, heartbeat_stale_trial_callback=self.retry)
       except ImportError:  # Optuna's wording of a missing database driver
@@ -196,8 +197,8 @@ class Tuner:
         del study, trial, state, values
     study = optuna.create_study(
         storage=self.storage, study_name=s.study, load_if_exists=True,
-        direction=self.trial_env.OBJECTIVES[s.objective],
-        pruner=self.trial_env.pruner(s.pruner, s.startup_trials))
+        direction=OBJECTIVES[s.objective],
+        pruner=pruner(s.pruner, s.startup_trials))
     definition = study_definition(self.s)
     recorded = study.user_attrs.get("definition")
     if recorded is None:
@@ -310,7 +311,7 @@ class Tuner:
     print(f"start  {label}: " + " ".join(shlex.quote(f"--{k}={v}") for k, v in values.items()),
           flush=True)
     args = [*s.base, *(f"--{k}={v}" for k, v in values.items()), f"--model_dir={model_dir}"]
-    env = self.trial_env.environment(storage=s.storage, study=s.study, trial_id=trial_id,
+    env = environment(storage=s.storage, study=s.study, trial_id=trial_id,
                                      number=trial.number, objective=s.objective,
                                      pruner=s.pruner, startup_trials=s.startup_trials)
     try:

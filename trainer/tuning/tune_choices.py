@@ -13,8 +13,8 @@ OBJECTIVES = {"accuracy": "maximize", "loss": "minimize"}
 STORAGE_ENV = "TAPELOOP_STORAGE"
 
 # The tuner's own flags, apart from absl's flags.FLAGS: its --flagfile, --seed and --dry_run
-# are not the trials' (trainer/options/command_line.py's, which the tuner parses in flags.FLAGS for every
-# trial it checks), and its --flagfile names the trials' base flags, never read as its own.
+# are not the trials' (trainer/options/command_line.py's, which the tuner parses in
+# flags.FLAGS for every trial it checks), and its --flagfile names the trials' base flags, never read as its own.
 # Declared here, in a module imported once, because trainer.tune runs as __main__ and is
 # imported by name too.
 FLAGS = flags.FlagValues()

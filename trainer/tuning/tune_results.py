@@ -13,6 +13,7 @@ from trainer.options.values import short
 from trainer.process import files
 from trainer.run import child_runs
 from trainer.tuning.study import Settings, hidden
+from trainer.tuning.tune_choices import OBJECTIVES
 
 
 def rows(tuner) -> list[dict]:
@@ -49,7 +50,7 @@ def rows(tuner) -> list[dict]:
                  "number": trial.number, "state": state, "value": value,
                  "last": last, "params": dict(trial.params), "results": results,
                  "pruned": pruned, "complete": complete})
-  sign = -1.0 if tuner.trial_env.OBJECTIVES[tuner.s.objective] == "maximize" else 1.0
+  sign = -1.0 if OBJECTIVES[tuner.s.objective] == "maximize" else 1.0
   def rank(row):
     figure = row["value"] if row["complete"] else row["last"] if row["pruned"] else None
     group = 0 if row["complete"] else 1 if row["pruned"] else 2
@@ -101,7 +102,7 @@ def report(tuner) -> tuple[str, dict | None]:
   text = [f"# Study {s.study} (python -m trainer.tune)", "",
           f"{len(ranked)} trials: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
           + f". Objective: validation {s.objective}, "
-          f"{tuner.trial_env.OBJECTIVES[s.objective]}d. Sampler {s.sampler}, pruner "
+          f"{OBJECTIVES[s.objective]}d. Sampler {s.sampler}, pruner "
           f"{s.pruner}. Storage {hidden(s.storage)}.", ""]
   if spent:
     text += [f"Trials trained {spent:.0f} s in all. Pruning saved about {saved:.0f} s "
