@@ -14,7 +14,7 @@ def parse(*args):
 
 def build_trainer(cfg, strategy=None, **kwargs):
   """The Trainer of cfg as train.py builds it: the data its flags describe (run_files.load_data)
-  and the run's Plan (plan.resolve, no record); kwargs: Trainer's (restore, writer...)."""
+  and the run's Plan (planning.resolve, no record); kwargs: Trainer's (restore, writer...)."""
   # pylint: disable=g-import-not-at-top
   from trainer.run import distribute
   from trainer.run import planning

@@ -68,6 +68,8 @@ def test_how_it_runs_may_change_and_allowed_changes_are_recorded(tmp_path):
   third = train.train_and_evaluate(parse(*RUN, "--train_steps=12", "--optimizer=sgd",
                                          "--allow_changed_flags=optimizer", model_dir))
   assert third["global_step"] == 12 and third["flags"]["optimizer"] == "sgd"
+  # What the rerun's check said before any work is in model_dir's log, as on the console.
+  assert "--optimizer changed from adam to sgd" in (tmp_path / "tapeloop.log").read_text()
   [change] = third["flag_changes"]
   assert change["step"] == 8 and change["total_steps"] == 12
   assert change["changed"] == {"optimizer": {"old": "adam", "new": "sgd"},

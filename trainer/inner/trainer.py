@@ -27,11 +27,11 @@ _XLA = {"off": "off", "loop": "the whole inner loop", "step": "each training ste
 
 class Trainer:
   """A run's state, step, feed and evaluator, built under the strategy's scope; its parts
-  are read where they live (trainer.inner.state.model, trainer.inner.state.global_step, ...).
+  are read where they live (trainer.state.model, trainer.state.global_step, ...).
 
-  plan: what the flags resolve to for this data and these devices (plan.Plan, from
-  plan.resolve): the precision policy, the XLA mode, the total steps, the schedule's horizon
-  and restarts, each with its reason. Read by attribute: the run layer makes the plan, and
+  plan: what the flags resolve to for this data and these devices (planning.Plan, from
+  planning.resolve): the precision policy, the XLA mode, the total steps, the schedule's
+  horizon and restarts, each with its reason. Read by attribute: the run layer makes the plan, and
   this layer does not import it. output_dir: where this worker saves checkpoints (default
   model_dir; a non-chief worker of a cluster passes a scratch directory). restore: True
   restores the latest checkpoint of model_dir, a path that checkpoint (with neither, a new

@@ -76,8 +76,9 @@ class Schedule:
                tuple(restarts))
 
   def check_warmup(self) -> None:
-    """ConfigError when the warm-up would never end. For a new run only (plan.resolve): a
-    recorded run is evaluated and extended on the schedule its checkpoints trained on."""
+    """ConfigError when the warm-up would never end. For a new run only
+    (run_record.schedule): a recorded run is evaluated and extended on the schedule its
+    checkpoints trained on."""
     if self.warmup >= self.horizon:
       raise ConfigError(
           f"--warmup_steps={self.warmup} is not below the schedule's {self.horizon} steps "

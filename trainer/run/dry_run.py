@@ -99,7 +99,8 @@ def plan_lines(args: list[str], fresh: bool = False) -> list[str]:
 def _report(config: Config, fresh: bool = False) -> str:
   run_files.check_model_dir(config.model_dir)  # writable, probed without writing
   recorded = None if fresh else run_files.read_record(config.model_dir)
-  run_files.read_changes(config.model_dir)  # damaged: refused as the run would
+  if not fresh:  # damaged: refused as the run would
+    run_files.read_changes(config.model_dir)
   if recorded is not None:  # --dry_run itself is no change of the run's
     recorded = {**recorded, "dry_run": config.dry_run}
   changed = run_record.check(config, recorded)

@@ -13,7 +13,7 @@ from models import summary
 from trainer.inner.trainer import Trainer
 from trainer.options.config import Config
 from trainer.outer.actions import (
-    Checkpoint, DivergenceCheck, Evaluate, Profiler, ProgressLine, TrainSummaries)
+    PRUNED, Checkpoint, DivergenceCheck, Evaluate, Profiler, ProgressLine, TrainSummaries)
 from trainer.outer.best import BestMetric, EarlyStopping, KeepBest, ReduceOnPlateau
 from trainer.outer.controller import Controller, Timing
 from trainer.outer.triggers import EverySteps
@@ -56,6 +56,10 @@ def train(config: Config, plan, trainer: Trainer, output_dir: str, timed, first:
   timing = Controller(trainer=trainer, actions=actions, total_steps=plan.total_steps,
                       steps_per_loop=config.steps_per_loop, batch_size=config.step_batch,
                       interrupted_at=trainer.state.progress.interrupted_at).run()
+  if timing.stop is not None and timing.stop.kind == PRUNED:  # it ends at its boundary
+    step, writer = trainer.state.step, trainer.evaluator.writer
+    writer.scalars("eval", step, {"pruned_at_step": float(step)})  # an HParams metric
+    writer.text("eval", step, "trial", f"{timing.stop.reason} at step {step}")
   return timing, -1
 
 

@@ -67,8 +67,6 @@ def report(config: Config, plan, trainer, chief: bool, timing: Timing, stopped_a
                                   if k in results})
   if timing.stop is not None and timing.stop.kind == PRUNED:  # it ends at its boundary
     results["pruned_at_step"] = step
-    writer.scalars("eval", step, {"pruned_at_step": float(step)})  # an HParams metric
-    writer.text("eval", step, "trial", f"{timing.stop.reason} at step {step}")
   if config.eval_images and plan.eval_split:
     results["eval_pictures_seconds"] = evaluator.pictures_seconds
   results["wall_seconds"] = wall_seconds

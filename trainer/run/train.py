@@ -38,15 +38,16 @@ def train_and_evaluate(config: Config, process_start: float | None = None,
   phases = Phases(process_start or start)
   if process_start:
     phases.add("start_up", start - process_start)  # Python, TensorFlow's import, flags
-  # Before any work: model_dir's files are read (a damaged one is refused here) and a
-  # rerun that changes what is trained is refused.
-  run_files.check_model_dir(config.model_dir)
-  recorded = run_files.read_record(config.model_dir)
-  history = run_files.read_changes(config.model_dir)
-  previous = run_files.read_results(config.model_dir)
-  changed = run_record.check(config, recorded)
   with contextlib.ExitStack() as stack:
-    log = stack.enter_context(run_log.RunLog())  # the chief's model_dir/tapeloop.log
+    # The chief's model_dir/tapeloop.log: every line from here, held until log.start.
+    log = stack.enter_context(run_log.RunLog())
+    # Before any work: model_dir's files are read (a damaged one is refused here) and a
+    # rerun that changes what is trained is refused.
+    run_files.check_model_dir(config.model_dir)
+    recorded = run_files.read_record(config.model_dir)
+    history = run_files.read_changes(config.model_dir)
+    previous = run_files.read_results(config.model_dir)
+    changed = run_record.check(config, recorded)
     # Signals are answered from here on, not only in the training loop: before training
     # they end the run at once (a command-line program's process, also while the
     # cluster's start-up blocks in C++); after it, a worker killed while exporting would
@@ -65,6 +66,8 @@ def train_and_evaluate(config: Config, process_start: float | None = None,
       data = run_files.load_data(config)
     # Every check that needs the data: nothing is written to model_dir before it passes.
     plan = planning.resolve(config, data, strategy, recorded)
+    logging.info("data %s: %s, image shape %s, %d classes", data.info.name,
+                 dict(data.info.split_sizes), data.info.image_shape, data.info.num_classes)
     for action in extra_actions:
       action.check(plan)
     # Under MultiWorkerMirroredStrategy every worker saves (checkpoints, export); a
