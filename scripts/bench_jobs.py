@@ -29,10 +29,10 @@ import keras  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-import bench_common as common  # pylint: disable=g-import-not-at-top
+import bench_common  # pylint: disable=g-import-not-at-top
 from bench_common import BATCH, DATASET
 
-sys.path.insert(0, common.ROOT)
+sys.path.insert(0, bench_common.ROOT)
 
 import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 import models  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -152,7 +152,7 @@ def config(args: list[str]):
 def keras_model(name: str) -> keras.Model:
   """A fresh model `name` (bench_common.MODELS), the class and hyperparameters tapeloop
   trains, for Keras fit and the FLOP count."""
-  cfg = config(common.model_args(name))
+  cfg = config(bench_common.model_args(name))
   return models.create(cfg.model, num_classes=10, image_shape=(28, 28, 1), **cfg.model_hparams)
 
 
@@ -162,7 +162,7 @@ def make_trainer(name, data, steps_per_loop, model_dir, devices=(), flags=()):
   from trainer.run import distribute
   from trainer.run import planning  # pylint: disable=g-import-not-at-top
   from trainer.inner.trainer import Trainer  # pylint: disable=g-import-not-at-top
-  cfg = config([*common.model_args(name), f"--dataset={DATASET}",
+  cfg = config([*bench_common.model_args(name), f"--dataset={DATASET}",
                 f"--batch_size={global_batch(devices)}", f"--steps_per_loop={steps_per_loop}",
                 *strategy_flags(devices), *flags, f"--model_dir={model_dir}"])
   strategy = distribute.create_strategy(cfg)
@@ -277,7 +277,7 @@ def isolated(job: dict, seconds: float, device: str = "cpu") -> dict:
   env = dict(os.environ) if job["kind"] == "keras" else tapeloop_env()
   cmd = [sys.executable, os.path.abspath(__file__), f"--seconds={seconds}",
          f"--device={device}", f"--job={json.dumps(job)}"]
-  return common.run_job(cmd, f"benchmark job {job}", env)
+  return bench_common.run_job(cmd, f"benchmark job {job}", env)
 
 
 def main() -> int:
@@ -288,7 +288,7 @@ def main() -> int:
   args = parser.parse_args()
   result = run(json.loads(args.job), args.seconds, replica_devices(args.device))
   result["env"] = {k: os.environ.get(k) for k in tf_env.SETTINGS}
-  common.print_result(result)
+  bench_common.print_result(result)
   return 0
 
 

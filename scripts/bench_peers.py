@@ -20,8 +20,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_common as common  # pylint: disable=g-import-not-at-top,wrong-import-position
-import bench_jobs as jobs  # pylint: disable=g-import-not-at-top,wrong-import-position
+import bench_common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import bench_jobs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bench_common import (  # pylint: disable=g-import-not-at-top,wrong-import-position
     BATCH, DATASET, STEPS_PER_LOOP)
 
@@ -37,33 +37,33 @@ _PEER_NAMES = {"jax_jit": "JAX jit", "jax_scan": "JAX scan", "torch_eager": "PyT
 
 def _peer(args, framework: str, model: str, threads: int) -> dict:
   """One peer measurement in a fresh process of the peers' virtualenv."""
-  cmd = [args.peers_python, os.path.join(common.ROOT, "scripts", "peers.py"),
+  cmd = [args.peers_python, os.path.join(bench_common.ROOT, "scripts", "peers.py"),
          f"--framework={framework}", f"--model={model}", f"--threads={threads}",
          f"--seconds={args.seconds}"]
-  return common.run_job(cmd, f"peer job {' '.join(cmd[1:])}")
+  return bench_common.run_job(cmd, f"peer job {' '.join(cmd[1:])}")
 
 
 def run_peers(args) -> dict:
   """tapeloop, Keras fit and the peers on each model, interleaved, every job in a fresh
   process; each peer at its best thread setting (the faster of 1 and all cores)."""
-  names = args.models.split(",") if args.models else common.distinct_models()
+  names = args.models.split(",") if args.models else bench_common.distinct_models()
   raw: dict[str, list] = {"matmul_gflops": []}
   params, flops, machine_info, versions, envs = {}, {}, None, {}, {}
   for repeat in range(args.repeats):
     print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
-    m = jobs.isolated({"kind": "machine"}, args.seconds)
+    m = bench_jobs.isolated({"kind": "machine"}, args.seconds)
     machine_info = m["machine"]
     raw["matmul_gflops"].append(m["matmul_gflops"])
     for name in names:
       spl = STEPS_PER_LOOP.get(name, args.steps_per_loop)
       todo = [("tapeloop", None), ("keras", None)] + [("peer", j) for j in PEER_JOBS]
-      if common.model_flags(name)["model"] in AUTO_PRECISION:
+      if bench_common.model_flags(name)["model"] in AUTO_PRECISION:
         todo.insert(1, ("tapeloop_auto", None))
       if repeat % 2:
         todo.reverse()
       for kind, peer in todo:
         if kind == "tapeloop":
-          r = jobs.isolated({"kind": "tapeloop", "model": name, "steps_per_loop": spl,
+          r = bench_jobs.isolated({"kind": "tapeloop", "model": name, "steps_per_loop": spl,
                              "count_flops": name not in flops, "parameters": True},
                             args.seconds)
           envs["tapeloop"] = r.pop("env")
@@ -72,14 +72,14 @@ def run_peers(args) -> dict:
           raw.setdefault(f"{name}/tapeloop", []).append(r["tapeloop"]["examples_per_sec"])
           raw.setdefault(f"{name}/tapeloop/jit", []).append(r["jit"])
         elif kind == "tapeloop_auto":
-          r = jobs.isolated({"kind": "tapeloop", "model": name, "steps_per_loop": spl,
+          r = bench_jobs.isolated({"kind": "tapeloop", "model": name, "steps_per_loop": spl,
                              "count_flops": False, "flags": ["--mixed_precision=auto"]},
                             args.seconds)
           raw.setdefault(f"{name}/tapeloop_auto", []).append(r["tapeloop"]["examples_per_sec"])
           raw.setdefault(f"{name}/tapeloop_auto/precision", []).append(r["precision"])
         elif kind == "keras":
           rate = (raw.get(f"{name}/tapeloop") or [5000])[-1]
-          r = jobs.isolated({"kind": "keras", "model": name, "steps_per_loop": spl,
+          r = bench_jobs.isolated({"kind": "keras", "model": name, "steps_per_loop": spl,
                              "order": ["keras_fit", "keras_fit_spe"], "expected_rate": rate},
                             args.seconds)
           envs["keras"] = r.pop("env")
@@ -125,7 +125,7 @@ def run_peers(args) -> dict:
     tapeloop = med(f"{name}/tapeloop")
     fit_best = max(med(f"{name}/keras_fit"), med(f"{name}/keras_fit_spe"))
     rows[name] = {
-        "parameters": params[name], "tapeloop": common.summarize(raw[f"{name}/tapeloop"]),
+        "parameters": params[name], "tapeloop": bench_common.summarize(raw[f"{name}/tapeloop"]),
         "tapeloop_jit": raw[f"{name}/tapeloop/jit"][-1],
         "keras_fit": med(f"{name}/keras_fit"), "keras_fit_spe": med(f"{name}/keras_fit_spe"),
         "peers": peers, "best_peer": best_peer,
@@ -134,13 +134,13 @@ def run_peers(args) -> dict:
     }
     if raw.get(f"{name}/tapeloop_auto"):
       auto = med(f"{name}/tapeloop_auto")
-      rows[name].update({"tapeloop_auto": common.summarize(raw[f"{name}/tapeloop_auto"]),
+      rows[name].update({"tapeloop_auto": bench_common.summarize(raw[f"{name}/tapeloop_auto"]),
                          "auto_precision": raw[f"{name}/tapeloop_auto/precision"][-1],
                          "auto_vs_best_peer": auto / measured[best_peer]})
   return {"machine": machine_info, "versions": versions, "environment": envs,
           "global_batch_size": BATCH, "dataset": DATASET, "repeats": args.repeats,
           "seconds_per_measurement": args.seconds,
-          "matmul_gflops": common.summarize(raw["matmul_gflops"]),
+          "matmul_gflops": bench_common.summarize(raw["matmul_gflops"]),
           "isolation": "every measurement job in a fresh process, the order reversed in every "
                        "other repeat", "models": rows, "targets": peer_targets(rows)}
 
@@ -203,8 +203,9 @@ def peers_markdown(result: dict) -> str:
             for v, p in r["peers"].items() if "error" in p}
   if errors:
     lines += ["", "Failed: " + "; ".join(f"{k}: {e}" for k, e in errors.items())]
-  lines += ["", f"fp32 matmul peak (1024x1024): {common.spread(result['matmul_gflops'])} GFLOP/s."]
-  return "\n".join(lines + common.targets_table(result["targets"])) + "\n"
+  peak = bench_common.spread(result["matmul_gflops"])
+  lines += ["", f"fp32 matmul peak (1024x1024): {peak} GFLOP/s."]
+  return "\n".join(lines + bench_common.targets_table(result["targets"])) + "\n"
 
 
 def main(argv=None) -> int:
@@ -213,15 +214,15 @@ def main(argv=None) -> int:
   parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
   parser.add_argument("--steps_per_loop", type=int, default=100)
   parser.add_argument("--models", default="", help="comma list (default: each model once)")
-  parser.add_argument("--output_dir", default=os.path.join(common.ROOT, "benchmarks"))
-  parser.add_argument("--peers_python", default=os.path.join(common.ROOT, ".venv-peers", "bin",
-                                                             "python"),
+  parser.add_argument("--output_dir", default=os.path.join(bench_common.ROOT, "benchmarks"))
+  parser.add_argument("--peers_python",
+                      default=os.path.join(bench_common.ROOT, ".venv-peers", "bin", "python"),
                       help="a Python with jax, flax, optax and torch (make bench-peers)")
   args = parser.parse_args(argv)
-  common.check_models(parser, args.models)
+  bench_common.check_models(parser, args.models)
   os.makedirs(args.output_dir, exist_ok=True)
   result = run_peers(args)
-  common.write(args.output_dir, "peers", result, peers_markdown(result))
+  bench_common.write(args.output_dir, "peers", result, peers_markdown(result))
   return 0
 
 

@@ -22,8 +22,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_common as common  # pylint: disable=g-import-not-at-top,wrong-import-position
-import bench_jobs as jobs  # pylint: disable=g-import-not-at-top,wrong-import-position
+import bench_common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import bench_jobs  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TTA_RECIPE = os.path.join("configs", "fashion_tta.cfg")
 PHASES = ("start_up", "data", "build", "compile", "train", "eval", "export", "other")
@@ -34,7 +34,7 @@ def _tta_run(data_dir: str, model_dir: str) -> dict:
   cmd = [sys.executable, "-m", "trainer.main", f"--flagfile={TTA_RECIPE}",
          f"--data_dir={data_dir}", f"--model_dir={model_dir}"]
   start = time.time()
-  proc = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True, check=False)
+  proc = subprocess.run(cmd, cwd=bench_common.ROOT, capture_output=True, text=True, check=False)
   seconds = time.time() - start
   path = os.path.join(model_dir, "results.json")
   if proc.returncode or not os.path.exists(path):
@@ -66,7 +66,7 @@ def time_to_accuracy(data_dir: str) -> dict:
     print(f"  {name} run: {r['phases']['total']:.1f} s command start to results.json, test "
           f"accuracy {100 * r['test_accuracy']:.2f}%", flush=True)
   ok = lambda r: r["test_accuracy"] >= 0.92 and r["phases"]["total"] < 45
-  return {"machine": jobs.machine(), "recipe": TTA_RECIPE.replace(os.sep, "/"), "runs": runs,
+  return {"machine": bench_jobs.machine(), "recipe": TTA_RECIPE.replace(os.sep, "/"), "runs": runs,
           "targets": {"test accuracy >= 92% with the whole process < 45 s (first run)":
                           ok(runs["first"]),
                       "test accuracy >= 92% with the whole process < 45 s (later runs)":
@@ -83,7 +83,7 @@ def tta_markdown(result: dict) -> str:
     label = {"first": "first (decodes, writes the cache)", "cached": "later (cached)"}[name]
     lines.append(f"| {label} | {100 * r['test_accuracy']:.2f}% | **{r['phases']['total']:.1f}** | "
                  + " | ".join(f"{r['phases'].get(p, 0):.1f}" for p in PHASES) + " |")
-  return "\n".join(lines + common.targets_table(result["targets"])) + "\n"
+  return "\n".join(lines + bench_common.targets_table(result["targets"])) + "\n"
 
 
 def main(argv=None) -> int:
@@ -93,11 +93,11 @@ def main(argv=None) -> int:
   from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
   parser.add_argument("--data_dir", default=tfds_source.default_data_dir(),
                       help="where `make data` prepared Fashion-MNIST")
-  parser.add_argument("--output_dir", default=os.path.join(common.ROOT, "benchmarks"))
+  parser.add_argument("--output_dir", default=os.path.join(bench_common.ROOT, "benchmarks"))
   args = parser.parse_args(argv)
   os.makedirs(args.output_dir, exist_ok=True)
   result = time_to_accuracy(args.data_dir)
-  common.write(args.output_dir, "time_to_accuracy", result, tta_markdown(result))
+  bench_common.write(args.output_dir, "time_to_accuracy", result, tta_markdown(result))
   return 0
 
 

@@ -26,8 +26,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import bench_common as common  # pylint: disable=g-import-not-at-top,wrong-import-position
-import bench_jobs as jobs  # pylint: disable=g-import-not-at-top,wrong-import-position
+import bench_common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import bench_jobs  # pylint: disable=g-import-not-at-top,wrong-import-position
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 from bench_common import (  # pylint: disable=g-import-not-at-top,wrong-import-position
     BATCH, DATASET, MODELS, STEPS_PER_LOOP)
@@ -53,7 +53,7 @@ def run_benchmark(args) -> dict:
   flops, machine_info, envs = {}, None, {}
   for repeat in range(args.repeats):
     print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
-    m = jobs.isolated({"kind": "machine"}, args.seconds, args.device)
+    m = bench_jobs.isolated({"kind": "machine"}, args.seconds, args.device)
     machine_info = m["machine"]
     envs["machine"] = m.pop("env")
     for key in MACHINE_FIGURES:
@@ -74,7 +74,7 @@ def run_benchmark(args) -> dict:
         if job["kind"] == "keras":  # sized from tapeloop's rate: this repeat's or the last
           job["expected_rate"] = r["tapeloop"]["examples_per_sec"] if "tapeloop" in r else \
               raw[f"{name}/tapeloop"][-1]
-        result = jobs.isolated(job, args.seconds, args.device)
+        result = bench_jobs.isolated(job, args.seconds, args.device)
         envs[job["kind"]] = result.pop("env")
         r.update(result)
       flops.setdefault(name, r.get("train_flops_per_example"))
@@ -92,7 +92,7 @@ def run_benchmark(args) -> dict:
     med = {v: statistics.median(raw[f"{name}/{v}"]) for v in measured}
     rows[name] = {
         "steps_per_loop": STEPS_PER_LOOP.get(name, args.steps_per_loop),
-        **{v: common.summarize(raw[f"{name}/{v}"]) for v in measured},
+        **{v: bench_common.summarize(raw[f"{name}/{v}"]) for v in measured},
         "compile_seconds": {v: statistics.median(raw[f"{name}/{v}/compile"]) for v in measured},
         "vs_keras_default": med["tapeloop"] / med["keras_fit"],
         "vs_keras_best": med["tapeloop"] / max(med[v] for v in measured[1:]),
@@ -112,17 +112,17 @@ def run_benchmark(args) -> dict:
           "isolation": "every measurement job in a fresh process; tapeloop first in odd "
                        "repeats, Keras fit first in even ones",
           "environment": envs,
-          "matmul_gflops": common.summarize(raw["matmul_gflops"]),
-          "pipeline": common.summarize(raw["pipeline"]),
-          "pipeline_augmented": common.summarize(raw["pipeline_augmented"]),
-          "tf_data_pipeline": common.summarize(raw["tf_data"]),
+          "matmul_gflops": bench_common.summarize(raw["matmul_gflops"]),
+          "pipeline": bench_common.summarize(raw["pipeline"]),
+          "pipeline_augmented": bench_common.summarize(raw["pipeline_augmented"]),
+          "tf_data_pipeline": bench_common.summarize(raw["tf_data"]),
           "pipeline_vs_fastest_model": statistics.median(raw["pipeline"]) / fastest,
           "models": rows, "targets": targets(rows, raw)}
 
 
 def targets(rows, raw) -> dict:
   out = {}
-  for name in common.OVERHEAD_BOUND:
+  for name in bench_common.OVERHEAD_BOUND:
     if name in rows:
       out[f"{name} >= 1.5x keras fit (default)"] = rows[name]["vs_keras_default"] >= 1.5
   for name, row in rows.items():
@@ -151,7 +151,7 @@ def _where(result: dict) -> str:
 
 
 def markdown(result: dict) -> str:
-  m, spread = result["machine"], common.spread
+  m, spread = result["machine"], bench_common.spread
   lines = [
       f"Measured {m['date']} on {m['cpu']}, {m['cores']} cores, TensorFlow {m['tensorflow']}, "
       f"Keras {m['keras']}; {_where(result)}; global batch {result['global_batch_size']}, Adam, "
@@ -184,7 +184,7 @@ def markdown(result: dict) -> str:
       f"translate+erase augmentation {spread(result['pipeline_augmented'])}; the tf.data "
       f"pipeline (--pipeline=tf_data) {spread(result['tf_data_pipeline'])}.",
   ]
-  return "\n".join(lines + common.targets_table(result["targets"])) + "\n"
+  return "\n".join(lines + bench_common.targets_table(result["targets"])) + "\n"
 
 
 def device_list(device: str) -> list[str]:
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
   parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
   parser.add_argument("--steps_per_loop", type=int, default=100)
   parser.add_argument("--models", default="", help="comma list (default all)")
-  parser.add_argument("--output_dir", default=os.path.join(common.ROOT, "benchmarks"))
+  parser.add_argument("--output_dir", default=os.path.join(bench_common.ROOT, "benchmarks"))
   parser.add_argument("--device", default="cpu",
                       help="cpu: one device; gpu: every GPU (MirroredStrategy, per-replica "
                       "batch 128); cpu:N: N logical CPU devices, mirrored (the multi-GPU "
@@ -226,10 +226,10 @@ def main(argv=None) -> int:
     args.devices = device_list(args.device)
   except ValueError as e:
     parser.error(str(e))
-  common.check_models(parser, args.models)
+  bench_common.check_models(parser, args.models)
   os.makedirs(args.output_dir, exist_ok=True)
   result = run_benchmark(args)
-  common.write(args.output_dir, "results", result, markdown(result))
+  bench_common.write(args.output_dir, "results", result, markdown(result))
   return 0
 
 

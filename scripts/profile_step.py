@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-import bench_common as common
+import bench_common
 
 # TensorFlow op types (the profiler's display names) by what they compute; oneDNN's fused
 # kernels carry the convolution in their name (_MklNativeFusedConv2D, ...).
@@ -87,13 +87,13 @@ def _self_times(plane, line):
 def profile(name: str, precision: str, loops: int) -> dict:
   """In this process: a Trainer's steady examples/s (unprofiled), then `loops` loops under
   the profiler; the op time by category."""
-  import bench_jobs as jobs  # pylint: disable=g-import-not-at-top
+  import bench_jobs  # pylint: disable=g-import-not-at-top
   import input_pipeline  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  steps = common.STEPS_PER_LOOP.get(name, 100)  # bench_peers.py's
-  data = input_pipeline.load(common.DATASET)
+  steps = bench_common.STEPS_PER_LOOP.get(name, 100)  # bench_peers.py's
+  data = input_pipeline.load(bench_common.DATASET)
   with tempfile.TemporaryDirectory() as tmp:
-    trainer = jobs.make_trainer(name, data, steps, os.path.join(tmp, "run"),
+    trainer = bench_jobs.make_trainer(name, data, steps, os.path.join(tmp, "run"),
                                 flags=[f"--mixed_precision={precision}"])
     iterator = trainer.train_iterator()
     trainer.run_steps(iterator, steps)  # trace and compile
@@ -114,20 +114,20 @@ def profile(name: str, precision: str, loops: int) -> dict:
   for op_type, t in times.items():
     split[category(op_type)] += t
   rest = {k: v for k, v in times.items() if category(k) == "rest"}
-  return {"examples_per_sec": loops * steps * common.BATCH / seconds, "jit": trainer.jit,
+  return {"examples_per_sec": loops * steps * bench_common.BATCH / seconds, "jit": trainer.jit,
           "precision": trainer.plan.precision,
           "op_seconds_per_step": total / (loops * steps),
           "wall_seconds_per_step": profiled / (loops * steps),
           "split": {k: v / total for k, v in split.items()},
           "largest_rest": {k: v / total for k, v in
                            sorted(rest.items(), key=lambda kv: -kv[1])[:3]},
-          "train_flops_per_example": jobs.train_flops_per_example(name)}
+          "train_flops_per_example": bench_jobs.train_flops_per_example(name)}
 
 
 def markdown(result: dict) -> str:
   peak = result["matmul_gflops"]
   lines = [f"Measured {result['date']} on {result['cpu']}: one process per model, batch "
-           f"{common.BATCH}, synthetic MNIST-shaped data in memory, {result['precision']}. "
+           f"{bench_common.BATCH}, synthetic MNIST-shaped data in memory, {result['precision']}. "
            f"Op time is summed over threads (busy: op time / wall time); fp32 matmul peak "
            f"{peak:.0f} GFLOP/s.", "",
            "| model | examples/s | GFLOP/s | of matmul peak | convolutions | their gradients "
@@ -153,26 +153,26 @@ def main(argv=None) -> int:
   parser.add_argument("--precision", default="float32",
                       help="--mixed_precision for every model (auto: each its own)")
   parser.add_argument("--loops", type=int, default=3, help="measured and profiled loops")
-  parser.add_argument("--output_dir", default=os.path.join(common.ROOT, "benchmarks"))
+  parser.add_argument("--output_dir", default=os.path.join(bench_common.ROOT, "benchmarks"))
   parser.add_argument("--job", default=None, help=argparse.SUPPRESS)  # one model, in-process
   args = parser.parse_args(argv)
   if args.job:
-    common.print_result(profile(args.job, args.precision, args.loops))
+    bench_common.print_result(profile(args.job, args.precision, args.loops))
     return 0
-  common.check_models(parser, args.models)
-  names = args.models.split(",") if args.models else common.distinct_models()
-  import bench_jobs as jobs  # pylint: disable=g-import-not-at-top
-  machine = jobs.isolated({"kind": "machine"}, 2.0)
-  env = jobs.tapeloop_env()
+  bench_common.check_models(parser, args.models)
+  names = args.models.split(",") if args.models else bench_common.distinct_models()
+  import bench_jobs  # pylint: disable=g-import-not-at-top
+  machine = bench_jobs.isolated({"kind": "machine"}, 2.0)
+  env = bench_jobs.tapeloop_env()
   result = {"date": time.strftime("%Y-%m-%d"), "cpu": machine["machine"].get("cpu", "?"),
             "precision": args.precision, "loops": args.loops,
             "matmul_gflops": machine["matmul_gflops"],
             "models": {}}
   for name in names:
-    result["models"][name] = common.run_job(
+    result["models"][name] = bench_common.run_job(
         [sys.executable, os.path.abspath(__file__), f"--job={name}",
          f"--precision={args.precision}", f"--loops={args.loops}"], f"profile of {name}", env)
-  common.write(args.output_dir, "profile", result, markdown(result))
+  bench_common.write(args.output_dir, "profile", result, markdown(result))
   return 0
 
 

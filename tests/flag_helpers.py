@@ -16,9 +16,7 @@ def build_trainer(cfg, strategy=None, **kwargs):
   """The Trainer of cfg as train.py builds it: the data its flags describe (run_files.load_data)
   and the run's Plan (planning.resolve, no record); kwargs: Trainer's (restore, writer...)."""
   # pylint: disable=g-import-not-at-top
-  from trainer.run import distribute
-  from trainer.run import planning
-  from trainer.run import run_files
+  from trainer.run import distribute, planning, run_files
   from trainer.inner.trainer import Trainer
   strategy = strategy or distribute.create_strategy(cfg)
   data = run_files.load_data(cfg)

@@ -30,11 +30,8 @@ def main(argv):
   cfg = config.from_flags(FLAGS, _read_record)
   tf_env.apply()  # before anything imports TensorFlow
   # pylint: disable=g-import-not-at-top
-  from trainer.run import distribute
-  from trainer.run import dry_run
   from trainer import evaluate
-  from trainer.run import phases
-  from trainer.run import train
+  from trainer.run import distribute, dry_run, phases, train
   from trainer.tuning import trial
   # pylint: enable=g-import-not-at-top
   if cfg.dry_run:

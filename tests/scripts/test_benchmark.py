@@ -20,12 +20,12 @@ def benchmark():
 
 @pytest.fixture(scope="module")
 def jobs(benchmark):
-  return benchmark.jobs
+  return benchmark.bench_jobs
 
 
 @pytest.fixture(scope="module")
 def common(benchmark):
-  return benchmark.common
+  return benchmark.bench_common
 
 
 @pytest.mark.parametrize("kind,settings", [
@@ -199,7 +199,7 @@ def _fake_jobs(bench_peers, monkeypatch, jax_params=39760):
     return {"parameters": 39760, "version": "2.0",
             "torch_eager": {"examples_per_sec": 150_000.0 if threads == 1 else 140_000.0}}
 
-  monkeypatch.setattr(bench_peers.jobs, "isolated", isolated)
+  monkeypatch.setattr(bench_peers.bench_jobs, "isolated", isolated)
   monkeypatch.setattr(bench_peers, "_peer", peer)
 
 
@@ -228,7 +228,7 @@ def test_peers_table_takes_each_peer_at_its_best_threads_and_the_best_peer(bench
 def test_conv_models_are_measured_with_auto_precision_too(bench_peers, monkeypatch, tmp_path):
   # (The fake peers count the MLP's parameters: only the table's columns are checked.)
   _fake_jobs(bench_peers, monkeypatch)
-  monkeypatch.setattr(bench_peers.common, "model_flags", lambda name: {"model": "cnn"})
+  monkeypatch.setattr(bench_peers.bench_common, "model_flags", lambda name: {"model": "cnn"})
   assert bench_peers.main(["--models=cnn", "--repeats=1", "--seconds=0.1",
                            f"--output_dir={tmp_path}"]) == 0
   row = json.loads((tmp_path / "peers.json").read_text())["models"]["cnn"]

@@ -24,7 +24,7 @@ from absl import logging
 from input_pipeline.data import Data, Split
 from input_pipeline.in_memory import IndexStream, InMemoryData
 from input_pipeline.mixing import Mix, mix_batch, smooth
-from input_pipeline.pipeline import eval_dataset as in_memory_eval, train_dataset
+from input_pipeline import pipeline
 from input_pipeline.preprocess import Augment, augment_batch, augment_seed, normalize
 from input_pipeline.stream import StreamSplit, eval_stream, train_stream
 from trainer.options.config import Config
@@ -68,7 +68,7 @@ def _distribute(strategy, dataset):
 
 def eval_dataset(strategy, split, global_batch_size: int):
   """One distributed pass over a split, every example once (padded batches, weight 0)."""
-  make = eval_stream if isinstance(split, StreamSplit) else in_memory_eval
+  make = eval_stream if isinstance(split, StreamSplit) else pipeline.eval_dataset
   return _distribute(strategy, make(split, global_batch_size=global_batch_size))
 
 
@@ -124,8 +124,8 @@ class TfDataFeed(Feed):
   whichever feed)."""
 
   def iterator(self, position):
-    dataset = train_dataset(self.split, global_batch_size=self.batch, seed=self.seed,
-                            start_step=position)
+    dataset = pipeline.train_dataset(self.split, global_batch_size=self.batch, seed=self.seed,
+                                     start_step=position)
     return iter(_distribute(self.strategy, dataset))
 
   def batch_at(self, window, i):
