@@ -67,7 +67,7 @@ class Data:
   splits: Mapping[str, Split]
   pipeline: str = "in_memory"
   reason: str = ""
-  # folder: data: what the check of its files found (input_pipeline/folder.py).
+  # folder: data: what the check of its files found (input_pipeline/readers/folder.py).
   folder_check: dict | None = None
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from input_pipeline import folder, idx, kaggle_csv, tfds_source
 from input_pipeline.data import Data, DataError, Split, make_data
+from input_pipeline.readers import folder, idx, kaggle_csv, tfds_source
 from input_pipeline.records import fit
 from input_pipeline.specs import parse_spec
 from input_pipeline.stream import StreamSplit, materialize

@@ -53,7 +53,7 @@ def time_to_accuracy(data_dir: str) -> dict:
   whole process: command start to results.json."""
   # Here, not at the top: it loads TensorFlow, which this script (it times other
   # processes) needs for this default alone, and not before --help.
-  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
+  from input_pipeline.readers import tfds_source  # pylint: disable=g-import-not-at-top
   cache = os.path.join(data_dir, "fashion_mnist")
   runs = {}
   for name in ("first", "cached"):
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   # Here, not at the top: it loads TensorFlow, which this script (it times other
   # processes) needs for this default alone, and not before --help.
-  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
+  from input_pipeline.readers import tfds_source  # pylint: disable=g-import-not-at-top
   parser.add_argument("--data_dir", default=tfds_source.default_data_dir(),
                       help="where `make data` prepared Fashion-MNIST")
   parser.add_argument("--output_dir", default=os.path.join(bench_common.ROOT, "benchmarks"))

@@ -32,7 +32,7 @@ import tensorflow as tf
 
 import bench_common
 import bench_jobs
-from input_pipeline import tfds_source
+from input_pipeline.readers import tfds_source
 from trainer.process import files
 from trainer.run import child_runs
 # pylint: enable=g-import-not-at-top,wrong-import-position

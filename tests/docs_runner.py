@@ -104,7 +104,7 @@ def _flags_only(kind: str, args: list[str]) -> None:
 
 
 def _prepare_flags(args: list[str]):
-  from input_pipeline import prepare  # pylint: disable=g-import-not-at-top
+  from input_pipeline.readers import prepare  # pylint: disable=g-import-not-at-top
   own = flags.FlagValues()  # trainer.main's flags already claim --dataset globally
   prepare.define_flags(own)
   own(["prepare", *args])

@@ -288,7 +288,7 @@ def test_with_an_empty_home_an_unprepared_dataset_names_make_data_and_data_dir(
   """One default data_dir for `make data` and every command: TFDS's, read when used; a
   dataset not there names the fix; a dry run prepares nothing."""
   import input_pipeline  # pylint: disable=g-import-not-at-top
-  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
+  from input_pipeline.readers import tfds_source  # pylint: disable=g-import-not-at-top
   from trainer.options import config
   from trainer.run import dry_run  # pylint: disable=g-import-not-at-top
   home = tmp_path / "home"

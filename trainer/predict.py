@@ -84,7 +84,8 @@ import tensorflow as tf
 from absl import logging
 
 import input_pipeline
-from input_pipeline import DataError, folder
+from input_pipeline import DataError
+from input_pipeline.readers import folder
 from input_pipeline.specs import parse_spec
 from trainer.options import declared
 from trainer.options.declared import normalized

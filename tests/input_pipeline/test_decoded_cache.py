@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from input_pipeline import decoded_cache, tfds_source
+from input_pipeline.readers import decoded_cache, tfds_source
 from datafiles import write_tiny_tfds
 
 SIZE = (14, 12)

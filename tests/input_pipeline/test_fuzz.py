@@ -8,7 +8,8 @@ import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from input_pipeline import DataError, idx, kaggle_csv
+from input_pipeline import DataError
+from input_pipeline.readers import idx, kaggle_csv
 
 SETTINGS = settings(max_examples=300, deadline=2000,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 from input_pipeline import Augment, DataError, Split
-from input_pipeline.in_memory import IndexStream, InMemoryData
+from input_pipeline.in_memory import InMemoryData, IndexStream
 
 
 def test_each_epoch_is_a_seeded_permutation_and_batches_cross_epochs():

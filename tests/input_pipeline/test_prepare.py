@@ -6,7 +6,8 @@ import types
 
 import pytest
 
-from input_pipeline import DataError, prepare
+from input_pipeline import DataError
+from input_pipeline.readers import prepare
 
 
 def _upstream_gz(name, payload, mtime):

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from input_pipeline import Augment, DataError
-from input_pipeline import preprocess
+from input_pipeline import Augment, DataError, preprocess
 from input_pipeline.preprocess import normalize
 
 SEED = tf.constant([1, 2], tf.int64)

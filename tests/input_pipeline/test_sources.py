@@ -3,7 +3,8 @@ import pytest
 import tensorflow_datasets as tfds
 
 import input_pipeline
-from input_pipeline import DataError, sources, specs, tfds_source
+from input_pipeline import DataError, sources, specs
+from input_pipeline.readers import tfds_source
 
 
 @pytest.mark.parametrize("spec,expected", [
@@ -106,7 +107,7 @@ def test_tfds_without_network_fails_fast_naming_the_files(tmp_path):
 
 
 def test_each_dataset_has_its_own_manual_files(tmp_path):
-  # Fashion-MNIST's files, under the names MNIST registers too, as input_pipeline.prepare
+  # Fashion-MNIST's files, under the names MNIST registers too, as input_pipeline.readers.prepare
   # places them: MNIST must not take them for its own.
   fashion = tmp_path / "downloads" / "manual" / "fashion_mnist"
   fashion.mkdir(parents=True)

@@ -15,8 +15,8 @@ from input_pipeline.data import make_data
 from trainer.inner.evaluator import Evaluation, Evaluator
 from trainer.inner.progress import Progress
 from trainer.outer import actions, preemption, triggers
-from trainer.outer.best import BestMetric, EarlyStopping, KeepBest, ReduceOnPlateau
 from trainer.outer.actions import Boundary
+from trainer.outer.best import BestMetric, EarlyStopping, KeepBest, ReduceOnPlateau
 from trainer.process.errors import Interrupted
 
 

@@ -76,7 +76,7 @@ IMPORTS_INSIDE_A_FUNCTION = {
                      "trainer.run.phases", "trainer.run.run_files", "trainer.run.train",
                      "trainer.tuning.trial"},
     # trainer.prepare's flags are checked before TFDS and TensorFlow load (tfds_source).
-    "input_pipeline.prepare": {"input_pipeline.tfds_source"},
+    "input_pipeline.readers.prepare": {"input_pipeline.readers.tfds_source"},
 }
 
 

@@ -12,7 +12,7 @@ import pytest
 from datafiles import write_image_folder, write_tiny_tfds
 from flag_helpers import parse
 from runs import read_images, run
-from input_pipeline import folder
+from input_pipeline.readers import folder
 from trainer.process.errors import ConfigError
 from trainer.run import train
 

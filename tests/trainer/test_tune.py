@@ -23,10 +23,10 @@ from paths import ROOT
 from runs import read_experiment, read_scalars
 from trainer import cli, tune
 from trainer.run import child_runs, train
-from trainer.tuning.study import KILL_RETRIES, Settings, Tuner
-from trainer.tuning.trial import ConfigError, actions, database_url, environment
 from trainer.tuning import tune_results
 from trainer.tuning.search import parse_search
+from trainer.tuning.study import KILL_RETRIES, Settings, Tuner
+from trainer.tuning.trial import ConfigError, actions, database_url, environment
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 

@@ -21,10 +21,10 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from input_pipeline.data import Data, Split
-from input_pipeline.in_memory import IndexStream, InMemoryData
-from input_pipeline.mixing import Mix, mix_batch, smooth
 from input_pipeline import pipeline
+from input_pipeline.data import Data, Split
+from input_pipeline.in_memory import InMemoryData, IndexStream
+from input_pipeline.mixing import Mix, mix_batch, smooth
 from input_pipeline.preprocess import Augment, augment_batch, augment_seed, normalize
 from input_pipeline.stream import StreamSplit, eval_stream, train_stream
 from trainer.options.config import Config

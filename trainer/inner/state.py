@@ -10,9 +10,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-import models
 from input_pipeline import DatasetInfo
 from input_pipeline.preprocess import normalize
+import models
 from models.common import InputTooSmall
 from trainer.inner import checkpoints
 from trainer.inner.progress import Progress

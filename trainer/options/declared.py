@@ -21,7 +21,7 @@ import dataclasses
 from typing import Any, Callable
 
 # Only what reads values without TensorFlow: the flags are checked before it loads.
-from input_pipeline.specs import PIPELINES, Augment, parse_image_size, parse_tta
+from input_pipeline.specs import Augment, PIPELINES, parse_image_size, parse_tta
 from models.names import MODEL_NAMES, POLICIES
 from trainer.options.values import (absolute_path, at_least_zero, dataset_meaning, int_list, ints,
                             one_of, positive, within)

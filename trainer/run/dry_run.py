@@ -13,10 +13,9 @@ import shlex
 from absl import flags as absl_flags
 import tensorflow as tf
 
-from input_pipeline import tfds_source
+from input_pipeline.readers import tfds_source
 from trainer.inner import checkpoints, state
-from trainer.options.config import DATA_FLAGS, from_args
-from trainer.options.config import Config
+from trainer.options.config import Config, DATA_FLAGS, from_args
 from trainer.process.errors import UsageError
 from trainer.run import distribute, planning, run_files, run_record
 from trainer.run.child_runs import FLAGS_LOCK

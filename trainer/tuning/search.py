@@ -10,7 +10,7 @@ import math
 from absl import flags as absl_flags
 import tensorflow as tf
 
-from input_pipeline import tfds_source
+from input_pipeline.readers import tfds_source
 from trainer.inner import state
 from trainer.options import command_line, config, declared
 from trainer.process.errors import UsageError

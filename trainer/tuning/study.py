@@ -18,10 +18,10 @@ import tensorflow as tf
 from trainer.options.values import flag_arg
 from trainer.process.errors import UsageError
 from trainer.run import child_runs, dry_run, run_record
-from trainer.tuning.trial import database_url, engine_options, environment, open_storage, pruner
-from trainer.tuning.tune_choices import OBJECTIVES
 from trainer.tuning.liveness import Heartbeat, StudyLock, alive
 from trainer.tuning.search import Search
+from trainer.tuning.trial import database_url, engine_options, environment, open_storage, pruner
+from trainer.tuning.tune_choices import OBJECTIVES
 
 # A trial whose trainer was killed (kill -9, the out-of-memory killer) is retried from its
 # checkpoint this many times; killed once more, it fails.

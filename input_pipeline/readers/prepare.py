@@ -95,7 +95,7 @@ def prepare(dataset: str, data_dir: str | None, source_dir: str) -> str:
   if dataset != "fashion_mnist":
     raise DataError(f"{shlex.quote('--dataset=' + dataset)}: {_ONLY_FASHION}")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
+  from input_pipeline.readers import tfds_source  # pylint: disable=g-import-not-at-top
   with _quiet_tfds():
     builder = tfds.builder(dataset, data_dir=data_dir or tfds_source.default_data_dir())
     manual_dir = tfds_source.manual_dir_for(builder, dataset)
@@ -171,7 +171,7 @@ def main(argv, flag_values=flags.FLAGS):
                     "--name=value")
   fv = flag_values
   root = prepare(fv.dataset, fv.data_dir, fv.source_dir)
-  from input_pipeline import tfds_source  # pylint: disable=g-import-not-at-top
+  from input_pipeline.readers import tfds_source  # pylint: disable=g-import-not-at-top
   # --data_dir only where the commands would not look by default.
   elsewhere = os.path.realpath(root) != os.path.realpath(tfds_source.default_data_dir())
   print(f"{fv.dataset} is ready in {shlex.quote(root)}; train with --dataset={fv.dataset}"
@@ -180,6 +180,6 @@ def main(argv, flag_values=flags.FLAGS):
 
 if __name__ == "__main__":
   # The program lives in trainer (above input_pipeline in the layers): say so, not nothing.
-  print("error: the program is python -m trainer.prepare; input_pipeline.prepare is its "
+  print("error: the program is python -m trainer.prepare; input_pipeline.readers.prepare is its "
         "library", file=sys.stderr)
   sys.exit(2)

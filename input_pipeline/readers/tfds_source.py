@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from input_pipeline import decoded_cache
 from input_pipeline.data import DataError, Split, check_labels, fill
+from input_pipeline.readers import decoded_cache
 from input_pipeline.records import ShardRecords, fit
 from input_pipeline.stream import StreamSplit
 
