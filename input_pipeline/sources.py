@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from input_pipeline import subsets
 from input_pipeline.data import Data, DataError, Split, make_data
 from input_pipeline.readers import folder, idx, kaggle_csv, tfds_source
 from input_pipeline.records import fit
@@ -109,10 +110,14 @@ def load(spec: str, *, data_dir: str | None = None, manual_dir: str | None = Non
          num_classes: int | None = None, validation_split: float = 0.0,
          seed: int = 0, image_size: tuple[int, int] | None = None,
          pipeline: str = "in_memory", memory_budget_gb: float | None = None,
-         skip_bad_images: bool = False, folder_check: dict | None = None) -> Data:
+         skip_bad_images: bool = False, folder_check: dict | None = None,
+         classes: tuple[int, ...] | None = None,
+         examples_per_class: int | None = None) -> Data:
   """Loads a data source: into memory, or as streams when `pipeline` (auto: by the
   decoded size) says so. folder_check: a folder's earlier check (Data.folder_check),
-  reused when the files are the same. Raises DataError with a one-line fix on bad data; the
+  reused when the files are the same. classes: only these, relabelled in order;
+  examples_per_class: a seeded few of each in train, after validation is held out
+  (subsets.py). Raises DataError with a one-line fix on bad data; the
   options' own values are checked where they are declared (trainer/options/declared.py)."""
   kind, arg = parse_spec(spec)
   budget = memory_budget(memory_budget_gb)
@@ -149,6 +154,9 @@ def load(spec: str, *, data_dir: str | None = None, manual_dir: str | None = Non
       splits = reader(arg, num_classes)
     if image_size:
       splits = {k: _resized(v, image_size) for k, v in splits.items()}
+  if classes:
+    splits, num_classes, class_names = subsets.keep_classes(splits, classes, num_classes,
+                                                            class_names, spec)
   if validation_split:
     if "train" not in splits:
       raise DataError(f"{spec}: --validation_split needs a train split")
@@ -157,6 +165,11 @@ def load(spec: str, *, data_dir: str | None = None, manual_dir: str | None = Non
                       "examples): drop --validation_split")
     splits["train"], splits["validation"] = carve_validation(
         splits["train"], validation_split, seed)
+  if examples_per_class:
+    if "train" not in splits:
+      raise DataError(f"{spec}: --examples_per_class needs a train split")
+    splits["train"] = subsets.few_per_class(splits["train"], examples_per_class, num_classes,
+                                            seed, spec)
   if pipeline != "stream":
     splits = {k: materialize(v, k) if isinstance(v, StreamSplit) else v
               for k, v in splits.items()}

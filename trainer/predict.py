@@ -89,7 +89,7 @@ from input_pipeline.readers import folder
 from input_pipeline.specs import parse_spec
 from trainer.options import declared
 from trainer.options.declared import normalized
-from trainer.options.values import flag_arg
+from trainer.options.values import class_ids, flag_arg
 from trainer.process import files
 from trainer.process.errors import UsageError
 from trainer.run import dry_run, export, run_files
@@ -212,6 +212,10 @@ def data_flags(model_dir: str) -> dict:
       inherit = name in recorded and (name == "data_dir" or (own and name in _OWN_DATA))
       values[name] = recorded[name] if inherit else FLAGS[name].default
   values["image_size"] = recorded.get("image_size")
+  # A run trained on some classes (--classes) predicts their ids; its own dataset's test
+  # split is cut to them, as training cut it.
+  values["classes"] = class_ids(recorded.get("classes"))
+  values["own"] = own
   return values
 
 
@@ -229,7 +233,8 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> str:
                              manual_dir=values["manual_dir"],
                              num_classes=values["num_classes"], image_size=size,
                              skip_bad_images=values["skip_bad_images"],
-                             folder_check=run_files.read_folder_check(FLAGS.model_dir, spec))
+                             folder_check=run_files.read_folder_check(FLAGS.model_dir, spec),
+                             classes=values["classes"] if values["own"] else None)
   split = data.splits.get("test")
   if split is None:
     raise UsageError(f"{what} has no test split to predict: give --images=DIR for "
@@ -239,6 +244,8 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> str:
   if FLAGS.dry_run:
     return _dry_run_note(len(split), output)
   classes, names = _classify(serve, split.images, FLAGS.batch_size)
+  if values["classes"]:  # the model's class k is the dataset's class classes[k]
+    classes = np.asarray(values["classes"])[classes]
   _write(output, lambda export: export.write_submission(output, classes))
   named = [f"{c} ({n})" if n != str(c) else n for c, n in zip(classes, names)]
   return summary(output, ("ImageId", "Label"),

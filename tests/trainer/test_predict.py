@@ -144,6 +144,25 @@ def test_data_dir_and_dataset_default_to_the_runs(colour_run, tmp_path, monkeypa
   assert not default.exists()
 
 
+def test_a_run_on_some_classes_predicts_their_own_ids_on_its_datasets_test_split(tmp_path):
+  """--classes=3,1: the run's own test split is cut to them, and its Label column holds the
+  dataset's class ids (3 and 1), not the model's (0 and 1)."""
+  spec = "synthetic:shape=6x6x1,classes=5,train=64,test=40"
+  model_dir = str(tmp_path / "run")
+  train.train_and_evaluate(parse(
+      "--model=mlp", "--hidden_units=8", f"--dataset={spec}", "--classes=3,1",
+      "--batch_size=8", "--train_steps=2", "--eval_images=false", f"--model_dir={model_dir}"))
+  output = tmp_path / "submission.csv"
+  predict_in_process(f"--model_dir={model_dir}", f"--output={output}")
+  labels = submission_labels(output)
+  test = input_pipeline.load(spec).splits["test"]
+  assert len(labels) == int(np.isin(test.labels, (3, 1)).sum()) and set(labels) <= {1, 3}
+  # The same images as the export sees them, mapped from its classes to the dataset's.
+  cut = input_pipeline.load(spec, classes=(3, 1)).splits["test"]
+  names, _ = serve(model_dir, cut.images)
+  assert labels == [{"3": 3, "1": 1}[n] for n in names]
+
+
 def test_help_lists_the_data_flags_of_training():
   define_predict_flags()
   text = cli.help_text(predict.USAGE, predict.HELP_GROUPS)

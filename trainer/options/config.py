@@ -25,7 +25,8 @@ from trainer.process.errors import ConfigError
 # positional, the others by name; run_files.load_data): the same values read the same
 # data, which the tuner's and the sweep's checks therefore load once.
 DATA_FLAGS = ("dataset", "data_dir", "manual_dir", "num_classes", "validation_split",
-              "seed", "image_size", "pipeline", "memory_budget_gb", "skip_bad_images")
+              "seed", "image_size", "pipeline", "memory_budget_gb", "skip_bad_images",
+              "classes", "examples_per_class")
 
 
 class _Methods:

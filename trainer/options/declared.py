@@ -23,8 +23,9 @@ from typing import Any, Callable
 # Only what reads values without TensorFlow: the flags are checked before it loads.
 from input_pipeline.specs import Augment, PIPELINES, parse_image_size, parse_tta
 from models.names import MODEL_NAMES, POLICIES
-from trainer.options.values import (absolute_path, at_least_zero, dataset_meaning, int_list, ints,
-                            one_of, positive, within)
+from trainer.options.values import (
+    absolute_path, at_least_zero, class_ids, dataset_meaning, int_list, ints, one_of, positive,
+    within)
 
 WHAT, HOW, DATA, LENGTH, RESTART = "what", "how", "data", "length", "restart"
 
@@ -81,6 +82,12 @@ OPTIONS: tuple[Option, ...] = (
            check=lambda v: None if v is None or v >= 2 else "must be at least 2"),
     Option("validation_split", float, 0.0, "Fraction of train held out (seeded) for eval "
            "during training.", _D, check=within(0, 1)),
+    Option("classes", list, None, "Keep only these classes (ids, e.g. 5,6,7,8,9) of every "
+           "split, relabelled 0..K-1 in this order; their names are kept.", _D,
+           parse=class_ids, value_type=tuple[int, ...] | None),
+    Option("examples_per_class", int, None, "Train on this many examples of each class, "
+           "chosen by --seed from the train split (after --validation_split holds its part "
+           "out).", _D, check=positive),
     Option("pipeline", str, "auto", "auto: in_memory when the decoded data fits "
            "--memory_budget_gb, else stream; in_memory: batches gathered inside the training "
            "graph (fastest); tf_data: tf.data over the in-memory arrays; stream: tf.data "

@@ -95,6 +95,21 @@ def dataset_meaning(spec: str) -> tuple[str, str]:
   return kind, (absolute_path(arg) if kind in ("idx", "csv", "folder") else arg)
 
 
+def class_ids(values) -> tuple[int, ...] | None:
+  """--classes: distinct class ids (integers >= 0), at least two, as a tuple."""
+  if not values:
+    return None
+  text = ",".join(map(str, values))
+  try:
+    out = tuple(int(v) for v in values)
+  except ValueError:
+    raise ValueError(f"--classes={text}: expected comma-separated class ids, e.g. 5,6,7"
+                     ) from None
+  if min(out) < 0 or len(set(out)) != len(out) or len(out) < 2:
+    raise ValueError(f"--classes={text}: give two or more distinct class ids (0 or more)")
+  return out
+
+
 def int_list(values) -> tuple:
   """A list flag's values with integers compared as integers: 050 is 50."""
   return tuple(int(v) if str(v).strip().lstrip("-").isdigit() else str(v).strip()
