@@ -87,6 +87,15 @@ class Records:
     """(uint8 image [H, W, C] at its stored size, int32 label; -1 when unlabeled)."""
     raise NotImplementedError
 
+  def labels(self) -> np.ndarray | None:
+    """Every stored example's label, by index (None: unlabeled): what --classes and
+    --examples_per_class choose by, before any image is decoded."""
+    raise NotImplementedError
+
+  def relabelled(self, remap: np.ndarray) -> Records:
+    """These records with each label l read as remap[l] (--classes)."""
+    raise NotImplementedError
+
 
 class FileRecords(Records):
   """One image file per example (a folder of images): random access by index."""
@@ -94,17 +103,23 @@ class FileRecords(Records):
   def __init__(self, paths, labels, channels: int, indices=None):
     super().__init__(np.arange(len(paths)) if indices is None else indices, channels)
     self.paths = np.asarray(paths, dtype=object)
-    self.labels = None if labels is None else np.asarray(labels, np.int32)
+    self._labels = None if labels is None else np.asarray(labels, np.int32)
 
   def subset(self, positions):
-    return FileRecords(self.paths, self.labels, self.channels, self.indices[positions])
+    return FileRecords(self.paths, self._labels, self.channels, self.indices[positions])
+
+  def labels(self):
+    return self._labels
+
+  def relabelled(self, remap):
+    return FileRecords(self.paths, remap[self._labels], self.channels, self.indices)
 
   def _table(self):
     if not hasattr(self, "_tables"):
       # Eager tensors (init_scope), kept for every tf.data function that captures them: a
       # tensor made while one function traces belongs to that graph only.
       with tf.init_scope(), tf.device("/cpu:0"):
-        labels = self.labels if self.labels is not None else np.full(len(self.paths), -1)
+        labels = self._labels if self._labels is not None else np.full(len(self.paths), -1)
         self._tables = (tf.constant(self.paths.astype(str)), tf.constant(labels, tf.int32))
     return self._tables
 
@@ -127,19 +142,45 @@ class ShardRecords(Records):
   shard order, interleaved, shuffled a seeded window at a time; never held whole."""
 
   def __init__(self, files, shard_lengths, features, image_key, label_key, channels,
-               shuffle_window=10_000, indices=None, cycle_length=16):
+               shuffle_window=10_000, indices=None, cycle_length=16, label_map=None):
     total = int(sum(shard_lengths))
     super().__init__(np.arange(total) if indices is None else indices, channels)
     self.files = [str(f) for f in files]
     self.shard_lengths = [int(n) for n in shard_lengths]
     self.features, self.image_key, self.label_key = features, image_key, label_key
     self.shuffle_window, self.cycle_length = shuffle_window, cycle_length
+    self.label_map = label_map  # each stored label's id in this split (--classes)
     self._total = total
+    self._stored = None  # every stored label, once read (labels)
+
+  def _with(self, **changed) -> ShardRecords:
+    kept = dict(indices=self.indices, label_map=self.label_map)
+    other = ShardRecords(self.files, self.shard_lengths, self.features, self.image_key,
+                         self.label_key, self.channels, self.shuffle_window,
+                         cycle_length=self.cycle_length, **{**kept, **changed})
+    other._stored = self._stored  # the same shards: their labels are read once
+    return other
 
   def subset(self, positions):
-    return ShardRecords(self.files, self.shard_lengths, self.features, self.image_key,
-                        self.label_key, self.channels, self.shuffle_window,
-                        self.indices[positions], self.cycle_length)
+    return self._with(indices=self.indices[positions])
+
+  def relabelled(self, remap):
+    return self._with(label_map=remap if self.label_map is None else remap[self.label_map])
+
+  def labels(self):
+    """One pass over every shard, each example's label parsed and its image left as bytes."""
+    if self._stored is None:
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      skip = {self.image_key: tfds.decode.SkipDecoding()}
+      every = ShardRecords(self.files, self.shard_lengths, self.features, self.image_key,
+                           self.label_key, self.channels)
+      ds = every.in_order().map(
+          lambda i, r: self.features.deserialize_example(r, decoders=skip)[self.label_key],
+          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(4096)
+      self._stored = np.concatenate(list(ds.as_numpy_iterator())).astype(np.int32)
+    if self.label_map is None:
+      return self._stored
+    return self.label_map[self._stored].astype(np.int32)
 
   def _shard(self, shard: tf.Tensor) -> tf.data.Dataset:
     """(index, record) of one shard; its first index is the sum of the earlier shards'."""
@@ -177,4 +218,7 @@ class ShardRecords(Records):
     example = self.features.deserialize_example(
         record, decoders={self.image_key: tfds.decode.SkipDecoding()})
     image = decode_image(example[self.image_key], self.channels)
-    return image, tf.cast(example[self.label_key], tf.int32)
+    label = tf.cast(example[self.label_key], tf.int32)
+    if self.label_map is not None:
+      label = tf.gather(tf.constant(self.label_map, tf.int32), label)
+    return image, label

@@ -2,29 +2,26 @@
 relabelled 0..K-1 in the order given (their names kept), and a seeded few examples per
 class of its train split; the experiments of transfer learning need both.
 
-In-memory splits and image folders (their labels are known before any image is read)
-take both; a TFDS dataset streamed from its shards keeps its labels inside the records,
-so it takes neither (DataError naming --pipeline=in_memory). An unlabeled split (a
-Kaggle test file) is kept whole: nothing tells its classes."""
+Every source takes both: in-memory splits by their label arrays, streamed ones by their
+records' labels (a folder's are its file list; a TFDS dataset's shards are read once for
+their labels, its images left encoded), before any image is decoded. An unlabeled split
+(a Kaggle test file) is kept whole: nothing tells its classes."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
 from input_pipeline.data import DataError, Split
-from input_pipeline.records import FileRecords
 from input_pipeline.stream import StreamSplit
 
 
-def _labels(split, spec: str, flag: str) -> np.ndarray | None:
+def _labels(split) -> np.ndarray | None:
   """The split's labels, one per example (None: unlabeled)."""
   if isinstance(split, StreamSplit):
-    records = split.records
-    if not isinstance(records, FileRecords):
-      raise DataError(f"{flag} needs each example's label before it is read; {spec} streamed "
-                      "from its TFDS shards keeps them inside the records: use "
-                      "--pipeline=in_memory")
-    return None if records.labels is None else records.labels[records.indices]
+    labels = split.records.labels() if split.labeled else None
+    return None if labels is None else labels[split.records.indices]
   return split.labels
 
 
@@ -32,12 +29,8 @@ def _take(split, positions: np.ndarray, remap: np.ndarray | None = None):
   """The examples at these positions, their labels through remap when given."""
   if isinstance(split, StreamSplit):
     records = split.records.subset(positions)
-    if remap is not None:
-      labels = records.labels.copy()
-      labels[records.indices] = remap[labels[records.indices]]
-      records = FileRecords(records.paths, labels, records.channels, records.indices)
-    return StreamSplit(records=records, image_shape=split.image_shape,
-                       labeled=split.labeled, resize=split.resize)
+    return dataclasses.replace(
+        split, records=records if remap is None else records.relabelled(remap))
   labels = split.labels[positions]
   return Split(images=split.images[positions],
                labels=labels if remap is None else remap[labels].astype(labels.dtype))
@@ -54,7 +47,7 @@ def keep_classes(splits: dict, classes: tuple[int, ...], num_classes: int,
   remap[list(classes)] = np.arange(len(classes))
   kept = {}
   for name, split in splits.items():
-    labels = _labels(split, spec, "--classes")
+    labels = _labels(split)
     if labels is None:
       kept[name] = split
       continue
@@ -69,7 +62,7 @@ def keep_classes(splits: dict, classes: tuple[int, ...], num_classes: int,
 
 def few_per_class(split, n: int, num_classes: int, seed: int, spec: str):
   """`n` examples of each class of a train split, chosen by `seed`, in their order."""
-  labels = _labels(split, spec, "--examples_per_class")
+  labels = _labels(split)
   if labels is None:
     raise DataError(f"--examples_per_class: the train split of {spec} is unlabeled")
   rng = np.random.default_rng([seed, 0xFE])

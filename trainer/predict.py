@@ -72,6 +72,7 @@ if __name__ == "__main__":
 
 # pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
 import collections
+import contextlib
 import os
 import shlex
 
@@ -359,11 +360,12 @@ def main(argv):
     raise UsageError(f"no exported model in {shlex.quote(export_dir)}: train first with "
                      f"python -m trainer.main {flag_arg('model_dir', FLAGS.model_dir)}")
   serve, image_shape, num_classes = load_serving(export_dir, plain=FLAGS["tta"].present)
-  if FLAGS.dry_run:
-    dry_run.set_read_only(True)  # this process ends after it
-  if FLAGS.images is not None:
-    shown = _predict_files(serve, image_shape, output)
-  else:
-    shown = _predict_dataset(serve, image_shape, num_classes, output)
+  # A dry run reads the data without preparing or caching anything, and only while it runs
+  # (a caller's later loads in this process prepare as usual).
+  with dry_run.read_only() if FLAGS.dry_run else contextlib.nullcontext():
+    if FLAGS.images is not None:
+      shown = _predict_files(serve, image_shape, output)
+    else:
+      shown = _predict_dataset(serve, image_shape, num_classes, output)
   print(shown)
 

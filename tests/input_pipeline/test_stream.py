@@ -42,7 +42,7 @@ def test_folder_classes_labels_and_sizes(photos):
   assert data.info.image_shape == (16, 16, 3) and data.info.split_sizes == {"train": 24,
                                                                             "test": 9}
   records = data.splits["train"].records
-  assert [(p, int(l)) for p, l in zip(records.paths, records.labels)] == written["train"]
+  assert [(p, int(l)) for p, l in zip(records.paths, records.labels())] == written["train"]
 
 
 def test_folder_of_varying_sizes_needs_image_size(photos):
@@ -98,7 +98,7 @@ def test_eval_stream_covers_each_example_once(photos):
   assert len(out) == 3 and images.dtype == np.uint8
   np.testing.assert_array_equal(index, list(range(9)) + [-1] * 3)
   np.testing.assert_array_equal(weights, [1] * 9 + [0] * 3)
-  np.testing.assert_array_equal(labels[:9], split.records.labels)
+  np.testing.assert_array_equal(labels[:9], split.records.labels())
   memory = materialize(split, "test")
   np.testing.assert_array_equal(images[:9], memory.images)
   np.testing.assert_array_equal(examples_at(split, np.array([7, 2])), memory.images[[7, 2]])

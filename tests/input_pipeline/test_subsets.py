@@ -1,15 +1,14 @@
 """--classes and --examples_per_class (input_pipeline/subsets.py): some classes, relabelled
-in the order given, and a seeded few per class of train, on in-memory and streamed data."""
+in the order given, and a seeded few per class of train, on in-memory data, a streamed
+folder and streamed TFDS shards."""
 
 import numpy as np
 import pytest
 
 import input_pipeline
-from datafiles import write_image_folder
+from datafiles import write_image_folder, write_tiny_tfds
 from input_pipeline import DataError
-from input_pipeline.records import ShardRecords
-from input_pipeline.stream import StreamSplit
-from input_pipeline.subsets import keep_classes
+from input_pipeline.stream import StreamSplit, materialize
 
 SYNTHETIC = "synthetic:shape=4x4x1,classes=5,train=300,test=100"
 
@@ -49,10 +48,10 @@ def test_a_streamed_folder_is_cut_before_any_image_is_read(tmp_path):
   train = data.splits["train"]
   assert isinstance(train, StreamSplit) and len(train) == 6
   records = train.records
-  assert sorted(records.labels[records.indices].tolist()) == [0, 0, 0, 1, 1, 1]
+  assert sorted(records.labels()[records.indices].tolist()) == [0, 0, 0, 1, 1, 1]
   # Each kept file keeps its class, under its new id: fox files are 0, cat files 1.
   for i in records.indices:
-    assert records.labels[i] == (0 if "/fox/" in str(records.paths[i]) else 1)
+    assert records.labels()[i] == (0 if "/fox/" in str(records.paths[i]) else 1)
   assert len(data.splits["test"]) == 4
 
 
@@ -67,8 +66,18 @@ def test_what_the_data_cannot_give_is_one_line_with_the_fix(kwargs, message):
   assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_a_streamed_tfds_dataset_keeps_its_labels_in_its_shards():
-  records = ShardRecords([], [4], None, "image", "label", 1)
-  with pytest.raises(DataError, match="use --pipeline=in_memory"):
-    keep_classes({"train": StreamSplit(records, (4, 4, 1), labeled=True)}, (0, 1), 3, (),
-                 "mnist")
+def test_a_streamed_tfds_dataset_is_cut_as_its_in_memory_twin(tmp_path):
+  # Its shards are read once for their labels; the kept examples decode as in memory.
+  name = write_tiny_tfds(tmp_path)
+  def load(pipeline):
+    return input_pipeline.load(name, data_dir=str(tmp_path), image_size=(6, 6),
+                               pipeline=pipeline, classes=(2, 0), examples_per_class=4)
+  streamed, in_memory = load("stream"), load("in_memory")
+  assert streamed.info.class_names == in_memory.info.class_names == ("blue", "red")
+  for name_ in ("train", "test"):
+    split = streamed.splits[name_]
+    assert isinstance(split, StreamSplit)
+    decoded = materialize(split, name_)
+    np.testing.assert_array_equal(decoded.labels, in_memory.splits[name_].labels)
+    np.testing.assert_array_equal(decoded.images, in_memory.splits[name_].images)
+  assert np.bincount(in_memory.splits["train"].labels).tolist() == [4, 4]

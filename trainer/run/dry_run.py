@@ -21,20 +21,15 @@ from trainer.run import distribute, planning, run_files, run_record
 from trainer.run.child_runs import FLAGS_LOCK
 
 
-def set_read_only(on: bool) -> bool:
-  """While on, the data is only read: an unprepared TFDS dataset is named, not prepared,
-  and decoded splits are not cached. Returns the previous setting."""
-  previous, tfds_source.READ_ONLY = tfds_source.READ_ONLY, on
-  return previous
-
-
 @contextlib.contextmanager
 def read_only():
-  previous = set_read_only(True)
+  """Within it the data is only read: an unprepared TFDS dataset is named, not prepared,
+  and decoded splits are not cached."""
+  previous, tfds_source.READ_ONLY = tfds_source.READ_ONLY, True
   try:
     yield
   finally:
-    set_read_only(previous)
+    tfds_source.READ_ONLY = previous
 
 
 def latest_step(model_dir: str) -> int | None:
