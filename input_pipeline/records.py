@@ -170,14 +170,10 @@ class ShardRecords(Records):
   def labels(self):
     """One pass over every shard, each example's label parsed and its image left as bytes."""
     if self._stored is None:
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-      skip = {self.image_key: tfds.decode.SkipDecoding()}
-      every = ShardRecords(self.files, self.shard_lengths, self.features, self.image_key,
-                           self.label_key, self.channels)
-      ds = every.in_order().map(
-          lambda i, r: self.features.deserialize_example(r, decoders=skip)[self.label_key],
-          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(4096)
-      self._stored = np.concatenate(list(ds.as_numpy_iterator())).astype(np.int32)
+      every = self._with(indices=np.arange(self._total), label_map=None)
+      ds = every.in_order().map(lambda i, r: self._parse(r)[self.label_key],
+                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      self._stored = np.concatenate(list(ds.batch(4096).as_numpy_iterator())).astype(np.int32)
     if self.label_map is None:
       return self._stored
     return self.label_map[self._stored].astype(np.int32)
@@ -213,10 +209,14 @@ class ShardRecords(Records):
   def in_order(self):
     return tf.data.Dataset.range(len(self.files)).flat_map(lambda shard: self._shard(shard))
 
-  def decode(self, index, record):
+  def _parse(self, record):
+    """A serialized example's features, its image left as encoded bytes."""
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    example = self.features.deserialize_example(
+    return self.features.deserialize_example(
         record, decoders={self.image_key: tfds.decode.SkipDecoding()})
+
+  def decode(self, index, record):
+    example = self._parse(record)
     image = decode_image(example[self.image_key], self.channels)
     label = tf.cast(example[self.label_key], tf.int32)
     if self.label_map is not None:

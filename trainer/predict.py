@@ -198,7 +198,9 @@ def _check_flags() -> None:
 def data_flags(model_dir: str) -> dict:
   """--dataset and the flags that locate and read it: as given, else as the run recorded
   them (data_dir always; the others for the run's own dataset only), else the defaults.
-  Also the run's image_size: whether its export takes images fitted to a size."""
+  Also the run's image_size (whether its export takes images fitted to a size), its
+  classes (--classes: the dataset's ids of the model's classes) and whether the dataset
+  is the run's own ("own")."""
   recorded = run_files.read_record(model_dir) or {}
   values = {n: FLAGS[n].value for n in _DATA_FLAGS if FLAGS[n].present}
   if "dataset" not in values:
