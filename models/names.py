@@ -12,6 +12,12 @@ HYPERPARAMETERS: dict[str, dict[str, object]] = {
                "sync_batch_norm": False, "bn_momentum": 0.99},
     "airbench": {"widths": (64, 128, 256), "whiten": 2, "bn_momentum": 0.4, "l2": 0.0,
                  "sync_batch_norm": False, "identity_init": True},
+    # keras.applications' networks; bn_momentum: each network's own batch norm momentum
+    "resnet50": {"dropout": 0.0, "l2": 0.0, "sync_batch_norm": False, "bn_momentum": 0.99},
+    "mobilenet_v3_small": {"dropout": 0.0, "l2": 0.0, "sync_batch_norm": False,
+                           "bn_momentum": 0.999},
+    "efficientnet_v2_b0": {"dropout": 0.0, "l2": 0.0, "sync_batch_norm": False,
+                           "bn_momentum": 0.9},
 }
 MODEL_NAMES: tuple[str, ...] = tuple(HYPERPARAMETERS)
 

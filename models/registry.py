@@ -5,13 +5,17 @@ from __future__ import annotations
 import inspect
 
 from models.airbench import AirBench
+from models.applications import EfficientNetV2B0, MobileNetV3Small, ResNet50
 from models.cnn import CNN
 from models.common import ImageClassifier
 from models.mlp import MLP
 from models.resnet import ResNet
 
-MODELS: dict[str, type[ImageClassifier]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet,
-                                             "airbench": AirBench}
+MODELS: dict[str, type[ImageClassifier]] = {
+    "mlp": MLP, "cnn": CNN, "resnet": ResNet, "airbench": AirBench,
+    # keras.applications' ImageNet networks (models/applications.py)
+    "resnet50": ResNet50, "mobilenet_v3_small": MobileNetV3Small,
+    "efficientnet_v2_b0": EfficientNetV2B0}
 
 
 def get_class(name: str) -> type[ImageClassifier]:

@@ -34,9 +34,9 @@ def build_model(config: Config, info: DatasetInfo, precision: str,
                          image_shape=info.image_shape, precision=precision,
                          **(config.model_hparams if hparams is None else hparams))
   except InputTooSmall as e:
-    fix = "fewer --widths or a smaller --whiten" if config.model == "airbench" else (
-        "smaller --kernel_sizes")
-    raise ConfigError(f"{e}: use a larger --image_size, or {fix}") from None
+    fix = {"airbench": ", or fewer --widths or a smaller --whiten",
+           "cnn": ", or smaller --kernel_sizes"}.get(config.model, "")
+    raise ConfigError(f"{e}: use a larger --image_size{fix}") from None
 
 
 class TrainState:

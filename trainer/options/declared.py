@@ -67,7 +67,9 @@ _D, _R, _E, _O, _H = "Data", "Run", "Evaluation", "Optimization", "Hardware"
 _M = "Model hyperparameters (each model takes some; see docs/model-quality.md)"
 
 OPTIONS: tuple[Option, ...] = (
-    Option("model", str, "cnn", "Model name: mlp, cnn, resnet or airbench.", _D,
+    Option("model", str, "cnn", "Model name: mlp, cnn, resnet, airbench, or one of "
+           "keras.applications' ImageNet networks: resnet50, mobilenet_v3_small, "
+           "efficientnet_v2_b0 (images 32x32 and up).", _D,
            check=_model_known),
     Option("dataset", str, "mnist", "tfds:NAME (or a TFDS name), folder:DIR "
            "(DIR/train/<class>/*.jpg|png), idx:DIR, csv:PATH or "
@@ -266,11 +268,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("identity_init", bool, None, "airbench: its conv groups' convolutions start as "
            "identities where their shapes allow, as airbench's (default true).", _M,
            model=True),
-    Option("bn_momentum", float, None, "resnet, airbench: batch norm's moving statistics "
-           "decay, Keras's convention (resnet default 0.99, airbench 0.4: PyTorch's 0.6).",
+    Option("bn_momentum", float, None, "resnet, airbench and the keras.applications "
+           "networks: batch norm's moving statistics decay, Keras's convention (resnet "
+           "default 0.99, airbench 0.4: PyTorch's 0.6; the others: their own, resnet50 0.99, "
+           "mobilenet_v3_small 0.999, efficientnet_v2_b0 0.9).",
            _M, check=within(0, 1), model=True),
-    Option("sync_batch_norm", bool, None, "resnet, airbench: batch norm statistics over the global "
-           "batch (default: when there are several replicas).", _M, model=True),
+    Option("sync_batch_norm", bool, None, "resnet, airbench and the keras.applications "
+           "networks: batch norm statistics over the global batch (default: when there are "
+           "several replicas).", _M, model=True),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
