@@ -18,6 +18,8 @@ from datafiles import write_image_folder
 from flag_helpers import build_trainer, parse
 from runs import read_scalars
 from trainer import predict
+from trainer.inner.state import build_model
+from trainer.process.errors import ConfigError
 from trainer.run import train
 import input_pipeline
 
@@ -82,6 +84,12 @@ def test_grayscale_is_repeated_to_rgb_at_any_size_from_32(name):
   with pytest.raises(InputTooSmall, match="31x40 images are too small for MobileNetV3Small "
                      r"\(keras.applications' networks take 32x32 and up\)"):
     models.create(name, num_classes=3, image_shape=(31, 40, 3))
+  # A run says it in one line, naming the flag that fixes it.
+  info = input_pipeline.DatasetInfo("mnist", (28, 28, 1), 10, {"train": 1})
+  with pytest.raises(ConfigError, match=r"^28x28 images are too small for MobileNetV3Small "
+                     r"\(keras.applications' networks take 32x32 and up\): use a larger "
+                     r"--image_size$"):
+    build_model(parse(f"--model={name}"), info, "float32")
 
 
 @pytest.mark.parametrize("precision,hparams", [
@@ -137,35 +145,36 @@ def test_mobilenet_trains_on_a_folder_like_on_one_device_and_exports_uint8_with_
   write_image_folder(tmp_path / "photos", per_split=(("train", 8), ("test", 2)),
                      sizes=((36, 40), (32, 32), (48, 44)))
   # bn_momentum 0.5: moving statistics that follow the few steps, so evals and the export
-  # see trained features (0.999's barely leave their start).
+  # see trained features (0.999's barely leave their start). No random crops: the
+  # comparison below resumes mid-run.
   args = ["--model=mobilenet_v3_small", f"--dataset=folder:{tmp_path / 'photos'}",
           "--image_size=32", "--batch_size=8", "--train_steps=9", "--steps_per_loop=3",
           "--eval_every=9", "--optimizer=momentum", "--learning_rate=0.01",
           "--bn_momentum=0.5", "--augment=resized_crop=0", "--tta=flip",
           "--eval_images=false"]
-  model_dir = str(tmp_path / "one")
-  results = train.train_and_evaluate(parse(*args, f"--model_dir={model_dir}"))
+  model_dir = str(tmp_path / "two")
+  results = train.train_and_evaluate(parse(*args, "--strategy=mirrored",
+                                           "--devices=/cpu:0,/cpu:1", f"--model_dir={model_dir}"))
+  assert results["replicas"] == 2
   losses = read_scalars(os.path.join(model_dir, "train"))["loss"]
   assert sorted(losses) == [1, 3, 6, 9] and np.all(np.isfinite(list(losses.values())))
   assert losses[9] < losses[1]
   assert np.isfinite(results["test_loss"]) and "test_tta_accuracy" in results
 
-  # Two replicas (batch norm synchronized by default), from the checkpoint at step 3,
-  # take the same 3 steps as one device did.
+  # One device, from the two replicas' checkpoint at step 3, takes the same 3 steps as
+  # they did (their batch norm synchronized by default: global batch statistics).
   checkpoints = os.path.join(model_dir, "checkpoints")
-  two = build_trainer(parse(*args, "--strategy=mirrored", "--devices=/cpu:0,/cpu:1",
-                            f"--model_dir={tmp_path / 'two'}"),
+  one = build_trainer(parse(*args, f"--model_dir={tmp_path / 'one'}"),
                       restore=os.path.join(checkpoints, "ckpt-3"))
-  assert {l.synchronized for l in two.state.model.backbone.layers
-          if isinstance(l, keras.layers.BatchNormalization)} == {True}
-  two.run_steps(two.train_iterator(), 3)
-  one = models.create("mobilenet_v3_small", num_classes=3, image_shape=(32, 32, 3),
-                      bn_momentum=0.5)
-  tf.train.Checkpoint(model=one).read(os.path.join(checkpoints, "ckpt-6")).expect_partial()
-  for path, weight in paths.variable_paths(two.state.model).items():
-    np.testing.assert_allclose(weight.numpy(), paths.variable_paths(one)[path].numpy(),
+  one.run_steps(one.train_iterator(), 3)
+  model = models.create("mobilenet_v3_small", num_classes=3, image_shape=(32, 32, 3),
+                        bn_momentum=0.5, sync_batch_norm=True)
+  tf.train.Checkpoint(model=model).read(os.path.join(checkpoints, "ckpt-6")).expect_partial()
+  for path, weight in paths.variable_paths(one.state.model).items():
+    np.testing.assert_allclose(weight.numpy(), paths.variable_paths(model)[path].numpy(),
                                rtol=1e-4, atol=1e-5, err_msg=path)
-  tf.train.Checkpoint(model=one).read(os.path.join(checkpoints, "ckpt-9")).expect_partial()
+  tf.train.Checkpoint(model=model).read(os.path.join(checkpoints, "ckpt-9")).expect_partial()
+  one = model
 
   # The export takes uint8 images and normalizes them as training did; its default
   # signature averages the flipped view in, which trainer.predict serves.
