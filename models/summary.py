@@ -16,7 +16,9 @@ def _leaves(layer):
 def table(model) -> list[tuple[str, str, str, int]]:
   """(layer name, class, output shape without the batch, parameters) per leaf layer, in
   call order, from one forward pass of a single zero image."""
-  leaves = [l for l in _leaves(model) if l is not model]
+  # A functional network's InputLayer is never called: it only names the input.
+  leaves = [l for l in _leaves(model)
+            if l is not model and not isinstance(l, keras.layers.InputLayer)]
   shapes, order = {}, []
 
   def recorder(layer, call):

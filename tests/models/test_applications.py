@@ -12,7 +12,7 @@ import tensorflow as tf
 from absl import flags
 
 import models
-from models import paths
+from models import paths, summary
 from models.common import InputTooSmall
 from datafiles import write_image_folder
 from flag_helpers import build_trainer, parse
@@ -81,6 +81,11 @@ def test_grayscale_is_repeated_to_rgb_at_any_size_from_32(name):
   np.testing.assert_allclose(model(grey / 255.0, training=False),
                              _reference(name, model, np.repeat(grey, 3, axis=-1)),
                              rtol=1e-4, atol=1e-4)
+  rows = summary.table(model)  # the console's and docs' table: the backbone's layers
+  assert rows[0][:3] == ("rescaling", "Rescaling", "(40, 48, 3)")
+  assert rows[-1] == ("logits", "Dense", "(3)", 576 * 3 + 3)
+  assert "InputLayer" not in {r[1] for r in rows}
+  assert sum(r[3] for r in rows) == model.count_params()
   with pytest.raises(InputTooSmall, match="31x40 images are too small for MobileNetV3Small "
                      r"\(keras.applications' networks take 32x32 and up\)"):
     models.create(name, num_classes=3, image_shape=(31, 40, 3))
