@@ -5,11 +5,13 @@ import os
 import subprocess
 import sys
 
+import h5py
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
+from keras.src.legacy.saving import legacy_h5_format
 
 import models
 from models import paths, summary
@@ -45,12 +47,20 @@ def _non_initial(model, seed):
              else rng.normal(0, 0.05, w.shape).astype(np.float32))
 
 
-def _reference(name, model, images_0_255):
+def _reference(name, model, images_0_255, weights_file=None):
   """keras.applications' own network, given `model`'s backbone weights, on its own
-  preprocess_input of 0..255 RGB images; then `model`'s pooling and head."""
+  preprocess_input of 0..255 RGB images; then `model`'s pooling and head. weights_file:
+  random weights instead, written there in the legacy .h5 layout keras.applications
+  publishes its ImageNet weights in, and loaded into `model`'s backbone by layer name."""
   constructor, preprocess_input, _ = NETWORKS[name]
   network = constructor(input_shape=(None, None, 3), include_top=False, weights=None)
-  network.set_weights(model.backbone.get_weights())
+  if weights_file:
+    _non_initial(network, 1)
+    with h5py.File(weights_file, "w") as f:
+      legacy_h5_format.save_weights_to_hdf5_group(f, network)
+    model.backbone.load_weights(weights_file)
+  else:
+    network.set_weights(model.backbone.get_weights())
   features = network(preprocess_input(images_0_255.copy()), training=False)
   return model.logits(model.pool(features))
 
@@ -58,13 +68,14 @@ def _reference(name, model, images_0_255):
 @pytest.mark.parametrize("name", NETWORKS)
 def test_the_network_and_preprocessing_of_keras_applications_and_checkpoint_paths(tmp_path,
                                                                                  name):
-  """[0, 1] images give what keras.applications' network gives on its preprocess_input of
-  the same 0..255 images; variable paths are the Keras layer names and a checkpoint's keys."""
+  """Weights in keras.applications' published layout load into the backbone, and [0, 1]
+  images then give what keras.applications' network gives on its preprocess_input of the
+  same 0..255 images; variable paths are the Keras layer names and a checkpoint's keys."""
   model = models.create(name, num_classes=4, image_shape=(32, 32, 3))
-  _non_initial(model, 1)
   pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
-  np.testing.assert_allclose(model(pixels / 255.0, training=False),
-                             _reference(name, model, pixels), rtol=1e-4, atol=1e-4)
+  expected = _reference(name, model, pixels, weights_file=str(tmp_path / "published.h5"))
+  np.testing.assert_allclose(model(pixels / 255.0, training=False), expected,
+                             rtol=1e-4, atol=1e-4)
   found = paths.variable_paths(model)
   assert len(found) == len(model.weights) and NETWORKS[name][2] in found
   assert list(found)[-2:] == ["logits/kernel", "logits/bias"]
