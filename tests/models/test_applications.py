@@ -22,7 +22,7 @@ from runs import read_scalars
 from trainer import predict
 from trainer.inner.state import build_model
 from trainer.process.errors import ConfigError
-from trainer.run import train
+from trainer.run import distribute, planning, train
 import input_pipeline
 
 NETWORKS = {
@@ -106,6 +106,13 @@ def test_grayscale_is_repeated_to_rgb_at_any_size_from_32(name):
                      r"\(keras.applications' networks take 32x32 and up\): use a larger "
                      r"--image_size$"):
     build_model(parse(f"--model={name}"), info, "float32")
+  # What --jit_compile=auto and --mixed_precision=auto pick for it, not claimed measured.
+  cfg = parse(f"--model={name}", "--jit_compile=auto", "--mixed_precision=auto")
+  assert planning.jit_mode(cfg, 1, "in_memory") == ("off", (
+      f"auto: {name} not measured under XLA (its convolutions' gradients: oneDNN's are "
+      "faster on CPU)"))
+  assert planning.precision(cfg, distribute.create_strategy(cfg)) == (
+      "float32", f"auto: {name} not measured in bfloat16 (ask for it)")
 
 
 @pytest.mark.parametrize("precision,hparams", [

@@ -27,6 +27,9 @@ XLA_FASTER = ("mlp",)
 # (docs/performance.md, "bfloat16 where it is faster"): CNN, ResNet, airbench 1.35-1.40x. MLPs
 # ran slower (XLA's CPU dots in bf16). Without the instructions bf16 is emulated, slower.
 BF16_FASTER = ("cnn", "resnet", "airbench")
+# The models whose speed under XLA and in bfloat16 was measured; keras.applications'
+# networks were not (float32 and no XLA for them: the defaults).
+MEASURED = ("mlp", "cnn", "resnet", "airbench")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +81,9 @@ def jit_mode(config: Config, replicas: int, pipeline: str) -> tuple[str, str]:
   if asked != "auto":
     return asked, f"--jit_compile={asked}"
   if config.model not in XLA_FASTER:
-    return "off", f"auto: {config.model} ran slower under XLA on CPU"
+    return "off", (f"auto: {config.model} ran slower under XLA on CPU"
+                   if config.model in MEASURED else f"auto: {config.model} not measured "
+                   "under XLA (its convolutions' gradients: oneDNN's are faster on CPU)")
   if replicas > 1 or pipeline != "in_memory":
     return "off", (f"auto: XLA over the whole loop needs one replica and in-memory data "
                    f"({replicas} replica(s), {pipeline})")
@@ -114,7 +119,9 @@ def precision(config: Config, strategy: tf.distribute.Strategy) -> tuple[str, st
     return "float32", ("auto: not measured on GPUs here (ask for mixed_float16 or "
                        "mixed_bfloat16)")
   if config.model not in BF16_FASTER:
-    return "float32", f"auto: {config.model} trained slower in bfloat16 on CPU"
+    return "float32", (f"auto: {config.model} trained slower in bfloat16 on CPU"
+                       if config.model in MEASURED else
+                       f"auto: {config.model} not measured in bfloat16 (ask for it)")
   if not cpu_has_bf16():
     return "float32", "auto: this CPU has no AVX-512 BF16 (bfloat16 would be emulated)"
   return "mixed_bfloat16", f"auto: {config.model} trained faster in bfloat16 on this CPU"
