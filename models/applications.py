@@ -55,7 +55,10 @@ def _rebuilt(network: keras.Model, dtype: keras.DTypePolicy, *, sync_batch_norm:
       config["depthwise_regularizer"] = reg
     elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
       config["kernel_regularizer"] = reg
-    return type(layer).from_config(config)
+    # Keras's Dropout (EfficientNet's stochastic depth) draws the same masks on every
+    # replica; tapeloop's draws each replica's part of the global batch's masks.
+    kind = Dropout if type(layer) is keras.layers.Dropout else type(layer)
+    return kind.from_config(config)
 
   clone = keras.models.clone_model(network, clone_function=rebuild)
   return Backbone(inputs=clone.inputs, outputs=clone.outputs, name=network.name)
@@ -137,8 +140,7 @@ class MobileNetV3Small(Application):
 class EfficientNetV2B0(Application):
   """keras.applications.EfficientNetV2B0 (5.9M parameters without ImageNet's head): its own
   Rescaling and Normalization take 0..255 to ImageNet's standardized input. Its blocks'
-  stochastic depth (Keras's Dropout, rate up to 0.2) draws the same masks on every
-  replica."""
+  stochastic depth (dropout of whole examples, rate up to 0.2) is tapeloop's Dropout."""
 
   network = keras.applications.EfficientNetV2B0
 

@@ -56,16 +56,21 @@ class Dropout(keras.layers.Dropout):
   the mask is that shard's part of the global batch's mask.
 
   The rate is rounded to a multiple of 1/65536, and kept values are scaled by the exact
-  keep probability, so the layer's expected output still equals its input. Same weights
+  keep probability, so the layer's expected output still equals its input. A noise_shape
+  (Keras's: None for the input's size there, e.g. (None, 1, 1, 1) drops whole examples, as
+  EfficientNet's stochastic depth) draws one value per element of that shape. Same weights
   and checkpoint entries as Keras's layer (its seed generator's state).
   """
 
   def call(self, inputs, training=False):
-    if not training or self.rate == 0 or self.noise_shape is not None:
+    if not training or self.rate == 0:
       return super().call(inputs, training=training)
     drop_below = min(65535, round(self.rate * 65536))  # P(bits < drop_below) = rate
     keep_probability = (65536 - drop_below) / 65536
-    size = tf.size(inputs, out_type=tf.int64)
+    shape = tf.shape(inputs)
+    if self.noise_shape is not None:
+      shape = tf.stack([shape[i] if d is None else d for i, d in enumerate(self.noise_shape)])
+    size = tf.reduce_prod(tf.cast(shape, tf.int64))
     seed = tf.cast(tf.math.floormod(self.seed_generator.next(), tf.int32.max - 1), tf.int32)
     key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=seed)
     # This shard's 16-bit values start at shard * size in the global batch's stream; Philox
@@ -78,7 +83,7 @@ class Dropout(keras.layers.Dropout):
         shape=tf.reshape((skip + size + 1) // 2, [1]), key=key, counter=counter,
         alg=_PHILOX, dtype=tf.uint32)
     bits = tf.reshape(tf.bitcast(words, tf.uint16), [-1])[skip:skip + size]
-    keep = tf.reshape(bits >= tf.constant(drop_below, tf.uint16), tf.shape(inputs))
+    keep = tf.reshape(bits >= tf.constant(drop_below, tf.uint16), shape)  # broadcast below
     scale = tf.constant(1 / keep_probability, inputs.dtype)
     return tf.where(keep, inputs * scale, tf.zeros_like(inputs))
 

@@ -85,3 +85,18 @@ def test_each_replica_draws_its_part_of_the_global_mask(replicas):
   # Together: exactly the mask one device draws for the whole batch.
   whole = Dropout(rate, seed=7)(tf.ones([global_batch, width]), training=True).numpy() != 0
   np.testing.assert_array_equal(joined, whole)
+
+
+def test_a_noise_shape_drops_whole_examples_and_shards_draw_their_part():
+  """EfficientNet's stochastic depth: noise_shape (None, 1, 1, 1), one draw per example."""
+  x = tf.ones([64, 3, 5, 2])
+  layer = lambda: Dropout(0.5, noise_shape=(None, 1, 1, 1), seed=9)
+  whole = layer()(x, training=True).numpy().reshape(64, -1)
+  assert set(np.unique(whole)) == {0.0, 2.0}
+  assert (whole == whole[:, :1]).all()  # each example kept or dropped whole
+  assert 16 < (whole[:, 0] == 0).sum() < 48
+  shards = []
+  for index in range(2):  # each replica's layer holds the same seed state
+    with batch_shard(index):
+      shards.append(layer()(x[32 * index:32 * (index + 1)], training=True).numpy())
+  np.testing.assert_array_equal(np.concatenate(shards).reshape(64, -1), whole)
