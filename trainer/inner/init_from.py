@@ -54,11 +54,16 @@ def _shape(shape) -> str:
 
 @dataclasses.dataclass
 class Report:
-  """What --init_from restored: rows of (status, path, shape or reason, parameters)."""
+  """What --init_from restored: rows of (status, path, shape or reason, parameters);
+  names: a restored value's own name in the source (a file's entry), where it has one."""
   option: str
   what: str
   rows: list[tuple[str, str, str, int]]
   unused: list[str]
+  names: dict[str, str] = dataclasses.field(default_factory=dict)
+
+  def _from(self, status: str, path: str) -> str:
+    return self.names.get(path, "") if status == "restored" else ""
 
   @property
   def restored(self) -> list[str]:
@@ -73,19 +78,21 @@ class Report:
   def text(self) -> str:
     width = max(len(row[1]) for row in self.rows)
     lines = [f"--init_from={self.option}: {self.what}", self.summary()]
-    lines += [f"  {status:<9} {path:<{width}}  {detail:<18} {params:>10,}"
+    lines += [f"  {status:<9} {path:<{width}}  {detail:<18} {params:>10,}  "
+              f"{self._from(status, path)}".rstrip()
               for status, path, detail, params in self.rows]
     if self.unused:
       lines.append(f"unused in the source ({len(self.unused)}): {', '.join(self.unused)}")
     return "\n".join(lines) + "\n"
 
   def markdown(self) -> str:
-    rows = "\n".join(f"| {status} | {path} | {detail} | {params:,} |"
+    rows = "\n".join(f"| {status} | {path} | {detail} | {params:,} | {self._from(status, path)} |"
                      for status, path, detail, params in self.rows)
     unused = (f"\n\nunused in the source ({len(self.unused)}): {', '.join(self.unused)}"
               if self.unused else "")
     return (f"`--init_from={self.option}`: {self.what}\n\n{self.summary()}\n\n"
-            f"| | variable | shape or reason | parameters |\n|---|---|---|---|\n{rows}{unused}")
+            f"| | variable | shape or reason | parameters | in the source |\n"
+            f"|---|---|---|---|---|\n{rows}{unused}")
 
   def write(self, model_dir: str, writer) -> None:
     """model_dir/init_from.txt (atomically) and the text tab of the train run (writer:
@@ -135,7 +142,7 @@ def initialize(model: keras.Model, option: str, model_name: str) -> Report:
         f"but its head: start from a run, checkpoint or weights file of the same model")
   for variable, value in pairs:
     variable.assign(tf.cast(value, variable.dtype))
-  report = Report(option_shown, source.what, rows, unused)
+  report = Report(option_shown, source.what, rows, unused, source.names)
   logging.info("%s", report.text().rstrip())
   return report
 
@@ -298,7 +305,8 @@ def _imagenet(model: keras.Model, model_name: str) -> str:
                                 file_hash=published.md5, cache_dir=home)
   except Exception as e:  # pylint: disable=broad-except
     # Keras's download errors are plain Exceptions naming the URL; any failure ends alike.
-    reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+    message = str(e).strip().replace(published.url, "it")
+    reason = message.splitlines()[0][:160] if message else type(e).__name__
     raise ConfigError(
         f"--init_from=imagenet: cannot fetch {published.file} from {published.url} ({reason}); "
         f"offline, download it on a connected machine and pass "
