@@ -291,7 +291,8 @@ def test_bad_sources_exit_2_with_one_line_and_write_nothing(tmp_path):
       (f"{t}/notes.txt", f"--init_from={t}/notes.txt: {t}/notes.txt is not a checkpoint nor "
        "a readable .weights.h5/.h5 file"),
       (f"{t}/mlp", f"--init_from={t}/mlp (a --model=mlp run) matches no variable of this "
-       "--model=cnn but its head"),
+       "--model=cnn besides the head: start from a run, checkpoint or weights file of the same "
+       "model"),
       (f"{t}/rgb", f"--init_from={t}/rgb: features_0/kernel has shape 3x3x3x4 there and "
        "3x3x1x4 in this --model=cnn: the source took 3-channel images, this run's have 1"),
       ("imagenet", "--init_from=imagenet: --model=cnn has no published ImageNet weights"),

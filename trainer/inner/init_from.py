@@ -77,8 +77,9 @@ class Report:
 
   def text(self) -> str:
     width = max(len(row[1]) for row in self.rows)
+    detail_width = max(len(row[2]) for row in self.rows)
     lines = [f"--init_from={self.option}: {self.what}", self.summary()]
-    lines += [f"  {status:<9} {path:<{width}}  {detail:<18} {params:>10,}  "
+    lines += [f"  {status:<9} {path:<{width}}  {detail:<{detail_width}} {params:>10,}  "
               f"{self._from(status, path)}".rstrip()
               for status, path, detail, params in self.rows]
     if self.unused:
@@ -102,12 +103,16 @@ class Report:
     writer.flush("train")
 
 
-def initialize(model: keras.Model, option: str, model_name: str) -> Report:
+def initialize(model: keras.Model, option: str, model_name: str,
+               assign: bool = True) -> Report | None:
   """Assigns the source's matching values to `model`'s variables (under the strategy's
   scope: a mirrored variable takes the value on every replica) and returns the table.
   ConfigError (one line) for a source that cannot be read, that matches nothing but the
-  head, or whose input channels differ; nothing is assigned then."""
-  source = _read(option, model, model_name)
+  head, or whose input channels differ; nothing is assigned then. assign=False: the
+  table only (a dry run's check), and None for ImageNet weights not yet downloaded."""
+  source = _read(option, model, model_name, download=assign)
+  if source is None:
+    return None
   variables = paths.variable_paths(model)
   rows, pairs = [], []
   channels = None
@@ -137,20 +142,27 @@ def initialize(model: keras.Model, option: str, model_name: str) -> Report:
         f"have {has[2]}")
   if all(paths.is_head(row[1]) for row in rows if row[0] == "restored"):
     origin = f" (a --model={source.model} run)" if source.model else ""
+    shapes = sum(row[0] == "skipped" and row[2] != "missing" for row in rows)
+    hint = (f" ({shapes} of its variables are there with other shapes: other model "
+            "hyperparameters?)" if shapes else "")
     raise ConfigError(
         f"--init_from={option_shown}{origin} matches no variable of this --model={model_name} "
-        f"but its head: start from a run, checkpoint or weights file of the same model")
-  for variable, value in pairs:
-    variable.assign(tf.cast(value, variable.dtype))
+        f"besides the head{hint}: start from a run, checkpoint or weights file of the same "
+        "model")
   report = Report(option_shown, source.what, rows, unused, source.names)
-  logging.info("%s", report.text().rstrip())
+  if assign:
+    for variable, value in pairs:
+      variable.assign(tf.cast(value, variable.dtype))
+    logging.info("%s", report.text().rstrip())
   return report
 
 
-def _read(option: str, model: keras.Model, model_name: str) -> Source:
-  """The source `option` names, read whole."""
+def _read(option: str, model: keras.Model, model_name: str, download: bool) -> Source | None:
+  """The source `option` names, read whole; None for ImageNet weights not yet in Keras's
+  cache when not to download them."""
   if option == IMAGENET:
-    return _weights_file(_imagenet(model, model_name), option, model, "ImageNet weights ")
+    local = _imagenet(model, model_name, download)
+    return local and _weights_file(local, option, model, "ImageNet weights ")
   path = option.removeprefix("file://")
   if tf.io.gfile.isdir(path):
     return _checkpoint(_newest(path, option), option)
@@ -287,9 +299,10 @@ def _legacy_h5(f: h5py.File, option: str, model: keras.Model) -> Source:
                 note=" (its layers' names differ: paired in order)" if in_order else "")
 
 
-def _imagenet(model: keras.Model, model_name: str) -> str:
+def _imagenet(model: keras.Model, model_name: str, download: bool) -> str | None:
   """The local path of the model's published ImageNet weights: Keras's cache
-  ($KERAS_HOME, else ~/.keras, then models/), else downloaded into it by keras.utils.get_file."""
+  ($KERAS_HOME, else ~/.keras, then models/), else downloaded into it by keras.utils.get_file
+  (None when not to download)."""
   published = pretrained.IMAGENET.get(model_name)
   if published is None or getattr(model, "backbone", None) is None:
     raise ConfigError(
@@ -300,6 +313,8 @@ def _imagenet(model: keras.Model, model_name: str) -> str:
   cached = os.path.join(home, "models", published.file)
   if os.path.exists(cached):
     return cached
+  if not download:
+    return None
   try:
     return keras.utils.get_file(published.file, published.url, cache_subdir="models",
                                 file_hash=published.md5, cache_dir=home)
