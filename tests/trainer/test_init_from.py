@@ -15,7 +15,7 @@ import models
 from models import paths, pretrained
 from trainer.inner import init_from
 from trainer.process.errors import ConfigError
-from trainer.run import run_files, run_record, train
+from trainer.run import dry_run, run_files, run_record, train
 from flag_helpers import build_trainer, parse
 from runs import read_text, run_main_many
 
@@ -102,6 +102,19 @@ def test_the_table_in_model_dir_and_tensorboard(source_run, tuned_run):
   (markdown,) = read_text(os.path.join(tuned_run, "train"), "init_from")
   assert "| restored | features_0/kernel | 3x3x1x4 | 36 |  |" in markdown
   assert "| new head | logits/bias | shape 10 -> 5 | 5 |  |" in markdown
+
+
+def test_a_dry_run_reads_and_matches_the_source_and_writes_nothing(source_run, tmp_path):
+  said = dry_run.report(parse(*RUN, DATA5, f"--model_dir={tmp_path}/m", "--dry_run",
+                              f"--init_from={source_run}"))
+  prefix = os.path.join(source_run, "checkpoints", "ckpt-2")
+  assert said.splitlines()[-1] == (
+      "init_from: restored 4 of 6 variables, 3,248 of 3,293 parameters from checkpoint "
+      f"{prefix} of a --model=cnn run")
+  with pytest.raises(ConfigError, match="no such directory, file or checkpoint prefix"):
+    dry_run.report(parse(*RUN, DATA5, f"--model_dir={tmp_path}/m", "--dry_run",
+                         f"--init_from={tmp_path}/gone"))
+  assert not os.path.exists(tmp_path / "m")
 
 
 def test_a_resumed_run_ignores_it(tuned_run, tmp_path):

@@ -28,6 +28,10 @@ from trainer.inner import checkpoints
 from trainer.process import files
 from trainer.process.errors import ConfigError
 
+# pylint: disable=protected-access
+# Keras's own saving walk and legacy weight order, which say where each variable is in a file:
+# the pairing is exact only with them.
+
 IMAGENET = "imagenet"
 FILE = "init_from.txt"  # in model_dir: the table
 _RECORD = "flags.json"  # a run's record, which names its model
@@ -241,8 +245,8 @@ def _keras_weights(f: h5py.File, model: keras.Model) -> Source:
   """A Keras 3 weights file: its entries are where saving_lib's walk over the model's
   attributes puts each variable; that walk, recorded in memory, pairs them exactly."""
   store = saving_lib.NpzIOStore("unwritten", mode="w")  # holds what it is given in .contents
-  saving_lib._save_state(model, weights_store=store, assets_store=None,  # pylint: disable=protected-access
-                         inner_path="", visited_saveables=set())
+  saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="",
+                         visited_saveables=set())
   path_of = {id(w): p for p, w in paths.variable_paths(model).items()}
   values, names = {}, {}
   for inner, stored in store.contents.items():
@@ -279,15 +283,14 @@ def _legacy_h5(f: h5py.File, option: str, model: keras.Model) -> Source:
             for name in legacy_h5_format.load_attributes_from_hdf5_group(group, "layer_names")]
   stored = [(name, weights) for name, weights in stored if weights]
   layers = {layer.name: layer for layer in network.layers}
-  weighted = [layer for layer in network.layers
-              if legacy_h5_format._legacy_weights(layer)]  # pylint: disable=protected-access
+  weighted = [layer for layer in network.layers if legacy_h5_format._legacy_weights(layer)]
   in_order = (not any(name in layers for name, _ in stored) and len(stored) == len(weighted))
   pairs = (zip(stored, weighted) if in_order
            else [((name, weights), layers.get(name)) for name, weights in stored])
   path_of = {id(w): p for p, w in paths.variable_paths(model).items()}
   values, names, unused = {}, {}, []
   for (layer_name, weight_names), layer in pairs:
-    weights = legacy_h5_format._legacy_weights(layer) if layer is not None else []  # pylint: disable=protected-access
+    weights = legacy_h5_format._legacy_weights(layer) if layer is not None else []
     for i, weight_name in enumerate(weight_names):
       name = f"{layer_name}/{weight_name}"
       path = path_of.get(id(weights[i])) if i < len(weights) else None
