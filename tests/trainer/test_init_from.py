@@ -17,7 +17,7 @@ from trainer.inner import init_from
 from trainer.process.errors import ConfigError
 from trainer.run import dry_run, run_files, run_record, train
 from flag_helpers import build_trainer, parse
-from runs import read_text, run_main_many
+from runs import read_text
 
 CNN = ["--model=cnn", "--filters=4", "--kernel_sizes=3", "--dense_units=8"]
 RUN = [*CNN, "--batch_size=16", "--train_steps=2", "--eval_images=false"]
@@ -283,38 +283,20 @@ def test_imagenet_from_the_cache_a_download_or_one_line_offline(tmp_path, monkey
   assert len(calls) == 1
 
 
-def test_bad_sources_exit_2_with_one_line_and_write_nothing(tmp_path):
-  t = str(tmp_path)
-  # Sources: an RGB cnn's checkpoint, an mlp run's model_dir (its record names its
-  # model), an empty directory, a file that is no weights file.
-  for name, model in (("rgb", _cnn(shape=(12, 12, 3))),
-                      ("mlp", models.create("mlp", num_classes=10, image_shape=(12, 12, 1),
-                                            hidden_units=[8]))):
-    tf.train.Checkpoint(model=model).write(os.path.join(t, name, "checkpoints", "ckpt-1"))
-  run_files.write_record(os.path.join(t, "mlp"), {"model": "mlp"})
-  os.makedirs(os.path.join(t, "empty"))
-  with open(os.path.join(t, "notes.txt"), "w") as f:
-    f.write("not weights")
-  grey = [*RUN, "--dataset=synthetic:shape=12x12x1,classes=10,train=32,test=8"]
-  cases = [
-      (f"{t}/nowhere", f"--init_from={t}/nowhere: no such directory, file or checkpoint "
-       f"prefix ({t}/nowhere.index does not exist either)"),
-      (f"{t}/empty", f"--init_from={t}/empty: no checkpoint in {t}/empty nor in "
-       f"{t}/empty/checkpoints"),
-      (f"{t}/notes.txt", f"--init_from={t}/notes.txt: {t}/notes.txt is not a checkpoint nor "
-       "a readable .weights.h5/.h5 file"),
-      (f"{t}/mlp", f"--init_from={t}/mlp (a --model=mlp run) matches no variable of this "
-       "--model=cnn besides the head: start from a run, checkpoint or weights file of the same "
-       "model"),
-      (f"{t}/rgb", f"--init_from={t}/rgb: features_0/kernel has shape 3x3x3x4 there and "
-       "3x3x1x4 in this --model=cnn: the source took 3-channel images, this run's have 1"),
-      ("imagenet", "--init_from=imagenet: --model=cnn has no published ImageNet weights"),
-  ]
-  model_dirs = [tmp_path / f"run_{i}" for i in range(len(cases))]
-  procs = run_main_many([[*grey, f"--model_dir={d}", f"--init_from={source}"]
-                         for d, (source, _) in zip(model_dirs, cases)], tmp_path)
-  for d, (source, message), proc in zip(model_dirs, cases, procs):
-    last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, (source, proc.stderr[-2000:])
-    assert last.startswith("error: " + message), (source, last)
-    assert not d.exists(), source
+def test_a_source_of_other_image_channels_is_refused_naming_the_shapes(tmp_path):
+  # (The command line's one line, exit 2 and untouched model_dir: tests/trainer/
+  # test_cli_errors.py, with the other bad sources.)
+  rgb = tf.train.Checkpoint(model=_cnn(shape=(12, 12, 3))).write(str(tmp_path / "rgb" / "c-1"))
+  with pytest.raises(ConfigError) as error:
+    init_from.initialize(_cnn(), rgb, "cnn")
+  assert str(error.value) == (
+      f"--init_from={rgb}: features_0/kernel has shape 3x3x3x4 there and 3x3x1x4 in this "
+      "--model=cnn: the source took 3-channel images, this run's have 1")
+  # A later layer's input channels are another width, listed, not the images' channels.
+  wider = models.create("cnn", num_classes=10, image_shape=(12, 12, 1), filters=[4, 3],
+                        kernel_sizes=[3, 3], dense_units=[8])
+  prefix = tf.train.Checkpoint(model=wider).write(str(tmp_path / "wider" / "c-1"))
+  narrower = models.create("cnn", num_classes=10, image_shape=(12, 12, 1), filters=[4, 6],
+                           kernel_sizes=[3, 3], dense_units=[8])
+  rows = init_from.initialize(narrower, prefix, "cnn").rows
+  assert rows[2][:3] == ("skipped", "features_2/kernel", "shape 3x3x4x3 -> 3x3x4x6")

@@ -119,7 +119,7 @@ def initialize(model: keras.Model, option: str, model_name: str,
     return None
   variables = paths.variable_paths(model)
   rows, pairs = [], []
-  channels = None
+  channels = None  # the stem's kernel took images of other channels
   for path, variable in variables.items():
     shape, params = tuple(variable.shape), int(np.prod(variable.shape))
     value = source.values.get(path)
@@ -132,18 +132,18 @@ def initialize(model: keras.Model, option: str, model_name: str,
       change = f"{_shape(value.shape)} -> {_shape(shape)}"
       rows.append(("new head" if paths.is_head(path) else "skipped", path, f"shape {change}",
                    params))
-      if (channels is None and not paths.is_head(path) and len(shape) == value.ndim == 4
-          and value.shape[:2] == shape[:2] and value.shape[3] == shape[3]):
-        channels = (path, value.shape, shape)
+      if not rows[:-1] and not paths.is_head(path):  # the stem: the images' channels
+        channels = _channels(getattr(model, "image_shape", None), value.shape, shape)
+        channels = channels and (path, value.shape, shape, channels)
   used = set(variables)
   unused = source.unused + [source.names.get(p, p) for p in source.values if p not in used]
   option_shown = _q(option)
   if channels:
-    path, had, has = channels
+    path, had, has, (theirs, ours) = channels
     raise ConfigError(
         f"--init_from={option_shown}: {path} has shape {_shape(had)} there and {_shape(has)} "
-        f"in this --model={model_name}: the source took {had[2]}-channel images, this run's "
-        f"have {has[2]}")
+        f"in this --model={model_name}: the source took {theirs}-channel images, this run's "
+        f"have {ours}")
   if all(paths.is_head(row[1]) for row in rows if row[0] == "restored"):
     origin = f" (a --model={source.model} run)" if source.model else ""
     shapes = sum(row[0] == "skipped" and row[2] != "missing" for row in rows)
@@ -159,6 +159,21 @@ def initialize(model: keras.Model, option: str, model_name: str,
       variable.assign(tf.cast(value, variable.dtype))
     logging.info("%s", report.text().rstrip())
   return report
+
+
+def _channels(image_shape, had, has) -> tuple[int, int] | None:
+  """(the source's image channels, this model's) when the stem's kernel differs from the
+  source's by the images' channels alone: a convolution's input axis, or a dense layer's
+  flattened input by a factor of 3; None otherwise."""
+  if not image_shape or len(had) != len(has):
+    return None
+  ours = image_shape[-1]
+  axis = {4: 2, 2: 0}.get(len(has))
+  differing = [i for i, (a, b) in enumerate(zip(had, has)) if a != b]
+  if axis is None or differing != [axis] or (had[axis] * ours) % has[axis]:
+    return None
+  theirs = had[axis] * ours // has[axis]
+  return (theirs, ours) if {theirs, ours} == {1, 3} else None
 
 
 def _read(option: str, model: keras.Model, model_name: str, download: bool) -> Source | None:
