@@ -3,6 +3,7 @@ matched by variable path and shape, bit for bit; the head is new for another cla
 the table is kept; a resumed run ignores it; bad sources end in one line."""
 
 import os
+import shutil
 
 import h5py
 import keras
@@ -115,6 +116,19 @@ def test_a_dry_run_reads_and_matches_the_source_and_writes_nothing(source_run, t
     dry_run.report(parse(*RUN, DATA5, f"--model_dir={tmp_path}/m", "--dry_run",
                          f"--init_from={tmp_path}/gone"))
   assert not os.path.exists(tmp_path / "m")
+
+
+def test_a_runs_kept_best_by_its_directory(source_run, tmp_path):
+  run = tmp_path / "run"
+  (run / "best").mkdir(parents=True)
+  for name in os.listdir(os.path.join(source_run, "checkpoints")):
+    if name.startswith("ckpt-2."):  # as --keep_best keeps it: model_dir/best/ckpt-STEP
+      shutil.copy(os.path.join(source_run, "checkpoints", name), run / "best" / name)
+  shutil.copy(os.path.join(source_run, "flags.json"), run / "flags.json")
+  model = _cnn()
+  report = init_from.initialize(model, str(run / "best"), "cnn")
+  assert report.what == f"checkpoint {run}/best/ckpt-2 of a --model=cnn run"
+  _assert_equal(_values(model), _checkpoint_values(str(run / "best" / "ckpt-2")), False)
 
 
 def test_a_resumed_run_ignores_it(tuned_run, tmp_path):
