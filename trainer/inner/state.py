@@ -14,7 +14,7 @@ from input_pipeline import DatasetInfo
 from input_pipeline.preprocess import normalize
 import models
 from models.common import InputTooSmall
-from trainer.inner import checkpoints
+from trainer.inner import checkpoints, init_from
 from trainer.inner.progress import Progress
 from trainer.optim import ema, optimization
 from trainer.options.config import Config
@@ -99,6 +99,16 @@ class TrainState:
       if self.ema:
         self.ema.restart()
     logging.info("fitted the model's data-dependent start to %d training images", len(images))
+
+  def initialize_from(self, source: str, model_name: str) -> init_from.Report:
+    """A new run's weights from --init_from (after start_from_data: the source's own
+    data-dependent start, fitted to the data its later layers trained on, wins); the
+    average, with --ema_decay, starts from them."""
+    with self.strategy.scope():
+      report = init_from.initialize(self.model, source, model_name)
+      if self.ema:
+        self.ema.restart()
+    return report
 
   @property
   def eval_model(self) -> keras.Model:

@@ -11,6 +11,8 @@ controller.py with actions.py.
 
 from __future__ import annotations
 
+import shlex
+
 import tensorflow as tf
 from absl import logging
 
@@ -48,8 +50,16 @@ class Trainer:
                             total_steps=plan.total_steps, horizon=plan.horizon,
                             output_dir=output_dir, restarts=plan.restarts)
     # restore=False: the caller restores weights itself (trainer.evaluate): nothing to fit.
-    if restore and self.state.restore(restore if isinstance(restore, str) else None) is None:
+    # initialized: what --init_from restored into a new run (init_from.Report), else None.
+    self.initialized = None
+    resumed = restore and self.state.restore(restore if isinstance(restore, str) else None)
+    if restore and resumed is None:
       self.state.start_from_data(data.splits["train"])  # a new run: what the model fits
+      if config.init_from:
+        self.initialized = self.state.initialize_from(config.init_from, config.model)
+    elif resumed and config.init_from:
+      logging.info("--init_from=%s is not applied: the run resumes from its checkpoint",
+                   shlex.quote(config.init_from))
     self.evaluator = Evaluator(self.state, data, config.batch_size, writer,
                                pictures=config.eval_images, tta=config.tta)
     self.jit = plan.jit

@@ -146,6 +146,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("dry_run", bool, False, "Resolve the flags, the data and the plan, print what "
            "would run (model, data sizes, steps, eval cadence, where outputs go) and exit "
            "0, writing nothing (no model_dir, no prepared dataset).", _R, HOW),
+    Option("init_from", str, None, "A new run starts from these weights: a run's model_dir "
+           "(its latest checkpoint; DIR/best: its kept best), a checkpoint prefix, a Keras "
+           ".weights.h5 file, a legacy .h5 in keras.applications' layout, or imagenet (the "
+           "standard networks). Matched by variable path and shape; the head starts afresh "
+           "for another number of classes; the table of what was restored goes to "
+           "model_dir/init_from.txt. A model_dir with a checkpoint resumes from it instead.",
+           _R, normalize=lambda v: v if v == "imagenet" else absolute_path(v)),
     Option("allow_changed_flags", list, None, "A rerun into an existing model_dir refuses "
            "flags that change what is trained; these may change (logged and recorded in "
            "model_dir/flag_changes.json).", _R, HOW, parse=lambda v: tuple(v or ()),

@@ -14,7 +14,7 @@ from absl import flags as absl_flags
 import tensorflow as tf
 
 from input_pipeline.readers import tfds_source
-from trainer.inner import checkpoints, state
+from trainer.inner import checkpoints, init_from, state
 from trainer.options.config import Config, DATA_FLAGS, from_args
 from trainer.process.errors import UsageError
 from trainer.run import distribute, planning, run_files, run_record
@@ -129,11 +129,24 @@ def _report(config: Config, fresh: bool = False) -> str:
       + f"; checkpoint every {plan.checkpoint_interval:,} steps",
       f"{_OUTPUTS}{where} (checkpoints, TensorBoard events, export, results.json)",
   ]
+  if config.init_from:
+    lines.append(_init_from(config, data.info, plan.precision, step))
   if changed:
     lines.append(f"recorded as changes: {run_record.listed(changed)}")
   if cluster_note:
     lines.append(cluster_note)
   return "\n".join(lines)
+
+
+def _init_from(config: Config, info, precision: str, step: int) -> str:
+  """What --init_from would restore into a new run (its refusals made here too)."""
+  if step:
+    return f"init_from: not applied (the run resumes at step {step:,})"
+  report = init_from.initialize(_build(config, info, precision), config.init_from,
+                                config.model, assign=False)
+  if report is None:
+    return "init_from: imagenet: the weights file is not in Keras's cache: it is downloaded"
+  return f"init_from: {report.summary()} from {report.what}"
 
 
 def _to_download(config: Config, missing: tfds_source.NotPrepared,
