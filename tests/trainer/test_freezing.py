@@ -1,0 +1,149 @@
+"""--freeze, --unfreeze_at_epoch and --backbone_learning_rate_multiplier inside the trainer:
+frozen variables and batch norm statistics stay bit for bit, the optimizer holds no slot for
+them, the unfreeze lands on its epoch's first step and resumes bit-exact, replicas train as
+one device, and the multiplier is a rate for Adam as for SGD."""
+
+import keras
+import numpy as np
+import pytest
+
+from models import paths
+from trainer.options.config import from_values
+from trainer.process.errors import ConfigError
+from trainer.run import distribute, run_record
+from flag_helpers import build_trainer, parse
+
+DATA = "--dataset=synthetic:shape=8x8x1,classes=3,train=64,test=16"
+# A ResNet small enough to be cheap, with batch norm in every block: 4 steps per epoch.
+RESNET = ["--model=resnet", "--widths=4,8", "--blocks_per_stage=1", DATA, "--batch_size=16"]
+DEVICES = {1: ["--strategy=default"], 2: ["--strategy=mirrored", "--devices=/cpu:0,/cpu:1"]}
+
+
+def build(model_dir, *args, replicas=1):
+  cfg = parse(*RESNET, f"--model_dir={model_dir}", *DEVICES[replicas], *args)
+  keras.utils.set_random_seed(cfg.seed)  # the same initial weights for every build
+  return build_trainer(cfg, distribute.create_strategy(cfg))
+
+
+def values(model) -> dict[str, np.ndarray]:
+  return {p: v.numpy().copy() for p, v in paths.variable_paths(model).items()}
+
+
+def changed(before, after) -> set[str]:
+  return {p for p in before if not np.array_equal(before[p], after[p])}
+
+
+@pytest.mark.parametrize("pattern,frozen", [
+    # Everything but the head: all batch norm layers normalize with their statistics.
+    ("backbone", lambda p: not paths.is_head(p)),
+    # One block (its convolutions and batch norms): the stem and its batch norm train.
+    ("blocks_0/", lambda p: p.startswith("blocks_0/")),
+])
+def test_frozen_variables_and_batch_norm_statistics_stay_bit_for_bit(tmp_path, pattern, frozen):
+  trainer = build(tmp_path, f"--freeze={pattern}", "--ema_decay=0.9", "--epochs=2")
+  state = trainer.state
+  before = values(state.model)
+  trainer.run_steps(trainer.train_iterator(), 3)
+  after = values(state.model)
+  expected = {p for p in before if frozen(p)}
+  assert expected and changed(before, after) == set(before) - expected
+  # No slot for a frozen variable: Adam's two per trainable variable, named after its path.
+  trainable = [v for p, v in paths.variable_paths(state.model).items() if not frozen(p)
+               and v.trainable]
+  slots = [v for v in state.optimizer.variables if v.name != "iteration"]
+  assert len(slots) == 2 * len(trainable)
+  assert {v.name for v in slots} == {f"{v.path.replace('/', '_')}_{kind}"
+                                     for v in trainable for kind in ("momentum", "velocity")}
+  # The average of a frozen variable is the variable.
+  average = values(state.ema.model)
+  for p in expected:
+    np.testing.assert_array_equal(average[p], after[p], err_msg=p)
+
+
+def _run(model_dir, *windows, replicas=1, args=()):
+  """A run of --epochs=3 --unfreeze_at_epoch=1 (steps 0-3 frozen, 4-11 all), trained in
+  windows of these step counts from where model_dir's checkpoint left it; saved at the end."""
+  trainer = build(model_dir, "--freeze=backbone", "--epochs=3", "--unfreeze_at_epoch=1",
+                  "--optimizer=momentum", "--learning_rate=0.05", *args, replicas=replicas)
+  it = trainer.train_iterator()
+  for steps in windows:
+    trainer.run_steps(it, steps)
+  trainer.state.checkpoints.save(trainer.state.step)
+  return trainer
+
+
+def test_the_unfreeze_lands_on_its_epoch_and_resumes_bit_exact(tmp_path):
+  straight = build(tmp_path / "straight", "--freeze=backbone", "--epochs=3",
+                   "--unfreeze_at_epoch=1", "--optimizer=momentum", "--learning_rate=0.05")
+  state, it = straight.state, straight.train_iterator()
+  start = values(state.model)
+  straight.run_steps(it, 4)  # the first epoch, frozen to its end
+  assert changed(start, values(state.model)) == {"logits/kernel", "logits/bias"}
+  assert len(state.optimizer.variables) == 1 + 2
+  straight.run_steps(it, 1)  # step 4, the second epoch's first, trains everything
+  # Every variable moved, batch norm's statistics too (its layers train again).
+  assert changed(start, values(state.model)) == set(start)
+  assert len(state.optimizer.variables) == 1 + len(state.model.trainable_variables)
+  straight.run_steps(it, 7)
+  # Stopped after the unfreeze (a first window over it, split at step 4; its checkpoint
+  # holds the unfrozen stage's slots), and at the unfreeze's own step (the frozen stage's):
+  # both resume to the run trained straight through.
+  for stop, name in ((6, "after"), (4, "at")):
+    first = _run(tmp_path / name, stop)
+    resumed = _run(tmp_path / name, 12 - stop)
+    assert (first.state.step, resumed.state.step) == (stop, 12)
+    assert resumed.state.weights_digest() == straight.state.weights_digest(), name
+
+
+def test_two_replicas_freeze_and_unfreeze_like_one_device(tmp_path):
+  one = _run(tmp_path / "one", 3, 3)  # the second window over the unfreeze at step 4
+  two = _run(tmp_path / "two", 3, 3, replicas=2)
+  a, b = values(one.state.model), values(two.state.model)
+  for p in a:
+    np.testing.assert_allclose(a[p], b[p], atol=2e-5, err_msg=p)
+
+
+def _first_step(optimizer, multiplier, tmp_path):
+  cfg = parse("--model=mlp", "--hidden_units=16", DATA, "--batch_size=16",
+              f"--model_dir={tmp_path / optimizer / str(multiplier)}",
+              f"--optimizer={optimizer}", "--learning_rate=0.01",
+              *(["--weight_decay=0.1"] if optimizer == "adamw" else []),
+              f"--backbone_learning_rate_multiplier={multiplier}")
+  keras.utils.set_random_seed(cfg.seed)
+  trainer = build_trainer(cfg)
+  before = values(trainer.state.model)
+  trainer.run_steps(trainer.train_iterator(), 1)
+  after = values(trainer.state.model)
+  return {p: after[p] - before[p] for p in before}
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "adamw"])
+def test_the_backbone_multiplier_scales_the_first_step(tmp_path, optimizer):
+  one, scaled = (_first_step(optimizer, m, tmp_path) for m in (1.0, 0.25))
+  for p in one:
+    if paths.is_head(p):
+      np.testing.assert_array_equal(scaled[p], one[p], err_msg=p)
+    else:  # Adam's step does not scale with the gradient: only a scaled rate does this
+      largest = np.abs(one[p]).max()  # the deltas are differences of float32 weights
+      assert largest > 0
+      np.testing.assert_allclose(scaled[p], 0.25 * one[p], atol=1e-3 * largest, err_msg=p)
+
+
+def test_bad_freeze_patterns_name_the_paths(tmp_path):
+  with pytest.raises(ConfigError, match=r"--freeze=nothing_here matches no trainable "
+                     r"variable \(the model's paths are such as stem/kernel"):
+    build(tmp_path, "--freeze=nothing_here")
+  with pytest.raises(ConfigError, match=r"--freeze=kernel matches the classifier head "
+                     r"\(logits/kernel\)"):
+    build(tmp_path, "--freeze=kernel")
+  with pytest.raises(ConfigError, match="--freeze='\\(' is not a regular expression"):
+    parse("--freeze=(")
+
+
+def test_a_rerun_with_other_freezing_is_refused():
+  recorded = from_values({"freeze": "backbone", "unfreeze_at_epoch": 2, "epochs": 4})
+  for change in ({"freeze": "blocks_0/"}, {"unfreeze_at_epoch": 3},
+                 {"backbone_learning_rate_multiplier": 0.1}):
+    rerun = from_values({**recorded.flag_values, **change})
+    with pytest.raises(ConfigError, match=f"--{next(iter(change))}="):
+      run_record.check(rerun, recorded.flag_values)
