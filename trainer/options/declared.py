@@ -220,13 +220,13 @@ OPTIONS: tuple[Option, ...] = (
            check=positive),
     Option("freeze", str, None, "Hold variables fixed while training: backbone (every "
            "variable but the classifier head, `logits`) or a regular expression searched in "
-           "each variable's path (e.g. blocks_0/, see docs/fine-tuning.md). Frozen variables "
+           "each variable's path (e.g. blocks_0/; docs/usage.md, Freezing). Frozen variables "
            "get no gradient and no optimizer slots; a layer whose weights are all frozen has "
            "trainable=False (batch norm then normalizes with its moving statistics and keeps "
            "them).", _O),
     Option("unfreeze_at_epoch", int, None, "--freeze until this many epochs are trained (1 "
-           "to --epochs - 1), then everything trains: with --epochs=10 "
-           "--unfreeze_at_epoch=4, 4 epochs on the head, 6 on the whole network.", _O,
+           "to --epochs - 1), then everything trains: --epochs=10 --unfreeze_at_epoch=4 trains "
+           "4 epochs frozen, then 6 epochs of the whole network.", _O,
            check=positive),
     Option("backbone_learning_rate_multiplier", float, 1.0, "Every variable but the head "
            "trains at this multiple of the scheduled learning rate (every optimizer; e.g. "
