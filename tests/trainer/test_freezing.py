@@ -95,12 +95,44 @@ def test_the_unfreeze_lands_on_its_epoch_and_resumes_bit_exact(tmp_path):
     assert resumed.state.weights_digest() == straight.state.weights_digest(), name
 
 
+@pytest.mark.parametrize("args", [
+    ["--optimizer=momentum"],
+    # Keras's loss scaling wraps the optimizer: its scale and counter carry over too.
+    ["--model=mlp", "--hidden_units=8", "--optimizer=adam", "--mixed_precision=mixed_float16"],
+])
+def test_the_unfrozen_optimizer_keeps_the_step_count_and_the_head_slots(tmp_path, args):
+  model = [] if "--model=mlp" in args else RESNET
+  cfg = parse(*model, DATA, "--batch_size=16", f"--model_dir={tmp_path}", "--freeze=backbone",
+              "--epochs=2", "--unfreeze_at_epoch=1", *args)
+  trainer = build_trainer(cfg)
+  state = trainer.state
+  trainer.run_steps(trainer.train_iterator(), 4)
+  def by_name(optimizer):
+    inner = {id(v) for v in getattr(optimizer, "inner_optimizer", optimizer).variables}
+    return {("" if id(v) in inner else "outer/") + v.name: v.numpy()
+            for v in optimizer.variables}
+  old = by_name(state.optimizer)
+  assert state.enter_stage_of(4) and not state.enter_stage_of(4)
+  new = by_name(state.optimizer)
+  assert set(old) < set(new)
+  for name, value in old.items():
+    np.testing.assert_array_equal(new[name], value, err_msg=name)
+  assert int(state.optimizer.iterations.numpy()) == 4
+  assert all(not new[name].any() for name in set(new) - set(old))  # the backbone's: zero
+  assert any(old[name].any() for name in old if "logits" in name)  # the head's: moved
+
+
 def test_two_replicas_freeze_and_unfreeze_like_one_device(tmp_path):
   one = _run(tmp_path / "one", 3, 3)  # the second window over the unfreeze at step 4
   two = _run(tmp_path / "two", 3, 3, replicas=2)
   a, b = values(one.state.model), values(two.state.model)
   for p in a:
     np.testing.assert_allclose(a[p], b[p], atol=2e-5, err_msg=p)
+  # Each replica holds the same weights and slots (the head's carried over on each).
+  for v in two.state.model.weights + two.state.optimizer.variables:
+    first, *others = two.strategy.experimental_local_results(v.value)
+    for other in others:
+      np.testing.assert_array_equal(other.numpy(), first.numpy(), err_msg=v.path)
 
 
 def _first_step(optimizer, multiplier, tmp_path):
