@@ -72,6 +72,28 @@ def _run(model_dir, *windows, replicas=1, args=()):
   return trainer
 
 
+def _by_name(optimizer) -> dict[str, np.ndarray]:
+  """An optimizer's variables by name (a loss scaling wrapper's own marked apart: it and
+  the optimizer it wraps each count an "iteration")."""
+  inner = {id(v) for v in getattr(optimizer, "inner_optimizer", optimizer).variables}
+  return {("" if id(v) in inner else "outer/") + v.name: v.numpy()
+          for v in optimizer.variables}
+
+
+def _check_carried_over(state, step: int) -> None:
+  """The unfreeze at `step`: the new optimizer keeps the old one's step count and slots
+  (and fp16's loss scale), and gains zero slots for what was frozen."""
+  old = _by_name(state.optimizer)
+  assert state.enter_stage_of(step) and not state.enter_stage_of(step)
+  new = _by_name(state.optimizer)
+  assert set(old) < set(new)
+  for name, value in old.items():
+    np.testing.assert_array_equal(new[name], value, err_msg=name)
+  assert int(state.optimizer.iterations.numpy()) == step
+  assert all(not new[name].any() for name in set(new) - set(old))  # the backbone's: zero
+  assert any(old[name].any() for name in old if "logits" in name)  # the head's: moved
+
+
 def test_the_unfreeze_lands_on_its_epoch_and_resumes_bit_exact(tmp_path):
   straight = build(tmp_path / "straight", "--freeze=backbone", "--epochs=3",
                    "--unfreeze_at_epoch=1", "--optimizer=momentum", "--learning_rate=0.05")
@@ -80,6 +102,7 @@ def test_the_unfreeze_lands_on_its_epoch_and_resumes_bit_exact(tmp_path):
   straight.run_steps(it, 4)  # the first epoch, frozen to its end
   assert changed(start, values(state.model)) == {"logits/kernel", "logits/bias"}
   assert len(state.optimizer.variables) == 1 + 2
+  _check_carried_over(state, 4)
   straight.run_steps(it, 1)  # step 4, the second epoch's first, trains everything
   # Every variable moved, batch norm's statistics too (its layers train again).
   assert changed(start, values(state.model)) == set(start)
@@ -88,51 +111,33 @@ def test_the_unfreeze_lands_on_its_epoch_and_resumes_bit_exact(tmp_path):
   # Stopped after the unfreeze (a first window over it, split at step 4; its checkpoint
   # holds the unfrozen stage's slots), and at the unfreeze's own step (the frozen stage's):
   # both resume to the run trained straight through.
+  stopped = {}
   for stop, name in ((6, "after"), (4, "at")):
-    first = _run(tmp_path / name, stop)
+    stopped[name] = _run(tmp_path / name, stop)
     resumed = _run(tmp_path / name, 12 - stop)
-    assert (first.state.step, resumed.state.step) == (stop, 12)
+    assert (stopped[name].state.step, resumed.state.step) == (stop, 12)
     assert resumed.state.weights_digest() == straight.state.weights_digest(), name
-
-
-@pytest.mark.parametrize("args", [
-    ["--optimizer=momentum"],
-    # Keras's loss scaling wraps the optimizer: its scale and counter carry over too.
-    ["--model=mlp", "--hidden_units=8", "--optimizer=adam", "--mixed_precision=mixed_float16"],
-])
-def test_the_unfrozen_optimizer_keeps_the_step_count_and_the_head_slots(tmp_path, args):
-  model = [] if "--model=mlp" in args else RESNET
-  cfg = parse(*model, DATA, "--batch_size=16", f"--model_dir={tmp_path}", "--freeze=backbone",
-              "--epochs=2", "--unfreeze_at_epoch=1", *args)
-  trainer = build_trainer(cfg)
-  state = trainer.state
-  trainer.run_steps(trainer.train_iterator(), 4)
-  def by_name(optimizer):
-    inner = {id(v) for v in getattr(optimizer, "inner_optimizer", optimizer).variables}
-    return {("" if id(v) in inner else "outer/") + v.name: v.numpy()
-            for v in optimizer.variables}
-  old = by_name(state.optimizer)
-  assert state.enter_stage_of(4) and not state.enter_stage_of(4)
-  new = by_name(state.optimizer)
-  assert set(old) < set(new)
-  for name, value in old.items():
-    np.testing.assert_array_equal(new[name], value, err_msg=name)
-  assert int(state.optimizer.iterations.numpy()) == 4
-  assert all(not new[name].any() for name in set(new) - set(old))  # the backbone's: zero
-  assert any(old[name].any() for name in old if "logits" in name)  # the head's: moved
-
-
-def test_two_replicas_freeze_and_unfreeze_like_one_device(tmp_path):
-  one = _run(tmp_path / "one", 3, 3)  # the second window over the unfreeze at step 4
+  # Two replicas train the same 6 steps like one device (windows of 3: the second split).
   two = _run(tmp_path / "two", 3, 3, replicas=2)
-  a, b = values(one.state.model), values(two.state.model)
+  a, b = values(stopped["after"].state.model), values(two.state.model)
   for p in a:
     np.testing.assert_allclose(a[p], b[p], atol=2e-5, err_msg=p)
   # Each replica holds the same weights and slots (the head's carried over on each).
   for v in two.state.model.weights + two.state.optimizer.variables:
-    first, *others = two.strategy.experimental_local_results(v.value)
+    base, *others = two.strategy.experimental_local_results(v.value)
     for other in others:
-      np.testing.assert_array_equal(other.numpy(), first.numpy(), err_msg=v.path)
+      np.testing.assert_array_equal(other.numpy(), base.numpy(), err_msg=v.path)
+
+
+def test_fp16_loss_scaling_carries_over_at_the_unfreeze(tmp_path):
+  # Keras's loss scaling wraps the optimizer: its scale and counter carry over too.
+  cfg = parse("--model=mlp", "--hidden_units=8", DATA, "--batch_size=16",
+              f"--model_dir={tmp_path}", "--freeze=backbone", "--epochs=2",
+              "--unfreeze_at_epoch=1", "--mixed_precision=mixed_float16")
+  trainer = build_trainer(cfg)
+  trainer.run_steps(trainer.train_iterator(), 4)
+  assert "outer/dynamic_scale" in _by_name(trainer.state.optimizer)
+  _check_carried_over(trainer.state, 4)
 
 
 def _first_step(optimizer, multiplier, tmp_path):
