@@ -132,7 +132,7 @@ class TrainState:
       old, self.optimizer = self.optimizer, self._build_optimizer()
       optimization.carry_over(old, self.optimizer)
       self.checkpoints.replace(optimizer=self.optimizer)
-    if not frozen:
+    if not frozen and step == self.unfreeze_step:
       logging.info("step %d (--unfreeze_at_epoch=%d): the %d frozen variables train from "
                    "here, %d in all", step, self.config.unfreeze_at_epoch,
                    len(self.freezing.variables), len(self.model.trainable_variables))
