@@ -3,6 +3,8 @@ frozen variables and batch norm statistics stay bit for bit, the optimizer holds
 them, the unfreeze lands on its epoch's first step and resumes bit-exact, replicas train as
 one device, and the multiplier is a rate for Adam as for SGD."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -10,12 +12,16 @@ import pytest
 from models import paths
 from trainer.options.config import from_values
 from trainer.process.errors import ConfigError
-from trainer.run import distribute, run_record
+from trainer.outer.actions import Action
+from trainer.outer.triggers import AtSteps
+from trainer.run import distribute, run_record, train
 from flag_helpers import build_trainer, parse
 
 DATA = "--dataset=synthetic:shape=8x8x1,classes=3,train=64,test=16"
 # A ResNet small enough to be cheap, with batch norm in every block: 4 steps per epoch.
-RESNET = ["--model=resnet", "--widths=4,8", "--blocks_per_stage=1", DATA, "--batch_size=16"]
+RESNET = ["--model=resnet", "--widths=4", "--blocks_per_stage=1", DATA, "--batch_size=16"]
+FROZEN = ["--freeze=backbone", "--epochs=3", "--unfreeze_at_epoch=1", "--optimizer=momentum",
+          "--learning_rate=0.05"]
 DEVICES = {1: ["--strategy=default"], 2: ["--strategy=mirrored", "--devices=/cpu:0,/cpu:1"]}
 
 
@@ -60,11 +66,22 @@ def test_frozen_variables_and_batch_norm_statistics_stay_bit_for_bit(tmp_path, p
     np.testing.assert_array_equal(average[p], after[p], err_msg=p)
 
 
+class _Kill(Action):
+  """Ends the process's training at `step` as a kill would: after the last checkpoint,
+  with nothing saved."""
+
+  def __init__(self, step: int):
+    self.step, self.trigger = step, AtSteps(step)
+
+  def __call__(self, boundary):
+    if boundary.step == self.step:
+      raise RuntimeError(f"killed at step {boundary.step}")
+
+
 def _run(model_dir, *windows, replicas=1, args=()):
   """A run of --epochs=3 --unfreeze_at_epoch=1 (steps 0-3 frozen, 4-11 all), trained in
   windows of these step counts from where model_dir's checkpoint left it; saved at the end."""
-  trainer = build(model_dir, "--freeze=backbone", "--epochs=3", "--unfreeze_at_epoch=1",
-                  "--optimizer=momentum", "--learning_rate=0.05", *args, replicas=replicas)
+  trainer = build(model_dir, *FROZEN, *args, replicas=replicas)
   it = trainer.train_iterator()
   for steps in windows:
     trainer.run_steps(it, steps)
@@ -95,8 +112,7 @@ def _check_carried_over(state, step: int) -> None:
 
 
 def test_the_unfreeze_lands_on_its_epoch_and_resumes_bit_exact(tmp_path):
-  straight = build(tmp_path / "straight", "--freeze=backbone", "--epochs=3",
-                   "--unfreeze_at_epoch=1", "--optimizer=momentum", "--learning_rate=0.05")
+  straight = build(tmp_path / "straight", *FROZEN)
   state, it = straight.state, straight.train_iterator()
   start = values(state.model)
   straight.run_steps(it, 4)  # the first epoch, frozen to its end
@@ -108,9 +124,16 @@ def test_the_unfreeze_lands_on_its_epoch_and_resumes_bit_exact(tmp_path):
   assert changed(start, values(state.model)) == set(start)
   assert len(state.optimizer.variables) == 1 + len(state.model.trainable_variables)
   straight.run_steps(it, 7)
-  # Stopped after the unfreeze (a first window over it, split at step 4; its checkpoint
-  # holds the unfrozen stage's slots), and at the unfreeze's own step (the frozen stage's):
-  # both resume to the run trained straight through.
+  # The command's run killed at step 10 after its checkpoint of step 8 (the unfrozen
+  # stage's slots) resumes to the run trained straight through.
+  killed = parse(*RESNET, f"--model_dir={tmp_path / 'killed'}", *FROZEN, "--steps_per_loop=3")
+  with pytest.raises(RuntimeError, match="killed at step 10"):
+    train.train_and_evaluate(killed, extra_actions=[_Kill(10)])
+  assert sorted(os.listdir(tmp_path / "killed" / "checkpoints"))[-2:] == [
+      "ckpt-8.data-00000-of-00001", "ckpt-8.index"]
+  assert train.train_and_evaluate(killed)["weights_digest"] == straight.state.weights_digest()
+  # Stopped after the unfreeze (a first window over it, split at step 4), and at the
+  # unfreeze's own step (the frozen stage's slots): both resume to the straight run.
   stopped = {}
   for stop, name in ((6, "after"), (4, "at")):
     stopped[name] = _run(tmp_path / name, stop)
