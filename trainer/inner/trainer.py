@@ -80,8 +80,9 @@ class Trainer:
     return self.feed.iterator(self.state.data_position)
 
   def run_steps(self, iterator, steps: int) -> dict[str, float]:
-    """Runs `steps` training steps (in-memory data: one call per steps_per_loop); returns
-    their global loss and accuracy (read once, at the end)."""
+    """Runs `steps` training steps (in-memory data: one call per steps_per_loop; a call
+    more where --unfreeze_at_epoch's step falls inside); returns their global loss and
+    accuracy (read once, at the end)."""
     step, unfreeze = self.state.step, self.state.unfreeze_step
     if unfreeze is not None and step < unfreeze < step + steps:  # each stage its own call
       self._run(iterator, unfreeze - step)

@@ -63,8 +63,8 @@ def _build(config: Config, info, precision: str = "float32"):
 
 
 def _parameters(config: Config, data, precision: str, unfreeze_step: int | None = None) -> str:
-  """Its parameters, and what --freeze holds (a pattern that matches nothing is refused
-  here as by the run)."""
+  """The model's parameters, and what --freeze holds (a pattern that matches nothing is
+  refused here as by the run)."""
   model = _build(config, data.info, precision)
   said = f"{model.count_params():,} parameters"
   if config.freeze:
