@@ -14,7 +14,7 @@ from trainer.options.config import from_values
 from trainer.process.errors import ConfigError
 from trainer.outer.actions import Action
 from trainer.outer.triggers import AtSteps
-from trainer.run import distribute, run_record, train
+from trainer.run import distribute, dry_run, run_record, train
 from flag_helpers import build_trainer, parse
 
 DATA = "--dataset=synthetic:shape=8x8x1,classes=3,train=64,test=16"
@@ -198,6 +198,17 @@ def test_bad_freeze_patterns_name_the_paths(tmp_path):
     build(tmp_path, "--freeze=kernel")
   with pytest.raises(ConfigError, match="--freeze='\\(' is not a regular expression"):
     parse("--freeze=(")
+  # The dry run says what a pattern holds, and refuses one as the run does, writing nothing.
+  dry = lambda *args: dry_run.report(parse(*RESNET, f"--model_dir={tmp_path / 'dry'}",
+                                           "--epochs=2", *args))
+  # The block: two 3x3 convolutions of 4 filters on 4 channels (144 each) and two batch
+  # norms (4 + 4 each); what trains: the stem (36 + 4 + 4) and the head (4 x 3 + 3).
+  assert ("--freeze=blocks_0/: 6 variables (304 parameters) frozen, 5 (59 parameters) train; "
+          "2 batch norm layers use their moving statistics, until step 4)"
+          in dry("--freeze=blocks_0/", "--unfreeze_at_epoch=1"))
+  with pytest.raises(ConfigError, match="--freeze=nothing_here matches no trainable"):
+    dry("--freeze=nothing_here")
+  assert not (tmp_path / "dry").exists()
 
 
 def test_a_rerun_with_other_freezing_is_refused():
