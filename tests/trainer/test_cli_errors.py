@@ -137,6 +137,15 @@ def _cases(t):
       ([f"--dataset=folder:{t}/broken"], "zz_broken.png is not a readable image (1 such file"),
       ([f"--dataset=folder:{t}/nowhere"], "needs " + f"{t}/nowhere/train/<class>/"),
       (["--memory_budget_gb=0"], "--memory_budget_gb=0.0 must be positive"),
+      (["--freeze=conv"], "--freeze=conv matches no trainable variable (the model's paths "
+       "are such as hidden_0/kernel"),
+      (["--freeze=kernel"], "--freeze=kernel matches the classifier head (logits/kernel)"),
+      (["--freeze=a("], "--freeze='a(' is not a regular expression"),
+      (["--unfreeze_at_epoch=1"], "--unfreeze_at_epoch=1 unfreezes what --freeze holds"),
+      (["--freeze=backbone", "--unfreeze_at_epoch=1"], "--unfreeze_at_epoch=1 is step 4, not "
+       "before the run's end at step 2"),
+      (["--backbone_learning_rate_multiplier=0"],
+       "--backbone_learning_rate_multiplier=0.0 must be positive"),
       (["--pipeline=stream"], "--pipeline=stream reads TFDS or folder: data"),
       (["--pipeline=disk"], "--pipeline=disk is unknown"),
       (["--jit_compile=loop", "--pipeline=tf_data"], "--jit_compile=loop needs one replica "

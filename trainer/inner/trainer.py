@@ -48,7 +48,8 @@ class Trainer:
                  else "", plan.precision_reason)
     self.state = TrainState(config, strategy, data.info, precision=plan.precision,
                             total_steps=plan.total_steps, horizon=plan.horizon,
-                            output_dir=output_dir, restarts=plan.restarts)
+                            output_dir=output_dir, restarts=plan.restarts,
+                            unfreeze_step=plan.unfreeze_step)
     # restore=False: the caller restores weights itself (trainer.evaluate): nothing to fit.
     # initialized: what --init_from restored into a new run (init_from.Report), else None.
     self.initialized = None
@@ -67,6 +68,7 @@ class Trainer:
     self.feed = feeds.make_feed(strategy, data, config)
     self.train_step = TrainStep(config, self.state, self.jit)
     self.loop = TrainLoop(self.train_step, self.feed, jit=self.jit == "loop")
+    self._traced_for = self.state.optimizer  # the loop's functions train with this one
 
   def restore(self, checkpoint: str | None = None) -> str | None:
     """Restores `checkpoint`, or else model_dir's latest readable one; None if there is none."""
@@ -88,7 +90,23 @@ class Trainer:
     return self.feed.iterator(self.state.data_position)
 
   def run_steps(self, iterator, steps: int) -> dict[str, float]:
-    """Runs `steps` training steps (in-memory data: one call per steps_per_loop); returns
-    their global loss and accuracy (read once, at the end)."""
-    self.loop(iterator, steps)
+    """Runs `steps` training steps (in-memory data: one call per steps_per_loop; a call
+    more where --unfreeze_at_epoch's step falls inside); returns their global loss and
+    accuracy (read once, at the end)."""
+    step, unfreeze = self.state.step, self.state.unfreeze_step
+    if unfreeze is not None and step < unfreeze < step + steps:  # each stage its own call
+      self._run(iterator, unfreeze - step)
+      steps -= unfreeze - step
+    self._run(iterator, steps)
     return self.train_step.metrics()
+
+  def _run(self, iterator, steps: int) -> None:
+    """`steps` steps in the stage of the current step (--freeze, --unfreeze_at_epoch); the
+    loop is traced again whenever the optimizer changed (a new stage, or a restore into
+    another one)."""
+    self.state.enter_stage_of(self.state.step)
+    if self.state.optimizer is not self._traced_for:
+      self.train_step.retrace()
+      self.loop = TrainLoop(self.train_step, self.feed, jit=self.jit == "loop")
+      self._traced_for = self.state.optimizer
+    self.loop(iterator, steps)

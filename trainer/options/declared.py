@@ -225,6 +225,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("bn_lr_multiplier", float, 1.0, "Learning rate multiplier for batch norm's "
            "scale and shift (airbench: 64 on its shifts); sgd and momentum only.", _O,
            check=positive),
+    Option("freeze", str, None, "Hold variables fixed while training: backbone (every "
+           "variable but the classifier head, `logits`) or a regular expression searched in "
+           "each variable's path (e.g. blocks_0/; docs/usage.md, Freezing). Frozen variables "
+           "get no gradient and no optimizer slots; a layer whose weights are all frozen has "
+           "trainable=False (batch norm then normalizes with its moving statistics and keeps "
+           "them).", _O),
+    Option("unfreeze_at_epoch", int, None, "--freeze until this many epochs are trained (1 "
+           "to --epochs - 1), then everything trains: --epochs=10 --unfreeze_at_epoch=4 trains "
+           "4 epochs frozen, then 6 epochs of the whole network.", _O,
+           check=positive),
+    Option("backbone_learning_rate_multiplier", float, 1.0, "Every variable but the head "
+           "trains at this multiple of the scheduled learning rate (every optimizer; e.g. "
+           "0.1 for a pretrained backbone).", _O, check=positive),
     Option("weight_decay", float, 0.0, "Decoupled weight decay (not on biases, norms); adamw "
            "needs it.", _O, check=at_least_zero),
     Option("clip_norm", float, None, "Clip gradients to this global norm, after the "
