@@ -131,6 +131,21 @@ def test_a_runs_kept_best_by_its_directory(source_run, tmp_path):
   _assert_equal(_values(model), _checkpoint_values(str(run / "best" / "ckpt-2")), False)
 
 
+def test_the_head_is_kept_only_for_the_same_classes(source_run, tmp_path):
+  """A head of the same shape is the source's only when its run had these classes: 5 of
+  one dataset's classes are not 5 others (the transfer from classes 0-4 to 5-9)."""
+  source = _checkpoint_values(os.path.join(source_run, "checkpoints", "ckpt-2"))
+  same = _trainer(*RUN, DATA10, f"--model_dir={tmp_path}/same", f"--init_from={source_run}")
+  _assert_equal(_values(same.state.model), source, skip_head=False)
+  subset = "--classes=0,1,2,3,4,5,6,7,9,8"  # the same 10, another order: another head
+  other = _trainer(*RUN, DATA10, subset, f"--model_dir={tmp_path}/o", f"--init_from={source_run}")
+  started = _values(other.state.model)
+  assert not np.array_equal(started["logits/kernel"], source["logits/kernel"])
+  assert [r[:3] for r in other.initialized.rows if paths.is_head(r[1])] == [
+      ("new head", p, f"other classes (the source's: {DATA10[10:]})")
+      for p in ("logits/kernel", "logits/bias")]
+
+
 def test_a_resumed_run_ignores_it(tuned_run, tmp_path):
   saved = _checkpoint_values(os.path.join(tuned_run, "checkpoints", "ckpt-2"))
   # A source that no longer exists: a new run would refuse it, a resumed one never reads it.

@@ -50,6 +50,21 @@ class Source:
   names: dict[str, str] = dataclasses.field(default_factory=dict)
   unused: list[str] = dataclasses.field(default_factory=list)
   note: str = ""
+  labels: Labels | None = None  # what the source's classes were, when its run is known
+
+
+@dataclasses.dataclass(frozen=True)
+class Labels:
+  """What a run's classes are: its --dataset and --classes (None: all of them)."""
+  dataset: str
+  classes: tuple[str, ...] | None = None
+
+  @classmethod
+  def of(cls, dataset, classes) -> Labels:
+    return cls(str(dataset), tuple(str(c) for c in classes) if classes else None)
+
+  def __str__(self) -> str:
+    return self.dataset + (f" classes {','.join(self.classes)}" if self.classes else "")
 
 
 def _shape(shape) -> str:
@@ -107,16 +122,20 @@ class Report:
     writer.flush("train")
 
 
-def initialize(model: keras.Model, option: str, model_name: str,
+def initialize(model: keras.Model, option: str, model_name: str, labels: Labels | None = None,
                assign: bool = True) -> Report | None:
   """Assigns the source's matching values to `model`'s variables (under the strategy's
   scope: a mirrored variable takes the value on every replica) and returns the table.
   ConfigError (one line) for a source that cannot be read, that matches nothing but the
   head, or whose input channels differ; nothing is assigned then. assign=False: the
-  table only (a dry run's check), and None for ImageNet weights not yet downloaded."""
+  table only (a dry run's check), and None for ImageNet weights not yet downloaded.
+  labels: this run's classes; the head starts afresh also where its shape is the same but
+  the source's run trained on other classes (5 classes are not the same 5 classes)."""
   source = _read(option, model, model_name, download=assign)
   if source is None:
     return None
+  other_classes = (labels is not None and source.labels is not None
+                   and source.labels != labels)
   variables = paths.variable_paths(model)
   rows, pairs = [], []
   channels = None  # the stem's kernel took images of other channels
@@ -125,6 +144,9 @@ def initialize(model: keras.Model, option: str, model_name: str,
     value = source.values.get(path)
     if value is None:
       rows.append(("skipped", path, "missing", params))
+    elif tuple(value.shape) == shape and other_classes and paths.is_head(path):
+      rows.append(("new head", path, f"other classes (the source's: {source.labels})",
+                   params))
     elif tuple(value.shape) == shape:
       rows.append(("restored", path, _shape(shape), params))
       pairs.append((variable, value))
@@ -206,17 +228,17 @@ def _newest(directory: str, option: str) -> str:
                     "its best/ or a checkpoint prefix")
 
 
-def _run_model(prefix: str) -> str | None:
-  """The model of the run a checkpoint belongs to (its model_dir's record), if found."""
+def _run_record(prefix: str) -> dict:
+  """The record of the run a checkpoint belongs to (its model_dir's flags.json), or {}."""
   folder = os.path.dirname(prefix)
   for directory in (folder, os.path.dirname(folder)):
     try:
       record = files.read_json(os.path.join(directory, _RECORD))
     except (ValueError, tf.errors.OpError):
       record = None
-    if record and isinstance(record.get("model"), str):
-      return record["model"]
-  return None
+    if isinstance(record, dict) and isinstance(record.get("model"), str):
+      return record
+  return {}
 
 
 def _checkpoint(prefix: str, option: str) -> Source:
@@ -235,10 +257,12 @@ def _checkpoint(prefix: str, option: str) -> Source:
     path = paths.checkpoint_path(key, root)
     if path is not None and not any(part.startswith(".") for part in path.split("/")):
       values[path] = reader.get_tensor(key)
-  model = _run_model(prefix)
+  record = _run_record(prefix)
+  model = record.get("model")
+  labels = Labels.of(record["dataset"], record.get("classes")) if "dataset" in record else None
   what = (f"checkpoint {_q(prefix)}" + (f" of a --model={model} run" if model else "")
           + (", its weight average (--ema_decay)" if root == "ema" else ""))
-  return Source(what, values, model)
+  return Source(what, values, model, labels=labels)
 
 
 def _weights_file(path: str, option: str, model: keras.Model, kind: str) -> Source:

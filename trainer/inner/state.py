@@ -157,12 +157,13 @@ class TrainState:
         self.ema.restart()
     logging.info("fitted the model's data-dependent start to %d training images", len(images))
 
-  def initialize_from(self, source: str, model_name: str) -> init_from.Report:
+  def initialize_from(self, source: str, model_name: str,
+                      labels: init_from.Labels | None = None) -> init_from.Report:
     """A new run's weights from --init_from (after start_from_data: the source's own
     data-dependent start, fitted to the data its later layers trained on, wins); the
     average, with --ema_decay, starts from them."""
     with self.strategy.scope():
-      report = init_from.initialize(self.model, source, model_name)
+      report = init_from.initialize(self.model, source, model_name, labels)
       if self.ema:
         self.ema.restart()
     return report

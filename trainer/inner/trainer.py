@@ -17,7 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from input_pipeline import Data
-from trainer.inner import feeds
+from trainer.inner import feeds, init_from
 from trainer.inner.evaluator import Evaluation, Evaluator
 from trainer.inner.state import TrainState
 from trainer.inner.step import TrainLoop, TrainStep
@@ -57,7 +57,8 @@ class Trainer:
     if restore and resumed is None:
       self.state.start_from_data(data.splits["train"])  # a new run: what the model fits
       if config.init_from:
-        self.initialized = self.state.initialize_from(config.init_from, config.model)
+        self.initialized = self.state.initialize_from(
+            config.init_from, config.model, init_from.Labels.of(config.dataset, config.classes))
     elif resumed and config.init_from:
       logging.info("--init_from=%s is not applied: the run resumes from its checkpoint",
                    shlex.quote(config.init_from))

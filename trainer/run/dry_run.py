@@ -153,7 +153,8 @@ def _init_from(config: Config, info, precision: str, step: int) -> str:
   if step:
     return f"init_from: not applied (the run resumes at step {step:,})"
   report = init_from.initialize(_build(config, info, precision), config.init_from,
-                                config.model, assign=False)
+                                config.model, init_from.Labels.of(config.dataset, config.classes),
+                                assign=False)
   if report is None:
     return "init_from: imagenet: the weights file is not in Keras's cache: it is downloaded"
   return f"init_from: {report.summary()} from {report.what}"
