@@ -69,13 +69,16 @@ def main() -> int:
   cells: dict[str, dict[str, list[float]]] = {}
   for n in sizes:
     batch, epochs = schedule(n, args.steps)
+    steps = epochs * (5 * n // batch)
     for seed in seeds:
       for row, extra in ROWS.items():
         name = f"{n}_per_class/seed{seed}/{row.split(' (')[0].replace(' ', '_').replace(',', '')}"
         flags = [*data, f"--classes={TARGET_CLASSES}", f"--examples_per_class={n}",
                  f"--seed={seed}", f"--batch_size={batch}", f"--epochs={epochs}",
-                 # One eval, at the end: the runs are scored on test, not selected on it.
-                 f"--eval_every={epochs * (5 * n // batch)}", "--eval_images=false",
+                 # One eval and one checkpoint, at the end: the runs are scored on test,
+                 # not selected on it, and an epoch of a few steps need not be saved.
+                 f"--eval_every={steps}", f"--checkpoint_every={steps}",
+                 "--eval_images=false",
                  *(f.format(pre=pre, half=epochs // 2) for f in extra)]
         result = sweep.train(os.path.join(args.root, name), flags, name)
         if result.get("returncode"):
