@@ -13,7 +13,7 @@ DATA_DIR ?= $(or $(TFDS_DATA_DIR),$(HOME)/tensorflow_datasets)
 # Flags for `make train`, e.g. make train FLAGS="--learning_rate=0.003 --model_dir=runs/lr0.003"
 FLAGS ?=
 
-.PHONY: install test train data bench bench-peers bench-profile bench-tta bench-stream tutorial clean
+.PHONY: install test train data bench bench-peers bench-profile bench-tta bench-stream bench-transfer bench-folder tutorial clean
 
 install: $(STAMP)
 
@@ -77,6 +77,18 @@ bench-tta: data
 # in data/stream_benchmark), streamed: benchmarks/streaming.{json,md}.
 bench-stream: install
 	$(PY) scripts/stream_benchmark.py
+
+# What starting from an earlier run is worth: a CNN pretrained on Fashion-MNIST classes
+# 0-4, then trained on 5-9 with 10, 50 and 500 images per class from scratch, fine-tuned,
+# frozen and frozen-then-unfrozen, two seeds: benchmarks/transfer.{json,md}, runs in
+# runs/transfer.
+bench-transfer: data
+	$(PY) scripts/transfer.py --root=runs/transfer --data_dir="$(DATA_DIR)" $(BENCH_FLAGS)
+
+# A standard network (MobileNetV3-Small) on a generated 64x64 RGB image folder: tapeloop
+# against Keras fit, interleaved: benchmarks/folder.{json,md}.
+bench-folder: install
+	$(PY) scripts/bench_folder.py $(BENCH_FLAGS)
 
 # The tutorial's seven models on Fashion-MNIST (offline), compared: benchmarks/tutorial.{md,json},
 # TensorBoard runs in runs/tutorial. For MNIST: make tutorial TUTORIAL_FLAGS=--dataset=idx:DIR

@@ -8,8 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from trainer.run import train
+import models
+from trainer.run import run_files, train
 from datafiles import (idx_bytes, tree_digest, write_image_folder, write_kaggle_csv,
                        write_mnist_dir)
 from flag_helpers import parse
@@ -49,11 +51,24 @@ def _files(tmp):
     f.write("--model=mlp\n--colour=blue\n")
   with open(d("a_file"), "w") as f:
     f.write("x")
+  _init_from_sources(d)
   write_image_folder(d("photos"), per_split=(("train", 6),))  # sizes 20x24 to 40x28
   write_image_folder(d("broken"), per_split=(("train", 6),), sizes=((12, 12),))
   with open(d("broken", "train", "dog", "zz_broken.png"), "wb") as f:
     f.write(b"\x89PNG\r\n\x1a\n" + b"truncated")
   return tmp
+
+
+def _init_from_sources(d):
+  """--init_from's bad sources: a cnn run's model_dir (its record names its model), an RGB
+  mlp's checkpoint, a run's directory without checkpoints."""
+  mlp_rgb = models.create("mlp", num_classes=10, image_shape=(28, 28, 3), hidden_units=[8])
+  tf.train.Checkpoint(model=mlp_rgb).write(d("rgb_run", "checkpoints", "ckpt-1"))
+  cnn = models.create("cnn", num_classes=10, image_shape=(28, 28, 1), filters=[4],
+                      kernel_sizes=[3], dense_units=[8])
+  tf.train.Checkpoint(model=cnn).write(d("cnn_run", "checkpoints", "ckpt-1"))
+  run_files.write_record(d("cnn_run"), {"model": "cnn"})
+  os.makedirs(d("no_checkpoints"))
 
 
 def _edit_line(path, lineno, change):
@@ -122,11 +137,32 @@ def _cases(t):
       ([f"--dataset=folder:{t}/broken"], "zz_broken.png is not a readable image (1 such file"),
       ([f"--dataset=folder:{t}/nowhere"], "needs " + f"{t}/nowhere/train/<class>/"),
       (["--memory_budget_gb=0"], "--memory_budget_gb=0.0 must be positive"),
+      (["--freeze=conv"], "--freeze=conv matches no trainable variable (the model's paths "
+       "are such as hidden_0/kernel"),
+      (["--freeze=kernel"], "--freeze=kernel matches the classifier head (logits/kernel)"),
+      (["--freeze=a("], "--freeze='a(' is not a regular expression"),
+      (["--unfreeze_at_epoch=1"], "--unfreeze_at_epoch=1 unfreezes what --freeze holds"),
+      (["--freeze=backbone", "--unfreeze_at_epoch=1"], "--unfreeze_at_epoch=1 is step 4, not "
+       "before the run's end at step 2"),
+      (["--backbone_learning_rate_multiplier=0"],
+       "--backbone_learning_rate_multiplier=0.0 must be positive"),
       (["--pipeline=stream"], "--pipeline=stream reads TFDS or folder: data"),
       (["--pipeline=disk"], "--pipeline=disk is unknown"),
       (["--jit_compile=loop", "--pipeline=tf_data"], "--jit_compile=loop needs one replica "
        "and --pipeline=in_memory (this run: 1 replica(s), tf_data): use --jit_compile=step"),
       (["--augment=resized_crop=1.5"], "resized_crop in [0, 1) (0: none)"),
+      ([f"--init_from={t}/nowhere"], f"--init_from={t}/nowhere: no such directory, file or "
+       f"checkpoint prefix ({t}/nowhere.index does not exist either)"),
+      ([f"--init_from={t}/no_checkpoints"], f"no checkpoint in {t}/no_checkpoints nor in "
+       f"{t}/no_checkpoints/checkpoints"),
+      ([f"--init_from={t}/a_file"], f"{t}/a_file is not a checkpoint nor a readable "
+       ".weights.h5/.h5 file"),
+      ([f"--init_from={t}/cnn_run"], f"--init_from={t}/cnn_run (a --model=cnn run) matches "
+       "no variable of this --model=mlp besides the head"),
+      ([f"--init_from={t}/rgb_run"], "hidden_0/kernel has shape 2352x8 there and 784x8 in "
+       "this --model=mlp: the source took 3-channel images, this run's have 1"),
+      (["--init_from=imagenet"], "--init_from=imagenet: --model=mlp has no published "
+       "ImageNet weights"),
       (["--lr_schedule=cosine", "--warmup_steps=2"], "--warmup_steps=2 is not below the "
        "schedule's 2 steps"),
   ]

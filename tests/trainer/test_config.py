@@ -113,6 +113,8 @@ def test_flagfile_and_command_line_override(tmp_path):
     (["--classes=5,5,6"], "--classes=5,5,6: give two or more distinct class ids"),
     (["--classes=a,b"], "--classes=a,b: expected comma-separated class ids"),
     (["--examples_per_class=0"], "--examples_per_class=0 must be positive"),
+    (["--freeze=backbone", "--epochs=3", "--unfreeze_at_epoch=3"],
+     "--unfreeze_at_epoch=3 is not before the run's end (--epochs=3)"),
     (["--weight_decay=-1"], "--weight_decay=-1.0 must be"),
     (["--clip_norm=0"], "--clip_norm=0.0 must be positive"),
     (["--model=mlp", "--filters=3"], "--filters does not apply to --model=mlp"),

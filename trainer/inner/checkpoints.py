@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import signal
+from typing import Callable
 
 import tensorflow as tf
 from absl import logging
@@ -92,9 +93,18 @@ class Checkpoints:
     return [os.path.join(self.directory, f"ckpt-{step}")
             for step in checkpoint_steps(self.directory)]
 
-  def restore(self, path: str | None = None) -> str | None:
+  def replace(self, **objects) -> None:
+    """Saves and restores these objects under their names from now on, in place of the
+    ones given before (an optimizer rebuilt over other variables)."""
+    for name, obj in objects.items():
+      for checkpoint in (self.checkpoint, self._required):
+        setattr(checkpoint, name, obj)
+
+  def restore(self, path: str | None = None,
+              prepare: Callable[[str], None] | None = None) -> str | None:
     """Restores `path`, or else the newest readable checkpoint (call under
-    strategy.scope()); None when the directory holds no checkpoint at all."""
+    strategy.scope()); None when the directory holds no checkpoint at all. prepare(path):
+    called before each checkpoint is tried, to build the objects that one holds."""
     explicit = path is not None
     q = shlex.quote
     if explicit and not tf.io.gfile.exists(path + ".index"):
@@ -105,6 +115,8 @@ class Checkpoints:
     for path in candidates:
       status = None
       try:
+        if prepare is not None:
+          prepare(path)
         status = self._required.restore(path)
         # Every saved value must find its variable and match its shape: a checkpoint of
         # another model in this model_dir is an error, never a silent fresh start.

@@ -13,8 +13,9 @@ from absl import logging
 from input_pipeline import DatasetInfo
 from input_pipeline.preprocess import normalize
 import models
+from models import paths
 from models.common import InputTooSmall
-from trainer.inner import checkpoints
+from trainer.inner import checkpoints, freezing, init_from
 from trainer.inner.progress import Progress
 from trainer.optim import ema, optimization
 from trainer.options.config import Config
@@ -23,6 +24,8 @@ from trainer.process.errors import ConfigError
 # Training images a data-dependent start (the whitening filters) is fitted to: their
 # patches are millions of samples of a covariance of a few dozen dimensions.
 _FIT_IMAGES = 2000
+# The global step's entry in a checkpoint (Checkpoints saves it as `global_step`).
+_GLOBAL_STEP = "global_step/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def build_model(config: Config, info: DatasetInfo, precision: str,
@@ -47,8 +50,12 @@ class TrainState:
 
   def __init__(self, config: Config, strategy: tf.distribute.Strategy, info: DatasetInfo,
                *, precision: str, total_steps: int, horizon: int,
-               output_dir: str | None = None, restarts: tuple[optimization.Restart, ...] = ()):
-    self.strategy, self.precision = strategy, precision
+               output_dir: str | None = None, restarts: tuple[optimization.Restart, ...] = (),
+               unfreeze_step: int | None = None):
+    """unfreeze_step: the first step that trains what --freeze holds (planning.Plan's;
+    None: --freeze holds it for the whole run)."""
+    self.strategy, self.precision, self.config = strategy, precision, config
+    self.unfreeze_step = unfreeze_step
     self._fp16 = precision == "mixed_float16"
     replicas = strategy.num_replicas_in_sync
     with strategy.scope():
@@ -69,10 +76,15 @@ class TrainState:
       self.progress = Progress()
       self.schedule = optimization.Schedule.of(config, total_steps, horizon, restarts)
       self.learning_rate = self.schedule.rate_fn(self.global_step, self.progress.lr_factor)
-      self.optimizer = optimization.create_optimizer(config, self.learning_rate,
-                                                     loss_scaling=self._fp16)
-      # Built eagerly: a lazily built Adam fails inside strategy.run (keras issue 23085).
-      self.optimizer.build(self.model.trainable_variables)
+      # --freeze: a new run starts frozen; a restored one in its checkpoint's stage (restore).
+      self.freezing = (freezing.Freezing(self.model, config.freeze) if config.freeze
+                       else None)
+      if self.freezing:
+        self.freezing.freeze()
+        logging.info("%s%s", self.freezing.describe(), "" if unfreeze_step is None else
+                     f"; all train from step {unfreeze_step} (--unfreeze_at_epoch="
+                     f"{config.unfreeze_at_epoch})")
+      self.optimizer = self._build_optimizer()
       # --ema_decay: the average lives in a second model's weights, which evals and the
       # export use; it is checkpointed beside the model (made after it: the model's own
       # initialization does not change with the flag).
@@ -87,6 +99,51 @@ class TrainState:
           optional=optional, model=self.model, optimizer=self.optimizer,
           global_step=self.global_step)
 
+  def _build_optimizer(self):
+    """The optimizer over the model's trainable variables, built eagerly: a lazily built
+    Adam fails inside strategy.run (keras issue 23085). Every variable but the head trains
+    at --backbone_learning_rate_multiplier times the rate."""
+    multiplier = self.config.backbone_learning_rate_multiplier
+    rate_factor = None
+    if multiplier != 1:
+      head = {id(v) for p, v in paths.variable_paths(self.model).items() if paths.is_head(p)}
+      rate_factor = lambda v: 1.0 if id(v) in head else multiplier
+    optimizer = optimization.create_optimizer(self.config, self.learning_rate,
+                                              loss_scaling=self._fp16, rate_factor=rate_factor)
+    optimizer.build(self.model.trainable_variables)
+    return optimizer
+
+  def enter_stage_of(self, step: int) -> bool:
+    """Puts the model in the stage that trains global step `step` (0: the first), frozen
+    before --unfreeze_at_epoch's step, unfrozen from it; True when that changed it. The
+    optimizer is rebuilt over the new trainable variables (a Keras optimizer is built once)
+    with the old one's step count and slots carried over: the train step must then be
+    traced again (Trainer)."""
+    if self.freezing is None:
+      return False
+    frozen = self.unfreeze_step is None or step < self.unfreeze_step
+    if frozen == self.freezing.frozen:
+      return False
+    with self.strategy.scope():
+      if frozen:
+        self.freezing.freeze()
+      else:
+        self.freezing.unfreeze()
+      old, self.optimizer = self.optimizer, self._build_optimizer()
+      optimization.carry_over(old, self.optimizer)
+      self.checkpoints.replace(optimizer=self.optimizer)
+    if not frozen and step == self.unfreeze_step:
+      logging.info("step %d (--unfreeze_at_epoch=%d): the %d frozen variables train from "
+                   "here, %d in all", step, self.config.unfreeze_at_epoch,
+                   len(self.freezing.variables), len(self.model.trainable_variables))
+    return True
+
+  def _enter_stage_of_checkpoint(self, path: str) -> None:
+    """A checkpoint of global step s was saved after steps 0..s-1: it holds the optimizer
+    of the stage that trained step s - 1."""
+    step = tf.train.load_checkpoint(path).get_tensor(_GLOBAL_STEP)
+    self.enter_stage_of(max(0, int(step) - 1))
+
   def start_from_data(self, train_split) -> None:
     """A new run's data-dependent start (the airbench model's whitening filters, from the
     first training images); a restored run has it in its checkpoint."""
@@ -99,6 +156,17 @@ class TrainState:
       if self.ema:
         self.ema.restart()
     logging.info("fitted the model's data-dependent start to %d training images", len(images))
+
+  def initialize_from(self, source: str, model_name: str,
+                      labels: init_from.Labels | None = None) -> init_from.Report:
+    """A new run's weights from --init_from (after start_from_data: the source's own
+    data-dependent start, fitted to the data its later layers trained on, wins); the
+    average, with --ema_decay, starts from them."""
+    with self.strategy.scope():
+      report = init_from.initialize(self.model, source, model_name, labels)
+      if self.ema:
+        self.ema.restart()
+    return report
 
   @property
   def eval_model(self) -> keras.Model:
@@ -117,7 +185,8 @@ class TrainState:
   def restore(self, checkpoint: str | None = None) -> str | None:
     """Restores `checkpoint`, or else model_dir's latest readable one; None if there is none."""
     with self.strategy.scope():
-      path = self.checkpoints.restore(checkpoint)
+      path = self.checkpoints.restore(
+          checkpoint, prepare=self._enter_stage_of_checkpoint if self.freezing else None)
       if path and self.ema and not self.checkpoints.holds(path, "ema"):
         self.ema.restart()
         logging.info("%s holds no weight average (the run had no --ema_decay): the average "

@@ -29,11 +29,18 @@ class TrainStep:
     with state.strategy.scope():
       self.loss = keras.metrics.Mean("loss")
       self.accuracy = keras.metrics.SparseCategoricalAccuracy("accuracy")
+    self.jit = jit
+    self.retrace()
+
+  def retrace(self) -> None:
+    """New functions over the model's trainable variables and the state's optimizer, as
+    they are now (after --unfreeze_at_epoch changed them, TrainState.enter_stage_of)."""
     self.forward_backward = self._forward_backward
-    if jit == "forward_backward":
+    if self.jit == "forward_backward":
       self.forward_backward = tf.function(self._forward_backward, jit_compile=True)
-    self.replica = tf.function(self._replica, jit_compile=True) if jit == "step" else self._replica
-    self._multipliers = rate_multipliers(state.model, config.bn_lr_multiplier)
+    self.replica = (tf.function(self._replica, jit_compile=True) if self.jit == "step"
+                    else self._replica)
+    self._multipliers = rate_multipliers(self.state.model, self.config.bn_lr_multiplier)
 
   def _forward_backward(self, images, labels, targets):
     model, optimizer = self.state.model, self.state.optimizer

@@ -11,11 +11,13 @@ controller.py with actions.py.
 
 from __future__ import annotations
 
+import shlex
+
 import tensorflow as tf
 from absl import logging
 
 from input_pipeline import Data
-from trainer.inner import feeds
+from trainer.inner import feeds, init_from
 from trainer.inner.evaluator import Evaluation, Evaluator
 from trainer.inner.state import TrainState
 from trainer.inner.step import TrainLoop, TrainStep
@@ -46,10 +48,20 @@ class Trainer:
                  else "", plan.precision_reason)
     self.state = TrainState(config, strategy, data.info, precision=plan.precision,
                             total_steps=plan.total_steps, horizon=plan.horizon,
-                            output_dir=output_dir, restarts=plan.restarts)
+                            output_dir=output_dir, restarts=plan.restarts,
+                            unfreeze_step=plan.unfreeze_step)
     # restore=False: the caller restores weights itself (trainer.evaluate): nothing to fit.
-    if restore and self.state.restore(restore if isinstance(restore, str) else None) is None:
+    # initialized: what --init_from restored into a new run (init_from.Report), else None.
+    self.initialized = None
+    resumed = restore and self.state.restore(restore if isinstance(restore, str) else None)
+    if restore and resumed is None:
       self.state.start_from_data(data.splits["train"])  # a new run: what the model fits
+      if config.init_from:
+        self.initialized = self.state.initialize_from(
+            config.init_from, config.model, init_from.Labels.of(config.dataset, config.classes))
+    elif resumed and config.init_from:
+      logging.info("--init_from=%s is not applied: the run resumes from its checkpoint",
+                   shlex.quote(config.init_from))
     self.evaluator = Evaluator(self.state, data, config.batch_size, writer,
                                pictures=config.eval_images, tta=config.tta)
     self.jit = plan.jit
@@ -57,6 +69,7 @@ class Trainer:
     self.feed = feeds.make_feed(strategy, data, config)
     self.train_step = TrainStep(config, self.state, self.jit)
     self.loop = TrainLoop(self.train_step, self.feed, jit=self.jit == "loop")
+    self._traced_for = self.state.optimizer  # the loop's functions train with this one
 
   def restore(self, checkpoint: str | None = None) -> str | None:
     """Restores `checkpoint`, or else model_dir's latest readable one; None if there is none."""
@@ -78,7 +91,23 @@ class Trainer:
     return self.feed.iterator(self.state.data_position)
 
   def run_steps(self, iterator, steps: int) -> dict[str, float]:
-    """Runs `steps` training steps (in-memory data: one call per steps_per_loop); returns
-    their global loss and accuracy (read once, at the end)."""
-    self.loop(iterator, steps)
+    """Runs `steps` training steps (in-memory data: one call per steps_per_loop; a call
+    more where --unfreeze_at_epoch's step falls inside); returns their global loss and
+    accuracy (read once, at the end)."""
+    step, unfreeze = self.state.step, self.state.unfreeze_step
+    if unfreeze is not None and step < unfreeze < step + steps:  # each stage its own call
+      self._run(iterator, unfreeze - step)
+      steps -= unfreeze - step
+    self._run(iterator, steps)
     return self.train_step.metrics()
+
+  def _run(self, iterator, steps: int) -> None:
+    """`steps` steps in the stage of the current step (--freeze, --unfreeze_at_epoch); the
+    loop is traced again whenever the optimizer changed (a new stage, or a restore into
+    another one)."""
+    self.state.enter_stage_of(self.state.step)
+    if self.state.optimizer is not self._traced_for:
+      self.train_step.retrace()
+      self.loop = TrainLoop(self.train_step, self.feed, jit=self.jit == "loop")
+      self._traced_for = self.state.optimizer
+    self.loop(iterator, steps)

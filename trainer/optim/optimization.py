@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from typing import Any, Callable
 
 import keras
 import tensorflow as tf
@@ -150,28 +152,78 @@ class Schedule:
     return rate
 
 
-def create_optimizer(config: Config, learning_rate, *,
-                     loss_scaling: bool = False) -> keras.optimizers.Optimizer:
+class RateFactors:
+  """A Keras optimizer whose variables each train at `rate_factor(variable)` times the
+  scheduled rate (--backbone_learning_rate_multiplier): the rate every update_step is
+  given (Keras's, the fused kernels', Muon's) and the decoupled weight decay, which Keras
+  scales by the rate, are multiplied, so that it is a rate for every optimizer (a scaled
+  gradient is one only for SGD)."""
+
+  rate_factor: Callable[[Any], float] = staticmethod(lambda variable: 1.0)
+
+  def build(self, var_list):
+    super().build(var_list)
+    factors = {self._var_key(v): f for v in var_list if (f := self.rate_factor(v)) != 1}
+    # A bound method, not the dict: Keras would track a dict, and a checkpoint cannot
+    # hold one keyed by integers.
+    self._factor_of = factors.get
+
+  def update_step(self, gradient, variable, learning_rate):
+    factor = self._factor_of(self._var_key(variable))
+    if factor is not None:
+      learning_rate = learning_rate * factor
+    return super().update_step(gradient, variable, learning_rate)
+
+  def _apply_weight_decay(self, variables):
+    if self.weight_decay is None:
+      return
+    groups: dict[float | None, list] = {}
+    for v in variables:
+      groups.setdefault(self._factor_of(self._var_key(v)), []).append(v)
+    schedule, rate = self._learning_rate, self.learning_rate
+    for factor, group in groups.items():
+      if factor is not None:  # Keras's decay reads the rate: this group's, for its call
+        self._learning_rate = lambda factor=factor: rate * factor
+      try:
+        super()._apply_weight_decay(group)
+      finally:
+        self._learning_rate = schedule
+
+
+@functools.cache
+def _with_rate_factors(cls: type) -> type:
+  return type(cls.__name__, (RateFactors, cls), {"__module__": cls.__module__})
+
+
+def create_optimizer(config: Config, learning_rate, *, loss_scaling: bool = False,
+                     rate_factor: Callable[[Any], float] | None = None
+                     ) -> keras.optimizers.Optimizer:
   """The optimizer of --optimizer and its flags; loss_scaling: wrapped in Keras's dynamic
-  loss scaling, which a float16 policy needs (the policy the run resolved, planning.py)."""
+  loss scaling, which a float16 policy needs (the policy the run resolved, planning.py).
+  rate_factor(variable): the multiple of the rate that variable trains at (RateFactors);
+  learning_rate is then a callable, as the run's schedule is."""
   kwargs = dict(learning_rate=learning_rate)
   if config.weight_decay:
     kwargs["weight_decay"] = config.weight_decay
+  scaled = _with_rate_factors if rate_factor else (lambda cls: cls)
   # Keras's optimizers with fused update kernels (fused_optimizers.py); RMSprop stays
   # Keras's: TensorFlow's fused RMSProp puts epsilon inside the square root.
   if config.optimizer == "sgd":
-    opt = fused_optimizers.SGD(**kwargs)
+    opt = scaled(fused_optimizers.SGD)(**kwargs)
   elif config.optimizer == "momentum" and config.muon_learning_rate:
-    opt = muon.MuonSGD(muon_ratio=config.muon_learning_rate / config.learning_rate,
-                       momentum=config.momentum, nesterov=config.nesterov, **kwargs)
+    opt = scaled(muon.MuonSGD)(muon_ratio=config.muon_learning_rate / config.learning_rate,
+                               momentum=config.momentum, nesterov=config.nesterov, **kwargs)
   elif config.optimizer == "momentum":
-    opt = fused_optimizers.SGD(momentum=config.momentum, nesterov=config.nesterov, **kwargs)
+    opt = scaled(fused_optimizers.SGD)(momentum=config.momentum, nesterov=config.nesterov,
+                                       **kwargs)
   elif config.optimizer == "adam":
-    opt = fused_optimizers.Adam(**kwargs)
+    opt = scaled(fused_optimizers.Adam)(**kwargs)
   elif config.optimizer == "adamw":  # config.py requires --weight_decay: never Keras's 0.004
-    opt = fused_optimizers.AdamW(**kwargs)
+    opt = scaled(fused_optimizers.AdamW)(**kwargs)
   else:
-    opt = keras.optimizers.RMSprop(**kwargs)
+    opt = scaled(keras.optimizers.RMSprop)(**kwargs)
+  if rate_factor:
+    opt.rate_factor = rate_factor
   if config.weight_decay:
     opt.exclude_from_weight_decay(var_names=_NO_DECAY)
   if config.clip_norm:
@@ -181,3 +233,27 @@ def create_optimizer(config: Config, learning_rate, *,
   if loss_scaling:
     opt = keras.optimizers.LossScaleOptimizer(opt)
   return opt
+
+
+def carry_over(old: keras.optimizers.Optimizer, new: keras.optimizers.Optimizer) -> int:
+  """Gives `new`, an optimizer of the same kind built over more variables (an unfreeze),
+  the values of `old`'s variables: its step count, loss scale and the slots of the
+  variables both hold, matched by name (Keras names a slot after its variable's path);
+  the new variables' slots keep their initial values. Returns how many were carried."""
+  carried = 0
+  pairs = [(old, new)]
+  if isinstance(old, keras.optimizers.LossScaleOptimizer):
+    # Its own variables (the scale, its counter) and its inner optimizer's, each by name:
+    # both have an "iteration".
+    pairs = [(old, new), (old.inner_optimizer, new.inner_optimizer)]
+  for source, target in pairs:
+    values = {}
+    for v in source._variables:  # its own: a LossScaleOptimizer's exclude the inner's  # pylint: disable=protected-access
+      if v.name in values:
+        raise ValueError(f"two variables of {type(source).__name__} are named {v.name}")
+      values[v.name] = v
+    for v in target._variables:  # pylint: disable=protected-access
+      if v.name in values:
+        v.assign(values[v.name])
+        carried += 1
+  return carried

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import shlex
 from typing import Any, Callable
 
 from absl import flags as absl_flags
@@ -141,6 +143,7 @@ def _together(v: dict[str, Any]) -> None:
   _check(v["bn_lr_multiplier"] == 1 or v["optimizer"] in ("sgd", "momentum"),
          f"--bn_lr_multiplier scales batch norm's gradients, a rate multiplier only for "
          f"--optimizer=sgd or momentum (not {v['optimizer']})")
+  _freezing(v)
   unknown = sorted(set(v["allow_changed_flags"]) - set(declared.NAMES))
   _check(not unknown, f"--allow_changed_flags: {', '.join(unknown)} is not a tapeloop flag")
   _check(v["devices"] is None or v["strategy"] == "mirrored",
@@ -148,6 +151,24 @@ def _together(v: dict[str, Any]) -> None:
   profile = v["profile_steps"]
   _check(profile is None or (len(profile) == 2 and profile[0] < profile[1]),
          f"--profile_steps={as_text(profile)}: give A,B with A < B")
+
+
+def _freezing(v: dict[str, Any]) -> None:
+  """--freeze is backbone or a regular expression; --unfreeze_at_epoch needs it and falls
+  inside --epochs (with --train_steps, planning.py checks it against the run's steps)."""
+  pattern, epoch = v["freeze"], v["unfreeze_at_epoch"]
+  if pattern is not None and pattern != "backbone":
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ConfigError(f"--freeze={shlex.quote(pattern)} is not a regular expression ({e}): "
+                        "give backbone or a pattern of variable paths") from None
+  _check(pattern != "", "--freeze= is empty: give backbone or a pattern of variable paths")
+  _check(epoch is None or pattern is not None, f"--unfreeze_at_epoch={epoch} unfreezes what "
+         "--freeze holds: give --freeze=backbone (or a pattern) too")
+  _check(epoch is None or v["epochs"] is None or epoch < v["epochs"],
+         f"--unfreeze_at_epoch={epoch} is not before the run's end (--epochs={v['epochs']}): "
+         "give a smaller one, or more --epochs")
 
 
 def _from_values(values: dict[str, Any]) -> Config:

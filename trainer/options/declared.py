@@ -148,6 +148,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("dry_run", bool, False, "Resolve the flags, the data and the plan, print what "
            "would run (model, data sizes, steps, eval cadence, where outputs go) and exit "
            "0, writing nothing (no model_dir, no prepared dataset).", _R, HOW),
+    Option("init_from", str, None, "A new run starts from these weights: a run's model_dir "
+           "(its latest checkpoint; DIR/best: its kept best), a checkpoint prefix, a Keras "
+           ".weights.h5 file, a legacy .h5 in keras.applications' layout, or imagenet (the "
+           "standard networks). Matched by variable path and shape; the head starts afresh "
+           "for another number of classes; the table of what was restored goes to "
+           "model_dir/init_from.txt. A model_dir with a checkpoint resumes from it instead.",
+           _R, normalize=lambda v: v if v == "imagenet" else absolute_path(v)),
     Option("allow_changed_flags", list, None, "A rerun into an existing model_dir refuses "
            "flags that change what is trained; these may change (logged and recorded in "
            "model_dir/flag_changes.json).", _R, HOW, parse=lambda v: tuple(v or ()),
@@ -220,6 +227,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("bn_lr_multiplier", float, 1.0, "Learning rate multiplier for batch norm's "
            "scale and shift (airbench: 64 on its shifts); sgd and momentum only.", _O,
            check=positive),
+    Option("freeze", str, None, "Hold variables fixed while training: backbone (every "
+           "variable but the classifier head, `logits`) or a regular expression searched in "
+           "each variable's path (e.g. blocks_0/; docs/usage.md, Freezing). Frozen variables "
+           "get no gradient and no optimizer slots; a layer whose weights are all frozen has "
+           "trainable=False (batch norm then normalizes with its moving statistics and keeps "
+           "them).", _O),
+    Option("unfreeze_at_epoch", int, None, "--freeze until this many epochs are trained (1 "
+           "to --epochs - 1), then everything trains: --epochs=10 --unfreeze_at_epoch=4 trains "
+           "4 epochs frozen, then 6 epochs of the whole network.", _O,
+           check=positive),
+    Option("backbone_learning_rate_multiplier", float, 1.0, "Every variable but the head "
+           "trains at this multiple of the scheduled learning rate (every optimizer; e.g. "
+           "0.1 for a pretrained backbone).", _O, check=positive),
     Option("weight_decay", float, 0.0, "Decoupled weight decay (not on biases, norms); adamw "
            "needs it.", _O, check=at_least_zero),
     Option("clip_norm", float, None, "Clip gradients to this global norm, after the "

@@ -14,7 +14,7 @@ from absl import flags as absl_flags
 import tensorflow as tf
 
 from input_pipeline.readers import tfds_source
-from trainer.inner import checkpoints, state
+from trainer.inner import checkpoints, freezing, init_from, state
 from trainer.options.config import Config, DATA_FLAGS, from_args
 from trainer.process.errors import UsageError
 from trainer.run import distribute, planning, run_files, run_record
@@ -62,8 +62,17 @@ def _build(config: Config, info, precision: str = "float32"):
     return state.build_model(config, info, precision)
 
 
-def _parameters(config: Config, data, precision: str) -> str:
-  return f"{_build(config, data.info, precision).count_params():,} parameters"
+def _parameters(config: Config, data, precision: str, unfreeze_step: int | None = None) -> str:
+  """The model's parameters, and what --freeze holds (a pattern that matches nothing is
+  refused here as by the run)."""
+  model = _build(config, data.info, precision)
+  said = f"{model.count_params():,} parameters"
+  if config.freeze:
+    frozen = freezing.Freezing(model, config.freeze)
+    frozen.freeze()
+    said += f" ({frozen.describe()}" + (f", until step {unfreeze_step:,})"
+                                         if unfreeze_step is not None else ")")
+  return said
 
 
 def report(config: Config, fresh: bool = False) -> str:
@@ -117,7 +126,8 @@ def _report(config: Config, fresh: bool = False) -> str:
     start = f"resumes the run in {where} at step {step:,}"
   lines = [
       f"dry run: nothing was written; without --dry_run this {start}",
-      f"model {config.model}: {_parameters(config, data, plan.precision)}, "
+      f"model {config.model}: "
+      f"{_parameters(config, data, plan.precision, plan.unfreeze_step)}, "
       f"{plan.precision} ({plan.precision_reason})",
       f"data {data.info.name}: {sizes}; images {shape}, {data.info.num_classes} classes; "
       f"pipeline {data.pipeline}",
@@ -129,11 +139,25 @@ def _report(config: Config, fresh: bool = False) -> str:
       + f"; checkpoint every {plan.checkpoint_interval:,} steps",
       f"{_OUTPUTS}{where} (checkpoints, TensorBoard events, export, results.json)",
   ]
+  if config.init_from:
+    lines.append(_init_from(config, data.info, plan.precision, step))
   if changed:
     lines.append(f"recorded as changes: {run_record.listed(changed)}")
   if cluster_note:
     lines.append(cluster_note)
   return "\n".join(lines)
+
+
+def _init_from(config: Config, info, precision: str, step: int) -> str:
+  """What --init_from would restore into a new run (its refusals made here too)."""
+  if step:
+    return f"init_from: not applied (the run resumes at step {step:,})"
+  report = init_from.initialize(_build(config, info, precision), config.init_from,
+                                config.model, init_from.Labels.of(config.dataset, config.classes),
+                                assign=False)
+  if report is None:
+    return "init_from: imagenet: the weights file is not in Keras's cache: it is downloaded"
+  return f"init_from: {report.summary()} from {report.what}"
 
 
 def _to_download(config: Config, missing: tfds_source.NotPrepared,

@@ -50,6 +50,7 @@ class Plan:
   replicas: int
   eval_interval: int  # steps: --eval_every, else once per epoch
   checkpoint_interval: int  # steps: --checkpoint_every, else once per epoch
+  unfreeze_step: int | None = None  # --unfreeze_at_epoch's first step (None: none)
 
 
 def eval_split(data: Data) -> str | None:
@@ -162,6 +163,14 @@ def resolve(config: Config, data: Data, strategy: tf.distribute.Strategy,
   if training:
     _check_training(config, data, split)
   steps_per_epoch, total_steps = config.steps_for(len(data.splits["train"]))
+  unfreeze_step = None
+  if config.unfreeze_at_epoch:
+    unfreeze_step = config.unfreeze_at_epoch * steps_per_epoch
+    if training and unfreeze_step >= total_steps:
+      raise ConfigError(
+          f"--unfreeze_at_epoch={config.unfreeze_at_epoch} is step {unfreeze_step}, not "
+          f"before the run's end at step {total_steps} ({steps_per_epoch} steps per epoch): "
+          "give a smaller one, or a longer run")
   # What the run's record says of the schedule: its horizon and warm restarts, checked.
   schedule = run_record.schedule(config, recorded, steps_per_epoch, total_steps, data,
                                  training)
@@ -170,4 +179,5 @@ def resolve(config: Config, data: Data, strategy: tf.distribute.Strategy,
               eval_split=split, jit=jit, jit_reason=reason, precision=policy,
               precision_reason=why, replicas=replicas,
               eval_interval=config.eval_every or steps_per_epoch,
-              checkpoint_interval=config.checkpoint_every or steps_per_epoch)
+              checkpoint_interval=config.checkpoint_every or steps_per_epoch,
+              unfreeze_step=unfreeze_step)

@@ -86,6 +86,8 @@ def train_and_evaluate(config: Config, process_start: float | None = None,
                                  plan, data.pipeline)
       if data.folder_check:
         run_files.write_folder_check(config.model_dir, data.folder_check)
+      if trainer.initialized:  # --init_from's table, beside the record
+        trainer.initialized.write(config.model_dir, writer)
     log.start(config.model_dir if chief else None)
     timing, stopped_at = loop.train(config, plan, trainer, output_dir, phases.timed,
                                     [preemption], list(extra_actions))
