@@ -89,7 +89,8 @@ def test_flagfile_and_command_line_override(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--model=vgg"], "--model=vgg is unknown; known models: airbench, cnn, mlp, resnet"),
+    (["--model=vgg"], "--model=vgg is unknown; known models: airbench, cnn, efficientnet_v2_b0, "
+                      "mlp, mobilenet_v3_small, resnet, resnet50"),
     (["--dataset=ftp:x"], "--dataset: unknown data source prefix"),
     (["--batch_size=0"], "--batch_size=0 must be positive"),
     (["--batch_size=-8"], "--batch_size=-8 must be positive"),
