@@ -80,8 +80,8 @@ def _edit_line(path, lineno, change):
 
 def _cases(t):
   return [
-      (["--model=vgg"], "--model=vgg is unknown; known models: airbench, cnn, efficientnet_v2_b0, mlp, "
-       "mobilenet_v3_small, resnet, resnet50"),
+      (["--model=vgg"], "--model=vgg is unknown; known models: airbench, cnn, "
+       "efficientnet_v2_b0, mlp, mobilenet_v3_small, resnet, resnet50"),
       (["--dataset=ftp:x"], "unknown data source prefix 'ftp:'"),
       (["--dataset=no_such_dataset"], "unknown TFDS dataset 'no_such_dataset'"),
       (["--optimizer=adagrad"], "--optimizer=adagrad is unknown"),
