@@ -54,7 +54,7 @@ def make_folder(folder: str, size: int) -> None:
 def flags(args) -> list[str]:
   return [f"--model={args.model}", f"--dataset=folder:{args.folder}",
           f"--image_size={args.image_size}", f"--batch_size={args.batch_size}",
-          f"--steps_per_loop={args.steps_per_loop}"]
+          f"--steps_per_loop={args.steps_per_loop}", *args.tapeloop_flags.split()]
 
 
 def tapeloop_job(args) -> dict:
@@ -121,6 +121,8 @@ def main() -> int:
   parser.add_argument("--steps_per_loop", type=int, default=10)
   parser.add_argument("--seconds", type=float, default=20)
   parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--tapeloop_flags", default="",
+                      help="more tapeloop flags, e.g. --jit_compile=loop")
   parser.add_argument("--folder", default=os.path.join(tempfile.gettempdir(),
                                                        "tapeloop_bench_folder"))
   parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks"))
