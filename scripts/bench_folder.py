@@ -52,8 +52,10 @@ def make_folder(folder: str, size: int) -> None:
 
 
 def flags(args) -> list[str]:
+  # The folder's images all have --image_size: no resizing, hence none of the random-resized
+  # crops --image_size turns on; neither trainer augments.
   return [f"--model={args.model}", f"--dataset=folder:{args.folder}",
-          f"--image_size={args.image_size}", f"--batch_size={args.batch_size}",
+          f"--batch_size={args.batch_size}",
           f"--steps_per_loop={args.steps_per_loop}", *args.tapeloop_flags.split()]
 
 
@@ -81,7 +83,7 @@ def keras_job(args, steps_per_execution: int) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   import input_pipeline  # pylint: disable=g-import-not-at-top
   import models  # pylint: disable=g-import-not-at-top
-  data = input_pipeline.load(f"folder:{args.folder}", image_size=(args.image_size,) * 2)
+  data = input_pipeline.load(f"folder:{args.folder}")
   train = data.splits["train"]
   x, y = train.images.astype(np.float32) / 255.0, train.labels.astype(np.int32)
   model = models.create(args.model, num_classes=CLASSES, image_shape=x.shape[1:])
