@@ -322,14 +322,14 @@ def _legacy_h5(f: h5py.File, option: str, model: keras.Model) -> Source:
             for name in legacy_h5_format.load_attributes_from_hdf5_group(group, "layer_names")]
   stored = [(name, weights) for name, weights in stored if weights]
   layers = {layer.name: layer for layer in network.layers}
-  weighted = [layer for layer in network.layers if legacy_h5_format._legacy_weights(layer)]
+  weighted = [layer for layer in network.layers if _legacy_order(layer)]
   in_order = (not any(name in layers for name, _ in stored) and len(stored) == len(weighted))
   pairs = (zip(stored, weighted) if in_order
            else [((name, weights), layers.get(name)) for name, weights in stored])
   path_of = {id(w): p for p, w in paths.variable_paths(model).items()}
   values, names, unused = {}, {}, []
   for (layer_name, weight_names), layer in pairs:
-    weights = legacy_h5_format._legacy_weights(layer) if layer is not None else []
+    weights = _legacy_order(layer) if layer is not None else []
     for i, weight_name in enumerate(weight_names):
       name = f"{layer_name}/{weight_name}"
       path = path_of.get(id(weights[i])) if i < len(weights) else None
@@ -339,6 +339,17 @@ def _legacy_h5(f: h5py.File, option: str, model: keras.Model) -> Source:
         values[path], names[path] = np.asarray(group[layer_name][weight_name]), name
   return Source("", values, None, names, unused,
                 note=" (its layers' names differ: paired in order)" if in_order else "")
+
+
+def _legacy_order(layer: keras.layers.Layer) -> list:
+  """A layer's weights in the order Keras's legacy writer lists them, its trainable ones
+  first, as they were created: Keras's own order (legacy_h5_format._legacy_weights) reads
+  the current trainability, which --freeze changes (a frozen gamma would come after beta)."""
+  created_trainable = {id(v) for sub in layer._flatten_layers()
+                       for v in sub._trainable_variables}
+  weights = layer.weights
+  return ([w for w in weights if id(w) in created_trainable]
+          + [w for w in weights if id(w) not in created_trainable])
 
 
 def _imagenet(model: keras.Model, model_name: str, download: bool) -> str | None:
