@@ -135,7 +135,9 @@ def test_the_head_is_kept_only_for_the_same_classes(source_run, tmp_path):
   """A head of the same shape is the source's only when its run had these classes: 5 of
   one dataset's classes are not 5 others (the transfer from classes 0-4 to 5-9)."""
   source = _checkpoint_values(os.path.join(source_run, "checkpoints", "ckpt-2"))
-  same = _trainer(*RUN, DATA10, f"--model_dir={tmp_path}/same", f"--init_from={source_run}")
+  every = "--classes=" + ",".join(map(str, range(10)))  # all of them: the same classes
+  same = _trainer(*RUN, DATA10, every, f"--model_dir={tmp_path}/same",
+                  f"--init_from={source_run}")
   _assert_equal(_values(same.state.model), source, skip_head=False)
   subset = "--classes=0,1,2,3,4,5,6,7,9,8"  # the same 10, another order: another head
   other = _trainer(*RUN, DATA10, subset, f"--model_dir={tmp_path}/o", f"--init_from={source_run}")

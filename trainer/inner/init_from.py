@@ -25,6 +25,7 @@ from keras.src.saving import saving_lib
 
 from models import paths, pretrained
 from trainer.inner import checkpoints
+from trainer.options import values
 from trainer.process import files
 from trainer.process.errors import ConfigError
 
@@ -62,6 +63,13 @@ class Labels:
   @classmethod
   def of(cls, dataset, classes) -> Labels:
     return cls(str(dataset), tuple(str(c) for c in classes) if classes else None)
+
+  def same(self, other: Labels, num_classes: int) -> bool:
+    """The same classes in the same order: one dataset however spelled (mnist is
+    tfds:mnist, a folder by its absolute path), --classes unset being all of them."""
+    every = tuple(str(i) for i in range(num_classes))
+    return ((values.dataset_meaning(self.dataset), self.classes or every)
+            == (values.dataset_meaning(other.dataset), other.classes or every))
 
   def __str__(self) -> str:
     return self.dataset + (f" classes {','.join(self.classes)}" if self.classes else "")
@@ -135,7 +143,7 @@ def initialize(model: keras.Model, option: str, model_name: str, labels: Labels 
   if source is None:
     return None
   other_classes = (labels is not None and source.labels is not None
-                   and source.labels != labels)
+                   and not labels.same(source.labels, getattr(model, "num_classes", 0)))
   variables = paths.variable_paths(model)
   rows, pairs = [], []
   channels = None  # the stem's kernel took images of other channels
