@@ -2,6 +2,8 @@
 matched by variable path and shape, bit for bit; the head is new for another class count;
 the table is kept; a resumed run ignores it; bad sources end in one line."""
 
+import dataclasses
+import hashlib
 import os
 import shutil
 
@@ -146,6 +148,21 @@ def test_the_head_is_kept_only_for_the_same_classes(source_run, tmp_path):
   assert [r[:3] for r in other.initialized.rows if paths.is_head(r[1])] == [
       ("new head", p, f"other classes (the source's: {DATA10[10:]})")
       for p in ("logits/kernel", "logits/bias")]
+
+
+def test_a_damaged_newest_checkpoint_gives_the_one_before(source_run, tmp_path):
+  run = tmp_path / "run"
+  shutil.copytree(source_run, run, ignore=shutil.ignore_patterns("export*", "events*"))
+  folder = run / "checkpoints"
+  for name in os.listdir(folder):  # the source's checkpoint as an earlier one, ckpt-1
+    if name.startswith("ckpt-2."):
+      shutil.copy(folder / name, folder / name.replace("ckpt-2", "ckpt-1"))
+  newest = folder / "ckpt-2.data-00000-of-00001"
+  newest.write_bytes(newest.read_bytes()[:10])  # killed while it was written
+  model = _cnn()
+  report = init_from.initialize(model, str(run), "cnn")
+  assert report.what == f"checkpoint {folder}/ckpt-1 of a --model=cnn run"
+  _assert_equal(_values(model), _checkpoint_values(str(folder / "ckpt-1")), False)
 
 
 def test_a_resumed_run_ignores_it(tuned_run, tmp_path):
@@ -311,10 +328,20 @@ def test_imagenet_from_the_cache_a_download_or_one_line_offline(tmp_path, monkey
     return os.path.join(cache_dir, cache_subdir, fname)
   monkeypatch.setattr(keras.utils, "get_file", download)
   assert init_from.initialize(model, "imagenet", "mobilenet_v3_small").restored
+  cached = os.path.join(tmp_path, "keras", "models", published.file)
+  with open(cached, "rb") as f:  # the stand-in is what is published, by its MD5
+    monkeypatch.setitem(pretrained.IMAGENET, "mobilenet_v3_small", dataclasses.replace(
+        published, md5=hashlib.md5(f.read()).hexdigest()))
   monkeypatch.setattr(keras.utils, "get_file", offline)  # now cached: no download asked
   report = init_from.initialize(model, "imagenet", "mobilenet_v3_small")
   assert report.what.startswith("ImageNet weights legacy Keras .h5 file ")
   assert len(calls) == 1
+  with open(cached, "r+b") as f:  # a download killed part-way: fetched again, and offline
+    f.truncate(1000)  # the line says to delete it
+  with pytest.raises(ConfigError, match=f"; the copy in Keras's cache, {cached}, is "
+                     "incomplete or damaged: delete it; offline, download it"):
+    init_from.initialize(model, "imagenet", "mobilenet_v3_small")
+  assert len(calls) == 2
 
 
 def test_a_source_of_other_image_channels_is_refused_naming_the_shapes(tmp_path):

@@ -22,6 +22,7 @@ import tensorflow as tf
 from absl import logging
 from keras.src.legacy.saving import legacy_h5_format
 from keras.src.saving import saving_lib
+from keras.src.utils import file_utils
 
 from models import paths, pretrained
 from trainer.inner import checkpoints
@@ -214,7 +215,15 @@ def _read(option: str, model: keras.Model, model_name: str, download: bool) -> S
     return local and _weights_file(local, option, model, "ImageNet weights ")
   path = option.removeprefix("file://")
   if tf.io.gfile.isdir(path):
-    return _checkpoint(_newest(path, option), option)
+    # The newest readable one, as a resume takes: a run still writing its newest, or one
+    # killed while it did, leaves an unreadable one.
+    prefixes = _checkpoints(path, option)
+    for prefix in prefixes[:-1]:
+      try:
+        return _checkpoint(prefix, option)
+      except ConfigError as e:
+        logging.warning("%s; taking the one before it", e)
+    return _checkpoint(prefixes[-1], option)
   if tf.io.gfile.exists(path + ".index"):
     return _checkpoint(path, option)
   if tf.io.gfile.exists(path):
@@ -224,13 +233,13 @@ def _read(option: str, model: keras.Model, model_name: str, download: bool) -> S
                     "a checkpoint prefix, a .weights.h5/.h5 file or imagenet")
 
 
-def _newest(directory: str, option: str) -> str:
-  """The newest checkpoint prefix of a run's model_dir (its checkpoints/) or of a directory
-  of checkpoints (a run's best/)."""
+def _checkpoints(directory: str, option: str) -> list[str]:
+  """The checkpoint prefixes of a run's model_dir (its checkpoints/) or of a directory of
+  checkpoints (a run's best/), newest first."""
   for folder in (directory, os.path.join(directory, "checkpoints")):
     steps = checkpoints.checkpoint_steps(folder)
     if steps:
-      return os.path.join(folder, f"ckpt-{steps[0]}")
+      return [os.path.join(folder, f"ckpt-{step}") for step in steps]
   raise ConfigError(f"--init_from={_q(option)}: no checkpoint in {_q(directory)} nor in "
                     f"{_q(os.path.join(directory, 'checkpoints'))}; give a run's model_dir, "
                     "its best/ or a checkpoint prefix")
@@ -255,16 +264,16 @@ def _checkpoint(prefix: str, option: str) -> Source:
   try:
     reader = tf.train.load_checkpoint(prefix)
     keys = reader.get_variable_to_shape_map()
-  except (tf.errors.OpError, ValueError) as e:
+    root = "ema" if any(k.startswith("ema/") for k in keys) else "model"
+    values = {}
+    for key in keys:
+      path = paths.checkpoint_path(key, root)
+      if path is not None and not any(part.startswith(".") for part in path.split("/")):
+        values[path] = reader.get_tensor(key)
+  except (tf.errors.OpError, ValueError, IndexError) as e:  # IndexError: a truncated file
     reason = (getattr(e, "message", None) or str(e)).strip().splitlines()[0][:120]
     raise ConfigError(f"--init_from={_q(option)}: cannot read checkpoint {_q(prefix)} "
                       f"({reason})") from None
-  root = "ema" if any(k.startswith("ema/") for k in keys) else "model"
-  values = {}
-  for key in keys:
-    path = paths.checkpoint_path(key, root)
-    if path is not None and not any(part.startswith(".") for part in path.split("/")):
-      values[path] = reader.get_tensor(key)
   record = _run_record(prefix)
   model = record.get("model")
   labels = Labels.of(record["dataset"], record.get("classes")) if "dataset" in record else None
@@ -372,7 +381,10 @@ def _imagenet(model: keras.Model, model_name: str, download: bool) -> str | None
         "model_dir, a checkpoint or a weights file")
   home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
   cached = os.path.join(home, "models", published.file)
-  if os.path.exists(cached):
+  # Checked against its MD5 as keras.applications does: a download killed part-way leaves
+  # a truncated file there, which get_file replaces.
+  damaged = os.path.exists(cached) and not file_utils.validate_file(cached, published.md5)
+  if os.path.exists(cached) and not damaged:
     return cached
   if not download:
     return None
@@ -383,7 +395,9 @@ def _imagenet(model: keras.Model, model_name: str, download: bool) -> str | None
     # Keras's download errors are plain Exceptions naming the URL; any failure ends alike.
     message = str(e).strip().replace(published.url, "it")
     reason = message.splitlines()[0][:160] if message else type(e).__name__
+    copy = (f"; the copy in Keras's cache, {_q(cached)}, is incomplete or damaged: delete it"
+            if damaged else "")
     raise ConfigError(
-        f"--init_from=imagenet: cannot fetch {published.file} from {published.url} ({reason}); "
-        f"offline, download it on a connected machine and pass "
+        f"--init_from=imagenet: cannot fetch {published.file} from {published.url} ({reason})"
+        f"{copy}; offline, download it on a connected machine and pass "
         f"--init_from={_q('/path/to/' + published.file)}") from None
