@@ -163,23 +163,26 @@ def test_fp16_loss_scaling_carries_over_at_the_unfreeze(tmp_path):
   _check_carried_over(trainer.state, 4)
 
 
-def _first_step(optimizer, multiplier, tmp_path):
+def _first_step(optimizer, multiplier, tmp_path, replicas):
   cfg = parse("--model=mlp", "--hidden_units=16", DATA, "--batch_size=16",
-              f"--model_dir={tmp_path / optimizer / str(multiplier)}",
+              f"--model_dir={tmp_path / optimizer / str(multiplier)}", *DEVICES[replicas],
               f"--optimizer={optimizer}", "--learning_rate=0.01",
-              *(["--weight_decay=0.1"] if optimizer == "adamw" else []),
+              *(["--weight_decay=0.1"] if optimizer == "adamw" or replicas == 2 else []),
               f"--backbone_learning_rate_multiplier={multiplier}")
   keras.utils.set_random_seed(cfg.seed)
-  trainer = build_trainer(cfg)
+  trainer = build_trainer(cfg, distribute.create_strategy(cfg))
   before = values(trainer.state.model)
   trainer.run_steps(trainer.train_iterator(), 1)
   after = values(trainer.state.model)
   return {p: after[p] - before[p] for p in before}
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd", "adamw"])
-def test_the_backbone_multiplier_scales_the_first_step(tmp_path, optimizer):
-  one, scaled = (_first_step(optimizer, m, tmp_path) for m in (1.0, 0.25))
+# Two replicas with weight decay: each replica's thread decays its variables by their own
+# rate, the head's too.
+@pytest.mark.parametrize("optimizer,replicas", [("adam", 1), ("sgd", 1), ("adamw", 1),
+                                                ("adamw", 2), ("sgd", 2)])
+def test_the_backbone_multiplier_scales_the_first_step(tmp_path, optimizer, replicas):
+  one, scaled = (_first_step(optimizer, m, tmp_path, replicas) for m in (1.0, 0.25))
   for p in one:
     if paths.is_head(p):
       np.testing.assert_array_equal(scaled[p], one[p], err_msg=p)
