@@ -221,3 +221,21 @@ def test_a_rerun_with_other_freezing_is_refused():
     rerun = from_values({**recorded.flag_values, **change})
     with pytest.raises(ConfigError, match=f"--{next(iter(change))}="):
       run_record.check(rerun, recorded.flag_values)
+
+
+def test_a_checkpoint_restores_into_the_stage_it_recorded_under_another_batch_size(tmp_path):
+  # Steps 0-3 frozen at --batch_size=16; 3 steps (frozen) and 6 (all train) saved. Another
+  # batch size moves --unfreeze_at_epoch's step (8 steps at 8, 2 at 32): each checkpoint
+  # still restores into its own stage (its optimizer's slots), as evaluate's override
+  # and a rerun with --allow_changed_flags do.
+  for stop, frozen, batch_size in ((3, True, 32), (6, False, 8)):
+    stopped = _run(tmp_path / str(stop), stop)
+    assert stopped.state.freezing.frozen == frozen
+    rerun = build(tmp_path / str(stop), *FROZEN, f"--batch_size={batch_size}")
+    assert rerun.state.restore() and rerun.state.step == stop
+    assert rerun.state.freezing.frozen == frozen
+    for p, v in values(stopped.state.model).items():
+      np.testing.assert_array_equal(values(rerun.state.model)[p], v, err_msg=p)
+    # Training goes on by the new batch size's step, and never freezes again.
+    rerun.run_steps(rerun.train_iterator(), 1)
+    assert not rerun.state.freezing.frozen
