@@ -1,7 +1,8 @@
 """--freeze, --unfreeze_at_epoch and --backbone_learning_rate_multiplier inside the trainer:
 frozen variables and batch norm statistics stay bit for bit, the optimizer holds no slot for
-them, the unfreeze lands on its epoch's first step and resumes bit-exact, replicas train as
-one device, and the multiplier is a rate for Adam as for SGD."""
+them, the unfreeze lands on its epoch's first step and resumes bit-exact, a checkpoint
+restores into the stage it recorded, replicas train as one device, and the multiplier is a
+rate for Adam as for SGD, with weight decay on each replica."""
 
 import os
 
