@@ -1,7 +1,8 @@
 """--freeze, --unfreeze_at_epoch and --backbone_learning_rate_multiplier inside the trainer:
 frozen variables and batch norm statistics stay bit for bit, the optimizer holds no slot for
-them, the unfreeze lands on its epoch's first step and resumes bit-exact, replicas train as
-one device, and the multiplier is a rate for Adam as for SGD."""
+them, the unfreeze lands on its epoch's first step and resumes bit-exact, a checkpoint
+restores into the stage it recorded, replicas train as one device, and the multiplier is a
+rate for Adam as for SGD, with weight decay on each replica."""
 
 import os
 
@@ -163,23 +164,26 @@ def test_fp16_loss_scaling_carries_over_at_the_unfreeze(tmp_path):
   _check_carried_over(trainer.state, 4)
 
 
-def _first_step(optimizer, multiplier, tmp_path):
+def _first_step(optimizer, multiplier, tmp_path, replicas):
   cfg = parse("--model=mlp", "--hidden_units=16", DATA, "--batch_size=16",
-              f"--model_dir={tmp_path / optimizer / str(multiplier)}",
+              f"--model_dir={tmp_path / optimizer / str(multiplier)}", *DEVICES[replicas],
               f"--optimizer={optimizer}", "--learning_rate=0.01",
-              *(["--weight_decay=0.1"] if optimizer == "adamw" else []),
+              *(["--weight_decay=0.1"] if optimizer == "adamw" or replicas == 2 else []),
               f"--backbone_learning_rate_multiplier={multiplier}")
   keras.utils.set_random_seed(cfg.seed)
-  trainer = build_trainer(cfg)
+  trainer = build_trainer(cfg, distribute.create_strategy(cfg))
   before = values(trainer.state.model)
   trainer.run_steps(trainer.train_iterator(), 1)
   after = values(trainer.state.model)
   return {p: after[p] - before[p] for p in before}
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd", "adamw"])
-def test_the_backbone_multiplier_scales_the_first_step(tmp_path, optimizer):
-  one, scaled = (_first_step(optimizer, m, tmp_path) for m in (1.0, 0.25))
+# Two replicas with weight decay: each replica's thread decays its variables by their own
+# rate, the head's too.
+@pytest.mark.parametrize("optimizer,replicas", [("adam", 1), ("sgd", 1), ("adamw", 1),
+                                                ("adamw", 2), ("sgd", 2)])
+def test_the_backbone_multiplier_scales_the_first_step(tmp_path, optimizer, replicas):
+  one, scaled = (_first_step(optimizer, m, tmp_path, replicas) for m in (1.0, 0.25))
   for p in one:
     if paths.is_head(p):
       np.testing.assert_array_equal(scaled[p], one[p], err_msg=p)
@@ -218,3 +222,21 @@ def test_a_rerun_with_other_freezing_is_refused():
     rerun = from_values({**recorded.flag_values, **change})
     with pytest.raises(ConfigError, match=f"--{next(iter(change))}="):
       run_record.check(rerun, recorded.flag_values)
+
+
+def test_a_checkpoint_restores_into_the_stage_it_recorded_under_another_batch_size(tmp_path):
+  # Steps 0-3 frozen at --batch_size=16; 3 steps (frozen) and 6 (all train) saved. Another
+  # batch size moves --unfreeze_at_epoch's step (8 steps at 8, 2 at 32): each checkpoint
+  # still restores into its own stage (its optimizer's slots), as evaluate's override
+  # and a rerun with --allow_changed_flags do.
+  for stop, frozen, batch_size in ((3, True, 32), (6, False, 8)):
+    stopped = _run(tmp_path / str(stop), stop)
+    assert stopped.state.freezing.frozen == frozen
+    rerun = build(tmp_path / str(stop), *FROZEN, f"--batch_size={batch_size}")
+    assert rerun.state.restore() and rerun.state.step == stop
+    assert rerun.state.freezing.frozen == frozen
+    for p, v in values(stopped.state.model).items():
+      np.testing.assert_array_equal(values(rerun.state.model)[p], v, err_msg=p)
+    # Training goes on by the new batch size's step, and never freezes again.
+    rerun.run_steps(rerun.train_iterator(), 1)
+    assert not rerun.state.freezing.frozen

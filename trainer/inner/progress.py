@@ -13,7 +13,7 @@ from trainer.options.declared import BEST_METRICS
 class Progress(tf.Module):
   """Outer-loop state that a resume must keep (checkpointed beside the model): the best
   eval metric so far, its step, evals since it improved, an early stop, divergence
-  recoveries, and the plateau schedule's cuts."""
+  recoveries, the plateau schedule's cuts, and --freeze's stage."""
 
   def __init__(self):
     super().__init__(name="progress")
@@ -39,6 +39,10 @@ class Progress(tf.Module):
     # skipped past, so that a resume reads the data where the recovered run did.
     self.recoveries = tf.Variable(0, dtype=tf.int64, trainable=False, name="recoveries")
     self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
+    # --freeze's stage the checkpoint's optimizer belongs to: 0 frozen, 1 all train, -1 no
+    # --freeze (or a checkpoint older than it: its step says). Kept here, not derived from
+    # --unfreeze_at_epoch's step, which moves with --batch_size and the data's size.
+    self.stage = tf.Variable(-1, dtype=tf.int64, trainable=False, name="stage")
 
   def best(self) -> tuple[str, float, int] | None:
     """(metric, value, step) of the best eval so far; None before the first."""

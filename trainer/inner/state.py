@@ -26,6 +26,8 @@ from trainer.process.errors import ConfigError
 _FIT_IMAGES = 2000
 # The global step's entry in a checkpoint (Checkpoints saves it as `global_step`).
 _GLOBAL_STEP = "global_step/.ATTRIBUTES/VARIABLE_VALUE"
+_STAGE = "progress/stage/.ATTRIBUTES/VARIABLE_VALUE"  # Progress.stage's values:
+_FROZEN, _UNFROZEN = 0, 1
 
 
 def build_model(config: Config, info: DatasetInfo, precision: str,
@@ -81,6 +83,7 @@ class TrainState:
                        else None)
       if self.freezing:
         self.freezing.freeze()
+        self.progress.stage.assign(_FROZEN)
         logging.info("%s%s", self.freezing.describe(), "" if unfreeze_step is None else
                      f"; all train from step {unfreeze_step} (--unfreeze_at_epoch="
                      f"{config.unfreeze_at_epoch})")
@@ -115,15 +118,25 @@ class TrainState:
 
   def enter_stage_of(self, step: int) -> bool:
     """Puts the model in the stage that trains global step `step` (0: the first), frozen
-    before --unfreeze_at_epoch's step, unfrozen from it; True when that changed it. The
-    optimizer is rebuilt over the new trainable variables (a Keras optimizer is built once)
-    with the old one's step count and slots carried over: the train step must then be
-    traced again (Trainer)."""
-    if self.freezing is None:
+    before --unfreeze_at_epoch's step, unfrozen from it; True when that changed it. Only
+    ever unfreezes: a checkpoint restored unfrozen before that step (another --batch_size
+    or data size moved the step) stays so. The optimizer is rebuilt over the new trainable
+    variables (a Keras optimizer is built once) with the old one's step count and slots
+    carried over: the train step must then be traced again (Trainer)."""
+    if self.freezing is None or not self.freezing.frozen:
       return False
-    frozen = self.unfreeze_step is None or step < self.unfreeze_step
+    if self.unfreeze_step is None or step < self.unfreeze_step:
+      return False
+    self._enter_stage(frozen=False)
+    if step == self.unfreeze_step:
+      logging.info("step %d (--unfreeze_at_epoch=%d): the %d frozen variables train from "
+                   "here, %d in all", step, self.config.unfreeze_at_epoch,
+                   len(self.freezing.variables), len(self.model.trainable_variables))
+    return True
+
+  def _enter_stage(self, frozen: bool) -> None:
     if frozen == self.freezing.frozen:
-      return False
+      return
     with self.strategy.scope():
       if frozen:
         self.freezing.freeze()
@@ -132,17 +145,19 @@ class TrainState:
       old, self.optimizer = self.optimizer, self._build_optimizer()
       optimization.carry_over(old, self.optimizer)
       self.checkpoints.replace(optimizer=self.optimizer)
-    if not frozen and step == self.unfreeze_step:
-      logging.info("step %d (--unfreeze_at_epoch=%d): the %d frozen variables train from "
-                   "here, %d in all", step, self.config.unfreeze_at_epoch,
-                   len(self.freezing.variables), len(self.model.trainable_variables))
-    return True
+    self.progress.stage.assign(_FROZEN if frozen else _UNFROZEN)
 
   def _enter_stage_of_checkpoint(self, path: str) -> None:
-    """A checkpoint of global step s was saved after steps 0..s-1: it holds the optimizer
-    of the stage that trained step s - 1."""
-    step = tf.train.load_checkpoint(path).get_tensor(_GLOBAL_STEP)
-    self.enter_stage_of(max(0, int(step) - 1))
+    """The stage the checkpoint's optimizer belongs to, as it recorded it (Progress.stage);
+    one without a record: the stage that trained its step s - 1 (it was saved after steps
+    0..s-1), by this run's --unfreeze_at_epoch step."""
+    reader = tf.train.load_checkpoint(path)
+    stage = reader.get_tensor(_STAGE) if reader.has_tensor(_STAGE) else -1
+    if stage in (_FROZEN, _UNFROZEN):
+      self._enter_stage(frozen=stage == _FROZEN)
+    else:
+      step = max(0, int(reader.get_tensor(_GLOBAL_STEP)) - 1)
+      self._enter_stage(frozen=self.unfreeze_step is None or step < self.unfreeze_step)
 
   def start_from_data(self, train_split) -> None:
     """A new run's data-dependent start (the airbench model's whitening filters, from the

@@ -175,19 +175,29 @@ class RateFactors:
     return super().update_step(gradient, variable, learning_rate)
 
   def _apply_weight_decay(self, variables):
+    # Keras's own decay, with each variable's rate multiplied in its own update function:
+    # the optimizer's rate is shared by the replicas' threads, so it is never swapped.
     if self.weight_decay is None:
       return
-    groups: dict[float | None, list] = {}
-    for v in variables:
-      groups.setdefault(self._factor_of(self._var_key(v)), []).append(v)
-    schedule, rate = self._learning_rate, self.learning_rate
-    for factor, group in groups.items():
-      if factor is not None:  # Keras's decay reads the rate: this group's, for its call
-        self._learning_rate = lambda factor=factor: rate * factor
-      try:
-        super()._apply_weight_decay(group)
-      finally:
-        self._learning_rate = schedule
+
+    def apply(distribution, variables):
+      for variable in variables:
+        if not self._use_weight_decay(variable):
+          continue
+        factor = self._factor_of(self._var_key(variable))
+
+        def decay(value, factor=factor):
+          rate = tf.cast(self.learning_rate, value.dtype)
+          if factor is not None:
+            rate = rate * tf.cast(factor, value.dtype)
+          value.assign_sub(value * tf.cast(self.weight_decay, value.dtype) * rate)
+
+        if isinstance(variable, keras.Variable):
+          variable = variable.value  # the tf.Variable the strategy updates
+        distribution.extended.update(variable, decay, group=False)
+
+    tf.__internal__.distribute.interim.maybe_merge_call(
+        apply, self._distribution_strategy, variables)
 
 
 @functools.cache
