@@ -223,6 +223,11 @@ def test_every_trials_flags_and_data_are_checked_before_any_trial_starts(
   # A value only some trials get, refused by what the data holds: named with its trial.
   assert refused("--grid=batch_size=64,512", "--", "--model=mlp", tiny).startswith(
       "error: trial batch_size=512: --batch_size=512 is larger than the 256 training examples")
+  # --freeze and --init_from, checked on the trial's model as its dry run checks them.
+  assert "--freeze=backbon matches no trainable variable" in refused(
+      "--grid=dropout=0,0.1", "--", "--model=mlp", tiny, "--freeze=backbon")
+  assert "no such directory, file or checkpoint prefix" in refused(
+      "--grid=dropout=0,0.1", "--", "--model=mlp", tiny, f"--init_from={tmp_path}/none")
   assert not fake_trainer and not root.exists()
   # Passed, the dry run lists the trials and says the first one's plan as trainer.main's.
   assert sweep.main([f"--root={root}", "--grid=batch_size=64,128", "--dry_run", "--",

@@ -167,6 +167,11 @@ def test_a_trial_without_a_validation_split_is_refused(tmp_path, monkeypatch):
      "with --widths=16,32,64: 8x8 images are too small for airbench's 3 conv groups"),
     (["--search=batch_size=choice:32|33", "--", "--strategy=mirrored", "--cpu_devices=2"],
      "with --batch_size=33: --batch_size=33 is not divisible by the 2 replicas"),
+    # Its --freeze pattern and --init_from source, checked on its model as its dry run does.
+    (["--search=dropout=uniform:0:0.5", "--", "--freeze=backbon"],
+     "--freeze=backbon matches no trainable variable"),
+    (["--search=dropout=uniform:0:0.5", "--", "--init_from=no/such/run"],
+     "no/such/run: no such directory, file or checkpoint prefix"),
     (["--search=batch_size=choice:32|64", "--search=accumulation_steps=choice:1|8"],
      "a trial with --batch_size=64 --accumulation_steps=8: --batch_size=64 x "
      "--accumulation_steps=8 is more than the 384 training examples"),
@@ -196,6 +201,19 @@ def test_a_bad_choice_is_answered_before_tensorflow_loads(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "trainer.tune", "--root=x", flag],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert proc.returncode == 2 and "value should be one of" in proc.stderr, proc.stderr
+
+
+def test_bad_trial_flags_end_the_program_in_one_line_without_a_traceback(tmp_path):
+  """python -m trainer.tune itself, under absl's app: the trials' flags checked in absl's
+  FLAGS leave them parsed, which absl's app reads as the program exits with status 2."""
+  proc = subprocess.run(
+      [sys.executable, "-m", "trainer.tune", f"--root={tmp_path}/tune",
+       "--search=dropout=uniform:0:0.5", "--", *TRIAL, "--freeze=backbon"],
+      capture_output=True, text=True, cwd=ROOT, timeout=120)
+  err = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(err) == 1, proc.stderr
+  assert "--freeze=backbon matches no trainable variable" in err[0]
+  assert not os.path.exists(tmp_path / "tune")
 
 
 def test_a_root_holding_another_studys_trials_is_refused(tmp_path, capsys):

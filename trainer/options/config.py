@@ -255,12 +255,19 @@ def from_values(values: dict[str, Any]) -> Config:
 
 def from_args(args, read_record: Callable[[str], dict | None] | None = None) -> Config:
   """A Config from command-line style flags, e.g. ["--model=mlp", "--epochs=2"], as
-  trainer.main would build it with the same read_record (for scripts and tests)."""
+  trainer.main would build it with the same read_record (for scripts and tests). The
+  process's own parse of absl's FLAGS is kept: a program that checks runs this way (the
+  tuner) still has it when absl's app reads its flags at exit."""
   command_line.define_flags()
   fv = absl_flags.FLAGS
+  kept = {name: dict(fv[name].__dict__) for name in fv} if fv.is_parsed() else None
   fv.unparse_flags()
-  fv(command_line.expand(["tapeloop", *args]))
   try:
+    fv(command_line.expand(["tapeloop", *args]))
     return from_flags(fv, read_record)
   finally:
     fv.unparse_flags()
+    if kept is not None:
+      for name, held in kept.items():
+        fv[name].__dict__.update(held)
+      fv.mark_as_parsed()

@@ -75,6 +75,25 @@ def _parameters(config: Config, data, precision: str, unfreeze_step: int | None 
   return said
 
 
+def check_model(config: Config, info, precision: str = "float32", init: bool = True) -> None:
+  """The run's model built (_build) with its --freeze pattern and its --init_from source
+  checked on it, refused (ConfigError) as the run refuses them, for the programs that check
+  runs before starting any (check_runs, the tuner's trials). init: check --init_from too
+  (a run that resumes does not apply it)."""
+  model = _build(config, info, precision)
+  if config.freeze:
+    freezing.Freezing(model, config.freeze)
+  if config.init_from and init:
+    _initialize(config, model)
+
+
+def _initialize(config: Config, model) -> init_from.Report | None:
+  """--init_from checked on `model`, nothing assigned (init_from.initialize's assign=False):
+  its table, None for ImageNet weights not yet downloaded."""
+  return init_from.initialize(model, config.init_from, config.model,
+                              init_from.Labels.of(config.dataset, config.classes), assign=False)
+
+
 def report(config: Config, fresh: bool = False) -> str:
   """Resolves the run of `config` as trainer.main would, up to its first step, and says
   what it would do. Raises what the run would raise (ConfigError, DataError). fresh: as a
@@ -152,9 +171,7 @@ def _init_from(config: Config, info, precision: str, step: int) -> str:
   """What --init_from would restore into a new run (its refusals made here too)."""
   if step:
     return f"init_from: not applied (the run resumes at step {step:,})"
-  report = init_from.initialize(_build(config, info, precision), config.init_from,
-                                config.model, init_from.Labels.of(config.dataset, config.classes),
-                                assign=False)
+  report = _initialize(config, _build(config, info, precision))
   if report is None:
     return "init_from: imagenet: the weights file is not in Keras's cache: it is downloaded"
   return f"init_from: {report.summary()} from {report.what}"
@@ -248,10 +265,11 @@ def _check_runs(runs: list[list[str]]) -> None:
         loaded[key] = None
     if loaded[key] is not None:
       info = loaded[key].info
+      init = not latest_step(cfg.model_dir)  # a run that resumes applies no --init_from
       model_key = repr([cfg.model, sorted(cfg.model_hparams.items()), info.image_shape,
-                        info.num_classes])
+                        info.num_classes, cfg.freeze, init and cfg.init_from])
       if model_key not in built:
         built.add(model_key)
-        _build(cfg, info)
+        check_model(cfg, info, init=init)
       strategy, _ = _strategy(cfg)
       planning.resolve(cfg, loaded[key], strategy, run_files.read_record(cfg.model_dir))

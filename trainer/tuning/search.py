@@ -11,10 +11,9 @@ from absl import flags as absl_flags
 import tensorflow as tf
 
 from input_pipeline.readers import tfds_source
-from trainer.inner import state
 from trainer.options import command_line, config, declared
 from trainer.process.errors import UsageError
-from trainer.run import distribute, planning, run_files
+from trainer.run import distribute, dry_run, planning, run_files
 from trainer.run.child_runs import FLAGS_LOCK
 from trainer.tuning import trial
 
@@ -123,8 +122,8 @@ _MAX_COMBINATIONS = 256
 def check_trial_flags(base: list[str], searches: list[Search]) -> None:
   """Every value a trial may get, with the base flags, checked as a trial checks them:
   trainer.options.config's checks, a trial's own (trainer/tuning/trial.py: one process, a validation
-  split), its strategy, its model built (on the CPU, for the shape checks) and its plan
-  on its data (trainer/run/planning.py), so that a value no trial could run with is refused
+  split), its strategy, its model built (on the CPU, for the shape checks) with its
+  --freeze and --init_from checked on it (dry_run.check_model) and its plan on its data (trainer/run/planning.py), so that a value no trial could run with is refused
   before any trial starts. Each search's values first (the others at their first), then
   every combination of them; the data is read, the strategy made and the model built
   once per distinct flags of each."""
@@ -158,11 +157,10 @@ def check_trial_flags(base: list[str], searches: list[Search]) -> None:
       if data is None:
         continue
       model_key = repr([cfg.model, sorted(cfg.model_hparams.items()), data.info.image_shape,
-                        data.info.num_classes])
+                        data.info.num_classes, cfg.freeze, cfg.init_from])
       if model_key not in built:
         built.add(model_key)
-        with tf.device("/CPU:0"):
-          state.build_model(cfg, data.info, "float32")
+        dry_run.check_model(cfg, data.info)  # its --freeze and --init_from too
       plan = planning.resolve(cfg, data, strategies[strategy_key])
       trial.check_eval_split(plan.eval_split)
     except (config.ConfigError, absl_flags.Error, ValueError) as e:  # DataError too
