@@ -91,6 +91,7 @@ def _flags_only(kind: str, args: list[str]) -> None:
     module = importlib.import_module(f"trainer.{kind}")
     if {"evaluate": "split", "predict": "images"}[kind] not in flags.FLAGS:  # once a process
       module.define_flags()
+    flags.FLAGS.unparse_flags()  # absl keeps an earlier command's values otherwise
     flags.FLAGS(["x", *args])
     if kind == "predict":
       module._check_flags()  # pylint: disable=protected-access

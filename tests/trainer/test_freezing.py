@@ -9,6 +9,7 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from models import paths
 from trainer.options.config import from_values
@@ -240,3 +241,13 @@ def test_a_checkpoint_restores_into_the_stage_it_recorded_under_another_batch_si
     # Training goes on by the new batch size's step, and never freezes again.
     rerun.run_steps(rerun.train_iterator(), 1)
     assert not rerun.state.freezing.frozen
+    rerun.state.checkpoints.save(rerun.state.step)  # records the stage it holds, not the
+    assert tf.train.load_checkpoint(rerun.state.checkpoints.candidates()[0]).get_tensor(
+        "progress/stage/.ATTRIBUTES/VARIABLE_VALUE") == 1  # restored checkpoint's record
+  # A run without --freeze (its optimizer holds every variable), continued with it: all
+  # train (it cannot be frozen back), restored rather than refused as another model.
+  plain = build(tmp_path / "plain", "--epochs=3", "--optimizer=momentum")
+  plain.run_steps(plain.train_iterator(), 2)
+  plain.state.checkpoints.save(plain.state.step)
+  rerun = build(tmp_path / "plain", *FROZEN)
+  assert rerun.state.restore() and not rerun.state.freezing.frozen

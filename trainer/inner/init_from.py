@@ -24,6 +24,7 @@ from keras.src.legacy.saving import legacy_h5_format
 from keras.src.saving import saving_lib
 from keras.src.utils import file_utils
 
+from input_pipeline.specs import parse_spec
 from models import paths, pretrained
 from trainer.inner import checkpoints
 from trainer.options import values
@@ -65,12 +66,21 @@ class Labels:
   def of(cls, dataset, classes) -> Labels:
     return cls(str(dataset), tuple(str(c) for c in classes) if classes else None)
 
-  def same(self, other: Labels, num_classes: int) -> bool:
-    """The same classes in the same order: one dataset however spelled (mnist is
-    tfds:mnist, a folder by its absolute path), --classes unset being all of them."""
+  def same(self, source: Labels, num_classes: int) -> bool:
+    """The same classes in the same order as the source's: one dataset however spelled
+    (mnist is tfds:mnist, a folder by its absolute path), --classes unset being all of
+    them. A source's dataset that cannot be compared (an older record's relative path, a
+    spec no longer read) is another: a fresh head is the safe side, and the table says so."""
     every = tuple(str(i) for i in range(num_classes))
+    try:
+      kind, arg = parse_spec(source.dataset)
+      if kind in ("idx", "csv", "folder") and not (os.path.isabs(arg) or "://" in arg):
+        return False
+      theirs = values.dataset_meaning(source.dataset)
+    except Exception:  # pylint: disable=broad-except  (any spec this version refuses)
+      return False
     return ((values.dataset_meaning(self.dataset), self.classes or every)
-            == (values.dataset_meaning(other.dataset), other.classes or every))
+            == (theirs, source.classes or every))
 
   def __str__(self) -> str:
     return self.dataset + (f" classes {','.join(self.classes)}" if self.classes else "")
@@ -395,8 +405,11 @@ def _imagenet(model: keras.Model, model_name: str, download: bool) -> str | None
     # Keras's download errors are plain Exceptions naming the URL; any failure ends alike.
     message = str(e).strip().replace(published.url, "it")
     reason = message.splitlines()[0][:160] if message else type(e).__name__
-    copy = (f"; the copy in Keras's cache, {_q(cached)}, is incomplete or damaged: delete it"
-            if damaged else "")
+    copy = ""
+    if damaged:  # get_file removes a bad copy when its download fails, not always before
+      copy = (f"; the copy in Keras's cache, {_q(cached)}, is incomplete or damaged: delete it"
+              if os.path.exists(cached) else
+              f"; Keras removed the incomplete copy in its cache, {_q(cached)}")
     raise ConfigError(
         f"--init_from=imagenet: cannot fetch {published.file} from {published.url} ({reason})"
         f"{copy}; offline, download it on a connected machine and pass "

@@ -128,10 +128,11 @@ class TrainState:
     if self.unfreeze_step is None or step < self.unfreeze_step:
       return False
     self._enter_stage(frozen=False)
-    if step == self.unfreeze_step:
-      logging.info("step %d (--unfreeze_at_epoch=%d): the %d frozen variables train from "
-                   "here, %d in all", step, self.config.unfreeze_at_epoch,
-                   len(self.freezing.variables), len(self.model.trainable_variables))
+    late = "" if step == self.unfreeze_step else f" (its step is {self.unfreeze_step}: a " \
+        "checkpoint of the frozen stage restored past it)"
+    logging.info("step %d (--unfreeze_at_epoch=%d%s): the %d frozen variables train from "
+                 "here, %d in all", step, self.config.unfreeze_at_epoch, late,
+                 len(self.freezing.variables), len(self.model.trainable_variables))
     return True
 
   def _enter_stage(self, frozen: bool) -> None:
@@ -152,9 +153,9 @@ class TrainState:
     one without a record: the stage that trained its step s - 1 (it was saved after steps
     0..s-1), by this run's --unfreeze_at_epoch step."""
     reader = tf.train.load_checkpoint(path)
-    stage = reader.get_tensor(_STAGE) if reader.has_tensor(_STAGE) else -1
-    if stage in (_FROZEN, _UNFROZEN):
-      self._enter_stage(frozen=stage == _FROZEN)
+    if reader.has_tensor(_STAGE):
+      # -1: a run without --freeze, whose optimizer holds every variable: unfrozen.
+      self._enter_stage(frozen=reader.get_tensor(_STAGE) == _FROZEN)
     else:
       step = max(0, int(reader.get_tensor(_GLOBAL_STEP)) - 1)
       self._enter_stage(frozen=self.unfreeze_step is None or step < self.unfreeze_step)
@@ -202,6 +203,8 @@ class TrainState:
     with self.strategy.scope():
       path = self.checkpoints.restore(
           checkpoint, prepare=self._enter_stage_of_checkpoint if self.freezing else None)
+      if path and self.freezing:  # the restored progress holds the checkpoint's record
+        self.progress.stage.assign(_FROZEN if self.freezing.frozen else _UNFROZEN)
       if path and self.ema and not self.checkpoints.holds(path, "ema"):
         self.ema.restart()
         logging.info("%s holds no weight average (the run had no --ema_decay): the average "

@@ -121,12 +121,13 @@ _MAX_COMBINATIONS = 256
 
 def check_trial_flags(base: list[str], searches: list[Search]) -> None:
   """Every value a trial may get, with the base flags, checked as a trial checks them:
-  trainer.options.config's checks, a trial's own (trainer/tuning/trial.py: one process, a validation
-  split), its strategy, its model built (on the CPU, for the shape checks) with its
-  --freeze and --init_from checked on it (dry_run.check_model) and its plan on its data (trainer/run/planning.py), so that a value no trial could run with is refused
-  before any trial starts. Each search's values first (the others at their first), then
-  every combination of them; the data is read, the strategy made and the model built
-  once per distinct flags of each."""
+  trainer.options.config's checks, a trial's own (trainer/tuning/trial.py: one process, a
+  validation split), its strategy, its model built (on the CPU, for the shape checks) with its
+  --freeze and --init_from checked on it (dry_run.check_model) and its plan on its data
+  (trainer/run/planning.py), so that a value no trial could run with is refused before any
+  trial starts. Each search's values first (the others at their first), then every combination
+  of them; the data is read, the strategy made and the model built once per distinct flags of
+  each."""
   first = {s.name: s.extremes()[0] for s in searches}
   combos = [{**first, s.name: value} for s in searches for value in s.extremes()]
   if math.prod(len(s.extremes()) for s in searches) <= _MAX_COMBINATIONS:
