@@ -15,25 +15,18 @@ import dataclasses
 import os
 import shlex
 
-import h5py
 import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from keras.src.legacy.saving import legacy_h5_format
-from keras.src.saving import saving_lib
-from keras.src.utils import file_utils
 
 from input_pipeline.specs import parse_spec
-from models import paths, pretrained
+from models import paths, pretrained, weight_files
 from trainer.inner import checkpoints
 from trainer.options import values
 from trainer.process import files
 from trainer.process.errors import ConfigError
 
-# pylint: disable=protected-access
-# Keras's own saving walk and legacy weight order, which say where each variable is in a file:
-# the pairing is exact only with them.
 
 IMAGENET = "imagenet"
 FILE = "init_from.txt"  # in model_dir: the table
@@ -294,89 +287,19 @@ def _checkpoint(prefix: str, option: str) -> Source:
 
 def _weights_file(path: str, option: str, model: keras.Model, kind: str) -> Source:
   try:
-    with h5py.File(path, "r") as f:
-      if any(name.startswith("layer_names") for name in f.attrs) or "model_weights" in f:
-        source = _legacy_h5(f, option, model)
-        source.what = f"{kind}legacy Keras .h5 file {_q(path)}{source.note}"
-      else:
-        source = _keras_weights(f, model)
-        source.what = f"{kind}Keras weights file {_q(path)}"
+    read = weight_files.read(path, model)
   except OSError as e:
     raise ConfigError(f"--init_from={_q(option)}: {_q(path)} is not a checkpoint nor a "
                       f"readable .weights.h5/.h5 file ({str(e)[:100]})") from None
-  return source
-
-
-def _keras_weights(f: h5py.File, model: keras.Model) -> Source:
-  """A Keras 3 weights file: its entries are where saving_lib's walk over the model's
-  attributes puts each variable; that walk, recorded in memory, pairs them exactly."""
-  store = saving_lib.NpzIOStore("unwritten", mode="w")  # holds what it is given in .contents
-  saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="",
-                         visited_saveables=set())
-  path_of = {id(w): p for p, w in paths.variable_paths(model).items()}
-  values, names = {}, {}
-  for inner, stored in store.contents.items():
-    group = "vars" if inner == "__root__" else f"{inner}/vars"
-    for index, variable in stored.items():
-      key = f"{group}/{index}"
-      path = path_of.get(id(variable))
-      if path is not None and key in f:
-        values[path], names[path] = np.asarray(f[key]), key
-  taken = set(names.values())
-  unused = []
-  f.visititems(lambda key, item: unused.append(key)
-               if isinstance(item, h5py.Dataset) and key not in taken else None)
-  return Source("", values, None, names, unused)
-
-
-def _legacy_h5(f: h5py.File, option: str, model: keras.Model) -> Source:
-  """keras.applications' published layout: the file's layers by name, each one's weights in
-  its weight_names' order, into the same-named layers of the model's functional `backbone`
-  (each layer's weights in the order Keras's legacy writer lists them). A file none of
-  whose names the network has, with as many layers holding weights, pairs them in order,
-  as Keras's own load_weights does (keras.applications renamed some networks' layers in
-  Keras 3, MobileNetV3's among them, and loads their published files so)."""
-  network = getattr(model, "backbone", None)
-  if network is None and getattr(model, "_is_graph_network", False):
-    network = model  # a functional or Sequential model itself
-  if not isinstance(network, keras.Model):
+  except weight_files.NoBackbone:
     raise ConfigError(
         f"--init_from={_q(option)} is a legacy Keras .h5 file (weights by layer name, as "
         "keras.applications publishes them): it loads into a model whose backbone is a "
-        "keras.applications network, not this one; give a checkpoint or .weights.h5 file")
-  group = f["model_weights"] if "model_weights" in f else f
-  stored = [(name, legacy_h5_format.load_attributes_from_hdf5_group(group[name], "weight_names"))
-            for name in legacy_h5_format.load_attributes_from_hdf5_group(group, "layer_names")]
-  stored = [(name, weights) for name, weights in stored if weights]
-  layers = {layer.name: layer for layer in network.layers}
-  weighted = [layer for layer in network.layers if _legacy_order(layer)]
-  in_order = (not any(name in layers for name, _ in stored) and len(stored) == len(weighted))
-  pairs = (zip(stored, weighted) if in_order
-           else [((name, weights), layers.get(name)) for name, weights in stored])
-  path_of = {id(w): p for p, w in paths.variable_paths(model).items()}
-  values, names, unused = {}, {}, []
-  for (layer_name, weight_names), layer in pairs:
-    weights = _legacy_order(layer) if layer is not None else []
-    for i, weight_name in enumerate(weight_names):
-      name = f"{layer_name}/{weight_name}"
-      path = path_of.get(id(weights[i])) if i < len(weights) else None
-      if path is None:
-        unused.append(name)
-      else:
-        values[path], names[path] = np.asarray(group[layer_name][weight_name]), name
-  return Source("", values, None, names, unused,
-                note=" (its layers' names differ: paired in order)" if in_order else "")
-
-
-def _legacy_order(layer: keras.layers.Layer) -> list:
-  """A layer's weights in the order Keras's legacy writer lists them, its trainable ones
-  first, as they were created: Keras's own order (legacy_h5_format._legacy_weights) reads
-  the current trainability, which --freeze changes (a frozen gamma would come after beta)."""
-  created_trainable = {id(v) for sub in layer._flatten_layers()
-                       for v in sub._trainable_variables}
-  weights = layer.weights
-  return ([w for w in weights if id(w) in created_trainable]
-          + [w for w in weights if id(w) not in created_trainable])
+        "keras.applications network, not this one; give a checkpoint or .weights.h5 file"
+    ) from None
+  what = (f"{kind}legacy Keras .h5 file {_q(path)}{read.note}" if read.legacy
+          else f"{kind}Keras weights file {_q(path)}")
+  return Source(what, read.values, None, read.names, read.unused)
 
 
 def _imagenet(model: keras.Model, model_name: str, download: bool) -> str | None:
@@ -389,28 +312,10 @@ def _imagenet(model: keras.Model, model_name: str, download: bool) -> str | None
         f"--init_from=imagenet: --model={model_name} has no published ImageNet weights (the "
         f"models with them: {', '.join(sorted(pretrained.IMAGENET))}); give a run's "
         "model_dir, a checkpoint or a weights file")
-  home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-  cached = os.path.join(home, "models", published.file)
-  # Checked against its MD5 as keras.applications does: a download killed part-way leaves
-  # a truncated file there, which get_file replaces.
-  damaged = os.path.exists(cached) and not file_utils.validate_file(cached, published.md5)
-  if os.path.exists(cached) and not damaged:
-    return cached
-  if not download:
-    return None
   try:
-    return keras.utils.get_file(published.file, published.url, cache_subdir="models",
-                                file_hash=published.md5, cache_dir=home)
-  except Exception as e:  # pylint: disable=broad-except
-    # Keras's download errors are plain Exceptions naming the URL; any failure ends alike.
-    message = str(e).strip().replace(published.url, "it")
-    reason = message.splitlines()[0][:160] if message else type(e).__name__
-    copy = ""
-    if damaged:  # get_file removes a bad copy when its download fails, not always before
-      copy = (f"; the copy in Keras's cache, {_q(cached)}, is incomplete or damaged: delete it"
-              if os.path.exists(cached) else
-              f"; Keras removed the incomplete copy in its cache, {_q(cached)}")
+    return pretrained.local_copy(published, download)
+  except pretrained.FetchError as e:
     raise ConfigError(
-        f"--init_from=imagenet: cannot fetch {published.file} from {published.url} ({reason})"
-        f"{copy}; offline, download it on a connected machine and pass "
+        f"--init_from=imagenet: cannot fetch {published.file} from {published.url} "
+        f"({e.reason}){e.note}; offline, download it on a connected machine and pass "
         f"--init_from={_q('/path/to/' + published.file)}") from None
