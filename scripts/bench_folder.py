@@ -16,7 +16,6 @@ tapeloop's steps per loop (its best counted). Steady examples/s, the first loop 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
