@@ -9,6 +9,7 @@ import collections
 
 import keras
 import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 # The classifier head every model names `logits`: what a changed number of classes changes.
 HEAD = "logits"
@@ -42,14 +43,31 @@ def variable_paths(model: keras.Model) -> dict[str, keras.Variable]:
   return {found[id(w)]: w for w in model.weights}
 
 
-def checkpoint_path(key: str, root: str = "model") -> str | None:
-  """The path of a checkpoint entry's key ("model/blocks_0/conv1/_kernel/.ATTRIBUTES/
-  VARIABLE_VALUE" -> "blocks_0/conv1/kernel"); None for an entry outside `root` or not a
-  variable's value."""
-  parts = key.split("/")
-  if parts[0] != root or parts[-2:] != [".ATTRIBUTES", "VARIABLE_VALUE"]:
+def checkpoint_keys(reader, root: str = "model") -> dict[str, str] | None:
+  """{path: checkpoint key} of every variable under the checkpoint's `root` object (the
+  model), by the object graph the checkpoint saved; None when it has no `root`.
+
+  A key names a variable by its first path from the checkpoint's root, breadth first,
+  which need not pass through the model: a variable the optimizer also holds
+  (optimizer/_trainable_variables/5) gets that shorter path once the model is deeper. The
+  graph's named edges from the model down give every variable its path here all the same."""
+  graph = trackable_object_graph_pb2.TrackableObjectGraph()
+  graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+  start = next((c.node_id for c in graph.nodes[0].children if c.local_name == root), None)
+  if start is None:
     return None
-  return "/".join(p.lstrip("_") for p in parts[1:-2])
+  keys: dict[str, str] = {}
+  queue, seen = collections.deque([(start, ())]), {start}
+  while queue:
+    node, path = queue.popleft()
+    for attribute in graph.nodes[node].attributes:
+      if attribute.name == "VARIABLE_VALUE":
+        keys["/".join(path)] = attribute.checkpoint_key
+    for child in graph.nodes[node].children:
+      if child.node_id not in seen:
+        seen.add(child.node_id)
+        queue.append((child.node_id, path + (child.local_name.lstrip("_"),)))
+  return keys
 
 
 def is_head(path: str) -> bool:

@@ -39,12 +39,8 @@ def _values(model):
 
 def _checkpoint_values(prefix, root="model"):
   reader = tf.train.load_checkpoint(prefix)
-  out = {}
-  for key in reader.get_variable_to_shape_map():
-    path = paths.checkpoint_path(key, root)
-    if path is not None:
-      out[path] = reader.get_tensor(key)
-  return out
+  return {path: reader.get_tensor(key)
+          for path, key in paths.checkpoint_keys(reader, root).items()}
 
 
 def _assert_equal(model_values, source, skip_head=True):
@@ -131,6 +127,22 @@ def test_a_runs_kept_best_by_its_directory(source_run, tmp_path):
   report = init_from.initialize(model, str(run / "best"), "cnn")
   assert report.what == f"checkpoint {run}/best/ckpt-2 of a --model=cnn run"
   _assert_equal(_values(model), _checkpoint_values(str(run / "best" / "ckpt-2")), False)
+
+
+def test_a_deeper_models_weights_are_found_where_the_optimizer_holds_them(tmp_path):
+  """A ResNet's kernels are deeper in the model than in the optimizer's list: the
+  checkpoint names them by the optimizer's path (optimizer/_trainable_variables/N)."""
+  resnet = ["--model=resnet", "--widths=4", "--blocks_per_stage=1", "--batch_size=16",
+            "--train_steps=1", "--eval_images=false"]
+  train.train_and_evaluate(parse(*resnet, DATA10, f"--model_dir={tmp_path}/source"))
+  prefix = str(tmp_path / "source" / "checkpoints" / "ckpt-1")
+  source = models.create("resnet", num_classes=10, image_shape=(12, 12, 1), widths=[4],
+                         blocks_per_stage=1)
+  tf.train.Checkpoint(model=source).read(prefix).expect_partial()  # by the object graph
+  trainer = _trainer(*resnet, DATA5, f"--model_dir={tmp_path}/new",
+                     f"--init_from={tmp_path}/source")
+  _assert_equal(_values(trainer.state.model), _values(source))
+  assert trainer.initialized.restored == [p for p in _values(source) if not paths.is_head(p)]
 
 
 def test_the_head_is_kept_only_for_the_same_classes(source_run, tmp_path):

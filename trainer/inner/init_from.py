@@ -266,13 +266,10 @@ def _checkpoint(prefix: str, option: str) -> Source:
   (--ema_decay: what its evals, best checkpoint and export used), else its weights."""
   try:
     reader = tf.train.load_checkpoint(prefix)
-    keys = reader.get_variable_to_shape_map()
-    root = "ema" if any(k.startswith("ema/") for k in keys) else "model"
-    values = {}
-    for key in keys:
-      path = paths.checkpoint_path(key, root)
-      if path is not None and not any(part.startswith(".") for part in path.split("/")):
-        values[path] = reader.get_tensor(key)
+    root, keys = "ema", paths.checkpoint_keys(reader, "ema")
+    if keys is None:
+      root, keys = "model", paths.checkpoint_keys(reader, "model") or {}
+    values = {path: reader.get_tensor(key) for path, key in keys.items()}
   except (tf.errors.OpError, ValueError, IndexError) as e:  # IndexError: a truncated file
     reason = (getattr(e, "message", None) or str(e)).strip().splitlines()[0][:120]
     raise ConfigError(f"--init_from={_q(option)}: cannot read checkpoint {_q(prefix)} "
