@@ -25,10 +25,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PIP) -e .
 	touch $@
 
-# The suite needs the test and tune extras besides (pytest, hypothesis, pytest-xdist, Optuna, psycopg).
+# The suite needs the test, tune and export extras besides (pytest, hypothesis,
+# pytest-xdist, Optuna, psycopg, LiteRT, tf2onnx, onnxruntime).
 $(TEST_STAMP): $(STAMP)
-	@echo "== installing the test and tune extras into $(VENV)"
-	$(PIP) -e '.[test,tune]'
+	@echo "== installing the test, tune and export extras into $(VENV)"
+	$(PIP) -e '.[test,tune,export]'
 	touch $@
 
 test: $(TEST_STAMP)

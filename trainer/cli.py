@@ -227,3 +227,7 @@ def predict():
 
 def tune():
   _as_main("trainer.tune")
+
+
+def export():
+  _as_main("trainer.export")

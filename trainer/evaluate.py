@@ -19,10 +19,6 @@ from trainer import cli
 from trainer.options import command_line, declared
 
 FLAGS = flags.FLAGS
-# How the training run ran, but not how its data is read (trainer/options/declared.py's HOW, not
-# DATA): this process's own (a single-machine evaluator), never copied from the run.
-# jit_compile among them: runs before --jit_compile=auto recorded it as true/false.
-_HOW_IT_RAN = tuple(o.name for o in declared.OPTIONS if o.role == declared.HOW)
 HELP_GROUPS = {"Evaluation": ["model_dir", "split", "checkpoint", "continuous",
                               "poll_seconds", "timeout", "dry_run"],
                "Overrides of the run's flags": ["dataset", "data_dir", "manual_dir",
@@ -66,32 +62,21 @@ tf_env.apply()  # before anything imports TensorFlow
 import shlex
 import time
 
-import keras
 from absl import logging
 
 from trainer.inner import summaries
-from trainer.inner.trainer import Trainer
-from trainer.options import config
 from trainer.options.values import flag_arg
 from trainer.process.errors import ConfigError, UsageError
-from trainer.run import distribute, dry_run, planning, run_files
+from trainer.run import dry_run, restored, run_files
 # pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 
 def _run_config(model_dir: str, overrides: dict | None = None):
   """The run's Config and record from model_dir/flags.json, with the flags given here
   (or `overrides`) on top."""
-  run_files.check_checkpoint_path(model_dir)
-  recorded = run_files.read_record(model_dir)  # flags.json, or results.json of an older run
-  if recorded is None:
-    raise UsageError(f"no flags.json in {flag_arg('model_dir', model_dir)}: not a tapeloop run "
-                         "(train one there first with python -m trainer.main)")
-  values = {k: v for k, v in recorded.items()
-            if k in declared.NAMES and k not in _HOW_IT_RAN}
-  values.update({name: FLAGS[name].value for name in declared.NAMES
-                 if FLAGS[name].present} if overrides is None else overrides)
-  values["model_dir"] = model_dir
-  return config.from_values(values), recorded
+  return restored.run_config(model_dir, {
+      name: FLAGS[name].value for name in declared.NAMES if FLAGS[name].present}
+      if overrides is None else overrides)
 
 
 class CheckpointEvaluator:
@@ -100,14 +85,10 @@ class CheckpointEvaluator:
 
   def __init__(self, cfg, recorded: dict, split: str | None):
     """split None: the one training evaluates (validation when held out, else test)."""
-    strategy = distribute.create_strategy(cfg)
-    keras.utils.set_random_seed(cfg.seed)
-    data = run_files.load_data(cfg)
-    split = dry_run.evaluated_split(data, split)
-    self.cfg, self.split, self.run = cfg, split, f"eval_{split}"
     self.writer = summaries.Summaries(cfg.model_dir)
-    plan = planning.resolve(cfg, data, strategy, recorded, training=False)
-    self.trainer = Trainer(cfg, strategy, data, plan=plan, restore=False, writer=self.writer)
+    self.trainer = restored.trainer(cfg, recorded, writer=self.writer)
+    split = dry_run.evaluated_split(self.trainer.data, split)
+    self.cfg, self.split, self.run = cfg, split, f"eval_{split}"
 
   def close(self) -> None:
     self.writer.close()

@@ -18,24 +18,30 @@ here. --data_dir defaults to the run's (where its TFDS data was); --manual_dir,
 from absl import flags
 
 from trainer import cli
+from trainer.deploy import formats
 from trainer.options import command_line
+from trainer.options.values import flag_arg
 
 FLAGS = flags.FLAGS
 
 _DATA_FLAGS = ("dataset", "data_dir", "manual_dir", "num_classes", "skip_bad_images")
 # tapeloop's flags that mean something here; any other one given is refused, not ignored.
-_USED = ("model_dir", "batch_size", "tta", "dry_run", *_DATA_FLAGS)
+_USED = ("model_dir", "model", "batch_size", "tta", "dry_run", *_DATA_FLAGS)
 # The run's recorded values of these describe its own data: inherited only for it.
 _OWN_DATA = ("manual_dir", "num_classes", "skip_bad_images")
 # Flags that locate a --dataset: meaningless beside --images.
 _LOCATES = ("dataset", "data_dir", "manual_dir", "num_classes")
 
-HELP_GROUPS = {"Prediction": ["model_dir", "images", "dataset", "output", "batch_size",
+HELP_GROUPS = {"Prediction": ["model_dir", "model", "images", "dataset", "output", "batch_size",
                               "skip_bad_images", "tta", "dry_run"],
                "Where --dataset's data is (as in trainer.main; default: the run's)":
                    ["data_dir", "manual_dir", "num_classes"]}
 USAGE = ("python -m trainer.predict --model_dir=DIR [--images=DIR|'DIR/*.png'|A.png,B.jpg | "
-         "--dataset=SPEC] [--output=FILE] [--tta=none]\n\n"
+         "--dataset=SPEC] [--output=FILE] [--tta=none]\n"
+         "python -m trainer.predict --model=FILE.tflite|FILE.onnx [--model_dir=DIR] "
+         "[--images=... | --dataset=SPEC]\n\n"
+         "--model: a file trainer.export wrote, run by LiteRT or onnxruntime instead of the "
+         "run's SavedModel (the same CSV).\n"
          "--images: new image files, fitted to the export's size and channels; writes "
          "path,class,probability per file.\n--dataset: a source as in trainer.main; its test "
          "split as ImageId,Label. Neither: the run's own dataset (model_dir/flags.json), "
@@ -63,6 +69,8 @@ def run():
   # --help shows no default dataset: here it is the run's own, not trainer.main's mnist.
   # (Only in the program: importing predict must not change trainer.main's defaults.)
   FLAGS.set_default("dataset", None)
+  FLAGS["model"].help = ("An exported .tflite or .onnx file (python -m trainer.export) to "
+                         "predict with instead of --model_dir's SavedModel.")
   cli.run_app("trainer.predict", USAGE, HELP_GROUPS)
 
 
@@ -90,8 +98,8 @@ from input_pipeline.readers import folder
 from input_pipeline.specs import parse_spec
 from trainer.options import declared
 from trainer.options.declared import normalized
-from trainer.options.values import class_ids, flag_arg
-from trainer.process import files
+from trainer.deploy import runtimes
+from trainer.options.values import class_ids
 from trainer.process.errors import UsageError
 from trainer.run import dry_run, export, run_files
 # pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
@@ -124,12 +132,12 @@ def check_data(split, image_shape, num_classes, what: str) -> None:
   if tuple(split.images.shape[1:]) != tuple(image_shape):
     raise UsageError(f"{what} has images of shape "
                      f"{'x'.join(map(str, split.images.shape[1:]))} but the model in "
-                     f"{shlex.quote(FLAGS.model_dir)} takes "
+                     f"{_model()} takes "
                      f"{'x'.join(map(str, image_shape))}: predict with a model trained on "
                      "this kind of data")
   if split.labels is not None and len(split.labels) and split.labels.max() >= num_classes:
     raise UsageError(f"{what} has labels up to {split.labels.max()} but the model in "
-                     f"{shlex.quote(FLAGS.model_dir)} predicts {num_classes} classes: "
+                     f"{_model()} predicts {num_classes} classes: "
                      "predict with a model trained on these classes")
 
 
@@ -138,8 +146,8 @@ def _classify(serve, images, batch_size: int) -> tuple[np.ndarray, list[str]]:
   classes, names = [np.zeros(0, np.int32)], []
   for i in range(0, len(images), batch_size):
     out = serve(images=tf.constant(images[i:i + batch_size]))
-    classes.append(out["classes"].numpy())
-    names += [n.decode() for n in out["class_names"].numpy()]
+    classes.append(np.asarray(out["classes"]))
+    names += [n.decode() for n in np.asarray(out["class_names"])]
   return np.concatenate(classes), names
 
 
@@ -167,8 +175,24 @@ def summary(output: str, header: tuple[str, ...], rows: list[tuple], names: list
   return "\n".join(lines)
 
 
+def _model() -> str:
+  """The model predicting, as messages name it: --model's file, else the run."""
+  return shlex.quote(FLAGS.model if FLAGS["model"].present else FLAGS.model_dir)
+
+
 def _check_flags() -> None:
-  if not FLAGS.model_dir:
+  if FLAGS["model"].present:
+    if formats.of_path(FLAGS.model) is None:
+      raise UsageError(f"{flag_arg('model', FLAGS.model)}: trainer.predict's --model is an "
+                       "exported .tflite or .onnx file (python -m trainer.export); for a "
+                       "run's SavedModel give --model_dir=DIR alone")
+    if FLAGS["tta"].present:
+      raise UsageError("--tta=none does not apply to an exported file (its views are part of "
+                       "it): export the run with python -m trainer.export --tta=none")
+    if not FLAGS.model_dir and FLAGS.images is None and not FLAGS["dataset"].present:
+      raise UsageError("--model predicts --images=DIR or a --dataset's test split; give "
+                       "one, or --model_dir=DIR to predict the run's own dataset")
+  elif not FLAGS.model_dir:
     raise UsageError("--model_dir is required: the trained run whose export classifies "
                          "(e.g. --model_dir=runs/quickstart)")
   unused = [n for n in declared.NAMES if FLAGS[n].present and n not in _USED]
@@ -201,7 +225,7 @@ def data_flags(model_dir: str) -> dict:
   Also the run's image_size (whether its export takes images fitted to a size), its
   classes (--classes: the dataset's ids of the model's classes) and whether the dataset
   is the run's own ("own")."""
-  recorded = run_files.read_record(model_dir) or {}
+  recorded = (run_files.read_record(model_dir) if model_dir else None) or {}
   values = {n: FLAGS[n].value for n in _DATA_FLAGS if FLAGS[n].present}
   if "dataset" not in values:
     if "dataset" not in recorded:
@@ -236,7 +260,8 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> str:
                              manual_dir=values["manual_dir"],
                              num_classes=values["num_classes"], image_size=size,
                              skip_bad_images=values["skip_bad_images"],
-                             folder_check=run_files.read_folder_check(FLAGS.model_dir, spec),
+                             folder_check=(run_files.read_folder_check(FLAGS.model_dir, spec)
+                                           if FLAGS.model_dir else None),
                              classes=values["classes"] if values["own"] else None)
   split = data.splits.get("test")
   if split is None:
@@ -303,10 +328,10 @@ def _predict_files(serve, image_shape, output: str) -> str:
     if not skip and (positions != expected).any():
       refuse(int(expected[np.argmax(positions != expected)]))
     out = serve(images=tf.constant(images))
-    classes = out["classes"].numpy()
+    classes = np.asarray(out["classes"])
     seen += positions.tolist()
-    names += [n.decode() for n in out["class_names"].numpy()]
-    probabilities += out["probabilities"].numpy()[np.arange(len(classes)), classes].tolist()
+    names += [n.decode() for n in np.asarray(out["class_names"])]
+    probabilities += np.asarray(out["probabilities"])[np.arange(len(classes)), classes].tolist()
   if not skip and len(seen) < len(paths):
     refuse(len(seen))
   if not seen:
@@ -325,21 +350,6 @@ def _predict_files(serve, image_shape, output: str) -> str:
   return summary(output, ("file", "class", "probability"), rows, names, note)
 
 
-def check_output(output: str) -> None:
-  """--output can be written, checked before anything is classified (and by a dry run): a
-  local path's nearest existing directory is probed with a temporary file, not written."""
-  if not files.is_local(output):  # a bucket's object is written whole at the end
-    return
-  path = os.path.abspath(output.removeprefix("file://"))
-  if os.path.isdir(path):
-    raise UsageError(f"{flag_arg('output', output)} is a directory: give a file name, e.g. "
-                     f"{flag_arg('output', os.path.join(output, 'predictions.csv'))}")
-  problem = files.local_write_problem(os.path.dirname(path))
-  if problem:
-    raise UsageError(f"cannot write {flag_arg('output', output)} ({problem}): choose "
-                     "another --output")
-
-
 def _write(output: str, write) -> None:
   """write(export module); a path that cannot be written ends in one line, not a trace."""
   try:
@@ -356,12 +366,16 @@ def main(argv):
                          "--name=value (quote a pattern: --images='DIR/*.png')")
   _check_flags()
   output = FLAGS.output or ("predictions.csv" if FLAGS.images is not None else "submission.csv")
-  check_output(output)
-  export_dir = os.path.join(FLAGS.model_dir, "export")
-  if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
-    raise UsageError(f"no exported model in {shlex.quote(export_dir)}: train first with "
-                     f"python -m trainer.main {flag_arg('model_dir', FLAGS.model_dir)}")
-  serve, image_shape, num_classes = load_serving(export_dir, plain=FLAGS["tta"].present)
+  run_files.check_output(output, "predictions.csv")
+  if FLAGS["model"].present:
+    serve = runtimes.load(FLAGS.model)
+    image_shape, num_classes = serve.image_shape, serve.num_classes
+  else:
+    export_dir = os.path.join(FLAGS.model_dir, "export")
+    if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):
+      raise UsageError(f"no exported model in {shlex.quote(export_dir)}: train first with "
+                       f"python -m trainer.main {flag_arg('model_dir', FLAGS.model_dir)}")
+    serve, image_shape, num_classes = load_serving(export_dir, plain=FLAGS["tta"].present)
   # A dry run reads the data without preparing or caching anything, and only while it runs
   # (a caller's later loads in this process prepare as usual).
   with dry_run.read_only() if FLAGS.dry_run else contextlib.nullcontext():

@@ -29,12 +29,13 @@ def join(*parts: str) -> str:
   return os.path.join(*parts)  # also right for URLs: '/' on every platform tapeloop runs on
 
 
-def write_text(path: str, text: str) -> None:
-  """Writes a whole file or nothing: never a half file under `path`."""
+def write_text(path: str, text: str | bytes) -> None:
+  """Writes a whole file or nothing: never a half file under `path` (bytes: as they are)."""
+  mode = "wb" if isinstance(text, bytes) else "w"
   gfile.makedirs(os.path.dirname(path))
   tmp = join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex[:8]}-{os.path.basename(path)}")
   try:
-    with gfile.GFile(tmp, "w") as f:
+    with gfile.GFile(tmp, mode) as f:
       f.write(text)
     gfile.rename(tmp, path, overwrite=True)
   except BaseException:
@@ -42,7 +43,7 @@ def write_text(path: str, text: str) -> None:
       gfile.remove(tmp)
     raise
   if not is_local(path):
-    with gfile.GFile(path) as f:
+    with gfile.GFile(path, mode.replace("w", "r")) as f:
       if f.read() != text:
         raise OSError(f"{path} does not read back as written")
 

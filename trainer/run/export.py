@@ -34,17 +34,31 @@ class _Serving(tf.Module):
                                      input_signature=[spec(tf.uint8)])
 
   def _predict(self, images, tta=None):
-    # No views: one view of weight 1, the plain softmax to the bit.
-    _, probabilities = tta_views.predict(self.model, images, self.tta if tta is None else tta)
-    classes = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-    return {"probabilities": probabilities, "classes": classes,
-            "class_names": tf.gather(self.class_names, classes)}
+    out = outputs(self.model, images, self.tta if tta is None else tta)
+    return {**out, "class_names": tf.gather(self.class_names, out["classes"])}
 
   def _uint8(self, images):
     return self._predict(normalize(images))  # as training normalized them, to the bit
 
   def _float(self, images):
     return self._predict(images)
+
+
+def outputs(model, images, tta=()) -> dict[str, tf.Tensor]:
+  """The class probabilities (with tta, the views' average) and the class of float
+  images in [0, 1]: what every export gives."""
+  # No views: one view of weight 1, the plain softmax to the bit.
+  _, probabilities = tta_views.predict(model, images, tuple(tta))
+  return {"probabilities": probabilities,
+          "classes": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
+
+
+def uint8_function(model, image_shape, tta=()):
+  """serving_default's computation without the class names (string tensors, which LiteRT
+  and ONNX runtimes do not serve): uint8 images of image_shape in, outputs() out."""
+  spec = tf.TensorSpec((None,) + tuple(image_shape), tf.uint8, name="images")
+  return tf.function(lambda images: outputs(model, normalize(images), tta),
+                     input_signature=[spec])
 
 
 def save_model(model, image_shape, path: str, class_names=(), tta=()) -> None:

@@ -22,7 +22,7 @@ from input_pipeline import Data
 from trainer.options.config import Config, DATA_FLAGS
 from trainer.options.values import flag_arg
 from trainer.process import files
-from trainer.process.errors import ConfigError
+from trainer.process.errors import ConfigError, UsageError
 
 RECORD = "flags.json"
 CHANGES = "flag_changes.json"
@@ -237,3 +237,19 @@ def check_own_checkpoint(model_dir: str, checkpoint: str) -> None:
   raise ConfigError(f"{flag_arg('checkpoint', checkpoint)} is not a checkpoint of "
                     f"{flag_arg('model_dir', model_dir)} (its own are in {q(own[0])} and "
                     f"{q(own[1])}), whose figures it would overwrite: {fix}")
+
+
+def check_output(output: str, example: str) -> None:
+  """--output can be written, checked before the work that makes it (and by a dry run): a
+  local path's nearest existing directory is probed with a temporary file, not written.
+  example: a file name the error suggests when --output is a directory."""
+  if not files.is_local(output):  # a bucket's object is written whole at the end
+    return
+  path = os.path.abspath(output.removeprefix("file://"))
+  if os.path.isdir(path):
+    raise UsageError(f"{flag_arg('output', output)} is a directory: give a file name, e.g. "
+                     f"{flag_arg('output', os.path.join(output, example))}")
+  problem = files.local_write_problem(os.path.dirname(path))
+  if problem:
+    raise UsageError(f"cannot write {flag_arg('output', output)} ({problem}): choose "
+                     "another --output")

@@ -1,0 +1,54 @@
+"""The export formats, their quantizations and files, and the optional packages (the
+`export` extra) that convert and run them."""
+
+from __future__ import annotations
+
+import importlib
+
+from trainer.process.errors import UsageError
+
+# format -> (file suffix, the quantizations offered, the packages converting and running it)
+FORMATS = {
+    "litert": (".tflite", ("none", "float16", "dynamic", "int8"), ("ai_edge_litert",)),
+    "onnx": (".onnx", ("none",), ("tf2onnx", "onnx", "onnxruntime")),
+}
+QUANTIZE_HELP = {"none": "float32", "float16": "float16 weights",
+                 "dynamic": "int8 weights, float activations",
+                 "int8": "full integer, calibrated on training images"}
+# The extra that installs them (setup.cfg), named in the error when one is missing.
+INSTALL = "pip install -e '.[export]'"
+# Beside an exported file FILE: its classes (one name per line) and its check's report.
+CLASSES_SUFFIX, REPORT_SUFFIX, REJECTED_SUFFIX = ".classes.txt", ".report.json", ".rejected.json"
+
+
+def label(fmt: str, quantize: str) -> str:
+  """How a table names an export: LiteRT int8, ONNX float32."""
+  return f"{'LiteRT' if fmt == 'litert' else 'ONNX'} {'float32' if quantize == 'none' else quantize}"
+
+
+def of_path(path: str) -> str | None:
+  """The format of an exported file by its suffix, None for any other path."""
+  return next((f for f, (suffix, _, _) in FORMATS.items() if path.endswith(suffix)), None)
+
+
+def require(fmt: str) -> None:
+  """Imports the format's packages; one line naming the extra when one is missing."""
+  for module in FORMATS[fmt][2]:
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      raise UsageError(f"{fmt} files need the package {module.replace('_', '-')}, which is not "
+                       f"installed ({e.name or module}): install the export extra with "
+                       f"{INSTALL}") from None
+
+
+def check(fmt: str, quantize: str) -> None:
+  """A format and quantization tapeloop offers, else one line listing what it does."""
+  if fmt not in FORMATS:
+    raise UsageError(f"--format={fmt} is not offered: give --format=litert (LiteRT, "
+                     "formerly TensorFlow Lite) or --format=onnx")
+  offered = FORMATS[fmt][1]
+  if quantize not in offered:
+    raise UsageError(f"--quantize={quantize} is not offered for --format={fmt}: give one of "
+                     f"{', '.join(offered)}" + (" (quantized exports are LiteRT's: "
+                                                 "--format=litert)" if fmt == "onnx" else ""))

@@ -1,0 +1,267 @@
+"""Exports a run's model as a LiteRT (.tflite) or ONNX file, checked before it is published.
+
+    python -m trainer.export --model_dir=runs/quickstart --format=litert
+    python -m trainer.export --model_dir=runs/quickstart --format=litert --quantize=int8
+    python -m trainer.export --model_dir=runs/quickstart --format=onnx --checkpoint=best
+
+The file takes what the run's SavedModel takes (uint8 images of its size) and gives the
+class probabilities (with the run's --tta views averaged) and the classes; their names are
+in FILE.classes.txt beside it. Before it is published, the converted file is run by its own
+runtime (LiteRT's interpreter, onnxruntime) beside the SavedModel of the same weights on
+the run's test split: accuracy, agreement, the largest probability difference, size and
+one image's latency, on the console and in FILE.report.json. An export whose accuracy falls
+more than --max_accuracy_drop points below the SavedModel's is not published: exit 3, its
+report in FILE.rejected.json.
+"""
+
+from absl import flags
+
+from trainer import cli
+from trainer.options import command_line
+
+FLAGS = flags.FLAGS
+
+# tapeloop's flags that mean something here; any other one given is refused, not ignored.
+_USED = ("model_dir", "data_dir", "manual_dir", "tta", "dry_run")
+HELP_GROUPS = {"Export": ["model_dir", "format", "quantize", "checkpoint", "output", "opset",
+                          "tta", "dry_run"],
+               "The check before publishing": ["max_accuracy_drop", "calibration_examples",
+                                               "data_dir", "manual_dir"]}
+USAGE = ("python -m trainer.export --model_dir=DIR --format=litert|onnx "
+         "[--quantize=none|float16|dynamic|int8] [--checkpoint=final|best|PREFIX] "
+         "[--output=FILE]")
+# Exit status of an export that failed its check (not published).
+EXIT_REJECTED = 3
+
+
+def define_flags() -> None:
+  """tapeloop's flags and export's own (once per process: absl refuses a second; a flag of
+  the same name another program defined in this process is left as it is)."""
+  command_line.define_flags()
+  own = [
+      ("string", "format", None, "litert (LiteRT, formerly TensorFlow Lite: phones, "
+       "microcontrollers, browsers) or onnx (onnxruntime and other ONNX servers)."),
+      ("string", "quantize", "none", "litert: none (float32), float16 (weights), dynamic "
+       "(int8 weights) or int8 (every operation on integers, calibrated on the run's "
+       "training images). onnx: none."),
+      ("string", "checkpoint", "final", "final (the run's latest checkpoint), best (its "
+       "--keep_best checkpoint) or a checkpoint prefix of the run."),
+      ("string", "output", None, "The file to write (any TensorFlow filesystem; default "
+       "model_dir/exports/NAME.tflite or .onnx, NAME: model or best, and the "
+       "quantization)."),
+      ("integer", "opset", 17, "onnx: the ONNX operator set (13 to 18)."),
+      ("float", "max_accuracy_drop", 1.0, "Percentage points the export's accuracy may fall "
+       "below the SavedModel's on the check's images; more and it is not published (exit 3)."),
+      ("integer", "calibration_examples", 200, "--quantize=int8: training images the "
+       "activations' ranges are measured on (drawn with the run's --seed)."),
+  ]
+  for kind, name, default, text in own:
+    if name not in FLAGS:
+      getattr(flags, f"DEFINE_{kind}")(name, default, text)
+
+
+def run():
+  """Console script entry point (tapeloop-export): the flags are parsed before this
+  module's TensorFlow part below is imported (as trainer.export), then its main runs."""
+  define_flags()
+  cli.run_app("trainer.export", USAGE, HELP_GROUPS)
+
+
+# Above this line, nothing imports TensorFlow: python -m trainer.export stops here.
+if __name__ == "__main__":
+  run()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position,wrong-import-order
+import datetime
+import os
+import platform
+import shlex
+import tempfile
+
+from trainer.process import tf_env
+
+tf_env.apply()  # before anything imports TensorFlow
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from input_pipeline import stream
+from trainer.deploy import convert, formats, runtimes, verify
+from trainer.options import declared
+from trainer.options.values import flag_arg
+from trainer.process import files
+from trainer.process.errors import UsageError
+from trainer.run import dry_run, export, restored, run_files
+# pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
+
+
+def _check_flags() -> None:
+  if not FLAGS.model_dir:
+    raise UsageError("--model_dir is required: the trained run to export "
+                     "(e.g. --model_dir=runs/quickstart)")
+  if not FLAGS.format:
+    raise UsageError("--format is required: --format=litert (LiteRT) or --format=onnx")
+  formats.check(FLAGS.format, FLAGS.quantize)
+  unused = [n for n in declared.NAMES if FLAGS[n].present and n not in _USED]
+  if unused:
+    raise UsageError(f"--{unused[0]} does not apply to trainer.export (the run fixes the "
+                     "model and its data): drop it; python -m trainer.export --help lists "
+                     "the flags")
+  if FLAGS["tta"].present and FLAGS.tta.strip() != "none":
+    raise UsageError(f"--tta={FLAGS.tta}: the export averages the views its run was trained "
+                     "with; only --tta=none, to export without them, applies here")
+  if FLAGS["opset"].present and FLAGS.format != "onnx":
+    raise UsageError("--opset applies to --format=onnx only: drop it")
+  if not 13 <= FLAGS.opset <= 18:
+    raise UsageError(f"--opset={FLAGS.opset} is not offered: give 13 to 18 (tf2onnx's range)")
+  if FLAGS["calibration_examples"].present and FLAGS.quantize != "int8":
+    raise UsageError("--calibration_examples applies to --quantize=int8 only: drop it")
+  if FLAGS.calibration_examples < 1:
+    raise UsageError(f"--calibration_examples={FLAGS.calibration_examples} must be positive")
+  if not FLAGS.max_accuracy_drop >= 0:
+    raise UsageError(f"--max_accuracy_drop={FLAGS.max_accuracy_drop} must be 0 or more "
+                     "(percentage points)")
+
+
+def checkpoint_of(model_dir: str, which: str) -> str:
+  """The checkpoint prefix --checkpoint names: final (the run's latest), best, or a prefix
+  of the run's own; one line when there is none."""
+  q = shlex.quote
+  if which in ("final", "best"):
+    where = files.join(model_dir, "checkpoints" if which == "final" else "best")
+    path = tf.train.latest_checkpoint(where)
+    if path is None:
+      fix = ("train first with python -m trainer.main " + flag_arg("model_dir", model_dir)
+             if which == "final" else "keep one with --keep_best=accuracy, or export "
+             "--checkpoint=final")
+      raise UsageError(f"no {which} checkpoint in {q(where)}: {fix}")
+    return path
+  run_files.check_own_checkpoint(model_dir, which)
+  if not tf.io.gfile.exists(which + ".index"):
+    raise UsageError(f"{flag_arg('checkpoint', which)} is no checkpoint: give final, best or "
+                     f"a prefix in {q(files.join(model_dir, 'checkpoints'))} (ckpt-STEP)")
+  return which
+
+
+def default_output(model_dir: str, fmt: str, quantize: str, checkpoint: str) -> str:
+  stem = {"final": "model", "best": "best"}.get(checkpoint, os.path.basename(checkpoint))
+  suffix = "" if quantize == "none" else f"_{quantize}"
+  return files.join(model_dir, "exports", f"{stem}{suffix}{formats.FORMATS[fmt][0]}")
+
+
+def _check_split(data):
+  """The labelled split the export is checked on: test, else validation (a Kaggle test
+  CSV has no labels)."""
+  test = data.splits.get("test")
+  return "test" if test is not None and test.labeled else dry_run.evaluated_split(data, None)
+
+
+def _in_memory(split, name: str):
+  return split if isinstance(split.images, np.ndarray) else stream.materialize(split, name)
+
+
+def calibration_images(split, count: int, seed: int) -> np.ndarray:
+  """`count` training images (all when fewer), drawn without replacement by the seed."""
+  n = min(count, len(split))
+  positions = np.sort(np.random.default_rng(seed).choice(len(split), n, replace=False))
+  return split.images_at(positions)
+
+
+def _savedmodel_size(path: str) -> int:
+  return sum(tf.io.gfile.stat(os.path.join(top, name)).length
+             for top, _, names in tf.io.gfile.walk(path) for name in names)
+
+
+def _convert(model, image_shape, tta, class_names, calibration) -> bytes:
+  function = convert.frozen_function(model, image_shape, tta)
+  if FLAGS.format == "litert":
+    return convert.litert(function, FLAGS.quantize, calibration)
+  return convert.onnx(function, FLAGS.opset, convert.class_metadata(class_names))
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise UsageError(f"unexpected arguments {' '.join(argv[1:])}: flags look like --name=value")
+  _check_flags()
+  formats.require(FLAGS.format)
+  given = {n: FLAGS[n].value for n in ("data_dir", "manual_dir") if FLAGS[n].present}
+  # The export computes in float32 whatever the run's policy (the weights are float32);
+  # --quantize makes it smaller.
+  given["mixed_precision"] = "float32"
+  if FLAGS["tta"].present:
+    given["tta"] = "none"
+  cfg, recorded = restored.run_config(FLAGS.model_dir, given)
+  checkpoint = checkpoint_of(cfg.model_dir, FLAGS.checkpoint)
+  default = default_output(cfg.model_dir, FLAGS.format, FLAGS.quantize, FLAGS.checkpoint)
+  output = FLAGS.output or default
+  run_files.check_output(output, os.path.basename(default))
+  what = f"{FLAGS.format}" + ("" if FLAGS.quantize == "none" else f" {FLAGS.quantize}")
+  if cfg.dry_run:
+    print(f"dry run: nothing was written; without --dry_run this exports {shlex.quote(checkpoint)} "
+          f"as {what} to {shlex.quote(output)}, after checking it against the SavedModel")
+    return 0
+  trainer = restored.trainer(cfg, recorded)
+  trainer.restore(checkpoint)
+  data, info = trainer.data, trainer.data.info
+  split_name = _check_split(data)
+  split = _in_memory(data.splits[split_name], split_name)
+  class_names = list(info.class_names) or [str(i) for i in range(info.num_classes)]
+  calibration = None
+  if FLAGS.quantize == "int8":
+    calibration = calibration_images(data.splits["train"], FLAGS.calibration_examples, cfg.seed)
+  model, tta = trainer.state.eval_model, cfg.tta
+  logging.info("converting %s to %s", shlex.quote(checkpoint), what)
+  content = _convert(model, info.image_shape, tta, class_names, calibration)
+  candidate = (runtimes.LiteRT if FLAGS.format == "litert" else runtimes.Onnx)(
+      content, class_names)
+
+  with tempfile.TemporaryDirectory(prefix="tapeloop-export-") as tmp:
+    saved = os.path.join(tmp, "saved_model")
+    export.save_model(model, info.image_shape, saved, info.class_names, tta)
+    reference = runtimes.SavedModel(tf.saved_model.load(saved).signatures["serving_default"])
+    reference_size = _savedmodel_size(saved)
+    logging.info("checking the export on the %d %s images", len(split), split_name)
+    ref_out = verify.classify(reference, split.images)
+    out = verify.classify(candidate, split.images)
+    rows = [verify.row("SavedModel", ref_out, ref_out, split.labels, reference_size,
+                       verify.latency_ms(reference, split.images[0])),
+            verify.row(formats.label(FLAGS.format, FLAGS.quantize), out,
+                       ref_out, split.labels, len(content),
+                       verify.latency_ms(candidate, split.images[0]))]
+  drop = 100 * (rows[0].accuracy - rows[1].accuracy)
+  published = drop <= FLAGS.max_accuracy_drop
+  verdict = (f"published: accuracy {drop:+.2f} points from the SavedModel's, within "
+             f"--max_accuracy_drop={FLAGS.max_accuracy_drop:g}" if published else
+             f"not published: its accuracy is {drop:.2f} points below the SavedModel's, "
+             f"more than --max_accuracy_drop={FLAGS.max_accuracy_drop:g}")
+  report = {
+      "model_dir": cfg.model_dir, "checkpoint": checkpoint, "format": FLAGS.format,
+      "quantize": FLAGS.quantize, "opset": FLAGS.opset if FLAGS.format == "onnx" else None,
+      "tta": list(tta), "output": output, "published": published, "verdict": verdict,
+      "split": split_name, "examples": len(split), "accuracy_drop_points": drop,
+      "max_accuracy_drop": FLAGS.max_accuracy_drop,
+      "calibration_examples": None if calibration is None else len(calibration),
+      "rows": [vars(r) for r in rows],
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "machine": f"{platform.machine()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}",
+  }
+  print(verify.table(rows, len(split), split_name))
+  if not published:
+    rejected = output + formats.REJECTED_SUFFIX
+    files.write_json(rejected, report)
+    print(f"{verdict}: nothing was written to {shlex.quote(output)}; the report is "
+          f"{shlex.quote(rejected)}")
+    return EXIT_REJECTED
+  try:
+    runtimes.write_class_names(output, class_names)
+    files.write_json(output + formats.REPORT_SUFFIX, report)
+    files.write_text(output, content)  # last: the file's presence means checked
+  except (OSError, tf.errors.OpError) as e:
+    reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+    raise UsageError(f"cannot write {flag_arg('output', output)} ({reason}): choose another "
+                     "--output") from None
+  print(f"{verdict}\nwrote {shlex.quote(output)} ({len(content):,} bytes), its classes "
+        f"{shlex.quote(runtimes.classes_file(output))} and report "
+        f"{shlex.quote(output + formats.REPORT_SUFFIX)}")
+  return 0
