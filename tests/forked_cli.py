@@ -1,8 +1,11 @@
-"""Runs `python -m trainer.main ARGS` for many ARGS, each in a child forked from one process
-that has imported trainer.main, TensorFlow and Keras but run nothing: the command-line path
+"""Runs `python -m MODULE ARGS` for many ARGS, each in a child forked from one process
+that has imported the programs, TensorFlow and Keras but run nothing: the command-line path
 exactly (flags, exit status, console), without paying the imports once per invocation.
 
     python tests/forked_cli.py CASES.json   # [{"args": [...], "out": PREFIX}, ...]
+
+A case's "module" is the program (default trainer.main; trainer.export, trainer.predict);
+its "missing" lists packages the child cannot import (an extra not installed).
 
 Each child writes PREFIX.stdout, PREFIX.stderr and PREFIX.status. Forking is safe here
 because TensorFlow starts its runtime (threads, devices) at the first op, not at import.
@@ -23,6 +26,8 @@ from trainer.process import tf_env  # pylint: disable=wrong-import-position
 # with the process settings a run applies first.
 tf_env.apply()
 importlib.import_module("trainer.run.train")
+for _program in ("trainer.export", "trainer.predict"):
+  importlib.import_module(_program)
 
 PARALLEL = 2
 
@@ -45,9 +50,12 @@ def run_child(out: str, run) -> None:
   os._exit(status or 0)  # no atexit handlers of the parent's copy
 
 
-def _child(args, out) -> None:
-  sys.argv = ["trainer.main", *args]
-  run_child(out, trainer.main.run)
+def _child(case) -> None:
+  module = case.get("module", "trainer.main")
+  for name in case.get("missing", ()):
+    sys.modules[name] = None  # its import raises ImportError, as when not installed
+  sys.argv = [module, *case["args"]]
+  run_child(case["out"], importlib.import_module(module).run)
 
 
 def _reap(running) -> None:
@@ -65,7 +73,7 @@ def main() -> None:
       _reap(running)
     pid = os.fork()
     if pid == 0:
-      _child(case["args"], case["out"])
+      _child(case)
     running[pid] = case["out"]
   while running:
     _reap(running)

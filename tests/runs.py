@@ -17,12 +17,15 @@ def run(module, *args, check=True):
   return proc
 
 
-def run_main_many(arg_lists, scratch):
-  """`python -m trainer.main ARGS` for each ARGS, as CompletedProcess-like records, run in
-  children forked from one process (tests/forked_cli.py): TensorFlow is imported once."""
+def run_main_many(arg_lists, scratch, module="trainer.main", missing=()):
+  """`python -m MODULE ARGS` for each ARGS, as CompletedProcess-like records, run in
+  children forked from one process (tests/forked_cli.py): TensorFlow is imported once. An
+  ARGS may be a dict {"args": [...], "module": ..., "missing": [packages]} of its own."""
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
-  cases = [{"args": list(args), "out": os.path.join(str(scratch), f"case_{i}")}
+  cases = [{"module": module, "missing": list(missing),
+            **(args if isinstance(args, dict) else {"args": list(args)}),
+            "out": os.path.join(str(scratch), f"case_{i}")}
            for i, args in enumerate(arg_lists)]
   spec = os.path.join(str(scratch), "cases.json")
   with open(spec, "w") as f:

@@ -28,6 +28,13 @@ EXIT_PEER_LOST = 4  # a collective failed: a task of the cluster (or a remote st
 # (130 for SIGINT, 143 for SIGTERM).
 
 
+def define_flag(kind: str, name: str, default, help_text: str) -> None:
+  """A program's own flag (kind: string, integer, float, boolean), defined unless a flag of
+  that name is: two programs run in one process (tests) may share a name (--output)."""
+  if name not in flags.FLAGS:
+    getattr(flags, f"DEFINE_{kind}")(name, default, help_text)
+
+
 def _verbose() -> bool:
   return flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1
 

@@ -56,8 +56,7 @@ def define_flags() -> None:
        "activations' ranges are measured on (drawn with the run's --seed)."),
   ]
   for kind, name, default, text in own:
-    if name not in FLAGS:
-      getattr(flags, f"DEFINE_{kind}")(name, default, text)
+    cli.define_flag(kind, name, default, text)
 
 
 def run():

@@ -53,13 +53,13 @@ def define_flags() -> None:
   """tapeloop's flags (trainer/options/command_line.py) and predict's own (once per process: absl
   refuses a second)."""
   command_line.define_flags()
-  flags.DEFINE_string("images", None, "Image files to classify: a folder (its .jpg, .jpeg, "
-                      ".png, .gif, .bmp files; not its subfolders), a pattern in quotes "
-                      "('photos/*.jpg', 'photos/*/') or a comma list of files; any "
-                      "TensorFlow filesystem (gs://).")
-  flags.DEFINE_string("output", None, "The CSV to write, whole or not at all (default "
-                      "predictions.csv for --images: path,class,probability; "
-                      "submission.csv for a dataset: ImageId,Label).")
+  cli.define_flag("string", "images", None, "Image files to classify: a folder (its .jpg, "
+                  ".jpeg, .png, .gif, .bmp files; not its subfolders), a pattern in quotes "
+                  "('photos/*.jpg', 'photos/*/') or a comma list of files; any "
+                  "TensorFlow filesystem (gs://).")
+  cli.define_flag("string", "output", None, "The CSV to write, whole or not at all (default "
+                  "predictions.csv for --images: path,class,probability; "
+                  "submission.csv for a dataset: ImageId,Label).")
 
 
 def run():

@@ -228,6 +228,7 @@ def test_verbosity_shows_the_traceback(tmp_path):
                       "Model hyperparameters"]),
     ("trainer.predict", ["Prediction:"]),
     ("trainer.evaluate", ["Evaluation:", "Overrides of the run's flags:"]),
+    ("trainer.export", ["Export:", "The check before publishing:"]),
 ])
 def test_help_lists_the_programs_own_flags_by_group_and_exits_0(module, groups):
   proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,

@@ -48,7 +48,10 @@ def check(fmt: str, quantize: str) -> None:
     raise UsageError(f"--format={fmt} is not offered: give --format=litert (LiteRT, "
                      "formerly TensorFlow Lite) or --format=onnx")
   offered = FORMATS[fmt][1]
-  if quantize not in offered:
-    raise UsageError(f"--quantize={quantize} is not offered for --format={fmt}: give one of "
-                     f"{', '.join(offered)}" + (" (quantized exports are LiteRT's: "
-                                                 "--format=litert)" if fmt == "onnx" else ""))
+  if quantize in offered:
+    return
+  if quantize in FORMATS["litert"][1]:
+    raise UsageError(f"--quantize={quantize} is not offered for --format={fmt}: its files are "
+                     "float32; drop --quantize, or give --format=litert for a quantized file")
+  raise UsageError(f"--quantize={quantize} is not offered for --format={fmt}: give one of "
+                   f"{', '.join(offered)}")
