@@ -27,19 +27,19 @@ HELP_GROUPS = {"Evaluation": ["model_dir", "split", "checkpoint", "continuous",
 
 
 def define_flags() -> None:
-  """tapeloop's flags and evaluate's own (once per process: absl refuses a second)."""
+  """tapeloop's flags and evaluate's own (once per process: cli.define_flag)."""
   command_line.define_flags()
-  flags.DEFINE_string("split", "test", "The split to evaluate: test, validation (when the "
-                      "run held one out) or train.")
-  flags.DEFINE_string("checkpoint", None, "A checkpoint prefix, e.g. "
-                      "model_dir/checkpoints/ckpt-100 or model_dir/best/ckpt-80 "
-                      "(default: the latest).")
-  flags.DEFINE_boolean("continuous", False, "Evaluate each new checkpoint as it appears, "
-                       "until the run's last step (or --timeout without a new one).")
-  flags.DEFINE_integer("poll_seconds", 10, "--continuous: seconds between looks at "
-                       "model_dir.")
-  flags.DEFINE_integer("timeout", 3600, "--continuous: stop after this many seconds "
-                       "without a new checkpoint.")
+  cli.define_flag("string", "split", "test", "The split to evaluate: test, validation "
+                  "(when the run held one out) or train.")
+  cli.define_flag("string", "checkpoint", None, "A checkpoint prefix, e.g. "
+                  "model_dir/checkpoints/ckpt-100 or model_dir/best/ckpt-80 (default: the "
+                  "latest).")
+  cli.define_flag("boolean", "continuous", False, "Evaluate each new checkpoint as it "
+                  "appears, until the run's last step (or --timeout without a new one).")
+  cli.define_flag("integer", "poll_seconds", 10, "--continuous: seconds between looks at "
+                  "model_dir.")
+  cli.define_flag("integer", "timeout", 3600, "--continuous: stop after this many seconds "
+                  "without a new checkpoint.")
 
 
 def run():

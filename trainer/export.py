@@ -44,8 +44,10 @@ def define_flags() -> None:
       ("string", "quantize", "none", "litert: none (float32), float16 (weights), dynamic "
        "(int8 weights) or int8 (every operation on integers, calibrated on the run's "
        "training images). onnx: none."),
-      ("string", "checkpoint", "final", "final (the run's latest checkpoint), best (its "
-       "--keep_best checkpoint) or a checkpoint prefix of the run."),
+      # None, not "final": trainer.evaluate's --checkpoint (None: the latest) is the same
+      # flag when both programs run in one process (tests).
+      ("string", "checkpoint", None, "final (the run's latest checkpoint; the default), best "
+       "(its --keep_best checkpoint) or a checkpoint prefix of the run."),
       ("string", "output", None, "The file to write (any TensorFlow filesystem; default "
        "model_dir/exports/NAME.tflite or .onnx, NAME: model or best, and the "
        "quantization)."),
@@ -63,6 +65,13 @@ def run():
   """Console script entry point (tapeloop-export): the flags are parsed before this
   module's TensorFlow part below is imported (as trainer.export), then its main runs."""
   define_flags()
+  # What the shared flags mean here (only in the program: importing export must not change
+  # trainer.main's help).
+  FLAGS["model_dir"].help = "The trained run to export (its flags.json and checkpoints)."
+  FLAGS["tta"].help = ("none: export without the test-time views the run was trained with "
+                       "(default: with them, as its SavedModel).")
+  FLAGS["dry_run"].help = ("Check the flags, the checkpoint, the output and the run's data, "
+                           "print what would be exported and exit 0, writing nothing.")
   cli.run_app("trainer.export", USAGE, HELP_GROUPS)
 
 
@@ -191,14 +200,20 @@ def main(argv):
   if FLAGS["tta"].present:
     given["tta"] = "none"
   cfg, recorded = restored.run_config(FLAGS.model_dir, given)
-  checkpoint = checkpoint_of(cfg.model_dir, FLAGS.checkpoint)
-  default = default_output(cfg.model_dir, FLAGS.format, FLAGS.quantize, FLAGS.checkpoint)
+  which = FLAGS.checkpoint or "final"
+  checkpoint = checkpoint_of(cfg.model_dir, which)
+  default = default_output(cfg.model_dir, FLAGS.format, FLAGS.quantize, which)
   output = FLAGS.output or default
   run_files.check_output(output, os.path.basename(default))
   what = f"{FLAGS.format}" + ("" if FLAGS.quantize == "none" else f" {FLAGS.quantize}")
-  if cfg.dry_run:
-    print(f"dry run: nothing was written; without --dry_run this exports {shlex.quote(checkpoint)} "
-          f"as {what} to {shlex.quote(output)}, after checking it against the SavedModel")
+  if FLAGS.dry_run:
+    with dry_run.read_only():
+      data = run_files.load_data(cfg)
+    split_name = _check_split(data)
+    print(f"dry run: nothing was written; without --dry_run this exports "
+          f"{shlex.quote(checkpoint)} as {what} to {shlex.quote(output)} once it is checked "
+          f"against the SavedModel on the {len(data.splits[split_name]):,} {split_name} "
+          "images")
     return 0
   trainer = restored.trainer(cfg, recorded)
   trainer.restore(checkpoint)
@@ -246,13 +261,16 @@ def main(argv):
       "machine": f"{platform.machine()}, {os.cpu_count()} cores, TensorFlow {tf.__version__}",
   }
   print(verify.table(rows, len(split), split_name))
+  rejected = output + formats.REJECTED_SUFFIX
   if not published:
-    rejected = output + formats.REJECTED_SUFFIX
     files.write_json(rejected, report)
-    print(f"{verdict}: nothing was written to {shlex.quote(output)}; the report is "
+    kept = " (the file there is an earlier export, kept)" if tf.io.gfile.exists(output) else ""
+    print(f"{verdict}: nothing was written to {shlex.quote(output)}{kept}; the report is "
           f"{shlex.quote(rejected)}")
     return EXIT_REJECTED
   try:
+    if tf.io.gfile.exists(rejected):  # an earlier attempt's, no longer true of the file
+      tf.io.gfile.remove(rejected)
     runtimes.write_class_names(output, class_names)
     files.write_json(output + formats.REPORT_SUFFIX, report)
     files.write_text(output, content)  # last: the file's presence means checked

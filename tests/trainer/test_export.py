@@ -223,7 +223,7 @@ def _bad_cases(run_dir, t):
   ]
 
 
-def test_bad_input_exits_2_with_one_line_and_publishes_nothing(tiny_run, tmp_path):
+def test_bad_input_exits_2_with_one_line_and_a_dry_run_publishes_nothing(tiny_run, tmp_path):
   t = str(tmp_path)
   # A run without checkpoints, and a run whose data is gone (a folder since deleted).
   record = run_files.read_record(tiny_run)
@@ -235,8 +235,14 @@ def test_bad_input_exits_2_with_one_line_and_publishes_nothing(tiny_run, tmp_pat
   before = tree_digest(tiny_run), tree_digest(t)
   os.makedirs(tmp_path / "scratch")
   cases = _bad_cases(tiny_run, t)
-  procs = run_main_many([{"module": module, "args": args, "missing": list(missing)}
-                         for module, args, missing, _ in cases], tmp_path / "scratch")
+  dry = ["--model_dir=" + tiny_run, "--format=litert", "--quantize=int8", "--dry_run"]
+  *procs, dry_proc = run_main_many(
+      [{"module": module, "args": args, "missing": list(missing)}
+       for module, args, missing, _ in cases] + [{"module": "trainer.export", "args": dry}],
+      tmp_path / "scratch")
+  assert dry_proc.returncode == 0 and dry_proc.stdout.startswith(
+      f"dry run: nothing was written; without --dry_run this exports {tiny_run}/checkpoints/"
+      "ckpt-30 as litert int8 to "), dry_proc.stderr
   failures = []
   for (module, args, _, message), proc in zip(cases, procs):
     last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""

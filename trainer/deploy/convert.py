@@ -5,6 +5,7 @@ variables frozen into constants."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -62,6 +63,9 @@ def onnx(function, opset: int, metadata: dict[str, str]) -> bytes:
   # pylint: disable-next=g-import-not-at-top
   import onnx as onnx_lib
   import tf2onnx  # pylint: disable=g-import-not-at-top
+  # tf2onnx logs a graph optimizer's failure with its traceback and goes on without that
+  # optimization (MobileNetV3's transposes): the file is checked whole after, not them.
+  logging.getLogger("tf2onnx").setLevel(logging.ERROR)
   try:
     proto, _ = tf2onnx.convert.from_function(function, input_signature=function.input_signature,
                                              opset=opset)
