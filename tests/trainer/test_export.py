@@ -22,6 +22,7 @@ from runs import run, run_main_many
 from trainer import export as export_program
 from trainer import predict
 from trainer.deploy import convert, runtimes
+from trainer.process.errors import UsageError
 from trainer.run import run_files, train
 
 FLAGS = flags.FLAGS
@@ -132,6 +133,23 @@ def test_the_best_checkpoint_exported_to_a_bucket(tiny_run):
   best = _saved_model(tiny_run, "export_best")(images)["probabilities"]
   final = _saved_model(tiny_run)(images)["probabilities"]
   assert np.abs(out - best).max() <= 1e-5 < np.abs(out - final).max()
+
+
+def test_a_quantization_the_converter_cannot_do_is_one_line(tiny_run, monkeypatch, tmp_path):
+  class Refusing:  # LiteRT's converter on an operation without an integer kernel
+    optimizations, target_spec = [], type("Spec", (), {})()
+
+    def convert(self):
+      raise RuntimeError("'tfl.gelu' op quantization is not supported\nmore lines")
+
+  monkeypatch.setattr(tf.lite.TFLiteConverter, "from_concrete_functions",
+                      staticmethod(lambda *args: Refusing()))
+  with pytest.raises(UsageError, match=r"^--quantize=int8 is not offered for this model: "
+                     r"LiteRT's converter failed \('tfl.gelu' op quantization is not "
+                     r"supported\); try --quantize=dynamic$"):
+    export_in_process(f"--model_dir={tiny_run}", "--format=litert", "--quantize=int8",
+                      f"--output={tmp_path}/out/model.tflite")
+  assert not os.path.exists(tmp_path / "out")
 
 
 def _write_pngs(folder, images):
