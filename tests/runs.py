@@ -17,6 +17,19 @@ def run(module, *args, check=True):
   return proc
 
 
+def in_process(program, *args):
+  """A program's main (trainer.predict, trainer.export: the module) on these flags, in this
+  process: no console, no exit; its return value."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  program.define_flags()  # once per process (cli.define_flag)
+  flags.FLAGS.unparse_flags()
+  try:
+    flags.FLAGS([program.__name__, *args])
+    return program.main([program.__name__])
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
 def run_main_many(arg_lists, scratch, module="trainer.main", missing=()):
   """`python -m MODULE ARGS` for each ARGS, as CompletedProcess-like records, run in
   children forked from one process (tests/forked_cli.py): TensorFlow is imported once. An

@@ -10,7 +10,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 from keras.src.legacy.saving import legacy_h5_format
 
 import models
@@ -18,7 +17,7 @@ from models import paths, summary
 from models.common import Dropout, InputTooSmall
 from datafiles import write_image_folder
 from flag_helpers import build_trainer, parse
-from runs import read_scalars
+from runs import in_process, read_scalars
 from trainer import predict
 from trainer.inner.state import build_model
 from trainer.process.errors import ConfigError
@@ -224,11 +223,4 @@ def test_mobilenet_trains_on_a_folder_like_on_one_device_and_exports_uint8_with_
 
 def predict_in_process(*args):
   """trainer.predict's main on these flags, in this process."""
-  if "images" not in flags.FLAGS:  # defined once per process
-    predict.define_flags()
-  flags.FLAGS.unparse_flags()
-  try:
-    flags.FLAGS(["trainer.predict", *args])
-    predict.main(["trainer.predict"])
-  finally:
-    flags.FLAGS.unparse_flags()
+  in_process(predict, *args)

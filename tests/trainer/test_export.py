@@ -13,19 +13,17 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
 import input_pipeline
 from datafiles import tree_digest
 from flag_helpers import parse
-from runs import run, run_main_many
+from runs import in_process, run, run_main_many
 from trainer import export as export_program
 from trainer import predict
 from trainer.deploy import convert, runtimes
 from trainer.process.errors import UsageError
 from trainer.run import run_files, train
 
-FLAGS = flags.FLAGS
 DATASET = "synthetic:shape=12x12x1,classes=4,train=96,test=48"
 # The largest probability difference each export may have from the SavedModel on the
 # run's test images (float32: the same classes, rounding only).
@@ -45,13 +43,7 @@ def tiny_run(tmp_path_factory):
 
 def export_in_process(*args) -> int:
   """trainer.export's main on these flags, in this process; its exit status."""
-  export_program.define_flags()
-  FLAGS.unparse_flags()
-  try:
-    FLAGS(["trainer.export", *args])
-    return export_program.main(["trainer.export"])
-  finally:
-    FLAGS.unparse_flags()
+  return in_process(export_program, *args)
 
 
 def _test_split():
@@ -189,14 +181,7 @@ def test_predict_with_an_exported_file_writes_the_savedmodels_csv(tiny_run, tmp_
 
 
 def predict_in_process(*args):
-  if "images" not in FLAGS:
-    predict.define_flags()
-  FLAGS.unparse_flags()
-  try:
-    FLAGS(["trainer.predict", *args])
-    predict.main(["trainer.predict"])
-  finally:
-    FLAGS.unparse_flags()
+  in_process(predict, *args)
 
 
 def _bad_cases(run_dir, t):

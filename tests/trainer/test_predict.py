@@ -19,7 +19,7 @@ import input_pipeline
 from datafiles import write_tiny_tfds
 from flag_helpers import parse
 from input_pipeline import DataError
-from runs import run
+from runs import in_process, run
 from trainer import cli, predict
 from trainer.run import train
 
@@ -53,20 +53,9 @@ def grey_run(tmp_path_factory):
   return model_dir
 
 
-def define_predict_flags():
-  if "images" not in FLAGS:  # defined once per process
-    predict.define_flags()
-
-
 def predict_in_process(*args):
   """trainer.predict's main on these flags, in this process (no console, no exit)."""
-  define_predict_flags()
-  FLAGS.unparse_flags()
-  try:
-    FLAGS(["trainer.predict", *args])
-    predict.main(["trainer.predict"])
-  finally:
-    FLAGS.unparse_flags()
+  in_process(predict, *args)
 
 
 def serve(model_dir, images):
@@ -164,7 +153,7 @@ def test_a_run_on_some_classes_predicts_their_own_ids_on_its_datasets_test_split
 
 
 def test_help_lists_the_data_flags_of_training():
-  define_predict_flags()
+  predict.define_flags()
   text = cli.help_text(predict.USAGE, predict.HELP_GROUPS)
   for name in ("model_dir", "images", "dataset", "output", "batch_size", "skip_bad_images",
                "data_dir", "manual_dir", "num_classes"):
