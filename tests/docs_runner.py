@@ -7,8 +7,8 @@ names and features), without network.
     python tests/docs_runner.py SPEC.json
 
 SPEC: {"work": DIR, "home": DIR, "phases": [[CASE, ...], ...]}; the phases run one after
-the other, the cases of a phase two at a time. CASE: {"kind": main|evaluate|predict|tune|
-sweep|local_cluster|prepare|python, "mode": run|flags, "args": [...], "code": the Python
+the other, the cases of a phase two at a time. CASE: {"kind": main|evaluate|predict|export|
+tune|sweep|local_cluster|prepare|python, "mode": run|flags, "args": [...], "code": the Python
 block (kind python), "out": PREFIX}. mode flags parses the command line as the program
 would and runs nothing (commands marked `needs:`). Each child writes PREFIX.stdout,
 PREFIX.stderr, PREFIX.status; after each phase the runner writes WORK/../tree-N.json,
@@ -87,13 +87,14 @@ def _flags_only(kind: str, args: list[str]) -> None:
   if kind == "main":
     from trainer.options import config  # pylint: disable=g-import-not-at-top
     config.from_args(args)
-  elif kind in ("evaluate", "predict"):
+  elif kind in ("evaluate", "predict", "export"):
     module = importlib.import_module(f"trainer.{kind}")
-    if {"evaluate": "split", "predict": "images"}[kind] not in flags.FLAGS:  # once a process
+    own = {"evaluate": "split", "predict": "images", "export": "format"}[kind]
+    if own not in flags.FLAGS:  # once a process
       module.define_flags()
     flags.FLAGS.unparse_flags()  # absl keeps an earlier command's values otherwise
     flags.FLAGS(["x", *args])
-    if kind == "predict":
+    if kind in ("predict", "export"):
       module._check_flags()  # pylint: disable=protected-access
   elif kind == "tune":
     from trainer import tune  # pylint: disable=g-import-not-at-top
@@ -120,7 +121,7 @@ def _run(case) -> int:
   if case["mode"] == "flags":
     _flags_only(kind, args)
     return 0
-  if kind in ("main", "evaluate", "predict"):
+  if kind in ("main", "evaluate", "predict", "export"):
     sys.argv = [f"trainer.{kind}", *args]
     importlib.import_module(f"trainer.{kind}").run()
     return 0

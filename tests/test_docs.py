@@ -2,9 +2,10 @@
 HOME holds only what `make data` makes (tests/docs_runner.py: a stand-in Fashion-MNIST,
 no network), after the `make train` they start from: long ones with --dry_run added, which
 must write nothing; those marked `# needs: ...` (the network, a cluster, your files) for
-their flags only. `make` lines: the target exists and `make -n` shows its commands. The
-Python blocks run as written. The Kubernetes manifests parse, and each task gets a
-TF_CONFIG that names it."""
+their flags only. The first `trainer.export` of each format runs (its file is what later
+commands and the Python blocks read), the others with --dry_run. `make` lines: the target
+exists and `make -n` shows its commands. The Python blocks run as written. The Kubernetes
+manifests parse, and each task gets a TF_CONFIG that names it."""
 
 import glob
 import json
@@ -24,6 +25,10 @@ _START = re.compile(r"^(?:\.venv/bin/)?(?:python (?:-m (?:trainer|input_pipeline
                     r"|scripts/\w+\.py|make\b)")
 # Programs whose run takes long: shown commands of these run with --dry_run.
 _LONG = ("main", "tune", "sweep", "local_cluster")
+
+
+def _export_format(args: list[str]) -> str | None:
+  return next((a.split("=", 1)[1] for a in args if a.startswith("--format=")), None)
 
 
 def _blocks(text: str):
@@ -147,8 +152,14 @@ def ran(tmp_path_factory):
     os.symlink(os.path.join(ROOT, name), work / name)
   env = {k: v for k, v in os.environ.items() if k != "TFDS_DATA_DIR"}
   env["HOME"] = str(home)
+  # onnxruntime (1.29 and later) queues usage events for Microsoft, sent by its own C++
+  # uploader (past the runner's socket guard), and keeps a device id in HOME: off.
+  env["ORT_DISABLE_TELEMETRY"] = "1"
   first_train = _trainer_line(_make_n(["train"], env))
-  cases, keys = {"first": [], "dry": [], "real": []}, {}
+  # export: the exports the real commands read, after the dry runs (which must find the
+  # trained run unchanged) and before those commands.
+  cases, keys = {"first": [], "dry": [], "export": [], "real": []}, {}
+  exported = set()  # the formats an export already runs for
 
   def add(phase, key, case):
     case["out"] = str(outs / f"case{len(keys)}")
@@ -156,8 +167,13 @@ def ran(tmp_path_factory):
     cases[phase].append(case)
 
   add("first", ("Makefile", "make train"), {"kind": "main", "mode": "run", "args": first_train})
+  shown = set()
   for doc, line, needs in shown_commands():
-    kind, args = _program(shlex.split(line, comments=True))
+    words = shlex.split(line, comments=True)
+    if (tuple(words), needs) in shown:  # shown twice (the README and a doc): run once
+      continue
+    shown.add((tuple(words), needs))
+    kind, args = _program(words)
     if kind == "make":
       output = _make_n(args, env)
       if args[:1] == ["train"]:  # after the first `make train`: its trainer command, dry
@@ -166,6 +182,15 @@ def ran(tmp_path_factory):
       continue
     if needs:
       add("dry", (doc, line), {"kind": kind, "mode": "flags", "args": args})
+    elif kind == "export" and "--help" not in args:
+      # Each export converts, saves a SavedModel and checks both on the test split: the
+      # first of each format runs, the others only check what they would do.
+      fmt = _export_format(args)
+      if fmt in exported:
+        add("dry", (doc, line), {"kind": kind, "mode": "run", "args": ["--dry_run", *args]})
+      else:
+        exported.add(fmt)
+        add("export", (doc, line), {"kind": kind, "mode": "run", "args": args})
     elif (kind in _LONG or "--continuous" in args) and "--help" not in args:
       add("dry", (doc, line), {"kind": kind, "mode": "run", "args": ["--dry_run", *args]})
     else:
@@ -174,7 +199,7 @@ def ran(tmp_path_factory):
     add("real", (doc, code.splitlines()[0]), {"kind": "python", "code": code, "name": doc})
   spec = base / "spec.json"
   spec.write_text(json.dumps({"work": str(work), "home": str(home),
-                              "phases": [cases["first"], cases["dry"], cases["real"]]}))
+                              "phases": list(cases.values())}))
   runner = os.path.join(ROOT, "tests", "docs_runner.py")
   proc = subprocess.run([sys.executable, runner, str(spec)], capture_output=True, text=True,
                         timeout=600, env=env)
@@ -184,8 +209,11 @@ def ran(tmp_path_factory):
     key = keys[case["out"]]
     read = lambda suffix, c=case: open(f"{c['out']}.{suffix}").read()
     results[key] = (int(read("status")), read("stdout"), read("stderr"))
-  trees = [json.loads((base / f"tree-{n}.json").read_text()) for n in range(3)]
-  yield {"results": results, "trees": trees, "work": work, "home": home}
+  trees = [json.loads((base / f"tree-{n}.json").read_text()) for n in range(len(cases))]
+  dry_exports = {keys[c["out"]] for c in cases["dry"] if c["kind"] == "export"
+                 and c["mode"] == "run"}
+  yield {"results": results, "trees": trees, "work": work, "home": home,
+         "dry_exports": dry_exports}
   shutil.rmtree(base, ignore_errors=True)
 
 
@@ -219,8 +247,8 @@ def test_dry_runs_write_nothing_and_say_what_would_run(ran):
   # own process keeps it out of HOME: test_tf_env.)
   assert after_dry == after_train
   outputs = {line: out for (doc, line), (_, out, _) in ran["results"].items()
-             if "python -m trainer.main" in line and "needs:" not in line
-             and "--help" not in line}
+             if ("python -m trainer.main" in line or (doc, line) in ran["dry_exports"])
+             and "needs:" not in line and "--help" not in line}
   assert outputs and all("dry run: nothing was written" in out for out in outputs.values()), [
       line for line, out in outputs.items() if "dry run: nothing was written" not in out]
   headline = ran["results"][("README.md", shown_commands()[0][1])][1]
@@ -243,7 +271,7 @@ def test_make_train_installs_only_what_training_needs_and_says_what():
   assert installs and not any("[test" in l or "tune]" in l for l in installs)
   assert not any("--quiet" in l or " -q " in l for l in installs)
   test_script = _make_n(["-B", "test"], dict(os.environ))
-  assert any(".[test,tune]" in l for l in test_script.splitlines() if "pip install" in l)
+  assert any(".[test,tune,export]" in l for l in test_script.splitlines() if "pip install" in l)
 
 
 def test_the_manifests_parse_and_give_each_task_its_tf_config():
