@@ -19,15 +19,14 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import trainer.main  # pylint: disable=wrong-import-position
 from trainer.process import tf_env  # pylint: disable=wrong-import-position
 
-# What a run imports after parsing its flags (TensorFlow, Keras, the packages): once, here,
-# with the process settings a run applies first.
+# The programs (trainer.main defines tapeloop's flags) and what a run imports after parsing
+# its flags (TensorFlow, Keras, the packages): once, here, with the process settings a run
+# applies first.
 tf_env.apply()
-importlib.import_module("trainer.run.train")
-for _program in ("trainer.export", "trainer.predict"):
-  importlib.import_module(_program)
+for _module in ("trainer.main", "trainer.run.train", "trainer.export", "trainer.predict"):
+  importlib.import_module(_module)
 
 PARALLEL = 2
 

@@ -49,8 +49,8 @@ def define_flags() -> None:
       ("string", "checkpoint", None, "final (the run's latest checkpoint; the default), best "
        "(its --keep_best checkpoint) or a checkpoint prefix of the run."),
       ("string", "output", None, "The file to write (any TensorFlow filesystem; default "
-       "model_dir/exports/NAME.tflite or .onnx, NAME: model or best, and the "
-       "quantization)."),
+       "model_dir/exports/NAME.tflite or .onnx, NAME: model, best or the checkpoint's, "
+       "then _QUANTIZATION or _opsetN when given)."),
       ("integer", "opset", 17, "onnx: the ONNX operator set (13 to 18)."),
       ("float", "max_accuracy_drop", 1.0, "Percentage points the export's accuracy may fall "
        "below the SavedModel's on the check's images; more and it is not published (exit 3)."),
@@ -152,9 +152,13 @@ def checkpoint_of(model_dir: str, which: str) -> str:
   return which
 
 
-def default_output(model_dir: str, fmt: str, quantize: str, checkpoint: str) -> str:
+def default_output(model_dir: str, fmt: str, quantize: str, checkpoint: str,
+                   opset: int | None = None) -> str:
+  """model_dir/exports/NAME: model, best or the checkpoint's name, then the quantization
+  or an --opset given (so that one export does not replace another)."""
   stem = {"final": "model", "best": "best"}.get(checkpoint, os.path.basename(checkpoint))
   suffix = "" if quantize == "none" else f"_{quantize}"
+  suffix += f"_opset{opset}" if opset else ""
   return files.join(model_dir, "exports", f"{stem}{suffix}{formats.FORMATS[fmt][0]}")
 
 
@@ -202,7 +206,8 @@ def main(argv):
   cfg, recorded = restored.run_config(FLAGS.model_dir, given)
   which = FLAGS.checkpoint or "final"
   checkpoint = checkpoint_of(cfg.model_dir, which)
-  default = default_output(cfg.model_dir, FLAGS.format, FLAGS.quantize, which)
+  default = default_output(cfg.model_dir, FLAGS.format, FLAGS.quantize, which,
+                           FLAGS.opset if FLAGS["opset"].present else None)
   output = FLAGS.output or default
   run_files.check_output(output, os.path.basename(default))
   what = f"{FLAGS.format}" + ("" if FLAGS.quantize == "none" else f" {FLAGS.quantize}")
@@ -245,8 +250,11 @@ def main(argv):
                        verify.latency_ms(candidate, split.images[0]))]
   drop = 100 * (rows[0].accuracy - rows[1].accuracy)
   published = drop <= FLAGS.max_accuracy_drop
-  verdict = (f"published: accuracy {drop:+.2f} points from the SavedModel's, within "
-             f"--max_accuracy_drop={FLAGS.max_accuracy_drop:g}" if published else
+  versus = ("the SavedModel's accuracy" if abs(drop) < 0.005 else
+            f"{abs(drop):.2f} points {'below' if drop > 0 else 'above'} the SavedModel's "
+            "accuracy")
+  verdict = (f"published: {versus}, within --max_accuracy_drop={FLAGS.max_accuracy_drop:g}"
+             if published else
              f"not published: its accuracy is {drop:.2f} points below the SavedModel's, "
              f"more than --max_accuracy_drop={FLAGS.max_accuracy_drop:g}")
   report = {

@@ -13,6 +13,8 @@ import tensorflow as tf
 # pylint: disable-next=g-direct-tensorflow-import
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from trainer.deploy import formats
+from trainer.process import tf_env
 from trainer.process.errors import UsageError
 from trainer.run import export
 
@@ -49,7 +51,8 @@ def litert(function, quantize: str, calibration: Iterator[np.ndarray] | None = N
     converter.representative_dataset = lambda: ([image[None]] for image in calibration)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
   try:
-    return converter.convert()
+    with tf_env.native_stderr(formats.litert_noise):
+      return converter.convert()
   except Exception as e:  # pylint: disable=broad-except
     # The converter raises ConverterError, RuntimeError or ValueError for a model it cannot
     # express (an operation without a LiteRT or integer kernel).

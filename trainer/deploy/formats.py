@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 
 from trainer.process.errors import UsageError
 
@@ -19,6 +20,15 @@ QUANTIZE_HELP = {"none": "float32", "float16": "float16 weights",
 INSTALL = "pip install -e '.[export]'"
 # Beside an exported file FILE: its classes (one name per line) and its check's report.
 CLASSES_SUFFIX, REPORT_SUFFIX, REJECTED_SUFFIX = ".classes.txt", ".report.json", ".rejected.json"
+
+
+# LiteRT's C++ lines at each interpreter's first run and at int8 calibration (which also
+# calls a uint8 input FLOAT32): not news to the person exporting or predicting.
+_LITERT_NOISE = re.compile(r"^INFO: Created TensorFlow Lite XNNPACK delegate|^fully_quantize: ")
+
+
+def litert_noise(line: str) -> bool:
+  return bool(_LITERT_NOISE.search(line))
 
 
 def label(fmt: str, quantize: str) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.deploy import formats
-from trainer.process import files
+from trainer.process import files, tf_env
 from trainer.process.errors import UsageError
 
 gfile = tf.io.gfile
@@ -57,6 +57,9 @@ class LiteRT(Runner):
     self.image_shape = tuple(int(d) for d in details["shape"][1:])
     self.num_classes = int(self._runner.get_output_details()["probabilities"]["shape"][-1])
     self.class_names = class_names
+    # The first run applies the XNNPACK delegate, which says so on stderr: quietly here.
+    with tf_env.native_stderr(formats.litert_noise):
+      self._runner(images=np.zeros((1, *self.image_shape), np.uint8))
 
   def _run(self, images):
     # The runner resizes its input to each batch's size.

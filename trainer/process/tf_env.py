@@ -1,5 +1,6 @@
-"""Process-wide TensorFlow settings, set before TensorFlow is imported: TensorFlow reads
-these environment variables once, at import, so they cannot be flags applied later.
+"""Process-wide TensorFlow settings (and onnxruntime's), set before TensorFlow is imported:
+TensorFlow reads these environment variables once, at import, so they cannot be flags
+applied later.
 An explicitly set variable is never overridden."""
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ SETTINGS = {
     # VMs) convolutions fall back to Eigen, which ran the tutorial CNN at half the speed
     # (3.7k vs 7.8k examples/s on 2 AVX2 cores; make bench measures it).
     "TF_ENABLE_ONEDNN_OPTS": "1",
+    # onnxruntime (trainer.export, predict --model=FILE.onnx) otherwise records a device id
+    # and queues usage events under ~/.cache/Microsoft at its import, to send them home.
+    "ORT_DISABLE_TELEMETRY": "1",
 }
 
 
@@ -120,19 +124,27 @@ def apply() -> None:
     with _signals_held():
       import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
     return  # the user asked for everything
+  with native_stderr(is_start_up_noise), _signals_held():
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.list_physical_devices("GPU")  # the CUDA probe logs here, once per process
+
+
+@contextlib.contextmanager
+def native_stderr(is_noise):
+  """Within the block, what C++ libraries print on file descriptor 2 (which Python's
+  sys.stderr does not see) is captured, and passed on at its end without the lines
+  is_noise(line) is true of."""
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile(mode="w+b") as captured:
     os.dup2(captured.fileno(), 2)
     try:
-      with _signals_held():
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
-        tf.config.list_physical_devices("GPU")  # the CUDA probe logs here, once per process
+      yield
     finally:
       os.dup2(saved, 2)
       os.close(saved)
       captured.seek(0)
       kept = [line for line in captured.read().decode(errors="replace").splitlines(True)
-              if not is_start_up_noise(line)]
+              if not is_noise(line)]
       sys.stderr.write("".join(kept))
       sys.stderr.flush()
