@@ -71,6 +71,7 @@ def run():
   FLAGS.set_default("dataset", None)
   FLAGS["model"].help = ("An exported .tflite or .onnx file (python -m trainer.export) to "
                          "predict with instead of --model_dir's SavedModel.")
+  FLAGS.set_default("model", None)
   cli.run_app("trainer.predict", USAGE, HELP_GROUPS)
 
 
@@ -99,6 +100,7 @@ from input_pipeline.specs import parse_spec
 from trainer.options import declared
 from trainer.options.declared import normalized
 from trainer.deploy import runtimes
+from trainer.process import files
 from trainer.options.values import class_ids
 from trainer.process.errors import UsageError
 from trainer.run import dry_run, export, run_files
@@ -178,6 +180,21 @@ def summary(output: str, header: tuple[str, ...], rows: list[tuple], names: list
 def _model() -> str:
   """The model predicting, as messages name it: --model's file, else the run."""
   return shlex.quote(FLAGS.model if FLAGS["model"].present else FLAGS.model_dir)
+
+
+def _check_file_of_run(path: str, model_dir: str) -> None:
+  """An exported file's report names the run it came from: another --model_dir would read
+  that run's data and classes for it."""
+  try:
+    report = files.read_json(path + formats.REPORT_SUFFIX) or {}
+  except (ValueError, OSError, tf.errors.OpError):
+    return  # no readable report: nothing to go by
+  source = report.get("model_dir")
+  if isinstance(source, str) and not run_files.same_directory(source, model_dir):
+    raise UsageError(f"{shlex.quote(path)} was exported from the run {shlex.quote(source)} "
+                     f"(its report), not {shlex.quote(model_dir)}: give "
+                     f"{flag_arg('model_dir', source)}, or drop --model_dir and give "
+                     "--images or --dataset")
 
 
 def _check_flags() -> None:
@@ -271,6 +288,11 @@ def _predict_dataset(serve, image_shape, num_classes, output: str) -> str:
   check_data(split, image_shape, num_classes, what)
   if FLAGS.dry_run:
     return _dry_run_note(len(split), output)
+  if values["classes"] and len(values["classes"]) != num_classes:
+    raise UsageError(f"{_model()} predicts {num_classes} classes but the run in "
+                     f"{shlex.quote(FLAGS.model_dir)} was trained on "
+                     f"{len(values['classes'])} (--classes): give the model's own run as "
+                     "--model_dir")
   classes, names = _classify(serve, split.images, FLAGS.batch_size)
   if values["classes"]:  # the model's class k is the dataset's class classes[k]
     classes = np.asarray(values["classes"])[classes]
@@ -370,6 +392,8 @@ def main(argv):
   if FLAGS["model"].present:
     serve = runtimes.load(FLAGS.model)
     image_shape, num_classes = serve.image_shape, serve.num_classes
+    if FLAGS.model_dir:
+      _check_file_of_run(FLAGS.model, FLAGS.model_dir)
   else:
     export_dir = os.path.join(FLAGS.model_dir, "export")
     if not tf.io.gfile.exists(os.path.join(export_dir, "saved_model.pb")):

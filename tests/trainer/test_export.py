@@ -1,8 +1,10 @@
 """trainer.export: a run's LiteRT and ONNX files, each checked in its own runtime against
 the run's SavedModel before it is published; trainer.predict --model=FILE.
 
-One tiny CNN run (with --tta=flip, so the files must carry the views) is trained in process
-once; the exports run in process, the command lines as forked children (tests/forked_cli.py).
+One tiny CNN run is trained in process once: on a folder of grey images of named classes,
+streamed from its files (--pipeline=stream), with --tta=flip (the files must carry the
+views) and --keep_best; the exports run in process, the command lines as forked children
+(tests/forked_cli.py).
 """
 
 import csv
@@ -15,16 +17,16 @@ import pytest
 import tensorflow as tf
 
 import input_pipeline
-from datafiles import tree_digest
+from datafiles import tree_digest, write_image_folder
 from flag_helpers import parse
 from runs import in_process, run, run_main_many
 from trainer import export as export_program
 from trainer import predict
-from trainer.deploy import convert, runtimes
+from trainer.deploy import convert, runtimes, verify
 from trainer.process.errors import UsageError
 from trainer.run import run_files, train
 
-DATASET = "synthetic:shape=12x12x1,classes=4,train=96,test=48"
+NAMES = ["cat", "dog", "fox"]
 # The largest probability difference each export may have from the SavedModel on the
 # run's test images (float32: the same classes, rounding only).
 BOUNDS = {("litert", "none"): 1e-5, ("onnx", "none"): 1e-5, ("litert", "float16"): 2e-3,
@@ -33,11 +35,16 @@ BOUNDS = {("litert", "none"): 1e-5, ("onnx", "none"): 1e-5, ("litert", "float16"
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-  model_dir = str(tmp_path_factory.mktemp("export") / "run")
+  root = tmp_path_factory.mktemp("export")
+  write_image_folder(root / "photos", per_split=(("train", 32), ("test", 16)), classes=NAMES,
+                     sizes=((12, 12),), channels=1)
+  model_dir = str(root / "run")
   train.train_and_evaluate(parse(
       "--model=cnn", "--filters=4,8", "--kernel_sizes=3,3", "--dense_units=16",
-      f"--dataset={DATASET}", "--batch_size=16", "--train_steps=30", "--tta=flip",
-      "--keep_best=accuracy", "--eval_images=false", f"--model_dir={model_dir}"))
+      f"--dataset=folder:{root}/photos", "--pipeline=stream", "--batch_size=16",
+      "--train_steps=30", "--learning_rate=0.01", "--tta=flip", "--keep_best=accuracy",
+      "--eval_images=false",
+      f"--model_dir={model_dir}"))
   return model_dir
 
 
@@ -46,8 +53,9 @@ def export_in_process(*args) -> int:
   return in_process(export_program, *args)
 
 
-def _test_split():
-  return input_pipeline.load(DATASET).splits
+def _splits(model_dir):
+  """The run's data, in memory."""
+  return input_pipeline.load(run_files.read_record(model_dir)["dataset"]).splits
 
 
 def _saved_model(model_dir, name="export"):
@@ -56,7 +64,7 @@ def _saved_model(model_dir, name="export"):
 
 
 def test_each_format_matches_the_runs_savedmodel_within_its_bound(tiny_run, monkeypatch):
-  splits = _test_split()
+  splits = _splits(tiny_run)
   images = splits["test"].images
   reference = _saved_model(tiny_run)(images)
   calibrations = []
@@ -70,7 +78,7 @@ def test_each_format_matches_the_runs_savedmodel_within_its_bound(tiny_run, monk
     name = "model" + ("" if quantize == "none" else f"_{quantize}")
     path = os.path.join(tiny_run, "exports", name + (".onnx" if fmt == "onnx" else ".tflite"))
     runner = runtimes.load(path)
-    assert runner.image_shape == (12, 12, 1) and runner.class_names == ["0", "1", "2", "3"]
+    assert runner.image_shape == (12, 12, 1) and runner.class_names == NAMES
     out = runner(images)
     difference = np.abs(out["probabilities"] - reference["probabilities"]).max()
     agreement = np.mean(out["classes"] == reference["classes"])
@@ -88,7 +96,7 @@ def test_each_format_matches_the_runs_savedmodel_within_its_bound(tiny_run, monk
   import onnx  # pylint: disable=g-import-not-at-top
   props = {p.key: p.value for p in onnx.load(os.path.join(tiny_run, "exports",
                                                          "model.onnx")).metadata_props}
-  assert json.loads(props["class_names"]) == ["0", "1", "2", "3"]
+  assert json.loads(props["class_names"]) == NAMES
   # int8's calibration: 20 of the run's training images, none of its test images.
   (calibration,) = [c for c in calibrations if c is not None]
   train_set = {image.tobytes() for image in splits["train"].images}
@@ -120,11 +128,18 @@ def test_the_best_checkpoint_exported_to_a_bucket(tiny_run):
                            "--checkpoint=best", f"--output={output}") == 0
   assert json.loads(tf.io.gfile.GFile(output + ".report.json").read())["checkpoint"].startswith(
       os.path.join(tiny_run, "best", "ckpt-"))
-  images = _test_split()["test"].images
+  images = _splits(tiny_run)["test"].images
   out = runtimes.load(output)(images)["probabilities"]
   best = _saved_model(tiny_run, "export_best")(images)["probabilities"]
   final = _saved_model(tiny_run)(images)["probabilities"]
   assert np.abs(out - best).max() <= 1e-5 < np.abs(out - final).max()
+
+
+def test_the_accuracy_drop_is_counted_in_images():
+  # 49 and 47 right of 200: 2 images, 1 point, within --max_accuracy_drop=1 (a difference
+  # of the accuracies would be 1.0000000000000009).
+  rows = [verify.Row("a", 0.245, 1, 0, 1, 1), verify.Row("b", 0.235, 1, 0, 1, 1)]
+  assert 0.245 - 0.235 > 0.01 and verify.accuracy_drop(rows, 200) == 1.0
 
 
 def test_a_quantization_the_converter_cannot_do_is_one_line(tiny_run, monkeypatch, tmp_path):
@@ -160,7 +175,7 @@ def test_predict_with_an_exported_file_writes_the_savedmodels_csv(tiny_run, tmp_
     if not os.path.exists(os.path.join(tiny_run, "exports", f"model.{fmt}")):
       assert export_in_process(f"--model_dir={tiny_run}", f"--format={fmt}") == 0
   folder = str(tmp_path / "images")
-  _write_pngs(folder, _test_split()["test"].images[:12])
+  _write_pngs(folder, _splits(tiny_run)["test"].images[:12])
   # The SavedModel's in this process; the .tflite file's in a fresh one, as a user runs it.
   for name, args in (("saved", []), ("onnx", [f"--model={tiny_run}/exports/model.onnx"])):
     predict_in_process(f"--model_dir={tiny_run}", f"--images={folder}",
@@ -178,6 +193,11 @@ def test_predict_with_an_exported_file_writes_the_savedmodels_csv(tiny_run, tmp_
   predict_in_process(f"--model_dir={tiny_run}", f"--model={tiny_run}/exports/model.onnx",
                      f"--output={tmp_path}/onnx_sub.csv")
   assert _rows(tmp_path / "onnx_sub.csv") == _rows(tmp_path / "saved_sub.csv")
+  # A file with another run's --model_dir would read that run's data and classes for it.
+  with pytest.raises(UsageError, match=r"model.onnx was exported from the run .*/run \(its "
+                     r"report\), not .*/elsewhere: give '?--model_dir="):
+    predict_in_process(f"--model_dir={tmp_path}/elsewhere",
+                       f"--model={tiny_run}/exports/model.onnx")
 
 
 def predict_in_process(*args):
@@ -211,6 +231,15 @@ def _bad_cases(run_dir, t):
       (e, [m, "--format=litert", f"--checkpoint={run_dir}/checkpoints/ckpt-99"], (),
        "is no checkpoint: give final, best or a prefix"),
       (e, [m, "--format=litert", "--output=/proc/x/model.tflite"], (), "cannot write"),
+      (e, [m, "--format=onnx", f"--output={run_dir}/flags.json"], (),
+       "/flags.json: an ONNX file's name ends in .onnx, e.g. --output=model.onnx"),
+      (e, [m, "--format=litert", f"--checkpoint={t}/other/checkpoints/ckpt-1"], (),
+       f"is not a checkpoint of {m} (its own are in {run_dir}/checkpoints and "
+       f"{run_dir}/best), whose model and data it would be taken for: export it with its own "
+       f"run's flags: python -m trainer.export --model_dir={t}/other "),
+      (e, [f"--model_dir={t}/train_only", "--format=litert"], (), "the run's data has no "
+       "labelled test or validation split to check the export on (it has train): train the "
+       "run with --validation_split=0.1"),
       (e, [m, "--format=litert", f"--output={t}"], (), "is a directory: give a file name"),
       (e, [f"--model_dir={t}/data_gone", "--format=litert", "--quantize=int8"], (),
        f"needs {t}/gone/train/<class>/"),
@@ -235,17 +264,28 @@ def test_bad_input_exits_2_with_one_line_and_a_dry_run_publishes_nothing(tiny_ru
   run_files.write_record(f"{t}/data_gone", {**record, "dataset": f"folder:{t}/gone"})
   with open(f"{t}/damaged.tflite", "wb") as f:
     f.write(b"TFL3 not a model")
+  # Another run's checkpoint, and a run whose folder holds no test images.
+  tf.train.Checkpoint(v=tf.Variable(1.0)).write(f"{t}/other/checkpoints/ckpt-1")
+  run_files.write_record(f"{t}/other", record)
+  write_image_folder(f"{t}/train_only_photos", per_split=(("train", 2),), classes=NAMES,
+                     sizes=((12, 12),), channels=1)
+  shutil.copytree(tiny_run, f"{t}/train_only", ignore=shutil.ignore_patterns("exports"))
+  run_files.write_record(f"{t}/train_only", {**record,
+                                             "dataset": f"folder:{t}/train_only_photos"})
   before = tree_digest(tiny_run), tree_digest(t)
   os.makedirs(tmp_path / "scratch")
   cases = _bad_cases(tiny_run, t)
-  dry = ["--model_dir=" + tiny_run, "--format=litert", "--quantize=int8", "--dry_run"]
+  dry = ["--model_dir=" + tiny_run, "--format=litert", "--quantize=int8", "--tta=none",
+         "--dry_run"]
   *procs, dry_proc = run_main_many(
       [{"module": module, "args": args, "missing": list(missing)}
        for module, args, missing, _ in cases] + [{"module": "trainer.export", "args": dry}],
       tmp_path / "scratch")
   assert dry_proc.returncode == 0 and dry_proc.stdout.startswith(
       f"dry run: nothing was written; without --dry_run this exports {tiny_run}/checkpoints/"
-      "ckpt-30 as litert int8 to "), dry_proc.stderr
+      f"ckpt-30 as litert int8 to {tiny_run}/exports/model_int8_notta.tflite once it is "
+      "checked against the SavedModel on the 48 test images"), (dry_proc.stdout,
+                                                                dry_proc.stderr)
   failures = []
   for (module, args, _, message), proc in zip(cases, procs):
     last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""

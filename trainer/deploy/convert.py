@@ -57,7 +57,7 @@ def litert(function, quantize: str, calibration: Iterator[np.ndarray] | None = N
     # The converter raises ConverterError, RuntimeError or ValueError for a model it cannot
     # express (an operation without a LiteRT or integer kernel).
     raise UsageError(f"--quantize={quantize} is not offered for this model: LiteRT's "
-                     f"converter failed ({_first_line(e)})"
+                     f"converter failed ({formats.first_line(e)})"
                      + ("; try --quantize=dynamic" if quantize == "int8" else "")) from None
 
 
@@ -74,15 +74,10 @@ def onnx(function, opset: int, metadata: dict[str, str]) -> bytes:
                                              opset=opset)
   except Exception as e:  # pylint: disable=broad-except
     raise UsageError(f"--opset={opset}: tf2onnx cannot convert this model "
-                     f"({_first_line(e)}); try another --opset") from None
+                     f"({formats.first_line(e)}); try another --opset") from None
   onnx_lib.helper.set_model_props(proto, metadata)
   return proto.SerializeToString()
 
 
 def class_metadata(class_names) -> dict[str, str]:
   return {"class_names": json.dumps(list(class_names))}
-
-
-def _first_line(error: Exception) -> str:
-  text = str(error).strip()
-  return (text.splitlines()[0] if text else type(error).__name__)[:200]

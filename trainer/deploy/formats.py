@@ -65,3 +65,9 @@ def check(fmt: str, quantize: str) -> None:
                      "float32; drop --quantize, or give --format=litert for a quantized file")
   raise UsageError(f"--quantize={quantize} is not offered for --format={fmt}: give one of "
                    f"{', '.join(offered)}")
+
+
+def first_line(error: Exception, limit: int = 200) -> str:
+  """A converter's or runtime's error as a message quotes it: its first line."""
+  text = str(error).strip()
+  return (text.splitlines()[0] if text else type(error).__name__)[:limit]

@@ -115,9 +115,8 @@ def load(path: str) -> Runner:
     runner = (LiteRT if fmt == "litert" else Onnx)(content, [])
   except Exception as e:  # pylint: disable=broad-except
     # Each runtime raises its own errors (ValueError, onnxruntime's Fail/InvalidProtobuf).
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-    raise UsageError(f"{q(path)} cannot be loaded as a {fmt} model ({reason}): export it "
-                     "anew with python -m trainer.export") from None
+    raise UsageError(f"{q(path)} cannot be loaded as a {fmt} model ({formats.first_line(e)}): "
+                     "export it anew with python -m trainer.export") from None
   names = [str(i) for i in range(runner.num_classes)]
   if gfile.exists(classes_file(path)):
     with gfile.GFile(classes_file(path)) as f:

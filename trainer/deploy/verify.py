@@ -60,6 +60,13 @@ def row(name: str, outputs, reference, labels: np.ndarray, size_bytes: int,
              size_bytes=int(size_bytes), latency_ms=float(latency))
 
 
+def accuracy_drop(rows: list[Row], examples: int) -> float:
+  """Points the export's accuracy (rows[1]) is below the SavedModel's (rows[0]), from the
+  counts of images each got right: 2 fewer of 200 is 1.0 point, not 1.0000000000000009."""
+  right = [round(r.accuracy * examples) for r in rows]
+  return 100 * (right[0] - right[1]) / examples
+
+
 def table(rows: list[Row], examples: int, split: str) -> str:
   """The rows as the console shows them."""
   header = ("model", f"{split} accuracy", "agreement", "max |Δp|", "size", "latency")

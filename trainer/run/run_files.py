@@ -210,33 +210,37 @@ def write_folder_check(model_dir: str, check: dict) -> None:
   files.write_json(path(model_dir, FOLDER_CHECK), check)
 
 
-def _same_directory(a: str, b: str) -> bool:
+def same_directory(a: str, b: str) -> bool:
+  """Whether two paths name one directory (local: after links are resolved)."""
   if files.is_local(a) and files.is_local(b):
     real = lambda p: os.path.realpath(p.removeprefix("file://"))
     return real(a) == real(b)
   return a.rstrip("/") == b.rstrip("/")
 
 
-def check_own_checkpoint(model_dir: str, checkpoint: str) -> None:
-  """Refuses a --checkpoint of another run: evaluated under this run's flags (its model,
-  data, views), its figures would be filed as this run's, over its eval_<split>.json. The
-  checkpoint's own run evaluates it with its own flags. A path that is no checkpoint is
-  left to the restore, which names it."""
+def check_own_checkpoint(model_dir: str, checkpoint: str,
+                         program: str = "trainer.evaluate") -> None:
+  """Refuses a --checkpoint of another run: evaluated (or exported) under this run's flags
+  (its model, data, views), its figures would be filed as this run's, over its
+  eval_<split>.json. The checkpoint's own run takes it with its own flags (`program`'s
+  command). A path that is no checkpoint is left to the restore, which names it."""
   own = [files.join(model_dir, name) for name in ("checkpoints", "best")]
   where = os.path.dirname(checkpoint) or "."
   if (not gfile.exists(checkpoint + ".index")
-      or any(_same_directory(where, d) for d in own)):
+      or any(same_directory(where, d) for d in own)):
     return
   run = os.path.dirname(where)
   q = shlex.quote
   if os.path.basename(where) in ("checkpoints", "best") and has_record(run):
-    fix = (f"evaluate it with its own run's flags: python -m trainer.evaluate "
+    fix = (f"{program.rsplit('.', 1)[1]} it with its own run's flags: python -m {program} "
            f"{flag_arg('model_dir', run)} {flag_arg('checkpoint', checkpoint)}")
   else:
     fix = f"if it is this run's, move its files into {q(own[0])}"
+  harm = ("whose figures it would overwrite" if program == "trainer.evaluate" else
+          "whose model and data it would be taken for")
   raise ConfigError(f"{flag_arg('checkpoint', checkpoint)} is not a checkpoint of "
                     f"{flag_arg('model_dir', model_dir)} (its own are in {q(own[0])} and "
-                    f"{q(own[1])}), whose figures it would overwrite: {fix}")
+                    f"{q(own[1])}), {harm}: {fix}")
 
 
 def check_output(output: str, example: str) -> None:
