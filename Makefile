@@ -13,7 +13,7 @@ DATA_DIR ?= $(or $(TFDS_DATA_DIR),$(HOME)/tensorflow_datasets)
 # Flags for `make train`, e.g. make train FLAGS="--learning_rate=0.003 --model_dir=runs/lr0.003"
 FLAGS ?=
 
-.PHONY: install test train data bench bench-peers bench-profile bench-tta bench-stream bench-transfer bench-folder tutorial clean
+.PHONY: install test train data bench bench-peers bench-profile bench-tta bench-stream bench-transfer bench-folder bench-export tutorial clean
 
 install: $(STAMP)
 
@@ -90,6 +90,19 @@ bench-transfer: data
 # against Keras fit, interleaved: benchmarks/folder.{json,md}.
 bench-folder: install
 	$(PY) scripts/bench_folder.py $(BENCH_FLAGS)
+
+# LiteRT and ONNX exports (float32, float16, dynamic, int8) of the quickstart CNN, a shortened
+# ResNet and a shortened airbench on Fashion-MNIST, each checked by trainer.export against
+# its run's SavedModel: benchmarks/export.{json,md}, runs in runs/bench-export (trained once,
+# about 15 minutes on 2 cores; BENCH_FLAGS=--skip_training exports them again alone).
+EXPORT_STAMP := $(VENV)/.installed-export
+$(EXPORT_STAMP): $(STAMP)
+	@echo "== installing the export extra into $(VENV)"
+	$(PIP) -e '.[export]'
+	touch $@
+
+bench-export: data $(EXPORT_STAMP)
+	$(PY) scripts/bench_export.py $(BENCH_FLAGS)
 
 # The tutorial's seven models on Fashion-MNIST (offline), compared: benchmarks/tutorial.{md,json},
 # TensorBoard runs in runs/tutorial. For MNIST: make tutorial TUTORIAL_FLAGS=--dataset=idx:DIR
