@@ -10,8 +10,8 @@ import shlex
 from absl import flags
 
 from paths import ROOT
-from trainer import evaluate
 from trainer.options import command_line, config, declared, values
+from trainer.run import restored
 
 
 def test_docs_flags_md_is_generated_from_the_declarations():
@@ -40,8 +40,9 @@ def test_roles_decide_the_rerun_and_the_evaluator():
   assert set(declared.READS_DATA) == {"data_dir", "manual_dir", "pipeline", "memory_budget_gb",
                                      "tta"}
   assert set(declared.READS_DATA) < set(declared.HOW_IT_RUNS)
-  # trainer.evaluate takes the run's flags but how it ran, its data flags included.
-  assert set(evaluate._HOW_IT_RAN) == set(declared.HOW_IT_RUNS) - set(declared.READS_DATA)
+  # trainer.evaluate and trainer.export take the run's flags but how it ran, its data
+  # flags included.
+  assert set(restored.HOW_IT_RAN) == set(declared.HOW_IT_RUNS) - set(declared.READS_DATA)
   for name in ("model", "learning_rate", "augment", "ema_decay", "hidden_units"):
     assert name not in declared.HOW_IT_RUNS
   # A warm restart never extends a run by itself: flags.md says what it does on a rerun.
