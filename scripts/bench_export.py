@@ -247,8 +247,8 @@ def findings(result: dict) -> list[str]:
 
 def markdown(result: dict) -> str:
   lines = ["# LiteRT and ONNX exports, each checked against its run", "",
-           f"Measured {result['date']} on {result['machine']} (a machine shared with other "
-           "work: latencies move with its load), by `make bench-export` "
+           f"Measured {result['date']} on {result['machine']} (a VM whose speed drifts: "
+           "compare the latencies within one export, measured side by side), by `make bench-export` "
            "(scripts/bench_export.py). Every export is checked by `trainer.export` itself: "
            "the file run by its runtime (LiteRT's interpreter, onnxruntime) beside the run's "
            "SavedModel of the same weights, on the run's test split. Test accuracy: the "
