@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -127,3 +128,12 @@ def write(output_dir: str, name: str, result: dict, text: str) -> None:
   with open(os.path.join(output_dir, name + ".json"), "w") as f:
     json.dump(result, f, indent=2)
   print(text)
+
+
+def cpu_name() -> str:
+  """The CPU's model name (/proc/cpuinfo), else what platform says."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()

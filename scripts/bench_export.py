@@ -153,12 +153,7 @@ def said(entry: dict) -> str:
 
 
 def machine(result: dict) -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
+  cpu = bench_common.cpu_name()
   reports = [e["report"] for m in result["models"].values() for e in m["exports"]
              if "report" in e]
   tf_part = reports[0]["machine"].split(", ")[-1] if reports else ""

@@ -64,12 +64,7 @@ def global_batch(devices) -> int:
 
 
 def machine() -> dict:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
+  cpu = bench_common.cpu_name()
   gpus = [tf.config.experimental.get_device_details(g).get("device_name", g.name)
           for g in tf.config.list_physical_devices("GPU")]
   return {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus,
