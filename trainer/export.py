@@ -91,23 +91,20 @@ import datetime
 import os
 import platform
 import shlex
-import tempfile
 
 from trainer.process import tf_env
 
 tf_env.apply()  # before anything imports TensorFlow
 
-import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from input_pipeline import stream
 from trainer.deploy import convert, formats, runtimes, verify
 from trainer.options import declared
 from trainer.options.values import flag_arg
 from trainer.process import files
 from trainer.process.errors import UsageError
-from trainer.run import dry_run, export, restored, run_files
+from trainer.run import dry_run, restored, run_files
 # pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order
 
 
@@ -139,68 +136,6 @@ def _check_flags() -> None:
                      "(percentage points)")
 
 
-def checkpoint_of(model_dir: str, which: str) -> str:
-  """The checkpoint prefix --checkpoint names: final (the run's latest), best, or a prefix
-  of the run's own; one line when there is none."""
-  q = shlex.quote
-  if which in ("final", "best"):
-    where = files.join(model_dir, "checkpoints" if which == "final" else "best")
-    path = tf.train.latest_checkpoint(where)
-    if path is None:
-      fix = ("train first with python -m trainer.main " + flag_arg("model_dir", model_dir)
-             if which == "final" else "keep one with --keep_best=accuracy, or export "
-             "--checkpoint=final")
-      raise UsageError(f"no {which} checkpoint in {q(where)}: {fix}")
-    return path
-  run_files.check_own_checkpoint(model_dir, which, "trainer.export")
-  if not tf.io.gfile.exists(which + ".index"):
-    raise UsageError(f"{flag_arg('checkpoint', which)} is no checkpoint: give final, best or "
-                     f"a prefix in {q(files.join(model_dir, 'checkpoints'))} (ckpt-STEP)")
-  return which
-
-
-def default_output(model_dir: str, fmt: str, quantize: str, checkpoint: str,
-                   opset: int | None = None, tta: bool = True) -> str:
-  """model_dir/exports/NAME: model, best or the checkpoint's name (best_ckpt-N for one of
-  best/), then the quantization, an --opset given and _notta for --tta=none: one export
-  does not replace another."""
-  stem = {"final": "model", "best": "best"}.get(checkpoint)
-  if stem is None:
-    parent = os.path.basename(os.path.dirname(checkpoint))
-    stem = ("best_" if parent == "best" else "") + os.path.basename(checkpoint)
-  suffix = "" if quantize == "none" else f"_{quantize}"
-  suffix += (f"_opset{opset}" if opset else "") + ("" if tta else "_notta")
-  return files.join(model_dir, "exports", f"{stem}{suffix}{formats.FORMATS[fmt][0]}")
-
-
-def _check_split(data) -> str:
-  """The labelled split the export is checked on: test, else validation (a Kaggle test
-  CSV has no labels)."""
-  for name in ("test", "validation"):
-    if name in data.splits and data.splits[name].labeled:
-      return name
-  raise UsageError("the run's data has no labelled test or validation split to check the "
-                   "export on (it has " + ", ".join(data.splits) + "): train the run with "
-                   "--validation_split=0.1, or give --dataset with labelled test images")
-
-
-def _in_memory(split, name: str):
-  """A split a streamed run left in its files, decoded (the check reads it whole)."""
-  return stream.materialize(split, name) if isinstance(split, stream.StreamSplit) else split
-
-
-def calibration_images(split, count: int, seed: int) -> np.ndarray:
-  """`count` training images (all when fewer), drawn without replacement by the seed."""
-  n = min(count, len(split))
-  positions = np.sort(np.random.default_rng(seed).choice(len(split), n, replace=False))
-  return split.images_at(positions)
-
-
-def _savedmodel_size(path: str) -> int:
-  return sum(tf.io.gfile.stat(os.path.join(top, name)).length
-             for top, _, names in tf.io.gfile.walk(path) for name in names)
-
-
 def _convert(model, image_shape, tta, class_names, calibration) -> bytes:
   function = convert.frozen_function(model, image_shape, tta)
   if FLAGS.format == "litert":
@@ -222,10 +157,10 @@ def main(argv):
     given["tta"] = "none"
   cfg, recorded = restored.run_config(FLAGS.model_dir, given)
   which = FLAGS.checkpoint or "final"
-  checkpoint = checkpoint_of(cfg.model_dir, which)
-  default = default_output(cfg.model_dir, FLAGS.format, FLAGS.quantize, which,
-                           FLAGS.opset if FLAGS["opset"].present else None,
-                           tta=not FLAGS["tta"].present)
+  checkpoint = restored.checkpoint(cfg.model_dir, which, "trainer.export")
+  default = formats.default_file(cfg.model_dir, FLAGS.format, FLAGS.quantize, which,
+                                 FLAGS.opset if FLAGS["opset"].present else None,
+                                 tta=not FLAGS["tta"].present)
   output = FLAGS.output or default
   run_files.check_output(output, os.path.basename(default))
   suffix = formats.FORMATS[FLAGS.format][0]
@@ -237,7 +172,7 @@ def main(argv):
   if FLAGS.dry_run:
     with dry_run.read_only():
       data = run_files.load_data(cfg)
-    split_name = _check_split(data)
+    split_name = verify.check_split(data)
     print(f"dry run: nothing was written; without --dry_run this exports "
           f"{shlex.quote(checkpoint)} as {what} to {shlex.quote(output)} once it is checked "
           f"against the SavedModel on the {len(data.splits[split_name]):,} {split_name} "
@@ -246,42 +181,23 @@ def main(argv):
   trainer = restored.trainer(cfg, recorded)
   trainer.restore(checkpoint)
   data, info = trainer.data, trainer.data.info
-  split_name = _check_split(data)
-  split = _in_memory(data.splits[split_name], split_name)
+  split_name = verify.check_split(data)
+  split = verify.in_memory(data.splits[split_name], split_name)
   class_names = list(info.class_names) or [str(i) for i in range(info.num_classes)]
   calibration = None
   if FLAGS.quantize == "int8":
-    calibration = calibration_images(data.splits["train"], FLAGS.calibration_examples, cfg.seed)
+    calibration = convert.calibration_images(data.splits["train"],
+                                             FLAGS.calibration_examples, cfg.seed)
   model, tta = trainer.state.eval_model, cfg.tta
   logging.info("converting %s to %s", shlex.quote(checkpoint), what)
   content = _convert(model, info.image_shape, tta, class_names, calibration)
   candidate = (runtimes.LiteRT if FLAGS.format == "litert" else runtimes.Onnx)(
       content, class_names)
-
-  with tempfile.TemporaryDirectory(prefix="tapeloop-export-") as tmp:
-    saved = os.path.join(tmp, "saved_model")
-    export.save_model(model, info.image_shape, saved, info.class_names, tta)
-    reference = runtimes.SavedModel(tf.saved_model.load(saved).signatures["serving_default"])
-    reference_size = _savedmodel_size(saved)
-    logging.info("checking the export on the %d %s images", len(split), split_name)
-    ref_out = verify.classify(reference, split.images)
-    out = verify.classify(candidate, split.images)
-    rows = [verify.row("SavedModel", ref_out, ref_out, split.labels, reference_size,
-                       verify.latency_ms(reference, split.images[0])),
-            verify.row(formats.label(FLAGS.format, FLAGS.quantize), out,
-                       ref_out, split.labels, len(content),
-                       verify.latency_ms(candidate, split.images[0]))]
-  # A drop of exactly the bound is within it, as the flag's help says (the margin: a
-  # bound such as 0.29 is not exact in binary either).
+  logging.info("checking the export on the %d %s images", len(split), split_name)
+  rows = verify.compare(model, info.image_shape, info.class_names, tta, split,
+                        (formats.label(FLAGS.format, FLAGS.quantize), candidate, len(content)))
   drop = verify.accuracy_drop(rows, len(split))
-  published = drop <= FLAGS.max_accuracy_drop + 1e-9
-  versus = ("the SavedModel's accuracy" if abs(drop) < 0.005 else
-            f"{abs(drop):.2f} points {'below' if drop > 0 else 'above'} the SavedModel's "
-            "accuracy")
-  verdict = (f"published: {versus}, within --max_accuracy_drop={FLAGS.max_accuracy_drop:g}"
-             if published else
-             f"not published: its accuracy is {drop:.2f} points below the SavedModel's, "
-             f"more than --max_accuracy_drop={FLAGS.max_accuracy_drop:g}")
+  published, verdict = verify.verdict(drop, FLAGS.max_accuracy_drop)
   report = {
       "model_dir": cfg.model_dir, "checkpoint": checkpoint, "format": FLAGS.format,
       "quantize": FLAGS.quantize, "opset": FLAGS.opset if FLAGS.format == "onnx" else None,

@@ -35,6 +35,14 @@ def frozen_function(model, image_shape, tta=()):
   return named
 
 
+def calibration_images(split, count: int, seed: int) -> np.ndarray:
+  """int8's calibration: `count` training images (all when fewer), drawn without
+  replacement by the seed."""
+  n = min(count, len(split))
+  positions = np.sort(np.random.default_rng(seed).choice(len(split), n, replace=False))
+  return split.images_at(positions)
+
+
 def litert(function, quantize: str, calibration: Iterator[np.ndarray] | None = None) -> bytes:
   """A .tflite file's bytes. quantize: none, float16 (weights), dynamic (int8 weights) or
   int8 (every operation on integers, calibrated on `calibration`'s uint8 images; the

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
 
 from trainer.process.errors import UsageError
@@ -39,6 +40,20 @@ def label(fmt: str, quantize: str) -> str:
 def of_path(path: str) -> str | None:
   """The format of an exported file by its suffix, None for any other path."""
   return next((f for f, (suffix, _, _) in FORMATS.items() if path.endswith(suffix)), None)
+
+
+def default_file(model_dir: str, fmt: str, quantize: str, checkpoint: str,
+                 opset: int | None = None, tta: bool = True) -> str:
+  """model_dir/exports/NAME: model, best or the checkpoint's name (best_ckpt-N for one of
+  best/), then the quantization, an --opset given and _notta for --tta=none: one export
+  does not replace another."""
+  stem = {"final": "model", "best": "best"}.get(checkpoint)
+  if stem is None:
+    parent = os.path.basename(os.path.dirname(checkpoint))
+    stem = ("best_" if parent == "best" else "") + os.path.basename(checkpoint)
+  suffix = "" if quantize == "none" else f"_{quantize}"
+  suffix += (f"_opset{opset}" if opset else "") + ("" if tta else "_notta")
+  return os.path.join(model_dir, "exports", f"{stem}{suffix}{FORMATS[fmt][0]}")
 
 
 def require(fmt: str) -> None:

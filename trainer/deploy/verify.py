@@ -5,10 +5,18 @@ agreement, the largest probability difference, file size and one image's latency
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
+import tempfile
 import time
 
 import numpy as np
+import tensorflow as tf
+
+from input_pipeline import stream
+from trainer.deploy import runtimes
+from trainer.process.errors import UsageError
+from trainer.run import export
 
 # Images per call when classifying a split (each runtime resizes its input to it).
 BATCH = 256
@@ -86,3 +94,50 @@ def _size(n: int) -> str:
   if n < 1000:
     return f"{n} B"
   return f"{n / 1e3:.1f} KB" if n < 1e6 else f"{n / 1e6:.1f} MB"
+
+
+def check_split(data) -> str:
+  """The labelled split an export is checked on: test, else validation (a Kaggle test
+  CSV has no labels)."""
+  for name in ("test", "validation"):
+    if name in data.splits and data.splits[name].labeled:
+      return name
+  raise UsageError("the run's data has no labelled test or validation split to check the "
+                   "export on (it has " + ", ".join(data.splits) + "): train the run with "
+                   "--validation_split=0.1, or give --dataset with labelled test images")
+
+
+def in_memory(split, name: str):
+  """A split a streamed run left in its files, decoded (the check reads it whole)."""
+  return stream.materialize(split, name) if isinstance(split, stream.StreamSplit) else split
+
+
+def compare(model, image_shape, class_names, tta, split, candidate) -> list[Row]:
+  """[the SavedModel's row, the candidate's]: `model` saved as the run's export saves it
+  (into a temporary directory), loaded back by TensorFlow, and the candidate
+  (name, runner, size in bytes) on the split's images."""
+  name, runner, size = candidate
+  with tempfile.TemporaryDirectory(prefix="tapeloop-export-") as tmp:
+    saved = os.path.join(tmp, "saved_model")
+    export.save_model(model, image_shape, saved, class_names, tta)
+    reference = runtimes.SavedModel(tf.saved_model.load(saved).signatures["serving_default"])
+    saved_size = sum(os.path.getsize(os.path.join(top, f))
+                     for top, _, names in os.walk(saved) for f in names)
+    expected = classify(reference, split.images)
+    return [row("SavedModel", expected, expected, split.labels, saved_size,
+                latency_ms(reference, split.images[0])),
+            row(name, classify(runner, split.images), expected, split.labels, size,
+                latency_ms(runner, split.images[0]))]
+
+
+def verdict(drop: float, bound: float) -> tuple[bool, str]:
+  """(published, what the console says) of an export `drop` points below the SavedModel.
+  A drop of exactly the bound is within it, as --max_accuracy_drop's help says (the
+  margin: a bound such as 0.29 is not exact in binary either)."""
+  if drop <= bound + 1e-9:
+    versus = ("the SavedModel's accuracy" if abs(drop) < 0.005 else
+              f"{abs(drop):.2f} points {'below' if drop > 0 else 'above'} the SavedModel's "
+              "accuracy")
+    return True, f"published: {versus}, within --max_accuracy_drop={bound:g}"
+  return False, (f"not published: its accuracy is {drop:.2f} points below the SavedModel's, "
+                 f"more than --max_accuracy_drop={bound:g}")

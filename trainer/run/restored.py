@@ -4,11 +4,15 @@ with the flags given now on top, and a Trainer whose weights a checkpoint of it 
 
 from __future__ import annotations
 
+import shlex
+
 import keras
+import tensorflow as tf
 
 from trainer.inner.trainer import Trainer
 from trainer.options import config, declared
 from trainer.options.values import flag_arg
+from trainer.process import files
 from trainer.process.errors import UsageError
 from trainer.run import distribute, planning, run_files
 
@@ -39,3 +43,23 @@ def trainer(cfg, recorded: dict, writer=None) -> Trainer:
   data = run_files.load_data(cfg)
   plan = planning.resolve(cfg, data, strategy, recorded, training=False)
   return Trainer(cfg, strategy, data, plan=plan, restore=False, writer=writer)
+
+
+def checkpoint(model_dir: str, which: str, program: str) -> str:
+  """The checkpoint prefix `which` names: final (the run's latest), best, or a prefix of
+  the run's own (`program`'s command takes another run's); one line when there is none."""
+  q = shlex.quote
+  if which in ("final", "best"):
+    where = files.join(model_dir, "checkpoints" if which == "final" else "best")
+    path = tf.train.latest_checkpoint(where)
+    if path is None:
+      fix = ("train first with python -m trainer.main " + flag_arg("model_dir", model_dir)
+             if which == "final" else "keep one with --keep_best=accuracy, or give "
+             "--checkpoint=final")
+      raise UsageError(f"no {which} checkpoint in {q(where)}: {fix}")
+    return path
+  run_files.check_own_checkpoint(model_dir, which, program)
+  if not tf.io.gfile.exists(which + ".index"):
+    raise UsageError(f"{flag_arg('checkpoint', which)} is no checkpoint: give final, best or "
+                     f"a prefix in {q(files.join(model_dir, 'checkpoints'))} (ckpt-STEP)")
+  return which
