@@ -12,8 +12,9 @@ import tensorflow as tf
 
 import input_pipeline
 from flag_helpers import parse
-from runs import read_scalars, run
+from runs import in_process, read_scalars, run
 from input_pipeline import specs
+from trainer import evaluate, predict
 from trainer.inner import tta_views
 from trainer.inner.evaluator import Evaluator
 from trainer.process.errors import ConfigError
@@ -91,7 +92,7 @@ def test_a_flip_symmetric_models_tta_eval_equals_the_plain_eval():
                                          "test_tta_accuracy"}
 
 
-def test_a_run_reports_both_exports_tta_and_evaluate_inherits_it(tmp_path):
+def test_a_run_reports_both_exports_tta_and_evaluate_inherits_it(tmp_path, capsys):
   model_dir = str(tmp_path / "run")
   args = ["--model=mlp", "--hidden_units=16", f"--dataset={DATASET}", "--batch_size=32",
           "--epochs=2", "--tta=flip,translate", "--ema_decay=0.5", f"--model_dir={model_dir}"]
@@ -116,16 +117,20 @@ def test_a_run_reports_both_exports_tta_and_evaluate_inherits_it(tmp_path):
     classes[signature] = export.signatures[signature](images=images)["classes"].numpy()
     assert np.mean(classes[signature] == labels) == pytest.approx(results[key], abs=1e-6)
   assert not np.array_equal(classes["serving_default"], classes["serving_plain"])
-  # trainer.predict, as a user runs it: the views averaged, or not with --tta=none.
+  # trainer.predict's and trainer.evaluate's mains (their command lines are run as
+  # subprocesses elsewhere): the views averaged, or not with --tta=none.
   for extra, signature in (((), "serving_default"), (("--tta=none",), "serving_plain")):
     csv = str(tmp_path / f"predictions{len(extra)}.csv")
-    run("trainer.predict", f"--model_dir={model_dir}", f"--output={csv}", *extra)
+    in_process(predict, f"--model_dir={model_dir}", f"--output={csv}", *extra)
     predicted = np.loadtxt(csv, delimiter=",", skiprows=1, dtype=np.int64)[:, 1]
     np.testing.assert_array_equal(predicted, classes[signature])
   # trainer.evaluate takes the run's --tta; --tta=none there turns it off.
-  out = run("trainer.evaluate", f"--model_dir={model_dir}").stdout
+  capsys.readouterr()
+  in_process(evaluate, f"--model_dir={model_dir}")
+  out = capsys.readouterr().out
   assert f"with TTA {results['test_tta_accuracy']:.4f}" in out
   figures = json.load(open(os.path.join(model_dir, "eval_test.json")))
   assert figures["tta_accuracy"] == pytest.approx(results["test_tta_accuracy"], abs=1e-6)
-  out = run("trainer.evaluate", f"--model_dir={model_dir}", "--tta=none").stdout
+  in_process(evaluate, f"--model_dir={model_dir}", "--tta=none")
+  out = capsys.readouterr().out
   assert "TTA" not in out
