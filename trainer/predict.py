@@ -97,11 +97,11 @@ import input_pipeline
 from input_pipeline import DataError
 from input_pipeline.readers import folder
 from input_pipeline.specs import parse_spec
+from trainer.deploy import runtimes
 from trainer.options import declared
 from trainer.options.declared import normalized
-from trainer.deploy import runtimes
-from trainer.process import files
 from trainer.options.values import class_ids
+from trainer.process import files
 from trainer.process.errors import UsageError
 from trainer.run import dry_run, export, run_files
 # pylint: enable=g-import-not-at-top,wrong-import-position,wrong-import-order

@@ -21,12 +21,21 @@ class Runner:
   image_shape (H, W, C), num_classes and class_names (str) describe the model."""
   image_shape: tuple[int, int, int]
   num_classes: int
-  class_names: list[str]
+  _names = np.zeros(0, dtype=object)  # class_names as the outputs give them (bytes)
+
+  @property
+  def class_names(self) -> list[str]:
+    return [n.decode() for n in self._names]
+
+  @class_names.setter
+  def class_names(self, names) -> None:
+    # Encoded once, not on each call: a call's time is the file's latency.
+    self._names = np.array([n.encode() for n in names], dtype=object)
 
   def __call__(self, images) -> dict[str, np.ndarray]:
     probabilities, classes = self._run(np.asarray(images, np.uint8))
-    names = np.array([n.encode() for n in self.class_names], dtype=object)
-    return {"probabilities": probabilities, "classes": classes, "class_names": names[classes]}
+    return {"probabilities": probabilities, "classes": classes,
+            "class_names": self._names[classes]}
 
   def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     raise NotImplementedError
@@ -39,7 +48,7 @@ class SavedModel(Runner):
     self._signature = signature
     self.image_shape = tuple(signature.structured_input_signature[1]["images"].shape[1:])
     self.num_classes = int(signature.structured_outputs["probabilities"].shape[-1])
-    self.class_names = None  # in the graph: each call's class_names output
+    # Its class names are in the graph: each call's class_names output.
 
   def __call__(self, images):
     out = self._signature(images=tf.constant(np.asarray(images, np.uint8)))
