@@ -55,6 +55,24 @@ def test_cnn_configurable():
     models.create("cnn", num_classes=10, image_shape=(28, 28, 1), filters=(8,), kernel_sizes=(3, 3))
 
 
+def test_cnn_pools_before_its_relu_with_relu_then_pool_values_and_gradients():
+  from models.cnn import ReluMaxPool
+  # Negative everywhere in some windows (ReLU's zeros tie there) and mixed in others.
+  x = tf.constant(np.random.default_rng(0).normal(-0.5, 1, (4, 12, 12, 3)), tf.float32)
+  reference = lambda t: keras.layers.MaxPooling2D(2)(tf.nn.relu(t))
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(x)
+    ours, theirs = ReluMaxPool(2)(x), reference(x)
+    weights = tf.random.stateless_normal(ours.shape, (1, 2))
+    loss_ours, loss_theirs = tf.reduce_sum(ours * weights), tf.reduce_sum(theirs * weights)
+  np.testing.assert_array_equal(ours, theirs)
+  assert float(tf.reduce_min(ours)) == 0.0 and float(tf.reduce_max(ours)) > 0
+  np.testing.assert_array_equal(tape.gradient(loss_ours, x), tape.gradient(loss_theirs, x))
+  model = models.create("cnn", num_classes=10, image_shape=(28, 28, 1))
+  assert [type(l).__name__ for l in model.features[:2]] == ["Conv2D", "ReluMaxPool"]
+  assert model.features[0].activation.__name__ == "linear"
+
+
 def test_resnet_parameter_count():
   model = models.create("resnet", num_classes=10, image_shape=(28, 28, 1))
   stem = 9 * 32 + 4 * 32
