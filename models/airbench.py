@@ -14,7 +14,7 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from models.common import ImageClassifier, InputTooSmall, regularizer
+from models.common import BatchNormalization, ImageClassifier, InputTooSmall, regularizer
 
 # airbench's: the logits of its bias-free head, scaled down (a softer start).
 _LOGIT_SCALE = 1 / 9
@@ -23,11 +23,11 @@ _LOGIT_SCALE = 1 / 9
 _FIT_PATCHES = 2_000_000
 
 
-def batch_norm(momentum: float, sync: bool, dtype) -> keras.layers.BatchNormalization:
+def batch_norm(momentum: float, sync: bool, dtype) -> BatchNormalization:
   # airbench's: the scale fixed at 1 (only the shift learns). Its eps, 1e-12, blew up evals
   # here (a near-constant channel divided by ~0); PyTorch's default instead.
-  return keras.layers.BatchNormalization(momentum=momentum, epsilon=1e-5, scale=False,
-                                         synchronized=sync, dtype=dtype)
+  return BatchNormalization(momentum=momentum, epsilon=1e-5, scale=False,
+                            synchronized=sync, dtype=dtype)
 
 
 class PatchWhitening(keras.layers.Layer):

@@ -88,6 +88,35 @@ class Dropout(keras.layers.Dropout):
     return tf.where(keep, inputs * scale, tf.zeros_like(inputs))
 
 
+class BatchNormalization(keras.layers.BatchNormalization):
+  """Keras's batch norm, trained through TensorFlow's fused kernel (FusedBatchNormV3: one
+  oneDNN pass forward and one back on a CPU, cuDNN's on a GPU) where Keras would write
+  moments, normalization and their gradients as a dozen element-wise ops and reductions
+  over the whole activation. The same weights, moving averages (Keras's update, with the
+  biased batch variance) and, within float rounding, outputs; inference, masks, renorm
+  and synchronized (cross-replica) statistics are Keras's own."""
+
+  def call(self, inputs, training=None, mask=None):
+    if not (training and self.trainable) or mask is not None or self.renorm or \
+        self.synchronized or len(inputs.shape) != 4 or self.axis not in (-1, 3):
+      return super().call(inputs, training=training, mask=mask)
+    x = tf.cast(inputs, tf.float32)  # Keras normalizes in float32 under every policy
+    channels = x.shape[-1]
+    gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
+    beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])
+    y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        x, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True)[:3]
+    # The kernel's batch variance has Bessel's correction (n / (n - 1)); Keras averages
+    # the biased one.
+    n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+    variance = variance * (n - 1.0) / n
+    m = self.momentum
+    self.moving_mean.assign(self.moving_mean * m + tf.stop_gradient(mean) * (1.0 - m))
+    self.moving_variance.assign(self.moving_variance * m
+                                + tf.stop_gradient(variance) * (1.0 - m))
+    return tf.cast(y, self.compute_dtype)
+
+
 class CheckpointLists:
   """Makes layers held in lists or tuples children in tf.train.Checkpoint's object graph.
 

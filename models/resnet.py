@@ -6,7 +6,8 @@ from typing import Sequence
 
 import keras
 
-from models.common import CheckpointLists, Dropout, ImageClassifier, logits_head, regularizer
+from models.common import (BatchNormalization, CheckpointLists, Dropout, ImageClassifier,
+                           logits_head, regularizer)
 
 
 class ResidualBlock(CheckpointLists, keras.layers.Layer):
@@ -18,7 +19,7 @@ class ResidualBlock(CheckpointLists, keras.layers.Layer):
     p, reg = self.dtype_policy, regularizer(l2)
     conv = lambda k, s: keras.layers.Conv2D(width, k, strides=s, padding="same", use_bias=False,
                                             kernel_regularizer=reg, dtype=p)
-    bn = lambda: keras.layers.BatchNormalization(momentum=momentum, synchronized=sync, dtype=p)
+    bn = lambda: BatchNormalization(momentum=momentum, synchronized=sync, dtype=p)
     self.conv1, self.bn1 = conv(3, stride), bn()
     self.conv2, self.bn2 = conv(3, 1), bn()
     self.proj = (conv(1, stride), bn()) if project else None
@@ -44,8 +45,8 @@ class ResNet(ImageClassifier):
     p = self.dtype_policy
     self.stem = keras.layers.Conv2D(widths[0], 3, padding="same", use_bias=False,
                                     kernel_regularizer=regularizer(l2), dtype=p)
-    self.stem_bn = keras.layers.BatchNormalization(momentum=bn_momentum,
-                                                   synchronized=sync_batch_norm, dtype=p)
+    self.stem_bn = BatchNormalization(momentum=bn_momentum, synchronized=sync_batch_norm,
+                                      dtype=p)
     self.blocks = []
     in_width = widths[0]
     for s, width in enumerate(widths):
