@@ -100,7 +100,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
     if not (training and self.trainable) or mask is not None or self.renorm or \
         self.synchronized or len(inputs.shape) != 4 or self.axis not in (-1, 3):
       return super().call(inputs, training=training, mask=mask)
-    x = tf.cast(inputs, tf.float32)  # Keras normalizes in float32 under every policy
+    x = inputs
+    if x.dtype not in (tf.bfloat16, tf.float16):
+      x = tf.cast(x, tf.float32)
+    # A 16-bit input goes in as it is: the kernel computes the statistics and the
+    # normalization in float32 (Keras casts the whole activation to float32 and back).
     channels = x.shape[-1]
     gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels])
     beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels])

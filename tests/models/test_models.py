@@ -73,12 +73,15 @@ def test_cnn_pools_before_its_relu_with_relu_then_pool_values_and_gradients():
   assert model.features[0].activation.__name__ == "linear"
 
 
-@pytest.mark.parametrize("scale", [True, False])  # airbench's norms have no scale
-def test_fused_batch_norm_trains_as_keras_batch_norm(scale):
+# airbench's norms have no scale; a 16-bit activation goes into the kernel as it is.
+@pytest.mark.parametrize("scale,policy", [(True, "float32"), (False, "float32"),
+                                          (True, "mixed_bfloat16")])
+def test_fused_batch_norm_trains_as_keras_batch_norm(scale, policy):
   from models.common import BatchNormalization
-  x = tf.constant(np.random.default_rng(0).normal(2, 3, (8, 5, 5, 4)), tf.float32)
-  ours = BatchNormalization(momentum=0.9, scale=scale)
-  theirs = keras.layers.BatchNormalization(momentum=0.9, scale=scale)
+  dtype = COMPUTE[policy]
+  x = tf.constant(np.random.default_rng(0).normal(2, 3, (8, 5, 5, 4)), dtype)
+  ours = BatchNormalization(momentum=0.9, scale=scale, dtype=policy)
+  theirs = keras.layers.BatchNormalization(momentum=0.9, scale=scale, dtype=policy)
   ours.build(x.shape), theirs.build(x.shape)
   for a, b in zip(ours.weights, theirs.weights):  # away from the initial 0s and 1s
     b.assign(b + tf.random.stateless_normal(b.shape, (0, 1))), a.assign(b)
@@ -86,17 +89,22 @@ def test_fused_batch_norm_trains_as_keras_batch_norm(scale):
   with tf.GradientTape(persistent=True) as tape:
     tape.watch(x)
     y_ours, y_theirs = ours(x, training=True), theirs(x, training=True)
-    loss_ours, loss_theirs = tf.reduce_sum(y_ours * weights), tf.reduce_sum(y_theirs * weights)
-  close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-5)
-  close(y_ours, y_theirs)
-  close(tape.gradient(loss_ours, x), tape.gradient(loss_theirs, x))
+    f32 = lambda t: tf.cast(t, tf.float32)
+    loss_ours = tf.reduce_sum(f32(y_ours) * weights)
+    loss_theirs = tf.reduce_sum(f32(y_theirs) * weights)
+  close = lambda a, b, tol=2e-5: np.testing.assert_allclose(f32(a), f32(b), rtol=tol, atol=tol)
+  assert y_ours.dtype == y_theirs.dtype == dtype
+  # bfloat16 has 8 bits of mantissa: one rounding apart at most.
+  activations = 2e-5 if dtype == "float32" else 1.6e-2
+  close(y_ours, y_theirs, activations)
+  close(tape.gradient(loss_ours, x), tape.gradient(loss_theirs, x), activations)
   for a, b in zip(tape.gradient(loss_ours, ours.trainable_weights),
                   tape.gradient(loss_theirs, theirs.trainable_weights)):
     close(a, b)
   for a, b in zip(ours.non_trainable_weights, theirs.non_trainable_weights):  # moving stats
     close(a, b)
   assert not np.allclose(ours.moving_variance, 1 + 0 * ours.moving_variance)
-  close(ours(x, training=False), theirs(x, training=False))  # inference: Keras's own
+  close(ours(x, training=False), theirs(x, training=False), activations)  # Keras's own
 
 
 def test_resnet_parameter_count():
