@@ -111,11 +111,12 @@ def test_auto_precision_builds_the_run_in_the_policy_it_resolved_to(tmp_path, mo
   assert caplog.text.count("precision policy: mixed_bfloat16 (auto: cnn trained faster in "
                            "bfloat16 on this CPU)") == 1
   # flags.json keeps the text and the policy it resolved to; a rerun compares the policy:
-  # an explicit mixed_bfloat16 is the same run (it only evaluates and exports).
+  # an explicit mixed_bfloat16 is the same run (it only evaluates and exports), also by
+  # its directory alone (the run's flags taken, the policy on top).
   record = json.loads((run / "flags.json").read_text())
   assert (record["mixed_precision"], record[run_files.PRECISION]) == ("auto", "mixed_bfloat16")
-  again = train.train_and_evaluate(parse(*args, "--mixed_precision=mixed_bfloat16",
-                                         f"--model_dir={run}"))
+  again = train.train_and_evaluate(config.from_args(
+      [f"--model_dir={run}", "--mixed_precision=mixed_bfloat16"], run_files.read_record))
   assert again["precision"] == "mixed_bfloat16" and "flag_changes" not in again
   # A run recorded in float32 before the policy was recorded (an older flags.json), rerun
   # with auto resolving to bfloat16 here: another run, refused with both, unless allowed.

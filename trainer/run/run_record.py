@@ -55,17 +55,15 @@ def recorded_precision(recorded: dict, auto: str) -> str:
   return recorded.get(PRECISION) or (auto if text == "auto" else text)
 
 
-def _precision_change(recorded: dict, text: str, auto: str,
-                      here: str = "") -> tuple[str, str] | None:
-  """(recorded, current) --mixed_precision when the policies they resolve to differ (auto
-  with its policy: auto (mixed_bfloat16`here`)); None when they are one (float32 and an
+def _precision_change(recorded: dict, text: str, auto: str) -> tuple[str, str] | None:
+  """(recorded, current) --mixed_precision when the policies they resolve to differ, an
+  auto with its policy (auto (mixed_bfloat16)); None when they are one (float32 and an
   auto that resolves to it are the same run)."""
   old, new = recorded_precision(recorded, auto), auto if text == "auto" else text
   if old == new:
     return None
-  old_text = recorded.get("mixed_precision", "float32")
-  shown = lambda t, policy, where: f"auto ({policy}{where})" if t == "auto" else t
-  return shown(old_text, old, " at its start" if here else ""), shown(text, new, here)
+  shown = lambda t, policy: f"auto ({policy})" if t == "auto" else t
+  return shown(recorded.get("mixed_precision", "float32"), old), shown(text, new)
 
 
 def _same(name: str, a, b) -> bool:
@@ -126,11 +124,14 @@ def check_precision(config: Config, recorded: dict | None, policy: str, auto: st
   trains in (policy: this one's; auto: what auto resolves to here), naming both the text
   and what auto resolved to, unless --allow_changed_flags names it; returns the change to
   record. An explicit policy and an auto that resolves to it are the same run."""
-  change = recorded and _precision_change(recorded, config.mixed_precision, auto, " here")
+  change = recorded and _precision_change(recorded, config.mixed_precision, auto)
   if not change:
     return {}
-  shown = f"--mixed_precision={change[0]} -> {change[1]}"
   old = recorded_precision(recorded, auto)
+  at = lambda text, resolved, where: f"auto ({resolved} {where})" if text == "auto" else text
+  was = recorded.get("mixed_precision", "float32")
+  shown = (f"--mixed_precision={at(was, old, 'at its start')} -> "
+           f"{at(config.mixed_precision, policy, 'here')}")
   if "mixed_precision" not in config.allow_changed_flags:
     raise ConfigError(
         f"{flag_arg('model_dir', config.model_dir)} holds a run trained in {old}: {shown}; "
@@ -139,7 +140,7 @@ def check_precision(config: Config, recorded: dict | None, policy: str, auto: st
         "--allow_changed_flags=mixed_precision")
   logging.warning("%s (--allow_changed_flags): continuing the run in %s; recorded in %s",
                   shown, policy, CHANGES)
-  return {"mixed_precision": _precision_change(recorded, config.mixed_precision, auto)}
+  return {"mixed_precision": change}
 
 
 def horizon(config: Config, recorded: dict | None, steps_per_epoch: int,
@@ -282,8 +283,8 @@ def write(config: Config, recorded: dict | None, history: list[dict], changes: d
           step: int, plan, pipeline: str) -> list[dict]:
   """Records the run's flags (with the schedule's horizon), input pipeline and precision
   policy at its first start, and any allowed change, extension or warm restart after it
-  (plan: planning.Plan) on the changes recorded so far (history, run_files.read_changes); returns the recorded
-  changes (for results.json)."""
+  (plan: planning.Plan) on the changes recorded so far (history, run_files.read_changes);
+  returns the recorded changes (for results.json)."""
   model_dir, total_steps, horizon = config.model_dir, plan.total_steps, plan.horizon
   history = list(history)
   if recorded is None or not run_files.has_record(model_dir):
