@@ -153,13 +153,15 @@ def keras_model(name: str) -> keras.Model:
 
 def make_trainer(name, data, steps_per_loop, model_dir, devices=(), flags=()):
   """A Trainer of the benchmark model `name` on `data`, built as trainer.main builds it;
-  flags: beyond the model's (e.g. --mixed_precision=auto)."""
+  flags: beyond the model's (e.g. --mixed_precision=auto). float32 unless they say: the
+  peers and Keras fit it is measured against compute in float32."""
   from trainer.run import distribute
   from trainer.run import planning  # pylint: disable=g-import-not-at-top
   from trainer.inner.trainer import Trainer  # pylint: disable=g-import-not-at-top
   cfg = config([*bench_common.model_args(name), f"--dataset={DATASET}",
                 f"--batch_size={global_batch(devices)}", f"--steps_per_loop={steps_per_loop}",
-                *strategy_flags(devices), *flags, f"--model_dir={model_dir}"])
+                *strategy_flags(devices), "--mixed_precision=float32", *flags,
+                f"--model_dir={model_dir}"])
   strategy = distribute.create_strategy(cfg)
   return Trainer(cfg, strategy, data, planning.resolve(cfg, data, strategy))
 

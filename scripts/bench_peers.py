@@ -169,8 +169,9 @@ def peers_markdown(result: dict) -> str:
       f"batch gathered and normalized inside each step; {result['repeats']} interleaved "
       "repeats, every job in a fresh process: median examples/s. Each peer at its faster "
       "thread setting (t1: one thread, t0: the default); JAX scan runs K steps per call. "
-      "tapeloop with its defaults (--jit_compile=auto: column XLA); column auto: with "
-      "--mixed_precision=auto (the conv models; its policy named), against float32 peers.",
+      "tapeloop with its defaults but float32 (--jit_compile=auto: column XLA); column "
+      "auto: with --mixed_precision=auto (the conv models; its policy named), against "
+      "float32 peers.",
       "",
       "| model | parameters | tapeloop | XLA | auto | Keras fit (best) | JAX jit | JAX scan | "
       "PyTorch eager | torch.compile | vs best peer | auto vs best peer | vs best fit | "

@@ -52,6 +52,11 @@ def _files(tmp):
   with open(d("a_file"), "w") as f:
     f.write("x")
   _init_from_sources(d)
+  # A run of GOOD's mlp recorded in mixed_bfloat16: auto, the default, is float32 for an
+  # mlp on any CPU.
+  bf16 = parse(*GOOD, "--mixed_precision=mixed_bfloat16", f"--model_dir={d('bf16_run')}")
+  run_files.write_record(d("bf16_run"), {**bf16.flag_values,
+                                         run_files.PRECISION: "mixed_bfloat16"})
   write_image_folder(d("photos"), per_split=(("train", 6),))  # sizes 20x24 to 40x28
   write_image_folder(d("broken"), per_split=(("train", 6),), sizes=((12, 12),))
   with open(d("broken", "train", "dog", "zz_broken.png"), "wb") as f:
@@ -166,6 +171,10 @@ def _cases(t):
        "ImageNet weights"),
       (["--lr_schedule=cosine", "--warmup_steps=2"], "--warmup_steps=2 is not below the "
        "schedule's 2 steps"),
+      ([f"--model_dir={t}/bf16_run"], f"--model_dir={t}/bf16_run holds a run trained in "
+       "mixed_bfloat16: --mixed_precision=mixed_bfloat16 -> auto (float32 here); this changes "
+       "what is trained: rerun with --mixed_precision=mixed_bfloat16, use a new --model_dir, "
+       "or continue this run in float32 with --allow_changed_flags=mixed_precision"),
   ]
 
 

@@ -70,7 +70,8 @@ def test_every_field_is_typed_and_holds_a_value_of_its_type():
 def test_defaults_and_model_hparams():
   cfg = parse("--model=mlp", "--hidden_units=500,500", "--dropout=0.2")
   assert cfg.model_hparams == {"hidden_units": (500, 500), "dropout": 0.2}
-  assert cfg.batch_size == 128 and cfg.optimizer == "adam" and cfg.mixed_precision == "float32"
+  assert cfg.batch_size == 128 and cfg.optimizer == "adam"
+  assert config.from_args(["--model=mlp"]).mixed_precision == "auto"  # parse pins float32
   assert cfg.model_dir == "runs/mlp-mnist"
   assert cfg.flag_values["hidden_units"] == ["500", "500"]
   assert "verbosity" not in cfg.flag_values  # only tapeloop's own flags

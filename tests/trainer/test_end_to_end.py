@@ -73,7 +73,8 @@ def test_console_progress_lines(trained):
   assert "step 4/16  epoch 0.50  loss" in proc.stderr and "examples/s  ETA" in proc.stderr
   assert "eval on validation at step 4" in proc.stderr
   assert "strategy: _DefaultDistributionStrategy" in proc.stderr
-  assert "precision policy: float32" in proc.stderr
+  # The default --mixed_precision=auto says what it chose and why, for an mlp too.
+  assert "precision policy: float32 (auto: mlp trained slower in bfloat16 on CPU)" in proc.stderr
   assert "Traceback" not in proc.stderr
 
 

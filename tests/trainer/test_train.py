@@ -18,9 +18,10 @@ from absl import logging as absl_logging
 from trainer.inner.evaluator import Evaluator
 from trainer.inner.trainer import Trainer
 from trainer.process.errors import ConfigError, Interrupted
-from trainer.run import distribute, planning, train
+from trainer.options import config
+from trainer.run import child_runs, distribute, planning, run_files, train
 from trainer.run.results import memory_scalars, peak_memory
-from datafiles import write_kaggle_csv
+from datafiles import tree_digest, write_kaggle_csv
 from flag_helpers import build_trainer, parse
 from runs import _accumulator, read_images, read_scalars
 
@@ -83,21 +84,92 @@ def test_auto_precision_is_bfloat16_only_where_it_measured_faster(monkeypatch, m
       "mixed_float16", "--mixed_precision=mixed_float16")
 
 
-def test_auto_precision_builds_the_run_in_the_policy_it_resolved_to(tmp_path, monkeypatch):
+def test_auto_precision_builds_the_run_in_the_policy_it_resolved_to(tmp_path, monkeypatch,
+                                                                     caplog):
   monkeypatch.setattr(planning, "cpu_has_bf16", lambda: True)
   args = ["--model=cnn", "--filters=4", "--kernel_sizes=3", "--dense_units=8", "--batch_size=8",
           "--dataset=synthetic:shape=8x8x1,classes=3,train=32,test=8", "--train_steps=2",
-          "--mixed_precision=auto"]
-  cfg = parse(*args, f"--model_dir={tmp_path / 'a'}")
+          "--eval_images=false"]
+  cfg = parse(*args, "--mixed_precision=auto", f"--model_dir={tmp_path / 'a'}")
   trainer = build_trainer(cfg)
   assert trainer.state.model.dtype_policy.name == "mixed_bfloat16"
   # One Config per run: it keeps what was asked; the plan holds what it resolved to.
   assert (trainer.config.mixed_precision, trainer.plan.precision) == ("auto", "mixed_bfloat16")
   assert trainer.state.precision == "mixed_bfloat16" and not hasattr(trainer, "model")
-  results = train.train_and_evaluate(parse(*args, f"--model_dir={tmp_path}"))
+  run = tmp_path / "run"
+  cfg = config.from_args([*args, f"--model_dir={run}"])  # the default: auto
+  old = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.INFO)  # absl drops INFO below its own verbosity
+  try:
+    with caplog.at_level(logging.INFO, logger="absl"):
+      results = train.train_and_evaluate(cfg)
+  finally:
+    absl_logging.set_verbosity(old)
   assert results["precision"] == "mixed_bfloat16"
-  assert results["flags"]["mixed_precision"] == "auto"  # a rerun compares what was asked
-  assert all(v.dtype == np.float32 for v in _weights(tmp_path).values())
+  assert all(v.dtype == np.float32 for v in _weights(run).values())
+  # The choice and its reason, once, at the start.
+  assert caplog.text.count("precision policy: mixed_bfloat16 (auto: cnn trained faster in "
+                           "bfloat16 on this CPU)") == 1
+  # flags.json keeps the text and the policy it resolved to; a rerun compares the policy:
+  # an explicit mixed_bfloat16 is the same run (it only evaluates and exports), also by
+  # its directory alone (the run's flags taken, the policy on top).
+  record = json.loads((run / "flags.json").read_text())
+  assert (record["mixed_precision"], record[run_files.PRECISION]) == ("auto", "mixed_bfloat16")
+  again = train.train_and_evaluate(config.from_args(
+      [f"--model_dir={run}", "--mixed_precision=mixed_bfloat16"], run_files.read_record))
+  assert again["precision"] == "mixed_bfloat16" and "flag_changes" not in again
+  # A run recorded in float32 before the policy was recorded (an older flags.json), rerun
+  # with auto resolving to bfloat16 here: another run, refused with both, unless allowed.
+  record["mixed_precision"] = "float32"
+  del record[run_files.PRECISION]
+  (run / "flags.json").write_text(json.dumps(record))
+  before = tree_digest(run)
+  with pytest.raises(ConfigError) as refused:
+    train.train_and_evaluate(parse(*args, "--mixed_precision=auto", f"--model_dir={run}"))
+  assert str(refused.value) == (
+      f"--model_dir={run} holds a run trained in float32: --mixed_precision=float32 -> auto "
+      "(mixed_bfloat16 here); this changes what is trained: rerun with "
+      "--mixed_precision=float32, use a new --model_dir, or continue this run in "
+      "mixed_bfloat16 with --allow_changed_flags=mixed_precision")
+  assert tree_digest(run) == before
+  allowed = train.train_and_evaluate(parse(*args, "--mixed_precision=auto", f"--model_dir={run}",
+                                           "--allow_changed_flags=mixed_precision"))
+  assert allowed["precision"] == "mixed_bfloat16"
+  assert allowed["flag_changes"][0]["changed"] == {
+      "mixed_precision": {"old": "float32", "new": "auto (mixed_bfloat16)"}}
+  record = json.loads((run / "flags.json").read_text())
+  assert (record["mixed_precision"], record[run_files.PRECISION]) == ("auto", "mixed_bfloat16")
+
+
+def test_a_recorded_auto_is_the_policy_it_resolved_to_at_its_start(tmp_path, monkeypatch):
+  """An older flags.json's auto resolves now; a recorded one is what the run trains and is
+  evaluated in, whatever this CPU; a sweep's check of a rerun compares policies too."""
+  args = ["--model=cnn", "--filters=4", "--kernel_sizes=3", "--dense_units=8",
+          "--dataset=synthetic:shape=8x8x1,classes=3,train=32,test=8", "--batch_size=8",
+          f"--model_dir={tmp_path}"]
+  cfg = parse(*args)  # float32
+  data, strategy = run_files.load_data(cfg), distribute.create_strategy(cfg)
+  older = {**cfg.flag_values, "mixed_precision": "auto"}  # no precision recorded
+  monkeypatch.setattr(planning, "cpu_has_bf16", lambda: False)
+  assert planning.resolve(cfg, data, strategy, older).changes == {}  # auto: float32 here
+  monkeypatch.setattr(planning, "cpu_has_bf16", lambda: True)
+  with pytest.raises(ConfigError, match=r"holds a run trained in mixed_bfloat16: "
+                     r"--mixed_precision=auto \(mixed_bfloat16 at its start\) -> float32; "):
+    planning.resolve(cfg, data, strategy, older)
+  recorded = {**older, run_files.PRECISION: "mixed_bfloat16"}
+  monkeypatch.setattr(planning, "cpu_has_bf16", lambda: False)
+  auto = parse(*args, "--mixed_precision=auto")
+  with pytest.raises(ConfigError, match=r"--mixed_precision=auto \(mixed_bfloat16 at its "
+                     r"start\) -> auto \(float32 here\)"):
+    planning.resolve(auto, data, strategy, recorded)
+  evaluated = planning.resolve(auto, data, strategy, recorded, training=False)
+  assert evaluated.precision == "mixed_bfloat16"
+  # The sweep's and the tuner's look before a rerun: an mlp's auto is float32 on any CPU.
+  mlp = parse("--model=mlp", f"--model_dir={tmp_path}").flag_values
+  assert child_runs.changed_flags(mlp, {**mlp, "mixed_precision": "auto"}) == {}
+  assert child_runs.changed_flags({**mlp, "mixed_precision": "mixed_bfloat16"},
+                                  {**mlp, "mixed_precision": "auto"}) == {
+      "mixed_precision": ("mixed_bfloat16", "auto (float32)")}
 
 
 def test_unwritable_model_dir_is_refused_before_any_work(tmp_path, monkeypatch):

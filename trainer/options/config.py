@@ -227,7 +227,9 @@ def _by_directory(values: dict[str, Any], given: set[str],
   how it runs, or a longer run) means that run: its recorded flags (flags.json), with the
   given ones on top, rather than the defaults compared against them. A flag of what it
   trains that --allow_changed_flags names is a change to that run, so it too takes them."""
-  allowed = set(values["allow_changed_flags"] or ())
+  # --mixed_precision given too: the run's policy is compared once resolved (run_record's
+  # check_precision), and the fix of a refused one is to give the recorded policy.
+  allowed = {*(values["allow_changed_flags"] or ()), "mixed_precision"}
   what = [n for n in given if declared.BY_NAME[n].role == declared.WHAT and n not in allowed]
   if "model_dir" not in given or what:
     return values

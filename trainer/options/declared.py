@@ -255,9 +255,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("intra_op_threads", int, None, "Threads one TensorFlow op may use (default "
            "TensorFlow's: all cores, the fastest measured for every model here, the MLP 1x50 "
            "inside the XLA loop included).", _H, HOW, check=positive),
-    Option("mixed_precision", str, "float32", "float32, mixed_float16 (with loss scaling), "
+    Option("mixed_precision", str, "auto", "float32, mixed_float16 (with loss scaling), "
            "mixed_bfloat16, or auto: mixed_bfloat16 for convolution models on a CPU with "
-           "AVX-512 BF16 (where it measured faster and as accurate), else float32.", _H,
+           "AVX-512 BF16 (where it measured faster and as accurate), else float32. A rerun "
+           "compares the policy it resolves to.", _H,
            check=one_of((*POLICIES, "auto"))),
     Option("jit_compile", str, "auto", "XLA: loop compiles the whole inner loop (one replica, "
            "in-memory data); step each training step (on several replicas its forward and "

@@ -19,7 +19,7 @@ from trainer.inner import summaries
 from trainer.options import config, declared, values
 from trainer.process import files
 from trainer.process.tf_env import PARENT_ENV
-from trainer.run import run_files, run_record
+from trainer.run import planning, run_files, run_record
 
 # The checkout (trainer/run/child_runs.py is three levels down): first on a child's path.
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -58,8 +58,11 @@ def flags_for(args: list[str]) -> dict | None:
 
 def changed_flags(recorded: dict, current: dict) -> dict[str, tuple]:
   """{flag: (recorded value, current value)} for the flags of what is trained and of the
-  run's length (not how it runs), by trainer/run/run_record.py's own comparison."""
-  return {name: values for name, values in run_record.differences(recorded, current).items()
+  run's length (not how it runs), by trainer/run/run_record.py's own comparison
+  (--mixed_precision=auto as it resolves on this machine)."""
+  auto = planning.auto_precision(current.get("model"))[0]
+  return {name: values
+          for name, values in run_record.differences(recorded, current, auto).items()
           if name not in declared.HOW_IT_RUNS}
 
 

@@ -132,6 +132,7 @@ def _report(config: Config, fresh: bool = False) -> str:
   except tfds_source.NotPrepared as e:  # the host resolves: the run would download it
     return _to_download(config, e, recorded)
   plan = planning.resolve(config, data, strategy, recorded)
+  changed = {**changed, **plan.changes}
   step = 0 if fresh else latest_step(config.model_dir) or 0
   run_record.check_length(config, step, plan.total_steps)
   sizes = ", ".join(f"{name} {len(split):,}" for name, split in data.splits.items())

@@ -51,6 +51,9 @@ class Plan:
   eval_interval: int  # steps: --eval_every, else once per epoch
   checkpoint_interval: int  # steps: --checkpoint_every, else once per epoch
   unfreeze_step: int | None = None  # --unfreeze_at_epoch's first step (None: none)
+  # A change of the resolved --mixed_precision that --allow_changed_flags allowed, to record
+  # with run_record.check's (compared here, where both policies are known).
+  changes: dict = dataclasses.field(default_factory=dict)
 
 
 def eval_split(data: Data) -> str | None:
@@ -106,26 +109,36 @@ def cpu_has_bf16() -> bool:
   return False
 
 
-def precision(config: Config, strategy: tf.distribute.Strategy) -> tuple[str, str]:
-  """The policy --mixed_precision means for this run, and why (auto: bfloat16 only where
-  it was measured faster)."""
-  asked = config.mixed_precision
-  if asked != "auto":
-    return asked, f"--mixed_precision={asked}"
-  try:
-    devices = list(strategy.extended.worker_devices)
-  except RuntimeError:  # the default strategy: TensorFlow's default device
-    devices = [d.name for d in tf.config.list_logical_devices("GPU")[:1]] or ["CPU"]
+def auto_precision(model: str, strategy: tf.distribute.Strategy | None = None
+                   ) -> tuple[str, str]:
+  """The policy --mixed_precision=auto means for `model` under `strategy`, and why:
+  bfloat16 only where it was measured faster. strategy None: this machine's first GPU, else
+  its CPU (a launcher's look at the runs it starts, before their strategies exist)."""
+  if strategy is None:  # the physical devices: listing them starts no runtime
+    devices = [d.name for d in tf.config.list_physical_devices("GPU")[:1]] or ["CPU"]
+  else:
+    try:
+      devices = list(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy: TensorFlow's default device
+      devices = [d.name for d in tf.config.list_logical_devices("GPU")[:1]] or ["CPU"]
   if any("GPU" in d.upper() for d in devices):
     return "float32", ("auto: not measured on GPUs here (ask for mixed_float16 or "
                        "mixed_bfloat16)")
-  if config.model not in BF16_FASTER:
-    return "float32", (f"auto: {config.model} trained slower in bfloat16 on CPU"
-                       if config.model in MEASURED else
-                       f"auto: {config.model} not measured in bfloat16 (ask for it)")
+  if model not in BF16_FASTER:
+    return "float32", (f"auto: {model} trained slower in bfloat16 on CPU"
+                       if model in MEASURED else
+                       f"auto: {model} not measured in bfloat16 (ask for it)")
   if not cpu_has_bf16():
     return "float32", "auto: this CPU has no AVX-512 BF16 (bfloat16 would be emulated)"
-  return "mixed_bfloat16", f"auto: {config.model} trained faster in bfloat16 on this CPU"
+  return "mixed_bfloat16", f"auto: {model} trained faster in bfloat16 on this CPU"
+
+
+def precision(config: Config, strategy: tf.distribute.Strategy) -> tuple[str, str]:
+  """The policy --mixed_precision means for this run, and why."""
+  asked = config.mixed_precision
+  if asked != "auto":
+    return asked, f"--mixed_precision={asked}"
+  return auto_precision(config.model, strategy)
 
 
 def _check_training(config: Config, data: Data, split: str | None) -> None:
@@ -160,6 +173,16 @@ def resolve(config: Config, data: Data, strategy: tf.distribute.Strategy,
   split = eval_split(data)
   jit, reason = jit_mode(config, replicas, data.pipeline)
   policy, why = precision(config, strategy)
+  changes = {}
+  if recorded is not None:  # the record's policy against this one, both resolved
+    auto = auto_precision(config.model, strategy)[0]
+    if training:
+      changes = run_record.check_precision(config, recorded, policy, auto)
+    elif config.mixed_precision == recorded.get("mixed_precision"):
+      # The run's checkpoints evaluated in the policy they trained in.
+      kept = run_record.recorded_precision(recorded, auto)
+      if kept != policy:
+        policy, why = kept, "auto: the policy the run trained in (flags.json)"
   if training:
     _check_training(config, data, split)
   steps_per_epoch, total_steps = config.steps_for(len(data.splits["train"]))
@@ -180,4 +203,4 @@ def resolve(config: Config, data: Data, strategy: tf.distribute.Strategy,
               precision_reason=why, replicas=replicas,
               eval_interval=config.eval_every or steps_per_epoch,
               checkpoint_interval=config.checkpoint_every or steps_per_epoch,
-              unfreeze_step=unfreeze_step)
+              unfreeze_step=unfreeze_step, changes=changes)

@@ -1,7 +1,7 @@
 """Every file tapeloop keeps in model_dir apart from checkpoints (trainer/inner/checkpoints.py),
 TensorBoard events (summaries.py) and the exports (export.py): written and read here.
 
-    flags.json         the flags the run was started with, and its input pipeline
+    flags.json         the flags the run was started with, its input pipeline and precision
     flag_changes.json  the changes a rerun was allowed to make, and extensions
     results.json       the last run's figures (train.py)
     eval_<split>.json  trainer.evaluate's figures
@@ -31,7 +31,10 @@ FOLDER_CHECK = "folder_check.json"
 # Beside the flags in flags.json: the input pipeline --pipeline resolved to at the first
 # start (auto decides by size and memory, which a rerun on another VM may see otherwise).
 PIPELINE = "input_pipeline"
-# Beside them too: the run's warm restarts (--restart_learning_rate), a list of {step,
+# Beside them too: the policy --mixed_precision resolved to at the first start (auto
+# decides by model, device and CPU, which a rerun on another machine may see otherwise).
+PRECISION = "precision"
+# And the run's warm restarts (--restart_learning_rate), a list of {step,
 # end, learning_rate}, from which a resumed extension derives the same learning rates.
 RESTART = "learning_rate_restarts"
 

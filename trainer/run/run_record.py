@@ -11,7 +11,9 @@ extended run continues the schedule where it was instead of jumping. An extensio
 end of a schedule that has decayed (to 0 or nearly) is refused: it would train at that
 rate; --restart_learning_rate restarts the schedule over the added steps instead, recorded
 in flags.json (RESTART, a list: each restart in turn) so that a resumed extension derives
-the same rates.
+the same rates. The precision is compared as the policy --mixed_precision resolved to
+(PRECISION in flags.json): --mixed_precision=auto that resolves to the recorded policy is
+the same run, one that resolves to another is a change.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from trainer.options.declared import normalized
 from trainer.options.values import as_text, flag_arg
 from trainer.process.errors import ConfigError
 from trainer.run import run_files
-from trainer.run.run_files import CHANGES, PIPELINE, RESTART
+from trainer.run.run_files import CHANGES, PIPELINE, PRECISION, RESTART
 # Pipelines that give the same batches: in_memory and tf_data always (one permutation
 # function); a folder's stream too. A TFDS stream reads its shards in another order.
 _SAME_ORDER = ("in_memory", "tf_data")
@@ -39,9 +41,29 @@ _INHERITED = ("schedule_steps", "restart_learning_rate")
 
 def listed(changes: dict[str, tuple]) -> str:
   """{flag: (old, new)} as the refusals name them: --flag=old -> new, ... (values
-  shell-quoted: a path with a space reads as one)."""
-  q = lambda v: shlex.quote(as_text(v))
-  return ", ".join(f"--{k}={q(old)} -> {q(new)}" for k, (old, new) in changes.items())
+  shell-quoted: a path with a space reads as one; --mixed_precision's are words, with
+  what auto resolved to: auto (mixed_bfloat16))."""
+  q = lambda k, v: as_text(v) if k == "mixed_precision" else shlex.quote(as_text(v))
+  return ", ".join(f"--{k}={q(k, old)} -> {q(k, new)}" for k, (old, new) in changes.items())
+
+
+def recorded_precision(recorded: dict, auto: str) -> str:
+  """The policy the recorded run trains in: flags.json's PRECISION, else (a record from
+  before it) its --mixed_precision, auto resolving to `auto` as it would here; a record
+  older than the flag trained in float32."""
+  text = recorded.get("mixed_precision", "float32")
+  return recorded.get(PRECISION) or (auto if text == "auto" else text)
+
+
+def _precision_change(recorded: dict, text: str, auto: str) -> tuple[str, str] | None:
+  """(recorded, current) --mixed_precision when the policies they resolve to differ, an
+  auto with its policy (auto (mixed_bfloat16)); None when they are one (float32 and an
+  auto that resolves to it are the same run)."""
+  old, new = recorded_precision(recorded, auto), auto if text == "auto" else text
+  if old == new:
+    return None
+  shown = lambda t, policy: f"auto ({policy})" if t == "auto" else t
+  return shown(recorded.get("mixed_precision", "float32"), old), shown(text, new)
 
 
 def _same(name: str, a, b) -> bool:
@@ -50,15 +72,22 @@ def _same(name: str, a, b) -> bool:
   return as_json(a) == as_json(b) or normalized(name, a) == normalized(name, b)
 
 
-def differences(recorded: dict, current: dict) -> dict[str, tuple]:
+def differences(recorded: dict, current: dict, auto: str | None = None) -> dict[str, tuple]:
   """{flag: (recorded, current)} of tapeloop's flags whose meaning differs; a flag absent
   from an older record has its default. --schedule_steps and --restart_learning_rate not
-  given are inherited, no change."""
+  given are inherited, no change. --mixed_precision by the policies it resolves to, auto
+  resolving to `auto` here; auto None: not compared (check_precision compares it once
+  the devices are known)."""
   changed = {}
   for name in declared.NAMES:
     old, new = recorded.get(name, declared.BY_NAME[name].default), current[name]
     if name in _INHERITED and new is None:
       continue  # inherited (check, restart)
+    if name == "mixed_precision":
+      change = auto and _precision_change(recorded, new, auto)
+      if change:
+        changed[name] = change
+      continue
     if not _same(name, old, new):
       changed[name] = (old, new)
   return changed
@@ -67,7 +96,8 @@ def differences(recorded: dict, current: dict) -> dict[str, tuple]:
 def check(config: Config, recorded: dict | None) -> dict:
   """Refuses a rerun that changes what is trained (ConfigError naming every such flag);
   returns the changes to record (those allowed by --allow_changed_flags, and of the run's
-  length) as {flag: (old, new)}. Changes of how it runs are logged."""
+  length) as {flag: (old, new)}. Changes of how it runs are logged. --mixed_precision is
+  compared as resolved, once the devices are known (check_precision, from planning)."""
   if recorded is None:
     return {}
   changed = differences(recorded, config.flag_values)
@@ -87,6 +117,30 @@ def check(config: Config, recorded: dict | None) -> dict:
     logging.warning("--%s changed from %s to %s (--allow_changed_flags): continuing the run "
                     "with it; recorded in %s", name, as_text(old), as_text(new), CHANGES)
   return {**what, **length}
+
+
+def check_precision(config: Config, recorded: dict | None, policy: str, auto: str) -> dict:
+  """Refuses a rerun whose --mixed_precision resolves to another policy than the run
+  trains in (policy: this one's; auto: what auto resolves to here), naming both the text
+  and what auto resolved to, unless --allow_changed_flags names it; returns the change to
+  record. An explicit policy and an auto that resolves to it are the same run."""
+  change = recorded and _precision_change(recorded, config.mixed_precision, auto)
+  if not change:
+    return {}
+  old = recorded_precision(recorded, auto)
+  at = lambda text, resolved, where: f"auto ({resolved} {where})" if text == "auto" else text
+  was = recorded.get("mixed_precision", "float32")
+  shown = (f"--mixed_precision={at(was, old, 'at its start')} -> "
+           f"{at(config.mixed_precision, policy, 'here')}")
+  if "mixed_precision" not in config.allow_changed_flags:
+    raise ConfigError(
+        f"{flag_arg('model_dir', config.model_dir)} holds a run trained in {old}: {shown}; "
+        f"this changes what is trained: rerun with --mixed_precision={old}, use a new "
+        f"--model_dir, or continue this run in {policy} with "
+        "--allow_changed_flags=mixed_precision")
+  logging.warning("%s (--allow_changed_flags): continuing the run in %s; recorded in %s",
+                  shown, policy, CHANGES)
+  return {"mixed_precision": change}
 
 
 def horizon(config: Config, recorded: dict | None, steps_per_epoch: int,
@@ -227,21 +281,22 @@ def check_length(config: Config, step: int, total_steps: int) -> None:
 
 def write(config: Config, recorded: dict | None, history: list[dict], changes: dict,
           step: int, plan, pipeline: str) -> list[dict]:
-  """Records the run's flags (with the schedule's horizon) and input pipeline at its first
-  start, and any allowed change, extension or warm restart after it (plan: planning.Plan)
-  on the changes recorded so far (history, run_files.read_changes); returns the recorded
-  changes (for results.json)."""
+  """Records the run's flags (with the schedule's horizon), input pipeline and precision
+  policy at its first start, and any allowed change, extension or warm restart after it
+  (plan: planning.Plan) on the changes recorded so far (history, run_files.read_changes);
+  returns the recorded changes (for results.json)."""
   model_dir, total_steps, horizon = config.model_dir, plan.total_steps, plan.horizon
   history = list(history)
   if recorded is None or not run_files.has_record(model_dir):
     run_files.write_record(model_dir, {**config.flag_values, "schedule_steps": horizon,
-                                       PIPELINE: pipeline})
+                                       PIPELINE: pipeline, PRECISION: plan.precision})
   if recorded is None or not changes:
     return history
   lengths = {k: v for k, v in changes.items() if k in declared.RUN_LENGTH}
   entry = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "total_steps": total_steps,
            "changed": {k: {"old": old, "new": new} for k, (old, new) in changes.items()}}
-  record = {**recorded, **{k: config.flag_values[k] for k in changes}}
+  record = {**recorded, **{k: config.flag_values[k] for k in changes},
+            PRECISION: plan.precision}  # the run's policy (check_precision: kept or allowed)
   restart = plan.restarts[-1] if plan.restarts else None
   new_restart = len(plan.restarts) > len(recorded.get(RESTART) or ())
   if new_restart:

@@ -82,8 +82,8 @@ def train_and_evaluate(config: Config, process_start: float | None = None,
     run_record.check_length(config, trainer.state.step, plan.total_steps)
     if chief:  # what the run was started as, and changes since: trainer.evaluate reads it
       tf.io.gfile.makedirs(config.model_dir)
-      history = run_record.write(config, recorded, history, changed, trainer.state.step,
-                                 plan, data.pipeline)
+      history = run_record.write(config, recorded, history, {**changed, **plan.changes},
+                                 trainer.state.step, plan, data.pipeline)
       if data.folder_check:
         run_files.write_folder_check(config.model_dir, data.folder_check)
       if trainer.initialized:  # --init_from's table, beside the record
