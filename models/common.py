@@ -113,7 +113,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
     # The kernel's batch variance has Bessel's correction (n / (n - 1)); Keras averages
     # the biased one.
     n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
-    variance = variance * (n - 1.0) / n
+    variance = tf.where(n > 1.0, variance * (n - 1.0) / tf.maximum(n, 1.0), 0.0)
     m = self.momentum
     self.moving_mean.assign(self.moving_mean * m + tf.stop_gradient(mean) * (1.0 - m))
     self.moving_variance.assign(self.moving_variance * m

@@ -55,7 +55,9 @@ def flags(args) -> list[str]:
   # crops --image_size turns on; neither trainer augments.
   return [f"--model={args.model}", f"--dataset=folder:{args.folder}",
           f"--batch_size={args.batch_size}",
-          f"--steps_per_loop={args.steps_per_loop}", *args.tapeloop_flags.split()]
+          # float32 unless --tapeloop_flags say: Keras fit computes in float32.
+          f"--steps_per_loop={args.steps_per_loop}", "--mixed_precision=float32",
+          *args.tapeloop_flags.split()]
 
 
 def tapeloop_job(args) -> dict:

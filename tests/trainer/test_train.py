@@ -19,7 +19,7 @@ from trainer.inner.evaluator import Evaluator
 from trainer.inner.trainer import Trainer
 from trainer.process.errors import ConfigError, Interrupted
 from trainer.options import config
-from trainer.run import child_runs, distribute, planning, run_files, train
+from trainer.run import child_runs, distribute, planning, restored, run_files, run_record, train
 from trainer.run.results import memory_scalars, peak_memory
 from datafiles import tree_digest, write_kaggle_csv
 from flag_helpers import build_trainer, parse
@@ -170,6 +170,15 @@ def test_a_recorded_auto_is_the_policy_it_resolved_to_at_its_start(tmp_path, mon
   assert child_runs.changed_flags({**mlp, "mixed_precision": "mixed_bfloat16"},
                                   {**mlp, "mixed_precision": "auto"}) == {
       "mixed_precision": ("mixed_bfloat16", "auto (float32)")}
+  # A record from before the policy was recorded gets it at its next start, fixed from then.
+  plan = planning.resolve(auto, data, strategy, older)
+  run_files.write_record(str(tmp_path), older)
+  run_record.write(auto, older, [], {}, 0, plan, "in_memory")
+  assert run_files.read_record(str(tmp_path))[run_files.PRECISION] == "float32"
+  # A record older than the flag trained in float32, whatever today's default.
+  run_files.write_record(str(tmp_path), {k: v for k, v in cfg.flag_values.items()
+                                         if k != "mixed_precision"})
+  assert restored.run_config(str(tmp_path), {})[0].mixed_precision == "float32"
 
 
 def test_unwritable_model_dir_is_refused_before_any_work(tmp_path, monkeypatch):

@@ -31,6 +31,8 @@ def run_config(model_dir: str, given: dict):
                      "(train one there first with python -m trainer.main)")
   values = {k: v for k, v in recorded.items()
             if k in declared.NAMES and k not in HOW_IT_RAN}
+  # A record older than --mixed_precision trained in float32, not in today's default.
+  values.setdefault("mixed_precision", recorded.get("mixed_precision", "float32"))
   values.update(given)
   values["model_dir"] = model_dir
   return config.from_values(values), recorded

@@ -290,6 +290,9 @@ def write(config: Config, recorded: dict | None, history: list[dict], changes: d
   if recorded is None or not run_files.has_record(model_dir):
     run_files.write_record(model_dir, {**config.flag_values, "schedule_steps": horizon,
                                        PIPELINE: pipeline, PRECISION: plan.precision})
+  if recorded is not None and PRECISION not in recorded and not changes:
+    # A record from before PRECISION: its policy fixed now, as a new run's is at its start.
+    run_files.write_record(model_dir, {**recorded, PRECISION: plan.precision})
   if recorded is None or not changes:
     return history
   lengths = {k: v for k, v in changes.items() if k in declared.RUN_LENGTH}

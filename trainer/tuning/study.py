@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from trainer.options.values import flag_arg
 from trainer.process.errors import UsageError
-from trainer.run import child_runs, dry_run, run_record
+from trainer.run import child_runs, dry_run, planning, run_files, run_record
 from trainer.tuning.liveness import Heartbeat, StudyLock, alive
 from trainer.tuning.search import Search
 from trainer.tuning.trial import database_url, engine_options, environment, open_storage, pruner
@@ -66,9 +66,13 @@ class Settings:
 
 
 def study_definition(s: Settings) -> dict:
-  """What the study tunes: the trial flags, the search and the objective."""
-  return {"flags": child_runs.flags_for([*s.base, "--model_dir=/unused"]) or {},
-          "search": [x.spec for x in s.searches], "objective": s.objective}
+  """What the study tunes: the trial flags (an auto precision with the policy it means on
+  the machine that defines the study: a tuner on another CPU then sees the change), the
+  search and the objective."""
+  flags = child_runs.flags_for([*s.base, "--model_dir=/unused"]) or {}
+  if flags.get("mixed_precision") == "auto":
+    flags[run_files.PRECISION] = planning.auto_precision(flags.get("model"))[0]
+  return {"flags": flags, "search": [x.spec for x in s.searches], "objective": s.objective}
 
 
 def refusal(s: Settings, trials, recorded: dict, definition: dict) -> tuple[str | None, bool]:
