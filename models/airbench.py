@@ -14,7 +14,8 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from models.common import BatchNormalization, ImageClassifier, InputTooSmall, regularizer
+from models.common import (BatchNormalization, ImageClassifier, InputTooSmall, gelu,
+                           regularizer)
 
 # airbench's: the logits of its bias-free head, scaled down (a softer start).
 _LOGIT_SCALE = 1 / 9
@@ -116,8 +117,8 @@ class ConvGroup(keras.layers.Layer):
 
   def call(self, x, training=False):
     x = self.pool(self.conv1(x))
-    x = keras.ops.gelu(self.bn1(x, training=training))
-    return keras.ops.gelu(self.bn2(self.conv2(x), training=training))
+    x = gelu(self.bn1(x, training=training), training)
+    return gelu(self.bn2(self.conv2(x), training=training), training)
 
 
 class AirBench(ImageClassifier):
@@ -149,7 +150,7 @@ class AirBench(ImageClassifier):
                                      name="logits")
 
   def call(self, images, training=False):
-    x = keras.ops.gelu(self.whiten(images))
+    x = gelu(self.whiten(images), training)
     for group in self.groups:
       x = group(x, training=training)
     return self.logits(self.pool(x)) * _LOGIT_SCALE

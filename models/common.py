@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 
 import keras
@@ -86,6 +87,37 @@ class Dropout(keras.layers.Dropout):
     keep = tf.reshape(bits >= tf.constant(drop_below, tf.uint16), shape)  # broadcast below
     scale = tf.constant(1 / keep_probability, inputs.dtype)
     return tf.where(keep, inputs * scale, tf.zeros_like(inputs))
+
+
+# GELU's tanh approximation (keras.ops.gelu's default): 0.5 x (1 + tanh(c (x + k x^3))).
+_GELU_C, _GELU_K = math.sqrt(2 / math.pi), 0.044715
+
+
+@tf.function(jit_compile=True)
+def _gelu_forward(x):
+  f = tf.cast(x, tf.float32)
+  return tf.cast(0.5 * f * (1 + tf.tanh(_GELU_C * (f + _GELU_K * f * f * f))), x.dtype)
+
+
+@tf.function(jit_compile=True)
+def _gelu_backward(x, dy):
+  f = tf.cast(x, tf.float32)
+  t = tf.tanh(_GELU_C * (f + _GELU_K * f * f * f))
+  slope = 0.5 * (1 + t) + 0.5 * f * (1 - t * t) * _GELU_C * (1 + 3 * _GELU_K * f * f)
+  return tf.cast(tf.cast(dy, tf.float32) * slope, x.dtype)
+
+
+@tf.custom_gradient
+def _gelu_compiled(x):
+  return _gelu_forward(x), lambda dy: _gelu_backward(x, dy)
+
+
+def gelu(x, training=False):
+  """keras.ops.gelu; in training one XLA kernel forward and one back. TensorFlow runs the
+  formula as a dozen element-wise ops, each a pass over the activation, not vectorized
+  in bfloat16 on a CPU: half of airbench's bf16 step (Mul alone 31%); compiled, 5.6x
+  less time. Inference (evals, the export and its conversions) keeps Keras's ops."""
+  return _gelu_compiled(x) if training else keras.ops.gelu(x)
 
 
 class BatchNormalization(keras.layers.BatchNormalization):

@@ -107,6 +107,23 @@ def test_fused_batch_norm_trains_as_keras_batch_norm(scale, policy):
   close(ours(x, training=False), theirs(x, training=False), activations)  # Keras's own
 
 
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 1.6e-2)])
+def test_compiled_gelu_is_kerass_forward_and_back(dtype, tol):
+  from models.common import gelu
+  x = tf.cast(tf.linspace(-6.0, 6.0, 997), dtype)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(x)
+    ours, theirs = gelu(x, training=True), keras.ops.gelu(x)
+    weights = tf.cast(tf.linspace(1.0, 2.0, 997), dtype)
+    loss_ours, loss_theirs = tf.reduce_sum(ours * weights), tf.reduce_sum(theirs * weights)
+  f32 = lambda t: np.asarray(tf.cast(t, tf.float32))
+  assert ours.dtype == theirs.dtype == dtype
+  np.testing.assert_allclose(f32(ours), f32(theirs), rtol=tol, atol=tol)
+  np.testing.assert_allclose(f32(tape.gradient(loss_ours, x)),
+                             f32(tape.gradient(loss_theirs, x)), rtol=tol, atol=tol)
+  np.testing.assert_array_equal(gelu(x), theirs)  # inference: Keras's own ops
+
+
 def test_resnet_parameter_count():
   model = models.create("resnet", num_classes=10, image_shape=(28, 28, 1))
   stem = 9 * 32 + 4 * 32
