@@ -107,6 +107,10 @@ def _gelu_backward(x, dy):
   return tf.cast(tf.cast(dy, tf.float32) * slope, x.dtype)
 
 
+# A tf.function around the custom gradient: traced in a graph of its own, its gradient is
+# registered once per input signature. tf.custom_gradient traced straight into a training
+# step registers one per trace, for good, each holding that step's graph alive.
+@tf.function
 @tf.custom_gradient
 def _gelu_compiled(x):
   return _gelu_forward(x), lambda dy: _gelu_backward(x, dy)

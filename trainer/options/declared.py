@@ -256,8 +256,8 @@ OPTIONS: tuple[Option, ...] = (
            "TensorFlow's: all cores, the fastest measured for every model here, the MLP 1x50 "
            "inside the XLA loop included).", _H, HOW, check=positive),
     Option("mixed_precision", str, "auto", "float32, mixed_float16 (with loss scaling), "
-           "mixed_bfloat16, or auto: mixed_bfloat16 for convolution models on a CPU with "
-           "AVX-512 BF16 (where it measured faster and as accurate), else float32. A rerun "
+           "mixed_bfloat16, or auto: mixed_bfloat16 for cnn, resnet and airbench on a CPU with "
+           "AVX-512 BF16 (where they measured faster and as accurate), else float32. A rerun "
            "compares the policy it resolves to.", _H,
            check=one_of((*POLICIES, "auto"))),
     Option("jit_compile", str, "auto", "XLA: loop compiles the whole inner loop (one replica, "
