@@ -98,13 +98,7 @@ def test_auto_precision_builds_the_run_in_the_policy_it_resolved_to(tmp_path, mo
   assert trainer.state.precision == "mixed_bfloat16" and not hasattr(trainer, "model")
   run = tmp_path / "run"
   cfg = config.from_args([*args, f"--model_dir={run}"])  # the default: auto
-  old = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(absl_logging.INFO)  # absl drops INFO below its own verbosity
-  try:
-    with caplog.at_level(logging.INFO, logger="absl"):
-      results = train.train_and_evaluate(cfg)
-  finally:
-    absl_logging.set_verbosity(old)
+  results = _train_logged(cfg, caplog)
   assert results["precision"] == "mixed_bfloat16"
   assert all(v.dtype == np.float32 for v in _weights(run).values())
   # The choice and its reason, once, at the start.
@@ -342,16 +336,21 @@ def _status_bytes(key):
     return int(next(line for line in f if line.startswith(key + ":")).split()[1]) * 1024
 
 
-def test_results_record_what_made_them_and_the_peak_memory(tmp_path, caplog):
-  cfg = parse(*TINY, "--train_steps=4", f"--model_dir={tmp_path}")  # resets the verbosity
-  peak_before = _status_bytes("VmHWM")  # the resident peak so far only grows
+def _train_logged(cfg, caplog) -> dict:
+  """train_and_evaluate(cfg) with absl's INFO lines in caplog."""
   old = absl_logging.get_verbosity()
   absl_logging.set_verbosity(absl_logging.INFO)  # absl drops INFO below its own verbosity
   try:
     with caplog.at_level(logging.INFO, logger="absl"):
-      results = train.train_and_evaluate(cfg)
+      return train.train_and_evaluate(cfg)
   finally:
     absl_logging.set_verbosity(old)
+
+
+def test_results_record_what_made_them_and_the_peak_memory(tmp_path, caplog):
+  cfg = parse(*TINY, "--train_steps=4", f"--model_dir={tmp_path}")  # resets the verbosity
+  peak_before = _status_bytes("VmHWM")  # the resident peak so far only grows
+  results = _train_logged(cfg, caplog)
   made = results["made_with"]
   assert (made["tapeloop"], made["tensorflow"], made["keras"], made["python"]) == (
       importlib.metadata.version("tapeloop"), tf.__version__, keras.__version__,
