@@ -62,8 +62,12 @@ def _precision_change(recorded: dict, text: str, auto: str) -> tuple[str, str] |
   old, new = recorded_precision(recorded, auto), auto if text == "auto" else text
   if old == new:
     return None
-  shown = lambda t, policy: f"auto ({policy})" if t == "auto" else t
-  return shown(recorded.get("mixed_precision", "float32"), old), shown(text, new)
+  return _shown(recorded.get("mixed_precision", "float32"), old), _shown(text, new)
+
+
+def _shown(text: str, policy: str, where: str = "") -> str:
+  """A --mixed_precision value as a change names it: auto with its policy (and where)."""
+  return f"auto ({' '.join(filter(None, (policy, where)))})" if text == "auto" else text
 
 
 def _same(name: str, a, b) -> bool:
@@ -128,10 +132,9 @@ def check_precision(config: Config, recorded: dict | None, policy: str, auto: st
   if not change:
     return {}
   old = recorded_precision(recorded, auto)
-  at = lambda text, resolved, where: f"auto ({resolved} {where})" if text == "auto" else text
   was = recorded.get("mixed_precision", "float32")
-  shown = (f"--mixed_precision={at(was, old, 'at its start')} -> "
-           f"{at(config.mixed_precision, policy, 'here')}")
+  shown = (f"--mixed_precision={_shown(was, old, 'at its start')} -> "
+           f"{_shown(config.mixed_precision, policy, 'here')}")
   if "mixed_precision" not in config.allow_changed_flags:
     raise ConfigError(
         f"{flag_arg('model_dir', config.model_dir)} holds a run trained in {old}: {shown}; "
